@@ -1,0 +1,48 @@
+"""ckptconv: convert neural-network weights between checkpoint files and into Keras models.
+
+Readers give a flat, lazy ``name -> tensor`` :class:`Store` for every format; the mapper
+turns rules into a :class:`Plan` checked on metadata before any data is read; writers
+stream the plan into safetensors or assign it into a live Keras model.
+
+``import ckptconv`` never imports TensorFlow, Keras or torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    CkptconvError,
+    CorruptFileError,
+    FormatError,
+    IntegrityError,
+    LoadError,
+    OutputError,
+    PlanError,
+    SpecError,
+    UnsafeInputError,
+    UnsupportedError,
+)
+from .formats import open
+from .store import ByteRange, Entry, Output, Store
+
+__all__ = [
+    "__version__",
+    # reading
+    "open",
+    "Store",
+    "Entry",
+    "ByteRange",
+    "Output",
+    # errors
+    "CkptconvError",
+    "CorruptFileError",
+    "FormatError",
+    "IntegrityError",
+    "LoadError",
+    "OutputError",
+    "PlanError",
+    "SpecError",
+    "UnsafeInputError",
+    "UnsupportedError",
+]

@@ -1,0 +1,84 @@
+"""The command line: one boundary that turns known errors into one line and an exit code.
+
+Each subcommand lives in its own module with ``register(subparsers)``; it sets
+``func(args) -> int`` as the parser default. Exit status: 0 ok, 1 a failed job, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import CkptconvError
+
+__all__ = ["main", "build_parser"]
+
+# subcommand -> module (in ckptconv.cli), in the order --help lists them
+COMMANDS = {
+    "inspect": "inspect_cmd",
+    "convert": "convert_cmd",
+    "plan": "plan_cmd",
+    "verify": "verify_cmd",
+    "batch": "batch_cmd",
+    "transplant": "transplant_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (the CLI reference in docs/ is generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="ckptconv",
+        description=(
+            "Convert neural-network weights between checkpoint files (Keras .h5, .weights.h5, "
+            ".keras, TensorFlow checkpoints, safetensors) and load them into Keras models."
+        ),
+        epilog="Run `ckptconv COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"ckptconv {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when a command fails"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{module_name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CkptconvError as e:
+        if args.debug:
+            raise
+        print(f"ckptconv: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("ckptconv: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except MemoryError as e:
+        if args.debug:
+            raise
+        print(f"ckptconv: error: out of memory: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"ckptconv: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

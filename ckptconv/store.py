@@ -1,0 +1,387 @@
+"""The neutral core: :class:`Entry` (one lazy tensor) and :class:`Store` (a checkpoint).
+
+A reader turns a checkpoint into a :class:`Store`: an ordered, read-only mapping from a flat
+``/``-separated name to an :class:`Entry`. Opening a store reads metadata only; tensor bytes
+are read by :meth:`Entry.read` (one entry at a time, never the others).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .dtypes import dtype_name
+from .errors import CorruptFileError
+
+__all__ = [
+    "ByteRange",
+    "Entry",
+    "Kind",
+    "Output",
+    "Store",
+    "layer_of",
+    "leaf_of",
+    "keras_order",
+    "read_byte_range",
+]
+
+Kind = Literal["weight", "optimizer", "bookkeeping"]
+KINDS: tuple[Kind, ...] = ("weight", "optimizer", "bookkeeping")
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where a tensor's raw bytes lie: ``length`` bytes at ``offset`` in the file ``path``.
+
+    The bytes are the tensor in C order and little-endian, exactly as a safetensors file
+    stores them, so a writer may copy them file to file without decoding.
+    """
+
+    path: str
+    offset: int
+    length: int
+
+
+def read_byte_range(
+    byte_range: ByteRange, dtype: np.dtype, shape: tuple[int, ...], *, key: str | None = None
+) -> np.ndarray:
+    """Read a tensor from its raw bytes with one ``pread`` into a fresh array."""
+    out = np.empty(shape, dtype=dtype)
+    if out.nbytes != byte_range.length:
+        raise CorruptFileError(
+            f"stored size {byte_range.length} bytes does not match shape {list(shape)} "
+            f"of {dtype_name(dtype)} ({out.nbytes} bytes)",
+            path=byte_range.path,
+            key=key,
+        )
+    if out.nbytes == 0:
+        return out
+    flat = out.reshape(-1).view(np.uint8)
+    fd = os.open(byte_range.path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < out.nbytes:
+            n = os.preadv(fd, [flat[done:]], byte_range.offset + done)
+            if n <= 0:
+                raise CorruptFileError(
+                    f"file is truncated: tensor data ends at byte "
+                    f"{byte_range.offset + byte_range.length}, file ends before",
+                    path=byte_range.path,
+                    key=key,
+                )
+            done += n
+    finally:
+        os.close(fd)
+    return out
+
+
+class Entry:
+    """One tensor of a checkpoint, described by metadata and read on demand.
+
+    Attributes:
+        name: Canonical flat name, ``/``-separated (``block/inner_a/kernel``).
+        layer: The owning layer: ``name`` without its last part.
+        index: Position of the weight in the layer's ``get_weights()`` list.
+        key: The format's own address (HDF5 dataset path, TF checkpoint key, ...).
+        shape: numpy shape.
+        dtype: numpy dtype (``ml_dtypes.bfloat16`` etc. for bf16 / float8).
+        kind: ``weight``, ``optimizer`` or ``bookkeeping``.
+        byte_range: Where the raw little-endian C-order bytes lie in a file, when they do
+            (contiguous, uncompressed); None otherwise.
+        crc32c: CRC-32C of the raw bytes when the format records one (TF checkpoints), else None.
+    """
+
+    __slots__ = (
+        "name",
+        "layer",
+        "index",
+        "key",
+        "shape",
+        "dtype",
+        "kind",
+        "byte_range",
+        "crc32c",
+        "path",
+        "_loader",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        key: str,
+        shape: Iterable[int],
+        dtype: np.dtype,
+        path: str | os.PathLike[str],
+        loader: Callable[[], np.ndarray] | None = None,
+        byte_range: ByteRange | None = None,
+        kind: Kind = "weight",
+        layer: str | None = None,
+        index: int = 0,
+        crc32c: int | None = None,
+    ) -> None:
+        if loader is None and byte_range is None:
+            raise ValueError("an Entry needs a loader or a byte_range")
+        self.name = name
+        self.key = key
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.path = os.fspath(path)
+        self.kind: Kind = kind
+        self.layer = layer_of(name) if layer is None else layer
+        self.index = index
+        self.byte_range = byte_range
+        self.crc32c = crc32c
+        self._loader = loader
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor in bytes."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def dtype_name(self) -> str:
+        """Canonical dtype name (``float32``, ``bfloat16``, ...)."""
+        return dtype_name(self.dtype)
+
+    def read(self) -> np.ndarray:
+        """Read the tensor and return it as a new numpy array. Reads this entry's bytes only."""
+        if self._loader is not None:
+            array = self._loader()
+        else:
+            assert self.byte_range is not None
+            array = read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name)
+        if array.shape != self.shape:
+            raise CorruptFileError(
+                f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}",
+                path=self.path,
+                key=self.name,
+            )
+        return array
+
+    def renamed(self, name: str, *, layer: str | None = None) -> Entry:
+        """A copy of this entry under another name (same data, same key)."""
+        clone = Entry.__new__(Entry)
+        for slot in Entry.__slots__:
+            setattr(clone, slot, getattr(self, slot))
+        clone.name = name
+        clone.layer = layer_of(name) if layer is None else layer
+        return clone
+
+    def describe(self) -> dict[str, object]:
+        """The entry as the JSON object ``inspect --json`` prints."""
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "index": self.index,
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype_name,
+            "nbytes": self.nbytes,
+            "kind": self.kind,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry({self.name!r}, shape={list(self.shape)}, dtype={self.dtype_name}, "
+            f"kind={self.kind!r}, index={self.index})"
+        )
+
+
+class Store(Mapping[str, Entry]):
+    """A checkpoint as an ordered, read-only mapping from flat names to lazy entries.
+
+    Iteration follows the checkpoint's own order (layer order, then weight index where the
+    format records it). Use it as a context manager, or call :meth:`close`, to release the
+    files it holds open.
+
+    Attributes:
+        format: The format's short name (``keras-h5``, ``keras-weights-h5``, ``keras-sharded``,
+            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``).
+        path: What the user passed.
+        files: Every file the store reads from (for "output is one of the inputs" checks).
+        metadata: Format-level string metadata (Keras version, ...).
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[Entry],
+        *,
+        format: str,
+        path: str | os.PathLike[str],
+        files: Iterable[str | os.PathLike[str]] = (),
+        metadata: Mapping[str, str] | None = None,
+        closer: Callable[[], None] | None = None,
+    ) -> None:
+        self.format = format
+        self.path = os.fspath(path)
+        self.files = tuple(os.path.abspath(os.fspath(f)) for f in files) or (
+            os.path.abspath(self.path),
+        )
+        self.metadata = dict(metadata or {})
+        self._closer = closer
+        self._entries = _unique_names(list(entries))
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self, *, include_all: bool = False) -> list[Entry]:
+        """Entries in order: the weights only, or with ``include_all`` the training state too."""
+        values = self._entries.values()
+        if include_all:
+            return list(values)
+        return [e for e in values if e.kind == "weight"]
+
+    def layers(self, *, include_all: bool = False) -> dict[str, list[Entry]]:
+        """Entries grouped by layer, in order, each list sorted by weight index."""
+        groups: dict[str, list[Entry]] = {}
+        for entry in self.entries(include_all=include_all):
+            groups.setdefault(entry.layer, []).append(entry)
+        for members in groups.values():
+            members.sort(key=lambda e: e.index)
+        return groups
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of all entries in bytes."""
+        return sum(e.nbytes for e in self._entries.values())
+
+    def close(self) -> None:
+        """Release open files. Entries read after this raise."""
+        if self._closer is not None:
+            closer, self._closer = self._closer, None
+            closer()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.format} {self.path!r}: {len(self)} entries>"
+
+
+def _unique_names(entries: list[Entry]) -> dict[str, Entry]:
+    """Names are unique in a store: entries whose names collide fall back to their key."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.name] = counts.get(entry.name, 0) + 1
+    result: dict[str, Entry] = {}
+    for entry in entries:
+        if counts[entry.name] > 1:
+            entry = entry.renamed(entry.key)
+        if entry.name in result:
+            raise CorruptFileError(
+                "two tensors share this name and key", path=entry.path, key=entry.name
+            )
+        result[entry.name] = entry
+    return result
+
+
+def layer_of(name: str) -> str:
+    """The layer part of a flat name: everything before the last ``/`` (or ``.``)."""
+    if "/" in name:
+        return name.rsplit("/", 1)[0]
+    if "." in name:
+        return name.rsplit(".", 1)[0]
+    return ""
+
+
+def leaf_of(name: str) -> str:
+    """The weight's own part of a flat name: everything after the last ``/`` (or ``.``)."""
+    if "/" in name:
+        return name.rsplit("/", 1)[1]
+    if "." in name:
+        return name.rsplit(".", 1)[1]
+    return name
+
+
+# Keras' get_weights() order for known weight names; PyTorch names take the same slots.
+_KERAS_RANK = {
+    "embeddings": 0,
+    "kernel": 0,
+    "depthwise_kernel": 0,
+    "pointwise_kernel": 1,
+    "recurrent_kernel": 1,
+    "bias": 2,
+    "gamma": 0,
+    "beta": 1,
+    "moving_mean": 2,
+    "moving_variance": 3,
+    "weight": 0,
+    "running_mean": 3,
+    "running_var": 4,
+    "num_batches_tracked": 5,
+}
+
+
+def keras_order(entries: Iterable[Entry]) -> None:
+    """Set ``index`` of entries whose format stores no weight order.
+
+    Within each layer, known weight names take Keras' order (``kernel``, ``recurrent_kernel``,
+    ``bias``; ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; PyTorch ``weight``,
+    ``bias``, ``running_mean``, ``running_var``); unknown names follow in stored order.
+    """
+    by_layer: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_layer.setdefault((entry.kind, entry.layer), []).append(entry)  # type: ignore[arg-type]
+    for members in by_layer.values():
+        ranked = sorted(
+            enumerate(members),
+            key=lambda pair: (_KERAS_RANK.get(leaf_of(pair[1].name), 100), pair[0]),
+        )
+        for index, (_, entry) in enumerate(ranked):
+            entry.index = index
+
+
+class Output:
+    """One tensor a writer writes: name, shape and dtype known from metadata, data on demand.
+
+    Attributes:
+        name: The output name.
+        shape, dtype: What ``compute()`` returns, known before any data is read.
+        compute: Produces the array (reads source data).
+        source: Set when the output is exactly this entry's stored bytes (same shape, dtype,
+            layout): a writer may then copy the bytes file to file without decoding them.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "compute", "source")
+
+    def __init__(
+        self,
+        name: str,
+        shape: Iterable[int],
+        dtype: np.dtype,
+        compute: Callable[[], np.ndarray],
+        *,
+        source: Entry | None = None,
+    ) -> None:
+        self.name = name
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.compute = compute
+        self.source = source
+
+    @classmethod
+    def of(cls, entry: Entry, name: str | None = None) -> Output:
+        """The entry's tensor unchanged, under ``name`` (default: the entry's name)."""
+        return cls(name or entry.name, entry.shape, entry.dtype, entry.read, source=entry)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the output tensor in bytes."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        return f"Output({self.name!r}, shape={list(self.shape)}, dtype={dtype_name(self.dtype)})"
