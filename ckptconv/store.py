@@ -219,12 +219,34 @@ class Store(Mapping[str, Entry]):
     ) -> None:
         self.format = format
         self.path = os.fspath(path)
-        self.files = tuple(os.path.abspath(os.fspath(f)) for f in files) or (
-            os.path.abspath(self.path),
-        )
+        self.files = tuple(os.path.abspath(os.fspath(f)) for f in files)
         self.metadata = dict(metadata or {})
         self._closer = closer
         self._entries = _unique_names(list(entries))
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], *, path: str = "<memory>"
+    ) -> Store:
+        """A store over in-memory arrays (``{name: array}``), in the mapping's order.
+
+        ``index`` follows Keras' order of known weight names within each layer.
+        """
+        entries = []
+        for name, value in arrays.items():
+            array = np.asarray(value)
+            entries.append(
+                Entry(
+                    name,
+                    key=name,
+                    shape=array.shape,
+                    dtype=array.dtype,
+                    path=path,
+                    loader=lambda a=array: np.array(a, copy=True),
+                )
+            )
+        keras_order(entries)
+        return cls(entries, format="memory", path=path, files=())
 
     def __getitem__(self, name: str) -> Entry:
         return self._entries[name]
