@@ -51,17 +51,43 @@ def dump_expected(outdir: str | Path, label: str, records: list[dict], **extra) 
 
 
 def keras3_records(model) -> list[dict]:
-    """Expected entries of a live Keras 3 model: variable path, layer, index, value."""
+    """Expected entries of a live Keras 3 model: canonical name, layer, index, value.
+
+    The canonical name is ``variable.path`` without the model's own name in front (Keras 3
+    puts it there for Sequential and subclassed models, not for functional ones; files
+    never record it).
+    """
     import numpy as np
 
     records = []
     seen_layers: dict[str, int] = {}
+    prefix = model.name + "/"
     for v in model.weights:
-        path = v.path
+        path = v.path[len(prefix):] if v.path.startswith(prefix) else v.path
         layer = path.rsplit("/", 1)[0] if "/" in path else ""
         index = seen_layers.get(layer, 0)
         seen_layers[layer] = index + 1
         records.append(
             {"name": path, "layer": layer, "index": index, "kind": "weight", "array": np.asarray(v.numpy())}
         )
+    return records
+
+
+def tfkeras_records(model) -> list[dict]:
+    """Expected entries of a live tf-keras model under the legacy HDF5 canonical rule:
+    weight name without ``:0``, prefixed with the top-level layer's name unless it already
+    starts with it."""
+    import numpy as np
+
+    records = []
+    seen_layers: dict[str, int] = {}
+    for layer in model.layers:
+        for w in layer.weights:
+            name = w.name[:-2] if w.name.endswith(":0") else w.name
+            if not (name == layer.name or name.startswith(layer.name + "/")):
+                name = f"{layer.name}/{name}"
+            owner = name.rsplit("/", 1)[0] if "/" in name else ""
+            index = seen_layers.get(owner, 0)
+            seen_layers[owner] = index + 1
+            records.append({"name": name, "layer": owner, "index": index, "kind": "weight", "array": np.asarray(w.numpy())})
     return records
