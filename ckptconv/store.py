@@ -26,6 +26,7 @@ __all__ = [
     "layer_of",
     "leaf_of",
     "keras_order",
+    "index_in_order",
     "read_byte_range",
 ]
 
@@ -355,9 +356,9 @@ def keras_order(entries: Iterable[Entry]) -> None:
     ``bias``; ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; PyTorch ``weight``,
     ``bias``, ``running_mean``, ``running_var``); unknown names follow in stored order.
     """
-    by_layer: dict[str, list[Entry]] = {}
+    by_layer: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
-        by_layer.setdefault((entry.kind, entry.layer), []).append(entry)  # type: ignore[arg-type]
+        by_layer.setdefault((entry.kind, entry.layer), []).append(entry)
     for members in by_layer.values():
         ranked = sorted(
             enumerate(members),
@@ -407,3 +408,13 @@ class Output:
 
     def __repr__(self) -> str:
         return f"Output({self.name!r}, shape={list(self.shape)}, dtype={dtype_name(self.dtype)})"
+
+
+def index_in_order(entries: Iterable[Entry]) -> None:
+    """Set ``index`` to each entry's position among its layer's entries, in the given order
+    (for formats that store the weight order, such as Keras' ``weight_names``)."""
+    counters: dict[tuple[str, str], int] = {}
+    for entry in entries:
+        slot = (entry.kind, entry.layer)
+        entry.index = counters.get(slot, 0)
+        counters[slot] = entry.index + 1

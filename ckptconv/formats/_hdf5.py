@@ -1,0 +1,246 @@
+"""HDF5 plumbing the Keras readers share: safe traversal, attributes, lazy dataset entries.
+
+Keras writes datasets contiguous and uncompressed, so an entry records where the bytes lie
+(``dataset.id.get_offset()``, plus the member offset inside a ``.keras`` zip): reading is
+one ``pread`` and writers may copy the bytes file to file. Anything else (chunked,
+compressed, big-endian) falls back to an h5py read.
+
+Hostile structure is refused: external links, soft links, external and virtual datasets,
+and datasets whose declared extent lies beyond the end of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..dtypes import by_name
+from ..errors import CorruptFileError, UnsafeInputError
+from ..store import ByteRange, Entry, Kind
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_DEPTH = 64
+
+
+def is_hdf5(head: bytes) -> bool:
+    """HDF5 signature at offset 0 (Keras never writes a user block)."""
+    return head.startswith(HDF5_MAGIC)
+
+
+def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> h5py.File:
+    """Open an HDF5 file (a path or a seekable binary file object) read-only."""
+    try:
+        return h5py.File(source, "r")
+    except OSError as e:
+        raise CorruptFileError(f"not a readable HDF5 file ({e})", path=path) from e
+
+
+def decode(value: Any) -> Any:
+    """Attribute values may be bytes or str, scalars or arrays: give str / list[str]."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SOU":
+            return [decode(v) for v in value.tolist()]
+        if value.size == 0:
+            return []
+        return value.tolist()
+    if isinstance(value, np.bytes_):
+        return bytes(value).decode("utf-8")
+    return value
+
+
+def chunked_attribute(group: h5py.Group, name: str, *, path: str) -> list[str] | None:
+    """Read a list attribute Keras may split into ``name0``, ``name1``, ... above 64 KB.
+
+    Returns None when the attribute is absent.
+    """
+    if name in group.attrs:
+        value = decode(group.attrs[name])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in value]
+    if f"{name}0" not in group.attrs:
+        return None
+    values: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in group.attrs:
+        part = decode(group.attrs[f"{name}{chunk}"])
+        values.extend(str(v) for v in ([part] if isinstance(part, str) else part))
+        chunk += 1
+    return values
+
+
+def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = None) -> Any:
+    """``group[name]`` following hard links only, each component checked.
+
+    Raises:
+        UnsafeInputError: a component is an external or soft link.
+        CorruptFileError: a component is missing or not of the expected kind.
+    """
+    node: Any = group
+    parts = [p for p in name.split("/") if p]
+    for depth, part in enumerate(parts):
+        if not isinstance(node, h5py.Group):
+            raise CorruptFileError(f"{node.name!r} is not a group", path=path, key=name)
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise CorruptFileError(
+                f"the file names {name!r} but holds no such object (the file is damaged or "
+                "was not completely written)",
+                path=path,
+                key=name,
+            )
+        if isinstance(link, h5py.ExternalLink):
+            raise UnsafeInputError(
+                f"refusing the external link {node.name}/{part} -> "
+                f"{link.filename}:{link.path}: weights must live in the file itself",
+                path=path,
+                key=name,
+            )
+        if isinstance(link, h5py.SoftLink):
+            raise UnsafeInputError(
+                f"refusing the soft link {node.name}/{part} -> {link.path}",
+                path=path,
+                key=name,
+            )
+        if depth > MAX_DEPTH:
+            raise UnsafeInputError("groups nested too deeply", path=path, key=name)
+        node = node[part]
+    if kind is not None and not isinstance(node, kind):
+        what = "dataset" if kind is h5py.Dataset else "group"
+        raise CorruptFileError(f"{name!r} is not a {what}", path=path, key=name)
+    return node
+
+
+def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
+    """The tensor dtype of a Keras dataset: opaque 2-byte data is bfloat16 (Keras' encoding),
+    other opaque data names its dtype in a ``dtype`` attribute."""
+    dtype = dataset.dtype
+    declared = dataset.attrs.get("dtype")
+    if declared is not None:
+        name = decode(declared)
+        try:
+            return by_name(str(name))
+        except KeyError:
+            raise CorruptFileError(f"unknown dtype attribute {name!r}", path=path, key=key) from None
+    if dtype.kind == "V" and dtype.fields is None:
+        if dtype.itemsize == 2:
+            return by_name("bfloat16")
+        raise CorruptFileError(
+            f"opaque {dtype.itemsize}-byte data without a dtype attribute", path=path, key=key
+        )
+    if dtype.kind not in "biufc":
+        raise CorruptFileError(f"dataset of type {dtype} is not a numeric tensor", path=path, key=key)
+    return dtype
+
+
+def dataset_entry(
+    dataset: h5py.Dataset,
+    *,
+    name: str,
+    key: str,
+    path: str,
+    data_path: str,
+    base_offset: int = 0,
+    file_size: int,
+    kind: Kind = "weight",
+    index: int = 0,
+    layer: str | None = None,
+) -> Entry:
+    """An Entry for one HDF5 dataset, with a byte range when its bytes lie raw in the file.
+
+    Args:
+        data_path: The file the byte range points into (the .keras zip for an archive).
+        base_offset: Where the HDF5 file starts inside ``data_path`` (a stored zip member).
+        file_size: Size of the HDF5 image: extents beyond it are refused before any read.
+    """
+    if dataset.is_virtual:
+        raise UnsafeInputError("refusing a virtual dataset", path=path, key=key)
+    if dataset.external:
+        raise UnsafeInputError("refusing a dataset stored in external files", path=path, key=key)
+    dtype = dataset_dtype(dataset, path=path, key=key)
+    shape = dataset.shape
+    if shape is None:  # null dataspace
+        raise CorruptFileError("dataset has no shape", path=path, key=key)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    byte_range = None
+    offset = dataset.id.get_offset()
+    plain = (
+        dataset.chunks is None
+        and not dataset.compression
+        and dataset.dtype.byteorder in "<|="
+        and (dataset.dtype.byteorder != "=" or np.little_endian)
+    )
+    if offset is not None and plain:
+        if offset + nbytes > file_size:
+            raise CorruptFileError(
+                f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
+                f"file ({file_size} bytes): the file is truncated",
+                path=path,
+                key=key,
+            )
+        byte_range = ByteRange(data_path, base_offset + offset, nbytes)
+        loader = None
+    else:
+        if dataset.chunks is not None and dataset.id.get_storage_size() == 0 and nbytes > 0:
+            # never written: h5py would hand back fill values; that is a damaged file
+            raise CorruptFileError("tensor data was never written", path=path, key=key)
+        if nbytes > 8 * max(file_size, 1) and not dataset.compression:
+            raise UnsafeInputError(
+                f"declared size {nbytes} bytes is far beyond the file's {file_size} bytes",
+                path=path,
+                key=key,
+            )
+        loader = _h5py_loader(dataset, dtype, path=path, key=key)
+    return Entry(
+        name,
+        key=key,
+        shape=shape,
+        dtype=dtype,
+        path=path,
+        loader=loader,
+        byte_range=byte_range,
+        kind=kind,
+        layer=layer,
+        index=index,
+    )
+
+
+def _h5py_loader(dataset: h5py.Dataset, dtype: np.dtype, *, path: str, key: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        try:
+            raw = dataset[()]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CorruptFileError(f"cannot read tensor data ({e})", path=path, key=key) from e
+        array = np.asarray(raw)
+        if array.dtype != dtype:
+            if array.dtype.kind == "V":
+                array = array.view(dtype)
+            else:
+                array = array.astype(dtype.newbyteorder("<") if dtype.kind in "biufc" else dtype)
+        return np.ascontiguousarray(array)
+
+    return load
+
+
+_SUFFIX = re.compile(r":\d+$")
+
+
+def strip_suffix(weight_name: str) -> str:
+    """``dense/kernel:0`` -> ``dense/kernel`` (tf-keras records the TF output index)."""
+    return _SUFFIX.sub("", weight_name)
+
+
+_BOOKKEEPING_LEAVES = {"iter", "iteration", "iterations", "global_step", "step", "count", "total"}
+
+
+def optimizer_kind(name: str) -> Kind:
+    """Optimizer state is ``optimizer``, except step counters, which are ``bookkeeping``."""
+    leaf = name.rsplit("/", 1)[-1]
+    return "bookkeeping" if leaf in _BOOKKEEPING_LEAVES else "optimizer"

@@ -1,0 +1,126 @@
+"""Legacy Keras HDF5: ``model.save('m.h5')`` and ``save_weights('w.h5')``, Keras 2 and 3.
+
+Layer order comes from the ``layer_names`` attribute and each layer's weights from its
+``weight_names`` attribute, in that order (never HDF5's alphabetical iteration order); both
+may be chunked as ``name0``, ``name1``, ... above 64 KB. A weight's canonical name is its
+recorded name without ``:0``, prefixed with the top-level layer's name unless it already
+starts with it (tf-keras leaves the outer name off nested models' weights).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+
+from ..errors import CorruptFileError, FormatError
+from ..store import Entry, Store, index_in_order
+from ._hdf5 import (
+    chunked_attribute,
+    dataset_entry,
+    decode,
+    is_hdf5,
+    open_h5,
+    optimizer_kind,
+    safe_get,
+    strip_suffix,
+)
+
+FORMAT = "keras-h5"
+
+TOP_LEVEL = "top_level_model_weights"
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """An HDF5 file whose root (or ``model_weights``) carries ``layer_names``."""
+    if not is_hdf5(head):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return _weights_root(f) is not None
+    except OSError:
+        return False
+
+
+def _weights_root(f: h5py.Group) -> h5py.Group | None:
+    link = f.get("model_weights", getlink=True)
+    root = f["model_weights"] if isinstance(link, h5py.HardLink) else f
+    if "layer_names" in root.attrs or "layer_names0" in root.attrs:
+        return root
+    return None
+
+
+def open(path: Path, **_options: object) -> Store:  # noqa: A001
+    """Open a legacy Keras HDF5 file as a lazy store (metadata only)."""
+    f = open_h5(path, path=path)
+    try:
+        entries = read_entries(f, path=os.fspath(path), file_size=os.path.getsize(path))
+        metadata = {
+            k: str(decode(f.attrs[k])) for k in ("keras_version", "backend") if k in f.attrs
+        }
+        metadata["contents"] = "model" if "model_weights" in f else "weights"
+    except BaseException:
+        f.close()
+        raise
+    return Store(entries, format=FORMAT, path=path, files=[path], metadata=metadata, closer=f.close)
+
+
+def canonical_name(layer: str, weight_name: str) -> str:
+    """The canonical name of a weight recorded as ``weight_name`` under top-level ``layer``.
+
+    tf-keras: ``inner_a/kernel:0`` under ``block`` -> ``block/inner_a/kernel``. Keras 3 writes
+    ``variable.path``, which starts with the model's own name for Sequential and subclassed
+    models (``seq/a/kernel`` under ``a``): that name is dropped, as files elsewhere omit it.
+    """
+    name = strip_suffix(weight_name)
+    if name == layer or name.startswith(layer + "/"):
+        return name
+    parts = name.split("/")
+    if len(parts) > 2 and parts[1] == layer:
+        return "/".join(parts[1:])
+    return f"{layer}/{name}"
+
+
+def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
+    """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order."""
+    root = _weights_root(f)
+    if root is None:
+        raise FormatError("no layer_names attribute: not a Keras HDF5 weights file", path=path)
+    layer_names = chunked_attribute(root, "layer_names", path=path) or []
+    entries: list[Entry] = []
+
+    def add(group: h5py.Group, weight_name: str, name: str, kind: str = "weight") -> None:
+        dataset = safe_get(group, weight_name, path=path, kind=h5py.Dataset)
+        entries.append(
+            dataset_entry(
+                dataset,
+                name=name,
+                key=dataset.name,
+                path=path,
+                data_path=path,
+                file_size=file_size,
+                kind=kind,  # type: ignore[arg-type]
+            )
+        )
+
+    for layer in layer_names:
+        group = safe_get(root, layer, path=path, kind=h5py.Group)
+        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
+            add(group, weight_name, canonical_name(layer, weight_name))
+
+    if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
+        group = safe_get(root, TOP_LEVEL, path=path, kind=h5py.Group)
+        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
+            add(group, weight_name, strip_suffix(weight_name))
+
+    if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
+        group = safe_get(f, "optimizer_weights", path=path, kind=h5py.Group)
+        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
+            name = "optimizer/" + strip_suffix(weight_name)
+            add(group, weight_name, name, optimizer_kind(name))
+
+    if not entries and not layer_names:
+        raise CorruptFileError("the file lists no layers", path=path)
+    index_in_order(entries)
+    return entries

@@ -1,0 +1,333 @@
+"""Keras 3 ``.weights.h5`` (and the reading core shared by sharded sets and ``.keras``).
+
+Groups are keyed by snake_case class names (``layers/dense_1/vars``), not layer names; each
+``vars`` group carries a ``name`` attribute with the real layer name (Keras >= 3.6). A layer's
+path is the chain of those names below the model (``layers/sequential/layers/dense/vars``
+named ``inner_a`` under ``block`` -> ``block/inner_a``). Variables are stored by index only:
+their names are resolved for Keras' built-in layers from the class (and, inside a ``.keras``
+archive, from ``config.json``), falling back to the index (``layer/3``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..errors import CorruptFileError, UnsafeInputError
+from ..store import Entry, Kind, Store
+from ._hdf5 import MAX_DEPTH, dataset_entry, decode, is_hdf5, open_h5
+
+FORMAT = "keras-weights-h5"
+
+# Variable names of Keras' built-in layers, by snake_case class name, in creation order.
+_KERNEL_BIAS = ("kernel", "bias")
+_RNN_CELL = ("kernel", "recurrent_kernel", "bias")
+WEIGHT_NAMES: dict[str, tuple[str, ...]] = {
+    "dense": _KERNEL_BIAS,
+    "einsum_dense": _KERNEL_BIAS,
+    "conv1d": _KERNEL_BIAS,
+    "conv2d": _KERNEL_BIAS,
+    "conv3d": _KERNEL_BIAS,
+    "conv1d_transpose": _KERNEL_BIAS,
+    "conv2d_transpose": _KERNEL_BIAS,
+    "conv3d_transpose": _KERNEL_BIAS,
+    "depthwise_conv1d": _KERNEL_BIAS,
+    "depthwise_conv2d": _KERNEL_BIAS,
+    "separable_conv1d": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "separable_conv2d": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "layer_normalization": ("gamma", "beta"),
+    "group_normalization": ("gamma", "beta"),
+    "rms_normalization": ("scale",),
+    "embedding": ("embeddings",),
+    "lstm_cell": _RNN_CELL,
+    "gru_cell": _RNN_CELL,
+    "simple_rnn_cell": _RNN_CELL,
+    "conv_lstm_cell": _RNN_CELL,
+    "conv_lstm1d_cell": _RNN_CELL,
+    "conv_lstm2d_cell": _RNN_CELL,
+    "conv_lstm3d_cell": _RNN_CELL,
+    "prelu": ("alpha",),
+}
+# Sub-layers stored under an attribute name rather than a class name.
+_ATTRIBUTE_CLASSES = {
+    "query_dense": "einsum_dense",
+    "key_dense": "einsum_dense",
+    "value_dense": "einsum_dense",
+    "output_dense": "einsum_dense",
+}
+# Training state Keras 3 saves beside the layers: metrics, loss trackers, seed generators.
+_STATE_KEYS = {"metrics", "compile_metrics", "compiled_metrics", "compile_loss", "loss_tracker",
+               "_loss_tracker", "metrics_tracker", "seed_generator", "_seed_generator"}
+_RNN_CELLS = {"lstm": "lstm_cell", "gru": "gru_cell", "simple_rnn": "simple_rnn_cell"}
+
+
+def snake_case(class_name: str) -> str:
+    """``BatchNormalization`` -> ``batch_normalization`` (Keras' own rule)."""
+    s = re.sub(r"\W+", "", class_name)
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", s)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """An HDF5 file with Keras 3's ``layers``/``vars`` tree (and no legacy ``layer_names``)."""
+    if not is_hdf5(head):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return looks_like_v3(f)
+    except OSError:
+        return False
+
+
+def looks_like_v3(f: h5py.Group) -> bool:
+    """Keras 3 saving_lib layout: a ``vars`` or ``layers`` group at the root."""
+    if "layer_names" in f.attrs or "layer_names0" in f.attrs or "model_weights" in f:
+        return False
+    return any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in ("vars", "layers"))
+
+
+@dataclass
+class LayerInfo:
+    """What ``config.json`` says about a layer: its class and options."""
+
+    class_name: str
+    config: Mapping[str, Any]
+
+
+def layer_infos(config: Any) -> dict[str, LayerInfo]:
+    """Every layer in a ``.keras`` ``config.json`` by name (first wins), found recursively.
+
+    The config is only read as JSON data: nothing in it is imported or executed.
+    """
+    found: dict[str, LayerInfo] = {}
+    stack: list[tuple[Any, int]] = [(config, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > 200:
+            raise UnsafeInputError("config.json is nested too deeply")
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if isinstance(node.get("class_name"), str) and isinstance(cfg, dict):
+                name = cfg.get("name")
+                if isinstance(name, str) and name not in found:
+                    found[name] = LayerInfo(node["class_name"], cfg)
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return found
+
+
+@dataclass
+class _VarsGroup:
+    """One object's ``vars`` group: the layer path, a class hint and its datasets by index."""
+
+    file_path: str  # HDF5 path of the vars group, e.g. /layers/dense/vars
+    chain: list[str]
+    class_hint: str | None
+    parent_class: str | None
+    datasets: dict[int, tuple[h5py.Dataset, "_Source"]] = field(default_factory=dict)
+    state: str = "layers"  # layers | optimizer | other
+
+
+@dataclass
+class _Source:
+    """Where an HDF5 image lives: its own file, or a stored member inside a zip."""
+
+    path: str  # what errors name
+    data_path: str  # the file byte ranges point into
+    base_offset: int
+    size: int
+
+
+def _natural_key(name: str) -> tuple[Any, ...]:
+    m = re.fullmatch(r"(.*?)(?:_(\d+))?", name)
+    assert m is not None
+    return (m.group(1), int(m.group(2) or 0), name)
+
+
+def collect_vars(
+    f: h5py.File, source: _Source, groups: dict[str, _VarsGroup], order: list[str]
+) -> str | None:
+    """Walk one HDF5 image, merging every ``vars`` group into ``groups`` (keyed by HDF5
+    path, so the shards of a sharded set merge). Returns the root model's name."""
+    root_name: str | None = None
+
+    def walk(group: h5py.Group, chain: list[str], class_hint: str | None,
+             parent_class: str | None, state: str, depth: int) -> None:
+        nonlocal root_name
+        if depth > MAX_DEPTH:
+            raise UnsafeInputError("groups nested too deeply", path=source.path, key=group.name)
+        links = {k: group.get(k, getlink=True) for k in group.keys()}
+        for key, link in links.items():
+            if isinstance(link, h5py.ExternalLink):
+                raise UnsafeInputError(
+                    f"refusing the external link {group.name}/{key} -> {link.filename}",
+                    path=source.path, key=f"{group.name}/{key}",
+                )
+            if isinstance(link, h5py.SoftLink):
+                raise UnsafeInputError(
+                    f"refusing the soft link {group.name}/{key} -> {link.path}",
+                    path=source.path, key=f"{group.name}/{key}",
+                )
+        own_chain = chain
+        own_class = class_hint
+        if isinstance(links.get("vars"), h5py.HardLink):
+            vars_group = group["vars"]
+            if not isinstance(vars_group, h5py.Group):
+                raise CorruptFileError(f"{vars_group.name} is not a group", path=source.path)
+            name = decode(vars_group.attrs.get("name", "")) or group.name.rsplit("/", 1)[-1]
+            if depth == 0:
+                root_name = str(name)
+                own_chain = []
+            else:
+                own_chain = chain + [str(name)]
+            record = groups.get(vars_group.name)
+            if record is None:
+                record = _VarsGroup(vars_group.name, own_chain, class_hint, parent_class, state=state)
+                groups[vars_group.name] = record
+                order.append(vars_group.name)
+            for key in vars_group.keys():
+                obj = vars_group.get(key, getlink=True)
+                if not isinstance(obj, h5py.HardLink):
+                    raise UnsafeInputError(
+                        f"refusing a link inside {vars_group.name}", path=source.path, key=key
+                    )
+                if not key.isdigit():
+                    raise CorruptFileError(
+                        f"unexpected variable key {key!r} in {vars_group.name}", path=source.path
+                    )
+                dataset = vars_group[key]
+                if not isinstance(dataset, h5py.Dataset):
+                    raise CorruptFileError(f"{dataset.name} is not a dataset", path=source.path)
+                record.datasets[int(key)] = (dataset, source)
+        for key in sorted((k for k in links if k != "vars"), key=_natural_key):
+            child = group[key]
+            if not isinstance(child, h5py.Group):
+                continue
+            child_state = state
+            if depth == 0 and key == "optimizer":
+                child_state = "optimizer"
+            elif key in _STATE_KEYS or "seed_generator" in key:
+                child_state = "other"
+            if "vars" in child:
+                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell)
+                walk(child, own_chain, _ATTRIBUTE_CLASSES.get(key, key), own_class, child_state, depth + 1)
+            else:
+                # a container (``layers``, a list attribute): children are keyed by class name
+                for sub in sorted(child.keys(), key=_natural_key):
+                    node = child[sub]
+                    if isinstance(node, h5py.Group):
+                        walk(node, own_chain, re.sub(r"_\d+$", "", sub), own_class, child_state, depth + 2)
+
+    walk(f, [], None, None, "layers", 0)
+    return root_name
+
+
+def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:
+    """Variable names of one layer, or the indices where they cannot be known."""
+    layer_name = record.chain[-1] if record.chain else ""
+    info = infos.get(layer_name)
+    cls = snake_case(info.class_name) if info else record.class_hint
+    if cls == "cell" or (info is None and record.class_hint == "cell"):
+        parent = record.parent_class or ""
+        cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
+    candidates = list(WEIGHT_NAMES.get(cls or "", ()))
+    if info is not None and candidates:
+        cfg = info.config
+        if cfg.get("use_bias") is False or (cls == "einsum_dense" and cfg.get("bias_axes") is None):
+            candidates = [c for c in candidates if c != "bias"]
+        if cfg.get("center") is False:
+            candidates = [c for c in candidates if c != "beta"]
+        if cfg.get("scale") is False:
+            candidates = [c for c in candidates if c != "gamma"]
+    if len(candidates) == count:
+        return candidates
+    if candidates and count == len(candidates) - 1 and candidates[-1] == "bias":
+        return candidates[:-1]
+    if cls == "batch_normalization" and count == 2:
+        return ["moving_mean", "moving_variance"]
+    return [str(i) for i in range(count)]
+
+
+def build_entries(
+    groups: Mapping[str, _VarsGroup],
+    order: Iterable[str],
+    *,
+    infos: Mapping[str, LayerInfo] | None = None,
+    root_name: str | None = None,
+) -> list[Entry]:
+    """Entries for every variable of the merged ``vars`` groups, layer by layer."""
+    infos = infos or {}
+    entries: list[Entry] = []
+    for group_path in order:
+        record = groups[group_path]
+        indices = sorted(record.datasets)
+        if indices != list(range(len(indices))):
+            missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
+            raise CorruptFileError(
+                f"variables {missing} of {group_path} are missing (a shard may be missing)",
+                path=next(iter(record.datasets.values()))[1].path,
+            )
+        if record.state == "layers":
+            layer = "/".join(record.chain)
+            names = _weight_names(record, len(indices), infos)
+            kinds: list[Kind] = ["weight"] * len(indices)
+        else:
+            layer = "optimizer" if record.state == "optimizer" else "/".join(["state", *record.chain])
+            names = [str(i) for i in indices]
+            kinds = []
+            for i in indices:
+                dataset = record.datasets[i][0]
+                counter = record.state == "optimizer" and i == 0 and dataset.shape == () and dataset.dtype.kind in "iu"
+                kinds.append("bookkeeping" if counter or record.state != "optimizer" else "optimizer")
+        for i, weight_name, kind in zip(indices, names, kinds):
+            dataset, source = record.datasets[i]
+            name = f"{layer}/{weight_name}" if layer else weight_name
+            entries.append(
+                dataset_entry(
+                    dataset,
+                    name=name,
+                    key=dataset.name,
+                    path=source.path,
+                    data_path=source.data_path,
+                    base_offset=source.base_offset,
+                    file_size=source.size,
+                    kind=kind,
+                    index=i,
+                    layer=layer,
+                )
+            )
+    if infos:
+        rank = {name: i for i, name in enumerate(infos)}
+        entries.sort(key=lambda e: (e.kind != "weight", rank.get(e.layer.split("/")[0], len(rank))))
+    return entries
+
+
+def read_image(f: h5py.File, source: _Source, infos: Mapping[str, LayerInfo] | None = None) -> tuple[list[Entry], str | None]:
+    """All entries of one Keras 3 weights HDF5 image (a file or a ``.keras`` member)."""
+    if not looks_like_v3(f):
+        raise CorruptFileError("not a Keras 3 weights file (no layers/vars groups)", path=source.path)
+    groups: dict[str, _VarsGroup] = {}
+    order: list[str] = []
+    root = collect_vars(f, source, groups, order)
+    return build_entries(groups, order, infos=infos, root_name=root), root
+
+
+def open(path: Path, **_options: object) -> Store:  # noqa: A001
+    """Open a Keras 3 ``.weights.h5`` file as a lazy store (metadata only)."""
+    f = open_h5(path, path=path)
+    try:
+        source = _Source(os.fspath(path), os.fspath(path), 0, os.path.getsize(path))
+        entries, root = read_image(f, source)
+    except BaseException:
+        f.close()
+        raise
+    metadata = {"model": root} if root else {}
+    return Store(entries, format=FORMAT, path=path, files=[path], metadata=metadata, closer=f.close)
