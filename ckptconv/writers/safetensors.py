@@ -1,0 +1,854 @@
+"""Stream outputs into a safetensors file, or a Hugging Face sharded set, atomically.
+
+The header is known from metadata alone (names, shapes, dtypes), so it is written first and
+the tensors follow one at a time, in the given order: peak memory is about the largest tensor
+that has to be computed, and a tensor whose bytes pass through unchanged (``Output.source``
+with a ``byte_range``) is copied file to file without becoming a Python array at all.
+
+With ``checksum=True`` (the default) every tensor's CRC-32C is computed on a second thread
+while the first one copies, and recorded in ``__metadata__["ckptconv.crc32c"]`` as a JSON
+object ``{name: "8 hex digits"}``. The header is first written with ``"00000000"``
+placeholders of the same width and patched in place at the end, so its length never changes.
+
+Every file is written under a dot-prefixed temporary name in the target directory, fsynced,
+and renamed into place; a sharded set's index is written last. A failed or interrupted run
+(exception, Ctrl-C, SIGTERM) leaves no temporary file and no new output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import crc32c as _crc32c
+import numpy as np
+
+from ..dtypes import by_name, dtype_name, to_safetensors
+from ..errors import CorruptFileError, IntegrityError, OutputError, UnsupportedError
+from ..store import Output
+
+__all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
+
+CRC_KEY = "ckptconv.crc32c"
+"""The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
+
+_CRC_PLACEHOLDER = "00000000"
+_CHUNK = 16 << 20  # bytes per read/write: big enough for full disk speed, small for memory
+_BUFFERS = 3  # read buffers in flight: one being written, one being checksummed, one spare
+_MAX_HEADER = 100_000_000  # the safetensors format's own header limit
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a size such as ``"5GB"`` or ``"1.5GiB"`` into bytes.
+
+    Units as the Hugging Face tools count them: ``B``, ``KB``, ``MB``, ``GB``, ``TB`` are powers
+    of 10; ``KiB``, ``MiB``, ``GiB``, ``TiB`` powers of 2; a bare number is bytes. Case does not
+    matter.
+
+    Raises:
+        ValueError: the text is not a positive size.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE_RE.match(str(text))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"not a size: {text!r}; expected a number with an optional unit "
+                "B, KB, MB, GB, TB (powers of 10) or KiB, MiB, GiB, TiB (powers of 2), e.g. 5GB"
+            )
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"a size must be positive: {text!r}")
+    return value
+
+
+@dataclass
+class WriteResult:
+    """What :func:`write_safetensors` wrote.
+
+    Attributes:
+        files: The files written, shards first and the index last for a sharded set.
+        tensors: Number of tensors written.
+        nbytes: Total tensor bytes (headers not counted).
+        checksums: CRC-32C of every tensor by name (empty with ``checksum=False``).
+    """
+
+    files: list[str]
+    tensors: int
+    nbytes: int
+    checksums: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """One tensor's place in one file."""
+
+    output: Output
+    code: str
+    begin: int
+    end: int
+
+
+def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
+    """The Hugging Face shard paths for ``dst``: ``model-00001-of-00003.safetensors``, ..."""
+    dst = os.fspath(dst)
+    directory, base = os.path.split(dst)
+    stem = base[: -len(".safetensors")] if base.endswith(".safetensors") else base
+    return [
+        os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.safetensors")
+        for i in range(1, count + 1)
+    ]
+
+
+def index_path(dst: str | os.PathLike[str]) -> str:
+    """The sharded set's index for ``dst``: ``model.safetensors.index.json``."""
+    return os.fspath(dst) + ".index.json"
+
+
+def write_safetensors(
+    outputs: Sequence[Output],
+    dst: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    force: bool = False,
+    fsync: bool = True,
+    checksum: bool = True,
+    max_shard_size: int | None = None,
+    progress: bool = False,
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> WriteResult:
+    """Write ``outputs`` in order into ``dst`` (or a sharded set named after it).
+
+    Everything is checked before any file is created: names, dtypes (safetensors has no
+    complex128 or string type), metadata, output paths. Then each output's data is read
+    once: ``output.compute()`` is called one output at a time, or, for an output whose bytes
+    are its source entry's stored bytes (``output.source.byte_range``), the bytes are copied
+    file to file without being decoded.
+
+    Args:
+        outputs: The tensors, in the order to write them.
+        dst: The ``.safetensors`` path. With sharding its stem names the shards
+            (``model-00001-of-00003.safetensors``) and ``dst + ".index.json"`` is the index;
+            if everything fits in one shard a single file ``dst`` is written.
+        metadata: String metadata for ``__metadata__``.
+        force: Replace an existing output (for a set, only once the new one is complete).
+        fsync: Flush files and the directory to disk before returning.
+        checksum: Record a CRC-32C per tensor in ``__metadata__``.
+        max_shard_size: Maximum tensor bytes per shard (an oversized tensor gets a shard
+            of its own), or None for one file.
+        progress: Show a progress bar over bytes on stderr.
+        protect: Input files that must not be overwritten (and, for a sharded input's index,
+            the shards it names).
+
+    Returns:
+        A :class:`WriteResult`.
+
+    Raises:
+        UnsupportedError: an output's dtype has no safetensors code.
+        OutputError: the output exists (without ``force``), is one of the inputs, cannot be
+            written, or an output's data does not match its declared shape or dtype.
+        IntegrityError: a source's recorded CRC-32C does not match its bytes.
+        CorruptFileError: a source file is truncated.
+    """
+    outputs = list(outputs)
+    dst = os.path.abspath(os.fspath(dst))
+    meta = _check_metadata(metadata, dst)
+    codes = _check_outputs(outputs, dst)
+    if max_shard_size is not None and max_shard_size <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {max_shard_size}")
+
+    groups = _shard(outputs, max_shard_size)
+    if len(groups) <= 1:
+        finals = [dst]
+        index = None
+    else:
+        finals = shard_names(dst, len(groups))
+        index = index_path(dst)
+    new_files = finals + ([index] if index else [])
+    old_files = _existing_output(dst)
+    _check_targets(new_files, old_files, dst, force=force, protect=protect)
+
+    total = sum(o.nbytes for o in outputs)
+    checksums: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_exit())
+        temps = stack.enter_context(_TempFiles(os.path.dirname(dst)))
+        bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
+        sources = stack.enter_context(_SourceFiles())
+        checker = stack.enter_context(_Checksummer())
+        for group, final in zip(groups, finals):
+            slots = _layout(group, codes)
+            fd, tmp = temps.create(os.path.basename(final))
+            checksums.update(
+                _write_file(
+                    fd, slots, meta, dst=final, checksum=checksum, fsync=fsync,
+                    bar=bar, sources=sources, checker=checker,
+                )
+            )
+            temps.close(fd)
+        index_tmp = None
+        if index is not None:
+            fd, index_tmp = temps.create(os.path.basename(index))
+            weight_map = {
+                o.name: os.path.basename(final) for group, final in zip(groups, finals) for o in group
+            }
+            body = json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
+                ensure_ascii=False,
+            ).encode("utf-8") + b"\n"
+            _write_all(fd, memoryview(body))
+            if fsync:
+                os.fsync(fd)
+            temps.close(fd)
+        pairs = list(zip(temps.paths[: len(finals)], finals))
+        if index_tmp is not None:
+            pairs.append((index_tmp, index))
+        temps.commit(pairs, force=force, fsync=fsync)
+    stale = [p for p in old_files if p not in new_files]
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    if stale and fsync:
+        _fsync_dir(os.path.dirname(dst))
+    return WriteResult(
+        files=new_files,
+        tensors=len(outputs),
+        nbytes=total,
+        checksums=checksums if checksum else {},
+    )
+
+
+# --- checks, before anything is created ---------------------------------------------------
+
+
+def _check_metadata(metadata: Mapping[str, str] | None, dst: str) -> dict[str, str]:
+    meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise OutputError(
+                f"safetensors metadata must map strings to strings; received {k!r}: {v!r}",
+                path=dst,
+            )
+    if CRC_KEY in meta:
+        raise OutputError(f"metadata key {CRC_KEY!r} is reserved for ckptconv's checksums", path=dst)
+    return meta
+
+
+def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
+    """Every output's safetensors dtype code by name; refuses unknown dtypes, repeated names."""
+    codes: dict[str, str] = {}
+    unsupported: list[str] = []
+    seen: set[str] = set()
+    for output in outputs:
+        if not isinstance(output.name, str) or not output.name or output.name == "__metadata__":
+            raise OutputError(f"invalid tensor name {output.name!r} for safetensors", path=dst)
+        if output.name in seen:
+            raise OutputError("two outputs share this name", path=dst, key=output.name)
+        seen.add(output.name)
+        code = to_safetensors(output.dtype)
+        if code is None:
+            unsupported.append(output.name)
+        codes[output.name] = code or ""
+    if unsupported:
+        first = next(o for o in outputs if o.name == unsupported[0])
+        more = f" (and {len(unsupported) - 1} more: {', '.join(unsupported[1:4])}...)" if len(
+            unsupported
+        ) > 1 else ""
+        raise UnsupportedError(
+            f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
+            "(--dtype or a cast op) or drop it with a rule",
+            path=dst,
+            key=first.name,
+        )
+    return codes
+
+
+def _shard(outputs: list[Output], max_shard_size: int | None) -> list[list[Output]]:
+    """Greedy in order: a new shard when the next tensor would not fit; big tensors alone."""
+    if max_shard_size is None:
+        return [outputs]
+    groups: list[list[Output]] = []
+    current: list[Output] = []
+    size = 0
+    for output in outputs:
+        if current and size + output.nbytes > max_shard_size:
+            groups.append(current)
+            current, size = [], 0
+        current.append(output)
+        size += output.nbytes
+    if current or not groups:
+        groups.append(current)
+    return groups
+
+
+def _existing_output(dst: str) -> list[str]:
+    """The files of an output already at ``dst``: the file, and a sharded set's index + shards."""
+    found = []
+    if os.path.lexists(dst):
+        found.append(dst)
+    index = index_path(dst)
+    if os.path.lexists(index):
+        found.append(index)
+        directory = os.path.dirname(dst)
+        for name in _index_files(index):
+            path = os.path.join(directory, name)
+            if os.path.lexists(path) and path not in found:
+                found.append(path)
+    return found
+
+
+def _index_files(index: str) -> list[str]:
+    """Shard file names an index JSON names (plain names only; anything else is ignored)."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(weight_map, dict):
+        return []
+    names = []
+    for value in weight_map.values():
+        if isinstance(value, str) and value and os.path.basename(value) == value and value not in (
+            ".",
+            "..",
+        ) and value not in names:
+            names.append(value)
+    return names
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _protected(protect: Iterable[str | os.PathLike[str]]) -> list[str]:
+    paths = []
+    for p in protect:
+        path = os.path.abspath(os.fspath(p))
+        paths.append(path)
+        if path.endswith(".json") and os.path.isfile(path):
+            directory = os.path.dirname(path)
+            paths.extend(os.path.join(directory, name) for name in _index_files(path))
+    return paths
+
+
+def _check_targets(
+    new_files: list[str],
+    old_files: list[str],
+    dst: str,
+    *,
+    force: bool,
+    protect: Iterable[str | os.PathLike[str]],
+) -> None:
+    directory = os.path.dirname(dst)
+    if not os.path.isdir(directory):
+        raise OutputError("the output directory does not exist; create it first", path=directory)
+    inputs = _protected(protect)
+    for path in new_files + old_files:
+        for source in inputs:
+            if _same_file(path, source):
+                raise OutputError(
+                    f"the output would overwrite the input {source}; choose another output path",
+                    path=path,
+                )
+    for path in new_files:
+        if os.path.isdir(path):
+            raise OutputError("the output path is a directory", path=path)
+    if old_files and not force:
+        raise OutputError(
+            "the output already exists; pass --force (force=True) to replace it",
+            path=old_files[0],
+        )
+
+
+# --- writing one file ----------------------------------------------------------------------
+
+
+def _layout(group: list[Output], codes: Mapping[str, str]) -> list[_Slot]:
+    slots = []
+    offset = 0
+    for output in group:
+        n = output.nbytes
+        slots.append(_Slot(output, codes[output.name], offset, offset + n))
+        offset += n
+    return slots
+
+
+def _header(slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None) -> bytes:
+    """The header bytes (length prefix included), padded with spaces to a multiple of 8."""
+    header: dict[str, object] = {}
+    full_meta = dict(meta)
+    if crcs is not None:
+        full_meta[CRC_KEY] = json.dumps(
+            {s.output.name: f"{crcs.get(s.output.name, 0):08x}" for s in slots},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+    if full_meta:
+        header["__metadata__"] = full_meta
+    for s in slots:
+        header[s.output.name] = {
+            "dtype": s.code,
+            "shape": list(s.output.shape),
+            "data_offsets": [s.begin, s.end],
+        }
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _write_file(
+    fd: int,
+    slots: list[_Slot],
+    meta: Mapping[str, str],
+    *,
+    dst: str,
+    checksum: bool,
+    fsync: bool,
+    bar: _Bar,
+    sources: _SourceFiles,
+    checker: _Checksummer,
+) -> dict[str, int]:
+    head = _header(slots, meta, {} if checksum else None)
+    if len(head) - 8 > _MAX_HEADER:
+        raise OutputError(
+            f"the header would be {len(head) - 8} bytes, above safetensors' limit of "
+            f"{_MAX_HEADER}; shard the output (--max-shard-size)",
+            path=dst,
+        )
+    out = _Sink(fd, checker, fsync=fsync)
+    out.write(memoryview(head), None)
+    crcs: dict[str, int] = {}
+    for slot in slots:
+        output = slot.output
+        source = output.source
+        want_crc = checksum or (source is not None and source.crc32c is not None)
+        name = output.name if want_crc else None
+        if name is not None:
+            checker.start(name)
+        if _passes_through(output):
+            _copy_range(output, out, sources, name, bar)
+        else:
+            _write_computed(output, out, dst, name, bar)
+        if name is not None:
+            crc = checker.result(name)
+            if source is not None and source.crc32c is not None and crc != source.crc32c:
+                raise IntegrityError(
+                    f"stored bytes fail their recorded CRC-32C (recorded {source.crc32c:08x}, "
+                    f"computed {crc:08x}): the source file is damaged",
+                    path=source.path,
+                    key=source.name,
+                )
+            if checksum:
+                crcs[output.name] = crc
+    if checksum:
+        patched = _header(slots, meta, crcs)
+        assert len(patched) == len(head), "the checksum placeholders changed the header length"
+        _pwrite_all(fd, memoryview(patched), 0)
+    out.finish()
+    return crcs
+
+
+def _passes_through(output: Output) -> bool:
+    source = output.source
+    return (
+        source is not None
+        and source.byte_range is not None
+        and source.byte_range.length == output.nbytes
+        and source.shape == output.shape
+        and dtype_name(source.dtype) == dtype_name(output.dtype)
+    )
+
+
+def _copy_range(
+    output: Output, out: _Sink, sources: _SourceFiles, name: str | None, bar: _Bar
+) -> None:
+    """Copy a tensor's stored bytes into the output, chunk by chunk, without decoding them."""
+    assert output.source is not None and output.source.byte_range is not None
+    br = output.source.byte_range
+    src = sources.fd(br.path)
+    done = 0
+    while done < br.length:
+        want = min(_CHUNK, br.length - done)
+        slot, buf = out.buffer(want)
+        got = 0
+        while got < want:
+            n = os.preadv(src, [buf[got:]], br.offset + done + got)
+            if n <= 0:
+                raise CorruptFileError(
+                    f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
+                    "the file ends before",
+                    path=br.path,
+                    key=output.source.name,
+                )
+            got += n
+        out.write(buf, name, slot=slot)
+        done += want
+        bar.update(want)
+
+
+def _write_computed(output: Output, out: _Sink, dst: str, name: str | None, bar: _Bar) -> None:
+    """Compute the output's array and write its bytes in C order, little-endian."""
+    array = output.compute()
+    if not isinstance(array, np.ndarray):
+        array = np.asarray(array)
+    if array.shape != output.shape:
+        raise OutputError(
+            f"computed data has shape {list(array.shape)}, the plan says {list(output.shape)}",
+            path=dst,
+            key=output.name,
+        )
+    if dtype_name(array.dtype) != dtype_name(output.dtype):
+        raise OutputError(
+            f"computed data has dtype {dtype_name(array.dtype)}, the plan says "
+            f"{dtype_name(output.dtype)}",
+            path=dst,
+            key=output.name,
+        )
+    little = _little_endian(output.dtype)
+    if array.flags.c_contiguous and array.dtype == little:
+        if array.nbytes:
+            flat = memoryview(array.reshape(-1).view(np.uint8))
+            for start in range(0, len(flat), _CHUNK):
+                piece = flat[start : start + _CHUNK]
+                out.write(piece, name)
+                bar.update(len(piece))
+    else:
+        for block in _c_order_blocks(array, little):
+            piece = memoryview(block.reshape(-1).view(np.uint8))
+            out.write(piece, name)
+            bar.update(len(piece))
+    out.drain()  # the checksum thread is done with this array before the next one is made
+
+
+def _little_endian(dtype: np.dtype) -> np.dtype:
+    try:
+        return by_name(dtype_name(dtype))
+    except KeyError:
+        return np.dtype(dtype)
+
+
+def _c_order_blocks(array: np.ndarray, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Contiguous little-endian copies of consecutive slabs along the first axis."""
+    if array.ndim == 0 or array.size == 0:
+        yield np.ascontiguousarray(array, dtype=dtype)
+        return
+    row = max(1, array[0].size * dtype.itemsize)
+    rows = max(1, _CHUNK // row)
+    for start in range(0, array.shape[0], rows):
+        yield np.ascontiguousarray(array[start : start + rows], dtype=dtype)
+
+
+# --- low-level output ----------------------------------------------------------------------
+
+
+class _Sink:
+    """Sequential writes to one output file, feeding the checksum thread as bytes go out.
+
+    Holds a small ring of reusable read buffers: a buffer is handed out again only once the
+    checksum thread has finished with it, so memory stays at ``_BUFFERS * _CHUNK``.
+    """
+
+    def __init__(self, fd: int, checker: _Checksummer, *, fsync: bool) -> None:
+        self.fd = fd
+        self.checker = checker
+        self.fsync = fsync
+        self.offset = 0
+        self._flushed = 0
+        self._ring = checker.ring
+        self._turn = 0
+
+    def buffer(self, size: int) -> tuple[int, memoryview]:
+        """A reusable buffer (ring slot, view) of ``size`` bytes no pending checksum reads."""
+        slot = self._turn % len(self._ring)
+        self._turn += 1
+        buf, pending = self._ring[slot]
+        if pending is not None:
+            pending.result()
+        if len(buf) < size:
+            buf = memoryview(bytearray(max(size, _CHUNK)))
+        self._ring[slot] = (buf, None)
+        return slot, buf[:size]
+
+    def write(self, data: memoryview, name: str | None, *, slot: int | None = None) -> None:
+        """Write ``data``; checksum it under ``name`` (on the other thread) unless None.
+
+        ``slot``: the ring buffer ``data`` lives in, which stays reserved until checksummed.
+        """
+        _write_all(self.fd, data)
+        self.offset += len(data)
+        if name is not None and len(data):
+            future = self.checker.update(name, data)
+            if slot is not None:
+                self._ring[slot] = (self._ring[slot][0], future)
+        if self.fsync and self.offset - self._flushed >= _WRITEBACK_STEP:
+            # Start writing back what is written so far, without waiting for it, so the
+            # final fsync has little left to do (the disk works while we copy).
+            _start_writeback(self.fd, self._flushed, self.offset - self._flushed)
+            self._flushed = self.offset
+
+    def drain(self) -> None:
+        self.checker.drain()
+
+    def finish(self) -> None:
+        self.checker.drain()
+        if self.fsync:
+            os.fsync(self.fd)
+
+
+_WRITEBACK_STEP = 64 << 20
+
+
+def _load_sync_file_range():  # type: ignore[no-untyped-def]
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # best effort
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+class _Checksummer:
+    """CRC-32C on a worker thread: ``crc32c`` releases the GIL, so it runs on the second core
+    while the main thread copies. Updates for one tensor run in submission order (one worker).
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._values: dict[str, int] = {}
+        self._last: Future[None] | None = None
+        self.ring: list[tuple[memoryview, Future[None] | None]] = []
+
+    def __enter__(self) -> _Checksummer:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ckptconv-crc32c")
+        self.ring = [(memoryview(bytearray(0)), None) for _ in range(_BUFFERS)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.ring = []
+
+    def start(self, name: str) -> None:
+        self._values[name] = 0
+
+    def update(self, name: str, data: memoryview) -> Future[None]:
+        assert self._pool is not None
+        self._last = self._pool.submit(self._update, name, data)
+        return self._last
+
+    def _update(self, name: str, data: memoryview) -> None:
+        self._values[name] = _crc32c.crc32c(data, self._values[name])
+
+    def drain(self) -> None:
+        if self._last is not None:
+            self._last.result()
+            self._last = None
+
+    def result(self, name: str) -> int:
+        self.drain()
+        return self._values.pop(name)
+
+
+class _SourceFiles:
+    """Read-only descriptors of source files, opened once per write."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fds[path] = fd
+        return fd
+
+    def __enter__(self) -> _SourceFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class _TempFiles:
+    """Temporary files in the target directory, removed unless committed."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.paths: list[str] = []
+        self._open: set[int] = set()
+        self._placed: list[str] = []
+
+    def create(self, final_name: str) -> tuple[int, str]:
+        try:
+            fd, path = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".tmp", dir=self.directory)
+        except OSError as e:
+            raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
+        self.paths.append(path)
+        self._open.add(fd)
+        return fd, path
+
+    def close(self, fd: int) -> None:
+        self._open.discard(fd)
+        os.close(fd)
+
+    def commit(self, pairs: list[tuple[str, str]], *, force: bool, fsync: bool) -> None:
+        """Move every temporary file to its final name, in order; the last one completes it."""
+        for tmp, final in pairs:
+            _place(tmp, final, force=force)
+            self._placed.append(final)
+            self.paths.remove(tmp)
+        self._placed = []  # complete: nothing to roll back
+        if fsync:
+            _fsync_dir(self.directory)
+
+    def __enter__(self) -> _TempFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._open:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for path in self.paths + self._placed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _place(tmp: str, final: str, *, force: bool) -> None:
+    if force:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)  # fails if final appeared meanwhile: never clobber without force
+    except FileExistsError as e:
+        raise OutputError(
+            "the output already exists; pass --force (force=True) to replace it", path=final
+        ) from e
+    except OSError:  # a filesystem without hard links
+        if os.path.lexists(final):
+            raise OutputError(
+                "the output already exists; pass --force (force=True) to replace it", path=final
+            ) from None
+        os.replace(tmp, final)
+        return
+    os.unlink(tmp)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the files themselves are synced
+    finally:
+        os.close(fd)
+
+
+class _Bar:
+    def __init__(self, bar: object | None) -> None:
+        self._bar = bar
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool, label: str) -> Iterator[_Bar]:
+    if not enabled:
+        yield _Bar(None)
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
+        leave=False,
+    ) as bar:
+        yield _Bar(bar)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while writing, so the cleanup runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous is not signal.SIG_DFL:
+        yield  # someone else handles SIGTERM: leave it to them
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
