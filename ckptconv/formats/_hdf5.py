@@ -146,7 +146,7 @@ def dataset_entry(
     name: str,
     key: str,
     path: str,
-    data_path: str,
+    data_path: str | None,
     base_offset: int = 0,
     file_size: int,
     kind: Kind = "weight",
@@ -156,7 +156,8 @@ def dataset_entry(
     """An Entry for one HDF5 dataset, with a byte range when its bytes lie raw in the file.
 
     Args:
-        data_path: The file the byte range points into (the .keras zip for an archive).
+        data_path: The file the byte range points into (the .keras zip for an archive), or
+            None when the bytes are not stored raw in any file (a compressed zip member).
         base_offset: Where the HDF5 file starts inside ``data_path`` (a stored zip member).
         file_size: Size of the HDF5 image: extents beyond it are refused before any read.
     """
@@ -177,7 +178,7 @@ def dataset_entry(
         and dataset.dtype.byteorder in "<|="
         and (dataset.dtype.byteorder != "=" or np.little_endian)
     )
-    if offset is not None and plain:
+    if offset is not None and plain and data_path is not None:
         if offset + nbytes > file_size:
             raise CorruptFileError(
                 f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
@@ -185,7 +186,7 @@ def dataset_entry(
                 path=path,
                 key=key,
             )
-        byte_range = ByteRange(data_path, base_offset + offset, nbytes)
+        byte_range = ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
         loader = None
     else:
         if dataset.chunks is not None and dataset.id.get_storage_size() == 0 and nbytes > 0:

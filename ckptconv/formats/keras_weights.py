@@ -118,9 +118,9 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 name = cfg.get("name")
                 if isinstance(name, str) and name not in found:
                     found[name] = LayerInfo(node["class_name"], cfg)
-            stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((v, depth + 1) for v in reversed(list(node.values())))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+            stack.extend((v, depth + 1) for v in reversed(node))
     return found
 
 
@@ -141,7 +141,7 @@ class _Source:
     """Where an HDF5 image lives: its own file, or a stored member inside a zip."""
 
     path: str  # what errors name
-    data_path: str  # the file byte ranges point into
+    data_path: str | None  # the file byte ranges point into (None: bytes are not raw in any file)
     base_offset: int
     size: int
 
@@ -153,10 +153,20 @@ def _natural_key(name: str) -> tuple[Any, ...]:
 
 
 def collect_vars(
-    f: h5py.File, source: _Source, groups: dict[str, _VarsGroup], order: list[str]
+    f: h5py.File,
+    source: _Source,
+    groups: dict[str, _VarsGroup],
+    order: list[str],
+    *,
+    key_names: Mapping[str, str] | None = None,
 ) -> str | None:
     """Walk one HDF5 image, merging every ``vars`` group into ``groups`` (keyed by HDF5
-    path, so the shards of a sharded set merge). Returns the root model's name."""
+    path, so the shards of a sharded set merge). Returns the root model's name.
+
+    ``key_names`` maps object group paths to layer names for files whose ``vars`` groups carry
+    no ``name`` attribute (tf-keras, Keras < 3.6); failing both, the group key is the name.
+    """
+    key_names = key_names or {}
     root_name: str | None = None
 
     def walk(group: h5py.Group, chain: list[str], class_hint: str | None,
@@ -182,7 +192,11 @@ def collect_vars(
             vars_group = group["vars"]
             if not isinstance(vars_group, h5py.Group):
                 raise CorruptFileError(f"{vars_group.name} is not a group", path=source.path)
-            name = decode(vars_group.attrs.get("name", "")) or group.name.rsplit("/", 1)[-1]
+            name = (
+                decode(vars_group.attrs.get("name", ""))
+                or key_names.get(group.name)
+                or group.name.rsplit("/", 1)[-1]
+            )
             if depth == 0:
                 root_name = str(name)
                 own_chain = []

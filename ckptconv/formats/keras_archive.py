@@ -1,0 +1,214 @@
+"""Keras ``.keras`` archives: a zip with ``config.json``, ``metadata.json``, ``model.weights.h5``.
+
+The weights are read in place: Keras stores the members uncompressed, so the HDF5 image is a
+plain byte range of the zip and every tensor's bytes lie at (member offset + dataset offset).
+Nothing is extracted. ``config.json`` is parsed as JSON only — never unmarshalled or executed
+(a Lambda layer's bytecode is just a string here); it names the layers and their classes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptFileError, UnsafeInputError
+from ..store import Store
+from ._hdf5 import open_h5
+from .keras_weights import (
+    LayerInfo,
+    _Source,
+    _VarsGroup,
+    build_entries,
+    collect_vars,
+    layer_infos,
+    looks_like_v3,
+    snake_case,
+)
+
+FORMAT = "keras-archive"
+WEIGHTS_MEMBER = "model.weights.h5"
+MAX_CONFIG_BYTES = 256 * 2**20
+MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """A zip whose members include ``model.weights.h5`` or ``config.json``."""
+    if not head.startswith(b"PK\x03\x04") or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return WEIGHTS_MEMBER in names or "config.json" in names
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes at ``offset`` of a file (pread based)."""
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._length - self._pos))
+        if n == 0:
+            return 0
+        data = os.pread(self._fd, n, self._offset + self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Absolute offset of a member's data: after its local header, name and extra field."""
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        raw = f.read(_LOCAL_HEADER.size)
+    if len(raw) < _LOCAL_HEADER.size:
+        raise CorruptFileError("the zip is truncated (local header)", path=path, key=info.filename)
+    fields = _LOCAL_HEADER.unpack(raw)
+    if fields[0] != b"PK\x03\x04":
+        raise CorruptFileError("bad zip local header", path=path, key=info.filename)
+    return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+
+
+def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
+    try:
+        info = z.getinfo("config.json")
+    except KeyError:
+        return None
+    if info.file_size > MAX_CONFIG_BYTES:
+        raise UnsafeInputError("config.json is implausibly large", path=path, key="config.json")
+    with z.open(info) as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
+
+
+def key_names(config: Any) -> dict[str, str]:
+    """HDF5 group paths -> layer names, following Keras' own keying (snake_case class name,
+    ``_1``, ``_2``, ... in layer order) for files that do not record names (tf-keras, Keras < 3.6)."""
+    names: dict[str, str] = {}
+
+    def visit(model: Any, prefix: str, depth: int) -> None:
+        if depth > 100 or not isinstance(model, dict):
+            return
+        cfg = model.get("config")
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        if not isinstance(layers, list):
+            return
+        sequential = model.get("class_name") == "Sequential"
+        counters: dict[str, int] = {}
+        for layer in layers:
+            if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
+                continue
+            if sequential and layer["class_name"] == "InputLayer":
+                continue
+            snake = snake_case(layer["class_name"])
+            count = counters.get(snake, 0)
+            counters[snake] = count + 1
+            key = snake if count == 0 else f"{snake}_{count}"
+            path = f"{prefix}/layers/{key}"
+            name = (layer.get("config") or {}).get("name")
+            if isinstance(name, str):
+                names[path] = name
+            visit(layer, path, depth + 1)
+
+    visit(config, "", 0)
+    return names
+
+
+def open(path: Path, **_options: object) -> Store:  # noqa: A001
+    """Open a ``.keras`` archive's weights in place (metadata only; nothing is extracted)."""
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise CorruptFileError(f"not a readable zip archive ({e})", path=path) from e
+    with z:
+        try:
+            info = z.getinfo(WEIGHTS_MEMBER)
+        except KeyError:
+            raise CorruptFileError(
+                f"the archive holds no {WEIGHTS_MEMBER} (saved without weights?)", path=path
+            ) from None
+        config = _read_config(z, path)
+        metadata_json: dict[str, str] = {}
+        if "metadata.json" in z.namelist() and z.getinfo("metadata.json").file_size < 2**20:
+            try:
+                meta = json.loads(z.read("metadata.json"))
+                if isinstance(meta, dict):
+                    metadata_json = {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+        if info.compress_type == zipfile.ZIP_STORED:
+            start = member_data_offset(path, info)
+            if start + info.file_size > os.path.getsize(path):
+                raise CorruptFileError(
+                    f"{WEIGHTS_MEMBER} extends beyond the end of the archive: truncated", path=path
+                )
+            fileobj: Any = _Window(os.fspath(path), start, info.file_size)
+            source = _Source(os.fspath(path), os.fspath(path), start, info.file_size)
+        else:
+            if info.compress_size and info.file_size / info.compress_size > MAX_EXPANSION:
+                raise UnsafeInputError(
+                    f"{WEIGHTS_MEMBER} expands {info.file_size / info.compress_size:.0f}x: "
+                    "refusing a likely zip bomb",
+                    path=path,
+                )
+            # a re-zipped archive: still no extraction, but reads go through the decompressor
+            fileobj = zipfile.ZipFile(path).open(info)
+            source = _Source(os.fspath(path), None, 0, info.file_size)
+    f = open_h5(fileobj, path=path)
+    try:
+        if not looks_like_v3(f):
+            raise CorruptFileError(f"{WEIGHTS_MEMBER} is not a Keras 3 weights file", path=path)
+        infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
+        groups: dict[str, _VarsGroup] = {}
+        order: list[str] = []
+        root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
+        entries = build_entries(groups, order, infos=infos, root_name=root)
+    except BaseException:
+        f.close()
+        fileobj.close()
+        raise
+
+    def close() -> None:
+        f.close()
+        fileobj.close()
+
+    metadata = {k: v for k, v in metadata_json.items() if k in ("keras_version", "date_saved")}
+    if root:
+        metadata["model"] = root
+    return Store(entries, format=FORMAT, path=path, files=[path], metadata=metadata, closer=close)

@@ -1,0 +1,103 @@
+"""Sharded Keras 3 weights: ``x.weights.json`` plus ``x_0000k.weights.h5`` shards.
+
+The JSON maps each ``vars`` group path to the shard(s) holding it (a list, or a bare string
+in some writers). Shards are ordinary ``.weights.h5`` files; the variables of one group may be
+spread over several of them, so the groups of all shards are merged before naming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import CorruptFileError, FormatError, UnsafeInputError
+from ..store import Store
+from ._hdf5 import open_h5
+from .keras_weights import _Source, _VarsGroup, build_entries, collect_vars, looks_like_v3
+
+FORMAT = "keras-sharded"
+MAX_INDEX_BYTES = 64 * 2**20
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """A JSON index whose ``weight_map`` points at ``.weights.h5`` shards."""
+    if not head.lstrip().startswith(b"{") or not path.is_file():
+        return False
+    try:
+        index = _load_index(path)
+    except _NOT_AN_INDEX:
+        return False
+    values = index.get("weight_map", {}).values() if isinstance(index.get("weight_map"), dict) else []
+    return any(str(f).endswith(".h5") for v in values for f in ([v] if isinstance(v, str) else v))
+
+
+def _load_index(path: Path) -> dict:
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise CorruptFileError("the shard index is implausibly large", path=path)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CorruptFileError("the shard index has no weight_map object", path=path)
+    return index
+
+
+_NOT_AN_INDEX = (CorruptFileError, OSError, UnicodeError)
+
+
+def shard_paths(path: Path, index: dict) -> list[Path]:
+    """The shard files the index names, in first-mention order, each checked to exist and to
+    lie in the index's own directory."""
+    base = path.parent.resolve()
+    seen: dict[str, Path] = {}
+    for group, files in index["weight_map"].items():
+        for name in [files] if isinstance(files, str) else files:
+            if not isinstance(name, str):
+                raise CorruptFileError(f"bad shard entry for {group!r}", path=path)
+            if name in seen:
+                continue
+            candidate = (base / name).resolve()
+            if os.path.isabs(name) or candidate.parent != base:
+                raise UnsafeInputError(
+                    f"the index names a shard outside its directory: {name!r}", path=path
+                )
+            if not candidate.is_file():
+                raise CorruptFileError(f"shard {name!r} named by the index is missing", path=path)
+            seen[name] = candidate
+    if not seen:
+        raise CorruptFileError("the shard index names no shards", path=path)
+    return list(seen.values())
+
+
+def open(path: Path, **_options: object) -> Store:  # noqa: A001
+    """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only)."""
+    index = _load_index(path)
+    shards = shard_paths(path, index)
+    files = []
+    groups: dict[str, _VarsGroup] = {}
+    order: list[str] = []
+    root = None
+    try:
+        for shard in shards:
+            f = open_h5(shard, path=shard)
+            files.append(f)
+            if not looks_like_v3(f):
+                raise FormatError("shard is not a Keras 3 weights file", path=shard)
+            source = _Source(os.fspath(shard), os.fspath(shard), 0, os.path.getsize(shard))
+            root = collect_vars(f, source, groups, order) or root
+        entries = build_entries(groups, order, root_name=root)
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+
+    def close() -> None:
+        for f in files:
+            f.close()
+
+    metadata = {"model": root} if root else {}
+    return Store(
+        entries, format=FORMAT, path=path, files=[path, *shards], metadata=metadata, closer=close
+    )
