@@ -1,0 +1,410 @@
+"""safetensors: a single file, or a Hugging Face sharded set read through its index JSON.
+
+A file is an 8-byte little-endian header length, a JSON header (at most 100 MB) mapping each
+tensor name to ``{dtype, shape, data_offsets}`` plus an optional ``__metadata__`` of strings,
+then the tensors' raw little-endian C-order bytes, contiguous. Opening reads the header only;
+every entry carries a :class:`~ckptconv.store.ByteRange`, so reading a tensor is one ``pread``
+(no memory map of the whole file, whose touched pages would count as resident memory) and a
+writer can copy it file to file. bf16 and float8 read as ``ml_dtypes`` arrays, without torch.
+
+A sharded set (``model-00001-of-00003.safetensors`` ... plus ``model.safetensors.index.json``
+= ``{"metadata": {...}, "weight_map": {name: file}}``) is opened through its index (or a
+directory holding exactly one index); the shards must lie in the index's directory.
+
+Names are the file's keys unchanged. ``layer`` is the name without its last ``/``- or
+``.``-separated part (``encoder.layer.0.attention.self.query.weight`` ->
+``encoder.layer.0.attention.self.query``) and ``index`` follows Keras' order of known weight
+names (:func:`ckptconv.store.keras_order`). Every entry is a weight: safetensors holds weights.
+When the file carries ckptconv's checksums (``__metadata__["ckptconv.crc32c"]``), each entry's
+``crc32c`` is set and :meth:`~ckptconv.store.Entry.read` checks it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from pathlib import Path
+
+import crc32c as _crc32c
+
+from ..dtypes import from_safetensors
+from ..errors import CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
+from ..store import ByteRange, Entry, Store, keras_order, read_byte_range
+
+__all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open", "read_header", "Header", "CRC_KEY"]
+
+FORMAT = "safetensors"
+SHARDED_FORMAT = "safetensors-sharded"
+CRC_KEY = "ckptconv.crc32c"
+MAX_HEADER_BYTES = 100_000_000  # the format's own limit
+MAX_INDEX_BYTES = 64 * 2**20
+
+
+class Header:
+    """A safetensors file's parsed header.
+
+    Attributes:
+        path: The file.
+        data_start: Byte offset where tensor data begins (8 + header length).
+        tensors: ``{name: (dtype code, shape, begin, end)}`` in stored (data offset) order.
+        metadata: ``__metadata__`` (string to string).
+        checksums: ckptconv's recorded CRC-32Cs by name (empty if the file has none).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        data_start: int,
+        tensors: dict[str, tuple[str, tuple[int, ...], int, int]],
+        metadata: dict[str, str],
+        checksums: dict[str, int],
+    ) -> None:
+        self.path = path
+        self.data_start = data_start
+        self.tensors = tensors
+        self.metadata = metadata
+        self.checksums = checksums
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """A file starting with a plausible safetensors header, or an index JSON whose
+    ``weight_map`` maps names to ``.safetensors`` files (or a directory holding one)."""
+    if path.is_dir():
+        return _index_in_directory(path) is not None
+    if not path.is_file():
+        return False
+    if _looks_like_safetensors(head, path):
+        return True
+    if head.lstrip().startswith(b"{"):
+        try:
+            index = _load_index(path)
+        except (CorruptFileError, OSError, UnicodeError):
+            return False
+        return _names_safetensors(path, index)
+    return False
+
+
+def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    if n < 2 or n > MAX_HEADER_BYTES or head[8:9] != b"{":
+        return False
+    try:
+        return 8 + n <= path.stat().st_size
+    except OSError:
+        return False
+
+
+def _names_safetensors(path: Path, index: dict) -> bool:
+    values = list(index["weight_map"].values())
+    if not values or not all(isinstance(v, str) for v in values):
+        return False
+    if any(v.endswith(".safetensors") for v in values):
+        return True
+    first = path.parent / values[0]
+    try:
+        with first.open("rb") as f:
+            return _looks_like_safetensors(f.read(16), first)
+    except OSError:
+        return False
+
+
+def _index_in_directory(path: Path) -> Path | None:
+    try:
+        found = sorted(path.glob("*.safetensors.index.json"))
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def open(path: Path, *, check_crc: bool = True, **_options: object) -> Store:  # noqa: A001
+    """Open a safetensors file or sharded set as a lazy store. Reads headers only.
+
+    Args:
+        path: A ``.safetensors`` file, an ``*.safetensors.index.json``, or a directory holding
+            exactly one such index.
+        check_crc: Check ckptconv's recorded CRC-32C (when present) on every ``read()``.
+
+    Raises:
+        CorruptFileError: a bad header, offsets with holes or overlaps or beyond the file, a
+            missing shard, or a tensor the index and its shard disagree on.
+        UnsafeInputError: the index names a shard outside its directory.
+        UnsupportedError: a dtype ckptconv does not know.
+    """
+    path = Path(path)
+    if path.is_dir():
+        index_file = _index_in_directory(path)
+        if index_file is None:
+            raise CorruptFileError("the directory holds no single *.safetensors.index.json", path=path)
+        return _open_sharded(index_file, check_crc=check_crc)
+    with path.open("rb") as f:
+        head = f.read(16)
+    if _looks_like_safetensors(head, path) or not head.lstrip().startswith(b"{"):
+        return _open_single(path, check_crc=check_crc)
+    return _open_sharded(path, check_crc=check_crc)
+
+
+def _open_single(path: Path, *, check_crc: bool) -> Store:
+    header = read_header(path)
+    entries = _entries(header, check_crc=check_crc)
+    keras_order(entries)
+    return Store(
+        entries,
+        format=FORMAT,
+        path=path,
+        files=[path],
+        metadata={k: v for k, v in header.metadata.items() if k != CRC_KEY},
+    )
+
+
+def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
+    index = _load_index(index_file)
+    weight_map: dict[str, str] = index["weight_map"]
+    shards = shard_files(index_file, index)
+    entries: list[Entry] = []
+    metadata: dict[str, str] = {}
+    seen: set[str] = set()
+    for shard in shards:
+        header = read_header(shard)
+        if not metadata:
+            metadata = {k: v for k, v in header.metadata.items() if k != CRC_KEY}
+        for name in header.tensors:
+            if weight_map.get(name) is None or (index_file.parent / weight_map[name]).resolve() != shard.resolve():
+                raise CorruptFileError(
+                    f"the shard holds this tensor but the index {index_file.name} maps it to "
+                    f"{weight_map.get(name)!r}; the set is inconsistent",
+                    path=shard,
+                    key=name,
+                )
+        seen.update(header.tensors)
+        entries.extend(_entries(header, check_crc=check_crc))
+    for name, file in weight_map.items():
+        if name not in seen:
+            raise CorruptFileError(
+                f"the index maps this tensor to {file!r}, which does not hold it",
+                path=index_file,
+                key=name,
+            )
+    keras_order(entries)
+    meta = index.get("metadata")
+    if isinstance(meta, dict) and "total_size" in meta:
+        metadata["total_size"] = str(meta["total_size"])
+    return Store(
+        entries,
+        format=SHARDED_FORMAT,
+        path=index_file,
+        files=[index_file, *shards],
+        metadata=metadata,
+    )
+
+
+def _load_index(path: Path) -> dict:
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise CorruptFileError("the shard index is implausibly large", path=path)
+    try:
+        index = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CorruptFileError("the shard index has no weight_map object", path=path)
+    return index
+
+
+def shard_files(index_file: Path, index: dict) -> list[Path]:
+    """The shards an index names, sorted by file name, each checked to lie in the index's
+    directory and to exist."""
+    base = index_file.parent.resolve()
+    names: list[str] = []
+    for name, file in index["weight_map"].items():
+        if not isinstance(file, str) or not file:
+            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, key=name)
+        if file not in names:
+            names.append(file)
+    if not names:
+        raise CorruptFileError("the index names no shards", path=index_file)
+    shards = []
+    for file in sorted(names):
+        candidate = (base / file).resolve()
+        if os.path.isabs(file) or candidate.parent != base:
+            raise UnsafeInputError(
+                f"the index names a shard outside its directory: {file!r}; refusing to follow it",
+                path=index_file,
+            )
+        if not candidate.is_file():
+            raise CorruptFileError(
+                f"shard {file!r} named by the index is missing; restore it or re-download the set",
+                path=index_file,
+            )
+        shards.append(base / file)
+    return shards
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """Read and check a safetensors file's header (no tensor bytes).
+
+    Raises:
+        CorruptFileError: the header is malformed, or tensor offsets have holes, overlap, or
+            lie beyond the end of the file.
+        UnsupportedError: a tensor has a dtype ckptconv does not know.
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with builtins.open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError("not a safetensors file: shorter than 8 bytes", path=path)
+        n = int.from_bytes(prefix, "little")
+        if n > MAX_HEADER_BYTES:
+            raise CorruptFileError(
+                f"the header claims {n} bytes, above safetensors' limit of {MAX_HEADER_BYTES}",
+                path=path,
+            )
+        if 8 + n > size:
+            raise CorruptFileError(
+                f"file is truncated: the header claims {n} bytes, the file has {size - 8}",
+                path=path,
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
+    if not isinstance(header, dict):
+        raise CorruptFileError("the header is not a JSON object", path=path)
+    metadata = _metadata(header.pop("__metadata__", None), path)
+    data_start = 8 + n
+    tensors = _tensors(header, path)
+    _check_layout(tensors, path, size - data_start)
+    return Header(path, data_start, tensors, metadata, _checksums(metadata, tensors, path))
+
+
+def _metadata(value: object, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise CorruptFileError("__metadata__ must map strings to strings", path=path)
+    return value
+
+
+def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise CorruptFileError("the header entry is not an object", path=path, key=name)
+        code = info.get("dtype")
+        shape = info.get("shape")
+        offsets = info.get("data_offsets")
+        if not isinstance(code, str):
+            raise CorruptFileError("the header entry has no dtype", path=path, key=name)
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, key=name)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, key=name)
+        try:
+            dtype = from_safetensors(code)
+        except KeyError:
+            raise UnsupportedError(
+                f"dtype {code!r} is not one ckptconv reads (it reads BOOL, U8..U64, I8..I64, "
+                "F16, BF16, F32, F64, F8_E4M3, F8_E5M2, C64)",
+                path=path,
+                key=name,
+            ) from None
+        count = 1
+        for d in shape:
+            count *= d
+        if count * dtype.itemsize != offsets[1] - offsets[0]:
+            raise CorruptFileError(
+                f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
+                f"needs {count * dtype.itemsize}",
+                path=path,
+                key=name,
+            )
+        tensors[name] = (code, tuple(shape), offsets[0], offsets[1])
+    return dict(sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])))
+
+
+def _check_layout(
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]], path: str, data_size: int
+) -> None:
+    """Tensors tile the data area from 0 without holes or overlaps, within the file."""
+    end = 0
+    for name, (_, _, begin, stop) in tensors.items():
+        if begin != end:
+            what = "overlaps the previous tensor" if begin < end else "leaves a hole before it"
+            raise CorruptFileError(
+                f"data_offsets [{begin}, {stop}] {what} (expected to start at {end})",
+                path=path,
+                key=name,
+            )
+        end = stop
+        if end > data_size:
+            raise CorruptFileError(
+                f"file is truncated: the tensor's data ends at byte {end} of the data area, "
+                f"which has {data_size} bytes",
+                path=path,
+                key=name,
+            )
+
+
+def _checksums(
+    metadata: dict[str, str], tensors: dict[str, tuple[str, tuple[int, ...], int, int]], path: str
+) -> dict[str, int]:
+    text = metadata.get(CRC_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text)
+        return {name: int(value, 16) for name, value in table.items() if name in tensors}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
+
+
+def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
+    entries = []
+    for name, (code, shape, begin, end) in header.tensors.items():
+        dtype = from_safetensors(code)
+        byte_range = ByteRange(header.path, header.data_start + begin, end - begin)
+        crc = header.checksums.get(name)
+        loader = None
+        if crc is not None and check_crc:
+            loader = _checked_loader(byte_range, dtype, shape, name, crc)
+        entries.append(
+            Entry(
+                name,
+                key=name,
+                shape=shape,
+                dtype=dtype,
+                path=header.path,
+                byte_range=byte_range,
+                loader=loader,
+                crc32c=crc,
+            )
+        )
+    return entries
+
+
+def _checked_loader(byte_range: ByteRange, dtype, shape, name: str, crc: int):  # type: ignore[no-untyped-def]
+    def load():  # type: ignore[no-untyped-def]
+        array = read_byte_range(byte_range, dtype, shape, key=name)
+        actual = _crc32c.crc32c(array.reshape(-1).view("u1")) if array.nbytes else 0
+        if actual != crc:
+            raise IntegrityError(
+                f"stored bytes fail the recorded CRC-32C (recorded {crc:08x}, computed "
+                f"{actual:08x}): the file was changed or damaged after it was written",
+                path=byte_range.path,
+                key=name,
+            )
+        return array
+
+    return load
