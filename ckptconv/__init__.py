@@ -25,6 +25,8 @@ from .errors import (
 )
 from .formats import open
 from .store import ByteRange, Entry, Output, Store
+from .verify import Mismatch, VerifyResult, verify_file
+from .writers.safetensors import WriteResult, parse_size, write_safetensors
 
 __all__ = [
     "__version__",
@@ -34,6 +36,13 @@ __all__ = [
     "Entry",
     "ByteRange",
     "Output",
+    # writing and verifying safetensors
+    "write_safetensors",
+    "WriteResult",
+    "parse_size",
+    "verify_file",
+    "VerifyResult",
+    "Mismatch",
     # errors
     "CkptconvError",
     "CorruptFileError",

@@ -1,0 +1,82 @@
+"""``ckptconv verify FILE...``: re-check files against the CRC-32Cs ckptconv recorded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import CkptconvError
+from .common import add_debug, human_bytes, want_progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "verify",
+        help="re-check safetensors files against the CRC-32Cs ckptconv recorded in them",
+        description=(
+            "Re-read every tensor of safetensors files written by `ckptconv convert` and compare "
+            "it with the CRC-32C recorded in the file's __metadata__. A sharded set can be given "
+            "by its index, its directory or any shard. Names every tensor that no longer matches; "
+            "exit status 1 if any file fails or records no checksums."
+        ),
+    )
+    p.add_argument("files", metavar="FILE", nargs="+", help="safetensors file, index JSON or shard")
+    p.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only failures")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..verify import verify_file
+
+    failed = 0
+    reports: list[dict[str, object]] = []
+    show_bar = want_progress(args.quiet or args.json, args.progress)
+    for path in args.files:
+        try:
+            result = _verify(verify_file, path, show_bar)
+        except CkptconvError as e:
+            if getattr(args, "debug", False):
+                raise
+            failed += 1
+            reports.append({"path": path, "ok": False, "error": str(e)})
+            if not args.json:
+                print(f"failed {path}: {e.reason}")
+            continue
+        except OSError as e:
+            if getattr(args, "debug", False):
+                raise
+            failed += 1
+            reports.append({"path": path, "ok": False, "error": e.strerror or str(e)})
+            if not args.json:
+                print(f"failed {path}: {e.strerror or e}")
+            continue
+        reports.append(result.to_json())
+        if result.ok:
+            if not args.json and not args.quiet:
+                print(f"ok {result.path} ({result.tensors} tensors, {human_bytes(result.nbytes)})")
+            continue
+        failed += 1
+        if not args.json:
+            print(
+                f"FAILED {result.path}: {len(result.mismatches)} of {result.tensors} tensors "
+                "do not match their recorded CRC-32C"
+            )
+            for m in result.mismatches:
+                print(f"  mismatch {m.describe()}")
+    if args.json:
+        json.dump({"ok": failed == 0, "files": reports}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return 1 if failed else 0
+
+
+def _verify(verify_file, path: str, show_bar: bool):  # type: ignore[no-untyped-def]
+    if not show_bar:
+        return verify_file(path)
+    from tqdm import tqdm
+
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=path, file=sys.stderr, leave=False) as bar:
+        return verify_file(path, progress=bar.update)
