@@ -83,7 +83,7 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
         for shard in shards:
             f = open_h5(shard, path=shard)
             files.append(f)
-            if not looks_like_v3(f):
+            if not looks_like_v3(f, shard=True):
                 raise FormatError("shard is not a Keras 3 weights file", path=shard)
             source = _Source(os.fspath(shard), os.fspath(shard), 0, os.path.getsize(shard))
             root = collect_vars(f, source, groups, order) or root

@@ -86,11 +86,13 @@ def sniff(path: Path, head: bytes) -> bool:
         return False
 
 
-def looks_like_v3(f: h5py.Group) -> bool:
-    """Keras 3 saving_lib layout: a ``vars`` or ``layers`` group at the root."""
+def looks_like_v3(f: h5py.Group, *, shard: bool = False) -> bool:
+    """Keras 3 saving_lib layout: a ``vars`` or ``layers`` group at the root (a shard of a
+    sharded set may hold nothing but part of the ``optimizer`` group)."""
     if "layer_names" in f.attrs or "layer_names0" in f.attrs or "model_weights" in f:
         return False
-    return any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in ("vars", "layers"))
+    roots = ("vars", "layers", "optimizer") if shard else ("vars", "layers")
+    return any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in roots)
 
 
 @dataclass
@@ -146,10 +148,18 @@ class _Source:
     size: int
 
 
+# Sub-layers that Keras creates in a fixed order, which the alphabetical HDF5 keys lose.
+_CREATION_ORDER = {
+    "query_dense": 0, "key_dense": 1, "value_dense": 2, "output_dense": 3,
+    "forward_layer": 0, "backward_layer": 1,
+}
+
+
 def _natural_key(name: str) -> tuple[Any, ...]:
+    """Sort ``dense``, ``dense_1``, ``dense_2``, ..., ``dense_10`` in creation order."""
     m = re.fullmatch(r"(.*?)(?:_(\d+))?", name)
     assert m is not None
-    return (m.group(1), int(m.group(2) or 0), name)
+    return (_CREATION_ORDER.get(name, -1), m.group(1), int(m.group(2) or 0), name)
 
 
 def collect_vars(
@@ -203,6 +213,8 @@ def collect_vars(
             else:
                 own_chain = chain + [str(name)]
             record = groups.get(vars_group.name)
+            if record is not None and "name" in vars_group.attrs and depth > 0:
+                record.chain = own_chain  # an earlier shard held this group without its name
             if record is None:
                 record = _VarsGroup(vars_group.name, own_chain, class_hint, parent_class, state=state)
                 groups[vars_group.name] = record

@@ -1,0 +1,70 @@
+"""``ckptconv inspect SRC [--json] [--all]``: list a checkpoint's tensors (metadata only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..formats import open as open_store
+from ..store import Entry
+from .common import add_debug, human_bytes
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "inspect",
+        help="list the tensors of a checkpoint (reads metadata only)",
+        description=(
+            "List the tensors of a checkpoint: name, shape, dtype and size, with totals. "
+            "Reads metadata only (checks that every file the checkpoint names exists). "
+            "Only weights are listed unless --all asks for the training state too."
+        ),
+    )
+    p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--all", action="store_true",
+        help="include optimizer and bookkeeping entries (the training state)",
+    )
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_store(args.src) as store:
+        entries = store.entries(include_all=args.all)
+        if args.json:
+            doc = {
+                "format": store.format,
+                "path": store.path,
+                "metadata": store.metadata,
+                "tensors": [e.describe() for e in entries],
+            }
+            json.dump(doc, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            return 0
+        print(format_table(store.format, store.path, entries, all_kinds=args.all))
+        hidden = len(store) - len(entries)
+        if hidden:
+            print(f"({hidden} optimizer/bookkeeping entries not shown; use --all)")
+    return 0
+
+
+def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool = False) -> str:
+    """The human-readable listing: one row per tensor, then totals."""
+    rows = [("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())]
+    for e in entries:
+        row = (e.name, "[" + ", ".join(map(str, e.shape)) + "]", e.dtype_name, human_bytes(e.nbytes))
+        rows.append(row + ((e.kind,) if all_kinds else ()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{path} ({fmt})"]
+    for i, row in enumerate(rows):
+        cells = [c.ljust(w) if j != 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    total = sum(e.nbytes for e in entries)
+    params = sum(int(e.nbytes // max(e.dtype.itemsize, 1)) for e in entries)
+    lines.append(f"{len(entries)} tensors, {params:,} values, {human_bytes(total)}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Whole-file conversion: open a checkpoint, plan, stream into safetensors.
+
+:func:`convert` is the job behind ``ckptconv convert`` and each file of ``ckptconv batch``;
+it is importable and free of global state, so it can run in worker processes or on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CkptconvError, IntegrityError
+from .formats import open as open_store
+
+__all__ = ["convert", "ConvertResult"]
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` wrote.
+
+    Attributes:
+        source: The input path. source_format: its detected format.
+        files: Every file written (shards and index for a sharded set).
+        tensors: Number of tensors written. nbytes: their total size in bytes.
+        skipped: Entries not written, with the reason (string tensors have no safetensors dtype).
+        seconds: Wall time.
+    """
+
+    source: str
+    source_format: str
+    files: list[str]
+    tensors: int
+    nbytes: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    mapping: Any = None,
+    dtype: str | None = None,
+    include_all: bool = False,
+    force: bool = False,
+    fsync: bool = True,
+    checksum: bool = True,
+    max_shard_size: int | str | None = None,
+    verify: bool = False,
+    progress: bool = False,
+    check_crc: bool = True,
+) -> ConvertResult:
+    """Convert one checkpoint into a safetensors file (or a sharded set).
+
+    The mapping plan is built and checked on metadata first; nothing is written unless it is
+    free of problems. Tensors are then read and written one at a time (unchanged tensors are
+    copied file to file), into a temporary file renamed into place at the end.
+
+    Args:
+        src: Any checkpoint :func:`ckptconv.open` reads.
+        dst: The ``.safetensors`` path (its stem names the shards of a sharded set).
+        mapping: A spec file path, a dict, a :class:`~ckptconv.mapping.Spec`, or None (every
+            weight under its own name).
+        dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...).
+        include_all: Also write optimizer and bookkeeping entries.
+        force: Replace an existing output.
+        fsync: Flush the output to disk before returning.
+        checksum: Record a CRC-32C per tensor in the file's ``__metadata__``.
+        max_shard_size: Bytes (or text such as ``"5GB"``) per shard; None writes one file.
+        verify: Re-open the output at the end and check every tensor against its checksum.
+        progress: Show a progress bar on stderr.
+        check_crc: Verify checksums the source records (TensorFlow checkpoints).
+
+    Returns:
+        A :class:`ConvertResult`.
+
+    Raises:
+        CkptconvError: the source cannot be read, the plan has problems (``PlanError``), or
+            the output cannot be written.
+    """
+    from . import __version__
+    from .mapping import build_plan
+    from .writers.safetensors import parse_size, write_safetensors
+
+    started = time.perf_counter()
+    if isinstance(max_shard_size, str):
+        try:
+            max_shard_size = parse_size(max_shard_size)
+        except ValueError as e:
+            raise CkptconvError(str(e)) from e
+    with open_store(src, check_crc=check_crc) as store:
+        plan = build_plan(store, mapping, include_all=include_all, dtype=dtype)
+        plan.raise_if_problems()
+        outputs = []
+        skipped: list[tuple[str, str]] = []
+        for output in plan.outputs:
+            if output.dtype.kind == "O":
+                skipped.append((output.name, "string tensor: safetensors has no string dtype"))
+            else:
+                outputs.append(output)
+        metadata = {
+            "format": "np",
+            "ckptconv.version": __version__,
+            "ckptconv.source_format": store.format,
+            "ckptconv.source": Path(store.path).name,
+        }
+        result = write_safetensors(
+            outputs,
+            dst,
+            metadata=metadata,
+            force=force,
+            fsync=fsync,
+            checksum=checksum,
+            max_shard_size=max_shard_size,  # type: ignore[arg-type]
+            progress=progress,
+            protect=store.files,
+        )
+        source_format = store.format
+    if verify:
+        from .verify import verify_file
+
+        report = verify_file(result.files[-1] if len(result.files) > 1 else result.files[0])
+        if not report.ok:
+            bad = ", ".join(report.bad[:5])
+            raise IntegrityError(
+                f"verification after writing failed for {len(report.bad)} tensor(s): {bad}",
+                path=dst,
+            )
+    return ConvertResult(
+        source=os.fspath(src),
+        source_format=source_format,
+        files=list(result.files),
+        tensors=result.tensors,
+        nbytes=result.nbytes,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+    )
