@@ -26,6 +26,7 @@ from .errors import (
 from .formats import open
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file
+from .writers.keras_model import LoadReport, load_into
 from .writers.safetensors import WriteResult, parse_size, write_safetensors
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "Output",
     # writing and verifying safetensors
     "write_safetensors",
+    "load_into",
+    "LoadReport",
     "WriteResult",
     "parse_size",
     "verify_file",
