@@ -745,6 +745,7 @@ class _TempFiles:
             raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
         self.paths.append(path)
         self._open.add(fd)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         return fd, path
 
     def close(self, fd: int) -> None:
@@ -771,6 +772,20 @@ class _TempFiles:
         for path in self.paths + self._placed:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
 
 
 def _place(tmp: str, final: str, *, force: bool) -> None:
