@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedError,
 )
 from .formats import open
+from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file
 from .writers.keras_model import LoadReport, load_into
@@ -37,6 +38,13 @@ __all__ = [
     "Entry",
     "ByteRange",
     "Output",
+    # mapping
+    "Spec",
+    "Rule",
+    "load_spec",
+    "build_plan",
+    "Plan",
+    "TargetTensor",
     # writing and verifying safetensors
     "write_safetensors",
     "load_into",

@@ -1,0 +1,166 @@
+"""Name patterns and output-name templates of the mapping spec.
+
+A pattern is a glob or, with the ``re:`` prefix, a regular expression; both must match the
+whole name. In a glob, ``*`` matches within one ``/``-separated part, ``**`` matches across
+parts (``a/**/b`` also matches ``a/b``), ``?`` matches one character other than ``/``. Every
+star captures: ``{1}``, ``{2}`` ... in a template are the stars' texts, left to right. A
+regex captures with its groups, numbered or named (``(?P<block>\\d+)`` -> ``{block}``).
+``{0}`` is the whole matched name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Pattern", "Template", "Match", "natural_key"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """Captures of one successful match: numbered (``"1"``, ``"2"``, ...) and named."""
+
+    groups: tuple[str, ...]
+    named: dict[str, str] = field(default_factory=dict)
+    whole: str = ""
+
+    def fields(self) -> dict[str, str]:
+        """Every field a template may use: ``"0"`` (the whole name), ``"1"``..., names."""
+        out = {"0": self.whole}
+        out.update({str(i + 1): g for i, g in enumerate(self.groups)})
+        out.update(self.named)
+        return out
+
+
+def _glob_to_regex(glob: str) -> str:
+    """Translate a glob into an anchored-free regex body (each star a capturing group)."""
+    out: list[str] = []
+    i = 0
+    n = len(glob)
+    while i < n:
+        c = glob[i]
+        if glob.startswith("**", i):
+            # "a/**/b" also matches "a/b": the "**/" part may be absent
+            at_part_start = i == 0 or glob[i - 1] == "/"
+            if at_part_start and glob.startswith("**/", i):
+                out.append("(?:(.*)/)?")
+                i += 3
+            else:
+                out.append("(.*)")
+                i += 2
+        elif c == "*":
+            out.append("([^/]*)")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+class Pattern:
+    """A compiled name pattern (glob or ``re:`` regex), matched against whole names.
+
+    Raises:
+        ValueError: the regex does not compile (the spec parser turns it into a SpecError).
+    """
+
+    __slots__ = ("text", "is_regex", "regex", "literal")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.is_regex = text.startswith("re:")
+        if self.is_regex:
+            body = text[3:]
+            try:
+                self.regex = re.compile(body)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression {body!r}: {e}") from e
+            self.literal = None
+        else:
+            self.regex = re.compile(_glob_to_regex(text))
+            # a glob without wildcards is a plain name: match it by dict lookup
+            self.literal = text if not any(c in text for c in "*?") else None
+
+    @property
+    def group_count(self) -> int:
+        """Numbered captures this pattern yields."""
+        return self.regex.groups
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """Named captures this pattern yields."""
+        return tuple(self.regex.groupindex)
+
+    def match(self, name: str) -> Match | None:
+        """The captures when the pattern matches the whole of ``name``, else None."""
+        if self.literal is not None:
+            return Match((), {}, name) if name == self.literal else None
+        m = self.regex.fullmatch(name)
+        if m is None:
+            return None
+        groups = tuple(g if g is not None else "" for g in m.groups())
+        named = {k: (v if v is not None else "") for k, v in m.groupdict().items()}
+        return Match(groups, named, name)
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r})"
+
+
+_FIELD = re.compile(r"\{([^{}]*)\}|\{\{|\}\}")
+
+
+class Template:
+    """An output-name template: ``{1}``, ``{2}``, ``{name}`` are captures, ``{{``/``}}`` braces.
+
+    Raises:
+        ValueError: a field is not a number or an identifier, or a brace is unbalanced.
+    """
+
+    __slots__ = ("text", "fields")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        fields: list[str] = []
+        pos = 0
+        for m in _FIELD.finditer(text):
+            self._check_literal(text[pos : m.start()])
+            pos = m.end()
+            if m.group(0) in ("{{", "}}"):
+                continue
+            name = m.group(1)
+            if not (name.isdigit() or name.isidentifier()):
+                raise ValueError(f"template {text!r}: field {{{name}}} is not a capture number or name")
+            fields.append(name)
+        self._check_literal(text[pos:])
+        self.fields = tuple(fields)
+
+    def _check_literal(self, chunk: str) -> None:
+        if "{" in chunk or "}" in chunk:
+            raise ValueError(f"template {self.text!r}: unbalanced brace (write {{{{ or }}}} for a literal one)")
+
+    def render(self, values: dict[str, str]) -> str:
+        """Substitute the captures. Raises KeyError for a field the match does not have."""
+
+        def sub(m: re.Match[str]) -> str:
+            token = m.group(0)
+            if token == "{{":
+                return "{"
+            if token == "}}":
+                return "}"
+            return values[m.group(1)]
+
+        return _FIELD.sub(sub, self.text)
+
+    def __repr__(self) -> str:
+        return f"Template({self.text!r})"
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[object, ...]:
+    """Sort key that orders embedded numbers numerically (``w2`` before ``w10``)."""
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(text))

@@ -1,0 +1,752 @@
+"""The plan: which source entries feed which outputs through which ops, checked on metadata.
+
+:func:`build_plan` reads no tensor data. It assigns every entry to the first rule that matches
+it, infers every output's shape and dtype through the rule's ops, and collects every problem
+(rules that own nothing, duplicate outputs, ops that do not apply, results that do not fit
+the target) into ``plan.problems``. Data is read only when a writer calls an output's
+``compute()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import by_name, dtype_name, is_floating
+from ..errors import PlanError
+from ..store import Entry, Output, Store
+from .ops import Cast, Op, OpError, OverflowProblem, Split, Transpose
+from .patterns import Match, natural_key
+from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
+from .spec import Rule, Spec, load_spec, parse_dtype_option
+
+__all__ = ["TargetTensor", "Plan", "build_plan"]
+
+
+@dataclass(frozen=True)
+class TargetTensor:
+    """A tensor an output must fit: a live model's variable or a ``.keras`` file's weight.
+
+    Attributes:
+        shape: The tensor's shape.
+        dtype: Its numpy dtype (a dtype name such as ``"bfloat16"`` is accepted too).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        dtype = by_name(self.dtype) if isinstance(self.dtype, str) else np.dtype(self.dtype)
+        object.__setattr__(self, "dtype", dtype)
+
+
+@dataclass
+class Plan:
+    """A checked mapping from a store to outputs. Building it read no tensor data.
+
+    Attributes:
+        outputs: What to write, in order. ``compute()`` reads the sources (each source once,
+            even when it feeds several outputs) and runs the ops; ``source`` is set when an
+            output is an entry's stored bytes unchanged.
+        problems: Every problem found, one line each. Empty when the plan is good.
+        report: What the plan does, per output and per source entry.
+        store: The source store.
+        spec: The spec the plan follows.
+    """
+
+    outputs: list[Output]
+    problems: list[str]
+    report: PlanReport
+    store: Store = field(repr=False)
+    spec: Spec = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the plan has no problems."""
+        return not self.problems
+
+    def raise_if_problems(self) -> None:
+        """Raise :class:`~ckptconv.errors.PlanError` listing every problem, if there is one."""
+        if self.problems:
+            raise PlanError(self.problems, path=self.store.path)
+
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(name, array)`` for every output in order (reads the data).
+
+        Raises:
+            PlanError: the plan has problems, or an op fails on the data (a cast overflows).
+        """
+        self.raise_if_problems()
+        for output in self.outputs:
+            yield output.name, output.compute()
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        return f"<Plan {self.store.path!r}: {len(self.outputs)} outputs, {state}>"
+
+
+# -- execution ---------------------------------------------------------------------------------
+
+
+class _SourceCache:
+    """Reads each source entry once for all the outputs it feeds, and forgets it after the last.
+
+    Every output registers the entries it consumes; an entry consumed by several outputs (a
+    split) is kept in memory from its first read until its last consumer has run. Outputs
+    computed again, or out of order, still get correct data (the entry is read again).
+    """
+
+    def __init__(self) -> None:
+        self._remaining: dict[str, int] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def register(self, entry: Entry) -> None:
+        self._remaining[entry.name] = self._remaining.get(entry.name, 0) + 1
+
+    def get(self, entry: Entry) -> np.ndarray:
+        with self._lock:
+            cached = self._arrays.get(entry.name)
+            if cached is not None:
+                return cached
+            array = entry.read()
+            if self._remaining.get(entry.name, 0) > 1:
+                self._arrays[entry.name] = array
+            return array
+
+    def release(self, entry: Entry) -> None:
+        with self._lock:
+            left = self._remaining.get(entry.name, 0) - 1
+            self._remaining[entry.name] = max(left, 0)
+            if left <= 0:
+                self._arrays.pop(entry.name, None)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One op bound to the shapes and dtypes the plan inferred for it."""
+
+    op: Op
+    out_shape: tuple[int, ...]
+    out_dtype: np.dtype
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        return self.op.apply(array, self.out_shape, self.out_dtype)
+
+
+def _describe_steps(steps: Sequence[_Step], head: str = "") -> str:
+    parts = [head] if head else []
+    parts += [s.op.describe() for s in steps]
+    return " | ".join(parts)
+
+
+def _finish(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, what: str) -> np.ndarray:
+    if array.shape != shape or array.dtype != dtype:
+        # inference and execution disagree: a bug, but never hand a writer the wrong tensor
+        raise PlanError(
+            [f"{what}: computed {list(array.shape)} {dtype_name(array.dtype)}, planned {list(shape)} {dtype_name(dtype)}"]
+        )
+    return np.ascontiguousarray(array)
+
+
+def _run_steps(array: np.ndarray, steps: Sequence[_Step]) -> np.ndarray:
+    for step in steps:
+        array = step.run(array)
+    return array
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Owned:
+    """An entry a rule owns, with the captures of the match."""
+
+    entry: Entry
+    fields: dict[str, str]
+    pattern: int  # which of the rule's name patterns matched (0 without name patterns)
+    position: int  # the entry's position in the store
+
+
+@dataclass
+class _Planned:
+    """An output being planned."""
+
+    name: str
+    sources: list[Entry]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    compute: Callable[[], np.ndarray]
+    ops_text: str
+    rule: Rule | None
+    unchanged: bool
+    order: tuple[int, int]
+
+
+def _match_rule(rule: Rule, entry: Entry) -> tuple[int, dict[str, str]] | None:
+    """Does ``rule`` match ``entry``? Returns (pattern number, template fields) or None."""
+    name_patterns = rule._name_patterns  # type: ignore[attr-defined]
+    layer_pattern = rule._layer_pattern  # type: ignore[attr-defined]
+    which = 0
+    groups: tuple[str, ...] = ()
+    named: dict[str, str] = {}
+    if name_patterns:
+        m: Match | None = None
+        for which, p in enumerate(name_patterns):
+            m = p.match(entry.name)
+            if m is not None:
+                break
+        if m is None:
+            return None
+        groups, named = m.groups, dict(m.named)
+    if layer_pattern is not None:
+        lm = layer_pattern.match(entry.layer)
+        if lm is None:
+            return None
+        groups = groups + lm.groups
+        named.update(lm.named)
+    if rule.index is not None:
+        wanted = (rule.index,) if isinstance(rule.index, int) else rule.index
+        if entry.index not in wanted:
+            return None
+    fields = {"0": entry.name}
+    fields.update({str(i + 1): g for i, g in enumerate(groups)})
+    fields.update(named)
+    return which, fields
+
+
+def _own_part(entry: Entry) -> tuple[str, str]:
+    """The weight's own part of its name and the separator before it (``kernel``, ``/``)."""
+    if entry.layer and entry.name.startswith(entry.layer) and len(entry.name) > len(entry.layer):
+        sep = entry.name[len(entry.layer)]
+        if sep in "/.":
+            return entry.name[len(entry.layer) + 1 :], sep
+    for sep in "/.":
+        if sep in entry.name:
+            return entry.name.rsplit(sep, 1)[1], sep
+    return entry.name, "/"
+
+
+def _nearest(text: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    probe = text[3:] if text.startswith("re:") else text
+    probe = probe.replace("\\", "")
+    return difflib.get_close_matches(probe, candidates, n=n, cutoff=0.4)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class _Builder:
+    """Builds one plan. Collects problems instead of raising them."""
+
+    def __init__(
+        self,
+        store: Store,
+        spec: Spec,
+        *,
+        target: Mapping[str, TargetTensor] | None,
+        include_all: bool,
+        default_dtype: str | None,
+        strict: bool,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.target = target
+        self.default_dtype = default_dtype
+        self.strict = strict
+        self.entries = store.entries(include_all=include_all)
+        self.problems: list[str] = []
+        self.cache = _SourceCache()
+        self.planned: list[_Planned] = []
+        self.dropped: dict[str, Rule] = {}
+
+    # ownership
+
+    def assign(self) -> tuple[dict[int, list[_Owned]], list[tuple[int, Entry]]]:
+        """First match wins: rule number -> owned entries; plus the entries no rule owns."""
+        owned: dict[int, list[_Owned]] = {r.number: [] for r in self.spec.rules}
+        free: list[tuple[int, Entry]] = []
+        rules = self.spec.rules
+        for position, entry in enumerate(self.entries):
+            for rule in rules:
+                hit = _match_rule(rule, entry)
+                if hit is not None:
+                    owned[rule.number].append(_Owned(entry, hit[1], hit[0], position))
+                    break
+            else:
+                free.append((position, entry))
+        return owned, free
+
+    def check_ownership(self, rule: Rule, owned: list[_Owned]) -> None:
+        if rule.optional:
+            return
+        patterns = rule._name_patterns  # type: ignore[attr-defined]
+        if owned:
+            # every pattern of a list must pull its weight too: a typo in one is still a typo
+            if len(patterns) > 1:
+                used = {o.pattern for o in owned}
+                for i, p in enumerate(patterns):
+                    if i not in used:
+                        self.problems.append(
+                            f"{rule.label}: pattern {p.text!r} matches no entry{self._nearest_text(p.text)}"
+                        )
+            return
+        everything = [e for e in self.entries if _match_rule(rule, e) is not None]
+        if everything:
+            owners = sorted({self._owner_of(e) for e in everything})
+            names = ", ".join(repr(e.name) for e in everything[:3]) + (", ..." if len(everything) > 3 else "")
+            self.problems.append(
+                f"{rule.label}: owns no entry: the {len(everything)} it matches ({names}) belong to "
+                f"earlier rule(s) {', '.join(f'#{n}' for n in owners)}; move it up, or mark it optional: true"
+            )
+            return
+        self.problems.append(f"{rule.label}: matches no entry{self._why_nothing(rule)}")
+
+    def _owner_of(self, entry: Entry) -> int:
+        for rule in self.spec.rules:
+            if _match_rule(rule, entry) is not None:
+                return rule.number
+        return 0
+
+    def _nearest_text(self, pattern: str, *, layers: bool = False) -> str:
+        pool = sorted({e.layer for e in self.entries}) if layers else [e.name for e in self.entries]
+        near = _nearest(pattern, pool)
+        what = "layers" if layers else "names"
+        if not near:
+            return f"; no similar {what} in the source"
+        return f"; nearest {what} in the source: " + ", ".join(repr(n) for n in near)
+
+    def _why_nothing(self, rule: Rule) -> str:
+        patterns = rule._name_patterns  # type: ignore[attr-defined]
+        layer_pattern = rule._layer_pattern  # type: ignore[attr-defined]
+        if patterns:
+            hits = [e for e in self.entries if any(p.match(e.name) for p in patterns)]
+            if not hits:
+                return self._nearest_text(patterns[0].text)
+        else:
+            hits = list(self.entries)
+        if layer_pattern is not None:
+            layer_hits = [e for e in hits if layer_pattern.match(e.layer)]
+            if not layer_hits:
+                if patterns:
+                    return f" (names match, but no layer matches {layer_pattern.text!r})"
+                return self._nearest_text(layer_pattern.text, layers=True)
+            hits = layer_hits
+        if rule.index is not None:
+            have = sorted({e.index for e in hits})
+            return f": the entries it selects have index {', '.join(map(str, have))}, not {rule.index}"
+        return ""
+
+    # output planning
+
+    def infer_chain(
+        self, rule: Rule | None, ops: Sequence[Op], shape: tuple[int, ...], dtype: np.dtype, name: str, what: str
+    ) -> tuple[list[_Step], tuple[int, ...], np.dtype] | None:
+        """Infer through ``ops`` (plus the default cast); None and a problem when one fails."""
+        target = self.target.get(name) if self.target is not None else None
+        steps: list[_Step] = []
+        for i, op in enumerate(ops, start=1):
+            try:
+                new_shape, new_dtype = op.infer(shape, dtype, target=target.shape if target else None)
+            except OpError as e:
+                label = rule.label if rule is not None else "passthrough"
+                self.problems.append(
+                    f"{label}: {what}: op {i} ({op.describe()}) does not apply to "
+                    f"{_shape_text(shape)} {dtype_name(dtype)}: {e}"
+                )
+                return None
+            if not _is_identity(op, shape, dtype, new_shape, new_dtype):
+                steps.append(_Step(op, new_shape, new_dtype))
+            shape, dtype = new_shape, new_dtype
+        explicit_cast = any(isinstance(op, Cast) for op in ops)
+        default = self._default_dtype_for(name, target)
+        if default is not None and not explicit_cast and is_floating(dtype) and default != dtype:
+            note = "target dtype" if self.default_dtype == "target" else "default dtype"
+            allow = rule.allow_overflow if rule is not None else False
+            cast = Cast(default, allow_overflow=allow, note=note)
+            steps.append(_Step(cast, shape, default))
+            dtype = default
+        return steps, shape, dtype
+
+    def _default_dtype_for(self, name: str, target: TargetTensor | None) -> np.dtype | None:
+        if self.default_dtype is None:
+            return None
+        if self.default_dtype == "target":
+            if target is None or not is_floating(target.dtype):
+                return None
+            return target.dtype
+        return by_name(self.default_dtype)
+
+    def add(
+        self,
+        *,
+        name: str,
+        sources: list[Entry],
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        compute: Callable[[], np.ndarray],
+        ops_text: str,
+        rule: Rule | None,
+        unchanged: bool,
+        order: tuple[int, int],
+    ) -> None:
+        for entry in sources:
+            self.cache.register(entry)
+        self.planned.append(_Planned(name, sources, shape, dtype, compute, ops_text, rule, unchanged, order))
+
+    def _chain_output(
+        self, rule: Rule | None, owned: _Owned, name: str, ops: Sequence[Op], *, allow_default: bool = True
+    ) -> None:
+        entry = owned.entry
+        what = f"entry {entry.name!r}"
+        chain = self.infer_chain(rule, ops if ops else (), entry.shape, entry.dtype, name, what) if allow_default else (
+            [], entry.shape, entry.dtype
+        )
+        if chain is None:
+            return
+        steps, shape, dtype = chain
+        label = rule.label if rule is not None else "passthrough"
+        self.add(
+            name=name,
+            sources=[entry],
+            shape=shape,
+            dtype=dtype,
+            compute=self._single_compute(entry, steps, shape, dtype, name, label),
+            ops_text=_describe_steps(steps),
+            rule=rule,
+            unchanged=not steps,
+            order=(owned.position, 0),
+        )
+
+    def _single_compute(
+        self, entry: Entry, steps: list[_Step], shape: tuple[int, ...], dtype: np.dtype, name: str, label: str
+    ) -> Callable[[], np.ndarray]:
+        if not steps:
+            return entry.read
+        cache, path = self.cache, self.store.path
+
+        def compute() -> np.ndarray:
+            try:
+                array = _run_steps(cache.get(entry), steps)
+                return _finish(array, shape, dtype, what=f"{label}: output {name!r}")
+            except OverflowProblem as e:
+                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name) from None
+            finally:
+                cache.release(entry)
+
+        return compute
+
+    def plan_map(self, rule: Rule, owned: list[_Owned]) -> None:
+        templates = rule._to_templates  # type: ignore[attr-defined]
+        to_layer = rule._to_layer_template  # type: ignore[attr-defined]
+        for o in owned:
+            if templates:
+                name = templates[0].render(o.fields)
+            elif to_layer is not None:
+                own, sep = _own_part(o.entry)
+                layer = to_layer.render(o.fields)
+                name = f"{layer}{sep}{own}" if layer else own
+            else:
+                name = o.entry.name
+            self._chain_output(rule, o, name, rule.ops)
+
+    def plan_split(self, rule: Rule, owned: list[_Owned]) -> None:
+        split: Split = rule.split
+        templates = rule._to_templates  # type: ignore[attr-defined]
+        for o in owned:
+            entry = o.entry
+            try:
+                parts = split.infer_split(entry.shape, entry.dtype)
+            except OpError as e:
+                self.problems.append(
+                    f"{rule.label}: entry {entry.name!r}: {split.describe()} does not apply to "
+                    f"{_shape_text(entry.shape)} {entry.dtype_name}: {e}"
+                )
+                continue
+            names = [t.render(o.fields) for t in templates]
+            chains = []
+            for i, ((shape, dtype), name) in enumerate(zip(parts, names)):
+                chain = self.infer_chain(rule, rule.ops, shape, dtype, name, f"entry {entry.name!r} part {i + 1}")
+                chains.append(chain)
+            if any(c is None for c in chains):
+                continue
+            shared = _SplitShared(entry, split, self.cache)
+            for i, (chain, name) in enumerate(zip(chains, names)):
+                assert chain is not None
+                steps, shape, dtype = chain
+                self.add(
+                    name=name,
+                    sources=[entry],
+                    shape=shape,
+                    dtype=dtype,
+                    compute=shared.compute_part(i, steps, shape, dtype, name, rule.label, self.store.path),
+                    ops_text=_describe_steps(steps, f"{split.describe()} -> part {i + 1}"),
+                    rule=rule,
+                    unchanged=False,
+                    order=(o.position, i),
+                )
+
+    def plan_join(self, rule: Rule, owned: list[_Owned]) -> None:
+        join = rule.join
+        assert join is not None
+        template = rule._to_templates[0]  # type: ignore[attr-defined]
+        patterns = rule._name_patterns  # type: ignore[attr-defined]
+        groups: dict[tuple[str, ...], list[_Owned]] = {}
+        for o in owned:
+            key = tuple(o.fields[f] for f in template.fields)
+            groups.setdefault(key, []).append(o)
+        for members in groups.values():
+            members.sort(key=lambda o: (o.pattern, natural_key(o.entry.name)))
+            name = template.render(members[0].fields)
+            if len(patterns) > 1:
+                present = {o.pattern for o in members}
+                lacking = [patterns[i].text for i in range(len(patterns)) if i not in present]
+                if lacking:
+                    have = ", ".join(repr(o.entry.name) for o in members)
+                    self.problems.append(
+                        f"{rule.label}: output {name!r} has no source for pattern(s) "
+                        f"{', '.join(map(repr, lacking))} (it has {have})"
+                    )
+                    continue
+            entries = [o.entry for o in members]
+            try:
+                shape, dtype = join.infer_many([e.shape for e in entries], [e.dtype for e in entries])
+            except OpError as e:
+                listed = ", ".join(f"{e_.name!r} {_shape_text(e_.shape)}" for e_ in entries)
+                self.problems.append(f"{rule.label}: output {name!r} from {listed}: {e}")
+                continue
+            chain = self.infer_chain(rule, rule.ops, shape, dtype, name, f"output {name!r}")
+            if chain is None:
+                continue
+            steps, shape, dtype = chain
+            self.add(
+                name=name,
+                sources=entries,
+                shape=shape,
+                dtype=dtype,
+                compute=self._join_compute(join, entries, steps, shape, dtype, name, rule.label),
+                ops_text=_describe_steps(steps, join.describe()),
+                rule=rule,
+                unchanged=False,
+                order=(min(o.position for o in members), 0),
+            )
+
+    def _join_compute(self, join, entries, steps, shape, dtype, name, label) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]
+        cache, path = self.cache, self.store.path
+
+        def compute() -> np.ndarray:
+            try:
+                joined = join.apply_many([cache.get(e) for e in entries])
+                return _finish(_run_steps(joined, steps), shape, dtype, what=f"{label}: output {name!r}")
+            except OverflowProblem as e:
+                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, key=name) from None
+            finally:
+                for e in entries:
+                    cache.release(e)
+
+        return compute
+
+    # the whole plan
+
+    def build(self) -> Plan:
+        owned, free = self.assign()
+        status: dict[str, tuple[str, int | None]] = {}
+        for rule in self.spec.rules:
+            mine = owned[rule.number]
+            self.check_ownership(rule, mine)
+            if rule.is_drop:
+                for o in mine:
+                    status[o.entry.name] = ("dropped", rule.number)
+            elif rule.split is not None:
+                self.plan_split(rule, mine)
+            elif rule.join is not None:
+                self.plan_join(rule, mine)
+            else:
+                self.plan_map(rule, mine)
+            for o in mine:
+                status.setdefault(o.entry.name, ("used", rule.number))
+        for position, entry in free:
+            if self.spec.passthrough:
+                status[entry.name] = ("passthrough", None)
+                self._passthrough(position, entry)
+            else:
+                status[entry.name] = ("unused", None)
+        self.planned.sort(key=lambda p: p.order)
+        self._check_duplicates()
+        report = self._check_target_and_report(status)
+        outputs = [
+            Output(p.name, p.shape, p.dtype, p.compute, source=p.sources[0] if p.unchanged else None)
+            for p in self.planned
+        ]
+        report.problems = list(self.problems)
+        return Plan(outputs=outputs, problems=list(self.problems), report=report, store=self.store, spec=self.spec)
+
+    def _passthrough(self, position: int, entry: Entry) -> None:
+        owned = _Owned(entry, {"0": entry.name}, 0, position)
+        # the default dtype applies to weights; training state keeps its dtype unless a rule casts
+        self._chain_output(None, owned, entry.name, (), allow_default=entry.kind == "weight")
+
+    def _check_duplicates(self) -> None:
+        by_name: dict[str, list[_Planned]] = {}
+        for p in self.planned:
+            by_name.setdefault(p.name, []).append(p)
+        for name, group in by_name.items():
+            if len(group) > 1:
+                makers = "; ".join(
+                    f"{p.rule.label if p.rule else 'passthrough'} from {', '.join(repr(e.name) for e in p.sources)}"
+                    for p in group
+                )
+                self.problems.append(f"{len(group)} outputs are named {name!r}: {makers}")
+
+    def _check_target_and_report(self, status: dict[str, tuple[str, int | None]]) -> PlanReport:
+        report = PlanReport(path=self.store.path, format=self.store.format, has_target=self.target is not None)
+        if self.target is not None:
+            keep: list[_Planned] = []
+            target_names = list(self.target)
+            for p in self.planned:
+                want = self.target.get(p.name)
+                if want is None:
+                    if p.rule is None:
+                        # a passed-through entry the target has no place for: it stays an
+                        # output (a loader reports it), and its source counts as unused
+                        status[p.sources[0].name] = ("unused", None)
+                        keep.append(p)
+                        continue
+                    near = difflib.get_close_matches(p.name, target_names, n=3, cutoff=0.5)
+                    hint = ("; nearest target names: " + ", ".join(map(repr, near))) if near else ""
+                    self.problems.append(f"{p.rule.label}: output {p.name!r} is not a weight of the target{hint}")
+                    keep.append(p)
+                    continue
+                if tuple(want.shape) != p.shape or np.dtype(want.dtype) != p.dtype:
+                    m = TargetMismatch(p.name, tuple(want.shape), dtype_name(want.dtype), p.shape, dtype_name(p.dtype),
+                                 p.rule.number if p.rule else None)
+                    report.mismatched.append(m)
+                    label = p.rule.label if p.rule else "passthrough"
+                    fix = ""
+                    if np.dtype(want.dtype) != p.dtype and tuple(want.shape) == p.shape:
+                        fix = " (add {cast: %s} to the rule, or use dtype: target)" % dtype_name(want.dtype)
+                    self.problems.append(
+                        f"{label}: output {p.name!r} does not fit the target: it is "
+                        f"{_shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
+                        f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}"
+                    )
+                keep.append(p)
+            self.planned = keep
+            produced = {p.name for p in self.planned}
+            report.missing = [n for n in self.target if n not in produced]
+            if self.strict and report.missing:
+                self.problems.append(
+                    f"{len(report.missing)} target weight(s) nothing fills: "
+                    + ", ".join(map(repr, report.missing[:10]))
+                    + (", ..." if len(report.missing) > 10 else "")
+                )
+        outputs_of: dict[str, list[str]] = {}
+        for p in self.planned:
+            for e in p.sources:
+                outputs_of.setdefault(e.name, []).append(p.name)
+        for entry in self.entries:
+            st, rule_number = status.get(entry.name, ("unused", None))
+            if st == "used" and entry.name not in outputs_of:
+                # its rule failed to plan it (the problem is already listed)
+                pass
+            report.sources.append(
+                SourceRecord(entry.name, st, entry.shape, entry.dtype_name, entry.kind, rule_number,  # type: ignore[arg-type]
+                             tuple(outputs_of.get(entry.name, ())))
+            )
+        report.unused = [s.name for s in report.sources if s.status == "unused"]
+        if self.strict and report.unused:
+            self.problems.append(
+                f"{len(report.unused)} source weight(s) go nowhere: "
+                + ", ".join(map(repr, report.unused[:10]))
+                + (", ..." if len(report.unused) > 10 else "")
+            )
+        report.outputs = [
+            OutputRecord(p.name, tuple(e.name for e in p.sources), p.ops_text, p.shape, dtype_name(p.dtype),
+                         p.rule.number if p.rule else None, p.unchanged)
+            for p in self.planned
+        ]
+        return report
+
+
+class _SplitShared:
+    """The parts of one split source: read once, each part computed by its own output."""
+
+    def __init__(self, entry: Entry, split: Split, cache: _SourceCache) -> None:
+        self.entry = entry
+        self.split = split
+        self.cache = cache
+
+    def compute_part(self, i, steps, shape, dtype, name, label, path) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]
+        def compute() -> np.ndarray:
+            try:
+                part = self.split.apply_split(self.cache.get(self.entry))[i]
+                return _finish(_run_steps(part, steps), shape, dtype, what=f"{label}: output {name!r}")
+            except OverflowProblem as e:
+                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, key=name) from None
+            finally:
+                self.cache.release(self.entry)
+
+        return compute
+
+
+def _is_identity(op: Op, shape, dtype, new_shape, new_dtype) -> bool:  # type: ignore[no-untyped-def]
+    """An op that changes nothing (a cast to the same dtype, a transpose of a vector)."""
+    if tuple(shape) != tuple(new_shape) or np.dtype(dtype) != np.dtype(new_dtype):
+        return False
+    if isinstance(op, Cast):
+        return True
+    if isinstance(op, Transpose):
+        return len(shape) <= 1 or (op.axes is not None and list(op.axes) == list(range(len(shape))))
+    return False
+
+
+def build_plan(
+    store: Store,
+    spec: Spec | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    target: Mapping[str, TargetTensor] | None = None,
+    include_all: bool = False,
+    dtype: str | np.dtype | None = None,
+    strict: bool = False,
+) -> Plan:
+    """Plan how ``store``'s entries become outputs, checking everything on metadata.
+
+    Reads no tensor data: ``Output.compute()`` on ``plan.outputs`` does, later.
+
+    Args:
+        store: The source checkpoint.
+        spec: The mapping: a :class:`Spec`, its mapping form, or a spec file path. None is the
+            identity (every weight passes through under its own name).
+        target: Names with shapes and dtypes the outputs must fit (a live model's variables,
+            or a ``.keras`` file's). With a target, results are checked against it,
+            ``reshape: target`` and ``dtype: target`` work, and a passed-through entry the
+            target has no place for stays an output but is reported ``unused``.
+        include_all: Include optimizer and bookkeeping entries (otherwise only weights take
+            part; the others are neither used nor unused).
+        dtype: Default output dtype for floating-point weights, overriding the spec's
+            ``dtype:`` (``"keep"``, a dtype name, or ``"target"``).
+        strict: Also count target weights nothing fills and source weights that go nowhere
+            as problems (what loading a live model in strict mode needs).
+
+    Returns:
+        The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
+
+    Raises:
+        SpecError: the spec itself is invalid (a plan is not built from a broken spec).
+    """
+    resolved = Spec() if spec is None else load_spec(spec)
+    default = parse_dtype_option(dtype, what="--dtype") if dtype is not None else resolved.dtype
+    if target is not None:
+        target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
+    builder = _Builder(
+        store, resolved, target=target, include_all=include_all, default_dtype=default, strict=strict
+    )
+    return builder.build()
