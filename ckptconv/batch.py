@@ -1,0 +1,396 @@
+"""Convert many checkpoints: the per-file job, the name pattern, and a process-pool runner.
+
+:func:`convert_one` is the job for one file. It is a plain top-level function of picklable
+arguments that returns a picklable :class:`FileResult` and keeps no global state, so it runs
+unchanged in a ``ProcessPoolExecutor`` (what ``ckptconv batch -j N`` uses), or as a Dask or
+Ray task. Only ckptconv's own errors and OS errors count as a failed file; anything else
+is a bug and propagates.
+
+Example::
+
+    from ckptconv.batch import plan_jobs, run_batch
+
+    jobs = plan_jobs(["ckpts/*.weights.h5"], "out", pattern="{stem}.safetensors")
+    report = run_batch(jobs, workers=2, dtype="bfloat16")
+    print(report.ok, report.failed)
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from string import Formatter
+from typing import Any
+
+from .errors import CkptconvError
+
+__all__ = [
+    "FileResult",
+    "BatchReport",
+    "Job",
+    "convert_one",
+    "expand_inputs",
+    "output_name",
+    "plan_jobs",
+    "run_batch",
+    "PATTERN_FIELDS",
+]
+
+PATTERN_FIELDS = {
+    "stem": "the input's name without its checkpoint suffix (model.weights.h5 -> model)",
+    "name": "the input's full file name (model.weights.h5)",
+    "parent": "the name of the directory holding the input",
+    "index": "the input's position in the list, from 0",
+}
+
+# Longest first: a name loses one of these, or else its last extension.
+_SUFFIXES = (
+    ".safetensors.index.json",
+    ".weights.json",
+    ".weights.h5",
+    ".safetensors",
+    ".index",
+    ".keras",
+    ".hdf5",
+    ".h5",
+)
+
+
+@dataclass
+class FileResult:
+    """The outcome of one file's conversion.
+
+    Attributes:
+        src: The input. dst: The output path asked for.
+        ok: True when the conversion completed.
+        files: Files written (shards and index for a sharded set).
+        tensors: Tensors written. nbytes: their size in bytes.
+        seconds: Wall time of the job.
+        skipped: ``[name, reason]`` pairs for entries not written.
+        error: The one-line error message when the job failed.
+        error_type: The exception class name when the job failed.
+    """
+
+    src: str
+    dst: str
+    ok: bool
+    files: list[str] = field(default_factory=list)
+    tensors: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+    skipped: list[list[str]] = field(default_factory=list)
+    error: str | None = None
+    error_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the output path it converts to."""
+
+    src: str
+    dst: str
+
+
+@dataclass
+class BatchReport:
+    """All results of :func:`run_batch`, in input order.
+
+    Attributes:
+        results: One :class:`FileResult` per job.
+        seconds: Wall time of the whole batch.
+    """
+
+    results: list[FileResult]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every file converted."""
+        return all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def succeeded(self) -> list[FileResult]:
+        return [r for r in self.results if r.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "summary": {
+                "files": len(self.results),
+                "succeeded": len(self.succeeded),
+                "failed": len(self.failed),
+                "tensors": sum(r.tensors for r in self.results),
+                "nbytes": sum(r.nbytes for r in self.results),
+                "seconds": round(self.seconds, 3),
+            },
+            "files": [r.to_json() for r in self.results],
+        }
+
+
+def convert_one(
+    src: str,
+    dst: str,
+    *,
+    mapping: Any = None,
+    dtype: str | None = None,
+    include_all: bool = False,
+    force: bool = False,
+    fsync: bool = True,
+    checksum: bool = True,
+    max_shard_size: int | str | None = None,
+    verify: bool = False,
+) -> FileResult:
+    """Convert one checkpoint; a failure is returned as a result, not raised.
+
+    Takes the options of :func:`ckptconv.convert.convert`, creates the output's directory if
+    needed, and never shows a progress bar. Reads the whole source (that is the job).
+
+    Returns:
+        A :class:`FileResult`; ``ok`` is False with ``error`` set when ckptconv refused the
+        input or output (any :class:`~ckptconv.CkptconvError`) or the OS failed (``OSError``).
+    """
+    from .convert import convert
+
+    started = time.perf_counter()
+    try:
+        parent = os.path.dirname(os.path.abspath(dst))
+        os.makedirs(parent, exist_ok=True)
+        result = convert(
+            src,
+            dst,
+            mapping=mapping,
+            dtype=dtype,
+            include_all=include_all,
+            force=force,
+            fsync=fsync,
+            checksum=checksum,
+            max_shard_size=max_shard_size,
+            verify=verify,
+            progress=False,
+        )
+    except (CkptconvError, OSError) as e:
+        return FileResult(
+            src=src,
+            dst=dst,
+            ok=False,
+            seconds=time.perf_counter() - started,
+            error=_one_line(e, src),
+            error_type=type(e).__name__,
+        )
+    return FileResult(
+        src=src,
+        dst=dst,
+        ok=True,
+        files=list(result.files),
+        tensors=result.tensors,
+        nbytes=result.nbytes,
+        seconds=time.perf_counter() - started,
+        skipped=[list(pair) for pair in result.skipped],
+    )
+
+
+def _one_line(error: BaseException, src: str) -> str:
+    """The error as one line, without repeating the input's own path."""
+    if isinstance(error, CkptconvError):
+        text = str(error)
+        if error.path is not None and os.path.abspath(error.path) == os.path.abspath(src):
+            text = f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+    elif isinstance(error, OSError):
+        same = error.filename and os.path.abspath(str(error.filename)) == os.path.abspath(src)
+        where = f"{error.filename}: " if error.filename and not same else ""
+        text = f"{where}{error.strerror or error}"
+    else:
+        text = str(error)
+    return " ".join(text.split())
+
+
+# --- inputs and output names ----------------------------------------------------------------
+
+
+def expand_inputs(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Expand paths and globs (``**`` recursive) into inputs, in order, without repeats.
+
+    Files that are part of another listed input are dropped: a TensorFlow checkpoint's
+    ``.data-*`` files when its ``.index`` is listed, and a Hugging Face shard
+    (``x-00001-of-00003.safetensors``) when its ``x.safetensors.index.json`` is listed.
+
+    Returns:
+        ``(inputs, unmatched)``: the inputs, and the glob patterns that matched nothing.
+    """
+    found: list[str] = []
+    unmatched: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                unmatched.append(pattern)
+            found.extend(matches)
+        else:
+            found.append(pattern)
+    seen: set[str] = set()
+    unique = []
+    for path in found:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return [p for p in unique if not _part_of_listed(p, seen)], unmatched
+
+
+def _part_of_listed(path: str, listed: set[str]) -> bool:
+    full = os.path.abspath(path)
+    directory, name = os.path.split(full)
+    if ".data-" in name:
+        prefix = name.split(".data-", 1)[0]
+        return os.path.join(directory, prefix + ".index") in listed
+    parts = name.rsplit("-of-", 1)
+    if len(parts) == 2 and name.endswith(".safetensors") and "-" in parts[0]:
+        stem = parts[0].rsplit("-", 1)[0]
+        return os.path.join(directory, stem + ".safetensors.index.json") in listed
+    return False
+
+
+def read_list(path: str) -> list[str]:
+    """Inputs listed one per line in a file (``-`` for stdin); blank lines and ``#`` comments
+    are ignored."""
+    import sys
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def stem_of(path: str) -> str:
+    """The input's name without its checkpoint suffix: ``model.weights.h5`` -> ``model``."""
+    name = os.path.basename(os.path.normpath(path))
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    stem = os.path.splitext(name)[0]
+    return stem or name
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ValueError if the name pattern uses an unknown field or leaves the directory."""
+    for _, field_name, _, _ in Formatter().parse(pattern):
+        if field_name is not None and field_name not in PATTERN_FIELDS:
+            known = ", ".join("{" + f + "}" for f in PATTERN_FIELDS)
+            raise ValueError(f"unknown field {{{field_name}}} in the name pattern; known: {known}")
+    sample = output_name("x", 0, pattern)
+    if os.path.isabs(sample) or ".." in Path(sample).parts:
+        raise ValueError(f"the name pattern must give a relative path inside OUTDIR: {pattern!r}")
+
+
+def output_name(src: str, index: int, pattern: str) -> str:
+    """The output file name for ``src`` under ``pattern`` (relative to the output directory)."""
+    full = os.path.abspath(src)
+    return pattern.format(
+        stem=stem_of(src),
+        name=os.path.basename(os.path.normpath(src)),
+        parent=os.path.basename(os.path.dirname(full)),
+        index=index,
+    )
+
+
+def plan_jobs(
+    inputs: Iterable[str],
+    outdir: str | os.PathLike[str],
+    *,
+    pattern: str = "{stem}.safetensors",
+    expand: bool = True,
+) -> list[Job]:
+    """Pair every input (paths or globs) with its output path under ``outdir``.
+
+    Args:
+        inputs: Paths and globs (expanded by :func:`expand_inputs` unless ``expand=False``).
+        outdir: The output directory.
+        pattern: The output name; fields are listed in :data:`PATTERN_FIELDS`.
+        expand: False when ``inputs`` are already expanded paths.
+
+    Raises:
+        ValueError: the pattern is invalid, or two inputs would write the same output (the
+            message names both and suggests ``{parent}`` or ``{index}``).
+    """
+    check_pattern(pattern)
+    sources = expand_inputs(inputs)[0] if expand else list(inputs)
+    jobs: list[Job] = []
+    taken: dict[str, str] = {}
+    for i, src in enumerate(sources):
+        dst = os.path.join(os.fspath(outdir), output_name(src, i, pattern))
+        key = os.path.abspath(dst)
+        if key in taken:
+            raise ValueError(
+                f"{taken[key]} and {src} would both write {dst}; use a --name-pattern with "
+                "{parent} or {index}"
+            )
+        taken[key] = src
+        jobs.append(Job(src, dst))
+    return jobs
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    *,
+    workers: int = 1,
+    on_result: Callable[[FileResult], None] | None = None,
+    **options: Any,
+) -> BatchReport:
+    """Run :func:`convert_one` over ``jobs``, in ``workers`` processes (1: in this process).
+
+    Every job runs; a failed file does not stop the others. Worker processes are started with
+    the ``spawn`` method, so this is safe from threads and on every platform; call it under
+    ``if __name__ == "__main__":`` in a script.
+
+    Args:
+        jobs: From :func:`plan_jobs` (or any ``Job(src, dst)`` list).
+        workers: Number of worker processes; 0 means one per CPU.
+        on_result: Called in this process with each result as it completes.
+        **options: Passed to :func:`convert_one` (``mapping``, ``dtype``, ``force``, ...).
+
+    Returns:
+        A :class:`BatchReport` with results in job order.
+    """
+    started = time.perf_counter()
+    if workers <= 0:
+        workers = os.cpu_count() or 1
+    results: list[FileResult | None] = [None] * len(jobs)
+    if workers == 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            results[i] = convert_one(job.src, job.dst, **options)
+            if on_result is not None:
+                on_result(results[i])  # type: ignore[arg-type]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+            pending: dict[Future[FileResult], int] = {
+                pool.submit(convert_one, job.src, job.dst, **options): i
+                for i, job in enumerate(jobs)
+            }
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = pending.pop(future)
+                        results[i] = future.result()
+                        if on_result is not None:
+                            on_result(results[i])  # type: ignore[arg-type]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return BatchReport([r for r in results if r is not None], time.perf_counter() - started)

@@ -1,0 +1,138 @@
+"""``ckptconv batch``: convert many checkpoints into one directory, in parallel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import add_debug, human_bytes, want_progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ..batch import PATTERN_FIELDS
+
+    fields = "; ".join(f"{{{k}}}: {v}" for k, v in PATTERN_FIELDS.items())
+    p = sub.add_parser(
+        "batch",
+        help="convert many checkpoints to safetensors in parallel, with a summary",
+        description=(
+            "Convert many checkpoints (paths, globs, or a list file) into safetensors files in "
+            "OUTDIR, with the same options for all. Prints one line per file (ok / failed with "
+            "the reason), continues past failures, ends with a summary; exit status 1 if any "
+            "file failed."
+        ),
+        epilog=f"Name pattern fields: {fields}.",
+    )
+    p.add_argument("inputs", metavar="INPUT", nargs="*", help="checkpoint paths or globs (quote globs; ** recurses)")
+    p.add_argument("--from-file", metavar="LIST", help="read inputs from LIST, one per line (- for stdin)")
+    p.add_argument("-o", "--output-dir", metavar="OUTDIR", required=True, help="directory for the outputs (created if missing)")
+    p.add_argument(
+        "--name-pattern", metavar="PATTERN", default="{stem}.safetensors",
+        help="output file name under OUTDIR (default: {stem}.safetensors)",
+    )
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
+    p.add_argument("--map", metavar="SPEC", help="mapping spec file applied to every input")
+    p.add_argument("--dtype", metavar="DT", help="output dtype for floating-point weights")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="write sharded sets, at most SIZE per shard (5GB, 2GiB)")
+    p.add_argument("--all", action="store_true", help="also write optimizer and bookkeeping entries")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-fsync", action="store_true", help="do not flush outputs to disk")
+    p.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32Cs")
+    p.add_argument("--verify", action="store_true", help="re-read every output and verify its checksums")
+    p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch import FileResult, expand_inputs, plan_jobs, read_list, run_batch
+    from ..writers.safetensors import parse_size
+
+    patterns = list(args.inputs)
+    if args.from_file:
+        try:
+            patterns += read_list(args.from_file)
+        except OSError as e:
+            return _usage(f"cannot read the input list {args.from_file}: {e.strerror}")
+    if not patterns:
+        return _usage("no inputs: give paths or globs, or --from-file LIST")
+    if args.max_shard_size is not None:
+        try:
+            parse_size(args.max_shard_size)
+        except ValueError as e:
+            return _usage(f"--max-shard-size: {e}")
+    sources, unmatched = expand_inputs(patterns)
+    try:
+        jobs = plan_jobs(sources, args.output_dir, pattern=args.name_pattern, expand=False)
+    except ValueError as e:
+        return _usage(str(e))
+
+    options = dict(
+        mapping=args.map,
+        dtype=args.dtype,
+        include_all=args.all,
+        force=args.force,
+        fsync=not args.no_fsync,
+        checksum=not args.no_checksum,
+        max_shard_size=args.max_shard_size,
+        verify=args.verify,
+    )
+    bar = None
+    if want_progress(args.quiet, args.progress):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="file", file=sys.stderr, leave=False)
+
+    def say(line: str) -> None:
+        if args.json:
+            return
+        if bar is not None:
+            bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    missing = [
+        FileResult(src=p, dst="", ok=False, error="no input matches this pattern", error_type="FormatError")
+        for p in unmatched
+    ]
+    for result in missing:
+        say(f"failed {result.src}: {result.error}")
+
+    def on_result(result: FileResult) -> None:
+        if bar is not None:
+            bar.update(1)
+        if result.ok:
+            if not args.quiet:
+                say(
+                    f"ok {result.src} -> {result.dst} ({result.tensors} tensors, "
+                    f"{human_bytes(result.nbytes)}, {result.seconds:.2f} s)"
+                )
+        else:
+            say(f"failed {result.src}: {result.error}")
+
+    try:
+        report = run_batch(jobs, workers=args.jobs, on_result=on_result, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    report.results = missing + report.results
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        total = len(report.results)
+        ok = len(report.succeeded)
+        size = human_bytes(sum(r.nbytes for r in report.results))
+        print(
+            f"{total} file{'s' if total != 1 else ''}: {ok} converted, {total - ok} failed "
+            f"({size} in {report.seconds:.1f} s)"
+        )
+    return 0 if report.ok else 1
+
+
+def _usage(message: str) -> int:
+    print(f"ckptconv batch: error: {message}", file=sys.stderr)
+    return 2
