@@ -1,0 +1,659 @@
+"""TensorFlow checkpoints (TensorBundle: ``prefix.index`` + ``prefix.data-0000k-of-0000n``).
+
+Reads every checkpoint TensorFlow writes — TF1 ``Saver``, TF2 ``tf.train.Checkpoint``, tf-keras
+``save_weights('ckpt')``, Keras 3 models in a ``tf.train.Checkpoint``, SavedModel
+``variables/`` — without importing TensorFlow.
+
+* ``key`` is the checkpoint key. In object-based checkpoints the ``_CHECKPOINTABLE_OBJECT_GRAPH``
+  entry (a serialized ``TrackableObjectGraph``) gives each variable's ``full_name``
+  (``d1/kernel``), which becomes its ``name``; entries whose full names collide (a SavedModel's
+  metric variables, all ``count``/``total``) are named by their key. TF1 keys are names already.
+* ``kind``: variables reached from the root without passing through an optimizer are weights;
+  optimizer variables and slots are ``optimizer``; step counters (``global_step``,
+  ``save_counter``, ``iter``/``iterations``), metric variables and non-variable state are
+  ``bookkeeping``. The object graph itself is not an entry.
+* ``open`` reads the index (all its block CRCs checked), the object graph, and checks that every
+  data file exists and holds the bytes the index points to. Tensor bytes are read by
+  ``Entry.read()`` only, with one ``pread`` per tensor, and checked against the CRC-32C the
+  index records unless ``check_crc=False``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
+from ..store import ByteRange, Entry, Kind, Store, keras_order
+from . import _tensorbundle as tb
+from ._protowire import BundleEntry, TrackableObject, WireError, parse_bundle_entry, parse_bundle_header, parse_object_graph
+
+__all__ = ["FORMAT", "sniff", "open"]
+
+FORMAT = "tf-checkpoint"
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_STATE_FILE = "checkpoint"
+_DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
+_STRING = 7
+
+# TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian)
+_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype("<f4"),
+    2: np.dtype("<f8"),
+    3: np.dtype("<i4"),
+    4: np.dtype("<u1"),
+    5: np.dtype("<i2"),
+    6: np.dtype("<i1"),
+    8: np.dtype("<c8"),
+    9: np.dtype("<i8"),
+    10: np.dtype(np.bool_),
+    14: np.dtype(ml_dtypes.bfloat16),
+    17: np.dtype("<u2"),
+    18: np.dtype("<c16"),
+    19: np.dtype("<f2"),
+    22: np.dtype("<u4"),
+    23: np.dtype("<u8"),
+    24: np.dtype(ml_dtypes.float8_e5m2),
+    25: np.dtype(ml_dtypes.float8_e4m3fn),
+    26: np.dtype(ml_dtypes.float8_e4m3fnuz),
+    27: np.dtype(ml_dtypes.float8_e4m3b11fnuz),
+    28: np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+_UNREADABLE = {
+    11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource",
+    21: "variant", 29: "int4", 30: "uint4", 31: "int2", 32: "uint2", 33: "float4_e2m1fn",
+}
+
+# Object-graph edges that lead to an optimizer's step counter, or a checkpoint's.
+_COUNTER_EDGES = {"iter", "_iterations", "iterations", "iteration", "global_step", "save_counter"}
+# Edges under which Keras keeps metric objects (their count/total are bookkeeping).
+_METRIC_EDGES = {"metrics", "_metrics", "layer_metrics", "compiled_metrics", "_compile_metrics",
+                 "_metrics_container", "metrics_container"}
+_TF1_COUNTERS = {"global_step"}
+_TF1_OPTIMIZER_LEAF = re.compile(r"^beta[12]_power(_\d+)?$")
+
+
+# --- finding the checkpoint -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Located:
+    prefix: str
+    saved_model: bool
+
+
+def _read_state_file(path: Path) -> str | None:
+    """``model_checkpoint_path`` of a ``checkpoint`` state file (a text-format proto)."""
+    try:
+        text = path.read_bytes()[: 1 << 20]
+    except OSError:
+        return None
+    match = re.search(rb'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    if match is None:
+        return None
+    try:
+        return codecs.escape_decode(match.group(1))[0].decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _prefix_from_state(directory: Path, state: Path) -> str | None:
+    """The latest checkpoint a state file names, resolved like TensorFlow does: relative to
+    its directory, and an absolute path that no longer exists (the directory was moved)
+    falls back to its basename in the directory."""
+    named = _read_state_file(state)
+    if named is None:
+        return None
+    candidate = Path(named) if os.path.isabs(named) else directory / named
+    if not tb.has_table_magic(f"{candidate}.index"):
+        moved = directory / Path(named).name
+        if tb.has_table_magic(f"{moved}.index"):
+            candidate = moved
+    return os.fspath(candidate)
+
+
+def _is_saved_model_prefix(prefix: str) -> bool:
+    variables = Path(prefix).parent
+    return variables.name == "variables" and any(
+        (variables.parent / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")
+    )
+
+
+def _locate(path: Path) -> _Located | list[str] | None:
+    """Where the checkpoint at ``path`` is: a prefix, a list of candidate prefixes when a
+    directory holds several and no state file, or None when ``path`` holds none."""
+    if path.is_dir():
+        state = path / _STATE_FILE
+        if state.is_file():
+            prefix = _prefix_from_state(path, state)
+            if prefix is not None:
+                return _Located(prefix, _is_saved_model_prefix(prefix))
+        saved = path / "variables" / "variables"
+        if tb.has_table_magic(f"{saved}.index"):
+            return _Located(os.fspath(saved), True)
+        found = sorted(
+            os.fspath(p)[: -len(".index")] for p in path.glob("*.index") if tb.has_table_magic(p)
+        )
+        if len(found) == 1:
+            return _Located(found[0], _is_saved_model_prefix(found[0]))
+        return found or None
+    if path.is_file():
+        if path.name.endswith(".index") and tb.has_table_magic(path):
+            prefix = os.fspath(path)[: -len(".index")]
+            return _Located(prefix, _is_saved_model_prefix(prefix))
+        match = _DATA_FILE.match(os.fspath(path))
+        if match and tb.has_table_magic(match["prefix"] + ".index"):
+            return _Located(match["prefix"], _is_saved_model_prefix(match["prefix"]))
+        if path.name == _STATE_FILE:
+            prefix = _prefix_from_state(path.parent, path)
+            if prefix is not None:
+                return _Located(prefix, _is_saved_model_prefix(prefix))
+        return None
+    if tb.has_table_magic(f"{path}.index"):
+        return _Located(os.fspath(path), _is_saved_model_prefix(os.fspath(path)))
+    return None
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """A TensorFlow checkpoint: a prefix whose ``.index`` ends in the table magic, that
+    ``.index`` file or one of its data files, a directory with a ``checkpoint`` state file or
+    such an index, or a SavedModel directory. Reads at most a few bytes per candidate file."""
+    del head  # the table magic is at the end of the file, not in its head
+    if path.is_file() and path.name == _STATE_FILE:
+        return _read_state_file(path) is not None
+    if path.is_dir() and (path / _STATE_FILE).is_file():
+        return _read_state_file(path / _STATE_FILE) is not None
+    return _locate(path) is not None
+
+
+# --- the index ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Index:
+    index_path: str
+    num_shards: int
+    producer: int
+    entries: dict[str, BundleEntry]  # tensors, by key (slice keys left out)
+    slices: dict[bytes, BundleEntry]  # partitioned variables' slices, by binary key
+
+
+def _decode_key(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def _read_index(index_path: str) -> _Index:
+    try:
+        table = tb.read_table(index_path)
+    except tb.UnsupportedTableError as e:
+        raise UnsupportedError(str(e), path=index_path) from e
+    except tb.TableError as e:
+        raise CorruptFileError(f"damaged checkpoint index: {e}", path=index_path) from e
+    if not table or table[0][0] != b"":
+        raise FormatError(
+            "a sorted table without a BundleHeaderProto under the empty key: not a TensorFlow "
+            "checkpoint index",
+            path=index_path,
+        )
+    try:
+        header = parse_bundle_header(table[0][1])
+    except WireError as e:
+        raise CorruptFileError(f"damaged checkpoint header: {e}", path=index_path) from e
+    if header.big_endian:
+        raise UnsupportedError(
+            "big-endian TensorFlow checkpoint: ckptconv reads little-endian bundles only; "
+            "restore and re-save it with TensorFlow on a little-endian machine",
+            path=index_path,
+        )
+    if header.min_consumer > 1 or 1 in header.bad_consumers:
+        raise UnsupportedError(
+            f"checkpoint bundle format version {header.producer} needs a reader of version "
+            f">= {header.min_consumer}; ckptconv reads version 1",
+            path=index_path,
+        )
+    if header.num_shards < 0 or (header.num_shards == 0 and len(table) > 1):
+        raise CorruptFileError(f"the header declares {header.num_shards} data shards", path=index_path)
+    entries: dict[str, BundleEntry] = {}
+    slices: dict[bytes, BundleEntry] = {}
+    for raw_key, value in table[1:]:
+        key = _decode_key(raw_key)
+        try:
+            entry = parse_bundle_entry(value)
+        except WireError as e:
+            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, key=key) from e
+        if raw_key.startswith(b"\x00"):
+            slices[raw_key] = entry
+        else:
+            entries[key] = entry
+    return _Index(index_path, header.num_shards, header.producer, entries, slices)
+
+
+def _check_data_files(index: _Index, prefix: str) -> list[str]:
+    """The data files, each checked to exist and hold every byte range the index names."""
+    files = [tb.data_file_name(prefix, shard, index.num_shards) for shard in range(index.num_shards)]
+    sizes = []
+    for name in files:
+        try:
+            sizes.append(os.stat(name).st_size)
+        except FileNotFoundError:
+            raise CorruptFileError(
+                f"data shard {os.path.basename(name)} of this checkpoint is missing; copy every "
+                f"{os.path.basename(prefix)}.data-* file along with the .index",
+                path=name,
+            ) from None
+    for key, entry in [*index.entries.items(), *((_decode_key(k), e) for k, e in index.slices.items())]:
+        if entry.slices:
+            continue
+        if not 0 <= entry.shard_id < index.num_shards:
+            raise CorruptFileError(
+                f"index names data shard {entry.shard_id} of {index.num_shards}",
+                path=index.index_path, key=key,
+            )
+        if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
+            raise CorruptFileError(
+                f"tensor data at bytes {entry.offset}..{entry.offset + entry.size} lies beyond the "
+                f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated",
+                path=files[entry.shard_id], key=key,
+            )
+    return files
+
+
+# --- reading tensor data -------------------------------------------------------------------
+
+
+def _pread(path: str, offset: int, buffer: memoryview, *, key: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = tb.pread_exact(fd, buffer, offset)
+    finally:
+        os.close(fd)
+    if done != len(buffer):
+        raise CorruptFileError(
+            f"file is truncated: tensor data ends at byte {offset + len(buffer)}, the file "
+            f"ends at byte {offset + done}",
+            path=path, key=key,
+        )
+
+
+def _crc_mismatch(path: str, key: str, stored: int, actual: int) -> IntegrityError:
+    return IntegrityError(
+        f"tensor data fails its CRC-32C check (recorded {stored:#010x}, computed {actual:#010x}): "
+        "the file is damaged; restore it from a good copy (check_crc=False reads it anyway)",
+        path=path, key=key,
+    )
+
+
+def _read_numeric(
+    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str
+) -> np.ndarray:
+    """One ``pread`` into a fresh array, then the CRC-32C check over the bytes read."""
+    out = np.empty(entry.shape, dtype=dtype)
+    raw = out.reshape(-1).view(np.uint8)
+    _pread(path, entry.offset, memoryview(raw), key=key)
+    if check_crc:
+        actual = tb.crc32c(raw)
+        if actual != tb.unmask_crc(entry.masked_crc32c):
+            raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
+    return out
+
+
+def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -> np.ndarray:
+    raw = bytearray(entry.size)
+    _pread(path, entry.offset, memoryview(raw), key=key)
+    count = int(np.prod(entry.shape, dtype=np.int64))
+    try:
+        elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
+    except tb.TableError as e:
+        raise CorruptFileError(f"damaged string tensor: {e}", path=path, key=key) from e
+    if check_crc and actual != tb.unmask_crc(entry.masked_crc32c):
+        raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
+    out = np.empty(count, dtype=object)
+    for i, element in enumerate(elements):
+        out[i] = element
+    return out.reshape(entry.shape)
+
+
+def _read_partitioned(
+    parts: list[tuple[tuple[slice, ...], Callable[[], np.ndarray]]],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Assemble a partitioned variable from its slices (each read and checked on its own)."""
+    out = np.empty(shape, dtype=dtype)
+    for where, read in parts:
+        out[where] = read()
+    return out
+
+
+def _unreadable(code: int, path: str, key: str) -> np.ndarray:
+    raise UnsupportedError(
+        f"TensorFlow dtype {_UNREADABLE.get(code, code)} has no numpy equivalent ckptconv reads",
+        path=path, key=key,
+    )
+
+
+# --- names and kinds ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Role:
+    full_name: str
+    kind: Kind
+    order: int
+    counter: bool  # reached by a step-counter edge (bookkeeping when it holds an integer)
+
+
+def _dfs(
+    nodes: list[TrackableObject],
+    starts: list[int],
+    seen: set[int],
+    *,
+    blocked: Callable[[int, str], bool],
+) -> list[int]:
+    """Node ids in depth-first, child-list order (the order objects were attached: a
+    model's layers, then each layer's weights), skipping edges ``blocked`` rejects."""
+    out = []
+    stack = list(reversed(starts))
+    while stack:
+        node = stack.pop()
+        if node in seen or not 0 <= node < len(nodes):
+            continue
+        seen.add(node)
+        out.append(node)
+        for child in reversed(nodes[node].children):
+            if child.node_id not in seen and not blocked(child.node_id, child.local_name):
+                stack.append(child.node_id)
+    return out
+
+
+def _object_roles(nodes: list[TrackableObject]) -> dict[str, _Role]:
+    """checkpoint key -> full name, kind and order, from the object graph's structure.
+
+    Weights are the variables reached from the root without entering an optimizer (a node
+    with slot variables or an ``iter``/``_iterations`` counter, or the root's ``optimizer``)
+    or a metrics container; Keras 3 optimizers also hold references to the model's
+    variables, which therefore stay weights. What only an optimizer reaches is
+    ``optimizer``; the rest (metrics, non-variable state) is ``bookkeeping``.
+    """
+    if not nodes:
+        return {}
+
+    def is_variable(i: int) -> bool:
+        return any(a.name == "VARIABLE_VALUE" for a in nodes[i].attributes)
+
+    optimizers = set()
+    counter_nodes = set()
+    for i, node in enumerate(nodes):
+        for child in node.children:
+            if child.local_name in _COUNTER_EDGES and 0 <= child.node_id < len(nodes):
+                counter_nodes.add(child.node_id)
+                if child.local_name != "save_counter" and is_variable(child.node_id):
+                    optimizers.add(i)
+        if node.slot_variables:
+            optimizers.add(i)
+    optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
+    slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
+
+    seen: set[int] = set()
+    weights = _dfs(
+        nodes, [0], seen,
+        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slots,
+    )
+    optimizer_part = _dfs(
+        nodes, sorted(optimizers) + slots, seen, blocked=lambda i, edge: edge in _METRIC_EDGES
+    )
+    rest = _dfs(nodes, [0], seen, blocked=lambda i, edge: False)
+    rest += [i for i in range(len(nodes)) if i not in seen]
+    phases: list[tuple[list[int], Kind]] = [
+        (weights, "weight"), (optimizer_part, "optimizer"), (rest, "bookkeeping")
+    ]
+    roles: dict[str, _Role] = {}
+    order = 0
+    for members, kind in phases:
+        for i in members:
+            for attribute in nodes[i].attributes:
+                if attribute.checkpoint_key in roles:
+                    continue
+                role_kind: Kind = kind if attribute.name == "VARIABLE_VALUE" else "bookkeeping"
+                roles[attribute.checkpoint_key] = _Role(
+                    attribute.full_name, role_kind, order, i in counter_nodes
+                )
+                order += 1
+    return roles
+
+
+def _tf1_kind(key: str, entry: BundleEntry, entries: dict[str, BundleEntry]) -> Kind:
+    """Kinds of name-based (TF1) checkpoints, which record no structure: ``global_step`` is
+    bookkeeping; ``beta1_power``/``beta2_power`` and slots (``<variable>/<slot>`` of the
+    same shape as ``<variable>``, e.g. ``dense/kernel/Adam_1``) are optimizer state."""
+    leaf = key.rsplit("/", 1)[-1]
+    if leaf in _TF1_COUNTERS and entry.dtype in (3, 9):
+        return "bookkeeping"
+    if _TF1_OPTIMIZER_LEAF.match(leaf):
+        return "optimizer"
+    if "/" in key:
+        owner = entries.get(key.rsplit("/", 1)[0])
+        if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
+            return "optimizer"
+    return "weight"
+
+
+def _natural_key(text: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+# --- building the store ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Planned:
+    key: str
+    name: str
+    kind: Kind
+    entry: BundleEntry
+
+
+def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject] | None:
+    entry = index.entries.get(OBJECT_GRAPH_KEY)
+    if entry is None:
+        return None
+    path = files[entry.shard_id]
+    if entry.dtype != _STRING or entry.shape not in ((), (1,)):
+        raise CorruptFileError("the object graph entry is not a string scalar", path=path, key=OBJECT_GRAPH_KEY)
+    value = _read_strings(path, entry, check_crc=True, key=OBJECT_GRAPH_KEY).reshape(-1)[0]
+    try:
+        return parse_object_graph(value)
+    except WireError as e:
+        raise CorruptFileError(f"damaged object graph: {e}", path=path, key=OBJECT_GRAPH_KEY) from e
+
+
+def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
+    """Every tensor's name and kind, in model order (object graph) or key order (TF1)."""
+    keys = [k for k in index.entries if k != OBJECT_GRAPH_KEY]
+    planned = []
+    if nodes is None:
+        for key in sorted(keys, key=_natural_key):
+            entry = index.entries[key]
+            planned.append(_Planned(key, key, _tf1_kind(key, entry, index.entries), entry))
+        return planned
+    roles = _object_roles(nodes)
+    last = len(roles)
+    ranked = sorted(keys, key=lambda k: (roles[k].order if k in roles else last, _natural_key(k)))
+    for key in ranked:
+        entry = index.entries[key]
+        role = roles.get(key)
+        if role is None:  # saved by a registered saver or outside the graph: no full name
+            planned.append(_Planned(key, key, "weight" if entry.dtype != _STRING else "bookkeeping", entry))
+            continue
+        kind = role.kind
+        if role.counter and entry.dtype in (3, 9):
+            kind = "bookkeeping"
+        planned.append(_Planned(key, role.full_name or key, kind, entry))
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.name] = counts.get(p.name, 0) + 1
+    # full names that collide (or equal another tensor's key) fall back to the key
+    return [p if counts[p.name] == 1 else _Planned(p.key, p.key, p.kind, p.entry) for p in planned]
+
+
+def _partitioned_loader(
+    index: _Index, key: str, name: str, entry: BundleEntry, dtype: np.dtype, files: list[str],
+    *, check_crc: bool,
+) -> Callable[[], np.ndarray]:
+    """A loader that reassembles a partitioned variable; every slice is checked at open to
+    exist in the index and to fit inside the whole shape."""
+    parts = []
+    for extents in entry.slices:
+        if len(extents) != len(entry.shape):
+            raise CorruptFileError(
+                f"a slice has {len(extents)} dimensions, the variable {len(entry.shape)}",
+                path=index.index_path, key=name,
+            )
+        where = []
+        for extent, dim in zip(extents, entry.shape):
+            length = dim - extent.start if extent.length is None else extent.length
+            if extent.start < 0 or length < 0 or extent.start + length > dim:
+                raise CorruptFileError(
+                    f"slice {extent.start}:{extent.start + length} lies outside dimension {dim}",
+                    path=index.index_path, key=name,
+                )
+            where.append(slice(extent.start, extent.start + length))
+        slice_key = tb.slice_key(key, [(e.start, -1 if e.length is None else e.length) for e in extents])
+        part = index.slices.get(slice_key)
+        shape = tuple(s.stop - s.start for s in where)
+        if part is None:
+            raise CorruptFileError(
+                f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
+                "variable is missing from the index",
+                path=index.index_path, key=name,
+            )
+        if part.shape != shape or part.dtype != entry.dtype:
+            raise CorruptFileError(
+                f"a slice is stored with shape {list(part.shape)}, its extent says {list(shape)}",
+                path=index.index_path, key=name,
+            )
+        _check_size(part, dtype, files[part.shard_id], name)
+        reader = partial(_tensor_reader, files[part.shard_id], part, dtype, check_crc=check_crc, key=name)
+        parts.append((tuple(where), reader))
+    return partial(_read_partitioned, parts, entry.shape, dtype)
+
+
+def _tensor_reader(path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str) -> np.ndarray:
+    if entry.dtype == _STRING:
+        return _read_strings(path, entry, check_crc=check_crc, key=key)
+    return _read_numeric(path, entry, dtype, check_crc=check_crc, key=key)
+
+
+def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> None:
+    if entry.dtype == _STRING:
+        return
+    expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
+    if entry.size != expected:
+        raise CorruptFileError(
+            f"index records {entry.size} bytes for shape {list(entry.shape)} of "
+            f"{dtype}, which needs {expected}",
+            path=path, key=name,
+        )
+
+
+def _make_entry(
+    planned: _Planned, index: _Index, files: list[str], *, check_crc: bool
+) -> Entry:
+    entry = planned.entry
+    name = planned.name
+    if entry.unknown_rank or any(d < 0 for d in entry.shape):
+        raise CorruptFileError(
+            f"index records an incomplete shape {list(entry.shape)}", path=index.index_path, key=name
+        )
+    if entry.dtype == _STRING:
+        dtype = np.dtype(object)
+    elif entry.dtype in _DTYPES:
+        dtype = _DTYPES[entry.dtype]
+    else:
+        if entry.dtype not in _UNREADABLE:
+            raise CorruptFileError(f"unknown TensorFlow dtype code {entry.dtype}", path=index.index_path, key=name)
+        return Entry(
+            name, key=planned.key, shape=entry.shape, dtype=np.dtype(object), path=index.index_path,
+            loader=partial(_unreadable, entry.dtype, index.index_path, name), kind="bookkeeping",
+        )
+    if entry.slices:
+        loader = _partitioned_loader(index, planned.key, name, entry, dtype, files, check_crc=check_crc)
+        return Entry(name, key=planned.key, shape=entry.shape, dtype=dtype, path=index.index_path,
+                     loader=loader, kind=planned.kind)
+    path = files[entry.shard_id]
+    _check_size(entry, dtype, path, name)
+    loader = partial(_tensor_reader, path, entry, dtype, check_crc=check_crc, key=name)
+    if entry.dtype == _STRING:
+        return Entry(name, key=planned.key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
+                     kind=planned.kind)
+    return Entry(
+        name, key=planned.key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
+        byte_range=ByteRange(path, entry.offset, entry.size), kind=planned.kind,
+        crc32c=tb.unmask_crc(entry.masked_crc32c),
+    )
+
+
+def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  # noqa: A001
+    """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
+
+    Reads the ``.index`` file (checking every block's CRC-32C) and the object graph entry, and
+    checks that every data shard exists; no tensor data is read. ``Entry.read()`` reads one
+    tensor with ``pread`` and checks its CRC-32C.
+
+    Args:
+        path: A checkpoint prefix, its ``.index`` or a ``.data-*`` file, a directory with a
+            ``checkpoint`` state file (its latest checkpoint is read), or a SavedModel directory.
+        check_crc: Verify each tensor's CRC-32C when it is read (the index is always checked).
+
+    Raises:
+        FormatError: no TensorFlow checkpoint at ``path`` (or several, with no state file).
+        CorruptFileError: the index is damaged or a data shard is missing or truncated.
+        UnsupportedError: a big-endian bundle, or compressed index blocks.
+    """
+    located = _locate(Path(path))
+    if located is None:
+        raise FormatError("no TensorFlow checkpoint here (expected PREFIX.index next to its data files)",
+                          path=path)
+    if isinstance(located, list):
+        names = ", ".join(os.path.basename(p) for p in located[:5])
+        raise FormatError(
+            f"the directory holds {len(located)} checkpoints ({names}) and no `checkpoint` state "
+            "file: pass one prefix",
+            path=path,
+        )
+    index_path = f"{located.prefix}.index"
+    if not os.path.isfile(index_path):
+        raise CorruptFileError(
+            f"the checkpoint state file names {located.prefix}, whose .index does not exist",
+            path=path,
+        )
+    index = _read_index(index_path)
+    files = _check_data_files(index, located.prefix)
+    nodes = _load_object_graph(index, files)
+    entries = [_make_entry(p, index, files, check_crc=check_crc) for p in _plan(index, nodes)]
+    keras_order(entries)
+    if located.saved_model:
+        checkpoint_kind = "saved-model"
+    elif nodes is not None:
+        checkpoint_kind = "object-based"
+    else:
+        checkpoint_kind = "tf1"
+    metadata = {
+        "checkpoint_kind": checkpoint_kind,
+        "prefix": located.prefix,
+        "num_shards": str(index.num_shards),
+        "bundle_version": str(index.producer),
+    }
+    return Store(entries, format=FORMAT, path=path, files=[index_path, *files], metadata=metadata)
