@@ -1,0 +1,408 @@
+"""The streaming safetensors writer: read back by the safetensors library and by ckptconv,
+bit-exactly; golden header bytes; sharding; checksums; atomicity and refusal rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+import ckptconv
+from ckptconv import (
+    IntegrityError,
+    Output,
+    OutputError,
+    Store,
+    UnsupportedError,
+    parse_size,
+    write_safetensors,
+)
+from ckptconv.store import ByteRange, Entry
+from ckptconv.writers.safetensors import CRC_KEY
+from tests.helpers import assert_bit_exact
+
+# numpy dtypes the safetensors library's numpy API can hand back (it has no float8 in numpy)
+ZOO = {
+    "scalar_f32": np.array(3.5, dtype=np.float32),
+    "empty_f32": np.zeros((0, 4), dtype=np.float32),
+    "empty_1d_i64": np.zeros((0,), dtype=np.int64),
+    "f16": np.linspace(-2, 2, 24, dtype=np.float16).reshape(2, 3, 4),
+    "bf16": np.linspace(-3, 3, 10).astype(ml_dtypes.bfloat16),
+    "f8_e4m3": np.linspace(-4, 4, 8).astype(ml_dtypes.float8_e4m3fn),
+    "f8_e5m2": np.linspace(-4, 4, 8).astype(ml_dtypes.float8_e5m2),
+    "i64": np.arange(-6, 6, dtype=np.int64).reshape(3, 4),
+    "u8": np.arange(7, dtype=np.uint8),
+    "bool": np.array([[True, False, True]]),
+    "f64": np.random.default_rng(0).standard_normal((5, 3)),
+    "transposed": np.arange(30, dtype=np.float32).reshape(5, 6).T,  # not C-contiguous
+    "strided": np.arange(40, dtype=np.int32)[::3],
+    "big_endian": np.arange(6, dtype=">f4").reshape(2, 3),
+}
+LIB_CAN_READ = {k for k, v in ZOO.items() if not k.startswith(("bf16", "f8"))}
+
+
+def computed(arrays: dict[str, np.ndarray]) -> list[Output]:
+    """Outputs whose compute() returns the arrays as they are (non-contiguous, big-endian...)."""
+    return [
+        Output(name, a.shape, np.dtype(a.dtype).newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype,
+               (lambda a=a: a))
+        for name, a in arrays.items()
+    ]
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_zoo_round_trip_read_by_safetensors_and_ckptconv(tmp_path: Path) -> None:
+    dst = tmp_path / "zoo.safetensors"
+    result = write_safetensors(computed(ZOO), dst, metadata={"format": "np"})
+    assert result.files == [str(dst)]
+    assert result.tensors == len(ZOO)
+    assert result.nbytes == sum(a.nbytes for a in ZOO.values())
+
+    with safe_open(dst, "np") as f:  # its numpy API has no bf16/float8: those via ckptconv
+        assert f.metadata()["format"] == "np"
+        assert set(f.keys()) == set(ZOO)
+        for name in LIB_CAN_READ:
+            want = ZOO[name].astype(ZOO[name].dtype.newbyteorder("<"))
+            assert_bit_exact(f.get_tensor(name), want, name)
+
+    with ckptconv.open(dst) as store:
+        assert store.format == "safetensors"
+        assert list(store) == list(ZOO)  # stored order is the order written
+        for name, array in ZOO.items():
+            got = store[name].read()
+            assert got.shape == array.shape
+            assert ckptconv.dtypes.dtype_name(got.dtype) == ckptconv.dtypes.dtype_name(array.dtype)
+            assert got.tobytes() == np.ascontiguousarray(array, dtype=got.dtype).tobytes(), name
+
+
+def test_bf16_and_float8_bytes_match_the_safetensors_writer(tmp_path: Path) -> None:
+    """Our file and the Rust writer's file hold the same bytes for bf16 / float8 tensors."""
+    arrays = {k: ZOO[k] for k in ("bf16", "f8_e4m3", "f8_e5m2", "f16")}
+    ours = tmp_path / "ours.safetensors"
+    theirs = tmp_path / "theirs.safetensors"
+    write_safetensors(computed(arrays), ours, checksum=False)
+    save_file(arrays, str(theirs))  # the Rust writer takes ml_dtypes arrays by dtype name
+    with ckptconv.open(ours) as a, ckptconv.open(theirs) as b:
+        for name in arrays:
+            assert_bit_exact(a[name].read(), b[name].read(), name)
+            assert_bit_exact(a[name].read(), arrays[name], name)
+
+
+def test_golden_header_bytes(tmp_path: Path) -> None:
+    outputs = computed({"w": np.array([1.0, 2.0], np.float32), "b": np.array([7], np.int8)})
+    dst = tmp_path / "tiny.safetensors"
+    write_safetensors(outputs, dst, metadata={"format": "np"}, checksum=False)
+    raw = dst.read_bytes()
+    header = (
+        b'{"__metadata__":{"format":"np"},'
+        b'"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        b'"b":{"dtype":"I8","shape":[1],"data_offsets":[8,9]}}'
+    )
+    header += b" " * (-len(header) % 8)
+    expected = len(header).to_bytes(8, "little") + header
+    expected += np.array([1.0, 2.0], "<f4").tobytes() + b"\x07"
+    assert raw == expected
+
+
+def test_golden_checksum_metadata(tmp_path: Path) -> None:
+    import crc32c
+
+    a = np.arange(5, dtype=np.float32)
+    dst = tmp_path / "c.safetensors"
+    result = write_safetensors(computed({"a": a, "e": np.zeros(0, np.float32)}), dst)
+    with safe_open(dst, "np") as f:
+        table = json.loads(f.metadata()[CRC_KEY])
+    assert table == {"a": f"{crc32c.crc32c(a.tobytes()):08x}", "e": "00000000"}
+    assert result.checksums == {"a": crc32c.crc32c(a.tobytes()), "e": 0}
+
+
+def test_insertion_order_is_kept_and_changes_only_the_order(tmp_path: Path) -> None:
+    arrays = {"z": np.ones(3, np.float32), "a": np.zeros(2, np.float16), "m": np.arange(4)}
+    forward = tmp_path / "f.safetensors"
+    backward = tmp_path / "b.safetensors"
+    write_safetensors(computed(arrays), forward)
+    write_safetensors(computed(dict(reversed(arrays.items()))), backward)
+    with ckptconv.open(forward) as f, ckptconv.open(backward) as b:
+        assert list(f) == ["z", "a", "m"]
+        assert list(b) == ["m", "a", "z"]
+        for name in arrays:
+            assert_bit_exact(f[name].read(), b[name].read(), name)
+            assert f[name].crc32c == b[name].crc32c
+
+
+def test_passthrough_copies_source_bytes_file_to_file(tmp_path: Path) -> None:
+    """Outputs with a byte_range source are copied without compute(); bytes are identical."""
+    src = tmp_path / "src.safetensors"
+    arrays = {"x": np.arange(3 * 1024 * 1024, dtype=np.float32), "y": np.ones((3, 3), np.float64)}
+    save_file(arrays, str(src))
+    with ckptconv.open(src) as store:
+        outputs = []
+        for e in store.entries():
+            out = Output.of(e)
+            out.compute = lambda: pytest.fail("compute() must not run for an unchanged tensor")
+            outputs.append(out)
+        dst = tmp_path / "dst.safetensors"
+        write_safetensors(outputs, dst)
+    loaded = load_file(dst)
+    for name, array in arrays.items():
+        assert_bit_exact(loaded[name], array, name)
+
+
+def test_sharded_output_read_back(tmp_path: Path) -> None:
+    arrays = {
+        "l0.weight": np.arange(100, dtype=np.float32),  # 400 B
+        "l0.bias": np.arange(20, dtype=np.float32),  # 80 B
+        "l1.weight": np.arange(300, dtype=np.float32),  # 1200 B: oversized, alone
+        "l1.bias": np.arange(10, dtype=np.float16),  # 20 B
+        "l2.weight": np.arange(50, dtype=np.int64),  # 400 B
+    }
+    dst = tmp_path / "model.safetensors"
+    result = write_safetensors(computed(arrays), dst, max_shard_size=500, metadata={"format": "np"})
+    names = [f"model-0000{i}-of-00003.safetensors" for i in range(1, 4)]
+    assert [Path(f).name for f in result.files] == names + ["model.safetensors.index.json"]
+    assert listing(tmp_path) == sorted(names + ["model.safetensors.index.json"])
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index == {
+        "metadata": {"total_size": sum(a.nbytes for a in arrays.values())},
+        "weight_map": {
+            "l0.weight": names[0],
+            "l0.bias": names[0],
+            "l1.weight": names[1],
+            "l1.bias": names[2],  # a new shard after the oversized one
+            "l2.weight": names[2],
+        },
+    }
+    for name, file in index["weight_map"].items():
+        with safe_open(tmp_path / file, "np") as f:
+            assert_bit_exact(f.get_tensor(name), arrays[name], name)
+    with ckptconv.open(tmp_path / "model.safetensors.index.json") as store:
+        assert store.format == "safetensors-sharded"
+        assert list(store) == list(arrays)
+        for name, array in arrays.items():
+            assert_bit_exact(store[name].read(), array, name)
+    assert ckptconv.verify_file(tmp_path / "model.safetensors.index.json").ok
+
+
+def test_one_shard_is_a_plain_file(tmp_path: Path) -> None:
+    dst = tmp_path / "small.safetensors"
+    result = write_safetensors(computed({"a": np.ones(4, np.float32)}), dst, max_shard_size=parse_size("1GB"))
+    assert result.files == [str(dst)]
+    assert listing(tmp_path) == ["small.safetensors"]
+
+
+def test_parse_size() -> None:
+    assert parse_size("5GB") == 5_000_000_000
+    assert parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("10 MB") == 10_000_000
+    assert parse_size("2mib") == 2 * 2**20
+    assert parse_size("123") == 123
+    assert parse_size("1KB") == 1000 and parse_size("1KiB") == 1024
+    assert parse_size("1TiB") == 2**40
+    for bad in ("", "GB", "5 parsecs", "-1GB", "0", "1.2.3MB"):
+        with pytest.raises(ValueError, match="size"):
+            parse_size(bad)
+
+
+# --- refusals, checked before any file exists ----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.dtype("U3")])
+def test_unsupported_dtype_names_the_tensor_and_writes_nothing(tmp_path: Path, dtype) -> None:
+    outputs = computed({"ok": np.ones(2, np.float32)})
+    outputs.append(Output("bad_one", (2,), np.dtype(dtype), lambda: pytest.fail("no data read")))
+    with pytest.raises(UnsupportedError, match="bad_one") as info:
+        write_safetensors(outputs, tmp_path / "x.safetensors")
+    assert info.value.key == "bad_one"
+    assert listing(tmp_path) == []
+
+
+def test_wrong_computed_shape_or_dtype_names_the_tensor(tmp_path: Path) -> None:
+    bad_shape = [Output("w", (2, 2), np.float32, lambda: np.zeros((4,), np.float32))]
+    with pytest.raises(OutputError, match=r"'w'.*shape \[4\].*\[2, 2\]"):
+        write_safetensors(bad_shape, tmp_path / "a.safetensors")
+    bad_dtype = [Output("w", (2,), np.float32, lambda: np.zeros((2,), np.float64))]
+    with pytest.raises(OutputError, match=r"'w'.*float64.*float32"):
+        write_safetensors(bad_dtype, tmp_path / "b.safetensors")
+    assert listing(tmp_path) == []
+
+
+def test_duplicate_names_refused(tmp_path: Path) -> None:
+    outputs = computed({"a": np.ones(1, np.float32)}) * 2
+    with pytest.raises(OutputError, match="share"):
+        write_safetensors(outputs, tmp_path / "d.safetensors")
+
+
+def test_source_crc_mismatch_raises_integrity_error(tmp_path: Path) -> None:
+    data = tmp_path / "raw.bin"
+    array = np.arange(16, dtype=np.float32)
+    data.write_bytes(array.tobytes())
+    entry = Entry(
+        "t/kernel", key="t/kernel", shape=(16,), dtype=np.float32, path=data,
+        byte_range=ByteRange(str(data), 0, array.nbytes), crc32c=0x12345678,
+    )
+    with pytest.raises(IntegrityError, match="CRC-32C") as info:
+        write_safetensors([Output.of(entry)], tmp_path / "out.safetensors", checksum=False)
+    assert info.value.key == "t/kernel"
+    assert listing(tmp_path) == ["raw.bin"]
+
+
+def test_truncated_source_is_a_corrupt_file(tmp_path: Path) -> None:
+    data = tmp_path / "raw.bin"
+    data.write_bytes(b"\0" * 10)
+    entry = Entry("t", key="t", shape=(16,), dtype=np.float32, path=data,
+                  byte_range=ByteRange(str(data), 0, 64))
+    with pytest.raises(ckptconv.CorruptFileError, match="truncated"):
+        write_safetensors([Output.of(entry)], tmp_path / "out.safetensors")
+    assert listing(tmp_path) == ["raw.bin"]
+
+
+def test_output_equal_to_input_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "m.safetensors"
+    save_file({"a": np.ones(3, np.float32)}, str(src))
+    before = src.read_bytes()
+    with ckptconv.open(src) as store:
+        outputs = [Output.of(e) for e in store.entries()]
+        with pytest.raises(OutputError, match="input"):
+            write_safetensors(outputs, src, force=True, protect=store.files)
+    assert src.read_bytes() == before
+
+
+def test_output_inside_a_sharded_input_set_is_refused(tmp_path: Path) -> None:
+    arrays = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float32)}
+    write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400)
+    index = tmp_path / "m.safetensors.index.json"
+    # writing a single file named like a shard of the input set
+    with pytest.raises(OutputError, match="input"):
+        write_safetensors(computed(arrays), tmp_path / "m-00002-of-00002.safetensors",
+                          force=True, protect=[index])
+
+
+# --- atomicity --------------------------------------------------------------------------------
+
+
+def failing_outputs(after: int) -> list[Output]:
+    outputs = computed({f"t{i}": np.full(1000, i, np.float32) for i in range(after)})
+
+    def boom() -> np.ndarray:
+        raise RuntimeError("the source went away")
+
+    outputs.append(Output("boom", (1000,), np.float32, boom))
+    return outputs
+
+
+def test_failure_midway_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="went away"):
+        write_safetensors(failing_outputs(3), tmp_path / "x.safetensors")
+    assert listing(tmp_path) == []
+    with pytest.raises(RuntimeError, match="went away"):
+        write_safetensors(failing_outputs(3), tmp_path / "x.safetensors", max_shard_size=4000)
+    assert listing(tmp_path) == []
+
+
+def test_keyboard_interrupt_leaves_nothing(tmp_path: Path) -> None:
+    def interrupt() -> np.ndarray:
+        raise KeyboardInterrupt
+
+    outputs = computed({"a": np.ones(10, np.float32)}) + [Output("b", (1,), np.float32, interrupt)]
+    with pytest.raises(KeyboardInterrupt):
+        write_safetensors(outputs, tmp_path / "x.safetensors")
+    assert listing(tmp_path) == []
+
+
+def test_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        import numpy as np
+        from ckptconv import Output, write_safetensors
+        def slow():
+            print("started", flush=True)
+            time.sleep(30)
+            return np.ones(4, np.float32)
+        outs = [Output("a", (4,), np.float32, lambda: np.zeros(4, np.float32)),
+                Output("b", (4,), np.float32, slow)]
+        write_safetensors(outs, {str(tmp_path / 'x.safetensors')!r})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    assert any(name.startswith(".x.safetensors.") for name in listing(tmp_path))  # the temp file
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert listing(tmp_path) == []
+
+
+def test_existing_output_untouched_without_force(tmp_path: Path) -> None:
+    dst = tmp_path / "x.safetensors"
+    dst.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="--force"):
+        write_safetensors(computed({"a": np.ones(2, np.float32)}), dst)
+    assert dst.read_bytes() == b"precious"
+    # an existing sharded set at the same name counts too
+    write_safetensors(computed({"a": np.ones(200, np.float32), "b": np.ones(200, np.float32)}),
+                      tmp_path / "s.safetensors", max_shard_size=800)
+    before = {p: (tmp_path / p).read_bytes() for p in listing(tmp_path)}
+    with pytest.raises(OutputError, match="already exists"):
+        write_safetensors(computed({"a": np.ones(2, np.float32)}), tmp_path / "s.safetensors")
+    assert {p: (tmp_path / p).read_bytes() for p in listing(tmp_path)} == before
+
+
+def test_failed_forced_run_keeps_the_old_file_and_set(tmp_path: Path) -> None:
+    single = tmp_path / "x.safetensors"
+    write_safetensors(computed({"old": np.ones(3, np.float32)}), single)
+    write_safetensors(computed({"a": np.ones(300, np.float32), "b": np.ones(300, np.float32)}),
+                      tmp_path / "s.safetensors", max_shard_size=1200)
+    before = {p: (tmp_path / p).read_bytes() for p in listing(tmp_path)}
+    with pytest.raises(RuntimeError):
+        write_safetensors(failing_outputs(2), single, force=True)
+    with pytest.raises(RuntimeError):
+        write_safetensors(failing_outputs(5), tmp_path / "s.safetensors", force=True, max_shard_size=4000)
+    assert {p: (tmp_path / p).read_bytes() for p in listing(tmp_path)} == before
+
+
+def test_forced_run_replaces_a_set_and_removes_stale_shards(tmp_path: Path) -> None:
+    dst = tmp_path / "m.safetensors"
+    write_safetensors(computed({f"t{i}": np.ones(100, np.float32) for i in range(3)}), dst, max_shard_size=400)
+    assert len(listing(tmp_path)) == 4
+    write_safetensors(computed({"n0": np.ones(100, np.float32), "n1": np.ones(100, np.float32)}), dst,
+                      max_shard_size=400, force=True)
+    assert listing(tmp_path) == [
+        "m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors", "m.safetensors.index.json",
+    ]
+    with ckptconv.open(tmp_path / "m.safetensors.index.json") as store:
+        assert list(store) == ["n0", "n1"]
+    # and a single file replacing a set removes the whole old set
+    write_safetensors(computed({"one": np.ones(2, np.float32)}), dst, force=True)
+    assert listing(tmp_path) == ["m.safetensors"]
+
+
+def test_outputs_get_the_umask_mode(tmp_path: Path) -> None:
+    dst = tmp_path / "x.safetensors"
+    write_safetensors(computed({"a": np.ones(2, np.float32)}), dst)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_store_from_arrays_non_contiguous(tmp_path: Path) -> None:
+    arrays = {"t/kernel": np.arange(12, dtype=np.float32).reshape(3, 4).T, "t/bias": np.arange(4.0)[::-1]}
+    store = Store.from_arrays(arrays)
+    dst = tmp_path / "s.safetensors"
+    write_safetensors([Output.of(e) for e in store.entries()], dst)
+    loaded = load_file(dst)
+    for name, array in arrays.items():
+        assert_bit_exact(loaded[name], np.ascontiguousarray(array), name)
