@@ -111,10 +111,10 @@ def test_first_matching_rule_owns_and_statuses_are_reported():
         "dense_1/bias": ("used", 2),
         "dense_2/kernel": ("dropped", 1),
         "dense_2/bias": ("dropped", 1),
-        "steps": ("unused", None),
+        "steps": ("dropped", None),  # passthrough: false
     }
-    assert plan.report.dropped == ["dense_2/kernel", "dense_2/bias"]
-    assert plan.report.unused == ["steps"]
+    assert plan.report.dropped == ["dense_2/kernel", "dense_2/bias", "steps"]
+    assert plan.report.unused == []
     out = _all_arrays(plan)
     assert_bit_exact(out["new_1/kernel"], arrays["dense_1/kernel"])
 

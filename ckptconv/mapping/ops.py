@@ -91,6 +91,10 @@ class Op:
         """Short text for the report (``transpose``, ``reshape [384, 12, 32]``)."""
         return self.name
 
+    def to_spec(self) -> object:
+        """The op in spec-file form (``"transpose"``, ``{"reshape": [384, 12, 32]}``)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"<op {self.describe()}>"
 
@@ -146,6 +150,9 @@ class Transpose(Op):
     def describe(self):
         return "transpose" if self.axes is None else f"transpose {list(self.axes)}"
 
+    def to_spec(self):
+        return "transpose" if self.axes is None else {"transpose": list(self.axes)}
+
 
 # -- reshape -----------------------------------------------------------------------------------
 
@@ -182,6 +189,9 @@ class Reshape(Op):
 
     def describe(self):
         return "reshape target" if self.shape == "target" else f"reshape {_fmt(self.shape)}"  # type: ignore[arg-type]
+
+    def to_spec(self):
+        return {"reshape": "target" if self.shape == "target" else list(self.shape)}
 
 
 # -- slice -------------------------------------------------------------------------------------
@@ -278,6 +288,9 @@ class Slice(Op):
     def describe(self):
         return f"slice {self.text}"
 
+    def to_spec(self):
+        return {"slice": self.text}
+
 
 # -- cast --------------------------------------------------------------------------------------
 
@@ -320,6 +333,11 @@ class Cast(Op):
         if self.note:
             text += f" ({self.note})"
         return text
+
+    def to_spec(self):
+        if self.allow_overflow:
+            return {"cast": {"dtype": dtype_name(self.dtype), "allow_overflow": True}}
+        return {"cast": dtype_name(self.dtype)}
 
 
 def _check_int_range(chunk: np.ndarray, dtype: np.dtype) -> str | None:
@@ -419,6 +437,9 @@ class Squeeze(Op):
             return "squeeze"
         return f"squeeze {self.axis[0] if len(self.axis) == 1 else list(self.axis)}"
 
+    def to_spec(self):
+        return "squeeze" if self.axis is None else {"squeeze": list(self.axis)}
+
 
 @dataclass(frozen=True, repr=False)
 class ExpandDims(Op):
@@ -440,6 +461,9 @@ class ExpandDims(Op):
 
     def describe(self):
         return f"expand_dims {self.axis[0] if len(self.axis) == 1 else list(self.axis)}"
+
+    def to_spec(self):
+        return {"expand_dims": list(self.axis)}
 
 
 # -- Python callables --------------------------------------------------------------------------
@@ -504,6 +528,9 @@ class FnOp(Op):
     def describe(self):
         return f"fn {_fn_name(self.fn)}"
 
+    def to_spec(self):
+        return {"fn": self.fn, "shape": self.shape, "dtype": self.dtype}
+
 
 # -- many-to-one and one-to-many ---------------------------------------------------------------
 
@@ -546,6 +573,9 @@ class Concat(Op):
     def describe(self):
         return f"concat axis={self.axis}"
 
+    def to_spec(self):
+        return {"axis": self.axis}
+
 
 @dataclass(frozen=True, repr=False)
 class Stack(Op):
@@ -573,6 +603,9 @@ class Stack(Op):
 
     def describe(self):
         return f"stack axis={self.axis}"
+
+    def to_spec(self):
+        return {"axis": self.axis}
 
 
 @dataclass(frozen=True, repr=False)
@@ -628,3 +661,8 @@ class Split(Op):
     def describe(self):
         how = f"parts={self.parts}" if self.parts is not None else f"sizes={list(self.sizes or ())}"
         return f"split axis={self.axis} {how}"
+
+    def to_spec(self):
+        if self.parts is not None:
+            return {"axis": self.axis, "parts": self.parts}
+        return {"axis": self.axis, "sizes": list(self.sizes or ())}

@@ -578,7 +578,8 @@ class _Builder:
                 status[entry.name] = ("passthrough", None)
                 self._passthrough(position, entry)
             else:
-                status[entry.name] = ("unused", None)
+                # passthrough: false drops what no rule owns, on purpose
+                status[entry.name] = ("dropped", None)
         self.planned.sort(key=lambda p: p.order)
         self._check_duplicates()
         report = self._check_target_and_report(status)

@@ -61,9 +61,9 @@ class SourceRecord:
 
     Attributes:
         name: Entry name.
-        status: ``used`` (a rule maps it), ``dropped`` (a drop rule), ``passthrough`` (no rule
-            owns it, copied unchanged) or ``unused`` (no rule owns it and passthrough is off,
-            or the target has no weight of its name).
+        status: ``used`` (a rule maps it), ``dropped`` (a drop rule, or no rule owns it and
+            ``passthrough`` is false), ``passthrough`` (no rule owns it, copied unchanged) or
+            ``unused`` (passed through, but the target has no weight of its name).
         shape, dtype, kind: The entry's metadata.
         rule: Number of the rule that owns it, None when no rule does.
         outputs: Names of the outputs made from it.

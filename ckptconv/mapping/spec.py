@@ -413,7 +413,7 @@ class Rule:
         return self.concat or self.stack
 
     def to_dict(self) -> dict[str, Any]:
-        """The rule in spec-file form (callables and Op objects as their descriptions)."""
+        """The rule in spec-file form (JSON-serialisable unless it holds Python callables)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "number":
@@ -423,9 +423,9 @@ class Rule:
                 continue
             key = "from" if f.name == "from_" else f.name
             if f.name == "ops":
-                value = [op.describe() for op in value]
+                value = [op.to_spec() for op in value]
             elif isinstance(value, Op):
-                value = value.describe()
+                value = value.to_spec()
             elif isinstance(value, tuple):
                 value = list(value)
             out[key] = value
