@@ -241,6 +241,9 @@ class _Model:
         self.model = model
         self.line = _keras_line(model)
         self.name = str(getattr(model, "name", type(model).__name__))
+        # A bare layer (not a model) is named like a model's top-level layer: its own name
+        # comes first, so a lone Conv2D "conv" has "conv/kernel".
+        self.is_model = hasattr(model, "layers")
         self.vars = self._collect()
 
     # -- which Keras
@@ -264,14 +267,13 @@ class _Model:
     def snapshot(self, variable: Any) -> Any:
         """The variable's current value, kept to restore it if a later step fails.
 
-        On TensorFlow (and JAX) a read is a reference that a later assignment does not
-        overwrite (copy on write), so this costs no copy.
+        On TensorFlow a read shares the buffer and a later assignment writes a new one (copy
+        on write); JAX arrays are immutable: either way this costs no copy. (Not
+        ``convert_to_tensor``: on TensorFlow it hands back the variable itself.)
         """
         if self.line == "keras":
             import keras
 
-            if keras.backend.backend() in ("tensorflow", "jax"):
-                return keras.ops.convert_to_tensor(variable)
             return keras.ops.copy(variable)
         return variable.read_value()
 
@@ -320,7 +322,7 @@ class _Model:
             for sub in self.sublayers(layer):
                 walk(sub, (*chain, str(sub.name)))
 
-        walk(self.model, ())
+        walk(self.model, () if self.is_model else (self.name,))
         return found
 
     def _walk_tf_keras(self) -> list[_Var]:
@@ -332,14 +334,16 @@ class _Model:
             for sub in self.sublayers(layer):
                 walk(sub, top)
 
-        for variable in self.own_variables(self.model):
-            owners.setdefault(id(variable), (self.model, None))
-        for top in self.model.layers:
+        tops = list(self.model.layers) if self.is_model else [self.model]
+        if self.is_model:
+            for variable in self.own_variables(self.model):
+                owners.setdefault(id(variable), (self.model, None))
+        for top in tops:
             walk(top, top)
         found: list[_Var] = []
         seen: set[int] = set()
-        ordered = [(w, None) for w in self.own_variables(self.model)]
-        ordered += [(w, top) for top in self.model.layers for w in top.weights]
+        ordered = [(w, None) for w in self.own_variables(self.model)] if self.is_model else []
+        ordered += [(w, top) for top in tops for w in top.weights]
         for variable, top in ordered:
             if id(variable) in seen:
                 continue
@@ -540,7 +544,8 @@ def _casting(
 
     def run() -> np.ndarray:
         array = compute()
-        out = array.astype(dtype)
+        with np.errstate(over="ignore"):  # overflow is checked right below, with a clear error
+            out = array.astype(dtype)
         if is_floating(dtype) and is_floating(array.dtype):
             overflow = np.isinf(out) & np.isfinite(array)
             if overflow.any():
@@ -770,7 +775,7 @@ def _checked_value(a: _Assignment) -> np.ndarray:
 
 def _assign_layer(live: _Model, owner: Any, variables: list[Any], values: list[np.ndarray]) -> None:
     """One ``set_weights`` when the whole layer is loaded, else ``assign`` per variable."""
-    layer_weights = owner.weights if owner is not live.model else []
+    layer_weights = owner.weights if (owner is not live.model or not live.is_model) else []
     if len(layer_weights) == len(variables) and all(
         w is v for w, v in zip(layer_weights, variables)
     ):
@@ -780,6 +785,22 @@ def _assign_layer(live: _Model, owner: Any, variables: list[Any], values: list[n
         variable.assign(value)
 
 
+def _restrict(live: _Model, only: str | Iterable[str]) -> None:
+    """Keep only the variables whose name, layer or a parent layer matches a glob of ``only``."""
+    patterns = [_glob_regex(p) for p in ([only] if isinstance(only, str) else list(only))]
+    kept = [
+        v
+        for v in live.vars
+        if any(p.fullmatch(v.name) or _matches_path_or_parent(p, v.owner_path) for p in patterns)
+    ]
+    if not kept:
+        raise LoadError(
+            f"only={only!r} matches no variable of model {live.name!r}; its layers include "
+            + ", ".join(repr(n) for n in list(dict.fromkeys(v.owner_path for v in live.vars))[:8])
+        )
+    live.vars = kept
+
+
 def _freeze(live: _Model, assignments: list[_Assignment], freeze: bool | str) -> list[str]:
     """Set ``trainable=False`` on the layers that were loaded (those matching a pattern)."""
     pattern = None if freeze is True else _glob_regex(str(freeze))
@@ -787,7 +808,7 @@ def _freeze(live: _Model, assignments: list[_Assignment], freeze: bool | str) ->
     seen: set[int] = set()
     for a in assignments:
         owner, path = a.target.owner, a.target.owner_path
-        if id(owner) in seen or owner is live.model:
+        if id(owner) in seen or (owner is live.model and live.is_model):
             continue
         seen.add(id(owner))
         if pattern is not None and not _matches_path_or_parent(pattern, path):
@@ -852,6 +873,7 @@ def load_into(
     by_order: bool = False,
     cast: bool = False,
     freeze: bool | str = False,
+    only: str | Iterable[str] | None = None,
     dtype: str | np.dtype | None = None,
 ) -> LoadReport:
     """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
@@ -882,6 +904,10 @@ def load_into(
         freeze: True to set ``trainable=False`` on every layer that was loaded, or a glob
             (``block/*``, ``conv_*``) to freeze only the loaded layers whose path (or a
             parent's) matches.
+        only: Load into a part of the model only: a glob or a list of globs over variable
+            names and layer paths (``dense_1``, ``block/*``, ``conv/kernel``). Variables
+            outside the part are neither loaded nor reported missing; strictness applies
+            within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
 
     Returns:
@@ -897,6 +923,8 @@ def load_into(
     wanted_dtype = by_name(dtype) if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
     live = _Model(model)
     _require_built(live)
+    if only is not None:
+        _restrict(live, only)
     store, opened = _open_source(source)
     try:
         if by_order:
