@@ -109,10 +109,11 @@ def case_tf1() -> None:
             w1 = tf.compat.v1.get_variable("kernel", shape=(6, 5))
             b1 = tf.compat.v1.get_variable("bias", shape=(5,), initializer=tf.compat.v1.ones_initializer())
         with tf.compat.v1.variable_scope("part"):
+            # 300 rows in 3 parts: slice starts of 100 and 200 take multi-byte slice-key numbers
             wp = tf.compat.v1.get_variable(
-                "w", shape=(10, 3), partitioner=tf.compat.v1.fixed_size_partitioner(3))
+                "w", shape=(300, 3), partitioner=tf.compat.v1.fixed_size_partitioner(3))
         h = tf.nn.relu(tf.matmul(x, w1) + b1)
-        loss = tf.reduce_sum(h) + tf.reduce_sum(tf.matmul(tf.ones((2, 10)), wp))
+        loss = tf.reduce_sum(h) + tf.reduce_sum(tf.matmul(tf.ones((2, 300)), wp))
         step = tf.compat.v1.train.get_or_create_global_step()
         train = tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss, global_step=step)
         saver = tf.compat.v1.train.Saver()
@@ -165,7 +166,8 @@ def case_dtypes() -> None:
 
 
 def case_sharded() -> None:
-    """A TF2 checkpoint split over several data files by MaxShardSizePolicy."""
+    """A TF2 checkpoint split over several data files by MaxShardSizePolicy (which also cuts
+    variables into slices that straddle shards)."""
     rng = np.random.default_rng(3)
     module = tf.Module()
     module.layers = [tf.Variable(rng.normal(size=(64, 32)).astype(np.float32), name=f"w{i}") for i in range(5)]

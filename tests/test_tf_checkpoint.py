@@ -1,0 +1,333 @@
+"""TensorFlow checkpoints read without TensorFlow, against checkpoints TensorFlow wrote.
+
+``generators/gen_tf.py`` writes each kind of checkpoint with TensorFlow and records what
+``tf.train.load_checkpoint(prefix).get_tensor(key)`` returns for every key, the full names
+TensorFlow's own protos parse from the object graph, and each variable's kind as the live
+objects say. Every tensor is compared bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptconv
+from ckptconv.formats import _tensorbundle as tb
+from ckptconv.formats import tf_checkpoint
+from ckptconv.formats._protowire import parse_bundle_entry
+from tests.conftest import run_cli
+from tests.helpers import Expected, assert_bit_exact, load_expected
+
+CASES = ["tf1", "dtypes", "sharded", "tfkeras", "keras3", "sm_module", "sm_tfkeras"]
+
+
+@pytest.fixture(scope="module")
+def tf_dir(generated) -> Path:
+    return generated("tf")
+
+
+def case(tf_dir: Path, label: str) -> dict:
+    return json.loads((tf_dir / f"{label}.case.json").read_text())
+
+
+def expected_by_key(tf_dir: Path, label: str) -> dict[str, Expected]:
+    out = {}
+    for want in load_expected(tf_dir, label):
+        want.array = want.array.reshape(want.extra["tf_shape"])  # dump_expected stores scalars as [1]
+        out[want.extra["key"]] = want
+    return out
+
+
+def strings_by_key(tf_dir: Path, label: str) -> dict[str, dict]:
+    return json.loads((tf_dir / f"{label}.strings.json").read_text())
+
+
+@pytest.mark.parametrize("label", CASES)
+def test_every_tensor_matches_tensorflows_reader(tf_dir: Path, label: str) -> None:
+    info = case(tf_dir, label)
+    numeric = expected_by_key(tf_dir, label)
+    strings = strings_by_key(tf_dir, label)
+    with ckptconv.open(info["path"]) as store:
+        assert store.format == "tf-checkpoint"
+        assert store.metadata["checkpoint_kind"] == info["checkpoint_kind"]
+        assert store.metadata["prefix"] == info["prefix"]
+        entries = {e.key: e for e in store.entries(include_all=True)}
+        # every key TensorFlow lists, once; the object graph itself is not an entry
+        assert sorted(entries) == sorted(k for k in info["keys"] if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+        for key, want in numeric.items():
+            entry = entries[key]
+            assert (entry.name, entry.kind) == (want.name, want.kind), key
+            assert entry.layer == entry.name.rpartition("/")[0]
+            assert entry.shape == want.array.shape and entry.dtype == want.array.dtype, key
+            assert_bit_exact(entry.read(), want.array, key)
+        for key, want in strings.items():
+            entry = entries[key]
+            assert (entry.name, entry.kind) == (want["name"], want["kind"])
+            assert entry.dtype == np.dtype(object) and list(entry.shape) == want["shape"]
+            value = entry.read()
+            assert value.shape == tuple(want["shape"])
+            assert [v.hex() for v in value.reshape(-1)] == want["values"]
+
+
+@pytest.mark.parametrize("label", CASES)
+def test_byte_ranges_and_crcs_describe_the_stored_bytes(tf_dir: Path, label: str) -> None:
+    """Writers copy ``byte_range`` file to file and compare ``crc32c``: both must be exact."""
+    info = case(tf_dir, label)
+    with ckptconv.open(info["path"]) as store:
+        index = os.path.abspath(info["prefix"] + ".index")
+        data_files = sorted(Path(info["prefix"]).parent.glob(Path(info["prefix"]).name + ".data-*"))
+        assert store.files == (index, *(os.path.abspath(p) for p in data_files))
+        # partitioned variables (TF1 partitioners, MaxShardSizePolicy) are stored as slices
+        sliced = {k.decode() for k, v in tb.read_table(index) if k and parse_bundle_entry(v).slices}
+        assert (label in ("tf1", "sharded")) == bool(sliced)
+        for entry in store.entries(include_all=True):
+            if entry.dtype == np.dtype(object) or entry.key in sliced:
+                assert entry.byte_range is None and entry.crc32c is None, entry.name
+                continue
+            r = entry.byte_range
+            assert r is not None and r.length == entry.nbytes
+            with open(r.path, "rb") as f:
+                f.seek(r.offset)
+                raw = f.read(r.length)
+            assert raw == entry.read().tobytes(), entry.name
+            assert tb.crc32c(raw) == entry.crc32c, entry.name
+
+
+def test_tf1_partitioned_variable_is_one_entry(tf_dir: Path) -> None:
+    with ckptconv.open(case(tf_dir, "tf1")["path"]) as store:
+        assert "part/w" in store and store["part/w"].shape == (300, 3)
+        assert not any(key.startswith("\x00") for key in (e.key for e in store.entries(include_all=True)))
+        weights = [e.name for e in store.entries()]
+        assert weights == ["dense1/bias", "dense1/kernel", "part/w"]
+        assert [e.name for e in store.layers()["dense1"]] == ["dense1/kernel", "dense1/bias"]
+
+
+def test_object_based_order_and_index_follow_the_model(tf_dir: Path) -> None:
+    with ckptconv.open(case(tf_dir, "tfkeras")["path"]) as store:
+        assert [e.name for e in store.entries()] == [
+            "d1/kernel", "d1/bias", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance",
+            "inner_dense/kernel", "inner_dense/bias", "head/kernel", "head/bias",
+        ]
+        assert [e.index for e in store.layers()["bn"]] == [0, 1, 2, 3]
+        assert store["d1/bias"].index == 1
+
+
+# --- the paths users pass -------------------------------------------------------------------
+
+
+def test_paths_a_user_may_pass(tf_dir: Path) -> None:
+    tf1 = case(tf_dir, "tf1")["prefix"]
+    for path in (tf1, tf1 + ".index", tf1 + ".data-00000-of-00001", tf_dir / "tf1", tf_dir / "tf1" / "checkpoint"):
+        with ckptconv.open(path) as store:
+            assert store.metadata["prefix"] == tf1, path
+    # the state file names the latest checkpoint, model.ckpt-2, though model.ckpt-1 is there too
+    assert tf1.endswith("model.ckpt-2") and Path(tf_dir / "tf1" / "model.ckpt-1.index").exists()
+    sm = tf_dir / "sm_tfkeras"
+    for path in (sm, sm / "variables", sm / "variables" / "variables"):
+        with ckptconv.open(path) as store:
+            assert store.metadata["checkpoint_kind"] == "saved-model", path
+
+
+def test_moved_directory_falls_back_to_the_state_files_basename(tf_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(tf_dir / "tf1", moved)
+    (moved / "checkpoint").write_text('model_checkpoint_path: "/no/longer/here/model.ckpt-1"\n')
+    with ckptconv.open(moved) as store:
+        assert store.metadata["prefix"] == str(moved / "model.ckpt-1")
+
+
+def test_directory_with_several_checkpoints_and_no_state_file(tf_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "two"
+    shutil.copytree(tf_dir / "tf1", copy)
+    (copy / "checkpoint").unlink()
+    with pytest.raises(ckptconv.FormatError, match="2 checkpoints .*model.ckpt-1.*pass one prefix"):
+        ckptconv.open(copy)
+
+
+def test_sniff_reads_content_not_names(tf_dir: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.index"
+    fake.write_bytes(b"\x00" * 100)
+    assert not tf_checkpoint.sniff(fake, b"")
+    assert not tf_checkpoint.sniff(tmp_path / "fake", b"")
+    with pytest.raises(ckptconv.FormatError):
+        ckptconv.open(fake)
+    assert tf_checkpoint.sniff(Path(case(tf_dir, "dtypes")["prefix"]), b"")
+
+
+# --- damage ---------------------------------------------------------------------------------
+
+
+def copy_case(tf_dir: Path, label: str, tmp_path: Path) -> str:
+    """Copy a case's checkpoint files into tmp_path; return the copied prefix."""
+    prefix = Path(case(tf_dir, label)["prefix"])
+    for f in prefix.parent.glob(prefix.name + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    return str(tmp_path / prefix.name)
+
+
+def flip(path: str | Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("where", [0, 0.5, -60, -50])
+def test_flipped_index_byte_is_corrupt_at_open(tf_dir: Path, tmp_path: Path, where: float) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    index = prefix + ".index"
+    size = Path(index).stat().st_size
+    flip(index, int(size * where) if isinstance(where, float) else (where % size))
+    with pytest.raises(ckptconv.CorruptFileError) as info:
+        ckptconv.open(prefix)
+    assert info.value.path == index
+    assert not isinstance(info.value, ckptconv.FormatError)
+
+
+def test_flipped_data_byte_fails_the_tensors_crc_on_read(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tfkeras", tmp_path)
+    with ckptconv.open(prefix) as store:
+        entry = store["bn/gamma"]
+        flip(entry.byte_range.path, entry.byte_range.offset + 5)
+        with pytest.raises(ckptconv.IntegrityError, match="CRC-32C") as info:
+            entry.read()
+        assert info.value.key == "bn/gamma"
+        assert info.value.path == entry.byte_range.path
+        assert "bn/gamma" in str(info.value) and ".data-00000-of-00001" in str(info.value)
+        store["d1/kernel"].read()  # other tensors still read
+    with ckptconv.open(prefix, check_crc=False) as store:
+        assert store["bn/gamma"].read().shape == (8,)
+
+
+def test_flipped_byte_in_a_slice_names_the_partitioned_variable(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    with ckptconv.open(prefix) as store:
+        before = store["part/w"].read()
+        rows = [parse_bundle_entry(v) for k, v in tb.read_table(prefix + ".index") if k.startswith(b"\x00part/w\x00")]
+        flip(prefix + ".data-00000-of-00001", rows[1].offset)
+        with pytest.raises(ckptconv.IntegrityError) as info:
+            store["part/w"].read()
+        assert info.value.key == "part/w"
+    assert before.shape == (300, 3)
+
+
+def test_flipped_byte_in_a_string_tensor(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "dtypes", tmp_path)
+    with ckptconv.open(prefix) as store:
+        entry = store["v_string"]
+        table = dict(tb.read_table(prefix + ".index"))
+        stored = parse_bundle_entry(table[entry.key.encode()])
+        flip(prefix + ".data-00000-of-00001", stored.offset + stored.size - 1)  # in the last string
+        with pytest.raises(ckptconv.IntegrityError) as info:
+            entry.read()
+        assert info.value.key == "v_string"
+
+
+def test_missing_data_shard_is_named_at_open(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "sharded", tmp_path)
+    missing = Path(prefix + ".data-00002-of-00005")
+    missing.unlink()
+    with pytest.raises(ckptconv.CorruptFileError, match="data-00002-of-00005.*missing") as info:
+        ckptconv.open(prefix)
+    assert info.value.path == str(missing)
+    result = run_cli("inspect", prefix)
+    assert result.returncode == 1
+    assert "data-00002-of-00005" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_data_file_is_corrupt_at_open(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "sm_module", tmp_path)
+    data = Path(prefix + ".data-00000-of-00001")
+    data.write_bytes(data.read_bytes()[:-10])
+    with pytest.raises(ckptconv.CorruptFileError, match="truncated"):
+        ckptconv.open(prefix)
+
+
+# A test-only table writer: rebuilds a real index with one entry changed, to reach the
+# refusals TensorFlow itself never writes on this machine (big-endian bundles, snappy blocks).
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _block(entries: list[tuple[bytes, bytes]], block_type: int = 0) -> bytes:
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    body += struct.pack("<II", 0, 1)  # one restart at offset 0
+    crc = tb.crc32c(bytes([block_type]), tb.crc32c(body))
+    return body + bytes([block_type]) + struct.pack("<I", tb.mask_crc(crc))
+
+
+def write_table(path: str, entries: list[tuple[bytes, bytes]], *, block_type: int = 0) -> None:
+    data = _block(entries, block_type)
+    meta = _block([])
+    index = _block([(entries[-1][0], _varint(0) + _varint(len(data) - 5))])
+    meta_handle = _varint(len(data)) + _varint(len(meta) - 5)
+    index_handle = _varint(len(data) + len(meta)) + _varint(len(index) - 5)
+    footer = (meta_handle + index_handle).ljust(40, b"\x00") + tb.TABLE_MAGIC
+    Path(path).write_bytes(data + meta + index + footer)
+
+
+def rewritten(prefix: str, header: bytes | None = None, *, block_type: int = 0) -> None:
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    if header is not None:
+        entries[0] = (b"", header)
+    write_table(prefix + ".index", entries, block_type=block_type)
+
+
+def test_rewritten_table_reads_back(tf_dir: Path, tmp_path: Path) -> None:
+    """The test-only writer is faithful: an unchanged rewrite still reads bit-exactly."""
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    rewritten(prefix)
+    expected = expected_by_key(tf_dir, "tf1")
+    with ckptconv.open(prefix) as store:
+        for entry in store.entries(include_all=True):
+            assert_bit_exact(entry.read(), expected[entry.key].array, entry.key)
+
+
+def test_big_endian_bundle_is_refused(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    header = bytes(tb.read_table(prefix + ".index")[0][1]) + b"\x10\x01"  # endianness = BIG
+    rewritten(prefix, header)
+    with pytest.raises(ckptconv.UnsupportedError, match="big-endian"):
+        ckptconv.open(prefix)
+
+
+def test_compressed_index_block_is_refused(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    rewritten(prefix, block_type=1)
+    with pytest.raises(ckptconv.UnsupportedError, match="snappy"):
+        ckptconv.open(prefix)
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+
+def test_crc_mask_round_trips() -> None:
+    for crc in (0, 1, 0xFFFFFFFF, 0x12345678, tb.crc32c(b"123456789")):
+        assert tb.unmask_crc(tb.mask_crc(crc)) == crc
+    assert tb.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_slice_keys_match_the_keys_tensorflow_wrote(tf_dir: Path) -> None:
+    prefix = case(tf_dir, "tf1")["prefix"]
+    table = dict(tb.read_table(prefix + ".index"))
+    written = sorted(k for k in table if k.startswith(b"\x00"))
+    ours = sorted(
+        tb.slice_key(name, [(start, 100), (0, 3)])
+        for name in ("part/w", "part/w/Adam", "part/w/Adam_1")
+        for start in (0, 100, 200)
+    )
+    assert ours == written
