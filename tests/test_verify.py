@@ -1,0 +1,118 @@
+"""``ckptconv verify`` and :func:`ckptconv.verify_file`: outputs written by ``convert`` are
+re-checked against their recorded CRC-32Cs, and a byte changed on disk is caught and named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import ckptconv
+from ckptconv.formats.safetensors import read_header
+from tests.conftest import run_cli
+
+
+def flip_byte(path: Path, tensor: str, at: int = 0) -> None:
+    """Change one byte of ``tensor``'s data in place, as bit rot would."""
+    header = read_header(path)
+    _, _, begin, _ = header.tensors[tensor]
+    with path.open("r+b") as f:
+        f.seek(header.data_start + begin + at)
+        byte = f.read(1)
+        f.seek(header.data_start + begin + at)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.fixture(scope="module")
+def keras_file(generated) -> Path:
+    return generated("keras") / "k3_zoo.weights.h5"
+
+
+def test_convert_then_verify_then_catch_a_changed_byte(keras_file: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "zoo.safetensors"
+    proc = run_cli("convert", keras_file, dst, "--verify")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("verify", dst)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok ")
+
+    victim = next(name for name in read_header(dst).tensors if name.endswith("kernel"))
+    flip_byte(dst, victim, at=3)
+    proc = run_cli("verify", dst)
+    assert proc.returncode == 1
+    assert "FAILED" in proc.stdout
+    mismatch_lines = [line for line in proc.stdout.splitlines() if "mismatch" in line]
+    assert len(mismatch_lines) == 1 and victim in mismatch_lines[0]
+
+    proc = run_cli("verify", dst, "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False
+    assert [m["name"] for m in doc["files"][0]["mismatches"]] == [victim]
+
+
+def test_verify_file_api(tmp_path: Path) -> None:
+    dst = tmp_path / "m.safetensors"
+    arrays = {"a": np.arange(1000, dtype=np.float32), "b": np.ones(10, np.float16), "c": np.zeros(0)}
+    ckptconv.write_safetensors([ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()], dst)
+    result = ckptconv.verify_file(dst)
+    assert result.ok and result.tensors == 3
+    assert result.nbytes == sum(a.nbytes for a in arrays.values())
+    assert result.check() is result
+    flip_byte(dst, "a", at=3999)
+    flip_byte(dst, "b")
+    result = ckptconv.verify_file(dst)
+    assert result.mismatched == ["a", "b"]
+    with pytest.raises(ckptconv.IntegrityError, match="2 of 3 tensors") as info:
+        result.check()
+    assert info.value.key == "a"
+
+
+def test_sharded_set_by_index_any_shard_or_directory(tmp_path: Path) -> None:
+    arrays = {f"layer{i}.weight": np.full(100, i, np.float32) for i in range(4)}
+    ckptconv.write_safetensors(
+        [ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()],
+        tmp_path / "model.safetensors",
+        max_shard_size=800,
+    )
+    index = tmp_path / "model.safetensors.index.json"
+    shard2 = tmp_path / "model-00002-of-00002.safetensors"
+    for given in (index, shard2, tmp_path):
+        result = ckptconv.verify_file(given)
+        assert result.ok and result.tensors == 4, given
+        assert result.path == str(index)
+    flip_byte(shard2, "layer3.weight", at=17)
+    proc = run_cli("verify", tmp_path / "model-00001-of-00002.safetensors")
+    assert proc.returncode == 1
+    assert "layer3.weight" in proc.stdout and "model-00002-of-00002.safetensors" in proc.stdout
+    assert "layer0.weight" not in proc.stdout
+
+
+def test_file_without_checksums_is_a_clear_failure(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.safetensors"
+    save_file({"a": np.ones(3, np.float32)}, str(plain))
+    unchecked = tmp_path / "unchecked.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output("a", (3,), np.float32, lambda: np.ones(3, np.float32))],
+                               unchecked, checksum=False)
+    good = tmp_path / "good.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output("a", (3,), np.float32, lambda: np.ones(3, np.float32))], good)
+    proc = run_cli("verify", plain, good, unchecked)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"failed {plain}") and "no ckptconv checksums" in lines[0]
+    assert lines[1].startswith(f"ok {good}")
+    assert lines[2].startswith(f"failed {unchecked}")
+    with pytest.raises(ckptconv.UnsupportedError, match="no ckptconv checksums"):
+        ckptconv.verify_file(plain)
+
+
+def test_truncated_file_fails_verification(tmp_path: Path) -> None:
+    dst = tmp_path / "t.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output("a", (100,), np.float32, lambda: np.ones(100, np.float32))], dst)
+    dst.write_bytes(dst.read_bytes()[:-8])
+    proc = run_cli("verify", dst)
+    assert proc.returncode == 1
+    assert "truncated" in proc.stdout
