@@ -145,7 +145,7 @@ class Transpose(Op):
             return array
         if array.ndim == 2 and array.size >= _BLOCKED_MIN_ELEMENTS:
             return blocked_transpose_2d(np.asarray(array))
-        return np.ascontiguousarray(np.transpose(array, axes))
+        return np.transpose(array, axes).copy(order="C")
 
     def describe(self):
         return "transpose" if self.axes is None else f"transpose {list(self.axes)}"
@@ -370,7 +370,7 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     """
     dtype = np.dtype(dtype)
     out = np.empty(array.shape, dtype=dtype)
-    src = np.ascontiguousarray(array).reshape(-1)
+    src = np.reshape(array, -1)  # a copy only when the input is not contiguous
     dst = out.reshape(-1)
     check_inf = not allow_overflow and is_floating(dtype) and dtype.kind != "c"
     check_int = not allow_overflow and dtype.kind in "iu"

@@ -153,7 +153,8 @@ def _finish(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, what:
         raise PlanError(
             [f"{what}: computed {list(array.shape)} {dtype_name(array.dtype)}, planned {list(shape)} {dtype_name(dtype)}"]
         )
-    return np.ascontiguousarray(array)
+    # np.ascontiguousarray would turn a 0-d array into 1-d
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _run_steps(array: np.ndarray, steps: Sequence[_Step]) -> np.ndarray:
