@@ -125,7 +125,8 @@ def open(path: Path, *, check_crc: bool = True, **_options: object) -> Store:  #
     Args:
         path: A ``.safetensors`` file, an ``*.safetensors.index.json``, or a directory holding
             exactly one such index.
-        check_crc: Check ckptconv's recorded CRC-32C (when present) on every ``read()``.
+        check_crc: Check ckptconv's recorded CRC-32C (when present) on every ``read()``, and
+            expose it as ``Entry.crc32c`` (writers check it when copying bytes unchanged).
 
     Raises:
         CorruptFileError: a bad header, offsets with holes or overlaps or beyond the file, a
@@ -388,7 +389,7 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
                 path=header.path,
                 byte_range=byte_range,
                 loader=loader,
-                crc32c=crc,
+                crc32c=crc if check_crc else None,
             )
         )
     return entries

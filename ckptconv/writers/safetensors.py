@@ -191,6 +191,9 @@ def write_safetensors(
     else:
         finals = shard_names(dst, len(groups))
         index = index_path(dst)
+    layouts = [_layout(group, codes) for group in groups]
+    for slots, final in zip(layouts, finals):
+        _check_header_size(slots, meta, checksum=checksum, dst=final)
     new_files = finals + ([index] if index else [])
     old_files = _existing_output(dst)
     _check_targets(new_files, old_files, dst, force=force, protect=protect)
@@ -203,8 +206,7 @@ def write_safetensors(
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
         checker = stack.enter_context(_Checksummer())
-        for group, final in zip(groups, finals):
-            slots = _layout(group, codes)
+        for slots, final in zip(layouts, finals):
             fd, tmp = temps.create(os.path.basename(final))
             checksums.update(
                 _write_file(
@@ -428,6 +430,18 @@ def _header(slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int]
     return len(text).to_bytes(8, "little") + text
 
 
+def _check_header_size(
+    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str
+) -> None:
+    size = len(_header(slots, meta, {} if checksum else None)) - 8
+    if size > _MAX_HEADER:
+        raise OutputError(
+            f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
+            "shard the output (--max-shard-size)",
+            path=dst,
+        )
+
+
 def _write_file(
     fd: int,
     slots: list[_Slot],
@@ -441,12 +455,6 @@ def _write_file(
     checker: _Checksummer,
 ) -> dict[str, int]:
     head = _header(slots, meta, {} if checksum else None)
-    if len(head) - 8 > _MAX_HEADER:
-        raise OutputError(
-            f"the header would be {len(head) - 8} bytes, above safetensors' limit of "
-            f"{_MAX_HEADER}; shard the output (--max-shard-size)",
-            path=dst,
-        )
     out = _Sink(fd, checker, fsync=fsync)
     out.write(memoryview(head), None)
     crcs: dict[str, int] = {}
