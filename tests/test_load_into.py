@@ -215,7 +215,7 @@ def test_cast_refuses_overflow_and_changes_nothing():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="d", dtype="float16")])
     before = variables_by_name(model)
     source = {"d/kernel": np.full((2, 2), 1e6, np.float32), "d/bias": np.zeros(2, np.float32)}
-    with pytest.raises(LoadError, match="inf"):
+    with pytest.raises(ckptconv.CkptconvError, match="overflow to inf"):
         load_into(model, source, cast=True)
     assert_all_equal(model, before)
 

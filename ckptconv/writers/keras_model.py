@@ -206,22 +206,6 @@ def _section(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -
 # The model side: variables under canonical names
 
 
-@dataclass(frozen=True)
-class _TargetTensor:
-    """Stand-in for ``ckptconv.mapping.TargetTensor`` while the mapper is not importable."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-def _target_tensor_class() -> type:
-    try:
-        from ..mapping import TargetTensor
-    except ImportError:
-        return _TargetTensor
-    return TargetTensor
-
-
 @dataclass(eq=False)
 class _Var:
     """One variable of the live model."""
@@ -393,8 +377,9 @@ def model_targets(model: Any) -> dict[str, Any]:
     """
     live = _Model(model)
     _require_built(live)
-    cls = _target_tensor_class()
-    return {v.name: cls(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    from ..mapping import TargetTensor
+
+    return {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
 
 
 def target_from_keras_file(
@@ -489,6 +474,7 @@ def _check_pair(
     compute: Callable[[], np.ndarray],
     *,
     cast: bool,
+    cast_from: np.dtype | None = None,
 ) -> None:
     """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch."""
     reason = None
@@ -515,8 +501,8 @@ def _check_pair(
             f"{dtype_name(dtype)}: {reason}"
         )
         return
-    cast_from = dtype if dtype != target.dtype else None
-    if cast_from is not None:
+    if dtype != target.dtype:
+        cast_from = dtype
         compute = _casting(compute, target.dtype, target.name)
     match.assignments.append(_Assignment(target, source, compute, cast_from))
     match.report.loaded.append(
@@ -576,25 +562,6 @@ def _missing_and_unused(
             f"unused: source {entry.name!r} {_shape_text(entry.shape)} {entry.dtype_name} "
             "fills no variable of the model"
         )
-
-
-def _match_by_name(
-    live: _Model, store: Store, *, include_all: bool, cast: bool, dtype: np.dtype | None
-) -> _Match:
-    match = _Match(report=LoadReport(mode="name"))
-    entries = {e.name: e for e in store.entries(include_all=include_all)}
-    filled: set[str] = set()
-    for target in live.vars:
-        entry = entries.pop(target.name, None)
-        if entry is None:
-            continue
-        filled.add(target.name)
-        compute, src_dtype = _with_default_dtype(entry, dtype)
-        _check_pair(
-            match, target, entry.name, entry.shape, src_dtype, compute, cast=cast
-        )
-    _missing_and_unused(match, live.vars, filled, list(entries.values()))
-    return match
 
 
 def _with_default_dtype(
@@ -658,7 +625,7 @@ def _match_by_order(
     return match
 
 
-def _match_by_spec(
+def _match_by_plan(
     live: _Model,
     store: Store,
     mapping: Any,
@@ -667,74 +634,57 @@ def _match_by_spec(
     cast: bool,
     dtype: np.dtype | None,
 ) -> _Match:
-    """Build the mapper's plan against the model's shapes and dtypes, then pair its outputs."""
-    try:
-        from ..mapping import build_plan
-    except ImportError as e:
-        raise LoadError(
-            "a mapping spec needs ckptconv.mapping, which is not available in this install"
-        ) from e
-    match = _Match(report=LoadReport(mode="spec"))
-    cls = _target_tensor_class()
-    target = {v.name: cls(shape=v.shape, dtype=v.dtype) for v in live.vars}
-    plan = build_plan(store, mapping, target=target, include_all=include_all, dtype=dtype)
-    by_name = {v.name: v for v in live.vars}
+    """Match through the mapper: its plan, built against the model's shapes and dtypes.
+
+    ``mapping=None`` is the mapper's identity plan (match by name), so rules, casts and the
+    report are one mechanism whatever the mapping. ``cast=True`` asks the plan for the
+    target's dtype (``dtype: target``: round to nearest even, overflow refused).
+    """
+    from ..mapping import TargetTensor, build_plan
+
+    match = _Match(report=LoadReport(mode="name" if mapping is None else "spec"))
+    target = {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    plan_dtype: Any = dtype
+    if plan_dtype is None and cast:
+        plan_dtype = "target"
+    plan = build_plan(store, mapping, target=target, include_all=include_all, dtype=plan_dtype)
+    variables = {v.name: v for v in live.vars}
+    sources_of = {o.name: o.sources for o in plan.report.outputs}
     filled: set[str] = set()
     for output in plan.outputs:
-        var = by_name.get(output.name)
+        var = variables.get(output.name)
         if var is None:
-            # A passthrough output names no variable of the model: a source left unused.
-            match.report.unused.append(_info(output.name, output.shape, output.dtype))
-            match.report.problems.append(
-                f"unused: {output.name!r} {_shape_text(output.shape)} "
-                f"{dtype_name(output.dtype)} fills no variable of the model"
-            )
-            continue
+            continue  # a passed-through entry with no place in the model: reported unused below
         filled.add(var.name)
+        names = sources_of.get(output.name, ())
+        # The plan may have cast already (cast=True is its ``dtype: target``): say so.
+        cast_from = None
+        if len(names) == 1 and names[0] in store and store[names[0]].dtype != output.dtype:
+            cast_from = store[names[0]].dtype
         _check_pair(
-            match, var, _output_source(output), output.shape, output.dtype, output.compute,
-            cast=cast,
+            match, var, "+".join(names) or output.name, output.shape, output.dtype,
+            output.compute, cast=cast, cast_from=cast_from,
         )
-    report = getattr(plan, "report", None)
-    match.report.dropped = list(_dropped(report))
-    seen = set(match.report.problems)
-    for problem in plan.problems:
-        # The plan's own shape/dtype checks duplicate ours; keep its other findings.
-        if problem not in seen and not _is_target_problem(problem, cast):
-            match.report.problems.append(problem)
+    records = {r.name: r for r in plan.report.sources}
+    unused = [
+        WeightInfo(n, tuple(records[n].shape), records[n].dtype)
+        for n in plan.report.unused
+        if n in records
+    ]
+    match.report.dropped = list(plan.report.dropped)
     _missing_and_unused(match, live.vars, filled, [])
+    for info in unused:
+        match.report.unused.append(info)
+        match.report.problems.append(
+            f"unused: source {info.name!r} {_shape_text(info.shape)} {info.dtype} fills no "
+            "variable of the model"
+        )
+    for problem in plan.problems:
+        # Fit with the model is reported above, per weight; keep the plan's other findings
+        # (rules that own nothing, outputs that name no variable, ops that cannot apply).
+        if "does not fit the target" not in problem:
+            match.report.problems.append(problem)
     return match
-
-
-def _output_source(output: Any) -> str:
-    sources = getattr(output, "sources", None)
-    if sources:
-        names = [getattr(s, "name", str(s)) for s in sources]
-        return names[0] if len(names) == 1 else "+".join(names)
-    source = getattr(output, "source", None)
-    if source is not None:
-        return str(getattr(source, "name", source))
-    return output.name
-
-
-def _dropped(report: Any) -> Iterable[str]:
-    if report is None:
-        return ()
-    dropped = getattr(report, "dropped", None)
-    if dropped is not None:
-        return [getattr(d, "name", str(d)) for d in dropped]
-    status = getattr(report, "status", None) or getattr(report, "sources", None)
-    if isinstance(status, Mapping):
-        return [n for n, s in status.items() if str(getattr(s, "value", s)) == "dropped"]
-    return ()
-
-
-def _is_target_problem(problem: str, cast: bool) -> bool:
-    """Plan problems about fit with the target, which the pairing here reports itself."""
-    text = problem.lower()
-    if "target" not in text:
-        return False
-    return "shape" in text or "dtype" in text or "missing" in text or "no output" in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -929,12 +879,10 @@ def load_into(
     try:
         if by_order:
             match = _match_by_order(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
-        elif mapping is not None:
-            match = _match_by_spec(
+        else:
+            match = _match_by_plan(
                 live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype
             )
-        else:
-            match = _match_by_name(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
         report = match.report
         report.strict = strict
         if strict and report.problems:
