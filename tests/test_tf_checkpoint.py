@@ -99,6 +99,18 @@ def test_byte_ranges_and_crcs_describe_the_stored_bytes(tf_dir: Path, label: str
             assert tb.crc32c(raw) == entry.crc32c, entry.name
 
 
+def test_variant_tensors_are_listed_but_not_read(tf_dir: Path) -> None:
+    info = case(tf_dir, "dtypes")
+    assert info["variants"]  # the tf.data iterator's state
+    with ckptconv.open(info["path"]) as store:
+        for key, shape in info["variants"].items():
+            entry = store[key]  # no full name: named by its key
+            assert (entry.kind, entry.dtype, list(entry.shape)) == ("bookkeeping", np.dtype(object), shape)
+            with pytest.raises(ckptconv.UnsupportedError, match="variant") as error:
+                entry.read()
+            assert error.value.key == key
+
+
 def test_tf1_partitioned_variable_is_one_entry(tf_dir: Path) -> None:
     with ckptconv.open(case(tf_dir, "tf1")["path"]) as store:
         assert "part/w" in store and store["part/w"].shape == (300, 3)

@@ -57,16 +57,19 @@ def record(label: str, prefix: str, *, user_path: str, checkpoint_kind: str, kin
     """
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
+    # variant tensors (a tf.data iterator's state) have no numpy value to compare
+    variants = {k: shapes[k] for k, d in reader.get_variable_to_dtype_map().items() if d == tf.variant}
     full_names = object_graph_names(prefix) if object_based else {}
     counts: dict[str, int] = {}
     for key in shapes:
         if key != "_CHECKPOINTABLE_OBJECT_GRAPH":
-            counts[full_names.get(key, key)] = counts.get(full_names.get(key, key), 0) + 1
+            full = full_names.get(key) or key  # non-variable state has no full name
+            counts[full] = counts.get(full, 0) + 1
     records, strings = [], {}
     for key in sorted(shapes):
-        if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
+        if key == "_CHECKPOINTABLE_OBJECT_GRAPH" or key in variants:
             continue
-        full = full_names.get(key, key)
+        full = full_names.get(key) or key
         name = full if counts[full] == 1 else key
         kind = kinds.get(full, "weight")
         value = reader.get_tensor(key)
@@ -81,7 +84,7 @@ def record(label: str, prefix: str, *, user_path: str, checkpoint_kind: str, kin
     dump_expected(OUT, label, records)
     (OUT / f"{label}.strings.json").write_text(json.dumps(strings, indent=1))
     case = {"path": user_path, "prefix": prefix, "checkpoint_kind": checkpoint_kind,
-            "keys": sorted(shapes)}
+            "keys": sorted(shapes), "variants": variants}
     (OUT / f"{label}.case.json").write_text(json.dumps(case, indent=1))
 
 
@@ -150,16 +153,22 @@ def dtype_values() -> dict[str, tf.Variable]:
     values["complex64"] = tf.Variable((real + 1j * real[::-1]).astype(np.complex64), name="v_complex64")
     values["complex128"] = tf.Variable(real[:, :2] - 2j * real[:, 2:], name="v_complex128")
     values["string"] = tf.Variable([[b"hello", b""], [b"\x00\xff bytes", "ünï".encode()]], name="v_string")
+    f8 = [[1.5, -2.25, 448.0], [0.0, -0.0, 0.015625]]
+    values["float8_e4m3fn"] = tf.Variable(tf.cast(f8, tf.dtypes.experimental.float8_e4m3fn), name="v_f8e4m3fn")
+    values["float8_e5m2"] = tf.Variable(tf.cast(f8, tf.dtypes.experimental.float8_e5m2), name="v_f8e5m2")
     values["scalar"] = tf.Variable(3.5, name="v_scalar")
     values["empty"] = tf.Variable(np.zeros((0, 3), np.float32), name="v_empty")
     return values
 
 
 def case_dtypes() -> None:
-    """tf.train.Checkpoint of a tf.Module holding a variable of every dtype."""
+    """tf.train.Checkpoint of a tf.Module holding a variable of every dtype, and a tf.data
+    iterator (whose state is a variant tensor)."""
     module = tf.Module()
     module.vars = dtype_values()
-    ckpt = tf.train.Checkpoint(m=module)
+    iterator = iter(tf.data.Dataset.range(10))
+    next(iterator)
+    ckpt = tf.train.Checkpoint(m=module, it=iterator)
     prefix = ckpt.save(str(OUT / "dtypes" / "ckpt"))
     kinds = kinds_of(bookkeeping=[ckpt.save_counter])
     record("dtypes", prefix, user_path=prefix, checkpoint_kind="object-based", kinds=kinds, object_based=True)
