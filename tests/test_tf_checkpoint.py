@@ -24,7 +24,7 @@ from ckptconv.formats._protowire import parse_bundle_entry
 from tests.conftest import run_cli
 from tests.helpers import Expected, assert_bit_exact, load_expected
 
-CASES = ["tf1", "dtypes", "sharded", "tfkeras", "keras3", "sm_module", "sm_tfkeras"]
+CASES = ["tf1", "dtypes", "sharded", "tfkeras", "keras3", "keras3_model", "sm_module", "sm_tfkeras"]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def flip(path: str | Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0x40]))
 
 
-@pytest.mark.parametrize("where", [0, 0.5, -60, -50])
+@pytest.mark.parametrize("where", [0, 0.5, -60, -50, -20, -1])  # blocks, trailers, footer, magic
 def test_flipped_index_byte_is_corrupt_at_open(tf_dir: Path, tmp_path: Path, where: float) -> None:
     prefix = copy_case(tf_dir, "tf1", tmp_path)
     index = prefix + ".index"
@@ -201,6 +201,24 @@ def test_flipped_index_byte_is_corrupt_at_open(tf_dir: Path, tmp_path: Path, whe
         ckptconv.open(prefix)
     assert info.value.path == index
     assert not isinstance(info.value, ckptconv.FormatError)
+
+
+def test_every_byte_of_the_index_is_covered(tf_dir: Path, tmp_path: Path) -> None:
+    """Flip one bit in each byte in turn (a different bit each time): every flip is caught."""
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    index = Path(prefix + ".index")
+    original = index.read_bytes()
+    missed = []
+    for offset in range(len(original)):
+        damaged = bytearray(original)
+        damaged[offset] ^= 1 << (offset % 8)
+        index.write_bytes(damaged)
+        try:
+            tf_checkpoint.open(Path(prefix))
+        except ckptconv.CorruptFileError:
+            continue
+        missed.append(offset)
+    assert missed == []
 
 
 def test_flipped_data_byte_fails_the_tensors_crc_on_read(tf_dir: Path, tmp_path: Path) -> None:

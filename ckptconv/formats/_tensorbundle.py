@@ -98,9 +98,15 @@ class _Handle:
 
 
 def _read_handle(buf: bytes | memoryview, pos: int) -> tuple[_Handle, int]:
-    offset, pos = read_varint(buf, pos)
-    size, pos = read_varint(buf, pos)
-    return _Handle(offset, size), pos
+    values = []
+    for _ in range(2):
+        start = pos
+        value, pos = read_varint(buf, pos)
+        # writers encode varints minimally; a trailing 0x00 byte means a damaged handle
+        if pos - start > 1 and buf[pos - 1] == 0:
+            raise WireError("non-minimal varint in a block handle")
+        values.append(value)
+    return _Handle(values[0], values[1]), pos
 
 
 def _block(data: bytes, handle: _Handle, what: str) -> memoryview:
@@ -174,9 +180,12 @@ def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, memoryview]]:
     footer = memoryview(data)[len(data) - FOOTER_SIZE :]
     try:
         metaindex, pos = _read_handle(footer, 0)
-        index, _ = _read_handle(footer, pos)
+        index, pos = _read_handle(footer, pos)
     except WireError as e:
         raise TableError(f"malformed table footer: {e}") from e
+    # The footer carries no checksum; its padding is zeros, so at least check that.
+    if pos > FOOTER_SIZE - len(TABLE_MAGIC) or any(footer[pos : FOOTER_SIZE - len(TABLE_MAGIC)]):
+        raise TableError("malformed table footer: nonzero padding after the block handles")
     for handle, what in ((metaindex, "metaindex block"), (index, "index block")):
         if handle.offset + handle.size + _TRAILER_SIZE > len(data) - FOOTER_SIZE:
             raise TableError(f"{what} handle points past the end of the file")

@@ -21,6 +21,7 @@ Reads every checkpoint TensorFlow writes — TF1 ``Saver``, TF2 ``tf.train.Check
 from __future__ import annotations
 
 import codecs
+import glob
 import os
 import re
 from collections.abc import Callable
@@ -147,20 +148,29 @@ def _locate(path: Path) -> _Located | list[str] | None:
             return _Located(found[0], _is_saved_model_prefix(found[0]))
         return found or None
     if path.is_file():
-        if path.name.endswith(".index") and tb.has_table_magic(path):
+        if path.name.endswith(".index") and _is_index(os.fspath(path)[: -len(".index")]):
             prefix = os.fspath(path)[: -len(".index")]
             return _Located(prefix, _is_saved_model_prefix(prefix))
         match = _DATA_FILE.match(os.fspath(path))
-        if match and tb.has_table_magic(match["prefix"] + ".index"):
+        if match and _is_index(match["prefix"]):
             return _Located(match["prefix"], _is_saved_model_prefix(match["prefix"]))
         if path.name == _STATE_FILE:
             prefix = _prefix_from_state(path.parent, path)
             if prefix is not None:
                 return _Located(prefix, _is_saved_model_prefix(prefix))
         return None
-    if tb.has_table_magic(f"{path}.index"):
+    if _is_index(os.fspath(path)):
         return _Located(os.fspath(path), _is_saved_model_prefix(os.fspath(path)))
     return None
+
+
+def _is_index(prefix: str) -> bool:
+    """``prefix.index`` ends in the table magic, or sits next to its data files (then a damaged
+    magic is reported as damage by ``open`` rather than as an unknown format)."""
+    index = f"{prefix}.index"
+    if tb.has_table_magic(index):
+        return True
+    return os.path.isfile(index) and bool(glob.glob(f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-*"))
 
 
 def sniff(path: Path, head: bytes) -> bool:

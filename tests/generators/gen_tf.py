@@ -13,8 +13,9 @@ records, with TensorFlow's own reader as the oracle (``tf.train.load_checkpoint(
 
 Cases: ``tf1`` (graph-mode Saver, Adam, a partitioned variable), ``dtypes`` (tf.train.Checkpoint
 of tf.Variables of every dtype), ``sharded`` (tf.train.Checkpoint with MaxShardSizePolicy),
-``tfkeras`` (tf-keras save_weights('ckpt') after a training step), ``keras3``
-(tf.train.Checkpoint(model=m, optimizer=o) of a Keras 3 model), ``sm_module`` (SavedModel of a
+``tfkeras`` (tf-keras save_weights('ckpt') after a training step, legacy optimizer slots),
+``keras3`` (tf.train.Checkpoint(model=m, optimizer=o) of a Keras 3 model), ``keras3_model``
+(tf.train.Checkpoint(model=m) of the same model), ``sm_module`` (SavedModel of a
 tf.Module) and ``sm_tfkeras`` (tf-keras model.save(dir, save_format='tf') with metrics).
 """
 
@@ -238,6 +239,11 @@ def case_keras3() -> None:
     kinds = kinds_of(weights=model.weights, optimizer=model.optimizer.variables,
                      bookkeeping=[ckpt.save_counter, *metric_vars])
     record("keras3", prefix, user_path=str(OUT / "keras3"), checkpoint_kind="object-based", kinds=kinds,
+           object_based=True)
+    # the model alone: it still tracks its optimizer, under model/optimizer
+    prefix = tf.train.Checkpoint(model=model).write(str(OUT / "keras3_model" / "ckpt"))
+    kinds = kinds_of(weights=model.weights, optimizer=model.optimizer.variables)
+    record("keras3_model", prefix, user_path=prefix, checkpoint_kind="object-based", kinds=kinds,
            object_based=True)
 
 
