@@ -313,3 +313,68 @@ def test_cast_in_chunks_is_exact_across_chunk_boundaries(monkeypatch):
 def test_cast_refuses_complex_to_real_at_plan_time():
     with pytest.raises(OpError, match="cannot cast complex64 to float32"):
         Cast(np.dtype(np.float32)).infer((2,), np.dtype(np.complex64))
+
+
+def test_float64_to_bfloat16_rounds_once():
+    """ml_dtypes' own float64 -> bfloat16 goes through float32 and rounds twice; ckptconv does not."""
+    x = np.array([1 + 2**-8 + 2**-30, -(1 + 2**-8 + 2**-30), 1 + 2**-8, 1 + 3 * 2**-8, 3.0e38, 1e-300, 2.0**-133 * 1.5], np.float64)
+    got = cast_array(x, np.dtype(ml_dtypes.bfloat16), allow_overflow=True)
+    # oracle: exact rational rounding with Python's fractions (8 significant bits, emin -126)
+    from fractions import Fraction
+
+    def rne_bf16(v: float) -> float:
+        if v == 0:
+            return v
+        f = abs(Fraction(v))
+        e = f.numerator.bit_length() - f.denominator.bit_length()
+        if Fraction(2) ** e > f:
+            e -= 1
+        quantum = Fraction(2) ** (max(e, -126) - 7)
+        n, rem = divmod(f / quantum, 1)
+        if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1):
+            n += 1
+        result = n * quantum
+        if result > (2 - Fraction(1, 128)) * Fraction(2) ** 127:
+            return float("inf") if v > 0 else float("-inf")
+        return float(result) if v > 0 else -float(result)
+
+    want = np.array([rne_bf16(v) for v in x], np.float64).astype(np.float32).astype(ml_dtypes.bfloat16)
+    assert_bit_exact(got, want)
+    assert float(got[0]) == 1 + 2**-7  # not 1.0, which rounding through float32 gives
+
+
+def test_int_to_float16_overflow_is_caught():
+    with pytest.raises(OverflowProblem):
+        cast_array(np.array([1, 70000], np.int32), np.dtype(np.float16))
+    assert_bit_exact(cast_array(np.array([1, 60000], np.int32), np.dtype(np.float16)), np.array([1, 60000], np.float16))
+
+
+def _rne_oracle(v: float, significant: int, emin: int, largest: float) -> float:
+    """Round a float to ``significant`` bits, nearest even, exactly (Python fractions)."""
+    from fractions import Fraction
+
+    if v == 0:
+        return v
+    f = abs(Fraction(v))
+    e = f.numerator.bit_length() - f.denominator.bit_length()
+    if Fraction(2) ** e > f:
+        e -= 1
+    quantum = Fraction(2) ** (max(e, emin) - (significant - 1))
+    n, rem = divmod(f / quantum, 1)
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1):
+        n += 1
+    result = n * quantum
+    if result > Fraction(largest):
+        return float("inf") if v > 0 else float("-inf")
+    return float(result) if v > 0 else -float(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=20))
+def test_float64_casts_round_once_to_nearest_even(values):
+    x = np.array(values, np.float64)
+    for dtype, significant, emin in ((ml_dtypes.bfloat16, 8, -126), (np.float16, 11, -14)):
+        largest = float(ml_dtypes.finfo(dtype).max)
+        got = cast_array(x, np.dtype(dtype), allow_overflow=True)
+        want = np.array([_rne_oracle(v, significant, emin, largest) if np.isfinite(v) else v for v in values], np.float64)
+        assert_bit_exact(got, want.astype(dtype), str(dtype))
