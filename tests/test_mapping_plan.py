@@ -336,3 +336,17 @@ def test_build_plan_on_a_thousand_entries_is_fast_enough_to_not_matter():
     ]}
     plan = build_plan(Store.from_arrays(arrays), spec)
     assert plan.ok and len(plan.outputs) == 1000
+
+
+def test_rule_shape_is_checked_and_feeds_reshape_target():
+    store = Store.from_arrays({"q": np.arange(24, dtype=np.float32).reshape(6, 4)})
+    ok = build_plan(store, {"rules": [{"from": "q", "ops": ["transpose", {"reshape": "target"}], "shape": [4, 2, 3]}]})
+    assert ok.ok, ok.problems
+    assert_bit_exact(ok.outputs[0].compute(), np.arange(24, dtype=np.float32).reshape(6, 4).T.reshape(4, 2, 3))
+    bad = build_plan(store, {"rules": [{"from": "q", "ops": ["transpose"], "shape": [6, 4]}]})
+    assert bad.problems == ["rule #1 (from 'q'): entry 'q': the result is [4, 6], the rule declares shape [6, 4]"]
+
+
+def test_dtype_target_without_a_target_is_refused():
+    with pytest.raises(SpecError, match="dtype: target .* there is no target"):
+        build_plan(Store.from_arrays(_arrays()), dtype="target")

@@ -10,6 +10,7 @@ the target) into ``plan.problems``. Data is read only when a writer calls an out
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import by_name, dtype_name, is_floating
-from ..errors import PlanError
+from ..dtypes import by_name, is_floating
+from ..dtypes import dtype_name as _dtype_name_uncached
+from ..errors import PlanError, SpecError
 from ..store import Entry, Output, Store
 from .ops import Cast, Op, OpError, OverflowProblem, Split, Transpose
 from .patterns import Match, natural_key
@@ -27,6 +29,9 @@ from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
 
 __all__ = ["TargetTensor", "Plan", "build_plan"]
+
+# dtype_name scans a table; a plan names the same few dtypes thousands of times
+dtype_name = functools.lru_cache(maxsize=64)(_dtype_name_uncached)
 
 
 @dataclass(frozen=True)
@@ -353,10 +358,13 @@ class _Builder:
     ) -> tuple[list[_Step], tuple[int, ...], np.dtype] | None:
         """Infer through ``ops`` (plus the default cast); None and a problem when one fails."""
         target = self.target.get(name) if self.target is not None else None
+        declared = rule.shape if rule is not None else None
+        # reshape: target takes the live target's shape, or else the rule's declared shape
+        wanted = target.shape if target is not None else declared
         steps: list[_Step] = []
         for i, op in enumerate(ops, start=1):
             try:
-                new_shape, new_dtype = op.infer(shape, dtype, target=target.shape if target else None)
+                new_shape, new_dtype = op.infer(shape, dtype, target=wanted)
             except OpError as e:
                 label = rule.label if rule is not None else "passthrough"
                 self.problems.append(
@@ -375,6 +383,13 @@ class _Builder:
             cast = Cast(default, allow_overflow=allow, note=note)
             steps.append(_Step(cast, shape, default))
             dtype = default
+        if declared is not None and tuple(declared) != tuple(shape):
+            assert rule is not None
+            self.problems.append(
+                f"{rule.label}: {what}: the result is {_shape_text(shape)}, the rule declares "
+                f"shape {_shape_text(declared)}"
+            )
+            return None
         return steps, shape, dtype
 
     def _default_dtype_for(self, name: str, target: TargetTensor | None) -> np.dtype | None:
@@ -469,7 +484,7 @@ class _Builder:
             except OpError as e:
                 self.problems.append(
                     f"{rule.label}: entry {entry.name!r}: {split.describe()} does not apply to "
-                    f"{_shape_text(entry.shape)} {entry.dtype_name}: {e}"
+                    f"{_shape_text(entry.shape)} {dtype_name(entry.dtype)}: {e}"
                 )
                 continue
             names = [t.render(o.fields) for t in templates]
@@ -660,7 +675,7 @@ class _Builder:
                 # its rule failed to plan it (the problem is already listed)
                 pass
             report.sources.append(
-                SourceRecord(entry.name, st, entry.shape, entry.dtype_name, entry.kind, rule_number,  # type: ignore[arg-type]
+                SourceRecord(entry.name, st, entry.shape, dtype_name(entry.dtype), entry.kind, rule_number,  # type: ignore[arg-type]
                              tuple(outputs_of.get(entry.name, ())))
             )
         report.unused = [s.name for s in report.sources if s.status == "unused"]
@@ -742,10 +757,17 @@ def build_plan(
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
 
     Raises:
-        SpecError: the spec itself is invalid (a plan is not built from a broken spec).
+        SpecError: the spec itself is invalid (a plan is not built from a broken spec), or it
+            asks for ``dtype: target`` without a target.
     """
     resolved = Spec() if spec is None else load_spec(spec)
     default = parse_dtype_option(dtype, what="--dtype") if dtype is not None else resolved.dtype
+    if default == "target" and target is None:
+        raise SpecError(
+            "dtype: target means each target tensor's dtype, and there is no target (a live "
+            "model or --target MODEL.keras); give a dtype name or keep",
+            path=resolved.source,
+        )
     if target is not None:
         target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
     builder = _Builder(

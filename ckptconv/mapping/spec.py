@@ -52,6 +52,7 @@ RULE_KEYS = (
     "stack",
     "optional",
     "allow_overflow",
+    "shape",
     "comment",
 )
 SPEC_KEYS = ("version", "dtype", "passthrough", "rules", "description")
@@ -231,6 +232,8 @@ class Rule:
         split / concat / stack: One-to-many or many-to-one ops.
         optional: A rule that owns no entry is not an error.
         allow_overflow: Casts in this rule may overflow to inf.
+        shape: The shape every output of the rule must have (checked by the plan; also what
+            ``reshape: target`` means when there is no live target).
         comment: Free text, ignored.
         number: 1-based position in the spec (set by :class:`Spec`).
     """
@@ -247,6 +250,7 @@ class Rule:
     stack: Any = None
     optional: bool = False
     allow_overflow: bool = False
+    shape: tuple[int, ...] | None = None
     comment: str | None = None
     number: int = 0
 
@@ -306,6 +310,13 @@ class Rule:
         if self.to is not None and self.to_layer is not None:
             raise ValueError("give to or to_layer, not both")
 
+        if self.shape is not None:
+            shape = _int_list(self.shape, "shape")
+            if any(d < 0 for d in shape):
+                raise ValueError(f"shape: sizes must be >= 0, received {list(shape)}")
+            self._set("shape", shape)
+            if drop:
+                raise ValueError("a drop rule cannot also have shape")
         ops_in = self.ops
         if isinstance(ops_in, (str, Mapping)) or callable(ops_in) or isinstance(ops_in, Op):
             ops_in = (ops_in,)
