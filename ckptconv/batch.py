@@ -376,8 +376,12 @@ def run_batch(
             if on_result is not None:
                 on_result(results[i])  # type: ignore[arg-type]
     else:
+        from .writers.safetensors import _sigterm_as_exit
+
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
+        # finish (each output is atomic) instead of leaving orphaned workers behind.
+        with _sigterm_as_exit(), ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
             pending: dict[Future[FileResult], int] = {
                 pool.submit(convert_one, job.src, job.dst, **options): i
                 for i, job in enumerate(jobs)
