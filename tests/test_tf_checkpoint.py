@@ -327,6 +327,17 @@ def test_rewritten_table_reads_back(tf_dir: Path, tmp_path: Path) -> None:
             assert_bit_exact(entry.read(), expected[entry.key].array, entry.key)
 
 
+def test_missing_slice_names_the_partitioned_variable(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    gone = tb.slice_key("part/w", [(100, 100), (0, 3)])
+    assert gone in dict(entries)
+    write_table(prefix + ".index", [(k, v) for k, v in entries if k != gone])
+    with pytest.raises(ckptconv.CorruptFileError, match=r"slice \[100:200, 0:3\].*missing") as info:
+        ckptconv.open(prefix)
+    assert info.value.key == "part/w"
+
+
 def test_big_endian_bundle_is_refused(tf_dir: Path, tmp_path: Path) -> None:
     prefix = copy_case(tf_dir, "tf1", tmp_path)
     header = bytes(tb.read_table(prefix + ".index")[0][1]) + b"\x10\x01"  # endianness = BIG

@@ -130,7 +130,9 @@ def _block(data: bytes, handle: _Handle, what: str) -> memoryview:
             "indexes uncompressed and ckptconv reads only those"
         )
     if block_type != 0:
-        raise TableError(f"{what} at byte {handle.offset} has unknown compression type {block_type}")
+        raise TableError(
+            f"{what} at byte {handle.offset} has unknown compression type {block_type}"
+        )
     return contents
 
 
@@ -197,7 +199,9 @@ def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, memoryview]]:
         except WireError as e:
             raise TableError(f"malformed block handle in the index block: {e}") from e
         if handle.offset + handle.size + _TRAILER_SIZE > len(data) - FOOTER_SIZE:
-            raise TableError(f"data block handle points past the end of the file (byte {handle.offset})")
+            raise TableError(
+                f"data block handle points past the end of the file (byte {handle.offset})"
+            )
         what = f"data block at byte {handle.offset}"
         entries.extend(_block_entries(_block(data, handle, what), what))
     return entries
@@ -239,7 +243,11 @@ def slice_key(name: str, extents: list[tuple[int, int]]) -> bytes:
 
     ``extents`` holds ``(start, length)`` per dimension, ``length = -1`` for a whole one.
     """
-    parts = [_num_increasing(0), _string_increasing(name.encode("utf-8")), _num_increasing(len(extents))]
+    parts = [
+        _num_increasing(0),  # every slice key starts with 0, so slices sort before all names
+        _string_increasing(name.encode("utf-8")),
+        _num_increasing(len(extents)),
+    ]
     for start, length in extents:
         parts.append(_signed_increasing(start))
         parts.append(_signed_increasing(length))

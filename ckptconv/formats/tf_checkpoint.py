@@ -35,7 +35,14 @@ import numpy as np
 from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, keras_order
 from . import _tensorbundle as tb
-from ._protowire import BundleEntry, TrackableObject, WireError, parse_bundle_entry, parse_bundle_header, parse_object_graph
+from ._protowire import (
+    BundleEntry,
+    TrackableObject,
+    WireError,
+    parse_bundle_entry,
+    parse_bundle_header,
+    parse_object_graph,
+)
 
 __all__ = ["FORMAT", "sniff", "open"]
 
@@ -170,7 +177,8 @@ def _is_index(prefix: str) -> bool:
     index = f"{prefix}.index"
     if tb.has_table_magic(index):
         return True
-    return os.path.isfile(index) and bool(glob.glob(f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-*"))
+    data = f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-*"
+    return os.path.isfile(index) and bool(glob.glob(data))
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -204,6 +212,13 @@ def _decode_key(raw: bytes) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
+def _slice_label(raw_key: bytes) -> str:
+    """A readable name for a slice key: its variable's name (the key is binary)."""
+    escaped = raw_key[1:].split(b"\x00\x01", 1)[0]
+    name = escaped.replace(b"\x00\xff", b"\x00").replace(b"\xff\x00", b"\xff")
+    return _decode_key(name) + " (a slice)"
+
+
 def _read_index(index_path: str) -> _Index:
     try:
         table = tb.read_table(index_path)
@@ -234,7 +249,9 @@ def _read_index(index_path: str) -> _Index:
             path=index_path,
         )
     if header.num_shards < 0 or (header.num_shards == 0 and len(table) > 1):
-        raise CorruptFileError(f"the header declares {header.num_shards} data shards", path=index_path)
+        raise CorruptFileError(
+            f"the header declares {header.num_shards} data shards", path=index_path
+        )
     entries: dict[str, BundleEntry] = {}
     slices: dict[bytes, BundleEntry] = {}
     for raw_key, value in table[1:]:
@@ -252,7 +269,8 @@ def _read_index(index_path: str) -> _Index:
 
 def _check_data_files(index: _Index, prefix: str) -> list[str]:
     """The data files, each checked to exist and hold every byte range the index names."""
-    files = [tb.data_file_name(prefix, shard, index.num_shards) for shard in range(index.num_shards)]
+    count = index.num_shards
+    files = [tb.data_file_name(prefix, shard, count) for shard in range(count)]
     sizes = []
     for name in files:
         try:
@@ -263,7 +281,8 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
                 f"{os.path.basename(prefix)}.data-* file along with the .index",
                 path=name,
             ) from None
-    for key, entry in [*index.entries.items(), *((_decode_key(k), e) for k, e in index.slices.items())]:
+    slices = ((_slice_label(k), e) for k, e in index.slices.items())
+    for key, entry in [*index.entries.items(), *slices]:
         if entry.slices:
             continue
         if not 0 <= entry.shard_id < index.num_shards:
@@ -481,7 +500,9 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
         return None
     path = files[entry.shard_id]
     if entry.dtype != _STRING or entry.shape not in ((), (1,)):
-        raise CorruptFileError("the object graph entry is not a string scalar", path=path, key=OBJECT_GRAPH_KEY)
+        raise CorruptFileError(
+            "the object graph entry is not a string scalar", path=path, key=OBJECT_GRAPH_KEY
+        )
     value = _read_strings(path, entry, check_crc=True, key=OBJECT_GRAPH_KEY).reshape(-1)[0]
     try:
         return parse_object_graph(value)
@@ -505,7 +526,8 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
         entry = index.entries[key]
         role = roles.get(key)
         if role is None:  # saved by a registered saver or outside the graph: no full name
-            planned.append(_Planned(key, key, "weight" if entry.dtype != _STRING else "bookkeeping", entry))
+            kind: Kind = "bookkeeping" if entry.dtype == _STRING else "weight"
+            planned.append(_Planned(key, key, kind, entry))
             continue
         kind = role.kind
         if role.counter and entry.dtype in (3, 9):
@@ -540,7 +562,8 @@ def _partitioned_loader(
                     path=index.index_path, key=name,
                 )
             where.append(slice(extent.start, extent.start + length))
-        slice_key = tb.slice_key(key, [(e.start, -1 if e.length is None else e.length) for e in extents])
+        lengths = [-1 if e.length is None else e.length for e in extents]  # -1: whole dimension
+        slice_key = tb.slice_key(key, [(e.start, n) for e, n in zip(extents, lengths)])
         part = index.slices.get(slice_key)
         shape = tuple(s.stop - s.start for s in where)
         if part is None:
@@ -555,12 +578,16 @@ def _partitioned_loader(
                 path=index.index_path, key=name,
             )
         _check_size(part, dtype, files[part.shard_id], name)
-        reader = partial(_tensor_reader, files[part.shard_id], part, dtype, check_crc=check_crc, key=name)
+        reader = partial(
+            _tensor_reader, files[part.shard_id], part, dtype, check_crc=check_crc, key=name
+        )
         parts.append((tuple(where), reader))
     return partial(_read_partitioned, parts, entry.shape, dtype)
 
 
-def _tensor_reader(path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str) -> np.ndarray:
+def _tensor_reader(
+    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str
+) -> np.ndarray:
     if entry.dtype == _STRING:
         return _read_strings(path, entry, check_crc=check_crc, key=key)
     return _read_numeric(path, entry, dtype, check_crc=check_crc, key=key)
@@ -578,38 +605,46 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         )
 
 
-def _make_entry(
-    planned: _Planned, index: _Index, files: list[str], *, check_crc: bool
-) -> Entry:
-    entry = planned.entry
-    name = planned.name
+def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
+    """The entry's numpy dtype: ``object`` for strings, None for dtypes numpy cannot hold."""
+    code = planned.entry.dtype
+    if code == _STRING:
+        return np.dtype(object)
+    if code in _DTYPES:
+        return _DTYPES[code]
+    if code in _UNREADABLE:
+        return None
+    raise CorruptFileError(
+        f"unknown TensorFlow dtype code {code}", path=index.index_path, key=planned.name
+    )
+
+
+def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc: bool) -> Entry:
+    entry, name, key = planned.entry, planned.name, planned.key
     if entry.unknown_rank or any(d < 0 for d in entry.shape):
         raise CorruptFileError(
-            f"index records an incomplete shape {list(entry.shape)}", path=index.index_path, key=name
+            f"index records an incomplete shape {list(entry.shape)}",
+            path=index.index_path,
+            key=name,
         )
-    if entry.dtype == _STRING:
-        dtype = np.dtype(object)
-    elif entry.dtype in _DTYPES:
-        dtype = _DTYPES[entry.dtype]
-    else:
-        if entry.dtype not in _UNREADABLE:
-            raise CorruptFileError(f"unknown TensorFlow dtype code {entry.dtype}", path=index.index_path, key=name)
-        return Entry(
-            name, key=planned.key, shape=entry.shape, dtype=np.dtype(object), path=index.index_path,
-            loader=partial(_unreadable, entry.dtype, index.index_path, name), kind="bookkeeping",
-        )
+    dtype = _numpy_dtype(planned, index)
+    if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
+        loader = partial(_unreadable, entry.dtype, index.index_path, name)
+        return Entry(name, key=key, shape=entry.shape, dtype=np.dtype(object),
+                     path=index.index_path, loader=loader, kind="bookkeeping")
     if entry.slices:
-        loader = _partitioned_loader(index, planned.key, name, entry, dtype, files, check_crc=check_crc)
-        return Entry(name, key=planned.key, shape=entry.shape, dtype=dtype, path=index.index_path,
+        loader = _partitioned_loader(index, key, name, entry, dtype, files, check_crc=check_crc)
+        return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=index.index_path,
                      loader=loader, kind=planned.kind)
     path = files[entry.shard_id]
     _check_size(entry, dtype, path, name)
     loader = partial(_tensor_reader, path, entry, dtype, check_crc=check_crc, key=name)
     if entry.dtype == _STRING:
-        return Entry(name, key=planned.key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
+        return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
                      kind=planned.kind)
+    # plain little-endian bytes: writers may copy them file to file and compare the CRC
     return Entry(
-        name, key=planned.key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
+        name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
         byte_range=ByteRange(path, entry.offset, entry.size), kind=planned.kind,
         crc32c=tb.unmask_crc(entry.masked_crc32c),
     )
@@ -634,8 +669,10 @@ def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  #
     """
     located = _locate(Path(path))
     if located is None:
-        raise FormatError("no TensorFlow checkpoint here (expected PREFIX.index next to its data files)",
-                          path=path)
+        raise FormatError(
+            "no TensorFlow checkpoint here (expected PREFIX.index next to its data files)",
+            path=path,
+        )
     if isinstance(located, list):
         names = ", ".join(os.path.basename(p) for p in located[:5])
         raise FormatError(
