@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""Benchmark ckptconv against a file copy and against the ways people convert today.
+
+    .venv/bin/python scripts/bench.py                 # the 2 GiB model, 3 rounds (~15 min)
+    .venv/bin/python scripts/bench.py --quick         # a 256 MiB model, 3 rounds (~4 min)
+    .venv/bin/python scripts/bench.py --size 1GiB --rounds 5 --json out.json --markdown
+
+It builds the benchmark model (N Dense layers of 4096x4096 fp32, seeded weights) with the real
+writers, each in a subprocess: Keras 3 ``.weights.h5`` and ``.keras``, tf-keras legacy ``.h5``
+and a TF checkpoint, a model twice as large as ``.weights.h5``, and a BERT-style Hugging Face
+directory. Then it runs every case in a fresh subprocess, all cases one after the other in
+each round (so the machine's noise spreads over all of them), and reports the median wall
+time, the ratio to ``dd bs=16M conv=fsync`` (and to plain ``dd``) of the same file, and the
+peak RSS (``ru_maxrss`` of the finished child, from ``wait4``).
+
+Page cache: ``--cache warm`` (the default) reads every input file through before each run, so
+all runs read from the page cache and the copy is bound by memory and by writing the output
+(which is fsynced by ``dd conv=fsync`` and by ``ckptconv``). ``--cache cold`` evicts the
+input files from the page cache before each run instead (``posix_fadvise(DONTNEED)``, no root
+needed, other files untouched), so runs read from the disk.
+
+Everything is written under a temporary directory in /tmp (``--tmp`` to choose), removed at
+the end, also on failure or Ctrl-C, unless ``--workdir`` names a directory to keep and reuse.
+This script itself never imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+CKPTCONV = [PY, "-m", "ckptconv"]
+MiB = 1 << 20
+UNITS = 4096
+
+# The issue's targets.
+CONVERT_RATIO = 1.3
+OPS_RATIO = 2.0
+RSS_LIMIT = 256 * MiB
+META_SECONDS = 1.0
+
+CHILD_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "KERAS_BACKEND": "tensorflow",
+    "PYTHONUNBUFFERED": "1",
+}
+
+TRANSPOSE_SPEC = """\
+version: 1
+description: every Dense kernel transposed (the PyTorch-layout case)
+rules:
+  - from: "*/kernel"
+    to: "{1}/kernel"
+    ops: [transpose]
+"""
+
+
+# --- cases -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One measured program.
+
+    Attributes:
+        id: Short identifier (``convert:weights.h5``).
+        group: ``copy``, ``convert``, ``peer``, ``meta``, ``load``, ``large``, ``bert``.
+        label: What the table shows.
+        argv: The command.
+        inputs: Files to warm (or evict) before each run.
+        outputs: Files or directories removed after each run.
+        baseline: For ratios: the id of the ``dd conv=fsync`` case of the same file (copy,
+            convert, peer, large), or of the reference load (load, bert).
+        plain: The id of the plain ``dd`` case of the same file.
+        inner: The program reports its own timed part (``BENCH {"seconds": ...}``); the table
+            shows that instead of the process' wall time.
+        rounds: Run this case only so many times (a slow reference).
+        target: ``copy``, ``ratio:<x>``, ``meta``, ``load``, or None (a reference).
+    """
+
+    id: str
+    group: str
+    label: str
+    argv: list[str]
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    plain: str | None = None
+    inner: bool = False
+    rounds: int | None = None
+    target: str | None = None
+
+
+@dataclass
+class Run:
+    wall: float
+    seconds: float  # the reported time: inner when the case reports one, else wall
+    rss: int  # bytes
+    ok: bool | None = None
+    error: str | None = None
+
+
+@dataclass
+class Files:
+    """The benchmark inputs in the work directory."""
+
+    root: str
+    layers: int
+    large_layers: int
+
+    def p(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def sources(self) -> dict[str, tuple[str, list[str]]]:
+        """format label -> (path given to ckptconv, the files holding its bytes)."""
+        ckpt = self.p("tf", "ckpt", "model")
+        return {
+            ".weights.h5": (self.p("k3", "model.weights.h5"), [self.p("k3", "model.weights.h5")]),
+            "legacy .h5": (self.p("tf", "legacy.h5"), [self.p("tf", "legacy.h5")]),
+            ".keras": (self.p("k3", "model.keras"), [self.p("k3", "model.keras")]),
+            "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
+        }
+
+    @property
+    def large(self) -> str:
+        return self.p("large", "large.weights.h5")
+
+    @property
+    def safetensors(self) -> str:
+        return self.p("st", "model.safetensors")
+
+    @property
+    def bert(self) -> str:
+        return self.p("bert")
+
+
+def bulk(paths: list[str]) -> str:
+    """The largest file of a source: what ``dd`` copies."""
+    return max(paths, key=os.path.getsize)
+
+
+def make_cases(files: Files, groups: set[str]) -> list[Case]:
+    out = files.p("out")
+    cases: list[Case] = []
+    layers, large = files.layers, files.large_layers
+    spec = files.p("transpose.yaml")
+    short = {".weights.h5": "weights.h5", "legacy .h5": "legacy.h5", ".keras": "keras",
+             "TF checkpoint": "tf-ckpt"}
+
+    def copies(tag: str, label: str, paths: list[str]) -> None:
+        src = bulk(paths)
+        dst = os.path.join(out, f"dd-{tag}")
+        cases.append(Case(f"dd:{tag}", "copy", f"dd bs=16M, {label}",
+                          ["dd", f"if={src}", f"of={dst}", "bs=16M", "status=none"],
+                          inputs=paths, outputs=[dst]))
+        cases.append(Case(f"ddsync:{tag}", "copy", f"dd bs=16M conv=fsync, {label}",
+                          ["dd", f"if={src}", f"of={dst}", "bs=16M", "conv=fsync", "status=none"],
+                          inputs=paths, outputs=[dst], plain=f"dd:{tag}"))
+
+    for label, (path, paths) in files.sources.items():
+        tag = short[label]
+        if "copy" in groups or "convert" in groups or "peer" in groups:
+            copies(tag, label, paths)
+        if "convert" in groups:
+            dst = os.path.join(out, f"{tag}.safetensors")
+            cases.append(Case(f"convert:{tag}", "convert", f"ckptconv convert, {label}",
+                              CKPTCONV + ["convert", path, dst, "--quiet"], inputs=paths,
+                              outputs=[dst], baseline=f"ddsync:{tag}", plain=f"dd:{tag}",
+                              target=f"ratio:{CONVERT_RATIO}"))
+    w_path, w_files = files.sources[".weights.h5"]
+    if "convert" in groups:
+        for what, extra in (("--dtype bfloat16", ["--dtype", "bfloat16"]),
+                            ("--dtype float16", ["--dtype", "float16"]),
+                            ("transpose every kernel", ["--map", spec])):
+            tag = what.split()[-1] if what.startswith("--") else "transpose"
+            dst = os.path.join(out, f"{tag}.safetensors")
+            cases.append(Case(f"convert:{tag}", "convert", f"ckptconv convert {what}, .weights.h5",
+                              CKPTCONV + ["convert", w_path, dst, "--quiet"] + extra,
+                              inputs=w_files, outputs=[dst], baseline="ddsync:weights.h5",
+                              plain="dd:weights.h5", target=f"ratio:{OPS_RATIO}"))
+    if "peer" in groups:
+        run = [PY, os.path.join(HERE, "bench_run.py")]
+        dst = os.path.join(out, "peer.safetensors")
+        cases.append(Case("peer:h5py", "peer", "h5py + safetensors save_file, .weights.h5",
+                          run + ["h5py_save_file", w_path, dst], inputs=w_files, outputs=[dst],
+                          baseline="ddsync:weights.h5", plain="dd:weights.h5"))
+        cases.append(Case("peer:keras", "peer",
+                          "rebuild + Keras load_weights + save_file, .weights.h5",
+                          run + ["keras_save_file", w_path, dst, str(layers), str(UNITS)],
+                          inputs=w_files, outputs=[dst], baseline="ddsync:weights.h5",
+                          plain="dd:weights.h5"))
+        t_path, t_files = files.sources["TF checkpoint"]
+        cases.append(Case("peer:tf", "peer", "tf.train.load_checkpoint + save_file, TF checkpoint",
+                          run + ["tf_save_file", t_path, dst], inputs=t_files, outputs=[dst],
+                          baseline="ddsync:tf-ckpt", plain="dd:tf-ckpt"))
+        cases.append(Case("peer:import-tf", "peer", "import tensorflow (nothing else)",
+                          run + ["import_tf"]))
+    if "meta" in groups:
+        for label, (path, paths) in files.sources.items():
+            tag = short[label]
+            cases.append(Case(f"inspect:{tag}", "meta", f"ckptconv inspect, {label}",
+                              CKPTCONV + ["inspect", path], inputs=paths, target="meta"))
+            cases.append(Case(f"plan:{tag}", "meta", f"ckptconv plan (transpose spec), {label}",
+                              CKPTCONV + ["plan", path, "--map", spec], inputs=paths,
+                              target="meta"))
+    if "load" in groups:
+        run = [PY, os.path.join(HERE, "bench_run.py")]
+        size = [str(layers), str(UNITS)]
+        cases.append(Case("load_weights:weights.h5", "load",
+                          "Keras model.load_weights, .weights.h5 (reference)",
+                          run + ["load_weights", w_path] + size, inputs=w_files, inner=True))
+        cases.append(Case("load_weights:legacy.h5", "load", "Keras model.load_weights, legacy .h5",
+                          run + ["load_weights", files.sources["legacy .h5"][0]] + size,
+                          inputs=files.sources["legacy .h5"][1], inner=True,
+                          baseline="load_weights:weights.h5"))
+        sources = dict(files.sources)
+        sources["safetensors"] = (files.safetensors, [files.safetensors])
+        for label, (path, paths) in sources.items():
+            tag = short.get(label, label)
+            cases.append(Case(f"load_into:{tag}", "load", f"ckptconv load_into, {label}",
+                              run + ["load_into", path] + size, inputs=paths, inner=True,
+                              baseline="load_weights:weights.h5", target="load"))
+        k_path, k_files = files.sources[".keras"]
+        cases.append(Case("load_weights:keras", "load", "Keras model.load_weights, .keras",
+                          run + ["load_weights", k_path] + size, inputs=k_files, inner=True,
+                          baseline="load_weights:weights.h5", rounds=1))
+    if "large" in groups:
+        dst = os.path.join(out, "large.safetensors")
+        copies("large", f"{large}-layer .weights.h5", [files.large])
+        cases.append(Case("convert:large", "large",
+                          f"ckptconv convert, {large}-layer .weights.h5 (twice as large)",
+                          CKPTCONV + ["convert", files.large, dst, "--quiet"], inputs=[files.large],
+                          outputs=[dst], baseline="ddsync:large", plain="dd:large",
+                          target=f"ratio:{CONVERT_RATIO}"))
+    if "bert" in groups:
+        run = [PY, os.path.join(HERE, "bench_run.py")]
+        inputs = [os.path.join(files.bert, "model.safetensors")]
+        cases.append(Case("bert:keras-hub", "bert",
+                          "BERT: keras-hub BertBackbone.from_preset(dir) (reference)",
+                          run + ["bert_keras_hub", files.bert], inputs=inputs, inner=True))
+        cases.append(Case("bert:load_into", "bert",
+                          "BERT: BertBackbone(**config) + ckptconv load_into(spec)",
+                          run + ["bert_load_into", files.bert], inputs=inputs, inner=True,
+                          baseline="bert:keras-hub", target="load"))
+        cases.append(Case("bert:set_weights", "bert",
+                          "BERT: BertBackbone(**config) + hand-written assign loop",
+                          run + ["bert_set_weights", files.bert], inputs=inputs, inner=True,
+                          baseline="bert:keras-hub"))
+    return cases
+
+
+# --- building the inputs -----------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CHILD_ENV)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def build(files: Files, groups: set[str], bert_layers: int) -> None:
+    """Write every input the chosen groups need, each writer in its own process."""
+    writer = [PY, os.path.join(HERE, "bench_write.py")]
+    size = ["--layers", str(files.layers), "--units", str(UNITS)]
+    jobs: list[tuple[str, list[str], str]] = []
+    need_main = groups & {"copy", "convert", "peer", "meta", "load"}
+    if need_main:
+        jobs.append(("Keras 3 .weights.h5 and .keras", writer + ["keras3", files.p("k3")] + size,
+                     files.p("k3", "model.keras")))
+        jobs.append(("tf-keras legacy .h5 and TF checkpoint",
+                     writer + ["tfkeras", files.p("tf")] + size,
+                     files.p("tf", "ckpt", "model.index")))
+    if "large" in groups:
+        jobs.append((f"Keras 3 .weights.h5, {files.large_layers} layers",
+                     writer + ["keras3", files.p("large"), "--layers", str(files.large_layers),
+                               "--units", str(UNITS), "--name", "large", "--weights-only"],
+                     files.large))
+    if "bert" in groups:
+        jobs.append(("BERT-style Hugging Face directory (safetensors, PyTorch layout)",
+                     writer + ["bert", files.bert, "--layers", str(bert_layers)],
+                     os.path.join(files.bert, "model.safetensors")))
+    for what, argv, marker in jobs:
+        if os.path.exists(marker):
+            continue
+        os.makedirs(argv[3], exist_ok=True)
+        started = time.perf_counter()
+        log(f"writing {what} ...")
+        subprocess.run(argv, check=True, env=child_env(), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+        log(f"  done in {time.perf_counter() - started:.0f} s")
+    if "load" in groups and not os.path.exists(files.safetensors):
+        os.makedirs(os.path.dirname(files.safetensors), exist_ok=True)
+        subprocess.run(CKPTCONV + ["convert", files.sources[".weights.h5"][0], files.safetensors,
+                                   "--quiet"], check=True, env=child_env())
+    with open(files.p("transpose.yaml"), "w", encoding="utf-8") as f:
+        f.write(TRANSPOSE_SPEC)
+    os.makedirs(files.p("out"), exist_ok=True)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def warm(paths: list[str]) -> None:
+    """Read every file through, so the run reads it from the page cache."""
+    buf = bytearray(16 * MiB)
+    view = memoryview(buf)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+
+
+def evict(paths: list[str]) -> None:
+    """Drop the files' pages from the page cache (clean pages only; inputs are never dirty)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def remove(paths: list[str]) -> None:
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def measure(case: Case, cache: str, logdir: str) -> Run:
+    """Run the case once in a fresh process: wall time and the child's peak RSS."""
+    remove(case.outputs)
+    if cache == "warm":
+        warm(case.inputs)
+    else:
+        evict(case.inputs)
+    out_path = os.path.join(logdir, "stdout")
+    err_path = os.path.join(logdir, "stderr")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(case.argv, stdout=out, stderr=err, env=child_env(), cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    remove(case.outputs)
+    rss = usage.ru_maxrss * 1024  # kilobytes on Linux
+    with open(out_path, encoding="utf-8", errors="replace") as f:
+        stdout = f.read()
+    if proc.returncode != 0:
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        return Run(wall, wall, rss, False, (lines[-1] if lines else f"exit {proc.returncode}")[:300])
+    seconds, ok = wall, None
+    if case.inner:
+        for line in stdout.splitlines():
+            if line.startswith("BENCH "):
+                values = json.loads(line[6:])
+                seconds = float(values["seconds"])
+                ok = values.get("ok")
+    return Run(wall, seconds, rss, ok)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: Case
+    runs: list[Run]
+
+    @property
+    def good(self) -> list[Run]:
+        return [r for r in self.runs if r.error is None]
+
+    @property
+    def median(self) -> float | None:
+        good = self.good
+        return statistics.median(r.seconds for r in good) if good else None
+
+    @property
+    def rss(self) -> int | None:
+        good = self.good
+        return max(r.rss for r in good) if good else None
+
+
+def ratio(rows: dict[str, Row], row: Row, other: str | None) -> float | None:
+    if other is None or other not in rows or row.median is None:
+        return None
+    base = rows[other].median
+    return row.median / base if base else None
+
+
+def verdict(rows: dict[str, Row], row: Row) -> str:
+    target = row.case.target
+    if target is None:
+        return ""
+    if row.median is None:
+        return "FAILED"
+    if any(r.ok is False for r in row.runs):
+        return "WRONG VALUES"
+    if target.startswith("ratio:"):
+        limit = float(target.split(":")[1])
+        r = ratio(rows, row, row.case.baseline)
+        met = r is not None and r <= limit and (row.rss or 0) <= RSS_LIMIT
+        return f"{'yes' if met else 'NO'} (≤ {limit:g}×, ≤ 256 MiB)"
+    if target == "meta":
+        return f"{'yes' if row.median < META_SECONDS else 'NO'} (< 1 s)"
+    if target == "load":
+        r = ratio(rows, row, row.case.baseline)
+        return f"{'yes' if r is not None and r <= 1.0 else 'NO'} (≤ 1×)"
+    return ""
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else (f"{x:.2f}" if x >= 0.1 else f"{x:.3f}")
+
+
+def fmt_r(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}×"
+
+
+def table(rows: dict[str, Row]) -> list[list[str]]:
+    header = ["group", "what", "median s", "min–max s", "runs", "ratio", "× plain dd",
+              "peak RSS MiB", "target met"]
+    body = [header]
+    for row in rows.values():
+        good = row.good
+        spread = f"{fmt_s(min(r.seconds for r in good))}–{fmt_s(max(r.seconds for r in good))}" \
+            if good else ""
+        base = ratio(rows, row, row.case.baseline)
+        if base is not None and row.case.baseline:
+            base_text = f"{fmt_r(base)} {row.case.baseline.split(':')[0].replace('ddsync', 'dd fsync')}"
+        else:
+            base_text = ""
+        if row.case.id.startswith("ddsync:"):
+            base_text = "1.00× dd fsync"
+        rss = row.rss
+        status = verdict(rows, row)
+        errors = [r.error for r in row.runs if r.error]
+        if errors:
+            status = (status + " " if status else "") + f"error: {errors[0]}"
+        body.append([
+            row.case.group,
+            row.case.label + (" [timed part]" if row.case.inner else ""),
+            fmt_s(row.median),
+            spread,
+            f"{len(good)}/{len(row.runs)}",
+            base_text,
+            fmt_r(ratio(rows, row, row.case.plain)),
+            "—" if rss is None else f"{rss / MiB:.0f}",
+            status,
+        ])
+    return body
+
+
+def print_text(body: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in body) for i in range(len(body[0]))]
+    for n, r in enumerate(body):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def print_markdown(body: list[list[str]]) -> None:
+    print("| " + " | ".join(body[0]) + " |")
+    print("|" + "|".join("---" for _ in body[0]) + "|")
+    for r in body[1:]:
+        print("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    mem = None
+    with contextlib.suppress(OSError):
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_bytes": mem,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def parse_size(text: str) -> int:
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    t = text.strip().lower()
+    for u, f in units.items():
+        if t.endswith(u):
+            return int(float(t[: -len(u)]) * f)
+    return int(t)
+
+
+GROUPS = ("copy", "convert", "peer", "meta", "load", "large", "bert")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="2GiB",
+                   help="model size: Dense 4096x4096 fp32 layers adding up to this (default 2GiB)")
+    p.add_argument("--quick", action="store_true", help="a 256 MiB model (sets --size 256MiB)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every case, taken in turn (default 3)")
+    p.add_argument("--only", default=",".join(GROUPS),
+                   help=f"comma-separated groups to run (default all: {','.join(GROUPS)})")
+    p.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                   help="warm: read inputs through before each run (default); cold: evict them")
+    p.add_argument("--bert-layers", type=int, default=12, help="encoder layers of the BERT model")
+    p.add_argument("--tmp", default="/tmp", help="where the temporary work directory goes")
+    p.add_argument("--workdir", help="keep inputs in this directory and reuse them (not removed)")
+    p.add_argument("--json", metavar="PATH", help="write the raw numbers here")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    args = p.parse_args(argv)
+
+    size = parse_size("256MiB" if args.quick else args.size)
+    layers = max(1, round(size / (UNITS * UNITS * 4)))
+    groups = {g.strip() for g in args.only.split(",") if g.strip()}
+    unknown = groups - set(GROUPS)
+    if unknown:
+        p.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+
+    model_bytes = layers * (UNITS * UNITS + UNITS) * 4
+    base = args.workdir or args.tmp
+    os.makedirs(base, exist_ok=True)
+    need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0))
+    free = shutil.disk_usage(base).free
+    if free < need:
+        log(f"not enough disk space in {base}: {free / 2**30:.1f} GiB free, about "
+            f"{need / 2**30:.1f} GiB needed; use a smaller --size or another --tmp")
+        return 1
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
+    files = Files(os.path.abspath(workdir), layers, 2 * layers)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    rows: dict[str, Row] = {}
+    try:
+        log(f"model: {layers} Dense {UNITS}x{UNITS} fp32 layers ({model_bytes / 2**30:.2f} GiB), "
+            f"work directory {workdir}")
+        build(files, groups, args.bert_layers)
+        cases = make_cases(files, groups)
+        rows = {c.id: Row(c, []) for c in cases}
+        logdir = tempfile.mkdtemp(prefix="logs-", dir=workdir)
+        for rnd in range(args.rounds):
+            log(f"round {rnd + 1}/{args.rounds}")
+            for case in cases:
+                if case.rounds is not None and rnd >= case.rounds:
+                    continue
+                run = measure(case, args.cache, logdir)
+                rows[case.id].runs.append(run)
+                extra = f"  ERROR {run.error}" if run.error else ""
+                log(f"  {case.id:28s} {run.seconds:7.2f} s  {run.rss / MiB:7.0f} MiB{extra}")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            remove([files.p("out")])
+
+    body = table(rows)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = machine()
+    print(f"\nckptconv benchmark, {stamp}; {info['cores']} cores, {info['cpu']}; "
+          f"model {layers} x Dense {UNITS}x{UNITS} fp32 = {model_bytes / 2**30:.2f} GiB; "
+          f"page cache {args.cache}; medians of {args.rounds} rounds taken in turn\n")
+    print_text(body)
+    if args.markdown:
+        print()
+        print_markdown(body)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({
+                "date": stamp,
+                "machine": info,
+                "model": {"layers": layers, "units": UNITS, "bytes": model_bytes},
+                "cache": args.cache,
+                "rounds": args.rounds,
+                "cases": [
+                    {"id": r.case.id, "group": r.case.group, "label": r.case.label,
+                     "argv": r.case.argv, "baseline": r.case.baseline, "plain": r.case.plain,
+                     "median_seconds": r.median, "peak_rss_bytes": r.rss,
+                     "ratio": ratio(rows, r, r.case.baseline),
+                     "ratio_plain_dd": ratio(rows, r, r.case.plain),
+                     "target": verdict(rows, r),
+                     "runs": [vars(x) for x in r.runs]}
+                    for r in rows.values()
+                ],
+            }, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
