@@ -406,3 +406,25 @@ def test_store_from_arrays_non_contiguous(tmp_path: Path) -> None:
     loaded = load_file(dst)
     for name, array in arrays.items():
         assert_bit_exact(loaded[name], np.ascontiguousarray(array), name)
+
+
+def test_damaged_tensorflow_data_is_caught_while_copying(generated, tmp_path: Path) -> None:
+    """A real TF checkpoint records a CRC-32C per tensor; a byte changed in its data file is
+    caught when the bytes are copied through unchanged, naming the tensor."""
+    import shutil
+
+    source = generated("tf") / "keras3"
+    work = tmp_path / "ckpt"
+    shutil.copytree(source, work)
+    with ckptconv.open(work) as store:
+        entry = next(e for e in store.entries() if e.byte_range is not None and e.nbytes >= 8)
+        good = [Output.of(e) for e in store.entries()]
+        write_safetensors(good, tmp_path / "good.safetensors")  # intact: copies and checks fine
+        data = Path(entry.byte_range.path)
+        raw = bytearray(data.read_bytes())
+        raw[entry.byte_range.offset + 1] ^= 0x10
+        data.write_bytes(bytes(raw))
+        with pytest.raises(IntegrityError) as info:
+            write_safetensors([Output.of(entry)], tmp_path / "bad.safetensors")
+    assert info.value.key == entry.name
+    assert listing(tmp_path) == ["ckpt", "good.safetensors"]
