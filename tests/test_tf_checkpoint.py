@@ -338,6 +338,26 @@ def test_missing_slice_names_the_partitioned_variable(tf_dir: Path, tmp_path: Pa
     assert info.value.key == "part/w"
 
 
+def test_size_that_disagrees_with_the_shape_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    i = [k for k, _ in entries].index(b"dense1/bias")
+    assert entries[i][1].count(b"\x28\x14") == 1  # size (field 5) = 20 bytes: five float32
+    entries[i] = (b"dense1/bias", entries[i][1].replace(b"\x28\x14", b"\x28\x10"))
+    write_table(prefix + ".index", entries)
+    with pytest.raises(ckptconv.CorruptFileError, match="16 bytes for shape \\[5\\] of float32") as info:
+        ckptconv.open(prefix)
+    assert info.value.key == "dense1/bias"
+
+
+def test_absurd_shard_count_stops_at_the_first_missing_shard(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    header = b"\x08" + _varint(10**9)  # num_shards = 10^9, little-endian, version 0
+    rewritten(prefix, header)
+    with pytest.raises(ckptconv.CorruptFileError, match="data-00000-of-1000000000 .*missing"):
+        ckptconv.open(prefix)
+
+
 def test_big_endian_bundle_is_refused(tf_dir: Path, tmp_path: Path) -> None:
     prefix = copy_case(tf_dir, "tf1", tmp_path)
     header = bytes(tb.read_table(prefix + ".index")[0][1]) + b"\x10\x01"  # endianness = BIG

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import math
 import os
 import re
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ..dtypes import dtype_name
 from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, keras_order
 from . import _tensorbundle as tb
@@ -269,10 +271,11 @@ def _read_index(index_path: str) -> _Index:
 
 def _check_data_files(index: _Index, prefix: str) -> list[str]:
     """The data files, each checked to exist and hold every byte range the index names."""
-    count = index.num_shards
-    files = [tb.data_file_name(prefix, shard, count) for shard in range(count)]
+    files: list[str] = []
     sizes = []
-    for name in files:
+    for shard in range(index.num_shards):  # stops at the first missing one, however many declared
+        name = tb.data_file_name(prefix, shard, index.num_shards)
+        files.append(name)
         try:
             sizes.append(os.stat(name).st_size)
         except FileNotFoundError:
@@ -341,7 +344,7 @@ def _read_numeric(
 def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -> np.ndarray:
     raw = bytearray(entry.size)
     _pread(path, entry.offset, memoryview(raw), key=key)
-    count = int(np.prod(entry.shape, dtype=np.int64))
+    count = math.prod(entry.shape)
     try:
         elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
     except tb.TableError as e:
@@ -595,12 +598,18 @@ def _tensor_reader(
 
 def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> None:
     if entry.dtype == _STRING:
+        # every element takes at least its one-byte length
+        if math.prod(entry.shape) > entry.size:
+            raise CorruptFileError(
+                f"index records {entry.size} bytes for {math.prod(entry.shape)} strings",
+                path=path, key=name,
+            )
         return
-    expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(entry.shape) * dtype.itemsize  # Python ints: no overflow
     if entry.size != expected:
         raise CorruptFileError(
             f"index records {entry.size} bytes for shape {list(entry.shape)} of "
-            f"{dtype}, which needs {expected}",
+            f"{dtype_name(dtype)}, which needs {expected}",
             path=path, key=name,
         )
 
