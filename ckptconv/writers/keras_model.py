@@ -695,19 +695,34 @@ def _match_by_plan(
 
 
 def _assign(live: _Model, assignments: list[_Assignment]) -> None:
-    """Read and assign layer by layer; if anything fails, restore what was assigned."""
+    """Read and assign layer by layer; if anything fails, restore what was assigned.
+
+    The next layer's tensors are read on a worker thread while this layer is assigned (file
+    reads and Keras' copies both release the GIL), so at most two layers are in memory.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     groups: dict[int, list[_Assignment]] = {}
     for a in assignments:
         groups.setdefault(id(a.target.owner), []).append(a)
+    layers = list(groups.values())
     done: list[tuple[list[Any], list[Any]]] = []
+
+    def read(items: list[_Assignment]) -> list[np.ndarray]:
+        return [_checked_value(a) for a in items]
+
     try:
-        for items in groups.values():
-            values = [_checked_value(a) for a in items]
-            variables = [a.target.variable for a in items]
-            saved = [live.snapshot(v) for v in variables]
-            _assign_layer(live, items[0].target.owner, variables, values)
-            done.append((variables, saved))
-            del values
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
+            pending = pool.submit(read, layers[0]) if layers else None
+            for i, items in enumerate(layers):
+                assert pending is not None
+                values = pending.result()
+                pending = pool.submit(read, layers[i + 1]) if i + 1 < len(layers) else None
+                variables = [a.target.variable for a in items]
+                saved = [live.snapshot(v) for v in variables]
+                _assign_layer(live, items[0].target.owner, variables, values)
+                done.append((variables, saved))
+                del values
     except BaseException:
         for variables, saved in reversed(done):
             for variable, old in zip(variables, saved):
