@@ -428,3 +428,15 @@ def test_damaged_tensorflow_data_is_caught_while_copying(generated, tmp_path: Pa
             write_safetensors([Output.of(entry)], tmp_path / "bad.safetensors")
     assert info.value.key == entry.name
     assert listing(tmp_path) == ["ckpt", "good.safetensors"]
+
+
+def test_a_stray_file_with_a_shard_name_is_existing_output(tmp_path: Path) -> None:
+    stray = tmp_path / "m-00002-of-00002.safetensors"
+    stray.write_bytes(b"not mine")
+    arrays = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float32)}
+    with pytest.raises(OutputError, match="already exists") as info:
+        write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400)
+    assert info.value.path == str(stray)
+    assert listing(tmp_path) == [stray.name]
+    write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400, force=True)
+    assert len(listing(tmp_path)) == 3 and ckptconv.verify_file(tmp_path / "m.safetensors.index.json").ok

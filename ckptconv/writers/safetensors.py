@@ -196,6 +196,8 @@ def write_safetensors(
         _check_header_size(slots, meta, checksum=checksum, dst=final)
     new_files = finals + ([index] if index else [])
     old_files = _existing_output(dst)
+    # a stray file with a new shard's name counts as existing output too
+    old_files += [p for p in new_files if os.path.lexists(p) and p not in old_files]
     _check_targets(new_files, old_files, dst, force=force, protect=protect)
 
     total = sum(o.nbytes for o in outputs)
