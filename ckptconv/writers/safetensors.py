@@ -728,6 +728,9 @@ class _SourceFiles:
         if fd is None:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             self._fds[path] = fd
+            if hasattr(os, "posix_fadvise"):  # read-ahead: tensors are read front to back
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return fd
 
     def __enter__(self) -> _SourceFiles:
