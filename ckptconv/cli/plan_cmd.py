@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.map) if args.map else None  # a broken spec fails before the source is opened
     target = None
     if args.target:
+        import os
+
+        # building the target imports Keras (and TensorFlow): keep its start-up logging quiet
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from ..writers.keras_model import target_from_keras_file
 
         target = target_from_keras_file(args.target, unsafe=args.unsafe)
