@@ -89,6 +89,8 @@ _COUNTER_EDGES = {"iter", "_iterations", "iterations", "iteration", "global_step
 _METRIC_EDGES = {"metrics", "_metrics", "layer_metrics", "compiled_metrics", "_compile_metrics",
                  "_metrics_container", "metrics_container"}
 _TF1_COUNTERS = {"global_step"}
+_TF1_OPTIMIZER_COUNTERS = {"iter", "iterations"}
+_INTEGER_CODES = {3, 9, 22, 23}  # int32, int64, uint32, uint64
 _TF1_OPTIMIZER_LEAF = re.compile(r"^beta[12]_power(_\d+)?$")
 
 
@@ -466,19 +468,38 @@ def _object_roles(nodes: list[TrackableObject]) -> dict[str, _Role]:
     return roles
 
 
-def _tf1_kind(key: str, entry: BundleEntry, entries: dict[str, BundleEntry]) -> Kind:
-    """Kinds of name-based (TF1) checkpoints, which record no structure: ``global_step`` is
-    bookkeeping; ``beta1_power``/``beta2_power`` and slots (``<variable>/<slot>`` of the
-    same shape as ``<variable>``, e.g. ``dense/kernel/Adam_1``) are optimizer state."""
-    leaf = key.rsplit("/", 1)[-1]
-    if leaf in _TF1_COUNTERS and entry.dtype in (3, 9):
+def _tf1_optimizer_scopes(entries: dict[str, BundleEntry]) -> set[str]:
+    """Name scopes that hold an optimizer: those with an integer ``iter``/``iterations``
+    counter (``training/Adam/iter``, Keras' ``Adam/iterations``), and Keras' ``training``."""
+    scopes = {"training"}
+    for key, entry in entries.items():
+        scope, _, leaf = key.rpartition("/")
+        if scope and leaf in _TF1_OPTIMIZER_COUNTERS and entry.dtype in _INTEGER_CODES:
+            scopes.add(scope)
+    return scopes
+
+
+def _tf1_kind(
+    key: str, entry: BundleEntry, entries: dict[str, BundleEntry], optimizer_scopes: set[str]
+) -> Kind:
+    """Kinds of name-based (TF1) checkpoints, which record no structure, from naming rules:
+
+    * integer ``global_step`` and optimizer ``iter``/``iterations`` counters: bookkeeping;
+    * everything under an optimizer scope (see :func:`_tf1_optimizer_scopes`),
+      ``beta1_power``/``beta2_power``, and slots — ``<variable>/<slot>`` with the shape and
+      dtype of ``<variable>``, e.g. ``dense/kernel/Adam_1``: optimizer;
+    * the rest: weight.
+    """
+    scope, _, leaf = key.rpartition("/")
+    if entry.dtype in _INTEGER_CODES and (
+        leaf in _TF1_COUNTERS or (leaf in _TF1_OPTIMIZER_COUNTERS and scope in optimizer_scopes)
+    ):
         return "bookkeeping"
-    if _TF1_OPTIMIZER_LEAF.match(leaf):
+    if any(key.startswith(s + "/") for s in optimizer_scopes) or _TF1_OPTIMIZER_LEAF.match(leaf):
         return "optimizer"
-    if "/" in key:
-        owner = entries.get(key.rsplit("/", 1)[0])
-        if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
-            return "optimizer"
+    owner = entries.get(scope) if scope else None
+    if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
+        return "optimizer"
     return "weight"
 
 
@@ -518,9 +539,11 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
     keys = [k for k in index.entries if k != OBJECT_GRAPH_KEY]
     planned = []
     if nodes is None:
+        scopes = _tf1_optimizer_scopes(index.entries)
         for key in sorted(keys, key=_natural_key):
             entry = index.entries[key]
-            planned.append(_Planned(key, key, _tf1_kind(key, entry, index.entries), entry))
+            kind = _tf1_kind(key, entry, index.entries, scopes)
+            planned.append(_Planned(key, key, kind, entry))
         return planned
     roles = _object_roles(nodes)
     last = len(roles)
@@ -533,7 +556,7 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
             planned.append(_Planned(key, key, kind, entry))
             continue
         kind = role.kind
-        if role.counter and entry.dtype in (3, 9):
+        if role.counter and entry.dtype in _INTEGER_CODES:
             kind = "bookkeeping"
         planned.append(_Planned(key, role.full_name or key, kind, entry))
     counts: dict[str, int] = {}

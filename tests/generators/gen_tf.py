@@ -11,7 +11,8 @@ records, with TensorFlow's own reader as the oracle (``tf.train.load_checkpoint(
 * ``<label>.strings.json``: string tensors (their bytes as hex), which ``dump_expected`` cannot hold;
 * ``<label>.case.json``: the path a user would pass, the checkpoint kind and the prefix.
 
-Cases: ``tf1`` (graph-mode Saver, Adam, a partitioned variable), ``dtypes`` (tf.train.Checkpoint
+Cases: ``tf1`` (graph-mode Saver, Adam, a partitioned variable), ``tf1_keras`` (tf-keras
+trained in graph mode and saved by a Saver), ``dtypes`` (tf.train.Checkpoint
 of tf.Variables of every dtype), ``sharded`` (tf.train.Checkpoint with MaxShardSizePolicy),
 ``tfkeras`` (tf-keras save_weights('ckpt') after a training step, legacy optimizer slots),
 ``keras3`` (tf.train.Checkpoint(model=m, optimizer=o) of a Keras 3 model), ``keras3_model``
@@ -278,6 +279,27 @@ def case_sm_tfkeras() -> None:
            checkpoint_kind="saved-model", kinds=kinds, object_based=True)
 
 
+def case_tf1_keras() -> None:
+    """tf-keras trained in TF1 graph mode, saved by a Saver: optimizer state under training/.
+
+    Must run last: it switches the process to graph mode.
+    """
+    import tf_keras
+    from tf_keras.src import backend
+
+    tf.compat.v1.disable_eager_execution()
+    model = tf_keras.Sequential([tf_keras.layers.Dense(4, input_shape=(3,), name="d"),
+                                 tf_keras.layers.BatchNormalization(name="bn")])
+    model.compile(optimizer=tf_keras.optimizers.legacy.Adam(0.01), loss="mse")
+    rng = np.random.default_rng(13)
+    model.fit(rng.normal(size=(8, 3)), rng.normal(size=(8, 4)), verbose=0)
+    directory = OUT / "tf1_keras"
+    prefix = tf.compat.v1.train.Saver().save(backend.get_session(), str(directory / "model.ckpt"))
+    hyper = [v for v in model.optimizer._hyper.values() if isinstance(v, tf.Variable)]
+    kinds = kinds_of(weights=model.weights, optimizer=[*model.optimizer.weights, *hyper])
+    record("tf1_keras", prefix, user_path=prefix, checkpoint_kind="tf1", kinds=kinds, object_based=False)
+
+
 def main() -> None:
     case_dtypes()
     case_sharded()
@@ -286,6 +308,7 @@ def main() -> None:
     case_sm_tfkeras()
     case_keras3()
     case_tf1()
+    case_tf1_keras()  # last: graph mode from here on
 
 
 if __name__ == "__main__":
