@@ -1,11 +1,11 @@
 """Benchmark: ``ckptconv.load_into`` against Keras' own ``model.load_weights``.
 
 Builds a Keras 3 model of N Dense 2048x2048 layers (16 by default: 256 MiB of float32), saves it
-as ``.weights.h5``, legacy ``.h5``, ``.keras`` and safetensors, then times (best of R runs, warm
+as ``.weights.h5``, legacy ``.h5``, ``.keras`` and safetensors, then times (best of R interleaved rounds, warm
 page cache) loading each into a fresh model of the same architecture, and prints the ratio to
 Keras' ``load_weights`` from ``.weights.h5`` (the reference the project targets: <= 1.0).
 
-    .venv/bin/python scripts/bench_load_into.py [--layers 16] [--width 2048] [--repeat 3]
+    .venv/bin/python scripts/bench_load_into.py [--layers 16] [--width 2048] [--repeat 5]
                                                 [--keras-archive]   # also time Keras from .keras
 """
 
@@ -31,20 +31,11 @@ def build(keras, layers: int, width: int):
     return model
 
 
-def timed(fn, repeat: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", help="where to write the files (default: a temporary directory)")
     parser.add_argument("--keras-archive", action="store_true",
                         help="also time Keras' own load_weights from the .keras file (slow)")
@@ -78,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     del src
     size = files[".weights.h5"].stat().st_size
     print(f"model: {args.layers} x Dense {args.width}x{args.width}, {size / 2**20:.0f} MiB; "
-          f"best of {args.repeat} runs, warm cache", flush=True)
+          f"best of {args.repeat} interleaved rounds, warm cache", flush=True)
 
     target = build(keras, args.layers, args.width)
 
@@ -86,17 +77,34 @@ def main(argv: list[str] | None = None) -> int:
         for got, want in zip(target.get_weights(), reference):
             assert got.tobytes() == want.tobytes()
 
-    base, base_all = timed(lambda: target.load_weights(files[".weights.h5"]), args.repeat)
-    check()
-    rows = [("keras load_weights", ".weights.h5", base, base_all)]
-    if args.keras_archive:
-        t, t_all = timed(lambda: target.load_weights(files[".keras"]), 1)
-        rows.append(("keras load_weights", ".keras", t, t_all))
-    for label, path in files.items():
+    def clear() -> None:
         target.set_weights([np.zeros_like(w) for w in reference])
-        t, t_all = timed(lambda p=path: ckptconv.load_into(target, p), args.repeat)
+
+    loaders = [("keras load_weights", ".weights.h5", lambda: target.load_weights(files[".weights.h5"]))]
+    loaders += [
+        ("ckptconv.load_into", label, lambda p=path: ckptconv.load_into(target, p))
+        for label, path in files.items()
+    ]
+    # Rounds interleave the loaders (in rotating order) so that a noisy machine hurts all alike.
+    times: dict[int, list[float]] = {i: [] for i in range(len(loaders))}
+    for r in range(args.repeat):
+        order = list(range(len(loaders)))
+        order = order[r % len(order):] + order[: r % len(order)]
+        for i in order:
+            clear()
+            t0 = time.perf_counter()
+            loaders[i][2]()
+            times[i].append(time.perf_counter() - t0)
+            check()
+    rows = [(who, fmt, min(times[i]), times[i]) for i, (who, fmt, _) in enumerate(loaders)]
+    if args.keras_archive:
+        clear()
+        t0 = time.perf_counter()
+        target.load_weights(files[".keras"])
+        t = time.perf_counter() - t0
         check()
-        rows.append(("ckptconv.load_into", label, t, t_all))
+        rows.insert(1, ("keras load_weights", ".keras", t, [t]))
+    base = rows[0][2]
 
     print(f"{'loader':<20} {'from':<12} {'best s':>8} {'median s':>9} {'ratio':>7}")
     for who, fmt, best, all_times in rows:
