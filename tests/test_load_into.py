@@ -8,7 +8,6 @@ with what the writer's live model held.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -316,6 +315,3 @@ def test_import_ckptconv_imports_no_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-HAS_MAPPER = importlib.util.find_spec("ckptconv.mapping") is not None

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating
-from ..errors import CkptconvError, FormatError, LoadError, UnsafeInputError
+from ..errors import FormatError, LoadError, UnsafeInputError
 from ..store import Entry, Store, layer_of
 
 __all__ = [
