@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ckptconv
+from ckptconv.convert import convert as convert_checkpoint
 from ckptconv.formats import _tensorbundle as tb
 from ckptconv.formats import tf_checkpoint
 from ckptconv.formats._protowire import parse_bundle_entry
@@ -234,6 +235,24 @@ def test_flipped_data_byte_fails_the_tensors_crc_on_read(tf_dir: Path, tmp_path:
         store["d1/kernel"].read()  # other tensors still read
     with ckptconv.open(prefix, check_crc=False) as store:
         assert store["bn/gamma"].read().shape == (8,)
+
+
+def test_convert_refuses_damaged_data_unless_asked(tf_dir: Path, tmp_path: Path) -> None:
+    """The writer copies bytes file to file and compares the CRC the reader offers."""
+    prefix = copy_case(tf_dir, "tfkeras", tmp_path)
+    with ckptconv.open(prefix) as store:
+        r = store["head/kernel"].byte_range
+        before = store["head/kernel"].read()
+    flip(r.path, r.offset)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ckptconv.IntegrityError) as info:
+        convert_checkpoint(prefix, out)
+    assert info.value.key == "head/kernel" and not out.exists()
+    convert_checkpoint(prefix, out, check_crc=False)
+    with ckptconv.open(out) as written:
+        damaged = written["head/kernel"].read()
+    assert damaged.tobytes() != before.tobytes()
+    assert damaged.tobytes()[1:] == before.tobytes()[1:]
 
 
 def test_flipped_byte_in_a_slice_names_the_partitioned_variable(tf_dir: Path, tmp_path: Path) -> None:

@@ -674,11 +674,12 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
     if entry.dtype == _STRING:
         return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
                      kind=planned.kind)
-    # plain little-endian bytes: writers may copy them file to file and compare the CRC
+    # Plain little-endian bytes: writers may copy them file to file and compare the CRC.
+    # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
     return Entry(
         name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
         byte_range=ByteRange(path, entry.offset, entry.size), kind=planned.kind,
-        crc32c=tb.unmask_crc(entry.masked_crc32c),
+        crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None,
     )
 
 
@@ -692,7 +693,9 @@ def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  #
     Args:
         path: A checkpoint prefix, its ``.index`` or a ``.data-*`` file, a directory with a
             ``checkpoint`` state file (its latest checkpoint is read), or a SavedModel directory.
-        check_crc: Verify each tensor's CRC-32C when it is read (the index is always checked).
+        check_crc: Verify each tensor's CRC-32C when it is read, and give writers the CRC to
+            compare against what they copy (``Entry.crc32c``); False reads damaged data
+            anyway. The index's own block CRCs are always checked.
 
     Raises:
         FormatError: no TensorFlow checkpoint at ``path`` (or several, with no state file).
