@@ -350,3 +350,19 @@ def test_rule_shape_is_checked_and_feeds_reshape_target():
 def test_dtype_target_without_a_target_is_refused():
     with pytest.raises(SpecError, match="dtype: target .* there is no target"):
         build_plan(Store.from_arrays(_arrays()), dtype="target")
+
+
+def test_split_parts_computed_on_threads_read_the_source_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    qkv = np.arange(48, dtype=np.float32).reshape(12, 4)
+    counting = CountingStore({"qkv": qkv, **{f"w{i}": np.full(3, i, np.float32) for i in range(6)}})
+    spec = {"rules": [{"from": "qkv", "split": {"axis": 0, "parts": 3}, "to": ["q", "k", "v"]},
+                      {"from": "w*", "ops": [{"cast": "float16"}]}]}
+    plan = build_plan(counting.store, spec)
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(zip([o.name for o in plan.outputs], pool.map(lambda o: o.compute(), plan.outputs)))
+    assert counting.reads["qkv"] == 1
+    assert all(counting.reads[f"w{i}"] == 1 for i in range(6))
+    for name, part in zip("qkv", np.split(qkv, 3)):
+        assert_bit_exact(results[name], part)

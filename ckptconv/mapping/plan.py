@@ -105,26 +105,36 @@ class _SourceCache:
 
     Every output registers the entries it consumes; an entry consumed by several outputs (a
     split) is kept in memory from its first read until its last consumer has run. Outputs
-    computed again, or out of order, still get correct data (the entry is read again).
+    computed again, or out of order, still get correct data (the entry is read again). Entries
+    with one consumer are never cached and take no lock, so outputs computed on several threads
+    read in parallel; a shared entry is read under its own lock, once.
     """
 
     def __init__(self) -> None:
         self._remaining: dict[str, int] = {}
         self._arrays: dict[str, np.ndarray] = {}
+        self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def register(self, entry: Entry) -> None:
         self._remaining[entry.name] = self._remaining.get(entry.name, 0) + 1
 
     def get(self, entry: Entry) -> np.ndarray:
+        name = entry.name
+        cached = self._arrays.get(name)
+        if cached is not None:
+            return cached
+        if self._remaining.get(name, 0) <= 1:
+            return entry.read()  # its only (or last) consumer: nothing to share
         with self._lock:
-            cached = self._arrays.get(entry.name)
-            if cached is not None:
-                return cached
-            array = entry.read()
-            if self._remaining.get(entry.name, 0) > 1:
-                self._arrays[entry.name] = array
-            return array
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            cached = self._arrays.get(name)
+            if cached is None:
+                cached = entry.read()
+                if self._remaining.get(name, 0) > 1:
+                    self._arrays[name] = cached
+            return cached
 
     def release(self, entry: Entry) -> None:
         with self._lock:
@@ -132,6 +142,7 @@ class _SourceCache:
             self._remaining[entry.name] = max(left, 0)
             if left <= 0:
                 self._arrays.pop(entry.name, None)
+                self._locks.pop(entry.name, None)
 
 
 @dataclass(frozen=True)
