@@ -411,3 +411,20 @@ def test_slice_keys_match_the_keys_tensorflow_wrote(tf_dir: Path) -> None:
         for start in (0, 100, 200)
     )
     assert ours == written
+
+
+def test_negative_dimension_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
+    """int64 fields use 10-byte varints for negatives; a -1 dimension is an incomplete shape."""
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    i = [k for k, _ in entries].index(b"dense1/bias")
+    dim = b"\x12\x04\x12\x02\x08\x05"  # shape { dim { size: 5 } }
+    assert entries[i][1].count(dim) == 1
+    negative = b"\x08" + b"\xff" * 9 + b"\x01"  # size: -1
+    shape = b"\x12" + bytes([len(negative) + 2]) + b"\x12" + bytes([len(negative)]) + negative
+    entries[i] = (b"dense1/bias", entries[i][1].replace(dim, shape))
+    assert parse_bundle_entry(entries[i][1]).shape == (-1,)
+    write_table(prefix + ".index", entries)
+    with pytest.raises(ckptconv.CorruptFileError, match="incomplete shape") as info:
+        ckptconv.open(prefix)
+    assert info.value.key == "dense1/bias"
