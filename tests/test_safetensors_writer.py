@@ -440,3 +440,24 @@ def test_a_stray_file_with_a_shard_name_is_existing_output(tmp_path: Path) -> No
     assert listing(tmp_path) == [stray.name]
     write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400, force=True)
     assert len(listing(tmp_path)) == 3 and ckptconv.verify_file(tmp_path / "m.safetensors.index.json").ok
+
+
+def test_greedy_sharding_invariants() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ckptconv.writers.safetensors import _shard
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 50), max_size=30), st.integers(1, 60))
+    def check(sizes: list[int], limit: int) -> None:
+        outputs = [Output(f"t{i}", (n,), np.uint8, lambda: None) for i, n in enumerate(sizes)]
+        groups = _shard(outputs, limit)
+        assert [o for g in groups for o in g] == outputs  # order kept, nothing lost
+        for i, group in enumerate(groups):
+            total = sum(o.nbytes for o in group)
+            assert total <= limit or len(group) == 1  # only a lone tensor may exceed the limit
+            if i + 1 < len(groups):  # greedy: the next shard's first tensor did not fit here
+                assert group and total + groups[i + 1][0].nbytes > limit
+
+    check()
