@@ -269,60 +269,73 @@ class Rule:
         for flag in ("optional", "allow_overflow"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag}: expected true or false, received {getattr(self, flag)!r}")
+        from_, drop_patterns = self._normalize_selectors()
+        self._check_modes(from_)
+        self._normalize_shape_and_ops()
+        self._normalize_outputs(from_)
+        self._compile(from_, drop_patterns)
+
+    def _normalize_selectors(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Validate from/drop/layer/index; return the name patterns and the drop patterns."""
         from_ = _as_tuple(self.from_)
-        drop = self.drop
         drop_patterns: tuple[str, ...] = ()
-        if isinstance(drop, bool):
-            pass
-        elif isinstance(drop, str) or (isinstance(drop, Sequence) and drop):
-            drop_patterns = _as_tuple(drop)
-            drop = True
-        else:
-            raise ValueError(f"drop: expected a pattern, a list of patterns or true, received {drop!r}")
+        if isinstance(self.drop, str) or (
+            not isinstance(self.drop, bool) and isinstance(self.drop, Sequence) and self.drop
+        ):
+            drop_patterns = _as_tuple(self.drop)
+        elif not isinstance(self.drop, bool):
+            raise ValueError(f"drop: expected a pattern, a list of patterns or true, received {self.drop!r}")
         for p in (*from_, *drop_patterns):
             if not isinstance(p, str) or not p:
                 raise ValueError(f"pattern {p!r}: expected a non-empty string")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
             raise ValueError(f"layer: expected a pattern string, received {self.layer!r}")
-        index = self.index
-        if index is not None:
-            index = _int_list(index, "index")
-            if any(i < 0 for i in index):
-                raise ValueError(f"index: weight positions are >= 0, received {list(index)}")
-        self._set("from_", None if not from_ else (from_[0] if isinstance(self.from_, str) else from_))
-        self._set("index", index if index is None or not isinstance(self.index, (int, np.integer)) else index[0])
-        if drop_patterns and not isinstance(self.drop, str):
-            self._set("drop", drop_patterns)
         if not (from_ or drop_patterns or self.layer is not None):
             raise ValueError("a rule needs a selector: from, drop or layer")
         if drop_patterns and from_:
             raise ValueError("drop: give the patterns either in drop or in from (with drop: true), not both")
+        if self.index is not None:
+            index = _int_list(self.index, "index")
+            if any(i < 0 for i in index):
+                raise ValueError(f"index: weight positions are >= 0, received {list(index)}")
+            # one int stays an int (as written); a list becomes a tuple
+            self._set("index", index[0] if isinstance(self.index, (int, np.integer)) else index)
+        if from_:
+            self._set("from_", self.from_ if isinstance(self.from_, str) else from_)
+        if drop_patterns and not isinstance(self.drop, str):
+            self._set("drop", drop_patterns)
+        return from_, drop_patterns
 
+    def _check_modes(self, from_: tuple[str, ...]) -> None:
+        """At most one of split/concat/stack; nothing but selectors on a drop rule."""
         modes = [k for k in ("split", "concat", "stack") if getattr(self, k) is not None]
         if len(modes) > 1:
             raise ValueError(f"{' and '.join(modes)}: a rule does one of split, concat, stack")
-        if drop:
-            extra = [k for k in ("to", "to_layer", "split", "concat", "stack") if getattr(self, k) is not None]
+        if self.drop:
+            extra = [k for k in ("to", "to_layer", "split", "concat", "stack", "shape") if getattr(self, k) is not None]
             if self.ops:
                 extra.append("ops")
             if extra:
                 raise ValueError(f"a drop rule cannot also have {', '.join(extra)}")
         if self.to is not None and self.to_layer is not None:
             raise ValueError("give to or to_layer, not both")
+        for kind in ("concat", "stack"):
+            if getattr(self, kind) is not None and not from_:
+                raise ValueError(f"{kind}: give the sources with from (a pattern or a list)")
 
+    def _normalize_shape_and_ops(self) -> None:
         if self.shape is not None:
             shape = _int_list(self.shape, "shape")
             if any(d < 0 for d in shape):
                 raise ValueError(f"shape: sizes must be >= 0, received {list(shape)}")
             self._set("shape", shape)
-            if drop:
-                raise ValueError("a drop rule cannot also have shape")
         ops_in = self.ops
-        if isinstance(ops_in, (str, Mapping)) or callable(ops_in) or isinstance(ops_in, Op):
+        if isinstance(ops_in, (str, Mapping, Op)) or callable(ops_in):
             ops_in = (ops_in,)
-        ops = tuple(_parse_op(o, allow_overflow=self.allow_overflow) for o in ops_in)
-        self._set("ops", ops)
+        self._set("ops", tuple(_parse_op(o, allow_overflow=self.allow_overflow) for o in ops_in))
 
+    def _normalize_outputs(self, from_: tuple[str, ...]) -> None:
+        """Validate to/to_layer against the rule's mode (a list for split, one template otherwise)."""
         if self.split is not None:
             split = _parse_split(self.split)
             self._set("split", split)
@@ -332,19 +345,16 @@ class Rule:
             if split.count != len(to):
                 raise ValueError(f"split makes {split.count} parts but to lists {len(to)} names")
             self._set("to", tuple(to))
+        elif self.to is not None and not isinstance(self.to, str):
+            raise ValueError("to: a list of names needs split; give one name template")
         for kind in ("concat", "stack"):
             if getattr(self, kind) is not None:
                 self._set(kind, _parse_join(getattr(self, kind), kind))
                 if not isinstance(self.to, str):
                     raise ValueError(f"{kind}: give to as one output name template")
-                if not from_:
-                    raise ValueError(f"{kind}: give the sources with from (a pattern or a list)")
-        if self.split is None and self.to is not None and not isinstance(self.to, str):
-            raise ValueError("to: a list of names needs split; give one name template")
         if self.to_layer is not None and not isinstance(self.to_layer, str):
             raise ValueError(f"to_layer: expected a layer name template, received {self.to_layer!r}")
 
-        self._compile(from_, drop_patterns)
 
     def _compile(self, from_: tuple[str, ...], drop_patterns: tuple[str, ...]) -> None:
         def pattern(text: str) -> Pattern:
