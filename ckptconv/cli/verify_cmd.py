@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             reports.append({"path": path, "ok": False, "error": str(e)})
             if not args.json:
-                print(f"failed {path}: {e.reason}")
+                print(f"failed {path}: {_without_path(e, path)}")
             continue
         except OSError as e:
             if getattr(args, "debug", False):
@@ -80,3 +80,12 @@ def _verify(verify_file, path: str, show_bar: bool):  # type: ignore[no-untyped-
 
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=path, file=sys.stderr, leave=False) as bar:
         return verify_file(path, progress=bar.update)
+
+
+def _without_path(error: CkptconvError, given: str) -> str:
+    """The error's message, without repeating the path the user gave."""
+    import os
+
+    if error.path is not None and os.path.abspath(error.path) != os.path.abspath(given):
+        return str(error)
+    return f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
