@@ -637,71 +637,68 @@ class _Builder:
     def _check_target_and_report(self, status: dict[str, tuple[str, int | None]]) -> PlanReport:
         report = PlanReport(path=self.store.path, format=self.store.format, has_target=self.target is not None)
         if self.target is not None:
-            keep: list[_Planned] = []
-            target_names = list(self.target)
-            for p in self.planned:
-                want = self.target.get(p.name)
-                if want is None:
-                    if p.rule is None:
-                        # a passed-through entry the target has no place for: it stays an
-                        # output (a loader reports it), and its source counts as unused
-                        status[p.sources[0].name] = ("unused", None)
-                        keep.append(p)
-                        continue
-                    near = difflib.get_close_matches(p.name, target_names, n=3, cutoff=0.5)
-                    hint = ("; nearest target names: " + ", ".join(map(repr, near))) if near else ""
-                    self.problems.append(f"{p.rule.label}: output {p.name!r} is not a weight of the target{hint}")
-                    keep.append(p)
-                    continue
-                if tuple(want.shape) != p.shape or np.dtype(want.dtype) != p.dtype:
-                    m = TargetMismatch(p.name, tuple(want.shape), dtype_name(want.dtype), p.shape, dtype_name(p.dtype),
-                                 p.rule.number if p.rule else None)
-                    report.mismatched.append(m)
-                    label = p.rule.label if p.rule else "passthrough"
-                    fix = ""
-                    if np.dtype(want.dtype) != p.dtype and tuple(want.shape) == p.shape:
-                        fix = " (add {cast: %s} to the rule, or use dtype: target)" % dtype_name(want.dtype)
-                    self.problems.append(
-                        f"{label}: output {p.name!r} does not fit the target: it is "
-                        f"{_shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
-                        f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}"
-                    )
-                keep.append(p)
-            self.planned = keep
-            produced = {p.name for p in self.planned}
-            report.missing = [n for n in self.target if n not in produced]
-            if self.strict and report.missing:
-                self.problems.append(
-                    f"{len(report.missing)} target weight(s) nothing fills: "
-                    + ", ".join(map(repr, report.missing[:10]))
-                    + (", ..." if len(report.missing) > 10 else "")
-                )
+            self._check_target(self.target, status, report)
         outputs_of: dict[str, list[str]] = {}
         for p in self.planned:
             for e in p.sources:
                 outputs_of.setdefault(e.name, []).append(p.name)
         for entry in self.entries:
+            # an entry whose rule could not plan it stays "used" by that rule (with its problem)
             st, rule_number = status.get(entry.name, ("unused", None))
-            if st == "used" and entry.name not in outputs_of:
-                # its rule failed to plan it (the problem is already listed)
-                pass
             report.sources.append(
-                SourceRecord(entry.name, st, entry.shape, dtype_name(entry.dtype), entry.kind, rule_number,  # type: ignore[arg-type]
-                             tuple(outputs_of.get(entry.name, ())))
+                SourceRecord(entry.name, st, entry.shape, dtype_name(entry.dtype), entry.kind,  # type: ignore[arg-type]
+                             rule_number, tuple(outputs_of.get(entry.name, ())))
             )
         report.unused = [s.name for s in report.sources if s.status == "unused"]
         if self.strict and report.unused:
-            self.problems.append(
-                f"{len(report.unused)} source weight(s) go nowhere: "
-                + ", ".join(map(repr, report.unused[:10]))
-                + (", ..." if len(report.unused) > 10 else "")
-            )
+            self.problems.append(f"{len(report.unused)} source weight(s) go nowhere: {_some(report.unused)}")
         report.outputs = [
             OutputRecord(p.name, tuple(e.name for e in p.sources), p.ops_text, p.shape, dtype_name(p.dtype),
                          p.rule.number if p.rule else None, p.unchanged)
             for p in self.planned
         ]
         return report
+
+    def _check_target(
+        self, target: Mapping[str, TargetTensor], status: dict[str, tuple[str, int | None]], report: PlanReport
+    ) -> None:
+        """Every output against the target tensor of its name; what the target lacks, what it misses."""
+        target_names = list(target)
+        for p in self.planned:
+            want = target.get(p.name)
+            if want is None:
+                if p.rule is None:
+                    # a passed-through entry the target has no place for: it stays an output
+                    # (a loader reports it too), and its source counts as unused
+                    status[p.sources[0].name] = ("unused", None)
+                    continue
+                near = difflib.get_close_matches(p.name, target_names, n=3, cutoff=0.5)
+                hint = ("; nearest target names: " + ", ".join(map(repr, near))) if near else ""
+                self.problems.append(f"{p.rule.label}: output {p.name!r} is not a weight of the target{hint}")
+                continue
+            if tuple(want.shape) == p.shape and np.dtype(want.dtype) == p.dtype:
+                continue
+            report.mismatched.append(
+                TargetMismatch(p.name, tuple(want.shape), dtype_name(want.dtype), p.shape, dtype_name(p.dtype),
+                               p.rule.number if p.rule else None)
+            )
+            fix = ""
+            if tuple(want.shape) == p.shape:
+                fix = " (add {cast: %s} to the rule, or use dtype: target)" % dtype_name(want.dtype)
+            self.problems.append(
+                f"{p.rule.label if p.rule else 'passthrough'}: output {p.name!r} does not fit the target: "
+                f"it is {_shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
+                f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}"
+            )
+        produced = {p.name for p in self.planned}
+        report.missing = [n for n in target if n not in produced]
+        if self.strict and report.missing:
+            self.problems.append(f"{len(report.missing)} target weight(s) nothing fills: {_some(report.missing)}")
+
+
+def _some(names: Sequence[str], limit: int = 10) -> str:
+    """The first names, quoted, and "..." when there are more."""
+    return ", ".join(map(repr, names[:limit])) + (", ..." if len(names) > limit else "")
 
 
 class _SplitShared:
