@@ -434,9 +434,10 @@ class _Builder:
     ) -> None:
         entry = owned.entry
         what = f"entry {entry.name!r}"
-        chain = self.infer_chain(rule, ops if ops else (), entry.shape, entry.dtype, name, what) if allow_default else (
-            [], entry.shape, entry.dtype
-        )
+        if allow_default:
+            chain = self.infer_chain(rule, ops, entry.shape, entry.dtype, name, what)
+        else:
+            chain = ([], entry.shape, entry.dtype)
         if chain is None:
             return
         steps, shape, dtype = chain
