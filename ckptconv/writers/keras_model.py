@@ -922,7 +922,8 @@ def _load_error(live: _Model, store: Store, report: LoadReport) -> LoadError:
     more = "" if count == 1 else f" (and {count - 1} more: see .problems or the report)"
     error = LoadError(
         f"{count} {noun} loading into model {live.name!r}, nothing was changed: {head}{more}; "
-        "fix the mapping or pass strict=False to load what fits",
+        "fix the source or the mapping, choose a part with only=, or pass strict=False to "
+        "load what fits",
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
     )
