@@ -233,3 +233,32 @@ def test_plan_json_with_a_keras_target(files):
     )
     assert strict.returncode == 1
     assert "4 target weight(s) nothing fills" in strict.stderr
+
+
+# -- Hugging Face BERT -> keras-hub -----------------------------------------------------------
+
+
+def test_hugging_face_bert_onto_keras_hub_backbone(files):
+    """keras-hub's own converter (BertBackbone.from_preset on the HF directory) is the oracle."""
+    if not (files / "bert_keras_hub.expected.json").exists():
+        pytest.skip("keras-hub is not installed where the fixtures were generated")
+    want = expected(files, "bert_keras_hub")
+    target = target_of(files, "bert_keras_hub")
+    spec = load_spec(SPECS / "bert-to-keras-hub.yaml")
+    with ckptconv.open(files / "hf_bert" / "model.safetensors") as store:
+        plan = build_plan(store, spec, target=target, strict=True)
+        out = computed(plan)
+        without_target = build_plan(store, spec)
+        # the same weights under a BertFor* checkpoint's "bert." prefix, LayerNorm as gamma/beta
+        renamed = {}
+        for name in store:
+            new = "bert." + name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+            renamed[new] = store[name].read()
+    assert sorted(out) == sorted(want)
+    for name, array in out.items():
+        assert_bit_exact(array, want[name], name)
+    assert plan.report.dropped == ["embeddings.position_ids"]
+    assert any("reshape: target needs a target" in p for p in without_target.problems)
+    prefixed = build_plan(ckptconv.Store.from_arrays(renamed), spec, target=target, strict=True)
+    for name, array in computed(prefixed).items():
+        assert_bit_exact(array, want[name], name)

@@ -15,11 +15,14 @@ Files written:
                                Dense) those weights belong in
     keras2.h5                  a tf-keras (Keras 2) model.save() file, default layer names
     keras3_target.keras        the same architecture in Keras 3 with other layer names
+    hf_bert/                   a tiny Hugging Face BERT (config.json, model.safetensors), numpy-written
 
 Records: ``seq3``, ``pretrained``, ``transfer_target``, ``conv_test``, ``torch_target`` (the Keras
 model after loading the PyTorch weights with a hand-written converter whose forward pass was
 checked against a numpy implementation of PyTorch's semantics), ``keras3_target`` (the Keras 3
-model after ``set_weights(keras2_model.get_weights())``), ``keras2`` (the tf-keras model).
+model after ``set_weights(keras2_model.get_weights())``), ``keras2`` (the tf-keras model),
+``bert_keras_hub`` (keras-hub's ``BertBackbone.from_preset`` of ``hf_bert/``: keras-hub's own
+hand-written converter is the oracle).
 """
 
 from __future__ import annotations
@@ -253,6 +256,64 @@ def keras2_to_keras3(keras, out: Path, rng) -> None:
     dump_expected(out, "keras3_target", keras3_records(new))
 
 
+# -- Hugging Face BERT -> keras-hub ------------------------------------------------------------
+
+
+def hf_bert(out: Path, rng) -> None:
+    """A tiny Hugging Face BERT directory, and what keras-hub's own converter loads from it."""
+    import json
+
+    import numpy as np
+    import safetensors.numpy
+    from _common import dump_expected, keras3_records
+
+    try:
+        import keras_hub
+    except ImportError:  # the BERT example is skipped without keras-hub
+        return
+    hidden, inter, layers_, vocab, positions = 8, 16, 2, 30, 12
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    w = {
+        "embeddings.word_embeddings.weight": r(vocab, hidden),
+        "embeddings.position_embeddings.weight": r(positions, hidden),
+        "embeddings.token_type_embeddings.weight": r(2, hidden),
+        "embeddings.LayerNorm.weight": r(hidden),
+        "embeddings.LayerNorm.bias": r(hidden),
+        "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None],
+    }
+    for i in range(layers_):
+        p = f"encoder.layer.{i}."
+        for part in ("query", "key", "value"):
+            w[p + f"attention.self.{part}.weight"] = r(hidden, hidden)
+            w[p + f"attention.self.{part}.bias"] = r(hidden)
+        w[p + "attention.output.dense.weight"] = r(hidden, hidden)
+        w[p + "attention.output.dense.bias"] = r(hidden)
+        w[p + "attention.output.LayerNorm.weight"] = r(hidden)
+        w[p + "attention.output.LayerNorm.bias"] = r(hidden)
+        w[p + "intermediate.dense.weight"] = r(inter, hidden)
+        w[p + "intermediate.dense.bias"] = r(inter)
+        w[p + "output.dense.weight"] = r(hidden, inter)
+        w[p + "output.dense.bias"] = r(hidden)
+        w[p + "output.LayerNorm.weight"] = r(hidden)
+        w[p + "output.LayerNorm.bias"] = r(hidden)
+    w["pooler.dense.weight"] = r(hidden, hidden)
+    w["pooler.dense.bias"] = r(hidden)
+    directory = out / "hf_bert"
+    directory.mkdir(exist_ok=True)
+    safetensors.numpy.save_file(w, str(directory / "model.safetensors"))
+    config = {
+        "model_type": "bert", "architectures": ["BertModel"], "vocab_size": vocab, "hidden_size": hidden,
+        "num_hidden_layers": layers_, "num_attention_heads": 2, "intermediate_size": inter,
+        "max_position_embeddings": positions, "type_vocab_size": 2,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    backbone = keras_hub.models.BertBackbone.from_preset(str(directory))
+    dump_expected(out, "bert_keras_hub", keras3_records(backbone))
+
+
 def main(outdir: str) -> None:
     import _common  # noqa: F401  (sets the TF environment variables)
     import keras
@@ -265,6 +326,7 @@ def main(outdir: str) -> None:
     seed_question_models(keras, out, rng)
     torch_layout(keras, out, rng)
     keras2_to_keras3(keras, out, rng)
+    hf_bert(out, rng)
 
 
 if __name__ == "__main__":
