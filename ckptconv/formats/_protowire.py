@@ -12,9 +12,8 @@ into a :class:`~ckptconv.CorruptFileError` naming the file and tensor.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "WireError",
@@ -39,11 +38,16 @@ class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
-def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decode an unsigned varint at ``pos``; return ``(value, position after it)``."""
+def read_varint(buf: bytes | memoryview, pos: int, end: int | None = None) -> tuple[int, int]:
+    """Decode an unsigned varint at ``pos`` (before ``end``); return ``(value, next position)``."""
+    if end is None:
+        end = len(buf)
+    if pos < end:
+        byte = buf[pos]
+        if byte < 0x80:  # the common case: one byte
+            return byte, pos + 1
     result = 0
     shift = 0
-    end = len(buf)
     while True:
         if pos >= end:
             raise WireError("truncated varint")
@@ -63,41 +67,70 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def iter_fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """Yield ``(field number, wire type, value)`` for each field of a message, in order.
+# A scanned field: (number, wire type, value, end). For varint and fixed fields ``value`` is
+# the number and ``end`` is unused; for length-delimited fields the payload is buf[value:end].
+_Field = tuple[int, int, int, int]
 
-    The value is an ``int`` for varint and fixed fields and a ``memoryview`` for
-    length-delimited ones (sub-messages, strings, packed repeated scalars).
+
+def _scan(buf: bytes, pos: int, end: int) -> list[_Field]:
+    """Every field of the message in ``buf[pos:end]``, in order.
+
+    Offsets into one ``bytes`` object instead of sliced copies: an object graph holds
+    hundreds of thousands of small fields, and this is where opening a checkpoint spends
+    its time.
     """
-    view = memoryview(buf)
-    pos = 0
-    end = len(view)
+    fields: list[_Field] = []
+    append = fields.append
     while pos < end:
-        tag, pos = read_varint(view, pos)
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos, end)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise WireError("field number 0")
         if wire_type == VARINT:
-            value, pos = read_varint(view, pos)
-            yield number, wire_type, value
-        elif wire_type == FIXED64:
-            if pos + 8 > end:
-                raise WireError("truncated fixed64 field")
-            yield number, wire_type, struct.unpack_from("<Q", view, pos)[0]
-            pos += 8
+            if pos < end and buf[pos] < 0x80:
+                append((number, VARINT, buf[pos], 0))
+                pos += 1
+            else:
+                value, pos = read_varint(buf, pos, end)
+                append((number, VARINT, value, 0))
+        elif wire_type == LENGTH:
+            if pos < end and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            if pos + length > end:
+                raise WireError("length-delimited field runs past the end of the message")
+            append((number, LENGTH, pos, pos + length))
+            pos += length
         elif wire_type == FIXED32:
             if pos + 4 > end:
                 raise WireError("truncated fixed32 field")
-            yield number, wire_type, struct.unpack_from("<I", view, pos)[0]
+            append((number, FIXED32, int.from_bytes(buf[pos : pos + 4], "little"), 0))
             pos += 4
-        elif wire_type == LENGTH:
-            length, pos = read_varint(view, pos)
-            if pos + length > end:
-                raise WireError("length-delimited field runs past the end of the message")
-            yield number, wire_type, view[pos : pos + length]
-            pos += length
+        elif wire_type == FIXED64:
+            if pos + 8 > end:
+                raise WireError("truncated fixed64 field")
+            append((number, FIXED64, int.from_bytes(buf[pos : pos + 8], "little"), 0))
+            pos += 8
         else:  # groups (3, 4) are not used by any message read here
             raise WireError(f"unsupported wire type {wire_type}")
+    return fields
+
+
+def iter_fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes]]:
+    """Yield ``(field number, wire type, value)`` for each field of a message, in order.
+
+    The value is an ``int`` for varint and fixed fields and ``bytes`` for length-delimited
+    ones (sub-messages, strings, packed repeated scalars).
+    """
+    data = bytes(buf)
+    for number, wire_type, value, end in _scan(data, 0, len(data)):
+        yield number, wire_type, (data[value:end] if wire_type == LENGTH else value)
 
 
 def _expect(wire_type: int, expected: int, what: str) -> None:
@@ -105,21 +138,21 @@ def _expect(wire_type: int, expected: int, what: str) -> None:
         raise WireError(f"field {what} has wire type {wire_type}, expected {expected}")
 
 
-def _int(value: int | memoryview, wire_type: int, what: str) -> int:
-    _expect(wire_type, VARINT, what)
-    assert isinstance(value, int)
-    return _signed64(value)
+def _int(field: _Field, what: str) -> int:
+    _expect(field[1], VARINT, what)
+    return _signed64(field[2])
 
 
-def _bytes(value: int | memoryview, wire_type: int, what: str) -> memoryview:
-    _expect(wire_type, LENGTH, what)
-    assert isinstance(value, memoryview)
-    return value
+def _sub(buf: bytes, field: _Field, what: str) -> list[_Field]:
+    """The fields of a length-delimited sub-message."""
+    _expect(field[1], LENGTH, what)
+    return _scan(buf, field[2], field[3])
 
 
-def _str(value: int | memoryview, wire_type: int, what: str) -> str:
+def _str(buf: bytes, field: _Field, what: str) -> str:
+    _expect(field[1], LENGTH, what)
     try:
-        return bytes(_bytes(value, wire_type, what)).decode("utf-8")
+        return buf[field[2] : field[3]].decode("utf-8")
     except UnicodeDecodeError as e:
         raise WireError(f"field {what} is not valid UTF-8") from e
 
@@ -162,92 +195,94 @@ class BundleEntry:
 
 def parse_bundle_header(buf: bytes | memoryview) -> BundleHeader:
     """Decode a ``BundleHeaderProto`` (the index entry under the empty key)."""
+    data = bytes(buf)
     num_shards = 0
     big_endian = False
     producer = min_consumer = 0
     bad: list[int] = []
-    for number, wire_type, value in iter_fields(buf):
+    for field in _scan(data, 0, len(data)):
+        number = field[0]
         if number == 1:
-            num_shards = _int(value, wire_type, "num_shards")
+            num_shards = _int(field, "num_shards")
         elif number == 2:
-            big_endian = _int(value, wire_type, "endianness") == 1
+            big_endian = _int(field, "endianness") == 1
         elif number == 3:
-            for vnum, vtype, vvalue in iter_fields(_bytes(value, wire_type, "version")):
-                if vnum == 1:
-                    producer = _int(vvalue, vtype, "version.producer")
-                elif vnum == 2:
-                    min_consumer = _int(vvalue, vtype, "version.min_consumer")
-                elif vnum == 3:
-                    bad.extend(_repeated_ints(vvalue, vtype, "version.bad_consumers"))
+            for vfield in _sub(data, field, "version"):
+                if vfield[0] == 1:
+                    producer = _int(vfield, "version.producer")
+                elif vfield[0] == 2:
+                    min_consumer = _int(vfield, "version.min_consumer")
+                elif vfield[0] == 3:
+                    bad.extend(_repeated_ints(data, vfield, "version.bad_consumers"))
     return BundleHeader(num_shards, big_endian, producer, min_consumer, tuple(bad))
 
 
-def _repeated_ints(value: int | memoryview, wire_type: int, what: str) -> list[int]:
+def _repeated_ints(buf: bytes, field: _Field, what: str) -> list[int]:
     """A repeated integer field element: one varint, or a packed run of them."""
-    if wire_type == VARINT:
-        assert isinstance(value, int)
-        return [_signed64(value)]
-    packed = _bytes(value, wire_type, what)
+    if field[1] == VARINT:
+        return [_signed64(field[2])]
+    _expect(field[1], LENGTH, what)
     out = []
-    pos = 0
-    while pos < len(packed):
-        item, pos = read_varint(packed, pos)
+    pos, end = field[2], field[3]
+    while pos < end:
+        item, pos = read_varint(buf, pos, end)
         out.append(_signed64(item))
     return out
 
 
-def _parse_shape(buf: memoryview) -> tuple[tuple[int, ...], bool]:
+def _parse_shape(buf: bytes, field: _Field) -> tuple[tuple[int, ...], bool]:
     dims: list[int] = []
     unknown_rank = False
-    for number, wire_type, value in iter_fields(buf):
-        if number == 2:
+    for sfield in _sub(buf, field, "shape"):
+        if sfield[0] == 2:
             size = 0
-            for dnum, dtype, dvalue in iter_fields(_bytes(value, wire_type, "shape.dim")):
-                if dnum == 1:
-                    size = _int(dvalue, dtype, "shape.dim.size")
+            for dfield in _sub(buf, sfield, "shape.dim"):
+                if dfield[0] == 1:
+                    size = _int(dfield, "shape.dim.size")
             dims.append(size)
-        elif number == 3:
-            unknown_rank = bool(_int(value, wire_type, "shape.unknown_rank"))
+        elif sfield[0] == 3:
+            unknown_rank = bool(_int(sfield, "shape.unknown_rank"))
     return tuple(dims), unknown_rank
 
 
-def _parse_slice(buf: memoryview) -> tuple[SliceExtent, ...]:
+def _parse_slice(buf: bytes, field: _Field) -> tuple[SliceExtent, ...]:
     extents = []
-    for number, wire_type, value in iter_fields(buf):
-        if number == 1:
+    for sfield in _sub(buf, field, "slices"):
+        if sfield[0] == 1:
             start, length = 0, None
-            for enum, etype, evalue in iter_fields(_bytes(value, wire_type, "slice.extent")):
-                if enum == 1:
-                    start = _int(evalue, etype, "slice.extent.start")
-                elif enum == 2:
-                    length = _int(evalue, etype, "slice.extent.length")
+            for efield in _sub(buf, sfield, "slice.extent"):
+                if efield[0] == 1:
+                    start = _int(efield, "slice.extent.start")
+                elif efield[0] == 2:
+                    length = _int(efield, "slice.extent.length")
             extents.append(SliceExtent(start, length))
     return tuple(extents)
 
 
 def parse_bundle_entry(buf: bytes | memoryview) -> BundleEntry:
     """Decode a ``BundleEntryProto`` (the index entry of one tensor)."""
+    data = bytes(buf)
     dtype = shard_id = offset = size = crc = 0
     shape: tuple[int, ...] = ()
     unknown_rank = False
     slices = []
-    for number, wire_type, value in iter_fields(buf):
+    for field in _scan(data, 0, len(data)):
+        number = field[0]
         if number == 1:
-            dtype = _int(value, wire_type, "dtype")
+            dtype = _int(field, "dtype")
         elif number == 2:
-            shape, unknown_rank = _parse_shape(_bytes(value, wire_type, "shape"))
+            shape, unknown_rank = _parse_shape(data, field)
         elif number == 3:
-            shard_id = _int(value, wire_type, "shard_id")
+            shard_id = _int(field, "shard_id")
         elif number == 4:
-            offset = _int(value, wire_type, "offset")
+            offset = _int(field, "offset")
         elif number == 5:
-            size = _int(value, wire_type, "size")
+            size = _int(field, "size")
         elif number == 6:
-            _expect(wire_type, FIXED32, "crc32c")
-            assert isinstance(value, int)
-            crc = value
+            _expect(field[1], FIXED32, "crc32c")
+            crc = field[2]
         elif number == 7:
-            slices.append(_parse_slice(_bytes(value, wire_type, "slices")))
+            slices.append(_parse_slice(data, field))
     return BundleEntry(dtype, shape, unknown_rank, shard_id, offset, size, crc, tuple(slices))
 
 
@@ -287,52 +322,56 @@ class TrackableObject:
 
     children: tuple[ObjectReference, ...] = ()
     attributes: tuple[SerializedTensor, ...] = ()
-    slot_variables: tuple[SlotVariable, ...] = field(default=())
+    slot_variables: tuple[SlotVariable, ...] = ()
 
 
-def _parse_reference(buf: memoryview) -> ObjectReference:
+def _parse_reference(buf: bytes, field: _Field) -> ObjectReference:
+    """An edge: almost always ``08 <node id> 12 <length> <name>``, so that layout is read
+    directly (edges are the bulk of an object graph); anything else is scanned."""
+    _expect(field[1], LENGTH, "children")
+    pos, end = field[2], field[3]
+    if end - pos >= 4 and buf[pos] == 0x08:
+        node_id, at = read_varint(buf, pos + 1, end)
+        if at + 2 <= end and buf[at] == 0x12 and buf[at + 1] < 0x80 and at + 2 + buf[at + 1] == end:
+            try:
+                return ObjectReference(node_id, buf[at + 2 : end].decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise WireError("field children.local_name is not valid UTF-8") from e
     node_id, local_name = 0, ""
-    for number, wire_type, value in iter_fields(buf):
-        if number == 1:
-            node_id = _int(value, wire_type, "children.node_id")
-        elif number == 2:
-            local_name = _str(value, wire_type, "children.local_name")
+    for cfield in _scan(buf, pos, end):
+        if cfield[0] == 1:
+            node_id = _int(cfield, "children.node_id")
+        elif cfield[0] == 2:
+            local_name = _str(buf, cfield, "children.local_name")
     return ObjectReference(node_id, local_name)
 
 
-def _parse_attribute(buf: memoryview) -> SerializedTensor:
-    strings = {1: "", 2: "", 3: ""}
-    for number, wire_type, value in iter_fields(buf):
-        if number in strings:
-            strings[number] = _str(value, wire_type, "attributes")
-    return SerializedTensor(strings[1], strings[2], strings[3])
-
-
-def _parse_slot(buf: memoryview) -> SlotVariable:
-    original, slot_name, slot_node = 0, "", 0
-    for number, wire_type, value in iter_fields(buf):
+def _parse_node(buf: bytes, field: _Field) -> TrackableObject:
+    children, attributes, slots = [], [], []
+    for nfield in _sub(buf, field, "nodes"):
+        number = nfield[0]
         if number == 1:
-            original = _int(value, wire_type, "slot_variables.original_variable_node_id")
+            children.append(_parse_reference(buf, nfield))
         elif number == 2:
-            slot_name = _str(value, wire_type, "slot_variables.slot_name")
+            strings = ["", "", ""]
+            for afield in _sub(buf, nfield, "attributes"):
+                if 1 <= afield[0] <= 3:
+                    strings[afield[0] - 1] = _str(buf, afield, "attributes")
+            attributes.append(SerializedTensor(*strings))
         elif number == 3:
-            slot_node = _int(value, wire_type, "slot_variables.slot_variable_node_id")
-    return SlotVariable(original, slot_name, slot_node)
+            original, slot_name, slot_node = 0, "", 0
+            for sfield in _sub(buf, nfield, "slot_variables"):
+                if sfield[0] == 1:
+                    original = _int(sfield, "slot_variables.original_variable_node_id")
+                elif sfield[0] == 2:
+                    slot_name = _str(buf, sfield, "slot_variables.slot_name")
+                elif sfield[0] == 3:
+                    slot_node = _int(sfield, "slot_variables.slot_variable_node_id")
+            slots.append(SlotVariable(original, slot_name, slot_node))
+    return TrackableObject(tuple(children), tuple(attributes), tuple(slots))
 
 
 def parse_object_graph(buf: bytes | memoryview) -> list[TrackableObject]:
     """Decode a serialized ``TrackableObjectGraph`` into its nodes (node id = list index)."""
-    nodes = []
-    for number, wire_type, value in iter_fields(buf):
-        if number != 1:
-            continue
-        children, attributes, slots = [], [], []
-        for nnum, ntype, nvalue in iter_fields(_bytes(value, wire_type, "nodes")):
-            if nnum == 1:
-                children.append(_parse_reference(_bytes(nvalue, ntype, "children")))
-            elif nnum == 2:
-                attributes.append(_parse_attribute(_bytes(nvalue, ntype, "attributes")))
-            elif nnum == 3:
-                slots.append(_parse_slot(_bytes(nvalue, ntype, "slot_variables")))
-        nodes.append(TrackableObject(tuple(children), tuple(attributes), tuple(slots)))
-    return nodes
+    data = bytes(buf)
+    return [_parse_node(data, field) for field in _scan(data, 0, len(data)) if field[0] == 1]

@@ -439,11 +439,12 @@ def _object_roles(nodes: list[TrackableObject]) -> dict[str, _Role]:
             optimizers.add(i)
     optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
     slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
+    slot_set = set(slots)
 
     seen: set[int] = set()
     weights = _dfs(
         nodes, [0], seen,
-        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slots,
+        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slot_set,
     )
     optimizer_part = _dfs(
         nodes, sorted(optimizers) + slots, seen, blocked=lambda i, edge: edge in _METRIC_EDGES
