@@ -217,22 +217,22 @@ def test_typo_in_a_pattern_fails_plan_and_convert_naming_the_nearest_names(files
 
 
 def test_plan_json_with_a_keras_target(files):
-    """``plan --target MODEL.keras`` builds the target with Keras (in the CLI's process)."""
+    """``plan --target MODEL.keras`` builds the target with Keras (in the CLI's process) and is
+    strict like load_into: the new model's head, which nothing fills, fails the plan."""
     proc = run_cli(
         "plan", files / "pretrained.weights.h5", "--map", SPECS / "seed-transfer-conv.yaml",
-        "--target", files / "transfer_target.keras", "--json", "--lenient",
+        "--target", files / "transfer_target.keras", "--json",
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["ok"] is True
+    assert report["ok"] is False
     assert report["missing"] == ["dense_1/kernel", "dense_1/bias", "dense_2/kernel", "dense_2/bias"]
+    assert report["mismatched"] == [] and report["unused"] == []
     assert [o["name"] for o in report["outputs"]] == ["conv_1/kernel", "conv_1/bias"]
-    strict = run_cli(
-        "plan", files / "pretrained.weights.h5", "--map", SPECS / "seed-transfer-conv.yaml",
-        "--target", files / "transfer_target.keras",
-    )
-    assert strict.returncode == 1
-    assert "4 target weight(s) nothing fills" in strict.stderr
+    assert report["problems"] == [
+        "4 target weight(s) nothing fills: 'dense_1/kernel', 'dense_1/bias', 'dense_2/kernel', 'dense_2/bias'"
+    ]
+    assert "ckptconv: plan: 4 target weight(s) nothing fills" in proc.stderr
 
 
 # -- Hugging Face BERT -> keras-hub -----------------------------------------------------------
