@@ -262,3 +262,17 @@ def test_recorded_checksums_are_checked_on_read(tmp_path: Path) -> None:
         assert info.value.key == "w"
     with ckptconv.open(src, check_crc=False) as store:
         assert store["w"].read().tobytes() == bytes(raw[-256:])
+
+
+def test_a_tensor_named_twice_is_refused(tmp_path: Path) -> None:
+    path = two_tensor_file(tmp_path)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8 : 8 + n].rstrip()
+    entry_b = json.dumps(json.loads(header)["b"]).encode()
+    doubled = header[:-1] + b',"b":' + entry_b + b"}"
+    doubled += b" " * (-len(doubled) % 8)
+    path.write_bytes(struct.pack("<Q", len(doubled)) + doubled + raw[8 + n :])
+    with pytest.raises(CorruptFileError, match="twice") as info:
+        ckptconv.open(path)
+    assert info.value.key == "b"

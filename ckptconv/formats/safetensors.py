@@ -269,9 +269,13 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             )
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
+    except _RepeatedKey as e:
+        raise CorruptFileError(
+            "the header names this tensor twice", path=path, key=e.args[0]
+        ) from None
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
     metadata = _metadata(header.pop("__metadata__", None), path)
@@ -279,6 +283,20 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     tensors = _tensors(header, path)
     _check_layout(tensors, path, size - data_start)
     return Header(path, data_start, tensors, metadata, _checksums(metadata, tensors, path))
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object that refuses repeated keys (json.loads would keep the last silently)."""
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _RepeatedKey(key)
+        result[key] = value
+    return result
 
 
 def _metadata(value: object, path: str) -> dict[str, str]:
