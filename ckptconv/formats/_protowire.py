@@ -12,13 +12,11 @@ into a :class:`~ckptconv.CorruptFileError` naming the file and tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
     "WireError",
     "read_varint",
-    "iter_fields",
     "BundleHeader",
     "BundleEntry",
     "SliceExtent",
@@ -120,17 +118,6 @@ def _scan(buf: bytes, pos: int, end: int) -> list[_Field]:
         else:  # groups (3, 4) are not used by any message read here
             raise WireError(f"unsupported wire type {wire_type}")
     return fields
-
-
-def iter_fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes]]:
-    """Yield ``(field number, wire type, value)`` for each field of a message, in order.
-
-    The value is an ``int`` for varint and fixed fields and ``bytes`` for length-delimited
-    ones (sub-messages, strings, packed repeated scalars).
-    """
-    data = bytes(buf)
-    for number, wire_type, value, end in _scan(data, 0, len(data)):
-        yield number, wire_type, (data[value:end] if wire_type == LENGTH else value)
 
 
 def _expect(wire_type: int, expected: int, what: str) -> None:
