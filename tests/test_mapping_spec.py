@@ -183,6 +183,16 @@ def test_spec_errors_name_the_rule_by_number_and_pattern(tmp_path, rule, message
     assert "\n" not in str(info.value)
 
 
+def test_yaml_values_that_are_not_strings_get_a_quoting_hint(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("rules:\n  - layer: on\n    to_layer: off\n")
+    with pytest.raises(SpecError, match=r"layer: expected a pattern string, received True \(in YAML, quote names"):
+        load_spec(path)
+    path.write_text("rules:\n  - from: a\n    to: null_layer\n  - from: b\n    to: 12\n")
+    with pytest.raises(SpecError, match=r"rule #2 \(from 'b'\): to: expected a name template, received 12"):
+        load_spec(path)
+
+
 def test_top_level_errors(tmp_path):
     with pytest.raises(SpecError, match=r"unknown top-level key 'rule'; did you mean 'rules'\?"):
         load_spec({"rule": []})

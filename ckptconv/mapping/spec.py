@@ -57,6 +57,8 @@ RULE_KEYS = (
 )
 SPEC_KEYS = ("version", "dtype", "passthrough", "rules", "description")
 SUPPORTED_VERSIONS = (1,)
+# YAML reads bare yes/no/on/off/null/numbers as other types
+_QUOTE_HINT = " (in YAML, quote names such as \"no\", \"on\", \"null\" or \"1\")"
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -287,9 +289,9 @@ class Rule:
             raise ValueError(f"drop: expected a pattern, a list of patterns or true, received {self.drop!r}")
         for p in (*from_, *drop_patterns):
             if not isinstance(p, str) or not p:
-                raise ValueError(f"pattern {p!r}: expected a non-empty string")
+                raise ValueError(f"pattern {p!r}: expected a non-empty string{_QUOTE_HINT}")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
-            raise ValueError(f"layer: expected a pattern string, received {self.layer!r}")
+            raise ValueError(f"layer: expected a pattern string, received {self.layer!r}{_QUOTE_HINT}")
         if not (from_ or drop_patterns or self.layer is not None):
             raise ValueError("a rule needs a selector: from, drop or layer")
         if drop_patterns and from_:
@@ -345,15 +347,17 @@ class Rule:
             if split.count != len(to):
                 raise ValueError(f"split makes {split.count} parts but to lists {len(to)} names")
             self._set("to", tuple(to))
-        elif self.to is not None and not isinstance(self.to, str):
+        elif isinstance(self.to, (list, tuple)):
             raise ValueError("to: a list of names needs split; give one name template")
+        elif self.to is not None and not isinstance(self.to, str):
+            raise ValueError(f"to: expected a name template, received {self.to!r}{_QUOTE_HINT}")
         for kind in ("concat", "stack"):
             if getattr(self, kind) is not None:
                 self._set(kind, _parse_join(getattr(self, kind), kind))
                 if not isinstance(self.to, str):
                     raise ValueError(f"{kind}: give to as one output name template")
         if self.to_layer is not None and not isinstance(self.to_layer, str):
-            raise ValueError(f"to_layer: expected a layer name template, received {self.to_layer!r}")
+            raise ValueError(f"to_layer: expected a layer name template, received {self.to_layer!r}{_QUOTE_HINT}")
 
 
     def _compile(self, from_: tuple[str, ...], drop_patterns: tuple[str, ...]) -> None:
