@@ -315,3 +315,26 @@ def test_import_ckptconv_imports_no_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_tf_checkpoint_of_a_keras3_sequential_model_names_the_model(tmp_path, line):
+    """tf.train.Checkpoint records a Keras 3 Sequential's variable paths with the model's name
+    in front (``seq/d0/kernel``); that name is not part of the target names."""
+    import tensorflow as tf
+
+    def seq(k):
+        k.backend.clear_session()
+        return k.Sequential([k.Input((3,)), k.layers.Dense(2, name="d0"), k.layers.Dense(1, name="d1")], name="seq")
+
+    source = seq(keras)
+    rng = np.random.default_rng(5)
+    source.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in source.get_weights()])
+    tf.train.Checkpoint(model=source).write(str(tmp_path / "ckpt"))
+    with ckptconv.open(tmp_path / "ckpt") as store:
+        assert "seq/d0/kernel" in store
+        model = seq(keras if line == "keras" else tf_keras)
+        report = load_into(model, store)
+    assert report.ok and report.loaded[0].source == "seq/d0/kernel"
+    for got, want in zip(model.get_weights(), source.get_weights()):
+        assert_bit_exact(got, want, "seq")

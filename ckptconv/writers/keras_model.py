@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -815,6 +815,28 @@ def _matches_path_or_parent(pattern: re.Pattern[str], path: str) -> bool:
 # The entry point
 
 
+def _without_model_name(live: _Model, store: Store) -> tuple[Store, dict[str, str]]:
+    """A view of ``store`` where ``MODEL/x`` names ``x`` when ``x`` is a variable of the model.
+
+    Keras 3 puts a Sequential or subclassed model's own name in front of its variables'
+    paths, and TensorFlow checkpoints of such models record it (``seq/dense/kernel``); no
+    Keras file does. Only names that then match a variable, and that the store does not have
+    already, are changed. Returns the view and ``{new name: recorded name}``.
+    """
+    prefix = live.name + "/"
+    targets = {v.name for v in live.vars}
+    renames: dict[str, str] = {}
+    for name in store:
+        short = name[len(prefix) :]
+        if name.startswith(prefix) and name not in targets and short in targets and short not in store:
+            renames[name] = short
+    if not renames:
+        return store, {}
+    entries = [store[n].renamed(renames[n]) if n in renames else store[n] for n in store]
+    view = Store(entries, format=store.format, path=store.path, files=store.files, metadata=store.metadata)
+    return view, {short: name for name, short in renames.items()}
+
+
 def _open_source(source: Any) -> tuple[Store, bool]:
     """A store for ``source`` and whether this call opened it (and must close it)."""
     if isinstance(source, Store):
@@ -898,9 +920,14 @@ def load_into(
         if by_order:
             match = _match_by_order(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
         else:
+            view, original = (store, {}) if mapping is not None else _without_model_name(live, store)
             match = _match_by_plan(
-                live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype
+                live, view, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype
             )
+            if original:
+                match.report.loaded = [
+                    replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded
+                ]
         report = match.report
         report.strict = strict
         if strict and report.problems:
