@@ -291,6 +291,23 @@ def test_missing_data_shard_is_named_at_open(tf_dir: Path, tmp_path: Path) -> No
     assert "data-00002-of-00005" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_missing_index_is_named(tf_dir: Path, tmp_path: Path) -> None:
+    prefix = copy_case(tf_dir, "sharded", tmp_path)
+    Path(prefix + ".index").unlink()
+    for path in (prefix, prefix + ".data-00001-of-00005"):
+        with pytest.raises(ckptconv.CorruptFileError, match="index is missing") as info:
+            ckptconv.open(path)
+        assert info.value.path == prefix + ".index"
+
+
+def test_state_file_naming_a_missing_checkpoint(tf_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "stale"
+    shutil.copytree(tf_dir / "tf1", copy)
+    (copy / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-9"\n')
+    with pytest.raises(ckptconv.CorruptFileError, match="model.ckpt-9.index lists its tensors"):
+        ckptconv.open(copy)
+
+
 def test_truncated_data_file_is_corrupt_at_open(tf_dir: Path, tmp_path: Path) -> None:
     prefix = copy_case(tf_dir, "sm_module", tmp_path)
     data = Path(prefix + ".data-00000-of-00001")

@@ -176,13 +176,13 @@ def _locate(path: Path) -> _Located | list[str] | None:
 
 
 def _is_index(prefix: str) -> bool:
-    """``prefix.index`` ends in the table magic, or sits next to its data files (then a damaged
-    magic is reported as damage by ``open`` rather than as an unknown format)."""
+    """``prefix.index`` ends in the table magic, or ``prefix`` has data files (then a damaged
+    or missing index is reported as such by ``open`` rather than as an unknown format)."""
     index = f"{prefix}.index"
     if tb.has_table_magic(index):
         return True
-    data = f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-*"
-    return os.path.isfile(index) and bool(glob.glob(data))
+    data = f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
+    return not os.path.isdir(index) and bool(glob.glob(data))
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -719,8 +719,9 @@ def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  #
     index_path = f"{located.prefix}.index"
     if not os.path.isfile(index_path):
         raise CorruptFileError(
-            f"the checkpoint state file names {located.prefix}, whose .index does not exist",
-            path=path,
+            f"the checkpoint's index is missing: {os.path.basename(index_path)} lists its "
+            "tensors; copy it along with the .data-* files",
+            path=index_path,
         )
     index = _read_index(index_path)
     files = _check_data_files(index, located.prefix)
