@@ -461,3 +461,25 @@ def test_greedy_sharding_invariants() -> None:
                 assert group and total + groups[i + 1][0].nbytes > limit
 
     check()
+
+
+def test_a_failing_disk_write_is_an_output_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """The OS refuses the write (here: a file size limit, EFBIG); the message names the output."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        import numpy as np
+        from ckptconv import Output, OutputError, write_safetensors
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        outs = [Output("big", (1_000_000,), np.float32, lambda: np.ones(1_000_000, np.float32))]
+        try:
+            write_safetensors(outs, {str(tmp_path / 'x.safetensors')!r})
+        except OutputError as e:
+            print(e)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{tmp_path / 'x.safetensors'}: cannot write the output: File too large")
+    assert listing(tmp_path) == []

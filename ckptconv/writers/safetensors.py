@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import re
@@ -227,9 +228,9 @@ def write_safetensors(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
                 ensure_ascii=False,
             ).encode("utf-8") + b"\n"
-            _write_all(fd, memoryview(body))
+            _write_all(fd, memoryview(body), path=index)
             if fsync:
-                os.fsync(fd)
+                _fsync(fd, index)
             temps.close(fd)
         pairs = list(zip(temps.paths[: len(finals)], finals))
         if index_tmp is not None:
@@ -457,7 +458,7 @@ def _write_file(
     checker: _Checksummer,
 ) -> dict[str, int]:
     head = _header(slots, meta, {} if checksum else None)
-    out = _Sink(fd, checker, fsync=fsync)
+    out = _Sink(fd, checker, fsync=fsync, path=dst)
     out.write(memoryview(head), None)
     crcs: dict[str, int] = {}
     for slot in slots:
@@ -485,7 +486,7 @@ def _write_file(
     if checksum:
         patched = _header(slots, meta, crcs)
         assert len(patched) == len(head), "the checksum placeholders changed the header length"
-        _pwrite_all(fd, memoryview(patched), 0)
+        _pwrite_all(fd, memoryview(patched), 0, path=dst)
     out.finish()
     return crcs
 
@@ -590,8 +591,9 @@ class _Sink:
     checksum thread has finished with it, so memory stays at ``_BUFFERS * _CHUNK``.
     """
 
-    def __init__(self, fd: int, checker: _Checksummer, *, fsync: bool) -> None:
+    def __init__(self, fd: int, checker: _Checksummer, *, fsync: bool, path: str) -> None:
         self.fd = fd
+        self.path = path
         self.checker = checker
         self.fsync = fsync
         self.offset = 0
@@ -616,7 +618,7 @@ class _Sink:
 
         ``slot``: the ring buffer ``data`` lives in, which stays reserved until checksummed.
         """
-        _write_all(self.fd, data)
+        _write_all(self.fd, data, path=self.path)
         self.offset += len(data)
         if name is not None and len(data):
             future = self.checker.update(name, data)
@@ -634,7 +636,7 @@ class _Sink:
     def finish(self) -> None:
         self.checker.drain()
         if self.fsync:
-            os.fsync(self.fd)
+            _fsync(self.fd, self.path)
 
 
 _WRITEBACK_STEP = 64 << 20
@@ -662,17 +664,40 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # best effort
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while len(data):
-        n = os.write(fd, data)
-        data = data[n:]
+def _write_all(fd: int, data: memoryview, *, path: str) -> None:
+    try:
+        while len(data):
+            n = os.write(fd, data)
+            data = data[n:]
+    except OSError as e:
+        raise _write_error(e, path) from e
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while len(data):
-        n = os.pwrite(fd, data, offset)
-        data = data[n:]
-        offset += n
+def _pwrite_all(fd: int, data: memoryview, offset: int, *, path: str) -> None:
+    try:
+        while len(data):
+            n = os.pwrite(fd, data, offset)
+            data = data[n:]
+            offset += n
+    except OSError as e:
+        raise _write_error(e, path) from e
+
+
+def _fsync(fd: int, path: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise _write_error(e, path) from e
+
+
+def _write_error(error: OSError, path: str) -> OutputError:
+    return OutputError(
+        f"cannot write the output: {error.strerror or error}; nothing was written "
+        "(free some space or choose another directory)"
+        if error.errno == errno.ENOSPC
+        else f"cannot write the output: {error.strerror or error}; nothing was written",
+        path=path,
+    )
 
 
 class _Checksummer:
