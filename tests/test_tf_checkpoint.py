@@ -21,7 +21,7 @@ import ckptconv
 from ckptconv.convert import convert as convert_checkpoint
 from ckptconv.formats import _tensorbundle as tb
 from ckptconv.formats import tf_checkpoint
-from ckptconv.formats._protowire import parse_bundle_entry
+from ckptconv.formats._protowire import SliceExtent, parse_bundle_entry
 from tests.conftest import run_cli
 from tests.helpers import Expected, assert_bit_exact, load_expected
 
@@ -392,6 +392,23 @@ def test_absurd_shard_count_stops_at_the_first_missing_shard(tf_dir: Path, tmp_p
     rewritten(prefix, header)
     with pytest.raises(ckptconv.CorruptFileError, match="data-00000-of-1000000000 .*missing"):
         ckptconv.open(prefix)
+
+
+def test_slices_that_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path: Path) -> None:
+    """Drop one slice from the whole variable's list too: the rest no longer tile it."""
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    i = [k for k, _ in entries].index(b"part/w")
+    value = entries[i][1]
+    assert parse_bundle_entry(value).slices[2][0] == SliceExtent(200, 100)
+    # the third slice proto: extent {start: 200, length: 100} then extent {length: 3}
+    third = b"\x3a\x0b\x0a\x05\x08\xc8\x01\x10\x64\x0a\x02\x10\x03"
+    assert value.count(third) == 1, value.hex()
+    entries[i] = (b"part/w", value.replace(third, b""))
+    write_table(prefix + ".index", entries)
+    with pytest.raises(ckptconv.CorruptFileError, match="cover 600 of the variable's 900") as info:
+        ckptconv.open(prefix)
+    assert info.value.key == "part/w"
 
 
 def test_big_endian_bundle_is_refused(tf_dir: Path, tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ class _Located:
 def _read_state_file(path: Path) -> str | None:
     """``model_checkpoint_path`` of a ``checkpoint`` state file (a text-format proto)."""
     try:
-        text = path.read_bytes()[: 1 << 20]
+        with path.open("rb") as f:
+            text = f.read(1 << 20)  # a few lines; never read a huge stray file whole
     except OSError:
         return None
     match = re.search(rb'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
@@ -609,6 +610,13 @@ def _partitioned_loader(
             _tensor_reader, files[part.shard_id], part, dtype, check_crc=check_crc, key=name
         )
         parts.append((tuple(where), reader))
+    # TensorFlow's slices tile the variable; a gap would leave uninitialized memory
+    covered = sum(math.prod(s.stop - s.start for s in where) for where, _ in parts)
+    if covered != math.prod(entry.shape):
+        raise CorruptFileError(
+            f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
+            path=index.index_path, key=name,
+        )
     return partial(_read_partitioned, parts, entry.shape, dtype)
 
 
