@@ -33,7 +33,7 @@ __all__ = [
     "Split",
     "Concat",
     "Stack",
-    "OverflowProblem",
+    "ExecutionProblem",
     "blocked_transpose_2d",
     "parse_slice",
 ]
@@ -51,8 +51,9 @@ class OpError(Exception):
     """An op does not apply to the shape/dtype it was given (a plan problem, not a crash)."""
 
 
-class OverflowProblem(Exception):
-    """A cast met values the target dtype cannot hold (raised at execution time)."""
+class ExecutionProblem(Exception):
+    """An op failed on the data at execution time: a cast met values the target dtype cannot
+    hold, or a callable returned another shape or dtype than the plan inferred."""
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -370,7 +371,7 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     twice).
 
     Raises:
-        OverflowProblem: finite values became infinite, or values do not fit an integer type,
+        ExecutionProblem: finite values became infinite, or values do not fit an integer type,
             and ``allow_overflow`` is False.
     """
     dtype = np.dtype(dtype)
@@ -385,7 +386,7 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
         if check_int:
             problem = _check_int_range(chunk, dtype)
             if problem:
-                raise OverflowProblem(problem)
+                raise ExecutionProblem(problem)
         part = dst[start : start + _CAST_CHUNK]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
             if via_odd:
@@ -396,7 +397,7 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
             made = int(np.count_nonzero(np.isinf(part)))
             had = int(np.count_nonzero(np.isinf(chunk))) if is_floating(chunk.dtype) else 0
             if made > had:
-                raise OverflowProblem(
+                raise ExecutionProblem(
                     f"{made - had} finite value(s) overflow to inf in {dtype_name(dtype)} "
                     f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
                     "weights or set allow_overflow: true on the rule"
@@ -459,14 +460,6 @@ def _float32_round_to_odd(chunk: np.ndarray) -> np.ndarray:
 
 
 # -- squeeze / expand_dims ---------------------------------------------------------------------
-
-
-def _axes_tuple(axis: int | Sequence[int] | None) -> tuple[int, ...] | None:
-    if axis is None:
-        return None
-    if isinstance(axis, int):
-        return (axis,)
-    return tuple(axis)
 
 
 @dataclass(frozen=True, repr=False)
@@ -575,7 +568,7 @@ class FnOp(Op):
     def apply(self, array, out_shape, out_dtype):
         result = np.asarray(self.fn(array))
         if result.shape != tuple(out_shape) or result.dtype != out_dtype:
-            raise OverflowProblem(
+            raise ExecutionProblem(
                 f"callable {_fn_name(self.fn)} returned shape {_fmt(result.shape)} "
                 f"{dtype_name(result.dtype)}, the plan expected {_fmt(out_shape)} {dtype_name(out_dtype)}"
             )

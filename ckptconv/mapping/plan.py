@@ -23,7 +23,7 @@ from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
 from ..store import Entry, Output, Store
-from .ops import Cast, Op, OpError, OverflowProblem, Split, Transpose
+from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
@@ -465,7 +465,7 @@ class _Builder:
             try:
                 array = _run_steps(cache.get(entry), steps)
                 return _finish(array, shape, dtype, what=f"{label}: output {name!r}")
-            except OverflowProblem as e:
+            except ExecutionProblem as e:
                 raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name) from None
             finally:
                 cache.release(entry)
@@ -574,7 +574,7 @@ class _Builder:
             try:
                 joined = join.apply_many([cache.get(e) for e in entries])
                 return _finish(_run_steps(joined, steps), shape, dtype, what=f"{label}: output {name!r}")
-            except OverflowProblem as e:
+            except ExecutionProblem as e:
                 raise PlanError([f"{label}: output {name!r}: {e}"], path=path, key=name) from None
             finally:
                 for e in entries:
@@ -715,7 +715,7 @@ class _SplitShared:
             try:
                 part = self.split.apply_split(self.cache.get(self.entry))[i]
                 return _finish(_run_steps(part, steps), shape, dtype, what=f"{label}: output {name!r}")
-            except OverflowProblem as e:
+            except ExecutionProblem as e:
                 raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, key=name) from None
             finally:
                 self.cache.release(self.entry)
