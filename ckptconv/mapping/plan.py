@@ -283,7 +283,6 @@ class _Builder:
         self.problems: list[str] = []
         self.cache = _SourceCache()
         self.planned: list[_Planned] = []
-        self.dropped: dict[str, Rule] = {}
 
     # ownership
 
