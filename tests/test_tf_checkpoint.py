@@ -117,7 +117,8 @@ def test_tf1_partitioned_variable_is_one_entry(tf_dir: Path) -> None:
         assert "part/w" in store and store["part/w"].shape == (300, 3)
         assert not any(key.startswith("\x00") for key in (e.key for e in store.entries(include_all=True)))
         weights = [e.name for e in store.entries()]
-        assert weights == ["dense1/bias", "dense1/kernel", "part/w"]
+        assert weights == ["dense1/bias", "dense1/kernel", "part/cols", "part/w"]
+        assert store["part/cols"].shape == (4, 9)  # split along columns
         assert [e.name for e in store.layers()["dense1"]] == ["dense1/kernel", "dense1/bias"]
 
 
@@ -440,9 +441,12 @@ def test_slice_keys_match_the_keys_tensorflow_wrote(tf_dir: Path) -> None:
     table = dict(tb.read_table(prefix + ".index"))
     written = sorted(k for k in table if k.startswith(b"\x00"))
     ours = sorted(
-        tb.slice_key(name, [(start, 100), (0, 3)])
-        for name in ("part/w", "part/w/Adam", "part/w/Adam_1")
-        for start in (0, 100, 200)
+        [tb.slice_key(name, [(start, 100), (0, 3)])
+         for name in ("part/w", "part/w/Adam", "part/w/Adam_1")
+         for start in (0, 100, 200)]
+        + [tb.slice_key(name, [(0, 4), (start, 3)])
+           for name in ("part/cols", "part/cols/Adam", "part/cols/Adam_1")
+           for start in (0, 3, 6)]
     )
     assert ours == written
 

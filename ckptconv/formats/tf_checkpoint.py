@@ -331,10 +331,18 @@ def _crc_mismatch(path: str, key: str, stored: int, actual: int) -> IntegrityErr
 
 
 def _read_numeric(
-    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str
+    path: str,
+    entry: BundleEntry,
+    dtype: np.dtype,
+    *,
+    check_crc: bool,
+    key: str,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One ``pread`` into a fresh array, then the CRC-32C check over the bytes read."""
-    out = np.empty(entry.shape, dtype=dtype)
+    """One ``pread`` into a fresh array (or into ``out``, a C-contiguous array of the
+    entry's shape), then the CRC-32C check over the bytes read."""
+    if out is None:
+        out = np.empty(entry.shape, dtype=dtype)
     raw = out.reshape(-1).view(np.uint8)
     _pread(path, entry.offset, memoryview(raw), key=key)
     if check_crc:
@@ -361,14 +369,22 @@ def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -
 
 
 def _read_partitioned(
-    parts: list[tuple[tuple[slice, ...], Callable[[], np.ndarray]]],
+    parts: list[tuple[tuple[slice, ...], str, BundleEntry]],
     shape: tuple[int, ...],
     dtype: np.dtype,
+    *,
+    check_crc: bool,
+    key: str,
 ) -> np.ndarray:
-    """Assemble a partitioned variable from its slices (each read and checked on its own)."""
+    """Assemble a partitioned variable from its slices, each read and checked on its own;
+    a slice that is a contiguous block of the result (whole rows) is read in place."""
     out = np.empty(shape, dtype=dtype)
-    for where, read in parts:
-        out[where] = read()
+    for where, path, part in parts:
+        target = out[where]
+        if part.dtype != _STRING and target.flags.c_contiguous:
+            _read_numeric(path, part, dtype, check_crc=check_crc, key=key, out=target)
+        else:
+            target[...] = _tensor_reader(path, part, dtype, check_crc=check_crc, key=key)
     return out
 
 
@@ -606,18 +622,15 @@ def _partitioned_loader(
                 path=index.index_path, key=name,
             )
         _check_size(part, dtype, files[part.shard_id], name)
-        reader = partial(
-            _tensor_reader, files[part.shard_id], part, dtype, check_crc=check_crc, key=name
-        )
-        parts.append((tuple(where), reader))
+        parts.append((tuple(where), files[part.shard_id], part))
     # TensorFlow's slices tile the variable; a gap would leave uninitialized memory
-    covered = sum(math.prod(s.stop - s.start for s in where) for where, _ in parts)
+    covered = sum(math.prod(s.stop - s.start for s in where) for where, _, _ in parts)
     if covered != math.prod(entry.shape):
         raise CorruptFileError(
             f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
             path=index.index_path, key=name,
         )
-    return partial(_read_partitioned, parts, entry.shape, dtype)
+    return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, key=name)
 
 
 def _tensor_reader(

@@ -117,8 +117,12 @@ def case_tf1() -> None:
             # 300 rows in 3 parts: slice starts of 100 and 200 take multi-byte slice-key numbers
             wp = tf.compat.v1.get_variable(
                 "w", shape=(300, 3), partitioner=tf.compat.v1.fixed_size_partitioner(3))
+            # split along columns: each slice is a strided block of the whole
+            wc = tf.compat.v1.get_variable(
+                "cols", shape=(4, 9), partitioner=tf.compat.v1.fixed_size_partitioner(3, axis=1))
         h = tf.nn.relu(tf.matmul(x, w1) + b1)
-        loss = tf.reduce_sum(h) + tf.reduce_sum(tf.matmul(tf.ones((2, 300)), wp))
+        loss = (tf.reduce_sum(h) + tf.reduce_sum(tf.matmul(tf.ones((2, 300)), wp))
+                + tf.reduce_sum(tf.matmul(tf.ones((2, 4)), wc)))
         step = tf.compat.v1.train.get_or_create_global_step()
         train = tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss, global_step=step)
         saver = tf.compat.v1.train.Saver()
