@@ -1,7 +1,7 @@
 """Benchmark: ``ckptconv.load_into`` against Keras' own ``model.load_weights``.
 
 Builds a Keras 3 model of N Dense 2048x2048 layers (16 by default: 256 MiB of float32), saves it
-as ``.weights.h5``, legacy ``.h5``, ``.keras`` and safetensors, then times (best of R interleaved rounds, warm
+as ``.weights.h5``, legacy ``.h5``, ``.keras``, safetensors and a TF checkpoint, then times (best of R interleaved rounds, warm
 page cache) loading each into a fresh model of the same architecture, and prints the ratio to
 Keras' ``load_weights`` from ``.weights.h5`` (the reference the project targets: <= 1.0).
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "legacy .h5": d / "m.h5",
         ".keras": d / "m.keras",
         "safetensors": d / "m.safetensors",
+        "TF checkpoint": d / "ckpt",
     }
     src.save_weights(files[".weights.h5"])
     src.save(files["legacy .h5"])
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         {f"d{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}": w for i, w in enumerate(src.get_weights())},
         str(files["safetensors"]),
     )
+    import tensorflow as tf
+
+    tf.train.Checkpoint(model=src).write(str(files["TF checkpoint"]))
     reference = src.get_weights()
     del src
     size = files[".weights.h5"].stat().st_size
@@ -106,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(1, ("keras load_weights", ".keras", t, [t]))
     base = rows[0][2]
 
-    print(f"{'loader':<20} {'from':<12} {'best s':>8} {'median s':>9} {'ratio':>7}")
+    print(f"{'loader':<20} {'from':<14} {'best s':>8} {'median s':>9} {'ratio':>7}")
     for who, fmt, best, all_times in rows:
-        print(f"{who:<20} {fmt:<12} {best:8.3f} {statistics.median(all_times):9.3f} {best / base:7.2f}")
+        print(f"{who:<20} {fmt:<14} {best:8.3f} {statistics.median(all_times):9.3f} {best / base:7.2f}")
     tmp.cleanup()
     return 0
 

@@ -338,3 +338,21 @@ def test_tf_checkpoint_of_a_keras3_sequential_model_names_the_model(tmp_path, li
     assert report.ok and report.loaded[0].source == "seq/d0/kernel"
     for got, want in zip(model.get_weights(), source.get_weights()):
         assert_bit_exact(got, want, "seq")
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_bfloat16_model_from_float32_with_dtype_option(line):
+    import ml_dtypes
+
+    k = keras if line == "keras" else tf_keras
+    k.backend.clear_session()
+    model = k.Sequential([k.Input((3,)), k.layers.Dense(4, name="d", dtype="bfloat16")])
+    rng = np.random.default_rng(7)
+    source = {"d/kernel": rng.standard_normal((3, 4)).astype(np.float32),
+              "d/bias": rng.standard_normal(4).astype(np.float32)}
+    with pytest.raises(LoadError, match="bfloat16.*float32"):
+        load_into(model, source)
+    report = load_into(model, source, dtype="bfloat16")
+    assert report.ok and [w.dtype for w in report.loaded] == ["bfloat16", "bfloat16"]
+    kernel = np.asarray(model.get_layer("d").weights[0].numpy())
+    assert_bit_exact(kernel, source["d/kernel"].astype(ml_dtypes.bfloat16), "d/kernel")
