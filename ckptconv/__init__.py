@@ -23,6 +23,7 @@ from .errors import (
     UnsafeInputError,
     UnsupportedError,
 )
+from .convert import ConvertResult, convert
 from .formats import open
 from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
 from .store import ByteRange, Entry, Output, Store
@@ -45,15 +46,18 @@ __all__ = [
     "build_plan",
     "Plan",
     "TargetTensor",
-    # writing and verifying safetensors
+    # converting and writing safetensors
+    "convert",
+    "ConvertResult",
     "write_safetensors",
-    "load_into",
-    "LoadReport",
     "WriteResult",
     "parse_size",
     "verify_file",
     "VerifyResult",
     "Mismatch",
+    # live models
+    "load_into",
+    "LoadReport",
     # errors
     "CkptconvError",
     "CorruptFileError",

@@ -99,7 +99,7 @@ def convert(
         skipped: list[tuple[str, str]] = []
         for output in plan.outputs:
             if output.dtype.kind == "O":
-                skipped.append((output.name, "string tensor: safetensors has no string dtype"))
+                skipped.append((output.name, "string or variant tensor: safetensors has no such dtype"))
             else:
                 outputs.append(output)
         metadata = {
