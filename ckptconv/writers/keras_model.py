@@ -147,7 +147,7 @@ class LoadReport:
                 )
                 for m in self.mismatched
             ]
-            lines += _section("mismatched", ("target", "expected", "source has", "why"), rows)
+            lines += _section("mismatched", ("target", "expected", "source has", "source: why"), rows)
         if self.missing:
             rows = [(w.name, _shape_text(w.shape), w.dtype) for w in self.missing]
             lines += _section("missing (kept their values)", ("target", "shape", "dtype"), rows)
@@ -520,10 +520,10 @@ def _check_pair(
 
 
 def _castable(src: np.dtype, dst: np.dtype) -> bool:
-    numeric = "biuf"
-    src_ok = src.kind in numeric or is_floating(src)
-    dst_ok = dst.kind in numeric or is_floating(dst)
-    return src_ok and dst_ok
+    """Float to float, integer to integer or to float; never float to integer (truncation)."""
+    if is_floating(dst):
+        return is_floating(src) or src.kind in "biu"
+    return src.kind in "biu" and dst.kind in "biu"
 
 
 def _casting(
