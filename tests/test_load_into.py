@@ -55,6 +55,22 @@ def fresh_twin(line: str):
     return (build_keras3 if line == "keras" else build_tf_keras)(module)
 
 
+_TWINS: dict[str, tuple[object, list[np.ndarray]]] = {}
+
+
+def twin(line: str):
+    """One twin per Keras line, reset to its initial values and all-trainable on every call
+    (building costs more than the load itself; the format tests build fresh ones)."""
+    if line not in _TWINS:
+        model = fresh_twin(line)
+        _TWINS[line] = (model, [w.copy() for w in model.get_weights()])
+    model, initial = _TWINS[line]
+    model.trainable = False  # setting True on a model that already is does not propagate
+    model.trainable = True
+    model.set_weights(initial)
+    return model
+
+
 def variables_by_name(model) -> dict[str, np.ndarray]:
     """Every variable's current value, by the canonical name (same order as model_targets)."""
     from ckptconv.writers.keras_model import _Model
@@ -92,11 +108,11 @@ def test_every_format_into_both_twins_bit_exact(fixtures, expected, line, source
 
 @pytest.mark.parametrize("line", LINES)
 def test_load_from_path_and_from_arrays(fixtures, expected, line):
-    model = fresh_twin(line)
+    model = twin(line)
     load_into(model, str(fixtures / "k3.weights.h5"))
     assert_all_equal(model, expected)
 
-    model = fresh_twin(line)
+    model = twin(line)
     report = load_into(model, dict(expected))
     assert report.ok
     assert_all_equal(model, expected)
@@ -104,7 +120,7 @@ def test_load_from_path_and_from_arrays(fixtures, expected, line):
 
 def test_targets_have_the_names_files_record(fixtures, expected):
     for line in LINES:
-        targets = model_targets(fresh_twin(line))
+        targets = model_targets(twin(line))
         assert list(targets) == list(expected)  # names and the model's weight order
         for name, target in targets.items():
             assert tuple(target.shape) == expected[name].shape
@@ -126,7 +142,7 @@ def broken_source(expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("line", LINES)
 def test_strict_failure_lists_every_problem_and_changes_nothing(expected, line):
-    model = fresh_twin(line)
+    model = twin(line)
     before = variables_by_name(model)
     with pytest.raises(LoadError, match="3 problems.*nothing was changed") as info:
         load_into(model, broken_source(expected))
@@ -154,7 +170,7 @@ def test_a_read_failing_midway_restores_every_variable(expected, line):
             ckptconv.Entry(name, key=name, shape=array.shape, dtype=array.dtype, path="x", loader=loader)
         )
     store = Store(entries, format="memory", path="x")
-    model = fresh_twin(line)
+    model = twin(line)
     before = variables_by_name(model)
     with pytest.raises(ckptconv.CorruptFileError, match="simulated"):
         load_into(model, store)
@@ -163,7 +179,7 @@ def test_a_read_failing_midway_restores_every_variable(expected, line):
 
 @pytest.mark.parametrize("line", LINES)
 def test_non_strict_loads_what_fits_and_reports_the_rest(expected, line):
-    model = fresh_twin(line)
+    model = twin(line)
     before = variables_by_name(model)
     report = load_into(model, broken_source(expected), strict=False)
     assert report.applied and not report.ok
@@ -190,7 +206,7 @@ def test_optimizer_entries_never_count_as_unused(expected):
         path="<memory>", loader=lambda: np.array(3), kind="bookkeeping",
     )
     store = Store([*store.values(), opt], format="memory", path="<memory>")
-    model = fresh_twin("keras")
+    model = twin("keras")
     report = load_into(model, store, only="emb")
     assert report.ok and [w.name for w in report.loaded] == ["emb/embeddings"]
     with pytest.raises(LoadError, match="optimizer/iterations"):
@@ -200,7 +216,7 @@ def test_optimizer_entries_never_count_as_unused(expected):
 @pytest.mark.parametrize("line", LINES)
 def test_dtype_differences_are_mismatches_unless_cast(expected, line):
     arrays = {k: v.astype(np.float16) if k == "head/kernel" else v for k, v in expected.items()}
-    model = fresh_twin(line)
+    model = twin(line)
     with pytest.raises(LoadError, match="head/kernel.*float32.*float16.*cast=True"):
         load_into(model, arrays)
     report = load_into(model, arrays, cast=True)
@@ -222,14 +238,14 @@ def test_cast_refuses_overflow_and_changes_nothing():
 @pytest.mark.parametrize("line", LINES)
 def test_match_by_order_ignores_names(expected, line):
     # Meaningless names, in the model's order: layer i, weight j.
-    targets = model_targets(fresh_twin(line))
+    targets = model_targets(twin(line))
     layers: dict[str, int] = {}
     arrays = {}
     for name in targets:
         layer = name.rsplit("/", 1)[0]
         i = layers.setdefault(layer, len(layers))
         arrays[f"L{i:02d}/w{sum(k.startswith(f'L{i:02d}/') for k in arrays)}"] = expected[name]
-    model = fresh_twin(line)
+    model = twin(line)
     with pytest.raises(LoadError):
         load_into(model, arrays)  # by name nothing matches
     report = load_into(model, arrays, by_order=True)
@@ -239,7 +255,7 @@ def test_match_by_order_ignores_names(expected, line):
 
 def test_match_by_order_reports_layers_that_do_not_line_up(expected):
     arrays = {"a/w0": expected["emb/embeddings"], "b/w0": expected["conv/kernel"]}
-    model = fresh_twin("keras")
+    model = twin("keras")
     with pytest.raises(LoadError) as info:
         load_into(model, arrays, by_order=True)
     problems = info.value.problems
@@ -250,7 +266,7 @@ def test_match_by_order_reports_layers_that_do_not_line_up(expected):
 @pytest.mark.parametrize("line", LINES)
 def test_only_loads_a_part_and_leaves_the_rest(expected, line):
     part = {k: v for k, v in expected.items() if k.startswith(("block/", "head/"))}
-    model = fresh_twin(line)
+    model = twin(line)
     before = variables_by_name(model)
     with pytest.raises(LoadError, match="missing"):
         load_into(model, part)
@@ -265,7 +281,7 @@ def test_only_loads_a_part_and_leaves_the_rest(expected, line):
 
 @pytest.mark.parametrize("line", LINES)
 def test_freeze_sets_trainable_false_on_loaded_layers(expected, line):
-    model = fresh_twin(line)
+    model = twin(line)
     part = {k: v for k, v in expected.items() if k.startswith(("block/", "conv/"))}
     report = load_into(model, part, only=["block", "conv"], freeze=True)
     assert sorted(report.frozen) == ["block/inner_a", "block/inner_b", "conv"]
@@ -276,14 +292,14 @@ def test_freeze_sets_trainable_false_on_loaded_layers(expected, line):
     trainable = {id(v) for v in model.trainable_weights}
     assert not any(id(v) in trainable for v in model.get_layer("conv").weights)
 
-    model = fresh_twin(line)
+    model = twin(line)
     report = load_into(model, expected, freeze="block/*")
     assert sorted(report.frozen) == ["block/inner_a", "block/inner_b"]
     assert model.get_layer("conv").trainable is True
 
 
 def test_report_prints_as_a_table_and_json(expected):
-    model = fresh_twin("keras")
+    model = twin("keras")
     report = load_into(model, broken_source(expected), strict=False)
     assert isinstance(report, LoadReport)
     text = str(report)
