@@ -609,7 +609,7 @@ class _Sink:
         if pending is not None:
             pending.result()
         if len(buf) < size:
-            buf = memoryview(bytearray(max(size, _CHUNK)))
+            buf = memoryview(bytearray(size))  # only as big as asked: small tensors keep RSS small
         self._ring[slot] = (buf, None)
         return slot, buf[:size]
 
