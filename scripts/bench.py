@@ -112,6 +112,8 @@ class Run:
     wall: float
     seconds: float  # the reported time: inner when the case reports one, else wall
     rss: int  # bytes
+    cpu: float = 0.0  # user + system CPU seconds of the whole process
+    load: float = 0.0  # 1-minute load average when the run started
     ok: bool | None = None
     error: str | None = None
 
@@ -351,10 +353,12 @@ def remove(paths: list[str]) -> None:
 def measure(case: Case, cache: str, logdir: str) -> Run:
     """Run the case once in a fresh process: wall time and the child's peak RSS."""
     remove(case.outputs)
+    os.sync()  # the previous run's writeback must not land in this run
     if cache == "warm":
         warm(case.inputs)
     else:
         evict(case.inputs)
+    load = os.getloadavg()[0]
     out_path = os.path.join(logdir, "stdout")
     err_path = os.path.join(logdir, "stderr")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -365,12 +369,14 @@ def measure(case: Case, cache: str, logdir: str) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     remove(case.outputs)
     rss = usage.ru_maxrss * 1024  # kilobytes on Linux
+    cpu = usage.ru_utime + usage.ru_stime
     with open(out_path, encoding="utf-8", errors="replace") as f:
         stdout = f.read()
     if proc.returncode != 0:
         with open(err_path, encoding="utf-8", errors="replace") as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
-        return Run(wall, wall, rss, False, (lines[-1] if lines else f"exit {proc.returncode}")[:300])
+        return Run(wall, wall, rss, cpu, load, False,
+                   (lines[-1] if lines else f"exit {proc.returncode}")[:300])
     seconds, ok = wall, None
     if case.inner:
         for line in stdout.splitlines():
@@ -378,7 +384,7 @@ def measure(case: Case, cache: str, logdir: str) -> Run:
                 values = json.loads(line[6:])
                 seconds = float(values["seconds"])
                 ok = values.get("ok")
-    return Run(wall, seconds, rss, ok)
+    return Run(wall, seconds, rss, cpu, load, ok)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -397,6 +403,11 @@ class Row:
     def median(self) -> float | None:
         good = self.good
         return statistics.median(r.seconds for r in good) if good else None
+
+    @property
+    def cpu(self) -> float | None:
+        good = self.good
+        return statistics.median(r.cpu for r in good) if good else None
 
     @property
     def rss(self) -> int | None:
@@ -442,7 +453,7 @@ def fmt_r(x: float | None) -> str:
 
 def table(rows: dict[str, Row]) -> list[list[str]]:
     header = ["group", "what", "median s", "min–max s", "runs", "ratio", "× plain dd",
-              "peak RSS MiB", "target met"]
+              "CPU s", "peak RSS MiB", "target met"]
     body = [header]
     for row in rows.values():
         good = row.good
@@ -468,6 +479,7 @@ def table(rows: dict[str, Row]) -> list[list[str]]:
             f"{len(good)}/{len(row.runs)}",
             base_text,
             fmt_r(ratio(rows, row, row.case.plain)),
+            fmt_s(row.cpu),
             "—" if rss is None else f"{rss / MiB:.0f}",
             status,
         ])
@@ -582,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = measure(case, args.cache, logdir)
                 rows[case.id].runs.append(run)
                 extra = f"  ERROR {run.error}" if run.error else ""
-                log(f"  {case.id:28s} {run.seconds:7.2f} s  {run.rss / MiB:7.0f} MiB{extra}")
+                log(f"  {case.id:28s} {run.seconds:7.2f} s  cpu {run.cpu:6.2f} s  "
+                    f"{run.rss / MiB:7.0f} MiB  load {run.load:4.1f}{extra}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -592,9 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     body = table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()
+    loads = [r.load for row in rows.values() for r in row.runs]
+    load_text = (f"1-min load average at run starts: median {statistics.median(loads):.1f}, "
+                 f"max {max(loads):.1f}") if loads else ""
     print(f"\nckptconv benchmark, {stamp}; {info['cores']} cores, {info['cpu']}; "
           f"model {layers} x Dense {UNITS}x{UNITS} fp32 = {model_bytes / 2**30:.2f} GiB; "
-          f"page cache {args.cache}; medians of {args.rounds} rounds taken in turn\n")
+          f"page cache {args.cache}; medians of {args.rounds} rounds taken in turn; "
+          f"{load_text}\n")
     print_text(body)
     if args.markdown:
         print()
