@@ -176,6 +176,13 @@ def test_a_read_failing_midway_restores_every_variable(expected, line):
         load_into(model, store)
     assert_all_equal(model, before)
 
+    # rollback=False saves the memory of the old values: the layers before the failure stay loaded
+    with pytest.raises(ckptconv.CorruptFileError, match="simulated"):
+        load_into(model, store, rollback=False)
+    after = variables_by_name(model)
+    assert_bit_exact(after["bn/gamma"], expected["bn/gamma"], "loaded before the failure")
+    assert_bit_exact(after["head/bias"], before["head/bias"], "the failed layer")
+
 
 @pytest.mark.parametrize("line", LINES)
 def test_non_strict_loads_what_fits_and_reports_the_rest(expected, line):

@@ -694,7 +694,7 @@ def _match_by_plan(
 # Assigning
 
 
-def _assign(live: _Model, assignments: list[_Assignment]) -> None:
+def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = True) -> None:
     """Read and assign layer by layer; if anything fails, restore what was assigned.
 
     The next layer's tensors are read on a worker thread while this layer is assigned (file
@@ -719,7 +719,7 @@ def _assign(live: _Model, assignments: list[_Assignment]) -> None:
                 values = pending.result()
                 pending = pool.submit(read, layers[i + 1]) if i + 1 < len(layers) else None
                 variables = [a.target.variable for a in items]
-                saved = [live.snapshot(v) for v in variables]
+                saved = [live.snapshot(v) for v in variables] if rollback else []
                 _assign_layer(live, items[0].target.owner, variables, values)
                 done.append((variables, saved))
                 del values
@@ -865,6 +865,7 @@ def load_into(
     freeze: bool | str = False,
     only: str | Iterable[str] | None = None,
     dtype: str | np.dtype | None = None,
+    rollback: bool = True,
 ) -> LoadReport:
     """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
 
@@ -899,6 +900,11 @@ def load_into(
             outside the part are neither loaded nor reported missing; strictness applies
             within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
+        rollback: Keep the previous value of every variable assigned until the call returns,
+            to restore them all if a read fails part-way (a damaged file). These are
+            references, not copies, but the old buffers stay alive, so memory can peak at
+            twice the weights loaded. False saves that; a failed read then leaves the layers
+            before it loaded.
 
     Returns:
         A :class:`LoadReport`; ``applied`` says whether variables changed.
@@ -932,7 +938,7 @@ def load_into(
         report.strict = strict
         if strict and report.problems:
             raise _load_error(live, store, report)
-        _assign(live, match.assignments)
+        _assign(live, match.assignments, rollback=rollback)
         report.applied = bool(match.assignments)
         if freeze:
             report.frozen = _freeze(live, match.assignments, freeze)
@@ -1033,6 +1039,8 @@ def transplant(
     store, opened = _open_source(src)  # fail fast on a bad source, before Keras builds anything
     try:
         model = build_keras_model(target, unsafe=unsafe)
+        # The model is ours and nothing is written on failure: no need to keep old values.
+        load_options.setdefault("rollback", False)
         report = load_into(model, store, mapping, **load_options)
     finally:
         if opened:
