@@ -177,3 +177,24 @@ def test_run_batch_in_process(inputs: Path, keras_dir: Path, tmp_path: Path) -> 
     assert [Path(r.src).name for r in report.failed] == ["broken.weights.h5"]
     assert len(report.succeeded) == len(GOOD)
     check_outputs(out, keras_dir)
+
+
+def test_worked_script_demo(tmp_path: Path) -> None:
+    """scripts/batch_convert_example.py --demo: two runs convert and verify, the damaged one
+    is reported, exit status 1, and the JSON report says the same."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "batch_convert_example.py"), "--demo", "-j", "2"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("3 checkpoints under " + lines[0].split(" under ", 1)[1])
+    assert sum(line.startswith("ok ") for line in lines) == 2
+    failed = [line for line in lines if line.startswith("failed ")]
+    assert len(failed) == 1 and "run3" in failed[0] and "truncated" in failed[0]
+    assert not any(line.startswith("CORRUPT") for line in lines)
+    assert lines[-1].startswith("2 converted, 1 failed")
