@@ -193,6 +193,9 @@ def split_console(text: str, lang: str) -> list[tuple[str, str | None]]:
     return [(cmd, "\n".join(out) if any(o.strip() for o in out) else None) for cmd, out in pairs]
 
 
+SHELL_SYNTAX = re.compile(r"\s(?:\||>|>>|<|&&|;|2>&1)\s|\$\(")  # needs bash: pipes, redirections
+
+
 def run_ckptconv(argv: list[str]) -> tuple[int, str]:
     from ckptconv.cli import main
 
@@ -226,7 +229,7 @@ def run_console(block: Block, workdir: Path) -> str | None:
         if argv == ["echo", "$?"] or cmd.strip() == "echo $?":
             out = f"{last_rc}\n"
             rc = 0
-        elif argv[0] == "ckptconv":
+        elif argv[0] == "ckptconv" and not SHELL_SYNTAX.search(cmd):
             rc, out = run_ckptconv(argv[1:])
         else:
             rc, out = run_shell(cmd.split(" #")[0], workdir)
