@@ -235,15 +235,22 @@ class _Model:
 
     # -- which Keras
 
+    # The walk uses the attributes Keras' own saving walks (a layer's own variables, its
+    # tracked sublayers). Should a Keras version lack them, the variables fall back to the
+    # names of variable.path (see _collect).
+
     def own_variables(self, layer: Any) -> list[Any]:
         if self.line == "keras":
-            return list(layer._trainable_variables) + list(layer._non_trainable_variables)
-        return list(layer._trainable_weights) + list(layer._non_trainable_weights)
+            names = ("_trainable_variables", "_non_trainable_variables")
+        else:
+            names = ("_trainable_weights", "_non_trainable_weights")
+        return [v for attr in names for v in (getattr(layer, attr, None) or [])]
 
     def sublayers(self, layer: Any) -> list[Any]:
         if self.line == "keras":
-            return list(layer._layers)
-        return list(layer._flatten_layers(include_self=False, recursive=False))
+            return list(getattr(layer, "_layers", None) or [])
+        flatten = getattr(layer, "_flatten_layers", None)
+        return list(flatten(include_self=False, recursive=False)) if flatten else []
 
     def var_dtype(self, variable: Any) -> np.dtype:
         dtype = variable.dtype
