@@ -88,7 +88,7 @@ def main(outdir: str) -> None:
 
     k3.save_weights(out / "k3.weights.h5")
     k3.save(out / "k3.keras")
-    k3.save_weights(out / "k3sharded.weights.json", max_shard_size=0.00001)  # in GB: several 10 kB shards
+    k3.save_weights(out / "k3sharded.weights.json", max_shard_size=0.000001)  # in GB: several shards
     k3.save(out / "k3legacy.h5")
     tf.train.Checkpoint(model=k3).write(str(out / "k3ckpt"))
     safetensors.numpy.save_file(
