@@ -25,8 +25,9 @@ Markers, an HTML comment on the line before a fence:
 * ``<!-- output -->``: the ```` ```text ```` block that follows is the previous Python block's output.
 
 Each page's scratch directory holds a copy of ``examples/`` (the sample checkpoints written by
-``scripts/make_example.py``, the specs) plus the files named in ``PAGES`` below: real
-checkpoints from the session's fixture generators, under the names the page uses.
+``scripts/make_example.py``, the specs) plus the files named in ``PAGES`` below (real
+checkpoints from the session's fixture generators, under the names the page uses) and those
+its ``SETUP`` code writes with Keras.
 
 All pages run in one subprocess (``python tests/test_docs.py --run``), so TensorFlow and Keras
 are imported once and never in the pytest process; each block is then one test reporting that
@@ -59,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 # page -> files its examples use: name in the scratch directory -> (fixture generator, path in
-# its output). Every page also gets examples/.
+# its output; or "examples", a path in examples/). Every page also gets examples/.
 PAGES: dict[str, dict[str, tuple[str, str]]] = {
     "README.md": {},
     "docs/index.md": {},
@@ -93,10 +94,28 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "keras3_model.keras": ("mapping", "keras3_target.keras"),
     },
     "docs/cookbook-seed-question.md": {},
-    "docs/load-into.md": {},
+    "docs/load-into.md": {
+        "old_tf_keras_model.h5": ("examples", "sample_tf_keras.h5"),
+        "new_architecture.keras": ("examples", "sample.keras"),
+    },
     "docs/batch.md": {},
     "docs/performance.md": {},
     "docs/troubleshooting.md": {},
+}
+# Python run in a page's scratch directory before its blocks, for files a page's commands use
+# that its own examples make elsewhere (in a temporary directory of their own)
+SETUP: dict[str, str] = {
+    "docs/cookbook-seed-question.md": """
+import keras
+L = keras.layers
+keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(32, (3, 3), activation="relu", name="conv_1_pretrained"),
+                  L.MaxPooling2D((2, 2), name="pool_1_pretrained"), L.Flatten(name="flatten_pretrained"),
+                  L.Dense(10, activation="softmax", name="dense_pretrained")]).save("pretrained.keras")
+keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(32, (3, 3), activation="relu", name="conv_1"),
+                  L.MaxPooling2D((2, 2), name="pool_1"), L.Flatten(name="flatten"),
+                  L.Dense(20, activation="relu", name="dense_1"),
+                  L.Dense(5, activation="softmax", name="dense_2")]).save("target.keras")
+""",
 }
 # languages whose blocks run; others (text, yaml, json, toml, plain) are data or output
 RUN_LANGS = {"python", "console", "sh", "shell", "bash"}
@@ -287,6 +306,8 @@ def runner(plan_path: str, results_path: str) -> None:
         os.chdir(workdir)
         if "keras" in sys.modules:  # fresh Keras names per page, as in a new session
             sys.modules["keras"].backend.clear_session()
+        if page["setup"]:
+            exec(compile(page["setup"], f"SETUP[{page['blocks'][0]['page']!r}]", "exec"), {})
         namespace: dict = {"__name__": "__main__"}
         for raw in page["blocks"]:
             block = Block(**raw)
@@ -329,9 +350,11 @@ def doc_results(generated, tmp_path_factory) -> dict[str, str | None]:
         blocks = [b for b in extract(page) if b.action in ("run", "file")]
         if not blocks or (only and page not in only.split(",")):
             continue
-        files = {name: str(generated(gen) / rel) for name, (gen, rel) in PAGES[page].items()}
+        files = {name: str((ROOT / "examples" if gen == "examples" else generated(gen)) / rel)
+                 for name, (gen, rel) in PAGES[page].items()}
         workdir = base / page.replace("/", "_").removesuffix(".md")
-        pages.append({"workdir": str(workdir), "files": files, "blocks": [asdict(b) for b in blocks]})
+        pages.append({"workdir": str(workdir), "files": files, "setup": SETUP.get(page, ""),
+                      "blocks": [asdict(b) for b in blocks]})
     plan = base / "plan.json"
     plan.write_text(json.dumps({"pages": pages}))
     results = base / "results.json"
