@@ -92,8 +92,23 @@ def open_or_skip(path: Path):
         pytest.skip(f"no reader for {path.name} yet: {e}")
 
 
+# Keras writes a vars group's ``name`` attribute only into the shard where the group is first
+# created; when a layer's variables (or its parent's) continue in a later shard, the reader
+# must take the names from the earlier shard. Until keras_sharded does, the names lose their
+# parent layers (``query/kernel`` for ``mha/query/kernel``). Strict: remove once it passes.
+SHARDED_NAMES_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="keras_sharded reader: vars-group names written in an earlier shard are not "
+    "applied to the same groups in later shards",
+)
+SOURCE_PARAMS = [
+    pytest.param(s, marks=SHARDED_NAMES_BUG) if s == "k3sharded.weights.json" else s
+    for s in SOURCES
+]
+
+
 @pytest.mark.parametrize("line", LINES)
-@pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.parametrize("source", SOURCE_PARAMS)
 def test_every_format_into_both_twins_bit_exact(fixtures, expected, line, source):
     store = open_or_skip(fixtures / source)
     model = fresh_twin(line)
