@@ -394,3 +394,28 @@ def test_bfloat16_model_from_float32_with_dtype_option(line):
     assert report.ok and [w.dtype for w in report.loaded] == ["bfloat16", "bfloat16"]
     kernel = np.asarray(model.get_layer("d").weights[0].numpy())
     assert_bit_exact(kernel, source["d/kernel"].astype(ml_dtypes.bfloat16), "d/kernel")
+
+
+@pytest.mark.parametrize("line", LINES)
+@pytest.mark.parametrize("source", ["tk.h5", "k3legacy.h5"])
+def test_match_by_order_from_a_file_into_a_renamed_model(fixtures, expected, line, source):
+    """Every layer renamed: by name nothing fits; by order (legacy .h5 records it) all does."""
+    module = keras if line == "keras" else tf_keras
+    module.backend.clear_session()
+    model = build_keras3(module, prefix="x_")
+    with pytest.raises(LoadError, match="58 problems"):  # 29 missing, 29 unused
+        load_into(model, fixtures / source)
+    report = load_into(model, fixtures / source, by_order=True)
+    assert report.ok and report.mode == "order", report.format_table()
+    pairs = {w.name: w.source for w in report.loaded}
+    assert pairs["x_block/x_inner_a/kernel"] == "block/inner_a/kernel"
+    assert pairs["x_bidi/forward_x_lstm/lstm_cell/kernel"] == "bidi/forward_lstm/lstm_cell/kernel"
+    def x_name(n: str) -> str:  # the prefixed model's name of a weight
+        n = n.replace("/inner_", "/x_inner_").replace("forward_lstm", "forward_x_lstm")
+        return "x_" + n.replace("backward_lstm", "backward_x_lstm")
+
+    renamed = {x_name(n): a for n, a in expected.items()}
+    actual = variables_by_name(model)
+    assert sorted(actual) == sorted(renamed)
+    for name, value in actual.items():
+        assert_bit_exact(value, renamed[name], name)

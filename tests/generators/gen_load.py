@@ -20,25 +20,28 @@ from pathlib import Path
 SEED = 1234
 
 
-def build_keras3(keras):
-    """The twin architecture with Keras 3 (or tf-keras: the layer API used is common to both)."""
+def build_keras3(keras, prefix: str = ""):
+    """The twin architecture with Keras 3 (or tf-keras: the layer API used is common to both).
+
+    ``prefix`` renames every layer (a model whose names mean nothing for the files)."""
     layers = keras.layers
+    p = prefix
     tokens = keras.Input((6,), dtype="int32", name="tokens")
     image = keras.Input((6, 6, 1), name="image")
-    x = layers.Embedding(20, 8, name="emb")(tokens)
-    x = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")(x, x)
-    x = layers.LayerNormalization(name="ln")(x)
-    x = layers.Bidirectional(layers.LSTM(4, name="lstm"), name="bidi")(x)
-    y = layers.Conv2D(3, (3, 3), name="conv")(image)
-    y = layers.MaxPooling2D((2, 2), name="pool")(y)
-    y = layers.Flatten(name="flat")(y)
-    z = layers.Concatenate(name="cat")([x, y])
+    x = layers.Embedding(20, 8, name=f"{p}emb")(tokens)
+    x = layers.MultiHeadAttention(num_heads=2, key_dim=4, name=f"{p}mha")(x, x)
+    x = layers.LayerNormalization(name=f"{p}ln")(x)
+    x = layers.Bidirectional(layers.LSTM(4, name=f"{p}lstm"), name=f"{p}bidi")(x)
+    y = layers.Conv2D(3, (3, 3), name=f"{p}conv")(image)
+    y = layers.MaxPooling2D((2, 2), name=f"{p}pool")(y)
+    y = layers.Flatten(name=f"{p}flat")(y)
+    z = layers.Concatenate(name=f"{p}cat")([x, y])
     block = keras.Sequential(
-        [layers.Dense(5, name="inner_a"), layers.Dense(5, name="inner_b")], name="block"
+        [layers.Dense(5, name=f"{p}inner_a"), layers.Dense(5, name=f"{p}inner_b")], name=f"{p}block"
     )
     z = block(z)
-    z = layers.BatchNormalization(name="bn")(z)
-    out = layers.Dense(3, name="head")(z)
+    z = layers.BatchNormalization(name=f"{p}bn")(z)
+    out = layers.Dense(3, name=f"{p}head")(z)
     return keras.Model([tokens, image], out, name="twin")
 
 
