@@ -117,7 +117,7 @@ def render_object(name: str, obj: object) -> str:
     if inspect.isclass(obj):
         bases = [b.__name__ for b in obj.__bases__ if b is not object and not b.__name__.startswith("_")]
         kind = "exception" if issubclass(obj, BaseException) else "class"
-        head = f"### `{name}`\n\n{kind} `ckptconv.{signature(name, obj)}`"
+        head = f"### `{name}`\n\n{kind} `ckptconv.{signature(name, obj).removesuffix(' -> None')}`"
         if bases and kind == "exception":
             head += f" — subclass of `{bases[0]}`"
         parts = [head + "\n\n" + docstring_to_markdown(inspect.getdoc(obj) or "")]
