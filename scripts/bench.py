@@ -154,7 +154,9 @@ class Files:
 
 
 def bulk(paths: list[str]) -> str:
-    """The largest file of a source: what ``dd`` copies."""
+    """The largest file of a source: what ``dd`` copies (the last one if none exists yet)."""
+    if not all(os.path.exists(p) for p in paths):
+        return paths[-1]
     return max(paths, key=os.path.getsize)
 
 
@@ -416,6 +418,19 @@ class Row:
 
 
 def ratio(rows: dict[str, Row], row: Row, other: str | None) -> float | None:
+    """The median over rounds of this run's time over the reference's run in the same round.
+
+    The two ran minutes apart at most, under the same load, so their ratio is steadier than
+    the ratio of the medians when the machine is shared (both are in the JSON).
+    """
+    if other is None or other not in rows:
+        return None
+    pairs = [a.seconds / b.seconds for a, b in zip(row.runs, rows[other].runs)
+             if a.error is None and b.error is None and b.seconds > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def ratio_of_medians(rows: dict[str, Row], row: Row, other: str | None) -> float | None:
     if other is None or other not in rows or row.median is None:
         return None
     base = rows[other].median
@@ -533,6 +548,59 @@ def parse_size(text: str) -> int:
     return int(t)
 
 
+def report(results: dict, rows: dict[str, Row], *, markdown: bool) -> None:
+    """Print the header line and the table (and the Markdown table)."""
+    info = results["machine"]
+    model = results["model"]
+    loads = [r.load for row in rows.values() for r in row.runs]
+    load_text = (f"; 1-min load average at run starts: median {statistics.median(loads):.1f}, "
+                 f"max {max(loads):.1f}") if loads else ""
+    print(f"\nckptconv benchmark, {results['date']}; {info['cores']} cores, {info['cpu']}; "
+          f"model {model['layers']} x Dense {model['units']}x{model['units']} fp32 = "
+          f"{model['bytes'] / 2**30:.2f} GiB; page cache {results['cache']}; medians of "
+          f"{results['rounds']} rounds taken in turn{load_text}\n")
+    body = table(rows)
+    print_text(body)
+    if markdown:
+        print()
+        print_markdown(body)
+
+
+def rows_from_json(results: dict) -> dict[str, Row]:
+    """Rebuild the rows of a saved run (``--from-json``)."""
+    fields = set(Run.__dataclass_fields__)
+    rows = {}
+    for item in results["cases"]:
+        case = Case(item["id"], item["group"], item["label"], item["argv"],
+                    baseline=item.get("baseline"), plain=item.get("plain"),
+                    inner=item.get("inner", item["group"] in ("load", "bert")),
+                    target=item.get("target_kind", _target_of(item)))
+        rows[case.id] = Row(case, [Run(**{k: v for k, v in r.items() if k in fields})
+                                   for r in item["runs"]])
+    return rows
+
+
+def _target_of(item: dict) -> str | None:
+    """The target kind of a case saved before ``target_kind`` was recorded."""
+    text = item.get("target") or ""
+    if "1.3" in text:
+        return f"ratio:{CONVERT_RATIO}"
+    if "≤ 2×" in text:
+        return f"ratio:{OPS_RATIO}"
+    if "< 1 s" in text:
+        return "meta"
+    if "≤ 1×" in text:
+        return "load"
+    return None
+
+
+def _installed(module: str) -> bool:
+    """Whether the venv has ``module``, found without importing it (or TensorFlow with it)."""
+    probe = subprocess.run([PY, "-c", f"import importlib.util, sys; "
+                            f"sys.exit(importlib.util.find_spec({module!r}) is None)"])
+    return probe.returncode == 0
+
+
 GROUPS = ("copy", "convert", "peer", "meta", "load", "large", "bert")
 
 
@@ -552,7 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep inputs in this directory and reuse them (not removed)")
     p.add_argument("--json", metavar="PATH", help="write the raw numbers here")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument("--from-json", metavar="PATH", help="print the table of a saved --json run")
     args = p.parse_args(argv)
+
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            results = json.load(f)
+        report(results, rows_from_json(results), markdown=args.markdown)
+        return 0
 
     size = parse_size("256MiB" if args.quick else args.size)
     layers = max(1, round(size / (UNITS * UNITS * 4)))
@@ -560,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = groups - set(GROUPS)
     if unknown:
         p.error(f"unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+
+    if "bert" in groups and not _installed("keras_hub"):
+        log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
+        groups.discard("bert")
 
     model_bytes = layers * (UNITS * UNITS + UNITS) * 4
     base = args.workdir or args.tmp
@@ -602,39 +681,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             remove([files.p("out")])
 
-    body = table(rows)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    info = machine()
-    loads = [r.load for row in rows.values() for r in row.runs]
-    load_text = (f"1-min load average at run starts: median {statistics.median(loads):.1f}, "
-                 f"max {max(loads):.1f}") if loads else ""
-    print(f"\nckptconv benchmark, {stamp}; {info['cores']} cores, {info['cpu']}; "
-          f"model {layers} x Dense {UNITS}x{UNITS} fp32 = {model_bytes / 2**30:.2f} GiB; "
-          f"page cache {args.cache}; medians of {args.rounds} rounds taken in turn; "
-          f"{load_text}\n")
-    print_text(body)
-    if args.markdown:
-        print()
-        print_markdown(body)
+    results = {
+        "date": stamp,
+        "machine": machine(),
+        "model": {"layers": layers, "units": UNITS, "bytes": model_bytes},
+        "cache": args.cache,
+        "rounds": args.rounds,
+        "cases": [
+            {"id": r.case.id, "group": r.case.group, "label": r.case.label,
+             "argv": r.case.argv, "baseline": r.case.baseline, "plain": r.case.plain,
+             "inner": r.case.inner, "target_kind": r.case.target,
+             "median_seconds": r.median, "peak_rss_bytes": r.rss,
+             "ratio": ratio(rows, r, r.case.baseline),
+             "ratio_of_medians": ratio_of_medians(rows, r, r.case.baseline),
+             "ratio_plain_dd": ratio(rows, r, r.case.plain),
+             "target": verdict(rows, r),
+             "runs": [vars(x) for x in r.runs]}
+            for r in rows.values()
+        ],
+    }
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({
-                "date": stamp,
-                "machine": info,
-                "model": {"layers": layers, "units": UNITS, "bytes": model_bytes},
-                "cache": args.cache,
-                "rounds": args.rounds,
-                "cases": [
-                    {"id": r.case.id, "group": r.case.group, "label": r.case.label,
-                     "argv": r.case.argv, "baseline": r.case.baseline, "plain": r.case.plain,
-                     "median_seconds": r.median, "peak_rss_bytes": r.rss,
-                     "ratio": ratio(rows, r, r.case.baseline),
-                     "ratio_plain_dd": ratio(rows, r, r.case.plain),
-                     "target": verdict(rows, r),
-                     "runs": [vars(x) for x in r.runs]}
-                    for r in rows.values()
-                ],
-            }, f, indent=2)
+            json.dump(results, f, indent=2)
+    report(results, rows, markdown=args.markdown)
     return 0
 
 
