@@ -33,11 +33,164 @@ def is_hdf5(head: bytes) -> bool:
 
 
 def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> h5py.File:
-    """Open an HDF5 file (a path or a seekable binary file object) read-only."""
+    """Open an HDF5 file (a path or a seekable binary file object) read-only.
+
+    The file's global heap collections (where variable-length attribute values such as
+    ``layer_names`` live) are checked before any attribute is read: see
+    :func:`check_global_heaps`.
+    """
     try:
-        return h5py.File(source, "r")
-    except OSError as e:
+        f = h5py.File(source, "r")
+    except (OSError, RuntimeError, ValueError) as e:
         raise CorruptFileError(f"not a readable HDF5 file ({e})", path=path) from e
+    try:
+        check_global_heaps(f, source, path=path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+_GCOL = b"GCOL"
+_GCOL_HEADER = 16  # signature, version, 3 reserved bytes, collection size (8)
+_SCAN_CHUNK = 8 << 20
+_SKIP_MIN = 64 << 10  # tensor data ranges at least this large are not scanned
+_MAX_OBJECTS = 1_000_000
+
+
+def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> None:
+    """Refuse global heap collections the HDF5 library cannot read safely.
+
+    libhdf5 (1.14) walks a collection's objects trusting their sizes: an object of size 0
+    makes it loop forever, and one running past its collection makes it copy memory it does
+    not own. A damaged byte or two in a Keras file is enough for either, so every collection
+    is checked here, before the first variable-length attribute read. Collections lie
+    anywhere in the file; contiguous tensor data is skipped, so for Keras files only the
+    metadata is scanned (a few KB to MB, whatever the file size).
+
+    Raises:
+        CorruptFileError: a collection's objects do not tile it.
+    """
+    reader = _ImageReader(source)
+    try:
+        size = reader.size
+        skip = _data_ranges(f, size)
+        for start, stop in _gaps(skip, size):
+            for offset in _find_all(reader, start, stop):
+                _check_collection(reader, offset, size, path=path)
+    finally:
+        reader.close()
+
+
+class _ImageReader:
+    """``read(offset, n)`` over an HDF5 image given as a path or a seekable file object."""
+
+    def __init__(self, source: str | os.PathLike[str] | Any) -> None:
+        self._fd: int | None = None
+        self._obj: Any = None
+        if isinstance(source, (str, os.PathLike)):
+            self._fd = os.open(source, os.O_RDONLY)
+            self.size = os.fstat(self._fd).st_size
+        else:
+            self._obj = source
+            self.size = source.seek(0, os.SEEK_END)
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self._fd is not None:
+            return os.pread(self._fd, n, offset)
+        self._obj.seek(offset)
+        return self._obj.read(n)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _data_ranges(f: h5py.File, size: int) -> list[tuple[int, int]]:
+    """Byte ranges of large contiguous datasets (hard links only, each object once)."""
+    ranges: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    stack: list[tuple[h5py.Group, int]] = [(f, 0)]
+    while stack:
+        group, depth = stack.pop()
+        if depth > MAX_DEPTH or len(seen) > _MAX_OBJECTS:
+            break  # the readers refuse such files themselves; scanning everything is safe
+        for key in group.keys():
+            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+                continue
+            obj = group[key]
+            address = h5py.h5o.get_info(obj.id).addr
+            if address in seen:
+                continue
+            seen.add(address)
+            if isinstance(obj, h5py.Group):
+                stack.append((obj, depth + 1))
+            elif isinstance(obj, h5py.Dataset) and obj.chunks is None:
+                offset = obj.id.get_offset()
+                length = obj.id.get_storage_size()
+                if offset is not None and length >= _SKIP_MIN and offset + length <= size:
+                    ranges.append((offset, offset + length))
+    return sorted(ranges)
+
+
+def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    gaps = []
+    position = 0
+    for start, stop in ranges:
+        if start > position:
+            gaps.append((position, start))
+        position = max(position, stop)
+    if position < size:
+        gaps.append((position, size))
+    return gaps
+
+
+def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
+    found = []
+    position = start
+    while position < stop:
+        block = reader.read(position, min(_SCAN_CHUNK + len(_GCOL) - 1, stop - position))
+        if not block:
+            break
+        i = block.find(_GCOL)
+        while i >= 0:
+            found.append(position + i)
+            i = block.find(_GCOL, i + 1)
+        position += _SCAN_CHUNK
+    return found
+
+
+def _check_collection(reader: _ImageReader, offset: int, size: int, *, path: str | os.PathLike[str]) -> None:
+    """Walk one collection's objects the way libhdf5 does, refusing what would hurt it."""
+    header = reader.read(offset, _GCOL_HEADER)
+    if len(header) < _GCOL_HEADER or header[4] != 1:
+        return  # not a collection libhdf5 would accept: it reports its own error
+    length = int.from_bytes(header[8:16], "little")
+    if length < _GCOL_HEADER or offset + length > size:
+        return  # libhdf5 refuses a collection beyond the end of the file itself
+    body = reader.read(offset, length)
+    position = _GCOL_HEADER
+    while position + _GCOL_HEADER <= length:
+        index = int.from_bytes(body[position : position + 2], "little")
+        object_size = int.from_bytes(body[position + 8 : position + 16], "little")
+        if index == 0:  # free space: not padded, runs to the end of the collection
+            need = object_size
+            if need == 0:
+                raise CorruptFileError(
+                    f"the global heap at byte {offset} has a free-space record of size 0 "
+                    "(the file is damaged)",
+                    path=path,
+                )
+        else:
+            need = _GCOL_HEADER + (object_size + 7) // 8 * 8
+            if need > length - position:
+                raise CorruptFileError(
+                    f"object {index} of the global heap at byte {offset} runs past its "
+                    "collection (the file is damaged)",
+                    path=path,
+                )
+        position += need
 
 
 def decode(value: Any) -> Any:
