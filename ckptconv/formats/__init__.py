@@ -12,12 +12,16 @@ Each format module defines:
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import CkptconvError, FormatError
+from ..errors import CkptconvError, CorruptFileError, FormatError
 from ..store import Store
 
 __all__ = ["open", "detect", "FORMAT_MODULES"]
@@ -65,12 +69,29 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     p = Path(path)
     head = _head(p)
     for module in _modules():
-        if module.sniff(p, head):
+        try:
+            claimed = module.sniff(p, head)
+        except Exception:  # noqa: BLE001 - a damaged file makes a library raise anything
+            claimed = False
+        if claimed:
             return module
-    if not p.exists() and not any(p.parent.glob(p.name + ".*")):
+    if not p.exists() and not any(p.parent.glob(glob.escape(p.name) + ".*")):
         raise FormatError("no such file or directory", path=p)
     if p.is_file() and p.stat().st_size == 0:
         raise FormatError("the file is empty: not a checkpoint", path=p)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise FormatError(
+            "an HDF5 file, but not one with Keras weights ckptconv can read (no layer_names "
+            "attribute, no layers/vars groups), or a damaged one; check that the file is "
+            "complete",
+            path=p,
+        )
+    if head.startswith(b"PK\x03\x04"):
+        raise FormatError(
+            "a zip archive, but not a readable .keras model (no model.weights.h5 or "
+            "config.json member, or a damaged archive)",
+            path=p,
+        )
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
         "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
@@ -96,9 +117,19 @@ def open(path: str | os.PathLike[str], **options: object) -> Store:  # noqa: A00
         return module.open(Path(path), **options)
     except CkptconvError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeError, RuntimeError) as e:
-        from ..errors import CorruptFileError
-
+    except _LOW_LEVEL_ERRORS as e:
         raise CorruptFileError(
-            f"damaged {module.FORMAT} file: {type(e).__name__}: {e}", path=path
+            f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}", path=path
         ) from e
+
+
+# What h5py, zipfile, json and struct raise on damaged bytes: a reader that lets one through
+# still gets a one-line CorruptFileError naming the file.
+_LOW_LEVEL_ERRORS = (
+    OSError, ValueError, KeyError, IndexError, TypeError, UnicodeError, RuntimeError,
+    EOFError, OverflowError, zipfile.BadZipFile, zlib.error, struct.error, RecursionError,
+)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
