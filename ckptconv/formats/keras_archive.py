@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,28 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
         raise UnsafeInputError("config.json is implausibly large", path=path, key="config.json")
-    with z.open(info) as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
+    _refuse_bomb(info, path)
+    try:
+        with z.open(info) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise CorruptFileError(f"config.json cannot be read from the archive ({e})", path=path) from e
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
+
+
+def _refuse_bomb(info: zipfile.ZipInfo, path: Path) -> None:
+    """A compressed member that would expand far beyond its stored size is refused unread."""
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 2**20:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > MAX_EXPANSION:
+            raise UnsafeInputError(
+                f"{info.filename} expands {ratio:.0f}x ({info.file_size} bytes from "
+                f"{info.compress_size}): refusing a likely zip bomb",
+                path=path,
+            )
 
 
 def key_names(config: Any) -> dict[str, str]:
@@ -170,8 +187,8 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
                 meta = json.loads(z.read("metadata.json"))
                 if isinstance(meta, dict):
                     metadata_json = {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                pass
+            except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error, EOFError):
+                pass  # metadata.json only adds the Keras version; the weights do not need it
         if info.compress_type == zipfile.ZIP_STORED:
             start = member_data_offset(path, info)
             if start + info.file_size > os.path.getsize(path):
