@@ -25,6 +25,7 @@ CASES = [
     ("k3_zoo.keras", "k3_zoo.keras", "keras-archive"),
     ("k3_zoo.h5", "k3_zoo.h5", "keras-h5"),
     ("sharded/k3_zoo.weights.json", "k3_zoo_sharded", "keras-sharded"),
+    ("many/k3_zoo.weights.json", "k3_zoo_many_shards", "keras-sharded"),
     ("k3_seq.weights.h5", "k3_seq.weights.h5", "keras-weights-h5"),
     ("k3_chunked.h5", "k3_chunked.h5", "keras-h5"),
     ("tk_zoo.h5", "tk_zoo.h5", "keras-h5"),
@@ -205,3 +206,12 @@ def test_import_is_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sharded_set_lists_like_the_single_file(keras_dir: Path) -> None:
+    with ckptconv.open(keras_dir / "k3_zoo.weights.h5") as single:
+        names = [e.name for e in single.entries(include_all=True)]
+    for index in ("sharded/k3_zoo.weights.json", "many/k3_zoo.weights.json"):
+        with ckptconv.open(keras_dir / index) as sharded:
+            assert [e.name for e in sharded.entries(include_all=True)] == names
+            assert len(sharded.files) > 2

@@ -14,7 +14,15 @@ from pathlib import Path
 from ..errors import CorruptFileError, FormatError, UnsafeInputError
 from ..store import Store
 from ._hdf5 import open_h5
-from .keras_weights import _Source, _VarsGroup, build_entries, collect_vars, looks_like_v3
+from .keras_weights import (
+    _Source,
+    _natural_key,
+    _VarsGroup,
+    build_entries,
+    collect_vars,
+    looks_like_v3,
+    recorded_names,
+)
 
 FORMAT = "keras-sharded"
 MAX_INDEX_BYTES = 64 * 2**20
@@ -80,13 +88,18 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
     order: list[str] = []
     root = None
     try:
+        names: dict[str, str] = {}
         for shard in shards:
             f = open_h5(shard, path=shard)
             files.append(f)
             if not looks_like_v3(f, shard=True):
                 raise FormatError("shard is not a Keras 3 weights file", path=shard)
+            names.update(recorded_names(f, path=os.fspath(shard)))
+        for shard, f in zip(shards, files):
             source = _Source(os.fspath(shard), os.fspath(shard), 0, os.path.getsize(shard))
-            root = collect_vars(f, source, groups, order) or root
+            root = collect_vars(f, source, groups, order, key_names=names) or root
+        # list layers as a single .weights.h5 of the same model would, not in shard order
+        order.sort(key=lambda p: [_natural_key(part) for part in p.split("/")])
         entries = build_entries(groups, order, root_name=root)
     except BaseException:
         for f in files:

@@ -198,6 +198,9 @@ def collect_vars(
                 )
         own_chain = chain
         own_class = class_hint
+        if depth > 0 and group.name in key_names and not isinstance(links.get("vars"), h5py.HardLink):
+            # a shard holding this layer's sub-layers but not its own vars group
+            own_chain = chain + [key_names[group.name]]
         if isinstance(links.get("vars"), h5py.HardLink):
             vars_group = group["vars"]
             if not isinstance(vars_group, h5py.Group):
@@ -242,7 +245,7 @@ def collect_vars(
                 child_state = "optimizer"
             elif key in _STATE_KEYS or "seed_generator" in key:
                 child_state = "other"
-            if "vars" in child:
+            if "vars" in child or child.name in key_names:
                 # an object tracked under an attribute name (MHA's query_dense, an RNN's cell)
                 walk(child, own_chain, _ATTRIBUTE_CLASSES.get(key, key), own_class, child_state, depth + 1)
             else:
@@ -254,6 +257,34 @@ def collect_vars(
 
     walk(f, [], None, None, "layers", 0)
     return root_name
+
+
+def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
+    """Object group path -> layer name, from every ``vars`` group's ``name`` attribute.
+
+    A sharded set spreads one model's groups over several files, so names recorded in one
+    shard are needed to place the groups of another.
+    """
+    names: dict[str, str] = {}
+
+    def visit(group: h5py.Group, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise UnsafeInputError("groups nested too deeply", path=path, key=group.name)
+        for key in group.keys():
+            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+                continue  # collect_vars refuses it with a proper message
+            child = group[key]
+            if not isinstance(child, h5py.Group):
+                continue
+            if key == "vars":
+                name = decode(child.attrs.get("name", ""))
+                if name:
+                    names[group.name] = str(name)
+            else:
+                visit(child, depth + 1)
+
+    visit(f, 0)
+    return names
 
 
 def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:

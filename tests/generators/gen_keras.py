@@ -63,6 +63,9 @@ def main() -> None:
     (OUT / "sharded").mkdir()
     m.save_weights(OUT / "sharded" / "k3_zoo.weights.json", max_shard_size=0.000003)
     dump_expected(OUT, "k3_zoo_sharded", recs)
+    (OUT / "many").mkdir()  # one group per shard: names recorded in one shard place another's groups
+    m.save_weights(OUT / "many" / "k3_zoo.weights.json", max_shard_size=0.000001)
+    dump_expected(OUT, "k3_zoo_many_shards", recs)
 
     seq = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="a"), keras.layers.Dense(1, name="b")], name="seq")
     seq.save_weights(OUT / "k3_seq.weights.h5")
