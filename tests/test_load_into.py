@@ -85,32 +85,13 @@ def assert_all_equal(model, expected: dict[str, np.ndarray]) -> None:
         assert_bit_exact(value, expected[name], name)
 
 
-def open_or_skip(path: Path):
-    try:
-        return ckptconv.open(path)
-    except ckptconv.FormatError as e:  # the reader of that format has not landed
-        pytest.skip(f"no reader for {path.name} yet: {e}")
-
-
-# Keras writes a vars group's ``name`` attribute only into the shard where the group is first
-# created; when a layer's variables (or its parent's) continue in a later shard, the reader
-# must take the names from the earlier shard. Until keras_sharded does, the names lose their
-# parent layers (``query/kernel`` for ``mha/query/kernel``). Strict: remove once it passes.
-SHARDED_NAMES_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="keras_sharded reader: vars-group names written in an earlier shard are not "
-    "applied to the same groups in later shards",
-)
-SOURCE_PARAMS = [
-    pytest.param(s, marks=SHARDED_NAMES_BUG) if s == "k3sharded.weights.json" else s
-    for s in SOURCES
-]
+SOURCE_PARAMS = SOURCES
 
 
 @pytest.mark.parametrize("line", LINES)
 @pytest.mark.parametrize("source", SOURCE_PARAMS)
 def test_every_format_into_both_twins_bit_exact(fixtures, expected, line, source):
-    store = open_or_skip(fixtures / source)
+    store = ckptconv.open(fixtures / source)
     model = fresh_twin(line)
     before = variables_by_name(model)
     assert any(before[n].tobytes() != expected[n].tobytes() for n in before), "twin not fresh"
