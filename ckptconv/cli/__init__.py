@@ -7,9 +7,11 @@ Each subcommand lives in its own module with ``register(subparsers)``; it sets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .. import __version__
 from ..errors import CkptconvError
@@ -53,22 +55,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and cleanup runs (temp files go)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds the stack instead of killing the process."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_raises():
+            return int(args.func(args) or 0)
     except CkptconvError as e:
         if args.debug:
             raise
-        print(f"ckptconv: error: {e}", file=sys.stderr)
+        print(f"ckptconv: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("ckptconv: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
     except BrokenPipeError:
         return 1
     except MemoryError as e:
@@ -80,5 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"ckptconv: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"ckptconv: error: {where}{_one_line(str(e.strerror or e))}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if args.debug:
+            raise
+        print(
+            f"ckptconv: internal error: {type(e).__name__}: {_one_line(str(e))} (a bug in "
+            "ckptconv: rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    """Messages are one line whatever a library put in them (batch jobs parse stderr)."""
+    return " ".join(text.split())

@@ -1,0 +1,252 @@
+"""Interrupted and failing conversions leave nothing behind.
+
+A large conversion (a few hundred MB written in ``tmp_path`` by the safetensors library) is
+run by the real CLI in a subprocess and interrupted with SIGINT or SIGTERM once its temporary
+output exists; the output directory must end up empty, the exit status must say which signal
+ended it, stderr must be one line, and the input must be unchanged. Then the output side fails
+on its own: a full disk (a tiny tmpfs, or a file size limit), a directory the process may not
+write to, and outputs that would overwrite the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+BIG_TENSORS = 4
+BIG_ELEMENTS = 20_000_000  # 4 x 80 MB of float32: 320 MB, a few seconds to convert with fsync
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def ckptconv(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckptconv", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def assert_one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    path = tmp_path_factory.mktemp("big") / "big.safetensors"
+    rng = np.random.default_rng(0)
+    row = rng.standard_normal(1000, dtype=np.float32)
+    save_file(
+        {f"layer_{i}/kernel": np.tile(row + i, BIG_ELEMENTS // 1000) for i in range(BIG_TENSORS)},
+        str(path),
+    )
+    yield path, digest(path)
+    path.unlink()
+
+
+def wait_for_temp_file(directory: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Poll until the writer's dot-prefixed temporary output appears."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(name.startswith(".") and name.endswith(".tmp") for name in listing(directory)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the conversion ended before it was interrupted: {proc.communicate()}")
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("no temporary output appeared")
+
+
+@pytest.mark.parametrize(
+    "sig, extra",
+    [
+        (signal.SIGINT, ()),
+        (signal.SIGTERM, ()),
+        (signal.SIGINT, ("--dtype", "float16")),
+        (signal.SIGTERM, ("--dtype", "float16")),
+    ],
+    ids=["sigint-copy", "sigterm-copy", "sigint-cast", "sigterm-cast"],
+)
+def test_a_signal_during_conversion_leaves_nothing(
+    big: tuple[Path, str], tmp_path: Path, sig: signal.Signals, extra: tuple[str, ...]
+) -> None:
+    src, before = big
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = ckptconv("convert", src, out / "model.safetensors", *extra)
+    wait_for_temp_file(out, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    line = assert_one_line(stderr)
+    assert line.startswith("ckptconv: ") and ("interrupted" in line or "terminated" in line)
+    assert listing(out) == []
+    assert digest(src) == before
+
+
+def test_a_sharded_conversion_interrupted_leaves_no_shard(big: tuple[Path, str], tmp_path: Path) -> None:
+    src, before = big
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = ckptconv("convert", src, out / "model.safetensors", "--max-shard-size", "100MB")
+    # wait until the first shard is complete and the second is being written
+    deadline = time.monotonic() + 120
+    while sum(name.endswith(".tmp") for name in listing(out)) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert_one_line(stderr)
+    assert listing(out) == []
+    assert digest(src) == before
+
+
+def small_source(tmp_path: Path) -> Path:
+    """A 4 MB safetensors file: too big for the tiny output filesystems below."""
+    src = tmp_path / "src" / "small.safetensors"
+    src.parent.mkdir()
+    save_file({"w": np.arange(1_000_000, dtype=np.float32)}, str(src))
+    return src
+
+
+def run_cli(*args: object, preexec_fn=None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    command = [sys.executable, "-m", "ckptconv", *map(str, args)]
+    if prefix:
+        command = [*prefix, " ".join(f"'{c}'" for c in command)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn)
+
+
+def limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an ignored SIGXFSZ makes write() fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+
+def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path: Path) -> None:
+    src = small_source(tmp_path)
+    before = digest(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("convert", src, out / "model.safetensors", preexec_fn=limit_file_size)
+    assert proc.returncode == 1, proc.stderr
+    line = assert_one_line(proc.stderr)
+    assert line.startswith("ckptconv: error: ") and str(out / "model.safetensors") in line
+    assert "File too large" in line
+    assert listing(out) == []
+    assert digest(src) == before
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs (needs root and a mount-capable container; skipped otherwise)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_in_one_line_and_leaves_nothing(tmp_path: Path, tiny_tmpfs: Path) -> None:
+    src = small_source(tmp_path)
+    before = digest(src)
+    proc = run_cli("convert", src, tiny_tmpfs / "model.safetensors")
+    assert proc.returncode == 1, proc.stderr
+    line = assert_one_line(proc.stderr)
+    assert line.startswith("ckptconv: error: ") and str(tiny_tmpfs / "model.safetensors") in line
+    assert "No space left on device" in line
+    assert listing(tiny_tmpfs) == []
+    assert digest(src) == before
+
+
+def test_an_unwritable_directory_fails_in_one_line(tmp_path: Path) -> None:
+    src = small_source(tmp_path)
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root ignores modes: drop the capability that lets it
+        capsh = shutil.which("capsh")
+        if capsh is None:
+            pytest.skip("running as root without capsh to drop CAP_DAC_OVERRIDE")
+        prefix = (capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c")
+    try:
+        proc = run_cli("convert", src, out / "model.safetensors", prefix=prefix)
+        assert proc.returncode == 1, proc.stderr
+        line = assert_one_line(proc.stderr)
+        assert line.startswith("ckptconv: error: ") and str(out) in line
+        assert "Permission denied" in line
+        assert listing(out) == []
+    finally:
+        out.chmod(0o755)
+
+
+def test_output_equal_to_the_input_is_refused(tmp_path: Path) -> None:
+    src = small_source(tmp_path)
+    before = digest(src)
+    for force in ((), ("--force",)):
+        proc = run_cli("convert", src, src, *force)
+        assert proc.returncode == 1
+        line = assert_one_line(proc.stderr)
+        assert "overwrite the input" in line and str(src) in line
+        assert listing(src.parent) == [src.name]
+        assert digest(src) == before
+    # the same file under another name (a symlink) is still the input
+    link = tmp_path / "src" / "alias.safetensors"
+    link.symlink_to(src)
+    proc = run_cli("convert", src, link, "--force")
+    assert proc.returncode == 1 and "overwrite the input" in assert_one_line(proc.stderr)
+    assert digest(src) == before
+
+
+def test_output_inside_a_sharded_input_set_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "four.safetensors"
+    save_file({f"w{i}": np.full(250_000, i, np.float32) for i in range(4)}, str(src))
+    sharded = tmp_path / "set"
+    sharded.mkdir()
+    done = run_cli("convert", src, sharded / "model.safetensors", "--max-shard-size", "1MB")
+    assert done.returncode == 0, done.stderr
+    files = listing(sharded)
+    index = sharded / "model.safetensors.index.json"
+    shards = [sharded / name for name in files if name.endswith(".safetensors")]
+    assert index.is_file() and len(shards) >= 2
+    before = {name: digest(sharded / name) for name in files}
+    # writing one of the set's own shards, or a set whose index is the input's index
+    for dst in (shards[0], shards[-1], sharded / "model.safetensors"):
+        proc = run_cli("convert", index, dst, "--force")
+        assert proc.returncode == 1, (dst, proc.stderr)
+        assert "overwrite the input" in assert_one_line(proc.stderr)
+    assert listing(sharded) == files
+    assert {name: digest(sharded / name) for name in files} == before
