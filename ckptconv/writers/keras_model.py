@@ -268,6 +268,11 @@ class _Model:
         if self.line == "keras":
             import keras
 
+            # On TensorFlow, read the tf.Variable underneath directly: keras.ops.copy does the
+            # same through several dispatch layers, which adds up over thousands of variables.
+            inner = getattr(variable, "value", None)
+            if keras.backend.backend() == "tensorflow" and hasattr(inner, "read_value"):
+                return inner.read_value()
             return keras.ops.copy(variable)
         return variable.read_value()
 
@@ -705,9 +710,10 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
     """Read and assign layer by layer; if anything fails, restore what was assigned.
 
     The next layer's tensors are read on a worker thread while this layer is assigned (file
-    reads and Keras' copies both release the GIL), so at most two layers are in memory.
+    reads and Keras' copies both release the GIL), so at most two layers are in memory. Small
+    layers are read in line: handing them to a thread costs more than it saves.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     groups: dict[int, list[_Assignment]] = {}
     for a in assignments:
@@ -718,13 +724,19 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
     def read(items: list[_Assignment]) -> list[np.ndarray]:
         return [_checked_value(a) for a in items]
 
+    def start(pool: ThreadPoolExecutor, i: int) -> Future[list[np.ndarray]] | None:
+        if i >= len(layers):
+            return None
+        if sum(_nbytes(a.target) for a in layers[i]) >= _PREFETCH_BYTES:
+            return pool.submit(read, layers[i])
+        return None  # read in line when its turn comes
+
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
-            pending = pool.submit(read, layers[0]) if layers else None
+            pending = start(pool, 0)
             for i, items in enumerate(layers):
-                assert pending is not None
-                values = pending.result()
-                pending = pool.submit(read, layers[i + 1]) if i + 1 < len(layers) else None
+                values = pending.result() if pending is not None else read(items)
+                pending = start(pool, i + 1)
                 variables = [a.target.variable for a in items]
                 saved = [live.snapshot(v) for v in variables] if rollback else []
                 _assign_layer(live, items[0].target.owner, variables, values)
@@ -735,6 +747,14 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
             for variable, old in zip(variables, saved):
                 variable.assign(old)
         raise
+
+
+# Layers smaller than this are read in line rather than on the worker thread.
+_PREFETCH_BYTES = 1 << 20
+
+
+def _nbytes(target: _Var) -> int:
+    return int(np.prod(target.shape, dtype=np.int64)) * target.dtype.itemsize
 
 
 def _checked_value(a: _Assignment) -> np.ndarray:
