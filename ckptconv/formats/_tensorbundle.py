@@ -202,8 +202,7 @@ def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, memoryview]]:
             raise TableError(
                 f"data block handle points past the end of the file (byte {handle.offset})"
             )
-        what = f"data block at byte {handle.offset}"
-        entries.extend(_block_entries(_block(data, handle, what), what))
+        entries.extend(_block_entries(_block(data, handle, "data block"), "data block"))
     return entries
 
 
