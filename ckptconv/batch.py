@@ -20,9 +20,10 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Formatter
@@ -349,19 +350,25 @@ def run_batch(
     *,
     workers: int = 1,
     on_result: Callable[[FileResult], None] | None = None,
+    job: Callable[..., FileResult] = convert_one,
     **options: Any,
 ) -> BatchReport:
     """Run :func:`convert_one` over ``jobs``, in ``workers`` processes (1: in this process).
 
     Every job runs; a failed file does not stop the others. Worker processes are started with
     the ``spawn`` method, so this is safe from threads and on every platform; call it under
-    ``if __name__ == "__main__":`` in a script.
+    ``if __name__ == "__main__":`` in a script. If a worker process dies (killed by the
+    out-of-memory killer, a crash in a native library), the jobs it may have been running are
+    re-run one at a time, each in a fresh process: the one that kills its process is reported
+    failed, the others complete.
 
     Args:
         jobs: From :func:`plan_jobs` (or any ``Job(src, dst)`` list).
         workers: Number of worker processes; 0 means one per CPU.
         on_result: Called in this process with each result as it completes.
-        **options: Passed to :func:`convert_one` (``mapping``, ``dtype``, ``force``, ...).
+        job: The per-file function, ``job(src, dst, **options) -> FileResult`` (a top-level,
+            picklable function); :func:`convert_one` unless you wrap it.
+        **options: Passed to ``job`` (``mapping``, ``dtype``, ``force``, ...).
 
     Returns:
         A :class:`BatchReport` with results in job order.
@@ -370,31 +377,87 @@ def run_batch(
     if workers <= 0:
         workers = os.cpu_count() or 1
     results: list[FileResult | None] = [None] * len(jobs)
-    if workers == 1 or len(jobs) <= 1:
-        for i, job in enumerate(jobs):
-            results[i] = convert_one(job.src, job.dst, **options)
+
+    lock = threading.Lock()
+
+    def finished(i: int, result: FileResult) -> None:
+        with lock:
+            results[i] = result
             if on_result is not None:
-                on_result(results[i])  # type: ignore[arg-type]
+                on_result(result)
+
+    if workers == 1 or len(jobs) <= 1:
+        for i, item in enumerate(jobs):
+            finished(i, job(item.src, item.dst, **options))
     else:
         from .writers.safetensors import _sigterm_as_exit
 
-        context = multiprocessing.get_context("spawn")
         # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
         # finish (each output is atomic) instead of leaving orphaned workers behind.
-        with _sigterm_as_exit(), ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-            pending: dict[Future[FileResult], int] = {
-                pool.submit(convert_one, job.src, job.dst, **options): i
-                for i, job in enumerate(jobs)
-            }
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        i = pending.pop(future)
-                        results[i] = future.result()
-                        if on_result is not None:
-                            on_result(results[i])  # type: ignore[arg-type]
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        existed = [_output_exists(item.dst) for item in jobs]
+        with _sigterm_as_exit():
+            broken = _run_pool(jobs, range(len(jobs)), workers, job, options, finished)
+
+            def isolated(i: int) -> None:
+                # An interrupted attempt may have completed its output before the pool broke:
+                # that output (absent before the batch) may be replaced.
+                again = dict(options, force=True) if not existed[i] else options
+                _run_pool(jobs, [i], 1, job, again, finished, died=True)
+
+            if broken:  # isolate them: only a job that kills its own process fails
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(isolated, broken))
     return BatchReport([r for r in results if r is not None], time.perf_counter() - started)
+
+
+def _output_exists(dst: str) -> bool:
+    return os.path.lexists(dst) or os.path.lexists(dst + ".index.json")
+
+
+_WORKER_DIED = (
+    "the worker process died while converting this file (killed by a signal, e.g. by the "
+    "out-of-memory killer, or a crash in a native library); try it alone, with more memory"
+)
+
+
+def _run_pool(
+    jobs: Sequence[Job],
+    indices: Iterable[int],
+    workers: int,
+    job: Callable[..., FileResult],
+    options: dict[str, Any],
+    finished: Callable[[int, FileResult], None],
+    *,
+    died: bool = False,
+) -> list[int]:
+    """Run ``jobs[i]`` for ``i`` in ``indices`` in a fresh pool; return the indices left
+    unfinished because a worker died (with ``died=True`` they are reported failed instead)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    indices = list(indices)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), mp_context=context) as pool:
+        pending: dict[Future[FileResult], int] = {
+            pool.submit(job, jobs[i].src, jobs[i].dst, **options): i for i in indices
+        }
+        unfinished: list[int] = []
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        unfinished.append(i)
+                        continue
+                    finished(i, result)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    if died:
+        for i in sorted(unfinished):
+            finished(i, FileResult(src=jobs[i].src, dst=jobs[i].dst, ok=False,
+                                   error=_WORKER_DIED, error_type="WorkerDied"))
+        return []
+    return sorted(unfinished)

@@ -198,3 +198,26 @@ def test_worked_script_demo(tmp_path: Path) -> None:
     assert len(failed) == 1 and "run3" in failed[0] and "truncated" in failed[0]
     assert not any(line.startswith("CORRUPT") for line in lines)
     assert lines[-1].startswith("2 converted, 1 failed")
+
+
+def dies_on_poison(src: str, dst: str, **options: object) -> FileResult:
+    """A per-file job whose process dies (as under the out-of-memory killer) for one input."""
+    import os
+
+    if "poison" in src:
+        os._exit(137)
+    return convert_one(src, dst, **options)
+
+
+def test_a_dying_worker_fails_only_its_file(inputs: Path, keras_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(inputs / "k3_seq.weights.h5", inputs / "poison.weights.h5")
+    out = tmp_path / "out"
+    jobs = plan_jobs([f"{inputs}/*"], out)
+    report = run_batch(jobs, workers=2, job=dies_on_poison)
+    failed = {Path(r.src).name: r for r in report.failed}
+    assert set(failed) == {"broken.weights.h5", "poison.weights.h5"}
+    assert failed["poison.weights.h5"].error_type == "WorkerDied"
+    assert "worker process died" in (failed["poison.weights.h5"].error or "")
+    assert [r.src for r in report.results] == [j.src for j in jobs]
+    check_outputs(out, keras_dir)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
