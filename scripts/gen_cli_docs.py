@@ -28,8 +28,9 @@ command runs, so it always matches the installed version. For worked examples se
 Exit status, for every command: **0** success, **1** the job failed (a bad input, a plan with
 problems, a failed file in a batch; the reason is one line on stderr starting
 `ckptconv: error:`), **2** a usage error (unknown option, missing argument), **130** interrupted
-(nothing is written). Add `--debug` (before or after the command name) to see the full
-traceback instead of the one-line message. See [troubleshooting](troubleshooting.md) for what
+by Ctrl-C and **143** terminated by SIGTERM (either way no partial output is left behind). Add
+`--debug` (before or after the command name) to see the full traceback instead of the one-line
+message. See [troubleshooting](troubleshooting.md) for what
 each error means.
 """
 
