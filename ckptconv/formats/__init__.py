@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import json
 import os
 import struct
 import zipfile
@@ -79,24 +80,59 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         raise FormatError("no such file or directory", path=p)
     if p.is_file() and p.stat().st_size == 0:
         raise FormatError("the file is empty: not a checkpoint", path=p)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        raise FormatError(
-            "an HDF5 file, but not one with Keras weights ckptconv can read (no layer_names "
-            "attribute, no layers/vars groups), or a damaged one; check that the file is "
-            "complete",
-            path=p,
-        )
-    if head.startswith(b"PK\x03\x04"):
-        raise FormatError(
-            "a zip archive, but not a readable .keras model (no model.weights.h5 or "
-            "config.json member, or a damaged archive)",
-            path=p,
-        )
+    if p.is_file():
+        _explain_unclaimed(p, head)
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
         "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
         path=p,
     )
+
+
+def _explain_unclaimed(p: Path, head: bytes) -> None:
+    """Raise the most useful error for a file of a known container type that no format
+    claims: damaged (it does not even open) or well-formed but of another kind."""
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        import h5py
+
+        from ._hdf5 import describe_open_error
+
+        try:
+            h5py.File(p, "r").close()
+        except Exception as e:  # noqa: BLE001 - libhdf5 reports damage as anything
+            raise CorruptFileError(describe_open_error(e), path=p) from e
+        raise FormatError(
+            "an HDF5 file, but without Keras weights (no layer_names attribute, no "
+            "layers/vars groups)",
+            path=p,
+        )
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            zipfile.ZipFile(p).close()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CorruptFileError(
+                f"a damaged zip archive ({_one_line(e)}); copy or download the .keras file again",
+                path=p,
+            ) from e
+        raise FormatError(
+            "a zip archive without model.weights.h5 or config.json: not a .keras model", path=p
+        )
+    if head.lstrip()[:1] in (b"{", b"["):
+        try:
+            if p.stat().st_size > 64 * 2**20:
+                return
+            json.loads(p.read_bytes())
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise CorruptFileError(
+                f"a JSON file that does not parse ({_one_line(e)}): a damaged or incomplete "
+                "shard index?",
+                path=p,
+            ) from e
+        raise FormatError(
+            'a JSON file, but not a shard index ckptconv reads: expected {"weight_map": '
+            "{...}} naming .weights.h5 or .safetensors files in the same directory",
+            path=p,
+        )
 
 
 def open(path: str | os.PathLike[str], **options: object) -> Store:  # noqa: A001

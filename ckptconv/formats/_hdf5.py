@@ -42,13 +42,31 @@ def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str
     try:
         f = h5py.File(source, "r")
     except (OSError, RuntimeError, ValueError) as e:
-        raise CorruptFileError(f"not a readable HDF5 file ({e})", path=path) from e
+        raise CorruptFileError(describe_open_error(e), path=path) from e
     try:
         check_global_heaps(f, source, path=path)
     except BaseException:
         f.close()
         raise
     return f
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
+def describe_open_error(error: BaseException) -> str:
+    """What libhdf5's refusal to open a file means, in one line with what to do."""
+    text = " ".join(str(error).split())
+    truncated = _TRUNCATED.search(text)
+    if truncated:
+        return (
+            f"the file is truncated: it has {truncated.group(1)} bytes, its HDF5 superblock "
+            f"says {truncated.group(2)}; copy or download it again"
+        )
+    if "file signature not found" in text:
+        return "not an HDF5 file (no HDF5 signature)"
+    inner = re.sub(r"^Unable to (synchronously )?open file \((.*)\)$", r"\2", text)
+    return f"a damaged HDF5 file that libhdf5 cannot open ({inner})"
 
 
 _GCOL = b"GCOL"
