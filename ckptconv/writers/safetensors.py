@@ -334,7 +334,7 @@ def _index_files(index: str) -> list[str]:
     try:
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f).get("weight_map", {})
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(weight_map, dict):
         return []
