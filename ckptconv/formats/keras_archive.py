@@ -118,7 +118,7 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
         raise CorruptFileError(f"config.json cannot be read from the archive ({e})", path=path) from e
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
 
 
@@ -187,7 +187,7 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
                 meta = json.loads(z.read("metadata.json"))
                 if isinstance(meta, dict):
                     metadata_json = {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
-            except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error, EOFError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, zipfile.BadZipFile, zlib.error, EOFError):
                 pass  # metadata.json only adds the Keras version; the weights do not need it
         if info.compress_type == zipfile.ZIP_STORED:
             start = member_data_offset(path, info)

@@ -45,7 +45,7 @@ def _load_index(path: Path) -> dict:
         raise CorruptFileError("the shard index is implausibly large", path=path)
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CorruptFileError("the shard index has no weight_map object", path=path)

@@ -203,7 +203,7 @@ def _load_index(path: Path) -> dict:
         raise CorruptFileError("the shard index is implausibly large", path=path)
     try:
         index = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CorruptFileError("the shard index has no weight_map object", path=path)
@@ -267,7 +267,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
     except _RepeatedKey as e:
         raise CorruptFileError(
