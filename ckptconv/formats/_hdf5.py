@@ -79,10 +79,10 @@ _MAX_OBJECTS = 1_000_000
 def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> None:
     """Refuse global heap collections the HDF5 library cannot read safely.
 
-    libhdf5 (1.14) walks a collection's objects trusting their sizes: an object of size 0
-    makes it loop forever, and one running past its collection makes it copy memory it does
-    not own. A damaged byte or two in a Keras file is enough for either, so every collection
-    is checked here, before the first variable-length attribute read. Collections lie
+    libhdf5 (1.14) walks a collection's objects trusting their sizes: a record of size 0
+    makes it loop forever, and a few zeroed bytes in a Keras file are enough for that. So
+    every collection is checked here, before the first variable-length attribute read; an
+    object claiming to run past its collection is refused too. Collections lie
     anywhere in the file; contiguous tensor data is skipped, so for Keras files only the
     metadata is scanned (a few KB to MB, whatever the file size).
 
