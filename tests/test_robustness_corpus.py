@@ -283,6 +283,41 @@ def _weight_is_group(base: Path, d: Path) -> Case:
     return Case(path, path, CorruptFileError)
 
 
+def damage_global_heap(path: Path, record: bytes) -> None:
+    """Overwrite the first object record of the file's first global heap collection (where
+    libhdf5 keeps variable-length attribute values such as ``layer_names``)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"GCOL")
+    assert at > 0 and raw[at + 4] == 1, "no global heap collection"
+    raw[at + 16 : at + 32] = record
+    path.write_bytes(bytes(raw))
+
+
+# Found by the fuzzer: libhdf5 1.14 loops forever on a zero-size heap record (a zeroed run in
+# a Keras file is enough). An object claiming more bytes than its collection holds is refused
+# by the same check (libhdf5 itself reports that one when it reads the attribute).
+@case("keras-h5/global-heap-record-zeroed")
+def _gcol_zero(base: Path, d: Path) -> Case:
+    path = copy_source(base, "keras-h5", d)
+    damage_global_heap(path, bytes(16))
+    return Case(path, path, CorruptFileError)
+
+
+@case("weights-h5/global-heap-record-zeroed")
+def _gcol_zero_v3(base: Path, d: Path) -> Case:
+    path = copy_source(base, "weights-h5", d)
+    damage_global_heap(path, bytes(16))
+    return Case(path, path, CorruptFileError)
+
+
+@case("tf-keras-h5/global-heap-object-past-its-collection")
+def _gcol_overrun(base: Path, d: Path) -> Case:
+    path = copy_source(base, "tf-keras-h5", d)
+    record = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + bytes(4) + (2**40).to_bytes(8, "little")
+    damage_global_heap(path, record)
+    return Case(path, path, CorruptFileError)
+
+
 @case("weights-h5/variable-key-not-an-index")
 def _bad_var_key(base: Path, d: Path) -> Case:
     path = copy_source(base, "weights-h5", d)
