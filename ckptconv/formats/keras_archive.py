@@ -211,7 +211,10 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
     try:
         if not looks_like_v3(f):
             raise CorruptFileError(f"{WEIGHTS_MEMBER} is not a Keras 3 weights file", path=path)
-        infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
+        try:
+            infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
+        except UnsafeInputError as e:  # raised without the file: name it
+            raise UnsafeInputError(e.reason, path=path, key="config.json") from e
         groups: dict[str, _VarsGroup] = {}
         order: list[str] = []
         root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
