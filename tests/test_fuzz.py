@@ -10,8 +10,9 @@ never another exception, a hang or a crash.
 Two guards keep a bug from stalling the suite: in-process examples run under a faulthandler
 watchdog (a hang dumps the stack and ends the run instead of blocking it), and a fixed sample
 runs in a subprocess with a timeout, so hangs and crashes (libhdf5 is C) are reported as test
-failures. Bounded for CI (150 examples per source, 20 more per source in the subprocess sample); ``scripts/fuzz_atheris.py`` runs the
-same harness for as long as you like.
+failures. Bounded for CI: 150 examples per source, and 20 per source in the subprocess
+sample. ``scripts/fuzz_atheris.py`` runs the same harness, coverage-guided, for as long as
+you like (see docs/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def _copy(label: str, src: Path, names: list[str], root: Path, entry: str, mutab
 
 @pytest.fixture(scope="module")
 def sources(generated, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
-    keras = generated("keras")
-    load = generated("load")
-    tf = generated("tf")
     root = tmp_path_factory.mktemp("fuzz-sources")
+    return build_sources(generated("keras"), generated("load"), generated("tf"), root)
+
+
+def build_sources(keras: Path, load: Path, tf: Path, root: Path) -> dict[str, Source]:
+    """Copies of real files of every kind under ``root``, from the generators' output
+    directories (also used by ``scripts/fuzz_atheris.py``)."""
     found: dict[str, Source] = {}
 
     def add(source: Source) -> None:

@@ -229,6 +229,14 @@ def _deep_json(base: Path, d: Path) -> tuple[Case, str]:
     return Case(path, path, CorruptFileError), "config.json is not valid JSON"
 
 
+@hostile("keras/config-json-nested-500-deep")
+def _deep_json_parsable(base: Path, d: Path) -> tuple[Case, str]:
+    """Deep enough to trip the config walk's limit, shallow enough for the JSON parser."""
+    path = copy_source(base, "keras", d)
+    add_members(path, {"config.json": b'{"config": ' + b"[" * 500 + b"]" * 500 + b"}"})
+    return Case(path, path, UnsafeInputError), "nested too deeply"
+
+
 # --- shard indexes ---------------------------------------------------------------------------
 
 
