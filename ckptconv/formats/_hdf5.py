@@ -86,16 +86,29 @@ def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, pa
     anywhere in the file; contiguous tensor data is skipped, so for Keras files only the
     metadata is scanned (a few KB to MB, whatever the file size).
 
+    Variable-length attribute values are then checked against the collections found: libhdf5
+    allocates (and zero-fills) whatever length a value claims before reading its heap object,
+    so one damaged length field makes a 100 KB file cost gigabytes of memory. Every value of
+    every attribute in the (version 1) object headers Keras files have must point at a checked
+    collection, at an object that exists, of the length it claims.
+
     Raises:
-        CorruptFileError: a collection's objects do not tile it.
+        CorruptFileError: a collection's objects do not tile it, or an attribute value does
+            not match its heap object.
     """
     reader = _ImageReader(source)
     try:
         size = reader.size
-        skip = _data_ranges(f, size)
+        skip, headers = _data_ranges(f, size)
+        collections: dict[int, dict[int, int]] = {}
         for start, stop in _gaps(skip, size):
             for offset in _find_all(reader, start, stop):
-                _check_collection(reader, offset, size, path=path)
+                objects = _check_collection(reader, offset, size, path=path)
+                if objects is not None:
+                    collections[offset] = objects
+        for address in headers:
+            for name, values in _vlen_attributes(reader, address, size):
+                _check_vlen_values(name, values, collections, path=path)
     finally:
         reader.close()
 
@@ -125,10 +138,11 @@ class _ImageReader:
             self._fd = None
 
 
-def _data_ranges(f: h5py.File, size: int) -> list[tuple[int, int]]:
-    """Byte ranges of large contiguous datasets (hard links only, each object once)."""
+def _data_ranges(f: h5py.File, size: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Byte ranges of large contiguous datasets, and the object header address of every
+    object (hard links only, each object once)."""
     ranges: list[tuple[int, int]] = []
-    seen: set[int] = set()
+    seen: set[int] = {h5py.h5o.get_info(f.id).addr}
     stack: list[tuple[h5py.Group, int]] = [(f, 0)]
     while stack:
         group, depth = stack.pop()
@@ -149,7 +163,7 @@ def _data_ranges(f: h5py.File, size: int) -> list[tuple[int, int]]:
                 length = obj.id.get_storage_size()
                 if offset is not None and length >= _SKIP_MIN and offset + length <= size:
                     ranges.append((offset, offset + length))
-    return sorted(ranges)
+    return sorted(ranges), sorted(seen)
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -179,15 +193,21 @@ def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
     return found
 
 
-def _check_collection(reader: _ImageReader, offset: int, size: int, *, path: str | os.PathLike[str]) -> None:
-    """Walk one collection's objects the way libhdf5 does, refusing what would hurt it."""
+def _check_collection(
+    reader: _ImageReader, offset: int, size: int, *, path: str | os.PathLike[str]
+) -> dict[int, int] | None:
+    """Walk one collection's objects the way libhdf5 does, refusing what would hurt it.
+
+    Returns its objects' sizes by index, or None if this is no collection libhdf5 accepts.
+    """
     header = reader.read(offset, _GCOL_HEADER)
     if len(header) < _GCOL_HEADER or header[4] != 1:
-        return  # not a collection libhdf5 would accept: it reports its own error
+        return None  # not a collection libhdf5 would accept: it reports its own error
     length = int.from_bytes(header[8:16], "little")
     if length < _GCOL_HEADER or offset + length > size:
-        return  # libhdf5 refuses a collection beyond the end of the file itself
+        return None  # libhdf5 refuses a collection beyond the end of the file itself
     body = reader.read(offset, length)
+    objects: dict[int, int] = {}
     position = _GCOL_HEADER
     while position + _GCOL_HEADER <= length:
         index = int.from_bytes(body[position : position + 2], "little")
@@ -208,7 +228,104 @@ def _check_collection(reader: _ImageReader, offset: int, size: int, *, path: str
                     "collection (the file is damaged)",
                     path=path,
                 )
+            objects[index] = object_size
         position += need
+    return objects
+
+
+_MAX_HEADER_BLOCKS = 4096
+
+
+def _vlen_attributes(reader: _ImageReader, address: int, size: int) -> list[tuple[str, bytes]]:
+    """(name, raw values) of every variable-length attribute in a version 1 object header.
+
+    Other header versions (and attributes in dense storage) are not parsed: Keras files have
+    none, and libhdf5 then reads them unchecked.
+    """
+    prefix = reader.read(address, 16)
+    if len(prefix) < 16 or prefix[0] != 1:
+        return []
+    found = []
+    blocks = [(address + 16, int.from_bytes(prefix[8:12], "little"))]
+    seen = set()
+    while blocks and len(seen) < _MAX_HEADER_BLOCKS:
+        start, length = blocks.pop()
+        if (start, length) in seen or start + length > size:
+            continue
+        seen.add((start, length))
+        block = reader.read(start, length)
+        position = 0
+        while position + 8 <= len(block):
+            kind = int.from_bytes(block[position : position + 2], "little")
+            message_size = int.from_bytes(block[position + 2 : position + 4], "little")
+            data = block[position + 8 : position + 8 + message_size]
+            position += 8 + message_size
+            if kind == 0x10 and len(data) >= 16:  # continuation: more messages elsewhere
+                blocks.append((int.from_bytes(data[:8], "little"), int.from_bytes(data[8:16], "little")))
+            elif kind == 0x0C:
+                attribute = _vlen_attribute(data)
+                if attribute is not None:
+                    found.append(attribute)
+    return found
+
+
+def _vlen_attribute(data: bytes) -> tuple[str, bytes] | None:
+    """(name, values) of an attribute message whose type is variable-length, else None."""
+    version = data[0] if data else 0
+    if version not in (1, 2, 3) or len(data) < 8:
+        return None
+    name_size, type_size, space_size = (int.from_bytes(data[i : i + 2], "little") for i in (2, 4, 6))
+    pad = (lambda n: (n + 7) // 8 * 8) if version == 1 else (lambda n: n)
+    position = 9 if version == 3 else 8
+    name = data[position : position + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
+    position += pad(name_size)
+    datatype = data[position : position + type_size]
+    position += pad(type_size)
+    space = data[position : position + space_size]
+    position += pad(space_size)
+    if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
+        return None
+    base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
+    count = _element_count(space)
+    if count is None:
+        return None
+    return name, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
+
+
+def _element_count(space: bytes) -> int | None:
+    if len(space) < 4:
+        return None
+    version, rank = space[0], space[1]
+    if version == 2 and space[3] == 2:  # a null dataspace holds nothing
+        return 0
+    first = 8 if version == 1 else 4
+    dims = [int.from_bytes(space[first + 8 * i : first + 8 * i + 8], "little") for i in range(rank)]
+    if len(space) < first + 8 * rank:
+        return None
+    count = 1
+    for d in dims:
+        count *= d
+    return count
+
+
+def _check_vlen_values(name: str, raw: bytes, collections: dict[int, dict[int, int]], *, path: str | os.PathLike[str]) -> None:
+    """Each value is (length, heap collection address, object index): it must match a checked
+    collection's object, or libhdf5 allocates whatever the length says."""
+    base_size = raw[0] or 1
+    for at in range(1, len(raw) - 15, 16):
+        length = int.from_bytes(raw[at : at + 4], "little")
+        collection = int.from_bytes(raw[at + 4 : at + 12], "little")
+        index = int.from_bytes(raw[at + 12 : at + 16], "little")
+        if length == 0:
+            continue
+        stored = collections.get(collection, {}).get(index)
+        if stored is None or stored != length * base_size:
+            what = "no heap object" if stored is None else f"a heap object of {stored} bytes"
+            raise CorruptFileError(
+                f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
+                f"{what} (the file is damaged)",
+                path=path,
+            )
 
 
 def decode(value: Any) -> Any:
