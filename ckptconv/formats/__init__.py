@@ -69,11 +69,13 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     """
     p = Path(path)
     head = _head(p)
+    sniff_error: Exception | None = None
     for module in _modules():
         try:
             claimed = module.sniff(p, head)
-        except Exception:  # noqa: BLE001 - a damaged file makes a library raise anything
+        except Exception as e:  # noqa: BLE001 - a damaged file makes a library raise anything
             claimed = False
+            sniff_error = sniff_error or e
         if claimed:
             return module
     if not p.exists() and not any(p.parent.glob(glob.escape(p.name) + ".*")):
@@ -81,7 +83,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     if p.is_file() and p.stat().st_size == 0:
         raise FormatError("the file is empty: not a checkpoint", path=p)
     if p.is_file():
-        _explain_unclaimed(p, head)
+        _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
         "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
@@ -89,9 +91,10 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     )
 
 
-def _explain_unclaimed(p: Path, head: bytes) -> None:
+def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = None) -> None:
     """Raise the most useful error for a file of a known container type that no format
-    claims: damaged (it does not even open) or well-formed but of another kind."""
+    claims: damaged (it does not even open, or a format's check failed on it) or well-formed
+    but of another kind."""
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         import h5py
 
@@ -101,6 +104,12 @@ def _explain_unclaimed(p: Path, head: bytes) -> None:
             h5py.File(p, "r").close()
         except Exception as e:  # noqa: BLE001 - libhdf5 reports damage as anything
             raise CorruptFileError(describe_open_error(e), path=p) from e
+        if sniff_error is not None:
+            raise CorruptFileError(
+                f"a damaged HDF5 file: its structure cannot be read "
+                f"({type(sniff_error).__name__}: {_one_line(sniff_error)})",
+                path=p,
+            ) from sniff_error
         raise FormatError(
             "an HDF5 file, but without Keras weights (no layer_names attribute, no "
             "layers/vars groups)",
