@@ -318,6 +318,30 @@ def _gcol_overrun(base: Path, d: Path) -> Case:
     return Case(path, path, CorruptFileError)
 
 
+@case("tf-keras-h5/attribute-value-claims-2-gib")
+def _vlen_length(base: Path, d: Path) -> Case:
+    """Found by atheris: a variable-length attribute value (length, heap address, index) whose
+    length is damaged makes libhdf5 allocate and zero that many bytes before failing."""
+    path = copy_source(base, "tf-keras-h5", d)
+    raw = bytearray(path.read_bytes())
+    heap = raw.find(b"GCOL")
+    end = heap + int.from_bytes(raw[heap + 8 : heap + 16], "little")
+    objects, at = {}, heap + 16  # the collection's objects: index -> size
+    while at + 16 <= end:
+        index, size = int.from_bytes(raw[at : at + 2], "little"), int.from_bytes(raw[at + 8 : at + 16], "little")
+        if index == 0:
+            break
+        objects[index] = size
+        at += 16 + (size + 7) // 8 * 8
+    # a value as an attribute stores it: (length, heap address, object index)
+    values = (size.to_bytes(4, "little") + heap.to_bytes(8, "little") + index.to_bytes(4, "little")
+              for index, size in objects.items())
+    at = min(p for p in (raw.find(v, end) for v in values) if p > 0)
+    raw[at : at + 4] = (2**31 - 1).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    return Case(path, path, CorruptFileError)
+
+
 @case("weights-h5/variable-key-not-an-index")
 def _bad_var_key(base: Path, d: Path) -> Case:
     path = copy_source(base, "weights-h5", d)
