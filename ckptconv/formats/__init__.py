@@ -118,7 +118,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
     if head.startswith(b"PK\x03\x04"):
         try:
             zipfile.ZipFile(p).close()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
             raise CorruptFileError(
                 f"a damaged zip archive ({_one_line(e)}); copy or download the .keras file again",
                 path=p,

@@ -45,7 +45,7 @@ def sniff(path: Path, head: bytes) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         return False
     return WEIGHTS_MEMBER in names or "config.json" in names
 
@@ -114,7 +114,7 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
     try:
         with z.open(info) as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise CorruptFileError(f"config.json cannot be read from the archive ({e})", path=path) from e
     try:
         return json.loads(raw)
@@ -171,7 +171,8 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
     """Open a ``.keras`` archive's weights in place (metadata only; nothing is extracted)."""
     try:
         z = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:  # NotImplementedError:
+        # a zip version or compression method zipfile does not know (a damaged header)
         raise CorruptFileError(f"not a readable zip archive ({e})", path=path) from e
     with z:
         try:
@@ -187,7 +188,8 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
                 meta = json.loads(z.read("metadata.json"))
                 if isinstance(meta, dict):
                     metadata_json = {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, zipfile.BadZipFile, zlib.error, EOFError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, zipfile.BadZipFile, zlib.error,
+                    EOFError, NotImplementedError):
                 pass  # metadata.json only adds the Keras version; the weights do not need it
         if info.compress_type == zipfile.ZIP_STORED:
             start = member_data_offset(path, info)
