@@ -399,6 +399,17 @@ def _central_directory(base: Path, d: Path) -> Case:
     return Case(path, path, CkptconvError)
 
 
+@case("keras/zip-version-needed-damaged")
+def _zip_version(base: Path, d: Path) -> Case:
+    """Found by atheris: zipfile raises NotImplementedError for a version it does not know."""
+    path = copy_source(base, "keras", d)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x01\x02")  # the first central directory record
+    raw[at + 6 : at + 8] = (236).to_bytes(2, "little")  # "version needed to extract": 23.6
+    path.write_bytes(bytes(raw))
+    return Case(path, path, CorruptFileError)
+
+
 @case("keras-sharded/index-names-a-missing-shard")
 def _missing_shard(base: Path, d: Path) -> Case:
     path = copy_source(base, "keras-sharded", d)
