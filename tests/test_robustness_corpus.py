@@ -803,3 +803,41 @@ def test_damaged_input_through_the_real_cli(name: str, base: Path, tmp_path: Pat
     assert proc.returncode == 1 and "Traceback" in proc.stderr  # --debug shows it
     assert os.listdir(out) == []
     assert hashes(inputs) == before
+
+
+BATCH_SAMPLE = [
+    "keras-h5/truncated-half",
+    "keras/without-weights",
+    "weights-h5/global-heap-record-zeroed",
+    "safetensors/overlapping-offsets",
+    "safetensors-crc/flipped-byte-in-tensor-data",
+    "tf/flipped-byte-in-tensor-data",
+    "keras-sharded/index-names-a-missing-shard",
+]
+
+
+def test_batch_reports_each_damaged_file_and_goes_on(base: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A batch over good and damaged inputs converts the good ones, reports each damaged one
+    on its own line naming it, leaves no output or temporary file for them, exits 1."""
+    inputs: list[Path] = []
+    damaged: dict[str, Case] = {}
+    for i, name in enumerate(BATCH_SAMPLE):
+        d = tmp_path / f"bad{i}"
+        d.mkdir()
+        damaged[name] = CASES[name](base, d)
+        inputs.append(damaged[name].path)
+    for label in ("keras", "safetensors", "tf"):
+        d = tmp_path / f"good-{label}"
+        d.mkdir()
+        inputs.append(copy_source(base, label, d))
+    out = tmp_path / "out"
+    status = cli_main(["batch", *map(str, inputs), "-o", str(out), "--name-pattern", "{parent}.safetensors"])
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert status == 1
+    for name, case in damaged.items():
+        failed = [line for line in lines if line.startswith(f"failed {case.path}")]
+        assert len(failed) == 1, (name, lines)
+        assert str(case.file.name) in failed[0] and "Traceback" not in failed[0]
+    assert sorted(os.listdir(out)) == ["good-keras.safetensors", "good-safetensors.safetensors", "good-tf.safetensors"]
+    assert any(line.startswith(f"{len(inputs)} files: 3 converted, {len(damaged)} failed") for line in lines), lines
