@@ -140,30 +140,26 @@ class _ImageReader:
 
 def _data_ranges(f: h5py.File, size: int) -> tuple[list[tuple[int, int]], list[int]]:
     """Byte ranges of large contiguous datasets, and the object header address of every
-    object (hard links only, each object once)."""
+    object. libhdf5's own visit follows hard links only and each object once (link cycles
+    included); the low-level API keeps it quick for files with thousands of objects."""
     ranges: list[tuple[int, int]] = []
-    seen: set[int] = {h5py.h5o.get_info(f.id).addr}
-    stack: list[tuple[h5py.Group, int]] = [(f, 0)]
-    while stack:
-        group, depth = stack.pop()
-        if depth > MAX_DEPTH or len(seen) > _MAX_OBJECTS:
-            break  # the readers refuse such files themselves; scanning everything is safe
-        for key in group.keys():
-            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
-                continue
-            obj = group[key]
-            address = h5py.h5o.get_info(obj.id).addr
-            if address in seen:
-                continue
-            seen.add(address)
-            if isinstance(obj, h5py.Group):
-                stack.append((obj, depth + 1))
-            elif isinstance(obj, h5py.Dataset) and obj.chunks is None:
-                offset = obj.id.get_offset()
-                length = obj.id.get_storage_size()
+    headers: list[int] = [h5py.h5o.get_info(f.id).addr]
+
+    def visit(name: bytes, info: Any) -> int | None:
+        headers.append(info.addr)
+        if len(headers) > _MAX_OBJECTS:
+            return 1  # stop: the readers refuse such files themselves
+        if info.type == h5py.h5o.TYPE_DATASET:
+            dataset = h5py.h5d.open(f.id, name)
+            if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
+                offset = dataset.get_offset()
+                length = dataset.get_storage_size()
                 if offset is not None and length >= _SKIP_MIN and offset + length <= size:
                     ranges.append((offset, offset + length))
-    return sorted(ranges), sorted(seen)
+        return None
+
+    h5py.h5o.visit(f.id, visit, info=True)
+    return sorted(ranges), sorted(set(headers))
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
