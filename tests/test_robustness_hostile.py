@@ -152,6 +152,25 @@ for _kind, _open in (("keras-h5", legacy), ("weights-h5", v3)):
         return Case(path, path, CorruptFileError), "never written"
 
 
+@hostile("keras-h5/attribute-declares-2**40-values")
+def _attribute_dims(base: Path, d: Path) -> tuple[Case, str]:
+    """weight_names' dataspace (and its maximum) rewritten to 2**40 elements: refused before
+    anything is allocated for them."""
+    path = copy_source(base, "keras-h5", d)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"weight_names\0")
+    start = at - 8  # the (version 1) attribute message: sizes of name, datatype, dataspace
+    assert raw[start] == 1
+    name_size, type_size = (int.from_bytes(raw[start + i : start + i + 2], "little") for i in (2, 4))
+    space = at + (name_size + 7) // 8 * 8 + (type_size + 7) // 8 * 8
+    assert raw[space] == 1 and raw[space + 1] == 1  # a version 1 dataspace of rank 1
+    raw[space + 8 : space + 16] = (2**40).to_bytes(8, "little")
+    if raw[space + 2] & 1:  # the maximum dimension follows
+        raw[space + 16 : space + 24] = (2**40).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    return Case(path, path, CorruptFileError), "damaged"
+
+
 @hostile("weights-h5/groups-nested-200-deep")
 def _deep_groups(base: Path, d: Path) -> tuple[Case, str]:
     path = copy_source(base, "weights-h5", d)
