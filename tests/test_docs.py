@@ -448,6 +448,15 @@ def test_links_resolve(page):
     assert not broken, f"{page}: broken links {broken}"
 
 
+def test_readme_spec_is_the_demo_spec():
+    """The README's tour shows examples/specs/demo_feature_extractor.yaml: the same spec."""
+    import yaml
+
+    shown = [b.text for b in extract("README.md") if b.lang == "yaml"]
+    path = ROOT / "examples" / "specs" / "demo_feature_extractor.yaml"
+    assert shown and yaml.safe_load(shown[0]) == yaml.safe_load(path.read_text())
+
+
 def test_output_matching():
     """The comparison the page examples rely on: ``...`` lines and text, times, paths."""
     assert matches("a\n...\nd", "a\nb\nc\nd")
