@@ -240,7 +240,7 @@ def _generic(label: str) -> None:
             size = (d / main).stat().st_size
             keep = {"16": 16, "quarter": size // 4, "half": size // 2, "minus-1": -1}[where]
             truncate(d / main, keep)
-            return Case(path, d / main, CkptconvError)
+            return Case(path, d / main, CorruptFileError)  # every format says "truncated" or "damaged"
 
 
 for _label in GENERIC:
@@ -396,7 +396,7 @@ def _central_directory(base: Path, d: Path) -> Case:
     at = raw.rfind(b"PK\x01\x02")  # the last central directory record
     raw[at : at + 4] = b"XXXX"
     path.write_bytes(bytes(raw))
-    return Case(path, path, CkptconvError)
+    return Case(path, path, CorruptFileError)
 
 
 @case("keras/zip-version-needed-damaged")
@@ -445,7 +445,7 @@ def _st_header_length(base: Path, d: Path) -> Case:
     raw = bytearray(path.read_bytes())
     raw[:8] = (len(raw) + 100).to_bytes(8, "little")
     path.write_bytes(bytes(raw))
-    return Case(path, path, CkptconvError)
+    return Case(path, path, CorruptFileError)
 
 
 @case("safetensors/header-length-above-the-format-limit")
@@ -679,7 +679,7 @@ def _tf_data_truncated(base: Path, d: Path) -> Case:
 def _tf_no_index(base: Path, d: Path) -> Case:
     path = copy_source(base, "tf", d)
     (d / "k3ckpt.index").unlink()
-    return Case(path, d / "k3ckpt", CkptconvError)
+    return Case(path, d / "k3ckpt", CorruptFileError)
 
 
 # --- running a case --------------------------------------------------------------------------
