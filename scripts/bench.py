@@ -241,6 +241,12 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
             cases.append(Case(f"load_into:{tag}", "load", f"ckptconv load_into, {label}",
                               run + ["load_into", path] + size, inputs=paths, inner=True,
                               baseline="load_weights:weights.h5", target="load"))
+        for label, (path, paths) in sources.items():
+            tag = short.get(label, label)
+            cases.append(Case(f"load_into_norb:{tag}", "load",
+                              f"ckptconv load_into rollback=False, {label}",
+                              run + ["load_into_norollback", path] + size, inputs=paths,
+                              inner=True, baseline="load_weights:weights.h5", target="load"))
         k_path, k_files = files.sources[".keras"]
         cases.append(Case("load_weights:keras", "load", "Keras model.load_weights, .keras",
                           run + ["load_weights", k_path] + size, inputs=k_files, inner=True,
