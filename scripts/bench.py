@@ -372,7 +372,12 @@ def measure(case: Case, cache: str, logdir: str) -> Run:
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(case.argv, stdout=out, stderr=err, env=child_env(), cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM: stop the child before the cleanup
+            proc.kill()
+            proc.wait()
+            raise
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     remove(case.outputs)
