@@ -258,26 +258,6 @@ class _Model:
             return by_name(str(dtype))
         return np.dtype(dtype.as_numpy_dtype)
 
-    def snapshot(self, variable: Any) -> Any:
-        """The variable's current value, kept to restore it if a later step fails.
-
-        On TensorFlow a read shares the buffer and a later assignment writes a new one (copy
-        on write); JAX arrays are immutable: either way this costs no copy. (Not
-        ``convert_to_tensor``: on TensorFlow it hands back the variable itself.)
-        """
-        if self.line == "keras":
-            import keras
-
-            # On TensorFlow, read the tf.Variable underneath directly: keras.ops.copy does the
-            # same through several dispatch layers, which adds up over thousands of variables.
-            inner = getattr(variable, "value", None)
-            if keras.backend.backend() == "tensorflow" and hasattr(inner, "read_value"):
-                return inner.read_value()
-            return keras.ops.copy(variable)
-        return variable.read_value()
-
-    # -- naming
-
     def _collect(self) -> list[_Var]:
         if self.line == "keras":
             found = self._walk_keras3()
@@ -468,6 +448,15 @@ class _Assignment:
     source: str
     compute: Callable[[], np.ndarray]
     cast_from: np.dtype | None = None
+    raw: Entry | None = None  # set when the value is exactly this entry's stored bytes
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether computing the value can fail on the data itself: anything but a plain copy
+        of stored bytes with no checksum to check (a checksum, a decompressing h5py read, an
+        op, a cast that may overflow)."""
+        raw = self.raw
+        return raw is None or raw.byte_range is None or raw.crc32c is not None
 
 
 @dataclass
@@ -490,6 +479,7 @@ def _check_pair(
     *,
     cast: bool,
     cast_from: np.dtype | None = None,
+    raw: Entry | None = None,
 ) -> None:
     """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch."""
     reason = None
@@ -519,7 +509,8 @@ def _check_pair(
     if dtype != target.dtype:
         cast_from = dtype
         compute = _casting(compute, target.dtype, target.name)
-    match.assignments.append(_Assignment(target, source, compute, cast_from))
+        raw = None
+    match.assignments.append(_Assignment(target, source, compute, cast_from, raw))
     match.report.loaded.append(
         LoadedWeight(
             target.name,
@@ -625,7 +616,8 @@ def _match_by_order(
             filled.add(target.name)
             compute, src_dtype = _with_default_dtype(entry, dtype)
             _check_pair(
-                match, target, entry.name, entry.shape, src_dtype, compute, cast=cast
+                match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
+                raw=entry if compute == entry.read else None,
             )
     extra_targets = len(target_layers) - len(pairs)
     extra_sources = len(source_layers) - len(pairs)
@@ -678,7 +670,7 @@ def _match_by_plan(
             cast_from = store[names[0]].dtype
         _check_pair(
             match, var, "+".join(names) or output.name, output.shape, output.dtype,
-            output.compute, cast=cast, cast_from=cast_from,
+            output.compute, cast=cast, cast_from=cast_from, raw=output.source,
         )
     records = {r.name: r for r in plan.report.sources}
     unused = [
@@ -707,19 +699,28 @@ def _match_by_plan(
 
 
 def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = True) -> None:
-    """Read and assign layer by layer; if anything fails, restore what was assigned.
+    """Read and assign layer by layer, after checking first whatever can fail on the data.
 
-    The next layer's tensors are read on a worker thread while this layer is assigned (file
-    reads and Keras' copies both release the GIL), so at most two layers are in memory. Small
-    layers are read in line: handing them to a thread costs more than it saves.
+    With ``rollback`` (all or nothing), every value whose computation can fail on the data
+    (a checksum, a decompressing read, an op, a cast that may overflow: see
+    :attr:`_Assignment.can_fail`) is computed and checked once before the first variable
+    changes, and dropped; plain stored bytes are not read twice. This keeps no copy of the
+    model's previous values, so it costs no memory. Then the next layer's tensors are read on
+    a worker thread while this layer is assigned (file reads and Keras' copies both release
+    the GIL), so at most two layers are in memory. Small layers are read in line: handing
+    them to a thread costs more than it saves.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    if rollback:
+        for a in assignments:
+            if a.can_fail:
+                _checked_value(a)
 
     groups: dict[int, list[_Assignment]] = {}
     for a in assignments:
         groups.setdefault(id(a.target.owner), []).append(a)
     layers = list(groups.values())
-    done: list[tuple[list[Any], list[Any]]] = []
 
     def read(items: list[_Assignment]) -> list[np.ndarray]:
         return [_checked_value(a) for a in items]
@@ -731,22 +732,14 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
             return pool.submit(read, layers[i])
         return None  # read in line when its turn comes
 
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
-            pending = start(pool, 0)
-            for i, items in enumerate(layers):
-                values = pending.result() if pending is not None else read(items)
-                pending = start(pool, i + 1)
-                variables = [a.target.variable for a in items]
-                saved = [live.snapshot(v) for v in variables] if rollback else []
-                _assign_layer(live, items[0].target.owner, variables, values)
-                done.append((variables, saved))
-                del values
-    except BaseException:
-        for variables, saved in reversed(done):
-            for variable, old in zip(variables, saved):
-                variable.assign(old)
-        raise
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
+        pending = start(pool, 0)
+        for i, items in enumerate(layers):
+            values = pending.result() if pending is not None else read(items)
+            pending = start(pool, i + 1)
+            variables = [a.target.variable for a in items]
+            _assign_layer(live, items[0].target.owner, variables, values)
+            del values
 
 
 # Layers smaller than this are read in line rather than on the worker thread.
@@ -927,11 +920,12 @@ def load_into(
             outside the part are neither loaded nor reported missing; strictness applies
             within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
-        rollback: Keep the previous value of every variable assigned until the call returns,
-            to restore them all if a read fails part-way (a damaged file). These are
-            references, not copies, but the old buffers stay alive, so memory can peak at
-            twice the weights loaded. False saves that; a failed read then leaves the layers
-            before it loaded.
+        rollback: All or nothing on damaged data too: before the first variable changes,
+            compute and check once every value whose reading can fail on the data
+            (checksummed tensors, h5py reads of compressed data, ops, casts that may
+            overflow); plain stored bytes are not read twice. A tensor that fails (a flipped
+            byte) then leaves every variable as it was. False skips that pass; a failed read
+            then leaves the layers before it loaded.
 
     Returns:
         A :class:`LoadReport`; ``applied`` says whether variables changed.
