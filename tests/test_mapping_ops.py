@@ -105,7 +105,7 @@ def op_and_reference(draw, shape):
         return Reshape(target), lambda a: np.reshape(a, target)
     if kind == "slice":
         text, index = draw(slice_items(ndim))
-        return Slice(text), lambda a: a[index]
+        return Slice(text), lambda a: _nonempty_slice(a, index)
     if kind == "cast":
         dtype = draw(st.sampled_from(DTYPES))
         return Cast(dtype), lambda a: a.astype(dtype)
@@ -117,6 +117,14 @@ def op_and_reference(draw, shape):
         return Squeeze((axis,)), lambda a: np.squeeze(a, axis=axis) if a.ndim else 1 / 0
     axis = draw(st.integers(-ndim - 2, ndim + 1))
     return ExpandDims((axis,)), lambda a: np.expand_dims(a, axis)
+
+
+def _nonempty_slice(a, index):
+    """numpy's indexing, except that emptying a non-empty tensor is refused (out of range)."""
+    result = a[index]
+    if a.size and not result.size:
+        raise IndexError("the slice selects nothing")
+    return result
 
 
 @SETTINGS
@@ -378,3 +386,9 @@ def test_float64_casts_round_once_to_nearest_even(values):
         got = cast_array(x, np.dtype(dtype), allow_overflow=True)
         want = np.array([_rne_oracle(v, significant, emin, largest) if np.isfinite(v) else v for v in values], np.float64)
         assert_bit_exact(got, want.astype(dtype), str(dtype))
+
+
+def test_a_slice_out_of_range_is_an_error_not_an_empty_tensor():
+    with pytest.raises(OpError, match=r"selects nothing from \[4, 8\]"):
+        Slice("[:, 10:20]").infer((4, 8), np.dtype("float32"))
+    assert Slice("[:, 6:20]").infer((4, 8), np.dtype("float32"))[0] == (4, 2)  # clipped, as numpy

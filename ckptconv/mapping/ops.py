@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating
@@ -287,6 +289,9 @@ class Slice(Op):
                 if not -n <= item < n:
                     raise OpError(f"slice {self.text}: index {item} is out of range for axis {axis} of size {n} in {_fmt(shape)}")
             axis += 1
+        if math.prod(shape) > 0 and math.prod(out) == 0:
+            # numpy clips out-of-range slices to nothing; for weights that is always a mistake
+            raise OpError(f"slice {self.text}: selects nothing from {_fmt(shape)} (out of range?)")
         return tuple(out), np.dtype(dtype)
 
     def apply(self, array, out_shape, out_dtype):
