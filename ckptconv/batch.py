@@ -153,6 +153,7 @@ def convert_one(
     checksum: bool = True,
     max_shard_size: int | str | None = None,
     verify: bool = False,
+    check_crc: bool = True,
 ) -> FileResult:
     """Convert one checkpoint; a failure is returned as a result, not raised.
 
@@ -181,6 +182,7 @@ def convert_one(
             max_shard_size=max_shard_size,
             verify=verify,
             progress=False,
+            check_crc=check_crc,
         )
     except (CkptconvError, OSError) as e:
         return FileResult(

@@ -466,3 +466,19 @@ def test_negative_dimension_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ckptconv.CorruptFileError, match="incomplete shape") as info:
         ckptconv.open(prefix)
     assert info.value.key == "dense1/bias"
+
+
+def test_batch_salvages_damaged_data_only_when_asked(tf_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    prefix = copy_case(tf_dir, "tfkeras", tmp_path)
+    with ckptconv.open(prefix) as store:
+        r = store["head/kernel"].byte_range
+    flip(r.path, r.offset)
+    out = tmp_path / "out"
+    refused = run_cli("batch", prefix + ".index", "-o", out, "--quiet")
+    assert refused.returncode == 1 and "head/kernel" in refused.stdout + refused.stderr
+    assert not list(out.glob("*.safetensors")) if out.exists() else True
+    salvaged = run_cli("batch", prefix + ".index", "-o", out, "--no-check-crc", "--quiet")
+    assert salvaged.returncode == 0, salvaged.stdout + salvaged.stderr
+    assert len(list(out.glob("*.safetensors"))) == 1

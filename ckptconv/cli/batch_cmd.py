@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--no-fsync", action="store_true", help="do not flush outputs to disk")
     p.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32Cs")
+    p.add_argument(
+        "--no-check-crc", action="store_true",
+        help="skip the sources' own per-tensor checksums (TF checkpoints)",
+    )
     p.add_argument("--verify", action="store_true", help="re-read every output and verify its checksums")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         checksum=not args.no_checksum,
         max_shard_size=args.max_shard_size,
         verify=args.verify,
+        check_crc=not args.no_check_crc,
     )
     bar = None
     if want_progress(args.quiet, args.progress):
