@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import add_debug, human_bytes, want_progress
+from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,18 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="output file name under OUTDIR (default: {stem}.safetensors)",
     )
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
-    p.add_argument("--map", metavar="SPEC", help="mapping spec file applied to every input")
-    p.add_argument("--dtype", metavar="DT", help="output dtype for floating-point weights")
-    p.add_argument("--max-shard-size", metavar="SIZE", help="write sharded sets, at most SIZE per shard (5GB, 2GiB)")
-    p.add_argument("--all", action="store_true", help="also write optimizer and bookkeeping entries")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
-    p.add_argument("--no-fsync", action="store_true", help="do not flush outputs to disk")
-    p.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32Cs")
-    p.add_argument(
-        "--no-check-crc", action="store_true",
-        help="skip the sources' own per-tensor checksums (TF checkpoints)",
-    )
-    p.add_argument("--verify", action="store_true", help="re-read every output and verify its checksums")
+    add_convert_options(p, many=True)
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
@@ -74,17 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _usage(str(e))
 
-    options = dict(
-        mapping=args.map,
-        dtype=args.dtype,
-        include_all=args.all,
-        force=args.force,
-        fsync=not args.no_fsync,
-        checksum=not args.no_checksum,
-        max_shard_size=args.max_shard_size,
-        verify=args.verify,
-        check_crc=not args.no_check_crc,
-    )
+    options = convert_options(args)
     bar = None
     if want_progress(args.quiet, args.progress):
         from tqdm import tqdm

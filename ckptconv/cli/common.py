@@ -32,3 +32,47 @@ def add_debug(parser) -> None:  # type: ignore[no-untyped-def]
         default=argparse.SUPPRESS,
         help="show the full traceback when the command fails",
     )
+
+
+def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """The conversion options ``convert`` and ``batch`` share (``many``: worded for batch)."""
+    outputs = "outputs" if many else "the output"
+    parser.add_argument(
+        "--map", metavar="SPEC",
+        help="mapping spec file (YAML, JSON or TOML)" + (", applied to every input" if many else ""),
+    )
+    parser.add_argument(
+        "--dtype", metavar="DT",
+        help="output dtype for floating-point weights (float32, float16, bfloat16, ...)",
+    )
+    parser.add_argument(
+        "--max-shard-size", metavar="SIZE",
+        help="write Hugging Face sharded sets, at most SIZE per shard (5GB = 5*10^9 bytes, 2GiB = 2*2^30)",
+    )
+    parser.add_argument("--all", action="store_true", help="also write optimizer and bookkeeping entries")
+    parser.add_argument("--force", action="store_true", help=f"replace existing {outputs}" if many else "replace an existing output")
+    parser.add_argument("--no-fsync", action="store_true", help=f"do not flush {outputs} to disk before finishing")
+    parser.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32C checksums")
+    parser.add_argument(
+        "--no-check-crc", action="store_true",
+        help="skip the sources' own per-tensor checksums (TF checkpoints)",
+    )
+    parser.add_argument(
+        "--verify", action="store_true",
+        help=f"re-read {outputs} at the end and verify every tensor's checksum",
+    )
+
+
+def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
+    """The keyword arguments of :func:`ckptconv.convert` that :func:`add_convert_options` set."""
+    return dict(
+        mapping=args.map,
+        dtype=args.dtype,
+        include_all=args.all,
+        force=args.force,
+        fsync=not args.no_fsync,
+        checksum=not args.no_checksum,
+        max_shard_size=args.max_shard_size,
+        verify=args.verify,
+        check_crc=not args.no_check_crc,
+    )
