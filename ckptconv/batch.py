@@ -141,20 +141,7 @@ class BatchReport:
         }
 
 
-def convert_one(
-    src: str,
-    dst: str,
-    *,
-    mapping: Any = None,
-    dtype: str | None = None,
-    include_all: bool = False,
-    force: bool = False,
-    fsync: bool = True,
-    checksum: bool = True,
-    max_shard_size: int | str | None = None,
-    verify: bool = False,
-    check_crc: bool = True,
-) -> FileResult:
+def convert_one(src: str, dst: str, **options: Any) -> FileResult:
     """Convert one checkpoint; a failure is returned as a result, not raised.
 
     Takes the options of :func:`ckptconv.convert.convert`, creates the output's directory if
@@ -170,20 +157,7 @@ def convert_one(
     try:
         parent = os.path.dirname(os.path.abspath(dst))
         os.makedirs(parent, exist_ok=True)
-        result = convert(
-            src,
-            dst,
-            mapping=mapping,
-            dtype=dtype,
-            include_all=include_all,
-            force=force,
-            fsync=fsync,
-            checksum=checksum,
-            max_shard_size=max_shard_size,
-            verify=verify,
-            progress=False,
-            check_crc=check_crc,
-        )
+        result = convert(src, dst, **{**options, "progress": False})
     except (CkptconvError, OSError) as e:
         return FileResult(
             src=src,
