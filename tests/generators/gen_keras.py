@@ -21,13 +21,12 @@ OUT = Path(sys.argv[1])
 rng = np.random.default_rng(0)
 
 
-def k3_zoo():
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(1)
-    img = keras.Input((8, 8, 3), name="img")
-    tok = keras.Input((5,), dtype="int32", name="tok")
+def zoo(k, *, head: str, head_dtype: str | None = None):
+    """The zoo architecture in one Keras line (``k``: the keras or tf_keras module), trained for
+    one step so the files hold optimizer state too."""
+    layers = k.layers
+    img = k.Input((8, 8, 3))
+    tok = k.Input((5,), dtype="int32")
     x = layers.Conv2D(4, 3, name="conv")(img)
     x = layers.BatchNormalization(name="bn")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -37,22 +36,32 @@ def k3_zoo():
     t = layers.Bidirectional(layers.LSTM(3), name="bilstm")(t)
     t = layers.LayerNormalization(name="ln")(t)
     y = layers.Concatenate(name="cat")([x, t])
-    block = keras.Sequential(
+    block = k.Sequential(
         [layers.Dense(4, name="inner_a"), layers.Dense(3, name="inner_b", use_bias=False)], name="block"
     )
     y = block(y)
-    y = layers.Dense(2, name="head_bf16", dtype="bfloat16")(y)
-    model = keras.Model([img, tok], y, name="zoo")
+    y = layers.Dense(2, name=head, dtype=head_dtype)(y)
+    model = k.Model([img, tok], y, name="zoo")
     model.compile(optimizer="adam", loss="mse")
     data = [rng.normal(size=(4, 8, 8, 3)).astype("float32"), rng.integers(0, 10, size=(4, 5)).astype("int32")]
     model.fit(data, rng.normal(size=(4, 2)).astype("float32"), verbose=0, epochs=1)
     return model
 
 
+def chunky(k):
+    """A model whose layer_names attribute exceeds 64 KB: Keras splits it into layer_names0, 1, ..."""
+    inp = k.Input((2,))
+    x = inp
+    for i in range(330):
+        x = k.layers.Activation("linear", name=f"act_{i:04d}_" + "x" * 190)(x)
+    return k.Model(inp, k.layers.Dense(2, name="last")(x), name="chunky")
+
+
 def main() -> None:
     import keras
 
-    m = k3_zoo()
+    keras.utils.set_random_seed(1)
+    m = zoo(keras, head="head_bf16", head_dtype="bfloat16")
     recs = keras3_records(m)
     m.save_weights(OUT / "k3_zoo.weights.h5")
     dump_expected(OUT, "k3_zoo.weights.h5", recs, optimizer_vars=len(m.optimizer.variables))
@@ -71,13 +80,7 @@ def main() -> None:
     seq.save_weights(OUT / "k3_seq.weights.h5")
     dump_expected(OUT, "k3_seq.weights.h5", keras3_records(seq))
 
-    # a model whose layer_names attribute exceeds 64 KB: Keras splits it into layer_names0, 1, ...
-    inp = keras.Input((2,))
-    x = inp
-    for i in range(330):
-        x = keras.layers.Activation("linear", name=f"act_{i:04d}_" + "x" * 190)(x)
-    x = keras.layers.Dense(2, name="last")(x)
-    km = keras.Model(inp, x, name="chunky")
+    km = chunky(keras)
     km.save(OUT / "k3_chunked.h5")
     dump_expected(OUT, "k3_chunked.h5", keras3_records(km))
 
@@ -89,24 +92,7 @@ def tk() -> None:
     from tf_keras import layers
 
     tf_keras.utils.set_random_seed(2)
-    img = tf_keras.Input((8, 8, 3))
-    tok = tf_keras.Input((5,), dtype="int32")
-    x = layers.Conv2D(4, 3, name="conv")(img)
-    x = layers.BatchNormalization(name="bn")(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dense(6, name="dense_a")(x)
-    t = layers.Embedding(10, 6, name="emb")(tok)
-    t = layers.MultiHeadAttention(2, 3, name="mha")(t, t)
-    t = layers.Bidirectional(layers.LSTM(3), name="bilstm")(t)
-    t = layers.LayerNormalization(name="ln")(t)
-    y = layers.Concatenate(name="cat")([x, t])
-    block = tf_keras.Sequential([layers.Dense(4, name="inner_a"), layers.Dense(3, name="inner_b", use_bias=False)], name="block")
-    y = block(y)
-    y = layers.Dense(2, name="head")(y)
-    m = tf_keras.Model([img, tok], y, name="zoo")
-    m.compile(optimizer="adam", loss="mse")
-    data = [rng.normal(size=(4, 8, 8, 3)).astype("float32"), rng.integers(0, 10, size=(4, 5)).astype("int32")]
-    m.fit(data, rng.normal(size=(4, 2)).astype("float32"), verbose=0)
+    m = zoo(tf_keras, head="head")
     recs = tfkeras_records(m)
     m.save(OUT / "tk_zoo.h5")
     dump_expected(OUT, "tk_zoo.h5", recs)
@@ -122,12 +108,7 @@ def tk() -> None:
     small.save(OUT / "tk_small.keras")
     dump_expected(OUT, "tk_small.keras", tfkeras_records(small))
 
-    inp = tf_keras.Input((2,))
-    x = inp
-    for i in range(330):
-        x = layers.Activation("linear", name=f"act_{i:04d}_" + "x" * 190)(x)
-    x = layers.Dense(2, name="last")(x)
-    cm = tf_keras.Model(inp, x, name="chunky")
+    cm = chunky(tf_keras)
     cm.save(OUT / "tk_chunked.h5")
     dump_expected(OUT, "tk_chunked.h5", tfkeras_records(cm))
 
