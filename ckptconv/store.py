@@ -374,12 +374,15 @@ class Output:
     Attributes:
         name: The output name.
         shape, dtype: What ``compute()`` returns, known before any data is read.
-        compute: Produces the array (reads source data).
+        compute: Produces the array (reads source data), C-contiguous.
         source: Set when the output is exactly this entry's stored bytes (same shape, dtype,
             layout): a writer may then copy the bytes file to file without decoding them.
+        compute_view: Optional; like ``compute`` but may return a non-contiguous view (the
+            transpose of the source), for writers that lay the bytes out in C order
+            themselves and so skip a whole-tensor copy.
     """
 
-    __slots__ = ("name", "shape", "dtype", "compute", "source")
+    __slots__ = ("name", "shape", "dtype", "compute", "source", "compute_view")
 
     def __init__(
         self,
@@ -389,12 +392,14 @@ class Output:
         compute: Callable[[], np.ndarray],
         *,
         source: Entry | None = None,
+        compute_view: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.compute = compute
         self.source = source
+        self.compute_view = compute_view
 
     @classmethod
     def of(cls, entry: Entry, name: str | None = None) -> Output:

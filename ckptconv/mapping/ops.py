@@ -12,6 +12,7 @@ same two halves over lists.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "Stack",
     "ExecutionProblem",
     "blocked_transpose_2d",
+    "copy_c_order",
     "parse_slice",
 ]
 
@@ -51,7 +53,7 @@ _BLOCKED_MIN_ELEMENTS = 1 << 16
 # 4096x4096 float32 43-52 ms against 121 ms with 64x64 tiles, 8192x8192 121-164 ms against 320.
 _TILE = 16
 _TILE_WIDTH = 1024
-_CAST_CHUNK = 1 << 22  # elements per chunk of a cast: bounds the temporaries of the checks
+_CAST_CHUNK = 1 << 20  # elements per chunk of a cast: bounds the temporaries of the checks
 
 
 class OpError(Exception):
@@ -111,20 +113,37 @@ class Op:
 
 
 def blocked_transpose_2d(a: np.ndarray, *, tile: int = _TILE, width: int = _TILE_WIDTH) -> np.ndarray:
-    """``a.T`` as a new C-contiguous array, copied in cache-sized tiles.
+    """``a.T`` as a new C-contiguous array, copied in cache-sized tiles."""
+    a = np.asarray(a)
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    copy_c_order(a.T, out, tile=tile, width=width)
+    return out
+
+
+def copy_c_order(src: np.ndarray, out: np.ndarray, *, tile: int = _TILE, width: int = _TILE_WIDTH) -> None:
+    """``out[...] = src`` for a C-contiguous ``out``, fast when ``src`` is a transposed view.
 
     A naive copy of a transposed view walks one of the two arrays with a stride of a whole row
-    per element; copying tiles of ``tile`` source rows by ``width`` source columns keeps both
-    sides in cache.
+    per element. When ``src`` is 2-D and its first axis is the contiguous one (the transpose
+    of a C-ordered array, or of a block of its columns), the copy goes in tiles of ``width``
+    rows by ``tile`` columns of ``src``, which keeps both sides in cache. Anything else is an
+    ordinary ``np.copyto`` (which also converts the byte order if the two differ).
     """
-    rows, cols = a.shape
-    out = np.empty((cols, rows), dtype=a.dtype)
-    for i in range(0, rows, tile):
-        i_end = min(i + tile, rows)
-        for j in range(0, cols, width):
-            j_end = min(j + width, cols)
-            out[j:j_end, i:i_end] = a[i:i_end, j:j_end].T
-    return out
+    itemsize = src.dtype.itemsize
+    if not (
+        src.ndim == 2
+        and src.size >= _BLOCKED_MIN_ELEMENTS
+        and src.strides[0] == itemsize
+        and src.strides[1] != itemsize
+    ):
+        np.copyto(out, src, casting="equiv")
+        return
+    rows, cols = src.shape
+    for c in range(0, cols, tile):
+        c_end = min(c + tile, cols)
+        for r in range(0, rows, width):
+            r_end = min(r + width, rows)
+            out[r:r_end, c:c_end] = src[r:r_end, c:c_end]
 
 
 @dataclass(frozen=True, repr=False)
@@ -155,6 +174,10 @@ class Transpose(Op):
         if array.ndim == 2 and array.size >= _BLOCKED_MIN_ELEMENTS:
             return blocked_transpose_2d(np.asarray(array))
         return np.transpose(array, axes).copy(order="C")
+
+    def view(self, array: np.ndarray) -> np.ndarray:
+        """The transposed array as a view of ``array`` (no copy; usually not C-contiguous)."""
+        return np.transpose(array, self._axes(array.ndim))
 
     def describe(self):
         return "transpose" if self.axes is None else f"transpose {list(self.axes)}"
@@ -392,12 +415,13 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     check_inf = not allow_overflow and _can_overflow_float(src.dtype, dtype)
     check_int = not allow_overflow and dtype.kind in "iu"
     via_odd = _needs_round_to_odd(src.dtype, dtype)
-    for start in range(0, src.size, _CAST_CHUNK):
+
+    def cast_chunk(start: int) -> str | None:
         chunk = src[start : start + _CAST_CHUNK]
         if check_int:
             problem = _check_int_range(chunk, dtype)
             if problem:
-                raise ExecutionProblem(problem)
+                return problem
         part = dst[start : start + _CAST_CHUNK]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
             if via_odd:
@@ -408,12 +432,36 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
             made = int(np.count_nonzero(np.isinf(part)))
             had = int(np.count_nonzero(np.isinf(chunk))) if is_floating(chunk.dtype) else 0
             if made > had:
-                raise ExecutionProblem(
+                return (
                     f"{made - had} finite value(s) overflow to inf in {dtype_name(dtype)} "
                     f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
                     "weights or set allow_overflow: true on the rule"
                 )
+        return None
+
+    starts = range(0, src.size, _CAST_CHUNK)
+    # numpy releases the GIL in casts and reductions: big tensors use the second core too
+    problems = _cast_pool().map(cast_chunk, starts) if len(starts) > 1 else map(cast_chunk, starts)
+    for problem in problems:  # in chunk order: the first problem is the one reported
+        if problem:
+            raise ExecutionProblem(problem)
     return out
+
+
+_CAST_THREADS = 2
+_cast_executor = None
+_cast_lock = threading.Lock()
+
+
+def _cast_pool():  # type: ignore[no-untyped-def]
+    """The worker threads big casts share (created on first use)."""
+    global _cast_executor
+    with _cast_lock:
+        if _cast_executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _cast_executor = ThreadPoolExecutor(_CAST_THREADS, thread_name_prefix="ckptconv-cast")
+        return _cast_executor
 
 
 def _finfo_max(dtype: np.dtype) -> float:

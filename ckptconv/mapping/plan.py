@@ -163,20 +163,31 @@ def _describe_steps(steps: Sequence[_Step], head: str = "") -> str:
     return " | ".join(parts)
 
 
-def _finish(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, what: str) -> np.ndarray:
+def _finish(
+    array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, what: str, view: bool = False
+) -> np.ndarray:
     if array.shape != shape or array.dtype != dtype:
         # inference and execution disagree: a bug, but never hand a writer the wrong tensor
         raise PlanError(
             [f"{what}: computed {list(array.shape)} {dtype_name(array.dtype)}, planned {list(shape)} {dtype_name(dtype)}"]
         )
-    # np.ascontiguousarray would turn a 0-d array into 1-d
-    return array if array.flags.c_contiguous else array.copy(order="C")
+    if view or array.flags.c_contiguous:
+        return array
+    return array.copy(order="C")  # np.ascontiguousarray would turn a 0-d array into 1-d
 
 
-def _run_steps(array: np.ndarray, steps: Sequence[_Step]) -> np.ndarray:
-    for step in steps:
+def _run_steps(array: np.ndarray, steps: Sequence[_Step], *, view: bool = False) -> np.ndarray:
+    """Run the steps; with ``view``, a final transpose gives a view instead of a copy."""
+    for step in steps[:-1] if view else steps:
         array = step.run(array)
+    if view:
+        array = steps[-1].op.view(array)  # type: ignore[attr-defined]
     return array
+
+
+def _ends_in_view(steps: Sequence[_Step]) -> bool:
+    """Whether the last step can hand a writer a view (a transpose) instead of a new array."""
+    return bool(steps) and isinstance(steps[-1].op, Transpose)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -205,6 +216,7 @@ class _Planned:
     rule: Rule | None
     unchanged: bool
     order: tuple[int, int]
+    view: Callable[[], np.ndarray] | None = None  # compute, but may give a transposed view
 
 
 def _match_rule(rule: Rule, entry: Entry) -> tuple[int, dict[str, str]] | None:
@@ -423,10 +435,13 @@ class _Builder:
         rule: Rule | None,
         unchanged: bool,
         order: tuple[int, int],
+        view: Callable[[], np.ndarray] | None = None,
     ) -> None:
         for entry in sources:
             self.cache.register(entry)
-        self.planned.append(_Planned(name, sources, shape, dtype, compute, ops_text, rule, unchanged, order))
+        self.planned.append(
+            _Planned(name, sources, shape, dtype, compute, ops_text, rule, unchanged, order, view)
+        )
 
     def _chain_output(
         self, rule: Rule | None, owned: _Owned, name: str, ops: Sequence[Op], *, allow_default: bool = True
@@ -447,6 +462,9 @@ class _Builder:
             shape=shape,
             dtype=dtype,
             compute=self._single_compute(entry, steps, shape, dtype, name, label),
+            view=self._single_compute(entry, steps, shape, dtype, name, label, view=True)
+            if _ends_in_view(steps)
+            else None,
             ops_text=_describe_steps(steps),
             rule=rule,
             unchanged=not steps,
@@ -454,7 +472,15 @@ class _Builder:
         )
 
     def _single_compute(
-        self, entry: Entry, steps: list[_Step], shape: tuple[int, ...], dtype: np.dtype, name: str, label: str
+        self,
+        entry: Entry,
+        steps: list[_Step],
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        name: str,
+        label: str,
+        *,
+        view: bool = False,
     ) -> Callable[[], np.ndarray]:
         if not steps:
             return entry.read
@@ -462,8 +488,8 @@ class _Builder:
 
         def compute() -> np.ndarray:
             try:
-                array = _run_steps(cache.get(entry), steps)
-                return _finish(array, shape, dtype, what=f"{label}: output {name!r}")
+                array = _run_steps(cache.get(entry), steps, view=view)
+                return _finish(array, shape, dtype, what=f"{label}: output {name!r}", view=view)
             except ExecutionProblem as e:
                 raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name) from None
             finally:
@@ -611,7 +637,10 @@ class _Builder:
         self._check_duplicates()
         report = self._check_target_and_report(status)
         outputs = [
-            Output(p.name, p.shape, p.dtype, p.compute, source=p.sources[0] if p.unchanged else None)
+            Output(
+                p.name, p.shape, p.dtype, p.compute,
+                source=p.sources[0] if p.unchanged else None, compute_view=p.view,
+            )
             for p in self.planned
         ]
         report.problems = list(self.problems)

@@ -18,9 +18,6 @@ and renamed into place; a sharded set's index is written last. A failed or inter
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import json
 import os
 import re
@@ -29,15 +26,15 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import crc32c as _crc32c
 import numpy as np
 
-from ..dtypes import by_name, dtype_name, to_safetensors
+from ..dtypes import dtype_name, to_safetensors
 from ..errors import CorruptFileError, IntegrityError, OutputError, UnsupportedError
 from ..store import Output
+from ._sink import Pipeline, Sink, write_all
+from ._sink import fsync as fsync_file
 
 __all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
 
@@ -45,8 +42,6 @@ CRC_KEY = "ckptconv.crc32c"
 """The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
 
 _CRC_PLACEHOLDER = "00000000"
-_CHUNK = 16 << 20  # bytes per read/write: big enough for full disk speed, small for memory
-_BUFFERS = 3  # read buffers in flight: one being written, one being checksummed, one spare
 _MAX_HEADER = 100_000_000  # the safetensors format's own header limit
 
 _UNITS = {
@@ -208,13 +203,13 @@ def write_safetensors(
         temps = stack.enter_context(_TempFiles(os.path.dirname(dst)))
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
-        checker = stack.enter_context(_Checksummer())
+        pipeline = stack.enter_context(Pipeline())
         for slots, final in zip(layouts, finals):
             fd, tmp = temps.create(os.path.basename(final))
             checksums.update(
                 _write_file(
                     fd, slots, meta, dst=final, checksum=checksum, fsync=fsync,
-                    bar=bar, sources=sources, checker=checker,
+                    bar=bar, sources=sources, pipeline=pipeline,
                 )
             )
             temps.close(fd)
@@ -228,9 +223,9 @@ def write_safetensors(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
                 ensure_ascii=False,
             ).encode("utf-8") + b"\n"
-            _write_all(fd, memoryview(body), path=index)
+            write_all(fd, memoryview(body), path=index)
             if fsync:
-                _fsync(fd, index)
+                fsync_file(fd, index)
             temps.close(fd)
         pairs = list(zip(temps.paths[: len(finals)], finals))
         if index_tmp is not None:
@@ -455,39 +450,42 @@ def _write_file(
     fsync: bool,
     bar: _Bar,
     sources: _SourceFiles,
-    checker: _Checksummer,
+    pipeline: Pipeline,
 ) -> dict[str, int]:
     head = _header(slots, meta, {} if checksum else None)
-    out = _Sink(fd, checker, fsync=fsync, path=dst)
-    out.write(memoryview(head), None)
-    crcs: dict[str, int] = {}
+    out = Sink(pipeline, fd, path=dst, fsync=fsync)
+    out.write(head, None)
+    checked: list[Output] = []
     for slot in slots:
         output = slot.output
         source = output.source
         want_crc = checksum or (source is not None and source.crc32c is not None)
         name = output.name if want_crc else None
         if name is not None:
-            checker.start(name)
+            pipeline.crc_start(name)
+            checked.append(output)
         if _passes_through(output):
             _copy_range(output, out, sources, name, bar)
         else:
             _write_computed(output, out, dst, name, bar)
-        if name is not None:
-            crc = checker.result(name)
-            if source is not None and source.crc32c is not None and crc != source.crc32c:
-                raise IntegrityError(
-                    f"stored bytes fail their recorded CRC-32C (recorded {source.crc32c:08x}, "
-                    f"computed {crc:08x}): the source file is damaged",
-                    path=source.path,
-                    key=source.name,
-                )
-            if checksum:
-                crcs[output.name] = crc
+    # the checksum thread runs behind the copy; its results are compared once it is done
+    crcs: dict[str, int] = {}
+    for output, crc in zip(checked, pipeline.crc_results([o.name for o in checked])):
+        source = output.source
+        if source is not None and source.crc32c is not None and crc != source.crc32c:
+            raise IntegrityError(
+                f"stored bytes fail their recorded CRC-32C (recorded {source.crc32c:08x}, "
+                f"computed {crc:08x}): the source file is damaged",
+                path=source.path,
+                key=source.name,
+            )
+        if checksum:
+            crcs[output.name] = crc
+    patch = None
     if checksum:
-        patched = _header(slots, meta, crcs)
-        assert len(patched) == len(head), "the checksum placeholders changed the header length"
-        _pwrite_all(fd, memoryview(patched), 0, path=dst)
-    out.finish()
+        patch = _header(slots, meta, crcs)
+        assert len(patch) == len(head), "the checksum placeholders changed the header length"
+    out.finish(patch)
     return crcs
 
 
@@ -502,36 +500,36 @@ def _passes_through(output: Output) -> bool:
     )
 
 
-def _copy_range(
-    output: Output, out: _Sink, sources: _SourceFiles, name: str | None, bar: _Bar
-) -> None:
-    """Copy a tensor's stored bytes into the output, chunk by chunk, without decoding them."""
+def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | None, bar: _Bar) -> None:
+    """Read a tensor's stored bytes straight into the output's staging buffers, undecoded."""
     assert output.source is not None and output.source.byte_range is not None
     br = output.source.byte_range
     src = sources.fd(br.path)
     done = 0
     while done < br.length:
-        want = min(_CHUNK, br.length - done)
-        slot, buf = out.buffer(want)
-        got = 0
-        while got < want:
-            n = os.preadv(src, [buf[got:]], br.offset + done + got)
-            if n <= 0:
-                raise CorruptFileError(
-                    f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
-                    "the file ends before",
-                    path=br.path,
-                    key=output.source.name,
-                )
-            got += n
-        out.write(buf, name, slot=slot)
-        done += want
-        bar.update(want)
+        space = out.reserve()
+        want = min(len(space), br.length - done)
+        n = os.preadv(src, [space[:want]], br.offset + done)
+        if n <= 0:
+            raise CorruptFileError(
+                f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
+                "the file ends before",
+                path=br.path,
+                key=output.source.name,
+            )
+        out.commit(n, name)
+        done += n
+        bar.update(n)
 
 
-def _write_computed(output: Output, out: _Sink, dst: str, name: str | None, bar: _Bar) -> None:
-    """Compute the output's array and write its bytes in C order, little-endian."""
-    array = output.compute()
+def _write_computed(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
+    """Compute the output's array and write its bytes in C order, little-endian.
+
+    A transposed result arrives as a view (``Output.compute_view``) and is laid out tile by
+    tile straight into the staging buffers, without a whole-tensor copy.
+    """
+    compute = output.compute_view or output.compute
+    array = compute()
     if not isinstance(array, np.ndarray):
         array = np.asarray(array)
     if array.shape != output.shape:
@@ -547,199 +545,8 @@ def _write_computed(output: Output, out: _Sink, dst: str, name: str | None, bar:
             path=dst,
             key=output.name,
         )
-    little = _little_endian(output.dtype)
-    if array.flags.c_contiguous and array.dtype == little:
-        if array.nbytes:
-            flat = memoryview(array.reshape(-1).view(np.uint8))
-            for start in range(0, len(flat), _CHUNK):
-                piece = flat[start : start + _CHUNK]
-                out.write(piece, name)
-                bar.update(len(piece))
-    else:
-        for block in _c_order_blocks(array, little):
-            piece = memoryview(block.reshape(-1).view(np.uint8))
-            out.write(piece, name)
-            bar.update(len(piece))
-    out.drain()  # the checksum thread is done with this array before the next one is made
-
-
-def _little_endian(dtype: np.dtype) -> np.dtype:
-    try:
-        return by_name(dtype_name(dtype))
-    except KeyError:
-        return np.dtype(dtype)
-
-
-def _c_order_blocks(array: np.ndarray, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Contiguous little-endian copies of consecutive slabs along the first axis."""
-    if array.ndim == 0 or array.size == 0:
-        yield np.ascontiguousarray(array, dtype=dtype)
-        return
-    row = max(1, array[0].size * dtype.itemsize)
-    rows = max(1, _CHUNK // row)
-    for start in range(0, array.shape[0], rows):
-        yield np.ascontiguousarray(array[start : start + rows], dtype=dtype)
-
-
-# --- low-level output ----------------------------------------------------------------------
-
-
-class _Sink:
-    """Sequential writes to one output file, feeding the checksum thread as bytes go out.
-
-    Holds a small ring of reusable read buffers: a buffer is handed out again only once the
-    checksum thread has finished with it, so memory stays at ``_BUFFERS * _CHUNK``.
-    """
-
-    def __init__(self, fd: int, checker: _Checksummer, *, fsync: bool, path: str) -> None:
-        self.fd = fd
-        self.path = path
-        self.checker = checker
-        self.fsync = fsync
-        self.offset = 0
-        self._flushed = 0
-        self._ring = checker.ring
-        self._turn = 0
-
-    def buffer(self, size: int) -> tuple[int, memoryview]:
-        """A reusable buffer (ring slot, view) of ``size`` bytes no pending checksum reads."""
-        slot = self._turn % len(self._ring)
-        self._turn += 1
-        buf, pending = self._ring[slot]
-        if pending is not None:
-            pending.result()
-        if len(buf) < size:
-            buf = memoryview(bytearray(size))  # only as big as asked: small tensors keep RSS small
-        self._ring[slot] = (buf, None)
-        return slot, buf[:size]
-
-    def write(self, data: memoryview, name: str | None, *, slot: int | None = None) -> None:
-        """Write ``data``; checksum it under ``name`` (on the other thread) unless None.
-
-        ``slot``: the ring buffer ``data`` lives in, which stays reserved until checksummed.
-        """
-        _write_all(self.fd, data, path=self.path)
-        self.offset += len(data)
-        if name is not None and len(data):
-            future = self.checker.update(name, data)
-            if slot is not None:
-                self._ring[slot] = (self._ring[slot][0], future)
-        if self.fsync and self.offset - self._flushed >= _WRITEBACK_STEP:
-            # Start writing back what is written so far, without waiting for it, so the
-            # final fsync has little left to do (the disk works while we copy).
-            _start_writeback(self.fd, self._flushed, self.offset - self._flushed)
-            self._flushed = self.offset
-
-    def drain(self) -> None:
-        self.checker.drain()
-
-    def finish(self) -> None:
-        self.checker.drain()
-        if self.fsync:
-            _fsync(self.fd, self.path)
-
-
-_WRITEBACK_STEP = 64 << 20
-
-
-def _load_sync_file_range():  # type: ignore[no-untyped-def]
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # best effort
-
-
-def _write_all(fd: int, data: memoryview, *, path: str) -> None:
-    try:
-        while len(data):
-            n = os.write(fd, data)
-            data = data[n:]
-    except OSError as e:
-        raise _write_error(e, path) from e
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int, *, path: str) -> None:
-    try:
-        while len(data):
-            n = os.pwrite(fd, data, offset)
-            data = data[n:]
-            offset += n
-    except OSError as e:
-        raise _write_error(e, path) from e
-
-
-def _fsync(fd: int, path: str) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        raise _write_error(e, path) from e
-
-
-def _write_error(error: OSError, path: str) -> OutputError:
-    return OutputError(
-        f"cannot write the output: {error.strerror or error}; nothing was written "
-        "(free some space or choose another directory)"
-        if error.errno == errno.ENOSPC
-        else f"cannot write the output: {error.strerror or error}; nothing was written",
-        path=path,
-    )
-
-
-class _Checksummer:
-    """CRC-32C on a worker thread: ``crc32c`` releases the GIL, so it runs on the second core
-    while the main thread copies. Updates for one tensor run in submission order (one worker).
-    """
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._values: dict[str, int] = {}
-        self._last: Future[None] | None = None
-        self.ring: list[tuple[memoryview, Future[None] | None]] = []
-
-    def __enter__(self) -> _Checksummer:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ckptconv-crc32c")
-        self.ring = [(memoryview(bytearray(0)), None) for _ in range(_BUFFERS)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._pool is not None
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self.ring = []
-
-    def start(self, name: str) -> None:
-        self._values[name] = 0
-
-    def update(self, name: str, data: memoryview) -> Future[None]:
-        assert self._pool is not None
-        self._last = self._pool.submit(self._update, name, data)
-        return self._last
-
-    def _update(self, name: str, data: memoryview) -> None:
-        self._values[name] = _crc32c.crc32c(data, self._values[name])
-
-    def drain(self) -> None:
-        if self._last is not None:
-            self._last.result()
-            self._last = None
-
-    def result(self, name: str) -> int:
-        self.drain()
-        return self._values.pop(name)
+    out.write_array(array, name)  # copied into the staging buffers: the array is free now
+    bar.update(array.nbytes)
 
 
 class _SourceFiles:

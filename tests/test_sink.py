@@ -1,0 +1,256 @@
+"""The writer's low level (issue 6): staging buffers, the writer and checksum threads, direct
+I/O with its fallback, C-order layout of views, and the parallel cast.
+
+Every output is read back by the safetensors library (an independent reader) and compared bit
+for bit with the arrays numpy makes the plain way; the direct-I/O and buffered writes of the
+same outputs must give byte-identical files. Staging buffers are shrunk to a few pages so that
+tensors, rows and the header straddle buffer boundaries.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ckptconv import Output, OutputError, verify_file, write_safetensors
+from ckptconv.mapping import ops
+from ckptconv.mapping.ops import ExecutionProblem, cast_array, copy_c_order
+from ckptconv.writers import _sink
+
+from .helpers import assert_bit_exact
+
+SMALL_CHUNK = 3 * _sink._ALIGN  # 12 KiB: every sizeable tensor spans several buffers
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(6)
+
+
+def _zoo() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (what compute_view hands the writer, the C-order array it stands for)."""
+    rng = _rng()
+    base = rng.standard_normal((300, 77), dtype=np.float32)
+    wide = rng.standard_normal((64, 1100), dtype=np.float32)  # its transpose has 64-float rows
+    big_endian = rng.standard_normal((40, 90)).astype(">f4")
+    conv = rng.standard_normal((3, 3, 8, 16), dtype=np.float32)
+    odd_f16 = rng.standard_normal(1001).astype(np.float16)  # 2002 bytes: later offsets unaligned
+    long_row = rng.standard_normal((2, 5000), dtype=np.float32)  # a row bigger than a buffer
+    views = {
+        "a_transposed": base.T,
+        "b_odd_f16": odd_f16,
+        "c_wide_transposed": wide.T,
+        "d_big_endian_transposed": big_endian.T,
+        "e_conv_permuted": np.transpose(conv, (3, 2, 0, 1)),
+        "f_scalar": np.array(2.5, dtype=np.float64),
+        "g_empty": np.zeros((0, 3), dtype=np.float32),
+        "h_strided": base[::3, ::2],
+        "i_long_row_transposed": long_row.T.copy().T,  # a C-contiguous-transposed (2, 5000)
+        "j_bf16_transposed": rng.standard_normal((50, 70)).astype(ml_dtypes.bfloat16).T,
+        "k_contiguous": rng.integers(-100, 100, (123, 45), dtype=np.int64),
+    }
+    return {name: (view, np.array(view, order="C")) for name, view in views.items()}
+
+
+def _outputs(zoo: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Output]:
+    outputs = []
+    for name, (view, full) in zoo.items():
+        outputs.append(
+            Output(
+                name, full.shape, full.dtype,
+                compute=lambda full=full: full,
+                compute_view=lambda view=view: view,
+            )
+        )
+    return outputs
+
+
+def _expected(zoo: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> np.ndarray:
+    full = zoo[name][1]
+    return full.astype(full.dtype.newbyteorder("<")) if full.dtype.byteorder == ">" else full
+
+
+@pytest.fixture
+def small_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sink, "_CHUNK", SMALL_CHUNK)
+
+
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "buffered"])
+def test_views_are_laid_out_in_c_order_across_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_buffers: None, direct: str
+) -> None:
+    monkeypatch.setenv("CKPTCONV_DIRECT_IO", direct)
+    zoo = _zoo()
+    dst = tmp_path / "out.safetensors"
+    write_safetensors(_outputs(zoo), dst)
+    back = load_file(str(dst))
+    assert list(back) == sorted(zoo)
+    for name in zoo:
+        assert_bit_exact(back[name], _expected(zoo, name), name)
+    assert verify_file(dst).ok
+
+
+def test_direct_and_buffered_files_are_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_buffers: None
+) -> None:
+    zoo = _zoo()
+    files = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("CKPTCONV_DIRECT_IO", mode)
+        files[mode] = tmp_path / f"out-{mode}.safetensors"
+        write_safetensors(_outputs(zoo), files[mode], metadata={"note": "x" * 5000})
+    raw = files["1"].read_bytes()
+    assert raw == files["0"].read_bytes()
+    assert len(raw) % _sink._ALIGN  # the padded last block was truncated away
+
+
+def _probe_direct(directory: Path) -> bool:
+    fd = os.open(directory / ".probe", os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        return _sink._set_direct(fd, True)
+    finally:
+        os.close(fd)
+        os.unlink(directory / ".probe")
+
+
+def test_durable_outputs_bypass_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync on, the data writes carry O_DIRECT where the file system takes it; with
+    --no-fsync or CKPTCONV_DIRECT_IO=0 they do not."""
+    if not _probe_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    seen: list[bool] = []
+    real = os.pwrite
+
+    def spy(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        seen.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(_sink.os, "pwrite", spy)
+    data = _rng().standard_normal(100_000, dtype=np.float32)
+    outputs = [Output("w", data.shape, data.dtype, lambda: data)]
+    monkeypatch.setenv("CKPTCONV_DIRECT_IO", "1")
+    write_safetensors(outputs, tmp_path / "a.safetensors")
+    # data blocks went direct; the header patch at the end went through the page cache
+    assert seen[0] is True and seen[-1] is False
+    for fsync, env in ((False, "1"), (True, "0")):
+        seen.clear()
+        monkeypatch.setenv("CKPTCONV_DIRECT_IO", env)
+        write_safetensors(outputs, tmp_path / f"b{fsync}{env}.safetensors", fsync=fsync)
+        assert seen and not any(seen)
+    for path in tmp_path.iterdir():
+        assert_bit_exact(load_file(str(path))["w"], data, path.name)
+
+
+def test_a_file_system_refusing_direct_io_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_buffers: None
+) -> None:
+    """Some file systems accept the O_DIRECT flag but fail the writes with EINVAL: the writer
+    switches to buffered I/O and the file comes out the same."""
+    monkeypatch.setattr(_sink, "_set_direct", _fake_set_direct)
+    refused = []
+    real = os.pwrite
+
+    def pwrite(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        if fd in _DIRECT_FDS:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(_sink.os, "pwrite", pwrite)
+    monkeypatch.setenv("CKPTCONV_DIRECT_IO", "1")
+    zoo = _zoo()
+    dst = tmp_path / "out.safetensors"
+    write_safetensors(_outputs(zoo), dst)
+    assert refused == [0]  # refused once, then buffered from the same offset on
+    back = load_file(str(dst))
+    for name in zoo:
+        assert_bit_exact(back[name], _expected(zoo, name), name)
+    assert verify_file(dst).ok
+
+
+_DIRECT_FDS: set[int] = set()
+
+
+def _fake_set_direct(fd: int, on: bool) -> bool:
+    (_DIRECT_FDS.add if on else _DIRECT_FDS.discard)(fd)
+    return on
+
+
+def test_a_write_error_on_the_writer_thread_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_buffers: None
+) -> None:
+    def full(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_sink.os, "pwrite", full)
+    data = np.ones(50_000, dtype=np.float32)
+    dst = tmp_path / "out.safetensors"
+    with pytest.raises(OutputError, match="No space left on device.*free some space") as info:
+        write_safetensors([Output("w", data.shape, data.dtype, lambda: data)], dst)
+    assert info.value.path == str(dst)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((4096, 64), np.float32), ((1000, 333), np.float16), ((257, 1025), ">f4"), ((70, 1200), np.int8)],
+)
+def test_copy_c_order_of_transposed_views(shape: tuple[int, int], dtype: str) -> None:
+    a = _rng().standard_normal(shape).astype(dtype)
+    for view in (a.T, a.T[5:900], a[:, 3:].T):
+        out = np.empty(view.shape, dtype=np.dtype(dtype).newbyteorder("<"))
+        copy_c_order(view, out, tile=16, width=100)
+        assert_bit_exact(out, np.ascontiguousarray(view).astype(out.dtype), str(view.shape))
+
+
+def test_parallel_cast_reports_the_first_problem_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks of a big cast run on two threads; an overflow is reported as the sequential
+    cast would report it: the first chunk's, with its own count."""
+    monkeypatch.setattr(ops, "_CAST_CHUNK", 4)
+    values = np.zeros(40, dtype=np.float32)
+    values[5] = 1e6  # chunk 1: one overflow in float16
+    values[29:32] = -1e6  # chunk 7: three more
+    with pytest.raises(ExecutionProblem, match=r"^1 finite value\(s\) overflow to inf in float16"):
+        cast_array(values, np.float16)
+    values[5] = 0
+    with pytest.raises(ExecutionProblem, match=r"^3 finite value"):
+        cast_array(values, np.float16)
+    values[29:32] = 0.1
+    out = cast_array(values, np.float16)
+    assert_bit_exact(out, values.astype(np.float16), "cast")
+
+
+def test_a_plan_hands_writers_a_final_transpose_as_a_view() -> None:
+    """A chain ending in a transpose gives ``compute_view``: the transpose of the source read,
+    with no copy; ``compute`` still gives a C-contiguous array. Other chains have no view."""
+    from ckptconv import Store, build_plan
+
+    rng = _rng()
+    arrays = {
+        "dense/kernel": rng.standard_normal((600, 300), dtype=np.float32),
+        "dense/bias": rng.standard_normal(300, dtype=np.float32),
+        "conv/kernel": rng.standard_normal((3, 3, 4, 8), dtype=np.float32),
+    }
+    spec = {
+        "version": 1,
+        "rules": [
+            {"from": "dense/kernel", "to": "dense.weight", "ops": ["transpose"]},
+            {"from": "conv/kernel", "to": "conv.weight", "ops": [{"transpose": [3, 2, 0, 1]}, {"cast": "float16"}]},
+        ],
+    }
+    plan = build_plan(Store.from_arrays(arrays), spec)
+    outputs = {o.name: o for o in plan.outputs}
+    view = outputs["dense.weight"].compute_view()
+    assert not view.flags.c_contiguous and view.base is not None
+    assert_bit_exact(np.ascontiguousarray(view), arrays["dense/kernel"].T, "view")
+    full = outputs["dense.weight"].compute()
+    assert full.flags.c_contiguous
+    assert_bit_exact(full, arrays["dense/kernel"].T, "compute")
+    assert outputs["conv.weight"].compute_view is None  # the transpose is not the last step
+    assert outputs["dense/bias"].compute_view is None
