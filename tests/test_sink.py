@@ -254,3 +254,38 @@ def test_a_plan_hands_writers_a_final_transpose_as_a_view() -> None:
     assert_bit_exact(full, arrays["dense/kernel"].T, "compute")
     assert outputs["conv.weight"].compute_view is None  # the transpose is not the last step
     assert outputs["dense/bias"].compute_view is None
+
+
+def test_copy_c_order_of_random_views() -> None:
+    """Any 2-D view (transposed, sliced, reversed, strided, byte-swapped) is copied as numpy
+    copies it, tiled or not."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(
+        rows=st.integers(1, 300),
+        cols=st.integers(1, 300),
+        dtype=st.sampled_from(["<f4", ">f4", "<f2", "<i8", "u1"]),
+        transpose=st.booleans(),
+        row_step=st.sampled_from([1, 1, 2, -1]),
+        col_step=st.sampled_from([1, 1, 3, -1]),
+        start=st.integers(0, 5),
+        tile=st.integers(1, 40),
+        width=st.integers(1, 200),
+    )
+    def check(rows, cols, dtype, transpose, row_step, col_step, start, tile, width):  # type: ignore[no-untyped-def]
+        a = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols).astype(dtype)
+        view = a[start::row_step, start::col_step] if row_step > 0 else a[::row_step, start::col_step]
+        if transpose:
+            view = view.T
+        out = np.empty(view.shape, dtype=np.dtype(dtype).newbyteorder("<"))
+        before = ops._BLOCKED_MIN_ELEMENTS
+        ops._BLOCKED_MIN_ELEMENTS = 1  # tile even the small ones
+        try:
+            copy_c_order(view, out, tile=tile, width=width)
+        finally:
+            ops._BLOCKED_MIN_ELEMENTS = before
+        assert_bit_exact(out, np.ascontiguousarray(view).astype(out.dtype), "view")
+
+    check()
