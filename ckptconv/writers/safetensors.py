@@ -5,8 +5,10 @@ the tensors follow one at a time, in the given order: peak memory is about the l
 that has to be computed, and a tensor whose bytes pass through unchanged (``Output.source``
 with a ``byte_range``) is copied file to file without becoming a Python array at all.
 
-With ``checksum=True`` (the default) every tensor's CRC-32C is computed on a second thread
-while the first one copies, and recorded in ``__metadata__["ckptconv.crc32c"]`` as a JSON
+The bytes go through ``_sink``: page-aligned staging buffers filled by the calling thread,
+written by a writer thread (with ``O_DIRECT`` when the output is fsynced and the file system
+allows it) and checksummed by a third. With ``checksum=True`` (the default) every tensor's
+CRC-32C is recorded in ``__metadata__["ckptconv.crc32c"]`` as a JSON
 object ``{name: "8 hex digits"}``. The header is first written with ``"00000000"``
 placeholders of the same width and patched in place at the end, so its length never changes.
 
