@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import dtype_name
-from .errors import CorruptFileError
+from .errors import CorruptFileError, IntegrityError
 
 __all__ = [
     "ByteRange",
@@ -48,10 +48,19 @@ class ByteRange:
 
 
 def read_byte_range(
-    byte_range: ByteRange, dtype: np.dtype, shape: tuple[int, ...], *, key: str | None = None
+    byte_range: ByteRange,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    *,
+    key: str | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Read a tensor from its raw bytes with one ``pread`` into a fresh array."""
-    out = np.empty(shape, dtype=dtype)
+    """Read a tensor from its raw bytes with one ``pread`` into a fresh array (or ``out``, a
+    C-contiguous array of that shape and dtype)."""
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
+    elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {list(shape)} {dtype_name(dtype)} array")
     if out.nbytes != byte_range.length:
         raise CorruptFileError(
             f"stored size {byte_range.length} bytes does not match shape {list(shape)} "
@@ -163,6 +172,58 @@ class Entry:
                 key=self.name,
             )
         return array
+
+    def read_into(self, out: np.ndarray, *, check_crc: bool = True) -> np.ndarray:
+        """Read the tensor into ``out`` (C-contiguous, this entry's shape and dtype) and
+        return it. Entries stored as plain bytes are read straight into it, and checked
+        against their recorded CRC-32C unless ``check_crc`` is False (already verified)."""
+        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {list(self.shape)} {dtype_name(self.dtype)} array")
+        if self.byte_range is None:
+            np.copyto(out, self.read(), casting="equiv")
+            return out
+        read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name, out=out)
+        if check_crc and self.crc32c is not None and out.size:
+            import crc32c
+
+            self._compare_crc(crc32c.crc32c(out.reshape(-1).view(np.uint8)))
+        return out
+
+    def verify_crc(self) -> None:
+        """Check the stored bytes against the recorded CRC-32C, reading them in pieces (no
+        array of the tensor's size); nothing to do without a byte range or a recorded CRC."""
+        if self.byte_range is None or self.crc32c is None:
+            return
+        import crc32c
+
+        br = self.byte_range
+        buffer = memoryview(bytearray(min(br.length, 8 << 20)))
+        crc = done = 0
+        fd = os.open(br.path, os.O_RDONLY)
+        try:
+            while done < br.length:
+                n = os.preadv(fd, [buffer[: min(len(buffer), br.length - done)]], br.offset + done)
+                if n <= 0:
+                    raise CorruptFileError(
+                        f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
+                        "file ends before",
+                        path=br.path,
+                        key=self.name,
+                    )
+                crc = crc32c.crc32c(buffer[:n], crc)
+                done += n
+        finally:
+            os.close(fd)
+        self._compare_crc(crc)
+
+    def _compare_crc(self, actual: int) -> None:
+        if actual != self.crc32c:
+            raise IntegrityError(
+                f"stored bytes fail their recorded CRC-32C (recorded {self.crc32c:08x}, "
+                f"computed {actual:08x}): the source file is damaged",
+                path=self.path,
+                key=self.name,
+            )
 
     def renamed(self, name: str, *, layer: str | None = None) -> Entry:
         """A copy of this entry under another name (same data, same key)."""

@@ -400,3 +400,88 @@ def test_match_by_order_from_a_file_into_a_renamed_model(fixtures, expected, lin
     assert sorted(actual) == sorted(renamed)
     for name, value in actual.items():
         assert_bit_exact(value, renamed[name], name)
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_stored_bytes_are_read_into_reused_buffers_without_aliasing(tmp_path, line, monkeypatch):
+    """On TensorFlow (which copies what it is given), plain stored bytes are read into two
+    buffers used in turn. Eight same-shaped layers from a file written by Keras: every
+    variable must hold its own layer's values (a buffer aliased by a variable would show a
+    later layer's values), and the buffers must really have been reused."""
+    from ckptconv.store import Entry
+    from ckptconv.writers import keras_model
+
+    module = keras if line == "keras" else tf_keras
+    module.backend.clear_session()
+
+    def build():
+        return module.Sequential(
+            [module.Input((300,))] + [module.layers.Dense(300, name=f"d{i}") for i in range(8)]
+        )
+
+    source = build()
+    rng = np.random.default_rng(8)
+    source.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in source.get_weights()])
+    path = tmp_path / ("m.weights.h5" if line == "keras" else "m.h5")
+    source.save_weights(str(path))
+    into = []
+    real = Entry.read_into
+
+    def spy(self, out, **options):  # type: ignore[no-untyped-def]
+        into.append(out.base is not None)  # carved from an arena, not new memory
+        return real(self, out, **options)
+
+    monkeypatch.setattr(Entry, "read_into", spy)
+    target = build()
+    load_into(target, path)
+    assert keras_model._copies_numpy_values(keras_model._Model(target))
+    assert len(into) == 16 and sum(into) >= 12  # every layer after the first two reuses memory
+    for want, got in zip(source.weights, target.weights):
+        assert_bit_exact(np.asarray(got), np.asarray(want), want.name)
+
+
+def test_entry_read_into_fills_the_given_array(tmp_path):
+    from ckptconv.store import ByteRange, Entry
+
+    data = np.arange(12, dtype="<f4").reshape(3, 4)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(b"xx" + data.tobytes())
+    plain = Entry("a", key="a", shape=(3, 4), dtype=np.float32, path=path,
+                  byte_range=ByteRange(str(path), 2, data.nbytes))
+    loaded = Entry("b", key="b", shape=(3, 4), dtype=np.float32, path=path, loader=lambda: data.astype(">f4"))
+    for entry in (plain, loaded):
+        out = np.zeros((3, 4), dtype=np.float32)
+        assert entry.read_into(out) is out
+        assert_bit_exact(out, data, entry.name)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        plain.read_into(np.zeros((4, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_a_tf_checkpoint_failing_its_checksum_changes_nothing(fixtures, expected, tmp_path, line):
+    """One flipped byte in the last tensor of a real TF checkpoint: the strict load finds it
+    in its check pass (reading the stored bytes through a small buffer) and changes nothing;
+    with rollback=False the read itself still checks the checksum and refuses the tensor."""
+    import shutil
+
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(fixtures / f"k3ckpt{suffix}", tmp_path / f"k3ckpt{suffix}")
+    copy = tmp_path / "k3ckpt"
+    with ckptconv.open(copy) as store:
+        last = max((e for e in store.entries() if e.byte_range is not None and e.crc32c is not None),
+                   key=lambda e: e.byte_range.offset)
+        data_file, offset = last.byte_range.path, last.byte_range.offset
+        name = last.name
+    with open(data_file, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+    model = twin(line)
+    before = variables_by_name(model)
+    with pytest.raises(ckptconv.IntegrityError, match="CRC-32C") as info:
+        load_into(model, copy)
+    assert info.value.key == name
+    assert_all_equal(model, before)
+    with pytest.raises(ckptconv.IntegrityError, match="CRC-32C"):
+        load_into(model, copy, rollback=False)

@@ -708,38 +708,86 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
     model's previous values, so it costs no memory. Then the next layer's tensors are read on
     a worker thread while this layer is assigned (file reads and Keras' copies both release
     the GIL), so at most two layers are in memory. Small layers are read in line: handing
-    them to a thread costs more than it saves.
+    them to a thread costs more than it saves. On TensorFlow, which copies every numpy value
+    it is given, stored bytes are read into two buffers used in turn rather than into new
+    arrays (new memory is slow to touch, and Keras' own loader allocates it twice).
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    verified = False
     if rollback:
         for a in assignments:
-            if a.can_fail:
+            if not a.can_fail:
+                continue
+            if a.raw is not None and a.raw.byte_range is not None:
+                a.raw.verify_crc()  # stored bytes whose only risk is their checksum
+            else:
                 _checked_value(a)
+        verified = True
 
     groups: dict[int, list[_Assignment]] = {}
     for a in assignments:
         groups.setdefault(id(a.target.owner), []).append(a)
     layers = list(groups.values())
+    arenas = (_Arena(), _Arena()) if _copies_numpy_values(live) else None
 
-    def read(items: list[_Assignment]) -> list[np.ndarray]:
-        return [_checked_value(a) for a in items]
+    def read(i: int) -> list[np.ndarray]:
+        if arenas is None:
+            return [_checked_value(a) for a in layers[i]]
+        arena = arenas[i % 2]  # layer i - 2, the last user of this arena, is assigned by now
+        arena.reset()
+        return [_checked_value(a, arena, verified=verified) for a in layers[i]]
 
     def start(pool: ThreadPoolExecutor, i: int) -> Future[list[np.ndarray]] | None:
         if i >= len(layers):
             return None
         if sum(_nbytes(a.target) for a in layers[i]) >= _PREFETCH_BYTES:
-            return pool.submit(read, layers[i])
+            return pool.submit(read, i)
         return None  # read in line when its turn comes
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
         pending = start(pool, 0)
         for i, items in enumerate(layers):
-            values = pending.result() if pending is not None else read(items)
+            values = pending.result() if pending is not None else read(i)
             pending = start(pool, i + 1)
             variables = [a.target.variable for a in items]
             _assign_layer(live, items[0].target.owner, variables, values)
             del values
+
+
+class _Arena:
+    """Reusable memory for one layer's values: arrays carved from one byte buffer, which grows
+    to what the last layer needed when it is reset."""
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, dtype=np.uint8)
+        self._needed = 0
+
+    def reset(self) -> None:
+        if self._needed > len(self._buffer):
+            self._buffer = np.empty(self._needed, dtype=np.uint8)
+        self._needed = 0
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous array of this shape and dtype (new memory if the buffer is short)."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        start = -(-self._needed // 64) * 64  # aligned for any dtype
+        self._needed = start + nbytes
+        if self._needed > len(self._buffer):
+            return np.empty(shape, dtype=dtype)
+        return self._buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _copies_numpy_values(live: _Model) -> bool:
+    """Whether assigning a numpy value copies it (so a buffer can be reused right after):
+    TensorFlow's tensor conversion copies every numpy array it is given (tf-keras, and Keras 3
+    on the TensorFlow backend). Other backends may keep the array itself (numpy) or share its
+    memory (JAX on the CPU), so they get new arrays."""
+    if live.line == "tf_keras":
+        return True
+    import keras
+
+    return bool(keras.backend.backend() == "tensorflow")
 
 
 # Layers smaller than this are read in line rather than on the worker thread.
@@ -750,8 +798,14 @@ def _nbytes(target: _Var) -> int:
     return int(np.prod(target.shape, dtype=np.int64)) * target.dtype.itemsize
 
 
-def _checked_value(a: _Assignment) -> np.ndarray:
-    value = np.asarray(a.compute())
+def _checked_value(a: _Assignment, arena: _Arena | None = None, *, verified: bool = False) -> np.ndarray:
+    raw = a.raw
+    if arena is not None and raw is not None and raw.byte_range is not None:
+        # plain stored bytes of the variable's own shape and dtype: read into the arena,
+        # checking their recorded CRC-32C unless the check pass did already
+        value = raw.read_into(arena.take(raw.shape, raw.dtype), check_crc=not verified)
+    else:
+        value = np.asarray(a.compute())
     if value.shape != a.target.shape or value.dtype != a.target.dtype:
         raise LoadError(
             f"the source produced {_shape_text(value.shape)} {dtype_name(value.dtype)}, "
