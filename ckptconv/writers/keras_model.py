@@ -714,15 +714,18 @@ def _assign(live: _Model, assignments: list[_Assignment], *, rollback: bool = Tr
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    def check(a: _Assignment) -> None:
+        if a.raw is not None and a.raw.byte_range is not None:
+            a.raw.verify_crc()  # stored bytes whose only risk is their checksum
+        else:
+            _checked_value(a)
+
     verified = False
     if rollback:
-        for a in assignments:
-            if not a.can_fail:
-                continue
-            if a.raw is not None and a.raw.byte_range is not None:
-                a.raw.verify_crc()  # stored bytes whose only risk is their checksum
-            else:
-                _checked_value(a)
+        # two at a time: reads and CRC-32C release the GIL; the first failure in order is raised
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-check") as checkers:
+            for _ in checkers.map(check, [a for a in assignments if a.can_fail]):
+                pass
         verified = True
 
     groups: dict[int, list[_Assignment]] = {}
