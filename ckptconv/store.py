@@ -89,6 +89,36 @@ def read_byte_range(
     return out
 
 
+def crc32c_of_range(
+    fd: int,
+    offset: int,
+    length: int,
+    buffer: memoryview,
+    *,
+    path: str,
+    key: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """CRC-32C of ``length`` bytes of ``fd`` from ``offset``, read through ``buffer``."""
+    import crc32c
+
+    crc = 0
+    end = offset + length
+    while offset < end:
+        n = os.preadv(fd, [buffer[: min(len(buffer), end - offset)]], offset)
+        if n <= 0:
+            raise CorruptFileError(
+                f"file is truncated: tensor data ends at byte {end}, file ends before",
+                path=path,
+                key=key,
+            )
+        crc = crc32c.crc32c(buffer[:n], crc)
+        offset += n
+        if progress is not None:
+            progress(n)
+    return crc
+
+
 class Entry:
     """One tensor of a checkpoint, described by metadata and read on demand.
 
@@ -194,24 +224,11 @@ class Entry:
         array of the tensor's size); nothing to do without a byte range or a recorded CRC."""
         if self.byte_range is None or self.crc32c is None:
             return
-        import crc32c
-
         br = self.byte_range
-        buffer = memoryview(bytearray(min(br.length, 8 << 20)))
-        crc = done = 0
         fd = os.open(br.path, os.O_RDONLY)
         try:
-            while done < br.length:
-                n = os.preadv(fd, [buffer[: min(len(buffer), br.length - done)]], br.offset + done)
-                if n <= 0:
-                    raise CorruptFileError(
-                        f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
-                        "file ends before",
-                        path=br.path,
-                        key=self.name,
-                    )
-                crc = crc32c.crc32c(buffer[:n], crc)
-                done += n
+            buffer = memoryview(bytearray(min(br.length, 8 << 20)))
+            crc = crc32c_of_range(fd, br.offset, br.length, buffer, path=br.path, key=self.name)
         finally:
             os.close(fd)
         self._compare_crc(crc)

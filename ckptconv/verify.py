@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import crc32c as _crc32c
 
 from .errors import CorruptFileError, IntegrityError, UnsupportedError
 from .formats.safetensors import (
@@ -25,6 +24,7 @@ from .formats.safetensors import (
     read_header,
     shard_files,
 )
+from .store import crc32c_of_range
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
@@ -186,17 +186,10 @@ def _verify_one(
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         for name, (_, _, begin, end) in header.tensors.items():
-            actual = 0
-            position = header.data_start + begin
-            stop = header.data_start + end
-            while position < stop:
-                n = os.preadv(fd, [buffer[: min(_CHUNK, stop - position)]], position)
-                if n <= 0:
-                    raise CorruptFileError("file is truncated", path=header.path, key=name)
-                actual = _crc32c.crc32c(buffer[:n], actual)
-                position += n
-                if progress is not None:
-                    progress(n)
+            actual = crc32c_of_range(
+                fd, header.data_start + begin, end - begin, buffer,
+                path=header.path, key=name, progress=progress,
+            )
             recorded = header.checksums.get(name)
             result.tensors += 1
             result.nbytes += end - begin
