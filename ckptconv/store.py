@@ -54,9 +54,11 @@ def read_byte_range(
     *,
     key: str | None = None,
     out: np.ndarray | None = None,
+    fd: int | None = None,
 ) -> np.ndarray:
     """Read a tensor from its raw bytes with one ``pread`` into a fresh array (or ``out``, a
-    C-contiguous array of that shape and dtype)."""
+    C-contiguous array of that shape and dtype), through ``fd`` if given (an open descriptor
+    of ``byte_range.path``)."""
     if out is None:
         out = np.empty(shape, dtype=dtype)
     elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
@@ -71,7 +73,9 @@ def read_byte_range(
     if out.nbytes == 0:
         return out
     flat = out.reshape(-1).view(np.uint8)
-    fd = os.open(byte_range.path, os.O_RDONLY)
+    own = fd is None
+    if fd is None:
+        fd = os.open(byte_range.path, os.O_RDONLY)
     try:
         done = 0
         while done < out.nbytes:
@@ -85,7 +89,8 @@ def read_byte_range(
                 )
             done += n
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     return out
 
 
@@ -216,7 +221,7 @@ class Entry:
         if check_crc and self.crc32c is not None and out.size:
             import crc32c
 
-            self._compare_crc(crc32c.crc32c(out.reshape(-1).view(np.uint8)))
+            self.compare_crc(crc32c.crc32c(out.reshape(-1).view(np.uint8)))
         return out
 
     def verify_crc(self) -> None:
@@ -231,10 +236,12 @@ class Entry:
             crc = crc32c_of_range(fd, br.offset, br.length, buffer, path=br.path, key=self.name)
         finally:
             os.close(fd)
-        self._compare_crc(crc)
+        self.compare_crc(crc)
 
-    def _compare_crc(self, actual: int) -> None:
-        if actual != self.crc32c:
+    def compare_crc(self, actual: int) -> None:
+        """Raise IntegrityError if ``actual`` (the CRC-32C of the bytes read) is not the
+        recorded one; nothing to do without a recorded CRC."""
+        if self.crc32c is not None and actual != self.crc32c:
             raise IntegrityError(
                 f"stored bytes fail their recorded CRC-32C (recorded {self.crc32c:08x}, "
                 f"computed {actual:08x}): the source file is damaged",
@@ -458,9 +465,13 @@ class Output:
         compute_view: Optional; like ``compute`` but may return a non-contiguous view (the
             transpose of the source), for writers that lay the bytes out in C order
             themselves and so skip a whole-tensor copy.
+        compute_blocks: Optional; ``compute_blocks(max_bytes)`` yields the output's elements
+            in C order as consecutive 1-D arrays of at most about ``max_bytes`` each (an
+            array may be reused once the next is asked for), for writers that stream: a cast
+            then needs memory for a block, not for the tensor.
     """
 
-    __slots__ = ("name", "shape", "dtype", "compute", "source", "compute_view")
+    __slots__ = ("name", "shape", "dtype", "compute", "source", "compute_view", "compute_blocks")
 
     def __init__(
         self,
@@ -471,6 +482,7 @@ class Output:
         *,
         source: Entry | None = None,
         compute_view: Callable[[], np.ndarray] | None = None,
+        compute_blocks: Callable[[int], Iterator[np.ndarray]] | None = None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(d) for d in shape)
@@ -478,6 +490,7 @@ class Output:
         self.compute = compute
         self.source = source
         self.compute_view = compute_view
+        self.compute_blocks = compute_blocks
 
     @classmethod
     def of(cls, entry: Entry, name: str | None = None) -> Output:

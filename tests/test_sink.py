@@ -289,3 +289,79 @@ def test_copy_c_order_of_random_views() -> None:
         assert_bit_exact(out, np.ascontiguousarray(view).astype(out.dtype), "view")
 
     check()
+
+
+# --- casts streamed from their source ------------------------------------------------------
+
+
+def _streamed_and_whole(outputs: list[Output]) -> list[Output]:
+    """The same outputs without their block producer: the whole-array path, for comparison."""
+    return [Output(o.name, o.shape, o.dtype, o.compute, source=o.source) for o in outputs]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_streamed_casts_match_whole_tensor_casts(generated, tmp_path, monkeypatch, dtype) -> None:
+    """A cast of stored bytes is read and cast a block at a time (block sizes that split
+    elements across reads are fine): the file is byte-identical to casting whole tensors,
+    for a Keras file and for a TF checkpoint (whose CRC-32Cs are checked over the blocks)."""
+    import ckptconv
+    from ckptconv import build_plan
+    from ckptconv.writers import safetensors as writer
+
+    monkeypatch.setattr(writer, "_BLOCK_BYTES", 1001)
+    fixtures = generated("load")
+    for source in ("k3.weights.h5", "k3ckpt"):
+        with ckptconv.open(fixtures / source) as store:
+            plan = build_plan(store, None, dtype=dtype)
+            streamed = [o for o in plan.outputs if o.compute_blocks is not None]
+            assert streamed, "no output was streamed"
+            if source == "k3ckpt":
+                assert any(o.compute_blocks is not None and store[o.name].crc32c is not None for o in plan.outputs)
+            a, b = tmp_path / f"{source}-streamed.safetensors", tmp_path / f"{source}-whole.safetensors"
+            write_safetensors(plan.outputs, a)
+            write_safetensors(_streamed_and_whole(plan.outputs), b)
+        assert a.read_bytes() == b.read_bytes(), source
+
+
+def test_a_streamed_cast_refuses_overflow_in_a_later_block(tmp_path, monkeypatch) -> None:
+    from ckptconv import PlanError, Store, build_plan
+    from ckptconv.store import ByteRange, Entry
+    from ckptconv.writers import safetensors as writer
+
+    monkeypatch.setattr(writer, "_BLOCK_BYTES", 4096)
+    values = np.ones(10_000, dtype=np.float32)
+    values[9_000] = 1e6  # beyond float16, in the third block
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(values.tobytes())
+    entry = Entry("w", key="w", shape=values.shape, dtype=np.float32, path=raw,
+                  byte_range=ByteRange(str(raw), 0, values.nbytes))
+    plan = build_plan(Store([entry], format="memory", path=str(raw)), None, dtype="float16")
+    assert plan.outputs[0].compute_blocks is not None
+    with pytest.raises(PlanError, match="1 finite value.*overflow to inf in float16"):
+        write_safetensors(plan.outputs, tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.bin"]
+
+
+def test_a_streamed_cast_of_a_damaged_tf_checkpoint_writes_nothing(generated, tmp_path) -> None:
+    import shutil
+
+    import ckptconv
+    from ckptconv import IntegrityError
+
+    fixtures = generated("load")
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(fixtures / f"k3ckpt{suffix}", tmp_path / f"k3ckpt{suffix}")
+    with ckptconv.open(tmp_path / "k3ckpt") as store:
+        big = max((e for e in store.entries() if e.crc32c is not None), key=lambda e: e.nbytes)
+        data, offset = big.byte_range.path, big.byte_range.offset + big.byte_range.length - 1
+    with open(data, "r+b") as f:  # the tensor's last byte: found only after its last block
+        f.seek(offset)
+        last = f.read(1)
+        f.seek(offset)
+        f.write(bytes([last[0] ^ 1]))
+    out = tmp_path / "out" / "x.safetensors"
+    out.parent.mkdir()
+    with pytest.raises(IntegrityError, match="CRC-32C") as info:
+        ckptconv.convert(tmp_path / "k3ckpt", out, dtype="bfloat16")
+    assert info.value.key == big.name
+    assert list(out.parent.iterdir()) == []

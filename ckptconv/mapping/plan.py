@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import crc32c
 import numpy as np
 
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
-from ..store import Entry, Output, Store
+from ..store import ByteRange, Entry, Output, Store, read_byte_range
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
@@ -185,6 +186,11 @@ def _run_steps(array: np.ndarray, steps: Sequence[_Step], *, view: bool = False)
     return array
 
 
+def _only_casts(steps: Sequence[_Step]) -> bool:
+    """Whether every step is elementwise (casts), so the output can be made piece by piece."""
+    return bool(steps) and all(isinstance(s.op, Cast) for s in steps)
+
+
 def _ends_in_view(steps: Sequence[_Step]) -> bool:
     """Whether the last step can hand a writer a view (a transpose) instead of a new array."""
     return bool(steps) and isinstance(steps[-1].op, Transpose)
@@ -217,6 +223,7 @@ class _Planned:
     unchanged: bool
     order: tuple[int, int]
     view: Callable[[], np.ndarray] | None = None  # compute, but may give a transposed view
+    blocks: Callable[[int], Iterator[np.ndarray]] | None = None  # compute, piece by piece
 
 
 def _match_rule(rule: Rule, entry: Entry) -> tuple[int, dict[str, str]] | None:
@@ -436,11 +443,12 @@ class _Builder:
         unchanged: bool,
         order: tuple[int, int],
         view: Callable[[], np.ndarray] | None = None,
+        blocks: Callable[[int], Iterator[np.ndarray]] | None = None,
     ) -> None:
         for entry in sources:
             self.cache.register(entry)
         self.planned.append(
-            _Planned(name, sources, shape, dtype, compute, ops_text, rule, unchanged, order, view)
+            _Planned(name, sources, shape, dtype, compute, ops_text, rule, unchanged, order, view, blocks)
         )
 
     def _chain_output(
@@ -464,6 +472,9 @@ class _Builder:
             compute=self._single_compute(entry, steps, shape, dtype, name, label),
             view=self._single_compute(entry, steps, shape, dtype, name, label, view=True)
             if _ends_in_view(steps)
+            else None,
+            blocks=self._cast_blocks(entry, steps, name, label)
+            if _only_casts(steps) and entry.byte_range is not None
             else None,
             ops_text=_describe_steps(steps),
             rule=rule,
@@ -496,6 +507,47 @@ class _Builder:
                 cache.release(entry)
 
         return compute
+
+    def _cast_blocks(
+        self, entry: Entry, steps: list[_Step], name: str, label: str
+    ) -> Callable[[int], Iterator[np.ndarray]]:
+        """The output piece by piece: the stored bytes read a block at a time into one buffer
+        and cast, so memory stays at a block whatever the tensor's size. The source's recorded
+        CRC-32C is checked over the blocks read, once the last one is."""
+        path = self.store.path
+        byte_range = entry.byte_range
+        assert byte_range is not None
+
+        def blocks(max_bytes: int) -> Iterator[np.ndarray]:
+            count = int(np.prod(entry.shape, dtype=np.int64))
+            widest = max([entry.dtype.itemsize] + [s.out_dtype.itemsize for s in steps])
+            per = max(1, max_bytes // widest)
+            buffer = np.empty(min(per, count), dtype=entry.dtype)
+            crc = 0
+            fd = os.open(byte_range.path, os.O_RDONLY)
+            try:
+                for start in range(0, count, per):
+                    chunk = buffer[: min(per, count - start)]
+                    raw = chunk.view(np.uint8)
+                    read_byte_range(
+                        ByteRange(byte_range.path, byte_range.offset + start * entry.dtype.itemsize, raw.nbytes),
+                        np.dtype(np.uint8), (raw.nbytes,), key=entry.name, out=raw, fd=fd,
+                    )
+                    if entry.crc32c is not None:
+                        crc = crc32c.crc32c(raw, crc)
+                    try:
+                        for step in steps:
+                            chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
+                    except ExecutionProblem as e:
+                        raise PlanError(
+                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name
+                        ) from None
+                    yield chunk
+            finally:
+                os.close(fd)
+            entry.compare_crc(crc)
+
+        return blocks
 
     def plan_map(self, rule: Rule, owned: list[_Owned]) -> None:
         templates = rule._to_templates  # type: ignore[attr-defined]
@@ -640,6 +692,7 @@ class _Builder:
             Output(
                 p.name, p.shape, p.dtype, p.compute,
                 source=p.sources[0] if p.unchanged else None, compute_view=p.view,
+                compute_blocks=p.blocks,
             )
             for p in self.planned
         ]

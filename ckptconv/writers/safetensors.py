@@ -524,12 +524,39 @@ def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | No
         bar.update(n)
 
 
+def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
+    """Write an output that comes piece by piece (a cast streamed from its source)."""
+    assert output.compute_blocks is not None
+    done = 0
+    for block in output.compute_blocks(_BLOCK_BYTES):
+        if dtype_name(block.dtype) != dtype_name(output.dtype) or block.ndim != 1:
+            raise OutputError(
+                f"computed a {block.ndim}-D {dtype_name(block.dtype)} block, the plan says "
+                f"1-D {dtype_name(output.dtype)}",
+                path=dst,
+                key=output.name,
+            )
+        out.write_array(block, name)
+        done += block.nbytes
+        bar.update(block.nbytes)
+    if done != output.nbytes:
+        raise OutputError(
+            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, key=output.name
+        )
+
+
+_BLOCK_BYTES = 8 << 20  # bytes per block of a streamed output (of the wider of source and output)
+
+
 def _write_computed(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
     """Compute the output's array and write its bytes in C order, little-endian.
 
     A transposed result arrives as a view (``Output.compute_view``) and is laid out tile by
     tile straight into the staging buffers, without a whole-tensor copy.
     """
+    if output.compute_blocks is not None:
+        _write_blocks(output, out, dst, name, bar)
+        return
     compute = output.compute_view or output.compute
     array = compute()
     if not isinstance(array, np.ndarray):
