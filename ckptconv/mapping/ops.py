@@ -133,6 +133,7 @@ def copy_c_order(src: np.ndarray, out: np.ndarray, *, tile: int = _TILE, width: 
     if not (
         src.ndim == 2
         and src.size >= _BLOCKED_MIN_ELEMENTS
+        and src.shape[0] >= tile  # a few long rows: numpy's own copy streams them well
         and src.strides[0] == itemsize
         and src.strides[1] != itemsize
     ):
