@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CkptconvError, IntegrityError
+from .errors import CkptconvError, IntegrityError, OutputError
 from .formats import open as open_store
 
 __all__ = ["convert", "ConvertResult"]
@@ -53,6 +54,7 @@ def convert(
     verify: bool = False,
     progress: bool = False,
     check_crc: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> ConvertResult:
     """Convert one checkpoint into a safetensors file (or a sharded set).
 
@@ -74,6 +76,10 @@ def convert(
         verify: Re-open the output at the end and check every tensor against its checksum.
         progress: Show a progress bar on stderr.
         check_crc: Verify checksums the source records (TensorFlow checkpoints).
+        metadata: Entries added to the output's ``__metadata__``, over ckptconv's own: for
+            example ``{"format": "pt"}`` for Hugging Face ``transformers``, which loads only
+            files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
+            ``np``). Keys starting with ``ckptconv.`` are ckptconv's own and refused.
 
     Returns:
         A :class:`ConvertResult`.
@@ -87,6 +93,17 @@ def convert(
     from .writers.safetensors import parse_size, write_safetensors
 
     started = time.perf_counter()
+    extra = dict(metadata or {})
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise OutputError(
+                f"metadata must map strings to strings; received {key!r}: {value!r}", path=os.fspath(dst)
+            )
+        if key.startswith("ckptconv."):
+            raise OutputError(
+                f"metadata key {key!r}: keys starting with 'ckptconv.' are ckptconv's own",
+                path=os.fspath(dst),
+            )
     if isinstance(max_shard_size, str):
         try:
             max_shard_size = parse_size(max_shard_size)
@@ -107,6 +124,7 @@ def convert(
             "ckptconv.version": __version__,
             "ckptconv.source_format": store.format,
             "ckptconv.source": Path(store.path).name,
+            **extra,
         }
         result = write_safetensors(
             outputs,

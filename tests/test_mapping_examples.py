@@ -262,3 +262,27 @@ def test_hugging_face_bert_onto_keras_hub_backbone(files):
     prefixed = build_plan(ckptconv.Store.from_arrays(renamed), spec, target=target, strict=True)
     for name, array in computed(prefixed).items():
         assert_bit_exact(array, want[name], name)
+
+
+def test_keras_to_pytorch_layout_of_the_sample(tmp_path: Path) -> None:
+    """examples/specs/keras-to-pytorch.yaml on the sample Keras model (docs/cookbook.md): every
+    PyTorch tensor is its Keras weight, transposed as torch lays it out, bit for bit."""
+    sample = Path(__file__).parent.parent / "examples" / "sample.keras"
+    dst = tmp_path / "torch.safetensors"
+    ckptconv.convert(sample, dst, mapping=SPECS / "keras-to-pytorch.yaml", metadata={"format": "pt"})
+    out = safetensors.numpy.load_file(str(dst))
+    with ckptconv.open(sample) as store:
+        keras = {e.name: e.read() for e in store.entries()}
+    want = {}
+    for name, value in keras.items():
+        layer, weight = name.rsplit("/", 1)
+        torch_layer = layer.replace("/", ".")
+        if weight == "kernel":
+            want[f"{torch_layer}.weight"] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        else:
+            torch_name = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                          "moving_variance": "running_var"}.get(weight, weight)
+            want[f"{torch_layer}.{torch_name}"] = value
+    assert sorted(out) == sorted(want)
+    for name, value in want.items():
+        assert_bit_exact(out[name], np.ascontiguousarray(value), name)

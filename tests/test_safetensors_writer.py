@@ -520,3 +520,40 @@ def test_random_round_trips(tmp_path_factory: pytest.TempPathFactory) -> None:
                         assert_bit_exact(f.get_tensor(name), want, name)
 
     check()
+
+
+def test_convert_adds_metadata_for_transformers(tmp_path: Path) -> None:
+    """``--metadata format=pt`` (what Hugging Face transformers requires) is written over
+    ckptconv's own ``format: np``, next to the provenance and checksums; values may hold '='.
+    Bad items are usage errors; ckptconv's own keys are refused; nothing is written."""
+    from tests.conftest import run_cli
+
+    sample = Path(__file__).parent.parent / "examples" / "sample.keras"
+    dst = tmp_path / "out.safetensors"
+    proc = run_cli("convert", sample, dst, "--metadata", "format=pt", "--metadata", "note=a=b", "-q")
+    assert proc.returncode == 0, proc.stderr
+    with safe_open(str(dst), "np") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt" and meta["note"] == "a=b"
+    assert meta["ckptconv.source"] == "sample.keras" and CRC_KEY in meta
+    assert ckptconv.verify_file(dst).ok
+
+    for bad, code, message in [
+        ("formatpt", 2, "expected KEY=VALUE (e.g. format=pt), got 'formatpt'"),
+        ("=pt", 2, "expected KEY=VALUE"),
+        ("ckptconv.source=x", 2, "keys starting with 'ckptconv.' are ckptconv's own"),
+    ]:
+        other = tmp_path / "bad.safetensors"
+        proc = run_cli("convert", sample, other, "--metadata", bad)
+        assert proc.returncode == code and message in proc.stderr, (bad, proc.stderr)
+        assert not other.exists()
+    proc = run_cli("batch", sample, "-o", tmp_path / "many", "--metadata", "format=pt", "-q")
+    assert proc.returncode == 0, proc.stderr
+    with safe_open(str(tmp_path / "many" / "sample.safetensors"), "np") as f:
+        assert f.metadata()["format"] == "pt"
+
+    with pytest.raises(OutputError, match="keys starting with 'ckptconv.'"):
+        ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"ckptconv.version": "9"})
+    with pytest.raises(OutputError, match="strings to strings"):
+        ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"epoch": 3})  # type: ignore[dict-item]
+    assert not (tmp_path / "api.safetensors").exists()

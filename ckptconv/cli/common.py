@@ -61,6 +61,23 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         "--verify", action="store_true",
         help=f"re-read {outputs} at the end and verify every tensor's checksum",
     )
+    parser.add_argument(
+        "--metadata", metavar="KEY=VALUE", action="append", type=_metadata_item,
+        help="add or replace a __metadata__ entry, e.g. format=pt for Hugging Face "
+        "transformers (repeatable)",
+    )
+
+
+def _metadata_item(text: str) -> tuple[str, str]:
+    import argparse
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. format=pt), got {text!r}")
+    if key.startswith("ckptconv."):
+        raise argparse.ArgumentTypeError(f"{key!r}: keys starting with 'ckptconv.' are ckptconv's own")
+    return key, value
 
 
 def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
@@ -75,4 +92,5 @@ def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
         max_shard_size=args.max_shard_size,
         verify=args.verify,
         check_crc=not args.no_check_crc,
+        metadata=dict(args.metadata) if args.metadata else None,
     )
