@@ -514,7 +514,7 @@ class _Builder:
         """The output piece by piece: the stored bytes read a block at a time into one buffer
         and cast, so memory stays at a block whatever the tensor's size. The source's recorded
         CRC-32C is checked over the blocks read, once the last one is."""
-        path = self.store.path
+        cache, path = self.cache, self.store.path
         byte_range = entry.byte_range
         assert byte_range is not None
 
@@ -545,6 +545,7 @@ class _Builder:
                     yield chunk
             finally:
                 os.close(fd)
+                cache.release(entry)  # this output is done with its source, as compute() is
             entry.compare_crc(crc)
 
         return blocks
