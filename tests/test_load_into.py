@@ -485,3 +485,54 @@ def test_a_tf_checkpoint_failing_its_checksum_changes_nothing(fixtures, expected
     assert_all_equal(model, before)
     with pytest.raises(ckptconv.IntegrityError, match="CRC-32C"):
         load_into(model, copy, rollback=False)
+
+
+_OTHER_BACKEND_SCRIPT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import keras
+
+import ckptconv
+from ckptconv.writers.keras_model import _Model
+from tests.generators.gen_load import build_keras3
+from tests.helpers import load_expected
+
+fixtures = Path(sys.argv[1])
+assert keras.backend.backend() == sys.argv[2], keras.backend.backend()
+expected = {e.name: e.array for e in load_expected(fixtures, "source")}
+for source in sys.argv[3:]:
+    model = build_keras3(keras)
+    report = ckptconv.load_into(model, fixtures / source)
+    assert report.ok and report.applied, report.format_table()
+    got = {v.name: np.asarray(keras.ops.convert_to_numpy(v.variable)) for v in _Model(model).vars}
+    assert sorted(got) == sorted(expected), source
+    for name, value in got.items():
+        want = expected[name]
+        assert value.dtype == want.dtype and value.tobytes() == want.tobytes(), (source, name)
+    print("ok", source)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_load_into_keras3_on_other_backends(fixtures, backend):
+    """Keras 3 on JAX and on numpy (which keep or share the arrays they are given, so ckptconv
+    hands them new ones): every format loads bit-exactly. Keras picks its backend once per
+    process, so this runs in a subprocess."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if backend == "jax" and importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    sources = ["k3.weights.h5", "k3.keras", "k3legacy.h5", "k3ckpt", "k3.safetensors", "tk.h5"]
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", _OTHER_BACKEND_SCRIPT, str(fixtures), backend, *sources],
+        capture_output=True, text=True, timeout=600, env=env,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [w for s in sources for w in ("ok", s)]
