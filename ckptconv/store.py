@@ -137,7 +137,8 @@ class Entry:
         kind: ``weight``, ``optimizer`` or ``bookkeeping``.
         byte_range: Where the raw little-endian C-order bytes lie in a file, when they do
             (contiguous, uncompressed); None otherwise.
-        crc32c: CRC-32C of the raw bytes when the format records one (TF checkpoints), else None.
+        crc32c: CRC-32C of the raw bytes when the format records one (TF checkpoints,
+            safetensors written by ckptconv), else None; reading the byte range checks it.
     """
 
     __slots__ = (
@@ -195,11 +196,7 @@ class Entry:
 
     def read(self) -> np.ndarray:
         """Read the tensor and return it as a new numpy array. Reads this entry's bytes only."""
-        if self._loader is not None:
-            array = self._loader()
-        else:
-            assert self.byte_range is not None
-            array = read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name)
+        array = self._loader() if self._loader is not None else self._read_stored(None, check_crc=True)
         if array.shape != self.shape:
             raise CorruptFileError(
                 f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}",
@@ -217,12 +214,18 @@ class Entry:
         if self.byte_range is None:
             np.copyto(out, self.read(), casting="equiv")
             return out
-        read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name, out=out)
-        if check_crc and self.crc32c is not None and out.size:
+        return self._read_stored(out, check_crc=check_crc)
+
+    def _read_stored(self, out: np.ndarray | None, *, check_crc: bool) -> np.ndarray:
+        """The stored bytes, with one ``pread`` (into ``out`` if given), checked against the
+        recorded CRC-32C when there is one and ``check_crc``."""
+        assert self.byte_range is not None
+        array = read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name, out=out)
+        if check_crc and self.crc32c is not None:
             import crc32c
 
-            self.compare_crc(crc32c.crc32c(out.reshape(-1).view(np.uint8)))
-        return out
+            self.compare_crc(crc32c.crc32c(array.reshape(-1).view(np.uint8)))
+        return array
 
     def verify_crc(self) -> None:
         """Check the stored bytes against the recorded CRC-32C, reading them in pieces (no

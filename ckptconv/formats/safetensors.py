@@ -26,11 +26,10 @@ import json
 import os
 from pathlib import Path
 
-import crc32c as _crc32c
 
 from ..dtypes import from_safetensors
-from ..errors import CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
-from ..store import ByteRange, Entry, Store, keras_order, read_byte_range
+from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
+from ..store import ByteRange, Entry, Store, keras_order
 
 __all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open", "read_header", "Header", "CRC_KEY"]
 
@@ -392,9 +391,6 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
         dtype = from_safetensors(code)
         byte_range = ByteRange(header.path, header.data_start + begin, end - begin)
         crc = header.checksums.get(name)
-        loader = None
-        if crc is not None and check_crc:
-            loader = _checked_loader(byte_range, dtype, shape, name, crc)
         entries.append(
             Entry(
                 name,
@@ -403,24 +399,7 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
                 dtype=dtype,
                 path=header.path,
                 byte_range=byte_range,
-                loader=loader,
-                crc32c=crc if check_crc else None,
+                crc32c=crc if check_crc else None,  # Entry.read() checks it
             )
         )
     return entries
-
-
-def _checked_loader(byte_range: ByteRange, dtype, shape, name: str, crc: int):  # type: ignore[no-untyped-def]
-    def load():  # type: ignore[no-untyped-def]
-        array = read_byte_range(byte_range, dtype, shape, key=name)
-        actual = _crc32c.crc32c(array.reshape(-1).view("u1")) if array.nbytes else 0
-        if actual != crc:
-            raise IntegrityError(
-                f"stored bytes fail the recorded CRC-32C (recorded {crc:08x}, computed "
-                f"{actual:08x}): the file was changed or damaged after it was written",
-                path=byte_range.path,
-                key=name,
-            )
-        return array
-
-    return load
