@@ -28,7 +28,7 @@ from .formats import open
 from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file
-from .writers.keras_model import LoadReport, load_into
+from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
 from .writers.safetensors import WriteResult, parse_size, write_safetensors
 
 __all__ = [
@@ -58,6 +58,9 @@ __all__ = [
     # live models
     "load_into",
     "LoadReport",
+    "model_targets",
+    "transplant",
+    "TransplantResult",
     # errors
     "CkptconvError",
     "CorruptFileError",

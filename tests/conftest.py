@@ -3,11 +3,13 @@
 Each ``tests/generators/gen_<name>.py OUTDIR`` runs once per session in a subprocess (so the
 test process itself never has to import TensorFlow to get fixtures) and writes files plus
 ``*.expected.json/bin`` records of what the live objects held. Set CKPTCONV_FIXTURE_CACHE to a
-directory to reuse generated files across sessions (keyed by the generator's source hash).
+directory to reuse generated files across sessions (keyed by the generator's source and the
+versions of the writers installed: Keras, TensorFlow, tf-keras, JAX, torch, h5py, numpy).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -21,10 +23,29 @@ GENERATORS = Path(__file__).parent / "generators"
 ROOT = Path(__file__).parent.parent
 
 
+# The writers whose versions decide what a generator writes: a cached fixture from another
+# version of one of them is not the fixture this session would write.
+WRITERS = ("keras", "tensorflow", "tf-keras", "jax", "torch", "h5py", "numpy")
+
+
+def _writer_versions() -> str:
+    from importlib import metadata
+
+    found = []
+    for dist in WRITERS:
+        try:
+            found.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{dist}==none")
+    return ";".join(found)
+
+
 def _generator_hash(name: str) -> str:
+    """Key of a generator's cached output: its source, the shared code, the writers' versions."""
     h = hashlib.sha256()
     for p in (GENERATORS / "_common.py", GENERATORS / f"gen_{name}.py"):
         h.update(p.read_bytes())
+    h.update(_writer_versions().encode())
     return h.hexdigest()[:16]
 
 
@@ -37,16 +58,24 @@ def run_generator(name: str, base: Path) -> Path:
     if done.exists():
         return outdir
     outdir.mkdir(parents=True, exist_ok=True)
+    # test processes sharing a cache (pytest-xdist workers, parallel runs) generate it once
+    with open(outdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            _generate(name, outdir)
+            done.write_text("ok")
+    return outdir
+
+
+def _generate(name: str, outdir: Path) -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow",
-               PYTHONPATH=str(GENERATORS))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(GENERATORS), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, str(GENERATORS / f"gen_{name}.py"), str(outdir)],
         env=env, capture_output=True, text=True, timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"fixture generator gen_{name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    done.write_text("ok")
-    return outdir
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +90,3 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
         return made[name]
 
     return get
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m ckptconv ARGS`` in a subprocess; returns the completed process."""
-    return subprocess.run(
-        [sys.executable, "-m", "ckptconv", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
-    )

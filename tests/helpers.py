@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,4 +43,12 @@ def assert_bit_exact(actual: np.ndarray, expected: np.ndarray, what: str = "") -
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes(), (
         f"{what}: bytes differ"
+    )
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m ckptconv ARGS`` in a subprocess; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ckptconv", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
     )

@@ -23,7 +23,7 @@ from ckptconv.batch import (
     run_batch,
     stem_of,
 )
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import assert_bit_exact, load_expected
 
 GOOD = {  # input name -> (file in the generated fixtures, its expected label)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ckptconv
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import assert_bit_exact, load_expected
 
 # (file, expected label, format)

@@ -16,7 +16,7 @@ import pytest
 
 import ckptconv
 from ckptconv import LoadError, LoadReport, Store, load_into
-from ckptconv.writers.keras_model import model_targets
+from ckptconv.keras import model_targets
 from tests.generators.gen_load import build_keras3, build_tf_keras
 from tests.helpers import assert_bit_exact, load_expected
 
@@ -73,9 +73,9 @@ def twin(line: str):
 
 def variables_by_name(model) -> dict[str, np.ndarray]:
     """Every variable's current value, by the canonical name (same order as model_targets)."""
-    from ckptconv.writers.keras_model import _Model
+    from ckptconv.keras.targets import LiveModel
 
-    return {v.name: np.array(v.variable.numpy()) for v in _Model(model).vars}
+    return {v.name: np.array(v.variable.numpy()) for v in LiveModel(model).vars}
 
 
 def assert_all_equal(model, expected: dict[str, np.ndarray]) -> None:
@@ -329,7 +329,7 @@ def test_import_ckptconv_imports_no_keras():
     import sys
 
     code = (
-        "import sys, ckptconv; from ckptconv.writers import keras_model; "
+        "import sys, ckptconv; from ckptconv import keras; "
         "print([m for m in ('keras', 'tensorflow', 'tf_keras', 'torch') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -408,8 +408,9 @@ def test_stored_bytes_are_read_into_reused_buffers_without_aliasing(tmp_path, li
     buffers used in turn. Eight same-shaped layers from a file written by Keras: every
     variable must hold its own layer's values (a buffer aliased by a variable would show a
     later layer's values), and the buffers must really have been reused."""
+    from ckptconv.keras.assign import copies_numpy_values
+    from ckptconv.keras.targets import LiveModel
     from ckptconv.store import Entry
-    from ckptconv.writers import keras_model
 
     module = keras if line == "keras" else tf_keras
     module.backend.clear_session()
@@ -434,7 +435,7 @@ def test_stored_bytes_are_read_into_reused_buffers_without_aliasing(tmp_path, li
     monkeypatch.setattr(Entry, "read_into", spy)
     target = build()
     load_into(target, path)
-    assert keras_model._copies_numpy_values(keras_model._Model(target))
+    assert copies_numpy_values(LiveModel(target))
     assert len(into) == 16 and sum(into) >= 12  # every layer after the first two reuses memory
     for want, got in zip(source.weights, target.weights):
         assert_bit_exact(np.asarray(got), np.asarray(want), want.name)
@@ -495,7 +496,7 @@ import numpy as np
 import keras
 
 import ckptconv
-from ckptconv.writers.keras_model import _Model
+from ckptconv.keras.targets import LiveModel
 from tests.generators.gen_load import build_keras3
 from tests.helpers import load_expected
 
@@ -506,7 +507,7 @@ for source in sys.argv[3:]:
     model = build_keras3(keras)
     report = ckptconv.load_into(model, fixtures / source)
     assert report.ok and report.applied, report.format_table()
-    got = {v.name: np.asarray(keras.ops.convert_to_numpy(v.variable)) for v in _Model(model).vars}
+    got = {v.name: np.asarray(keras.ops.convert_to_numpy(v.variable)) for v in LiveModel(model).vars}
     assert sorted(got) == sorted(expected), source
     for name, value in got.items():
         want = expected[name]

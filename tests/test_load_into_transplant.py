@@ -10,7 +10,7 @@ import pytest
 
 import ckptconv
 from ckptconv.cli import main
-from ckptconv.writers.keras_model import target_from_keras_file
+from ckptconv.keras import target_from_keras_file
 from tests.helpers import assert_bit_exact, load_expected
 
 keras = pytest.importorskip("keras")

@@ -14,7 +14,7 @@ import safetensors.numpy
 
 import ckptconv
 from ckptconv.mapping import Rule, Spec, TargetTensor, build_plan, load_spec
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import assert_bit_exact, load_expected
 
 SPECS = Path(__file__).parent.parent / "examples" / "specs"

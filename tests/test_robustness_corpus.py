@@ -39,7 +39,7 @@ import ckptconv
 from ckptconv import CkptconvError, CorruptFileError, FormatError, IntegrityError, UnsafeInputError
 from ckptconv import UnsupportedError
 from ckptconv.cli import main as cli_main
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 # --- the sources: real files written by gen_load.py --------------------------------------
 

@@ -29,7 +29,7 @@ import pytest
 
 import ckptconv
 from ckptconv import CorruptFileError, UnsafeInputError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.test_robustness_corpus import (  # noqa: F401 - fixtures
     Case,
     base,

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 import ckptconv
 from ckptconv import CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
 from ckptconv.convert import convert
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import assert_bit_exact, load_expected
 
 rng = np.random.default_rng(7)

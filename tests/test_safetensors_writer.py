@@ -526,7 +526,7 @@ def test_convert_adds_metadata_for_transformers(tmp_path: Path) -> None:
     """``--metadata format=pt`` (what Hugging Face transformers requires) is written over
     ckptconv's own ``format: np``, next to the provenance and checksums; values may hold '='.
     Bad items are usage errors; ckptconv's own keys are refused; nothing is written."""
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     sample = Path(__file__).parent.parent / "examples" / "sample.keras"
     dst = tmp_path / "out.safetensors"

@@ -22,7 +22,7 @@ from ckptconv.convert import convert as convert_checkpoint
 from ckptconv.formats import _tensorbundle as tb
 from ckptconv.formats import tf_checkpoint
 from ckptconv.formats._protowire import SliceExtent, parse_bundle_entry
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import Expected, assert_bit_exact, load_expected
 
 CASES = ["tf1", "tf1_keras", "dtypes", "sharded", "tfkeras", "keras3", "keras3_model", "sm_module", "sm_tfkeras"]
@@ -469,7 +469,7 @@ def test_negative_dimension_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
 
 
 def test_batch_salvages_damaged_data_only_when_asked(tf_dir: Path, tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     prefix = copy_case(tf_dir, "tfkeras", tmp_path)
     with ckptconv.open(prefix) as store:

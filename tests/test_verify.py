@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 import ckptconv
 from ckptconv.formats.safetensors import read_header
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def flip_byte(path: Path, tensor: str, at: int = 0) -> None:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
         # building the target imports Keras (and TensorFlow): keep its start-up logging quiet
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from ..writers.keras_model import target_from_keras_file
+        from ..keras import target_from_keras_file
 
         target = target_from_keras_file(args.target, unsafe=args.unsafe)
     with formats.open(args.src) as store:

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Keras is imported only now; keep TensorFlow's start-up chatter off the terminal.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ..errors import LoadError
-    from ..writers.keras_model import transplant
+    from ..keras import transplant
 
     try:
         result = transplant(

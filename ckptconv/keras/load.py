@@ -1,0 +1,154 @@
+"""Load a checkpoint into a live Keras model: checked as a whole first, then assigned.
+
+:func:`load_into` matches a source (a file, a :class:`~ckptconv.Store` or ``{name: array}``)
+to the variables of a Keras 3 or tf-keras model, checks every shape and dtype before any
+variable changes, then assigns layer by layer with ``set_weights()`` (or ``assign`` per
+variable where only part of a layer is loaded). It returns a :class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import by_name
+from ..errors import LoadError
+from ..store import Store
+from .assign import assign, freeze_loaded
+from .match import match_by_order, match_by_plan, without_model_name
+from .report import LoadReport
+from .targets import LiveModel, require_built, restrict
+
+__all__ = ["load_into", "open_source"]
+
+
+def open_source(source: Any) -> tuple[Store, bool]:
+    """A store for ``source`` and whether this call opened it (and must close it)."""
+    if isinstance(source, Store):
+        return source, False
+    if isinstance(source, Mapping):
+        return Store.from_arrays(source), False
+    if isinstance(source, (str, os.PathLike)):
+        from ..formats import open as open_store
+
+        return open_store(source), True
+    raise LoadError(
+        "expected a source path, a ckptconv.Store or a {name: array} mapping; received "
+        f"{type(source).__name__}"
+    )
+
+
+def load_into(
+    model: Any,
+    source: Store | Mapping[str, np.ndarray] | str | os.PathLike[str],
+    mapping: Any = None,
+    *,
+    strict: bool = True,
+    include_all: bool = False,
+    by_order: bool = False,
+    cast: bool = False,
+    freeze: bool | str = False,
+    only: str | Iterable[str] | None = None,
+    dtype: str | np.dtype | None = None,
+    rollback: bool = True,
+) -> LoadReport:
+    """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
+
+    The whole match is checked against the model's variable shapes and dtypes on metadata
+    alone before any tensor is read; then tensors are read (each once, with ``Entry.read``)
+    and assigned one layer at a time with ``set_weights`` (or ``assign`` for a layer only
+    partly loaded). If reading or assigning fails part-way, the variables already assigned
+    are restored, so a failed call changes nothing.
+
+    Args:
+        model: A built Keras 3 or tf-keras model (or layer).
+        source: A checkpoint path (any format :func:`ckptconv.open` reads), a
+            :class:`~ckptconv.Store`, or ``{name: numpy array}``.
+        mapping: ``None`` to match by name, or a mapping spec (file path, dict or spec
+            object) whose outputs are the model's variable names.
+        strict: If True (the default), any variable without a source, any source weight
+            left unused (and not dropped by the spec) and any shape or dtype mismatch raises
+            :class:`~ckptconv.LoadError` listing all of them, and nothing changes. If False,
+            what fits is loaded and the rest reported.
+        include_all: Let optimizer and bookkeeping entries take part too (by default only
+            ``kind="weight"`` entries do, and the others never count as unused).
+        by_order: Ignore names: pair the model's layers with weights and the source's layers
+            in order, and each layer's weights in order (Keras' topological loading).
+        cast: Cast a source whose dtype differs from the variable's to the variable's dtype
+            (round to nearest even; overflow to inf is an error). Without it, a dtype
+            difference is a mismatch.
+        freeze: True to set ``trainable=False`` on every layer that was loaded, or a glob
+            (``block/*``, ``conv_*``) to freeze only the loaded layers whose path (or a
+            parent's) matches.
+        only: Load into a part of the model only: a glob or a list of globs over variable
+            names and layer paths (``dense_1``, ``block/*``, ``conv/kernel``). Variables
+            outside the part are neither loaded nor reported missing; strictness applies
+            within the part.
+        dtype: Cast floating-point source weights to this dtype before they meet the model.
+        rollback: All or nothing on damaged data too: before the first variable changes,
+            compute and check once every value whose reading can fail on the data
+            (checksummed tensors, h5py reads of compressed data, ops, casts that may
+            overflow); plain stored bytes are not read twice. A tensor that fails (a flipped
+            byte) then leaves every variable as it was. False skips that pass; a failed read
+            then leaves the layers before it loaded.
+
+    Returns:
+        A :class:`LoadReport`; ``applied`` says whether variables changed.
+
+    Raises:
+        LoadError: strict and the match has problems (``.problems`` lists them all,
+            ``.report`` is the report), or the model is not a built Keras model.
+        CkptconvError: the source cannot be opened or read.
+    """
+    if mapping is not None and by_order:
+        raise LoadError("by_order=True matches by position and takes no mapping spec")
+    wanted_dtype = by_name(dtype) if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
+    live = LiveModel(model)
+    require_built(live)
+    if only is not None:
+        restrict(live, only)
+    store, opened = open_source(source)
+    try:
+        if by_order:
+            match = match_by_order(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
+        else:
+            view, original = (store, {}) if mapping is not None else without_model_name(live, store)
+            match = match_by_plan(
+                live, view, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype
+            )
+            if original:
+                match.report.loaded = [
+                    replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded
+                ]
+        report = match.report
+        report.strict = strict
+        if strict and report.problems:
+            raise _load_error(live, store, report)
+        assign(live, match.assignments, rollback=rollback)
+        report.applied = bool(match.assignments)
+        if freeze:
+            report.frozen = freeze_loaded(live, match.assignments, freeze)
+        return report
+    finally:
+        if opened:
+            store.close()
+
+
+def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
+    count = len(report.problems)
+    head = report.problems[0]
+    noun = "problem" if count == 1 else "problems"
+    more = "" if count == 1 else f" (and {count - 1} more: see .problems or the report)"
+    error = LoadError(
+        f"{count} {noun} loading into model {live.name!r}, nothing was changed: {head}{more}; "
+        "fix the source or the mapping, choose a part with only=, or pass strict=False to "
+        "load what fits",
+        problems=report.problems,
+        path=None if store.format == "memory" else store.path,
+    )
+    error.report = report  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,294 @@
+"""Matching a source's entries to a live model's variables: by name or spec (through the
+mapper's plan) or by Keras' topological order; every pair checked on metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import dtype_name, is_floating
+from ..errors import LoadError
+from ..store import Entry, Store
+from .report import LoadedWeight, LoadReport, WeightInfo, WeightMismatch, shape_text
+from .targets import LiveModel, TargetVar
+
+__all__ = ["Assignment", "Matching", "match_by_order", "match_by_plan", "without_model_name"]
+
+
+@dataclass(eq=False)
+class Assignment:
+    """One target variable and how to compute its new value."""
+
+    target: TargetVar
+    source: str
+    compute: Callable[[], np.ndarray]
+    cast_from: np.dtype | None = None
+    raw: Entry | None = None  # set when the value is exactly this entry's stored bytes
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether computing the value can fail on the data itself: anything but a plain copy
+        of stored bytes with no checksum to check (a checksum, a decompressing h5py read, an
+        op, a cast that may overflow)."""
+        raw = self.raw
+        return raw is None or raw.byte_range is None or raw.crc32c is not None
+
+
+@dataclass
+class Matching:
+    assignments: list[Assignment] = field(default_factory=list)
+    report: LoadReport = field(default_factory=LoadReport)
+
+
+def _info(name: str, shape: Iterable[int], dtype: np.dtype) -> WeightInfo:
+    return WeightInfo(name, tuple(int(d) for d in shape), dtype_name(dtype))
+
+
+def _check_pair(
+    match: Matching,
+    target: TargetVar,
+    source: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    compute: Callable[[], np.ndarray],
+    *,
+    cast: bool,
+    cast_from: np.dtype | None = None,
+    raw: Entry | None = None,
+) -> None:
+    """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch."""
+    reason = None
+    if shape != target.shape:
+        reason = "shape differs"
+    elif dtype != target.dtype and not cast:
+        reason = "dtype differs (pass cast=True to cast to the variable's dtype)"
+    elif dtype != target.dtype and not _castable(dtype, target.dtype):
+        reason = f"cannot cast {dtype_name(dtype)} to {dtype_name(target.dtype)}"
+    if reason is not None:
+        mismatch = WeightMismatch(
+            target.name,
+            source,
+            target.shape,
+            dtype_name(target.dtype),
+            tuple(shape),
+            dtype_name(dtype),
+            reason,
+        )
+        match.report.mismatched.append(mismatch)
+        match.report.problems.append(
+            f"mismatched: {target.name!r} is {shape_text(target.shape)} "
+            f"{dtype_name(target.dtype)}, source {source!r} is {shape_text(shape)} "
+            f"{dtype_name(dtype)}: {reason}"
+        )
+        return
+    if dtype != target.dtype:
+        cast_from = dtype
+        compute = _casting(compute, target.dtype, target.name)
+        raw = None
+    match.assignments.append(Assignment(target, source, compute, cast_from, raw))
+    match.report.loaded.append(
+        LoadedWeight(
+            target.name,
+            source,
+            target.shape,
+            dtype_name(target.dtype),
+            dtype_name(cast_from) if cast_from is not None else None,
+        )
+    )
+
+
+def _castable(src: np.dtype, dst: np.dtype) -> bool:
+    """Float to float, integer to integer or to float; never float to integer (truncation)."""
+    if is_floating(dst):
+        return is_floating(src) or src.kind in "biu"
+    return src.kind in "biu" and dst.kind in "biu"
+
+
+def _casting(
+    compute: Callable[[], np.ndarray], dtype: np.dtype, name: str
+) -> Callable[[], np.ndarray]:
+    """Wrap ``compute`` to cast to ``dtype`` (round to nearest even), refusing overflow to inf."""
+
+    def run() -> np.ndarray:
+        array = compute()
+        with np.errstate(over="ignore"):  # overflow is checked right below, with a clear error
+            out = array.astype(dtype)
+        if is_floating(dtype) and is_floating(array.dtype):
+            overflow = np.isinf(out) & np.isfinite(array)
+            if overflow.any():
+                raise LoadError(
+                    f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)} turns "
+                    f"{int(overflow.sum())} finite values into inf; keep the variable's dtype "
+                    "wider or scale the weights",
+                    key=name,
+                )
+        return out
+
+    return run
+
+
+def _missing_and_unused(
+    match: Matching, targets: list[TargetVar], filled: set[str], unused: list[Entry]
+) -> None:
+    for target in targets:
+        if target.name not in filled:
+            match.report.missing.append(_info(target.name, target.shape, target.dtype))
+            match.report.problems.append(
+                f"missing: no source for {target.name!r} {shape_text(target.shape)} "
+                f"{dtype_name(target.dtype)}"
+            )
+    for entry in unused:
+        match.report.unused.append(_info(entry.name, entry.shape, entry.dtype))
+        match.report.problems.append(
+            f"unused: source {entry.name!r} {shape_text(entry.shape)} {entry.dtype_name} "
+            "fills no variable of the model"
+        )
+
+
+def _with_default_dtype(
+    entry: Entry, dtype: np.dtype | None
+) -> tuple[Callable[[], np.ndarray], np.dtype]:
+    """``dtype=`` casts floating-point sources before they meet the target."""
+    if dtype is None or not is_floating(entry.dtype) or entry.dtype == dtype:
+        return entry.read, entry.dtype
+    return _casting(entry.read, dtype, entry.name), dtype
+
+
+def match_by_order(
+    live: LiveModel, store: Store, *, include_all: bool, cast: bool, dtype: np.dtype | None
+) -> Matching:
+    """Keras' topological rule: the i-th layer with weights gets the i-th source layer."""
+    match = Matching(report=LoadReport(mode="order"))
+    target_layers: dict[str, list[TargetVar]] = {}
+    for target in live.vars:
+        target_layers.setdefault(target.owner_path, []).append(target)
+    source_layers = list(store.layers(include_all=include_all).items())
+    filled: set[str] = set()
+    unused: list[Entry] = []
+    pairs = list(zip(target_layers.items(), source_layers))
+    for (t_layer, t_vars), (s_layer, s_entries) in pairs:
+        if len(t_vars) != len(s_entries):
+            match.report.problems.append(
+                f"mismatched: layer {t_layer!r} has {len(t_vars)} weights, source layer "
+                f"{s_layer!r} has {len(s_entries)}"
+            )
+            for target, entry in zip(t_vars, s_entries):
+                filled.add(target.name)
+                match.report.mismatched.append(
+                    WeightMismatch(
+                        target.name,
+                        entry.name,
+                        target.shape,
+                        dtype_name(target.dtype),
+                        entry.shape,
+                        entry.dtype_name,
+                        f"layer has {len(t_vars)} weights, source layer {len(s_entries)}",
+                    )
+                )
+            unused += s_entries[len(t_vars) :]
+            continue
+        for target, entry in zip(t_vars, s_entries):
+            filled.add(target.name)
+            compute, src_dtype = _with_default_dtype(entry, dtype)
+            _check_pair(
+                match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
+                raw=entry if compute == entry.read else None,
+            )
+    extra_targets = len(target_layers) - len(pairs)
+    extra_sources = len(source_layers) - len(pairs)
+    if extra_targets or extra_sources:
+        match.report.problems.append(
+            f"mismatched: the model has {len(target_layers)} layers with weights, the source "
+            f"{len(source_layers)}"
+        )
+    for _, s_entries in source_layers[len(pairs) :]:
+        unused += s_entries
+    _missing_and_unused(match, live.vars, filled, unused)
+    return match
+
+
+def match_by_plan(
+    live: LiveModel,
+    store: Store,
+    mapping: Any,
+    *,
+    include_all: bool,
+    cast: bool,
+    dtype: np.dtype | None,
+) -> Matching:
+    """Match through the mapper: its plan, built against the model's shapes and dtypes.
+
+    ``mapping=None`` is the mapper's identity plan (match by name), so rules, casts and the
+    report are one mechanism whatever the mapping. ``cast=True`` asks the plan for the
+    target's dtype (``dtype: target``: round to nearest even, overflow refused).
+    """
+    from ..mapping import TargetTensor, build_plan
+
+    match = Matching(report=LoadReport(mode="name" if mapping is None else "spec"))
+    target = {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    plan_dtype: Any = dtype
+    if plan_dtype is None and cast:
+        plan_dtype = "target"
+    plan = build_plan(store, mapping, target=target, include_all=include_all, dtype=plan_dtype)
+    variables = {v.name: v for v in live.vars}
+    sources_of = {o.name: o.sources for o in plan.report.outputs}
+    filled: set[str] = set()
+    for output in plan.outputs:
+        var = variables.get(output.name)
+        if var is None:
+            continue  # a passed-through entry with no place in the model: reported unused below
+        filled.add(var.name)
+        names = sources_of.get(output.name, ())
+        # The plan may have cast already (cast=True is its ``dtype: target``): say so.
+        cast_from = None
+        if len(names) == 1 and names[0] in store and store[names[0]].dtype != output.dtype:
+            cast_from = store[names[0]].dtype
+        _check_pair(
+            match, var, "+".join(names) or output.name, output.shape, output.dtype,
+            output.compute, cast=cast, cast_from=cast_from, raw=output.source,
+        )
+    records = {r.name: r for r in plan.report.sources}
+    unused = [
+        WeightInfo(n, tuple(records[n].shape), records[n].dtype)
+        for n in plan.report.unused
+        if n in records
+    ]
+    match.report.dropped = list(plan.report.dropped)
+    _missing_and_unused(match, live.vars, filled, [])
+    for info in unused:
+        match.report.unused.append(info)
+        match.report.problems.append(
+            f"unused: source {info.name!r} {shape_text(info.shape)} {info.dtype} fills no "
+            "variable of the model"
+        )
+    for problem in plan.problems:
+        # Fit with the model is reported above, per weight; keep the plan's other findings
+        # (rules that own nothing, outputs that name no variable, ops that cannot apply).
+        if "does not fit the target" not in problem:
+            match.report.problems.append(problem)
+    return match
+
+
+def without_model_name(live: LiveModel, store: Store) -> tuple[Store, dict[str, str]]:
+    """A view of ``store`` where ``MODEL/x`` names ``x`` when ``x`` is a variable of the model.
+
+    Keras 3 puts a Sequential or subclassed model's own name in front of its variables'
+    paths, and TensorFlow checkpoints of such models record it (``seq/dense/kernel``); no
+    Keras file does. Only names that then match a variable, and that the store does not have
+    already, are changed. Returns the view and ``{new name: recorded name}``.
+    """
+    prefix = live.name + "/"
+    targets = {v.name for v in live.vars}
+    renames: dict[str, str] = {}
+    for name in store:
+        short = name[len(prefix) :]
+        if name.startswith(prefix) and name not in targets and short in targets and short not in store:
+            renames[name] = short
+    if not renames:
+        return store, {}
+    entries = [store[n].renamed(renames[n]) if n in renames else store[n] for n in store]
+    view = Store(entries, format=store.format, path=store.path, files=store.files, metadata=store.metadata)
+    return view, {short: name for name, short in renames.items()}

@@ -1,0 +1,135 @@
+"""Transplant: a ``.keras`` architecture plus weights from anywhere, saved as a new model."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import OutputError
+from ..store import Store
+from .load import load_into, open_source
+from .report import LoadReport
+from .targets import build_keras_model
+
+__all__ = ["transplant", "TransplantResult"]
+
+
+@dataclass
+class TransplantResult:
+    """What :func:`transplant` wrote."""
+
+    out: str
+    report: LoadReport
+    seconds: float
+
+
+_OUT_SUFFIXES = (".keras", ".weights.h5")
+
+
+def transplant(
+    src: str | os.PathLike[str] | Store | Mapping[str, np.ndarray],
+    target: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    mapping: Any = None,
+    *,
+    unsafe: bool = False,
+    force: bool = False,
+    fsync: bool = True,
+    **load_options: Any,
+) -> TransplantResult:
+    """Build the model a ``.keras`` file describes, load ``src`` into it, save it as ``out``.
+
+    ``out`` ends in ``.keras`` (the whole model) or ``.weights.h5`` (weights only). It is
+    written to a temporary file next to it, flushed and renamed into place, so a failed run
+    leaves nothing behind; an existing ``out`` is replaced only with ``force=True``.
+
+    Args:
+        src: The weights: any checkpoint :func:`ckptconv.open` reads, a store or arrays.
+        target: A ``.keras`` file holding the architecture (its own weights are replaced).
+        out: The output path.
+        mapping: A mapping spec, as for :func:`load_into`.
+        unsafe: Let Keras build models holding Lambda bytecode (only for trusted files).
+        force: Replace an existing ``out``.
+        fsync: Flush the output to disk before the rename.
+        **load_options: Passed to :func:`load_into` (``strict``, ``by_order``, ``cast``,
+            ``only``, ``freeze``, ``dtype``, ``include_all``).
+
+    Raises:
+        OutputError: ``out`` has another suffix, exists without ``force``, or is an input.
+        LoadError: the weights do not fit (strict), nothing written.
+    """
+
+    from ..errors import OutputError
+
+    started = time.perf_counter()
+    out_path = os.path.abspath(os.fspath(out))
+    suffix = next((s for s in _OUT_SUFFIXES if out_path.endswith(s)), None)
+    if suffix is None:
+        raise OutputError(
+            "the output must end in .keras (whole model) or .weights.h5 (weights only)",
+            path=out,
+        )
+    inputs = [os.fspath(target)]
+    if isinstance(src, (str, os.PathLike)):
+        inputs.append(os.fspath(src))
+    for given in inputs:
+        if os.path.exists(given) and os.path.exists(out_path) and os.path.samefile(given, out_path):
+            raise OutputError("the output is one of the inputs; choose another path", path=out)
+    if os.path.exists(out_path) and not force:
+        raise OutputError("the output exists; pass --force (force=True) to replace it", path=out)
+    out_dir = os.path.dirname(out_path)
+    if not os.path.isdir(out_dir):
+        raise OutputError("the output's directory does not exist", path=out)
+
+    store, opened = open_source(src)  # fail fast on a bad source, before Keras builds anything
+    try:
+        model = build_keras_model(target, unsafe=unsafe)
+        # The model is ours and nothing is written on failure: no need to keep old values.
+        load_options.setdefault("rollback", False)
+        report = load_into(model, store, mapping, **load_options)
+    finally:
+        if opened:
+            store.close()
+    _save_atomically(model, out_path, suffix, fsync=fsync)
+    return TransplantResult(out_path, report, time.perf_counter() - started)
+
+
+def _save_atomically(model: Any, out_path: str, suffix: str, *, fsync: bool) -> None:
+    import tempfile
+
+
+    directory, name = os.path.split(out_path)
+    # Keras insists on the suffix, so the temporary name keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
+    os.close(fd)
+    try:
+        if suffix == ".keras":
+            model.save(tmp, overwrite=True)
+        else:
+            model.save_weights(tmp, overwrite=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+        if fsync:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write the output: {e.strerror or e}", path=out_path) from e
+        raise
