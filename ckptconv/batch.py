@@ -1,10 +1,14 @@
-"""Convert many checkpoints: the per-file job, the name pattern, and a process-pool runner.
+"""Convert many checkpoints: the per-file job, the name pattern, and the runners.
 
 :func:`convert_one` is the job for one file. It is a plain top-level function of picklable
 arguments that returns a picklable :class:`FileResult` and keeps no global state, so it runs
-unchanged in a ``ProcessPoolExecutor`` (what ``ckptconv batch -j N`` uses), or as a Dask or
-Ray task. Only ckptconv's own errors and OS errors count as a failed file; anything else
-is a bug and propagates.
+unchanged in a ``ProcessPoolExecutor`` (what ``ckptconv batch -j N`` uses), as a Dask task
+(``ckptconv batch --scheduler``, :mod:`ckptconv.cluster`) or as a Ray task. Only ckptconv's
+own errors and OS errors count as a failed file; anything else is a bug and propagates.
+
+:func:`run_batch` runs the jobs in this process, in local processes or on a Dask cluster,
+with one set of rules: options checked once, failures per file, a worker that dies retried
+once, Ctrl-C cancelling what has not started.
 
 Example::
 
@@ -17,12 +21,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +44,7 @@ __all__ = [
     "expand_inputs",
     "output_name",
     "plan_jobs",
+    "prepare_options",
     "run_batch",
     "PATTERN_FIELDS",
 ]
@@ -321,26 +327,78 @@ def plan_jobs(
 # --- the runner -----------------------------------------------------------------------------
 
 
+def prepare_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and parse the options every job shares, once, before any job starts.
+
+    A spec file path (``mapping``) is read and parsed into a :class:`~ckptconv.Spec`, which is
+    what the jobs receive (workers never read the spec file); the default ``dtype`` is checked;
+    a text ``max_shard_size`` becomes bytes. So a broken spec fails the batch once, before any
+    worker starts, instead of failing every file. :func:`run_batch` calls this itself; calling
+    it first is useful to fail before starting a cluster. Idempotent.
+
+    Raises:
+        SpecError: the spec file is missing, unreadable or invalid, or the dtype is unknown.
+        CkptconvError: ``max_shard_size`` is not a size.
+    """
+    from .mapping import load_spec
+    from .mapping.spec import parse_dtype_option
+    from .writers.safetensors import parse_size
+
+    prepared = dict(options)
+    if prepared.get("mapping") is not None:
+        prepared["mapping"] = load_spec(prepared["mapping"])
+    if prepared.get("dtype") is not None:
+        parse_dtype_option(prepared["dtype"], what="dtype")  # checked here; each job applies it
+    if isinstance(prepared.get("max_shard_size"), str):
+        try:
+            prepared["max_shard_size"] = parse_size(prepared["max_shard_size"])
+        except ValueError as e:
+            raise CkptconvError(f"max_shard_size: {e}") from None
+    return prepared
+
+
 def run_batch(
     jobs: Sequence[Job],
     *,
     workers: int = 1,
+    client: Any = None,
     on_result: Callable[[FileResult], None] | None = None,
     job: Callable[..., FileResult] = convert_one,
     **options: Any,
 ) -> BatchReport:
-    """Run :func:`convert_one` over ``jobs``, in ``workers`` processes (1: in this process).
+    """Run :func:`convert_one` over ``jobs``: in this process, in local worker processes, or
+    as tasks on a Dask cluster, with the same rules everywhere.
 
-    Every job runs; a failed file does not stop the others. Worker processes are started with
-    the ``spawn`` method, so this is safe from threads and on every platform; call it under
-    ``if __name__ == "__main__":`` in a script. If a worker process dies (killed by the
-    out-of-memory killer, a crash in a native library), the jobs it may have been running are
-    re-run one at a time, each in a fresh process: the one that kills its process is reported
-    failed, the others complete.
+    - The shared options are checked once, first (:func:`prepare_options`): a broken spec
+      raises here, before any job starts, and the jobs receive the parsed spec.
+    - Every job runs; a failed file does not stop the others.
+    - A worker that dies while converting a file (the out-of-memory killer, a crash in a native
+      library) leaves no output: each output is written under a temporary name and renamed at
+      the end, and the temporaries of a killed attempt are removed. The file is tried once
+      more in another worker; if that worker dies too, the file is reported failed
+      (``error_type`` ``WorkerDied``) and the others complete. An output absent before the
+      batch may be replaced by the retry (its first attempt may have completed it).
+    - ``KeyboardInterrupt`` (Ctrl-C) cancels the jobs not started; those running finish (each
+      output is atomic), then the exception propagates.
+
+    **Local processes** (``workers`` > 1) are started with the ``spawn`` method, so this is
+    safe from threads and on every platform; call it under ``if __name__ == "__main__":`` in a
+    script. A process that dies breaks the whole pool (the pool cannot tell which job killed
+    it), so the jobs it may have been running are re-run one at a time, each in a fresh
+    process.
+
+    **Dask** (``client``, a ``dask.distributed.Client``): each file is one task, submitted
+    with absolute paths, so inputs and outputs must be on a filesystem that this machine and
+    every worker see at the same path. When a worker dies, the scheduler re-runs its tasks on
+    other workers and gives up on a task after ``distributed.scheduler.allowed-failures``
+    worker deaths (Dask's default is 3; :func:`ckptconv.cluster.connect` with ``local:N`` sets
+    1, the rule above; set it in your scheduler's configuration to get the same). Results
+    come back as the tasks' futures complete. Needs ``ckptconv[dask]``.
 
     Args:
         jobs: From :func:`plan_jobs` (or any ``Job(src, dst)`` list).
-        workers: Number of worker processes; 0 means one per CPU.
+        workers: Number of local worker processes; 0 means one per CPU. Not with ``client``.
+        client: A ``dask.distributed.Client``: run the jobs on its cluster.
         on_result: Called in this process with each result as it completes.
         job: The per-file function, ``job(src, dst, **options) -> FileResult`` (a top-level,
             picklable function); :func:`convert_one` unless you wrap it.
@@ -348,69 +406,131 @@ def run_batch(
 
     Returns:
         A :class:`BatchReport` with results in job order.
+
+    Raises:
+        SpecError: the spec or dtype is invalid (nothing ran).
+        ValueError: both ``workers`` and ``client`` were given.
+        ClusterError: the Dask workers cannot import ckptconv.
     """
+    if client is not None and workers != 1:
+        raise ValueError("give workers= (local processes) or client= (a Dask cluster), not both")
+    options = prepare_options(options)
     started = time.perf_counter()
-    if workers <= 0:
-        workers = os.cpu_count() or 1
-    results: list[FileResult | None] = [None] * len(jobs)
+    run = BatchRun(jobs, on_result)
+    try:
+        if client is not None:
+            from .cluster import run_tasks
 
-    lock = threading.Lock()
+            run_tasks(client, run, job, options)
+        elif workers == 1 or len(jobs) <= 1:
+            for i, item in enumerate(run.jobs):
+                run.finished(i, job(item.src, item.dst, **options))
+        else:
+            _run_processes(run, (os.cpu_count() or 1) if workers <= 0 else workers, job, options)
+    finally:
+        run.remove_leftovers()
+    return BatchReport([r for r in run.results if r is not None], time.perf_counter() - started)
 
-    def finished(i: int, result: FileResult) -> None:
-        with lock:
-            results[i] = result
-            if on_result is not None:
-                on_result(result)
 
-    if workers == 1 or len(jobs) <= 1:
-        for i, item in enumerate(jobs):
-            finished(i, job(item.src, item.dst, **options))
-    else:
-        from .writers.safetensors import _sigterm_as_exit
+class BatchRun:
+    """The per-file bookkeeping every runner shares (internal to :func:`run_batch`).
 
-        # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
-        # finish (each output is atomic) instead of leaving orphaned workers behind.
-        existed = [_output_exists(item.dst) for item in jobs]
-        with _sigterm_as_exit():
-            broken = _run_pool(jobs, range(len(jobs)), workers, job, options, finished)
+    Attributes:
+        jobs: The jobs, in order. results: Their results so far (None: not finished).
+        existed: Whether each job's output existed before the batch started.
+    """
 
-            def isolated(i: int) -> None:
-                # An interrupted attempt may have completed its output before the pool broke:
-                # that output (absent before the batch) may be replaced.
-                again = dict(options, force=True) if not existed[i] else options
-                _run_pool(jobs, [i], 1, job, again, finished, died=True)
+    def __init__(self, jobs: Sequence[Job], on_result: Callable[[FileResult], None] | None) -> None:
+        self.jobs = list(jobs)
+        self.results: list[FileResult | None] = [None] * len(self.jobs)
+        self.existed = [_output_exists(item.dst) for item in self.jobs]
+        self._on_result = on_result
+        self._killed: set[int] = set()
+        self._lock = threading.Lock()
 
-            if broken:  # isolate them: only a job that kills its own process fails
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(isolated, broken))
-    return BatchReport([r for r in results if r is not None], time.perf_counter() - started)
+    def finished(self, i: int, result: FileResult) -> None:
+        """Record job ``i``'s final result and pass it to ``on_result``."""
+        with self._lock:
+            self.results[i] = result
+            if self._on_result is not None:
+                self._on_result(result)
+
+    def killed(self, i: int) -> None:
+        """Job ``i`` was running in a worker that died: its temporaries go at the end."""
+        self._killed.add(i)
+
+    def appeared(self, i: int) -> bool:
+        """Job ``i``'s output exists now and did not before the batch."""
+        return not self.existed[i] and _output_exists(self.jobs[i].dst)
+
+    def retry_options(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of a retry after a worker died: an output absent before the batch may
+        be replaced, as the attempt that died may have completed it."""
+        return options if self.existed[i] else dict(options, force=True)
+
+    def died(self, i: int, workers: int) -> FileResult:
+        """The result of a job whose worker died ``workers`` times."""
+        item = self.jobs[i]
+        times = "twice" if workers == 2 else f"{workers} times"
+        error = (
+            f"the worker process died while converting this file, {times} (killed by a signal, "
+            "e.g. by the out-of-memory killer, or a crash in a native library); no output was "
+            "left; try it alone, with more memory"
+        )
+        return FileResult(src=item.src, dst=item.dst, ok=False, error=error, error_type="WorkerDied")
+
+    def remove_leftovers(self) -> None:
+        """Remove the writer's temporaries that killed workers left for finished jobs (a job
+        still running elsewhere, after an interrupt, keeps its own)."""
+        from .writers.safetensors import leftover_temporaries
+
+        for i in sorted(self._killed):
+            if self.results[i] is None:
+                continue
+            for path in leftover_temporaries(self.jobs[i].dst):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
 
 def _output_exists(dst: str) -> bool:
     return os.path.lexists(dst) or os.path.lexists(dst + ".index.json")
 
 
-_WORKER_DIED = (
-    "the worker process died while converting this file (killed by a signal, e.g. by the "
-    "out-of-memory killer, or a crash in a native library); try it alone, with more memory"
-)
+def _run_processes(
+    run: BatchRun, workers: int, job: Callable[..., FileResult], options: dict[str, Any]
+) -> None:
+    """The local pool: all jobs in ``workers`` processes; those of a broken pool, alone."""
+    from .writers.safetensors import _sigterm_as_exit
+
+    # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
+    # finish (each output is atomic) instead of leaving orphaned workers behind.
+    with _sigterm_as_exit():
+        broken = _run_pool(run, range(len(run.jobs)), workers, job, options)
+        for i in broken:
+            run.killed(i)
+
+        def isolated(i: int) -> None:
+            if _run_pool(run, [i], 1, job, run.retry_options(i, options)):
+                run.finished(i, run.died(i, 2))
+
+        if broken:  # isolate them: only a job that kills its own process fails
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(isolated, broken))
 
 
 def _run_pool(
-    jobs: Sequence[Job],
+    run: BatchRun,
     indices: Iterable[int],
     workers: int,
     job: Callable[..., FileResult],
     options: dict[str, Any],
-    finished: Callable[[int, FileResult], None],
-    *,
-    died: bool = False,
 ) -> list[int]:
-    """Run ``jobs[i]`` for ``i`` in ``indices`` in a fresh pool; return the indices left
-    unfinished because a worker died (with ``died=True`` they are reported failed instead)."""
+    """Run ``run.jobs[i]`` for ``i`` in ``indices`` in a fresh pool; return the indices left
+    unfinished because a worker died."""
     from concurrent.futures.process import BrokenProcessPool
 
     indices = list(indices)
+    jobs = run.jobs
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(indices)), mp_context=context) as pool:
         pending: dict[Future[FileResult], int] = {
@@ -427,13 +547,8 @@ def _run_pool(
                     except BrokenProcessPool:
                         unfinished.append(i)
                         continue
-                    finished(i, result)
+                    run.finished(i, result)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    if died:
-        for i in sorted(unfinished):
-            finished(i, FileResult(src=jobs[i].src, dst=jobs[i].dst, ok=False,
-                                   error=_WORKER_DIED, error_type="WorkerDied"))
-        return []
     return sorted(unfinished)

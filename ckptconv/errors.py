@@ -21,6 +21,8 @@ __all__ = [
     "PlanError",
     "OutputError",
     "LoadError",
+    "MissingDependencyError",
+    "ClusterError",
 ]
 
 
@@ -116,3 +118,20 @@ class LoadError(CkptconvError):
     ) -> None:
         self.problems = list(problems)
         super().__init__(reason, path=path, key=key)
+
+
+class MissingDependencyError(CkptconvError, ImportError):
+    """A feature needs an optional extra that is not installed; the message says what to
+    ``pip install``. Also an :class:`ImportError`.
+
+    Attributes:
+        extra: The ``ckptconv[...]`` extra that provides it (``"dask"``).
+    """
+
+    def __init__(self, reason: str, *, extra: str = "") -> None:
+        self.extra = extra
+        super().__init__(reason)
+
+
+class ClusterError(CkptconvError):
+    """A Dask cluster cannot be reached, or its workers cannot run ckptconv's jobs."""

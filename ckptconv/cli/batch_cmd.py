@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
+
+if TYPE_CHECKING:
+    from ..batch import BatchReport, Job
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="convert many checkpoints to safetensors in parallel, with a summary",
         description=(
             "Convert many checkpoints (paths, globs, or a list file) into safetensors files in "
-            "OUTDIR, with the same options for all. Prints one line per file (ok / failed with "
-            "the reason), continues past failures, ends with a summary; exit status 1 if any "
-            "file failed."
+            "OUTDIR, with the same options for all, in local worker processes (-j) or on a Dask "
+            "cluster (--scheduler). Prints one line per file (ok / failed with the reason), "
+            "continues past failures, ends with a summary; exit status 1 if any file failed."
         ),
         epilog=f"Name pattern fields: {fields}.",
     )
@@ -31,7 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--name-pattern", metavar="PATTERN", default="{stem}.safetensors",
         help="output file name under OUTDIR (default: {stem}.safetensors)",
     )
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", type=_scheduler,
+        help="run the files as tasks on a Dask cluster: the address of its scheduler "
+        "(tcp://HOST:PORT), or local:N to start N worker processes on this machine; inputs "
+        "and outputs must be paths every worker sees (needs ckptconv[dask])",
+    )
     add_convert_options(p, many=True)
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
@@ -41,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import FileResult, expand_inputs, plan_jobs, read_list, run_batch
+    from ..batch import expand_inputs, plan_jobs, prepare_options, read_list
     from ..writers.safetensors import parse_size
 
     patterns = list(args.inputs)
@@ -63,7 +75,40 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _usage(str(e))
 
-    options = convert_options(args)
+    # checked and parsed once, here: a broken spec fails before any worker starts
+    options = prepare_options(convert_options(args))
+    with contextlib.ExitStack() as stack:
+        where: dict[str, Any] = {"workers": args.jobs}
+        if args.scheduler is not None:
+            from ..cluster import connect
+
+            try:
+                where = {"client": stack.enter_context(connect(args.scheduler))}
+            except ValueError as e:  # an address Dask cannot parse
+                return _usage(f"--scheduler {args.scheduler}: {e}")
+        report = _run(args, jobs, unmatched, where, options)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        total = len(report.results)
+        ok = len(report.succeeded)
+        size = human_bytes(sum(r.nbytes for r in report.results))
+        print(
+            f"{total} file{'s' if total != 1 else ''}: {ok} converted, {total - ok} failed "
+            f"({size} in {report.seconds:.1f} s)"
+        )
+    return 0 if report.ok else 1
+
+
+def _run(
+    args: argparse.Namespace, jobs: list[Job], unmatched: list[str], where: dict[str, Any],
+    options: dict[str, Any],
+) -> BatchReport:
+    """Run the jobs (``where``: local ``workers`` or a Dask ``client``), printing a line per
+    file as it finishes and the progress bar; unmatched globs count as failed inputs."""
+    from ..batch import FileResult, run_batch
+
     bar = None
     if want_progress(args.quiet, args.progress):
         from tqdm import tqdm
@@ -98,23 +143,22 @@ def run(args: argparse.Namespace) -> int:
             say(f"failed {result.src}: {result.error}")
 
     try:
-        report = run_batch(jobs, workers=args.jobs, on_result=on_result, **options)
+        report = run_batch(jobs, on_result=on_result, **where, **options)
     finally:
         if bar is not None:
             bar.close()
     report.results = missing + report.results
-    if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        total = len(report.results)
-        ok = len(report.succeeded)
-        size = human_bytes(sum(r.nbytes for r in report.results))
-        print(
-            f"{total} file{'s' if total != 1 else ''}: {ok} converted, {total - ok} failed "
-            f"({size} in {report.seconds:.1f} s)"
-        )
-    return 0 if report.ok else 1
+    return report
+
+
+def _scheduler(text: str) -> str:
+    from ..cluster import parse_scheduler
+
+    try:
+        parse_scheduler(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _usage(message: str) -> int:

@@ -38,12 +38,20 @@ from ..store import Output
 from ._sink import Pipeline, Sink, write_all
 from ._sink import fsync as fsync_file
 
-__all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
+__all__ = [
+    "write_safetensors",
+    "WriteResult",
+    "parse_size",
+    "CRC_KEY",
+    "shard_names",
+    "leftover_temporaries",
+]
 
 CRC_KEY = "ckptconv.crc32c"
 """The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
 
 _CRC_PLACEHOLDER = "00000000"
+_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".tmp"  # a temporary is .<final name>.<random>.tmp
 _MAX_HEADER = 100_000_000  # the safetensors format's own header limit
 
 _UNITS = {
@@ -116,13 +124,40 @@ class _Slot:
 
 def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
     """The Hugging Face shard paths for ``dst``: ``model-00001-of-00003.safetensors``, ..."""
-    dst = os.fspath(dst)
-    directory, base = os.path.split(dst)
-    stem = base[: -len(".safetensors")] if base.endswith(".safetensors") else base
+    directory, base = os.path.split(os.fspath(dst))
+    stem = _shard_stem(base)
     return [
         os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.safetensors")
         for i in range(1, count + 1)
     ]
+
+
+def _shard_stem(base: str) -> str:
+    return base[: -len(".safetensors")] if base.endswith(".safetensors") else base
+
+
+def leftover_temporaries(dst: str | os.PathLike[str]) -> list[str]:
+    """Temporary files of an unfinished write of ``dst`` (its file, shards or index).
+
+    A write removes its own temporary files when it fails or is interrupted, so the ones
+    found were left by a process killed while writing (SIGKILL, the out-of-memory killer, a
+    machine that went down). Lists ``dst``'s directory; opens nothing.
+
+    Returns:
+        Paths of the dot-prefixed temporaries (``.model.safetensors.<random>.tmp``), sorted.
+    """
+    directory, base = os.path.split(os.fspath(dst))
+    finals = "|".join([
+        re.escape(base),
+        re.escape(os.path.basename(index_path(base))),
+        re.escape(_shard_stem(base)) + r"-\d{5,}-of-\d{5,}\.safetensors",
+    ])
+    pattern = re.compile(rf"{re.escape(_TEMP_PREFIX)}(?:{finals})\.\w+{re.escape(_TEMP_SUFFIX)}")
+    try:
+        names = os.listdir(directory or os.curdir)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, name) for name in names if pattern.fullmatch(name))
 
 
 def index_path(dst: str | os.PathLike[str]) -> str:
@@ -608,7 +643,9 @@ class _TempFiles:
 
     def create(self, final_name: str) -> tuple[int, str]:
         try:
-            fd, path = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".tmp", dir=self.directory)
+            fd, path = tempfile.mkstemp(
+                prefix=f"{_TEMP_PREFIX}{final_name}.", suffix=_TEMP_SUFFIX, dir=self.directory
+            )
         except OSError as e:
             raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
         self.paths.append(path)

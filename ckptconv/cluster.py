@@ -1,0 +1,258 @@
+"""Batch jobs on a Dask cluster: ``ckptconv batch --scheduler`` and ``run_batch(client=...)``.
+
+Dask is an optional extra (``pip install "ckptconv[dask]"``, which installs
+``dask[distributed]``); it is imported only when one of these functions is called, never by
+``import ckptconv`` or ``import ckptconv.batch``.
+
+- :func:`connect` opens a client: to a running scheduler (``tcp://host:8786``), or to a
+  ``LocalCluster`` of N worker processes started on this machine (``local:N``).
+- :func:`run_tasks` is the Dask runner behind :func:`ckptconv.batch.run_batch`; the rules a
+  batch follows (options checked once, failures per file, a worker that dies, Ctrl-C) are
+  documented there and kept in :class:`ckptconv.batch.BatchRun`, one set for every runner.
+
+Each file is one task running :func:`ckptconv.batch.convert_one` (or the job you pass), with
+absolute paths: inputs and outputs must be on a filesystem that the machine submitting the
+batch and every worker see at the same path, and every worker needs ckptconv installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClusterError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from .batch import BatchRun, FileResult
+
+__all__ = ["connect", "parse_scheduler", "run_tasks", "import_distributed", "LOCAL_CLUSTER_CONFIG"]
+
+EXTRA = "dask"
+
+LOCAL_CLUSTER_CONFIG = {
+    # a task whose worker dies is re-run once; the second death fails it (KilledWorker)
+    "distributed.scheduler.allowed-failures": 1,
+}
+"""The Dask configuration of the scheduler :func:`connect` starts for ``local:N``."""
+
+
+def import_distributed() -> Any:
+    """``dask.distributed``, or :class:`~ckptconv.MissingDependencyError` naming the extra."""
+    try:
+        import distributed
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"running a batch on a Dask cluster needs Dask's distributed scheduler, which is not "
+            f'installed ({e}); install it with: pip install "ckptconv[{EXTRA}]"',
+            extra=EXTRA,
+        ) from e
+    return distributed
+
+
+def parse_scheduler(scheduler: str) -> int | None:
+    """The number of local workers ``local:N`` asks for (0: one per CPU), or None for an
+    address of a running scheduler.
+
+    Raises:
+        ValueError: ``local:`` is not followed by a number of workers, or the text is empty.
+    """
+    text = scheduler.strip()
+    if not text:
+        raise ValueError("expected the address of a Dask scheduler (tcp://HOST:PORT) or local:N")
+    kind, sep, count = text.partition(":")
+    if kind != "local" or not sep:
+        return None
+    try:
+        workers = int(count)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise ValueError(
+            f"local:N takes a number of worker processes (0: one per CPU), received {scheduler!r}"
+        )
+    return workers
+
+
+@contextlib.contextmanager
+def connect(scheduler: str) -> Iterator[Any]:
+    """A ``dask.distributed.Client`` for ``scheduler``, closed on exit.
+
+    ``local:N`` starts a ``LocalCluster`` on this machine for the time of the block: N worker
+    processes of one thread each (``local:0``: one per CPU), so a worker converts one file at
+    a time, configured with :data:`LOCAL_CLUSTER_CONFIG` (a file whose worker dies is retried
+    once), its logs silenced (the batch reports what went wrong). Anything else is
+    the address of a running scheduler (``tcp://10.0.0.5:8786``, ``tls://...``): the client is
+    closed on exit, the cluster keeps running, and its own configuration decides how often a
+    task whose worker dies is retried (``distributed.scheduler.allowed-failures``).
+
+    Raises:
+        MissingDependencyError: Dask's distributed scheduler is not installed.
+        ValueError: ``scheduler`` is not an address Dask understands.
+        ClusterError: the scheduler cannot be reached (Dask's connect timeout,
+            ``distributed.comm.timeouts.connect``, applies).
+    """
+    distributed = import_distributed()
+    workers = parse_scheduler(scheduler)
+    if workers is None:
+        from distributed.comm import resolve_address
+
+        try:
+            # checked before a Client exists: a half-made Client stalls at exit
+            resolve_address(scheduler)  # ValueError: not an address
+            client = distributed.Client(scheduler, set_as_default=False)
+        except OSError as e:  # unknown host, refused, timed out
+            raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler}: {e}") from e
+        with contextlib.closing(client):
+            yield client
+        return
+    import dask
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        cluster = distributed.LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def run_tasks(
+    client: Any,
+    run: BatchRun,
+    job: Callable[..., FileResult],
+    options: dict[str, Any],
+) -> None:
+    """Run every job of ``run`` as a task on ``client``'s cluster (see ``run_batch``).
+
+    At most one task per worker thread is on the cluster at a time (more are submitted as
+    tasks complete), so a worker of one thread holds one file: when it dies, only that file
+    was running there. A task the scheduler gave up on (``KilledWorker``: the workers running
+    it died) is reported failed. A retried task that finds the output its killed attempt
+    completed is submitted once more, allowed to replace it (only when the output did not
+    exist before the batch).
+    """
+    distributed = import_distributed()
+    prefix = f"ckptconv-batch-{uuid.uuid4().hex[:12]}"  # tasks show as ckptconv-batch in Dask
+    index: dict[str, int] = {}  # task key -> job
+    outstanding: set[Any] = set()
+    pending = distributed.as_completed(loop=client.loop)
+    retried: set[int] = set()
+    waiting = iter(range(len(run.jobs)))
+    slots = _Slots(client)
+
+    def submit(i: int, opts: dict[str, Any], key: str) -> None:
+        item = run.jobs[i]
+        future = client.submit(
+            functools.partial(job, **opts),
+            os.path.abspath(item.src),
+            os.path.abspath(item.dst),
+            key=key,
+            pure=False,
+        )
+        index[key] = i
+        outstanding.add(future)
+        pending.add(future)
+
+    def refill() -> None:
+        while len(outstanding) < slots.count():
+            i = next(waiting, None)
+            if i is None:
+                return
+            submit(i, options, f"{prefix}-{i}")
+
+    try:
+        refill()
+        for future in pending:
+            outstanding.discard(future)
+            i = index[future.key]
+            result = _result_of(future, run, i, distributed)
+            if (
+                not result.ok
+                and i not in retried
+                and run.appeared(i)
+                and future.key in _lost_keys(client)
+            ):
+                retried.add(i)
+                submit(i, run.retry_options(i, options), f"{prefix}-{i}-retry")
+            else:
+                run.finished(i, result)
+            refill()
+    except BaseException:
+        if outstanding:
+            client.cancel(list(outstanding))
+        raise
+    finally:
+        for key in _lost_keys(client) & index.keys():
+            run.killed(index[key])
+
+
+class _Slots:
+    """The cluster's worker threads, asked again at most once a second (workers come and go)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._count = 1
+        self._asked = -math.inf
+
+    def count(self) -> int:
+        now = time.monotonic()
+        if now - self._asked >= 1.0:
+            self._count = max(1, sum(self._client.nthreads().values()))
+            self._asked = now
+        return self._count
+
+
+def _result_of(future: Any, run: BatchRun, i: int, distributed: Any) -> FileResult:
+    """The job's result from its finished future, with the paths as the caller gave them."""
+    from .batch import FileResult
+
+    item = run.jobs[i]
+    if future.status == "error":
+        error = future.exception()
+        if isinstance(error, distributed.KilledWorker):
+            run.killed(i)
+            return run.died(i, error.allowed_failures + 1)
+        if isinstance(error, ImportError):
+            raise ClusterError(
+                f"a Dask worker cannot run ckptconv's job ({type(error).__name__}: {error}); "
+                "install ckptconv, the same version as here, on every worker"
+            ) from error
+        future.result()  # anything else is a bug in the job: raised with the worker's traceback
+    if future.status != "finished":
+        return FileResult(
+            src=item.src,
+            dst=item.dst,
+            ok=False,
+            error=f"the Dask task was {future.status} (cancelled by another client, or the "
+            "cluster restarted); run this file again",
+            error_type="TaskCancelled",
+        )
+    result: FileResult = future.result()
+    return dataclasses.replace(result, src=item.src, dst=item.dst)  # ``files`` are absolute
+
+
+def _lost_keys(client: Any) -> set[str]:
+    """Keys of tasks that were running on a worker when it was removed (dead or gone), from
+    the scheduler's recent events; empty if the scheduler cannot tell."""
+    if client.status != "running":
+        return set()
+    try:
+        events = client.get_events("all")
+    except (OSError, TimeoutError, KeyError):
+        return set()
+    lost: set[str] = set()
+    for _, message in events:
+        if isinstance(message, dict) and message.get("action") == "remove-worker":
+            lost.update(str(key) for key in message.get("processing-tasks", ()))
+    return lost

@@ -1,0 +1,353 @@
+"""``ckptconv batch --scheduler`` and ``run_batch(client=...)``: the batch on a real Dask cluster.
+
+One ``LocalCluster`` per module (a scheduler and two worker processes on this machine, started
+by ``ckptconv.cluster.connect("local:2")``) runs every test; the CLI reaches it by its address.
+Real checkpoints (Keras 3 and tf-keras writers) plus a damaged copy are the inputs; the Dask
+results are compared with the local pool's, byte for byte. Workers are killed for real
+(SIGKILL from inside a job, once per marker file) and restarted by their nanny.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ckptconv import Rule, Spec, SpecError
+from ckptconv.batch import FileResult, convert_one, plan_jobs, run_batch, stem_of
+from tests.helpers import run_cli
+
+GOOD = {  # input name -> fixture written by the real writers
+    "k3_zoo.weights.h5": "k3_zoo.weights.h5",
+    "k3_seq.weights.h5": "k3_seq.weights.h5",
+    "archive.keras": "k3_zoo.keras",
+    "tk_zoo_w.h5": "tk_zoo_w.h5",
+}
+DAMAGED = "broken.weights.h5"
+SPEC = """\
+version: 1
+rules:
+  - drop: "**/bias"
+    optional: true
+"""
+
+BLOCK_DASK = (  # run the CLI as if ckptconv[dask] were not installed
+    "import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
+    "from ckptconv.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from ckptconv.cluster import connect
+
+    with connect("local:2") as client:
+        yield client
+
+
+@pytest.fixture
+def client(cluster: Any) -> Any:
+    cluster.wait_for_workers(2, timeout=120)  # a worker an earlier test killed is back
+    return cluster
+
+
+@pytest.fixture
+def inputs(generated, tmp_path: Path) -> Path:
+    """Real checkpoints and one truncated copy."""
+    keras_dir = generated("keras")
+    directory = tmp_path / "in"
+    directory.mkdir()
+    for name, fixture in GOOD.items():
+        shutil.copy(keras_dir / fixture, directory / name)
+    raw = (keras_dir / "k3_zoo.weights.h5").read_bytes()
+    (directory / DAMAGED).write_bytes(raw[: len(raw) // 3])
+    return directory
+
+
+def outputs(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def comparable(report: dict, cwd: Path, outdir: str) -> dict:
+    """A batch's JSON report without times, without its output directory ``outdir`` (relative
+    to ``cwd``) in output paths (``dst`` as given, ``files`` absolute)."""
+    report = json.loads(json.dumps(report))
+    report["summary"].pop("seconds")
+    for item in report["files"]:
+        item.pop("seconds")
+        item["dst"] = item["dst"].removeprefix(f"{outdir}/")
+        item["files"] = [f.removeprefix(f"{cwd / outdir}/") for f in item["files"]]
+    return report
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def test_cluster_batch_matches_the_local_batch(client: Any, inputs: Path, tmp_path: Path) -> None:
+    """Same outputs (bytes), same report, the damaged input failed alone with its message."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    common = ["in/*", "--json", "--dtype", "bfloat16", "--map", "spec.yaml"]  # relative paths
+    local = run_cli("batch", *common, "-o", "local", "-j", "2", cwd=tmp_path)
+    dask = run_cli("batch", *common, "-o", "dask", "--scheduler", client.scheduler.address, cwd=tmp_path)
+    assert local.returncode == dask.returncode == 1, dask.stderr
+    assert dask.stderr == ""
+    local_report, dask_report = json.loads(local.stdout), json.loads(dask.stdout)
+    failed = [f for f in dask_report["files"] if not f["ok"]]
+    assert [Path(f["src"]).name for f in failed] == [DAMAGED]
+    assert "truncated" in failed[0]["error"] and failed[0]["error_type"] == "CorruptFileError"
+    assert comparable(dask_report, tmp_path, "dask") == comparable(local_report, tmp_path, "local")
+    made = outputs(tmp_path / "dask")
+    assert sorted(made) == sorted(f"{stem_of(name)}.safetensors" for name in GOOD)
+    assert made == outputs(tmp_path / "local")
+
+
+def test_local_cluster_from_the_cli(inputs: Path, tmp_path: Path) -> None:
+    """``--scheduler local:2`` starts its own cluster: lines, summary, progress on stderr."""
+    out = tmp_path / "out"
+    proc = run_cli("batch", f"{inputs}/*", "-o", out, "--scheduler", "local:2", "--progress")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("ok ") for line in lines) == len(GOOD)
+    failed = [line for line in lines if line.startswith("failed ")]
+    assert len(failed) == 1 and failed[0].startswith(f"failed {inputs / DAMAGED}: the file is truncated")
+    assert lines[-1].startswith("5 files: 4 converted, 1 failed")
+    assert "/5 [" in proc.stderr and "file/s" in proc.stderr  # tqdm's bar over the futures
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem_of(n)}.safetensors" for n in GOOD)
+
+
+def test_scheduler_usage_errors(inputs: Path, tmp_path: Path, capsys) -> None:
+    """Bad --scheduler values are usage errors (2); an unreachable scheduler fails (1)."""
+    import dask
+
+    from ckptconv.cli import main
+
+    def cli(*args: object) -> tuple[int, str]:
+        try:
+            code = main(["batch", str(inputs / "k3_seq.weights.h5"), "-o", str(out), *map(str, args)])
+        except SystemExit as e:  # argparse's own usage errors
+            code = int(e.code or 0)
+        return code, capsys.readouterr().err
+
+    out = tmp_path / "out"
+    for args, words in (
+        (["--scheduler", "local:two"], "local:N takes a number"),
+        (["--scheduler", "local:-1"], "local:N takes a number"),
+        (["--scheduler", "local:2", "-j", "2"], "not allowed with"),
+        (["--scheduler", "no-port-here"], "--scheduler no-port-here: missing port"),
+        (["--scheduler", "udp://127.0.0.1:1"], "unknown address scheme"),
+    ):
+        code, err = cli(*args)
+        assert code == 2, (args, err)
+        assert words in err and "Traceback" not in err
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code, err = cli("--scheduler", "tcp://127.0.0.1:9")
+    assert code == 1
+    assert err.startswith("ckptconv: error: cannot connect to the Dask scheduler at tcp://127.0.0.1:9")
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_without_dask_one_error_names_the_extra(inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_DASK, "batch", inputs / "k3_seq.weights.h5", "-o", out,
+         "--scheduler", "local:2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert 'pip install "ckptconv[dask]"' in proc.stderr
+    assert not out.exists()
+    # without --scheduler, batch never needs Dask
+    proc = subprocess.run([sys.executable, "-c", BLOCK_DASK, "batch", inputs / "k3_seq.weights.h5",
+                           "-o", out], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_broken_spec_fails_once_before_any_worker_starts(inputs: Path, tmp_path: Path) -> None:
+    """The spec is parsed on the client first: one error line, no file line, no cluster (with
+    Dask blocked the error is still the spec's, so it came before Dask was even imported)."""
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("version: 1\nrules:\n  - from: '*/kernel'\n    opz: [transpose]\n")
+    out = tmp_path / "out"
+    for command in (
+        [sys.executable, "-m", "ckptconv", "batch", f"{inputs}/*", "-o", out, "--map", spec, "-j", "2"],
+        [sys.executable, "-c", BLOCK_DASK, "batch", f"{inputs}/*", "-o", out, "--map", spec,
+         "--scheduler", "local:2"],
+    ):
+        proc = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stdout == ""
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and str(spec) in lines[0] and "opz" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+# --- the Python API: one set of rules for local processes and the cluster ------------------
+
+
+def spec_is_parsed(src: str, dst: str, **options: Any) -> FileResult:
+    """A job that reports whether it was handed a parsed Spec (not a path to read)."""
+    return FileResult(src=src, dst=dst, ok=isinstance(options.get("mapping"), Spec))
+
+
+def records_a_start(src: str, dst: str, *, marker_dir: str, **options: Any) -> FileResult:
+    Path(marker_dir, Path(src).name).touch()
+    return convert_one(src, dst, **options)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_jobs_receive_the_parsed_spec(where: str, request, inputs: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    runner = {"workers": 2} if where == "processes" else {"client": request.getfixturevalue("client")}
+    jobs = plan_jobs([f"{inputs}/*"], tmp_path / "out")
+    report = run_batch(jobs, job=spec_is_parsed, mapping=str(spec), **runner)
+    assert report.ok and len(report.results) == len(jobs)
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules: [{from: 'a', to: 'b', ops: [transpsoe]}]\n")
+    markers = tmp_path / "started"
+    markers.mkdir()
+    with pytest.raises(SpecError, match="transpsoe"):
+        run_batch(jobs, job=records_a_start, mapping=str(broken), marker_dir=str(markers), **runner)
+    assert list(markers.iterdir()) == []
+
+
+def kill_mid_write_once(src: str, dst: str, *, marker_dir: str, **options: Any) -> FileResult:
+    """For ``poison.*``, the first attempt SIGKILLs its own process in the middle of writing
+    (from an op computing the first tensor, after the temporary output file is created),
+    recording what the output directory held at that moment; the retry converts normally."""
+    marker = Path(marker_dir, "killed.json")
+    if Path(src).name.startswith("poison") and not marker.exists():
+        def die(array: Any) -> Any:
+            listing = sorted(os.listdir(os.path.dirname(dst)))
+            marker.write_text(json.dumps({"pid": os.getpid(), "listing": listing}))
+            os.kill(os.getpid(), signal.SIGKILL)
+            return array
+
+        same = {"fn": die, "shape": lambda shape: shape, "dtype": lambda dtype: dtype}
+        options = dict(options, mapping=Spec(rules=[Rule(from_="**", ops=[same])]))
+    result = convert_one(src, dst, **options)
+    Path(marker_dir, f"{Path(src).name}.pid").write_text(str(os.getpid()))
+    return result
+
+
+def kill_after_writing_once(src: str, dst: str, *, marker_dir: str, **options: Any) -> FileResult:
+    """For ``poison.*``, the first attempt completes its output, then its process is killed
+    before the result is reported."""
+    marker = Path(marker_dir, "killed.json")
+    result = convert_one(src, dst, **options)
+    if Path(src).name.startswith("poison") and not marker.exists():
+        marker.write_text(json.dumps({"pid": os.getpid()}))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+def kill_always(src: str, dst: str, **options: Any) -> FileResult:
+    if Path(src).name.startswith("poison"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return convert_one(src, dst, **options)
+
+
+def runner_for(where: str, request) -> dict[str, Any]:
+    if where == "processes":
+        return {"workers": 2}
+    return {"client": request.getfixturevalue("client")}
+
+
+def local_outputs(paths: list[str], tmp_path: Path) -> dict[str, bytes]:
+    """The outputs of a batch of ``paths`` in this process, with the plain job."""
+    reference = tmp_path / "reference"
+    run_batch(plan_jobs(paths, reference))
+    return outputs(reference)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_a_worker_killed_mid_write_leaves_nothing_and_the_file_completes(
+    where: str, request, inputs: Path, tmp_path: Path
+) -> None:
+    shutil.copy(inputs / "k3_zoo.weights.h5", inputs / "poison.weights.h5")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    jobs = plan_jobs([f"{inputs}/*"], out)
+    report = run_batch(jobs, job=kill_mid_write_once, marker_dir=str(markers), **runner_for(where, request))
+
+    killed = json.loads((markers / "killed.json").read_text())
+    assert any(name.startswith(".poison.safetensors.") and name.endswith(".tmp")
+               for name in killed["listing"]), killed  # the kill came mid-write
+    assert int((markers / "poison.weights.h5.pid").read_text()) != killed["pid"]  # another worker
+    assert [Path(r.src).name for r in report.failed] == [DAMAGED]
+    assert [r.src for r in report.results] == [j.src for j in jobs]
+    # the same bytes as without a kill, and nothing else: no temporary file of the killed attempt
+    assert outputs(out) == local_outputs([f"{inputs}/*"], tmp_path)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_the_retry_may_replace_the_output_its_killed_attempt_completed(
+    where: str, request, inputs: Path, tmp_path: Path
+) -> None:
+    shutil.copy(inputs / "k3_seq.weights.h5", inputs / "poison.weights.h5")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    jobs = plan_jobs([f"{inputs}/poison.weights.h5", f"{inputs}/k3_seq.weights.h5"], out)
+    report = run_batch(jobs, job=kill_after_writing_once, marker_dir=str(markers),
+                       **runner_for(where, request))
+    assert (markers / "killed.json").exists()
+    assert report.ok, report.failed
+    assert outputs(out) == local_outputs([j.src for j in jobs], tmp_path)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_a_job_that_kills_two_workers_fails_alone(where: str, request, inputs: Path, tmp_path: Path) -> None:
+    shutil.copy(inputs / "k3_seq.weights.h5", inputs / "poison.weights.h5")
+    out = tmp_path / "out"
+    jobs = plan_jobs([f"{inputs}/*"], out)
+    report = run_batch(jobs, job=kill_always, **runner_for(where, request))
+    failed = {Path(r.src).name: r for r in report.failed}
+    assert set(failed) == {DAMAGED, "poison.weights.h5"}
+    poison = failed["poison.weights.h5"]
+    assert poison.error_type == "WorkerDied"
+    assert poison.error and "worker process died while converting this file, twice" in poison.error
+    assert outputs(out) == local_outputs([j.src for j in jobs if "poison" not in j.src], tmp_path)
+
+
+def slow_job(src: str, dst: str, **options: Any) -> FileResult:
+    time.sleep(1.0)
+    return convert_one(src, dst, **options)
+
+
+def test_interrupt_cancels_the_tasks_not_started(client: Any, inputs: Path, tmp_path: Path) -> None:
+    for i in range(8):
+        shutil.copy(inputs / "k3_seq.weights.h5", inputs / f"copy{i}.weights.h5")
+    out = tmp_path / "out"
+    jobs = plan_jobs([f"{inputs}/copy*"], out)
+
+    def interrupt(result: FileResult) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(jobs, client=client, job=slow_job, on_result=interrupt)
+    written: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until nothing changed for 4 s (all 8 take about 5 s)
+        time.sleep(4)
+        now = sorted(p.name for p in out.iterdir())
+        if now == written:
+            break
+        written = now
+    # the first result, and at most one running task per worker when it came
+    assert 1 <= len(written) <= 3, written
+    assert not [name for name in written if name.startswith(".")]
