@@ -13,10 +13,12 @@ __version__ = "0.1.0"
 
 from .errors import (
     CkptconvError,
+    ClusterError,
     CorruptFileError,
     FormatError,
     IntegrityError,
     LoadError,
+    MissingDependencyError,
     OutputError,
     PlanError,
     SpecError,
@@ -63,10 +65,12 @@ __all__ = [
     "TransplantResult",
     # errors
     "CkptconvError",
+    "ClusterError",
     "CorruptFileError",
     "FormatError",
     "IntegrityError",
     "LoadError",
+    "MissingDependencyError",
     "OutputError",
     "PlanError",
     "SpecError",

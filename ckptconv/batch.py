@@ -376,8 +376,10 @@ def run_batch(
       library) leaves no output: each output is written under a temporary name and renamed at
       the end, and the temporaries of a killed attempt are removed. The file is tried once
       more in another worker; if that worker dies too, the file is reported failed
-      (``error_type`` ``WorkerDied``) and the others complete. An output absent before the
-      batch may be replaced by the retry (its first attempt may have completed it).
+      (``error_type`` ``WorkerDied``) and the others complete.
+    - An output that exists when the batch starts is replaced only with ``force=True``; one
+      that does not is the batch's own, which a retry may replace (the attempt that died may
+      have completed it).
     - ``KeyboardInterrupt`` (Ctrl-C) cancels the jobs not started; those running finish (each
       output is atomic), then the exception propagates.
 
@@ -424,7 +426,7 @@ def run_batch(
             run_tasks(client, run, job, options)
         elif workers == 1 or len(jobs) <= 1:
             for i, item in enumerate(run.jobs):
-                run.finished(i, job(item.src, item.dst, **options))
+                run.finished(i, job(item.src, item.dst, **run.options_for(i, options)))
         else:
             _run_processes(run, (os.cpu_count() or 1) if workers <= 0 else workers, job, options)
     finally:
@@ -459,13 +461,10 @@ class BatchRun:
         """Job ``i`` was running in a worker that died: its temporaries go at the end."""
         self._killed.add(i)
 
-    def appeared(self, i: int) -> bool:
-        """Job ``i``'s output exists now and did not before the batch."""
-        return not self.existed[i] and _output_exists(self.jobs[i].dst)
-
-    def retry_options(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
-        """The options of a retry after a worker died: an output absent before the batch may
-        be replaced, as the attempt that died may have completed it."""
+    def options_for(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
+        """Job ``i``'s options, every attempt: an output absent when the batch started is the
+        batch's own, which a retry may replace (the attempt of a worker that died may have
+        completed it; Dask recomputes a result lost with its worker)."""
         return options if self.existed[i] else dict(options, force=True)
 
     def died(self, i: int, workers: int) -> FileResult:
@@ -510,7 +509,7 @@ def _run_processes(
             run.killed(i)
 
         def isolated(i: int) -> None:
-            if _run_pool(run, [i], 1, job, run.retry_options(i, options)):
+            if _run_pool(run, [i], 1, job, options):
                 run.finished(i, run.died(i, 2))
 
         if broken:  # isolate them: only a job that kills its own process fails
@@ -534,7 +533,8 @@ def _run_pool(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(indices)), mp_context=context) as pool:
         pending: dict[Future[FileResult], int] = {
-            pool.submit(job, jobs[i].src, jobs[i].dst, **options): i for i in indices
+            pool.submit(job, jobs[i].src, jobs[i].dst, **run.options_for(i, options)): i
+            for i in indices
         }
         unfinished: list[int] = []
         try:

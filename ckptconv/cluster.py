@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,8 @@ EXTRA = "dask"
 LOCAL_CLUSTER_CONFIG = {
     # a task whose worker dies is re-run once; the second death fails it (KilledWorker)
     "distributed.scheduler.allowed-failures": 1,
+    # workers that die and cannot be restarted must not leave the batch waiting forever
+    "distributed.scheduler.no-workers-timeout": "120s",
 }
 """The Dask configuration of the scheduler :func:`connect` starts for ``local:N``."""
 
@@ -115,16 +118,44 @@ def connect(scheduler: str) -> Iterator[Any]:
         return
     import dask
 
+    count = workers or os.cpu_count() or 1
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = distributed.LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
+            n_workers=count,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             silence_logs=logging.CRITICAL,
         )
     with cluster, distributed.Client(cluster, set_as_default=False) as client:
-        yield client
+        with _kept_at(cluster, count):
+            yield client
+
+
+@contextlib.contextmanager
+def _kept_at(cluster: Any, count: int, every: float = 5.0) -> Iterator[None]:
+    """Keep a LocalCluster at ``count`` workers while the block runs.
+
+    A worker's nanny restarts it when it dies, but closes itself when the new process dies
+    while starting (a file that kills its worker, retried on the one just restarted), and
+    the cluster drops a worker not back within ``distributed.deploy.lost-worker-timeout``
+    (slow restarts on a loaded machine). Asking for ``count`` workers again every few
+    seconds starts new ones in their place; it does nothing while all are there.
+    """
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(every):
+            if cluster.status.name == "running":
+                cluster.scale(count)
+
+    thread = threading.Thread(target=keep, name="ckptconv-keep-workers", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def run_tasks(
@@ -138,55 +169,41 @@ def run_tasks(
     At most one task per worker thread is on the cluster at a time (more are submitted as
     tasks complete), so a worker of one thread holds one file: when it dies, only that file
     was running there. A task the scheduler gave up on (``KilledWorker``: the workers running
-    it died) is reported failed. A retried task that finds the output its killed attempt
-    completed is submitted once more, allowed to replace it (only when the output did not
-    exist before the batch).
+    it died) is reported failed.
     """
     distributed = import_distributed()
     prefix = f"ckptconv-batch-{uuid.uuid4().hex[:12]}"  # tasks show as ckptconv-batch in Dask
     index: dict[str, int] = {}  # task key -> job
     outstanding: set[Any] = set()
     pending = distributed.as_completed(loop=client.loop)
-    retried: set[int] = set()
     waiting = iter(range(len(run.jobs)))
     slots = _Slots(client)
-
-    def submit(i: int, opts: dict[str, Any], key: str) -> None:
-        item = run.jobs[i]
-        future = client.submit(
-            functools.partial(job, **opts),
-            os.path.abspath(item.src),
-            os.path.abspath(item.dst),
-            key=key,
-            pure=False,
-        )
-        index[key] = i
-        outstanding.add(future)
-        pending.add(future)
 
     def refill() -> None:
         while len(outstanding) < slots.count():
             i = next(waiting, None)
             if i is None:
                 return
-            submit(i, options, f"{prefix}-{i}")
+            item = run.jobs[i]
+            future = client.submit(
+                functools.partial(job, **run.options_for(i, options)),
+                os.path.abspath(item.src),
+                os.path.abspath(item.dst),
+                key=f"{prefix}-{i}",
+                pure=False,
+            )
+            index[future.key] = i
+            outstanding.add(future)
+            pending.add(future)
 
     try:
         refill()
         for future in pending:
-            outstanding.discard(future)
             i = index[future.key]
             result = _result_of(future, run, i, distributed)
-            if (
-                not result.ok
-                and i not in retried
-                and run.appeared(i)
-                and future.key in _lost_keys(client)
-            ):
-                retried.add(i)
-                submit(i, run.retry_options(i, options), f"{prefix}-{i}-retry")
-            else:
-                run.finished(i, result)
+            future.release()  # else a worker that dies holding the result would recompute it
+            outstanding.discard(future)
+            run.finished(i, result)
             refill()
     except BaseException:
         if outstanding:
@@ -214,31 +231,38 @@ class _Slots:
 
 
 def _result_of(future: Any, run: BatchRun, i: int, distributed: Any) -> FileResult:
-    """The job's result from its finished future, with the paths as the caller gave them."""
+    """The job's result (waiting for it if a worker lost it: Dask computes it again), with
+    the paths as the caller gave them."""
+    from distributed.scheduler import NoWorkerError
+
     from .batch import FileResult
 
     item = run.jobs[i]
-    if future.status == "error":
-        error = future.exception()
-        if isinstance(error, distributed.KilledWorker):
-            run.killed(i)
-            return run.died(i, error.allowed_failures + 1)
-        if isinstance(error, ImportError):
-            raise ClusterError(
-                f"a Dask worker cannot run ckptconv's job ({type(error).__name__}: {error}); "
-                "install ckptconv, the same version as here, on every worker"
-            ) from error
-        future.result()  # anything else is a bug in the job: raised with the worker's traceback
-    if future.status != "finished":
+    try:
+        result: FileResult = future.result()
+    except distributed.KilledWorker as error:
+        run.killed(i)
+        return run.died(i, error.allowed_failures + 1)
+    except distributed.CancelledError:
         return FileResult(
             src=item.src,
             dst=item.dst,
             ok=False,
-            error=f"the Dask task was {future.status} (cancelled by another client, or the "
-            "cluster restarted); run this file again",
+            error="the Dask task was cancelled (by another client, or the cluster restarted); "
+            "run this file again",
             error_type="TaskCancelled",
         )
-    result: FileResult = future.result()
+    except NoWorkerError as error:
+        raise ClusterError(
+            f"no Dask worker was running for {error.timeout:.0f} s: the workers died and did "
+            "not come back; the files not reported were not converted"
+        ) from error
+    except ImportError as error:
+        raise ClusterError(
+            f"a Dask worker cannot run ckptconv's job ({type(error).__name__}: {error}); "
+            "install ckptconv, the same version as here, on every worker"
+        ) from error
+    # anything else is a bug in the job: raised above, with the worker's traceback
     return dataclasses.replace(result, src=item.src, dst=item.dst)  # ``files`` are absolute
 
 

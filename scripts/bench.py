@@ -4,14 +4,18 @@
     .venv/bin/python scripts/bench.py                 # the 2 GiB model, 3 rounds (~15 min)
     .venv/bin/python scripts/bench.py --quick         # a 256 MiB model, 3 rounds (~4 min)
     .venv/bin/python scripts/bench.py --size 1GiB --rounds 5 --json out.json --markdown
+    .venv/bin/python scripts/bench.py --only batch [--batch-files 64] [--batch-scheduler ADDR]
 
 It builds the benchmark model (N Dense layers of 4096x4096 fp32, seeded weights) with the real
 writers, each in a subprocess: Keras 3 ``.weights.h5`` and ``.keras``, tf-keras legacy ``.h5``
 and a TF checkpoint, a model twice as large as ``.weights.h5``, and a BERT-style Hugging Face
-directory. Then it runs every case in a fresh subprocess, all cases one after the other in
+directory; for the ``batch`` group, 64 copies of an 8 MiB Keras 3 file. Then it runs every case in a fresh subprocess, all cases one after the other in
 each round (so the machine's noise spreads over all of them), and reports the median wall
 time, the ratio to ``dd bs=16M conv=fsync`` (and to plain ``dd``) of the same file, and the
-peak RSS (``ru_maxrss`` of the finished child, from ``wait4``).
+peak RSS (``ru_maxrss`` of the finished child, from ``wait4``). The ``batch`` group reports
+files per second of ``run_batch`` over the same inputs in the local pool and on a Dask
+cluster (``scripts/bench_batch.py``: ``local:N`` started before the clock, or a running
+cluster given with ``--batch-scheduler``).
 
 Page cache: ``--cache warm`` (the default) reads every input file through before each run, so
 all runs read from the page cache and the copy is bound by memory and by writing the output
@@ -92,6 +96,7 @@ class Case:
             shows that instead of the process' wall time.
         rounds: Run this case only so many times (a slow reference).
         target: ``copy``, ``ratio:<x>``, ``meta``, ``load``, or None (a reference).
+        files: Files the case converts (a batch): the table shows files per second.
     """
 
     id: str
@@ -105,6 +110,7 @@ class Case:
     inner: bool = False
     rounds: int | None = None
     target: str | None = None
+    files: int | None = None
 
 
 @dataclass
@@ -125,6 +131,9 @@ class Files:
     root: str
     layers: int
     large_layers: int
+    batch_files: int = 64
+    batch_workers: int = 2
+    batch_scheduler: str | None = None
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -151,6 +160,11 @@ class Files:
     @property
     def bert(self) -> str:
         return self.p("bert")
+
+    @property
+    def batch_inputs(self) -> list[str]:
+        """The batch group's inputs (written by ``bench_batch.py make``)."""
+        return [self.p("batch", "in", f"m{i:03d}.weights.h5") for i in range(self.batch_files)]
 
 
 def bulk(paths: list[str]) -> str:
@@ -273,6 +287,20 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
                           "BERT: BertBackbone(**config) + hand-written assign loop",
                           run + ["bert_set_weights", files.bert], inputs=inputs, inner=True,
                           baseline="bert:keras-hub"))
+    if "batch" in groups:
+        run = [PY, os.path.join(HERE, "bench_batch.py"), "run", files.p("batch", "in"),
+               os.path.join(out, "batch")]
+        n, workers = files.batch_files, files.batch_workers
+        where = [("pool", f"local pool -j {workers}", ["--workers", str(workers)]),
+                 ("dask-local", f"Dask local:{workers}", ["--scheduler", f"local:{workers}"])]
+        if files.batch_scheduler:
+            where.append(("dask", f"Dask {files.batch_scheduler}",
+                          ["--scheduler", files.batch_scheduler]))
+        for tag, label, extra in where:
+            cases.append(Case(f"batch:{tag}", "batch",
+                              f"batch of {n} 8 MiB .weights.h5, {label}", run + extra,
+                              inputs=files.batch_inputs, outputs=[os.path.join(out, "batch")],
+                              inner=True, files=n))
     return cases
 
 
@@ -316,6 +344,11 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         subprocess.run(argv, check=True, env=child_env(), stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
         log(f"  done in {time.perf_counter() - started:.0f} s")
+    if "batch" in groups and not all(os.path.exists(f) for f in files.batch_inputs):
+        log(f"writing the batch inputs ({files.batch_files} files) ...")
+        subprocess.run([PY, os.path.join(HERE, "bench_batch.py"), "make", files.p("batch"),
+                        "--files", str(files.batch_files)], check=True, env=child_env(),
+                       stdout=subprocess.DEVNULL)
     if "load" in groups and not os.path.exists(files.safetensors):
         os.makedirs(os.path.dirname(files.safetensors), exist_ok=True)
         subprocess.run(CKPTCONV + ["convert", files.sources[".weights.h5"][0], files.safetensors,
@@ -480,6 +513,9 @@ def fmt_r(x: float | None) -> str:
 def table(rows: dict[str, Row]) -> list[list[str]]:
     header = ["group", "what", "median s", "min–max s", "runs", "ratio", "× plain dd",
               "CPU s", "peak RSS MiB", "target met"]
+    batches = any(row.case.files for row in rows.values())
+    if batches:
+        header.insert(3, "files/s")
     body = [header]
     for row in rows.values():
         good = row.good
@@ -497,10 +533,15 @@ def table(rows: dict[str, Row]) -> list[list[str]]:
         errors = [r.error for r in row.runs if r.error]
         if errors:
             status = (status + " " if status else "") + f"error: {errors[0]}"
+        per_second = []
+        if batches:
+            per_second = [f"{row.case.files / row.median:.1f}"
+                          if row.case.files and row.median else ""]
         body.append([
             row.case.group,
             row.case.label + (" [timed part]" if row.case.inner else ""),
             fmt_s(row.median),
+            *per_second,
             spread,
             f"{len(good)}/{len(row.runs)}",
             base_text,
@@ -585,7 +626,7 @@ def rows_from_json(results: dict) -> dict[str, Row]:
         case = Case(item["id"], item["group"], item["label"], item["argv"],
                     baseline=item.get("baseline"), plain=item.get("plain"),
                     inner=item.get("inner", item["group"] in ("load", "bert")),
-                    target=item.get("target_kind", _target_of(item)))
+                    target=item.get("target_kind", _target_of(item)), files=item.get("files"))
         rows[case.id] = Row(case, [Run(**{k: v for k, v in r.items() if k in fields})
                                    for r in item["runs"]])
     return rows
@@ -612,7 +653,8 @@ def _installed(module: str) -> bool:
     return probe.returncode == 0
 
 
-GROUPS = ("copy", "convert", "peer", "meta", "load", "large", "bert")
+GROUPS = ("copy", "convert", "peer", "meta", "load", "large", "bert", "batch")
+BATCH_FILE = (2 * 1024 * 1024 + 2 * 1024) * 4  # 2 Dense 1024x1024 fp32 layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", choices=("warm", "cold"), default="warm",
                    help="warm: read inputs through before each run (default); cold: evict them")
     p.add_argument("--bert-layers", type=int, default=12, help="encoder layers of the BERT model")
+    p.add_argument("--batch-files", type=int, default=64, help="inputs of the batch group (default 64)")
+    p.add_argument("--batch-workers", type=int, default=os.cpu_count() or 1,
+                   help="local pool processes and local:N Dask workers of the batch group (default: CPUs)")
+    p.add_argument("--batch-scheduler", metavar="ADDRESS",
+                   help="also run the batch group on this running Dask cluster (tcp://HOST:PORT; "
+                        "the work directory must be on a filesystem its workers see)")
     p.add_argument("--tmp", default="/tmp", help="where the temporary work directory goes")
     p.add_argument("--workdir", help="keep inputs in this directory and reuse them (not removed)")
     p.add_argument("--json", metavar="PATH", help="write the raw numbers here")
@@ -655,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.workdir or args.tmp
     os.makedirs(base, exist_ok=True)
     need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0))
+    need += 2 * args.batch_files * BATCH_FILE if "batch" in groups else 0
     free = shutil.disk_usage(base).free
     if free < need:
         log(f"not enough disk space in {base}: {free / 2**30:.1f} GiB free, about "
@@ -662,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
-    files = Files(os.path.abspath(workdir), layers, 2 * layers)
+    files = Files(os.path.abspath(workdir), layers, 2 * layers, args.batch_files,
+                  args.batch_workers, args.batch_scheduler)
 
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -703,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
             {"id": r.case.id, "group": r.case.group, "label": r.case.label,
              "argv": r.case.argv, "baseline": r.case.baseline, "plain": r.case.plain,
              "inner": r.case.inner, "target_kind": r.case.target,
-             "median_seconds": r.median, "peak_rss_bytes": r.rss,
+             "median_seconds": r.median, "peak_rss_bytes": r.rss, "files": r.case.files,
+             "files_per_second": r.case.files / r.median if r.case.files and r.median else None,
              "ratio": ratio(rows, r, r.case.baseline),
              "ratio_of_medians": ratio_of_medians(rows, r, r.case.baseline),
              "ratio_plain_dd": ratio(rows, r, r.case.plain),

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from ckptconv import Rule, Spec, SpecError
-from ckptconv.batch import FileResult, convert_one, plan_jobs, run_batch, stem_of
+from ckptconv.batch import FileResult, Job, convert_one, plan_jobs, run_batch, stem_of
 from tests.helpers import run_cli
 
 GOOD = {  # input name -> fixture written by the real writers
@@ -266,6 +266,12 @@ def runner_for(where: str, request) -> dict[str, Any]:
     return {"client": request.getfixturevalue("client")}
 
 
+def few_jobs(inputs: Path, out: Path) -> list[Job]:
+    """The poisoned input between a good one and the damaged one (few: every job of a broken
+    local pool is re-run in a process of its own)."""
+    return plan_jobs([str(inputs / n) for n in ("k3_zoo.weights.h5", "poison.weights.h5", DAMAGED)], out)
+
+
 def local_outputs(paths: list[str], tmp_path: Path) -> dict[str, bytes]:
     """The outputs of a batch of ``paths`` in this process, with the plain job."""
     reference = tmp_path / "reference"
@@ -277,11 +283,11 @@ def local_outputs(paths: list[str], tmp_path: Path) -> dict[str, bytes]:
 def test_a_worker_killed_mid_write_leaves_nothing_and_the_file_completes(
     where: str, request, inputs: Path, tmp_path: Path
 ) -> None:
-    shutil.copy(inputs / "k3_zoo.weights.h5", inputs / "poison.weights.h5")
+    shutil.copy(inputs / "k3_seq.weights.h5", inputs / "poison.weights.h5")
     markers = tmp_path / "markers"
     markers.mkdir()
     out = tmp_path / "out"
-    jobs = plan_jobs([f"{inputs}/*"], out)
+    jobs = few_jobs(inputs, out)
     report = run_batch(jobs, job=kill_mid_write_once, marker_dir=str(markers), **runner_for(where, request))
 
     killed = json.loads((markers / "killed.json").read_text())
@@ -291,7 +297,7 @@ def test_a_worker_killed_mid_write_leaves_nothing_and_the_file_completes(
     assert [Path(r.src).name for r in report.failed] == [DAMAGED]
     assert [r.src for r in report.results] == [j.src for j in jobs]
     # the same bytes as without a kill, and nothing else: no temporary file of the killed attempt
-    assert outputs(out) == local_outputs([f"{inputs}/*"], tmp_path)
+    assert outputs(out) == local_outputs([j.src for j in jobs], tmp_path)
 
 
 @pytest.mark.parametrize("where", ["processes", "dask"])
@@ -314,10 +320,10 @@ def test_the_retry_may_replace_the_output_its_killed_attempt_completed(
 def test_a_job_that_kills_two_workers_fails_alone(where: str, request, inputs: Path, tmp_path: Path) -> None:
     shutil.copy(inputs / "k3_seq.weights.h5", inputs / "poison.weights.h5")
     out = tmp_path / "out"
-    jobs = plan_jobs([f"{inputs}/*"], out)
+    jobs = few_jobs(inputs, out)
     report = run_batch(jobs, job=kill_always, **runner_for(where, request))
     failed = {Path(r.src).name: r for r in report.failed}
-    assert set(failed) == {DAMAGED, "poison.weights.h5"}
+    assert set(failed) == {DAMAGED, "poison.weights.h5"}, [(r.error_type, r.error) for r in report.failed]
     poison = failed["poison.weights.h5"]
     assert poison.error_type == "WorkerDied"
     assert poison.error and "worker process died while converting this file, twice" in poison.error
@@ -351,3 +357,30 @@ def test_interrupt_cancels_the_tasks_not_started(client: Any, inputs: Path, tmp_
     # the first result, and at most one running task per worker when it came
     assert 1 <= len(written) <= 3, written
     assert not [name for name in written if name.startswith(".")]
+
+
+def test_a_cluster_whose_workers_are_gone_stops_the_batch(inputs: Path, tmp_path: Path) -> None:
+    """Workers that died and did not come back: one clear error, not a batch waiting forever
+    (``connect("local:N")`` sets the timeout; here a cluster without workers, 1 s)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from ckptconv import ClusterError
+
+    with dask.config.set({"distributed.scheduler.no-workers-timeout": "1s"}):
+        cluster = LocalCluster(n_workers=0, dashboard_address=None, silence_logs=50)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        jobs = plan_jobs([str(inputs / "k3_seq.weights.h5")], tmp_path / "out")
+        with pytest.raises(ClusterError, match="no Dask worker was running for 1 s"):
+            run_batch(jobs, client=client)
+
+
+def test_importing_ckptconv_and_batch_without_scheduler_never_imports_dask() -> None:
+    probe = (
+        "import sys, ckptconv, ckptconv.batch, ckptconv.cluster, ckptconv.cli\n"
+        "ckptconv.cli.build_parser()\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
