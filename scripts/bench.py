@@ -134,6 +134,7 @@ class Files:
     batch_files: int = 64
     batch_workers: int = 2
     batch_scheduler: str | None = None
+    batch_dask: bool = True  # the Dask cases (ckptconv[dask] installed)
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -291,9 +292,10 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         run = [PY, os.path.join(HERE, "bench_batch.py"), "run", files.p("batch", "in"),
                os.path.join(out, "batch")]
         n, workers = files.batch_files, files.batch_workers
-        where = [("pool", f"local pool -j {workers}", ["--workers", str(workers)]),
-                 ("dask-local", f"Dask local:{workers}", ["--scheduler", f"local:{workers}"])]
-        if files.batch_scheduler:
+        where = [("pool", f"local pool -j {workers}", ["--workers", str(workers)])]
+        if files.batch_dask:
+            where.append(("dask-local", f"Dask local:{workers}", ["--scheduler", f"local:{workers}"]))
+        if files.batch_dask and files.batch_scheduler:
             where.append(("dask", f"Dask {files.batch_scheduler}",
                           ["--scheduler", files.batch_scheduler]))
         for tag, label, extra in where:
@@ -699,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
         log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
         groups.discard("bert")
 
+    batch_dask = "batch" in groups and _installed("distributed")
+    if "batch" in groups and not batch_dask:
+        log("Dask is not installed (pip install -e '.[dask]'): the batch group runs the local pool only")
+
     model_bytes = layers * (UNITS * UNITS + UNITS) * 4
     base = args.workdir or args.tmp
     os.makedirs(base, exist_ok=True)
@@ -712,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
     files = Files(os.path.abspath(workdir), layers, 2 * layers, args.batch_files,
-                  args.batch_workers, args.batch_scheduler)
+                  args.batch_workers, args.batch_scheduler, batch_dask)
 
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)

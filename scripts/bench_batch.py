@@ -41,11 +41,13 @@ def make(directory: str, *, files: int, layers: int, units: int) -> str:
     source = os.path.join(model, "m.weights.h5")
     if not os.path.exists(source):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-        subprocess.run(
+        proc = subprocess.run(
             [sys.executable, os.path.join(HERE, "bench_write.py"), "keras3", model, "--layers",
              str(layers), "--units", str(units), "--name", "m", "--weights-only"],
-            check=True, env=env, stdout=subprocess.DEVNULL,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if proc.returncode != 0:
+            raise SystemExit(f"writing the batch input failed:\n{proc.stderr}")
     shutil.rmtree(inputs, ignore_errors=True)
     os.makedirs(inputs)
     for i in range(files):
