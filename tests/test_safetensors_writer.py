@@ -557,3 +557,42 @@ def test_convert_adds_metadata_for_transformers(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="strings to strings"):
         ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"epoch": 3})  # type: ignore[dict-item]
     assert not (tmp_path / "api.safetensors").exists()
+
+
+def test_leftover_temporaries_are_those_of_a_killed_write(tmp_path: Path) -> None:
+    """A process SIGKILLed while writing a sharded set leaves its shards' temporary files; they
+    are what ``leftover_temporaries`` finds (batch removes them after a worker died), and only
+    those of that output."""
+    from ckptconv.writers.safetensors import leftover_temporaries
+
+    src = tmp_path / "src.safetensors"
+    save_file({f"t{i}": np.full(1000, i, np.float32) for i in range(3)}, str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "model.safetensors"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from ckptconv import Rule, Spec, convert
+        seen = []
+        def die_at_the_second(array):
+            seen.append(1)
+            if len(seen) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return array
+        op = {{"fn": die_at_the_second, "shape": lambda s: s, "dtype": lambda d: d}}
+        convert({str(src)!r}, {str(dst)!r}, mapping=Spec(rules=[Rule(from_="**", ops=[op])]),
+                max_shard_size=4000)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = sorted(os.listdir(out))
+    assert [name.split(".")[1] for name in killed] == ["model-00001-of-00003", "model-00002-of-00003"]
+    for name in ("model.safetensors", ".other.safetensors.abcd1234.tmp", ".model.safetensors.tmp",
+                 ".model.safetensors.index.json.abcd1234", "model-00001-of-00003.safetensors"):
+        (out / name).write_bytes(b"")  # not temporaries of this output's writer
+    (out / ".model.safetensors.index.json.abcd1234.tmp").write_bytes(b"")
+    (out / ".model.safetensors.x_y1z2w3.tmp").write_bytes(b"")
+    assert [Path(p).name for p in leftover_temporaries(dst)] == sorted(
+        [*killed, ".model.safetensors.index.json.abcd1234.tmp", ".model.safetensors.x_y1z2w3.tmp"]
+    )
+    assert leftover_temporaries(tmp_path / "missing" / "model.safetensors") == []
