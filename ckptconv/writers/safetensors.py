@@ -124,16 +124,13 @@ class _Slot:
 
 def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
     """The Hugging Face shard paths for ``dst``: ``model-00001-of-00003.safetensors``, ..."""
-    directory, base = os.path.split(os.fspath(dst))
-    stem = _shard_stem(base)
+    dst = os.fspath(dst)
+    directory, base = os.path.split(dst)
+    stem = base[: -len(".safetensors")] if base.endswith(".safetensors") else base
     return [
         os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.safetensors")
         for i in range(1, count + 1)
     ]
-
-
-def _shard_stem(base: str) -> str:
-    return base[: -len(".safetensors")] if base.endswith(".safetensors") else base
 
 
 def leftover_temporaries(dst: str | os.PathLike[str]) -> list[str]:
@@ -147,10 +144,12 @@ def leftover_temporaries(dst: str | os.PathLike[str]) -> list[str]:
         Paths of the dot-prefixed temporaries (``.model.safetensors.<random>.tmp``), sorted.
     """
     directory, base = os.path.split(os.fspath(dst))
+    shard = os.path.basename(shard_names(base, 1)[0])  # STEM-00001-of-00001.safetensors
+    stem = shard[: -len("-00001-of-00001.safetensors")]
     finals = "|".join([
         re.escape(base),
         re.escape(os.path.basename(index_path(base))),
-        re.escape(_shard_stem(base)) + r"-\d{5,}-of-\d{5,}\.safetensors",
+        re.escape(stem) + r"-\d{5,}-of-\d{5,}\.safetensors",
     ])
     pattern = re.compile(rf"{re.escape(_TEMP_PREFIX)}(?:{finals})\.\w+{re.escape(_TEMP_SUFFIX)}")
     try:
