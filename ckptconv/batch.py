@@ -25,6 +25,7 @@ import contextlib
 import glob
 import multiprocessing
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -445,7 +446,7 @@ class BatchRun:
     def __init__(self, jobs: Sequence[Job], on_result: Callable[[FileResult], None] | None) -> None:
         self.jobs = list(jobs)
         self.results: list[FileResult | None] = [None] * len(self.jobs)
-        self.existed = [_output_exists(item.dst) for item in self.jobs]
+        self.existed = _outputs_present(self.jobs)
         self._on_result = on_result
         self._killed: set[int] = set()
         self._lock = threading.Lock()
@@ -470,9 +471,9 @@ class BatchRun:
     def died(self, i: int, workers: int) -> FileResult:
         """The result of a job whose worker died ``workers`` times."""
         item = self.jobs[i]
-        times = "twice" if workers == 2 else f"{workers} times"
+        times = {1: "", 2: ", twice"}.get(workers, f", {workers} times")
         error = (
-            f"the worker process died while converting this file, {times} (killed by a signal, "
+            f"the worker process died while converting this file{times} (killed by a signal, "
             "e.g. by the out-of-memory killer, or a crash in a native library); no output was "
             "left; try it alone, with more memory"
         )
@@ -491,8 +492,32 @@ class BatchRun:
                     os.unlink(path)
 
 
-def _output_exists(dst: str) -> bool:
-    return os.path.lexists(dst) or os.path.lexists(dst + ".index.json")
+def _outputs_present(jobs: Sequence[Job]) -> list[bool]:
+    """For each job, whether a file its write could replace is there: the output, a sharded
+    set's index, or a file named like one of its shards (one listing per output directory)."""
+    from .writers.safetensors import index_path, shard_names
+
+    listings: dict[str, tuple[set[str], set[str]]] = {}  # directory -> (names, shard stems)
+    present = []
+    for item in jobs:
+        directory, base = os.path.split(os.path.abspath(item.dst))
+        if directory not in listings:
+            try:
+                names = set(os.listdir(directory))
+            except OSError:
+                names = set()
+            stems = {m[1] for m in map(_SHARD_NAME.fullmatch, names) if m}
+            listings[directory] = (names, stems)
+        names, stems = listings[directory]
+        shard = _SHARD_NAME.fullmatch(os.path.basename(shard_names(base, 1)[0]))
+        present.append(
+            base in names or os.path.basename(index_path(base)) in names
+            or (shard is not None and shard[1] in stems)
+        )
+    return present
+
+
+_SHARD_NAME = re.compile(r"(.+)-\d{5,}-of-\d{5,}\.safetensors")
 
 
 def _run_processes(

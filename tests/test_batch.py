@@ -221,3 +221,18 @@ def test_a_dying_worker_fails_only_its_file(inputs: Path, keras_dir: Path, tmp_p
     assert [r.src for r in report.results] == [j.src for j in jobs]
     check_outputs(out, keras_dir)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_a_file_the_batch_did_not_write_is_replaced_only_with_force(inputs: Path, tmp_path: Path) -> None:
+    """Outputs absent before the batch are its own (a retry may replace them); a file already
+    there under one of an output's names, a stray shard included, is not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stray = out / "k3_seq-00001-of-00002.safetensors"
+    stray.write_bytes(b"not ours")
+    jobs = plan_jobs([str(inputs / "k3_seq.weights.h5"), str(inputs / "k3_zoo.weights.h5")], out)
+    report = run_batch(jobs, max_shard_size="20B")
+    assert [Path(r.src).name for r in report.failed] == ["k3_seq.weights.h5"]
+    assert "already exists" in (report.failed[0].error or "")
+    assert stray.read_bytes() == b"not ours"
+    assert (out / "k3_zoo.safetensors.index.json").is_file()
