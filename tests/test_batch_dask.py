@@ -10,6 +10,7 @@ results are compared with the local pool's, byte for byte. Workers are killed fo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -368,7 +369,7 @@ def test_a_cluster_whose_workers_are_gone_stops_the_batch(inputs: Path, tmp_path
     from ckptconv import ClusterError
 
     with dask.config.set({"distributed.scheduler.no-workers-timeout": "1s"}):
-        cluster = LocalCluster(n_workers=0, dashboard_address=None, silence_logs=50)
+        cluster = LocalCluster(n_workers=0, dashboard_address=":0", silence_logs=logging.CRITICAL)
     with cluster, Client(cluster, set_as_default=False) as client:
         jobs = plan_jobs([str(inputs / "k3_seq.weights.h5")], tmp_path / "out")
         with pytest.raises(ClusterError, match="no Dask worker was running for 1 s"):
