@@ -30,6 +30,7 @@ from string import Formatter
 from typing import Any
 
 from .errors import CkptconvError
+from .options import check_options, keyword_options, option_names
 
 __all__ = [
     "FileResult",
@@ -184,7 +185,7 @@ def _one_line(error: BaseException, src: str) -> str:
     if isinstance(error, CkptconvError):
         text = str(error)
         if error.path is not None and os.path.abspath(error.path) == os.path.abspath(src):
-            text = f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+            text = error.render(path=False)
     elif isinstance(error, OSError):
         same = error.filename and os.path.abspath(str(error.filename)) == os.path.abspath(src)
         where = f"{error.filename}: " if error.filename and not same else ""
@@ -282,6 +283,7 @@ def output_name(src: str, index: int, pattern: str) -> str:
     )
 
 
+@keyword_options
 def plan_jobs(
     inputs: Iterable[str],
     outdir: str | os.PathLike[str],
@@ -348,7 +350,11 @@ def run_batch(
 
     Returns:
         A :class:`BatchReport` with results in job order.
+
+    Raises:
+        OptionError: an option the job does not take (checked once, before any job runs).
     """
+    _check_job_options(job, options)
     started = time.perf_counter()
     if workers <= 0:
         workers = os.cpu_count() or 1
@@ -384,6 +390,20 @@ def run_batch(
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(isolated, broken))
     return BatchReport([r for r in results if r is not None], time.perf_counter() - started)
+
+
+def _check_job_options(job: Callable[..., FileResult], options: dict[str, Any]) -> None:
+    """Refuse an unknown option once, up front, rather than once per file in the workers."""
+    import inspect
+
+    from .convert import convert
+
+    target = convert if job is convert_one else job
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # a wrapper that forwards: its own callee checks
+    accepted = {p.name for p in parameters}
+    check_options(f"{target.__name__}()", options, accepted, option_names(target))
 
 
 def _output_exists(dst: str) -> bool:

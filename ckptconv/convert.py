@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import CkptconvError, IntegrityError, OutputError
 from .formats import open as open_store
+from .options import keyword_options
 
 __all__ = ["convert", "ConvertResult"]
 
@@ -40,6 +41,7 @@ class ConvertResult:
     seconds: float = 0.0
 
 
+@keyword_options
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import dtype_name
-from .errors import CorruptFileError, IntegrityError
+from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest
 
 __all__ = [
     "ByteRange",
@@ -68,7 +68,7 @@ def read_byte_range(
             f"stored size {byte_range.length} bytes does not match shape {list(shape)} "
             f"of {dtype_name(dtype)} ({out.nbytes} bytes)",
             path=byte_range.path,
-            key=key,
+            tensor=key,
         )
     if out.nbytes == 0:
         return out
@@ -85,7 +85,7 @@ def read_byte_range(
                     f"file is truncated: tensor data ends at byte "
                     f"{byte_range.offset + byte_range.length}, file ends before",
                     path=byte_range.path,
-                    key=key,
+                    tensor=key,
                 )
             done += n
     finally:
@@ -115,7 +115,7 @@ def crc32c_of_range(
             raise CorruptFileError(
                 f"file is truncated: tensor data ends at byte {end}, file ends before",
                 path=path,
-                key=key,
+                tensor=key,
             )
         crc = crc32c.crc32c(buffer[:n], crc)
         offset += n
@@ -201,7 +201,7 @@ class Entry:
             raise CorruptFileError(
                 f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}",
                 path=self.path,
-                key=self.name,
+                tensor=self.name,
             )
         return array
 
@@ -249,7 +249,7 @@ class Entry:
                 f"stored bytes fail their recorded CRC-32C (recorded {self.crc32c:08x}, "
                 f"computed {actual:08x}): the source file is damaged",
                 path=self.path,
-                key=self.name,
+                tensor=self.name,
             )
 
     def renamed(self, name: str, *, layer: str | None = None) -> Entry:
@@ -338,7 +338,33 @@ class Store(Mapping[str, Entry]):
         return cls(entries, format="memory", path=path, files=())
 
     def __getitem__(self, name: str) -> Entry:
-        return self._entries[name]
+        """The entry named ``name``.
+
+        Raises:
+            NoSuchTensorError: no such name (a ``KeyError`` too); the message names the
+                file and the nearest names.
+        """
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise self._no_such_tensor(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        """The entry named ``name``, or ``default``."""
+        return self._entries.get(name, default)
+
+    def _no_such_tensor(self, name: object) -> NoSuchTensorError:
+        near = nearest(str(name), self._entries) if isinstance(name, str) else []
+        if near:
+            hint = "nearest names: " + ", ".join(repr(n) for n in near)
+        elif self._entries:
+            hint = f"it holds {len(self._entries)} tensors, e.g. {next(iter(self._entries))!r}"
+        else:
+            hint = "it holds no tensors"
+        return NoSuchTensorError(f"no tensor named {name!r}; {hint}", path=self.path)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -394,7 +420,7 @@ def _unique_names(entries: list[Entry]) -> dict[str, Entry]:
             entry = entry.renamed(entry.key)
         if entry.name in result:
             raise CorruptFileError(
-                "two tensors share this name and key", path=entry.path, key=entry.name
+                "two tensors share this name and key", path=entry.path, tensor=entry.name
             )
         result[entry.name] = entry
     return result

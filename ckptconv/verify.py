@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from .errors import CorruptFileError, IntegrityError, UnsupportedError
+from .errors import CorruptFileError, IntegrityError, NoSuchFileError, UnsupportedError
 from .formats.safetensors import (
     CRC_KEY,
     Header,
@@ -24,6 +24,7 @@ from .formats.safetensors import (
     read_header,
     shard_files,
 )
+from .options import keyword_options
 from .store import crc32c_of_range
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
@@ -95,7 +96,7 @@ class VerifyResult:
                 f"{len(self.mismatches)} of {self.tensors} tensors do not match their recorded "
                 f"CRC-32C: {names}; the file was changed or damaged after it was written",
                 path=first.path,
-                key=first.name,
+                tensor=first.name,
             )
         return self
 
@@ -118,6 +119,7 @@ class VerifyResult:
         }
 
 
+@keyword_options
 def verify_file(
     path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None
 ) -> VerifyResult:
@@ -162,7 +164,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             )
         path = found[0]
     if not path.exists():
-        raise CorruptFileError("no such file", path=path)
+        raise NoSuchFileError(path=path)
     with path.open("rb") as f:
         head = f.read(16)
     if not _looks_like_safetensors(head, path) and head.lstrip().startswith(b"{"):

@@ -159,7 +159,7 @@ def test_a_read_failing_midway_restores_every_variable(expected, line):
     for name, array in expected.items():
         def loader(a=array, n=name):
             if n == "head/bias":
-                raise ckptconv.CorruptFileError("simulated damaged tensor", path="x", key=n)
+                raise ckptconv.CorruptFileError("simulated damaged tensor", path="x", tensor=n)
             return a.copy()
 
         entries.append(
@@ -482,7 +482,7 @@ def test_a_tf_checkpoint_failing_its_checksum_changes_nothing(fixtures, expected
     before = variables_by_name(model)
     with pytest.raises(ckptconv.IntegrityError, match="CRC-32C") as info:
         load_into(model, copy)
-    assert info.value.key == name
+    assert info.value.tensor == name
     assert_all_equal(model, before)
     with pytest.raises(ckptconv.IntegrityError, match="CRC-32C"):
         load_into(model, copy, rollback=False)

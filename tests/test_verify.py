@@ -68,7 +68,7 @@ def test_verify_file_api(tmp_path: Path) -> None:
     assert result.mismatched == ["a", "b"]
     with pytest.raises(ckptconv.IntegrityError, match="2 of 3 tensors") as info:
         result.check()
-    assert info.value.key == "a"
+    assert info.value.tensor == "a"
 
 
 def test_sharded_set_by_index_any_shard_or_directory(tmp_path: Path) -> None:

@@ -88,4 +88,4 @@ def _without_path(error: CkptconvError, given: str) -> str:
 
     if error.path is not None and os.path.abspath(error.path) != os.path.abspath(given):
         return str(error)
-    return f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+    return error.render(path=False)

@@ -115,7 +115,7 @@ def _index_in_directory(path: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def open(path: Path, *, check_crc: bool = True, **_options: object) -> Store:  # noqa: A001
+def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a safetensors file or sharded set as a lazy store. Reads headers only.
 
     Args:
@@ -173,7 +173,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
                     f"the shard holds this tensor but the index {index_file.name} maps it to "
                     f"{weight_map.get(name)!r}; the set is inconsistent",
                     path=shard,
-                    key=name,
+                    tensor=name,
                 )
         seen.update(header.tensors)
         entries.extend(_entries(header, check_crc=check_crc))
@@ -182,7 +182,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
             raise CorruptFileError(
                 f"the index maps this tensor to {file!r}, which does not hold it",
                 path=index_file,
-                key=name,
+                tensor=name,
             )
     keras_order(entries)
     meta = index.get("metadata")
@@ -216,7 +216,7 @@ def shard_files(index_file: Path, index: dict) -> list[Path]:
     names: list[str] = []
     for name, file in index["weight_map"].items():
         if not isinstance(file, str) or not file:
-            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, key=name)
+            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, tensor=name)
         if file not in names:
             names.append(file)
     if not names:
@@ -270,7 +270,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
     except _RepeatedKey as e:
         raise CorruptFileError(
-            "the header names this tensor twice", path=path, key=e.args[0]
+            "the header names this tensor twice", path=path, tensor=e.args[0]
         ) from None
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
@@ -309,23 +309,23 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
     tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise CorruptFileError("the header entry is not an object", path=path, key=name)
+            raise CorruptFileError("the header entry is not an object", path=path, tensor=name)
         code = info.get("dtype")
         shape = info.get("shape")
         offsets = info.get("data_offsets")
         if not isinstance(code, str):
-            raise CorruptFileError("the header entry has no dtype", path=path, key=name)
+            raise CorruptFileError("the header entry has no dtype", path=path, tensor=name)
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, key=name)
+            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, tensor=name)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
             or offsets[0] > offsets[1]
         ):
-            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, key=name)
+            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, tensor=name)
         try:
             dtype = from_safetensors(code)
         except KeyError:
@@ -333,7 +333,7 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 f"dtype {code!r} is not one ckptconv reads (it reads BOOL, U8..U64, I8..I64, "
                 "F16, BF16, F32, F64, F8_E4M3, F8_E5M2, C64)",
                 path=path,
-                key=name,
+                tensor=name,
             ) from None
         count = 1
         for d in shape:
@@ -343,7 +343,7 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
                 f"needs {count * dtype.itemsize}",
                 path=path,
-                key=name,
+                tensor=name,
             )
         tensors[name] = (code, tuple(shape), offsets[0], offsets[1])
     return dict(sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])))
@@ -360,7 +360,7 @@ def _check_layout(
             raise CorruptFileError(
                 f"data_offsets [{begin}, {stop}] {what} (expected to start at {end})",
                 path=path,
-                key=name,
+                tensor=name,
             )
         end = stop
         if end > data_size:
@@ -368,7 +368,7 @@ def _check_layout(
                 f"file is truncated: the tensor's data ends at byte {end} of the data area, "
                 f"which has {data_size} bytes",
                 path=path,
-                key=name,
+                tensor=name,
             )
 
 

@@ -264,7 +264,7 @@ def _read_index(index_path: str) -> _Index:
         try:
             entry = parse_bundle_entry(value)
         except WireError as e:
-            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, key=key) from e
+            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, tensor=key) from e
         if raw_key.startswith(b"\x00"):
             slices[raw_key] = entry
         else:
@@ -294,13 +294,13 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         if not 0 <= entry.shard_id < index.num_shards:
             raise CorruptFileError(
                 f"index names data shard {entry.shard_id} of {index.num_shards}",
-                path=index.index_path, key=key,
+                path=index.index_path, tensor=key,
             )
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
             raise CorruptFileError(
                 f"tensor data at bytes {entry.offset}..{entry.offset + entry.size} lies beyond the "
                 f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated",
-                path=files[entry.shard_id], key=key,
+                path=files[entry.shard_id], tensor=key,
             )
     return files
 
@@ -318,7 +318,7 @@ def _pread(path: str, offset: int, buffer: memoryview, *, key: str) -> None:
         raise CorruptFileError(
             f"file is truncated: tensor data ends at byte {offset + len(buffer)}, the file "
             f"ends at byte {offset + done}",
-            path=path, key=key,
+            path=path, tensor=key,
         )
 
 
@@ -326,7 +326,7 @@ def _crc_mismatch(path: str, key: str, stored: int, actual: int) -> IntegrityErr
     return IntegrityError(
         f"tensor data fails its CRC-32C check (recorded {stored:#010x}, computed {actual:#010x}): "
         "the file is damaged; restore it from a good copy (check_crc=False reads it anyway)",
-        path=path, key=key,
+        path=path, tensor=key,
     )
 
 
@@ -359,7 +359,7 @@ def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -
     try:
         elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
     except tb.TableError as e:
-        raise CorruptFileError(f"damaged string tensor: {e}", path=path, key=key) from e
+        raise CorruptFileError(f"damaged string tensor: {e}", path=path, tensor=key) from e
     if check_crc and actual != tb.unmask_crc(entry.masked_crc32c):
         raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
     out = np.empty(count, dtype=object)
@@ -391,7 +391,7 @@ def _read_partitioned(
 def _unreadable(code: int, path: str, key: str) -> np.ndarray:
     raise UnsupportedError(
         f"TensorFlow dtype {_UNREADABLE.get(code, code)} has no numpy equivalent ckptconv reads",
-        path=path, key=key,
+        path=path, tensor=key,
     )
 
 
@@ -543,13 +543,13 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
     path = files[entry.shard_id]
     if entry.dtype != _STRING or entry.shape not in ((), (1,)):
         raise CorruptFileError(
-            "the object graph entry is not a string scalar", path=path, key=OBJECT_GRAPH_KEY
+            "the object graph entry is not a string scalar", path=path, tensor=OBJECT_GRAPH_KEY
         )
     value = _read_strings(path, entry, check_crc=True, key=OBJECT_GRAPH_KEY).reshape(-1)[0]
     try:
         return parse_object_graph(value)
     except WireError as e:
-        raise CorruptFileError(f"damaged object graph: {e}", path=path, key=OBJECT_GRAPH_KEY) from e
+        raise CorruptFileError(f"damaged object graph: {e}", path=path, tensor=OBJECT_GRAPH_KEY) from e
 
 
 def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
@@ -595,7 +595,7 @@ def _partitioned_loader(
         if len(extents) != len(entry.shape):
             raise CorruptFileError(
                 f"a slice has {len(extents)} dimensions, the variable {len(entry.shape)}",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         where = []
         for extent, dim in zip(extents, entry.shape):
@@ -603,7 +603,7 @@ def _partitioned_loader(
             if extent.start < 0 or length < 0 or extent.start + length > dim:
                 raise CorruptFileError(
                     f"slice {extent.start}:{extent.start + length} lies outside dimension {dim}",
-                    path=index.index_path, key=name,
+                    path=index.index_path, tensor=name,
                 )
             where.append(slice(extent.start, extent.start + length))
         lengths = [-1 if e.length is None else e.length for e in extents]  # -1: whole dimension
@@ -614,12 +614,12 @@ def _partitioned_loader(
             raise CorruptFileError(
                 f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
                 "variable is missing from the index",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         if part.shape != shape or part.dtype != entry.dtype:
             raise CorruptFileError(
                 f"a slice is stored with shape {list(part.shape)}, its extent says {list(shape)}",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         _check_size(part, dtype, files[part.shard_id], name)
         parts.append((tuple(where), files[part.shard_id], part))
@@ -628,7 +628,7 @@ def _partitioned_loader(
     if covered != math.prod(entry.shape):
         raise CorruptFileError(
             f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
-            path=index.index_path, key=name,
+            path=index.index_path, tensor=name,
         )
     return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, key=name)
 
@@ -647,7 +647,7 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         if math.prod(entry.shape) > entry.size:
             raise CorruptFileError(
                 f"index records {entry.size} bytes for {math.prod(entry.shape)} strings",
-                path=path, key=name,
+                path=path, tensor=name,
             )
         return
     expected = math.prod(entry.shape) * dtype.itemsize  # Python ints: no overflow
@@ -655,7 +655,7 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         raise CorruptFileError(
             f"index records {entry.size} bytes for shape {list(entry.shape)} of "
             f"{dtype_name(dtype)}, which needs {expected}",
-            path=path, key=name,
+            path=path, tensor=name,
         )
 
 
@@ -669,7 +669,7 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     if code in _UNREADABLE:
         return None
     raise CorruptFileError(
-        f"unknown TensorFlow dtype code {code}", path=index.index_path, key=planned.name
+        f"unknown TensorFlow dtype code {code}", path=index.index_path, tensor=planned.name
     )
 
 
@@ -679,7 +679,7 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
         raise CorruptFileError(
             f"index records an incomplete shape {list(entry.shape)}",
             path=index.index_path,
-            key=name,
+            tensor=name,
         )
     dtype = _numpy_dtype(planned, index)
     if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
@@ -705,7 +705,7 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
     )
 
 
-def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  # noqa: A001
+def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
 
     Reads the ``.index`` file (checking every block's CRC-32C) and the object graph entry, and

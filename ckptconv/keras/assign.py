@@ -131,7 +131,7 @@ def _checked_value(a: Assignment, arena: _Arena | None = None, *, verified: bool
         raise LoadError(
             f"the source produced {shape_text(value.shape)} {dtype_name(value.dtype)}, "
             f"expected {shape_text(a.target.shape)} {dtype_name(a.target.dtype)}",
-            key=a.source,
+            tensor=a.source,
         )
     return value
 

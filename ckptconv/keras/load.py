@@ -17,6 +17,7 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..errors import LoadError
+from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
 from .match import match_by_order, match_by_plan, without_model_name
@@ -42,6 +43,7 @@ def open_source(source: Any) -> tuple[Store, bool]:
     )
 
 
+@keyword_options
 def load_into(
     model: Any,
     source: Store | Mapping[str, np.ndarray] | str | os.PathLike[str],

@@ -123,7 +123,7 @@ def _casting(
                     f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)} turns "
                     f"{int(overflow.sum())} finite values into inf; keep the variable's dtype "
                     "wider or scale the weights",
-                    key=name,
+                    tensor=name,
                 )
         return out
 

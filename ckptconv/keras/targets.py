@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import FormatError, LoadError, UnsafeInputError
+from ..errors import FormatError, LoadError, NoSuchFileError, UnsafeInputError
 from ..mapping.patterns import Pattern
 from ..store import layer_of
 
@@ -113,7 +113,7 @@ class LiveModel:
                 f"model {self.name!r} has several variables named {twice[0]!r} "
                 f"({len(twice)} such names); give its layers unique names",
                 problems=[f"duplicate target name {n!r}" for n in twice],
-                key=twice[0],
+                tensor=twice[0],
             )
         return found
 
@@ -231,14 +231,15 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
     """Build the model a ``.keras`` file holds, with Keras 3 (architecture and weights).
 
     Raises:
+        NoSuchFileError: the path does not exist.
         UnsafeInputError: Keras' safe mode refused the file and ``unsafe`` is False.
         FormatError: not a ``.keras`` file, or Keras cannot build it.
     """
     import zipfile
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FormatError("no such file", path=path)
+    if not os.path.exists(path):
+        raise NoSuchFileError(path=path)
     if not zipfile.is_zipfile(path):
         raise FormatError(
             "not a .keras model file (a zip with config.json); save one with "

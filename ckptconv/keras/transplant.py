@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import OutputError
+from ..options import keyword_options
 from ..store import Store
 from .load import load_into, open_source
 from .report import LoadReport
@@ -31,6 +32,7 @@ class TransplantResult:
 _OUT_SUFFIXES = (".keras", ".weights.h5")
 
 
+@keyword_options
 def transplant(
     src: str | os.PathLike[str] | Store | Mapping[str, np.ndarray],
     target: str | os.PathLike[str],
@@ -40,7 +42,13 @@ def transplant(
     unsafe: bool = False,
     force: bool = False,
     fsync: bool = True,
-    **load_options: Any,
+    strict: bool = True,
+    include_all: bool = False,
+    by_order: bool = False,
+    cast: bool = False,
+    freeze: bool | str = False,
+    only: str | Iterable[str] | None = None,
+    dtype: str | np.dtype | None = None,
 ) -> TransplantResult:
     """Build the model a ``.keras`` file describes, load ``src`` into it, save it as ``out``.
 
@@ -56,8 +64,7 @@ def transplant(
         unsafe: Let Keras build models holding Lambda bytecode (only for trusted files).
         force: Replace an existing ``out``.
         fsync: Flush the output to disk before the rename.
-        **load_options: Passed to :func:`load_into` (``strict``, ``by_order``, ``cast``,
-            ``only``, ``freeze``, ``dtype``, ``include_all``).
+        strict, include_all, by_order, cast, freeze, only, dtype: As for :func:`load_into`.
 
     Raises:
         OutputError: ``out`` has another suffix, exists without ``force``, or is an input.
@@ -89,9 +96,12 @@ def transplant(
     store, opened = open_source(src)  # fail fast on a bad source, before Keras builds anything
     try:
         model = build_keras_model(target, unsafe=unsafe)
-        # The model is ours and nothing is written on failure: no need to keep old values.
-        load_options.setdefault("rollback", False)
-        report = load_into(model, store, mapping, **load_options)
+        # The model is ours and nothing is written on failure: no check pass is needed to
+        # keep its old values.
+        report = load_into(
+            model, store, mapping, strict=strict, include_all=include_all, by_order=by_order,
+            cast=cast, freeze=freeze, only=only, dtype=dtype, rollback=False,
+        )
     finally:
         if opened:
             store.close()

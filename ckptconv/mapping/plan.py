@@ -23,6 +23,7 @@ import numpy as np
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
+from ..options import keyword_options
 from ..store import ByteRange, Entry, Output, Store, read_byte_range
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
@@ -502,7 +503,7 @@ class _Builder:
                 array = _run_steps(cache.get(entry), steps, view=view)
                 return _finish(array, shape, dtype, what=f"{label}: output {name!r}", view=view)
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 cache.release(entry)
 
@@ -540,7 +541,7 @@ class _Builder:
                             chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
                     except ExecutionProblem as e:
                         raise PlanError(
-                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name
+                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name
                         ) from None
                     yield chunk
             finally:
@@ -653,7 +654,7 @@ class _Builder:
                 joined = join.apply_many([cache.get(e) for e in entries])
                 return _finish(_run_steps(joined, steps), shape, dtype, what=f"{label}: output {name!r}")
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 for e in entries:
                     cache.release(e)
@@ -798,7 +799,7 @@ class _SplitShared:
                 part = self.split.apply_split(self.cache.get(self.entry))[i]
                 return _finish(_run_steps(part, steps), shape, dtype, what=f"{label}: output {name!r}")
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 self.cache.release(self.entry)
 
@@ -816,6 +817,7 @@ def _is_identity(op: Op, shape, dtype, new_shape, new_dtype) -> bool:  # type: i
     return False
 
 
+@keyword_options
 def build_plan(
     store: Store,
     spec: Spec | Mapping[str, Any] | str | os.PathLike[str] | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, known_names
-from ..errors import SpecError
+from ..errors import NoSuchFileError, SpecError
 from .ops import (
     Cast,
     Concat,
@@ -618,7 +618,7 @@ def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError("spec file not found", path=source) from None
+        raise NoSuchFileError("no such spec file", path=source) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"cannot read the spec file: {e}", path=source) from e
     data = _parse_text(text, kind=_EXTENSIONS.get(path.suffix.lower()), source=source)

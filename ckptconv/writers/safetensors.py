@@ -34,6 +34,7 @@ import numpy as np
 
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import CorruptFileError, OutputError, UnsupportedError
+from ..options import keyword_options
 from ..store import Output
 from ._sink import Pipeline, Sink, write_all
 from ._sink import fsync as fsync_file
@@ -130,6 +131,7 @@ def index_path(dst: str | os.PathLike[str]) -> str:
     return os.fspath(dst) + ".index.json"
 
 
+@keyword_options
 def write_safetensors(
     outputs: Sequence[Output],
     dst: str | os.PathLike[str],
@@ -272,7 +274,7 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         if not isinstance(output.name, str) or not output.name or output.name == "__metadata__":
             raise OutputError(f"invalid tensor name {output.name!r} for safetensors", path=dst)
         if output.name in seen:
-            raise OutputError("two outputs share this name", path=dst, key=output.name)
+            raise OutputError("two outputs share this name", path=dst, tensor=output.name)
         seen.add(output.name)
         code = to_safetensors(output.dtype)
         if code is None:
@@ -287,7 +289,7 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
             f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
             "(--dtype or a cast op) or drop it with a rule",
             path=dst,
-            key=first.name,
+            tensor=first.name,
         )
     return codes
 
@@ -511,7 +513,7 @@ def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | No
                 f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
                 "the file ends before",
                 path=br.path,
-                key=output.source.name,
+                tensor=output.source.name,
             )
         out.commit(n, name)
         done += n
@@ -528,14 +530,14 @@ def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _B
                 f"computed a {block.ndim}-D {dtype_name(block.dtype)} block, the plan says "
                 f"1-D {dtype_name(output.dtype)}",
                 path=dst,
-                key=output.name,
+                tensor=output.name,
             )
         out.write_array(block, name)
         done += block.nbytes
         bar.update(block.nbytes)
     if done != output.nbytes:
         raise OutputError(
-            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, key=output.name
+            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, tensor=output.name
         )
 
 
@@ -559,14 +561,14 @@ def _write_computed(output: Output, out: Sink, dst: str, name: str | None, bar: 
         raise OutputError(
             f"computed data has shape {list(array.shape)}, the plan says {list(output.shape)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     if dtype_name(array.dtype) != dtype_name(output.dtype):
         raise OutputError(
             f"computed data has dtype {dtype_name(array.dtype)}, the plan says "
             f"{dtype_name(output.dtype)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     out.write_array(array, name)  # copied into the staging buffers: the array is free now
     bar.update(array.nbytes)
