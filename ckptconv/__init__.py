@@ -32,7 +32,7 @@ from .errors import (
     UsageError,
 )
 from .convert import ConvertResult, convert
-from .formats import open  # noqa: A004 - ckptconv.open, not exported by import *
+from .formats import open as open  # noqa: A004 - ckptconv.open; import * leaves it out
 from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file

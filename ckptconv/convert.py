@@ -145,9 +145,9 @@ def convert(
 
         report = verify_file(result.files[-1] if len(result.files) > 1 else result.files[0])
         if not report.ok:
-            bad = ", ".join(report.bad[:5])
+            bad = ", ".join(m.name for m in report.mismatches[:5])
             raise IntegrityError(
-                f"verification after writing failed for {len(report.bad)} tensor(s): {bad}",
+                f"verification after writing failed for {len(report.mismatches)} tensor(s): {bad}",
                 path=dst,
             )
     return ConvertResult(

@@ -25,7 +25,7 @@ from .formats.safetensors import (
     shard_files,
 )
 from .options import keyword_options
-from .store import crc32c_of_range
+from .store import ByteRange
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
@@ -77,21 +77,11 @@ class VerifyResult:
         """True when every tensor matched its recorded CRC-32C."""
         return not self.mismatches
 
-    @property
-    def mismatched(self) -> list[str]:
-        """Names of the tensors that failed."""
-        return [m.name for m in self.mismatches]
-
-    @property
-    def bad(self) -> list[str]:
-        """Alias of :attr:`mismatched`."""
-        return self.mismatched
-
     def check(self) -> VerifyResult:
         """Raise :class:`~ckptconv.IntegrityError` naming every failed tensor; else return self."""
         if self.mismatches:
             first = self.mismatches[0]
-            names = ", ".join(self.mismatched[:10]) + (" ..." if len(self.mismatches) > 10 else "")
+            names = ", ".join(m.name for m in self.mismatches[:10]) + (" ..." if len(self.mismatches) > 10 else "")
             raise IntegrityError(
                 f"{len(self.mismatches)} of {self.tensors} tensors do not match their recorded "
                 f"CRC-32C: {names}; the file was changed or damaged after it was written",
@@ -188,10 +178,8 @@ def _verify_one(
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         for name, (_, _, begin, end) in header.tensors.items():
-            actual = crc32c_of_range(
-                fd, header.data_start + begin, end - begin, buffer,
-                path=header.path, key=name, progress=progress,
-            )
+            stored = ByteRange(header.path, header.data_start + begin, end - begin)
+            actual = stored.crc32c(fd=fd, buffer=buffer, tensor=name, progress=progress)
             recorded = header.checksums.get(name)
             result.tensors += 1
             result.nbytes += end - begin

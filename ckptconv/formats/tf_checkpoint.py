@@ -34,8 +34,8 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
-from ..store import ByteRange, Entry, Kind, Store, keras_order
+from ..errors import CorruptFileError, FormatError, UnsupportedError
+from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
 from . import _tensorbundle as tb
 from ._protowire import (
     BundleEntry,
@@ -308,26 +308,8 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
 # --- reading tensor data -------------------------------------------------------------------
 
 
-def _pread(path: str, offset: int, buffer: memoryview, *, key: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        done = tb.pread_exact(fd, buffer, offset)
-    finally:
-        os.close(fd)
-    if done != len(buffer):
-        raise CorruptFileError(
-            f"file is truncated: tensor data ends at byte {offset + len(buffer)}, the file "
-            f"ends at byte {offset + done}",
-            path=path, tensor=key,
-        )
-
-
-def _crc_mismatch(path: str, key: str, stored: int, actual: int) -> IntegrityError:
-    return IntegrityError(
-        f"tensor data fails its CRC-32C check (recorded {stored:#010x}, computed {actual:#010x}): "
-        "the file is damaged; restore it from a good copy (check_crc=False reads it anyway)",
-        path=path, tensor=key,
-    )
+def _stored(path: str, entry: BundleEntry) -> ByteRange:
+    return ByteRange(path, entry.offset, entry.size)
 
 
 def _read_numeric(
@@ -336,32 +318,28 @@ def _read_numeric(
     dtype: np.dtype,
     *,
     check_crc: bool,
-    key: str,
+    tensor: str,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One ``pread`` into a fresh array (or into ``out``, a C-contiguous array of the
-    entry's shape), then the CRC-32C check over the bytes read."""
-    if out is None:
-        out = np.empty(entry.shape, dtype=dtype)
-    raw = out.reshape(-1).view(np.uint8)
-    _pread(path, entry.offset, memoryview(raw), key=key)
+    """One slice's bytes read into a fresh array (or into ``out``, a C-contiguous array of
+    its shape), then checked against the slice's own CRC-32C."""
+    array = read_byte_range(_stored(path, entry), dtype, entry.shape, tensor=tensor, out=out)
     if check_crc:
-        actual = tb.crc32c(raw)
-        if actual != tb.unmask_crc(entry.masked_crc32c):
-            raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
-    return out
+        actual = tb.crc32c(array.reshape(-1).view(np.uint8))
+        check_crc32c(actual, tb.unmask_crc(entry.masked_crc32c), path=path, tensor=tensor)
+    return array
 
 
-def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -> np.ndarray:
+def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, tensor: str) -> np.ndarray:
     raw = bytearray(entry.size)
-    _pread(path, entry.offset, memoryview(raw), key=key)
+    _stored(path, entry).read_into(raw, tensor=tensor)
     count = math.prod(entry.shape)
     try:
         elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
     except tb.TableError as e:
-        raise CorruptFileError(f"damaged string tensor: {e}", path=path, tensor=key) from e
-    if check_crc and actual != tb.unmask_crc(entry.masked_crc32c):
-        raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
+        raise CorruptFileError(f"damaged string tensor: {e}", path=path, tensor=tensor) from e
+    if check_crc:
+        check_crc32c(actual, tb.unmask_crc(entry.masked_crc32c), path=path, tensor=tensor)
     out = np.empty(count, dtype=object)
     for i, element in enumerate(elements):
         out[i] = element
@@ -374,7 +352,7 @@ def _read_partitioned(
     dtype: np.dtype,
     *,
     check_crc: bool,
-    key: str,
+    tensor: str,
 ) -> np.ndarray:
     """Assemble a partitioned variable from its slices, each read and checked on its own;
     a slice that is a contiguous block of the result (whole rows) is read in place."""
@@ -382,9 +360,9 @@ def _read_partitioned(
     for where, path, part in parts:
         target = out[where]
         if part.dtype != _STRING and target.flags.c_contiguous:
-            _read_numeric(path, part, dtype, check_crc=check_crc, key=key, out=target)
+            _read_numeric(path, part, dtype, check_crc=check_crc, tensor=tensor, out=target)
         else:
-            target[...] = _tensor_reader(path, part, dtype, check_crc=check_crc, key=key)
+            target[...] = _tensor_reader(path, part, dtype, check_crc=check_crc, tensor=tensor)
     return out
 
 
@@ -545,7 +523,7 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
         raise CorruptFileError(
             "the object graph entry is not a string scalar", path=path, tensor=OBJECT_GRAPH_KEY
         )
-    value = _read_strings(path, entry, check_crc=True, key=OBJECT_GRAPH_KEY).reshape(-1)[0]
+    value = _read_strings(path, entry, check_crc=True, tensor=OBJECT_GRAPH_KEY).reshape(-1)[0]
     try:
         return parse_object_graph(value)
     except WireError as e:
@@ -630,15 +608,15 @@ def _partitioned_loader(
             f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
             path=index.index_path, tensor=name,
         )
-    return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, key=name)
+    return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, tensor=name)
 
 
 def _tensor_reader(
-    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str
+    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, tensor: str
 ) -> np.ndarray:
     if entry.dtype == _STRING:
-        return _read_strings(path, entry, check_crc=check_crc, key=key)
-    return _read_numeric(path, entry, dtype, check_crc=check_crc, key=key)
+        return _read_strings(path, entry, check_crc=check_crc, tensor=tensor)
+    return _read_numeric(path, entry, dtype, check_crc=check_crc, tensor=tensor)
 
 
 def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> None:
@@ -692,15 +670,16 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
                      loader=loader, kind=planned.kind)
     path = files[entry.shard_id]
     _check_size(entry, dtype, path, name)
-    loader = partial(_tensor_reader, path, entry, dtype, check_crc=check_crc, key=name)
     if entry.dtype == _STRING:
+        loader = partial(_read_strings, path, entry, check_crc=check_crc, tensor=name)
         return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
                      kind=planned.kind)
-    # Plain little-endian bytes: writers may copy them file to file and compare the CRC.
-    # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
+    # Plain little-endian bytes: Entry reads them and checks the CRC (as it does for every
+    # format), writers may copy them file to file and compare it. check_crc=False means
+    # "read it anyway", so then no CRC is offered to compare either.
     return Entry(
-        name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
-        byte_range=ByteRange(path, entry.offset, entry.size), kind=planned.kind,
+        name, key=key, shape=entry.shape, dtype=dtype, path=path,
+        byte_range=_stored(path, entry), kind=planned.kind,
         crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None,
     )
 

@@ -56,15 +56,16 @@ def load_into(
     freeze: bool | str = False,
     only: str | Iterable[str] | None = None,
     dtype: str | np.dtype | None = None,
-    rollback: bool = True,
+    check_first: bool = True,
 ) -> LoadReport:
     """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
 
     The whole match is checked against the model's variable shapes and dtypes on metadata
-    alone before any tensor is read; then tensors are read (each once, with ``Entry.read``)
-    and assigned one layer at a time with ``set_weights`` (or ``assign`` for a layer only
-    partly loaded). If reading or assigning fails part-way, the variables already assigned
-    are restored, so a failed call changes nothing.
+    alone before any tensor is read; then every value whose reading can fail on the data is
+    read and checked once (``check_first``), and only then are tensors read and assigned one
+    layer at a time with ``set_weights`` (or ``assign`` for a layer only partly loaded). So a
+    problem in the match or in the data changes no variable; no copy of the old values is
+    kept (nothing is restored: nothing was changed).
 
     Args:
         model: A built Keras 3 or tf-keras model (or layer).
@@ -91,12 +92,13 @@ def load_into(
             outside the part are neither loaded nor reported missing; strictness applies
             within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
-        rollback: All or nothing on damaged data too: before the first variable changes,
-            compute and check once every value whose reading can fail on the data
-            (checksummed tensors, h5py reads of compressed data, ops, casts that may
+        check_first: All or nothing on damaged data too: a check pass before the first
+            variable changes computes and checks once every value whose reading can fail on
+            the data (checksummed tensors, h5py reads of compressed data, ops, casts that may
             overflow); plain stored bytes are not read twice. A tensor that fails (a flipped
-            byte) then leaves every variable as it was. False skips that pass; a failed read
-            then leaves the layers before it loaded.
+            byte) then leaves every variable as it was. False skips that pass (a TensorFlow
+            checkpoint is then read once instead of twice); a failed read then leaves the
+            layers before it loaded.
 
     Returns:
         A :class:`LoadReport`; ``applied`` says whether variables changed.
@@ -130,7 +132,7 @@ def load_into(
         report.strict = strict
         if strict and report.problems:
             raise _load_error(live, store, report)
-        assign(live, match.assignments, rollback=rollback)
+        assign(live, match.assignments, check_first=check_first)
         report.applied = bool(match.assignments)
         if freeze:
             report.frozen = freeze_loaded(live, match.assignments, freeze)

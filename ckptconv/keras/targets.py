@@ -29,6 +29,7 @@ from ..dtypes import by_name
 from ..errors import FormatError, LoadError, NoSuchFileError, UnsafeInputError
 from ..mapping.patterns import Pattern
 from ..store import layer_of
+from .runtime import import_keras
 
 __all__ = [
     "TargetVar",
@@ -232,6 +233,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
 
     Raises:
         NoSuchFileError: the path does not exist.
+        UnsupportedError: Keras is not installed (the message says what to install).
         UnsafeInputError: Keras' safe mode refused the file and ``unsafe`` is False.
         FormatError: not a ``.keras`` file, or Keras cannot build it.
     """
@@ -246,8 +248,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
             "model.save('model.keras')",
             path=path,
         )
-    import keras
-
+    keras = import_keras()
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as e:  # Keras raises plain ValueError/TypeError for every refusal
@@ -255,7 +256,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
         if "safe_mode" in text or "unsafe" in text.lower():
             raise UnsafeInputError(
                 "Keras' safe mode refused to build this model (it holds Lambda bytecode or "
-                "other code); pass --unsafe (unsafe=True) only if you trust the file",
+                "other code); pass {opt:unsafe=True} only if you trust the file",
                 path=path,
             ) from e
         raise FormatError(

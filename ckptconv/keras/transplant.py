@@ -100,7 +100,7 @@ def transplant(
         # keep its old values.
         report = load_into(
             model, store, mapping, strict=strict, include_all=include_all, by_order=by_order,
-            cast=cast, freeze=freeze, only=only, dtype=dtype, rollback=False,
+            cast=cast, freeze=freeze, only=only, dtype=dtype, check_first=False,
         )
     finally:
         if opened:

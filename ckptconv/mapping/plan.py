@@ -24,7 +24,7 @@ from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
 from ..options import keyword_options
-from ..store import ByteRange, Entry, Output, Store, read_byte_range
+from ..store import Entry, Output, Store
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
@@ -530,10 +530,7 @@ class _Builder:
                 for start in range(0, count, per):
                     chunk = buffer[: min(per, count - start)]
                     raw = chunk.view(np.uint8)
-                    read_byte_range(
-                        ByteRange(byte_range.path, byte_range.offset + start * entry.dtype.itemsize, raw.nbytes),
-                        np.dtype(np.uint8), (raw.nbytes,), key=entry.name, out=raw, fd=fd,
-                    )
+                    byte_range.read_into(raw, start=start * entry.dtype.itemsize, fd=fd, tensor=entry.name)
                     if entry.crc32c is not None:
                         crc = crc32c.crc32c(raw, crc)
                     try:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import dtype_name, to_safetensors
-from ..errors import CorruptFileError, OutputError, UnsupportedError
+from ..errors import OutputError, UnsupportedError
 from ..options import keyword_options
 from ..store import Output
 from ._sink import Pipeline, Sink, write_all
@@ -507,17 +507,10 @@ def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | No
     while done < br.length:
         space = out.reserve()
         want = min(len(space), br.length - done)
-        n = os.preadv(src, [space[:want]], br.offset + done)
-        if n <= 0:
-            raise CorruptFileError(
-                f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
-                "the file ends before",
-                path=br.path,
-                tensor=output.source.name,
-            )
-        out.commit(n, name)
-        done += n
-        bar.update(n)
+        br.read_into(space[:want], start=done, fd=src, tensor=output.source.name)
+        out.commit(want, name)
+        done += want
+        bar.update(want)
 
 
 def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
