@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +91,7 @@ class FileResult:
     error_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data."""
         return asdict(self)
 
 
@@ -128,6 +129,7 @@ class BatchReport:
         return [r for r in self.results if r.ok]
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data, as ``batch --json`` prints it."""
         return {
             "ok": self.ok,
             "summary": {
@@ -142,11 +144,13 @@ class BatchReport:
         }
 
 
-def convert_one(src: str, dst: str, **options: Any) -> FileResult:
+def convert_one(src: str, dst: str, *, spelling: Mapping[str, str] | None = None, **options: Any) -> FileResult:
     """Convert one checkpoint; a failure is returned as a result, not raised.
 
     Takes the options of :func:`ckptconv.convert.convert`, creates the output's directory if
     needed, and never shows a progress bar. Reads the whole source (that is the job).
+    ``spelling`` spells the options named in error messages (the command line passes its
+    own; see :func:`ckptconv.errors.render_options`).
 
     Returns:
         A :class:`FileResult`; ``ok`` is False with ``error`` set when ckptconv refused the
@@ -165,7 +169,7 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
             dst=dst,
             ok=False,
             seconds=time.perf_counter() - started,
-            error=_one_line(e, src),
+            error=_one_line(e, src, spelling),
             error_type=type(e).__name__,
         )
     return FileResult(
@@ -180,12 +184,11 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
     )
 
 
-def _one_line(error: BaseException, src: str) -> str:
+def _one_line(error: BaseException, src: str, spelling: Mapping[str, str] | None = None) -> str:
     """The error as one line, without repeating the input's own path."""
     if isinstance(error, CkptconvError):
-        text = str(error)
-        if error.path is not None and os.path.abspath(error.path) == os.path.abspath(src):
-            text = error.render(path=False)
+        same = error.path is not None and os.path.abspath(error.path) == os.path.abspath(src)
+        text = error.render(spelling, path=not same)
     elif isinstance(error, OSError):
         same = error.filename and os.path.abspath(str(error.filename)) == os.path.abspath(src)
         where = f"{error.filename}: " if error.filename and not same else ""
@@ -402,7 +405,7 @@ def _check_job_options(job: Callable[..., FileResult], options: dict[str, Any]) 
     parameters = inspect.signature(target).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return  # a wrapper that forwards: its own callee checks
-    accepted = {p.name for p in parameters}
+    accepted = {p.name for p in parameters} | ({"spelling"} if job is convert_one else set())
     check_options(f"{target.__name__}()", options, accepted, option_names(target))
 
 

@@ -13,9 +13,11 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .errors import OptionError, nearest
+from .errors import OptionError, UsageError, nearest
 
-__all__ = ["keyword_options", "check_options", "option_names"]
+__all__ = ["keyword_options", "check_options", "option_names", "option_value"]
+
+T = TypeVar("T")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,3 +64,16 @@ def keyword_options(func: F) -> F:
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def option_value(option: str, value: Any, parse: Callable[[Any], T]) -> T:
+    """``parse(value)``, the one check of an option's value, with its ``ValueError`` turned
+    into a :class:`~ckptconv.UsageError` that names the option as the caller spells it
+    (``dtype='bfloa16'`` from Python, ``--dtype bfloa16`` on the command line, which runs the
+    same ``parse`` as its argument type)."""
+    try:
+        return parse(value)
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(f"{e}; received {{opt:{option}={value!r}}}", option=option) from None

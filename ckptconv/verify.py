@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from .errors import CorruptFileError, IntegrityError, NoSuchFileError, UnsupportedError
+from .errors import (
+    CkptconvError,
+    CorruptFileError,
+    FormatError,
+    IntegrityError,
+    NoSuchFileError,
+    UnsupportedError,
+)
 from .formats.safetensors import (
     CRC_KEY,
     Header,
@@ -91,6 +98,8 @@ class VerifyResult:
         return self
 
     def to_json(self) -> dict[str, object]:
+        """The result as JSON-ready data (CRC-32Cs as 8 hex digits), as ``verify --json``
+        prints it per file."""
         return {
             "path": self.path,
             "ok": self.ok,
@@ -119,13 +128,17 @@ def verify_file(
     given by its ``*.safetensors.index.json``, its directory, or any of its shards.
 
     Args:
-        path: The file, index, directory, or one shard of a set.
+        path: The file, index, directory, or one shard of a set; the name of a sharded set
+            (``model.safetensors`` when only ``model.safetensors.index.json`` and its shards
+            exist) finds the set.
         progress: Called with the number of bytes read after each piece.
 
     Returns:
         A :class:`VerifyResult`; call ``.check()`` to raise on a mismatch.
 
     Raises:
+        NoSuchFileError: the path does not exist (nor a set under that name).
+        FormatError: the file is not a safetensors file (the message says what it is).
         UnsupportedError: a file records no ckptconv checksums (written with
             ``--no-checksum`` or by another tool).
         CorruptFileError: a file is not a valid safetensors file (e.g. truncated).
@@ -154,11 +167,17 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             )
         path = found[0]
     if not path.exists():
-        raise NoSuchFileError(path=path)
+        index = path.with_name(path.name + ".index.json")
+        if path.name.endswith(".safetensors") and index.is_file():
+            path = index  # a sharded set written under this name
+        else:
+            raise NoSuchFileError(path=path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not _looks_like_safetensors(head, path) and head.lstrip().startswith(b"{"):
-        return path, shard_files(path, _load_index(path))
+    if not _looks_like_safetensors(head, path):
+        if head.lstrip().startswith(b"{"):
+            return path, shard_files(path, _load_index(path))
+        raise _not_safetensors(path)
     match = _SHARD_RE.match(path.name)
     if match:
         index = path.with_name(f"{match['stem']}.safetensors.index.json")
@@ -167,6 +186,21 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             if any(s.resolve() == path.resolve() for s in shards):
                 return index, shards
     return path, [path]
+
+
+def _not_safetensors(path: Path) -> FormatError:
+    """Say what the file is instead, as far as ckptconv can tell."""
+    from .formats import detect
+
+    try:
+        what = f"a {detect(path).FORMAT} checkpoint"
+    except CkptconvError:
+        what = "not a checkpoint ckptconv reads"
+    return FormatError(
+        f"not a safetensors file ({what}): verify re-checks the safetensors files ckptconv "
+        "writes against the checksums recorded in them",
+        path=path,
+    )
 
 
 def _verify_one(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
+from .common import add_convert_options, add_debug, add_json, convert_options, emit_json, human_bytes, want_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
-    p.add_argument("dst", metavar="DST", help="output .safetensors path")
+    p.add_argument("dst", metavar="DST", help="output .safetensors path (or .safetensors.index.json for a set)")
     add_convert_options(p)
+    add_json(p, "what was written")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     add_debug(p)
@@ -32,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from ..convert import convert
 
     result = convert(
-        args.src, args.dst, progress=want_progress(args.quiet, args.progress), **convert_options(args)
+        args.src, args.dst, progress=want_progress(args.quiet or args.json, args.progress),
+        **convert_options(args),
     )
-    if not args.quiet:
+    if args.json:
+        emit_json(args, {"ok": True, **result.to_json()})
+    elif not args.quiet:
         for name, reason in result.skipped:
             print(f"note: skipped {name!r}: {reason}", file=sys.stderr)
         where = result.files[-1] if len(result.files) > 1 else result.files[0]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from .common import add_debug
+from .common import add_debug, add_json, emit_json, error_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="let Keras build models with Lambda bytecode or custom code (trusted files only)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--json", action="store_true", help="print the load report as JSON")
+    add_json(p, "the load report")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--no-fsync", action="store_true", help="do not flush OUT to disk before renaming")
     add_debug(p)
@@ -55,10 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    # Keras is imported only now; keep TensorFlow's start-up chatter off the terminal.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ..errors import LoadError
-    from ..keras import transplant
+    from ..keras import transplant  # imports Keras (quietly) only once everything else is checked
 
     try:
         result = transplant(
@@ -76,11 +73,18 @@ def run(args: argparse.Namespace) -> int:
         )
     except LoadError as e:
         report = getattr(e, "report", None)
-        if report is not None and not args.quiet:
-            print(report.to_json() if args.json else report.format_table(), file=sys.stderr)
+        if args.json:
+            from .common import SPELLING
+
+            doc = error_json(e, e.render(SPELLING), 1)
+            if report is not None:
+                doc["report"] = report.to_json()
+            emit_json(args, doc)
+        elif report is not None and not args.quiet:
+            print(report.format_table(), file=sys.stderr)
         raise
     if args.json:
-        print(result.report.to_json())
+        emit_json(args, {"ok": True, **result.to_json()})
     elif not args.quiet:
         print(result.report.format_table())
         print(f"\nwrote {result.out} in {result.seconds:.2f} s")

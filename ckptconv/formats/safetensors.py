@@ -24,6 +24,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -31,13 +32,47 @@ from ..dtypes import from_safetensors
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
 from ..store import ByteRange, Entry, Store, keras_order
 
-__all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open", "read_header", "Header", "CRC_KEY"]
+__all__ = [
+    "FORMAT",
+    "SHARDED_FORMAT",
+    "sniff",
+    "open",
+    "read_header",
+    "Header",
+    "CRC_KEY",
+    "OWN_PREFIX",
+    "check_metadata",
+]
 
 FORMAT = "safetensors"
 SHARDED_FORMAT = "safetensors-sharded"
 CRC_KEY = "ckptconv.crc32c"
+"""The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
+OWN_PREFIX = "ckptconv."
+"""``__metadata__`` keys ckptconv writes itself (version, source, checksums)."""
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
 MAX_INDEX_BYTES = 64 * 2**20
+
+
+def check_metadata(metadata: Mapping[object, object] | None, *, own: bool = False) -> dict[str, str]:
+    """The one rule for ``__metadata__`` entries: the format allows strings to strings only,
+    and keys starting with ``ckptconv.`` are ckptconv's own (``own=True`` is ckptconv
+    writing them: any but :data:`CRC_KEY`, which the writer itself fills).
+
+    Returns:
+        The entries as a new dict.
+
+    Raises:
+        ValueError: a key or value that is not a string, or a reserved key.
+    """
+    checked: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata must map strings to strings; received {key!r}: {value!r}")
+        if key == CRC_KEY or (key.startswith(OWN_PREFIX) and not own):
+            raise ValueError(f"metadata key {key!r}: keys starting with {OWN_PREFIX!r} are ckptconv's own")
+        checked[key] = value
+    return checked
 
 
 class Header:

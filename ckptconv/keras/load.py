@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import LoadError
+from ..errors import LoadError, UsageError
 from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
@@ -109,7 +109,7 @@ def load_into(
         CkptconvError: the source cannot be opened or read.
     """
     if mapping is not None and by_order:
-        raise LoadError("by_order=True matches by position and takes no mapping spec")
+        raise UsageError("{opt:by_order=True} matches by position and takes no mapping spec", option="by_order")
     wanted_dtype = by_name(dtype) if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
     live = LiveModel(model)
     require_built(live)
@@ -147,10 +147,12 @@ def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
     head = report.problems[0]
     noun = "problem" if count == 1 else "problems"
     more = "" if count == 1 else f" (and {count - 1} more: see .problems or the report)"
+    casts = any(m.expected_dtype != m.got_dtype for m in report.mismatched)
+    cast = "pass {opt:cast=True} to cast to the variables' dtypes, " if casts else ""
     error = LoadError(
         f"{count} {noun} loading into model {live.name!r}, nothing was changed: {head}{more}; "
-        "fix the source or the mapping, choose a part with only=, or pass strict=False to "
-        "load what fits",
+        f"fix the source or the mapping, {cast}choose a part with {{opt:only}}, or pass "
+        "{opt:strict=False} to load what fits",
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
     )

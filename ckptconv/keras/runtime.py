@@ -32,7 +32,7 @@ KERAS_MISSING = (
 # of the CPU feature notice. Errors (E/F lines) and anything else pass through.
 _CXX_LOG = re.compile(
     r"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"
     r"|To enable the following instructions: .* rebuild TensorFlow)"
 )
 

@@ -23,9 +23,9 @@ import numpy as np
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
-from ..options import keyword_options
+from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store
-from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
+from .ops import Cast, ExecutionProblem, Op, OpError, Split, Transpose, lossy_cast
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
@@ -63,6 +63,8 @@ class Plan:
             even when it feeds several outputs) and runs the ops; ``source`` is set when an
             output is an entry's stored bytes unchanged.
         problems: Every problem found, one line each. Empty when the plan is good.
+        hints: Options that would fix some of the problems (``allow_lossy=True``), written
+            with option markers (see :func:`ckptconv.errors.render_options`).
         report: What the plan does, per output and per source entry.
         store: The source store.
         spec: The spec the plan follows.
@@ -73,6 +75,7 @@ class Plan:
     report: PlanReport
     store: Store = field(repr=False)
     spec: Spec = field(repr=False)
+    hints: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +85,7 @@ class Plan:
     def raise_if_problems(self) -> None:
         """Raise :class:`~ckptconv.errors.PlanError` listing every problem, if there is one."""
         if self.problems:
-            raise PlanError(self.problems, path=self.store.path)
+            raise PlanError(self.problems, path=self.store.path, hint="; ".join(self.hints) or None)
 
     def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` for every output in order (reads the data).
@@ -293,8 +296,11 @@ class _Builder:
         include_all: bool,
         default_dtype: str | None,
         strict: bool,
+        allow_lossy: bool = False,
     ) -> None:
         self.store = store
+        self.allow_lossy = allow_lossy
+        self.hints: list[str] = []
         self.spec = spec
         self.target = target
         self.default_dtype = default_dtype
@@ -409,8 +415,16 @@ class _Builder:
         default = self._default_dtype_for(name, target)
         if default is not None and not explicit_cast and is_floating(dtype) and default != dtype:
             note = "target dtype" if self.default_dtype == "target" else "default dtype"
+            lost = None if self.allow_lossy else lossy_cast(dtype, default)
+            if lost:
+                label = rule.label if rule is not None else "passthrough"
+                self.problems.append(
+                    f"{label}: {what}: the {note} {dtype_name(default)} is a lossy cast: {lost}"
+                )
+                self.hints.append("pass {opt:allow_lossy=True} to cast to it anyway")
+                return None
             allow = rule.allow_overflow if rule is not None else False
-            cast = Cast(default, allow_overflow=allow, note=note)
+            cast = Cast(default, allow_overflow=allow, note=note, allow_lossy=self.allow_lossy)
             steps.append(_Step(cast, shape, default))
             dtype = default
         if declared is not None and tuple(declared) != tuple(shape):
@@ -696,7 +710,10 @@ class _Builder:
             for p in self.planned
         ]
         report.problems = list(self.problems)
-        return Plan(outputs=outputs, problems=list(self.problems), report=report, store=self.store, spec=self.spec)
+        return Plan(
+            outputs=outputs, problems=list(self.problems), report=report, store=self.store,
+            spec=self.spec, hints=list(dict.fromkeys(self.hints)),
+        )
 
     def _passthrough(self, position: int, entry: Entry) -> None:
         owned = _Owned(entry, {"0": entry.name}, 0, position)
@@ -823,6 +840,7 @@ def build_plan(
     include_all: bool = False,
     dtype: str | np.dtype | None = None,
     strict: bool = False,
+    allow_lossy: bool = False,
 ) -> Plan:
     """Plan how ``store``'s entries become outputs, checking everything on metadata.
 
@@ -842,25 +860,30 @@ def build_plan(
             ``dtype:`` (``"keep"``, a dtype name, or ``"target"``).
         strict: Also count target weights nothing fills and source weights that go nowhere
             as problems (what loading a live model in strict mode needs).
+        allow_lossy: Let the default ``dtype`` be one that loses information (floats to
+            integers or booleans); without it such a plan has a problem per tensor. A cast op
+            in the spec says so itself (``allow_lossy: true``).
 
     Returns:
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
 
     Raises:
+        UsageError: ``dtype`` is not a dtype name.
         SpecError: the spec itself is invalid (a plan is not built from a broken spec), or it
             asks for ``dtype: target`` without a target.
     """
     resolved = Spec() if spec is None else load_spec(spec)
-    default = parse_dtype_option(dtype, what="--dtype") if dtype is not None else resolved.dtype
+    default = option_value("dtype", dtype, parse_dtype_option) if dtype is not None else resolved.dtype
     if default == "target" and target is None:
         raise SpecError(
             "dtype: target means each target tensor's dtype, and there is no target (a live "
-            "model or --target MODEL.keras); give a dtype name or keep",
+            "model, or {opt:target}); give a dtype name or keep",
             path=resolved.source,
         )
     if target is not None:
         target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
     builder = _Builder(
-        store, resolved, target=target, include_all=include_all, default_dtype=default, strict=strict
+        store, resolved, target=target, include_all=include_all, default_dtype=default,
+        strict=strict, allow_lossy=allow_lossy,
     )
     return builder.build()

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import OutputError, UnsupportedError
+from ..formats.safetensors import CRC_KEY, check_metadata
 from ..options import keyword_options
 from ..store import Output
 from ._sink import Pipeline, Sink, write_all
@@ -41,8 +42,6 @@ from ._sink import fsync as fsync_file
 
 __all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
 
-CRC_KEY = "ckptconv.crc32c"
-"""The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
 
 _CRC_PLACEHOLDER = "00000000"
 _MAX_HEADER = 100_000_000  # the safetensors format's own header limit
@@ -253,16 +252,10 @@ def write_safetensors(
 
 
 def _check_metadata(metadata: Mapping[str, str] | None, dst: str) -> dict[str, str]:
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise OutputError(
-                f"safetensors metadata must map strings to strings; received {k!r}: {v!r}",
-                path=dst,
-            )
-    if CRC_KEY in meta:
-        raise OutputError(f"metadata key {CRC_KEY!r} is reserved for ckptconv's checksums", path=dst)
-    return meta
+    try:
+        return check_metadata(metadata, own=True)
+    except ValueError as e:
+        raise OutputError(str(e), path=dst) from None
 
 
 def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
