@@ -6,6 +6,7 @@ it is importable and free of global state, so it can run in worker processes or 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any
 
 from .errors import IntegrityError, UsageError
 from .formats import open as open_store
-from .formats.safetensors import check_metadata
+from .formats.safetensors import KINDS_KEY, check_metadata
 from .options import keyword_options, option_value
 
 __all__ = ["convert", "ConvertResult", "output_name"]
@@ -158,6 +159,9 @@ def convert(
             "ckptconv.source": Path(store.path).name,
             **extra,
         }
+        kinds = _training_state(plan, store, {o.name for o in outputs})
+        if kinds:  # the reader gives them back, so the training state stays apart
+            metadata[KINDS_KEY] = json.dumps(kinds, separators=(",", ":"), ensure_ascii=False)
         result = write_safetensors(
             outputs,
             dst,
@@ -189,3 +193,13 @@ def convert(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
+
+
+def _training_state(plan: Any, store: Any, written: set[str]) -> dict[str, str]:
+    """``{output: kind}`` for the outputs made only from optimizer or bookkeeping entries."""
+    kinds: dict[str, str] = {}
+    for record in plan.report.outputs:
+        found = {store[s].kind for s in record.sources if s in store}
+        if record.name in written and len(found) == 1 and "weight" not in found:
+            kinds[record.name] = found.pop()
+    return kinds

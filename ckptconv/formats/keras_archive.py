@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Store
 from ._hdf5 import open_h5
+from ._keras_optimizer import name_optimizer_variables
 from .keras_weights import (
     LayerInfo,
     _Source,
@@ -221,6 +222,8 @@ def open(path: Path) -> Store:  # noqa: A001
         order: list[str] = []
         root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
         entries = build_entries(groups, order, infos=infos, root_name=root)
+        if config is not None:
+            entries = name_optimizer_variables(entries, config)
     except BaseException:
         f.close()
         fileobj.close()

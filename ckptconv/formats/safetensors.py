@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..dtypes import from_safetensors
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
-from ..store import ByteRange, Entry, Store, keras_order
+from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
 
 __all__ = [
     "FORMAT",
@@ -40,6 +40,7 @@ __all__ = [
     "read_header",
     "Header",
     "CRC_KEY",
+    "KINDS_KEY",
     "OWN_PREFIX",
     "check_metadata",
 ]
@@ -48,6 +49,10 @@ FORMAT = "safetensors"
 SHARDED_FORMAT = "safetensors-sharded"
 CRC_KEY = "ckptconv.crc32c"
 """The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
+KINDS_KEY = "ckptconv.kinds"
+"""The ``__metadata__`` key holding the kind of every tensor that is not a weight
+(``{"adam/iteration": "bookkeeping", ...}``, a JSON object as a string): ``convert --all``
+keeps the training state's kind, and the reader gives it back as ``Entry.kind``."""
 OWN_PREFIX = "ckptconv."
 """``__metadata__`` keys ckptconv writes itself (version, source, checksums)."""
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
@@ -187,7 +192,7 @@ def _open_single(path: Path, *, check_crc: bool) -> Store:
         format=FORMAT,
         path=path,
         files=[path],
-        metadata={k: v for k, v in header.metadata.items() if k != CRC_KEY},
+        metadata=_user_metadata(header.metadata),
     )
 
 
@@ -201,7 +206,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
     for shard in shards:
         header = read_header(shard)
         if not metadata:
-            metadata = {k: v for k, v in header.metadata.items() if k != CRC_KEY}
+            metadata = _user_metadata(header.metadata)
         for name in header.tensors:
             if weight_map.get(name) is None or (index_file.parent / weight_map[name]).resolve() != shard.resolve():
                 raise CorruptFileError(
@@ -420,8 +425,29 @@ def _checksums(
         raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
 
 
+def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """``__metadata__`` without the tables ckptconv reads into the entries themselves."""
+    return {k: v for k, v in metadata.items() if k not in (CRC_KEY, KINDS_KEY)}
+
+
+def _kinds(header: Header) -> dict[str, Kind]:
+    """The kinds ckptconv recorded (:data:`KINDS_KEY`); a malformed table is ignored (kinds
+    only sort entries into weights and training state)."""
+    text = header.metadata.get(KINDS_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(table, dict):
+        return {}
+    return {name: kind for name, kind in table.items() if kind in KINDS and name in header.tensors}
+
+
 def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
     entries = []
+    kinds = _kinds(header)
     for name, (code, shape, begin, end) in header.tensors.items():
         dtype = from_safetensors(code)
         byte_range = ByteRange(header.path, header.data_start + begin, end - begin)
@@ -435,6 +461,7 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
                 path=header.path,
                 byte_range=byte_range,
                 crc32c=crc if check_crc else None,  # Entry.read() checks it
+                kind=kinds.get(name, "weight"),
             )
         )
     return entries

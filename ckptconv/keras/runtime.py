@@ -49,8 +49,9 @@ def import_keras() -> ModuleType:
     Raises:
         UnsupportedError: Keras is not installed (one line: what to install).
     """
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
+    loaded = sys.modules.get("keras")
+    if loaded is not None:
+        return loaded
     for name, value in _ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     with _held_back_cxx_logs():
