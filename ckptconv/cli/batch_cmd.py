@@ -15,9 +15,17 @@ from .common import (
     cli_type,
     convert_options,
     emit_json,
+    exit_status,
     human_bytes,
     want_progress,
 )
+
+EXIT_STATUS = {
+    0: "every file converted",
+    1: "at least one file failed (the others still ran; each failure is one line)",
+    2: "a usage error, before any file is read: a bad option value (-j, --dtype, "
+    "--max-shard-size, --metadata), no inputs, -o naming a file, two inputs with one output",
+}
 
 
 def _jobs(text: str) -> int:
@@ -44,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "the reason), continues past failures, ends with a summary; exit status 1 if any "
             "file failed."
         ),
-        epilog=f"Name pattern fields: {fields}.",
+        epilog=f"Name pattern fields: {fields}. {exit_status(EXIT_STATUS)}",
     )
     p.add_argument("inputs", metavar="INPUT", nargs="*", help="checkpoint paths or globs (quote globs; ** recurses)")
     p.add_argument("--from-file", metavar="LIST", help="read inputs from LIST, one per line (- for stdin)")

@@ -64,6 +64,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageExit(f"{self.prog}: error: {message}", message)
 
 
+def exit_status(codes: dict[int, str]) -> str:
+    """The ``Exit status:`` paragraph of a command's ``--help`` (and of docs/cli.md), from
+    the command module's ``EXIT_STATUS``; 130/143 (Ctrl-C, SIGTERM) are the same everywhere."""
+    parts = [f"{code} {text}" for code, text in sorted(codes.items())]
+    return "Exit status: " + "; ".join(parts) + "; 130/143 interrupted (Ctrl-C, SIGTERM), nothing left behind."
+
+
 def cli_type(parse: Callable[[str], Any], *, keep_text: bool = False) -> Callable[[str], Any]:
     """An argparse ``type`` from one of the API's value checks: its ``ValueError`` becomes
     argparse's usage error (exit status 2, naming the option). ``keep_text``: check only,

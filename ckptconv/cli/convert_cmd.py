@@ -5,7 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_convert_options, add_debug, add_json, convert_options, emit_json, human_bytes, want_progress
+from .common import (
+    add_convert_options,
+    add_debug,
+    add_json,
+    convert_options,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
+
+EXIT_STATUS = {
+    0: "written",
+    1: "nothing written: the source cannot be read, the plan has problems (a lossy --dtype "
+    "without --allow-lossy among them), the output exists without --force or cannot be "
+    "written, or --verify found a mismatch",
+    2: "a usage error: an unknown option, a bad value (--dtype, --max-shard-size, --metadata), "
+    "an output name not ending in .safetensors without --any-suffix",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "written; the output goes to a temporary file that is fsynced and renamed into "
             "place, so a failed or interrupted run leaves nothing behind."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
     p.add_argument("dst", metavar="DST", help="output .safetensors path (or .safetensors.index.json for a set)")

@@ -6,7 +6,13 @@ import argparse
 
 from ..formats import open as open_store
 from ..store import Entry
-from .common import add_debug, add_json, emit_json, human_bytes
+from .common import add_debug, add_json, emit_json, exit_status, human_bytes
+
+EXIT_STATUS = {
+    0: "listed",
+    1: "the checkpoint cannot be read (missing, of no known format, damaged, hostile)",
+    2: "a usage error (unknown option, missing argument)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Reads metadata only (checks that every file the checkpoint names exists). "
             "Only weights are listed unless --all asks for the training state too."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
     add_json(p, "the listing (instead of a table)")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import SPELLING, add_debug, add_json, cli_type, emit_json
+from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status
+
+EXIT_STATUS = {
+    0: "the plan has no problems",
+    1: "the plan has problems (each on stderr), or the source, spec or target cannot be read",
+    2: "a usage error (unknown option, a bad --dtype)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "through or unused, and every problem. Exit status 1 when the plan has problems. "
             "Nothing is written."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
     p.add_argument(

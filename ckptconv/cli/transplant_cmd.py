@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_debug, add_json, emit_json, error_json
+from .common import add_debug, add_json, emit_json, error_json, exit_status
+
+EXIT_STATUS = {
+    0: "OUT written",
+    1: "nothing written: the weights do not fit (strict), a file cannot be read, Keras cannot "
+    "build TARGET or is not installed, OUT exists without --force",
+    2: "a usage error: an unknown option, OUT not ending in .keras or .weights.h5, --map with "
+    "--by-order",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "missing, unused or mismatched weight is an error and nothing is written. OUT is "
             "written to a temporary file and renamed into place."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint with the weights (any format ckptconv reads)")
     p.add_argument("target", metavar="TARGET.keras", help=".keras file with the architecture")
@@ -55,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import LoadError
-    from ..keras import transplant  # imports Keras (quietly) only once everything else is checked
+    from ..keras import (
+        transplant,  # imports Keras (quietly) only once everything else is checked
+    )
 
     try:
         result = transplant(

@@ -6,7 +6,21 @@ import argparse
 import sys
 
 from ..errors import CkptconvError
-from .common import SPELLING, add_debug, add_json, emit_json, human_bytes, want_progress
+from .common import (
+    SPELLING,
+    add_debug,
+    add_json,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
+
+EXIT_STATUS = {
+    0: "every tensor of every file matches its checksum",
+    1: "a file fails, records no checksums, is missing or is not a safetensors file",
+    2: "a usage error",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "by its index, its directory or any shard. Names every tensor that no longer matches; "
             "exit status 1 if any file fails or records no checksums."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="safetensors file, index JSON or shard")
     add_json(p, "the report (instead of lines)")
