@@ -38,7 +38,8 @@ __all__ = [
     "nearest",
 ]
 
-_OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=([^{}]*))?\}")
+# {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr)
+_OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}")
 
 
 def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:

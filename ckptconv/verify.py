@@ -149,7 +149,7 @@ def verify_file(
         header = read_header(file)
         if CRC_KEY not in header.metadata:
             raise UnsupportedError(
-                "the file records no ckptconv checksums (written with --no-checksum or by "
+                "the file records no ckptconv checksums (written with {opt:checksum=False} or by "
                 "another tool), so there is nothing to verify against",
                 path=file,
             )

@@ -201,7 +201,7 @@ class Reshape(Op):
         size = int(np.prod(shape, dtype=np.int64))
         if self.shape == "target":
             if target is None:
-                raise OpError("reshape: target needs a target (a live model or --target MODEL) that has this output")
+                raise OpError("reshape: target needs a target (a live model, or plan's --target MODEL.keras) that has this output")
             wanted: tuple[int, ...] = tuple(target)
         else:
             wanted = tuple(self.shape)  # type: ignore[arg-type]

@@ -280,7 +280,7 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         ) > 1 else ""
         raise UnsupportedError(
             f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
-            "(--dtype or a cast op) or drop it with a rule",
+            "({opt:dtype} or a cast op) or drop it with a rule",
             path=dst,
             tensor=first.name,
         )
@@ -384,7 +384,7 @@ def _check_targets(
             raise OutputError("the output path is a directory", path=path)
     if old_files and not force:
         raise OutputError(
-            "the output already exists; pass --force (force=True) to replace it",
+            "the output already exists; pass {opt:force=True} to replace it",
             path=old_files[0],
         )
 
@@ -432,7 +432,7 @@ def _check_header_size(
     if size > _MAX_HEADER:
         raise OutputError(
             f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
-            "shard the output (--max-shard-size)",
+            "shard the output ({opt:max_shard_size})",
             path=dst,
         )
 
@@ -652,12 +652,12 @@ def _place(tmp: str, final: str, *, force: bool) -> None:
         os.link(tmp, final)  # fails if final appeared meanwhile: never clobber without force
     except FileExistsError as e:
         raise OutputError(
-            "the output already exists; pass --force (force=True) to replace it", path=final
+            "the output already exists; pass {opt:force=True} to replace it", path=final
         ) from e
     except OSError:  # a filesystem without hard links
         if os.path.lexists(final):
             raise OutputError(
-                "the output already exists; pass --force (force=True) to replace it", path=final
+                "the output already exists; pass {opt:force=True} to replace it", path=final
             ) from None
         os.replace(tmp, final)
         return
