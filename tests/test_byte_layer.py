@@ -109,9 +109,9 @@ def test_the_cli_names_its_own_option_for_reading_damaged_data(tf_dir: Path, tmp
     assert cli_main(["convert", prefix, str(tmp_path / "out.safetensors"), "--no-check-crc"]) == 0
 
 
-def test_partitioned_slices_and_strings_use_the_same_check(tf_dir: Path, tmp_path: Path) -> None:
-    """A slice of a partitioned variable and a string tensor carry their own CRCs; a
-    mismatch reads as the same message as a whole tensor's."""
+def test_a_partitioned_variables_slices_use_the_same_check(tf_dir: Path, tmp_path: Path) -> None:
+    """Each slice of a partitioned variable carries its own CRC; a mismatch reads as the same
+    message as a whole tensor's (the string tensors' check is tests/test_tf_checkpoint.py's)."""
     from ckptconv.formats import _tensorbundle as tb
     from ckptconv.formats._protowire import parse_bundle_entry
 
