@@ -349,7 +349,7 @@ def test_sigterm_leaves_nothing(tmp_path: Path) -> None:
 def test_existing_output_untouched_without_force(tmp_path: Path) -> None:
     dst = tmp_path / "x.safetensors"
     dst.write_bytes(b"precious")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True to replace it"):
         write_safetensors(computed({"a": np.ones(2, np.float32)}), dst)
     assert dst.read_bytes() == b"precious"
     # an existing sharded set at the same name counts too
@@ -552,8 +552,8 @@ def test_convert_adds_metadata_for_transformers(tmp_path: Path) -> None:
     with safe_open(str(tmp_path / "many" / "sample.safetensors"), "np") as f:
         assert f.metadata()["format"] == "pt"
 
-    with pytest.raises(OutputError, match="keys starting with 'ckptconv.'"):
+    with pytest.raises(ckptconv.UsageError, match="keys starting with 'ckptconv.'"):
         ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"ckptconv.version": "9"})
-    with pytest.raises(OutputError, match="strings to strings"):
+    with pytest.raises(ckptconv.UsageError, match="strings to strings"):
         ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"epoch": 3})  # type: ignore[dict-item]
     assert not (tmp_path / "api.safetensors").exists()

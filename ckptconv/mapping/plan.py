@@ -528,7 +528,8 @@ class _Builder:
     ) -> Callable[[int], Iterator[np.ndarray]]:
         """The output piece by piece: the stored bytes read a block at a time into one buffer
         and cast, so memory stays at a block whatever the tensor's size. The source's recorded
-        CRC-32C is checked over the blocks read, once the last one is."""
+        CRC-32C is checked over the blocks read, once the last one is (or first thing when an
+        op fails: damaged bytes can look like values that overflow)."""
         cache, path = self.cache, self.store.path
         byte_range = entry.byte_range
         assert byte_range is not None
@@ -551,6 +552,8 @@ class _Builder:
                         for step in steps:
                             chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
                     except ExecutionProblem as e:
+                        # damaged bytes can look like values that overflow: say which it is
+                        entry.verify_crc()
                         raise PlanError(
                             [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name
                         ) from None
