@@ -232,6 +232,13 @@ class NoSuchFileError(CkptconvError, FileNotFoundError):
         self.strerror = "No such file or directory"
         self.filename = self.path
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_no_such_file, (self.template, self.path))
+
+
+def _no_such_file(reason: str, path: str) -> NoSuchFileError:
+    return NoSuchFileError(reason, path=path)
+
 
 class NoSuchTensorError(CkptconvError, KeyError):
     """A tensor name is not in the store; the message names the file and the nearest names.

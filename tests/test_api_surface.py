@@ -161,6 +161,10 @@ def test_a_missing_path_is_one_error_class_everywhere(tmp_path: Path) -> None:
         assert isinstance(error, FileNotFoundError) and isinstance(error, ckptconv.CkptconvError), what
         assert error.errno == errno.ENOENT and error.filename == error.path, what
         assert str(error).startswith(f"{error.path}: "), what
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error))  # as a worker process sends it back
+    assert (type(again), str(again), again.errno, again.path) == (type(error), str(error), errno.ENOENT, error.path)
 
 
 def test_a_missing_tensor_is_a_key_error_naming_the_file_and_near_names(tmp_path: Path) -> None:
