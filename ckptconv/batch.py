@@ -36,6 +36,7 @@ from string import Formatter
 from typing import Any
 
 from .errors import CkptconvError
+from .options import check_options, keyword_options, option_names
 
 __all__ = [
     "FileResult",
@@ -97,6 +98,7 @@ class FileResult:
     error_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data."""
         return asdict(self)
 
 
@@ -134,6 +136,7 @@ class BatchReport:
         return [r for r in self.results if r.ok]
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data, as ``batch --json`` prints it."""
         return {
             "ok": self.ok,
             "summary": {
@@ -148,11 +151,13 @@ class BatchReport:
         }
 
 
-def convert_one(src: str, dst: str, **options: Any) -> FileResult:
+def convert_one(src: str, dst: str, *, spelling: Mapping[str, str] | None = None, **options: Any) -> FileResult:
     """Convert one checkpoint; a failure is returned as a result, not raised.
 
     Takes the options of :func:`ckptconv.convert.convert`, creates the output's directory if
     needed, and never shows a progress bar. Reads the whole source (that is the job).
+    ``spelling`` spells the options named in error messages (the command line passes its
+    own; see :func:`ckptconv.errors.render_options`).
 
     Returns:
         A :class:`FileResult`; ``ok`` is False with ``error`` set when ckptconv refused the
@@ -171,7 +176,7 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
             dst=dst,
             ok=False,
             seconds=time.perf_counter() - started,
-            error=_one_line(e, src),
+            error=_one_line(e, src, spelling),
             error_type=type(e).__name__,
         )
     return FileResult(
@@ -186,12 +191,11 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
     )
 
 
-def _one_line(error: BaseException, src: str) -> str:
+def _one_line(error: BaseException, src: str, spelling: Mapping[str, str] | None = None) -> str:
     """The error as one line, without repeating the input's own path."""
     if isinstance(error, CkptconvError):
-        text = str(error)
-        if error.path is not None and os.path.abspath(error.path) == os.path.abspath(src):
-            text = f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+        same = error.path is not None and os.path.abspath(error.path) == os.path.abspath(src)
+        text = error.render(spelling, path=not same)
     elif isinstance(error, OSError):
         same = error.filename and os.path.abspath(str(error.filename)) == os.path.abspath(src)
         where = f"{error.filename}: " if error.filename and not same else ""
@@ -289,6 +293,7 @@ def output_name(src: str, index: int, pattern: str) -> str:
     )
 
 
+@keyword_options
 def plan_jobs(
     inputs: Iterable[str],
     outdir: str | os.PathLike[str],
@@ -332,29 +337,31 @@ def prepare_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Check and parse the options every job shares, once, before any job starts.
 
     A spec file path (``mapping``) is read and parsed into a :class:`~ckptconv.Spec`, which is
-    what the jobs receive (workers never read the spec file); the default ``dtype`` is checked;
-    a text ``max_shard_size`` becomes bytes. So a broken spec fails the batch once, before any
-    worker starts, instead of failing every file. :func:`run_batch` calls this itself; calling
-    it first is useful to fail before starting a cluster. Idempotent.
+    what the jobs receive (workers never read the spec file); ``dtype`` and ``metadata`` are
+    checked; a text ``max_shard_size`` becomes bytes. So a broken spec or a bad value fails
+    the batch once, before any worker starts, instead of failing every file.
+    :func:`run_batch` calls this itself; calling it first is useful to fail before starting a
+    cluster. Idempotent.
 
     Raises:
-        SpecError: the spec file is missing, unreadable or invalid, or the dtype is unknown.
-        CkptconvError: ``max_shard_size`` is not a size.
+        SpecError: the spec file is missing, unreadable or invalid.
+        UsageError: ``dtype``, ``max_shard_size`` or ``metadata`` has a wrong value.
     """
+    from .formats.safetensors import check_metadata
     from .mapping import load_spec
     from .mapping.spec import parse_dtype_option
+    from .options import option_value
     from .writers.safetensors import parse_size
 
     prepared = dict(options)
     if prepared.get("mapping") is not None:
         prepared["mapping"] = load_spec(prepared["mapping"])
-    if prepared.get("dtype") is not None:
-        parse_dtype_option(prepared["dtype"], what="dtype")  # checked here; each job applies it
-    if isinstance(prepared.get("max_shard_size"), str):
-        try:
-            prepared["max_shard_size"] = parse_size(prepared["max_shard_size"])
-        except ValueError as e:
-            raise CkptconvError(f"max_shard_size: {e}") from None
+    if prepared.get("dtype") is not None:  # checked here; each job applies it
+        option_value("dtype", prepared["dtype"], parse_dtype_option)
+    if prepared.get("metadata") is not None:
+        option_value("metadata", prepared["metadata"], check_metadata)
+    if prepared.get("max_shard_size") is not None:
+        prepared["max_shard_size"] = option_value("max_shard_size", prepared["max_shard_size"], parse_size)
     return prepared
 
 
@@ -411,12 +418,16 @@ def run_batch(
         A :class:`BatchReport` with results in job order.
 
     Raises:
-        SpecError: the spec or dtype is invalid (nothing ran).
+        OptionError: an option the job does not take.
+        SpecError: the spec is invalid. UsageError: an option's value is wrong.
         ValueError: both ``workers`` and ``client`` were given.
-        ClusterError: the Dask workers cannot import ckptconv.
+        ClusterError: the Dask workers cannot import ckptconv, or none is left.
+
+    The first three are raised before any job runs.
     """
     if client is not None and workers != 1:
         raise ValueError("give workers= (local processes) or client= (a Dask cluster), not both")
+    _check_job_options(job, options)
     options = prepare_options(options)
     started = time.perf_counter()
     run = BatchRun(jobs, on_result)
@@ -433,6 +444,21 @@ def run_batch(
     finally:
         run.remove_leftovers()
     return BatchReport([r for r in run.results if r is not None], time.perf_counter() - started)
+
+
+def _check_job_options(job: Callable[..., FileResult], options: dict[str, Any]) -> None:
+    """Refuse an unknown option once, up front, rather than once per file in the workers."""
+    import inspect
+
+    from .convert import convert
+
+    target = convert if job is convert_one else job
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # a wrapper that forwards: its own callee checks
+    accepted = {p.name for p in parameters} | ({"spelling"} if job is convert_one else set())
+    check_options(f"{target.__name__}()", options, accepted, option_names(target))
+
 
 
 class BatchRun:

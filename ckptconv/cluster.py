@@ -29,14 +29,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClusterError, MissingDependencyError
+from .errors import ClusterError, UnsupportedError
 
 if TYPE_CHECKING:
     from .batch import BatchRun, FileResult
 
-__all__ = ["connect", "parse_scheduler", "run_tasks", "import_distributed", "LOCAL_CLUSTER_CONFIG"]
-
-EXTRA = "dask"
+__all__ = [
+    "connect",
+    "parse_scheduler",
+    "run_tasks",
+    "import_distributed",
+    "LOCAL_CLUSTER_CONFIG",
+    "DASK_MISSING",
+]
 
 LOCAL_CLUSTER_CONFIG = {
     # a task whose worker dies is re-run once; the second death fails it (KilledWorker)
@@ -47,16 +52,22 @@ LOCAL_CLUSTER_CONFIG = {
 """The Dask configuration of the scheduler :func:`connect` starts for ``local:N``."""
 
 
+DASK_MISSING = (
+    "running a batch on a Dask cluster needs Dask's distributed scheduler: "
+    'pip install "ckptconv[dask]"'
+)
+
+
 def import_distributed() -> Any:
-    """``dask.distributed``, or :class:`~ckptconv.MissingDependencyError` naming the extra."""
+    """``dask.distributed``.
+
+    Raises:
+        UnsupportedError: it is not installed (one line: what to install).
+    """
     try:
         import distributed
     except ImportError as e:
-        raise MissingDependencyError(
-            f"running a batch on a Dask cluster needs Dask's distributed scheduler, which is not "
-            f'installed ({e}); install it with: pip install "ckptconv[{EXTRA}]"',
-            extra=EXTRA,
-        ) from e
+        raise UnsupportedError(f"{DASK_MISSING} ({e})") from e
     return distributed
 
 
@@ -97,7 +108,7 @@ def connect(scheduler: str) -> Iterator[Any]:
     task whose worker dies is retried (``distributed.scheduler.allowed-failures``).
 
     Raises:
-        MissingDependencyError: Dask's distributed scheduler is not installed.
+        UnsupportedError: Dask's distributed scheduler is not installed.
         ValueError: ``scheduler`` is not an address Dask understands.
         ClusterError: the scheduler cannot be reached (Dask's connect timeout,
             ``distributed.comm.timeouts.connect``, applies).

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
+from .common import (
+    SPELLING,
+    UsageExit,
+    add_convert_options,
+    add_debug,
+    add_json,
+    cli_type,
+    convert_options,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
 
 if TYPE_CHECKING:
     from ..batch import BatchReport, Job
+
+EXIT_STATUS = {
+    0: "every file converted",
+    1: "at least one file failed (the others still ran; each failure is one line), or the "
+    "spec is broken or the Dask cluster cannot be reached (before any file is read)",
+    2: "a usage error, before any file is read: a bad option value (-j, --scheduler, --dtype, "
+    "--max-shard-size, --metadata), no inputs, -o naming a file, two inputs with one output",
+}
+
+
+def _jobs(text: str) -> int:
+    """-j N: a count of worker processes, 0 for one per CPU."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number of worker processes, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected 0 (one per CPU) or more worker processes, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "cluster (--scheduler). Prints one line per file (ok / failed with the reason), "
             "continues past failures, ends with a summary; exit status 1 if any file failed."
         ),
-        epilog=f"Name pattern fields: {fields}.",
+        epilog=f"Name pattern fields: {fields}. {exit_status(EXIT_STATUS)}",
     )
     p.add_argument("inputs", metavar="INPUT", nargs="*", help="checkpoint paths or globs (quote globs; ** recurses)")
     p.add_argument("--from-file", metavar="LIST", help="read inputs from LIST, one per line (- for stdin)")
@@ -37,15 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="output file name under OUTDIR (default: {stem}.safetensors)",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
+    where.add_argument("-j", "--jobs", type=cli_type(_jobs), default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
     where.add_argument(
-        "--scheduler", metavar="ADDRESS", type=_scheduler,
+        "--scheduler", metavar="ADDRESS", type=cli_type(_scheduler, keep_text=True),
         help="run the files as tasks on a Dask cluster: the address of its scheduler "
         "(tcp://HOST:PORT), or local:N to start N worker processes on this machine; inputs "
         "and outputs must be paths every worker sees (needs ckptconv[dask])",
     )
     add_convert_options(p, many=True)
-    p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
+    add_json(p, "the report (instead of lines)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     add_debug(p)
@@ -54,26 +85,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import expand_inputs, plan_jobs, prepare_options, read_list
-    from ..writers.safetensors import parse_size
 
     patterns = list(args.inputs)
     if args.from_file:
         try:
             patterns += read_list(args.from_file)
         except OSError as e:
-            return _usage(f"cannot read the input list {args.from_file}: {e.strerror}")
+            return _usage(args, f"cannot read the input list {args.from_file}: {e.strerror}")
     if not patterns:
-        return _usage("no inputs: give paths or globs, or --from-file LIST")
-    if args.max_shard_size is not None:
-        try:
-            parse_size(args.max_shard_size)
-        except ValueError as e:
-            return _usage(f"--max-shard-size: {e}")
+        return _usage(args, "no inputs: give paths or globs, or --from-file LIST")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        return _usage(args, f"-o {args.output_dir}: exists and is not a directory")
+    if not args.name_pattern.endswith(".safetensors") and not args.any_suffix:
+        return _usage(
+            args, f"--name-pattern {args.name_pattern}: outputs are safetensors files; end the "
+            "pattern in .safetensors, or pass --any-suffix"
+        )
     sources, unmatched = expand_inputs(patterns)
     try:
         jobs = plan_jobs(sources, args.output_dir, pattern=args.name_pattern, expand=False)
     except ValueError as e:
-        return _usage(str(e))
+        return _usage(args, str(e))
 
     # checked and parsed once, here: a broken spec fails before any worker starts
     options = prepare_options(convert_options(args))
@@ -85,11 +117,18 @@ def run(args: argparse.Namespace) -> int:
             try:
                 where = {"client": stack.enter_context(connect(args.scheduler))}
             except ValueError as e:  # an address Dask cannot parse
-                return _usage(f"--scheduler {args.scheduler}: {e}")
+                return _usage(args, f"--scheduler {args.scheduler}: {e}")
         report = _run(args, jobs, unmatched, where, options)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        doc = report.to_json()
+        if not report.ok:
+            failed = len(report.failed)
+            doc["error"] = {
+                "type": "BatchFailed",
+                "message": f"{failed} of {len(report.results)} file(s) failed",
+                "exit": 1,
+            }
+        emit_json(args, doc)
     else:
         total = len(report.results)
         ok = len(report.succeeded)
@@ -143,7 +182,7 @@ def _run(
             say(f"failed {result.src}: {result.error}")
 
     try:
-        report = run_batch(jobs, on_result=on_result, **where, **options)
+        report = run_batch(jobs, on_result=on_result, spelling=SPELLING, **where, **options)
     finally:
         if bar is not None:
             bar.close()
@@ -152,15 +191,14 @@ def _run(
 
 
 def _scheduler(text: str) -> str:
+    """--scheduler: checked here for local:N; an address is checked when connecting."""
     from ..cluster import parse_scheduler
 
-    try:
-        parse_scheduler(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    parse_scheduler(text)
     return text
 
 
-def _usage(message: str) -> int:
-    print(f"ckptconv batch: error: {message}", file=sys.stderr)
-    return 2
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A command-line value found wrong once the arguments are parsed: the same as
+    argparse's own usage errors (usage line, one error line, exit status 2)."""
+    raise UsageExit(f"ckptconv batch: error: {message}", message)
