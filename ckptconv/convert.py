@@ -18,6 +18,8 @@ from .formats import open as open_store
 
 __all__ = ["convert", "ConvertResult"]
 
+PYTORCH_FORMATS = ("pytorch", "pytorch-sharded")
+
 
 @dataclass
 class ConvertResult:
@@ -79,7 +81,8 @@ def convert(
         metadata: Entries added to the output's ``__metadata__``, over ckptconv's own: for
             example ``{"format": "pt"}`` for Hugging Face ``transformers``, which loads only
             files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
-            ``np``). Keys starting with ``ckptconv.`` are ckptconv's own and refused.
+            ``pt`` for a PyTorch source, ``np`` otherwise). Keys starting with ``ckptconv.``
+            are ckptconv's own and refused.
 
     Returns:
         A :class:`ConvertResult`.
@@ -120,7 +123,8 @@ def convert(
             else:
                 outputs.append(output)
         metadata = {
-            "format": "np",
+            # transformers loads only pt/tf/flax/mlx files: a PyTorch source's result is "pt"
+            "format": "pt" if store.format in PYTORCH_FORMATS else "np",
             "ckptconv.version": __version__,
             "ckptconv.source_format": store.format,
             "ckptconv.source": Path(store.path).name,

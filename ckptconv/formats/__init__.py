@@ -35,6 +35,7 @@ FORMAT_MODULES = (
     "keras_legacy",
     "safetensors",
     "tf_checkpoint",
+    "pytorch",
 )
 
 HEAD_BYTES = 4096
@@ -86,7 +87,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
-        "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
+        "sharded .weights.json, a TensorFlow checkpoint, safetensors or a torch.save file)",
         path=p,
     )
 
