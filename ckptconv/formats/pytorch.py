@@ -183,7 +183,7 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
     if _kind_of(target, head) is None and head.lstrip().startswith(b"{"):
         return _open_sharded(target)
     parsed = _parse(target, head)
-    walk = _Walk(default_name=target.stem)
+    walk = _Walk(target)
     walk.visit(parsed.root, (), "weight", 0)
     entries = walk.entries(parsed)
     keras_order(entries)
@@ -211,7 +211,7 @@ def _open_sharded(index_file: Path) -> Store:
         with shard.open("rb") as f:
             parsed = _parse(shard, f.read(4096))
         metadata = metadata or dict(parsed.metadata)
-        walk = _Walk(default_name=shard.stem)
+        walk = _Walk(shard)
         walk.visit(parsed.root, (), "weight", 0)
         for name in walk.names():
             mapped = weight_map.get(name)
@@ -447,14 +447,20 @@ _COUNTERS = {"epoch", "epochs", "step", "steps", "global_step", "iteration", "it
 class _Walk:
     """Collects the tensors of an unpickled object, naming each by its container path."""
 
-    def __init__(self, *, default_name: str) -> None:
-        self.default_name = default_name or "tensor"
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.default_name = path.stem or "tensor"
         self.found: list[tuple[tuple[str, ...], Kind, TensorRef]] = []
         self.skipped: list[tuple[str, str]] = []
 
     def visit(self, obj: Any, parts: tuple[str, ...], kind: Kind, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise CorruptFileError(f"containers nested more than {MAX_DEPTH} deep at {self._name(parts)!r}")
+            where = self._name(parts)
+            raise CorruptFileError(
+                f"containers nested more than {MAX_DEPTH} deep (at {where[:60]!r}...): not a "
+                "checkpoint torch.save writes",
+                path=self.path,
+            )
         if isinstance(obj, TensorRef):
             self.found.append((parts, kind, obj))
         elif isinstance(obj, Unrepresentable):
@@ -464,6 +470,7 @@ class _Walk:
                 raise UnsupportedError(
                     f"{obj.what}: ckptconv reads dense tensors only (convert it to a plain "
                     "tensor in torch, e.g. dequantize() or to_dense(), before torch.save)",
+                    path=self.path,
                     key=self._name(parts),
                 )
         elif isinstance(obj, dict):
@@ -472,6 +479,8 @@ class _Walk:
             for key, value in obj.items():
                 part = _part(key)
                 self.visit(value, (*parts, part), _child_kind(kind, part, value), depth + 1)
+        elif isinstance(obj, (list, tuple)) and not any(isinstance(v, (dict, list, tuple, TensorRef, Unrepresentable)) for v in obj):
+            self.skipped.append((self._name(parts), _describe(obj)))  # [0.9, 0.999]: one note
         elif isinstance(obj, (list, tuple)):
             for i, value in enumerate(obj):
                 self.visit(value, (*parts, str(i)), kind, depth + 1)
@@ -550,12 +559,17 @@ def _layer(parts: tuple[str, ...]) -> str:
 def _describe(value: Any) -> str:
     if isinstance(value, StorageRef):
         return f"a storage ({value.numel} {value.dtype}) without a tensor"
-    if isinstance(value, (bool, int, float, complex)) or value is None:
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, complex)):
         return f"{type(value).__name__} {value!r}"
     if isinstance(value, str):
         return f"str {value[:40]!r}" + ("..." if len(value) > 40 else "")
     if isinstance(value, (bytes, bytearray)):
         return f"{type(value).__name__} of {len(value)} bytes"
+    if isinstance(value, (list, tuple)):
+        text = repr(value)
+        return f"{type(value).__name__} {text[:60]}" + ("..." if len(text) > 60 else "")
     if isinstance(value, (set, frozenset)):
         return f"{type(value).__name__} of {len(value)} items"
     return type(value).__name__

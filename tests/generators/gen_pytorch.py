@@ -30,6 +30,7 @@ Cases (label: file):
     torch_layout: torch_layout.pt    modules named as examples/specs/pytorch-to-keras.yaml expects,
                                      with torch_layout_{image,tokens,bn,logits}.npy forward values
     (refusals) module.pt             torch.save(model): a pickled nn.Module
+               module_legacy.pt      the same in the legacy layout
                expanded.pt           an expanded (stride-0) view larger than its storage
 
 ``cnn_module()`` and ``torch_layout_module()`` build the modules (seeded) for other tests.
@@ -392,6 +393,7 @@ def forward_fixtures(out: Path) -> None:
 def refusals(out: Path) -> None:
     torch.manual_seed(SEED)
     torch.save(SmallNet(), out / "module.pt")
+    torch.save(SmallNet(), out / "module_legacy.pt", _use_new_zipfile_serialization=False)
     torch.save({"expanded": torch.zeros(4).expand(1000, 4)}, out / "expanded.pt")
 
 
