@@ -125,7 +125,9 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
                 path=p,
             ) from e
         raise FormatError(
-            "a zip archive without model.weights.h5 or config.json: not a .keras model", path=p
+            "a zip archive that is neither a .keras model (model.weights.h5, config.json) nor "
+            "a torch.save file (<archive>/data.pkl)",
+            path=p,
         )
     if head.lstrip()[:1] in (b"{", b"["):
         try:
