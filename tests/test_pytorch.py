@@ -203,6 +203,21 @@ def test_convert_cli_file_to_file_and_safetensors_numpy(tmp_path: Path) -> None:
         assert_bit_exact(loaded[want.name], want.array, want.name)
 
 
+def test_weight_order_within_a_nested_layer() -> None:
+    """index follows Keras' order of the weight's own name, after its layer (``model/lin`` +
+    ``.weight``), whatever the stored order."""
+    from ckptconv.store import Entry, keras_order
+
+    entries = [
+        Entry(name, key=name, shape=(1,), dtype=np.dtype("float32"), path="x", layer=name.rsplit(".", 1)[0],
+              loader=lambda: np.zeros(1, np.float32))
+        for name in ("model/bn.running_var", "model/bn.bias", "model/bn.weight", "model/bn.running_mean")
+    ]
+    keras_order(entries)
+    assert {e.name.rsplit(".", 1)[1]: e.index for e in entries} == {
+        "weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
+
+
 def test_scalars_and_empty_tensors_keep_their_shapes() -> None:
     with ckptconv.open(source("zoo")) as store:
         assert store["scalar.bfloat16"].shape == () and store["scalar.bfloat16"].read().shape == ()

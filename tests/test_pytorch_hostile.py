@@ -161,6 +161,17 @@ def _module_legacy(d: Path) -> Case:
     return Case(path, path, UnsafeInputError)
 
 
+@hostile("module-persistent-id")
+def _module_pid(d: Path) -> Case:
+    """The legacy layout's own marker of a pickled module class: ("module", ...) persistent id."""
+    path = d / "module_pid.pt"
+    raw = (FIXTURES / "zoo_legacy.pt").read_bytes()
+    header = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))
+    pid = _tuple([_str("module"), _str("Net"), _str("net.py"), _str("class Net: ...")]) + b"Q"
+    path.write_bytes(header + b"\x80\x02" + pid + b"." + raw[len(header):])
+    return Case(path, path, UnsafeInputError)
+
+
 @hostile("storage-larger-than-data")
 def _storage_larger(d: Path) -> Case:
     """The persistent id declares more values than data/0 stores (a truncated member)."""
@@ -329,6 +340,11 @@ def test_refusals_name_the_global_and_say_what_to_do(tmp_path: Path) -> None:
         ckptconv.open(HOSTILE["storage-numel-inflated"](tmp_path).path)
     with pytest.raises(CorruptFileError, match="refers to storage data/99, which the archive does not hold"):
         ckptconv.open(HOSTILE["missing-data-member"](tmp_path).path)
+    for label in ("deep-nesting", "self-reference"):
+        with pytest.raises(CorruptFileError, match="containers nested more than 100 deep"):
+            ckptconv.open(HOSTILE[label](tmp_path).path)
+    with pytest.raises(UnsafeInputError, match="pickled model object"):
+        ckptconv.open(HOSTILE["module-persistent-id"](tmp_path).path)
     assert not (tmp_path.parent / "MARKER").exists()
 
 
