@@ -319,3 +319,17 @@ def test_reading_and_converting_without_torch(tmp_path: Path) -> None:
     for label in LABELS:
         for want in load_expected(FIXTURES, label):
             assert digests[f"{label}:{want.name}"] == np.ascontiguousarray(want.array).tobytes().hex()
+
+
+def test_batch_converts_pytorch_files_and_a_bin_set_once(tmp_path: Path) -> None:
+    """batch takes .pt files and a Hugging Face .bin set (its shards are part of the index)."""
+    from ckptconv.batch import expand_inputs, plan_jobs, run_batch
+
+    found, _ = expand_inputs([f"{FIXTURES}/hf_sharded/*.bin*", f"{FIXTURES}/cnn.pt"])
+    assert [Path(p).name for p in found] == ["pytorch_model.bin.index.json", "cnn.pt"]
+    jobs = plan_jobs(found, tmp_path / "out", expand=False)
+    assert [Path(j.dst).name for j in jobs] == ["pytorch_model.safetensors", "cnn.safetensors"]
+    report = run_batch(jobs, workers=1)
+    assert all(r.ok for r in report.results), [r.error for r in report.results]
+    with ckptconv.open(tmp_path / "out" / "pytorch_model.safetensors") as store:
+        assert len(store) == 6
