@@ -290,7 +290,8 @@ class Store(Mapping[str, Entry]):
 
     Attributes:
         format: The format's short name (``keras-h5``, ``keras-weights-h5``, ``keras-sharded``,
-            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``).
+            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``,
+            ``pytorch``, ``pytorch-sharded``).
         path: What the user passed.
         files: Every file the store reads from (for "output is one of the inputs" checks).
         metadata: Format-level string metadata (Keras version, ...).
