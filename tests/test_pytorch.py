@@ -333,3 +333,19 @@ def test_batch_converts_pytorch_files_and_a_bin_set_once(tmp_path: Path) -> None
     assert all(r.ok for r in report.results), [r.error for r in report.results]
     with ckptconv.open(tmp_path / "out" / "pytorch_model.safetensors") as store:
         assert len(store) == 6
+
+
+def test_complex128_is_read_and_refused_by_name_for_safetensors(tmp_path: Path) -> None:
+    """torch's ComplexDoubleStorage reads as complex128; safetensors has no such dtype."""
+    from tests.test_pytorch_hostile import rezip, tensor_pickle
+
+    path = tmp_path / "c128.pt"
+    rezip(FIXTURES / "cnn.pt", path,
+          replace={"data.pkl": tensor_pickle(("0", 54, 0, (6, 9), (9, 1)), name="z", storage_type="ComplexDoubleStorage")})
+    with ckptconv.open(path) as store, ckptconv.open(FIXTURES / "cnn.pt") as original:
+        z = store["z"].read()
+        assert z.dtype == np.complex128 and z.shape == (6, 9)
+        assert z.tobytes() == original["features.0.weight"].read().tobytes()
+    with pytest.raises(ckptconv.CkptconvError, match="complex128"):
+        ckptconv.convert(path, tmp_path / "z.safetensors")
+    assert not (tmp_path / "z.safetensors").exists()
