@@ -297,6 +297,28 @@ def _legacy_truncated(d: Path) -> Case:
     return Case(path, path, CorruptFileError)
 
 
+@hostile("shard-missing")
+def _shard_missing(d: Path) -> Case:
+    shutil.copytree(FIXTURES / "hf_sharded", d / "set")
+    (d / "set" / "pytorch_model-00002-of-00002.bin").unlink()
+    index = d / "set" / "pytorch_model.bin.index.json"
+    return Case(index, index, CorruptFileError)
+
+
+@hostile("shard-outside-directory")
+def _shard_outside(d: Path) -> Case:
+    """The index names a shard up and out of its directory (here: a real torch file there)."""
+    import json
+
+    shutil.copytree(FIXTURES / "hf_sharded", d / "set")
+    shutil.copy(FIXTURES / "cnn.pt", d / "outside.bin")
+    index = d / "set" / "pytorch_model.bin.index.json"
+    doc = json.loads(index.read_text())
+    doc["weight_map"]["features.0.weight"] = "../outside.bin"
+    index.write_text(json.dumps(doc))
+    return Case(index, index, UnsafeInputError)
+
+
 @hostile("torchscript")
 def _torchscript(d: Path) -> Case:
     path = d / "scripted.pt"

@@ -142,7 +142,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             ) from e
         raise FormatError(
             'a JSON file, but not a shard index ckptconv reads: expected {"weight_map": '
-            "{...}} naming .weights.h5 or .safetensors files in the same directory",
+            "{...}} naming .weights.h5, .safetensors or PyTorch .bin files in the same directory",
             path=p,
         )
 

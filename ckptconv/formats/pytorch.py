@@ -100,6 +100,8 @@ def sniff(path: Path, head: bytes) -> bool:
         files = [v for v in index["weight_map"].values() if isinstance(v, str)]
         if not files:
             return False
+        if files[0].endswith((".bin", ".pt", ".pth")):
+            return True  # a missing shard is then reported as such
         first = path.parent / files[0]
         try:
             with first.open("rb") as f:
