@@ -177,9 +177,6 @@ class StateDict(OrderedDict):  # type: ignore[type-arg]
             raise UnsafeInputError("the pickle sets a non-dict state on an OrderedDict")
         self.torch_metadata = state.get("_metadata")
 
-    def __reduce__(self) -> Any:
-        return (OrderedDict, (), None, None, iter(self.items()))
-
 
 # --- the allowed globals ----------------------------------------------------------------------
 

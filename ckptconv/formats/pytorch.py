@@ -432,10 +432,10 @@ def _parse_legacy(path: Path) -> _Parsed:
             _check_declared(ref, nbytes, path)
             storages[key] = _Stored(os.fspath(path), offset + 8, None, nbytes)
             offset += 8 + nbytes
-    metadata = {"layout": "legacy", "byteorder": "little"}
-    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
-        metadata["written_on"] = "big-endian"
-    return _Parsed(path, root, storages, metadata)
+    if not isinstance(sys_info, dict):
+        raise CorruptFileError("the legacy system-info pickle is not a dict", path=path)
+    # torch writes legacy storages little-endian on every machine (the sys info notwithstanding)
+    return _Parsed(path, root, storages, {"layout": "legacy", "byteorder": "little"})
 
 
 # --- the object tree: names, kinds, notes ------------------------------------------------------
