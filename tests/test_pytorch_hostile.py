@@ -282,6 +282,32 @@ def _huge_string(d: Path) -> Case:
     return Case(path, path, CorruptFileError)
 
 
+@hostile("opcode-inst")
+def _opcode_inst(d: Path) -> Case:
+    """Protocol 0's INST: instantiate a class by name, without GLOBAL (torch never writes it)."""
+    path = d / "inst.pt"
+    marker = d.parent / "MARKER"
+    rezip(FIXTURES / "cnn.pt", path, replace={"data.pkl": b"(" + _str(f"touch {marker}") + b"ios\nsystem\n."})
+    return Case(path, path, UnsafeInputError)
+
+
+@hostile("memo-index-huge")
+def _memo_huge(d: Path) -> Case:
+    """LONG_BINPUT 2**31 - 1: an unpickler would grow its memo to that many slots."""
+    path = d / "memo.pt"
+    rezip(FIXTURES / "cnn.pt", path, replace={"data.pkl": b"\x80\x02]r\xff\xff\xff\x7f."})
+    return Case(path, path, UnsafeInputError)
+
+
+@hostile("legacy-keys-memo-huge")
+def _legacy_keys_memo(d: Path) -> Case:
+    """The same in the legacy layout's storage-key list, which follows the object pickle."""
+    path = d / "legacy_memo.pt"
+    header = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))
+    path.write_bytes(header + pickle.dumps({}, protocol=2) + b"\x80\x02]r\xff\xff\xff\x7f.")
+    return Case(path, path, UnsafeInputError)
+
+
 @hostile("not-a-pickle")
 def _garbage_pickle(d: Path) -> Case:
     path = d / "garbage.pt"
@@ -367,6 +393,11 @@ def test_refusals_name_the_global_and_say_what_to_do(tmp_path: Path) -> None:
             ckptconv.open(HOSTILE[label](tmp_path).path)
     with pytest.raises(UnsafeInputError, match="pickled model object"):
         ckptconv.open(HOSTILE["module-persistent-id"](tmp_path).path)
+    with pytest.raises(UnsafeInputError, match="opcode INST, which torch.save never writes"):
+        ckptconv.open(HOSTILE["opcode-inst"](tmp_path).path)
+    for label in ("memo-index-huge", "legacy-keys-memo-huge"):
+        with pytest.raises(UnsafeInputError, match="memo slot 2147483647 after 3 opcodes"):
+            ckptconv.open(HOSTILE[label](tmp_path).path)
     assert not (tmp_path.parent / "MARKER").exists()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "Unrepresentable",
     "RestrictedUnpickler",
     "load_plain",
+    "check_opcodes",
     "TORCH_DTYPES",
     "module_message",
 ]
@@ -413,6 +415,42 @@ class RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(root.key, root.dtype, size, (offset, size))
 
 
+# Opcodes torch.save never writes, whatever its pickle protocol: instantiation by class name
+# (INST, OBJ), the extension registry (EXT*), out-of-band buffers (protocol 5).
+_FORBIDDEN_OPCODES = {"INST", "OBJ", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER", "READONLY_BUFFER"}
+
+
+def check_opcodes(data: bytes) -> int:
+    """Walk the pickle's opcodes up to its STOP without running any, before it is unpickled:
+    refuses opcodes torch never writes, memo indices no pickler assigns (a huge one would make
+    the unpickler allocate a memo that large), and damage (a length beyond the data) before the
+    unpickler would allocate what it claims. Returns the pickle's length in bytes.
+
+    Raises:
+        UnsafeInputError: an opcode torch.save never writes, or an implausible memo index.
+        CorruptFileError: the pickle is malformed or truncated.
+    """
+    count = 0
+    try:
+        for count, (opcode, arg, pos) in enumerate(pickletools.genops(data), 1):
+            if opcode.name in _FORBIDDEN_OPCODES:
+                raise UnsafeInputError(f"the pickle uses opcode {opcode.name}, which torch.save never writes")
+            if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and arg > count:
+                raise UnsafeInputError(
+                    f"the pickle uses memo slot {arg} after {count} opcodes; picklers number "
+                    "their slots in order"
+                )
+            if opcode.name == "STOP":
+                return pos + 1
+    except (ValueError, UnicodeDecodeError, OverflowError) as e:
+        raise CorruptFileError(f"the pickle is damaged ({e})"[:300]) from e
+    raise CorruptFileError("the pickle has no end (STOP)")
+
+
+_MEMO_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+MAX_PLAIN_BYTES = 64 * 2**20
+
+
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise UnsafeInputError(f"the pickle asks for {module}.{name} where torch writes plain data")
@@ -422,5 +460,10 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def load_plain(file: io.BufferedIOBase) -> Any:
-    """One pickle of plain data (numbers, strings, lists, dicts): no global is resolved."""
-    return _PlainUnpickler(file, encoding="utf-8").load()
+    """The next pickle of ``file``, of plain data (numbers, strings, lists, dicts): checked by
+    :func:`check_opcodes`, no global resolved; ``file`` is left just after it."""
+    start = file.tell()
+    head = file.read(MAX_PLAIN_BYTES)
+    length = check_opcodes(head)
+    file.seek(start + length)
+    return _PlainUnpickler(io.BytesIO(head[:length]), encoding="utf-8").load()

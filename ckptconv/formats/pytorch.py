@@ -42,6 +42,7 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,6 +60,7 @@ from ._torch_pickle import (
     StorageRef,
     TensorRef,
     Unrepresentable,
+    check_opcodes,
     load_plain,
 )
 from .keras_archive import member_data_offset
@@ -286,9 +288,10 @@ def _parse(path: Path, head: bytes) -> _Parsed:
     raise FormatError("not a torch.save file (no data.pkl member, no legacy magic number)", path=path)
 
 
-def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes | None) -> tuple[Any, RestrictedUnpickler]:
+def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes) -> tuple[Any, RestrictedUnpickler]:
     unpickler = RestrictedUnpickler(data, legacy=legacy, raw=raw)
     try:
+        check_opcodes(raw)
         root = unpickler.load()
     except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
         raise type(e)(e.reason, path=path) from e
@@ -338,7 +341,7 @@ def _parse_zip(path: Path) -> _Parsed:
         _refuse_bomb(info, path)
         try:
             raw = z.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as e:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
             raise CorruptFileError(f"data.pkl cannot be read from the archive ({e})", path=path) from e
         root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
         size = os.path.getsize(path)
@@ -401,8 +404,12 @@ def _parse_legacy(path: Path) -> _Parsed:
             raise UnsupportedError(f"legacy protocol version {protocol!r}; torch writes {LEGACY_PROTOCOL}", path=path)
         start = f.tell()
         raw = f.read(min(size - start, MAX_PICKLE_BYTES))
-        f.seek(start)
-        root, unpickler = _unpickle(f, path, legacy=True, raw=raw)
+        try:
+            length = check_opcodes(raw)
+        except (UnsafeInputError, CorruptFileError) as e:
+            raise type(e)(e.reason, path=path) from e
+        f.seek(start + length)
+        root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length])
         try:
             keys = load_plain(f)
         except (UnsafeInputError, CorruptFileError) as e:
@@ -654,7 +661,7 @@ def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarra
                 if not n:
                     break
                 done += n
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
         raise CorruptFileError(f"compressed member {stored.member} cannot be read ({e})", path=stored.path, key=name) from e
     if skip or done < length:
         raise CorruptFileError(f"compressed member {stored.member} ends early", path=stored.path, key=name)
