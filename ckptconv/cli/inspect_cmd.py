@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from ..formats import open as open_store
 from ..store import Entry
-from .common import add_debug, human_bytes
+from .common import add_debug, add_json, emit_json, exit_status, human_bytes
+
+EXIT_STATUS = {
+    0: "listed",
+    1: "the checkpoint cannot be read (missing, of no known format, damaged, hostile)",
+    2: "a usage error (unknown option, missing argument)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "values a PyTorch checkpoint holds that are not tensors). Names that are one "
             "stored tensor (tied weights) are listed each, then reported together."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json(p, "the listing (instead of a table)")
     p.add_argument(
         "--all", action="store_true",
         help="include optimizer and bookkeeping entries (the training state) and list the "
@@ -41,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         tied = [group for group in store.tied if sum(name in shown for name in group) > 1]
         if args.json:
             doc: dict[str, object] = {
+                "ok": True,
                 "format": store.format,
                 "path": store.path,
                 "metadata": store.metadata,
@@ -50,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 doc["tied"] = [[name for name in group if name in shown] for group in tied]
             if args.all and store.skipped:
                 doc["skipped"] = [{"name": name, "value": what} for name, what in store.skipped]
-            json.dump(doc, sys.stdout, indent=1)
-            sys.stdout.write("\n")
+            emit_json(args, doc)
             return 0
         print(format_table(store.format, store.path, entries, all_kinds=args.all))
         for group in tied:

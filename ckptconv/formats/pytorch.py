@@ -156,7 +156,7 @@ def _directory_weights(path: Path) -> Path | None:
 # --- opening ----------------------------------------------------------------------------------
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a ``torch.save`` file, a sharded set's index, or a model directory (metadata only).
 
     Reads the pickle (through the restricted unpickler) and the zip directory or storage
@@ -224,7 +224,7 @@ def _open_sharded(index_file: Path) -> Store:
                     f"the shard holds this tensor but the index {index_file.name} maps it to "
                     f"{mapped!r}; the set is inconsistent",
                     path=shard,
-                    key=name,
+                    tensor=name,
                 )
         entries.extend(walk.entries(parsed))
         seen.update(walk.names())
@@ -233,7 +233,7 @@ def _open_sharded(index_file: Path) -> Store:
     for name, file in weight_map.items():
         if name not in seen:
             raise CorruptFileError(
-                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, key=name
+                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, tensor=name
             )
     keras_order(entries)
     meta = index.get("metadata")
@@ -294,7 +294,7 @@ def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes) 
         check_opcodes(raw)
         root = unpickler.load()
     except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
-        raise type(e)(e.reason, path=path) from e
+        raise type(e)(e.template, path=path, tensor=e.tensor) from e
     except _PICKLE_ERRORS as e:
         raise CorruptFileError(f"the pickle is damaged ({type(e).__name__}: {e})"[:300], path=path) from e
     return root, unpickler
@@ -395,7 +395,7 @@ def _parse_legacy(path: Path) -> _Parsed:
             protocol = load_plain(f)
             sys_info = load_plain(f)
         except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.reason, path=path) from e
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
         except _PICKLE_ERRORS as e:
             raise CorruptFileError(f"the legacy header pickles are damaged ({type(e).__name__})", path=path) from e
         if magic != MAGIC_NUMBER:
@@ -407,13 +407,13 @@ def _parse_legacy(path: Path) -> _Parsed:
         try:
             length = check_opcodes(raw)
         except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.reason, path=path) from e
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
         f.seek(start + length)
         root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length])
         try:
             keys = load_plain(f)
         except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.reason, path=path) from e
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
         except _PICKLE_ERRORS as e:
             raise CorruptFileError(f"the storage key list is damaged ({type(e).__name__})", path=path) from e
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
@@ -480,7 +480,7 @@ class _Walk:
                     f"{obj.what}: ckptconv reads dense tensors only (convert it to a plain "
                     "tensor in torch, e.g. dequantize() or to_dense(), before torch.save)",
                     path=self.path,
-                    key=self._name(parts),
+                    tensor=self._name(parts),
                 )
         elif isinstance(obj, dict):
             if kind == "weight" and {"state", "param_groups"} <= set(obj):
@@ -519,7 +519,7 @@ class _Walk:
                 f"torch dtype {ref.dtype} has no numpy or safetensors equivalent; convert the "
                 "tensor in torch (e.g. .to(torch.float16)) before torch.save",
                 path=parsed.path,
-                key=name,
+                tensor=name,
             )
         dtype = by_name(canonical)
         stored = parsed.storages[ref.storage.key]
@@ -602,7 +602,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             raise UnsafeInputError(
                 f"storage offset {ref.offset} lies beyond storage {storage.key} ({limit} bytes)",
                 path=path,
-                key=name,
+                tensor=name,
             )
         return base + first, 0
     last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
@@ -613,7 +613,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             f"ends at byte {end} of storage {storage.key}, which holds {limit} bytes; refusing to "
             "read outside it",
             path=path,
-            key=name,
+            tensor=name,
         )
     if numel * itemsize > limit:
         raise UnsafeInputError(
@@ -621,7 +621,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             f"holds {limit} (an expanded, overlapping view): refusing to make more bytes than "
             "the file stores; save tensor.contiguous() instead",
             path=path,
-            key=name,
+            tensor=name,
         )
     return base + first, end - first
 
@@ -645,7 +645,7 @@ def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarra
     if length == 0:
         return buffer
     if stored.offset is not None:
-        return read_byte_range(ByteRange(stored.path, stored.offset + start, length), buffer.dtype, (length,), key=name, out=buffer)
+        return read_byte_range(ByteRange(stored.path, stored.offset + start, length), buffer.dtype, (length,), tensor=name, out=buffer)
     view = memoryview(buffer)
     try:
         with zipfile.ZipFile(stored.path) as z, z.open(stored.member) as f:  # type: ignore[arg-type]
@@ -662,9 +662,9 @@ def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarra
                     break
                 done += n
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CorruptFileError(f"compressed member {stored.member} cannot be read ({e})", path=stored.path, key=name) from e
+        raise CorruptFileError(f"compressed member {stored.member} cannot be read ({e})", path=stored.path, tensor=name) from e
     if skip or done < length:
-        raise CorruptFileError(f"compressed member {stored.member} ends early", path=stored.path, key=name)
+        raise CorruptFileError(f"compressed member {stored.member} ends early", path=stored.path, tensor=name)
     return buffer
 
 
