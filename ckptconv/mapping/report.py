@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import Problem
+
 __all__ = ["OutputRecord", "SourceRecord", "TargetMismatch", "PlanReport", "Status"]
 
 Status = Literal["used", "dropped", "passthrough", "unused"]
@@ -129,7 +131,8 @@ class PlanReport:
         missing: Target names no output fills.
         mismatched: Outputs whose shape or dtype does not fit the target.
         unused: Source entries that end up in no output (status ``unused``).
-        problems: Every problem found, as one-line messages.
+        problems: Every problem found: :class:`~ckptconv.Problem` strings (one-line messages
+            with ``kind``, ``rule`` and ``name``).
     """
 
     path: str
@@ -140,7 +143,7 @@ class PlanReport:
     missing: list[str] = field(default_factory=list)
     mismatched: list[TargetMismatch] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -171,7 +174,9 @@ class PlanReport:
             "counts": self.counts(),
             "outputs": [o.to_json() for o in self.outputs],
             "sources": [s.to_json() for s in self.sources],
-            "problems": list(self.problems),
+            "problems": [str(p) for p in self.problems],
+            # the same problems as data: kind, rule, name, message
+            "problem_details": [_problem_dict(p) for p in self.problems],
         }
         if self.has_target:
             out["missing"] = list(self.missing)
@@ -246,3 +251,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
         return "  ".join([*cells, row[-1]]).rstrip()
 
     return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def _problem_dict(problem: str) -> dict[str, str | None]:
+    """A problem as JSON data (a plain string, from older code, has kind None)."""
+    if isinstance(problem, Problem):
+        return problem.to_dict()
+    return {"kind": None, "rule": None, "name": None, "message": str(problem)}
