@@ -69,7 +69,8 @@ def test_transplant_failures_write_nothing(fixtures, blank_target, tmp_path, cap
     err = capsys.readouterr().err
     assert "missing (kept their values) (4)" in err  # the report
     assert err.strip().splitlines()[-1].startswith("ckptconv: error: ")
-    assert "8 problems" in err.strip().splitlines()[-1]
+    assert "9 problems" in err.strip().splitlines()[-1]  # the structure first, then 4 + 4
+    assert "structure is not the model's (object-graph)" in err.strip().splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file
 
     # non-strict writes what fits

@@ -90,10 +90,11 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     layer_names = chunked_attribute(root, "layer_names", path=path) or []
     entries: list[Entry] = []
 
-    def add(group: h5py.Group, weight_name: str, name: str, kind: str = "weight") -> None:
+    def add(
+        group: h5py.Group, weight_name: str, name: str, kind: str = "weight", tree_path: str | None = None
+    ) -> None:
         dataset = safe_get(group, weight_name, path=path, kind=h5py.Dataset)
-        entries.append(
-            dataset_entry(
+        entry = dataset_entry(
                 dataset,
                 name=name,
                 key=dataset.name,
@@ -102,17 +103,18 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
                 file_size=file_size,
                 kind=kind,  # type: ignore[arg-type]
             )
-        )
+        entry.tree_path = tree_path
+        entries.append(entry)
 
     for layer in layer_names:
         group = safe_get(root, layer, path=path, kind=h5py.Group)
-        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
-            add(group, weight_name, canonical_name(layer, weight_name))
+        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
+            add(group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
     if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
         group = safe_get(root, TOP_LEVEL, path=path, kind=h5py.Group)
-        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
-            add(group, weight_name, strip_suffix(weight_name))
+        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
+            add(group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
 
     if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
         group = safe_get(f, "optimizer_weights", path=path, kind=h5py.Group)

@@ -313,6 +313,12 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     return [str(i) for i in range(count)]
 
 
+def saving_tree_key(vars_group: str, index: int) -> str:
+    """The key Keras' saving walk gives variable ``index`` of the ``vars`` group at HDF5 path
+    ``vars_group`` (``/layers/dense/vars``, 0 -> ``layers/dense/vars/0``)."""
+    return f"{vars_group.strip('/')}/{index}"
+
+
 def build_entries(
     groups: Mapping[str, _VarsGroup],
     order: Iterable[str],
@@ -347,8 +353,7 @@ def build_entries(
         for i, weight_name, kind in zip(indices, names, kinds):
             dataset, source = record.datasets[i]
             name = f"{layer}/{weight_name}" if layer else weight_name
-            entries.append(
-                dataset_entry(
+            entry = dataset_entry(
                     dataset,
                     name=name,
                     key=dataset.name,
@@ -360,7 +365,8 @@ def build_entries(
                     index=i,
                     layer=layer,
                 )
-            )
+            entry.tree_path = saving_tree_key(group_path, i)
+            entries.append(entry)
     if infos:
         rank = {name: i for i, name in enumerate(infos)}
         entries.sort(key=lambda e: (e.kind != "weight", rank.get(e.layer.split("/")[0], len(rank))))

@@ -705,6 +705,16 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
     )
 
 
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def object_path(key: str) -> str | None:
+    """The object path of a variable's checkpoint key (``layer_with_weights-0/kernel`` of
+    ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``), escaped as TensorFlow
+    writes it; None for other keys."""
+    return key[: -len(_VARIABLE_SUFFIX)] if key.endswith(_VARIABLE_SUFFIX) else None
+
+
 def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  # noqa: A001
     """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
 
@@ -748,6 +758,9 @@ def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  #
     files = _check_data_files(index, located.prefix)
     nodes = _load_object_graph(index, files)
     entries = [_make_entry(p, index, files, check_crc=check_crc) for p in _plan(index, nodes)]
+    if nodes is not None:
+        for entry in entries:
+            entry.tree_path = object_path(entry.key)
     keras_order(entries)
     if located.saved_model:
         checkpoint_kind = "saved-model"

@@ -66,7 +66,9 @@ class LiveModel:
         # A bare layer (not a model) is named like a model's top-level layer: its own name
         # comes first, so a lone Conv2D "conv" has "conv/kernel".
         self.is_model = hasattr(model, "layers")
-        self.vars = self._collect()
+        # every variable, and the part a load fills (all of them unless only= chose a part)
+        self.all_vars = self._collect()
+        self.vars = list(self.all_vars)
 
     # -- which Keras
 
@@ -209,7 +211,7 @@ def model_targets(model: Any) -> dict[str, Any]:
     require_built(live)
     from ..mapping import TargetTensor
 
-    return {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    return {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.all_vars}
 
 
 def target_from_keras_file(
@@ -264,7 +266,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
 
 
 def require_built(live: LiveModel) -> None:
-    if not live.vars and not getattr(live.model, "built", True):
+    if not live.all_vars and not getattr(live.model, "built", True):
         raise LoadError(
             f"model {live.name!r} has no variables yet: build it first (call it on an input "
             "or call model.build(input_shape))"
@@ -272,8 +274,9 @@ def require_built(live: LiveModel) -> None:
 
 
 def restrict(live: LiveModel, only: str | Iterable[str]) -> None:
-    """Keep only the variables whose name, layer or a parent layer matches a pattern of
-    ``only`` (the spec's glob rules, or ``re:`` regexes: see :mod:`ckptconv.mapping.patterns`)."""
+    """Load into the variables whose name, layer or a parent layer matches a pattern of
+    ``only`` (the spec's glob rules, or ``re:`` regexes: see :mod:`ckptconv.mapping.patterns`);
+    ``live.all_vars`` keeps every variable, so sources of the others are told apart."""
     patterns = [Pattern(p) for p in ([only] if isinstance(only, str) else list(only))]
     kept = [
         v
