@@ -195,7 +195,7 @@ def match_by_structure(
     match = Matching(report=LoadReport(mode="structure", structure=found.kind))
     part = {v.name for v in live.vars}
     by_name = {v.name: v for v in live.all_vars}
-    paired: set[int] = set()
+    paired: set[int] = {id(e) for e in found.shared}
     for name, entry in found.pairs.items():
         paired.add(id(entry))
         if name not in part:

@@ -24,7 +24,7 @@ Each matcher returns the pairs ``{target name: entry}`` for every variable of th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Entry, Store
@@ -60,6 +60,9 @@ class StructureMatch:
 
     kind: str  # saving-tree | legacy-order | object-graph
     pairs: dict[str, Entry]  # target name -> entry
+    # entries Keras also assigns to an already paired variable (a tied weight listed by two
+    # layers of a legacy file): the last one wins, as in Keras; these count as used
+    shared: list[Entry] = field(default_factory=list)
 
     @property
     def how(self) -> str:
@@ -101,25 +104,55 @@ def match_structure(live: LiveModel, store: Store) -> StructureMatch | Disagreem
 
 def saving_tree_keys(live: LiveModel) -> dict[str, TargetVar] | None:
     """``{saving-tree key: variable}`` for every variable Keras' own saving walk reaches
-    (``layers/dense/vars/0``), or None if this Keras has no walk ckptconv can run."""
+    (``layers/dense/vars/0``), or None if this Keras has no walk ckptconv can run.
+
+    Keras 3 hands the store each variable itself. tf-keras hands it ``variable.numpy()``
+    copies (which are not kept), so there the object each ``vars`` group belongs to is
+    taken from the walk's order of visits, and its i-th key is the i-th of its
+    ``_trainable_weights + _non_trainable_weights`` (the only layout tf-keras writes).
+    """
     recorder = _recording_store(live.line)
     if recorder is None:
         return None
     module, store = recorder
     try:
-        if live.line == "keras":
-            module._save_state(live.model, store, None, "", set())
-        else:
-            module._save_state(live.model, store, None, "", set())
+        module._save_state(live.model, store, None, "", store.visits)
     except (AttributeError, TypeError):  # another Keras whose walk takes other arguments
         return None
     by_id = {id(v.variable): v for v in live.all_vars}
-    return {key: by_id[id(value)] for key, value in store.records if id(value) in by_id}
+    if live.line == "keras":
+        return {key: by_id[id(value)] for _, key, value, _ in store.records if id(value) in by_id}
+    owners = {id(v.owner): v.owner for v in live.all_vars}
+    owners[id(live.model)] = live.model
+    found: dict[str, TargetVar] = {}
+    for _, key, _, visit in store.records:
+        owner_id = store.visits.order[visit] if visit < len(store.visits.order) else None
+        owner = owners.get(owner_id) if owner_id is not None else None
+        own = live.own_variables(owner) if owner is not None else []
+        index = int(key.rsplit("/", 1)[-1])
+        if index < len(own) and id(own[index]) in by_id:
+            found[key] = by_id[id(own[index])]
+    return found
+
+
+class _Visits(set):  # type: ignore[type-arg]
+    """The ``visited`` set of object ids Keras' walk fills, remembering their order (Keras
+    adds an object right after saving its own variables)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[int] = []
+
+    def add(self, item: Any) -> None:
+        if item not in self:
+            self.order.append(item)
+        super().add(item)
 
 
 def _recording_store(line: str) -> tuple[Any, Any] | None:
-    """Keras' saving module and a weights store that records ``(key, value)`` and writes
-    nothing (a subclass of Keras' own HDF5 store, which Keras 3 insists on)."""
+    """Keras' saving module and a weights store that records ``(group, key, value, visit)``
+    and writes nothing (a subclass of Keras' own HDF5 store, which Keras 3 insists on);
+    ``visit`` is the number of objects the walk had finished when the group was made."""
     try:
         if line == "keras":
             from keras.src.saving import saving_lib as module
@@ -133,19 +166,24 @@ def _recording_store(line: str) -> tuple[Any, Any] | None:
 
     class Recorder(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:  # no file
-            self.records: list[tuple[str, Any]] = []
+            self.records: list[tuple[str, str, Any, int]] = []
+            self.visits = _Visits()
             self._at = ""
+            self._visit = 0
 
         def __bool__(self) -> bool:
             return True
 
         def make(self, path: str, metadata: Any = None) -> Recorder:
             self._at = str(path).replace("\\", "/").strip("/")
+            self._visit = len(self.visits.order)  # the object visited next owns the group
             return self
 
         def __setitem__(self, key: str, value: Any) -> None:
             group = f"{self._at}/vars" if self._at else "vars"
-            self.records.append((f"{group}/{key}", value))
+            # tf-keras hands numpy copies: keep none of them
+            kept = value if line == "keras" else None
+            self.records.append((group, f"{group}/{key}", kept, self._visit))
 
         def close(self) -> None:
             pass
@@ -300,6 +338,7 @@ def _match_legacy(live: LiveModel, entries: list[Entry]) -> StructureMatch | Dis
     model_layers = legacy_layers(live)
     file_layers = _source_layers(entries)
     pairs: dict[str, Entry] = {}
+    shared: list[Entry] = []
     for k, ((m_name, m_vars), (f_name, f_entries)) in enumerate(zip(model_layers, file_layers)):
         where = f"layer {k} ({f_name!r} in the file, {m_name!r} in the model)"
         if len(m_vars) != len(f_entries):
@@ -316,6 +355,8 @@ def _match_legacy(live: LiveModel, entries: list[Entry]) -> StructureMatch | Dis
                     f"{where}: file has {entry.name.rsplit('/', 1)[-1]} "
                     f"{shape_text(entry.shape)}, model has {_describe(var)}",
                 )
+            if var.name in pairs:
+                shared.append(pairs[var.name])
             pairs[var.name] = entry
     if len(model_layers) != len(file_layers):
         return Disagreement(
@@ -327,4 +368,4 @@ def _match_legacy(live: LiveModel, entries: list[Entry]) -> StructureMatch | Dis
         paired = set(pairs)
         var = next(v for v in live.all_vars if v.name not in paired)
         return Disagreement(kind, f"the model's {var.name!r} belongs to no layer Keras' legacy loader fills")
-    return StructureMatch(kind, pairs)
+    return StructureMatch(kind, pairs, shared)

@@ -24,6 +24,7 @@ from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, Problem, SpecError, problem
 from ..store import ByteRange, Entry, Output, Store, read_byte_range
+from .aliases import AliasTable
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
@@ -302,6 +303,7 @@ class _Builder:
         self.problems: list[Problem] = []
         self.cache = _SourceCache()
         self.planned: list[_Planned] = []
+        self.aliases = AliasTable(target) if target is not None else None
 
     def problem(self, kind: str, message: str, *, rule: Rule | None = None, name: str | None = None) -> None:
         self.problems.append(problem(kind, message, rule=rule.label if rule is not None else None, name=name))
@@ -721,8 +723,12 @@ class _Builder:
 
     def _passthrough(self, position: int, entry: Entry) -> None:
         owned = _Owned(entry, {"0": entry.name}, 0, position)
+        # a name Keras changed between its lines matches the target's spelling (aliases.py)
+        name = entry.name
+        if self.aliases is not None and entry.kind == "weight":
+            name = self.aliases.alias(name) or name
         # the default dtype applies to weights; training state keeps its dtype unless a rule casts
-        self._chain_output(None, owned, entry.name, (), allow_default=entry.kind == "weight")
+        self._chain_output(None, owned, name, (), allow_default=entry.kind == "weight")
 
     def _check_duplicates(self) -> None:
         by_name: dict[str, list[_Planned]] = {}
