@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "nowhere, without counting them as problems",
     )
     p.add_argument(
+        "--only", metavar="GLOB", action="append",
+        help="with --target: check only the part of the model matching GLOB (repeatable; "
+        "variable names or layer paths, as load_into's only=); sources of other weights are "
+        "reported outside only=, not unused",
+    )
+    p.add_argument(
         "--unsafe", action="store_true",
         help="with --target: let Keras build a model holding Lambda bytecode (only for files you trust)",
     )
@@ -54,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import formats
     from ..mapping import build_plan, load_spec
 
+    if args.only and not args.target:
+        print("ckptconv plan: error: --only chooses a part of --target MODEL.keras; give --target", file=sys.stderr)
+        return 2
     spec = load_spec(args.map) if args.map else None  # a broken spec fails before the source is opened
     target = None
     if args.target:
@@ -72,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             include_all=args.all,
             dtype=args.dtype,
             strict=target is not None and not args.lenient,
+            only=args.only,
         )
     if args.json:
         print(json.dumps(plan.report.to_json(), indent=1))

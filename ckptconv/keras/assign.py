@@ -8,10 +8,10 @@ import numpy as np
 
 from ..dtypes import dtype_name
 from ..errors import LoadError
-from ..mapping.patterns import Pattern
+from ..mapping.patterns import Pattern, matches_path_or_parent
 from .match import Assignment
 from .report import shape_text
-from .targets import LiveModel, TargetVar, matches_path_or_parent
+from .targets import LiveModel, TargetVar
 
 __all__ = ["assign", "freeze_loaded"]
 

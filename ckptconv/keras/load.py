@@ -163,8 +163,7 @@ def _match_as_keras_does(
             0,
             problem(
                 "structure",
-                f"the source's structure is not the model's ({found.kind}), and names do not "
-                f"match either: {found.message}",
+                f"the source's structure is not the model's ({found.kind}): {found.message}",
             ),
         )
     return match

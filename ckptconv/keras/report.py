@@ -139,8 +139,11 @@ class LoadReport:
         if self.dropped:
             lines += _section("dropped by the spec", ("source",), [(n,) for n in self.dropped])
         if self.frozen:
-            rows = [(n, "partly loaded" if n in self.partly_frozen else "") for n in self.frozen]
-            lines += _section("frozen (trainable=False)", ("layer", "note"), rows)
+            if self.partly_frozen:
+                rows = [(n, "partly loaded" if n in self.partly_frozen else "") for n in self.frozen]
+                lines += _section("frozen (trainable=False)", ("layer", "note"), rows)
+            else:
+                lines += _section("frozen (trainable=False)", ("layer",), [(n,) for n in self.frozen])
         other = [p for p in self.problems if getattr(p, "kind", None) not in _LISTED_KINDS]
         if other:
             lines += _section("other problems", ("problem",), [(p,) for p in other])

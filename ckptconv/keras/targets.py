@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..errors import FormatError, LoadError, UnsafeInputError
-from ..mapping.patterns import Pattern
+from ..mapping.patterns import matches_path_or_parent, part_patterns
 from ..store import layer_of
 
 __all__ = [
@@ -277,7 +277,7 @@ def restrict(live: LiveModel, only: str | Iterable[str]) -> None:
     """Load into the variables whose name, layer or a parent layer matches a pattern of
     ``only`` (the spec's glob rules, or ``re:`` regexes: see :mod:`ckptconv.mapping.patterns`);
     ``live.all_vars`` keeps every variable, so sources of the others are told apart."""
-    patterns = [Pattern(p) for p in ([only] if isinstance(only, str) else list(only))]
+    patterns = part_patterns(only)
     kept = [
         v
         for v in live.vars
@@ -291,7 +291,3 @@ def restrict(live: LiveModel, only: str | Iterable[str]) -> None:
     live.vars = kept
 
 
-def matches_path_or_parent(pattern: Pattern, path: str) -> bool:
-    """Whether ``pattern`` matches the layer path ``path`` or one of its parents."""
-    parts = path.split("/")
-    return any(pattern.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))

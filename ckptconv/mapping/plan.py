@@ -26,7 +26,7 @@ from ..errors import PlanError, Problem, SpecError, problem
 from ..store import ByteRange, Entry, Output, Store, read_byte_range
 from .aliases import AliasTable
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
-from .patterns import Match, natural_key
+from .patterns import Match, in_part, natural_key, part_patterns
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
 
@@ -304,6 +304,7 @@ class _Builder:
         self.cache = _SourceCache()
         self.planned: list[_Planned] = []
         self.aliases = AliasTable(target) if target is not None else None
+        self.part: set[str] | None = None  # the part of the target only= chooses
 
     def problem(self, kind: str, message: str, *, rule: Rule | None = None, name: str | None = None) -> None:
         self.problems.append(problem(kind, message, rule=rule.label if rule is not None else None, name=name))
@@ -774,6 +775,10 @@ class _Builder:
         target_names = list(target)
         for p in self.planned:
             want = target.get(p.name)
+            if want is not None and self.part is not None and p.name not in self.part:
+                for e in p.sources:
+                    status[e.name] = ("outside-only", None)
+                continue
             if want is None:
                 if p.rule is None:
                     # a passed-through entry the target has no place for: it stays an output
@@ -807,7 +812,7 @@ class _Builder:
                 name=p.name,
             )
         produced = {p.name for p in self.planned}
-        report.missing = [n for n in target if n not in produced]
+        report.missing = [n for n in target if n not in produced and (self.part is None or n in self.part)]
         if self.strict and report.missing:
             self.problem("missing", f"{len(report.missing)} target weight(s) nothing fills: {_some(report.missing)}")
 
@@ -857,6 +862,7 @@ def build_plan(
     include_all: bool = False,
     dtype: str | np.dtype | None = None,
     strict: bool = False,
+    only: str | Sequence[str] | None = None,
 ) -> Plan:
     """Plan how ``store``'s entries become outputs, checking everything on metadata.
 
@@ -876,6 +882,10 @@ def build_plan(
             ``dtype:`` (``"keep"``, a dtype name, or ``"target"``).
         strict: Also count target weights nothing fills and source weights that go nowhere
             as problems (what loading a live model in strict mode needs).
+        only: With a target: the part of it to fill, as ``load_into(only=...)`` takes it
+            (globs or ``re:`` patterns over target names and their layers). Target weights
+            outside it are not missing, and sources that fill them get the status
+            ``outside-only`` (neither used nor unused).
 
     Returns:
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
@@ -894,7 +904,16 @@ def build_plan(
         )
     if target is not None:
         target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
+    part = None
+    if only is not None:
+        if target is None:
+            raise SpecError("only= chooses a part of the target, and there is no target (--target MODEL.keras)")
+        patterns = part_patterns(only)
+        part = {name for name in target if in_part(patterns, name)}
+        if not part:
+            raise SpecError(f"only={only!r} matches no weight of the target")
     builder = _Builder(
         store, resolved, target=target, include_all=include_all, default_dtype=default, strict=strict
     )
+    builder.part = part
     return builder.build()

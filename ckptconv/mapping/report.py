@@ -15,7 +15,7 @@ from ..errors import Problem
 
 __all__ = ["OutputRecord", "SourceRecord", "TargetMismatch", "PlanReport", "Status"]
 
-Status = Literal["used", "dropped", "passthrough", "unused"]
+Status = Literal["used", "dropped", "passthrough", "unused", "outside-only"]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -65,7 +65,8 @@ class SourceRecord:
         name: Entry name.
         status: ``used`` (a rule maps it), ``dropped`` (a drop rule, or no rule owns it and
             ``passthrough`` is false), ``passthrough`` (no rule owns it, copied unchanged) or
-            ``unused`` (passed through, but the target has no weight of its name).
+            ``unused`` (passed through, but the target has no weight of its name) or
+            ``outside-only`` (it fills a target weight outside the part ``only`` chose).
         shape, dtype, kind: The entry's metadata.
         rule: Number of the rule that owns it, None when no rule does.
         outputs: Names of the outputs made from it.
@@ -163,7 +164,10 @@ class PlanReport:
     def counts(self) -> dict[str, int]:
         """How many source entries have each status."""
         c = Counter(s.status for s in self.sources)
-        return {k: c.get(k, 0) for k in ("used", "dropped", "passthrough", "unused")}
+        counts = {k: c.get(k, 0) for k in ("used", "dropped", "passthrough", "unused")}
+        if c.get("outside-only"):
+            counts["outside-only"] = c["outside-only"]
+        return counts
 
     def to_json(self) -> dict[str, object]:
         """The report as one JSON-serialisable object (what ``plan --json`` prints)."""
@@ -192,7 +196,9 @@ class PlanReport:
             f"plan for {self.path} ({self.format}): {len(self.outputs)} output(s) from "
             f"{len(self.sources)} source entr{'y' if len(self.sources) == 1 else 'ies'} "
             f"({c['used']} used, {c['dropped']} dropped, {c['passthrough']} passed through, "
-            f"{c['unused']} unused)"
+            f"{c['unused']} unused"
+            + (f", {c['outside-only']} outside only=" if c.get("outside-only") else "")
+            + ")"
         )
         if self.outputs:
             lines.append("")
