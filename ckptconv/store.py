@@ -271,9 +271,9 @@ class Entry:
         return clone
 
     def describe(self) -> dict[str, object]:
-        """The entry as the JSON object ``inspect --json`` prints (``tree_path`` only where
-        the format has one)."""
-        described: dict[str, object] = {
+        """The entry as the JSON object ``inspect --json`` prints (``tree_path`` is null where
+        the format has none)."""
+        return {
             "name": self.name,
             "layer": self.layer,
             "index": self.index,
@@ -282,10 +282,8 @@ class Entry:
             "dtype": self.dtype_name,
             "nbytes": self.nbytes,
             "kind": self.kind,
+            "tree_path": self.tree_path,
         }
-        if self.tree_path is not None:
-            described["tree_path"] = self.tree_path
-        return described
 
     def __repr__(self) -> str:
         return (

@@ -221,3 +221,43 @@ def test_by_order_casts_with_the_mappers_cast():
     with pytest.raises(LoadError, match="overflow to inf"):
         load_into(half, {"x/kernel": np.array([[70000]], np.int32), "x/bias": np.zeros(1, np.int32)},
                   by_order=True, cast=True)
+
+
+def test_reader_names_uniquified_scopes_and_subclassed_prefixes(zoo):
+    """A Keras 2.0-era scope (``conv2d_1_1/kernel:0`` in group ``conv2d_1``) and a tf-keras
+    subclassed model's scope (``net/dense/kernel:0``) are the layer's own; names then match the
+    model's, and the load equals tf-keras' own."""
+    from tests.generators.gen_structure import build_uniquified
+
+    with ckptconv.open(zoo / "uniquified.tk.h5") as store:
+        assert list(store) == ["conv2d_1/kernel", "conv2d_1/bias", "dense_1/kernel", "dense_1/bias"]
+        arrays = {n: e.read() for n, e in store.items()}
+    ours, theirs = build_uniquified(tf_keras), build_uniquified(tf_keras)
+    theirs.load_weights(str(zoo / "uniquified.tk.h5"))
+    report = load_into(ours, arrays)  # by name: no structure in plain arrays
+    assert report.ok and report.mode == "name" and not report.names_differ, report.format_table()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(values(ours), values(theirs)))
+
+    tf_keras.backend.clear_session()
+    model = ZOO["subclassed"][0](tf_keras)
+    # the model's names were d1/net/d1/kernel-like (the layer, then the model's scope)
+    assert sorted(ckptconv.model_targets(model)) == ["dense/bias", "dense/kernel", "dense_1/bias", "dense_1/kernel", "w1"]
+    with ckptconv.open(zoo / "subclassed.tk.h5") as store:  # written after other models
+        assert sorted(store) == ["dense_5/bias", "dense_5/kernel", "dense_6/bias", "dense_6/kernel", "w1"]
+
+
+def test_keras3_object_checkpoint_names_from_the_object_path(zoo):
+    """Keras 3 records a subclassed model's sublayer variables under colliding full names
+    (``net/kernel``); they are named from their object path (``d1/kernel``)."""
+    with ckptconv.open(zoo / "subclassed.k3ckpt") as store:
+        assert sorted(store) == ["d1/bias", "d1/kernel", "d2/bias", "d2/kernel", "net/w1"]
+
+
+def test_archive_names_a_builtin_subclass_from_config_json(zoo):
+    """``class MyDense(Dense)`` in a ``.keras``: config.json shows Dense's keys, so its variables
+    are named; a custom layer's own add_weight("alpha") is not recorded anywhere and keeps its
+    index (as in a bare ``.weights.h5``, where matching goes by structure anyway)."""
+    with ckptconv.open(zoo / "custom.k3.keras") as store:
+        assert list(store) == ["my_dense/kernel", "my_dense/bias", "scale/0"]
+    with ckptconv.open(zoo / "custom.k3.weights.h5") as store:
+        assert list(store) == ["my_dense/0", "my_dense/1", "scale/0"]

@@ -10,6 +10,7 @@ starts with it (tf-keras leaves the outer name off nested models' weights).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -70,8 +71,11 @@ def canonical_name(layer: str, weight_name: str) -> str:
     """The canonical name of a weight recorded as ``weight_name`` under top-level ``layer``.
 
     tf-keras: ``inner_a/kernel:0`` under ``block`` -> ``block/inner_a/kernel``. Keras 3 writes
-    ``variable.path``, which starts with the model's own name for Sequential and subclassed
-    models (``seq/a/kernel`` under ``a``): that name is dropped, as files elsewhere omit it.
+    ``variable.path``, and tf-keras subclassed models name weights in the model's scope: both
+    start with the model's own name (``seq/a/kernel``, ``net/d1/kernel`` under ``a``, ``d1``):
+    that name is dropped, as files elsewhere omit it. Keras 2.0 uniquified a layer's scope
+    when it was opened twice (``conv2d_1_1/kernel:0`` under ``conv2d_1``): the scope is the
+    layer's.
     """
     name = strip_suffix(weight_name)
     if name == layer or name.startswith(layer + "/"):
@@ -79,7 +83,15 @@ def canonical_name(layer: str, weight_name: str) -> str:
     parts = name.split("/")
     if len(parts) > 2 and parts[1] == layer:
         return "/".join(parts[1:])
+    if is_uniquified_scope(parts[0], layer) and len(parts) == 2:
+        return f"{layer}/{parts[1]}"
     return f"{layer}/{name}"
+
+
+def is_uniquified_scope(scope: str, layer: str) -> bool:
+    """Whether ``scope`` is ``layer`` with a TensorFlow name-scope suffix (``conv2d_1_1`` for
+    ``conv2d_1``), as Keras 2.0-era files record when a layer's scope was opened twice."""
+    return bool(re.fullmatch(re.escape(layer) + r"_\d+", scope))
 
 
 def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:

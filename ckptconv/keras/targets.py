@@ -28,6 +28,7 @@ import numpy as np
 from ..dtypes import by_name
 from ..errors import FormatError, LoadError, UnsafeInputError
 from ..mapping.patterns import matches_path_or_parent, part_patterns
+from ..formats.keras_legacy import canonical_name
 from ..store import layer_of
 
 __all__ = [
@@ -164,7 +165,7 @@ class LiveModel:
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
-            name = tf_keras_name(variable.name, None if top is None else str(top.name))
+            name = tf_keras_name(variable.name, None if top is None else str(top.name), self.name)
             owner = owners.get(id(variable), (top or self.model, top))[0]
             found.append(self._var(name, variable, owner, layer_of(name)))
         return found
@@ -174,14 +175,19 @@ class LiveModel:
             path = str(variable.path)
             prefix = self.name + "/"
             return path[len(prefix) :] if path.startswith(prefix) else path
-        return tf_keras_name(variable.name, None)
+        return tf_keras_name(variable.name, None, self.name)
 
 
-def tf_keras_name(weight_name: str, top: str | None) -> str:
-    """The legacy HDF5 canonical name of a tf-keras weight under top-level layer ``top``."""
+def tf_keras_name(weight_name: str, top: str | None, model: str | None = None) -> str:
+    """The legacy HDF5 canonical name of a tf-keras weight under top-level layer ``top`` (the
+    rule of :func:`ckptconv.formats.keras_legacy.canonical_name`, so a model's names are the
+    names its own ``.h5`` file gets); a model's own weight (``top`` None) loses the model's
+    name (``net/w1`` of model ``net`` is ``w1``)."""
+    if top:
+        return canonical_name(top, str(weight_name))
     name = re.sub(r":\d+$", "", str(weight_name))
-    if top and not (name == top or name.startswith(top + "/")):
-        name = f"{top}/{name}"
+    if model and name.startswith(model + "/"):
+        name = name[len(model) + 1 :]
     return name
 
 

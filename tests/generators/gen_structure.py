@@ -8,7 +8,11 @@ saved by every writer of that line:
     <case>.k3.h5 (legacy HDF5, models Keras 3 can save so)                       (Keras 3)
     <case>.tk.h5 (save_weights), <case>.tkckpt (TF format), <case>.tk.weights.h5 (tf-keras)
 
-``keys.<line>.json`` records, for every case, the keys Keras itself wrote into the
+``uniquified.tk.h5``: a Keras 2.0-era layout, written by tf-keras in graph mode where a second
+model's layers reopen taken name scopes (weights ``conv2d_1_1/kernel:0`` in group
+``conv2d_1``).
+
+``keys.json`` records, for every case, the keys Keras itself wrote into the
 ``.weights.h5`` (the saving tree) and TensorFlow into the checkpoint, so the tests can check
 ckptconv's key computation against them. The ``build_*`` functions are imported by the tests,
 which build the same architectures in a process where other models were built first (so
@@ -174,6 +178,27 @@ def _ckpt_keys(prefix: Path) -> list[str]:
     return sorted(k for k, _ in tf.train.list_variables(str(prefix)) if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+def build_uniquified(k):
+    inp = k.Input((4, 4, 2))
+    return k.Model(inp, k.layers.Dense(2, name="dense_1")(k.layers.Conv2D(3, 1, name="conv2d_1")(inp)))
+
+
+def write_uniquified(outdir: str) -> None:
+    """In TF1 graph mode, the second model's layers get uniquified scopes (``conv2d_1_1``)."""
+    import _common  # noqa: F401
+    import numpy as np
+    import tensorflow as tf
+
+    tf.compat.v1.disable_eager_execution()
+    import tf_keras
+
+    build_uniquified(tf_keras)
+    model = build_uniquified(tf_keras)
+    randomize(model, np.random.default_rng(SEED + 1))
+    assert model.weights[0].name == "conv2d_1_1/kernel:0", model.weights[0].name
+    model.save_weights(str(Path(outdir) / "uniquified.tk.h5"))
+
+
 def main(outdir: str) -> None:
     import _common  # noqa: F401  (sets the TF environment variables)
     import keras
@@ -213,7 +238,13 @@ def main(outdir: str) -> None:
                 "ckpt": _ckpt_keys(out / f"{case}.tkckpt"),
             }
     (out / "keys.json").write_text(json.dumps(keys, indent=1))
+    import subprocess
+
+    subprocess.run([sys.executable, __file__, "--uniquified", outdir], check=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--uniquified":
+        write_uniquified(sys.argv[2])
+    else:
+        main(sys.argv[1])
