@@ -42,7 +42,9 @@ def build_functional(k):
 
 
 def build_sequential_nested(k):
-    inner = k.Sequential([k.Input((5,)), k.layers.Dense(4), k.layers.Dense(4)])
+    """A nested model whose non-trainable weights come first in ``weights`` (a BatchNorm ahead
+    of Dense layers): Keras' legacy order (trainable, then non-trainable) differs from it."""
+    inner = k.Sequential([k.Input((5,)), k.layers.BatchNormalization(), k.layers.Dense(4), k.layers.Dense(4)])
     return k.Sequential([k.Input((5,)), inner, k.layers.LayerNormalization(), k.layers.Dense(3)])
 
 
