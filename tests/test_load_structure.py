@@ -18,7 +18,7 @@ import ckptconv
 from ckptconv import LoadError, load_into
 from ckptconv.keras.structure import object_graph_keys, saving_tree_keys
 from ckptconv.keras.targets import LiveModel
-from tests.generators.gen_structure import LEGACY_H5, ZOO
+from tests.generators.gen_structure import TK_ARCHIVES, ZOO
 
 keras = pytest.importorskip("keras")
 tf_keras = pytest.importorskip("tf_keras")
@@ -75,13 +75,14 @@ def _cases(line: str, formats: dict[str, tuple[str, ...] | None]) -> list[tuple[
 
 K3_FORMATS = {
     "k3.weights.h5": None,
+    "k3sharded.weights.json": None,
     "k3.keras": tuple(c for c in ZOO if c != "tied"),
-    "k3.h5": LEGACY_H5,
+    "k3.h5": None,
     "k3ckpt": None,
     # tf-keras' legacy .h5 into a Keras 3 model: Keras 3's own load_weights reads it
     "tk.h5": ("functional", "nested", "custom", "wrappers"),
 }
-TK_FORMATS = {"tk.h5": None, "tkckpt": None, "tk.weights.h5": None}
+TK_FORMATS = {"tk.h5": None, "tkckpt": None, "tk.weights.h5": None, "tk.keras": TK_ARCHIVES}
 PARAMS = [("keras", c, s) for c, s in _cases("keras", K3_FORMATS)] + [
     ("tf_keras", c, s) for c, s in _cases("tf_keras", TK_FORMATS)
 ]

@@ -4,9 +4,10 @@ Run as ``python gen_structure.py OUTDIR`` (by the ``generated("structure")`` fix
 model of the zoo is built with each Keras line that can build it, given random values, and
 saved by every writer of that line:
 
-    <case>.k3.weights.h5, <case>.k3.keras, <case>.k3ckpt (tf.train.Checkpoint(model=m)),
-    <case>.k3.h5 (legacy HDF5, models Keras 3 can save so)                       (Keras 3)
-    <case>.tk.h5 (save_weights), <case>.tkckpt (TF format), <case>.tk.weights.h5 (tf-keras)
+    <case>.k3.weights.h5, <case>.k3sharded.weights.json (+ shards), <case>.k3.keras,
+    <case>.k3ckpt (tf.train.Checkpoint(model=m)), <case>.k3.h5 (legacy HDF5)     (Keras 3)
+    <case>.tk.h5 (save_weights), <case>.tkckpt (TF format), <case>.tk.weights.h5,
+    <case>.tk.keras (built-in layers only)                                       (tf-keras)
 
 ``uniquified.tk.h5``: a Keras 2.0-era layout, written by tf-keras in graph mode where a second
 model's layers reopen taken name scopes (weights ``conv2d_1_1/kernel:0`` in group
@@ -155,8 +156,8 @@ ZOO = {
     "tied": (build_tied, ("keras",)),  # tf-keras has no keras.ops
     "wrappers": (build_wrappers, ("keras", "tf_keras")),
 }
-# Keras 3 can save these in the legacy HDF5 format (save_weights_to_hdf5_group needs layers)
-LEGACY_H5 = ("functional", "nested", "custom", "tied", "wrappers")
+# tf-keras saves whole .keras models of these (the others hold layers without a config)
+TK_ARCHIVES = ("functional", "nested", "wrappers")
 
 
 def randomize(model, rng) -> None:
@@ -217,14 +218,14 @@ def main(outdir: str) -> None:
             m = build(keras)
             randomize(m, rng)
             m.save_weights(out / f"{case}.k3.weights.h5")
+            m.save_weights(out / f"{case}.k3sharded.weights.json", max_shard_size=0.000002)  # GB: ~2 KB shards
             if case != "tied":  # its layer holds another layer: no config to save
                 m.save(out / f"{case}.k3.keras")
             tf.train.Checkpoint(model=m).write(str(out / f"{case}.k3ckpt"))
-            if case in LEGACY_H5:
-                import h5py
+            import h5py
 
-                with h5py.File(out / f"{case}.k3.h5", "w") as f:
-                    legacy_h5_format.save_weights_to_hdf5_group(f, m)
+            with h5py.File(out / f"{case}.k3.h5", "w") as f:
+                legacy_h5_format.save_weights_to_hdf5_group(f, m)
             keys["keras"][case] = {
                 "weights.h5": _h5_keys(out / f"{case}.k3.weights.h5"),
                 "ckpt": _ckpt_keys(out / f"{case}.k3ckpt"),
@@ -235,6 +236,8 @@ def main(outdir: str) -> None:
             t.save_weights(str(out / f"{case}.tk.h5"))
             t.save_weights(str(out / f"{case}.tkckpt"), save_format="tf")
             t.save_weights(str(out / f"{case}.tk.weights.h5"))
+            if case in TK_ARCHIVES:
+                t.save(str(out / f"{case}.tk.keras"))
             keys["tf_keras"][case] = {
                 "weights.h5": _h5_keys(out / f"{case}.tk.weights.h5"),
                 "ckpt": _ckpt_keys(out / f"{case}.tkckpt"),
