@@ -23,7 +23,9 @@ Each matcher returns the pairs ``{target name: entry}`` for every variable of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +118,8 @@ def saving_tree_keys(live: LiveModel) -> dict[str, TargetVar] | None:
         return None
     module, store = recorder
     try:
-        module._save_state(live.model, store, None, "", store.visits)
+        with _skipsets_computed_once(module):
+            module._save_state(live.model, store, None, "", store.visits)
     except (AttributeError, TypeError):  # another Keras whose walk takes other arguments
         return None
     by_id = {id(v.variable): v for v in live.all_vars}
@@ -133,6 +136,34 @@ def saving_tree_keys(live: LiveModel) -> dict[str, TargetVar] | None:
         if index < len(own) and id(own[index]) in by_id:
             found[key] = by_id[id(own[index])]
     return found
+
+
+_WALK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _skipsets_computed_once(module: Any) -> Iterator[None]:
+    """For the duration of one walk, Keras' ``get_attr_skipset(obj_type)`` computed once per
+    type. Keras 3.15 means to cache it but reads another key than it writes, so every object
+    visited builds a throwaway ``Layer()`` (two thirds of the walk's time, and one more
+    automatic ``layer_N`` name each); the values are Keras' own either way."""
+    original = getattr(module, "get_attr_skipset", None)
+    if original is None:
+        yield
+        return
+    cache: dict[str, Any] = {}
+
+    def once(obj_type: str) -> Any:
+        if obj_type not in cache:
+            cache[obj_type] = original(obj_type)
+        return cache[obj_type]
+
+    with _WALK_LOCK:
+        module.get_attr_skipset = once
+        try:
+            yield
+        finally:
+            module.get_attr_skipset = original
 
 
 class _Visits(set):  # type: ignore[type-arg]
