@@ -174,7 +174,10 @@ class OutputError(CkptconvError):
 
 class LoadError(CkptconvError):
     """Weights cannot be loaded into a live model. ``problems`` lists every one of them (each a
-    :class:`Problem`: a string with ``kind``, ``rule`` and ``name``)."""
+    :class:`Problem`: a string with ``kind``, ``rule`` and ``name``); ``report`` is the
+    :class:`~ckptconv.LoadReport` of the refused load, when there is one."""
+
+    report: Any = None
 
     def __init__(
         self,

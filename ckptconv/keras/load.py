@@ -181,5 +181,5 @@ def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
     )
-    error.report = report  # type: ignore[attr-defined]
+    error.report = report
     return error

@@ -24,6 +24,7 @@ Each matcher returns the pairs ``{target name: entry}`` for every variable of th
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -229,11 +230,10 @@ def object_graph_keys(live: LiveModel) -> dict[str, TargetVar] | None:
     """``{object path: variable}``: the path of child names from the model to each variable,
     breadth first as TensorFlow's checkpoint saver names them (``layer_with_weights-0/
     kernel``). None when the model is not a TensorFlow trackable (Keras 3 on JAX)."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return None
-    if not isinstance(live.model, tf.__internal__.tracking.Trackable):
+    # a model TensorFlow tracks means TensorFlow is imported already: never import it here
+    # (Keras 3 on JAX or numpy would pay seconds for nothing)
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(live.model, tf.__internal__.tracking.Trackable):
         return None
     by_id = {id(v.variable): v for v in live.all_vars}
     view = tf.train.TrackableView(live.model)
