@@ -110,19 +110,19 @@ def connect(scheduler: str) -> Iterator[Any]:
     Raises:
         UnsupportedError: Dask's distributed scheduler is not installed.
         ValueError: ``scheduler`` is not an address Dask understands.
-        ClusterError: the scheduler cannot be reached (Dask's connect timeout,
-            ``distributed.comm.timeouts.connect``, applies).
+        ClusterError: the scheduler cannot be reached, or what answers at the address is
+            not a Dask scheduler (Dask's connect timeout, ``distributed.comm.timeouts.connect``,
+            bounds the connection and the first exchange).
     """
     distributed = import_distributed()
     workers = parse_scheduler(scheduler)
     if workers is None:
-        from distributed.comm import resolve_address
-
+        # checked before a Client exists: a half-made Client stalls at exit, and a Client
+        # waits forever for a server that accepts the connection but never answers as Dask
+        _check_scheduler(scheduler)
         try:
-            # checked before a Client exists: a half-made Client stalls at exit
-            resolve_address(scheduler)  # ValueError: not an address
             client = distributed.Client(scheduler, set_as_default=False)
-        except OSError as e:  # unknown host, refused, timed out
+        except OSError as e:  # it went away since
             raise ClusterError(f"cannot connect to the Dask scheduler at {scheduler}: {e}") from e
         with contextlib.closing(client):
             yield client
@@ -141,6 +141,57 @@ def connect(scheduler: str) -> Iterator[Any]:
     with cluster, distributed.Client(cluster, set_as_default=False) as client:
         with _kept_at(cluster, count):
             yield client
+
+
+def _check_scheduler(address: str) -> None:
+    """Connect to ``address`` and ask who answers, within Dask's connect timeout
+    (``distributed.comm.timeouts.connect``) for the whole exchange.
+
+    Raises:
+        ValueError: not an address Dask understands.
+        ClusterError: nothing answers there, or something that is not a Dask scheduler (a
+            dashboard's HTTP port, a worker).
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    from distributed.comm import connect as open_comm
+    from distributed.comm import resolve_address
+    from dask.utils import parse_timedelta
+
+    resolve_address(address)  # ValueError: not an address
+    timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+
+    async def identity() -> Any:
+        comm = await open_comm(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def ask() -> Any:
+        # connecting gives up after ``timeout`` (an OSError); this bounds the handshake
+        return await asyncio.wait_for(identity(), timeout + 1)
+
+    with ThreadPoolExecutor(1) as thread:  # its own event loop, whatever the caller runs
+        try:
+            answer = thread.submit(asyncio.run, ask()).result()
+        except asyncio.TimeoutError:  # (an OSError too)
+            answer = f"connected, but no answer within {timeout + 1:g} s"
+        except OSError as e:  # unknown host, refused, timed out connecting
+            raise ClusterError(f"cannot connect to the Dask scheduler at {address}: {e}") from e
+        except Exception:  # a reply that is not Dask's protocol (MemoryError included)
+            answer = "its reply is not Dask's protocol"
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        found = f"a Dask {kind}" if isinstance(kind, str) else answer
+        raise ClusterError(
+            f"{address} does not answer as a Dask scheduler ({found}); give the scheduler's "
+            "address (its port is 8786 unless it was started with another; 8787 is the "
+            "dashboard)"
+        )
 
 
 @contextlib.contextmanager

@@ -158,6 +158,44 @@ def test_scheduler_usage_errors(inputs: Path, tmp_path: Path, capsys) -> None:
     assert not out.exists()
 
 
+def test_an_address_that_is_not_a_scheduler_fails_in_one_line(
+    client: Any, inputs: Path, tmp_path: Path, capsys
+) -> None:
+    """A server that accepts the connection but is no Dask scheduler (an HTTP server such as
+    the dashboard, which never answers Dask's handshake; a worker) is one error line within
+    the connect timeout, not a batch waiting forever."""
+    import http.server
+    import threading
+
+    import dask
+
+    from ckptconv.cli import main
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    worker = next(iter(client.scheduler_info()["workers"]))
+    out = tmp_path / "out"
+    try:
+        for address, what in ((f"tcp://127.0.0.1:{server.server_address[1]}", "connected, but no answer"),
+                              (worker, "a Dask Worker")):
+            started = time.monotonic()
+            with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+                code = main(["batch", str(inputs / "k3_seq.weights.h5"), "-o", str(out), "--scheduler", address])
+            err = capsys.readouterr().err
+            assert code == 1, err
+            assert err.startswith(f"ckptconv: error: {address} does not answer as a Dask scheduler ({what}")
+            assert len(err.splitlines()) == 1
+            assert time.monotonic() - started < 30
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not out.exists()
+
+
 def test_without_dask_one_error_names_the_extra(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
