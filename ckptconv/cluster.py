@@ -39,6 +39,7 @@ __all__ = [
     "parse_scheduler",
     "run_tasks",
     "import_distributed",
+    "worker_version",
     "LOCAL_CLUSTER_CONFIG",
     "DASK_MISSING",
 ]
@@ -234,6 +235,7 @@ def run_tasks(
     it died) is reported failed.
     """
     distributed = import_distributed()
+    _check_workers(client)
     prefix = f"ckptconv-batch-{uuid.uuid4().hex[:12]}"  # tasks show as ckptconv-batch in Dask
     index: dict[str, int] = {}  # task key -> job
     outstanding: set[Any] = set()
@@ -274,6 +276,35 @@ def run_tasks(
     finally:
         for key in _lost_keys(client) & index.keys():
             run.killed(index[key])
+
+
+def worker_version() -> str:
+    """``ckptconv.__version__`` where this runs (on each worker, by :func:`run_tasks`)."""
+    from . import __version__
+
+    return __version__
+
+
+def _check_workers(client: Any) -> None:
+    """Before any task: every worker imports ckptconv, of this version. (Dask does not fail a
+    task whose function a worker cannot import: it would wait forever.) Workers that join
+    later are not checked."""
+    from . import __version__
+
+    try:
+        versions = client.run(worker_version)
+    except Exception as error:  # Dask passes the worker's ImportError on as an Exception
+        what = str(error) if type(error) is Exception else f"{type(error).__name__}: {error}"
+        raise ClusterError(
+            f"a Dask worker cannot run ckptconv's job ({what}); install ckptconv, the same "
+            "version as here, on every worker"
+        ) from error
+    for worker, version in sorted(versions.items()):
+        if version != __version__:
+            raise ClusterError(
+                f"the Dask worker {worker} runs ckptconv {version}, this machine {__version__}; "
+                "install the same version on every worker"
+            )
 
 
 class _Slots:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -412,6 +413,37 @@ def test_a_cluster_whose_workers_are_gone_stops_the_batch(inputs: Path, tmp_path
         jobs = plan_jobs([str(inputs / "k3_seq.weights.h5")], tmp_path / "out")
         with pytest.raises(ClusterError, match="no Dask worker was running for 1 s"):
             run_batch(jobs, client=client)
+
+
+@pytest.mark.parametrize(
+    ("preload", "words"),
+    [
+        ("import sys\nsys.modules['ckptconv'] = None\n",
+         "a Dask worker cannot run ckptconv's job (ModuleNotFoundError"),
+        ("import ckptconv\nckptconv.__version__ = '0.0.1'\n",
+         f"runs ckptconv 0.0.1, this machine {__import__('ckptconv').__version__}"),
+    ],
+    ids=["without-ckptconv", "other-version"],
+)
+def test_workers_without_this_ckptconv_stop_the_batch_before_any_task(
+    preload: str, words: str, inputs: Path, tmp_path: Path
+) -> None:
+    """A worker that cannot import ckptconv would never fail the task (Dask cannot even read
+    it): the batch checks every worker first, and a different version is refused as well."""
+    from distributed import Client, LocalCluster
+
+    from ckptconv import ClusterError
+
+    script = tmp_path / "worker_preload.py"
+    script.write_text(preload)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
+                           silence_logs=logging.CRITICAL, preload=[str(script)])
+    with cluster, Client(cluster, set_as_default=False) as client:
+        out = tmp_path / "out"
+        jobs = plan_jobs([str(inputs / "k3_seq.weights.h5")], out)
+        with pytest.raises(ClusterError, match=re.escape(words)):
+            run_batch(jobs, client=client)
+        assert not out.exists()
 
 
 def test_importing_ckptconv_and_batch_without_scheduler_never_imports_dask() -> None:
