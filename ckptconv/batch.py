@@ -424,7 +424,8 @@ def run_batch(
         OptionError: an option the job does not take.
         SpecError: the spec is invalid. UsageError: an option's value is wrong.
         ValueError: both ``workers`` and ``client`` were given.
-        ClusterError: the Dask workers cannot import ckptconv, or none is left.
+        ClusterError: a Dask worker cannot import ckptconv or runs another version of it
+            (checked before any task), or no worker is left.
 
     The first three are raised before any job runs.
     """

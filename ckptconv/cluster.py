@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import signal
 import threading
 import time
 import uuid
@@ -131,7 +132,7 @@ def connect(scheduler: str) -> Iterator[Any]:
     import dask
 
     count = workers or os.cpu_count() or 1
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), _signals_held() as held:
         cluster = distributed.LocalCluster(
             n_workers=count,
             threads_per_worker=1,
@@ -140,8 +141,34 @@ def connect(scheduler: str) -> Iterator[Any]:
             silence_logs=logging.CRITICAL,
         )
     with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        for signum in held:  # now that the cluster can be closed: Ctrl-C raises here
+            signal.raise_signal(signum)
         with _kept_at(cluster, count):
             yield client
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT (Ctrl-C) and SIGTERM back while the block runs; the list it gives holds
+    those that came, to raise again after it. (A LocalCluster interrupted while it starts
+    cannot be closed: its workers' start goes on in Dask's thread, and Dask fails closing
+    it at exit.) Only in the main thread, where signal handlers are; elsewhere the block
+    runs as is."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        if signum not in came:
+            came.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield came
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_scheduler(address: str) -> None:
@@ -228,6 +255,9 @@ def run_tasks(
     options: dict[str, Any],
 ) -> None:
     """Run every job of ``run`` as a task on ``client``'s cluster (see ``run_batch``).
+
+    First every worker is asked for its ckptconv version (a worker that cannot import
+    ckptconv would otherwise hold its task forever).
 
     At most one task per worker thread is on the cluster at a time (more are submitted as
     tasks complete), so a worker of one thread holds one file: when it dies, only that file

@@ -399,6 +399,39 @@ def test_interrupt_cancels_the_tasks_not_started(client: Any, inputs: Path, tmp_
     assert not [k for keys in client.processing().values() for k in keys]
 
 
+@pytest.mark.parametrize(("signum", "status", "line"), [
+    (signal.SIGINT, 130, "ckptconv: interrupted; no partial output was left behind"),
+    (signal.SIGTERM, 143, "ckptconv: terminated (SIGTERM); no partial output was left behind"),
+], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_local_cluster_starts_stops_cleanly(
+    signum: int, status: int, line: str, inputs: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C or SIGTERM while ``local:N`` starts its workers: the usual line and status, the
+    cluster closed (Dask cannot close a cluster interrupted half-started: a traceback at exit)."""
+    import psutil
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptconv", "batch", f"{inputs}/*", "-o", str(out), "--scheduler", "local:2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as in a shell
+    )
+    def workers_starting() -> bool:
+        try:
+            return any("spawn_main" in " ".join(child.cmdline())
+                       for child in psutil.Process(proc.pid).children())
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not workers_starting() and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the first worker process is started
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr.splitlines()) == (status, [line]), stderr
+    assert stdout == "" and not out.exists()
+
+
 def test_a_cluster_whose_workers_are_gone_stops_the_batch(inputs: Path, tmp_path: Path) -> None:
     """Workers that died and did not come back: one clear error, not a batch waiting forever
     (``connect("local:N")`` sets the timeout; here a cluster without workers, 1 s)."""
