@@ -35,6 +35,7 @@ FORMAT_MODULES = (
     "keras_legacy",
     "safetensors",
     "tf_checkpoint",
+    "keras_orbax",
 )
 
 HEAD_BYTES = 4096
@@ -85,8 +86,9 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     if p.is_file():
         _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
-        "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
-        "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
+        "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras (or its "
+        "unzipped directory), a sharded .weights.json, an Orbax checkpoint directory, a "
+        "TensorFlow checkpoint or safetensors)",
         path=p,
     )
 

@@ -21,7 +21,8 @@ import h5py
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
-from ._hdf5 import MAX_DEPTH, dataset_entry, decode, is_hdf5, open_h5
+from ._hdf5 import MAX_DEPTH, dataset_dtype, dataset_entry, decode, is_hdf5, open_h5
+from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
 
 FORMAT = "keras-weights-h5"
 
@@ -198,6 +199,7 @@ def collect_vars(
                 )
         own_chain = chain
         own_class = class_hint
+        nested_container = class_hint == "container" and not isinstance(links.get("vars"), h5py.HardLink)
         if depth > 0 and group.name in key_names and not isinstance(links.get("vars"), h5py.HardLink):
             # a shard holding this layer's sub-layers but not its own vars group
             own_chain = chain + [key_names[group.name]]
@@ -246,8 +248,11 @@ def collect_vars(
             elif key in _STATE_KEYS or "seed_generator" in key:
                 child_state = "other"
             if "vars" in child or child.name in key_names:
-                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell)
-                walk(child, own_chain, _ATTRIBUTE_CLASSES.get(key, key), own_class, child_state, depth + 1)
+                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell),
+                # or held by a nested list (Keras >= 3.14 keys those ``container``,
+                # ``container_1``, ...), whose items are keyed by class name like any container's
+                hint = re.sub(r"_\d+$", "", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
+                walk(child, own_chain, hint, own_class, child_state, depth + 1)
             else:
                 # a container (``layers``, a list attribute): children are keyed by class name
                 for sub in sorted(child.keys(), key=_natural_key):
@@ -295,6 +300,14 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
+    if cls in QUANTIZED_VARIABLES:
+        dtypes = [
+            dataset_dtype(record.datasets[i][0], path=record.datasets[i][1].path, key=record.datasets[i][0].name)
+            for i in sorted(record.datasets)
+        ]
+        quantized = quantized_names(cls, dtypes, info.config if info else None)
+        if quantized is not None:
+            return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
     if info is not None and candidates:
         cfg = info.config
