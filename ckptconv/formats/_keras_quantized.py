@@ -47,6 +47,9 @@ class Slot:
     name: str
     dtype: str = "float"  # what the stored dtype must be: "float", "int8" or "uint8"
     groups: tuple[str, ...] = ()
+    # what the stored shape must be: "" (anything), "0d", "1d", "same:<slot>" (the shape of
+    # that slot) or "reversed:<slot>" (its axes reversed: ReversibleEmbedding's projection)
+    shape: str = ""
 
 
 _BIAS = Slot("bias", groups=("bias",))
@@ -60,18 +63,18 @@ def _dense_like(zero: str) -> dict[str | None, tuple[Slot, ...]]:
             Slot("kernel", dtype="int8"),  # two int4 values packed per byte
             _BIAS,
             Slot("kernel_scale"),
-            Slot("kernel_zero", dtype="int8", groups=("subchannel",)),
-            Slot("g_idx", groups=("subchannel",)),
+            Slot("kernel_zero", dtype="int8", groups=("subchannel",), shape="same:kernel_scale"),
+            Slot("g_idx", groups=("subchannel",), shape="1d"),
         ),
         "float8": (
             Slot("kernel"),
             _BIAS,
-            Slot("inputs_scale"),
-            Slot("inputs_amax_history"),
-            Slot("kernel_scale"),
-            Slot("kernel_amax_history"),
-            Slot("outputs_grad_scale"),
-            Slot("outputs_grad_amax_history"),
+            Slot("inputs_scale", shape="0d"),
+            Slot("inputs_amax_history", shape="1d"),
+            Slot("kernel_scale", shape="0d"),
+            Slot("kernel_amax_history", shape="1d"),
+            Slot("outputs_grad_scale", shape="0d"),
+            Slot("outputs_grad_amax_history", shape="1d"),
         ),
         # Keras 3.15.1 writes no zero points for GPTQ/AWQ (and so cannot reload these files);
         # a writer that does puts them at this position.
@@ -79,16 +82,16 @@ def _dense_like(zero: str) -> dict[str | None, tuple[Slot, ...]]:
             _BIAS,
             Slot("kernel", dtype="uint8"),
             Slot("kernel_scale"),
-            Slot(zero, dtype="uint8", groups=("zero",)),
-            Slot("g_idx"),
+            Slot(zero, dtype="uint8", groups=("zero",), shape="same:kernel_scale"),
+            Slot("g_idx", shape="1d"),
         ),
         "awq": (
             _BIAS,
             Slot("kernel", dtype="uint8"),
             Slot("kernel_scale"),
-            Slot(zero, dtype="uint8", groups=("zero",)),
-            Slot("awq_scales"),
-            Slot("g_idx"),
+            Slot(zero, dtype="uint8", groups=("zero",), shape="same:kernel_scale"),
+            Slot("awq_scales", shape="1d"),
+            Slot("g_idx", shape="1d"),
         ),
     }
 
@@ -99,22 +102,23 @@ _EMBEDDING: dict[str | None, tuple[Slot, ...]] = {
     "int4": (
         Slot("embeddings", dtype="int8"),
         Slot("embeddings_scale"),
-        Slot("embeddings_zero", dtype="int8", groups=("subchannel",)),
-        Slot("g_idx", groups=("subchannel",)),
+        Slot("embeddings_zero", dtype="int8", groups=("subchannel",), shape="same:embeddings_scale"),
+        Slot("g_idx", groups=("subchannel",), shape="1d"),
     ),
 }
 
 # ReversibleEmbedding appends its untied output projection (tie_weights=False) to each list.
 _REVERSE: dict[str | None, tuple[Slot, ...]] = {
-    None: (Slot("reverse_embeddings", groups=("untied",)),),
+    None: (Slot("reverse_embeddings", groups=("untied",), shape="reversed:embeddings"),),
     "int8": (
-        Slot("reverse_embeddings", dtype="int8", groups=("untied",)),
+        Slot("reverse_embeddings", dtype="int8", groups=("untied",), shape="reversed:embeddings"),
         Slot("reverse_embeddings_scale", groups=("untied",)),
     ),
     "int4": (
-        Slot("reverse_embeddings", dtype="int8", groups=("untied",)),
+        Slot("reverse_embeddings", dtype="int8", groups=("untied",), shape="reversed:embeddings"),
         Slot("reverse_embeddings_scale", groups=("untied",)),
-        Slot("reverse_embeddings_zero", groups=("untied", "subchannel")),  # stored as float32
+        # stored as float32
+        Slot("reverse_embeddings_zero", groups=("untied", "subchannel"), shape="same:reverse_embeddings_scale"),
     ),
 }
 
@@ -130,6 +134,8 @@ QUANTIZED_VARIABLES: dict[str, dict[str | None, tuple[Slot, ...]]] = {
 _FLOAT_NAMED_ELSEWHERE = {"dense", "einsum_dense", "embedding"}
 
 _UNKNOWN = "?"
+# Modes whose kernels are stored as integers: a signature no float layer has.
+_INTEGER_MODES = {"int8", "int4", "gptq", "awq"}
 
 
 def quantization_mode(config: Mapping[str, Any]) -> str | None:
@@ -153,21 +159,40 @@ def quantization_mode(config: Mapping[str, Any]) -> str | None:
     return mode if mode in ("int8", "int4", "float8", "gptq", "awq") else None
 
 
-def _fits(slot: Slot, dtype: np.dtype) -> bool:
+Stored = tuple[np.dtype, tuple[int, ...]]  # one stored variable: dtype and shape
+
+
+def _fits(slot: Slot, stored: Stored, named: Mapping[str, tuple[int, ...]]) -> bool:
+    dtype, shape = stored
     if slot.dtype == "float":
-        return is_floating(dtype)
-    return np.dtype(dtype) == np.dtype(slot.dtype)
+        if not is_floating(dtype):
+            return False
+    elif np.dtype(dtype) != np.dtype(slot.dtype):
+        return False
+    rule, _, other = slot.shape.partition(":")
+    if rule == "0d":
+        return shape == ()
+    if rule == "1d":
+        return len(shape) == 1
+    if rule == "same":
+        return other in named and shape == named[other]
+    if rule == "reversed":
+        return other in named and shape == named[other][::-1]
+    return True
 
 
-def _readings(slots: Sequence[Slot], dtypes: Sequence[np.dtype], known: Mapping[str, bool]) -> set[tuple[str, ...]]:
+def _readings(slots: Sequence[Slot], stored: Sequence[Stored], known: Mapping[str, bool]) -> set[tuple[str, ...]]:
     """Every choice of the layer options (``known`` ones fixed) whose saved list fits the
-    stored dtypes, as name lists."""
+    stored dtypes and shapes, as name lists."""
     free = sorted({g for s in slots for g in s.groups} - set(known))
     found: set[tuple[str, ...]] = set()
     for choice in itertools.product((False, True), repeat=len(free)):
         present = dict(known, **dict(zip(free, choice)))
         kept = [s for s in slots if all(present[g] for g in s.groups)]
-        if len(kept) == len(dtypes) and all(_fits(s, d) for s, d in zip(kept, dtypes)):
+        if len(kept) != len(stored):
+            continue
+        named = {s.name: st[1] for s, st in zip(kept, stored)}
+        if all(_fits(s, st, named) for s, st in zip(kept, stored)):
             found.add(tuple(s.name for s in kept))
     return found
 
@@ -206,36 +231,43 @@ def _int4_block_size(config: Mapping[str, Any]) -> int | None:
 
 
 def quantized_names(
-    cls: str | None, dtypes: Sequence[np.dtype], config: Mapping[str, Any] | None = None
+    cls: str | None, stored: Sequence[Stored], config: Mapping[str, Any] | None = None
 ) -> list[str] | None:
     """Names of a quantized layer's stored variables, in stored order, or None.
 
     Args:
         cls: The layer's snake_case class name (``dense``, ``einsum_dense``, ``embedding``,
-            ``reversible_embedding``); other classes give None.
-        dtypes: The stored variables' dtypes, by position.
+            ``reversible_embedding``), or a name that is no class (a sub-layer saved under
+            its attribute name): then only an integer-quantized reading that every
+            quantizable class agrees on is taken (a custom layer's float variables are
+            never named this way).
+        stored: The stored variables' dtypes and shapes, by position.
         config: The layer's ``config.json`` entry, when there is one: its dtype policy fixes
-            the mode and ``use_bias`` / ``bias_axes`` / ``tie_weights`` which optional
-            variables are present.
+            the mode and ``use_bias`` / ``bias_axes`` / ``tie_weights`` / ``block_size``
+            which optional variables are present.
 
     Returns:
         The names, or None when the layer is not quantized (its float names come from the
-        general table), when the class is not one Keras quantizes, or when more than one
-        reading fits (the caller then falls back to indices).
+        general table), or when no reading or more than one fits (the caller then falls back
+        to indices).
     """
     table = QUANTIZED_VARIABLES.get(cls or "")
-    if table is None:
-        return None
-    mode: str | None = _UNKNOWN
-    known: dict[str, bool] = {}
-    if config is not None:
-        mode = quantization_mode(config)
-        known = _options_in_config(str(cls), mode, config)
-    modes = list(table) if mode == _UNKNOWN or mode not in table else [mode]
     readings: dict[tuple[str, ...], set[str | None]] = {}
-    for candidate in modes:
-        for names in _readings(table[candidate], dtypes, known):
-            readings.setdefault(names, set()).add(candidate)
+    if table is None:
+        for candidate_table in QUANTIZED_VARIABLES.values():
+            for mode in _INTEGER_MODES & candidate_table.keys():
+                for names in _readings(candidate_table[mode], stored, {}):
+                    readings.setdefault(names, set()).add(mode)
+    else:
+        mode: str | None = _UNKNOWN
+        known: dict[str, bool] = {}
+        if config is not None:
+            mode = quantization_mode(config)
+            known = _options_in_config(str(cls), mode, config)
+        modes = list(table) if mode == _UNKNOWN or mode not in table else [mode]
+        for candidate in modes:
+            for names in _readings(table[candidate], stored, known):
+                readings.setdefault(names, set()).add(candidate)
     if len(readings) != 1:
         return None
     names, found_modes = next(iter(readings.items()))

@@ -389,7 +389,8 @@ class _Arrays:
                     path=self.tree,
                     key=name,
                 )
-            return np.ascontiguousarray(data, dtype=dtype)
+            data = np.asarray(data, dtype=dtype)
+            return data if data.flags.c_contiguous else data.copy(order="C")
 
         return load
 
@@ -412,12 +413,15 @@ def _model_config(step_dir: Path) -> Any:
 
 def _kind(parts: tuple[str, ...], dtype: np.dtype, shape: tuple[int, ...]) -> tuple[Kind, str]:
     """Kind and name of one leaf: Keras' top-level keys give the kind and are left out of
-    the name; the optimizer's iteration counter is bookkeeping, as in every Keras file."""
+    the name; the optimizer's iteration counter and seed generators' states are bookkeeping,
+    as in every Keras file."""
     kind = TREE_KINDS.get(parts[0])
     if kind is None:
         return "weight", "/".join(parts)
     name = "/".join(parts[1:]) or parts[0]
     if kind == "optimizer" and shape == () and dtype.kind in "iu":
+        kind = "bookkeeping"
+    if parts[-1] == "seed_generator_state":  # a dropout's random state, not a weight
         kind = "bookkeeping"
     return kind, name
 

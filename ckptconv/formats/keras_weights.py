@@ -300,12 +300,12 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
-    if cls in QUANTIZED_VARIABLES:
-        dtypes = [
-            dataset_dtype(record.datasets[i][0], path=record.datasets[i][1].path, key=record.datasets[i][0].name)
-            for i in sorted(record.datasets)
+    if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
+        stored = [
+            (dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ()))
+            for dataset, source in (record.datasets[i] for i in sorted(record.datasets))
         ]
-        quantized = quantized_names(cls, dtypes, info.config if info else None)
+        quantized = quantized_names(cls, stored, info.config if info else None)
         if quantized is not None:
             return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
