@@ -181,9 +181,9 @@ def key_names(config: Any) -> dict[str, str]:
 
 def _npz_refused(path: Path) -> UnsupportedError:
     return UnsupportedError(
-        f"the weights are in {NPZ_MEMBER} (saved with weights_format='npz'), which ckptconv "
-        "does not read (Keras 3.15 cannot reload it either); save the model again with the "
-        "default weights_format='h5'",
+        "the weights were saved with weights_format='npz', which ckptconv does not read "
+        "(Keras 3.15 cannot reload them either); save the model again with the default "
+        "weights_format='h5'",
         path=path,
     )
 
@@ -265,6 +265,11 @@ def _open_directory(path: Path) -> Store:
         if (path / NPZ_MEMBER).is_file():
             raise _npz_refused(path)
         raise CorruptFileError(f"the model directory holds no {WEIGHTS_MEMBER}", path=path)
+    with weights.open("rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            # Keras 3.15 writes weights_format="npz" directories' npz archive under the
+            # .h5 name
+            raise _npz_refused(path)
     config_path = _member_file(path, CONFIG_MEMBER)
     if config_path.stat().st_size > MAX_CONFIG_BYTES:
         raise UnsafeInputError(f"{CONFIG_MEMBER} is implausibly large", path=config_path)

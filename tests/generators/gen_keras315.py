@@ -16,8 +16,10 @@ Files:
   gptq.weights.h5, awq.weights.h5: GPTQ / AWQ after calibration. Keras 3.15.1 writes no zero
       points for them and cannot reload these files (``keras_load_error`` in the record);
       the records hold the writer's saved variables.
+  q_int8.dequantized: the float weights of the int8 layers, as Keras' int8 code computes them.
   nested.weights.h5, nested.keras, nested/: a layer holding layers in nested lists and a dict
-      (saved keys ``container``, ``container_1``, ...).
+      (saved keys ``container``, ``container_1``, ...); nested_npz.keras, nested_npz/: the
+      same saved with weights_format="npz" (no records: ckptconv refuses them).
   orbax_zoo/ (steps 0 and 1), orbax_seq_wo/ (save_weights_only), orbax_int8/: written by
       ``keras.callbacks.OrbaxCheckpoint`` during ``fit``. Records ``orbax_*.step<N>``: every
       array of the step's state tree under its store name with its kind and pytree ``key``,
@@ -266,6 +268,8 @@ def quantized(keras, out: Path, common) -> None:
         loaded = common.keras3_records(fresh)
         _same(loaded, writer, f"q_{mode}.weights.h5")
         common.dump_expected(out, f"q_{mode}.weights.h5", loaded, mode=mode)
+        if mode == "int8":
+            common.dump_expected(out, "q_int8.dequantized", dequantized_int8(keras, model))
     for mode in ("int8", "int4"):
         model = build_quantizable(keras, attention=True)
         model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
@@ -276,6 +280,33 @@ def quantized(keras, out: Path, common) -> None:
         loaded = common.keras3_records(fresh)
         _same(loaded, common.keras3_records(model), f"q_mha_{mode}.weights.h5")
         common.dump_expected(out, f"q_mha_{mode}.weights.h5", loaded, mode=mode)
+
+
+def dequantized_int8(keras, model) -> list[dict]:
+    """The float weights of every int8 layer, as Keras computes them from the stored integers
+    and scales (the formulas and scale layouts of the layers' own int8 code, in float32)."""
+    import numpy as np
+
+    ops = keras.ops
+
+    def f32(x):
+        return ops.cast(x, "float32")
+
+    records = []
+    for layer in model.layers:
+        if getattr(layer, "quantization_mode", None) != "int8":
+            continue
+        if isinstance(layer, keras.layers.Embedding):  # and ReversibleEmbedding
+            values = {"embeddings": ops.divide(f32(layer._embeddings), ops.expand_dims(f32(layer.embeddings_scale), -1))}
+            if getattr(layer, "reverse_embeddings", None) is not None and not layer.tie_weights:
+                values["reverse_embeddings"] = ops.divide(f32(layer.reverse_embeddings), f32(layer.reverse_embeddings_scale))
+        elif isinstance(layer, keras.layers.EinsumDense):
+            values = {"kernel": ops.divide(f32(layer._kernel), f32(layer._adjust_scale_for_dequant(layer.kernel_scale)))}
+        else:
+            values = {"kernel": ops.divide(f32(layer._kernel), f32(layer.kernel_scale))}
+        for name, value in values.items():
+            records.append({"name": f"{layer.name}/{name}", "array": np.asarray(ops.convert_to_numpy(value))})
+    return records
 
 
 def calibrated(keras, out: Path, common) -> None:
@@ -334,6 +365,11 @@ def nested(keras, out: Path, common) -> None:
         loaded = common.keras3_records(keras.saving.load_model(out / label))
         _same(loaded, writer, label)
         common.dump_expected(out, label, loaded)
+    # weights_format="npz", which Keras 3.15.1 writes but cannot load back
+    from keras.src.saving import saving_lib
+
+    saving_lib.save_model(model, str(out / "nested_npz.keras"), weights_format="npz")
+    saving_lib.save_model(model, str(out / "nested_npz"), weights_format="npz", zipped=False)
     fresh = build_nested(keras)
     fresh.load_weights(out / "nested.weights.h5")
     loaded = common.keras3_records(fresh)
