@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 SEED = 315
+CALIBRATED_LAYERS = "^(d1|e1)$"  # what GPTQ/AWQ quantize in build_calibrated's model
 QUANT_MODES = ("int8", "int4", "int4_b4", "int4_pc", "float8")
 
 
@@ -319,8 +320,8 @@ def calibrated(keras, out: Path, common) -> None:
             dataset=data, tokenizer=lambda x: x, num_samples=4, sequence_length=8, group_size=8,
             quantization_layer_structure={"pre_block_layers": [emb], "sequential_blocks": [block]},
         )
-        with no_full_collections():
-            model.quantize(mode, config=config)
+        with no_full_collections():  # the block's layers: the head would stay uncalibrated
+            model.quantize(mode, config=config, filters=CALIBRATED_LAYERS)
         path = out / f"{mode}.weights.h5"
         model.save_weights(path)
         # what the writer saved: each layer's save_own_variables, matched back to its variables
@@ -338,7 +339,7 @@ def calibrated(keras, out: Path, common) -> None:
                 records.append(r)
         twin, twin_emb, twin_block = build_calibrated(keras)
         with no_full_collections():
-            twin.quantize(mode, config=config_class(
+            twin.quantize(mode, filters=CALIBRATED_LAYERS, config=config_class(
                 dataset=data, tokenizer=lambda x: x, num_samples=4, sequence_length=8, group_size=8,
                 quantization_layer_structure={"pre_block_layers": [twin_emb], "sequential_blocks": [twin_block]},
             ))
