@@ -20,7 +20,8 @@ Files:
   nested.weights.h5, nested.keras, nested/: a layer holding layers in nested lists and a dict
       (saved keys ``container``, ``container_1``, ...); nested_npz.keras, nested_npz/: the
       same saved with weights_format="npz" (no records: ckptconv refuses them).
-  orbax_zoo/ (steps 0 and 1), orbax_seq_wo/ (save_weights_only), orbax_int8/: written by
+  orbax_zoo/ (steps 0 and 1), orbax_seq_wo/ (save_weights_only), orbax_int8/, orbax_docs/
+      (a small Sequential with Adam, steps 0 and 1: the docs' example): written by
       ``keras.callbacks.OrbaxCheckpoint`` during ``fit``. Records ``orbax_*.step<N>``: every
       array of the step's state tree under its store name with its kind and pytree ``key``,
       as the writer held it when the step was saved; the weights (kind "weight") are those a
@@ -461,6 +462,11 @@ def orbax(keras, out: Path, common) -> None:
     xs, ys = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
     directory = fit(seq, "orbax_seq_wo", xs, ys, epochs=1, save_weights_only=True)
     check_keras_load(build_orbax_seq, directory, "orbax_seq_wo", 0)
+
+    # the example of docs/formats-keras.md: a small Sequential, Adam, two epochs kept
+    small = build_orbax_seq(keras)
+    small.compile(optimizer="adam", loss="mse")
+    fit(small, "orbax_docs", xs, ys, epochs=2, max_to_keep=2)
 
     def build_int8(k):
         model = build_orbax_seq(k)
