@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
+from ._keras_optimizer import name_optimizer_variables
 from .keras_weights import (
     LayerInfo,
     _Source,
@@ -108,10 +109,10 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
         f.seek(info.header_offset)
         raw = f.read(_LOCAL_HEADER.size)
     if len(raw) < _LOCAL_HEADER.size:
-        raise CorruptFileError("the zip is truncated (local header)", path=path, key=info.filename)
+        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
     fields = _LOCAL_HEADER.unpack(raw)
     if fields[0] != b"PK\x03\x04":
-        raise CorruptFileError("bad zip local header", path=path, key=info.filename)
+        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
     return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
 
 
@@ -121,7 +122,7 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
     except KeyError:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
-        raise UnsafeInputError("config.json is implausibly large", path=path, key="config.json")
+        raise UnsafeInputError("config.json is implausibly large", path=path, tensor="config.json")
     _refuse_bomb(info, path)
     try:
         with z.open(info) as f:
@@ -200,7 +201,7 @@ def _parse_metadata(raw: bytes) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a ``.keras`` model's weights in place (metadata only; nothing is extracted): a
     zip archive, or the directory ``model.save(..., zipped=False)`` writes."""
     if path.is_dir():
@@ -306,11 +307,13 @@ def _read_weights(
         try:
             infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
         except UnsafeInputError as e:  # raised without the file: name it
-            raise UnsafeInputError(e.reason, path=path, key=CONFIG_MEMBER) from e
+            raise UnsafeInputError(e.reason, path=path, tensor=CONFIG_MEMBER) from e
         groups: dict[str, _VarsGroup] = {}
         order: list[str] = []
         root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
         entries = build_entries(groups, order, infos=infos, root_name=root)
+        if config is not None:
+            entries = name_optimizer_variables(entries, config)
     except BaseException:
         f.close()
         if not isinstance(fileobj, str):

@@ -283,22 +283,22 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
 def _dtype_of(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[np.dtype, tuple[int, ...]]:
     """dtype and shape from an array's ``zarr.json`` (v3) or ``.zarray`` (v2)."""
     if not isinstance(meta, dict):
-        raise CorruptFileError("the array's zarr metadata is not an object", path=path, key=key)
+        raise CorruptFileError("the array's zarr metadata is not an object", path=path, tensor=key)
     shape = meta.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape):
-        raise CorruptFileError(f"the array's zarr metadata has a bad shape {shape!r}", path=path, key=key)
+        raise CorruptFileError(f"the array's zarr metadata has a bad shape {shape!r}", path=path, tensor=key)
     name = meta.get("data_type") if zarr3 else meta.get("dtype")
     if not isinstance(name, str):
-        raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, key=key)
+        raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, tensor=key)
     try:
         dtype = by_name(name)
     except KeyError:
         try:
             dtype = np.dtype(name)  # zarr v2 typestrings: "<f4", "|i1", ...
         except TypeError:
-            raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, key=key) from None
+            raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, tensor=key) from None
         if dtype.kind not in "biufc":
-            raise UnsupportedError(f"zarr data type {name!r} is not a numeric tensor", path=path, key=key)
+            raise UnsupportedError(f"zarr data type {name!r} is not a numeric tensor", path=path, tensor=key)
         dtype = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
     return dtype, tuple(shape)
 
@@ -309,9 +309,9 @@ def _ts_error(e: Exception, *, path: Path, key: str | None = None, what: str) ->
         return UnsafeInputError(
             f"{what}: the OCDBT database refers to a file outside the checkpoint ({text})",
             path=path,
-            key=key,
+            tensor=key,
         )
-    return CorruptFileError(f"{what}: {text}", path=path, key=key)
+    return CorruptFileError(f"{what}: {text}", path=path, tensor=key)
 
 
 class _Arrays:
@@ -360,7 +360,7 @@ class _Arrays:
                     f"{TREE_METADATA} lists this array but the OCDBT database has no "
                     f"{key.decode()!r}: an incomplete checkpoint",
                     path=self.tree,
-                    key=name,
+                    tensor=name,
                 )
         futures = [self.kvstore.read(k) for k in keys]
         out = []
@@ -369,7 +369,7 @@ class _Arrays:
                 raw = future.result().value
                 out.append(json.loads(raw))
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, key=name) from e
+                raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, tensor=name) from e
             except Exception as e:  # noqa: BLE001
                 raise _ts_error(e, path=self.tree, key=name, what="its zarr metadata cannot be read") from e
         return out
@@ -387,7 +387,7 @@ class _Arrays:
                 raise CorruptFileError(
                     f"stored array has shape {list(data.shape)}, its metadata says {list(shape)}",
                     path=self.tree,
-                    key=name,
+                    tensor=name,
                 )
             data = np.asarray(data, dtype=dtype)
             return data if data.flags.c_contiguous else data.copy(order="C")
@@ -433,7 +433,7 @@ def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
     return lambda layer: tuple(rank.get(part, unknown) for part in layer.split("/"))
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open an Orbax checkpoint written by Keras (or any Orbax PyTree checkpoint) as a lazy
     store: the latest complete step of a checkpoint directory, or the step (or pytree
     directory) given. Reads metadata only; each array is read when its entry is.
