@@ -81,6 +81,14 @@ def test_unfinished_steps_are_ignored(k315: Path, tmp_path: Path) -> None:
         assert store.metadata["step"] == "1"
 
 
+def test_a_checkpoint_without_a_complete_step_says_so(tmp_path: Path) -> None:
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "_CHECKPOINT_METADATA").write_text("{}")  # the step's pytree is missing
+    proc = run_cli("inspect", tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "an Orbax checkpoint without a complete pytree" in proc.stderr
+
+
 def test_open_reads_metadata_only(k315: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening and listing never opens an array (tensorstore.open is how arrays are read)."""
     import tensorstore
@@ -244,6 +252,13 @@ def _link_data_out(step: Path) -> None:
     data.symlink_to(outside)
 
 
+def _link_config_out(step: Path) -> None:
+    outside = step.parent.parent / "config.json"
+    outside.write_text(json.dumps({"config": "{}"}))
+    (step / "model_config").mkdir()
+    (step / "model_config" / "_strings.json").symlink_to(outside)
+
+
 HOSTILE = {
     "key_climbs_out": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "..", "kernel")), "UnsafeInputError", "pytree key '..'"),
     "key_with_slash": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "a/../../b")), "UnsafeInputError", "could lead outside"),
@@ -258,6 +273,7 @@ HOSTILE = {
     ),
     "manifest_node_outside": (_set_root_location("btreenode::../../../d/x:0:100"), "UnsafeInputError", "OCDBT manifest refers to"),
     "data_file_link_out": (_link_data_out, "UnsafeInputError", "outside the checkpoint"),
+    "config_link_out": (_link_config_out, "UnsafeInputError", "model_config/_strings.json is a link outside"),
     "metadata_not_json": (lambda s: (s / "pytree" / "_METADATA").write_text("{not json"), "CorruptFileError", "not valid JSON"),
     "array_missing": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "ghost", "kernel")), "CorruptFileError", "ghost"),
 }

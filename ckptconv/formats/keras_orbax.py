@@ -102,7 +102,12 @@ def sniff(path: Path, head: bytes) -> bool:
         return False
     if tree_directory(path) is not None or (path / STEP_METADATA).is_file():
         return True
-    return bool(steps(path))
+    try:
+        children = [c for c in path.iterdir() if c.name.isdigit()]
+    except OSError:
+        return False
+    # numbered steps (complete or not: open says what is missing)
+    return any((c / STEP_METADATA).is_file() or tree_directory(c) is not None for c in children)
 
 
 def _resolve(path: Path) -> tuple[Path, Path, str | None]:
@@ -401,6 +406,8 @@ def _model_config(step_dir: Path) -> Any:
     strings = step_dir / MODEL_CONFIG / "_strings.json"
     if not strings.is_file():
         return None
+    if not _inside(strings.resolve(), step_dir.resolve()):
+        raise UnsafeInputError(f"{MODEL_CONFIG}/_strings.json is a link outside the checkpoint", path=step_dir)
     data = _read_json(strings, what=f"{MODEL_CONFIG}/_strings.json")
     text = data.get("config") if isinstance(data, dict) else None
     if not isinstance(text, str):

@@ -24,7 +24,6 @@ from ..errors import NoSuchFileError, SpecError
 from .ops import (
     Cast,
     Concat,
-    Dequantize,
     ExpandDims,
     FnOp,
     Op,
@@ -35,6 +34,7 @@ from .ops import (
     Stack,
     Transpose,
 )
+from .dequantize import Dequantize
 from .patterns import Pattern, Template
 
 __all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "OP_NAMES"]
@@ -268,7 +268,7 @@ class Rule:
             objects or Python callables).
         split / concat / stack: One-to-many or many-to-one ops.
         dequantize: Many-to-one: a Keras int8 tensor and its scale to float
-            (:class:`~ckptconv.mapping.ops.Dequantize`; ``{}`` or ``{axis: 0, dtype: ...}``).
+            (:class:`~ckptconv.mapping.dequantize.Dequantize`; ``{}`` or ``{axis: 0, dtype: ...}``).
         optional: A rule that owns no entry is not an error.
         allow_overflow: Casts in this rule may overflow to inf.
         shape: The shape every output of the rule must have (checked by the plan; also what
