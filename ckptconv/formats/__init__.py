@@ -40,6 +40,7 @@ FORMAT_MODULES = (
     "keras_legacy",
     "safetensors",
     "tf_checkpoint",
+    "pytorch",
     "keras_orbax",
 )
 
@@ -94,7 +95,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras (or its "
         "unzipped directory), a sharded .weights.json, an Orbax checkpoint directory, a "
-        "TensorFlow checkpoint or safetensors)",
+        "TensorFlow checkpoint, safetensors or a torch.save file)",
         path=p,
     )
 
@@ -132,7 +133,9 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
                 path=p,
             ) from e
         raise FormatError(
-            "a zip archive without model.weights.h5 or config.json: not a .keras model", path=p
+            "a zip archive that is neither a .keras model (model.weights.h5, config.json) nor "
+            "a torch.save file (<archive>/data.pkl)",
+            path=p,
         )
     if head.lstrip()[:1] in (b"{", b"["):
         try:
@@ -147,7 +150,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             ) from e
         raise FormatError(
             'a JSON file, but not a shard index ckptconv reads: expected {"weight_map": '
-            "{...}} naming .weights.h5 or .safetensors files in the same directory",
+            "{...}} naming .weights.h5, .safetensors or PyTorch .bin files in the same directory",
             path=p,
         )
 
