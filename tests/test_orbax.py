@@ -42,11 +42,12 @@ def test_every_array_matches_the_writer(k315: Path, where: str) -> None:
     expected = load_expected(k315, CASES[where])
     with ckptconv.open(k315 / where) as store:
         assert store.format == "keras-orbax"
-        got = {e.key: e for e in store.entries(include_all=True)}
+        got = {e.tree_path: e for e in store.entries(include_all=True)}
         assert sorted(got) == sorted(x.extra["key"] for x in expected)
         for want in expected:
             entry = got[want.extra["key"]]
             assert (entry.name, entry.kind) == (want.name, want.kind), want.extra["key"]
+            assert entry.key == want.extra["key"].replace("/", ".")  # the array's key in OCDBT
             assert (entry.shape, entry.dtype) == (want.array.shape, want.array.dtype), want.name
             assert_bit_exact(entry.read(), want.array, want.name)
 
@@ -165,7 +166,7 @@ def test_inspect_without_jax_or_tensorflow(k315: Path, light_runs: dict) -> None
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     assert listing["format"] == "keras-orbax"
-    got = {t["key"]: (t["name"], t["kind"], t["shape"], t["dtype"]) for t in listing["tensors"]}
+    got = {t["tree_path"]: (t["name"], t["kind"], t["shape"], t["dtype"]) for t in listing["tensors"]}
     from ckptconv.dtypes import dtype_name
 
     assert got == {

@@ -12,9 +12,10 @@ Keras' state tree (``model.get_state_tree()``) has four top-level keys, nested b
 each variable's path: ``trainable_variables`` and ``non_trainable_variables`` (the weights),
 ``optimizer_variables`` and ``metrics_variables``. An entry's name is the variable path
 (``seq/dense/kernel``: for Sequential and subclassed models it starts with the model's name,
-as ``variable.path`` does); its key is the whole pytree path
-(``trainable_variables/seq/dense/kernel``). Any other pytree (a plain Orbax checkpoint) is
-read the same way, every array a weight named by its full pytree path.
+as ``variable.path`` does); its ``tree_path`` is the whole pytree path
+(``trainable_variables/seq/dense/kernel``) and its ``key`` the array's key in the database
+(the same parts joined by dots, as Orbax stores it). Any other pytree (a plain Orbax
+checkpoint) is read the same way, every array a weight named by its full pytree path.
 
 Storage is read with tensorstore (the optional extra ``ckptconv[orbax]``), imported only when
 an Orbax checkpoint is opened; neither JAX nor Orbax is ever imported. Opening reads metadata
@@ -470,12 +471,13 @@ def open(path: Path) -> Store:  # noqa: A001
         entries.append(
             Entry(
                 name,
-                key=key,
+                key=param,
                 shape=shape,
                 dtype=dtype,
                 path=tree,
                 loader=arrays.loader(param, name=key, dtype=dtype, shape=shape),
                 kind=kind,
+                tree_path=key,
             )
         )
     keras_order(entries)

@@ -310,7 +310,7 @@ def builtin_class(info: LayerInfo) -> str:
     else the built-in base its ``config.json`` entry shows (a ``Dense`` subclass has
     ``units`` and ``kernel_initializer``), else its own class name."""
     cls = snake_case(info.class_name)
-    if cls in WEIGHT_NAMES:
+    if cls in WEIGHT_NAMES or cls in QUANTIZED_VARIABLES:  # ReversibleEmbedding has names of its own
         return cls
     keys = set(info.config)
     for needed, base in _BASE_BY_CONFIG_KEYS:
