@@ -143,6 +143,103 @@ def test_load_into_a_fresh_int8_model(k315: Path) -> None:
     _load_and_compare(model, k315 / "orbax_int8", "orbax_int8.step0", k315)
 
 
+# -- load_into by Keras' state tree, Keras' own loader the oracle --------------------------------
+
+
+def _keras_own_load(model, source: Path) -> None:
+    """What Keras 3.15.1 does: ``load_weights`` of a checkpoint directory (its latest step);
+    a step directory, which its ``load_weights`` does not recognise, the way that loads the
+    step it picks (Orbax's ``load_checkpointables``, then ``set_state_tree``)."""
+    if source.name.isdigit():
+        import orbax.checkpoint as ocp
+
+        model.set_state_tree(ocp.v1.load_checkpointables(str(source), dict(pytree=None))["pytree"])
+    else:
+        model.load_weights(str(source))
+
+
+def _build_int8(k):
+    model = build_orbax_seq(k)
+    quantize(k, model, "int8")
+    return model
+
+
+BUILDERS = {"orbax_zoo": build_orbax_zoo, "orbax_zoo/0": build_orbax_zoo, "orbax_seq_wo": build_orbax_seq, "orbax_int8": _build_int8}
+
+
+def test_state_tree_keys_are_keras_own(k315: Path) -> None:
+    """The keys computed from the live model are the pytree paths of Keras'
+    ``get_state_tree()`` (its weights; a dropout's seed generator state is no weight)."""
+    from ckptconv.keras.structure import state_tree_keys
+    from ckptconv.keras.targets import LiveModel
+
+    for build in (build_orbax_zoo, _build_int8):
+        model = build(keras)
+        tree = model.get_state_tree(value_format="numpy_array")
+        paths = []
+
+        def walk(node, parts):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(value, (*parts, key))
+            elif parts[-1] != "seed_generator_state":
+                paths.append("/".join(parts))
+
+        for top in ("trainable_variables", "non_trainable_variables"):
+            walk(tree[top], (top,))
+        live = LiveModel(model)
+        keys = state_tree_keys(live)
+        assert sorted(keys) == sorted(paths)
+        by_path = {v.path: v for v in model.weights}
+        for key, target in keys.items():
+            assert target.variable is by_path[key.split("/", 1)[1]], key
+
+
+@pytest.mark.parametrize("where", BUILDERS)
+def test_load_into_by_state_tree_equals_keras_own_load(k315: Path, where: str) -> None:
+    source = k315 / where
+    oracle = BUILDERS[where](keras)
+    _keras_own_load(oracle, source)
+    model = BUILDERS[where](keras)
+    before = [np.asarray(v.numpy()).tobytes() for v in model.weights]
+    report = ckptconv.load_into(model, source)
+    assert report.ok and report.mode == "structure" and report.structure == "state-tree", report.format_table()
+    assert {w.matched_by for w in report.loaded} == {"structure"} and len(report.loaded) == len(model.weights)
+    assert "its state tree); all names agree" in report.format_table()  # the model's own name is no difference
+    assert [np.asarray(v.numpy()).tobytes() for v in model.weights] != before
+    assert [v.path for v in model.weights] == [v.path for v in oracle.weights]
+    for got, want in zip(model.weights, oracle.weights):
+        assert_bit_exact(np.asarray(got.numpy()), np.asarray(want.numpy()), got.path)
+
+
+def test_a_layer_frozen_since_the_save_loads_by_name(k315: Path) -> None:
+    """Its kernel moved to non_trainable_variables: the state tree is not the model's, and
+    Keras' own load skips that layer without a word; load_into matches by name and loads it."""
+    expected = {x.name: x.array for x in load_expected(k315, "orbax_seq_wo.step0") if x.kind == "weight"}
+    skipped = build_orbax_seq(keras)
+    skipped.get_layer("a").trainable = False
+    fresh_kernel = np.asarray(skipped.get_layer("a").kernel.numpy()).copy()
+    _keras_own_load(skipped, k315 / "orbax_seq_wo")
+    assert np.array_equal(skipped.get_layer("a").kernel.numpy(), fresh_kernel)  # Keras loaded nothing there
+    model = build_orbax_seq(keras)
+    model.get_layer("a").trainable = False
+    report = ckptconv.load_into(model, k315 / "orbax_seq_wo")
+    assert report.ok and report.mode == "name", report.format_table()
+    for v in model.weights:
+        assert_bit_exact(np.asarray(v.numpy()), expected[v.path], v.path)
+
+
+def test_a_renamed_model_says_the_state_tree_differs(k315: Path) -> None:
+    layers = keras.layers
+    model = keras.Sequential(  # orbax_seq_wo's model under another name: variable paths other/...
+        [keras.Input((3,)), layers.Dense(4, name="a"), layers.BatchNormalization(name="bn"), layers.Dense(2, name="b")],
+        name="other",
+    )
+    with pytest.raises(ckptconv.LoadError) as info:
+        ckptconv.load_into(model, k315 / "orbax_seq_wo")
+    assert "the source's structure is not the model's (state-tree): trainable_variables/other/a/kernel: the model has Dense kernel" in str(info.value)
+
+
 # -- without JAX, TensorFlow, Keras, Orbax --------------------------------------------------------
 
 
