@@ -1,5 +1,6 @@
 """Orbax checkpoints written by ``keras.callbacks.OrbaxCheckpoint`` (Keras 3.15, JAX backend):
-every array bit-exact against what the writer held and Keras' own load gives, ``load_into``,
+every array bit-exact against what the writer held and Keras' own load gives, ``load_into``
+by Keras' state tree (Keras' own ``load_weights`` the oracle),
 ``inspect``/``convert`` without JAX, TensorFlow or Orbax, hostile metadata, the missing extra.
 
 Fixtures from ``generators/gen_keras315.py``: ``orbax_zoo`` (a functional model trained two
@@ -153,7 +154,7 @@ def _keras_own_load(model, source: Path) -> None:
     if source.name.isdigit():
         import orbax.checkpoint as ocp
 
-        model.set_state_tree(ocp.v1.load_checkpointables(str(source), dict(pytree=None))["pytree"])
+        model.set_state_tree(ocp.v1.load_checkpointables(str(source), {"pytree": None})["pytree"])
     else:
         model.load_weights(str(source))
 
@@ -167,6 +168,12 @@ def _build_int8(k):
 BUILDERS = {"orbax_zoo": build_orbax_zoo, "orbax_zoo/0": build_orbax_zoo, "orbax_seq_wo": build_orbax_seq, "orbax_int8": _build_int8}
 
 
+def _leaf_paths(node, parts: tuple[str, ...]) -> list[str]:
+    if not isinstance(node, dict):
+        return ["/".join(parts)]
+    return [path for key, value in node.items() for path in _leaf_paths(value, (*parts, key))]
+
+
 def test_state_tree_keys_are_keras_own(k315: Path) -> None:
     """The keys computed from the live model are the pytree paths of Keras'
     ``get_state_tree()`` (its weights; a dropout's seed generator state is no weight)."""
@@ -176,17 +183,12 @@ def test_state_tree_keys_are_keras_own(k315: Path) -> None:
     for build in (build_orbax_zoo, _build_int8):
         model = build(keras)
         tree = model.get_state_tree(value_format="numpy_array")
-        paths = []
-
-        def walk(node, parts):
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    walk(value, (*parts, key))
-            elif parts[-1] != "seed_generator_state":
-                paths.append("/".join(parts))
-
-        for top in ("trainable_variables", "non_trainable_variables"):
-            walk(tree[top], (top,))
+        paths = [
+            path
+            for top in ("trainable_variables", "non_trainable_variables")
+            for path in _leaf_paths(tree[top], (top,))
+            if not path.endswith("/seed_generator_state")
+        ]
         live = LiveModel(model)
         keys = state_tree_keys(live)
         assert sorted(keys) == sorted(paths)
