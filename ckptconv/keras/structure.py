@@ -37,6 +37,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..formats.keras_orbax import FORMAT as ORBAX_FORMAT
+from ..formats.keras_orbax import TREE_KINDS
 from ..store import Entry, Store
 from .report import shape_text
 from .targets import LiveModel, TargetVar
@@ -56,9 +58,9 @@ __all__ = [
 SAVING_TREE_FORMATS = ("keras-weights-h5", "keras-archive", "keras-sharded")
 LEGACY_FORMATS = ("keras-h5",)
 OBJECT_GRAPH_FORMATS = ("tf-checkpoint",)
-STATE_TREE_FORMATS = ("keras-orbax",)
+STATE_TREE_FORMATS = (ORBAX_FORMAT,)
 # the top-level keys of Keras' state tree that hold the model's weights, in Keras' order
-STATE_TREE_WEIGHTS = ("trainable_variables", "non_trainable_variables")
+STATE_TREE_WEIGHTS = tuple(key for key, kind in TREE_KINDS.items() if kind == "weight")
 
 # What the report says about each structure.
 HOW = {
