@@ -1,0 +1,853 @@
+"""Propose a mapping spec by aligning a source's layers with a target's.
+
+:func:`suggest` pairs the source's entries with the target's variables from metadata alone
+(names, layer order, weight index, shapes, dtypes) and writes the result as an ordinary spec.
+It works on layers (the entries a layer owns: a kernel and its bias, a BatchNorm's four
+statistics), in four passes, each over what the previous ones left:
+
+1. **names**: a source layer and a target layer of the same name whose weights fit;
+2. **similar names**: pairs whose names are clearly each other's most similar (tokens
+   weighted by rarity, so ``layer.3.attention.self.query`` finds ``layer_3/.../query``) and
+   whose weights fit;
+3. **position**: a sequence alignment of the remaining layers, in each side's order (the
+   Needleman-Wunsch recurrence, a gap costing nothing): the alignment with the most layer
+   pairs whose weights fit, ties broken by name similarity and relative position;
+4. **shapes**: a remaining pair whose weights fit each other and nothing else.
+
+Whether two layers' weights fit is decided weight by weight: the same weight name, or a
+known convention between frameworks (:data:`CONVENTIONS`: a PyTorch ``Linear``/``Conv*d``
+``weight`` is a Keras ``kernel`` with its axes reversed or rotated, BatchNorm's
+``running_mean`` is ``moving_mean``, ...), or, for weight names nobody knows, the same index;
+then the shape must agree (after the convention's transpose, and a reshape that only splits
+or merges axes, as an ``EinsumDense`` kernel needs). Within a pair of layers the weights are
+matched by an exact maximum-score assignment. Nothing is read but metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import dtype_name, is_floating
+from ..store import Store, layer_of, leaf_of
+from .diff import open_side, model_store
+from .patterns import natural_key
+from .spec import Rule, Spec
+from .suggest_text import render_yaml
+
+__all__ = ["suggest", "align", "Suggestion", "LayerMatch", "Leftover", "CONVENTIONS"]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a weight of one framework is a weight of another.
+
+    Attributes:
+        layout: ``same`` (the values as they are), ``torch-to-keras`` (a PyTorch ``Linear``
+            weight ``[out, in]`` is a Keras kernel ``[in, out]``; a ``Conv{1,2,3}d`` weight
+            ``[out, in, *k]`` is ``[*k, in, out]``) or ``keras-to-torch`` (the reverse).
+        frameworks: ``"PyTorch -> Keras"`` and the like, for the reason text.
+    """
+
+    layout: str
+    frameworks: str
+
+
+CONVENTIONS: dict[tuple[str, str], Convention] = {}
+"""(source weight name, target weight name) -> the convention that relates them."""
+
+
+def _both_ways(source: str, target: str, layout: str, frameworks: str) -> None:
+    CONVENTIONS[(source, target)] = Convention(layout, frameworks)
+    back = {"same": "same", "torch-to-keras": "keras-to-torch"}[layout]
+    left, right = frameworks.split(" -> ")
+    CONVENTIONS[(target, source)] = Convention(back, f"{right} -> {left}")
+
+
+_both_ways("weight", "kernel", "torch-to-keras", "PyTorch -> Keras")  # Linear, Conv{1,2,3}d
+_both_ways("weight", "gamma", "same", "PyTorch -> Keras")  # BatchNorm, LayerNorm, GroupNorm
+_both_ways("bias", "beta", "same", "PyTorch -> Keras")
+_both_ways("running_mean", "moving_mean", "same", "PyTorch -> Keras")
+_both_ways("running_var", "moving_variance", "same", "PyTorch -> Keras")
+_both_ways("weight", "embeddings", "same", "PyTorch -> Keras")  # Embedding
+_both_ways("weight", "scale", "same", "PyTorch -> Keras")  # RMSNorm
+_both_ways("depthwise_kernel", "kernel", "same", "tf-keras -> Keras 3")  # DepthwiseConv{1,2}D
+
+# Entries that are nobody's weight on the other side: dropped, with the reason.
+DROPPED = {"num_batches_tracked": "PyTorch BatchNorm's batch counter: Keras has no such variable"}
+
+# Weight names with a known meaning: two of them that are neither equal nor related by a
+# convention never pair (a bias is not a gamma even when both are [32]).
+KNOWN = {
+    "kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "embeddings",
+    "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "scale", "weight",
+    "running_mean", "running_var", "num_batches_tracked", "alpha",
+}
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    layer: str
+    leaf: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(eq=False)
+class _Layer:
+    name: str
+    tensors: list[_Tensor]
+    position: int = 0
+    tokens: frozenset[str] = frozenset()
+    sizes: frozenset[int] = frozenset()  # element counts of its weights: a cheap first filter
+
+
+@dataclass(frozen=True)
+class _WeightPair:
+    source: _Tensor
+    target: _Tensor
+    kind: str  # "name", "convention" or "index"
+    ops: tuple[Any, ...]
+    label: str | None
+    score: float
+
+
+@dataclass
+class _LayerPair:
+    source: _Layer
+    target: _Layer
+    pairs: list[_WeightPair]
+    dropped: list[_Tensor]
+    extra: list[_Tensor]  # source weights of the layer that fill nothing
+    unfilled: list[_Tensor]  # target weights of the layer nothing fills
+    score: float
+
+    @property
+    def full(self) -> bool:
+        return not self.extra and not self.unfilled
+
+
+@dataclass(frozen=True)
+class LayerMatch:
+    """One source layer placed on one target layer.
+
+    Attributes:
+        source, target: The two layers.
+        how: Which pass placed it: ``names``, ``similar names``, ``position`` or ``shapes``.
+        confidence: ``sure``, ``likely`` or ``unsure``.
+        reason: Why, in words (the comment the YAML spec carries).
+        weights: ``(source entry, target variable, ops as text)`` for every weight.
+        rules: The rules written for it (with ``comment`` set to ``reason``).
+    """
+
+    source: str
+    target: str
+    how: str
+    confidence: str
+    reason: str
+    weights: tuple[tuple[str, str, str], ...]
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A source entry no rule places, or a target variable no rule fills.
+
+    Attributes:
+        name, shape, dtype: The tensor.
+        layer: Its layer.
+        note: Why, or the nearest candidate on the other side (for the YAML comment).
+        suggestion: For a source entry: a rule to uncomment and edit (spec-file form), or None.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    layer: str
+    note: str = ""
+    suggestion: dict[str, Any] | None = None
+
+
+@dataclass
+class Suggestion:
+    """What :func:`align` found: the spec, and the why of every rule.
+
+    Attributes:
+        spec: The spec (``passthrough: false``: what no rule takes is dropped).
+        matches: Every placed layer, in the target's order.
+        drops: ``(entry, reason)`` for entries dropped on purpose (PyTorch's batch counters).
+        unplaced: Source entries no rule places (written as commented-out rules).
+        unfilled: Target variables no rule fills (listed in comments).
+        source, target: Descriptions of both sides (paths where given).
+    """
+
+    spec: Spec
+    matches: list[LayerMatch] = field(default_factory=list)
+    drops: list[tuple[str, str]] = field(default_factory=list)
+    unplaced: list[Leftover] = field(default_factory=list)
+    unfilled: list[Leftover] = field(default_factory=list)
+    source: str = ""
+    target: str = ""
+
+    def to_yaml(self) -> str:
+        """The spec as YAML text, a comment on each layer's rules saying why and how sure,
+        unplaced source entries as commented-out rules, unfilled target variables listed."""
+        return render_yaml(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form: the spec, and every match and leftover."""
+        return {
+            "source": self.source,
+            "target": self.target,
+            "spec": self.spec.to_dict(),
+            "matches": [
+                {
+                    "source": m.source, "target": m.target, "how": m.how, "confidence": m.confidence,
+                    "reason": m.reason,
+                    "weights": [{"source": s, "target": t, "ops": o} for s, t, o in m.weights],
+                }
+                for m in self.matches
+            ],
+            "dropped": [{"name": n, "reason": r} for n, r in self.drops],
+            "unplaced": [_leftover_json(x) for x in self.unplaced],
+            "unfilled": [_leftover_json(x) for x in self.unfilled],
+        }
+
+
+def _leftover_json(x: Leftover) -> dict[str, Any]:
+    return {"name": x.name, "shape": list(x.shape), "dtype": x.dtype, "layer": x.layer, "note": x.note}
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def suggest(source: Any, target: Any, *, include_all: bool = False, unsafe: bool = False) -> Spec:
+    """Propose a spec that maps ``source``'s entries onto ``target``'s variables.
+
+    Reads metadata only (building a ``.keras`` target with Keras reads its weights too). The
+    spec is ordinary (``passthrough: false``, one rule per layer where a rename is enough,
+    a rule per weight where ops are needed); each rule's ``comment`` says why. Review it, then
+    check it with :func:`build_plan` (``ckptconv plan SRC --map SPEC --target TARGET``).
+    :func:`align` returns the same with every leftover and a YAML rendering.
+
+    Args:
+        source: A checkpoint path, :class:`~ckptconv.Store`, ``{name: array}`` or a live Keras model.
+        target: A live Keras model, ``{name: TargetTensor}`` (what
+            :func:`~ckptconv.model_targets` returns), a ``.keras`` file (the model Keras
+            builds from it), any other checkpoint path, or a :class:`~ckptconv.Store`.
+        include_all: Align optimizer and bookkeeping entries too.
+        unsafe: Let Keras build a ``.keras`` target that holds Lambda bytecode.
+
+    Raises:
+        CkptconvError: a side cannot be opened; FormatError/UnsafeInputError from building a
+            ``.keras`` target.
+    """
+    return align(source, target, include_all=include_all, unsafe=unsafe).spec
+
+
+def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool = False) -> Suggestion:
+    """Like :func:`suggest`, returning the :class:`Suggestion` (the spec, every match with its
+    reason and confidence, the leftovers on both sides, ``to_yaml()``)."""
+    src_store, close_src = open_side(source, what="source")
+    try:
+        tgt_layers, tgt_name = _target_layers(target, include_all=include_all, unsafe=unsafe)
+        src_layers = _layers_of(src_store.entries(include_all=include_all))
+        described = os.fspath(source) if isinstance(source, (str, os.PathLike)) else src_store.path
+        return _Aligner(src_layers, tgt_layers).run(described, tgt_name)
+    finally:
+        if close_src:
+            src_store.close()
+
+
+def _target_layers(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[_Layer], str]:
+    if isinstance(target, Mapping) and target and not all(isinstance(v, np.ndarray) for v in target.values()):
+        tensors = []
+        counters: Counter[str] = Counter()
+        for name, t in target.items():
+            layer = layer_of(name)
+            tensors.append(_Tensor(name, layer, leaf_of(name), counters[layer], tuple(t.shape), np.dtype(t.dtype)))
+            counters[layer] += 1
+        return _group(tensors), "<target>"
+    if isinstance(target, (str, os.PathLike)) and _is_keras_archive(target):
+        from ..keras.targets import build_keras_model
+
+        store = model_store(build_keras_model(target, unsafe=unsafe))
+        return _layers_of(store.entries(include_all=include_all), recorded_order=True), os.fspath(target)
+    store, close = open_side(target, what="target")
+    try:
+        name = os.fspath(target) if isinstance(target, (str, os.PathLike)) else store.path
+        return _layers_of(store.entries(include_all=include_all)), name
+    finally:
+        if close:
+            store.close()
+
+
+def _is_keras_archive(path: str | os.PathLike[str]) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "config.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _layers_of(entries: Iterable[Any], *, recorded_order: bool = False) -> list[_Layer]:
+    entries = list(entries)
+    tensors = [
+        _Tensor(e.name, e.layer, _own_leaf(e.name, e.layer), e.index, tuple(e.shape), np.dtype(e.dtype))
+        for e in entries
+    ]
+    layers = _group(tensors)
+    if not recorded_order and _writer_sorted(entries):
+        # the file keeps its writer's sorted order (the safetensors library sorts by dtype,
+        # then name), not the model's: numbered layers come closest in natural order
+        layers.sort(key=lambda layer: natural_key(layer.name))
+    for i, layer in enumerate(layers):
+        layer.position = i
+    return layers
+
+
+def _own_leaf(name: str, layer: str) -> str:
+    if layer and name.startswith(layer) and len(name) > len(layer) + 1 and name[len(layer)] in "/.":
+        return name[len(layer) + 1 :]
+    return leaf_of(name)
+
+
+def _group(tensors: list[_Tensor]) -> list[_Layer]:
+    groups: dict[str, list[_Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.layer, []).append(t)
+    layers = [_Layer(name, sorted(members, key=lambda t: t.index)) for name, members in groups.items()]
+    for i, layer in enumerate(layers):
+        layer.position = i
+    return layers
+
+
+def _writer_sorted(entries: list[Any]) -> bool:
+    """Whether the entries are in a writer's sorted order: by name within runs of one dtype,
+    each dtype in one run (the safetensors library's layout; a plain sort by name too)."""
+    if len(entries) < 3:
+        return False
+    runs: list[tuple[np.dtype, list[str]]] = []
+    for e in entries:
+        if runs and runs[-1][0] == e.dtype:
+            runs[-1][1].append(e.name)
+        else:
+            runs.append((e.dtype, [e.name]))
+    if len({dtype for dtype, _ in runs}) != len(runs):
+        return False
+    return all(names == sorted(names) for _, names in runs)
+
+
+# -- names -------------------------------------------------------------------------------------
+
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _tokens(name: str) -> frozenset[str]:
+    return frozenset(t.lower() for part in re.split(r"[^A-Za-z0-9]+", name) for t in _CAMEL.split(part) if t)
+
+
+class _Similarity:
+    """Cosine similarity of layer names as token sets, each token weighted by its rarity
+    among both sides' layers (``layer`` in every name counts little, ``query`` much)."""
+
+    def __init__(self, layers: Iterable[_Layer]) -> None:
+        layers = list(layers)
+        df: Counter[str] = Counter()
+        for layer in layers:
+            df.update(layer.tokens)
+        n = max(len(layers), 1)
+        self.weight = {tok: math.log(1 + n / count) for tok, count in df.items()}
+
+    def __call__(self, a: _Layer, b: _Layer) -> float:
+        common = a.tokens & b.tokens
+        if not common:
+            return 0.0
+        w = self.weight
+        dot = sum(w[t] ** 2 for t in common)
+        na = math.sqrt(sum(w[t] ** 2 for t in a.tokens))
+        nb = math.sqrt(sum(w[t] ** 2 for t in b.tokens))
+        return dot / (na * nb) if na and nb else 0.0
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+def _permutation(ndim: int, layout: str) -> tuple[int, ...] | None:
+    if ndim < 2 or layout == "same":
+        return None
+    if ndim == 2:
+        return (1, 0)
+    if layout == "torch-to-keras":  # [out, in, *k] -> [*k, in, out]
+        return (*range(2, ndim), 1, 0)
+    return (ndim - 1, ndim - 2, *range(ndim - 2))  # [*k, in, out] -> [out, in, *k]
+
+
+def _regroups(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    """Whether ``dst`` only splits or merges adjacent axes of ``src`` (size-1 axes aside): a
+    reshape that keeps every element's meaning (``[16, 16]`` -> ``[16, 2, 8]``, not
+    ``[2, 3]`` -> ``[3, 2]``)."""
+    if 0 in src or 0 in dst:
+        return False
+    a = [d for d in src if d != 1]
+    b = [d for d in dst if d != 1]
+    if math.prod(a) != math.prod(b):
+        return False
+    i = j = 0
+    while i < len(a):
+        pa, pb, merged_a, merged_b = a[i], b[j], 1, 1
+        while pa != pb:
+            if pa < pb:
+                i += 1
+                pa *= a[i]
+                merged_a += 1
+            else:
+                j += 1
+                pb *= b[j]
+                merged_b += 1
+        if merged_a > 1 and merged_b > 1:  # several axes into several: elements would move
+            return False
+        i += 1
+        j += 1
+    return True
+
+
+def _fit(s: _Tensor, t: _Tensor, layout: str, reshape: bool) -> tuple[Any, ...] | None:
+    ops: list[Any] = []
+    shape = s.shape
+    perm = _permutation(len(shape), layout)
+    if perm is not None:
+        ops.append("transpose" if len(shape) == 2 else {"transpose": list(perm)})
+        shape = tuple(shape[p] for p in perm)
+    if shape != t.shape:
+        if not (reshape and _regroups(shape, t.shape)):
+            return None
+        ops.append({"reshape": list(t.shape)})
+    if s.dtype != t.dtype:
+        floats = is_floating(s.dtype) and is_floating(t.dtype)
+        ints = s.dtype.kind in "iu" and t.dtype.kind in "iu"
+        if not (floats or ints):
+            return None
+        ops.append({"cast": dtype_name(t.dtype)})
+    return tuple(ops)
+
+
+def _weight_pair(s: _Tensor, t: _Tensor) -> _WeightPair | None:
+    """The best way ``s`` fills ``t``, if any."""
+    options: list[tuple[str, str, str | None, float]] = []
+    if s.leaf == t.leaf:
+        options.append(("name", "same", None, 4.0))
+    convention = CONVENTIONS.get((s.leaf, t.leaf))
+    if convention is not None:
+        options.append(("convention", convention.layout, _label(s, t, convention), 4.0))
+    if not options and not (s.leaf in KNOWN and t.leaf in KNOWN) and s.index == t.index:
+        options.append(("index", "same", None, 1.5))
+    best: _WeightPair | None = None
+    for kind, layout, label, score in options:
+        ops = _fit(s, t, layout, reshape=kind != "index")
+        if ops is None:
+            continue
+        score += 0.5 * (s.index == t.index) - 0.25 * sum(isinstance(o, dict) and "reshape" in o for o in ops)
+        if best is None or score > best.score:
+            best = _WeightPair(s, t, kind, ops, label, score)
+    return best
+
+
+def _label(s: _Tensor, t: _Tensor, convention: Convention) -> str:
+    """The convention as the reason text says it (one weight's part)."""
+    if convention.layout == "same":
+        return f"{convention.frameworks} names: {s.leaf} -> {t.leaf}"
+    n = len(s.shape)
+    if convention.layout == "torch-to-keras":
+        what = "Linear weight [out, in] -> kernel [in, out]" if n == 2 else (
+            f"Conv{n - 2}d weight [out, in, *k] -> kernel [*k, in, out]" if n > 2 else "weight -> kernel")
+    else:
+        what = "kernel [in, out] -> Linear weight [out, in]" if n == 2 else (
+            f"kernel [*k, in, out] -> Conv{n - 2}d weight [out, in, *k]" if n > 2 else "kernel -> weight")
+    return f"{convention.frameworks}: {what}"
+
+
+def _related(s: _Tensor, t: _Tensor) -> bool:
+    return s.leaf == t.leaf or (s.leaf, t.leaf) in CONVENTIONS
+
+
+def _assign(sources: list[_Tensor], targets: list[_Tensor]) -> list[_WeightPair]:
+    """The maximum-score set of weight pairs, each weight in at most one (exact: a dynamic
+    programme over the targets and the subset of sources used; layers have few weights)."""
+    table = [[_weight_pair(s, t) for s in sources] for t in targets]
+    if len(sources) > 12:  # no layer of a known kind has as many: pair greedily
+        chosen: list[_WeightPair] = []
+        used: set[int] = set()
+        candidates = sorted(
+            ((p.score, -ti, -si, p) for ti, row in enumerate(table) for si, p in enumerate(row) if p),
+            key=lambda c: c[:3], reverse=True,
+        )
+        filled: set[int] = set()
+        for _, ti, si, p in candidates:
+            if -ti not in filled and -si not in used:
+                filled.add(-ti)
+                used.add(-si)
+                chosen.append(p)
+        return chosen
+    best: dict[int, tuple[float, tuple[_WeightPair, ...]]] = {0: (0.0, ())}
+    for row in table:
+        step = dict(best)
+        for mask, (score, chosen_pairs) in best.items():
+            for si, p in enumerate(row):
+                if p is None or mask >> si & 1:
+                    continue
+                key = mask | 1 << si
+                value = (score + p.score, chosen_pairs + (p,))
+                if key not in step or value[0] > step[key][0]:
+                    step[key] = value
+        # a row left without a source keeps the previous states (already in step)
+        best = step
+    return list(max(best.values(), key=lambda v: v[0])[1])
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+class _Aligner:
+    def __init__(self, sources: list[_Layer], targets: list[_Layer]) -> None:
+        for layer in (*sources, *targets):
+            layer.tokens = _tokens(layer.name)
+            layer.sizes = frozenset(t.size for t in layer.tensors)
+        self.sources = sources
+        self.targets = targets
+        self.similarity = _Similarity([*sources, *targets])
+        self._cache: dict[tuple[int, int], _LayerPair | None] = {}
+        self.placed: list[tuple[_LayerPair, str, float]] = []  # pair, how, similarity
+        self.free_s = list(sources)
+        self.free_t = list(targets)
+
+    def pair(self, s: _Layer, t: _Layer) -> _LayerPair | None:
+        key = (id(s), id(t))
+        if key not in self._cache:
+            self._cache[key] = self._evaluate(s, t)
+        return self._cache[key]
+
+    def _evaluate(self, s: _Layer, t: _Layer) -> _LayerPair | None:
+        if not (s.sizes & t.sizes):
+            return None
+        droppable = [x for x in s.tensors if x.leaf in DROPPED]
+        candidates = [x for x in s.tensors if x.leaf not in DROPPED]
+        pairs = _assign(candidates, t.tensors)
+        if not pairs:
+            return None
+        used = {id(p.source) for p in pairs}
+        filled = {id(p.target) for p in pairs}
+        extra = [x for x in candidates if id(x) not in used]
+        unfilled = [x for x in t.tensors if id(x) not in filled]
+        if any(_related(x, y) for x in extra for y in unfilled):
+            return None  # a kernel left over on both sides: these layers differ in shape
+        score = sum(p.score for p in pairs) - 2.0 * len(unfilled) - 1.0 * len(extra)
+        if score <= 0:
+            return None
+        pairs.sort(key=lambda p: p.target.index)
+        return _LayerPair(s, t, pairs, droppable, extra, unfilled, score)
+
+    def take(self, pair: _LayerPair, how: str) -> None:
+        self.placed.append((pair, how, self.similarity(pair.source, pair.target)))
+        self.free_s.remove(pair.source)
+        self.free_t.remove(pair.target)
+
+    # the four passes
+
+    def by_names(self) -> None:
+        by_name = {t.name: t for t in self.free_t}
+        for s in list(self.free_s):
+            t = by_name.get(s.name)
+            pair = self.pair(s, t) if t is not None else None
+            if pair is not None:
+                self.take(pair, "names")
+
+    def by_similar_names(self, threshold: float = 0.3, margin: float = 0.15) -> None:
+        best_s: dict[int, list[tuple[float, _Layer]]] = {}
+        best_t: dict[int, list[tuple[float, _Layer]]] = {}
+        for s in self.free_s:
+            for t in self.free_t:
+                sim = self.similarity(s, t)
+                if sim >= threshold and self.pair(s, t) is not None:
+                    best_s.setdefault(id(s), []).append((sim, t))
+                    best_t.setdefault(id(t), []).append((sim, s))
+        for s in list(self.free_s):
+            ranked = sorted(best_s.get(id(s), []), key=lambda x: -x[0])
+            if not ranked or (len(ranked) > 1 and ranked[0][0] - ranked[1][0] < margin):
+                continue
+            sim, t = ranked[0]
+            back = sorted(best_t.get(id(t), []), key=lambda x: -x[0])
+            if back[0][1] is not s or (len(back) > 1 and back[0][0] - back[1][0] < margin):
+                continue
+            if t in self.free_t:
+                pair = self.pair(s, t)
+                assert pair is not None
+                self.take(pair, "similar names")
+
+    def by_position(self) -> None:
+        S, T = self.free_s, self.free_t
+        n, m = len(S), len(T)
+        if not n or not m:
+            return
+        score = [[0.0] * (m + 1) for _ in range(n + 1)]
+        move = [[0] * (m + 1) for _ in range(n + 1)]  # 1 diagonal, 2 skip source, 3 skip target
+        for i in range(1, n + 1):
+            s = S[i - 1]
+            rs = (i - 1) / max(n - 1, 1)
+            for j in range(1, m + 1):
+                best, how = score[i - 1][j], 2
+                if score[i][j - 1] > best:
+                    best, how = score[i][j - 1], 3
+                pair = self.pair(s, T[j - 1])
+                if pair is not None:
+                    rt = (j - 1) / max(m - 1, 1)
+                    gain = 10.0 + pair.score / 10 + 3.0 * self.similarity(s, T[j - 1]) + (1.0 - abs(rs - rt))
+                    if score[i - 1][j - 1] + gain > best:
+                        best, how = score[i - 1][j - 1] + gain, 1
+                score[i][j], move[i][j] = best, how
+        chosen = []
+        i, j = n, m
+        while i and j:
+            if move[i][j] == 1:
+                chosen.append(self.pair(S[i - 1], T[j - 1]))
+                i, j = i - 1, j - 1
+            elif move[i][j] == 2:
+                i -= 1
+            else:
+                j -= 1
+        for pair in reversed(chosen):
+            assert pair is not None
+            self.take(pair, "position")
+
+    def by_unique_fit(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            fits = {id(s): [t for t in self.free_t if self.pair(s, t)] for s in self.free_s}
+            for s in list(self.free_s):
+                ts = fits[id(s)]
+                if len(ts) == 1 and sum(1 for x in self.free_s if ts[0] in fits[id(x)]) == 1:
+                    pair = self.pair(s, ts[0])
+                    assert pair is not None
+                    self.take(pair, "shapes")
+                    changed = True
+                    break
+
+    def run(self, source_name: str, target_name: str) -> Suggestion:
+        self.by_names()
+        self.by_similar_names()
+        before_position = (list(self.free_s), list(self.free_t))
+        self.by_position()
+        self.by_unique_fit()
+        return _Writer(self, before_position).suggestion(source_name, target_name)
+
+
+# -- from matches to rules ---------------------------------------------------------------------
+
+
+def _conventions_text(pairs: list[_WeightPair]) -> list[str]:
+    """The conventions a layer pair uses, grouped: renames in one clause, layouts each once."""
+    renames: dict[str, list[str]] = {}
+    layouts: list[str] = []
+    for p in pairs:
+        if p.label is None:
+            continue
+        head, _, what = p.label.partition(": ")
+        if head.endswith(" names"):
+            renames.setdefault(head[: -len(" names")], []).append(what)
+        elif p.label not in layouts:
+            layouts.append(p.label)
+    out = [f"convention {head}: renamed {', '.join(items)}" for head, items in renames.items()]
+    return out + [f"convention {label}" for label in layouts]
+
+
+def _literal(name: str) -> str:
+    """A pattern that matches exactly ``name``."""
+    if any(c in name for c in "*?") or name.startswith("re:"):
+        return "re:" + re.escape(name)
+    return name
+
+
+def _template(name: str) -> str:
+    return name.replace("{", "{{").replace("}", "}}")
+
+
+def _ops_text(ops: tuple[Any, ...]) -> str:
+    if not ops:
+        return "copy"
+    parts = []
+    for op in ops:
+        if isinstance(op, str):
+            parts.append(op)
+        else:
+            ((key, value),) = op.items()
+            parts.append(f"{key} {value}")
+    return " | ".join(parts)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class _Writer:
+    def __init__(self, aligner: _Aligner, before_position: tuple[list[_Layer], list[_Layer]]) -> None:
+        self.a = aligner
+        self.before_position = before_position  # the layers the position pass chose among
+
+    def suggestion(self, source_name: str, target_name: str) -> Suggestion:
+        order = {id(t): i for i, t in enumerate(self.a.targets)}  # rules follow the target's order
+        placed = sorted(self.a.placed, key=lambda p: order[id(p[0].target)])
+        matches: list[LayerMatch] = []
+        drops: list[tuple[str, str]] = []
+        rules: list[Rule] = []
+        unplaced: list[Leftover] = []
+        for pair, how, sim in placed:
+            match, pair_drops = self._match(pair, how, sim)
+            matches.append(match)
+            drops += pair_drops
+            rules += match.rules
+            for x in pair.extra:
+                unplaced.append(self._leftover_source(x, f"layer {pair.source.name!r} is placed on "
+                                                         f"{pair.target.name!r}, which has no weight that fits it"))
+        unplaced += self._unplaced_layers()
+        for x in (x for layer in self.a.free_s for x in layer.tensors if x.leaf in DROPPED):
+            drops.append((x.name, DROPPED[x.leaf]))
+            rules.append(Rule(drop=_literal(x.name), comment=DROPPED[x.leaf]))
+        filled = {id(p.target) for pair, _, _ in placed for p in pair.pairs}
+        partly = {id(pair.target): pair.source.name for pair, _, _ in placed}
+        unfilled = [
+            Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer,
+                     f"its layer is placed from {partly[id(layer)]!r}, which has no weight that fits it"
+                     if id(layer) in partly else "")
+            for layer in self.a.targets for x in layer.tensors if id(x) not in filled
+        ]
+        total_s = sum(len(layer.tensors) for layer in self.a.sources)
+        total_t = sum(len(layer.tensors) for layer in self.a.targets)
+        description = (
+            f"Suggested by ckptconv suggest: {len(matches)} layer(s) placed, {total_t - len(unfilled)} of "
+            f"{total_t} target variables filled from {total_s} source entries, {len(unplaced)} source "
+            "entries not placed."
+        )
+        spec = Spec(rules=tuple(rules), passthrough=False, description=description)
+        numbered = iter(spec.rules)  # the spec numbers its rules: give the matches those
+        matches = [replace(m, rules=tuple(next(numbered) for _ in m.rules)) for m in matches]
+        return Suggestion(spec, matches, drops, unplaced, unfilled, source_name, target_name)
+
+    def _match(self, pair: _LayerPair, how: str, sim: float) -> tuple[LayerMatch, list[tuple[str, str]]]:
+        s, t = pair.source, pair.target
+        reason, confidence = self._reason(pair, how, sim)
+        rules: list[Rule] = []
+        drops = [(x.name, DROPPED[x.leaf]) for x in pair.dropped]
+        for name, why in drops:
+            rules.append(Rule(drop=_literal(name), comment=why))
+        if self._layer_rule_fits(pair):
+            ops = pair.pairs[0].ops
+            if s.name == t.name:
+                rules.append(Rule(layer=_literal(s.name), ops=ops, comment=reason))
+            else:
+                rules.append(Rule(layer=_literal(s.name), to_layer=_template(t.name), ops=ops, comment=reason))
+        else:
+            for p in pair.pairs:
+                rules.append(Rule(from_=_literal(p.source.name), to=_template(p.target.name), ops=p.ops, comment=reason))
+        weights = tuple((p.source.name, p.target.name, _ops_text(p.ops)) for p in pair.pairs)
+        return LayerMatch(s.name, t.name, how, confidence, reason, weights, tuple(rules)), drops
+
+    def _layer_rule_fits(self, pair: _LayerPair) -> bool:
+        """One ``layer:``/``to_layer:`` rule says it all: every weight keeps its own name part
+        under the new layer, with the same ops, and the layer has nothing else."""
+        s, t = pair.source.name, pair.target.name
+        if pair.extra or not pair.pairs or not s or not t:
+            return False
+        ops = pair.pairs[0].ops
+        for p in pair.pairs:
+            # the plan names the output TARGET_LAYER + the separator and part after the layer
+            own = p.source.name[len(s):]
+            if not (p.source.name.startswith(s) and own[:1] in ("/", ".") and len(own) > 1):
+                return False
+            if p.ops != ops or t + own != p.target.name:
+                return False
+        return True
+
+    def _reason(self, pair: _LayerPair, how: str, sim: float) -> tuple[str, str]:
+        s, t = pair.source, pair.target
+        why = []
+        if how == "names":
+            why.append("same name")
+        elif how == "similar names":
+            why.append(f"similar names ({sim:.2f})")
+        elif how == "position":
+            why.append(f"position (source layer {s.position + 1} of {len(self.a.sources)}, "
+                       f"target layer {t.position + 1} of {len(self.a.targets)})")
+        else:
+            why.append("shapes: the only layers left that fit each other")
+        shapes = ", ".join(f"{p.target.leaf} {_shape(p.target.shape)}" for p in pair.pairs)
+        why.append(f"shapes fit ({shapes})")
+        why += _conventions_text(pair.pairs)
+        if any(p.kind == "index" for p in pair.pairs):
+            why.append("weights paired by index (their names are not known)")
+        if pair.unfilled:
+            why.append("partial: no source for " + ", ".join(x.leaf for x in pair.unfilled))
+        if pair.extra:
+            why.append("partial: " + ", ".join(x.leaf for x in pair.extra) + " not placed")
+        if not pair.full or any(p.kind == "index" for p in pair.pairs):
+            confidence = "unsure" if not pair.full else "likely"
+        elif how == "names" or (how == "similar names" and sim >= 0.6):
+            confidence = "sure"
+        elif how == "position" and self._unique(pair):
+            confidence = "sure"
+            why.append("no other layer fits either")
+        else:
+            confidence = "likely"
+        return "; ".join(why), confidence
+
+    def _unique(self, pair: _LayerPair) -> bool:
+        free_s, free_t = self.before_position
+        s, t = pair.source, pair.target
+        return (sum(1 for x in free_t if self.a.pair(s, x)) == 1
+                and sum(1 for x in free_s if self.a.pair(x, t)) == 1)
+
+    def _unplaced_layers(self) -> list[Leftover]:
+        out = []
+        for layer in self.a.free_s:
+            tensors = [x for x in layer.tensors if x.leaf not in DROPPED]
+            if not tensors:
+                continue
+            nearest = self._nearest_target(layer)
+            if nearest is None:
+                note = "no target layer is left"
+                suggestion = {"layer": _literal(layer.name), "to_layer": "TARGET_LAYER"}
+            else:
+                theirs = ", ".join(f"{x.leaf} {_shape(x.shape)}" for x in nearest.tensors)
+                note = f"no target layer left fits; nearest: {nearest.name} ({theirs})"
+                suggestion = {"layer": _literal(layer.name), "to_layer": _template(nearest.name)}
+            for i, x in enumerate(tensors):
+                out.append(Leftover(x.name, x.shape, dtype_name(x.dtype), layer.name, note,
+                                    suggestion if i == 0 else None))
+        return out
+
+    def _nearest_target(self, layer: _Layer) -> _Layer | None:
+        pool = self.a.free_t or self.a.targets
+        if not pool:
+            return None
+        rel = layer.position / max(len(self.a.sources) - 1, 1)
+        return max(pool, key=lambda t: (round(self.a.similarity(layer, t), 3),
+                                        -abs(rel - t.position / max(len(self.a.targets) - 1, 1))))
+
+    def _leftover_source(self, x: _Tensor, note: str) -> Leftover:
+        return Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer, note,
+                        {"from": _literal(x.name), "to": "TARGET_VARIABLE"})
