@@ -651,10 +651,9 @@ class _Aligner:
     def run(self, source_name: str, target_name: str) -> Suggestion:
         self.by_names()
         self.by_similar_names()
-        before_position = (list(self.free_s), list(self.free_t))
         self.by_position()
         self.by_unique_fit()
-        return _Writer(self, before_position).suggestion(source_name, target_name)
+        return _Writer(self).suggestion(source_name, target_name)
 
 
 # -- from matches to rules ---------------------------------------------------------------------
@@ -700,14 +699,21 @@ def _ops_text(ops: tuple[Any, ...]) -> str:
     return " | ".join(parts)
 
 
+def _op_arg(ops: tuple[Any, ...], name: str) -> str | None:
+    for op in ops:
+        if isinstance(op, dict) and name in op:
+            value = op[name]
+            return _shape(tuple(value)) if isinstance(value, list) else str(value)
+    return None
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 class _Writer:
-    def __init__(self, aligner: _Aligner, before_position: tuple[list[_Layer], list[_Layer]]) -> None:
+    def __init__(self, aligner: _Aligner) -> None:
         self.a = aligner
-        self.before_position = before_position  # the layers the position pass chose among
 
     def suggestion(self, source_name: str, target_name: str) -> Suggestion:
         order = {id(t): i for i, t in enumerate(self.a.targets)}  # rules follow the target's order
@@ -798,28 +804,34 @@ class _Writer:
         shapes = ", ".join(f"{p.target.leaf} {_shape(p.target.shape)}" for p in pair.pairs)
         why.append(f"shapes fit ({shapes})")
         why += _conventions_text(pair.pairs)
+        for op, text in (("reshape", "reshaped (axes split or merged, no element moves)"), ("cast", "cast")):
+            which = [f"{p.target.leaf} to {_op_arg(p.ops, op)}" for p in pair.pairs if _op_arg(p.ops, op) is not None]
+            if which:
+                why.append(f"{text}: {', '.join(which)}")
         if any(p.kind == "index" for p in pair.pairs):
             why.append("weights paired by index (their names are not known)")
         if pair.unfilled:
             why.append("partial: no source for " + ", ".join(x.leaf for x in pair.unfilled))
         if pair.extra:
             why.append("partial: " + ", ".join(x.leaf for x in pair.extra) + " not placed")
-        if not pair.full or any(p.kind == "index" for p in pair.pairs):
-            confidence = "unsure" if not pair.full else "likely"
-        elif how == "names" or (how == "similar names" and sim >= 0.6):
-            confidence = "sure"
-        elif how == "position" and self._unique(pair):
-            confidence = "sure"
+        unique = self._unique(pair)
+        if unique:
             why.append("no other layer fits either")
+        if not pair.full:
+            confidence = "unsure"
+        elif any(p.kind == "index" for p in pair.pairs):
+            confidence = "likely"
+        elif how == "names" or unique or (how == "similar names" and sim >= 0.6):
+            confidence = "sure"
         else:
             confidence = "likely"
         return "; ".join(why), confidence
 
     def _unique(self, pair: _LayerPair) -> bool:
-        free_s, free_t = self.before_position
+        """Whether the two layers fit each other and no other layer of either side."""
         s, t = pair.source, pair.target
-        return (sum(1 for x in free_t if self.a.pair(s, x)) == 1
-                and sum(1 for x in free_s if self.a.pair(x, t)) == 1)
+        return (sum(1 for x in self.a.targets if self.a.pair(s, x)) == 1
+                and sum(1 for x in self.a.sources if self.a.pair(x, t)) == 1)
 
     def _unplaced_layers(self) -> list[Leftover]:
         out = []
