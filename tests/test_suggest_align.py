@@ -9,7 +9,8 @@ import pytest
 
 import ckptconv
 from ckptconv import Store, TargetTensor, build_plan, load_spec
-from ckptconv.mapping.suggest import _regroups, align, suggest
+from ckptconv.mapping.conventions import regroups
+from ckptconv.mapping.suggest import align, suggest
 from ckptconv.store import Entry
 
 RNG = np.random.default_rng(19)
@@ -248,7 +249,7 @@ def test_writer_sorted_order_is_not_taken_for_the_model_order():
     ],
 )
 def test_regroups(src, dst, ok):
-    assert _regroups(src, dst) is ok
+    assert regroups(src, dst) is ok
 
 
 def test_target_may_be_a_checkpoint_store():

@@ -33,7 +33,7 @@ __all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side"]
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
 BLOCK_BYTES = 8 << 20  # bytes per block and side when a tensor is streamed
-_STATS_CHUNK = 1 << 20  # elements per float64 pass when values differ (bounds temporaries)
+_STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ statistics), in four passes, each over what the previous ones left:
 4. **shapes**: a remaining pair whose weights fit each other and nothing else.
 
 Whether two layers' weights fit is decided weight by weight: the same weight name, or a
-known convention between frameworks (:data:`CONVENTIONS`: a PyTorch ``Linear``/``Conv*d``
+known convention between frameworks (:mod:`ckptconv.mapping.conventions`: a PyTorch ``Linear``/``Conv*d``
 ``weight`` is a Keras ``kernel`` with its axes reversed or rotated, BatchNorm's
 ``running_mean`` is ``moving_mean``, ...), or, for weight names nobody knows, the same index;
 then the shape must agree (after the convention's transpose, and a reshape that only splits
@@ -35,104 +35,34 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import dtype_name, is_floating
-from ..store import Store, layer_of, leaf_of
-from .diff import open_side, model_store
+from ..dtypes import dtype_name
+from ..store import layer_of, leaf_of
+from .conventions import DROPPED, Weight, WeightPair, assign, conventions_text, related
+from .diff import model_store, open_side
 from .patterns import natural_key
 from .spec import Rule, Spec
 from .suggest_text import render_yaml
 
-__all__ = ["suggest", "align", "Suggestion", "LayerMatch", "Leftover", "CONVENTIONS"]
-
-
-@dataclass(frozen=True)
-class Convention:
-    """How a weight of one framework is a weight of another.
-
-    Attributes:
-        layout: ``same`` (the values as they are), ``torch-to-keras`` (a PyTorch ``Linear``
-            weight ``[out, in]`` is a Keras kernel ``[in, out]``; a ``Conv{1,2,3}d`` weight
-            ``[out, in, *k]`` is ``[*k, in, out]``) or ``keras-to-torch`` (the reverse).
-        frameworks: ``"PyTorch -> Keras"`` and the like, for the reason text.
-    """
-
-    layout: str
-    frameworks: str
-
-
-CONVENTIONS: dict[tuple[str, str], Convention] = {}
-"""(source weight name, target weight name) -> the convention that relates them."""
-
-
-def _both_ways(source: str, target: str, layout: str, frameworks: str) -> None:
-    CONVENTIONS[(source, target)] = Convention(layout, frameworks)
-    back = {"same": "same", "torch-to-keras": "keras-to-torch"}[layout]
-    left, right = frameworks.split(" -> ")
-    CONVENTIONS[(target, source)] = Convention(back, f"{right} -> {left}")
-
-
-_both_ways("weight", "kernel", "torch-to-keras", "PyTorch -> Keras")  # Linear, Conv{1,2,3}d
-_both_ways("weight", "gamma", "same", "PyTorch -> Keras")  # BatchNorm, LayerNorm, GroupNorm
-_both_ways("bias", "beta", "same", "PyTorch -> Keras")
-_both_ways("running_mean", "moving_mean", "same", "PyTorch -> Keras")
-_both_ways("running_var", "moving_variance", "same", "PyTorch -> Keras")
-_both_ways("weight", "embeddings", "same", "PyTorch -> Keras")  # Embedding
-_both_ways("weight", "scale", "same", "PyTorch -> Keras")  # RMSNorm
-_both_ways("depthwise_kernel", "kernel", "same", "tf-keras -> Keras 3")  # DepthwiseConv{1,2}D
-
-# Entries that are nobody's weight on the other side: dropped, with the reason.
-DROPPED = {"num_batches_tracked": "PyTorch BatchNorm's batch counter: Keras has no such variable"}
-
-# Weight names with a known meaning: two of them that are neither equal nor related by a
-# convention never pair (a bias is not a gamma even when both are [32]).
-KNOWN = {
-    "kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "embeddings",
-    "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "scale", "weight",
-    "running_mean", "running_var", "num_batches_tracked", "alpha",
-}
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    name: str
-    layer: str
-    leaf: str
-    index: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+__all__ = ["suggest", "align", "Suggestion", "LayerMatch", "Leftover"]
 
 
 @dataclass(eq=False)
 class _Layer:
     name: str
-    tensors: list[_Tensor]
+    tensors: list[Weight]
     position: int = 0
     tokens: frozenset[str] = frozenset()
     sizes: frozenset[int] = frozenset()  # element counts of its weights: a cheap first filter
-
-
-@dataclass(frozen=True)
-class _WeightPair:
-    source: _Tensor
-    target: _Tensor
-    kind: str  # "name", "convention" or "index"
-    ops: tuple[Any, ...]
-    label: str | None
-    score: float
 
 
 @dataclass
 class _LayerPair:
     source: _Layer
     target: _Layer
-    pairs: list[_WeightPair]
-    dropped: list[_Tensor]
-    extra: list[_Tensor]  # source weights of the layer that fill nothing
-    unfilled: list[_Tensor]  # target weights of the layer nothing fills
+    pairs: list[WeightPair]
+    dropped: list[Weight]
+    extra: list[Weight]  # source weights of the layer that fill nothing
+    unfilled: list[Weight]  # target weights of the layer nothing fills
     score: float
 
     @property
@@ -278,7 +208,7 @@ def _target_layers(target: Any, *, include_all: bool, unsafe: bool) -> tuple[lis
         counters: Counter[str] = Counter()
         for name, t in target.items():
             layer = layer_of(name)
-            tensors.append(_Tensor(name, layer, leaf_of(name), counters[layer], tuple(t.shape), np.dtype(t.dtype)))
+            tensors.append(Weight(name, layer, leaf_of(name), counters[layer], tuple(t.shape), np.dtype(t.dtype)))
             counters[layer] += 1
         return _group(tensors), "<target>"
     if isinstance(target, (str, os.PathLike)) and _is_keras_archive(target):
@@ -308,7 +238,7 @@ def _is_keras_archive(path: str | os.PathLike[str]) -> bool:
 def _layers_of(entries: Iterable[Any], *, recorded_order: bool = False) -> list[_Layer]:
     entries = list(entries)
     tensors = [
-        _Tensor(e.name, e.layer, _own_leaf(e.name, e.layer), e.index, tuple(e.shape), np.dtype(e.dtype))
+        Weight(e.name, e.layer, _own_leaf(e.name, e.layer), e.index, tuple(e.shape), np.dtype(e.dtype))
         for e in entries
     ]
     layers = _group(tensors)
@@ -327,8 +257,8 @@ def _own_leaf(name: str, layer: str) -> str:
     return leaf_of(name)
 
 
-def _group(tensors: list[_Tensor]) -> list[_Layer]:
-    groups: dict[str, list[_Tensor]] = {}
+def _group(tensors: list[Weight]) -> list[_Layer]:
+    groups: dict[str, list[Weight]] = {}
     for t in tensors:
         groups.setdefault(t.layer, []).append(t)
     layers = [_Layer(name, sorted(members, key=lambda t: t.index)) for name, members in groups.items()]
@@ -388,138 +318,6 @@ class _Similarity:
 # -- weights -----------------------------------------------------------------------------------
 
 
-def _permutation(ndim: int, layout: str) -> tuple[int, ...] | None:
-    if ndim < 2 or layout == "same":
-        return None
-    if ndim == 2:
-        return (1, 0)
-    if layout == "torch-to-keras":  # [out, in, *k] -> [*k, in, out]
-        return (*range(2, ndim), 1, 0)
-    return (ndim - 1, ndim - 2, *range(ndim - 2))  # [*k, in, out] -> [out, in, *k]
-
-
-def _regroups(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
-    """Whether ``dst`` only splits or merges adjacent axes of ``src`` (size-1 axes aside): a
-    reshape that keeps every element's meaning (``[16, 16]`` -> ``[16, 2, 8]``, not
-    ``[2, 3]`` -> ``[3, 2]``)."""
-    if 0 in src or 0 in dst:
-        return False
-    a = [d for d in src if d != 1]
-    b = [d for d in dst if d != 1]
-    if math.prod(a) != math.prod(b):
-        return False
-    i = j = 0
-    while i < len(a):
-        pa, pb, merged_a, merged_b = a[i], b[j], 1, 1
-        while pa != pb:
-            if pa < pb:
-                i += 1
-                pa *= a[i]
-                merged_a += 1
-            else:
-                j += 1
-                pb *= b[j]
-                merged_b += 1
-        if merged_a > 1 and merged_b > 1:  # several axes into several: elements would move
-            return False
-        i += 1
-        j += 1
-    return True
-
-
-def _fit(s: _Tensor, t: _Tensor, layout: str, reshape: bool) -> tuple[Any, ...] | None:
-    ops: list[Any] = []
-    shape = s.shape
-    perm = _permutation(len(shape), layout)
-    if perm is not None:
-        ops.append("transpose" if len(shape) == 2 else {"transpose": list(perm)})
-        shape = tuple(shape[p] for p in perm)
-    if shape != t.shape:
-        if not (reshape and _regroups(shape, t.shape)):
-            return None
-        ops.append({"reshape": list(t.shape)})
-    if s.dtype != t.dtype:
-        floats = is_floating(s.dtype) and is_floating(t.dtype)
-        ints = s.dtype.kind in "iu" and t.dtype.kind in "iu"
-        if not (floats or ints):
-            return None
-        ops.append({"cast": dtype_name(t.dtype)})
-    return tuple(ops)
-
-
-def _weight_pair(s: _Tensor, t: _Tensor) -> _WeightPair | None:
-    """The best way ``s`` fills ``t``, if any."""
-    options: list[tuple[str, str, str | None, float]] = []
-    if s.leaf == t.leaf:
-        options.append(("name", "same", None, 4.0))
-    convention = CONVENTIONS.get((s.leaf, t.leaf))
-    if convention is not None:
-        options.append(("convention", convention.layout, _label(s, t, convention), 4.0))
-    if not options and not (s.leaf in KNOWN and t.leaf in KNOWN) and s.index == t.index:
-        options.append(("index", "same", None, 1.5))
-    best: _WeightPair | None = None
-    for kind, layout, label, score in options:
-        ops = _fit(s, t, layout, reshape=kind != "index")
-        if ops is None:
-            continue
-        score += 0.5 * (s.index == t.index) - 0.25 * sum(isinstance(o, dict) and "reshape" in o for o in ops)
-        if best is None or score > best.score:
-            best = _WeightPair(s, t, kind, ops, label, score)
-    return best
-
-
-def _label(s: _Tensor, t: _Tensor, convention: Convention) -> str:
-    """The convention as the reason text says it (one weight's part)."""
-    if convention.layout == "same":
-        return f"{convention.frameworks} names: {s.leaf} -> {t.leaf}"
-    n = len(s.shape)
-    if convention.layout == "torch-to-keras":
-        what = "Linear weight [out, in] -> kernel [in, out]" if n == 2 else (
-            f"Conv{n - 2}d weight [out, in, *k] -> kernel [*k, in, out]" if n > 2 else "weight -> kernel")
-    else:
-        what = "kernel [in, out] -> Linear weight [out, in]" if n == 2 else (
-            f"kernel [*k, in, out] -> Conv{n - 2}d weight [out, in, *k]" if n > 2 else "kernel -> weight")
-    return f"{convention.frameworks}: {what}"
-
-
-def _related(s: _Tensor, t: _Tensor) -> bool:
-    return s.leaf == t.leaf or (s.leaf, t.leaf) in CONVENTIONS
-
-
-def _assign(sources: list[_Tensor], targets: list[_Tensor]) -> list[_WeightPair]:
-    """The maximum-score set of weight pairs, each weight in at most one (exact: a dynamic
-    programme over the targets and the subset of sources used; layers have few weights)."""
-    table = [[_weight_pair(s, t) for s in sources] for t in targets]
-    if len(sources) > 12:  # no layer of a known kind has as many: pair greedily
-        chosen: list[_WeightPair] = []
-        used: set[int] = set()
-        candidates = sorted(
-            ((p.score, -ti, -si, p) for ti, row in enumerate(table) for si, p in enumerate(row) if p),
-            key=lambda c: c[:3], reverse=True,
-        )
-        filled: set[int] = set()
-        for _, ti, si, p in candidates:
-            if -ti not in filled and -si not in used:
-                filled.add(-ti)
-                used.add(-si)
-                chosen.append(p)
-        return chosen
-    best: dict[int, tuple[float, tuple[_WeightPair, ...]]] = {0: (0.0, ())}
-    for row in table:
-        step = dict(best)
-        for mask, (score, chosen_pairs) in best.items():
-            for si, p in enumerate(row):
-                if p is None or mask >> si & 1:
-                    continue
-                key = mask | 1 << si
-                value = (score + p.score, chosen_pairs + (p,))
-                if key not in step or value[0] > step[key][0]:
-                    step[key] = value
-        # a row left without a source keeps the previous states (already in step)
-        best = step
-    return list(max(best.values(), key=lambda v: v[0])[1])
-
-
 # -- layers ------------------------------------------------------------------------------------
 
 
@@ -547,14 +345,14 @@ class _Aligner:
             return None
         droppable = [x for x in s.tensors if x.leaf in DROPPED]
         candidates = [x for x in s.tensors if x.leaf not in DROPPED]
-        pairs = _assign(candidates, t.tensors)
+        pairs = assign(candidates, t.tensors)
         if not pairs:
             return None
         used = {id(p.source) for p in pairs}
         filled = {id(p.target) for p in pairs}
         extra = [x for x in candidates if id(x) not in used]
         unfilled = [x for x in t.tensors if id(x) not in filled]
-        if any(_related(x, y) for x in extra for y in unfilled):
+        if any(related(x, y) for x in extra for y in unfilled):
             return None  # a kernel left over on both sides: these layers differ in shape
         score = sum(p.score for p in pairs) - 2.0 * len(unfilled) - 1.0 * len(extra)
         if score <= 0:
@@ -657,22 +455,6 @@ class _Aligner:
 
 
 # -- from matches to rules ---------------------------------------------------------------------
-
-
-def _conventions_text(pairs: list[_WeightPair]) -> list[str]:
-    """The conventions a layer pair uses, grouped: renames in one clause, layouts each once."""
-    renames: dict[str, list[str]] = {}
-    layouts: list[str] = []
-    for p in pairs:
-        if p.label is None:
-            continue
-        head, _, what = p.label.partition(": ")
-        if head.endswith(" names"):
-            renames.setdefault(head[: -len(" names")], []).append(what)
-        elif p.label not in layouts:
-            layouts.append(p.label)
-    out = [f"convention {head}: renamed {', '.join(items)}" for head, items in renames.items()]
-    return out + [f"convention {label}" for label in layouts]
 
 
 def _literal(name: str) -> str:
@@ -803,7 +585,7 @@ class _Writer:
             why.append("shapes: the only layers left that fit each other")
         shapes = ", ".join(f"{p.target.leaf} {_shape(p.target.shape)}" for p in pair.pairs)
         why.append(f"shapes fit ({shapes})")
-        why += _conventions_text(pair.pairs)
+        why += conventions_text(pair.pairs)
         for op, text in (("reshape", "reshaped (axes split or merged, no element moves)"), ("cast", "cast")):
             which = [f"{p.target.leaf} to {_op_arg(p.ops, op)}" for p in pair.pairs if _op_arg(p.ops, op) is not None]
             if which:
@@ -860,6 +642,6 @@ class _Writer:
         return max(pool, key=lambda t: (round(self.a.similarity(layer, t), 3),
                                         -abs(rel - t.position / max(len(self.a.targets) - 1, 1))))
 
-    def _leftover_source(self, x: _Tensor, note: str) -> Leftover:
+    def _leftover_source(self, x: Weight, note: str) -> Leftover:
         return Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer, note,
                         {"from": _literal(x.name), "to": "TARGET_VARIABLE"})
