@@ -61,7 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 # page -> files its examples use: name in the scratch directory -> (fixture generator, path in
-# its output; or "examples", a path in examples/). Every page also gets examples/.
+# its output; or "examples", a path in examples/; or "fixtures", a path in tests/fixtures/, the
+# committed files written by writers the suite does not install). Every page also gets examples/.
 PAGES: dict[str, dict[str, tuple[str, str]]] = {
     "README.md": {},
     "docs/index.md": {},
@@ -101,6 +102,14 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "new_architecture.keras": ("examples", "sample.keras"),
     },
     "docs/batch.md": {},
+    "docs/suggest.md": {
+        "pretrained.keras": ("suggest", "pretrained.keras"),
+        "new_model.keras": ("suggest", "new_model.keras"),
+        "state_dict.safetensors": ("fixtures", "torch_sequential/state_dict.safetensors"),
+        "keras2.h5": ("mapping", "keras2.h5"),
+        "keras3_model.keras": ("mapping", "keras3_target.keras"),
+    },
+    "docs/diff.md": {},
     "docs/performance.md": {},
     "docs/troubleshooting.md": {},
 }
@@ -109,6 +118,13 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
 # the imports a reference page's short snippets take for granted
 SETUP: dict[str, str] = {
     "docs/api.md": "from ckptconv import *",
+    "docs/suggest.md": """
+import keras
+L = keras.layers
+keras.Sequential([keras.Input((3, 8, 8)), L.Conv2D(4, 3, data_format="channels_first", name="conv"),
+                  L.BatchNormalization(axis=1, epsilon=1e-5, name="bn"), L.ReLU(), L.Flatten(),
+                  L.Dense(16, name="fc1"), L.ReLU(), L.Dense(5, name="fc2")], name="twin").save("twin.keras")
+""",
     "docs/cookbook-seed-question.md": """
 import keras
 L = keras.layers
@@ -354,7 +370,8 @@ def doc_results(generated, tmp_path_factory) -> dict[str, str | None]:
         blocks = [b for b in extract(page) if b.action in ("run", "file")]
         if not blocks or (only and page not in only.split(",")):
             continue
-        files = {name: str((ROOT / "examples" if gen == "examples" else generated(gen)) / rel)
+        roots = {"examples": ROOT / "examples", "fixtures": ROOT / "tests" / "fixtures"}
+        files = {name: str((roots[gen] if gen in roots else generated(gen)) / rel)
                  for name, (gen, rel) in PAGES[page].items()}
         workdir = base / page.replace("/", "_").removesuffix(".md")
         pages.append({"workdir": str(workdir), "files": files, "setup": SETUP.get(page, ""),

@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # building a .keras target imports Keras
         suggestion = align(store, args.target, include_all=args.all, unsafe=args.unsafe)
     suggestion.source = args.src
-    text = suggestion.to_yaml()
+    text = suggestion.to_yaml(spec_name=args.output or "SPEC")
     if args.output:
         _write_atomically(args.output, text)
     if args.json:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..dtypes import dtype_name, is_floating
+from ..dtypes import by_name, dtype_name, is_floating
 from ..errors import CkptconvError, PlanError
 from ..store import ByteRange, Entry, Output, Store, read_byte_range
 from .plan import TargetTensor, build_plan
@@ -106,7 +106,10 @@ class TensorDiff:
         if self.max_abs is not None:
             parts.append(f"max abs {_num(self.max_abs)}, max rel {_num(self.max_rel)}")
         if self.first is not None:
-            parts.append(f"first at {list(self.first)}: {self.first_a!r} vs {self.first_b!r}")
+            parts.append(
+                f"first at {list(self.first)}: {_value_text(self.first_a, self.dtype_a)} vs "
+                f"{_value_text(self.first_b, self.dtype_b)}"
+            )
         if self.status == "equal":
             parts.append("bit-exact")
         return "; ".join(parts)
@@ -599,6 +602,16 @@ def _scalar(value: Any) -> Any:
     if not isinstance(item, (bool, int, float, complex, str)):
         return float(item)  # ml_dtypes scalars (bfloat16, float8)
     return item
+
+
+def _value_text(value: Any, dtype: str) -> str:
+    """A value as its own dtype prints it (float32 ``0.041355703``, not float64's digits)."""
+    if isinstance(value, float):
+        try:
+            return str(by_name(dtype).type(value))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return repr(value)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

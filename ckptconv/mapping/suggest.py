@@ -132,10 +132,11 @@ class Suggestion:
     source: str = ""
     target: str = ""
 
-    def to_yaml(self) -> str:
-        """The spec as YAML text, a comment on each layer's rules saying why and how sure,
-        unplaced source entries as commented-out rules, unfilled target variables listed."""
-        return render_yaml(self)
+    def to_yaml(self, *, spec_name: str = "SPEC") -> str:
+        """The spec as YAML text: a comment on each layer's rules saying why and how sure,
+        unplaced source entries as commented-out rules, unfilled target variables listed.
+        ``spec_name`` is the name the file will have (for the comment on how to check it)."""
+        return render_yaml(self, spec_name)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form: the spec, and every match and leftover."""

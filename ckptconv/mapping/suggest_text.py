@@ -59,12 +59,13 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def render_yaml(s: Suggestion) -> str:
-    """The suggestion's spec as commented YAML (see :meth:`Suggestion.to_yaml`)."""
+def render_yaml(s: Suggestion, spec_name: str = "SPEC") -> str:
+    """The suggestion's spec as commented YAML (see :meth:`Suggestion.to_yaml`); ``spec_name``
+    is the file's own name in the comment that says how to check it."""
     lines = _comment(f"Suggested by `ckptconv suggest` from {s.source} for {s.target}.", "")
     lines += _comment(
         "A proposal to review, not a verdict: each rule says why it was chosen and how sure "
-        f"it is. Check it with: ckptconv plan {s.source} --map THIS_FILE --target {s.target}", ""
+        f"it is. Check it with: ckptconv plan {s.source} --map {spec_name} --target {s.target}", ""
     )
     lines.append("version: 1")
     lines.append("passthrough: false  # what no rule takes is dropped (listed at the end)")
