@@ -111,7 +111,8 @@ def test_seed_case_from_the_command_line(seed, tmp_path):
 
     # stdout without -o; an existing -o is kept unless --force
     again = cli("suggest", seed / "pretrained.keras", "--target", seed / "new_model.keras")
-    assert again.returncode == 0 and again.stdout == text.replace(f"--map {spec} ", "--map SPEC ")
+    assert again.returncode == 0
+    assert again.stdout.split("version: 1")[1] == text.split("version: 1")[1]  # the header names the file
     before = spec.read_bytes()
     refused = cli("suggest", seed / "pretrained.keras", "--target", seed / "new_model.keras", "-o", spec)
     assert refused.returncode == 1 and "exists; pass --force" in refused.stderr
