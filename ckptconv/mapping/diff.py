@@ -517,19 +517,17 @@ def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray
 def _read_ahead(
     gen_a: Iterator[np.ndarray], gen_b: Iterator[np.ndarray]
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs from both generators, the next pair read on a worker thread while the caller
-    compares this one (``pread`` and the comparison both release the GIL)."""
-
-    def step() -> tuple[np.ndarray | None, np.ndarray | None]:
-        return next(gen_a, None), next(gen_b, None)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-diff") as pool:
-        pending = pool.submit(step)
+    """Pairs from both generators, each advanced on a worker thread of its own: the next
+    blocks of A and of B are read at the same time, while the caller compares this pair
+    (``pread``, the copy out of the page cache and the comparison all release the GIL). A
+    generator is never advanced again before its previous block was handed over."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-diff") as pool:
+        pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
         while True:
-            xa, xb = pending.result()  # the last step runs both to their end: CRCs checked
-            if xa is None or xb is None:
+            xa, xb = pending[0].result(), pending[1].result()  # the last step runs both to
+            if xa is None or xb is None:  # their end: their CRCs are checked
                 break
-            pending = pool.submit(step)
+            pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
             yield xa, xb
 
 
