@@ -227,6 +227,28 @@ def test_keras2_h5_onto_keras3_model_with_other_names(mapping, tmp_path):
     assert plan.returncode == 0, plan.stdout + plan.stderr
 
 
+# -- a Hugging Face BERT into keras-hub's BertBackbone ------------------------------------------
+
+
+def test_hugging_face_bert_into_keras_hub_matches_keras_hubs_own_converter(mapping):
+    """A real architecture with everything at once: a safetensors file sorted by name (so the
+    attention's output projection comes before query), two identical blocks, LayerNorms as
+    weight/bias, Linear weights into EinsumDense kernels (transpose, then reshape), the
+    position_ids buffer. keras-hub's own converter is the oracle, bit for bit."""
+    if not (mapping / "bert_keras_hub.expected.json").exists():
+        pytest.skip("keras-hub is not installed (the generator wrote no BERT)")
+    expected = load_expected(mapping, "bert_keras_hub")
+    target = {e.name: ckptconv.TargetTensor(e.array.shape, e.array.dtype) for e in expected}
+    suggestion = ckptconv.mapping.align(mapping / "hf_bert" / "model.safetensors", target)
+    assert [x.name for x in suggestion.unplaced] == ["embeddings.position_ids"] and not suggestion.unfilled
+    with ckptconv.open(mapping / "hf_bert" / "model.safetensors") as store:
+        plan = ckptconv.build_plan(store, suggestion.spec, target=target, strict=True)
+        assert plan.ok, plan.problems
+        got = dict(plan.arrays())
+    for e in expected:
+        assert_bit_exact(got[e.name], e.array, e.name)
+
+
 # -- the command line's errors -----------------------------------------------------------------
 
 

@@ -53,6 +53,8 @@ class _Layer:
     position: int = 0
     tokens: frozenset[str] = frozenset()
     sizes: frozenset[int] = frozenset()  # element counts of its weights: a cheap first filter
+    signature: int = 0  # what decides how it pairs (its weights' names, shapes, dtypes), numbered
+    norm: float = 0.0  # of its token weights, for the similarity
 
 
 @dataclass
@@ -303,17 +305,16 @@ class _Similarity:
         for layer in layers:
             df.update(layer.tokens)
         n = max(len(layers), 1)
-        self.weight = {tok: math.log(1 + n / count) for tok, count in df.items()}
+        self.weight2 = {tok: math.log(1 + n / count) ** 2 for tok, count in df.items()}
+        for layer in layers:
+            layer.norm = math.sqrt(sum(self.weight2[t] for t in layer.tokens))
 
     def __call__(self, a: _Layer, b: _Layer) -> float:
         common = a.tokens & b.tokens
-        if not common:
+        if not common or not a.norm or not b.norm:
             return 0.0
-        w = self.weight
-        dot = sum(w[t] ** 2 for t in common)
-        na = math.sqrt(sum(w[t] ** 2 for t in a.tokens))
-        nb = math.sqrt(sum(w[t] ** 2 for t in b.tokens))
-        return dot / (na * nb) if na and nb else 0.0
+        w2 = self.weight2
+        return sum(w2[t] for t in common) / (a.norm * b.norm)
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -322,44 +323,114 @@ class _Similarity:
 # -- layers ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """How a source layer's weights fill a target layer's, by position in their lists."""
+
+    pairs: tuple[tuple[int, int, str, tuple[Any, ...], str | None, float], ...]
+    dropped: tuple[int, ...]
+    extra: tuple[int, ...]
+    unfilled: tuple[int, ...]
+    score: float
+
+
+def _evaluate(s: _Layer, t: _Layer) -> _Fit | None:
+    droppable = [x for x in s.tensors if x.leaf in DROPPED]
+    candidates = [x for x in s.tensors if x.leaf not in DROPPED]
+    pairs = assign(candidates, t.tensors)
+    if not pairs:
+        return None
+    used = {id(p.source) for p in pairs}
+    filled = {id(p.target) for p in pairs}
+    extra = [x for x in candidates if id(x) not in used]
+    unfilled = [x for x in t.tensors if id(x) not in filled]
+    if any(related(x, y) for x in extra for y in unfilled):
+        return None  # a kernel left over on both sides: these layers differ in shape
+    score = sum(p.score for p in pairs) - 2.0 * len(unfilled) - 1.0 * len(extra)
+    if score <= 0:
+        return None
+    pairs.sort(key=lambda p: p.target.index)
+    si = {id(x): i for i, x in enumerate(s.tensors)}
+    ti = {id(x): j for j, x in enumerate(t.tensors)}
+    return _Fit(
+        tuple((si[id(p.source)], ti[id(p.target)], p.kind, p.ops, p.label, p.score) for p in pairs),
+        tuple(si[id(x)] for x in droppable),
+        tuple(si[id(x)] for x in extra),
+        tuple(ti[id(x)] for x in unfilled),
+        score,
+    )
+
+
+def _clear_best(ranked: list[tuple[float, _Layer]], margin: float) -> _Layer | None:
+    """The most similar candidate, if it leads the next by ``margin``."""
+    if not ranked:
+        return None
+    ranked = sorted(ranked, key=lambda x: -x[0])
+    if len(ranked) > 1 and ranked[0][0] - ranked[1][0] < margin:
+        return None
+    return ranked[0][1]
+
+
 class _Aligner:
     def __init__(self, sources: list[_Layer], targets: list[_Layer]) -> None:
+        numbers: dict[tuple[Any, ...], int] = {}
         for layer in (*sources, *targets):
             layer.tokens = _tokens(layer.name)
             layer.sizes = frozenset(t.size for t in layer.tensors)
+            weights = tuple((t.leaf, t.shape, t.dtype.str, t.index) for t in layer.tensors)
+            layer.signature = numbers.setdefault(weights, len(numbers))
         self.sources = sources
         self.targets = targets
         self.similarity = _Similarity([*sources, *targets])
-        self._cache: dict[tuple[int, int], _LayerPair | None] = {}
+        # how two layers pair depends on their signatures only: a model's repeated blocks
+        # are evaluated once (weight positions, not the weights themselves, are cached)
+        self._fits: dict[tuple[int, int], _Fit | None] = {}
+        self._pairs: dict[tuple[int, int], _LayerPair | None] = {}
+        self._counts: dict[tuple[int, int, bool], int] = {}
+        self._groups: dict[int, tuple[Counter[int], dict[int, _Layer]]] = {}
         self.placed: list[tuple[_LayerPair, str, float]] = []  # pair, how, similarity
         self.free_s = list(sources)
         self.free_t = list(targets)
 
     def pair(self, s: _Layer, t: _Layer) -> _LayerPair | None:
+        """How ``s`` fills ``t`` when their weights fit, else None."""
         key = (id(s), id(t))
-        if key not in self._cache:
-            self._cache[key] = self._evaluate(s, t)
-        return self._cache[key]
+        if key in self._pairs:
+            return self._pairs[key]
+        fit = self.fit(s, t)
+        pair = None
+        if fit is not None:
+            pairs = [
+                WeightPair(s.tensors[i], t.tensors[j], kind, ops, label, score)
+                for i, j, kind, ops, label, score in fit.pairs
+            ]
+            pair = _LayerPair(s, t, pairs, [s.tensors[i] for i in fit.dropped],
+                              [s.tensors[i] for i in fit.extra], [t.tensors[j] for j in fit.unfilled], fit.score)
+        self._pairs[key] = pair
+        return pair
 
-    def _evaluate(self, s: _Layer, t: _Layer) -> _LayerPair | None:
+    def fits_count(self, layer: _Layer, others: list[_Layer], *, reverse: bool = False) -> int:
+        """How many of ``others`` ``layer`` fits (as the source, or as the target with
+        ``reverse``), counting each signature once."""
+        key = (layer.signature, id(others), reverse)
+        if key not in self._counts:
+            if id(others) not in self._groups:
+                self._groups[id(others)] = (Counter(o.signature for o in others), {o.signature: o for o in others})
+            groups, example = self._groups[id(others)]
+            self._counts[key] = sum(
+                n for sig, n in groups.items()
+                if (self.fit(example[sig], layer) if reverse else self.fit(layer, example[sig])) is not None
+            )
+        return self._counts[key]
+
+    def fit(self, s: _Layer, t: _Layer) -> _Fit | None:
+        """Whether (and how) layers with the signatures of ``s`` and ``t`` fit."""
         if not (s.sizes & t.sizes):
             return None
-        droppable = [x for x in s.tensors if x.leaf in DROPPED]
-        candidates = [x for x in s.tensors if x.leaf not in DROPPED]
-        pairs = assign(candidates, t.tensors)
-        if not pairs:
-            return None
-        used = {id(p.source) for p in pairs}
-        filled = {id(p.target) for p in pairs}
-        extra = [x for x in candidates if id(x) not in used]
-        unfilled = [x for x in t.tensors if id(x) not in filled]
-        if any(related(x, y) for x in extra for y in unfilled):
-            return None  # a kernel left over on both sides: these layers differ in shape
-        score = sum(p.score for p in pairs) - 2.0 * len(unfilled) - 1.0 * len(extra)
-        if score <= 0:
-            return None
-        pairs.sort(key=lambda p: p.target.index)
-        return _LayerPair(s, t, pairs, droppable, extra, unfilled, score)
+        key = (s.signature, t.signature)
+        if key not in self._fits:
+            self._fits[key] = _evaluate(s, t)
+        return self._fits[key]
 
     def take(self, pair: _LayerPair, how: str) -> None:
         self.placed.append((pair, how, self.similarity(pair.source, pair.target)))
@@ -376,27 +447,36 @@ class _Aligner:
             if pair is not None:
                 self.take(pair, "names")
 
-    def by_similar_names(self, threshold: float = 0.3, margin: float = 0.15) -> None:
-        best_s: dict[int, list[tuple[float, _Layer]]] = {}
-        best_t: dict[int, list[tuple[float, _Layer]]] = {}
+    def by_similar_names(self, threshold: float = 0.3, margin: float = 0.1) -> None:
+        """Pairs that fit and whose names are each other's clearly most similar; repeated
+        over what is left, since a pair taken can make the next one clear (two LayerNorms of
+        a block, told apart once the first has found its match)."""
+        candidates = []
         for s in self.free_s:
             for t in self.free_t:
-                sim = self.similarity(s, t)
-                if sim >= threshold and self.pair(s, t) is not None:
-                    best_s.setdefault(id(s), []).append((sim, t))
-                    best_t.setdefault(id(t), []).append((sim, s))
-        for s in list(self.free_s):
-            ranked = sorted(best_s.get(id(s), []), key=lambda x: -x[0])
-            if not ranked or (len(ranked) > 1 and ranked[0][0] - ranked[1][0] < margin):
-                continue
-            sim, t = ranked[0]
-            back = sorted(best_t.get(id(t), []), key=lambda x: -x[0])
-            if back[0][1] is not s or (len(back) > 1 and back[0][0] - back[1][0] < margin):
-                continue
-            if t in self.free_t:
-                pair = self.pair(s, t)
+                if s.tokens & t.tokens and self.fit(s, t) is not None:
+                    sim = self.similarity(s, t)
+                    if sim >= threshold:
+                        candidates.append((sim, s, t))
+        while True:
+            free_s, free_t = set(map(id, self.free_s)), set(map(id, self.free_t))
+            by_s: dict[int, list[tuple[float, _Layer]]] = {}
+            by_t: dict[int, list[tuple[float, _Layer]]] = {}
+            for sim, s, t in candidates:
+                if id(s) in free_s and id(t) in free_t:
+                    by_s.setdefault(id(s), []).append((sim, t))
+                    by_t.setdefault(id(t), []).append((sim, s))
+            took = False
+            for s in list(self.free_s):
+                best = _clear_best(by_s.get(id(s), []), margin)
+                if best is None or best not in self.free_t or _clear_best(by_t[id(best)], margin) is not s:
+                    continue
+                pair = self.pair(s, best)
                 assert pair is not None
                 self.take(pair, "similar names")
+                took = True
+            if not took:
+                return
 
     def by_position(self) -> None:
         S, T = self.free_s, self.free_t
@@ -412,10 +492,10 @@ class _Aligner:
                 best, how = score[i - 1][j], 2
                 if score[i][j - 1] > best:
                     best, how = score[i][j - 1], 3
-                pair = self.pair(s, T[j - 1])
-                if pair is not None:
+                fit = self.fit(s, T[j - 1])
+                if fit is not None:
                     rt = (j - 1) / max(m - 1, 1)
-                    gain = 10.0 + pair.score / 10 + 3.0 * self.similarity(s, T[j - 1]) + (1.0 - abs(rs - rt))
+                    gain = 10.0 + fit.score / 10 + 3.0 * self.similarity(s, T[j - 1]) + (1.0 - abs(rs - rt))
                     if score[i - 1][j - 1] + gain > best:
                         best, how = score[i - 1][j - 1] + gain, 1
                 score[i][j], move[i][j] = best, how
@@ -437,7 +517,7 @@ class _Aligner:
         changed = True
         while changed:
             changed = False
-            fits = {id(s): [t for t in self.free_t if self.pair(s, t)] for s in self.free_s}
+            fits = {id(s): [t for t in self.free_t if self.fit(s, t)] for s in self.free_s}
             for s in list(self.free_s):
                 ts = fits[id(s)]
                 if len(ts) == 1 and sum(1 for x in self.free_s if ts[0] in fits[id(x)]) == 1:
@@ -612,9 +692,8 @@ class _Writer:
 
     def _unique(self, pair: _LayerPair) -> bool:
         """Whether the two layers fit each other and no other layer of either side."""
-        s, t = pair.source, pair.target
-        return (sum(1 for x in self.a.targets if self.a.pair(s, x)) == 1
-                and sum(1 for x in self.a.sources if self.a.pair(x, t)) == 1)
+        return self.a.fits_count(pair.source, self.a.targets) == 1 and self.a.fits_count(
+            pair.target, self.a.sources, reverse=True) == 1
 
     def _unplaced_layers(self) -> list[Leftover]:
         out = []
@@ -636,12 +715,18 @@ class _Writer:
         return out
 
     def _nearest_target(self, layer: _Layer) -> _Layer | None:
+        """The target layer a reader would try: the most similar name (if any is similar),
+        else the free one at the closest relative position."""
         pool = self.a.free_t or self.a.targets
         if not pool:
             return None
+        similar = max(pool, key=lambda t: self.a.similarity(layer, t))
+        if self.a.similarity(layer, similar) >= 0.2:
+            return similar
+        if not self.a.free_t:
+            return None
         rel = layer.position / max(len(self.a.sources) - 1, 1)
-        return max(pool, key=lambda t: (round(self.a.similarity(layer, t), 3),
-                                        -abs(rel - t.position / max(len(self.a.targets) - 1, 1))))
+        return min(self.a.free_t, key=lambda t: abs(rel - t.position / max(len(self.a.targets) - 1, 1)))
 
     def _leftover_source(self, x: Weight, note: str) -> Leftover:
         return Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer, note,
