@@ -173,6 +173,17 @@ def test_unknown_weight_names_pair_by_index():
     assert np.array_equal(out["my_scale/beta_"], src["scale/1"])
 
 
+def test_crossed_order_is_repaired_by_the_shapes_pass():
+    """The two sides list two layers in opposite orders and the names say nothing: the order
+    alignment can take one pair; the last pass takes the other, the only fit left."""
+    src = arrays({"p/kernel": (3, 4), "p/bias": (4,), "q/kernel": (5, 6), "q/bias": (6,)})
+    tgt = target({"u/kernel": (5, 6), "u/bias": (6,), "v/kernel": (3, 4), "v/bias": (4,)})
+    suggestion = align(src, tgt)
+    assert sorted((m.source, m.target) for m in suggestion.matches) == [("p", "v"), ("q", "u")]
+    assert "shapes" in {m.how for m in suggestion.matches}
+    assert not suggestion.unplaced and not suggestion.unfilled
+
+
 def test_keras2_depthwise_kernel_is_keras3_kernel():
     src = arrays({"depthwise_conv2d/depthwise_kernel": (3, 3, 4, 1), "depthwise_conv2d/bias": (4,)})
     tgt = target({"dw/kernel": (3, 3, 4, 1), "dw/bias": (4,)})
@@ -193,12 +204,13 @@ def test_dtype_difference_gets_a_cast():
     assert out["e/kernel"].dtype == np.float32
 
 
-def test_glob_characters_and_braces_in_names_are_literal():
-    src = arrays({"w*[x]/kernel": (2, 3), "w*[x]/bias": (3,)})
-    tgt = target({"d{1}/kernel": (2, 3), "d{1}/bias": (3,)})
+def test_glob_characters_braces_and_yaml_words_in_names_are_literal():
+    src = arrays({"w*[x]/kernel": (2, 3), "w*[x]/bias": (3,), "on/kernel": (7, 2), "null/kernel": (2, 9)})
+    tgt = target({"d{1}/kernel": (2, 3), "d{1}/bias": (3,), "no/kernel": (7, 2), "1/kernel": (2, 9)})
     spec = suggest(src, tgt)
     out = outputs(src, spec, tgt)
     assert np.array_equal(out["d{1}/kernel"], src["w*[x]/kernel"])
+    assert np.array_equal(out["no/kernel"], src["on/kernel"]) and np.array_equal(out["1/kernel"], src["null/kernel"])
     assert rules_of(load_spec(align(src, tgt).to_yaml())) == rules_of(spec)
 
 
