@@ -122,6 +122,8 @@ def test_tolerances(tmp_path):
     safetensors.numpy.save_file({"w": np.array([0.0, np.nan, 1.0, 3e38], np.float32)}, str(b))
     t = diff(a, b, atol=1e9, rtol=1.0).tensors[0]
     assert t.status == "different" and t.first == (3,)      # inf against a finite number
+    t = diff(b, a, atol=1e9, rtol=1.0).tensors[0]
+    assert t.status == "different" and t.first == (3,)      # a finite number against inf
 
 
 def test_shape_and_dtype_differences(tmp_path):

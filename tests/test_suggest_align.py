@@ -205,12 +205,15 @@ def test_dtype_difference_gets_a_cast():
 
 
 def test_glob_characters_braces_and_yaml_words_in_names_are_literal():
-    src = arrays({"w*[x]/kernel": (2, 3), "w*[x]/bias": (3,), "on/kernel": (7, 2), "null/kernel": (2, 9)})
-    tgt = target({"d{1}/kernel": (2, 3), "d{1}/bias": (3,), "no/kernel": (7, 2), "1/kernel": (2, 9)})
+    src = arrays({"w*[x]/kernel": (2, 3), "w*[x]/bias": (3,), "on/kernel": (7, 2), "null/kernel": (2, 9),
+                  "x?/kernel": (4, 4), "xy/kernel": (4, 4)})
+    tgt = target({"d{1}/kernel": (2, 3), "d{1}/bias": (3,), "no/kernel": (7, 2), "1/kernel": (2, 9),
+                  "x?/kernel": (4, 4), "xy/kernel": (4, 4)})
     spec = suggest(src, tgt)
     out = outputs(src, spec, tgt)
     assert np.array_equal(out["d{1}/kernel"], src["w*[x]/kernel"])
     assert np.array_equal(out["no/kernel"], src["on/kernel"]) and np.array_equal(out["1/kernel"], src["null/kernel"])
+    assert np.array_equal(out["x?/kernel"], src["x?/kernel"]) and np.array_equal(out["xy/kernel"], src["xy/kernel"])
     assert rules_of(load_spec(align(src, tgt).to_yaml())) == rules_of(spec)
 
 
@@ -234,15 +237,16 @@ def test_nothing_in_common():
 
 
 def test_writer_sorted_order_is_not_taken_for_the_model_order():
-    """The safetensors library writes by dtype, then name: 10.weight before 2.weight, the
-    int64 counter first. Natural order of the layers is used instead."""
-    shapes = {f"{i}.weight": (8 + i, 8 + i - 1) for i in range(1, 12)}
-    src = arrays(shapes)
-    entries = sorted(src.items())
-    store = Store.from_arrays(dict(entries))
-    tgt = target({f"dense_{i}/kernel": (8 + i - 1, 8 + i) for i in range(1, 12)})
+    """The safetensors library writes by dtype, then name: ``10.weight`` before ``2.weight``.
+    Eleven identical blocks whose names share nothing with the target's: only the blocks'
+    natural order can pair them, and it is used instead of the stored one."""
+    src = arrays({f"{i}.weight": (8, 8) for i in range(1, 12)})
+    store = Store.from_arrays(dict(sorted(src.items())))  # 1, 10, 11, 2, ...: the library's order
+    letters = "abcdefghijk"
+    tgt = target({f"unit_{c}/kernel": (8, 8) for c in letters})
     out = outputs(src, suggest(store, tgt), tgt)
-    assert np.array_equal(out["dense_10/kernel"], src["10.weight"].T)
+    for i, c in enumerate(letters, start=1):
+        assert np.array_equal(out[f"unit_{c}/kernel"], src[f"{i}.weight"].T), c
 
 
 @pytest.mark.parametrize(
