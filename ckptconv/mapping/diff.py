@@ -333,8 +333,7 @@ def diff(
         progress: Called with the number of bytes read, as reading goes.
 
     Returns:
-        A :class:`DiffReport`; ``report.equal`` is True when both sides hold the same names
-        with equal values.
+        A :class:`DiffReport`: ``report.equal`` when both sides hold the same, equal tensors.
 
     Raises:
         ValueError: ``atol`` or ``rtol`` is negative or not finite.
