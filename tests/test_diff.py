@@ -181,11 +181,13 @@ def test_blocks_of_a_big_tensor(tmp_path, monkeypatch):
 
 
 _MEMORY_SCRIPT = r"""
-import resource, sys
+import json, resource, sys
 from ckptconv import diff
 report = diff(sys.argv[1], sys.argv[2])
 (t,) = report.tensors
-print(t.status, t.first, t.mismatched, report.nbytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(json.dumps({"status": t.status, "first": t.first, "mismatched": t.mismatched, "nbytes": report.nbytes,
+                  "peak_mib": peak}))
 """
 
 
@@ -201,11 +203,11 @@ def test_big_tensor_in_bounded_memory(tmp_path):
     del w
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(a), str(b)], capture_output=True, text=True,
                           timeout=600, cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stderr
-    status, first, mismatched, nbytes, peak_mib = proc.stdout.split(maxsplit=4)[0], *proc.stdout.split()[1:]
-    assert status == "different" and first == f"({n - 1},)" and mismatched == "1"
-    assert int(nbytes) == 2 * 4 * n
-    assert int(peak_mib) < 160, f"peak RSS {peak_mib} MiB"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == "different" and result["first"] == [n - 1] and result["mismatched"] == 1, result
+    assert result["nbytes"] == 2 * 4 * n, result
+    assert result["peak_mib"] < 160, f"peak RSS {result['peak_mib']} MiB"
 
 
 def test_a_live_model_against_a_file(twin):

@@ -224,9 +224,6 @@ class _Similarity:
         return sum(w2[t] for t in common) / (a.norm * b.norm)
 
 
-# -- weights -----------------------------------------------------------------------------------
-
-
 # -- layers ------------------------------------------------------------------------------------
 
 
@@ -318,7 +315,7 @@ class _Aligner:
 
     def fits_count(self, layer: _Layer, others: list[_Layer], *, reverse: bool = False) -> int:
         """How many of ``others`` ``layer`` fits (as the source, or as the target with
-        ``reverse``), counting each signature once."""
+        ``reverse``); each signature among them is evaluated once."""
         key = (layer.signature, id(others), reverse)
         if key not in self._counts:
             if id(others) not in self._groups:
