@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from .errors import CorruptFileError, IntegrityError, UnsupportedError
+from .errors import (
+    CkptconvError,
+    CorruptFileError,
+    FormatError,
+    IntegrityError,
+    NoSuchFileError,
+    UnsupportedError,
+)
 from .formats.safetensors import (
     CRC_KEY,
     Header,
@@ -24,7 +31,8 @@ from .formats.safetensors import (
     read_header,
     shard_files,
 )
-from .store import crc32c_of_range
+from .options import keyword_options
+from .store import ByteRange
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
@@ -76,30 +84,22 @@ class VerifyResult:
         """True when every tensor matched its recorded CRC-32C."""
         return not self.mismatches
 
-    @property
-    def mismatched(self) -> list[str]:
-        """Names of the tensors that failed."""
-        return [m.name for m in self.mismatches]
-
-    @property
-    def bad(self) -> list[str]:
-        """Alias of :attr:`mismatched`."""
-        return self.mismatched
-
     def check(self) -> VerifyResult:
         """Raise :class:`~ckptconv.IntegrityError` naming every failed tensor; else return self."""
         if self.mismatches:
             first = self.mismatches[0]
-            names = ", ".join(self.mismatched[:10]) + (" ..." if len(self.mismatches) > 10 else "")
+            names = ", ".join(m.name for m in self.mismatches[:10]) + (" ..." if len(self.mismatches) > 10 else "")
             raise IntegrityError(
                 f"{len(self.mismatches)} of {self.tensors} tensors do not match their recorded "
                 f"CRC-32C: {names}; the file was changed or damaged after it was written",
                 path=first.path,
-                key=first.name,
+                tensor=first.name,
             )
         return self
 
     def to_json(self) -> dict[str, object]:
+        """The result as JSON-ready data (CRC-32Cs as 8 hex digits), as ``verify --json``
+        prints it per file."""
         return {
             "path": self.path,
             "ok": self.ok,
@@ -118,6 +118,7 @@ class VerifyResult:
         }
 
 
+@keyword_options
 def verify_file(
     path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None
 ) -> VerifyResult:
@@ -127,13 +128,17 @@ def verify_file(
     given by its ``*.safetensors.index.json``, its directory, or any of its shards.
 
     Args:
-        path: The file, index, directory, or one shard of a set.
+        path: The file, index, directory, or one shard of a set; the name of a sharded set
+            (``model.safetensors`` when only ``model.safetensors.index.json`` and its shards
+            exist) finds the set.
         progress: Called with the number of bytes read after each piece.
 
     Returns:
         A :class:`VerifyResult`; call ``.check()`` to raise on a mismatch.
 
     Raises:
+        NoSuchFileError: the path does not exist (nor a set under that name).
+        FormatError: the file is not a safetensors file (the message says what it is).
         UnsupportedError: a file records no ckptconv checksums (written with
             ``--no-checksum`` or by another tool).
         CorruptFileError: a file is not a valid safetensors file (e.g. truncated).
@@ -144,7 +149,7 @@ def verify_file(
         header = read_header(file)
         if CRC_KEY not in header.metadata:
             raise UnsupportedError(
-                "the file records no ckptconv checksums (written with --no-checksum or by "
+                "the file records no ckptconv checksums (written with {opt:checksum=False} or by "
                 "another tool), so there is nothing to verify against",
                 path=file,
             )
@@ -162,11 +167,17 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             )
         path = found[0]
     if not path.exists():
-        raise CorruptFileError("no such file", path=path)
+        index = path.with_name(path.name + ".index.json")
+        if path.name.endswith(".safetensors") and index.is_file():
+            path = index  # a sharded set written under this name
+        else:
+            raise NoSuchFileError(path=path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not _looks_like_safetensors(head, path) and head.lstrip().startswith(b"{"):
-        return path, shard_files(path, _load_index(path))
+    if not _looks_like_safetensors(head, path):
+        if head.lstrip().startswith(b"{"):
+            return path, shard_files(path, _load_index(path))
+        raise _not_safetensors(path)
     match = _SHARD_RE.match(path.name)
     if match:
         index = path.with_name(f"{match['stem']}.safetensors.index.json")
@@ -175,6 +186,21 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             if any(s.resolve() == path.resolve() for s in shards):
                 return index, shards
     return path, [path]
+
+
+def _not_safetensors(path: Path) -> FormatError:
+    """Say what the file is instead, as far as ckptconv can tell."""
+    from .formats import detect
+
+    try:
+        what = f"a {detect(path).FORMAT} checkpoint"
+    except CkptconvError:
+        what = "not a checkpoint ckptconv reads"
+    return FormatError(
+        f"not a safetensors file ({what}): verify re-checks the safetensors files ckptconv "
+        "writes against the checksums recorded in them",
+        path=path,
+    )
 
 
 def _verify_one(
@@ -186,10 +212,8 @@ def _verify_one(
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         for name, (_, _, begin, end) in header.tensors.items():
-            actual = crc32c_of_range(
-                fd, header.data_start + begin, end - begin, buffer,
-                path=header.path, key=name, progress=progress,
-            )
+            stored = ByteRange(header.path, header.data_start + begin, end - begin)
+            actual = stored.crc32c(fd=fd, buffer=buffer, tensor=name, progress=progress)
             recorded = header.checksums.get(name)
             result.tensors += 1
             result.nbytes += end - begin

@@ -233,7 +233,8 @@ def test_usage_errors_and_json_failures(twin, tmp_path):
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.safetensors" in missing.stderr
     as_json = run_cli("diff", twin / "k3.keras", tmp_path / "nope.safetensors", "--json")
     assert as_json.returncode == 1
-    assert json.loads(as_json.stdout)["equal"] is False and "nope.safetensors" in json.loads(as_json.stdout)["error"]
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is False and "nope.safetensors" in doc["error"]["message"] and doc["error"]["exit"] == 1
     bad_spec = tmp_path / "bad.yaml"
     bad_spec.write_text("rules:\n  - {from: nothing/like/this, to: x}\n")
     result = run_cli("diff", twin / "k3.keras", twin / "k3.keras", "--map", bad_spec)

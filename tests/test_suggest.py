@@ -263,4 +263,4 @@ def test_cli_usage_and_errors(seed, tmp_path):
     as_json = run_cli("suggest", tmp_path / "nope.h5", "--target", seed / "new_model.keras", "--json")
     assert as_json.returncode == 1
     obj = json.loads(as_json.stdout)
-    assert obj["ok"] is False and "nope.h5" in obj["error"]
+    assert obj["ok"] is False and "nope.h5" in obj["error"]["message"]

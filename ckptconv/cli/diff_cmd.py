@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 
-from ..errors import CkptconvError
-from .common import add_debug, want_progress
+from .common import add_debug, add_json, cli_type, emit_json, exit_status, want_progress
+
+EXIT_STATUS = {
+    0: "A and B hold the same tensors, equal (bit-exact, or within --atol/--rtol)",
+    1: "they differ (names, shapes, dtypes or values), or a file cannot be read",
+    2: "a usage error (unknown option, a bad --atol, --rtol or --dtype)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ..mapping.diff import parse_tolerance
+    from ..mapping.spec import parse_dtype_option
+
     p = sub.add_parser(
         "diff",
         help="compare two checkpoints tensor by tensor (exit 0 when they hold the same weights)",
@@ -19,10 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Compare the tensors of A and B, of any formats, by name: names only in A or only "
             "in B, shape and dtype differences, and per tensor whether the bytes are identical "
             "or how far the values are apart (max abs, max rel, count beyond the tolerance, "
-            "the first of them). Reads every tensor of both, one at a time, big ones in blocks. "
-            "Exit status 0 when they are equal (within the tolerance), 1 when not."
+            "the first of them). Reads every tensor of both, one at a time, big ones in blocks."
         ),
-        allow_abbrev=False,
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("a", metavar="A", help="checkpoint file, directory or TF prefix")
     p.add_argument("b", metavar="B", help="checkpoint file, directory or TF prefix")
@@ -31,20 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="mapping spec (YAML, JSON or TOML) applied to A before comparing, as convert applies it",
     )
     p.add_argument(
-        "--atol", metavar="X", type=_tolerance, default=0.0,
+        "--atol", metavar="X", type=cli_type(parse_tolerance), default=0.0,
         help="absolute tolerance: |a - b| <= X + Y*|b| counts as equal (default 0)",
     )
     p.add_argument(
-        "--rtol", metavar="Y", type=_tolerance, default=0.0,
+        "--rtol", metavar="Y", type=cli_type(parse_tolerance), default=0.0,
         help="relative tolerance, relative to B (default 0)",
     )
     p.add_argument(
-        "--dtype", metavar="DT", type=_dtype,
+        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
         help="cast A's floating-point tensors to DT first (float16, bfloat16, ... or target: "
         "B's dtype), to check that B is exactly A converted",
     )
     p.add_argument("--all", action="store_true", help="also compare optimizer and bookkeeping entries")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_json(p, "the report")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor, equal ones too")
     p.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
@@ -53,49 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (like 1e-6), got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _dtype(text: str) -> str:
-    from ..mapping.spec import parse_dtype_option
-
-    try:
-        parse_dtype_option(text, what="--dtype")
-    except CkptconvError as e:
-        raise argparse.ArgumentTypeError(e.reason) from None
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
     from ..mapping.diff import diff
 
-    try:
-        report = _run_diff(diff, args)
-    except (CkptconvError, OSError) as e:
-        if not args.json or getattr(args, "debug", False):
-            raise
-        message = str(e) if isinstance(e, CkptconvError) else f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}"
-        print(json.dumps({"equal": False, "error": " ".join(message.split())}, indent=1))
-        return 1
+    options = dict(mapping=args.map, atol=args.atol, rtol=args.rtol, dtype=args.dtype, include_all=args.all)
+    if want_progress(args.json, args.progress):
+        from tqdm import tqdm
+
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="diff", file=sys.stderr, leave=False) as bar:
+            report = diff(args.a, args.b, progress=bar.update, **options)
+    else:
+        report = diff(args.a, args.b, **options)
     if args.json:
-        print(json.dumps(report.to_json(), indent=1))
+        emit_json(args, {"ok": report.equal, **report.to_json()})
     else:
         print(report.format_text(verbose=args.verbose))
     return 0 if report.equal else 1
-
-
-def _run_diff(diff, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    options = dict(mapping=args.map, atol=args.atol, rtol=args.rtol, dtype=args.dtype, include_all=args.all)
-    if not want_progress(args.json, args.progress):
-        return diff(args.a, args.b, **options)
-    from tqdm import tqdm
-
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="diff", file=sys.stderr, leave=False) as bar:
-        return diff(args.a, args.b, progress=bar.update, **options)

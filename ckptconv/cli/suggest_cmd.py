@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from ..errors import CkptconvError, OutputError
-from .common import add_debug
+from ..errors import OutputError
+from .common import add_debug, add_json, emit_json, exit_status
+
+EXIT_STATUS = {
+    0: "a spec was proposed (printed, or written to -o)",
+    1: "SRC or TARGET cannot be read, or -o exists (without --force) or cannot be written",
+    2: "a usage error (unknown option, no --target)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "a source are listed at the end. Check the result with `ckptconv plan SRC --map "
             "SPEC --target TARGET`."
         ),
-        allow_abbrev=False,
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
     p.add_argument(
@@ -35,10 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("-o", "--output", metavar="SPEC", help="write the spec to this file (default: stdout)")
     p.add_argument("--force", action="store_true", help="replace an existing -o file")
-    p.add_argument(
-        "--json", action="store_true",
-        help="print one JSON object: the spec, every placed layer with its reason, the leftovers",
-    )
+    add_json(p, "the spec, every placed layer with its reason and the leftovers")
     p.add_argument("--all", action="store_true", help="include optimizer and bookkeeping entries")
     p.add_argument(
         "--unsafe", action="store_true",
@@ -49,22 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (CkptconvError, OSError) as e:
-        if not args.json or getattr(args, "debug", False):
-            raise
-        message = str(e) if isinstance(e, CkptconvError) else f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}"
-        print(json.dumps({"ok": False, "error": " ".join(message.split())}, indent=1))
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     from .. import formats
     from ..mapping.suggest import align
 
     if args.output and os.path.lexists(args.output) and not args.force:
-        raise OutputError("the spec file exists; pass --force to replace it", path=args.output)
+        raise OutputError("the spec file exists; pass {opt:force=True} to replace it", path=args.output)
     # a bad source fails before Keras is imported to build the target
     with formats.open(args.src) as store:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # building a .keras target imports Keras
@@ -74,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         _write_atomically(args.output, text)
     if args.json:
-        print(json.dumps({"ok": True, **suggestion.to_json()}, indent=1))
+        emit_json(args, {"ok": True, **suggestion.to_json()})
     elif not args.output:
         sys.stdout.write(text)
     placed = sum(len(m.weights) for m in suggestion.matches)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import NoSuchFileError, OutputError, UsageError
+from ..mapping.spec import load_spec
+from ..options import keyword_options
 from ..store import Store
 from .load import load_into, open_source
 from .report import LoadReport
@@ -21,16 +23,27 @@ __all__ = ["transplant", "TransplantResult"]
 
 @dataclass
 class TransplantResult:
-    """What :func:`transplant` wrote."""
+    """What :func:`transplant` wrote.
+
+    Attributes:
+        out: The file written (absolute path).
+        report: The :class:`LoadReport` of the load into the built model.
+        seconds: Wall time.
+    """
 
     out: str
     report: LoadReport
     seconds: float
 
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data, as ``transplant --json`` prints it."""
+        return {"out": self.out, "seconds": round(self.seconds, 3), "report": self.report.to_json()}
+
 
 _OUT_SUFFIXES = (".keras", ".weights.h5")
 
 
+@keyword_options
 def transplant(
     src: str | os.PathLike[str] | Store | Mapping[str, np.ndarray],
     target: str | os.PathLike[str],
@@ -40,7 +53,13 @@ def transplant(
     unsafe: bool = False,
     force: bool = False,
     fsync: bool = True,
-    **load_options: Any,
+    strict: bool = True,
+    include_all: bool = False,
+    by_order: bool = False,
+    cast: bool = False,
+    freeze: bool | str = False,
+    only: str | Iterable[str] | None = None,
+    dtype: str | np.dtype | None = None,
 ) -> TransplantResult:
     """Build the model a ``.keras`` file describes, load ``src`` into it, save it as ``out``.
 
@@ -56,22 +75,27 @@ def transplant(
         unsafe: Let Keras build models holding Lambda bytecode (only for trusted files).
         force: Replace an existing ``out``.
         fsync: Flush the output to disk before the rename.
-        **load_options: Passed to :func:`load_into` (``strict``, ``by_order``, ``cast``,
-            ``only``, ``freeze``, ``dtype``, ``include_all``).
+        strict, include_all, by_order, cast, freeze, only, dtype: As for :func:`load_into`.
+
+    Everything that can be checked without Keras is checked first, before Keras (and its
+    backend) is imported: the options, the output path, the spec, the source.
 
     Raises:
-        OutputError: ``out`` has another suffix, exists without ``force``, or is an input.
+        UsageError: ``out`` has another suffix, or ``by_order`` with a mapping.
+        NoSuchFileError: ``target`` (or ``src``) does not exist.
+        SpecError: the mapping spec is invalid.
+        OutputError: ``out`` exists without ``force``, or is an input.
+        UnsupportedError: Keras is not installed (the message says what to install).
         LoadError: the weights do not fit (strict), nothing written.
     """
-
-    from ..errors import OutputError
 
     started = time.perf_counter()
     out_path = os.path.abspath(os.fspath(out))
     suffix = next((s for s in _OUT_SUFFIXES if out_path.endswith(s)), None)
     if suffix is None:
-        raise OutputError(
+        raise UsageError(
             "the output must end in .keras (whole model) or .weights.h5 (weights only)",
+            option="out",
             path=out,
         )
     inputs = [os.fspath(target)]
@@ -81,17 +105,26 @@ def transplant(
         if os.path.exists(given) and os.path.exists(out_path) and os.path.samefile(given, out_path):
             raise OutputError("the output is one of the inputs; choose another path", path=out)
     if os.path.exists(out_path) and not force:
-        raise OutputError("the output exists; pass --force (force=True) to replace it", path=out)
+        raise OutputError("the output exists; pass {opt:force=True} to replace it", path=out)
     out_dir = os.path.dirname(out_path)
     if not os.path.isdir(out_dir):
         raise OutputError("the output's directory does not exist", path=out)
 
+    if mapping is not None and by_order:
+        raise UsageError("{opt:by_order=True} matches by position and takes no mapping spec", option="by_order")
+    if mapping is not None:
+        mapping = load_spec(mapping)  # a broken spec fails here, in well under a second
+    if not os.path.exists(os.fspath(target)):
+        raise NoSuchFileError(path=target)
     store, opened = open_source(src)  # fail fast on a bad source, before Keras builds anything
     try:
         model = build_keras_model(target, unsafe=unsafe)
-        # The model is ours and nothing is written on failure: no need to keep old values.
-        load_options.setdefault("rollback", False)
-        report = load_into(model, store, mapping, **load_options)
+        # The model is ours and nothing is written on failure: no check pass is needed to
+        # keep its old values.
+        report = load_into(
+            model, store, mapping, strict=strict, include_all=include_all, by_order=by_order,
+            cast=cast, freeze=freeze, only=only, dtype=dtype, check_first=False,
+        )
     finally:
         if opened:
             store.close()

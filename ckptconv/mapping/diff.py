@@ -14,6 +14,7 @@ an output a ``--map`` rule transforms) is read whole, one at a time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +24,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating
-from ..errors import CkptconvError, PlanError
-from ..store import ByteRange, Entry, Output, Store, read_byte_range
+from ..errors import PlanError, UsageError
+from ..options import keyword_options, option_value
+from ..store import Entry, Output, Store
 from .plan import TargetTensor, build_plan
 from .report import _table
 
-__all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side"]
+__all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "model_store", "parse_tolerance"]
 
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
@@ -235,7 +237,8 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
     (its variables under their canonical names; reading one reads the variable's value).
 
     Raises:
-        CkptconvError: the path cannot be opened, or the object is none of these.
+        UsageError: the object is none of these.
+        CkptconvError: the path cannot be opened.
     """
     if isinstance(side, Store):
         return side, False
@@ -247,7 +250,7 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
         return Store.from_arrays(side), False
     if _is_keras_object(side):
         return model_store(side), False
-    raise CkptconvError(
+    raise UsageError(
         f"{what}: expected a checkpoint path, a ckptconv.Store, a {{name: array}} mapping or a "
         f"Keras model; received {type(side).__module__}.{type(side).__qualname__}"
     )
@@ -298,6 +301,22 @@ def _describe(side: Any, store: Store) -> str:
 # -- the comparison ----------------------------------------------------------------------------
 
 
+def parse_tolerance(value: Any) -> float:
+    """A tolerance: a finite number ``>= 0`` (``1e-6``, or the text of one).
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number >= 0 such as 1e-6, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"expected a finite number >= 0, not {value!r}")
+    return number
+
+
+@keyword_options
 def diff(
     a: Any,
     b: Any,
@@ -336,20 +355,20 @@ def diff(
         A :class:`DiffReport`: ``report.equal`` when both sides hold the same, equal tensors.
 
     Raises:
-        ValueError: ``atol`` or ``rtol`` is negative or not finite.
+        UsageError: ``atol`` or ``rtol`` is negative or not finite, or a side is no checkpoint.
+        OptionError: an option ``diff`` does not take.
         SpecError, PlanError: the mapping is invalid or does not apply to A.
         CkptconvError: a side cannot be opened or read (a damaged file, a checksum that fails).
     """
-    for label, value in (("atol", atol), ("rtol", rtol)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-            raise ValueError(f"{label} must be a finite number >= 0; received {value!r}")
+    atol = option_value("atol", atol, parse_tolerance)
+    rtol = option_value("rtol", rtol, parse_tolerance)
     store_a, close_a = open_side(a, what="A")
     try:
         store_b, close_b = open_side(b, what="B")
         try:
             return _compare_stores(
                 store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
-                atol=float(atol), rtol=float(rtol), dtype=dtype, include_all=include_all, progress=progress,
+                atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
             )
         finally:
             if close_b:
@@ -501,10 +520,7 @@ def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray
         for i, start in enumerate(range(0, count, per_block)):
             block = buffers[i % 2][: min(per_block, count - start)]
             raw = block.view(np.uint8)
-            read_byte_range(
-                ByteRange(br.path, br.offset + start * itemsize, raw.nbytes),
-                np.dtype(np.uint8), (raw.nbytes,), key=entry.name, out=raw, fd=fd,
-            )
+            br.read_into(raw, start=start * itemsize, fd=fd, tensor=entry.name)
             if entry.crc32c is not None:
                 crc = crc32c.crc32c(raw, crc)
             yield block

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..options import keyword_options
 from ..store import layer_of, leaf_of
 from .conventions import DROPPED, Weight, WeightPair, assign, related
 from .diff import model_store, open_side
@@ -74,6 +75,7 @@ class _LayerPair:
 # -- entry points ------------------------------------------------------------------------------
 
 
+@keyword_options
 def suggest(source: Any, target: Any, *, include_all: bool = False, unsafe: bool = False) -> Spec:
     """Propose a spec that maps ``source``'s entries onto ``target``'s variables.
 
@@ -98,6 +100,7 @@ def suggest(source: Any, target: Any, *, include_all: bool = False, unsafe: bool
     return align(source, target, include_all=include_all, unsafe=unsafe).spec
 
 
+@keyword_options
 def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool = False) -> Suggestion:
     """Like :func:`suggest`, returning the :class:`Suggestion` (the spec, every match with its
     reason and confidence, the leftovers on both sides, ``to_yaml()``)."""

@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import dtype_name, to_safetensors
-from ..errors import CorruptFileError, OutputError, UnsupportedError
+from ..errors import OutputError, UnsupportedError
+from ..formats.safetensors import CRC_KEY, check_metadata
+from ..options import keyword_options
 from ..store import Output
 from ._sink import Pipeline, Sink, write_all
 from ._sink import fsync as fsync_file
 
 __all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
 
-CRC_KEY = "ckptconv.crc32c"
-"""The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
 
 _CRC_PLACEHOLDER = "00000000"
 _MAX_HEADER = 100_000_000  # the safetensors format's own header limit
@@ -130,6 +130,7 @@ def index_path(dst: str | os.PathLike[str]) -> str:
     return os.fspath(dst) + ".index.json"
 
 
+@keyword_options
 def write_safetensors(
     outputs: Sequence[Output],
     dst: str | os.PathLike[str],
@@ -251,16 +252,10 @@ def write_safetensors(
 
 
 def _check_metadata(metadata: Mapping[str, str] | None, dst: str) -> dict[str, str]:
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise OutputError(
-                f"safetensors metadata must map strings to strings; received {k!r}: {v!r}",
-                path=dst,
-            )
-    if CRC_KEY in meta:
-        raise OutputError(f"metadata key {CRC_KEY!r} is reserved for ckptconv's checksums", path=dst)
-    return meta
+    try:
+        return check_metadata(metadata, own=True)
+    except ValueError as e:
+        raise OutputError(str(e), path=dst) from None
 
 
 def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
@@ -272,7 +267,7 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         if not isinstance(output.name, str) or not output.name or output.name == "__metadata__":
             raise OutputError(f"invalid tensor name {output.name!r} for safetensors", path=dst)
         if output.name in seen:
-            raise OutputError("two outputs share this name", path=dst, key=output.name)
+            raise OutputError("two outputs share this name", path=dst, tensor=output.name)
         seen.add(output.name)
         code = to_safetensors(output.dtype)
         if code is None:
@@ -285,9 +280,9 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         ) > 1 else ""
         raise UnsupportedError(
             f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
-            "(--dtype or a cast op) or drop it with a rule",
+            "({opt:dtype} or a cast op) or drop it with a rule",
             path=dst,
-            key=first.name,
+            tensor=first.name,
         )
     return codes
 
@@ -389,7 +384,7 @@ def _check_targets(
             raise OutputError("the output path is a directory", path=path)
     if old_files and not force:
         raise OutputError(
-            "the output already exists; pass --force (force=True) to replace it",
+            "the output already exists; pass {opt:force=True} to replace it",
             path=old_files[0],
         )
 
@@ -437,7 +432,7 @@ def _check_header_size(
     if size > _MAX_HEADER:
         raise OutputError(
             f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
-            "shard the output (--max-shard-size)",
+            "shard the output ({opt:max_shard_size})",
             path=dst,
         )
 
@@ -505,17 +500,10 @@ def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | No
     while done < br.length:
         space = out.reserve()
         want = min(len(space), br.length - done)
-        n = os.preadv(src, [space[:want]], br.offset + done)
-        if n <= 0:
-            raise CorruptFileError(
-                f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
-                "the file ends before",
-                path=br.path,
-                key=output.source.name,
-            )
-        out.commit(n, name)
-        done += n
-        bar.update(n)
+        br.read_into(space[:want], start=done, fd=src, tensor=output.source.name)
+        out.commit(want, name)
+        done += want
+        bar.update(want)
 
 
 def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
@@ -528,14 +516,14 @@ def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _B
                 f"computed a {block.ndim}-D {dtype_name(block.dtype)} block, the plan says "
                 f"1-D {dtype_name(output.dtype)}",
                 path=dst,
-                key=output.name,
+                tensor=output.name,
             )
         out.write_array(block, name)
         done += block.nbytes
         bar.update(block.nbytes)
     if done != output.nbytes:
         raise OutputError(
-            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, key=output.name
+            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, tensor=output.name
         )
 
 
@@ -559,14 +547,14 @@ def _write_computed(output: Output, out: Sink, dst: str, name: str | None, bar: 
         raise OutputError(
             f"computed data has shape {list(array.shape)}, the plan says {list(output.shape)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     if dtype_name(array.dtype) != dtype_name(output.dtype):
         raise OutputError(
             f"computed data has dtype {dtype_name(array.dtype)}, the plan says "
             f"{dtype_name(output.dtype)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     out.write_array(array, name)  # copied into the staging buffers: the array is free now
     bar.update(array.nbytes)
@@ -664,12 +652,12 @@ def _place(tmp: str, final: str, *, force: bool) -> None:
         os.link(tmp, final)  # fails if final appeared meanwhile: never clobber without force
     except FileExistsError as e:
         raise OutputError(
-            "the output already exists; pass --force (force=True) to replace it", path=final
+            "the output already exists; pass {opt:force=True} to replace it", path=final
         ) from e
     except OSError:  # a filesystem without hard links
         if os.path.lexists(final):
             raise OutputError(
-                "the output already exists; pass --force (force=True) to replace it", path=final
+                "the output already exists; pass {opt:force=True} to replace it", path=final
             ) from None
         os.replace(tmp, final)
         return
