@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_name, is_floating
+from .aliases import AliasTable
+from .aliases import depthwise_kernel as keras_line_rename
 
 __all__ = [
     "Convention",
@@ -67,7 +69,14 @@ _both_ways("running_mean", "moving_mean", "same", "PyTorch -> Keras")
 _both_ways("running_var", "moving_variance", "same", "PyTorch -> Keras")
 _both_ways("weight", "embeddings", "same", "PyTorch -> Keras")  # Embedding
 _both_ways("weight", "scale", "same", "PyTorch -> Keras")  # RMSNorm
-_both_ways("depthwise_kernel", "kernel", "same", "tf-keras -> Keras 3")  # DepthwiseConv{1,2}D
+# Keras 2 (tf-keras) <-> Keras 3 weight renames: the cross-line alias table's own rule
+# (DepthwiseConv{1,2}D's depthwise_kernel is Keras 3's kernel), applied to a bare weight name.
+for _leaf in ("depthwise_kernel", "kernel"):
+    for _other in keras_line_rename(_leaf, AliasTable(())):
+        CONVENTIONS[(_leaf, _other)] = Convention(
+            "same", "tf-keras -> Keras 3" if _leaf == "depthwise_kernel" else "Keras 3 -> tf-keras"
+        )
+del _leaf, _other
 
 # Entries that are nobody's weight on the other side: dropped, with the reason.
 DROPPED = {"num_batches_tracked": "PyTorch BatchNorm's batch counter: Keras has no such variable"}

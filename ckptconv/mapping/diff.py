@@ -418,8 +418,8 @@ def _compare_stores(
 def _own_problems(problems: list[str]) -> list[str]:
     """The plan's problems that are about the mapping itself; a pair whose shapes or dtypes
     differ, or an output B has no tensor for, is what the report is for, not an error."""
-    about_b = ("does not fit the target", "is not a weight of the target")
-    return [p for p in problems if not any(text in p for text in about_b)]
+    about_b = ("not-in-target", "target-mismatch")
+    return [p for p in problems if getattr(p, "kind", None) not in about_b]
 
 
 def _compare_pair(
