@@ -215,7 +215,7 @@ def test_keras2_h5_onto_keras3_model_with_other_names(mapping, tmp_path):
         {"layer": "batch_normalization", "to_layer": "norm"},
         {"layer": "dense_1", "to_layer": "classifier"},
     ]
-    assert all(m.how == "position" and m.confidence == "sure" for m in suggestion.matches)
+    assert all(m.how == "structure" and m.confidence == "sure" for m in suggestion.matches)  # legacy order
     load_into(model, mapping / "keras2.h5", suggestion.spec)  # strict: every variable filled
     for e in load_expected(mapping, "keras3_target"):
         variable = next(v for v in model.weights if v.path.endswith(e.name))
@@ -225,6 +225,27 @@ def test_keras2_h5_onto_keras3_model_with_other_names(mapping, tmp_path):
     assert cli("suggest", mapping / "keras2.h5", "--target", mapping / "keras3_target.keras", "-o", spec).returncode == 0
     plan = cli("plan", mapping / "keras2.h5", "--map", spec, "--target", mapping / "keras3_target.keras")
     assert plan.returncode == 0, plan.stdout + plan.stderr
+
+
+# -- the same architecture under other names: Keras' own structure -----------------------------
+
+
+def test_same_architecture_with_other_names_pairs_by_keras_structure(generated):
+    """A bare Keras 3 .weights.h5 lists its layers grouped by class, not in model order, and
+    every layer of the new model has another name (``emb`` -> ``pemb``): Keras' saving-tree
+    keys pair them as load_weights would, and the spec reproduces the file bit for bit."""
+    from tests.generators.gen_load import build_keras3
+
+    twin = generated("load")
+    keras.backend.clear_session()
+    model = build_keras3(keras, prefix="p")
+    suggestion = ckptconv.mapping.align(twin / "k3.weights.h5", model)
+    assert {m.how for m in suggestion.matches} == {"structure"}
+    assert {m.confidence for m in suggestion.matches} == {"sure"}
+    assert not suggestion.unplaced and not suggestion.unfilled
+    load_into(model, twin / "k3.weights.h5", suggestion.spec)  # strict: every variable filled
+    check = ckptconv.diff(twin / "k3.weights.h5", model, mapping=suggestion.spec)
+    assert check.equal and len(check.tensors) == 29
 
 
 # -- a Hugging Face BERT into keras-hub's BertBackbone ------------------------------------------

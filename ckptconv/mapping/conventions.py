@@ -31,6 +31,7 @@ __all__ = [
     "weight_pair",
     "related",
     "regroups",
+    "fit_ops",
     "assign",
     "conventions_text",
 ]
@@ -156,7 +157,10 @@ def regroups(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
     return True
 
 
-def _fit(s: Weight, t: Weight, layout: str, reshape: bool) -> tuple[Any, ...] | None:
+def fit_ops(s: Weight, t: Weight, layout: str, *, reshape: bool) -> tuple[Any, ...] | None:
+    """The ops (spec form) that make ``s`` the shape and dtype of ``t`` under ``layout``: the
+    layout's transpose, then (if ``reshape``) a reshape that only splits or merges axes, then
+    a cast between floats or between integers; None when no such ops exist."""
     ops: list[Any] = []
     shape = s.shape
     perm = _permutation(len(shape), layout)
@@ -188,7 +192,7 @@ def weight_pair(s: Weight, t: Weight) -> WeightPair | None:
         options.append(("index", "same", None, 1.5))
     best: WeightPair | None = None
     for kind, layout, label, score in options:
-        ops = _fit(s, t, layout, reshape=kind != "index")
+        ops = fit_ops(s, t, layout, reshape=kind != "index")
         if ops is None:
             continue
         score += 0.5 * (s.index == t.index) - 0.25 * sum(isinstance(o, dict) and "reshape" in o for o in ops)

@@ -248,7 +248,7 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
         return open_store(side), True
     if isinstance(side, Mapping):
         return Store.from_arrays(side), False
-    if _is_keras_object(side):
+    if is_keras_object(side):
         return model_store(side), False
     raise UsageError(
         f"{what}: expected a checkpoint path, a ckptconv.Store, a {{name: array}} mapping or a "
@@ -256,7 +256,8 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
     )
 
 
-def _is_keras_object(obj: Any) -> bool:
+def is_keras_object(obj: Any) -> bool:
+    """Whether ``obj`` is a Keras 3 or tf-keras object (from its classes; imports nothing)."""
     roots = {cls.__module__.split(".", 1)[0] for cls in type(obj).__mro__}
     return bool(roots & {"keras", "tf_keras"})
 

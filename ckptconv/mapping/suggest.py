@@ -3,16 +3,20 @@
 :func:`suggest` pairs the source's entries with the target's variables from metadata alone
 (names, layer order, weight index, shapes, dtypes) and writes the result as an ordinary spec.
 It works on layers (the entries a layer owns: a kernel and its bias, a BatchNorm's four
-statistics), in four passes, each over what the previous ones left:
+statistics), in five passes, each over what the previous ones left:
 
 1. **names**: a source layer and a target layer of the same name whose weights fit;
-2. **similar names**: pairs whose names are clearly each other's most similar (tokens
+2. **structure**: when the target is a model and the source records a structure Keras loads
+   by (a Keras 3 file's saving-tree keys, the legacy HDF5 order, TensorFlow's object graph)
+   that agrees with the whole model, the layers Keras' own loading would pair
+   (:func:`ckptconv.keras.structure.match_structure`);
+3. **similar names**: pairs whose names are clearly each other's most similar (tokens
    weighted by rarity, so ``layer.3.attention.self.query`` finds ``layer_3/.../query``) and
    whose weights fit;
-3. **position**: a sequence alignment of the remaining layers, in each side's order (the
+4. **position**: a sequence alignment of the remaining layers, in each side's order (the
    Needleman-Wunsch recurrence, a gap costing nothing): the alignment with the most layer
    pairs whose weights fit, ties broken by name similarity and relative position;
-4. **shapes**: a remaining pair whose weights fit each other and nothing else.
+5. **shapes**: a remaining pair whose weights fit each other and nothing else.
 
 Whether two layers' weights fit is decided weight by weight: the same weight name, or a
 known convention between frameworks (:mod:`ckptconv.mapping.conventions`: a PyTorch ``Linear``/``Conv*d``
@@ -37,8 +41,8 @@ import numpy as np
 
 from ..options import keyword_options
 from ..store import layer_of, leaf_of
-from .conventions import DROPPED, Weight, WeightPair, assign, related
-from .diff import model_store, open_side
+from .conventions import DROPPED, Weight, WeightPair, assign, fit_ops, related
+from .diff import is_keras_object, model_store, open_side
 from .patterns import natural_key
 from .spec import Spec
 from .suggestion import Leftover, LayerMatch, SpecWriter, Suggestion
@@ -106,16 +110,24 @@ def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool =
     reason and confidence, the leftovers on both sides, ``to_yaml()``)."""
     src_store, close_src = open_side(source, what="source")
     try:
-        tgt_layers, tgt_name = _target_layers(target, include_all=include_all, unsafe=unsafe)
-        src_layers = _layers_of(src_store.entries(include_all=include_all))
+        tgt_layers, tgt_name, model = _target_side(target, include_all=include_all, unsafe=unsafe)
+        src_layers = _layers_of(src_store.entries(include_all=include_all), recorded_order=_is_model(source))
         described = os.fspath(source) if isinstance(source, (str, os.PathLike)) else src_store.path
-        return _Aligner(src_layers, tgt_layers).run(described, tgt_name)
+        aligner = _Aligner(src_layers, tgt_layers)
+        if model is not None:
+            aligner.structure = _structure(model, src_store)
+        return aligner.run(described, tgt_name)
     finally:
         if close_src:
             src_store.close()
 
 
-def _target_layers(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[_Layer], str]:
+def _is_model(side: Any) -> bool:
+    return not isinstance(side, (str, os.PathLike, Mapping)) and is_keras_object(side)
+
+
+def _target_side(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[_Layer], str, Any]:
+    """The target's layers, its description, and the live model when there is one."""
     if isinstance(target, Mapping) and target and not all(isinstance(v, np.ndarray) for v in target.values()):
         tensors = []
         counters: Counter[str] = Counter()
@@ -123,19 +135,38 @@ def _target_layers(target: Any, *, include_all: bool, unsafe: bool) -> tuple[lis
             layer = layer_of(name)
             tensors.append(Weight(name, layer, leaf_of(name), counters[layer], tuple(t.shape), np.dtype(t.dtype)))
             counters[layer] += 1
-        return _group(tensors), "<target>"
+        return _group(tensors), "<target>", None
+    model = None
     if isinstance(target, (str, os.PathLike)) and _is_keras_archive(target):
         from ..keras.targets import build_keras_model
 
-        store = model_store(build_keras_model(target, unsafe=unsafe))
-        return _layers_of(store.entries(include_all=include_all), recorded_order=True), os.fspath(target)
+        model = build_keras_model(target, unsafe=unsafe)
+    elif _is_model(target):
+        model = target
+    if model is not None:
+        store = model_store(model)
+        name = os.fspath(target) if isinstance(target, (str, os.PathLike)) else store.path
+        return _layers_of(store.entries(include_all=include_all), recorded_order=True), name, model
     store, close = open_side(target, what="target")
     try:
         name = os.fspath(target) if isinstance(target, (str, os.PathLike)) else store.path
-        return _layers_of(store.entries(include_all=include_all)), name
+        return _layers_of(store.entries(include_all=include_all)), name, None
     finally:
         if close:
             store.close()
+
+
+def _structure(model: Any, store: Any) -> tuple[dict[str, str], str] | None:
+    """``({variable: entry}, how)`` when the source records a structure (Keras' saving-tree
+    keys, the legacy HDF5 order, TensorFlow's object graph) and all of it agrees with the
+    model's, as Keras' own loading pairs them; else None."""
+    from ..keras.structure import StructureMatch, match_structure
+    from ..keras.targets import LiveModel
+
+    found = match_structure(LiveModel(model), store)
+    if not isinstance(found, StructureMatch):
+        return None
+    return {variable: entry.name for variable, entry in found.pairs.items()}, found.how
 
 
 def _is_keras_archive(path: str | os.PathLike[str]) -> bool:
@@ -298,6 +329,8 @@ class _Aligner:
         self.placed: list[tuple[_LayerPair, str, float]] = []  # pair, how, similarity
         self.free_s = list(sources)
         self.free_t = list(targets)
+        # ({variable: entry}, how) when the source's recorded structure is the model's
+        self.structure: tuple[dict[str, str], str] | None = None
 
     def pair(self, s: _Layer, t: _Layer) -> _LayerPair | None:
         """How ``s`` fills ``t`` when their weights fit, else None."""
@@ -353,6 +386,32 @@ class _Aligner:
             pair = self.pair(s, t) if t is not None else None
             if pair is not None:
                 self.take(pair, "names")
+
+    def by_structure(self) -> None:
+        """Layers Keras' own loading pairs (the source's structure is the whole model's):
+        every variable of the target layer from one source layer, with nothing else left in
+        it but entries dropped by convention."""
+        if self.structure is None:
+            return
+        pairs, _ = self.structure
+        owner = {x.name: (layer, x) for layer in self.free_s for x in layer.tensors}
+        for t in list(self.free_t):
+            found = [owner.get(pairs.get(v.name, "")) for v in t.tensors]
+            if not found or any(f is None for f in found) or len({id(f[0]) for f in found}) != 1:  # type: ignore[index]
+                continue
+            s = found[0][0]  # type: ignore[index]
+            used = {id(x) for _, x in found}  # type: ignore[misc]
+            rest = [x for x in s.tensors if id(x) not in used]
+            if s not in self.free_s or any(x.leaf not in DROPPED for x in rest):
+                continue
+            weight_pairs = []
+            for (_, x), v in zip(found, t.tensors):  # type: ignore[misc]
+                ops = fit_ops(x, v, "same", reshape=False)
+                if ops is None:
+                    break
+                weight_pairs.append(WeightPair(x, v, "structure", ops, None, 4.5))
+            else:
+                self.take(_LayerPair(s, t, weight_pairs, rest, [], [], 4.5 * len(weight_pairs)), "structure")
 
     def by_similar_names(self, threshold: float = 0.3, margin: float = 0.1) -> None:
         """Pairs that fit and whose names are each other's clearly most similar; repeated
@@ -436,6 +495,7 @@ class _Aligner:
 
     def run(self, source_name: str, target_name: str) -> Suggestion:
         self.by_names()
+        self.by_structure()
         self.by_similar_names()
         self.by_position()
         self.by_unique_fit()

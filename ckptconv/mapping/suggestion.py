@@ -238,6 +238,8 @@ class SpecWriter:
         why = []
         if how == "names":
             why.append("same name")
+        elif how == "structure":
+            why.append(f"structure: the source's structure is the model's, paired {self.a.structure[1]}")
         elif how == "similar names":
             why.append(f"similar names ({sim:.2f})")
         elif how == "position":
@@ -265,7 +267,7 @@ class SpecWriter:
             confidence = "unsure"
         elif any(p.kind == "index" for p in pair.pairs):
             confidence = "likely"
-        elif how == "names" or unique or (how == "similar names" and sim >= 0.6):
+        elif how in ("names", "structure") or unique or (how == "similar names" and sim >= 0.6):
             confidence = "sure"
         else:
             confidence = "likely"
