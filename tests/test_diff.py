@@ -18,6 +18,7 @@ import ckptconv
 from ckptconv import DiffReport, diff
 from tests.helpers import run_cli
 
+TORCH = Path(__file__).resolve().parent / "fixtures" / "torch_sequential"
 DIFF = sys.modules["ckptconv.mapping.diff"]  # the module (ckptconv.mapping.diff is the function)
 
 # every file of the twin architecture holds the same values (tests/generators/gen_load.py)
@@ -44,6 +45,15 @@ def test_the_same_weights_in_every_format_are_equal(twin, other):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.rstrip().endswith("\nequal")
     assert "29 tensor(s) compared: 29 bit-exact; 0 only in A, 0 only in B" in result.stdout
+
+
+def test_a_torch_file_and_its_safetensors_twin_are_equal():
+    """torch.save's zip and safetensors.torch.save_file of one state dict (committed files)."""
+    result = run_cli("diff", TORCH / "state_dict.pt", TORCH / "state_dict.safetensors")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "11 tensor(s) compared: 11 bit-exact; 0 only in A, 0 only in B" in result.stdout
+    report = diff(TORCH / "state_dict.pt", TORCH / "state_dict.safetensors")
+    assert (report.format_a, report.format_b) == ("pytorch", "safetensors") and report.equal
 
 
 def test_names_that_differ_are_listed_and_a_map_fixes_them(twin, tmp_path):
@@ -246,6 +256,8 @@ def test_usage_errors_and_json_failures(twin, tmp_path):
     assert result.returncode == 1 and "matches no entry" in result.stderr
     with pytest.raises(ValueError, match="atol"):
         diff(twin / "k3.keras", twin / "k3.keras", atol=-1)
+    with pytest.raises(ckptconv.UsageError, match=r"^B: expected a checkpoint path.*received builtins.object"):
+        diff({"x": np.zeros(2)}, object())
 
 
 def test_report_json_is_one_object(twin):

@@ -28,9 +28,9 @@ from ..errors import PlanError, UsageError
 from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store
 from .plan import TargetTensor, build_plan
-from .report import _table
+from .report import table_lines
 
-__all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "model_store", "parse_tolerance"]
+__all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse_tolerance"]
 
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
@@ -205,7 +205,7 @@ class DiffReport:
         rows += [("only in B", t.name, f"{_shape(t.shape)} {t.dtype}") for t in self.only_in_b]
         if rows:
             lines.append("")
-            lines += _table(("STATUS", "TENSOR", "DETAIL"), rows)
+            lines += table_lines(("STATUS", "TENSOR", "DETAIL"), rows)
         c = self.counts()
         tolerance = f" (atol {_num(self.atol)}, rtol {_num(self.rtol)})" if self.atol or self.rtol else ""
         pieces = [f"{c['equal']} bit-exact"]
@@ -233,66 +233,26 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
     """A store for one side of a comparison, and whether this call opened it (and must close it).
 
     ``side`` is a checkpoint path (any format :func:`ckptconv.open` reads), a
-    :class:`~ckptconv.Store`, ``{name: numpy array}``, or a live Keras 3 / tf-keras model
-    (its variables under their canonical names; reading one reads the variable's value).
+    :class:`~ckptconv.Store`, ``{name: numpy array}`` (as ``load_into`` takes a source), or a
+    live Keras 3 / tf-keras model (:func:`ckptconv.keras.targets.model_store`: its variables
+    under their canonical names; reading one reads the variable's value).
 
     Raises:
         UsageError: the object is none of these.
         CkptconvError: the path cannot be opened.
+        LoadError: the model is not built.
     """
-    if isinstance(side, Store):
-        return side, False
-    if isinstance(side, (str, os.PathLike)):
-        from ..formats import open as open_store
+    from ..keras.load import open_source
+    from ..keras.targets import is_keras_model, model_store
 
-        return open_store(side), True
-    if isinstance(side, Mapping):
-        return Store.from_arrays(side), False
-    if is_keras_object(side):
+    if isinstance(side, (Store, Mapping, str, os.PathLike)):
+        return open_source(side)
+    if is_keras_model(side):
         return model_store(side), False
     raise UsageError(
         f"{what}: expected a checkpoint path, a ckptconv.Store, a {{name: array}} mapping or a "
         f"Keras model; received {type(side).__module__}.{type(side).__qualname__}"
     )
-
-
-def is_keras_object(obj: Any) -> bool:
-    """Whether ``obj`` is a Keras 3 or tf-keras object (from its classes; imports nothing)."""
-    roots = {cls.__module__.split(".", 1)[0] for cls in type(obj).__mro__}
-    return bool(roots & {"keras", "tf_keras"})
-
-
-def model_store(model: Any) -> Store:
-    """A live Keras model's variables as a store: canonical names (those ``load_into`` and
-    ``model_targets`` use), the model's weight order; ``read()`` returns a variable's value.
-
-    Raises:
-        LoadError: not a built Keras model, or two variables share one name.
-    """
-    from ..keras.targets import LiveModel, require_built
-
-    live = LiveModel(model)
-    require_built(live)
-    where = f"<model {live.name}>"
-    entries = [
-        Entry(
-            v.name,
-            key=str(getattr(v.variable, "path", v.name)),
-            shape=v.shape,
-            dtype=v.dtype,
-            path=where,
-            layer=v.owner_path,
-            index=i,
-            loader=lambda var=v: np.array(var.variable, dtype=var.dtype),
-        )
-        for i, v in enumerate(live.vars)
-    ]
-    # index: position within the owning layer, as get_weights() orders it
-    counters: dict[str, int] = {}
-    for e in entries:
-        e.index = counters.get(e.layer, 0)
-        counters[e.layer] = e.index + 1
-    return Store(entries, format="keras-model", path=where, files=())
 
 
 def _describe(side: Any, store: Store) -> str:

@@ -42,7 +42,7 @@ import numpy as np
 from ..options import keyword_options
 from ..store import layer_of, leaf_of
 from .conventions import DROPPED, Weight, WeightPair, assign, fit_ops, related
-from .diff import is_keras_object, model_store, open_side
+from .diff import open_side
 from .patterns import natural_key
 from .spec import Spec
 from .suggestion import Leftover, LayerMatch, SpecWriter, Suggestion
@@ -123,7 +123,9 @@ def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool =
 
 
 def _is_model(side: Any) -> bool:
-    return not isinstance(side, (str, os.PathLike, Mapping)) and is_keras_object(side)
+    from ..keras.targets import is_keras_model
+
+    return not isinstance(side, (str, os.PathLike, Mapping)) and is_keras_model(side)
 
 
 def _target_side(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[_Layer], str, Any]:
@@ -144,6 +146,8 @@ def _target_side(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[
     elif _is_model(target):
         model = target
     if model is not None:
+        from ..keras.targets import model_store
+
         store = model_store(model)
         name = os.fspath(target) if isinstance(target, (str, os.PathLike)) else store.path
         return _layers_of(store.entries(include_all=include_all), recorded_order=True), name, model
