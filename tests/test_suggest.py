@@ -227,6 +227,37 @@ def test_keras2_h5_onto_keras3_model_with_other_names(mapping, tmp_path):
     assert plan.returncode == 0, plan.stdout + plan.stderr
 
 
+@pytest.mark.parametrize("as_arrays", [False, True], ids=["file", "arrays"])
+def test_keras2_wrappers_onto_keras3_follow_keras_own_loader(generated, as_arrays):
+    """tf-keras' TimeDistributed, Bidirectional, DepthwiseConv2D, MultiHeadAttention, RNN and
+    SeparableConv2D weights onto the same model in Keras 3, whose names differ (``td/kernel``
+    is ``td/fc/kernel``; ``depthwise_kernel`` is ``kernel``). From the file the legacy order
+    pairs them; as bare ``{name: array}`` (no structure) the names and the Keras 2 -> 3
+    conventions must. Keras 3's own ``load_weights`` of the file is the oracle, bit for bit."""
+    pytest.importorskip("tf_keras")
+    from tests.generators.gen_structure import ZOO
+
+    zoo = generated("structure")
+    source: object = zoo / "wrappers.tk.h5"
+    if as_arrays:
+        with ckptconv.open(zoo / "wrappers.tk.h5") as store:
+            source = {name: entry.read() for name, entry in store.items()}
+    keras.backend.clear_session()
+    theirs = ZOO["wrappers"][0](keras)
+    theirs.load_weights(str(zoo / "wrappers.tk.h5"))
+    keras.backend.clear_session()
+    ours = ZOO["wrappers"][0](keras)
+    suggestion = ckptconv.mapping.align(source, ours)
+    assert not suggestion.unplaced and not suggestion.unfilled
+    assert {"layer": "td", "to_layer": "td/fc"} in rules_of(suggestion.spec)
+    assert {"from": "depthwise_conv2d/depthwise_kernel", "to": "depthwise_conv2d/kernel"} in rules_of(suggestion.spec)
+    assert {m.confidence for m in suggestion.matches} == {"sure"}
+    load_into(ours, source, suggestion.spec)  # strict: every variable filled
+    assert len(ours.weights) == 27
+    for mine, keras_own in zip(ours.weights, theirs.weights):
+        assert_bit_exact(np.array(mine), np.array(keras_own), mine.path)
+
+
 # -- the same architecture under other names: Keras' own structure -----------------------------
 
 
