@@ -381,7 +381,7 @@ class _Aligner:
         self.free_s.remove(pair.source)
         self.free_t.remove(pair.target)
 
-    # the four passes
+    # the five passes, in the order run() takes them
 
     def by_names(self) -> None:
         by_name = {t.name: t for t in self.free_t}

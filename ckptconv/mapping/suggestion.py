@@ -30,7 +30,8 @@ class LayerMatch:
 
     Attributes:
         source, target: The two layers.
-        how: Which pass placed it: ``names``, ``similar names``, ``position`` or ``shapes``.
+        how: Which pass placed it: ``names``, ``structure``, ``similar names``, ``position`` or
+            ``shapes``.
         confidence: ``sure``, ``likely`` or ``unsure``.
         reason: Why, in words (the comment the YAML spec carries).
         weights: ``(source entry, target variable, ops as text)`` for every weight.
