@@ -61,6 +61,19 @@ def test_pytorch_sequential_conventions():
     assert spec.passthrough is False
 
 
+def test_batch_counter_is_kept_when_the_target_has_one():
+    """PyTorch to PyTorch (a state dict onto its own safetensors twin): num_batches_tracked
+    is a variable of the target too, so it is carried, not dropped."""
+    src = arrays({"bn.weight": (4,), "bn.bias": (4,), "bn.running_mean": (4,), "bn.running_var": (4,)})
+    src["bn.num_batches_tracked"] = np.array(7, dtype=np.int64)
+    tgt = {name: TargetTensor(a.shape, a.dtype) for name, a in src.items()}
+    suggestion = align(src, tgt)
+    assert rules_of(suggestion.spec) == [{"layer": "bn"}]
+    assert not suggestion.unfilled and not suggestion.drops
+    assert [m.confidence for m in suggestion.matches] == ["sure"]
+    assert outputs(src, suggestion.spec, tgt)["bn.num_batches_tracked"] == 7
+
+
 @pytest.mark.parametrize("ndim", [3, 4, 5])
 def test_conv_axes_both_ways(ndim):
     """Conv{1,2,3}d weight [out, in, *k] <-> Keras kernel [*k, in, out]."""

@@ -277,8 +277,10 @@ class _Fit:
 
 
 def _evaluate(s: _Layer, t: _Layer) -> _Fit | None:
-    droppable = [x for x in s.tensors if x.leaf in DROPPED]
-    candidates = [x for x in s.tensors if x.leaf not in DROPPED]
+    # an entry nobody else has (PyTorch's batch counter) is dropped, unless this target has it
+    theirs = {x.leaf for x in t.tensors}
+    droppable = [x for x in s.tensors if x.leaf in DROPPED and x.leaf not in theirs]
+    candidates = [x for x in s.tensors if x not in droppable]
     pairs = assign(candidates, t.tensors)
     if not pairs:
         return None
