@@ -298,3 +298,22 @@ def test_entries_from_a_real_reader_keep_their_layer():
     spec = suggest(store, target({"blk.attn.qkv.weight": (2, 2)}))
     assert rules_of(spec) == [{"layer": "blk.attn.qkv"}]
     assert ckptconv.build_plan(store, spec).ok
+
+
+def test_the_check_it_names_fits_the_target(tmp_path):
+    """``plan --target`` takes a .keras model only: for a checkpoint target the header's
+    check command has no --target."""
+    import safetensors.numpy
+
+    src = arrays({"fc.weight": (3, 2), "fc.bias": (3,)})
+    st = tmp_path / "target.safetensors"
+    safetensors.numpy.save_file({"dense/kernel": np.zeros((2, 3), np.float32), "dense/bias": np.zeros(3, np.float32)}, str(st))
+    suggestion = align(src, st)
+    assert suggestion.target_file is False
+    text = suggestion.to_yaml(spec_name="s.yaml")
+    assert "Check it with: ckptconv plan <memory> --map s.yaml\n" in text.replace("\n#   ", " ")
+    assert "--target" not in text
+    assert rules_of(load_spec(text)) == [
+        {"from": "fc.weight", "to": "dense/kernel", "ops": ["transpose"]}, {"from": "fc.bias", "to": "dense/bias"},
+    ]
+

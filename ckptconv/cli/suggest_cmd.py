@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "ordinary YAML spec, a comment on each rule saying why and how sure; source entries "
             "it cannot place are listed as commented-out rules, target variables left without "
             "a source are listed at the end. Check the result with `ckptconv plan SRC --map "
-            "SPEC --target TARGET`."
+            "SPEC --target TARGET` (a .keras TARGET; for another checkpoint, `ckptconv plan "
+            "SRC --map SPEC`)."
         ),
         epilog=exit_status(EXIT_STATUS),
     )

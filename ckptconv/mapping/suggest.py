@@ -116,7 +116,9 @@ def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool =
         aligner = _Aligner(src_layers, tgt_layers)
         if model is not None:
             aligner.structure = _structure(model, src_store)
-        return aligner.run(described, tgt_name)
+        suggestion = aligner.run(described, tgt_name)
+        suggestion.target_file = model is not None and isinstance(target, (str, os.PathLike))
+        return suggestion
     finally:
         if close_src:
             src_store.close()

@@ -77,6 +77,8 @@ class Suggestion:
         unplaced: Source entries no rule places (written as commented-out rules).
         unfilled: Target variables no rule fills (listed in comments).
         source, target: Descriptions of both sides (paths where given).
+        target_file: The target is a ``.keras`` file (``plan --target`` checks the spec
+            against the model it describes; other targets have no such check).
     """
 
     spec: Spec
@@ -86,6 +88,7 @@ class Suggestion:
     unfilled: list[Leftover] = field(default_factory=list)
     source: str = ""
     target: str = ""
+    target_file: bool = False
 
     def to_yaml(self, *, spec_name: str = "SPEC") -> str:
         """The spec as YAML text: a comment on each layer's rules saying why and how sure,
@@ -361,9 +364,12 @@ def _render_yaml(s: Suggestion, spec_name: str = "SPEC") -> str:
     """The suggestion's spec as commented YAML (see :meth:`Suggestion.to_yaml`); ``spec_name``
     is the file's own name in the comment that says how to check it."""
     lines = _comment(f"Suggested by `ckptconv suggest` from {s.source} for {s.target}.", "")
+    check = f"ckptconv plan {s.source} --map {spec_name}"
+    if s.target_file:
+        check += f" --target {s.target}"
     lines += _comment(
-        "A proposal to review, not a verdict: each rule says why it was chosen and how sure "
-        f"it is. Check it with: ckptconv plan {s.source} --map {spec_name} --target {s.target}", ""
+        f"A proposal to review, not a verdict: each rule says why it was chosen and how sure it is. Check it with: {check}",
+        "",
     )
     lines.append("version: 1")
     lines.append("passthrough: false  # what no rule takes is dropped (listed at the end)")
