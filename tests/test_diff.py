@@ -136,6 +136,43 @@ def test_tolerances(tmp_path):
     assert t.status == "different" and t.first == (3,)      # a finite number against inf
 
 
+def _zoo() -> list:
+    import ml_dtypes
+
+    wide = np.array([2**62, -(2**62), 5], np.int64)  # 2**62 + 1 is the same float64 as 2**62
+    return [
+        pytest.param(np.array(1.5, np.float32), (), id="scalar"),
+        pytest.param(np.zeros((0, 3), np.float32), None, id="empty"),
+        pytest.param(np.linspace(-1, 1, 7).astype(np.float16), (6,), id="float16"),
+        pytest.param(np.linspace(-1, 1, 7).astype(ml_dtypes.bfloat16), (3,), id="bfloat16"),
+        pytest.param(wide, (0,), id="int64-beyond-float64"),
+        pytest.param(np.array([True, False, True]), (1,), id="bool"),
+        pytest.param(np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2], (3, 2), id="non-contiguous"),
+    ]
+
+
+@pytest.mark.parametrize("array, where", _zoo())
+def test_dtype_and_shape_zoo(array, where):
+    """Equal to a copy of itself; one element changed (by the least step its dtype has) is
+    found at its index, at tolerance 0."""
+    same = diff({"t": array}, {"t": array.copy()})
+    assert same.equal and same.tensors[0].status == "equal"
+    if where is None:
+        return
+    changed = array.copy()  # C order, as the bit view below needs
+    if changed.dtype == bool:
+        changed[where] = not changed[where]
+    elif changed.dtype.kind in "iu":
+        changed[where] += 1
+    else:  # the last bit of the stored value: one step of its own dtype
+        bits = changed.view(f"u{changed.dtype.itemsize}")
+        bits[where] ^= 1
+    assert changed[where] != array[where]
+    (t,) = diff({"t": array}, {"t": changed}).tensors
+    assert t.status == "different" and t.mismatched == 1 and t.first == tuple(where)
+    assert t.max_abs is not None and t.max_abs > 0
+
+
 def test_shape_and_dtype_differences(tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7

@@ -540,11 +540,14 @@ class _Stats:
         a = xa.astype(wide)
         b = xb.astype(wide)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            if xa.dtype.kind in "biu" and xb.dtype.kind in "biu":
+            integers = xa.dtype.kind in "biu" and xb.dtype.kind in "biu"
+            if integers:
                 same = np.asarray(xa == xb)  # exact: wide integers do not survive float64
             else:
                 same = (a == b) | (np.isnan(a) & np.isnan(b))
             delta = np.abs(a - b)
+            if integers:  # 2**62 and 2**62 + 1 are one float64: two integers differ by >= 1
+                delta[~same] = np.maximum(delta[~same], 1.0)
             delta[same] = 0.0
             delta[np.isnan(delta)] = np.inf  # a NaN against a number
             scale = np.abs(b)
