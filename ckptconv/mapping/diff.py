@@ -66,8 +66,9 @@ class TensorDiff:
         sources: A's entries the tensor was made from, when a mapping renamed or computed it.
         size: Elements compared (0 when shapes differ).
         mismatched: Elements beyond the tolerance (a NaN against a number counts).
-        max_abs: Largest ``|a - b|`` (float64; ``inf`` for a NaN against a number), or None
-            when no value differs or the dtype is not numeric.
+        max_abs: Largest ``|a - b|`` (float64; ``inf`` for a NaN against a number; at least 1
+            for integers that differ, also beyond float64's 2**53), or None when no value
+            differs or the dtype is not numeric.
         max_rel: Largest ``|a - b| / |b|`` (B is the reference, as in ``numpy.isclose``;
             ``inf`` where ``b`` is 0 and ``a`` is not), or None likewise.
         first: Index of the first element beyond the tolerance (C order), or None.
