@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 EXIT_STATUS = {
     0: "every file converted",
     1: "at least one file failed (the others still ran; each failure is one line), or the "
-    "spec is broken or the Dask cluster cannot be reached (before any file is read)",
+    "spec is broken, or the Dask cluster cannot be used (no scheduler at --scheduler, a worker "
+    "without this ckptconv; before any file is read)",
     2: "a usage error, before any file is read: a bad option value (-j, --scheduler, --dtype, "
     "--max-shard-size, --metadata), no inputs, -o naming a file, two inputs with one output",
 }
