@@ -191,8 +191,12 @@ def _check_scheduler(address: str) -> None:
     resolve_address(address)  # ValueError: not an address
     timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
 
+    from distributed import Security
+
+    secure = Security().get_connection_args("client")  # TLS as configured, as a Client does
+
     async def identity() -> Any:
-        comm = await open_comm(address, timeout=timeout)
+        comm = await open_comm(address, timeout=timeout, **secure)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()
