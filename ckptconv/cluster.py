@@ -104,7 +104,8 @@ def connect(scheduler: str) -> Iterator[Any]:
     ``local:N`` starts a ``LocalCluster`` on this machine for the time of the block: N worker
     processes of one thread each (``local:0``: one per CPU), so a worker converts one file at
     a time, configured with :data:`LOCAL_CLUSTER_CONFIG` (a file whose worker dies is retried
-    once), its logs silenced (the batch reports what went wrong). Anything else is
+    once), its logs silenced (the batch reports what went wrong); Ctrl-C or SIGTERM while it
+    starts takes effect once it has started, so that it can be closed. Anything else is
     the address of a running scheduler (``tcp://10.0.0.5:8786``, ``tls://...``): the client is
     closed on exit, the cluster keeps running, and its own configuration decides how often a
     task whose worker dies is retried (``distributed.scheduler.allowed-failures``).
@@ -184,15 +185,13 @@ def _check_scheduler(address: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
+    from dask.utils import parse_timedelta
+    from distributed import Security
     from distributed.comm import connect as open_comm
     from distributed.comm import resolve_address
-    from dask.utils import parse_timedelta
 
     resolve_address(address)  # ValueError: not an address
     timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
-
-    from distributed import Security
-
     secure = Security().get_connection_args("client")  # TLS as configured, as a Client does
 
     async def identity() -> Any:
