@@ -3,24 +3,28 @@
 ``convert`` records a CRC-32C of every tensor in ``__metadata__["ckptconv.crc32c"]``.
 :func:`verify_file` reads every tensor's bytes again (one file at a time, in bounded
 memory) and names each tensor whose bytes no longer match: bit rot, a truncated copy, a
-byte changed by hand.
+byte changed by hand. A sharded set must also be whole: every shard of the write its index
+records (``ckptconv.set``), none missing.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .errors import CorruptFileError, IntegrityError, UnsupportedError
+from .formats import regular_file
 from .formats.safetensors import (
     CRC_KEY,
+    SET_KEY,
     Header,
-    _load_index,
-    _looks_like_safetensors,
+    check_set,
+    index_path,
+    load_index,
+    looks_like_safetensors,
+    parse_shard_name,
     read_header,
     shard_files,
 )
@@ -29,7 +33,6 @@ from .store import crc32c_of_range
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
 _CHUNK = 16 << 20
-_SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -136,12 +139,16 @@ def verify_file(
     Raises:
         UnsupportedError: a file records no ckptconv checksums (written with
             ``--no-checksum`` or by another tool).
-        CorruptFileError: a file is not a valid safetensors file (e.g. truncated).
+        CorruptFileError: a file is not a valid safetensors file (e.g. truncated), or a set
+            is incomplete: a shard missing, or shards of two different writes.
+        FormatError: the path does not exist or is not a regular file or directory.
     """
-    target, files = _resolve(Path(path))
+    target, files, index = _resolve(Path(path))
     result = VerifyResult(path=str(target), files=[str(f) for f in files])
-    for file in files:
-        header = read_header(file)
+    headers = [read_header(file) for file in files]
+    if index is not None:
+        check_set(target, index, headers)
+    for file, header in zip(files, headers):
         if CRC_KEY not in header.metadata:
             raise UnsupportedError(
                 "the file records no ckptconv checksums (written with --no-checksum or by "
@@ -152,8 +159,8 @@ def verify_file(
     return result
 
 
-def _resolve(path: Path) -> tuple[Path, list[Path]]:
-    """The set a path belongs to: (what to report, the files to read)."""
+def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
+    """The set a path belongs to: (what to report, the files to read, the index if a set)."""
     if path.is_dir():
         found = sorted(path.glob("*.safetensors.index.json"))
         if len(found) != 1:
@@ -161,20 +168,29 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
                 "expected exactly one *.safetensors.index.json in the directory", path=path
             )
         path = found[0]
-    if not path.exists():
-        raise CorruptFileError("no such file", path=path)
+    regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not _looks_like_safetensors(head, path) and head.lstrip().startswith(b"{"):
-        return path, shard_files(path, _load_index(path))
-    match = _SHARD_RE.match(path.name)
-    if match:
-        index = path.with_name(f"{match['stem']}.safetensors.index.json")
-        if index.is_file():
-            shards = shard_files(index, _load_index(index))
+    if not looks_like_safetensors(head) and head.lstrip().startswith(b"{"):
+        index = load_index(path)
+        return path, shard_files(path, index), index
+    if parse_shard_name(path.name) is not None:
+        stem = parse_shard_name(path.name)[0]  # type: ignore[index]
+        index_file = Path(index_path(path.with_name(f"{stem}.safetensors")))
+        if index_file.is_file():
+            index = load_index(index_file)
+            shards = shard_files(index_file, index)
             if any(s.resolve() == path.resolve() for s in shards):
-                return index, shards
-    return path, [path]
+                return index_file, shards, index
+        recorded = read_header(path).metadata.get(SET_KEY)
+        if recorded is not None:  # a shard of a ckptconv set that no index completes
+            what = "does not name it" if index_file.is_file() else "is missing"
+            raise CorruptFileError(
+                f"the set is incomplete: this is a shard of a set ({SET_KEY} {recorded}) "
+                f"and its index {index_file.name} {what}; verify the index of a complete set",
+                path=path,
+            )
+    return path, [path], None
 
 
 def _verify_one(

@@ -7,14 +7,14 @@ Each subcommand lives in its own module with ``register(subparsers)``; it sets
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import CkptconvError
+from ..interrupts import Terminated, sigterm_raises
 
 __all__ = ["main", "build_parser"]
 
@@ -55,46 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` and cleanup runs (temp files go)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM unwinds the stack instead of killing the process."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except (ValueError, OSError):  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return int(args.func(args) or 0)
     except CkptconvError as e:
         if args.debug:
             raise
         print(f"ckptconv: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, Terminated) as e:
         if args.debug:
             raise
-        what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except BrokenPipeError:
         return 1
     except MemoryError as e:

@@ -37,6 +37,7 @@ from ..dtypes import dtype_name
 from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, keras_order
 from . import _tensorbundle as tb
+from . import regular_file
 from ._protowire import (
     BundleEntry,
     TrackableObject,
@@ -182,6 +183,8 @@ def _is_index(prefix: str) -> bool:
     index = f"{prefix}.index"
     if tb.has_table_magic(index):
         return True
+    if os.path.exists(index) and not os.path.isfile(index) and not os.path.isdir(index):
+        return True  # a FIFO or a device in the index's place: open() says so
     data = f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
     return not os.path.isdir(index) and bool(glob.glob(data))
 
@@ -280,8 +283,10 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         name = tb.data_file_name(prefix, shard, index.num_shards)
         files.append(name)
         try:
-            sizes.append(os.stat(name).st_size)
-        except FileNotFoundError:
+            sizes.append(regular_file(name).st_size)
+        except FormatError:
+            if os.path.exists(name):
+                raise
             raise CorruptFileError(
                 f"data shard {os.path.basename(name)} of this checkpoint is missing; copy every "
                 f"{os.path.basename(prefix)}.data-* file along with the .index",
@@ -738,6 +743,8 @@ def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  #
             path=path,
         )
     index_path = f"{located.prefix}.index"
+    if os.path.exists(index_path):
+        regular_file(index_path)  # a FIFO or a device would block the read
     if not os.path.isfile(index_path):
         raise CorruptFileError(
             f"the checkpoint's index is missing: {os.path.basename(index_path)} lists its "
