@@ -628,14 +628,40 @@ def _partitioned_loader(
             )
         _check_size(part, dtype, files[part.shard_id], name)
         parts.append((tuple(where), files[part.shard_id], part))
-    # TensorFlow's slices tile the variable; a gap would leave uninitialized memory
-    covered = sum(math.prod(s.stop - s.start for s in where) for where, _, _ in parts)
-    if covered != math.prod(entry.shape):
-        raise CorruptFileError(
-            f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
-            path=index.index_path, key=name,
-        )
+    _check_tiling([where for where, _, _ in parts], entry.shape, path=index.index_path, key=name)
     return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, key=name)
+
+
+def _check_tiling(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], *, path: str, key: str) -> None:
+    """TensorFlow's slices tile the variable exactly: no two overlap (a later one would
+    silently win) and together they cover it (a gap would be uninitialised memory).
+
+    Disjoint boxes inside the shape tile it exactly when their volumes add up to its size;
+    overlaps are found by a sweep along the first axis, so this is fast for TensorFlow's usual
+    partitioning (along the first axis) however many slices there are.
+    """
+
+    def text(box: tuple[slice, ...]) -> str:
+        return "[" + ", ".join(f"{s.start}:{s.stop}" for s in box) + "]"
+
+    ordered = sorted((b for b in boxes if all(s.stop > s.start for s in b)), key=lambda b: b[0].start if b else 0)
+    for i, box in enumerate(ordered):
+        for other in ordered[i + 1 :]:
+            if box and other[0].start >= box[0].stop:
+                break  # sorted by start along axis 0: no later box reaches back into this one
+            if all(a.start < b.stop and b.start < a.stop for a, b in zip(box, other)):
+                raise CorruptFileError(
+                    f"the slices {text(box)} and {text(other)} of this partitioned variable "
+                    "overlap: the checkpoint is damaged",
+                    path=path, key=key,
+                )
+    covered = sum(math.prod(s.stop - s.start for s in box) for box in boxes)
+    if covered != math.prod(shape):
+        raise CorruptFileError(
+            f"the slices cover {covered} of the variable's {math.prod(shape)} elements, leaving "
+            "a gap: the checkpoint is damaged or a slice is missing",
+            path=path, key=key,
+        )
 
 
 def _tensor_reader(

@@ -23,7 +23,7 @@ import numpy as np
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
-from ..store import ByteRange, Entry, Output, Store, read_byte_range
+from ..store import ByteRange, Entry, Output, Store, read_byte_range, shape_problem
 from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
@@ -391,11 +391,18 @@ class _Builder:
         # reshape: target takes the live target's shape, or else the rule's declared shape
         wanted = target.shape if target is not None else declared
         steps: list[_Step] = []
+        label = rule.label if rule is not None else "passthrough"
+        problem = shape_problem(shape, np.dtype(dtype).itemsize)
+        if problem is not None:
+            self.problems.append(f"{label}: {what}: the result {_shape_text(shape)} would have {problem}")
+            return None
         for i, op in enumerate(ops, start=1):
             try:
                 new_shape, new_dtype = op.infer(shape, dtype, target=wanted)
+                problem = shape_problem(new_shape, np.dtype(new_dtype).itemsize)
+                if problem is not None:
+                    raise OpError(f"the result {_shape_text(new_shape)} would have {problem}")
             except OpError as e:
-                label = rule.label if rule is not None else "passthrough"
                 self.problems.append(
                     f"{label}: {what}: op {i} ({op.describe()}) does not apply to "
                     f"{_shape_text(shape)} {dtype_name(dtype)}: {e}"

@@ -379,6 +379,7 @@ def plan_output_set(
         if os.path.isdir(path) and not os.path.islink(path):
             raise OutputError("the output path is a directory", path=path)
     named = _shards_named_by(index, dst) if index and os.path.isfile(index) else []
+    check_not_inputs([*finals, *replaced, *old, *named], inputs)
     if (replaced or old) and not force:
         first = (replaced + old)[0]
         raise OutputError("the output already exists; pass --force (force=True) to replace it", path=first)
@@ -391,7 +392,6 @@ def plan_output_set(
                 path=path,
             )
     stale = old + [p for p in named if p not in replaced and p not in old]
-    check_not_inputs([*finals, *replaced, *stale], inputs)
     return OutputSet(dst, list(finals), replaced, stale)
 
 
