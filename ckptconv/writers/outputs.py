@@ -10,11 +10,11 @@ through this module, so the rules are the same everywhere:
 * **The lock.** While it writes an output, a writer holds an exclusive ``flock`` on the hidden
   file ``.NAME.lock`` next to it: a second writer of the same output fails at once, in one line.
 * **What may be replaced.** Without ``force`` nothing that exists is touched. With ``force``
-  the output path itself and its index are replaced, and of the other files in the way (or
-  named by an old index) only those that are provably a ckptconv shard of an output of this
-  name: a regular file named ``STEM-NNNNN-of-NNNNN.safetensors`` whose header records
-  ckptconv's set identity. Anything else (``train.py``, ``README.md``, a directory a stale
-  index names) is never deleted; a file in the way of a new shard is refused.
+  the output path itself and its index are replaced, and of the other files in the way (named
+  by an old index, or left by an interrupted replace) only those that are provably a ckptconv
+  shard of an output of this name: a regular file named ``STEM-NNNNN-of-NNNNN.safetensors``
+  whose header records ckptconv's set identity. Anything else (``train.py``, ``README.md``, a
+  directory a stale index names) is never deleted; a file in the way of a new shard is refused.
 * **The replace protocol.** The new files are complete and flushed before any old one moves.
   Then, with SIGINT and SIGTERM held back: each old file whose name a new one takes is first
   linked aside under ``.NAME.XXXXXXXX.old``; the new shards take their names; the index (or
@@ -379,6 +379,8 @@ def plan_output_set(
         if os.path.isdir(path) and not os.path.islink(path):
             raise OutputError("the output path is a directory", path=path)
     named = _shards_named_by(index, dst) if index and os.path.isfile(index) else []
+    if index and force:  # shards of this output an interrupted replace left behind
+        named += [p for p in _orphan_shards(dst) if p not in named]
     check_not_inputs([*finals, *replaced, *old, *named], inputs)
     if (replaced or old) and not force:
         first = (replaced + old)[0]
@@ -412,6 +414,23 @@ def _shards_named_by(index: str, dst: str) -> list[str]:
         if path not in found and is_ckptconv_shard(path, dst):
             found.append(path)
     return found
+
+
+def _orphan_shards(dst: str) -> list[str]:
+    """Provable ckptconv shards of the output ``dst`` in its directory, named by any index or
+    none (a replace killed after its commit leaves the old set's shards behind)."""
+    from ..formats.safetensors import parse_shard_name
+
+    directory = os.path.dirname(dst)
+    try:
+        names = sorted(e.name for e in os.scandir(directory))
+    except OSError:
+        return []
+    return [
+        os.path.join(directory, name)
+        for name in names
+        if parse_shard_name(name, dst) is not None and is_ckptconv_shard(os.path.join(directory, name), dst)
+    ]
 
 
 # --- the commit ------------------------------------------------------------------------------
