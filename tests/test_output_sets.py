@@ -29,7 +29,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import ckptconv
-from ckptconv import CorruptFileError, OutputError
+from ckptconv import CorruptFileError
 from ckptconv.cli import main
 from ckptconv.writers.outputs import OutputLock
 from tests.helpers import run_cli
