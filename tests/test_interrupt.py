@@ -250,3 +250,69 @@ def test_output_inside_a_sharded_input_set_is_refused(tmp_path: Path) -> None:
         assert "overwrite the input" in assert_one_line(proc.stderr)
     assert listing(sharded) == files
     assert {name: digest(sharded / name) for name in files} == before
+
+
+def test_sigterm_with_debug_still_ends_with_status_143(big: tuple[Path, str], tmp_path: Path) -> None:
+    """One SIGTERM rule for the CLI and the library (``ckptconv.interrupts``): SIGTERM raises
+    ``Terminated``, a SystemExit of status 143. The CLI used to raise a KeyboardInterrupt of its
+    own instead, which ``--debug`` let through: the process then died as if by Ctrl-C."""
+    src, before = big
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = ckptconv("--debug", "convert", src, out / "model.safetensors")
+    wait_for_temp_file(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" in stderr and "ckptconv.interrupts.Terminated" in stderr
+    assert listing(out) == []
+    assert digest(src) == before
+
+
+LOAD_CHILD = """
+import os, signal, sys
+import numpy as np
+import keras
+import ckptconv
+from ckptconv.interrupts import sigterm_raises
+from ckptconv.keras import assign
+
+sig = int(sys.argv[1])
+model = keras.Sequential([keras.Input((4,)), *[keras.layers.Dense(4, name=f"d{i}") for i in range(60)]])
+before = [w.copy() for w in model.get_weights()]
+source = {f"d{i}/{part}": np.full(shape, 7.0, np.float32)
+          for i in range(60) for part, shape in (("kernel", (4, 4)), ("bias", (4,)))}
+real, layers = assign._assign_layer, [0]
+
+def interrupted_at_16(*args):  # a real signal, delivered while layer 16 of 60 is assigned
+    layers[0] += 1
+    if layers[0] == 16:
+        os.kill(os.getpid(), sig)
+    real(*args)
+
+assign._assign_layer = interrupted_at_16
+try:
+    with sigterm_raises():
+        ckptconv.load_into(model, source)
+    print("RETURNED")
+except BaseException as e:
+    print("RAISED", type(e).__name__, "after", layers[0], "layers")
+after = model.get_weights()
+loaded = sum(bool((a == 7.0).all()) for a in after)
+untouched = sum(bool((a == b).all()) for a, b in zip(after, before))
+print("LOADED", loaded, "UNTOUCHED", untouched, "OF", len(after))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_load_leaves_the_model_fully_loaded(sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of load_into's assignment waits for the last layer,
+    then raises: the model is never half loaded (16 of 60 layers new, before)."""
+    env = dict(os.environ, KERAS_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(int(sig))], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    expected = "KeyboardInterrupt" if sig == signal.SIGINT else "Terminated"
+    assert lines[0] == f"RAISED {expected} after 60 layers", proc.stdout
+    assert lines[1] == "LOADED 120 UNTOUCHED 0 OF 120", proc.stdout

@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (KeyboardInterrupt, Terminated) as e:
         if args.debug:
+            if isinstance(e, Terminated):  # a SystemExit: Python would print no traceback
+                import traceback
+
+                traceback.print_exc()
             raise
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
