@@ -211,8 +211,11 @@ def what_readers_see(index: Path) -> set[str]:
 NEW_COUNT = 3
 
 
-@pytest.mark.parametrize("new_count", [3, 2], ids=["same-shard-names", "other-shard-count"])
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig, new_count",
+    [(signal.SIGKILL, 3), (signal.SIGKILL, 2), (signal.SIGTERM, 3)],
+    ids=["SIGKILL-same-shard-names", "SIGKILL-other-shard-count", "SIGTERM"],
+)
 def test_killed_at_every_step_of_a_replace(tmp_path: Path, sig: int, new_count: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(sys.modules[__name__], "NEW_COUNT", new_count)
     new_src = source(tmp_path / "new.safetensors", 5.0, new_count)

@@ -378,10 +378,14 @@ def plan_output_set(
     for path in old:
         if os.path.isdir(path) and not os.path.islink(path):
             raise OutputError("the output path is a directory", path=path)
+    inputs = input_files(inputs)
     named = _shards_named_by(index, dst) if index and os.path.isfile(index) else []
-    if index and force:  # shards of this output an interrupted replace left behind
-        named += [p for p in _orphan_shards(dst) if p not in named]
     check_not_inputs([*finals, *replaced, *old, *named], inputs)
+    if index and force:  # shards of this output an interrupted replace left behind (not inputs)
+        named += [
+            p for p in _orphan_shards(dst)
+            if p not in named and not any(same_file(p, source) for source in inputs)
+        ]
     if (replaced or old) and not force:
         first = (replaced + old)[0]
         raise OutputError("the output already exists; pass --force (force=True) to replace it", path=first)
@@ -459,13 +463,16 @@ def commit(pairs: Sequence[tuple[str, str]], plan: OutputSet, temps: TempFiles, 
                 _place(tmp, final, replace=final in replacing)
                 temps.placed(tmp)
                 placed.append(final)
-        except OSError as e:
+        except BaseException as e:  # a rename failed, or a file appeared under a final name
             _roll_back(placed, aside, set(plan.replaced))
-            raise OutputError(f"cannot put the output in place: {e.strerror or e}", path=e.filename or plan.dst) from e
+            if isinstance(e, OSError):
+                where = e.filename if isinstance(e.filename, str) else plan.dst
+                raise OutputError(f"cannot put the output in place: {e.strerror or e}", path=where) from e
+            raise
         if fsync:
             fsync_dir(directory)
         for path in [*plan.stale, *(a for a, _ in aside)]:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # committed: what is left over is only clutter
                 os.unlink(path)
         if fsync and (plan.stale or aside):
             fsync_dir(directory)
