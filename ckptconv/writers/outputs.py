@@ -221,6 +221,9 @@ class OutputLock:
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise OutputError("the output directory does not exist; create it first", path=directory)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - no flock on this platform: no lock
