@@ -335,8 +335,9 @@ def check_collisions(jobs: Sequence[Job]) -> None:
 
     An output claims its path, its sharded set's index and every shard name of that set
     (``STEM-NNNNN-of-NNNNN.safetensors``): ``--force`` may replace or remove those. None of
-    them may be a file any input reads (the input itself, a TensorFlow checkpoint's data files,
-    a sharded input's shards), or converting one file would destroy another before its turn.
+    them may be a file another input reads (the input itself, a TensorFlow checkpoint's data
+    files, a sharded input's shards), or converting one file would destroy another before its
+    turn. (An output that is its own input's file fails that one job, as ``convert`` does.)
     Inputs are opened (metadata only) only when they lie where an output goes.
 
     Raises:
@@ -353,6 +354,8 @@ def check_collisions(jobs: Sequence[Job]) -> None:
         for src_file in _input_files(job.src, set(claims)):
             directory, name = os.path.split(os.path.realpath(src_file))
             for owner, dst_name in claims.get(directory, []):
+                if owner is job:
+                    continue  # its own input: that job alone fails, as convert refuses it
                 if name in (dst_name, dst_name + ".index.json") or parse_shard_name(name, dst_name):
                     raise OutputError(
                         f"the output of {owner.src} would overwrite {src_file}, a file of the "
