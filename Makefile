@@ -25,8 +25,10 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
 
+# Two worker processes (the CI machine has 2 cores); one test file stays on one worker, so
+# each file's session fixtures (the docs run, the fixture generators) run once.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p xdist -n 2 --dist loadfile
 
 bench: $(VENV)/.installed-test
 	$(PY) scripts/bench.py

@@ -5,6 +5,10 @@ turns rules into a :class:`Plan` checked on metadata before any data is read; wr
 stream the plan into safetensors or assign it into a live Keras model.
 
 ``import ckptconv`` never imports TensorFlow, Keras or torch.
+
+:func:`ckptconv.open` is deliberately not in ``__all__``: call it qualified, as
+``gzip.open`` or ``tarfile.open`` are, so that ``from ckptconv import *`` never shadows the
+built-in ``open``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from .errors import (
     FormatError,
     IntegrityError,
     LoadError,
+    NoSuchFileError,
+    NoSuchTensorError,
+    OptionError,
     OutputError,
     PlanError,
     SpecError,
     UnsafeInputError,
     UnsupportedError,
+    UsageError,
 )
 from .convert import ConvertResult, convert
-from .formats import open
+from .formats import open as open  # noqa: A004 - ckptconv.open; import * leaves it out
 from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file
@@ -33,8 +41,7 @@ from .writers.safetensors import WriteResult, parse_size, write_safetensors
 
 __all__ = [
     "__version__",
-    # reading
-    "open",
+    # reading (and ckptconv.open, which import * leaves out)
     "Store",
     "Entry",
     "ByteRange",
@@ -67,9 +74,13 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "LoadError",
+    "NoSuchFileError",
+    "NoSuchTensorError",
+    "OptionError",
     "OutputError",
     "PlanError",
     "SpecError",
     "UnsafeInputError",
     "UnsupportedError",
+    "UsageError",
 ]

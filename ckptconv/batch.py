@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from string import Formatter
 from typing import Any
 
 from .errors import CkptconvError
+from .options import check_options, keyword_options, option_names
 
 __all__ = [
     "FileResult",
@@ -91,6 +92,7 @@ class FileResult:
     error_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data."""
         return asdict(self)
 
 
@@ -128,6 +130,7 @@ class BatchReport:
         return [r for r in self.results if r.ok]
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data, as ``batch --json`` prints it."""
         return {
             "ok": self.ok,
             "summary": {
@@ -142,11 +145,13 @@ class BatchReport:
         }
 
 
-def convert_one(src: str, dst: str, **options: Any) -> FileResult:
+def convert_one(src: str, dst: str, *, spelling: Mapping[str, str] | None = None, **options: Any) -> FileResult:
     """Convert one checkpoint; a failure is returned as a result, not raised.
 
     Takes the options of :func:`ckptconv.convert.convert`, creates the output's directory if
     needed, and never shows a progress bar. Reads the whole source (that is the job).
+    ``spelling`` spells the options named in error messages (the command line passes its
+    own; see :func:`ckptconv.errors.render_options`).
 
     Returns:
         A :class:`FileResult`; ``ok`` is False with ``error`` set when ckptconv refused the
@@ -165,7 +170,7 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
             dst=dst,
             ok=False,
             seconds=time.perf_counter() - started,
-            error=_one_line(e, src),
+            error=_one_line(e, src, spelling),
             error_type=type(e).__name__,
         )
     return FileResult(
@@ -180,12 +185,11 @@ def convert_one(src: str, dst: str, **options: Any) -> FileResult:
     )
 
 
-def _one_line(error: BaseException, src: str) -> str:
+def _one_line(error: BaseException, src: str, spelling: Mapping[str, str] | None = None) -> str:
     """The error as one line, without repeating the input's own path."""
     if isinstance(error, CkptconvError):
-        text = str(error)
-        if error.path is not None and os.path.abspath(error.path) == os.path.abspath(src):
-            text = f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+        same = error.path is not None and os.path.abspath(error.path) == os.path.abspath(src)
+        text = error.render(spelling, path=not same)
     elif isinstance(error, OSError):
         same = error.filename and os.path.abspath(str(error.filename)) == os.path.abspath(src)
         where = f"{error.filename}: " if error.filename and not same else ""
@@ -284,6 +288,7 @@ def output_name(src: str, index: int, pattern: str) -> str:
     )
 
 
+@keyword_options
 def plan_jobs(
     inputs: Iterable[str],
     outdir: str | os.PathLike[str],
@@ -359,7 +364,7 @@ def check_collisions(jobs: Sequence[Job]) -> None:
                 if name in (dst_name, dst_name + ".index.json") or parse_shard_name(name, dst_name):
                     raise OutputError(
                         f"the output of {owner.src} would overwrite {src_file}, a file of the "
-                        f"input {job.src}; choose another output directory or --name-pattern",
+                        f"input {job.src}; choose another output directory or {{opt:pattern}}",
                         path=owner.dst,
                     )
 
@@ -414,7 +419,11 @@ def run_batch(
 
     Returns:
         A :class:`BatchReport` with results in job order.
+
+    Raises:
+        OptionError: an option the job does not take (checked once, before any job runs).
     """
+    _check_job_options(job, options)
     started = time.perf_counter()
     if workers <= 0:
         workers = os.cpu_count() or 1
@@ -450,6 +459,20 @@ def run_batch(
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(isolated, broken))
     return BatchReport([r for r in results if r is not None], time.perf_counter() - started)
+
+
+def _check_job_options(job: Callable[..., FileResult], options: dict[str, Any]) -> None:
+    """Refuse an unknown option once, up front, rather than once per file in the workers."""
+    import inspect
+
+    from .convert import convert
+
+    target = convert if job is convert_one else job
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # a wrapper that forwards: its own callee checks
+    accepted = {p.name for p in parameters} | ({"spelling"} if job is convert_one else set())
+    check_options(f"{target.__name__}()", options, accepted, option_names(target))
 
 
 def _output_exists(dst: str) -> bool:

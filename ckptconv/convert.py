@@ -6,17 +6,45 @@ it is importable and free of global state, so it can run in worker processes or 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CkptconvError, OutputError
+from .errors import UsageError
 from .formats import open as open_store
+from .formats.safetensors import KINDS_KEY, check_metadata
+from .options import keyword_options, option_value
 
-__all__ = ["convert", "ConvertResult"]
+__all__ = ["convert", "ConvertResult", "output_name"]
+
+_SUFFIX = ".safetensors"
+_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def output_name(dst: str | os.PathLike[str], *, any_suffix: bool = False) -> str:
+    """The ``.safetensors`` path to write for ``dst``: itself, or the set's name for a
+    ``.safetensors.index.json``.
+
+    Raises:
+        UsageError: ``dst`` ends in neither and ``any_suffix`` is False.
+    """
+    text = os.fspath(dst)
+    if text.endswith(_INDEX_SUFFIX):
+        return text[: -len(".index.json")]
+    if text.endswith(_SUFFIX) or any_suffix:
+        return text
+    suffix = "".join(Path(text).suffixes[-2:]) or "no suffix"
+    raise UsageError(
+        f"the output is a safetensors file but its name ends in {suffix}: name it "
+        f"{Path(text).name.split('.')[0] or 'out'}.safetensors, or pass {{opt:any_suffix=True}} "
+        "to keep this name",
+        option="dst",
+        path=text,
+    )
 
 
 @dataclass
@@ -39,7 +67,15 @@ class ConvertResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data, as ``convert --json`` prints it."""
+        data = asdict(self)
+        data["skipped"] = [list(pair) for pair in self.skipped]
+        data["seconds"] = round(self.seconds, 3)
+        return data
 
+
+@keyword_options
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -55,6 +91,8 @@ def convert(
     progress: bool = False,
     check_crc: bool = True,
     metadata: Mapping[str, str] | None = None,
+    allow_lossy: bool = False,
+    any_suffix: bool = False,
 ) -> ConvertResult:
     """Convert one checkpoint into a safetensors file (or a sharded set).
 
@@ -64,7 +102,8 @@ def convert(
 
     Args:
         src: Any checkpoint :func:`ckptconv.open` reads.
-        dst: The ``.safetensors`` path (its stem names the shards of a sharded set).
+        dst: The ``.safetensors`` path (its stem names the shards of a sharded set); a
+            ``.safetensors.index.json`` path names the set by its index.
         mapping: A spec file path, a dict, a :class:`~ckptconv.mapping.Spec`, or None (every
             weight under its own name).
         dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...).
@@ -82,11 +121,17 @@ def convert(
             example ``{"format": "pt"}`` for Hugging Face ``transformers``, which loads only
             files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
             ``np``). Keys starting with ``ckptconv.`` are ckptconv's own and refused.
+        allow_lossy: Let ``dtype`` be a cast that loses information (floats to integers or
+            booleans); refused otherwise, naming the first tensor.
+        any_suffix: Write safetensors under a name that does not end in ``.safetensors``
+            (refused otherwise: ``out.h5`` would be a safetensors file under an HDF5 name).
 
     Returns:
         A :class:`ConvertResult`.
 
     Raises:
+        UsageError: an option's value is wrong (``dtype``, ``max_shard_size``, ``metadata``,
+            an output name that is not ``.safetensors``), before anything is read.
         CkptconvError: the source cannot be read, the plan has problems (``PlanError``), or
             the output cannot be written.
     """
@@ -95,24 +140,12 @@ def convert(
     from .writers.safetensors import parse_size, write_safetensors
 
     started = time.perf_counter()
-    extra = dict(metadata or {})
-    for key, value in extra.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise OutputError(
-                f"metadata must map strings to strings; received {key!r}: {value!r}", path=os.fspath(dst)
-            )
-        if key.startswith("ckptconv."):
-            raise OutputError(
-                f"metadata key {key!r}: keys starting with 'ckptconv.' are ckptconv's own",
-                path=os.fspath(dst),
-            )
-    if isinstance(max_shard_size, str):
-        try:
-            max_shard_size = parse_size(max_shard_size)
-        except ValueError as e:
-            raise CkptconvError(str(e)) from e
+    dst = output_name(dst, any_suffix=any_suffix)
+    extra = option_value("metadata", metadata, check_metadata)
+    if max_shard_size is not None:
+        max_shard_size = option_value("max_shard_size", max_shard_size, parse_size)
     with open_store(src, check_crc=check_crc) as store:
-        plan = build_plan(store, mapping, include_all=include_all, dtype=dtype)
+        plan = build_plan(store, mapping, include_all=include_all, dtype=dtype, allow_lossy=allow_lossy)
         plan.raise_if_problems()
         outputs = []
         skipped: list[tuple[str, str]] = []
@@ -128,6 +161,9 @@ def convert(
             "ckptconv.source": Path(store.path).name,
             **extra,
         }
+        kinds = _training_state(plan, store, {o.name for o in outputs})
+        if kinds:  # the reader gives them back, so the training state stays apart
+            metadata[KINDS_KEY] = json.dumps(kinds, separators=(",", ":"), ensure_ascii=False)
         result = write_safetensors(
             outputs,
             dst,
@@ -151,3 +187,13 @@ def convert(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
+
+
+def _training_state(plan: Any, store: Any, written: set[str]) -> dict[str, str]:
+    """``{output: kind}`` for the outputs made only from optimizer or bookkeeping entries."""
+    kinds: dict[str, str] = {}
+    for record in plan.report.outputs:
+        found = {store[s].kind for s in record.sources if s in store}
+        if record.name in written and len(found) == 1 and "weight" not in found:
+            kinds[record.name] = found.pop()
+    return kinds

@@ -1,14 +1,23 @@
 """The exception hierarchy.
 
 Every error ckptconv raises on bad input is a :class:`CkptconvError`. Each carries the
-file (``path``) and, where there is one, the tensor (``key``) it is about, and its message
+file (``path``) and, where there is one, the tensor (``tensor``) it is about, and its message
 is one line that says what is wrong and what to do. The CLI prints exactly that line.
+
+A message that tells the user to change an option names it as ``{opt:NAME=VALUE}`` (or
+``{opt:NAME}``) in its text: ``str(error)`` spells it as the Python argument
+(``force=True``), and the command line, which passes its own spelling table to
+:meth:`CkptconvError.render`, as its option (``--force``). So a CLI message names CLI
+options and an API message names API arguments, from one text.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno as _errno
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "CkptconvError",
@@ -21,16 +30,56 @@ __all__ = [
     "PlanError",
     "OutputError",
     "LoadError",
+    "UsageError",
+    "OptionError",
+    "NoSuchFileError",
+    "NoSuchTensorError",
+    "render_options",
+    "nearest",
 ]
+
+# {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr)
+_OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:
+    """``text`` with its ``{opt:NAME=VALUE}`` / ``{opt:NAME}`` markers spelled out.
+
+    Without ``spelling`` (the Python API) a marker reads ``NAME=VALUE`` (``NAME=``). A
+    ``spelling`` table maps ``"NAME=VALUE"`` (a flag that sets that value, such as
+    ``"strict=False": "--non-strict"``) or ``"NAME"`` (an option taking the value, such as
+    ``"dtype": "--dtype"``) to another spelling; markers it does not know keep the API's.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if spelling is not None:
+            if value is not None and f"{name}={value}" in spelling:
+                return spelling[f"{name}={value}"]
+            if name in spelling:
+                if not value:
+                    return spelling[name]
+                return f"{spelling[name]} {value.strip(chr(39) + chr(34))}"
+        return f"{name}={value or ''}"
+
+    return _OPTION.sub(one, text)
+
+
+def nearest(word: str, candidates: Iterable[str], *, count: int = 3) -> list[str]:
+    """The ``count`` candidates closest to ``word`` (difflib ratio), best first."""
+    pool = list(dict.fromkeys(candidates))
+    return difflib.get_close_matches(word, pool, n=count, cutoff=0.5)
 
 
 class CkptconvError(Exception):
-    """Root of all errors ckptconv raises about its inputs and outputs.
+    """Root of all errors ckptconv raises about its inputs, outputs and options.
 
     Attributes:
         path: The file or directory the error is about, or None.
-        key: The tensor (entry name or format key) the error is about, or None.
-        reason: The message without the path/key prefix.
+        tensor: The tensor (entry name, or the format's key before names exist) the error
+            is about, or None.
+        reason: The message without the path/tensor prefix, options spelled as Python
+            arguments.
     """
 
     def __init__(
@@ -38,20 +87,45 @@ class CkptconvError(Exception):
         reason: str,
         *,
         path: str | os.PathLike[str] | None = None,
-        key: str | None = None,
+        tensor: str | None = None,
     ) -> None:
-        self.reason = reason
+        self.template = reason
         self.path = os.fspath(path) if path is not None else None
-        self.key = key
-        super().__init__(self._format())
+        self.tensor = tensor
+        super().__init__(self.render())
 
-    def _format(self) -> str:
+    @property
+    def reason(self) -> str:
+        """The message without the path/tensor prefix."""
+        return render_options(self.template)
+
+    def render(
+        self, spelling: Mapping[str, str] | None = None, *, path: bool = True, tensor: bool = True
+    ) -> str:
+        """The one-line message, options spelled through ``spelling`` (see
+        :func:`render_options`); ``path``/``tensor`` False leave that prefix out (the caller
+        already named it)."""
         where = ""
-        if self.path is not None:
+        if path and self.path is not None:
             where = f"{self.path}: "
-        if self.key is not None:
-            where += f"tensor {self.key!r}: "
-        return f"{where}{self.reason}"
+        if tensor and self.tensor is not None:
+            where += f"tensor {self.tensor!r}: "
+        return f"{where}{render_options(self.template, spelling)}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # keyword-only constructors do not survive Exception's default pickling (a worker
+        # process sends its errors back pickled)
+        return (_restore, (type(self), self.__dict__.copy()))
+
+
+def _restore(cls: type[CkptconvError], state: dict[str, object]) -> CkptconvError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.render())
+    return error
 
 
 class FormatError(CkptconvError):
@@ -87,7 +161,8 @@ class PlanError(CkptconvError):
         problems: Sequence[str],
         *,
         path: str | os.PathLike[str] | None = None,
-        key: str | None = None,
+        tensor: str | None = None,
+        hint: str | None = None,
     ) -> None:
         self.problems = list(problems)
         count = len(self.problems)
@@ -96,7 +171,9 @@ class PlanError(CkptconvError):
             reason = f"{count} problems in the mapping plan; first: {head} (run `ckptconv plan` for all)"
         else:
             reason = head
-        super().__init__(reason, path=path, key=key)
+        if hint:
+            reason += f"; {hint}"
+        super().__init__(reason, path=path, tensor=tensor)
 
 
 class OutputError(CkptconvError):
@@ -112,7 +189,59 @@ class LoadError(CkptconvError):
         *,
         problems: Sequence[str] = (),
         path: str | os.PathLike[str] | None = None,
-        key: str | None = None,
+        tensor: str | None = None,
     ) -> None:
         self.problems = list(problems)
-        super().__init__(reason, path=path, key=key)
+        super().__init__(reason, path=path, tensor=tensor)
+
+
+class UsageError(CkptconvError, ValueError):
+    """An argument or option has a value ckptconv cannot use (an unknown dtype, a size it
+    cannot parse, an output name of another format). The command line exits with status 2.
+
+    Attributes:
+        option: The Python argument at fault (``dtype``), or None.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        option: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        tensor: str | None = None,
+    ) -> None:
+        self.option = option
+        super().__init__(reason, path=path, tensor=tensor)
+
+
+class OptionError(UsageError, TypeError):
+    """A function was given a keyword option it does not take (a typo such as
+    ``chek_crc=``); the message names the nearest known option and lists them all."""
+
+
+class NoSuchFileError(CkptconvError, FileNotFoundError):
+    """A path the caller named does not exist (a checkpoint, a spec, a target model).
+
+    Also a :class:`FileNotFoundError`, with ``errno`` ``ENOENT`` and ``filename`` set.
+    """
+
+    def __init__(self, reason: str = "no such file or directory", *, path: str | os.PathLike[str]) -> None:
+        super().__init__(reason, path=path)
+        self.errno = _errno.ENOENT
+        self.strerror = "No such file or directory"
+        self.filename = self.path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_no_such_file, (self.template, self.path))
+
+
+def _no_such_file(reason: str, path: str) -> NoSuchFileError:
+    return NoSuchFileError(reason, path=path)
+
+
+class NoSuchTensorError(CkptconvError, KeyError):
+    """A tensor name is not in the store; the message names the file and the nearest names.
+
+    Also a :class:`KeyError`, so ``Mapping`` code that expects one keeps working.
+    """

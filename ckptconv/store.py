@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import dtype_name
-from .errors import CorruptFileError, IntegrityError
+from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest
 
 __all__ = [
     "ByteRange",
@@ -30,6 +30,7 @@ __all__ = [
     "read_byte_range",
     "shape_problem",
     "MAX_DIMS",
+    "check_crc32c",
 ]
 
 Kind = Literal["weight", "optimizer", "bookkeeping"]
@@ -65,11 +66,109 @@ class ByteRange:
 
     The bytes are the tensor in C order and little-endian, exactly as a safetensors file
     stores them, so a writer may copy them file to file without decoding.
+
+    Every read of stored tensor bytes goes through :meth:`read_into` (with ``pread``, so
+    reads from several threads may share one descriptor); a file that ends early is one
+    :class:`~ckptconv.CorruptFileError` naming the byte the data should reach.
     """
 
     path: str
     offset: int
     length: int
+
+    def read_into(
+        self,
+        buffer: memoryview | bytearray | np.ndarray,
+        *,
+        start: int = 0,
+        fd: int | None = None,
+        tensor: str | None = None,
+    ) -> None:
+        """Fill ``buffer`` (writable, ``n`` bytes) with the ``n`` bytes at ``start`` within
+        the range, through ``fd`` if given (an open descriptor of ``path``).
+
+        Raises:
+            CorruptFileError: the file ends before those bytes do.
+        """
+        view = memoryview(buffer).cast("B")
+        if start < 0 or start + len(view) > self.length:
+            raise ValueError(f"bytes {start}..{start + len(view)} lie outside the {self.length}-byte range")
+        if not len(view):
+            return
+        own = fd is None
+        if fd is None:
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            position = self.offset + start
+            done = 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], position + done)
+                if n <= 0:
+                    raise CorruptFileError(
+                        f"the file is truncated: tensor data ends at byte {self.offset + self.length}, "
+                        f"the file at byte {position + done}",
+                        path=self.path,
+                        tensor=tensor,
+                    )
+                done += n
+        finally:
+            if own:
+                os.close(fd)
+
+    def pieces(
+        self, buffer: memoryview, *, fd: int | None = None, tensor: str | None = None
+    ) -> Iterator[memoryview]:
+        """The range's bytes in order, read through ``buffer``: each piece is a view of it,
+        valid until the next one is asked for."""
+        own = fd is None
+        if fd is None:
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < self.length:
+                piece = buffer[: min(len(buffer), self.length - done)]
+                self.read_into(piece, start=done, fd=fd, tensor=tensor)
+                done += len(piece)
+                yield piece
+        finally:
+            if own:
+                os.close(fd)
+
+    def crc32c(
+        self,
+        *,
+        fd: int | None = None,
+        buffer: memoryview | None = None,
+        tensor: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """CRC-32C of the range's bytes, read in pieces through ``buffer`` (8 MiB by default),
+        so memory stays small whatever the tensor's size; ``progress`` gets each piece's size."""
+        import crc32c
+
+        if buffer is None:
+            buffer = memoryview(bytearray(max(1, min(self.length, 8 << 20))))
+        crc = 0
+        for piece in self.pieces(buffer, fd=fd, tensor=tensor):
+            crc = crc32c.crc32c(piece, crc)
+            if progress is not None:
+                progress(len(piece))
+        return crc
+
+
+def check_crc32c(
+    actual: int, recorded: int | None, *, path: str, tensor: str | None
+) -> None:
+    """The one checksum check: raise :class:`~ckptconv.IntegrityError` when ``actual`` (the
+    CRC-32C of the bytes read) is not ``recorded``; nothing to check when ``recorded`` is None."""
+    if recorded is not None and actual != recorded:
+        raise IntegrityError(
+            f"stored bytes fail their recorded CRC-32C (recorded {recorded:08x}, computed "
+            f"{actual:08x}): the file is damaged; restore it from a good copy, or pass "
+            "{opt:check_crc=False} to read it anyway",
+            path=path,
+            tensor=tensor,
+        )
 
 
 def read_byte_range(
@@ -77,13 +176,13 @@ def read_byte_range(
     dtype: np.dtype,
     shape: tuple[int, ...],
     *,
-    key: str | None = None,
+    tensor: str | None = None,
     out: np.ndarray | None = None,
     fd: int | None = None,
 ) -> np.ndarray:
-    """Read a tensor from its raw bytes with one ``pread`` into a fresh array (or ``out``, a
-    C-contiguous array of that shape and dtype), through ``fd`` if given (an open descriptor
-    of ``byte_range.path``)."""
+    """A tensor read from its raw bytes into a fresh array (or ``out``, a C-contiguous array
+    of that shape and dtype), through ``fd`` if given (an open descriptor of
+    ``byte_range.path``)."""
     if out is None:
         out = np.empty(shape, dtype=dtype)
     elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
@@ -93,60 +192,10 @@ def read_byte_range(
             f"stored size {byte_range.length} bytes does not match shape {list(shape)} "
             f"of {dtype_name(dtype)} ({out.nbytes} bytes)",
             path=byte_range.path,
-            key=key,
+            tensor=tensor,
         )
-    if out.nbytes == 0:
-        return out
-    flat = out.reshape(-1).view(np.uint8)
-    own = fd is None
-    if fd is None:
-        fd = os.open(byte_range.path, os.O_RDONLY)
-    try:
-        done = 0
-        while done < out.nbytes:
-            n = os.preadv(fd, [flat[done:]], byte_range.offset + done)
-            if n <= 0:
-                raise CorruptFileError(
-                    f"file is truncated: tensor data ends at byte "
-                    f"{byte_range.offset + byte_range.length}, file ends before",
-                    path=byte_range.path,
-                    key=key,
-                )
-            done += n
-    finally:
-        if own:
-            os.close(fd)
+    byte_range.read_into(out.reshape(-1).view(np.uint8), fd=fd, tensor=tensor)
     return out
-
-
-def crc32c_of_range(
-    fd: int,
-    offset: int,
-    length: int,
-    buffer: memoryview,
-    *,
-    path: str,
-    key: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """CRC-32C of ``length`` bytes of ``fd`` from ``offset``, read through ``buffer``."""
-    import crc32c
-
-    crc = 0
-    end = offset + length
-    while offset < end:
-        n = os.preadv(fd, [buffer[: min(len(buffer), end - offset)]], offset)
-        if n <= 0:
-            raise CorruptFileError(
-                f"file is truncated: tensor data ends at byte {end}, file ends before",
-                path=path,
-                key=key,
-            )
-        crc = crc32c.crc32c(buffer[:n], crc)
-        offset += n
-        if progress is not None:
-            progress(n)
-    return crc
 
 
 class Entry:
@@ -207,7 +256,7 @@ class Entry:
             raise CorruptFileError(
                 f"shape {list(self.shape)} has {problem}: not a tensor ckptconv can hold",
                 path=self.path,
-                key=name,
+                tensor=name,
             )
         self.kind: Kind = kind
         self.layer = layer_of(name) if layer is None else layer
@@ -233,7 +282,7 @@ class Entry:
             raise CorruptFileError(
                 f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}",
                 path=self.path,
-                key=self.name,
+                tensor=self.name,
             )
         return array
 
@@ -252,7 +301,7 @@ class Entry:
         """The stored bytes, with one ``pread`` (into ``out`` if given), checked against the
         recorded CRC-32C when there is one and ``check_crc``."""
         assert self.byte_range is not None
-        array = read_byte_range(self.byte_range, self.dtype, self.shape, key=self.name, out=out)
+        array = read_byte_range(self.byte_range, self.dtype, self.shape, tensor=self.name, out=out)
         if check_crc and self.crc32c is not None:
             import crc32c
 
@@ -264,25 +313,12 @@ class Entry:
         array of the tensor's size); nothing to do without a byte range or a recorded CRC."""
         if self.byte_range is None or self.crc32c is None:
             return
-        br = self.byte_range
-        fd = os.open(br.path, os.O_RDONLY)
-        try:
-            buffer = memoryview(bytearray(min(br.length, 8 << 20)))
-            crc = crc32c_of_range(fd, br.offset, br.length, buffer, path=br.path, key=self.name)
-        finally:
-            os.close(fd)
-        self.compare_crc(crc)
+        self.compare_crc(self.byte_range.crc32c(tensor=self.name))
 
     def compare_crc(self, actual: int) -> None:
         """Raise IntegrityError if ``actual`` (the CRC-32C of the bytes read) is not the
-        recorded one; nothing to do without a recorded CRC."""
-        if self.crc32c is not None and actual != self.crc32c:
-            raise IntegrityError(
-                f"stored bytes fail their recorded CRC-32C (recorded {self.crc32c:08x}, "
-                f"computed {actual:08x}): the source file is damaged",
-                path=self.path,
-                key=self.name,
-            )
+        recorded one; nothing to do without a recorded CRC (:func:`check_crc32c`)."""
+        check_crc32c(actual, self.crc32c, path=self.path, tensor=self.name)
 
     def renamed(self, name: str, *, layer: str | None = None) -> Entry:
         """A copy of this entry under another name (same data, same key)."""
@@ -372,7 +408,33 @@ class Store(Mapping[str, Entry]):
         return cls(entries, format="memory", path=path, files=())
 
     def __getitem__(self, name: str) -> Entry:
-        return self._entries[name]
+        """The entry named ``name``.
+
+        Raises:
+            NoSuchTensorError: no such name (a ``KeyError`` too); the message names the
+                file and the nearest names.
+        """
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise self._no_such_tensor(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        """The entry named ``name``, or ``default``."""
+        return self._entries.get(name, default)
+
+    def _no_such_tensor(self, name: object) -> NoSuchTensorError:
+        near = nearest(str(name), self._entries) if isinstance(name, str) else []
+        if near:
+            hint = "nearest names: " + ", ".join(repr(n) for n in near)
+        elif self._entries:
+            hint = f"it holds {len(self._entries)} tensors, e.g. {next(iter(self._entries))!r}"
+        else:
+            hint = "it holds no tensors"
+        return NoSuchTensorError(f"no tensor named {name!r}; {hint}", path=self.path)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -444,7 +506,7 @@ def _unique_names(entries: list[Entry]) -> dict[str, Entry]:
             entry = entry.renamed(entry.key)
         if entry.name in result:
             raise CorruptFileError(
-                "two tensors share this name and key", path=entry.path, key=entry.name
+                "two tensors share this name and key", path=entry.path, tensor=entry.name
             )
         result[entry.name] = entry
     return result

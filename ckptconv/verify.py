@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CorruptFileError, IntegrityError, UnsupportedError
+from .errors import (
+    CkptconvError,
+    CorruptFileError,
+    FormatError,
+    IntegrityError,
+    NoSuchFileError,
+    UnsupportedError,
+)
 from .formats import regular_file
 from .formats.safetensors import (
     CRC_KEY,
@@ -28,7 +35,8 @@ from .formats.safetensors import (
     read_header,
     shard_files,
 )
-from .store import crc32c_of_range
+from .options import keyword_options
+from .store import ByteRange
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
@@ -79,30 +87,22 @@ class VerifyResult:
         """True when every tensor matched its recorded CRC-32C."""
         return not self.mismatches
 
-    @property
-    def mismatched(self) -> list[str]:
-        """Names of the tensors that failed."""
-        return [m.name for m in self.mismatches]
-
-    @property
-    def bad(self) -> list[str]:
-        """Alias of :attr:`mismatched`."""
-        return self.mismatched
-
     def check(self) -> VerifyResult:
         """Raise :class:`~ckptconv.IntegrityError` naming every failed tensor; else return self."""
         if self.mismatches:
             first = self.mismatches[0]
-            names = ", ".join(self.mismatched[:10]) + (" ..." if len(self.mismatches) > 10 else "")
+            names = ", ".join(m.name for m in self.mismatches[:10]) + (" ..." if len(self.mismatches) > 10 else "")
             raise IntegrityError(
                 f"{len(self.mismatches)} of {self.tensors} tensors do not match their recorded "
                 f"CRC-32C: {names}; the file was changed or damaged after it was written",
                 path=first.path,
-                key=first.name,
+                tensor=first.name,
             )
         return self
 
     def to_json(self) -> dict[str, object]:
+        """The result as JSON-ready data (CRC-32Cs as 8 hex digits), as ``verify --json``
+        prints it per file."""
         return {
             "path": self.path,
             "ok": self.ok,
@@ -121,6 +121,7 @@ class VerifyResult:
         }
 
 
+@keyword_options
 def verify_file(
     path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None
 ) -> VerifyResult:
@@ -130,18 +131,22 @@ def verify_file(
     given by its ``*.safetensors.index.json``, its directory, or any of its shards.
 
     Args:
-        path: The file, index, directory, or one shard of a set.
+        path: The file, index, directory, or one shard of a set; the name of a sharded set
+            (``model.safetensors`` when only ``model.safetensors.index.json`` and its shards
+            exist) finds the set.
         progress: Called with the number of bytes read after each piece.
 
     Returns:
         A :class:`VerifyResult`; call ``.check()`` to raise on a mismatch.
 
     Raises:
+        NoSuchFileError: the path does not exist (nor a set under that name).
+        FormatError: the file is not a safetensors file (the message says what it is), or not
+            a regular file (a FIFO, a device).
         UnsupportedError: a file records no ckptconv checksums (written with
             ``--no-checksum`` or by another tool).
         CorruptFileError: a file is not a valid safetensors file (e.g. truncated), or a set
             is incomplete: a shard missing, or shards of two different writes.
-        FormatError: the path does not exist or is not a regular file or directory.
     """
     target, files, index = _resolve(Path(path))
     result = VerifyResult(path=str(target), files=[str(f) for f in files])
@@ -151,7 +156,7 @@ def verify_file(
     for file, header in zip(files, headers):
         if CRC_KEY not in header.metadata:
             raise UnsupportedError(
-                "the file records no ckptconv checksums (written with --no-checksum or by "
+                "the file records no ckptconv checksums (written with {opt:checksum=False} or by "
                 "another tool), so there is nothing to verify against",
                 path=file,
             )
@@ -168,12 +173,20 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
                 "expected exactly one *.safetensors.index.json in the directory", path=path
             )
         path = found[0]
+    if not path.exists():
+        index_file = path.with_name(path.name + ".index.json")
+        if path.name.endswith(".safetensors") and index_file.is_file():
+            path = index_file  # a sharded set written under this name
+        else:
+            raise NoSuchFileError(path=path)
     regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not looks_like_safetensors(head) and head.lstrip().startswith(b"{"):
-        index = load_index(path)
-        return path, shard_files(path, index), index
+    if not looks_like_safetensors(head):
+        if head.lstrip().startswith(b"{"):
+            index = load_index(path)
+            return path, shard_files(path, index), index
+        raise _not_safetensors(path)
     if parse_shard_name(path.name) is not None:
         stem = parse_shard_name(path.name)[0]  # type: ignore[index]
         index_file = Path(index_path(path.with_name(f"{stem}.safetensors")))
@@ -193,6 +206,21 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     return path, [path], None
 
 
+def _not_safetensors(path: Path) -> FormatError:
+    """Say what the file is instead, as far as ckptconv can tell."""
+    from .formats import detect
+
+    try:
+        what = f"a {detect(path).FORMAT} checkpoint"
+    except CkptconvError:
+        what = "not a checkpoint ckptconv reads"
+    return FormatError(
+        f"not a safetensors file ({what}): verify re-checks the safetensors files ckptconv "
+        "writes against the checksums recorded in them",
+        path=path,
+    )
+
+
 def _verify_one(
     header: Header, result: VerifyResult, progress: Callable[[int], None] | None
 ) -> None:
@@ -202,10 +230,8 @@ def _verify_one(
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         for name, (_, _, begin, end) in header.tensors.items():
-            actual = crc32c_of_range(
-                fd, header.data_start + begin, end - begin, buffer,
-                path=header.path, key=name, progress=progress,
-            )
+            stored = ByteRange(header.path, header.data_start + begin, end - begin)
+            actual = stored.crc32c(fd=fd, buffer=buffer, tensor=name, progress=progress)
             recorded = header.checksums.get(name)
             result.tensors += 1
             result.nbytes += end - begin

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         for result in report.succeeded:  # independent re-check of what landed on disk
             verified = verify_file(result.files[-1])
             if not verified.ok:
-                print(f"CORRUPT {result.dst}: {', '.join(verified.mismatched)}")
+                print(f"CORRUPT {result.dst}: {', '.join(m.name for m in verified.mismatches)}")
 
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=1))

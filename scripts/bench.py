@@ -243,8 +243,8 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         for label, (path, paths) in sources.items():
             tag = short.get(label, label)
             cases.append(Case(f"load_into_norb:{tag}", "load",
-                              f"ckptconv load_into rollback=False, {label}",
-                              run + ["load_into_norollback", path] + size, inputs=paths,
+                              f"ckptconv load_into check_first=False, {label}",
+                              run + ["load_into_nocheck", path] + size, inputs=paths,
                               inner=True, baseline="load_weights:weights.h5", target="load"))
         k_path, k_files = files.sources[".keras"]
         cases.append(Case("load_weights:keras", "load", "Keras model.load_weights, .keras",

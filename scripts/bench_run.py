@@ -11,7 +11,7 @@ Peers, the ways people convert today (whole model in memory):
     import_tf                         import tensorflow, nothing else
 Loads into a live Keras 3 model (the model is built first; only the load is timed):
     load_into SRC L U                 ckptconv.load_into(model, SRC)
-    load_into_norollback SRC L U      ckptconv.load_into(model, SRC, rollback=False)
+    load_into_nocheck SRC L U      ckptconv.load_into(model, SRC, check_first=False)
     load_weights SRC L U              model.load_weights(SRC)
 BERT (PyTorch-layout safetensors in a Hugging Face directory onto keras-hub's BertBackbone;
 imports are not timed, building the model and loading are):
@@ -163,10 +163,10 @@ def _check(model, layers: int, units: int) -> bool:  # type: ignore[no-untyped-d
 
 def load(mode: str, src: str, layers: int, units: int) -> None:
     model = build_keras3(layers, units)
-    if mode in ("load_into", "load_into_norollback"):
+    if mode in ("load_into", "load_into_nocheck"):
         import ckptconv
 
-        options = {"rollback": False} if mode == "load_into_norollback" else {}
+        options = {"check_first": False} if mode == "load_into_nocheck" else {}
         started = time.perf_counter()
         ckptconv.load_into(model, src, **options)
     else:
@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
         tf_save_file(*rest)
     elif mode == "import_tf":
         import_tf()
-    elif mode in ("load_into", "load_into_norollback", "load_weights"):
+    elif mode in ("load_into", "load_into_nocheck", "load_weights"):
         load(mode, rest[0], int(rest[1]), int(rest[2]))
     elif mode in ("bert_keras_hub", "bert_load_into", "bert_set_weights"):
         bert(mode, rest[0])

@@ -27,11 +27,14 @@ command runs, so it always matches the installed version. For worked examples se
 
 Exit status, for every command: **0** success, **1** the job failed (a bad input, a plan with
 problems, a failed file in a batch; the reason is one line on stderr starting
-`ckptconv: error:`), **2** a usage error (unknown option, missing argument), **130** interrupted
-by Ctrl-C and **143** terminated by SIGTERM (either way no partial output is left behind). Add
+`ckptconv: error:`), **2** a usage error (an unknown or abbreviated option, a missing argument,
+a value the option does not take: every bad command-line value, checked before anything is
+read), **130** interrupted by Ctrl-C and **143** terminated by SIGTERM (either way no partial
+output is left behind). Each command's help below ends with what its statuses mean. Add
 `--debug` (before or after the command name) to see the full traceback instead of the one-line
-message. See [troubleshooting](troubleshooting.md) for what
-each error means.
+message. With `--json`, stdout holds exactly one JSON object, also when the command fails
+(`{"ok": false, "error": {"type", "message", "exit", ...}}`), and the one-line error still goes
+to stderr. See [troubleshooting](troubleshooting.md) for what each error means.
 """
 
 

@@ -1,5 +1,5 @@
 """load_into: every format into freshly built Keras 3 and tf-keras twins, bit-exact; strictness,
-rollback, match by order, dtypes, freeze, the report.
+the check-first pass, match by order, dtypes, freeze, the report.
 
 Fixtures come from ``generators/gen_load.py`` (real Keras 3, tf-keras and TensorFlow writers);
 the twins here are built from the same ``build_*`` functions, and every variable is compared
@@ -153,13 +153,14 @@ def test_strict_failure_lists_every_problem_and_changes_nothing(expected, line):
 
 
 @pytest.mark.parametrize("line", LINES)
-def test_a_read_failing_midway_restores_every_variable(expected, line):
-    """The plan is fine, but the last tensor cannot be read: what was assigned is undone."""
+def test_a_read_failing_midway_changes_no_variable(expected, line):
+    """The plan is fine, but the last tensor cannot be read: the check pass finds it before
+    any variable is assigned."""
     entries = []
     for name, array in expected.items():
         def loader(a=array, n=name):
             if n == "head/bias":
-                raise ckptconv.CorruptFileError("simulated damaged tensor", path="x", key=n)
+                raise ckptconv.CorruptFileError("simulated damaged tensor", path="x", tensor=n)
             return a.copy()
 
         entries.append(
@@ -172,9 +173,9 @@ def test_a_read_failing_midway_restores_every_variable(expected, line):
         load_into(model, store)
     assert_all_equal(model, before)
 
-    # rollback=False saves the memory of the old values: the layers before the failure stay loaded
+    # check_first=False skips the check pass: the layers before the failure stay loaded
     with pytest.raises(ckptconv.CorruptFileError, match="simulated"):
-        load_into(model, store, rollback=False)
+        load_into(model, store, check_first=False)
     after = variables_by_name(model)
     assert_bit_exact(after["bn/gamma"], expected["bn/gamma"], "loaded before the failure")
     assert_bit_exact(after["head/bias"], before["head/bias"], "the failed layer")
@@ -310,7 +311,7 @@ def test_report_prints_as_a_table_and_json(expected):
                     "unused source weights (1)"):
         assert section in text, text
     assert "[3, 3, 1, 3] float32" in text and "[3, 3, 1, 4] float32" in text
-    data = json.loads(report.to_json())
+    data = json.loads(json.dumps(report.to_json()))
     assert data["ok"] is False and data["applied"] is True
     assert data["missing"] == [{"name": "head/bias", "shape": [3], "dtype": "float32"}]
 
@@ -462,7 +463,7 @@ def test_entry_read_into_fills_the_given_array(tmp_path):
 def test_a_tf_checkpoint_failing_its_checksum_changes_nothing(fixtures, expected, tmp_path, line):
     """One flipped byte in the last tensor of a real TF checkpoint: the strict load finds it
     in its check pass (reading the stored bytes through a small buffer) and changes nothing;
-    with rollback=False the read itself still checks the checksum and refuses the tensor."""
+    with check_first=False the read itself still checks the checksum and refuses the tensor."""
     import shutil
 
     for suffix in (".index", ".data-00000-of-00001"):
@@ -482,10 +483,10 @@ def test_a_tf_checkpoint_failing_its_checksum_changes_nothing(fixtures, expected
     before = variables_by_name(model)
     with pytest.raises(ckptconv.IntegrityError, match="CRC-32C") as info:
         load_into(model, copy)
-    assert info.value.key == name
+    assert info.value.tensor == name
     assert_all_equal(model, before)
     with pytest.raises(ckptconv.IntegrityError, match="CRC-32C"):
-        load_into(model, copy, rollback=False)
+        load_into(model, copy, check_first=False)
 
 
 _OTHER_BACKEND_SCRIPT = """

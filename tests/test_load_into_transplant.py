@@ -81,7 +81,7 @@ def test_transplant_failures_write_nothing(fixtures, blank_target, tmp_path, cap
     assert out.read_bytes() == before
     assert main(["transplant", str(fixtures / "tk.h5"), str(blank_target), str(out), "--force", "-q"]) == 0
     # wrong suffix, output == input
-    assert main(["transplant", str(fixtures / "tk.h5"), str(blank_target), str(tmp_path / "o.h5")]) == 1
+    assert main(["transplant", str(fixtures / "tk.h5"), str(blank_target), str(tmp_path / "o.h5")]) == 2  # usage
     assert "must end in .keras" in capsys.readouterr().err
     assert main(["transplant", str(fixtures / "tk.h5"), str(out), str(out), "--force"]) == 1
     assert "would overwrite the input" in capsys.readouterr().err

@@ -322,7 +322,7 @@ def test_load_spec_accepts_spec_dict_and_text():
     spec = load_spec({"rules": [{"from": "a", "to": "b"}]})
     assert load_spec(spec) is spec
     assert load_spec("rules:\n  - {from: a, to: b}\n") == spec
-    with pytest.raises(SpecError, match="spec file not found"):
+    with pytest.raises(ckptconv.NoSuchFileError, match="no such spec file"):
         load_spec("no/such/spec.yaml")
 
 

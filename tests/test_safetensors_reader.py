@@ -172,7 +172,7 @@ def test_truncated_data_names_file_and_tensor(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError, match="truncated") as info:
         ckptconv.open(path)
     assert info.value.path == str(path)
-    assert info.value.key == "b"
+    assert info.value.tensor == "b"
 
 
 def test_header_longer_than_the_file(tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_bad_headers(tmp_path: Path, edit, match: str, key: str | None) -> None:
     with pytest.raises(CorruptFileError, match=match) as info:
         ckptconv.open(path)
     assert info.value.path == str(path)
-    assert info.value.key == key
+    assert info.value.tensor == key
 
 
 def test_unknown_dtype_is_unsupported(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_unknown_dtype_is_unsupported(tmp_path: Path) -> None:
     rewrite_header(path, lambda h: {**h, "a": {**h["a"], "dtype": "F4"}})
     with pytest.raises(UnsupportedError, match="F4") as info:
         ckptconv.open(path)
-    assert info.value.key == "a"
+    assert info.value.tensor == "a"
 
 
 def test_shard_outside_the_directory_is_refused(tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_index_and_shard_disagree(tmp_path: Path) -> None:
     index.write_text(json.dumps(doc))
     with pytest.raises(CorruptFileError) as info:
         ckptconv.open(index)
-    assert info.value.key == "scalar"
+    assert info.value.tensor == "scalar"
 
 
 def test_recorded_checksums_are_checked_on_read(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_recorded_checksums_are_checked_on_read(tmp_path: Path) -> None:
     with ckptconv.open(src) as store:
         with pytest.raises(IntegrityError, match="CRC-32C") as info:
             store["w"].read()
-        assert info.value.key == "w"
+        assert info.value.tensor == "w"
     with ckptconv.open(src, check_crc=False) as store:
         assert store["w"].read().tobytes() == bytes(raw[-256:])
 
@@ -275,4 +275,4 @@ def test_a_tensor_named_twice_is_refused(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(doubled)) + doubled + raw[8 + n :])
     with pytest.raises(CorruptFileError, match="twice") as info:
         ckptconv.open(path)
-    assert info.value.key == "b"
+    assert info.value.tensor == "b"

@@ -227,7 +227,7 @@ def test_unsupported_dtype_names_the_tensor_and_writes_nothing(tmp_path: Path, d
     outputs.append(Output("bad_one", (2,), np.dtype(dtype), lambda: pytest.fail("no data read")))
     with pytest.raises(UnsupportedError, match="bad_one") as info:
         write_safetensors(outputs, tmp_path / "x.safetensors")
-    assert info.value.key == "bad_one"
+    assert info.value.tensor == "bad_one"
     assert listing(tmp_path) == []
 
 
@@ -257,7 +257,7 @@ def test_source_crc_mismatch_raises_integrity_error(tmp_path: Path) -> None:
     )
     with pytest.raises(IntegrityError, match="CRC-32C") as info:
         write_safetensors([Output.of(entry)], tmp_path / "out.safetensors", checksum=False)
-    assert info.value.key == "t/kernel"
+    assert info.value.tensor == "t/kernel"
     assert listing(tmp_path) == ["raw.bin"]
 
 
@@ -351,7 +351,7 @@ def test_sigterm_leaves_nothing(tmp_path: Path) -> None:
 def test_existing_output_untouched_without_force(tmp_path: Path) -> None:
     dst = tmp_path / "x.safetensors"
     dst.write_bytes(b"precious")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True to replace it"):
         write_safetensors(computed({"a": np.ones(2, np.float32)}), dst)
     assert dst.read_bytes() == b"precious"
     # an existing sharded set at the same name counts too
@@ -428,7 +428,7 @@ def test_damaged_tensorflow_data_is_caught_while_copying(generated, tmp_path: Pa
         data.write_bytes(bytes(raw))
         with pytest.raises(IntegrityError) as info:
             write_safetensors([Output.of(entry)], tmp_path / "bad.safetensors")
-    assert info.value.key == entry.name
+    assert info.value.tensor == entry.name
     assert listing(tmp_path) == ["ckpt", "good.safetensors"]
 
 
@@ -565,8 +565,8 @@ def test_convert_adds_metadata_for_transformers(tmp_path: Path) -> None:
     with safe_open(str(tmp_path / "many" / "sample.safetensors"), "np") as f:
         assert f.metadata()["format"] == "pt"
 
-    with pytest.raises(OutputError, match="keys starting with 'ckptconv.'"):
+    with pytest.raises(ckptconv.UsageError, match="keys starting with 'ckptconv.'"):
         ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"ckptconv.version": "9"})
-    with pytest.raises(OutputError, match="strings to strings"):
+    with pytest.raises(ckptconv.UsageError, match="strings to strings"):
         ckptconv.convert(sample, tmp_path / "api.safetensors", metadata={"epoch": 3})  # type: ignore[dict-item]
     assert not (tmp_path / "api.safetensors").exists()

@@ -364,5 +364,5 @@ def test_a_streamed_cast_of_a_damaged_tf_checkpoint_writes_nothing(generated, tm
     out.parent.mkdir()
     with pytest.raises(IntegrityError, match="CRC-32C") as info:
         ckptconv.convert(tmp_path / "k3ckpt", out, dtype="bfloat16")
-    assert info.value.key == big.name
+    assert info.value.tensor == big.name
     assert list(out.parent.iterdir()) == []

@@ -109,7 +109,7 @@ def test_variant_tensors_are_listed_but_not_read(tf_dir: Path) -> None:
             assert (entry.kind, entry.dtype, list(entry.shape)) == ("bookkeeping", np.dtype(object), shape)
             with pytest.raises(ckptconv.UnsupportedError, match="variant") as error:
                 entry.read()
-            assert error.value.key == key
+            assert error.value.tensor == key
 
 
 def test_tf1_partitioned_variable_is_one_entry(tf_dir: Path) -> None:
@@ -230,7 +230,7 @@ def test_flipped_data_byte_fails_the_tensors_crc_on_read(tf_dir: Path, tmp_path:
         flip(entry.byte_range.path, entry.byte_range.offset + 5)
         with pytest.raises(ckptconv.IntegrityError, match="CRC-32C") as info:
             entry.read()
-        assert info.value.key == "bn/gamma"
+        assert info.value.tensor == "bn/gamma"
         assert info.value.path == entry.byte_range.path
         assert "bn/gamma" in str(info.value) and ".data-00000-of-00001" in str(info.value)
         store["d1/kernel"].read()  # other tensors still read
@@ -248,7 +248,7 @@ def test_convert_refuses_damaged_data_unless_asked(tf_dir: Path, tmp_path: Path)
     out = tmp_path / "out.safetensors"
     with pytest.raises(ckptconv.IntegrityError) as info:
         convert_checkpoint(prefix, out)
-    assert info.value.key == "head/kernel" and not out.exists()
+    assert info.value.tensor == "head/kernel" and not out.exists()
     convert_checkpoint(prefix, out, check_crc=False)
     with ckptconv.open(out) as written:
         damaged = written["head/kernel"].read()
@@ -264,7 +264,7 @@ def test_flipped_byte_in_a_slice_names_the_partitioned_variable(tf_dir: Path, tm
         flip(prefix + ".data-00000-of-00001", rows[1].offset)
         with pytest.raises(ckptconv.IntegrityError) as info:
             store["part/w"].read()
-        assert info.value.key == "part/w"
+        assert info.value.tensor == "part/w"
     assert before.shape == (300, 3)
 
 
@@ -277,7 +277,7 @@ def test_flipped_byte_in_a_string_tensor(tf_dir: Path, tmp_path: Path) -> None:
         flip(prefix + ".data-00000-of-00001", stored.offset + stored.size - 1)  # in the last string
         with pytest.raises(ckptconv.IntegrityError) as info:
             entry.read()
-        assert info.value.key == "v_string"
+        assert info.value.tensor == "v_string"
 
 
 def test_missing_data_shard_is_named_at_open(tf_dir: Path, tmp_path: Path) -> None:
@@ -372,7 +372,7 @@ def test_missing_slice_names_the_partitioned_variable(tf_dir: Path, tmp_path: Pa
     write_table(prefix + ".index", [(k, v) for k, v in entries if k != gone])
     with pytest.raises(ckptconv.CorruptFileError, match=r"slice \[100:200, 0:3\].*missing") as info:
         ckptconv.open(prefix)
-    assert info.value.key == "part/w"
+    assert info.value.tensor == "part/w"
 
 
 def test_size_that_disagrees_with_the_shape_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
@@ -384,7 +384,7 @@ def test_size_that_disagrees_with_the_shape_is_corrupt(tf_dir: Path, tmp_path: P
     write_table(prefix + ".index", entries)
     with pytest.raises(ckptconv.CorruptFileError, match="16 bytes for shape \\[5\\] of float32") as info:
         ckptconv.open(prefix)
-    assert info.value.key == "dense1/bias"
+    assert info.value.tensor == "dense1/bias"
 
 
 def test_absurd_shard_count_stops_at_the_first_missing_shard(tf_dir: Path, tmp_path: Path) -> None:
@@ -409,7 +409,7 @@ def test_slices_that_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path: Path) -> No
     write_table(prefix + ".index", entries)
     with pytest.raises(ckptconv.CorruptFileError, match="cover 600 of the variable's 900") as info:
         ckptconv.open(prefix)
-    assert info.value.key == "part/w"
+    assert info.value.tensor == "part/w"
 
 
 def test_slices_that_overlap_and_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path: Path) -> None:
@@ -430,7 +430,7 @@ def test_slices_that_overlap_and_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path:
     with pytest.raises(ckptconv.CorruptFileError, match=r"the slices \[100:200, 0:3\] and \[100:200, 0:3\] of this "
                        "partitioned variable overlap") as info:
         ckptconv.open(prefix)
-    assert info.value.key == "part/w" and info.value.path == prefix + ".index"
+    assert info.value.tensor == "part/w" and info.value.path == prefix + ".index"
     out = tmp_path / "out"
     out.mkdir()
     proc = run_cli("convert", prefix, out / "x.safetensors")
@@ -492,7 +492,7 @@ def test_negative_dimension_is_corrupt(tf_dir: Path, tmp_path: Path) -> None:
     write_table(prefix + ".index", entries)
     with pytest.raises(ckptconv.CorruptFileError, match="incomplete shape") as info:
         ckptconv.open(prefix)
-    assert info.value.key == "dense1/bias"
+    assert info.value.tensor == "dense1/bias"
 
 
 def test_batch_salvages_damaged_data_only_when_asked(tf_dir: Path, tmp_path: Path) -> None:

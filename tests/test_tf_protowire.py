@@ -8,6 +8,7 @@ nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from hypothesis import strategies as st
 from ckptconv.formats import _tensorbundle as tb
 from ckptconv.formats import tf_checkpoint
 from ckptconv.formats._protowire import (
+    BundleEntry,
+    BundleHeader,
+    ObjectReference,
+    SerializedTensor,
+    SlotVariable,
+    TrackableObject,
     WireError,
     parse_bundle_entry,
     parse_bundle_header,
@@ -35,7 +42,7 @@ def object_graph_bytes(prefix: str) -> bytes:
     index = tf_checkpoint._read_index(prefix + ".index")
     files = tf_checkpoint._check_data_files(index, prefix)
     entry = index.entries[tf_checkpoint.OBJECT_GRAPH_KEY]
-    return tf_checkpoint._read_strings(files[entry.shard_id], entry, check_crc=True, key="graph").reshape(-1)[0]
+    return tf_checkpoint._read_strings(files[entry.shard_id], entry, check_crc=True, tensor="graph").reshape(-1)[0]
 
 
 @pytest.mark.parametrize("label", ["tfkeras", "keras3", "sm_tfkeras"])
@@ -61,14 +68,111 @@ def test_varints(value: int, encoded: bytes) -> None:
         read_varint(encoded[:-1], 0)
 
 
+def _assert_well_typed(value: object, where: str) -> None:
+    """Every field of a decoded message holds what its annotation says: ints as ints (never
+    bytes or floats), strings as str, nested messages and tuples recursively."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _assert_well_typed(getattr(value, f.name), f"{where}.{f.name}")
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            _assert_well_typed(item, f"{where}[{i}]")
+    else:
+        assert value is None or type(value) in (int, bool, str), f"{where} = {value!r}"
+        if type(value) is int:
+            assert -(2**63) <= value < 2**64, f"{where} = {value} is not a 64-bit value"
+
+
+PARSERS = [(parse_bundle_header, BundleHeader), (parse_bundle_entry, BundleEntry), (parse_object_graph, list)]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _message(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Well-formed wire fields (numbers 1-8: the ones these messages use) whose
+    length-delimited payloads are text or nested messages."""
+    varint_field = st.tuples(st.integers(1, 8), st.integers(0, 2**64 - 1)).map(
+        lambda f: _varint(f[0] << 3) + _varint(f[1]))
+    fixed32_field = st.tuples(st.integers(1, 8), st.binary(min_size=4, max_size=4)).map(
+        lambda f: _varint(f[0] << 3 | 5) + f[1])
+    payload = st.one_of(st.text(max_size=12).map(str.encode), children)
+    length_field = st.tuples(st.integers(1, 8), payload).map(
+        lambda f: _varint(f[0] << 3 | 2) + _varint(len(f[1])) + f[1])
+    return st.lists(st.one_of(varint_field, fixed32_field, length_field), max_size=6).map(b"".join)
+
+
+WIRE_MESSAGES = st.recursive(st.just(b""), _message, max_leaves=20)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=64))
-def test_random_bytes_raise_only_wire_errors(data: bytes) -> None:
-    for parse in (parse_bundle_header, parse_bundle_entry, parse_object_graph):
+@given(st.one_of(st.binary(max_size=64), WIRE_MESSAGES))
+def test_random_bytes_raise_wire_errors_or_decode_to_well_typed_messages(data: bytes) -> None:
+    for parse, kind in PARSERS:
         try:
-            parse(data)
+            result = parse(data)
         except WireError:
-            pass
+            continue
+        assert isinstance(result, kind), f"{parse.__name__} returned {type(result).__name__}"
+        if kind is list:
+            assert all(isinstance(node, TrackableObject) for node in result)
+        _assert_well_typed(result, parse.__name__)
+
+
+def _field(number: int, payload: bytes | int) -> bytes:
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _encode_graph(nodes: list[TrackableObject]) -> bytes:
+    """A TrackableObjectGraph as protobuf encodes it (fields in number order)."""
+    out = b""
+    for node in nodes:
+        body = b"".join(_field(1, _field(1, c.node_id) + _field(2, c.local_name.encode())) for c in node.children)
+        body += b"".join(
+            _field(2, b"".join(_field(i, s.encode()) for i, s in enumerate((a.name, a.full_name, a.checkpoint_key), 1)))
+            for a in node.attributes
+        )
+        body += b"".join(
+            _field(3, _field(1, s.original_variable_node_id) + _field(2, s.slot_name.encode()) + _field(3, s.slot_variable_node_id))
+            for s in node.slot_variables
+        )
+        out += _field(1, body)
+    return out
+
+
+_ids = st.integers(0, 2**40)
+_names = st.text(max_size=20)
+OBJECT_GRAPHS = st.lists(
+    st.builds(
+        TrackableObject,
+        st.lists(st.builds(ObjectReference, _ids, _names), max_size=4).map(tuple),
+        st.lists(st.builds(SerializedTensor, _names, _names, _names), max_size=3).map(tuple),
+        st.lists(st.builds(SlotVariable, _ids, _names, _ids), max_size=2).map(tuple),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(OBJECT_GRAPHS)
+def test_object_graphs_decode_to_what_was_encoded(nodes: list[TrackableObject]) -> None:
+    assert parse_object_graph(_encode_graph(nodes)) == nodes
+
+
+def test_empty_messages_decode_to_their_defaults() -> None:
+    # proto3: every field absent; also what makes the random test above reach the decode path
+    assert parse_bundle_header(b"") == BundleHeader()
+    assert parse_bundle_entry(b"") == BundleEntry()
+    assert parse_object_graph(b"") == []
+    assert parse_bundle_entry(b"\x08\x01\x18\x05\x20\x07") == BundleEntry(dtype=1, shard_id=5, offset=7)
 
 
 def test_damaged_real_messages_raise_only_wire_errors(tf_dir: Path) -> None:

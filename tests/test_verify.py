@@ -65,10 +65,10 @@ def test_verify_file_api(tmp_path: Path) -> None:
     flip_byte(dst, "a", at=3999)
     flip_byte(dst, "b")
     result = ckptconv.verify_file(dst)
-    assert result.mismatched == ["a", "b"]
+    assert [m.name for m in result.mismatches] == ["a", "b"]
     with pytest.raises(ckptconv.IntegrityError, match="2 of 3 tensors") as info:
         result.check()
-    assert info.value.key == "a"
+    assert info.value.tensor == "a"
 
 
 def test_sharded_set_by_index_any_shard_or_directory(tmp_path: Path) -> None:

@@ -1,7 +1,13 @@
 """The command line: one boundary that turns known errors into one line and an exit code.
 
 Each subcommand lives in its own module with ``register(subparsers)``; it sets
-``func(args) -> int`` as the parser default. Exit status: 0 ok, 1 a failed job, 2 usage.
+``func(args) -> int`` as the parser default. Exit status: 0 ok, 1 a failed job, 2 a usage
+error (a bad option or value: argparse's, or a :class:`~ckptconv.UsageError`).
+
+Errors are printed with option names spelled as this command line spells them
+(:data:`~ckptconv.cli.common.SPELLING`). With ``--json``, stdout holds exactly one JSON object
+whatever happens: the command's own, or ``{"ok": false, "error": {...}}`` when it failed before
+printing one; the one-line error still goes to stderr.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import CkptconvError
+from ..errors import CkptconvError, UsageError
 from ..interrupts import Terminated, sigterm_raises
+from .common import SPELLING, Parser, UsageExit, emit_json, error_json
 
 __all__ = ["main", "build_parser"]
 
@@ -31,7 +38,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (the CLI reference in docs/ is generated from it)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ckptconv",
         description=(
             "Convert neural-network weights between checkpoint files (Keras .h5, .weights.h5, "
@@ -43,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback when a command fails"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for module_name in COMMANDS.values():
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
@@ -57,16 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageExit as e:
+        return _usage_exit(e, "--json" in argv)
     try:
         with sigterm_raises():
             return int(args.func(args) or 0)
+    except UsageExit as e:  # a value found wrong once parsed (batch's inputs, output directory)
+        return _usage_exit(e, getattr(args, "json", False))
+    except UsageError as e:
+        if args.debug:
+            raise
+        return _fail(args, e, e.render(SPELLING), 2)
     except CkptconvError as e:
         if args.debug:
             raise
-        print(f"ckptconv: error: {_one_line(str(e))}", file=sys.stderr)
-        return 1
+        return _fail(args, e, e.render(SPELLING), 1)
     except (KeyboardInterrupt, Terminated) as e:
         if args.debug:
             if isinstance(e, Terminated):  # a SystemExit: Python would print no traceback
@@ -75,21 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
             raise
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        status = 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
         print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
+            emit_json(args, {"ok": False, "error": {"type": type(e).__name__, "message": what, "exit": status}})
+        return status
     except BrokenPipeError:
         return 1
     except MemoryError as e:
         if args.debug:
             raise
-        print(f"ckptconv: error: out of memory: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, e, f"out of memory: {e}", 1)
     except OSError as e:
         if args.debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"ckptconv: error: {where}{_one_line(str(e.strerror or e))}", file=sys.stderr)
-        return 1
+        return _fail(args, e, f"{where}{_one_line(str(e.strerror or e))}", 1)
     except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if args.debug:
             raise
@@ -98,7 +115,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ckptconv: rerun with --debug for the traceback and report it)",
             file=sys.stderr,
         )
+        if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
+            emit_json(args, error_json(e, f"internal error: {_one_line(str(e))}", 1))
         return 1
+
+
+def _usage_exit(error: UsageExit, json_requested: bool) -> int:
+    print(error.line, file=sys.stderr)
+    if json_requested:
+        emit_json(None, {"ok": False, "error": {"type": "UsageError", "message": error.message, "exit": 2}})
+    return 2
+
+
+def _fail(args: argparse.Namespace, error: BaseException, message: str, status: int) -> int:
+    """Print the one-line error; with --json, the error object too (unless the command
+    already printed its own JSON, which then carries the error)."""
+    message = _one_line(message)
+    print(f"ckptconv: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
+        emit_json(args, error_json(error, message, status))
+    return status
 
 
 def _one_line(text: str) -> str:

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 
-from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
+from .common import (
+    SPELLING,
+    UsageExit,
+    add_convert_options,
+    add_debug,
+    add_json,
+    cli_type,
+    convert_options,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
+
+EXIT_STATUS = {
+    0: "every file converted",
+    1: "at least one file failed (the others still ran; each failure is one line)",
+    2: "a usage error, before any file is read: a bad option value (-j, --dtype, "
+    "--max-shard-size, --metadata), no inputs, -o naming a file, two inputs with one output",
+}
+
+
+def _jobs(text: str) -> int:
+    """-j N: a count of worker processes, 0 for one per CPU."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number of worker processes, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected 0 (one per CPU) or more worker processes, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "the reason), continues past failures, ends with a summary; exit status 1 if any "
             "file failed."
         ),
-        epilog=f"Name pattern fields: {fields}.",
+        epilog=f"Name pattern fields: {fields}. {exit_status(EXIT_STATUS)}",
     )
     p.add_argument("inputs", metavar="INPUT", nargs="*", help="checkpoint paths or globs (quote globs; ** recurses)")
     p.add_argument("--from-file", metavar="LIST", help="read inputs from LIST, one per line (- for stdin)")
@@ -31,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--name-pattern", metavar="PATTERN", default="{stem}.safetensors",
         help="output file name under OUTDIR (default: {stem}.safetensors)",
     )
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
+    p.add_argument("-j", "--jobs", type=cli_type(_jobs), default=1, metavar="N", help="worker processes (default 1; 0: one per CPU)")
     add_convert_options(p, many=True)
-    p.add_argument("--json", action="store_true", help="print a JSON report on stdout instead of lines")
+    add_json(p, "the report (instead of lines)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     add_debug(p)
@@ -42,26 +72,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import FileResult, expand_inputs, plan_jobs, read_list, run_batch
-    from ..writers.safetensors import parse_size
 
     patterns = list(args.inputs)
     if args.from_file:
         try:
             patterns += read_list(args.from_file)
         except OSError as e:
-            return _usage(f"cannot read the input list {args.from_file}: {e.strerror}")
+            return _usage(args, f"cannot read the input list {args.from_file}: {e.strerror}")
     if not patterns:
-        return _usage("no inputs: give paths or globs, or --from-file LIST")
-    if args.max_shard_size is not None:
-        try:
-            parse_size(args.max_shard_size)
-        except ValueError as e:
-            return _usage(f"--max-shard-size: {e}")
+        return _usage(args, "no inputs: give paths or globs, or --from-file LIST")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        return _usage(args, f"-o {args.output_dir}: exists and is not a directory")
+    if not args.name_pattern.endswith(".safetensors") and not args.any_suffix:
+        return _usage(
+            args, f"--name-pattern {args.name_pattern}: outputs are safetensors files; end the "
+            "pattern in .safetensors, or pass --any-suffix"
+        )
     sources, unmatched = expand_inputs(patterns)
     try:
         jobs = plan_jobs(sources, args.output_dir, pattern=args.name_pattern, expand=False)
     except ValueError as e:
-        return _usage(str(e))
+        return _usage(args, str(e))
 
     options = convert_options(args)
     bar = None
@@ -98,14 +129,21 @@ def run(args: argparse.Namespace) -> int:
             say(f"failed {result.src}: {result.error}")
 
     try:
-        report = run_batch(jobs, workers=args.jobs, on_result=on_result, **options)
+        report = run_batch(jobs, workers=args.jobs, on_result=on_result, spelling=SPELLING, **options)
     finally:
         if bar is not None:
             bar.close()
     report.results = missing + report.results
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        doc = report.to_json()
+        if not report.ok:
+            failed = len(report.failed)
+            doc["error"] = {
+                "type": "BatchFailed",
+                "message": f"{failed} of {len(report.results)} file(s) failed",
+                "exit": 1,
+            }
+        emit_json(args, doc)
     else:
         total = len(report.results)
         ok = len(report.succeeded)
@@ -117,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _usage(message: str) -> int:
-    print(f"ckptconv batch: error: {message}", file=sys.stderr)
-    return 2
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A command-line value found wrong once the arguments are parsed: the same as
+    argparse's own usage errors (usage line, one error line, exit status 2)."""
+    raise UsageExit(f"ckptconv batch: error: {message}", message)

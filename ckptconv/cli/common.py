@@ -1,8 +1,120 @@
-"""Helpers the subcommands share: sizes, progress bars, output checks."""
+"""Helpers the subcommands share: the parser class, option spellings, JSON output, sizes,
+progress bars, the conversion options."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from collections.abc import Callable
+from typing import Any
+
+# A Python argument (``"dtype"``) or argument=value (``"strict=False"``) -> how this command
+# line spells it, for the option markers in error messages (ckptconv.errors.render_options).
+SPELLING: dict[str, str] = {
+    "force=True": "--force",
+    "strict=False": "--non-strict",
+    "check_crc=False": "--no-check-crc",
+    "fsync=False": "--no-fsync",
+    "checksum=False": "--no-checksum",
+    "include_all=True": "--all",
+    "cast=True": "--cast",
+    "unsafe=True": "--unsafe",
+    "by_order=True": "--by-order",
+    "allow_lossy=True": "--allow-lossy",
+    "any_suffix=True": "--any-suffix",
+    "verify=True": "--verify",
+    "dtype": "--dtype",
+    "mapping": "--map",
+    "max_shard_size": "--max-shard-size",
+    "metadata": "--metadata",
+    "only": "--only",
+    "target": "--target",
+    "workers": "--jobs",
+    "pattern": "--name-pattern",
+}
+
+
+class UsageExit(Exception):
+    """argparse refused the command line (raised instead of exiting, so that ``main`` can
+    also answer ``--json`` with a JSON object)."""
+
+    def __init__(self, line: str, message: str) -> None:
+        super().__init__(line)
+        self.line = line
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """ckptconv's parsers: no abbreviated options (``--onl`` is not ``--only``), and a
+    subcommand reports its own unknown arguments with its own usage line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != "ckptconv":  # a subcommand: say it with its usage
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageExit(f"{self.prog}: error: {message}", message)
+
+
+def exit_status(codes: dict[int, str]) -> str:
+    """The ``Exit status:`` paragraph of a command's ``--help`` (and of docs/cli.md), from
+    the command module's ``EXIT_STATUS``; 130/143 (Ctrl-C, SIGTERM) are the same everywhere."""
+    parts = [f"{code} {text}" for code, text in sorted(codes.items())]
+    return "Exit status: " + "; ".join(parts) + "; 130/143 interrupted (Ctrl-C, SIGTERM), nothing left behind."
+
+
+def cli_type(parse: Callable[[str], Any], *, keep_text: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` from one of the API's value checks: its ``ValueError`` becomes
+    argparse's usage error (exit status 2, naming the option). ``keep_text``: check only,
+    and pass the text on as given (the API parses it again, the same way)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text if keep_text else value
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json", action="store_true",
+        help=f"print {what} as one JSON object on stdout (also when the command fails: "
+        '{"ok": false, "error": {...}})',
+    )
+
+
+def emit_json(args: argparse.Namespace | None, doc: dict[str, Any]) -> None:
+    """Print the command's one JSON object on stdout (and remember that it was printed)."""
+    json.dump(doc, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args is not None:
+        args.json_emitted = True
+
+
+def error_json(error: BaseException, message: str, status: int) -> dict[str, Any]:
+    """The ``{"ok": false, "error": {...}}`` object for a failed command."""
+    detail: dict[str, Any] = {"type": type(error).__name__, "message": message, "exit": status}
+    for field in ("path", "tensor"):
+        value = getattr(error, field, None)
+        if value is not None:
+            detail[field] = value
+    problems = getattr(error, "problems", None)
+    if problems:
+        detail["problems"] = list(problems)
+    return {"ok": False, "error": detail}
 
 
 def human_bytes(n: int) -> str:
@@ -24,8 +136,6 @@ def want_progress(quiet: bool, forced: bool = False) -> bool:
 
 def add_debug(parser) -> None:  # type: ignore[no-untyped-def]
     """Accept ``--debug`` after the subcommand too (``ckptconv convert a b --debug``)."""
-    import argparse
-
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -35,18 +145,29 @@ def add_debug(parser) -> None:  # type: ignore[no-untyped-def]
 
 
 def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """The conversion options ``convert`` and ``batch`` share (``many``: worded for batch)."""
+    """The conversion options ``convert`` and ``batch`` share (``many``: worded for batch).
+
+    Every value is checked by the API's own check as its argparse type, so a bad one is a
+    usage error (exit status 2) before anything is read."""
+    from ..formats.safetensors import check_metadata
+    from ..mapping.spec import parse_dtype_option
+    from ..writers.safetensors import parse_size
+
     outputs = "outputs" if many else "the output"
     parser.add_argument(
         "--map", metavar="SPEC",
         help="mapping spec file (YAML, JSON or TOML)" + (", applied to every input" if many else ""),
     )
     parser.add_argument(
-        "--dtype", metavar="DT",
+        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
         help="output dtype for floating-point weights (float32, float16, bfloat16, ...)",
     )
     parser.add_argument(
-        "--max-shard-size", metavar="SIZE",
+        "--allow-lossy", action="store_true",
+        help="let --dtype be a lossy cast (float weights to int8, bool, ...); refused otherwise",
+    )
+    parser.add_argument(
+        "--max-shard-size", metavar="SIZE", type=cli_type(parse_size),
         help="write Hugging Face sharded sets, at most SIZE per shard (5GB = 5*10^9 bytes, 2GiB = 2*2^30)",
     )
     parser.add_argument("--all", action="store_true", help="also write optimizer and bookkeeping entries")
@@ -54,6 +175,10 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         "--force", action="store_true",
         help=f"replace existing {outputs}" if many else "replace an existing output (a sharded set crash-safely; "
         "only files ckptconv wrote are ever removed)",
+    )
+    parser.add_argument(
+        "--any-suffix", action="store_true",
+        help="write safetensors under a name that does not end in .safetensors (refused otherwise)",
     )
     parser.add_argument("--no-fsync", action="store_true", help=f"do not flush {outputs} to disk before finishing")
     parser.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32C checksums")
@@ -66,23 +191,20 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help=f"read {outputs} back before putting them in place and check every tensor's CRC-32C "
         "(a failure leaves no output)",
     )
+
+    def metadata_item(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE (e.g. format=pt), got {text!r}")
+        check_metadata({key: value})  # the one rule for __metadata__ entries
+        return key, value
+
     parser.add_argument(
-        "--metadata", metavar="KEY=VALUE", action="append", type=_metadata_item,
+        "--metadata", metavar="KEY=VALUE", action="append", type=cli_type(metadata_item),
         help="add or replace a __metadata__ entry, e.g. format=pt for Hugging Face "
         "transformers (repeatable)",
     )
-
-
-def _metadata_item(text: str) -> tuple[str, str]:
-    import argparse
-
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. format=pt), got {text!r}")
-    if key.startswith("ckptconv."):
-        raise argparse.ArgumentTypeError(f"{key!r}: keys starting with 'ckptconv.' are ckptconv's own")
-    return key, value
 
 
 def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
@@ -98,4 +220,6 @@ def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
         verify=args.verify,
         check_crc=not args.no_check_crc,
         metadata=dict(args.metadata) if args.metadata else None,
+        allow_lossy=args.allow_lossy,
+        any_suffix=args.any_suffix,
     )

@@ -5,7 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_convert_options, add_debug, convert_options, human_bytes, want_progress
+from .common import (
+    add_convert_options,
+    add_debug,
+    add_json,
+    convert_options,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
+
+EXIT_STATUS = {
+    0: "written",
+    1: "nothing written: the source cannot be read, the plan has problems (a lossy --dtype "
+    "without --allow-lossy among them), the output exists without --force or cannot be "
+    "written, or --verify found a mismatch",
+    2: "a usage error: an unknown option, a bad value (--dtype, --max-shard-size, --metadata), "
+    "an output name not ending in .safetensors without --any-suffix",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "written; the output goes to a temporary file that is fsynced and renamed into "
             "place, so a failed or interrupted run leaves nothing behind."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
-    p.add_argument("dst", metavar="DST", help="output .safetensors path")
+    p.add_argument("dst", metavar="DST", help="output .safetensors path (or .safetensors.index.json for a set)")
     add_convert_options(p)
+    add_json(p, "what was written")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     add_debug(p)
@@ -32,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from ..convert import convert
 
     result = convert(
-        args.src, args.dst, progress=want_progress(args.quiet, args.progress), **convert_options(args)
+        args.src, args.dst, progress=want_progress(args.quiet or args.json, args.progress),
+        **convert_options(args),
     )
-    if not args.quiet:
+    if args.json:
+        emit_json(args, {"ok": True, **result.to_json()})
+    elif not args.quiet:
         for name, reason in result.skipped:
             print(f"note: skipped {name!r}: {reason}", file=sys.stderr)
         where = result.files[-1] if len(result.files) > 1 else result.files[0]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from ..formats import open as open_store
 from ..store import Entry
-from .common import add_debug, human_bytes
+from .common import add_debug, add_json, emit_json, exit_status, human_bytes
+
+EXIT_STATUS = {
+    0: "listed",
+    1: "the checkpoint cannot be read (missing, of no known format, damaged, hostile)",
+    2: "a usage error (unknown option, missing argument)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Reads metadata only (checks that every file the checkpoint names exists). "
             "Only weights are listed unless --all asks for the training state too."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json(p, "the listing (instead of a table)")
     p.add_argument(
         "--all", action="store_true",
         help="include optimizer and bookkeeping entries (the training state)",
@@ -36,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
         entries = store.entries(include_all=args.all)
         if args.json:
             doc = {
+                "ok": True,
                 "format": store.format,
                 "path": store.path,
                 "metadata": store.metadata,
                 "tensors": [e.describe() for e in entries],
             }
-            json.dump(doc, sys.stdout, indent=1)
-            sys.stdout.write("\n")
+            emit_json(args, doc)
             return 0
         print(format_table(store.format, store.path, entries, all_kinds=args.all))
         hidden = len(store) - len(entries)

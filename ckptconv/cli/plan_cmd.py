@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from .common import add_debug
+from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status
+
+EXIT_STATUS = {
+    0: "the plan has no problems",
+    1: "the plan has problems (each on stderr), or the source, spec or target cannot be read",
+    2: "a usage error (unknown option, a bad --dtype)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,18 +24,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "through or unused, and every problem. Exit status 1 when the plan has problems. "
             "Nothing is written."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, directory or TF prefix")
     p.add_argument(
         "--map", metavar="SPEC",
         help="mapping spec file (YAML, JSON or TOML); without it, the identity plan",
     )
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_json(p, "the report")
     p.add_argument("--all", action="store_true", help="include optimizer and bookkeeping entries")
+    from ..mapping.spec import parse_dtype_option
+
     p.add_argument(
-        "--dtype", metavar="DT",
+        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
         help="default output dtype for floating-point weights (overrides the spec's dtype:); "
         "keep, float32, float16, bfloat16, ... or target",
+    )
+    p.add_argument(
+        "--allow-lossy", action="store_true",
+        help="let --dtype be a lossy cast (float weights to int8, bool, ...); a problem otherwise",
     )
     p.add_argument(
         "--target", metavar="MODEL.keras",
@@ -52,19 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from .. import formats
+    from ..errors import render_options
     from ..mapping import build_plan, load_spec
 
-    spec = load_spec(args.map) if args.map else None  # a broken spec fails before the source is opened
-    target = None
-    if args.target:
-        import os
-
-        # building the target imports Keras (and TensorFlow): keep its start-up logging quiet
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from ..keras import target_from_keras_file
-
-        target = target_from_keras_file(args.target, unsafe=args.unsafe)
+    # the spec and the source are checked before the target's Keras (and TensorFlow) loads
+    spec = load_spec(args.map) if args.map else None
     with formats.open(args.src) as store:
+        target = None
+        if args.target:
+            from ..keras import target_from_keras_file
+
+            target = target_from_keras_file(args.target, unsafe=args.unsafe)
         plan = build_plan(
             store,
             spec,
@@ -72,11 +82,24 @@ def run(args: argparse.Namespace) -> int:
             include_all=args.all,
             dtype=args.dtype,
             strict=target is not None and not args.lenient,
+            allow_lossy=args.allow_lossy,
         )
+    hints = [render_options(h, SPELLING) for h in plan.hints]
     if args.json:
-        print(json.dumps(plan.report.to_json(), indent=1))
+        doc = plan.report.to_json()
+        if not plan.ok:
+            doc["error"] = {
+                "type": "PlanError",
+                "message": f"{len(plan.problems)} problem(s) in the mapping plan",
+                "exit": 1,
+                "problems": list(plan.problems),
+                "hints": hints,
+            }
+        emit_json(args, doc)
     else:
         print(plan.report.format_table())
     for problem in plan.problems:
         print(f"ckptconv: plan: {problem}", file=sys.stderr)
+    for hint in hints:
+        print(f"ckptconv: plan: hint: {hint}", file=sys.stderr)
     return 0 if plan.ok else 1

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from .common import add_debug
+from .common import add_debug, add_json, emit_json, error_json, exit_status
+
+EXIT_STATUS = {
+    0: "OUT written",
+    1: "nothing written: the weights do not fit (strict), a file cannot be read, Keras cannot "
+    "build TARGET or is not installed, OUT exists without --force",
+    2: "a usage error: an unknown option, OUT not ending in .keras or .weights.h5, --map with "
+    "--by-order",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "missing, unused or mismatched weight is an error and nothing is written. OUT is "
             "written to a temporary file and renamed into place."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint with the weights (any format ckptconv reads)")
     p.add_argument("target", metavar="TARGET.keras", help=".keras file with the architecture")
@@ -47,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="let Keras build models with Lambda bytecode or custom code (trusted files only)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--json", action="store_true", help="print the load report as JSON")
+    add_json(p, "the load report")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.add_argument("--no-fsync", action="store_true", help="do not flush OUT to disk before renaming")
     add_debug(p)
@@ -55,10 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    # Keras is imported only now; keep TensorFlow's start-up chatter off the terminal.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ..errors import LoadError
-    from ..keras import transplant
+    from ..keras import (
+        transplant,  # imports Keras (quietly) only once everything else is checked
+    )
 
     try:
         result = transplant(
@@ -76,11 +84,18 @@ def run(args: argparse.Namespace) -> int:
         )
     except LoadError as e:
         report = getattr(e, "report", None)
-        if report is not None and not args.quiet:
-            print(report.to_json() if args.json else report.format_table(), file=sys.stderr)
+        if args.json:
+            from .common import SPELLING
+
+            doc = error_json(e, e.render(SPELLING), 1)
+            if report is not None:
+                doc["report"] = report.to_json()
+            emit_json(args, doc)
+        elif report is not None and not args.quiet:
+            print(report.format_table(), file=sys.stderr)
         raise
     if args.json:
-        print(result.report.to_json())
+        emit_json(args, {"ok": True, **result.to_json()})
     elif not args.quiet:
         print(result.report.format_table())
         print(f"\nwrote {result.out} in {result.seconds:.2f} s")

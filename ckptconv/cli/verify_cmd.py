@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import CkptconvError
-from .common import add_debug, human_bytes, want_progress
+from .common import (
+    SPELLING,
+    add_debug,
+    add_json,
+    emit_json,
+    exit_status,
+    human_bytes,
+    want_progress,
+)
+
+EXIT_STATUS = {
+    0: "every tensor of every file matches its checksum",
+    1: "a file fails, records no checksums, is missing or is not a safetensors file",
+    2: "a usage error",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "by its index, its directory or any shard. Names every tensor that no longer matches; "
             "exit status 1 if any file fails or records no checksums."
         ),
+        epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="safetensors file, index JSON or shard")
-    p.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    add_json(p, "the report (instead of lines)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     add_debug(p)
@@ -42,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, "debug", False):
                 raise
             failed += 1
-            reports.append({"path": path, "ok": False, "error": str(e)})
+            reports.append({"path": path, "ok": False, "error": e.render(SPELLING)})
             if not args.json:
                 print(f"failed {path}: {_without_path(e, path)}")
             continue
@@ -68,8 +82,14 @@ def run(args: argparse.Namespace) -> int:
             for m in result.mismatches:
                 print(f"  mismatch {m.describe()}")
     if args.json:
-        json.dump({"ok": failed == 0, "files": reports}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        doc: dict[str, object] = {"ok": failed == 0, "files": reports}
+        if failed:
+            doc["error"] = {
+                "type": "VerifyFailed",
+                "message": f"{failed} of {len(args.files)} file(s) failed verification",
+                "exit": 1,
+            }
+        emit_json(args, doc)
     return 1 if failed else 0
 
 
@@ -87,5 +107,5 @@ def _without_path(error: CkptconvError, given: str) -> str:
     import os
 
     if error.path is not None and os.path.abspath(error.path) != os.path.abspath(given):
-        return str(error)
-    return f"tensor {error.key!r}: {error.reason}" if error.key else error.reason
+        return error.render(SPELLING)
+    return error.render(SPELLING, path=False)

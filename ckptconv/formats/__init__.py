@@ -5,9 +5,13 @@ Each format module defines:
 * ``FORMAT``: the short name stores report (``keras-h5``, ``tf-checkpoint``, ...);
 * ``sniff(path: Path, head: bytes) -> bool``: does this path hold this format? Decided from
   the content (magic bytes, zip members, directory layout), never from the extension;
-* ``open(path: Path, **options) -> Store``: read the metadata and return a lazy store.
+* ``open(path: Path, *, <options>) -> Store``: read the metadata and return a lazy store.
+  Its options are keyword-only and explicit (never ``**options``): the subset of
+  :func:`open`'s options the format uses, under the same names and defaults (today
+  ``check_crc``, for formats that record checksums). :func:`open` passes each format only the
+  options it declares, and rejects a name it does not know itself.
 
-:func:`open` tries them in order and returns the first store.
+:func:`open` asks each in order whether it claims the path and opens it with the first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import zlib
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import CkptconvError, CorruptFileError, FormatError
+from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileError
+from ..options import keyword_options, option_names
 from ..store import Store
 
 __all__ = ["open", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
@@ -66,12 +71,13 @@ def regular_file(path: str | os.PathLike[str], *, directory_ok: bool = False) ->
     ``directory_ok``, a directory): reading a FIFO or a device would block or never end.
 
     Raises:
-        FormatError: the path does not exist, or is a FIFO, device, socket (or directory).
+        NoSuchFileError: the path does not exist.
+        FormatError: the path is a FIFO, device, socket (or directory).
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FormatError("no such file or directory", path=path) from None
+        raise NoSuchFileError(path=path) from None
     except OSError as e:
         raise FormatError(f"cannot read: {e.strerror}", path=path) from e
     kind = stat.S_IFMT(st.st_mode)
@@ -123,7 +129,8 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     """The format module that reads ``path``.
 
     Raises:
-        FormatError: no format recognises the content (or the path does not exist).
+        NoSuchFileError: the path does not exist.
+        FormatError: no format recognises the content.
     """
     p = Path(path)
     if os.path.lexists(p):
@@ -139,7 +146,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         if claimed:
             return module
     if not p.exists() and not any(p.parent.glob(glob.escape(p.name) + ".*")):
-        raise FormatError("no such file or directory", path=p)
+        raise NoSuchFileError(path=p)
     if p.is_file() and p.stat().st_size == 0:
         raise FormatError("the file is empty: not a checkpoint", path=p)
     if p.is_file():
@@ -204,22 +211,28 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
         )
 
 
-def open(path: str | os.PathLike[str], **options: object) -> Store:  # noqa: A001
+@keyword_options
+def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a checkpoint of any supported format as a lazy :class:`~ckptconv.Store`.
 
     Reads metadata only. The format is detected from the content, not the extension.
 
     Args:
         path: A file, a directory, or a TensorFlow checkpoint prefix.
-        **options: Format options, e.g. ``check_crc=False`` to skip TensorFlow's per-tensor
-            checksum when reading data.
+        check_crc: Check the per-tensor CRC-32C a format records (TensorFlow checkpoints,
+            safetensors files ckptconv wrote) when a tensor is read; False reads damaged data
+            anyway. Formats that record none have nothing to check.
 
     Raises:
-        CkptconvError: the path is missing, of no known format, damaged or hostile.
+        OptionError: an unknown keyword option (a typo), before anything is read.
+        NoSuchFileError: the path does not exist.
+        CkptconvError: the path is of no known format, damaged or hostile.
     """
     module = detect(path)
+    given = {"check_crc": check_crc}
+    wanted = option_names(module.open)
     try:
-        return module.open(Path(path), **options)
+        return module.open(Path(path), **{k: v for k, v in given.items() if k in wanted})
     except CkptconvError:
         raise
     except _LOW_LEVEL_ERRORS as e:

@@ -371,34 +371,34 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
     parts = [p for p in name.split("/") if p]
     for depth, part in enumerate(parts):
         if not isinstance(node, h5py.Group):
-            raise CorruptFileError(f"{node.name!r} is not a group", path=path, key=name)
+            raise CorruptFileError(f"{node.name!r} is not a group", path=path, tensor=name)
         link = node.get(part, getlink=True)
         if link is None:
             raise CorruptFileError(
                 f"the file names {name!r} but holds no such object (the file is damaged or "
                 "was not completely written)",
                 path=path,
-                key=name,
+                tensor=name,
             )
         if isinstance(link, h5py.ExternalLink):
             raise UnsafeInputError(
                 f"refusing the external link {node.name}/{part} -> "
                 f"{link.filename}:{link.path}: weights must live in the file itself",
                 path=path,
-                key=name,
+                tensor=name,
             )
         if isinstance(link, h5py.SoftLink):
             raise UnsafeInputError(
                 f"refusing the soft link {node.name}/{part} -> {link.path}",
                 path=path,
-                key=name,
+                tensor=name,
             )
         if depth > MAX_DEPTH:
-            raise UnsafeInputError("groups nested too deeply", path=path, key=name)
+            raise UnsafeInputError("groups nested too deeply", path=path, tensor=name)
         node = node[part]
     if kind is not None and not isinstance(node, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
-        raise CorruptFileError(f"{name!r} is not a {what}", path=path, key=name)
+        raise CorruptFileError(f"{name!r} is not a {what}", path=path, tensor=name)
     return node
 
 
@@ -414,7 +414,7 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
         try:
             wanted = by_name(str(name))
         except (KeyError, AttributeError):
-            raise CorruptFileError(f"unknown dtype attribute {name!r}", path=path, key=key) from None
+            raise CorruptFileError(f"unknown dtype attribute {name!r}", path=path, tensor=key) from None
         opaque = dtype.kind == "V" and dtype.fields is None
         if (opaque and dtype.itemsize == wanted.itemsize) or (
             not opaque and dtype.kind in "biufc" and dtype_name(dtype) == dtype_name(wanted)
@@ -425,16 +425,16 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
             f"the dataset's dtype attribute says {name} but it stores {stored}: refusing to "
             "reinterpret the bytes (the file is damaged or was not written by Keras)",
             path=path,
-            key=key,
+            tensor=key,
         )
     if dtype.kind == "V" and dtype.fields is None:
         if dtype.itemsize == 2:
             return by_name("bfloat16")
         raise CorruptFileError(
-            f"opaque {dtype.itemsize}-byte data without a dtype attribute", path=path, key=key
+            f"opaque {dtype.itemsize}-byte data without a dtype attribute", path=path, tensor=key
         )
     if dtype.kind not in "biufc":
-        raise CorruptFileError(f"dataset of type {dtype} is not a numeric tensor", path=path, key=key)
+        raise CorruptFileError(f"dataset of type {dtype} is not a numeric tensor", path=path, tensor=key)
     return dtype
 
 
@@ -466,13 +466,13 @@ def dataset_entry(
         file_size: Size of the HDF5 image: extents beyond it are refused before any read.
     """
     if dataset.is_virtual:
-        raise UnsafeInputError("refusing a virtual dataset", path=path, key=key)
+        raise UnsafeInputError("refusing a virtual dataset", path=path, tensor=key)
     if dataset.external:
-        raise UnsafeInputError("refusing a dataset stored in external files", path=path, key=key)
+        raise UnsafeInputError("refusing a dataset stored in external files", path=path, tensor=key)
     dtype = dataset_dtype(dataset, path=path, key=key)
     shape = dataset.shape
     if shape is None:  # null dataspace
-        raise CorruptFileError("dataset has no shape", path=path, key=key)
+        raise CorruptFileError("dataset has no shape", path=path, tensor=key)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     byte_range = None
     offset = dataset.id.get_offset()
@@ -488,19 +488,19 @@ def dataset_entry(
                 f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
                 f"file ({file_size} bytes): the file is truncated",
                 path=path,
-                key=key,
+                tensor=key,
             )
         byte_range = ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
         loader = None
     else:
         if dataset.chunks is not None and dataset.id.get_storage_size() == 0 and nbytes > 0:
             # never written: h5py would hand back fill values; that is a damaged file
-            raise CorruptFileError("tensor data was never written", path=path, key=key)
+            raise CorruptFileError("tensor data was never written", path=path, tensor=key)
         if nbytes > 8 * max(file_size, 1) and not dataset.compression:
             raise UnsafeInputError(
                 f"declared size {nbytes} bytes is far beyond the file's {file_size} bytes",
                 path=path,
-                key=key,
+                tensor=key,
             )
         stored = dataset.id.get_storage_size()
         if nbytes > BOMB_FLOOR and nbytes > MAX_EXPANSION * max(stored, 1):
@@ -508,7 +508,7 @@ def dataset_entry(
                 f"declared size {nbytes} bytes is far beyond the {stored} bytes stored for it "
                 f"(more than {MAX_EXPANSION}x): refusing a likely decompression bomb",
                 path=path,
-                key=key,
+                tensor=key,
             )
         loader = _h5py_loader(dataset, dtype, path=path, key=key)
     return Entry(
@@ -530,7 +530,7 @@ def _h5py_loader(dataset: h5py.Dataset, dtype: np.dtype, *, path: str, key: str)
         try:
             raw = dataset[()]
         except (OSError, RuntimeError, ValueError) as e:
-            raise CorruptFileError(f"cannot read tensor data ({e})", path=path, key=key) from e
+            raise CorruptFileError(f"cannot read tensor data ({e})", path=path, tensor=key) from e
         array = np.asarray(raw)
         if array.dtype != dtype:
             if array.dtype.kind == "V":

@@ -39,7 +39,6 @@ __all__ = [
     "unmask_crc",
     "data_file_name",
     "slice_key",
-    "pread_exact",
     "decode_string_tensor",
 ]
 
@@ -256,18 +255,6 @@ def slice_key(name: str, extents: list[tuple[int, int]]) -> bytes:
 
 
 # --- data ---------------------------------------------------------------------------------
-
-
-def pread_exact(fd: int, buffer: memoryview, offset: int) -> int:
-    """Fill ``buffer`` from ``fd`` at ``offset``; return how many bytes were read (short at EOF)."""
-    done = 0
-    total = len(buffer)
-    while done < total:
-        n = os.preadv(fd, [buffer[done:]], offset + done)
-        if n <= 0:
-            break
-        done += n
-    return done
 
 
 def decode_string_tensor(raw: bytes, count: int, *, check: bool = True) -> tuple[list[bytes], int]:

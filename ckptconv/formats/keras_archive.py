@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError
 from ..store import Store
 from ._hdf5 import open_h5
+from ._keras_optimizer import name_optimizer_variables
 from .keras_weights import (
     LayerInfo,
     _Source,
@@ -99,10 +100,10 @@ def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
         f.seek(info.header_offset)
         raw = f.read(_LOCAL_HEADER.size)
     if len(raw) < _LOCAL_HEADER.size:
-        raise CorruptFileError("the zip is truncated (local header)", path=path, key=info.filename)
+        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
     fields = _LOCAL_HEADER.unpack(raw)
     if fields[0] != b"PK\x03\x04":
-        raise CorruptFileError("bad zip local header", path=path, key=info.filename)
+        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
     return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
 
 
@@ -112,7 +113,7 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
     except KeyError:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
-        raise UnsafeInputError("config.json is implausibly large", path=path, key="config.json")
+        raise UnsafeInputError("config.json is implausibly large", path=path, tensor="config.json")
     _refuse_bomb(info, path)
     try:
         with z.open(info) as f:
@@ -170,7 +171,7 @@ def key_names(config: Any) -> dict[str, str]:
     return names
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a ``.keras`` archive's weights in place (metadata only; nothing is extracted)."""
     try:
         z = zipfile.ZipFile(path)
@@ -222,11 +223,13 @@ def open(path: Path, **_options: object) -> Store:  # noqa: A001
         try:
             infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
         except UnsafeInputError as e:  # raised without the file: name it
-            raise UnsafeInputError(e.reason, path=path, key="config.json") from e
+            raise UnsafeInputError(e.reason, path=path, tensor="config.json") from e
         groups: dict[str, _VarsGroup] = {}
         order: list[str] = []
         root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
         entries = build_entries(groups, order, infos=infos, root_name=root)
+        if config is not None:
+            entries = name_optimizer_variables(entries, config)
     except BaseException:
         f.close()
         fileobj.close()

@@ -51,7 +51,7 @@ def _weights_root(f: h5py.Group) -> h5py.Group | None:
     return None
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a legacy Keras HDF5 file as a lazy store (metadata only)."""
     f = open_h5(path, path=path)
     try:

@@ -67,7 +67,7 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
     return list(seen.values())
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only)."""
     index = load_index(path)
     shards = shard_paths(path, index)

@@ -183,18 +183,18 @@ def collect_vars(
              parent_class: str | None, state: str, depth: int) -> None:
         nonlocal root_name
         if depth > MAX_DEPTH:
-            raise UnsafeInputError("groups nested too deeply", path=source.path, key=group.name)
+            raise UnsafeInputError("groups nested too deeply", path=source.path, tensor=group.name)
         links = {k: group.get(k, getlink=True) for k in group.keys()}
         for key, link in links.items():
             if isinstance(link, h5py.ExternalLink):
                 raise UnsafeInputError(
                     f"refusing the external link {group.name}/{key} -> {link.filename}",
-                    path=source.path, key=f"{group.name}/{key}",
+                    path=source.path, tensor=f"{group.name}/{key}",
                 )
             if isinstance(link, h5py.SoftLink):
                 raise UnsafeInputError(
                     f"refusing the soft link {group.name}/{key} -> {link.path}",
-                    path=source.path, key=f"{group.name}/{key}",
+                    path=source.path, tensor=f"{group.name}/{key}",
                 )
         own_chain = chain
         own_class = class_hint
@@ -226,7 +226,7 @@ def collect_vars(
                 obj = vars_group.get(key, getlink=True)
                 if not isinstance(obj, h5py.HardLink):
                     raise UnsafeInputError(
-                        f"refusing a link inside {vars_group.name}", path=source.path, key=key
+                        f"refusing a link inside {vars_group.name}", path=source.path, tensor=key
                     )
                 if not key.isdigit():
                     raise CorruptFileError(
@@ -269,7 +269,7 @@ def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
 
     def visit(group: h5py.Group, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise UnsafeInputError("groups nested too deeply", path=path, key=group.name)
+            raise UnsafeInputError("groups nested too deeply", path=path, tensor=group.name)
         for key in group.keys():
             if not isinstance(group.get(key, getlink=True), h5py.HardLink):
                 continue  # collect_vars refuses it with a proper message
@@ -377,7 +377,7 @@ def read_image(f: h5py.File, source: _Source, infos: Mapping[str, LayerInfo] | N
     return build_entries(groups, order, infos=infos, root_name=root), root
 
 
-def open(path: Path, **_options: object) -> Store:  # noqa: A001
+def open(path: Path) -> Store:  # noqa: A001
     """Open a Keras 3 ``.weights.h5`` file as a lazy store (metadata only)."""
     f = open_h5(path, path=path)
     try:

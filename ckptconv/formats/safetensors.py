@@ -31,11 +31,12 @@ import builtins
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..dtypes import from_safetensors
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
-from ..store import ByteRange, Entry, Store, keras_order
+from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
 from . import load_index
 
 __all__ = [
@@ -47,6 +48,9 @@ __all__ = [
     "Header",
     "CRC_KEY",
     "SET_KEY",
+    "KINDS_KEY",
+    "OWN_PREFIX",
+    "check_metadata",
     "looks_like_safetensors",
     "load_index",
     "shard_files",
@@ -60,10 +64,16 @@ __all__ = [
 FORMAT = "safetensors"
 SHARDED_FORMAT = "safetensors-sharded"
 CRC_KEY = "ckptconv.crc32c"
-"""The ``__metadata__`` key holding ckptconv's per-tensor CRC-32Cs (a JSON object as a string)."""
+"""The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
 SET_KEY = "ckptconv.set"
 """The key of a sharded set's identity, in every shard's ``__metadata__`` and in the index's
 ``metadata``: 32 hex digits, the same throughout one write of the set."""
+KINDS_KEY = "ckptconv.kinds"
+"""The ``__metadata__`` key holding the kind of every tensor that is not a weight
+(``{"adam/iteration": "bookkeeping", ...}``, a JSON object as a string): ``convert --all``
+keeps the training state's kind, and the reader gives it back as ``Entry.kind``."""
+OWN_PREFIX = "ckptconv."
+"""``__metadata__`` keys ckptconv writes itself (version, source, checksums, set identity)."""
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
 
 
@@ -105,6 +115,27 @@ def parse_shard_name(name: str, dst: str | os.PathLike[str] | None = None) -> tu
     if dst is not None and match["stem"] != _stem(os.path.basename(os.fspath(dst))):
         return None
     return match["stem"], number, count
+
+
+def check_metadata(metadata: Mapping[object, object] | None, *, own: bool = False) -> dict[str, str]:
+    """The one rule for ``__metadata__`` entries: the format allows strings to strings only,
+    and keys starting with ``ckptconv.`` are ckptconv's own (``own=True`` is ckptconv
+    writing them: any but :data:`CRC_KEY` and :data:`SET_KEY`, which the writer itself fills).
+
+    Returns:
+        The entries as a new dict.
+
+    Raises:
+        ValueError: a key or value that is not a string, or a reserved key.
+    """
+    checked: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata must map strings to strings; received {key!r}: {value!r}")
+        if key in (CRC_KEY, SET_KEY) or (key.startswith(OWN_PREFIX) and not own):
+            raise ValueError(f"metadata key {key!r}: keys starting with {OWN_PREFIX!r} are ckptconv's own")
+        checked[key] = value
+    return checked
 
 
 class Header:
@@ -183,7 +214,7 @@ def _index_in_directory(path: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def open(path: Path, *, check_crc: bool = True, **_options: object) -> Store:  # noqa: A001
+def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a safetensors file or sharded set as a lazy store. Reads headers only.
 
     Args:
@@ -220,7 +251,7 @@ def _open_single(path: Path, *, check_crc: bool) -> Store:
         format=FORMAT,
         path=path,
         files=[path],
-        metadata={k: v for k, v in header.metadata.items() if k != CRC_KEY},
+        metadata=_user_metadata(header.metadata),
     )
 
 
@@ -241,7 +272,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
                     f"the shard holds this tensor but the index {index_file.name} maps it to "
                     f"{weight_map.get(name)!r}; the set is inconsistent",
                     path=shard,
-                    key=name,
+                    tensor=name,
                 )
         seen.update(header.tensors)
         entries.extend(_entries(header, check_crc=check_crc))
@@ -251,10 +282,10 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
             raise CorruptFileError(
                 f"the index maps this tensor to {file!r}, which does not hold it",
                 path=index_file,
-                key=name,
+                tensor=name,
             )
     keras_order(entries)
-    metadata = {k: v for k, v in headers[0].metadata.items() if k != CRC_KEY} if headers else {}
+    metadata = _user_metadata(headers[0].metadata) if headers else {}
     meta = index.get("metadata")
     if isinstance(meta, dict) and "total_size" in meta:
         metadata["total_size"] = str(meta["total_size"])
@@ -275,7 +306,7 @@ def shard_files(index_file: Path, index: dict) -> list[Path]:
     names: list[str] = []
     for name, file in index["weight_map"].items():
         if not isinstance(file, str) or not file:
-            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, key=name)
+            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, tensor=name)
         if file not in names:
             names.append(file)
     if not names:
@@ -363,7 +394,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
     except _RepeatedKey as e:
         raise CorruptFileError(
-            "the header names this tensor twice", path=path, key=e.args[0]
+            "the header names this tensor twice", path=path, tensor=e.args[0]
         ) from None
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
@@ -417,23 +448,23 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
     tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise CorruptFileError("the header entry is not an object", path=path, key=name)
+            raise CorruptFileError("the header entry is not an object", path=path, tensor=name)
         code = info.get("dtype")
         shape = info.get("shape")
         offsets = info.get("data_offsets")
         if not isinstance(code, str):
-            raise CorruptFileError("the header entry has no dtype", path=path, key=name)
+            raise CorruptFileError("the header entry has no dtype", path=path, tensor=name)
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, key=name)
+            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, tensor=name)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
             or offsets[0] > offsets[1]
         ):
-            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, key=name)
+            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, tensor=name)
         try:
             dtype = from_safetensors(code)
         except KeyError:
@@ -441,7 +472,7 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 f"dtype {code!r} is not one ckptconv reads (it reads BOOL, U8..U64, I8..I64, "
                 "F16, BF16, F32, F64, F8_E4M3, F8_E5M2, C64)",
                 path=path,
-                key=name,
+                tensor=name,
             ) from None
         count = 1
         for d in shape:
@@ -451,7 +482,7 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
                 f"needs {count * dtype.itemsize}",
                 path=path,
-                key=name,
+                tensor=name,
             )
         tensors[name] = (code, tuple(shape), offsets[0], offsets[1])
     return dict(sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])))
@@ -468,7 +499,7 @@ def _check_layout(
             raise CorruptFileError(
                 f"data_offsets [{begin}, {stop}] {what} (expected to start at {end})",
                 path=path,
-                key=name,
+                tensor=name,
             )
         end = stop
         if end > data_size:
@@ -476,7 +507,7 @@ def _check_layout(
                 f"file is truncated: the tensor's data ends at byte {end} of the data area, "
                 f"which has {data_size} bytes",
                 path=path,
-                key=name,
+                tensor=name,
             )
 
 
@@ -493,8 +524,29 @@ def _checksums(
         raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
 
 
+def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """``__metadata__`` without the tables ckptconv reads into the entries themselves."""
+    return {k: v for k, v in metadata.items() if k not in (CRC_KEY, KINDS_KEY)}
+
+
+def _kinds(header: Header) -> dict[str, Kind]:
+    """The kinds ckptconv recorded (:data:`KINDS_KEY`); a malformed table is ignored (kinds
+    only sort entries into weights and training state)."""
+    text = header.metadata.get(KINDS_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(table, dict):
+        return {}
+    return {name: kind for name, kind in table.items() if kind in KINDS and name in header.tensors}
+
+
 def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
     entries = []
+    kinds = _kinds(header)
     for name, (code, shape, begin, end) in header.tensors.items():
         dtype = from_safetensors(code)
         byte_range = ByteRange(header.path, header.data_start + begin, end - begin)
@@ -508,6 +560,7 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
                 path=header.path,
                 byte_range=byte_range,
                 crc32c=crc if check_crc else None,  # Entry.read() checks it
+                kind=kinds.get(name, "weight"),
             )
         )
     return entries

@@ -34,8 +34,8 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import CorruptFileError, FormatError, IntegrityError, UnsupportedError
-from ..store import ByteRange, Entry, Kind, Store, keras_order
+from ..errors import CorruptFileError, FormatError, NoSuchFileError, UnsupportedError
+from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
 from . import _tensorbundle as tb
 from . import regular_file
 from ._protowire import (
@@ -267,7 +267,7 @@ def _read_index(index_path: str) -> _Index:
         try:
             entry = parse_bundle_entry(value)
         except WireError as e:
-            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, key=key) from e
+            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, tensor=key) from e
         if raw_key.startswith(b"\x00"):
             slices[raw_key] = entry
         else:
@@ -284,7 +284,7 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         files.append(name)
         try:
             sizes.append(regular_file(name).st_size)
-        except FormatError:
+        except (FormatError, NoSuchFileError):
             if os.path.exists(name):
                 raise
             raise CorruptFileError(
@@ -299,13 +299,13 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         if not 0 <= entry.shard_id < index.num_shards:
             raise CorruptFileError(
                 f"index names data shard {entry.shard_id} of {index.num_shards}",
-                path=index.index_path, key=key,
+                path=index.index_path, tensor=key,
             )
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
             raise CorruptFileError(
                 f"tensor data at bytes {entry.offset}..{entry.offset + entry.size} lies beyond the "
                 f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated",
-                path=files[entry.shard_id], key=key,
+                path=files[entry.shard_id], tensor=key,
             )
     return files
 
@@ -313,26 +313,8 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
 # --- reading tensor data -------------------------------------------------------------------
 
 
-def _pread(path: str, offset: int, buffer: memoryview, *, key: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        done = tb.pread_exact(fd, buffer, offset)
-    finally:
-        os.close(fd)
-    if done != len(buffer):
-        raise CorruptFileError(
-            f"file is truncated: tensor data ends at byte {offset + len(buffer)}, the file "
-            f"ends at byte {offset + done}",
-            path=path, key=key,
-        )
-
-
-def _crc_mismatch(path: str, key: str, stored: int, actual: int) -> IntegrityError:
-    return IntegrityError(
-        f"tensor data fails its CRC-32C check (recorded {stored:#010x}, computed {actual:#010x}): "
-        "the file is damaged; restore it from a good copy (check_crc=False reads it anyway)",
-        path=path, key=key,
-    )
+def _stored(path: str, entry: BundleEntry) -> ByteRange:
+    return ByteRange(path, entry.offset, entry.size)
 
 
 def _read_numeric(
@@ -341,32 +323,28 @@ def _read_numeric(
     dtype: np.dtype,
     *,
     check_crc: bool,
-    key: str,
+    tensor: str,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One ``pread`` into a fresh array (or into ``out``, a C-contiguous array of the
-    entry's shape), then the CRC-32C check over the bytes read."""
-    if out is None:
-        out = np.empty(entry.shape, dtype=dtype)
-    raw = out.reshape(-1).view(np.uint8)
-    _pread(path, entry.offset, memoryview(raw), key=key)
+    """One slice's bytes read into a fresh array (or into ``out``, a C-contiguous array of
+    its shape), then checked against the slice's own CRC-32C."""
+    array = read_byte_range(_stored(path, entry), dtype, entry.shape, tensor=tensor, out=out)
     if check_crc:
-        actual = tb.crc32c(raw)
-        if actual != tb.unmask_crc(entry.masked_crc32c):
-            raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
-    return out
+        actual = tb.crc32c(array.reshape(-1).view(np.uint8))
+        check_crc32c(actual, tb.unmask_crc(entry.masked_crc32c), path=path, tensor=tensor)
+    return array
 
 
-def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, key: str) -> np.ndarray:
+def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, tensor: str) -> np.ndarray:
     raw = bytearray(entry.size)
-    _pread(path, entry.offset, memoryview(raw), key=key)
+    _stored(path, entry).read_into(raw, tensor=tensor)
     count = math.prod(entry.shape)
     try:
         elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
     except tb.TableError as e:
-        raise CorruptFileError(f"damaged string tensor: {e}", path=path, key=key) from e
-    if check_crc and actual != tb.unmask_crc(entry.masked_crc32c):
-        raise _crc_mismatch(path, key, tb.unmask_crc(entry.masked_crc32c), actual)
+        raise CorruptFileError(f"damaged string tensor: {e}", path=path, tensor=tensor) from e
+    if check_crc:
+        check_crc32c(actual, tb.unmask_crc(entry.masked_crc32c), path=path, tensor=tensor)
     out = np.empty(count, dtype=object)
     for i, element in enumerate(elements):
         out[i] = element
@@ -379,7 +357,7 @@ def _read_partitioned(
     dtype: np.dtype,
     *,
     check_crc: bool,
-    key: str,
+    tensor: str,
 ) -> np.ndarray:
     """Assemble a partitioned variable from its slices, each read and checked on its own;
     a slice that is a contiguous block of the result (whole rows) is read in place."""
@@ -387,16 +365,16 @@ def _read_partitioned(
     for where, path, part in parts:
         target = out[where]
         if part.dtype != _STRING and target.flags.c_contiguous:
-            _read_numeric(path, part, dtype, check_crc=check_crc, key=key, out=target)
+            _read_numeric(path, part, dtype, check_crc=check_crc, tensor=tensor, out=target)
         else:
-            target[...] = _tensor_reader(path, part, dtype, check_crc=check_crc, key=key)
+            target[...] = _tensor_reader(path, part, dtype, check_crc=check_crc, tensor=tensor)
     return out
 
 
 def _unreadable(code: int, path: str, key: str) -> np.ndarray:
     raise UnsupportedError(
         f"TensorFlow dtype {_UNREADABLE.get(code, code)} has no numpy equivalent ckptconv reads",
-        path=path, key=key,
+        path=path, tensor=key,
     )
 
 
@@ -548,13 +526,13 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
     path = files[entry.shard_id]
     if entry.dtype != _STRING or entry.shape not in ((), (1,)):
         raise CorruptFileError(
-            "the object graph entry is not a string scalar", path=path, key=OBJECT_GRAPH_KEY
+            "the object graph entry is not a string scalar", path=path, tensor=OBJECT_GRAPH_KEY
         )
-    value = _read_strings(path, entry, check_crc=True, key=OBJECT_GRAPH_KEY).reshape(-1)[0]
+    value = _read_strings(path, entry, check_crc=True, tensor=OBJECT_GRAPH_KEY).reshape(-1)[0]
     try:
         return parse_object_graph(value)
     except WireError as e:
-        raise CorruptFileError(f"damaged object graph: {e}", path=path, key=OBJECT_GRAPH_KEY) from e
+        raise CorruptFileError(f"damaged object graph: {e}", path=path, tensor=OBJECT_GRAPH_KEY) from e
 
 
 def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
@@ -600,7 +578,7 @@ def _partitioned_loader(
         if len(extents) != len(entry.shape):
             raise CorruptFileError(
                 f"a slice has {len(extents)} dimensions, the variable {len(entry.shape)}",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         where = []
         for extent, dim in zip(extents, entry.shape):
@@ -608,7 +586,7 @@ def _partitioned_loader(
             if extent.start < 0 or length < 0 or extent.start + length > dim:
                 raise CorruptFileError(
                     f"slice {extent.start}:{extent.start + length} lies outside dimension {dim}",
-                    path=index.index_path, key=name,
+                    path=index.index_path, tensor=name,
                 )
             where.append(slice(extent.start, extent.start + length))
         lengths = [-1 if e.length is None else e.length for e in extents]  # -1: whole dimension
@@ -619,17 +597,17 @@ def _partitioned_loader(
             raise CorruptFileError(
                 f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
                 "variable is missing from the index",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         if part.shape != shape or part.dtype != entry.dtype:
             raise CorruptFileError(
                 f"a slice is stored with shape {list(part.shape)}, its extent says {list(shape)}",
-                path=index.index_path, key=name,
+                path=index.index_path, tensor=name,
             )
         _check_size(part, dtype, files[part.shard_id], name)
         parts.append((tuple(where), files[part.shard_id], part))
     _check_tiling([where for where, _, _ in parts], entry.shape, path=index.index_path, key=name)
-    return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, key=name)
+    return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, tensor=name)
 
 
 def _check_tiling(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], *, path: str, key: str) -> None:
@@ -653,23 +631,23 @@ def _check_tiling(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], *, pat
                 raise CorruptFileError(
                     f"the slices {text(box)} and {text(other)} of this partitioned variable "
                     "overlap: the checkpoint is damaged",
-                    path=path, key=key,
+                    path=path, tensor=key,
                 )
     covered = sum(math.prod(s.stop - s.start for s in box) for box in boxes)
     if covered != math.prod(shape):
         raise CorruptFileError(
             f"the slices cover {covered} of the variable's {math.prod(shape)} elements, leaving "
             "a gap: the checkpoint is damaged or a slice is missing",
-            path=path, key=key,
+            path=path, tensor=key,
         )
 
 
 def _tensor_reader(
-    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, key: str
+    path: str, entry: BundleEntry, dtype: np.dtype, *, check_crc: bool, tensor: str
 ) -> np.ndarray:
     if entry.dtype == _STRING:
-        return _read_strings(path, entry, check_crc=check_crc, key=key)
-    return _read_numeric(path, entry, dtype, check_crc=check_crc, key=key)
+        return _read_strings(path, entry, check_crc=check_crc, tensor=tensor)
+    return _read_numeric(path, entry, dtype, check_crc=check_crc, tensor=tensor)
 
 
 def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> None:
@@ -678,7 +656,7 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         if math.prod(entry.shape) > entry.size:
             raise CorruptFileError(
                 f"index records {entry.size} bytes for {math.prod(entry.shape)} strings",
-                path=path, key=name,
+                path=path, tensor=name,
             )
         return
     expected = math.prod(entry.shape) * dtype.itemsize  # Python ints: no overflow
@@ -686,7 +664,7 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         raise CorruptFileError(
             f"index records {entry.size} bytes for shape {list(entry.shape)} of "
             f"{dtype_name(dtype)}, which needs {expected}",
-            path=path, key=name,
+            path=path, tensor=name,
         )
 
 
@@ -700,7 +678,7 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     if code in _UNREADABLE:
         return None
     raise CorruptFileError(
-        f"unknown TensorFlow dtype code {code}", path=index.index_path, key=planned.name
+        f"unknown TensorFlow dtype code {code}", path=index.index_path, tensor=planned.name
     )
 
 
@@ -710,7 +688,7 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
         raise CorruptFileError(
             f"index records an incomplete shape {list(entry.shape)}",
             path=index.index_path,
-            key=name,
+            tensor=name,
         )
     dtype = _numpy_dtype(planned, index)
     if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
@@ -723,20 +701,21 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
                      loader=loader, kind=planned.kind)
     path = files[entry.shard_id]
     _check_size(entry, dtype, path, name)
-    loader = partial(_tensor_reader, path, entry, dtype, check_crc=check_crc, key=name)
     if entry.dtype == _STRING:
+        loader = partial(_read_strings, path, entry, check_crc=check_crc, tensor=name)
         return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
                      kind=planned.kind)
-    # Plain little-endian bytes: writers may copy them file to file and compare the CRC.
-    # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
+    # Plain little-endian bytes: Entry reads them and checks the CRC (as it does for every
+    # format), writers may copy them file to file and compare it. check_crc=False means
+    # "read it anyway", so then no CRC is offered to compare either.
     return Entry(
-        name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
-        byte_range=ByteRange(path, entry.offset, entry.size), kind=planned.kind,
+        name, key=key, shape=entry.shape, dtype=dtype, path=path,
+        byte_range=_stored(path, entry), kind=planned.kind,
         crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None,
     )
 
 
-def open(path: Path, *, check_crc: bool = True, **_ignored: object) -> Store:  # noqa: A001
+def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
 
     Reads the ``.index`` file (checking every block's CRC-32C) and the object graph entry, and

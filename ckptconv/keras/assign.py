@@ -17,10 +17,10 @@ from .targets import LiveModel, TargetVar, matches_path_or_parent
 __all__ = ["assign", "freeze_loaded"]
 
 
-def assign(live: LiveModel, assignments: list[Assignment], *, rollback: bool = True) -> None:
+def assign(live: LiveModel, assignments: list[Assignment], *, check_first: bool = True) -> None:
     """Read and assign layer by layer, after checking first whatever can fail on the data.
 
-    With ``rollback`` (all or nothing), every value whose computation can fail on the data
+    With ``check_first`` (all or nothing), every value whose computation can fail on the data
     (a checksum, a decompressing read, an op, a cast that may overflow: see
     :attr:`Assignment.can_fail`) is computed and checked once before the first variable
     changes, and dropped; plain stored bytes are not read twice. This keeps no copy of the
@@ -40,7 +40,7 @@ def assign(live: LiveModel, assignments: list[Assignment], *, rollback: bool = T
             _checked_value(a)
 
     verified = False
-    if rollback:
+    if check_first:
         # two at a time: reads and CRC-32C release the GIL; the first failure in order is raised
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-check") as checkers:
             for _ in checkers.map(check, [a for a in assignments if a.can_fail]):
@@ -134,7 +134,7 @@ def _checked_value(a: Assignment, arena: _Arena | None = None, *, verified: bool
         raise LoadError(
             f"the source produced {shape_text(value.shape)} {dtype_name(value.dtype)}, "
             f"expected {shape_text(a.target.shape)} {dtype_name(a.target.dtype)}",
-            key=a.source,
+            tensor=a.source,
         )
     return value
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import LoadError
+from ..errors import LoadError, UsageError
+from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
 from .match import match_by_order, match_by_plan, without_model_name
@@ -42,6 +43,7 @@ def open_source(source: Any) -> tuple[Store, bool]:
     )
 
 
+@keyword_options
 def load_into(
     model: Any,
     source: Store | Mapping[str, np.ndarray] | str | os.PathLike[str],
@@ -54,15 +56,16 @@ def load_into(
     freeze: bool | str = False,
     only: str | Iterable[str] | None = None,
     dtype: str | np.dtype | None = None,
-    rollback: bool = True,
+    check_first: bool = True,
 ) -> LoadReport:
     """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
 
     The whole match is checked against the model's variable shapes and dtypes on metadata
-    alone before any tensor is read; then tensors are read (each once, with ``Entry.read``)
-    and assigned one layer at a time with ``set_weights`` (or ``assign`` for a layer only
-    partly loaded). If reading or assigning fails part-way, the variables already assigned
-    are restored, so a failed call changes nothing.
+    alone before any tensor is read; then every value whose reading can fail on the data is
+    read and checked once (``check_first``), and only then are tensors read and assigned one
+    layer at a time with ``set_weights`` (or ``assign`` for a layer only partly loaded). So a
+    problem in the match or in the data changes no variable; no copy of the old values is
+    kept (nothing is restored: nothing was changed).
 
     Args:
         model: A built Keras 3 or tf-keras model (or layer).
@@ -89,12 +92,13 @@ def load_into(
             outside the part are neither loaded nor reported missing; strictness applies
             within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
-        rollback: All or nothing on damaged data too: before the first variable changes,
-            compute and check once every value whose reading can fail on the data
-            (checksummed tensors, h5py reads of compressed data, ops, casts that may
+        check_first: All or nothing on damaged data too: a check pass before the first
+            variable changes computes and checks once every value whose reading can fail on
+            the data (checksummed tensors, h5py reads of compressed data, ops, casts that may
             overflow); plain stored bytes are not read twice. A tensor that fails (a flipped
-            byte) then leaves every variable as it was. False skips that pass; a failed read
-            then leaves the layers before it loaded.
+            byte) then leaves every variable as it was. False skips that pass (a TensorFlow
+            checkpoint is then read once instead of twice); a failed read then leaves the
+            layers before it loaded.
 
     Returns:
         A :class:`LoadReport`; ``applied`` says whether variables changed.
@@ -105,7 +109,7 @@ def load_into(
         CkptconvError: the source cannot be opened or read.
     """
     if mapping is not None and by_order:
-        raise LoadError("by_order=True matches by position and takes no mapping spec")
+        raise UsageError("{opt:by_order=True} matches by position and takes no mapping spec", option="by_order")
     wanted_dtype = by_name(dtype) if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
     live = LiveModel(model)
     require_built(live)
@@ -128,7 +132,7 @@ def load_into(
         report.strict = strict
         if strict and report.problems:
             raise _load_error(live, store, report)
-        assign(live, match.assignments, rollback=rollback)
+        assign(live, match.assignments, check_first=check_first)
         report.applied = bool(match.assignments)
         if freeze:
             report.frozen = freeze_loaded(live, match.assignments, freeze)
@@ -143,10 +147,12 @@ def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
     head = report.problems[0]
     noun = "problem" if count == 1 else "problems"
     more = "" if count == 1 else f" (and {count - 1} more: see .problems or the report)"
+    casts = any(m.expected_dtype != m.got_dtype for m in report.mismatched)
+    cast = "pass {opt:cast=True} to cast to the variables' dtypes, " if casts else ""
     error = LoadError(
         f"{count} {noun} loading into model {live.name!r}, nothing was changed: {head}{more}; "
-        "fix the source or the mapping, choose a part with only=, or pass strict=False to "
-        "load what fits",
+        f"fix the source or the mapping, {cast}choose a part with {{opt:only}}, or pass "
+        "{opt:strict=False} to load what fits",
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
     )

@@ -64,7 +64,7 @@ def _check_pair(
     if shape != target.shape:
         reason = "shape differs"
     elif dtype != target.dtype and not cast:
-        reason = "dtype differs (pass cast=True to cast to the variable's dtype)"
+        reason = "dtype differs (casting is off)"
     elif dtype != target.dtype and not _castable(dtype, target.dtype):
         reason = f"cannot cast {dtype_name(dtype)} to {dtype_name(target.dtype)}"
     if reason is not None:
@@ -123,7 +123,7 @@ def _casting(
                     f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)} turns "
                     f"{int(overflow.sum())} finite values into inf; keep the variable's dtype "
                     "wider or scale the weights",
-                    key=name,
+                    tensor=name,
                 )
         return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -76,15 +75,11 @@ class LoadReport:
         """True when every target was filled and every source weight was used."""
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-ready data (shapes as lists)."""
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``json.dumps`` it), as ``transplant --json`` prints."""
         data = asdict(self)
         data["ok"] = self.ok
         return data
-
-    def to_json(self, *, indent: int | None = 1) -> str:
-        """The report as a JSON document."""
-        return json.dumps(self.to_dict(), indent=indent)
 
     def format_table(self) -> str:
         """A readable table: one section per status, one line per weight."""

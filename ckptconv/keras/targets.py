@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import FormatError, LoadError, UnsafeInputError
+from ..errors import FormatError, LoadError, NoSuchFileError, UnsafeInputError
 from ..mapping.patterns import Pattern
 from ..store import layer_of
+from .runtime import import_keras
 
 __all__ = [
     "TargetVar",
@@ -113,7 +114,7 @@ class LiveModel:
                 f"model {self.name!r} has several variables named {twice[0]!r} "
                 f"({len(twice)} such names); give its layers unique names",
                 problems=[f"duplicate target name {n!r}" for n in twice],
-                key=twice[0],
+                tensor=twice[0],
             )
         return found
 
@@ -231,22 +232,23 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
     """Build the model a ``.keras`` file holds, with Keras 3 (architecture and weights).
 
     Raises:
+        NoSuchFileError: the path does not exist.
+        UnsupportedError: Keras is not installed (the message says what to install).
         UnsafeInputError: Keras' safe mode refused the file and ``unsafe`` is False.
         FormatError: not a ``.keras`` file, or Keras cannot build it.
     """
     import zipfile
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FormatError("no such file", path=path)
+    if not os.path.exists(path):
+        raise NoSuchFileError(path=path)
     if not zipfile.is_zipfile(path):
         raise FormatError(
             "not a .keras model file (a zip with config.json); save one with "
             "model.save('model.keras')",
             path=path,
         )
-    import keras
-
+    keras = import_keras()
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as e:  # Keras raises plain ValueError/TypeError for every refusal
@@ -254,7 +256,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
         if "safe_mode" in text or "unsafe" in text.lower():
             raise UnsafeInputError(
                 "Keras' safe mode refused to build this model (it holds Lambda bytecode or "
-                "other code); pass --unsafe (unsafe=True) only if you trust the file",
+                "other code); pass {opt:unsafe=True} only if you trust the file",
                 path=path,
             ) from e
         raise FormatError(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import NoSuchFileError, UsageError
+from ..mapping.spec import load_spec
+from ..options import keyword_options
 from ..store import Store
 from .load import load_into, open_source
 from .report import LoadReport
@@ -21,16 +23,27 @@ __all__ = ["transplant", "TransplantResult"]
 
 @dataclass
 class TransplantResult:
-    """What :func:`transplant` wrote."""
+    """What :func:`transplant` wrote.
+
+    Attributes:
+        out: The file written (absolute path).
+        report: The :class:`LoadReport` of the load into the built model.
+        seconds: Wall time.
+    """
 
     out: str
     report: LoadReport
     seconds: float
 
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data, as ``transplant --json`` prints it."""
+        return {"out": self.out, "seconds": round(self.seconds, 3), "report": self.report.to_json()}
+
 
 _OUT_SUFFIXES = (".keras", ".weights.h5")
 
 
+@keyword_options
 def transplant(
     src: str | os.PathLike[str] | Store | Mapping[str, np.ndarray],
     target: str | os.PathLike[str],
@@ -40,7 +53,13 @@ def transplant(
     unsafe: bool = False,
     force: bool = False,
     fsync: bool = True,
-    **load_options: Any,
+    strict: bool = True,
+    include_all: bool = False,
+    by_order: bool = False,
+    cast: bool = False,
+    freeze: bool | str = False,
+    only: str | Iterable[str] | None = None,
+    dtype: str | np.dtype | None = None,
 ) -> TransplantResult:
     """Build the model a ``.keras`` file describes, load ``src`` into it, save it as ``out``.
 
@@ -57,12 +76,19 @@ def transplant(
         unsafe: Let Keras build models holding Lambda bytecode (only for trusted files).
         force: Replace an existing ``out``.
         fsync: Flush the output to disk before the rename.
-        **load_options: Passed to :func:`load_into` (``strict``, ``by_order``, ``cast``,
-            ``only``, ``freeze``, ``dtype``, ``include_all``).
+        strict, include_all, by_order, cast, freeze, only, dtype: As for :func:`load_into`.
+
+    Everything that can be checked without Keras is checked first, before Keras (and its
+    backend) is imported: the options, the output path, the spec, the source.
 
     Raises:
-        OutputError: ``out`` has another suffix, exists without ``force``, is an input file
-            (a shard of a sharded input included), or does not fit in the free space.
+        UsageError: ``out`` has another suffix, or ``by_order`` with a mapping.
+        NoSuchFileError: ``target`` (or ``src``) does not exist.
+        SpecError: the mapping spec is invalid.
+        OutputError: ``out`` exists without ``force``, is an input file (a shard of a sharded
+            input included), is being written by another process, or does not fit in the
+            free space.
+        UnsupportedError: Keras is not installed (the message says what to install).
         LoadError: the weights do not fit (strict), nothing written.
     """
     from ..writers.outputs import atomic_file, plan_output_set
@@ -71,20 +97,30 @@ def transplant(
     out_path = os.path.abspath(os.fspath(out))
     suffix = next((s for s in _OUT_SUFFIXES if out_path.endswith(s)), None)
     if suffix is None:
-        raise OutputError(
+        raise UsageError(
             "the output must end in .keras (whole model) or .weights.h5 (weights only)",
+            option="out",
             path=out,
         )
     inputs = [os.fspath(target), *([os.fspath(src)] if isinstance(src, (str, os.PathLike)) else [])]
     plan_output_set(out_path, [out_path], force=force, inputs=inputs)  # fail fast, before Keras
 
+    if mapping is not None and by_order:
+        raise UsageError("{opt:by_order=True} matches by position and takes no mapping spec", option="by_order")
+    if mapping is not None:
+        mapping = load_spec(mapping)  # a broken spec fails here, in well under a second
+    if not os.path.exists(os.fspath(target)):
+        raise NoSuchFileError(path=target)
     store, opened = open_source(src)  # fail fast on a bad source, before Keras builds anything
     inputs += store.files
     try:
         model = build_keras_model(target, unsafe=unsafe)
-        # The model is ours and nothing is written on failure: no need to keep old values.
-        load_options.setdefault("rollback", False)
-        report = load_into(model, store, mapping, **load_options)
+        # The model is ours and nothing is written on failure: no check pass is needed to
+        # keep its old values.
+        report = load_into(
+            model, store, mapping, strict=strict, include_all=include_all, by_order=by_order,
+            cast=cast, freeze=freeze, only=only, dtype=dtype, check_first=False,
+        )
     finally:
         if opened:
             store.close()

@@ -200,7 +200,7 @@ class Reshape(Op):
         size = math.prod(shape)  # exact: numpy's int64 product would wrap around
         if self.shape == "target":
             if target is None:
-                raise OpError("reshape: target needs a target (a live model or --target MODEL) that has this output")
+                raise OpError("reshape: target needs a target (a live model, or plan's --target MODEL.keras) that has this output")
             wanted: tuple[int, ...] = tuple(target)
         else:
             wanted = tuple(self.shape)  # type: ignore[arg-type]
@@ -336,18 +336,35 @@ def _castable(dtype: np.dtype) -> bool:
     return dtype.kind in "biu" or is_floating(dtype)
 
 
+def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
+    """What a cast from ``src`` to ``dst`` loses whatever the values, or None: floats to
+    integers or booleans lose every fraction, integers to booleans every value but 0 and 1.
+    (Rounding to a narrower float, and values out of an integer type's range, are not
+    counted here: the first is what a cast is for, the second is checked on the data.)"""
+    src, dst = np.dtype(src), np.dtype(dst)
+    if is_floating(src) and dst.kind in "biu":
+        kind = "booleans" if dst.kind == "b" else "integers"
+        return f"{dtype_name(src)} -> {dtype_name(dst)} truncates floats to {kind}, dropping every fraction"
+    if src.kind in "iu" and dst.kind == "b":
+        return f"{dtype_name(src)} -> bool keeps only zero or non-zero"
+    return None
+
+
 @dataclass(frozen=True, repr=False)
 class Cast(Op):
     """Convert to another dtype, rounding to nearest even.
 
     A cast that would turn finite values into infinities (float -> narrower float), or put
     values outside an integer type's range (or NaN) into it, fails at execution unless
-    ``allow_overflow`` is set.
+    ``allow_overflow`` is set. A cast that loses information whatever the values (floats to
+    integers or booleans, integers to booleans: :func:`lossy_cast`) is refused when the plan
+    is built unless ``allow_lossy`` is set.
     """
 
     dtype: np.dtype = np.dtype("float32")
     allow_overflow: bool = False
     note: str = ""
+    allow_lossy: bool = False
     name = "cast"
 
     def infer(self, shape, dtype, *, target=None):
@@ -356,6 +373,9 @@ class Cast(Op):
             return tuple(shape), src
         if not (_castable(src) and _castable(self.dtype)):
             raise OpError(f"cast {dtype_name(self.dtype)}: cannot cast {dtype_name(src)} to {dtype_name(self.dtype)}")
+        lost = None if self.allow_lossy else lossy_cast(src, self.dtype)
+        if lost:
+            raise OpError(f"{lost} (a lossy cast); set allow_lossy: true on the cast op if that is what you want")
         return tuple(shape), np.dtype(self.dtype)
 
     def apply(self, array, out_shape, out_dtype):
@@ -367,13 +387,16 @@ class Cast(Op):
         text = f"cast {dtype_name(self.dtype)}"
         if self.allow_overflow:
             text += " (overflow allowed)"
+        if self.allow_lossy:
+            text += " (lossy allowed)"
         if self.note:
             text += f" ({self.note})"
         return text
 
     def to_spec(self):
-        if self.allow_overflow:
-            return {"cast": {"dtype": dtype_name(self.dtype), "allow_overflow": True}}
+        flags = {k: True for k in ("allow_overflow", "allow_lossy") if getattr(self, k)}
+        if flags:
+            return {"cast": {"dtype": dtype_name(self.dtype), **flags}}
         return {"cast": dtype_name(self.dtype)}
 
 

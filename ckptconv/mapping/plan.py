@@ -23,8 +23,9 @@ import numpy as np
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, SpecError
-from ..store import ByteRange, Entry, Output, Store, read_byte_range, shape_problem
-from .ops import Cast, Op, OpError, ExecutionProblem, Split, Transpose
+from ..options import keyword_options, option_value
+from ..store import Entry, Output, Store, shape_problem
+from .ops import Cast, ExecutionProblem, Op, OpError, Split, Transpose, lossy_cast
 from .patterns import Match, natural_key
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
@@ -62,6 +63,8 @@ class Plan:
             even when it feeds several outputs) and runs the ops; ``source`` is set when an
             output is an entry's stored bytes unchanged.
         problems: Every problem found, one line each. Empty when the plan is good.
+        hints: Options that would fix some of the problems (``allow_lossy=True``), written
+            with option markers (see :func:`ckptconv.errors.render_options`).
         report: What the plan does, per output and per source entry.
         store: The source store.
         spec: The spec the plan follows.
@@ -72,6 +75,7 @@ class Plan:
     report: PlanReport
     store: Store = field(repr=False)
     spec: Spec = field(repr=False)
+    hints: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -81,7 +85,7 @@ class Plan:
     def raise_if_problems(self) -> None:
         """Raise :class:`~ckptconv.errors.PlanError` listing every problem, if there is one."""
         if self.problems:
-            raise PlanError(self.problems, path=self.store.path)
+            raise PlanError(self.problems, path=self.store.path, hint="; ".join(self.hints) or None)
 
     def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` for every output in order (reads the data).
@@ -292,8 +296,11 @@ class _Builder:
         include_all: bool,
         default_dtype: str | None,
         strict: bool,
+        allow_lossy: bool = False,
     ) -> None:
         self.store = store
+        self.allow_lossy = allow_lossy
+        self.hints: list[str] = []
         self.spec = spec
         self.target = target
         self.default_dtype = default_dtype
@@ -415,8 +422,16 @@ class _Builder:
         default = self._default_dtype_for(name, target)
         if default is not None and not explicit_cast and is_floating(dtype) and default != dtype:
             note = "target dtype" if self.default_dtype == "target" else "default dtype"
+            lost = None if self.allow_lossy else lossy_cast(dtype, default)
+            if lost:
+                label = rule.label if rule is not None else "passthrough"
+                self.problems.append(
+                    f"{label}: {what}: the {note} {dtype_name(default)} is a lossy cast: {lost}"
+                )
+                self.hints.append("pass {opt:allow_lossy=True} to cast to it anyway")
+                return None
             allow = rule.allow_overflow if rule is not None else False
-            cast = Cast(default, allow_overflow=allow, note=note)
+            cast = Cast(default, allow_overflow=allow, note=note, allow_lossy=self.allow_lossy)
             steps.append(_Step(cast, shape, default))
             dtype = default
         if declared is not None and tuple(declared) != tuple(shape):
@@ -509,7 +524,7 @@ class _Builder:
                 array = _run_steps(cache.get(entry), steps, view=view)
                 return _finish(array, shape, dtype, what=f"{label}: output {name!r}", view=view)
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 cache.release(entry)
 
@@ -520,7 +535,8 @@ class _Builder:
     ) -> Callable[[int], Iterator[np.ndarray]]:
         """The output piece by piece: the stored bytes read a block at a time into one buffer
         and cast, so memory stays at a block whatever the tensor's size. The source's recorded
-        CRC-32C is checked over the blocks read, once the last one is."""
+        CRC-32C is checked over the blocks read, once the last one is (or first thing when an
+        op fails: damaged bytes can look like values that overflow)."""
         cache, path = self.cache, self.store.path
         byte_range = entry.byte_range
         assert byte_range is not None
@@ -536,18 +552,17 @@ class _Builder:
                 for start in range(0, count, per):
                     chunk = buffer[: min(per, count - start)]
                     raw = chunk.view(np.uint8)
-                    read_byte_range(
-                        ByteRange(byte_range.path, byte_range.offset + start * entry.dtype.itemsize, raw.nbytes),
-                        np.dtype(np.uint8), (raw.nbytes,), key=entry.name, out=raw, fd=fd,
-                    )
+                    byte_range.read_into(raw, start=start * entry.dtype.itemsize, fd=fd, tensor=entry.name)
                     if entry.crc32c is not None:
                         crc = crc32c.crc32c(raw, crc)
                     try:
                         for step in steps:
                             chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
                     except ExecutionProblem as e:
+                        # damaged bytes can look like values that overflow: say which it is
+                        entry.verify_crc()
                         raise PlanError(
-                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, key=name
+                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name
                         ) from None
                     yield chunk
             finally:
@@ -660,7 +675,7 @@ class _Builder:
                 joined = join.apply_many([cache.get(e) for e in entries])
                 return _finish(_run_steps(joined, steps), shape, dtype, what=f"{label}: output {name!r}")
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 for e in entries:
                     cache.release(e)
@@ -705,7 +720,10 @@ class _Builder:
             for p in self.planned
         ]
         report.problems = list(self.problems)
-        return Plan(outputs=outputs, problems=list(self.problems), report=report, store=self.store, spec=self.spec)
+        return Plan(
+            outputs=outputs, problems=list(self.problems), report=report, store=self.store,
+            spec=self.spec, hints=list(dict.fromkeys(self.hints)),
+        )
 
     def _passthrough(self, position: int, entry: Entry) -> None:
         owned = _Owned(entry, {"0": entry.name}, 0, position)
@@ -805,7 +823,7 @@ class _SplitShared:
                 part = self.split.apply_split(self.cache.get(self.entry))[i]
                 return _finish(_run_steps(part, steps), shape, dtype, what=f"{label}: output {name!r}")
             except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, key=name) from None
+                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, tensor=name) from None
             finally:
                 self.cache.release(self.entry)
 
@@ -823,6 +841,7 @@ def _is_identity(op: Op, shape, dtype, new_shape, new_dtype) -> bool:  # type: i
     return False
 
 
+@keyword_options
 def build_plan(
     store: Store,
     spec: Spec | Mapping[str, Any] | str | os.PathLike[str] | None = None,
@@ -831,6 +850,7 @@ def build_plan(
     include_all: bool = False,
     dtype: str | np.dtype | None = None,
     strict: bool = False,
+    allow_lossy: bool = False,
 ) -> Plan:
     """Plan how ``store``'s entries become outputs, checking everything on metadata.
 
@@ -850,25 +870,30 @@ def build_plan(
             ``dtype:`` (``"keep"``, a dtype name, or ``"target"``).
         strict: Also count target weights nothing fills and source weights that go nowhere
             as problems (what loading a live model in strict mode needs).
+        allow_lossy: Let the default ``dtype`` be one that loses information (floats to
+            integers or booleans); without it such a plan has a problem per tensor. A cast op
+            in the spec says so itself (``allow_lossy: true``).
 
     Returns:
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
 
     Raises:
+        UsageError: ``dtype`` is not a dtype name.
         SpecError: the spec itself is invalid (a plan is not built from a broken spec), or it
             asks for ``dtype: target`` without a target.
     """
     resolved = Spec() if spec is None else load_spec(spec)
-    default = parse_dtype_option(dtype, what="--dtype") if dtype is not None else resolved.dtype
+    default = option_value("dtype", dtype, parse_dtype_option) if dtype is not None else resolved.dtype
     if default == "target" and target is None:
         raise SpecError(
             "dtype: target means each target tensor's dtype, and there is no target (a live "
-            "model or --target MODEL.keras); give a dtype name or keep",
+            "model, or {opt:target}); give a dtype name or keep",
             path=resolved.source,
         )
     if target is not None:
         target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
     builder = _Builder(
-        store, resolved, target=target, include_all=include_all, default_dtype=default, strict=strict
+        store, resolved, target=target, include_all=include_all, default_dtype=default,
+        strict=strict, allow_lossy=allow_lossy,
     )
     return builder.build()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, known_names
-from ..errors import SpecError
+from ..errors import NoSuchFileError, SpecError
 from .ops import (
     Cast,
     Concat,
@@ -66,18 +66,18 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(choices)})"
 
 
-def parse_dtype_option(value: object, *, what: str = "dtype") -> str | None:
+def parse_dtype_option(value: object) -> str | None:
     """Normalise a default-dtype option: None/``keep`` -> None, ``target``, or a canonical name.
 
     Raises:
-        SpecError: not a dtype ckptconv knows.
+        ValueError: not a dtype ckptconv knows.
     """
     if value is None:
         return None
     if isinstance(value, np.dtype) or isinstance(value, type):
         return dtype_name(np.dtype(value))
     if not isinstance(value, str):
-        raise SpecError(f"{what}: expected a dtype name, received {value!r}")
+        raise ValueError(f"expected a dtype name, received {value!r}")
     text = value.strip().lower()
     if text in ("keep", ""):
         return None
@@ -86,8 +86,8 @@ def parse_dtype_option(value: object, *, what: str = "dtype") -> str | None:
     try:
         return dtype_name(by_name(text))
     except KeyError:
-        raise SpecError(
-            f"{what}: unknown dtype {value!r}{_suggest(text, [*known_names(), 'keep', 'target'])}"
+        raise ValueError(
+            f"unknown dtype {value!r}{_suggest(text, [*known_names(), 'keep', 'target'])}"
         ) from None
 
 
@@ -164,17 +164,25 @@ def _parse_op(item: object, *, allow_overflow: bool) -> Op:
         return Slice(arg)
     # cast
     overflow = allow_overflow
+    lossy = False
     if isinstance(arg, Mapping):
-        extra = set(arg) - {"dtype", "allow_overflow"}
+        extra = set(arg) - {"dtype", "allow_overflow", "allow_lossy"}
         if extra or "dtype" not in arg:
-            raise ValueError("cast: write {cast: float16} or {cast: {dtype: float16, allow_overflow: true}}")
-        overflow = overflow or bool(arg.get("allow_overflow", False))
+            raise ValueError(
+                "cast: write {cast: float16} or {cast: {dtype: float16, allow_overflow: true, "
+                "allow_lossy: true}}"
+            )
+        for flag in ("allow_overflow", "allow_lossy"):
+            if not isinstance(arg.get(flag, False), bool):
+                raise ValueError(f"cast: {flag}: expected true or false, received {arg[flag]!r}")
+        overflow = overflow or arg.get("allow_overflow", False)
+        lossy = arg.get("allow_lossy", False)
         arg = arg["dtype"]
     try:
         dtype = by_name(arg) if isinstance(arg, str) else np.dtype(arg)
     except (KeyError, TypeError):
         raise ValueError(f"cast: unknown dtype {arg!r}{_suggest(str(arg), known_names())}") from None
-    return Cast(dtype, allow_overflow=overflow)
+    return Cast(dtype, allow_overflow=overflow, allow_lossy=lossy)
 
 
 def _parse_join(value: object, kind: str) -> Concat | Stack:
@@ -510,7 +518,10 @@ class Spec:
                 raise SpecError(f"version: this ckptconv reads spec version 1, received {self.version!r}")
             if not isinstance(self.passthrough, bool):
                 raise SpecError(f"passthrough: expected true or false, received {self.passthrough!r}")
-            object.__setattr__(self, "dtype", parse_dtype_option(self.dtype))
+            try:
+                object.__setattr__(self, "dtype", parse_dtype_option(self.dtype))
+            except ValueError as e:
+                raise SpecError(f"dtype: {e}") from None
             raw = self.rules
             if isinstance(raw, (Mapping, Rule)) or not isinstance(raw, Sequence):
                 raise SpecError(f"rules: expected a list of rules, received {type(raw).__name__}")
@@ -604,8 +615,24 @@ def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
     except _YamlAlias as e:
         raise SpecError(str(e), path=source) from None
     except Exception as e:  # each parser has its own exception type; all mean "bad syntax"
-        detail = str(e).replace("\n", " ")
-        raise SpecError(f"not valid {kind.upper()}: {detail}", path=source) from e
+        raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e)}", path=source) from e
+
+
+def _syntax_error_text(error: Exception) -> str:
+    """Where and what, from whichever parser raised: ``at line 3, column 11: found
+    unexpected end of stream (while scanning a quoted scalar)``; lines and columns from 1."""
+    mark = getattr(error, "problem_mark", None)  # PyYAML's MarkedYAMLError
+    if mark is not None:
+        what = getattr(error, "problem", None) or "a syntax error"
+        context = getattr(error, "context", None)
+        start = getattr(error, "context_mark", None)
+        if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+            context += f" that starts at line {start.line + 1}, column {start.column + 1}"
+        detail = f"{what} ({context})" if context else what
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {detail}"
+    if isinstance(error, json.JSONDecodeError):
+        return f" at line {error.lineno}, column {error.colno}: {error.msg}"
+    return ": " + " ".join(str(error).split())  # tomllib says "(at line 3, column 5)" itself
 
 
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
@@ -635,10 +662,14 @@ def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
         return Spec.from_dict(_parse_text(str(spec), kind=None, source=None), source=None)
     path = Path(spec)
     source = os.fspath(spec)
+    if path.is_dir():
+        raise SpecError(
+            "is a directory, not a spec file: name the YAML, JSON or TOML file in it", path=source
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError("spec file not found", path=source) from None
+        raise NoSuchFileError("no such spec file", path=source) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"cannot read the spec file: {e}", path=source) from e
     data = _parse_text(text, kind=_EXTENSIONS.get(path.suffix.lower()), source=source)

@@ -391,13 +391,13 @@ def plan_output_set(
         ]
     if (replaced or old) and not force:
         first = (replaced + old)[0]
-        raise OutputError("the output already exists; pass --force (force=True) to replace it", path=first)
+        raise OutputError("the output already exists; pass {opt:force=True} to replace it", path=first)
     for path in replaced:
         if path not in own and not is_ckptconv_shard(path, dst):
             raise OutputError(
                 "this file is in the way of the output's shards and ckptconv did not write it "
-                "(not a shard of an output of this name); move it away, even --force does not "
-                "replace it",
+                "(not a shard of an output of this name); move it away, even {opt:force=True} "
+                "does not replace it",
                 path=path,
             )
     stale = old + [p for p in named if p not in replaced and p not in old]
@@ -510,12 +510,12 @@ def _place(tmp: str, final: str, *, replace: bool) -> None:
         os.link(tmp, final)  # fails if final appeared meanwhile: never clobber what was not checked
     except FileExistsError as e:
         raise OutputError(
-            "the output already exists; pass --force (force=True) to replace it", path=final
+            "the output already exists; pass {opt:force=True} to replace it", path=final
         ) from e
     except OSError:  # a file system without hard links
         if os.path.lexists(final):
             raise OutputError(
-                "the output already exists; pass --force (force=True) to replace it", path=final
+                "the output already exists; pass {opt:force=True} to replace it", path=final
             ) from None
         os.replace(tmp, final)
         return

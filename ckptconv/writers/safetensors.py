@@ -37,15 +37,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dtypes import dtype_name, to_safetensors
-from ..errors import CorruptFileError, IntegrityError, OutputError, UnsupportedError
-from ..formats.safetensors import CRC_KEY, SET_KEY, index_path, shard_names
+from ..errors import IntegrityError, OutputError, UnsupportedError
+from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, shard_names
 from ..interrupts import sigterm_raises
-from ..store import Output, crc32c_of_range
+from ..options import keyword_options
+from ..store import ByteRange, Output
 from ._sink import Pipeline, Sink, pwrite_all, write_all
 from ._sink import fsync as fsync_file
 from .outputs import OutputLock, TempFiles, commit, plan_output_set
 
 __all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "SET_KEY", "shard_names"]
+
 
 _CRC_PLACEHOLDER = "00000000"
 _SET_PLACEHOLDER = "0" * 32
@@ -132,6 +134,7 @@ class _Written:
     header: bytes
 
 
+@keyword_options
 def write_safetensors(
     outputs: Sequence[Output],
     dst: str | os.PathLike[str],
@@ -278,9 +281,8 @@ def _verify_written(w: _Written) -> None:
             bad.append("the header")
         buffer = memoryview(bytearray(min(16 << 20, max((s.end - s.begin for s in w.slots), default=1) or 1)))
         for slot in w.slots:
-            crc = crc32c_of_range(
-                fd, len(w.header) + slot.begin, slot.end - slot.begin, buffer, path=w.final, key=slot.output.name
-            )
+            stored = ByteRange(w.tmp, len(w.header) + slot.begin, slot.end - slot.begin)
+            crc = stored.crc32c(fd=fd, buffer=buffer, tensor=slot.output.name)
             if crc != w.crcs.get(slot.output.name):
                 bad.append(slot.output.name)
     finally:
@@ -337,17 +339,10 @@ class _Background:
 
 
 def _check_metadata(metadata: Mapping[str, str] | None, dst: str) -> dict[str, str]:
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise OutputError(
-                f"safetensors metadata must map strings to strings; received {k!r}: {v!r}",
-                path=dst,
-            )
-    for reserved in (CRC_KEY, SET_KEY):
-        if reserved in meta:
-            raise OutputError(f"metadata key {reserved!r} is reserved for ckptconv", path=dst)
-    return meta
+    try:
+        return check_metadata(metadata, own=True)
+    except ValueError as e:
+        raise OutputError(str(e), path=dst) from None
 
 
 def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
@@ -359,7 +354,7 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         if not isinstance(output.name, str) or not output.name or output.name == "__metadata__":
             raise OutputError(f"invalid tensor name {output.name!r} for safetensors", path=dst)
         if output.name in seen:
-            raise OutputError("two outputs share this name", path=dst, key=output.name)
+            raise OutputError("two outputs share this name", path=dst, tensor=output.name)
         seen.add(output.name)
         code = to_safetensors(output.dtype)
         if code is None:
@@ -372,9 +367,9 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         ) > 1 else ""
         raise UnsupportedError(
             f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
-            "(--dtype or a cast op) or drop it with a rule",
+            "({opt:dtype} or a cast op) or drop it with a rule",
             path=dst,
-            key=first.name,
+            tensor=first.name,
         )
     return codes
 
@@ -440,7 +435,7 @@ def _check_header_size(
     if size > _MAX_HEADER:
         raise OutputError(
             f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
-            "shard the output (--max-shard-size)",
+            "shard the output ({opt:max_shard_size})",
             path=dst,
         )
 
@@ -510,17 +505,10 @@ def _copy_range(output: Output, out: Sink, sources: _SourceFiles, name: str | No
     while done < br.length:
         space = out.reserve()
         want = min(len(space), br.length - done)
-        n = os.preadv(src, [space[:want]], br.offset + done)
-        if n <= 0:
-            raise CorruptFileError(
-                f"file is truncated: tensor data ends at byte {br.offset + br.length}, "
-                "the file ends before",
-                path=br.path,
-                key=output.source.name,
-            )
-        out.commit(n, name)
-        done += n
-        bar.update(n)
+        br.read_into(space[:want], start=done, fd=src, tensor=output.source.name)
+        out.commit(want, name)
+        done += want
+        bar.update(want)
 
 
 def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _Bar) -> None:
@@ -533,14 +521,14 @@ def _write_blocks(output: Output, out: Sink, dst: str, name: str | None, bar: _B
                 f"computed a {block.ndim}-D {dtype_name(block.dtype)} block, the plan says "
                 f"1-D {dtype_name(output.dtype)}",
                 path=dst,
-                key=output.name,
+                tensor=output.name,
             )
         out.write_array(block, name)
         done += block.nbytes
         bar.update(block.nbytes)
     if done != output.nbytes:
         raise OutputError(
-            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, key=output.name
+            f"computed {done} bytes, the plan says {output.nbytes}", path=dst, tensor=output.name
         )
 
 
@@ -564,14 +552,14 @@ def _write_computed(output: Output, out: Sink, dst: str, name: str | None, bar: 
         raise OutputError(
             f"computed data has shape {list(array.shape)}, the plan says {list(output.shape)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     if dtype_name(array.dtype) != dtype_name(output.dtype):
         raise OutputError(
             f"computed data has dtype {dtype_name(array.dtype)}, the plan says "
             f"{dtype_name(output.dtype)}",
             path=dst,
-            key=output.name,
+            tensor=output.name,
         )
     out.write_array(array, name)  # copied into the staging buffers: the array is free now
     bar.update(array.nbytes)

@@ -1,0 +1,337 @@
+"""The command line's contract, as a newcomer meets it: exit statuses, --json, option names in
+messages, refusing what would silently go wrong (a lossy cast, a safetensors file named .h5).
+
+Commands run in-process through ``ckptconv.cli.main`` (fast); the few that must show what a
+real process prints (TensorFlow's native logging, what is imported) run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptconv
+from ckptconv.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "sample.keras"
+
+
+def run(capsys, *args: object) -> tuple[int, str, str]:
+    code = cli_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """A small safetensors file with float weights, written by ckptconv."""
+    arrays = {"dense/kernel": np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4),
+              "dense/bias": np.array([0.5, -1.5, 2.25, 0.0], np.float32)}
+    path = tmp_path / "small.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()], path)
+    return path
+
+
+# -- 1. lossy casts --------------------------------------------------------------------------
+
+
+def test_a_lossy_dtype_is_refused_naming_the_tensor_unless_allowed(capsys, small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int.safetensors"
+    code, _, err = run(capsys, "convert", small, out, "--dtype", "int8")
+    assert code == 1 and not out.exists()
+    assert "'dense/kernel'" in err and "lossy" in err and "pass --allow-lossy" in err
+    assert err.count("\n") == 1
+    code, _, err = run(capsys, "convert", small, out, "--dtype", "int8", "--allow-lossy")
+    assert code == 0, err
+    with ckptconv.open(out) as store:
+        assert store["dense/bias"].read().tolist() == [0, -1, 2, 0]  # truncated, as asked
+    with pytest.raises(ckptconv.PlanError, match="pass allow_lossy=True") as info:
+        ckptconv.convert(small, tmp_path / "api.safetensors", dtype="bool")
+    assert "float32 -> bool" in str(info.value)
+
+
+def test_a_lossy_cast_op_needs_allow_lossy_on_the_op(small: Path) -> None:
+    with ckptconv.open(small) as store:
+        refused = ckptconv.build_plan(store, {"rules": [{"from": "dense/bias", "ops": [{"cast": "int32"}]}]})
+        assert not refused.ok and "set allow_lossy: true on the cast op" in refused.problems[0]
+        allowed = ckptconv.build_plan(
+            store, {"rules": [{"from": "dense/bias", "ops": [{"cast": {"dtype": "int32", "allow_lossy": True}}]}]}
+        )
+        assert allowed.ok
+        assert dict(allowed.arrays())["dense/bias"].tolist() == [0, -1, 2, 0]
+
+
+# -- 3, 2, 15. Keras: checked first, quiet, one line when missing ------------------------------
+
+
+def _subprocess(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_transplant_checks_its_spec_before_importing_keras(tmp_path: Path) -> None:
+    (tmp_path / "typo.yaml").write_text("rules:\n  - frm: a\n")
+    done = _subprocess(
+        "import sys; from ckptconv.cli import main\n"
+        f"code = main(['transplant', {str(SAMPLE)!r}, {str(SAMPLE)!r}, 'out.keras', '--map', 'typo.yaml'])\n"
+        "print(code, sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))",
+        tmp_path,
+    )
+    assert done.stdout.split("\n")[0] == "1 []", done.stdout + done.stderr
+    assert "typo.yaml: rule #1" in done.stderr and "did you mean 'from'" in done.stderr
+
+
+def test_transplant_json_failure_is_one_object_and_one_quiet_line(tmp_path: Path) -> None:
+    """Keras builds the target, the load fails (strict): stdout holds one JSON object with
+    the error and the report; stderr holds the one error line, naming the CLI's options, and
+    none of TensorFlow's native start-up logging."""
+    source = tmp_path / "partial.safetensors"
+    with ckptconv.open(SAMPLE) as store:
+        entries = store.entries()
+        ckptconv.write_safetensors([ckptconv.Output.of(e) for e in entries[:-1]], source)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptconv", "transplant", str(source), str(SAMPLE), "out.keras", "--json", "-q"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert done.returncode == 1
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is False and doc["error"]["type"] == "LoadError" and doc["report"]["missing"]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("ckptconv: error: ") and "--non-strict" in lines[0] and "--only" in lines[0]
+    assert "strict=False" not in lines[0]
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_without_keras_transplant_says_what_to_install(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "keras", None)  # import keras -> ModuleNotFoundError
+    code, out, err = run(capsys, "transplant", SAMPLE, SAMPLE, tmp_path / "out.keras")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "pip install 'ckptconv[tf]'" in err and "Keras 3 with any backend" in err
+    assert "internal error" not in err
+
+
+def test_native_log_lines_are_held_back_and_the_rest_passes(capfd) -> None:
+    from ckptconv.keras.runtime import _held_back_cxx_logs
+
+    with _held_back_cxx_logs():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795986211.611997   23882 cudart_stub.cc:31] Could not find cuda drivers\n")
+        os.write(2, b"W0000 00:00:1795986211.7 23882 cpu_feature_guard.cc:227] notice\n")
+        os.write(2, b"E0000 00:00:1795986217.088180   23882 cuda_platform.cc:52] a real error\n")
+        os.write(2, b"a Python warning\n")
+    err = capfd.readouterr().err
+    assert err == "E0000 00:00:1795986217.088180   23882 cuda_platform.cc:52] a real error\na Python warning\n"
+
+
+# -- 4. --json: one object on stdout, failures included ---------------------------------------
+
+
+def _failures(small: Path, tmp_path: Path) -> dict[str, list[str]]:
+    (tmp_path / "bad.yaml").write_text("rules: [\n")
+    (tmp_path / "nothing.yaml").write_text("rules:\n  - from: nothing/here\n")
+    missing = str(tmp_path / "missing.keras")
+    return {
+        "inspect": ["inspect", missing],
+        "convert": ["convert", missing, str(tmp_path / "o.safetensors")],
+        "plan": ["plan", str(small), "--map", str(tmp_path / "bad.yaml")],
+        "plan-problems": ["plan", str(small), "--map", str(tmp_path / "nothing.yaml")],
+        "verify": ["verify", str(SAMPLE)],
+        "batch": ["batch", missing, "-o", str(tmp_path / "outdir")],
+        "transplant": ["transplant", str(small), missing, str(tmp_path / "o.keras")],
+        "usage": ["convert", str(small), str(tmp_path / "o.safetensors"), "--dtype", "bfloa16"],
+    }
+
+
+@pytest.mark.parametrize("case", ["inspect", "convert", "plan", "plan-problems", "verify", "batch", "transplant", "usage"])
+def test_json_failures_print_exactly_one_object_with_an_error(capsys, small: Path, tmp_path: Path, case: str) -> None:
+    args = _failures(small, tmp_path)[case]
+    code, out, err = run(capsys, *args, "--json")
+    assert code == (2 if case == "usage" else 1), err
+    doc = json.loads(out)  # exactly one JSON document: extra output would not parse
+    assert doc["ok"] is False
+    assert doc["error"]["type"] and doc["error"]["message"] and doc["error"]["exit"] == code
+    first = {
+        "usage": "usage: ckptconv convert", "plan-problems": "ckptconv: plan: rule #1", "verify": "",
+        "batch": "",
+    }.get(case, "ckptconv: error: ")
+    assert err.startswith(first), err  # the error line stays on stderr (verify and batch: stdout has the JSON only)
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert", "plan", "verify", "batch"])
+def test_json_success_prints_exactly_one_object(capsys, small: Path, tmp_path: Path, command: str) -> None:
+    args = {
+        "inspect": ["inspect", small],
+        "convert": ["convert", small, tmp_path / "c.safetensors"],
+        "plan": ["plan", small],
+        "verify": ["verify", small],
+        "batch": ["batch", small, "-o", tmp_path / "outdir"],
+    }[command]
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    assert json.loads(out)["ok"] is True and "error" not in json.loads(out)
+
+
+# -- 5. CLI messages name CLI options, API errors API arguments -------------------------------
+
+
+def test_the_same_error_names_the_cli_option_or_the_api_argument(capsys, small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.safetensors"
+    shutil.copy(small, out)
+    code, _, err = run(capsys, "convert", small, out)
+    assert code == 1 and "pass --force to replace it" in err and "force=True" not in err
+    with pytest.raises(ckptconv.OutputError) as info:
+        ckptconv.convert(small, out)
+    assert "pass force=True to replace it" in str(info.value) and "--force" not in str(info.value)
+
+
+def test_a_load_error_names_api_arguments_and_renders_cli_options() -> None:
+    keras = pytest.importorskip("keras")
+    from ckptconv.cli.common import SPELLING
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+    source = {"out/kernel": np.zeros((3, 2), np.float64), "out/bias": np.zeros(2, np.float32)}
+    with pytest.raises(ckptconv.LoadError) as info:
+        ckptconv.load_into(model, source)
+    api, cli = str(info.value), info.value.render(SPELLING)
+    assert "pass cast=True to cast to the variables' dtypes, choose a part with only=, or pass strict=False" in api
+    assert "pass --cast to cast to the variables' dtypes, choose a part with --only, or pass --non-strict" in cli
+    assert "--" not in api
+
+
+# -- 6. verify ---------------------------------------------------------------------------------
+
+
+def test_verify_says_what_a_non_safetensors_file_is(capsys) -> None:
+    code, out, _ = run(capsys, "verify", SAMPLE)
+    assert code == 1
+    assert "not a safetensors file (a keras-archive checkpoint)" in out
+    with pytest.raises(ckptconv.FormatError, match="keras-archive"):
+        ckptconv.verify_file(SAMPLE)
+
+
+def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    code, _, err = run(capsys, "convert", small, out, "--max-shard-size", "40")
+    assert code == 0, err
+    assert not out.exists() and (tmp_path / "out.safetensors.index.json").exists()
+    code, printed, _ = run(capsys, "verify", out)
+    assert code == 0 and "out.safetensors.index.json (2 tensors" in printed
+    assert ckptconv.verify_file(out).ok
+    with pytest.raises(ckptconv.NoSuchFileError):
+        ckptconv.verify_file(tmp_path / "other.safetensors")
+
+
+# -- 7, 9. every bad command-line value exits 2 -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["convert", "{small}", "{out}", "--dtype", "bfloa16"], "argument --dtype: unknown dtype 'bfloa16'; did you mean 'bfloat16'?"),
+        (["convert", "{small}", "{out}", "--max-shard-size", "abc"], "argument --max-shard-size: not a size: 'abc'"),
+        (["convert", "{small}", "{out}", "--metadata", "foo"], "argument --metadata: expected KEY=VALUE"),
+        (["convert", "{small}", "{out}", "--metadata", "ckptconv.x=1"], "keys starting with 'ckptconv.' are ckptconv's own"),
+        (["plan", "{small}", "--dtype", "float33"], "argument --dtype: unknown dtype 'float33'"),
+        (["batch", "{small}", "-o", "{tmp}/o", "-j", "-1"], "argument -j/--jobs: expected 0 (one per CPU) or more"),
+        (["batch", "{small}", "-o", "{tmp}/o", "-j", "two"], "argument -j/--jobs: expected a whole number"),
+        (["batch", "{small}", "-o", "{small}"], "-o {small}: exists and is not a directory"),
+        (["batch", "{small}", "-o", "{tmp}/o", "--name-pattern", "{{stem}}.h5"], "end the pattern in .safetensors, or pass --any-suffix"),
+        (["transplant", "{small}", "{small}", "{tmp}/o.keras", "--onl", "dense"], "unrecognized arguments: --onl dense"),
+        (["convert", "{small}", "{out}", "--forc"], "unrecognized arguments: --forc"),
+    ],
+)
+def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, args: list[str], says: str) -> None:
+    fill = {"small": str(small), "out": str(tmp_path / "o.safetensors"), "tmp": str(tmp_path)}
+    code, out, err = run(capsys, *(a.format(**fill) for a in args))
+    assert code == 2, err
+    assert says.format(**fill) in err
+    assert out == "" and "Traceback" not in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_an_unknown_option_shows_the_subcommands_usage(capsys) -> None:
+    code, _, err = run(capsys, "inspect", SAMPLE, "--jsn")
+    assert code == 2
+    assert err.startswith("usage: ckptconv inspect ") and "ckptconv inspect: error: unrecognized arguments: --jsn" in err
+
+
+def test_batch_into_an_existing_file_is_one_usage_error(capsys, small: Path, tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.write_text("not a directory")
+    code, out, err = run(capsys, "batch", small, small, "-o", target)
+    assert code == 2 and out == ""
+    assert err.count("error:") == 1 and "exists and is not a directory" in err
+    assert target.read_text() == "not a directory"
+
+
+# -- 8. an output name of another format -------------------------------------------------------
+
+
+def test_convert_refuses_a_safetensors_file_named_h5_unless_asked(capsys, small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.h5"
+    code, _, err = run(capsys, "convert", small, out)
+    assert code == 2 and not out.exists()
+    assert "ends in .h5: name it out.safetensors, or pass --any-suffix" in err
+    with pytest.raises(ckptconv.UsageError, match="pass any_suffix=True"):
+        ckptconv.convert(small, out)
+    code, _, err = run(capsys, "convert", small, out, "--any-suffix")
+    assert code == 0 and out.exists(), err
+    index = tmp_path / "set.safetensors.index.json"
+    result = ckptconv.convert(small, index, max_shard_size=40)
+    assert str(index) in result.files
+
+
+# -- 10. unknown keyword options ------------------------------------------------------------------
+
+
+def test_a_misspelt_option_is_an_error_naming_it_and_the_known_ones(small: Path) -> None:
+    with pytest.raises(ckptconv.OptionError) as info:
+        ckptconv.open(small, chek_crc=False)
+    assert str(info.value) == "open() takes no option chek_crc= (did you mean check_crc=?); its options: check_crc"
+    assert isinstance(info.value, TypeError) and info.value.option == "chek_crc"
+
+
+# -- 11. spec files ---------------------------------------------------------------------------
+
+
+def test_invalid_yaml_names_the_file_line_and_column(capsys, small: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "broken.yaml"
+    spec.write_text('version: 1\nrules:\n  - from: "a\n    to: [b\n')
+    code, _, err = run(capsys, "plan", small, "--map", spec)
+    assert code == 1
+    assert err == (
+        f"ckptconv: error: {spec}: not valid YAML at line 5, column 1: found unexpected end of stream "
+        "(while scanning a quoted scalar that starts at line 3, column 11)\n"
+    )
+    (tmp_path / "broken.json").write_text('{"rules": [\n  {"from": "a",, }]}')
+    with pytest.raises(ckptconv.SpecError, match=r"broken.json: not valid JSON at line 2, column 16"):
+        ckptconv.load_spec(tmp_path / "broken.json")
+
+
+def test_a_spec_directory_is_named_as_such(capsys, small: Path, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "plan", small, "--map", tmp_path)
+    assert code == 1 and err == f"ckptconv: error: {tmp_path}: is a directory, not a spec file: name the YAML, JSON or TOML file in it\n"
+
+
+# -- 14. the suite's own command ---------------------------------------------------------------
+
+
+def test_make_test_runs_the_suite_in_parallel_and_the_readme_says_what_it_costs() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m pytest -q -p xdist -n" in makefile
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## ", 2)[1]
+    for command in ("make demo", "make test"):  # each with its time and the size of its .venv
+        assert re.search(rf"`{command}`\s+takes about [\d.]+ min\b[^.]*?a [\d.]+ [MG]B `\.venv`", quick_start), command
