@@ -55,6 +55,7 @@ PATTERN_FIELDS = {
 # Longest first: a name loses one of these, or else its last extension.
 _SUFFIXES = (
     ".safetensors.index.json",
+    ".bin.index.json",
     ".weights.json",
     ".weights.h5",
     ".safetensors",
@@ -207,7 +208,8 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
 
     Files that are part of another listed input are dropped: a TensorFlow checkpoint's
     ``.data-*`` files when its ``.index`` is listed, and a Hugging Face shard
-    (``x-00001-of-00003.safetensors``) when its ``x.safetensors.index.json`` is listed.
+    (``x-00001-of-00003.safetensors``, ``pytorch_model-00001-of-00002.bin``) when its index
+    (``x.safetensors.index.json``, ``pytorch_model.bin.index.json``) is listed.
 
     Returns:
         ``(inputs, unmatched)``: the inputs, and the glob patterns that matched nothing.
@@ -240,9 +242,10 @@ def _part_of_listed(path: str, listed: set[str]) -> bool:
     if ".data-" in name:
         prefix = name.split(".data-", 1)[0]
         return os.path.join(directory, prefix + ".index") in listed
-    shard = parse_shard_name(name)
-    if shard is not None:
-        return index_path(os.path.join(directory, shard[0] + ".safetensors")) in listed
+    for ext in (".safetensors", ".bin"):  # a Hugging Face shard, when its index is listed
+        shard = parse_shard_name(name, suffix=ext)
+        if shard is not None:
+            return index_path(os.path.join(directory, shard[0] + ext)) in listed
     return False
 
 

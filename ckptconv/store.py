@@ -358,10 +358,16 @@ class Store(Mapping[str, Entry]):
 
     Attributes:
         format: The format's short name (``keras-h5``, ``keras-weights-h5``, ``keras-sharded``,
-            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``).
+            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``,
+            ``pytorch``, ``pytorch-sharded``).
         path: What the user passed.
         files: Every file the store reads from (for "output is one of the inputs" checks).
         metadata: Format-level string metadata (Keras version, ...).
+        tied: Groups of entry names that are one stored tensor under several names (tied
+            weights, e.g. a PyTorch ``lm_head.weight`` sharing its embedding's storage); each
+            name is an entry of its own. Empty for formats that cannot tie.
+        skipped: ``(name, description)`` of values the file holds that are not tensors (a
+            training checkpoint's ``epoch: 3``, an optimizer's learning rate), in file order.
     """
 
     def __init__(
@@ -374,6 +380,8 @@ class Store(Mapping[str, Entry]):
         metadata: Mapping[str, str] | None = None,
         closer: Callable[[], None] | None = None,
         integrity: Callable[[], None] | None = None,
+        tied: Iterable[Iterable[str]] = (),
+        skipped: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.format = format
         self.path = os.fspath(path)
@@ -382,6 +390,8 @@ class Store(Mapping[str, Entry]):
         self._closer = closer
         self._integrity = integrity
         self._entries = _unique_names(list(entries))
+        self.tied = [tuple(group) for group in tied]
+        self.skipped = list(skipped)
 
     @classmethod
     def from_arrays(
@@ -562,10 +572,19 @@ def keras_order(entries: Iterable[Entry]) -> None:
     for members in by_layer.values():
         ranked = sorted(
             enumerate(members),
-            key=lambda pair: (_KERAS_RANK.get(leaf_of(pair[1].name), 100), pair[0]),
+            key=lambda pair: (_KERAS_RANK.get(_own_part(pair[1]), 100), pair[0]),
         )
         for index, (_, entry) in enumerate(ranked):
             entry.index = index
+
+
+def _own_part(entry: Entry) -> str:
+    """The weight's part of its name: after its layer (``model/features.0.weight`` in layer
+    ``model/features.0`` -> ``weight``), or :func:`leaf_of` the name."""
+    layer = entry.layer
+    if layer and entry.name.startswith(layer) and entry.name[len(layer) : len(layer) + 1] in ("/", "."):
+        return entry.name[len(layer) + 1 :]
+    return leaf_of(entry.name)
 
 
 class Output:

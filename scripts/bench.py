@@ -7,8 +7,9 @@
 
 It builds the benchmark model (N Dense layers of 4096x4096 fp32, seeded weights) with the real
 writers, each in a subprocess: Keras 3 ``.weights.h5`` and ``.keras``, tf-keras legacy ``.h5``
-and a TF checkpoint, a model twice as large as ``.weights.h5``, and a BERT-style Hugging Face
-directory. Then it runs every case in a fresh subprocess, all cases one after the other in
+and a TF checkpoint, a model twice as large as ``.weights.h5``, a BERT-style Hugging Face
+directory and, where torch is installed, a ``torch.save`` ``.pt`` of the same weights (converted
+side by side with ``torch.load(mmap=True)`` + ``safetensors.torch.save_file``). Then it runs every case in a fresh subprocess, all cases one after the other in
 each round (so the machine's noise spreads over all of them), and reports the median wall
 time, the ratio to ``dd bs=16M conv=fsync`` (and to plain ``dd``) of the same file, and the
 peak RSS (``ru_maxrss`` of the finished child, from ``wait4``).
@@ -50,6 +51,7 @@ UNITS = 4096
 
 # The targets.
 CONVERT_RATIO = 1.3
+TORCH_CONVERT_RATIO = 1.0  # a stored zip member is a byte range: nothing to decode
 OPS_RATIO = 2.0
 RSS_LIMIT = 256 * MiB
 META_SECONDS = 1.0
@@ -124,6 +126,7 @@ class Files:
     root: str
     layers: int
     large_layers: int
+    torch: bool = False  # torch is installed: write and convert a PyTorch .pt too
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -138,6 +141,10 @@ class Files:
             ".keras": (self.p("k3", "model.keras"), [self.p("k3", "model.keras")]),
             "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
         }
+
+    @property
+    def torch_pt(self) -> str:
+        return self.p("pt", "model.pt")
 
     @property
     def large(self) -> str:
@@ -187,6 +194,24 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
                               CKPTCONV + ["convert", path, dst, "--quiet"], inputs=paths,
                               outputs=[dst], baseline=f"ddsync:{tag}", plain=f"dd:{tag}",
                               target=f"ratio:{CONVERT_RATIO}"))
+    if files.torch:
+        pt = files.torch_pt
+        if groups & {"copy", "convert", "peer"}:
+            copies("pt", "PyTorch .pt", [pt])
+        if "convert" in groups:
+            dst = os.path.join(out, "pt.safetensors")
+            cases.append(Case("convert:pt", "convert", "ckptconv convert, PyTorch .pt (torch.save zip)",
+                              CKPTCONV + ["convert", pt, dst, "--quiet"], inputs=[pt], outputs=[dst],
+                              baseline="ddsync:pt", plain="dd:pt", target=f"ratio:{TORCH_CONVERT_RATIO}"))
+        if "peer" in groups:
+            dst = os.path.join(out, "peer-pt.safetensors")
+            cases.append(Case("peer:torch", "peer",
+                              "torch.load(mmap=True) + safetensors.torch save_file, PyTorch .pt",
+                              [PY, os.path.join(HERE, "bench_run.py"), "torch_save_file", pt, dst],
+                              inputs=[pt], outputs=[dst], baseline="ddsync:pt", plain="dd:pt"))
+        if "meta" in groups:
+            cases.append(Case("inspect:pt", "meta", "ckptconv inspect, PyTorch .pt",
+                              CKPTCONV + ["inspect", pt], inputs=[pt], target="meta"))
     w_path, w_files = files.sources[".weights.h5"]
     if "convert" in groups:
         for what, extra in (("--dtype bfloat16", ["--dtype", "bfloat16"]),
@@ -297,6 +322,9 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         jobs.append(("tf-keras legacy .h5 and TF checkpoint",
                      writer + ["tfkeras", files.p("tf")] + size,
                      files.p("tf", "ckpt", "model.index")))
+    if files.torch and groups & {"copy", "convert", "peer", "meta"}:
+        jobs.append(("PyTorch torch.save (zip) .pt", writer + ["torch", files.p("pt")] + size,
+                     files.torch_pt))
     if "large" in groups:
         jobs.append((f"Keras 3 .weights.h5, {files.large_layers} layers",
                      writer + ["keras3", files.p("large"), "--layers", str(files.large_layers),
@@ -650,10 +678,14 @@ def main(argv: list[str] | None = None) -> int:
         log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
         groups.discard("bert")
 
+    with_torch = _installed("torch") and bool(groups & {"copy", "convert", "peer", "meta"})
+    if not with_torch:
+        log("torch is not installed: skipping the PyTorch .pt cases")
     model_bytes = layers * (UNITS * UNITS + UNITS) * 4
     base = args.workdir or args.tmp
     os.makedirs(base, exist_ok=True)
-    need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0))
+    need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0)
+                          + (2 if with_torch else 0))
     free = shutil.disk_usage(base).free
     if free < need:
         log(f"not enough disk space in {base}: {free / 2**30:.1f} GiB free, about "
@@ -661,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
-    files = Files(os.path.abspath(workdir), layers, 2 * layers)
+    files = Files(os.path.abspath(workdir), layers, 2 * layers, torch=with_torch)
 
     from ckptconv.interrupts import sigterm_raises
 

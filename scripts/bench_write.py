@@ -4,6 +4,9 @@
         Keras 3: STEM.weights.h5 and STEM.keras (skip the archive with --weights-only)
     bench_write.py tfkeras OUTDIR --layers N --units U
         tf-keras: legacy.h5 (save_weights, HDF5) and ckpt/model (save_weights, TF checkpoint)
+    bench_write.py torch OUTDIR --layers N --units U
+        PyTorch: model.pt, torch.save of a state dict in PyTorch's layout (dense_i.weight is the
+        kernel transposed, (out, in)), in torch's default zip layout
     bench_write.py bert OUTDIR --layers N --hidden H --heads A --intermediate I --vocab V
         a Hugging Face style BERT directory: config.json + model.safetensors, PyTorch layout,
         written with safetensors.numpy (no torch needed)
@@ -75,6 +78,17 @@ def write_tfkeras(out: str, layers: int, units: int) -> None:
     model.save_weights(os.path.join(out, "ckpt", "model"), save_format="tf")
 
 
+def write_torch(out: str, layers: int, units: int) -> None:
+    import torch
+
+    state = {}
+    for i in range(layers):
+        kernel, bias = layer_weights(i, units)
+        state[f"dense_{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+        state[f"dense_{i}.bias"] = torch.from_numpy(bias)
+    torch.save(state, os.path.join(out, "model.pt"))
+
+
 def bert_tensors(layers: int, hidden: int, heads: int, intermediate: int, vocab: int,
                  positions: int = 512) -> dict[str, np.ndarray]:
     """A BERT checkpoint in Hugging Face's PyTorch layout (Linear weights are (out, in))."""
@@ -136,7 +150,7 @@ def write_bert(out: str, layers: int, hidden: int, heads: int, intermediate: int
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("keras3", "tfkeras", "bert"))
+    p.add_argument("what", choices=("keras3", "tfkeras", "torch", "bert"))
     p.add_argument("out")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--units", type=int, default=4096)
@@ -152,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         write_keras3(args.out, args.layers, args.units, args.name, args.weights_only)
     elif args.what == "tfkeras":
         write_tfkeras(args.out, args.layers, args.units)
+    elif args.what == "torch":
+        write_torch(args.out, args.layers, args.units)
     else:
         write_bert(args.out, args.layers, args.hidden, args.heads, args.intermediate, args.vocab)
     print(f"wrote {args.what} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
