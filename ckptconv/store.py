@@ -213,6 +213,12 @@ class Entry:
             (contiguous, uncompressed); None otherwise.
         crc32c: CRC-32C of the raw bytes when the format records one (TF checkpoints,
             safetensors written by ckptconv), else None; reading the byte range checks it.
+        tree_path: The structural key Keras or TensorFlow loads this tensor by, where the
+            format has one: the Keras saving-tree key (``layers/dense_1/vars/0``) of a Keras 3
+            file, ``GROUP/POSITION`` (the layer group and the position in its
+            ``weight_names``) of a legacy HDF5 file, the object path (``layer_with_weights-0/
+            kernel``) of an object-based TF checkpoint; else None. ``load_into`` matches by it
+            first (see :mod:`ckptconv.keras.structure`).
     """
 
     __slots__ = (
@@ -225,6 +231,7 @@ class Entry:
         "kind",
         "byte_range",
         "crc32c",
+        "tree_path",
         "path",
         "_loader",
     )
@@ -243,6 +250,7 @@ class Entry:
         layer: str | None = None,
         index: int = 0,
         crc32c: int | None = None,
+        tree_path: str | None = None,
     ) -> None:
         if loader is None and byte_range is None:
             raise ValueError("an Entry needs a loader or a byte_range")
@@ -263,6 +271,7 @@ class Entry:
         self.index = index
         self.byte_range = byte_range
         self.crc32c = crc32c
+        self.tree_path = tree_path
         self._loader = loader
 
     @property
@@ -330,7 +339,8 @@ class Entry:
         return clone
 
     def describe(self) -> dict[str, object]:
-        """The entry as the JSON object ``inspect --json`` prints."""
+        """The entry as the JSON object ``inspect --json`` prints (``tree_path`` is null where
+        the format has none)."""
         return {
             "name": self.name,
             "layer": self.layer,
@@ -340,6 +350,7 @@ class Entry:
             "dtype": self.dtype_name,
             "nbytes": self.nbytes,
             "kind": self.kind,
+            "tree_path": self.tree_path,
         }
 
     def __repr__(self) -> str:
