@@ -111,6 +111,46 @@ def test_a_signal_during_conversion_leaves_nothing(
     assert digest(src) == before
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("created", [".tmp", ".lock"], ids=["temporary-file", "lock-file"])
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-file", "sharded"])
+def test_a_signal_while_an_output_file_is_created_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals, created: str, sharded: bool
+) -> None:
+    """The race behind the signal tests above failing now and then: the name of a new file is
+    in the directory as soon as the kernel creates it, before ``open`` returns its descriptor.
+    A signal arriving then was raised inside ``mkstemp`` (or the lock's ``open``), and the file
+    was left behind with nobody knowing its name. Here the signal comes exactly then, every
+    time: for the first file created (the lock, or the first temporary file) and, sharded,
+    for a later shard's and the index's temporary files too."""
+    import ckptconv
+    from ckptconv.interrupts import Terminated, sigterm_raises
+
+    src = tmp_path / "src.safetensors"
+    save_file({f"w{i}": np.full(64, i, np.float32) for i in range(4)}, str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+    seen = [0]
+    nth = 3 if sharded and created == ".tmp" else 1  # sharded: the third temporary file
+
+    def open_then_signal(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_CREAT and os.fspath(path).startswith(str(out)) and os.fspath(path).endswith(created):
+            seen[0] += 1
+            if seen[0] == nth:
+                signal.raise_signal(sig)  # the signal lands before open has returned the file
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_signal)
+    shards = {"max_shard_size": 300} if sharded else {}
+    with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Terminated), sigterm_raises():
+        ckptconv.convert(src, out / "model.safetensors", **shards)
+    monkeypatch.undo()
+    assert seen[0] == nth
+    assert listing(out) == []
+
+
 def test_a_sharded_conversion_interrupted_leaves_no_shard(big: tuple[Path, str], tmp_path: Path) -> None:
     src, before = big
     out = tmp_path / "out"

@@ -228,6 +228,18 @@ class OutputLock:
             import fcntl
         except ImportError:  # pragma: no cover - no flock on this platform: no lock
             return self
+        # a signal between the lock file's creation and self._fd being set would leave the
+        # file behind with nobody to remove it: held until then, it is raised here, and a
+        # raise from __enter__ gets no __exit__, so the lock is released on the way out
+        try:
+            with deferred_interrupts():
+                self._acquire(fcntl)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _acquire(self, fcntl) -> None:  # type: ignore[no-untyped-def]
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -246,12 +258,12 @@ class OutputLock:
                         "choose another output path",
                         path=self.final,
                     ) from None
-                return self  # a file system without flock: go on unlocked
+                return  # a file system without flock: go on unlocked
             # the holder before us may have removed the file after we opened it: retry then
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     self._fd = fd
-                    return self
+                    return
             except FileNotFoundError:
                 pass
             os.close(fd)
@@ -279,12 +291,17 @@ class TempFiles:
     def create(self, final_name: str, *, suffix: str = ".tmp") -> tuple[int, str]:
         """A new empty file for ``final_name``: ``(descriptor, path)``."""
         prefix = hidden_name(final_name, ".", directory=self.directory, room=8 + len(suffix))
-        try:
-            fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.directory)
-        except OSError as e:
-            raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
-        self.paths.append(path)
-        self._open.add(fd)
+        # The name is in the directory as soon as the kernel creates it, before mkstemp returns
+        # it: a SIGINT or SIGTERM arriving meanwhile would raise inside mkstemp and lose the
+        # name, leaving the file behind. Held until the path is recorded, it raises here after,
+        # and __exit__ removes the file.
+        with deferred_interrupts():
+            try:
+                fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.directory)
+            except OSError as e:
+                raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
+            self.paths.append(path)
+            self._open.add(fd)
         os.fchmod(fd, self._mode)  # mkstemp makes 0600; outputs get the usual mode
         return fd, path
 
