@@ -45,6 +45,19 @@ def test_shard_names_round_trip_and_nothing_else_is_a_shard(tmp_path: Path) -> N
         assert parse_shard_name(name) is None, name
 
 
+def test_one_shard_name_rule_for_pytorch_bin_sets() -> None:
+    """The same rule parses PyTorch's ``.bin`` shard names (``suffix=".bin"``), and a shard
+    belongs to the set named ``dst`` by the stem left once that suffix is cut."""
+    name = "pytorch_model-00002-of-00003.bin"
+    assert parse_shard_name(name, suffix=".bin") == ("pytorch_model", 2, 3)
+    assert parse_shard_name(name) is None  # not a safetensors shard
+    assert parse_shard_name(name, "pytorch_model.bin", suffix=".bin") == ("pytorch_model", 2, 3)
+    assert parse_shard_name(name, "/some/dir/pytorch_model.bin", suffix=".bin") == ("pytorch_model", 2, 3)
+    assert parse_shard_name(name, "other.bin", suffix=".bin") is None
+    assert parse_shard_name("model-00001-of-00002.safetensors", "model.safetensors") == ("model", 1, 2)
+    assert parse_shard_name("model-00001-of-00002.safetensors", "model.bin") is None
+
+
 def test_batch_keeps_an_input_that_only_looks_like_a_shard(tmp_path: Path) -> None:
     """``x-best-of-3.safetensors`` is no shard of ``x.safetensors.index.json`` (batch used to
     drop it from the inputs as one); ``x-00002-of-00003.safetensors`` is."""

@@ -89,8 +89,8 @@ def index_path(dst: str | os.PathLike[str]) -> str:
     return os.fspath(dst) + ".index.json"
 
 
-def _stem(name: str) -> str:
-    return name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+def _stem(name: str, suffix: str = ".safetensors") -> str:
+    return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
 def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
@@ -110,14 +110,14 @@ def parse_shard_name(
     """``(stem, number, count)`` when the file name ``name`` is a Hugging Face shard name
     (``model-00002-of-00003.safetensors`` -> ``("model", 2, 3)``; ``suffix=".bin"`` for
     PyTorch's), else None. With ``dst``, only a shard of the set named ``dst`` counts (same
-    stem; ``name`` is then a base name)."""
+    stem: ``dst`` ends with ``suffix``; ``name`` is then a base name)."""
     match = re.match(rf"^(?P<stem>.+)-(?P<number>\d{{5,}})-of-(?P<count>\d{{5,}}){re.escape(suffix)}$", name)
     if match is None:
         return None
     number, count = int(match["number"]), int(match["count"])
     if not 1 <= number <= count:
         return None
-    if dst is not None and match["stem"] != _stem(os.path.basename(os.fspath(dst))):
+    if dst is not None and match["stem"] != _stem(os.path.basename(os.fspath(dst)), suffix):
         return None
     return match["stem"], number, count
 
