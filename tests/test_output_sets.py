@@ -274,6 +274,28 @@ def test_a_second_writer_fails_in_one_line(tmp_path: Path) -> None:
     assert listing(out) == visible(out)  # the lock file goes with its holder
 
 
+def test_without_flock_the_lock_file_is_removed_only_if_this_writer_made_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A file system without ``flock`` (ENOLCK, some network mounts): the write goes on
+    unlocked. The lock file it created goes with it (it used to stay behind); one that was
+    there before is another writer's and stays."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    src = source(tmp_path / "src.safetensors", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    ckptconv.convert(src, out / "m.safetensors")
+    assert listing(out) == ["m.safetensors"]
+    theirs = out / ".m.safetensors.lock"
+    theirs.write_bytes(b"")
+    ckptconv.convert(src, out / "m.safetensors", force=True)
+    assert listing(out) == [".m.safetensors.lock", "m.safetensors"]
+
+
 # --- --verify before the output takes its name ---------------------------------------------
 
 

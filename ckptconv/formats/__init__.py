@@ -198,7 +198,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
         )
     if head.lstrip()[:1] in (b"{", b"["):
         try:
-            if p.stat().st_size > 64 * 2**20:
+            if p.stat().st_size > MAX_INDEX_BYTES:
                 return
             json.loads(p.read_bytes())
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError

@@ -9,6 +9,7 @@ through this module, so the rules are the same everywhere:
   without changing it).
 * **The lock.** While it writes an output, a writer holds an exclusive ``flock`` on the hidden
   file ``.NAME.lock`` next to it: a second writer of the same output fails at once, in one line.
+  (A file system without ``flock`` gets no lock; the lock file is removed by whoever made it.)
 * **What may be replaced.** Without ``force`` nothing that exists is touched. With ``force``
   the output path itself and its index are replaced, and of the other files in the way (named
   by an old index, or left by an interrupted replace) only those that are provably a ckptconv
@@ -240,9 +241,17 @@ class OutputLock:
         return self
 
     def _acquire(self, fcntl) -> None:  # type: ignore[no-untyped-def]
+        cloexec = getattr(os, "O_CLOEXEC", 0)
         while True:
+            created = True  # whether this process made the lock file (and so may remove it)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o666)
+                except FileExistsError:
+                    created = False
+                    fd = os.open(self.path, os.O_RDWR | cloexec)
+            except FileNotFoundError:
+                continue  # its holder removed it between our two opens: create it then
             except OSError as e:
                 raise OutputError(
                     f"cannot create a file here: {e.strerror}", path=os.path.dirname(self.path)
@@ -250,15 +259,21 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
                     raise OutputError(
                         "another ckptconv process is writing this output right now (it holds "
                         f"the lock {os.path.basename(self.path)}); wait for it to finish or "
                         "choose another output path",
                         path=self.final,
                     ) from None
-                return  # a file system without flock: go on unlocked
+                # a file system without flock: go on unlocked, and remove the file on exit
+                # only if it is ours
+                if created:
+                    self._fd = fd
+                else:
+                    os.close(fd)
+                return
             # the holder before us may have removed the file after we opened it: retry then
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
