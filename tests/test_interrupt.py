@@ -151,6 +151,41 @@ def test_a_signal_while_an_output_file_is_created_leaves_nothing(
     assert listing(out) == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_cleanup_still_removes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    """Ctrl-C pressed twice: the second one arrives while the first one's cleanup removes the
+    temporary files of a sharded write. It used to cut the removal short after one file."""
+    import ckptconv
+    from ckptconv.interrupts import Terminated, sigterm_raises
+    from ckptconv.writers import safetensors as writer
+
+    src = tmp_path / "src.safetensors"
+    save_file({f"w{i}": np.full(64, i, np.float32) for i in range(4)}, str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    real_unlink, removals = os.unlink, [0]
+
+    def first_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        signal.raise_signal(sig)  # all shards are written: the first Ctrl-C
+
+    def unlink_then_signal(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_unlink(path, *args, **kwargs)
+        if os.fspath(path).endswith(".tmp"):
+            removals[0] += 1
+            if removals[0] == 1:
+                signal.raise_signal(sig)  # the second, while the cleanup is under way
+
+    monkeypatch.setattr(writer, "_write_index", first_signal)
+    monkeypatch.setattr(os, "unlink", unlink_then_signal)
+    with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Terminated), sigterm_raises():
+        ckptconv.convert(src, out / "model.safetensors", max_shard_size=300)
+    monkeypatch.undo()
+    assert removals[0] == 4  # every shard's temporary file
+    assert listing(out) == []
+
+
 def test_a_sharded_conversion_interrupted_leaves_no_shard(big: tuple[Path, str], tmp_path: Path) -> None:
     src, before = big
     out = tmp_path / "out"

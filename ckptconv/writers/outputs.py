@@ -285,10 +285,11 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)  # removed while still held: the next one retries
-            os.close(self._fd)
-            self._fd = None
+            with deferred_interrupts():  # a second Ctrl-C does not cut the release short
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)  # removed while still held: the next one retries
+                os.close(self._fd)
+                self._fd = None
 
 
 # --- temporary files -------------------------------------------------------------------------
@@ -332,12 +333,15 @@ class TempFiles:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in self._open:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for path in self.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        # often run because of a Ctrl-C; a second one (impatient users press it twice) is
+        # held until every file is removed, not raised half-way through the removal
+        with deferred_interrupts():
+            for fd in self._open:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 # --- which existing files an output may replace --------------------------------------------
