@@ -141,7 +141,7 @@ def test_no_private_name_is_imported_from_another_package() -> None:
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         module = path.relative_to(PACKAGE.parent).with_suffix("")
-        package = list(module.parts[:-1]) if module.name != "__init__" else list(module.parts[:-1])
+        package = list(module.parts[:-1])  # a module's package; for __init__, its own
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue

@@ -90,7 +90,7 @@ def index_path(dst: str | os.PathLike[str]) -> str:
 
 
 def _stem(name: str, suffix: str = ".safetensors") -> str:
-    return name[: -len(suffix)] if name.endswith(suffix) else name
+    return name.removesuffix(suffix)
 
 
 def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
