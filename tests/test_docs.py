@@ -79,7 +79,10 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "cnn_output.npy": ("fixtures", "pytorch/cnn_output.npy"),
     },
     "docs/api.md": {},
-    "docs/formats-keras.md": {},
+    "docs/formats-keras.md": {
+        "quantized.keras": ("keras315", "q_int8.keras"),
+        "checkpoints": ("keras315", "orbax_docs"),
+    },
     "docs/formats-tensorflow.md": {
         "train": ("tf", "tf1"),
         "ckpt.index": ("tf", "tfkeras/ckpt.index"),

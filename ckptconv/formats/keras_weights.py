@@ -21,7 +21,8 @@ import h5py
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
-from ._hdf5 import MAX_DEPTH, dataset_entry, decode, is_hdf5, open_h5
+from ._hdf5 import MAX_DEPTH, dataset_dtype, dataset_entry, decode, is_hdf5, open_h5
+from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
 
 FORMAT = "keras-weights-h5"
 
@@ -198,6 +199,7 @@ def collect_vars(
                 )
         own_chain = chain
         own_class = class_hint
+        nested_container = class_hint == "container" and not isinstance(links.get("vars"), h5py.HardLink)
         if depth > 0 and group.name in key_names and not isinstance(links.get("vars"), h5py.HardLink):
             # a shard holding this layer's sub-layers but not its own vars group
             own_chain = chain + [key_names[group.name]]
@@ -246,8 +248,11 @@ def collect_vars(
             elif key in _STATE_KEYS or "seed_generator" in key:
                 child_state = "other"
             if "vars" in child or child.name in key_names:
-                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell)
-                walk(child, own_chain, _ATTRIBUTE_CLASSES.get(key, key), own_class, child_state, depth + 1)
+                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell),
+                # or held by a nested list (Keras >= 3.14 keys those ``container``,
+                # ``container_1``, ...), whose items are keyed by class name like any container's
+                hint = re.sub(r"_\d+$", "", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
+                walk(child, own_chain, hint, own_class, child_state, depth + 1)
             else:
                 # a container (``layers``, a list attribute): children are keyed by class name
                 for sub in sorted(child.keys(), key=_natural_key):
@@ -305,7 +310,7 @@ def builtin_class(info: LayerInfo) -> str:
     else the built-in base its ``config.json`` entry shows (a ``Dense`` subclass has
     ``units`` and ``kernel_initializer``), else its own class name."""
     cls = snake_case(info.class_name)
-    if cls in WEIGHT_NAMES:
+    if cls in WEIGHT_NAMES or cls in QUANTIZED_VARIABLES:  # ReversibleEmbedding has names of its own
         return cls
     keys = set(info.config)
     for needed, base in _BASE_BY_CONFIG_KEYS:
@@ -322,6 +327,14 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
+    if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
+        stored = [
+            (dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ()))
+            for dataset, source in (record.datasets[i] for i in sorted(record.datasets))
+        ]
+        quantized = quantized_names(cls, stored, info.config if info else None)
+        if quantized is not None:
+            return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
     if info is not None and candidates:
         cfg = info.config
