@@ -34,7 +34,19 @@ from .errors import (
 )
 from .convert import ConvertResult, convert
 from .formats import open as open  # noqa: A004 - ckptconv.open; import * leaves it out
-from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
+from .mapping import (
+    DiffReport,
+    Plan,
+    Rule,
+    Spec,
+    Suggestion,
+    TargetTensor,
+    TensorDiff,
+    build_plan,
+    diff,
+    load_spec,
+    suggest,
+)
 from .store import ByteRange, Entry, Output, Store
 from .verify import Mismatch, VerifyResult, verify_file
 from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
@@ -54,6 +66,12 @@ __all__ = [
     "build_plan",
     "Plan",
     "TargetTensor",
+    "suggest",
+    "Suggestion",
+    # comparing
+    "diff",
+    "DiffReport",
+    "TensorDiff",
     # converting and writing safetensors
     "convert",
     "ConvertResult",
