@@ -159,3 +159,23 @@ def test_no_private_name_is_imported_from_another_package() -> None:
                 if (private_name or private_module) and target_package != package:
                     offenders.append(f"{module}: from {'.' * node.level}{node.module or ''} import {alias.name}")
     assert offenders == []
+
+
+def test_one_atomic_save_puts_files_in_place() -> None:
+    """Files get their final names in ``writers/outputs.py`` only (``atomic_file``, ``commit``):
+    ``suggest -o`` had a third atomic save of its own, without the lock, the input check or
+    the signal rules."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "writers" / "outputs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and (node.value.id, node.attr) in {("os", "replace"), ("os", "rename"), ("os", "link"),
+                                                   ("tempfile", "mkstemp"), ("tempfile", "NamedTemporaryFile")}
+            ):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert offenders == []
+
