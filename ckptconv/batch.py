@@ -25,7 +25,6 @@ import contextlib
 import glob
 import multiprocessing
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +45,7 @@ __all__ = [
     "expand_inputs",
     "output_name",
     "plan_jobs",
+    "check_collisions",
     "prepare_options",
     "run_batch",
     "PATTERN_FIELDS",
@@ -241,16 +241,17 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def _part_of_listed(path: str, listed: set[str]) -> bool:
+    from .formats.safetensors import index_path, parse_shard_name
+
     full = os.path.abspath(path)
     directory, name = os.path.split(full)
     if ".data-" in name:
         prefix = name.split(".data-", 1)[0]
         return os.path.join(directory, prefix + ".index") in listed
-    parts = name.rsplit("-of-", 1)
     for ext in (".safetensors", ".bin"):  # a Hugging Face shard, when its index is listed
-        if len(parts) == 2 and name.endswith(ext) and "-" in parts[0]:
-            stem = parts[0].rsplit("-", 1)[0]
-            return os.path.join(directory, stem + ext + ".index.json") in listed
+        shard = parse_shard_name(name, suffix=ext)
+        if shard is not None:
+            return index_path(os.path.join(directory, shard[0] + ext)) in listed
     return False
 
 
@@ -313,15 +314,24 @@ def plan_jobs(
         expand: False when ``inputs`` are already expanded paths.
 
     Raises:
-        ValueError: the pattern is invalid, or two inputs would write the same output (the
-            message names both and suggests ``{parent}`` or ``{index}``).
+        ValueError: the pattern is invalid, gives a path outside ``outdir`` for an input, or
+            two inputs would write the same output (the message names both and suggests
+            ``{parent}`` or ``{index}``).
+        OutputError: an output would overwrite (or, with ``--force``, remove) an input's file:
+            see :func:`check_collisions`.
     """
     check_pattern(pattern)
     sources = expand_inputs(inputs)[0] if expand else list(inputs)
     jobs: list[Job] = []
     taken: dict[str, str] = {}
     for i, src in enumerate(sources):
-        dst = os.path.join(os.fspath(outdir), output_name(src, i, pattern))
+        name = output_name(src, i, pattern)
+        if os.path.isabs(name) or ".." in Path(name).parts or os.path.normpath(name) in (".", ""):
+            raise ValueError(
+                f"the name pattern {pattern!r} gives {name!r} for {src}, which is not a path "
+                "inside OUTDIR"
+            )
+        dst = os.path.join(os.fspath(outdir), name)
         key = os.path.abspath(dst)
         if key in taken:
             raise ValueError(
@@ -330,7 +340,62 @@ def plan_jobs(
             )
         taken[key] = src
         jobs.append(Job(src, dst))
+    check_collisions(jobs)
     return jobs
+
+
+def check_collisions(jobs: Sequence[Job]) -> None:
+    """Refuse, before any work, a batch where one input's output is another input's file.
+
+    An output claims its path, its sharded set's index and every shard name of that set
+    (``STEM-NNNNN-of-NNNNN.safetensors``): ``--force`` may replace or remove those. None of
+    them may be a file another input reads (the input itself, a TensorFlow checkpoint's data
+    files, a sharded input's shards), or converting one file would destroy another before its
+    turn. (An output that is its own input's file fails that one job, as ``convert`` does.)
+    Inputs are opened (metadata only) only when they lie where an output goes.
+
+    Raises:
+        OutputError: naming the output, the input file and the input it belongs to.
+    """
+    from .errors import OutputError
+    from .formats.safetensors import parse_shard_name
+
+    claims: dict[str, list[tuple[Job, str]]] = {}
+    for job in jobs:
+        directory, name = os.path.split(os.path.abspath(job.dst))
+        claims.setdefault(os.path.realpath(directory), []).append((job, name))
+    for job in jobs:
+        for src_file in _input_files(job.src, set(claims)):
+            directory, name = os.path.split(os.path.realpath(src_file))
+            for owner, dst_name in claims.get(directory, []):
+                if owner is job:
+                    continue  # its own input: that job alone fails, as convert refuses it
+                if name in (dst_name, dst_name + ".index.json") or parse_shard_name(name, dst_name):
+                    raise OutputError(
+                        f"the output of {owner.src} would overwrite {src_file}, a file of the "
+                        f"input {job.src}; choose another output directory or {{opt:pattern}}",
+                        path=owner.dst,
+                    )
+
+
+def _input_files(src: str, places: set[str]) -> list[str]:
+    """The files an input reads, when any of them may lie in one of ``places`` (the real
+    paths of the directories outputs go to): the path itself, or all of a checkpoint's files."""
+    from .errors import CkptconvError
+    from .formats import open as open_store
+
+    real = os.path.realpath(src)
+    if os.path.isdir(real):
+        near = any(p == real or p.startswith(real + os.sep) for p in places)
+    else:
+        near = os.path.dirname(real) in places
+    if not near:
+        return []
+    try:
+        with open_store(src) as store:
+            return list(store.files) or [src]
+    except (CkptconvError, OSError):
+        return [src]  # its own job reports what is wrong with it
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -510,22 +575,29 @@ class BatchRun:
         return FileResult(src=item.src, dst=item.dst, ok=False, error=error, error_type="WorkerDied")
 
     def remove_leftovers(self) -> None:
-        """Remove the writer's temporaries that killed workers left for finished jobs (a job
-        still running elsewhere, after an interrupt, keeps its own)."""
-        from .writers.safetensors import leftover_temporaries
+        """Remove what killed workers left for finished jobs: the writer's temporaries, and
+        its lock file when no one holds it (a job still running elsewhere, after an
+        interrupt, keeps its own)."""
+        from .errors import OutputError
+        from .writers.outputs import OutputLock, leftover_temporaries
 
         for i in sorted(self._killed):
             if self.results[i] is None:
                 continue
-            for path in leftover_temporaries(self.jobs[i].dst):
+            dst = self.jobs[i].dst
+            for path in leftover_temporaries(dst):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+            lock = OutputLock(dst)
+            if os.path.exists(lock.path):
+                with contextlib.suppress(OutputError), lock:
+                    pass  # taken and released: the lock file is removed
 
 
 def _outputs_present(jobs: Sequence[Job]) -> list[bool]:
     """For each job, whether a file its write could replace is there: the output, a sharded
     set's index, or a file named like one of its shards (one listing per output directory)."""
-    from .writers.safetensors import index_path, shard_names
+    from .formats.safetensors import index_path, parse_shard_name, shard_names
 
     listings: dict[str, tuple[set[str], set[str]]] = {}  # directory -> (names, shard stems)
     present = []
@@ -536,29 +608,26 @@ def _outputs_present(jobs: Sequence[Job]) -> list[bool]:
                 names = set(os.listdir(directory))
             except OSError:
                 names = set()
-            stems = {m[1] for m in map(_SHARD_NAME.fullmatch, names) if m}
+            stems = {shard[0] for shard in map(parse_shard_name, names) if shard}
             listings[directory] = (names, stems)
         names, stems = listings[directory]
-        shard = _SHARD_NAME.fullmatch(os.path.basename(shard_names(base, 1)[0]))
+        shard = parse_shard_name(os.path.basename(shard_names(base, 1)[0]))
         present.append(
             base in names or os.path.basename(index_path(base)) in names
-            or (shard is not None and shard[1] in stems)
+            or (shard is not None and shard[0] in stems)
         )
     return present
-
-
-_SHARD_NAME = re.compile(r"(.+)-\d{5,}-of-\d{5,}\.safetensors")
 
 
 def _run_processes(
     run: BatchRun, workers: int, job: Callable[..., FileResult], options: dict[str, Any]
 ) -> None:
     """The local pool: all jobs in ``workers`` processes; those of a broken pool, alone."""
-    from .writers.safetensors import _sigterm_as_exit
+    from .interrupts import sigterm_raises
 
-    # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
-    # finish (each output is atomic) instead of leaving orphaned workers behind.
-    with _sigterm_as_exit():
+    # SIGTERM raises here, so queued jobs are cancelled and running ones finish (each
+    # output is atomic) instead of leaving orphaned workers behind.
+    with sigterm_raises():
         broken = _run_pool(run, range(len(run.jobs)), workers, job, options)
         for i in broken:
             run.killed(i)

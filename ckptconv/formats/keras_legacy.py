@@ -94,12 +94,28 @@ def is_uniquified_scope(scope: str, layer: str) -> bool:
     return bool(re.fullmatch(re.escape(layer) + r"_\d+", scope))
 
 
+def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
+    """Keras writes each layer (and each layer's weight) once: a list naming one twice would
+    read it again and again (40,000 repeats took most of a minute), so it is refused at once."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            count = names.count(name)
+            raise CorruptFileError(
+                f"{what} lists {name!r} {count} times; Keras writes each once (the file is "
+                "damaged or was not written by Keras)",
+                path=path,
+            )
+        seen.add(name)
+
+
 def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order."""
     root = _weights_root(f)
     if root is None:
         raise FormatError("no layer_names attribute: not a Keras HDF5 weights file", path=path)
     layer_names = chunked_attribute(root, "layer_names", path=path) or []
+    _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
 
     def add(
@@ -120,7 +136,9 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
 
     for layer in layer_names:
         group = safe_get(root, layer, path=path, kind=h5py.Group)
-        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
+        weight_names = chunked_attribute(group, "weight_names", path=path) or []
+        _refuse_repeats(weight_names, f"weight_names of {layer!r}", path=path)
+        for position, weight_name in enumerate(weight_names):
             add(group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
     if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
