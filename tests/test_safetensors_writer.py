@@ -598,8 +598,9 @@ def test_leftover_temporaries_are_those_of_a_killed_write(tmp_path: Path) -> Non
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    killed = sorted(os.listdir(out))
+    killed = sorted(name for name in os.listdir(out) if name.endswith(".tmp"))
     assert [name.split(".")[1] for name in killed] == ["model-00001-of-00003", "model-00002-of-00003"]
+    assert sorted(os.listdir(out)) == sorted([*killed, ".model.safetensors.lock"])
     for name in ("model.safetensors", ".other.safetensors.abcd1234.tmp", ".model.safetensors.tmp",
                  ".model.safetensors.index.json.abcd1234", "model-00001-of-00003.safetensors"):
         (out / name).write_bytes(b"")  # not temporaries of this output's writer
