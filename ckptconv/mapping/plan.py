@@ -26,7 +26,8 @@ from .execute import (
     SourceCache, SplitShared, Step, cast_blocks, describe_steps, dtype_name, ends_in_view, join_compute,
     only_casts, single_compute,
 )
-from .ops import Cast, Op, OpError, Split, Transpose, lossy_cast
+from .cast import Cast, lossy_cast
+from .ops import Op, OpError, Split, Transpose
 from .patterns import Match, in_part, natural_key, part_patterns
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
