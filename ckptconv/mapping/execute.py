@@ -23,7 +23,8 @@ import numpy as np
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError
 from ..store import Entry
-from .ops import Cast, ExecutionProblem, Op, Split, Transpose
+from .cast import Cast
+from .ops import ExecutionProblem, Op, Split, Transpose
 
 __all__ = [
     "SourceCache", "Step", "SplitShared", "describe_steps", "finish", "run_steps", "only_casts",
