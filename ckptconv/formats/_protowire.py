@@ -12,7 +12,9 @@ into a :class:`~ckptconv.CorruptFileError` naming the file and tensor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "WireError",
@@ -166,9 +168,11 @@ class SliceExtent:
     length: int | None
 
 
-@dataclass(frozen=True)
-class BundleEntry:
-    """``BundleEntryProto``: where one tensor's bytes lie, or which slices make it up."""
+class BundleEntry(NamedTuple):
+    """``BundleEntryProto``: where one tensor's bytes lie, or which slices make it up.
+
+    A named tuple rather than a dataclass: an index holds one per tensor, and a tuple is
+    built several times faster."""
 
     dtype: int = 0
     shape: tuple[int, ...] = ()
@@ -246,31 +250,42 @@ def _parse_slice(buf: bytes, field: _Field) -> tuple[SliceExtent, ...]:
     return tuple(extents)
 
 
+@functools.lru_cache(maxsize=4096)
+def _shape_message(raw: bytes) -> tuple[tuple[int, ...], bool]:
+    """A ``TensorShapeProto`` by its bytes: the tensors of a checkpoint share a few shapes,
+    so each distinct one is decoded once."""
+    return _parse_shape(raw, (2, LENGTH, 0, len(raw)))
+
+
+# BundleEntryProto's scalar fields: number -> (name, wire type)
+_ENTRY_SCALARS = {1: ("dtype", VARINT), 3: ("shard_id", VARINT), 4: ("offset", VARINT),
+                  5: ("size", VARINT), 6: ("crc32c", FIXED32)}
+
+
 def parse_bundle_entry(buf: bytes | memoryview) -> BundleEntry:
-    """Decode a ``BundleEntryProto`` (the index entry of one tensor)."""
+    """Decode a ``BundleEntryProto`` (the index entry of one tensor).
+
+    An index holds one per tensor, so this is one scan of the fields and a table look-up
+    each (opening a checkpoint of 100,000 tensors spends most of its time here)."""
     data = bytes(buf)
-    dtype = shard_id = offset = size = crc = 0
+    values = [0, 0, 0, 0, 0, 0, 0]  # by field number: 1 dtype, 3 shard_id, 4 offset, 5 size, 6 crc
     shape: tuple[int, ...] = ()
     unknown_rank = False
     slices = []
-    for field in _scan(data, 0, len(data)):
-        number = field[0]
-        if number == 1:
-            dtype = _int(field, "dtype")
+    for number, wire_type, value, end in _scan(data, 0, len(data)):
+        scalar = _ENTRY_SCALARS.get(number)
+        if scalar is not None:
+            if wire_type != scalar[1]:
+                _expect(wire_type, scalar[1], scalar[0])
+            values[number] = value if wire_type == FIXED32 else _signed64(value)
         elif number == 2:
-            shape, unknown_rank = _parse_shape(data, field)
-        elif number == 3:
-            shard_id = _int(field, "shard_id")
-        elif number == 4:
-            offset = _int(field, "offset")
-        elif number == 5:
-            size = _int(field, "size")
-        elif number == 6:
-            _expect(field[1], FIXED32, "crc32c")
-            crc = field[2]
+            _expect(wire_type, LENGTH, "shape")
+            shape, unknown_rank = _shape_message(data[value:end])
         elif number == 7:
-            slices.append(_parse_slice(data, field))
-    return BundleEntry(dtype, shape, unknown_rank, shard_id, offset, size, crc, tuple(slices))
+            slices.append(_parse_slice(data, (number, wire_type, value, end)))
+    return BundleEntry(
+        values[1], shape, unknown_rank, values[3], values[4], values[5], values[6], tuple(slices)
+    )
 
 
 # --- tensorflow.TrackableObjectGraph --------------------------------------------------------
