@@ -49,6 +49,7 @@ from ._batch_fields import PATTERN_FIELDS  # noqa: E402 - one table, shared with
 # Longest first: a name loses one of these, or else its last extension.
 _SUFFIXES = (
     ".safetensors.index.json",
+    ".bin.index.json",
     ".weights.json",
     ".weights.h5",
     ".safetensors",
@@ -201,7 +202,8 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
 
     Files that are part of another listed input are dropped: a TensorFlow checkpoint's
     ``.data-*`` files when its ``.index`` is listed, and a Hugging Face shard
-    (``x-00001-of-00003.safetensors``) when its ``x.safetensors.index.json`` is listed.
+    (``x-00001-of-00003.safetensors``, ``pytorch_model-00001-of-00002.bin``) when its index
+    (``x.safetensors.index.json``, ``pytorch_model.bin.index.json``) is listed.
 
     Returns:
         ``(inputs, unmatched)``: the inputs, and the glob patterns that matched nothing.
@@ -233,9 +235,10 @@ def _part_of_listed(path: str, listed: set[str]) -> bool:
         prefix = name.split(".data-", 1)[0]
         return os.path.join(directory, prefix + ".index") in listed
     parts = name.rsplit("-of-", 1)
-    if len(parts) == 2 and name.endswith(".safetensors") and "-" in parts[0]:
-        stem = parts[0].rsplit("-", 1)[0]
-        return os.path.join(directory, stem + ".safetensors.index.json") in listed
+    for ext in (".safetensors", ".bin"):  # a Hugging Face shard, when its index is listed
+        if len(parts) == 2 and name.endswith(ext) and "-" in parts[0]:
+            stem = parts[0].rsplit("-", 1)[0]
+            return os.path.join(directory, stem + ext + ".index.json") in listed
     return False
 
 

@@ -46,6 +46,8 @@ def output_name(dst: str | os.PathLike[str], *, any_suffix: bool = False) -> str
         path=text,
     )
 
+PYTORCH_FORMATS = ("pytorch", "pytorch-sharded")
+
 
 @dataclass
 class ConvertResult:
@@ -118,7 +120,8 @@ def convert(
         metadata: Entries added to the output's ``__metadata__``, over ckptconv's own: for
             example ``{"format": "pt"}`` for Hugging Face ``transformers``, which loads only
             files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
-            ``np``). Keys starting with ``ckptconv.`` are ckptconv's own and refused.
+            ``pt`` for a PyTorch source, ``np`` otherwise). Keys starting with ``ckptconv.``
+            are ckptconv's own and refused.
         allow_lossy: Let ``dtype`` be a cast that loses information (floats to integers or
             booleans); refused otherwise, naming the first tensor.
         any_suffix: Write safetensors under a name that does not end in ``.safetensors``
@@ -153,7 +156,8 @@ def convert(
             else:
                 outputs.append(output)
         metadata = {
-            "format": "np",
+            # transformers loads only pt/tf/flax/mlx files: a PyTorch source's result is "pt"
+            "format": "pt" if store.format in PYTORCH_FORMATS else "np",
             "ckptconv.version": __version__,
             "ckptconv.source_format": store.format,
             "ckptconv.source": Path(store.path).name,

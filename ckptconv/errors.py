@@ -18,8 +18,10 @@ import errno as _errno
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
+    "Problem",
     "CkptconvError",
     "FormatError",
     "CorruptFileError",
@@ -69,6 +71,72 @@ def nearest(word: str, candidates: Iterable[str], *, count: int = 3) -> list[str
     """The ``count`` candidates closest to ``word`` (difflib ratio), best first."""
     pool = list(dict.fromkeys(candidates))
     return difflib.get_close_matches(word, pool, n=count, cutoff=0.5)
+
+
+class Problem(str):
+    """One problem a plan or a load found, as data: ``Problem(kind, rule, name, message)``.
+
+    A problem *is* its message (``str(problem)``, ``"x" in problem``, ``"\\n".join(problems)``
+    keep working), and carries what code needs to tell problems apart without reading text:
+
+    Attributes:
+        kind: What went wrong, one of :data:`PROBLEM_KINDS` (``missing``, ``unused``,
+            ``mismatched``, ``no-match``, ...).
+        rule: The spec rule's label (``rule #2 (from 'a/*')``), or None.
+        name: The entry, output or variable it is about, or None.
+        message: The one-line message (the string itself).
+    """
+
+    kind: str
+    rule: str | None
+    name: str | None
+
+    def __new__(cls, kind: str, rule: str | None, name: str | None, message: str) -> Problem:
+        self = super().__new__(cls, message)
+        self.kind = kind
+        self.rule = rule
+        self.name = name
+        return self
+
+    @property
+    def message(self) -> str:
+        """The message, as a plain ``str``."""
+        return str.__str__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Problem, (self.kind, self.rule, self.name, self.message))
+
+    def __repr__(self) -> str:
+        return f"Problem({self.kind!r}, {self.rule!r}, {self.name!r}, {self.message!r})"
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``{"kind", "rule", "name", "message"}``."""
+        return {"kind": self.kind, "rule": self.rule, "name": self.name, "message": self.message}
+
+
+# Every kind a Problem has, with what it means.
+PROBLEM_KINDS = {
+    # the mapper's plan
+    "no-match": "a rule (or one pattern of a list) owns no entry",
+    "shadowed": "a rule's entries all belong to earlier rules",
+    "op": "an op or a split/concat/stack does not apply to the shapes it meets",
+    "declared-shape": "a result differs from the shape the rule declares",
+    "duplicate": "two outputs share one name",
+    "not-in-target": "a rule's output names no target weight",
+    "target-mismatch": "an output's shape or dtype differs from the target's",
+    "incomplete-join": "a concat/stack output lacks a source for one of its patterns",
+    "unused": "a source weight goes nowhere (fills no target)",
+    "missing": "a target weight nothing fills",
+    # loading into a live model
+    "mismatched": "a source and its variable disagree on shape or dtype",
+    "structure": "the source's structure does not agree with the model's",
+}
+
+
+def problem(kind: str, message: str, *, rule: str | None = None, name: str | None = None) -> Problem:
+    """A :class:`Problem` with keyword arguments (the kind must be one of PROBLEM_KINDS)."""
+    assert kind in PROBLEM_KINDS, kind
+    return Problem(kind, rule, name, message)
 
 
 class CkptconvError(Exception):
@@ -154,7 +222,8 @@ class SpecError(CkptconvError):
 
 
 class PlanError(CkptconvError):
-    """A mapping plan has problems. ``problems`` lists every one of them."""
+    """A mapping plan has problems. ``problems`` lists every one of them (each a
+    :class:`Problem`: a string with ``kind``, ``rule`` and ``name``)."""
 
     def __init__(
         self,
@@ -181,7 +250,11 @@ class OutputError(CkptconvError):
 
 
 class LoadError(CkptconvError):
-    """Weights cannot be loaded into a live model. ``problems`` lists every one of them."""
+    """Weights cannot be loaded into a live model. ``problems`` lists every one of them (each a
+    :class:`Problem`: a string with ``kind``, ``rule`` and ``name``); ``report`` is the
+    :class:`~ckptconv.LoadReport` of the refused load, when there is one."""
+
+    report: Any = None
 
     def __init__(
         self,

@@ -189,6 +189,12 @@ class Entry:
             (contiguous, uncompressed); None otherwise.
         crc32c: CRC-32C of the raw bytes when the format records one (TF checkpoints,
             safetensors written by ckptconv), else None; reading the byte range checks it.
+        tree_path: The structural key Keras or TensorFlow loads this tensor by, where the
+            format has one: the Keras saving-tree key (``layers/dense_1/vars/0``) of a Keras 3
+            file, ``GROUP/POSITION`` (the layer group and the position in its
+            ``weight_names``) of a legacy HDF5 file, the object path (``layer_with_weights-0/
+            kernel``) of an object-based TF checkpoint; else None. ``load_into`` matches by it
+            first (see :mod:`ckptconv.keras.structure`).
     """
 
     __slots__ = (
@@ -201,6 +207,7 @@ class Entry:
         "kind",
         "byte_range",
         "crc32c",
+        "tree_path",
         "path",
         "_loader",
     )
@@ -219,6 +226,7 @@ class Entry:
         layer: str | None = None,
         index: int = 0,
         crc32c: int | None = None,
+        tree_path: str | None = None,
     ) -> None:
         if loader is None and byte_range is None:
             raise ValueError("an Entry needs a loader or a byte_range")
@@ -232,6 +240,7 @@ class Entry:
         self.index = index
         self.byte_range = byte_range
         self.crc32c = crc32c
+        self.tree_path = tree_path
         self._loader = loader
 
     @property
@@ -299,7 +308,8 @@ class Entry:
         return clone
 
     def describe(self) -> dict[str, object]:
-        """The entry as the JSON object ``inspect --json`` prints."""
+        """The entry as the JSON object ``inspect --json`` prints (``tree_path`` is null where
+        the format has none)."""
         return {
             "name": self.name,
             "layer": self.layer,
@@ -309,6 +319,7 @@ class Entry:
             "dtype": self.dtype_name,
             "nbytes": self.nbytes,
             "kind": self.kind,
+            "tree_path": self.tree_path,
         }
 
     def __repr__(self) -> str:
@@ -327,10 +338,16 @@ class Store(Mapping[str, Entry]):
 
     Attributes:
         format: The format's short name (``keras-h5``, ``keras-weights-h5``, ``keras-sharded``,
-            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``).
+            ``keras-archive``, ``tf-checkpoint``, ``safetensors``, ``safetensors-sharded``,
+            ``pytorch``, ``pytorch-sharded``).
         path: What the user passed.
         files: Every file the store reads from (for "output is one of the inputs" checks).
         metadata: Format-level string metadata (Keras version, ...).
+        tied: Groups of entry names that are one stored tensor under several names (tied
+            weights, e.g. a PyTorch ``lm_head.weight`` sharing its embedding's storage); each
+            name is an entry of its own. Empty for formats that cannot tie.
+        skipped: ``(name, description)`` of values the file holds that are not tensors (a
+            training checkpoint's ``epoch: 3``, an optimizer's learning rate), in file order.
     """
 
     def __init__(
@@ -342,6 +359,8 @@ class Store(Mapping[str, Entry]):
         files: Iterable[str | os.PathLike[str]] = (),
         metadata: Mapping[str, str] | None = None,
         closer: Callable[[], None] | None = None,
+        tied: Iterable[Iterable[str]] = (),
+        skipped: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.format = format
         self.path = os.fspath(path)
@@ -349,6 +368,8 @@ class Store(Mapping[str, Entry]):
         self.metadata = dict(metadata or {})
         self._closer = closer
         self._entries = _unique_names(list(entries))
+        self.tied = [tuple(group) for group in tied]
+        self.skipped = list(skipped)
 
     @classmethod
     def from_arrays(
@@ -517,9 +538,18 @@ def keras_order(entries: Iterable[Entry]) -> None:
         if len(members) == 1:
             members[0].index = 0
             continue
-        ranks = [_KERAS_RANK.get(leaf_of(entry.name), 100) for entry in members]
+        ranks = [_KERAS_RANK.get(_own_part(entry), 100) for entry in members]
         for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
             members[position].index = index  # sorted() is stable: unknown names keep their order
+
+
+def _own_part(entry: Entry) -> str:
+    """The weight's part of its name: after its layer (``model/features.0.weight`` in layer
+    ``model/features.0`` -> ``weight``), or :func:`leaf_of` the name."""
+    layer = entry.layer
+    if layer and entry.name.startswith(layer) and entry.name[len(layer) : len(layer) + 1] in ("/", "."):
+        return entry.name[len(layer) + 1 :]
+    return leaf_of(entry.name)
 
 
 class Output:

@@ -26,7 +26,7 @@ from .errors import (
 from .formats.safetensors import (
     CRC_KEY,
     Header,
-    _load_index,
+    load_index,
     _looks_like_safetensors,
     read_header,
     shard_files,
@@ -176,13 +176,13 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
         head = f.read(16)
     if not _looks_like_safetensors(head, path):
         if head.lstrip().startswith(b"{"):
-            return path, shard_files(path, _load_index(path))
+            return path, shard_files(path, load_index(path))
         raise _not_safetensors(path)
     match = _SHARD_RE.match(path.name)
     if match:
         index = path.with_name(f"{match['stem']}.safetensors.index.json")
         if index.is_file():
-            shards = shard_files(index, _load_index(index))
+            shards = shard_files(index, load_index(index))
             if any(s.resolve() == path.resolve() for s in shards):
                 return index, shards
     return path, [path]

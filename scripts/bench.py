@@ -8,11 +8,13 @@
 
 It builds the benchmark model (N Dense layers of 4096x4096 fp32, seeded weights) with the real
 writers, each in a subprocess: Keras 3 ``.weights.h5`` and ``.keras``, tf-keras legacy ``.h5``
-and a TF checkpoint, a model twice as large as ``.weights.h5``, and a BERT-style Hugging Face
-directory; for the many-tensor groups, a Keras 3 model of 5000 small Dense layers side by side
-(10,000 tensors) as ``.weights.h5``, ``.keras``, a sharded ``.weights.json`` and safetensors,
-in tf-keras as legacy ``.h5`` and a TF checkpoint, and generated sets of 10,000 and 100,000
-small tensors (TensorFlow's own SaveV2 op, and safetensors.numpy). Then it runs every case in a fresh subprocess, all cases one after the other in
+and a TF checkpoint, a model twice as large as ``.weights.h5``, a BERT-style Hugging Face
+directory and, where torch is installed, a ``torch.save`` ``.pt`` of the same weights (converted
+side by side with ``torch.load(mmap=True)`` + ``safetensors.torch.save_file``); for the
+many-tensor groups, a Keras 3 model of 5000 small Dense layers side by side (10,000 tensors) as
+``.weights.h5``, ``.keras``, a sharded ``.weights.json`` and safetensors, in tf-keras as legacy
+``.h5`` and a TF checkpoint, and generated sets of 10,000 and 100,000 small tensors
+(TensorFlow's own SaveV2 op, and safetensors.numpy). Then it runs every case in a fresh subprocess, all cases one after the other in
 each round (so the machine's noise spreads over all of them), and reports the median wall
 time, the ratio to ``dd bs=16M conv=fsync`` (and to plain ``dd``) of the same file, and the
 peak RSS (``ru_maxrss`` of the finished child, from ``wait4``).
@@ -55,6 +57,7 @@ UNITS = 4096
 
 # The targets.
 CONVERT_RATIO = 1.3
+TORCH_CONVERT_RATIO = 1.0  # a stored zip member is a byte range: nothing to decode
 OPS_RATIO = 2.0
 RSS_LIMIT = 256 * MiB
 META_SECONDS = 1.0
@@ -142,6 +145,7 @@ class Files:
     root: str
     layers: int
     large_layers: int
+    torch: bool = False  # torch is installed: write and convert a PyTorch .pt too
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -156,6 +160,10 @@ class Files:
             ".keras": (self.p("k3", "model.keras"), [self.p("k3", "model.keras")]),
             "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
         }
+
+    @property
+    def torch_pt(self) -> str:
+        return self.p("pt", "model.pt")
 
     @property
     def large(self) -> str:
@@ -231,6 +239,24 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
                               CKPTCONV + ["convert", path, dst, "--quiet"], inputs=paths,
                               outputs=[dst], baseline=f"ddsync:{tag}", plain=f"dd:{tag}",
                               target=f"ratio:{CONVERT_RATIO}"))
+    if files.torch:
+        pt = files.torch_pt
+        if groups & {"copy", "convert", "peer"}:
+            copies("pt", "PyTorch .pt", [pt])
+        if "convert" in groups:
+            dst = os.path.join(out, "pt.safetensors")
+            cases.append(Case("convert:pt", "convert", "ckptconv convert, PyTorch .pt (torch.save zip)",
+                              CKPTCONV + ["convert", pt, dst, "--quiet"], inputs=[pt], outputs=[dst],
+                              baseline="ddsync:pt", plain="dd:pt", target=f"ratio:{TORCH_CONVERT_RATIO}"))
+        if "peer" in groups:
+            dst = os.path.join(out, "peer-pt.safetensors")
+            cases.append(Case("peer:torch", "peer",
+                              "torch.load(mmap=True) + safetensors.torch save_file, PyTorch .pt",
+                              [PY, os.path.join(HERE, "bench_run.py"), "torch_save_file", pt, dst],
+                              inputs=[pt], outputs=[dst], baseline="ddsync:pt", plain="dd:pt"))
+        if "meta" in groups:
+            cases.append(Case("inspect:pt", "meta", "ckptconv inspect, PyTorch .pt",
+                              CKPTCONV + ["inspect", pt], inputs=[pt], target="meta"))
     w_path, w_files = files.sources[".weights.h5"]
     if "convert" in groups:
         for what, extra in (("--dtype bfloat16", ["--dtype", "bfloat16"]),
@@ -403,6 +429,9 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         jobs.append(("tf-keras legacy .h5 and TF checkpoint",
                      writer + ["tfkeras", files.p("tf")] + size,
                      files.p("tf", "ckpt", "model.index")))
+    if files.torch and groups & {"copy", "convert", "peer", "meta"}:
+        jobs.append(("PyTorch torch.save (zip) .pt", writer + ["torch", files.p("pt")] + size,
+                     files.torch_pt))
     if "large" in groups:
         jobs.append((f"Keras 3 .weights.h5, {files.large_layers} layers",
                      writer + ["keras3", files.p("large"), "--layers", str(files.large_layers),
@@ -777,10 +806,14 @@ def main(argv: list[str] | None = None) -> int:
         log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
         groups.discard("bert")
 
+    with_torch = _installed("torch") and bool(groups & {"copy", "convert", "peer", "meta"})
+    if not with_torch:
+        log("torch is not installed: skipping the PyTorch .pt cases")
     model_bytes = layers * (UNITS * UNITS + UNITS) * 4
     base = args.workdir or args.tmp
     os.makedirs(base, exist_ok=True)
-    need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0))
+    need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0)
+                          + (2 if with_torch else 0))
     if not groups & {"copy", "convert", "peer", "meta", "load", "large"}:
         need = 0  # the many-tensor and start-up groups need a few hundred MB at most
     need += 512 * MiB
@@ -791,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
-    files = Files(os.path.abspath(workdir), layers, 2 * layers)
+    files = Files(os.path.abspath(workdir), layers, 2 * layers, torch=with_torch)
 
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)

@@ -149,6 +149,15 @@ def tf_save_file(prefix: str, dst: str) -> None:
     save_file(tensors, dst)
 
 
+def torch_save_file(src: str, dst: str) -> None:
+    """What people do today with torch installed: load (memory-mapped) and save_file."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(src, mmap=True, weights_only=True, map_location="cpu")
+    save_file(state, dst, metadata={"format": "pt"})
+
+
 def import_tf() -> None:
     import tensorflow  # noqa: F401
 
@@ -260,6 +269,8 @@ def main(argv: list[str]) -> int:
         keras_save_file(rest[0], rest[1], int(rest[2]), int(rest[3]))
     elif mode == "tf_save_file":
         tf_save_file(*rest)
+    elif mode == "torch_save_file":
+        torch_save_file(*rest)
     elif mode == "import_tf":
         import_tf()
     elif mode in ("load_into", "load_into_nocheck", "load_weights"):

@@ -4,6 +4,9 @@
         Keras 3: STEM.weights.h5 and STEM.keras (skip the archive with --weights-only)
     bench_write.py tfkeras OUTDIR --layers N --units U
         tf-keras: legacy.h5 (save_weights, HDF5) and ckpt/model (save_weights, TF checkpoint)
+    bench_write.py torch OUTDIR --layers N --units U
+        PyTorch: model.pt, torch.save of a state dict in PyTorch's layout (dense_i.weight is the
+        kernel transposed, (out, in)), in torch's default zip layout
     bench_write.py bert OUTDIR --layers N --hidden H --heads A --intermediate I --vocab V
         a Hugging Face style BERT directory: config.json + model.safetensors, PyTorch layout,
         written with safetensors.numpy (no torch needed)
@@ -84,6 +87,17 @@ def write_tfkeras(out: str, layers: int, units: int) -> None:
     model.save_weights(os.path.join(out, "legacy.h5"))
     os.makedirs(os.path.join(out, "ckpt"), exist_ok=True)
     model.save_weights(os.path.join(out, "ckpt", "model"), save_format="tf")
+
+
+def write_torch(out: str, layers: int, units: int) -> None:
+    import torch
+
+    state = {}
+    for i in range(layers):
+        kernel, bias = layer_weights(i, units)
+        state[f"dense_{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+        state[f"dense_{i}.bias"] = torch.from_numpy(bias)
+    torch.save(state, os.path.join(out, "model.pt"))
 
 
 def bert_tensors(layers: int, hidden: int, heads: int, intermediate: int, vocab: int,
@@ -211,7 +225,8 @@ def write_generated(out: str, count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("keras3", "tfkeras", "bert", "many-keras3", "many-tfkeras", "generated"))
+    p.add_argument("what", choices=("keras3", "tfkeras", "torch", "bert", "many-keras3", "many-tfkeras",
+                                    "generated"))
     p.add_argument("out")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--units", type=int, default=4096)
@@ -228,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         write_keras3(args.out, args.layers, args.units, args.name, args.weights_only)
     elif args.what == "tfkeras":
         write_tfkeras(args.out, args.layers, args.units)
+    elif args.what == "torch":
+        write_torch(args.out, args.layers, args.units)
     elif args.what == "many-keras3":
         write_many_keras3(args.out, args.layers, args.units)
     elif args.what == "many-tfkeras":

@@ -61,7 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 # page -> files its examples use: name in the scratch directory -> (fixture generator, path in
-# its output; or "examples", a path in examples/). Every page also gets examples/.
+# its output; or "examples", a path in examples/; or "fixtures", a committed file in tests/fixtures/).
+# Every page also gets examples/.
 PAGES: dict[str, dict[str, tuple[str, str]]] = {
     "README.md": {},
     "docs/index.md": {},
@@ -73,6 +74,9 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "torch_fused.safetensors": ("mapping", "torch_fused.safetensors"),
         "torch_target.keras": ("mapping", "torch_target.keras"),
         "train": ("tf", "tf1"),
+        "cnn.pt": ("fixtures", "pytorch/cnn.pt"),
+        "cnn_input.npy": ("fixtures", "pytorch/cnn_input.npy"),
+        "cnn_output.npy": ("fixtures", "pytorch/cnn_output.npy"),
     },
     "docs/api.md": {},
     "docs/formats-keras.md": {},
@@ -83,6 +87,13 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "exported_model": ("tf", "sm_tfkeras"),
     },
     "docs/formats-safetensors.md": {},
+    "docs/formats-pytorch.md": {
+        "cnn.pt": ("fixtures", "pytorch/cnn.pt"),
+        "training.pt": ("fixtures", "pytorch/training.pt"),
+        "tied.pt": ("fixtures", "pytorch/zoo.pt"),
+        "module.pt": ("fixtures", "pytorch/module.pt"),
+        "hf_sharded": ("fixtures", "pytorch/hf_sharded"),
+    },
     "docs/spec.md": {},
     "docs/cookbook-mapping.md": {
         "seq3.weights.h5": ("mapping", "seq3.weights.h5"),
@@ -104,6 +115,8 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
     "docs/performance.md": {},
     "docs/troubleshooting.md": {},
 }
+# committed files a page may use, by the first item of a PAGES entry
+SOURCES = {"examples": ROOT / "examples", "fixtures": ROOT / "tests" / "fixtures"}
 # Python run in a page's scratch directory and namespace before its blocks: files a page's
 # commands use that its own examples make elsewhere (in a temporary directory of their own), or
 # the imports a reference page's short snippets take for granted
@@ -354,7 +367,7 @@ def doc_results(generated, tmp_path_factory) -> dict[str, str | None]:
         blocks = [b for b in extract(page) if b.action in ("run", "file")]
         if not blocks or (only and page not in only.split(",")):
             continue
-        files = {name: str((ROOT / "examples" if gen == "examples" else generated(gen)) / rel)
+        files = {name: str((SOURCES[gen] if gen in SOURCES else generated(gen)) / rel)
                  for name, (gen, rel) in PAGES[page].items()}
         workdir = base / page.replace("/", "_").removesuffix(".md")
         pages.append({"workdir": str(workdir), "files": files, "setup": SETUP.get(page, ""),

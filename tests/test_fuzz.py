@@ -2,7 +2,7 @@
 
 Real files (Keras 3 and tf-keras HDF5, ``.weights.h5``, ``.keras``, a sharded Keras set,
 safetensors with and without ckptconv's checksums, a sharded safetensors set, TensorFlow
-checkpoints) are mutated by hypothesis (bit flips, truncations, splices of the file's own
+checkpoints, PyTorch zip, legacy, re-compressed and sharded files) are mutated by hypothesis (bit flips, truncations, splices of the file's own
 bytes, zeroed runs, inserted bytes). ckptconv must then either open the result and read every
 entry, or raise :class:`~ckptconv.CkptconvError` with a one-line message naming a file:
 never another exception, a hang or a crash.
@@ -92,6 +92,12 @@ def build_sources(keras: Path, load: Path, tf: Path, root: Path) -> dict[str, So
         prefix = Path(meta["prefix"])
         names = sorted(p.name for p in prefix.parent.iterdir() if p.name.startswith(prefix.name + ".") and not p.name.endswith(".meta"))
         add(_copy(label, prefix.parent, names, root, prefix.name))
+    torch_files = Path(__file__).parent / "fixtures" / "pytorch"  # committed, written by torch
+    add(_copy("pytorch", torch_files, ["zoo.pt"], root, "zoo.pt"))
+    add(_copy("pytorch-legacy", torch_files, ["zoo_legacy.pt"], root, "zoo_legacy.pt"))
+    add(_copy("pytorch-deflated", torch_files, ["zoo_deflated.pt"], root, "zoo_deflated.pt"))
+    bins = sorted(p.name for p in (torch_files / "hf_sharded").iterdir())
+    add(_copy("pytorch-sharded", torch_files / "hf_sharded", bins, root, "pytorch_model.bin.index.json"))
     return found
 
 
@@ -159,6 +165,7 @@ def run_mutated(source: Source, victim: str, edits: list[tuple[str, int, int, in
 LABELS = [
     "keras3-h5", "tf-keras-h5", "weights-h5", "keras", "tf-keras-archive", "keras-sharded",
     "safetensors", "safetensors-crc", "safetensors-sharded", "tf-object", "tf1-partitioned", "tf-sharded",
+    "pytorch", "pytorch-legacy", "pytorch-deflated", "pytorch-sharded",
 ]
 
 

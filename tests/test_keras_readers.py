@@ -127,7 +127,7 @@ def test_inspect_json(keras_dir: Path, filename: str) -> None:
     with ckptconv.open(keras_dir / filename) as store:
         assert [t["name"] for t in doc["tensors"]] == [e.name for e in store.entries()]
     t = doc["tensors"][0]
-    assert set(t) == {"name", "layer", "index", "key", "shape", "dtype", "nbytes", "kind"}
+    assert set(t) == {"name", "layer", "index", "key", "shape", "dtype", "nbytes", "kind", "tree_path"}
     proc_all = run_cli("inspect", keras_dir / filename, "--json", "--all")
     assert len(json.loads(proc_all.stdout)["tensors"]) >= len(doc["tensors"])
 

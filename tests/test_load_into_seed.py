@@ -185,8 +185,18 @@ def test_tf_keras_checkpoint_nested_names_by_rule_or_order(generated, line, how)
     directory = generated("load")
     expected = {e.name: e.array for e in load_expected(directory, "source")}
     model = build_keras3(kmod(line))
-    with pytest.raises(LoadError, match="inner_a"):
-        load_into(model, directory / "tkckpt")
+    if line == "tf_keras":
+        # tf-keras' own restore follows the object graph, and so does load_into by default
+        report = load_into(model, directory / "tkckpt")
+        assert report.ok and report.structure == "object-graph", report.format_table()
+        assert ("block/inner_a/kernel", "inner_a/kernel") in report.names_differ
+        model = build_keras3(kmod(line))
+    else:
+        # a Keras 3 model has another object graph (Keras 3 cannot read this file itself)
+        with pytest.raises(LoadError, match="structure is not the model's") as info:
+            load_into(model, directory / "tkckpt")
+        assert info.value.problems[0].kind == "structure"
+        assert any("inner_a" in p for p in info.value.problems)
     if how == "rule":
         spec = {"rules": [{"from": "inner_*/*", "to": "block/inner_{1}/{2}"}]}
         report = load_into(model, directory / "tkckpt", spec)

@@ -69,7 +69,8 @@ def test_transplant_failures_write_nothing(fixtures, blank_target, tmp_path, cap
     err = capsys.readouterr().err
     assert "missing (kept their values) (4)" in err  # the report
     assert err.strip().splitlines()[-1].startswith("ckptconv: error: ")
-    assert "8 problems" in err.strip().splitlines()[-1]
+    assert "9 problems" in err.strip().splitlines()[-1]  # the structure first, then 4 + 4
+    assert "structure is not the model's (object-graph)" in err.strip().splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file
 
     # non-strict writes what fits
@@ -119,3 +120,30 @@ def test_target_from_keras_file_names_shapes_dtypes(fixtures, expected, blank_ta
     assert list(targets) == list(expected)
     for name, t in targets.items():
         assert tuple(t.shape) == expected[name].shape and np.dtype(t.dtype) == expected[name].dtype
+
+
+def test_transplant_only_sets_aside_the_other_weights(fixtures, expected, blank_target, tmp_path, capsys):
+    """--only head: the head's two weights load; the other 27 are outside only=, not unused
+    (which used to make the strict load refuse)."""
+    out = tmp_path / "head.keras"
+    assert main(["transplant", str(fixtures / "k3.safetensors"), str(blank_target), str(out), "--only", "head"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 loaded, 0 missing, 0 unused, 0 mismatched; applied" in printed
+    assert "outside only= (not loaded) (27)" in printed
+    with ckptconv.open(out) as store, ckptconv.open(blank_target) as blank:
+        assert_bit_exact(store["head/kernel"].read(), expected["head/kernel"], "head/kernel")
+        assert_bit_exact(store["conv/kernel"].read(), blank["conv/kernel"].read(), "kept")
+
+
+def test_plan_only_checks_a_part_of_the_target(fixtures, blank_target, capsys):
+    src = str(fixtures / "k3.safetensors")
+    assert main(["plan", src, "--target", str(blank_target), "--only", "head", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["counts"]["outside-only"] == 27 and report["counts"]["unused"] == 0
+    assert report["missing"] == []
+    statuses = {s["name"]: s["status"] for s in report["sources"]}
+    assert statuses["head/kernel"] == "passthrough" and statuses["conv/kernel"] == "outside-only"
+    assert main(["plan", src, "--only", "head"]) == 2
+    assert "--only chooses a part of --target" in capsys.readouterr().err

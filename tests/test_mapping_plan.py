@@ -147,6 +147,30 @@ def test_problems_are_collected_together_and_nothing_is_read():
         plan.raise_if_problems()
     assert info.value.problems == plan.problems
     assert "4 problems" in str(info.value)
+    # the same problems as data: what kind, which rule, which output
+    assert [(p.kind, p.rule, p.name) for p in plan.problems] == [
+        ("no-match", "rule #1 (from 'dense_1/kernal')", None),
+        ("shadowed", "rule #3 (layer 'dense_1', index 0)", None),
+        ("op", "rule #5 (from 'dense_2/bias')", "dense_2/bias"),
+        ("duplicate", None, "d1/kernel"),
+    ]
+    details = plan.report.to_json()["problem_details"]  # what plan --json prints besides "problems"
+    assert details[0] == {"kind": "no-match", "rule": "rule #1 (from 'dense_1/kernal')", "name": None,
+                          "message": plan.problems[0]}
+
+
+def test_a_problem_is_its_message_and_its_data():
+    import json
+    import pickle
+
+    from ckptconv import Problem
+
+    p = Problem("no-match", "rule #1 (from 'x')", None, "rule #1 (from 'x'): matches no entry")
+    assert p == "rule #1 (from 'x'): matches no entry" and str(p) == p.message and "matches" in p
+    assert json.loads(json.dumps([p])) == [p.message]
+    back = pickle.loads(pickle.dumps(p))
+    assert (back.kind, back.rule, back.name, back.message) == (p.kind, p.rule, p.name, p.message)
+    assert p.to_dict() == {"kind": "no-match", "rule": "rule #1 (from 'x')", "name": None, "message": p.message}
 
 
 def test_index_selector_message_names_the_indices_there_are():

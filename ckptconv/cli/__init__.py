@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ckptconv",
         description=(
             "Convert neural-network weights between checkpoint files (Keras .h5, .weights.h5, "
-            ".keras, TensorFlow checkpoints, safetensors) and load them into Keras models."
+            ".keras, TensorFlow checkpoints, safetensors, PyTorch torch.save files) and load them "
+            "into Keras models."
         ),
         epilog="Run `ckptconv COMMAND --help` for a command's options.",
     )

@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "List the tensors of a checkpoint: name, shape, dtype and size, with totals. "
             "Reads metadata only (checks that every file the checkpoint names exists). "
-            "Only weights are listed unless --all asks for the training state too."
+            "Only weights are listed unless --all asks for the training state too (and the "
+            "values a PyTorch checkpoint holds that are not tensors). Names that are one "
+            "stored tensor (tied weights) are listed each, then reported together."
         ),
         epilog=exit_status(EXIT_STATUS),
     )
@@ -32,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_json(p, "the listing (instead of a table)")
     p.add_argument(
         "--all", action="store_true",
-        help="include optimizer and bookkeeping entries (the training state)",
+        help="include optimizer and bookkeeping entries (the training state) and list the "
+        "values that are not tensors",
     )
     add_debug(p)
     p.set_defaults(func=run)
@@ -43,20 +46,34 @@ def run(args: argparse.Namespace) -> int:
 
     with open_store(args.src) as store:
         entries = store.entries(include_all=args.all)
+        shown = {e.name for e in entries}
+        tied = [group for group in store.tied if sum(name in shown for name in group) > 1]
         if args.json:
-            doc = {
+            doc: dict[str, object] = {
                 "ok": True,
                 "format": store.format,
                 "path": store.path,
                 "metadata": store.metadata,
                 "tensors": [e.describe() for e in entries],
             }
+            if tied:
+                doc["tied"] = [[name for name in group if name in shown] for group in tied]
+            if args.all and store.skipped:
+                doc["skipped"] = [{"name": name, "value": what} for name, what in store.skipped]
             emit_json(args, doc)
             return 0
         print(format_table(store.format, store.path, entries, all_kinds=args.all))
+        for group in tied:
+            print("tied (one stored tensor): " + " = ".join(name for name in group if name in shown))
         hidden = len(store) - len(entries)
         if hidden:
             print(f"({hidden} optimizer/bookkeeping entries not shown; use --all)")
+        if args.all and store.skipped:
+            print(f"skipped {len(store.skipped)} values that are not tensors:")
+            for name, what in store.skipped:
+                print(f"  {name}: {what}")
+        elif store.skipped:
+            print(f"({len(store.skipped)} values that are not tensors skipped; --all lists them)")
     return 0
 
 

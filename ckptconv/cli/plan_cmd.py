@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "nowhere, without counting them as problems",
     )
     p.add_argument(
+        "--only", metavar="GLOB", action="append",
+        help="with --target: check only the part of the model matching GLOB (repeatable; "
+        "variable names or layer paths, as load_into's only=); sources of other weights are "
+        "reported outside only=, not unused",
+    )
+    p.add_argument(
         "--unsafe", action="store_true",
         help="with --target: let Keras build a model holding Lambda bytecode (only for files you trust)",
     )
@@ -66,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import render_options
     from ..mapping import build_plan, load_spec
 
+    if args.only and not args.target:
+        from ..errors import UsageError
+
+        raise UsageError("--only chooses a part of --target MODEL.keras; give --target", option="only")
     # the spec and the source are checked before the target's Keras (and TensorFlow) loads
     spec = load_spec(args.map) if args.map else None
     with formats.open(args.src) as store:
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             include_all=args.all,
             dtype=args.dtype,
             strict=target is not None and not args.lenient,
+            only=args.only,
             allow_lossy=args.allow_lossy,
         )
     hints = [render_options(h, SPELLING) for h in plan.hints]

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--only", metavar="GLOB", action="append",
-        help="load only variables/layers matching GLOB (repeatable); the rest keep TARGET's values",
+        help="load only variables/layers matching GLOB (repeatable); the rest keep TARGET's "
+        "values, and source weights of the rest are reported outside only=, not unused",
     )
     p.add_argument(
         "--unsafe", action="store_true",

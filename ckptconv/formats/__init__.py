@@ -40,6 +40,7 @@ FORMAT_MODULES = (
     "keras_legacy",
     "safetensors",
     "tf_checkpoint",
+    "pytorch",
 )
 
 HEAD_BYTES = 4096
@@ -92,7 +93,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
-        "sharded .weights.json, a TensorFlow checkpoint or safetensors)",
+        "sharded .weights.json, a TensorFlow checkpoint, safetensors or a torch.save file)",
         path=p,
     )
 
@@ -130,7 +131,9 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
                 path=p,
             ) from e
         raise FormatError(
-            "a zip archive without model.weights.h5 or config.json: not a .keras model", path=p
+            "a zip archive that is neither a .keras model (model.weights.h5, config.json) nor "
+            "a torch.save file (<archive>/data.pkl)",
+            path=p,
         )
     if head.lstrip()[:1] in (b"{", b"["):
         try:
@@ -145,7 +148,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             ) from e
         raise FormatError(
             'a JSON file, but not a shard index ckptconv reads: expected {"weight_map": '
-            "{...}} naming .weights.h5 or .safetensors files in the same directory",
+            "{...}} naming .weights.h5, .safetensors or PyTorch .bin files in the same directory",
             path=p,
         )
 

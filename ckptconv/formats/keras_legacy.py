@@ -10,6 +10,7 @@ starts with it (tf-keras leaves the outer name off nested models' weights).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -70,8 +71,11 @@ def canonical_name(layer: str, weight_name: str) -> str:
     """The canonical name of a weight recorded as ``weight_name`` under top-level ``layer``.
 
     tf-keras: ``inner_a/kernel:0`` under ``block`` -> ``block/inner_a/kernel``. Keras 3 writes
-    ``variable.path``, which starts with the model's own name for Sequential and subclassed
-    models (``seq/a/kernel`` under ``a``): that name is dropped, as files elsewhere omit it.
+    ``variable.path``, and tf-keras subclassed models name weights in the model's scope: both
+    start with the model's own name (``seq/a/kernel``, ``net/d1/kernel`` under ``a``, ``d1``):
+    that name is dropped, as files elsewhere omit it. Keras 2.0 uniquified a layer's scope
+    when it was opened twice (``conv2d_1_1/kernel:0`` under ``conv2d_1``): the scope is the
+    layer's.
     """
     name = strip_suffix(weight_name)
     if name == layer or name.startswith(layer + "/"):
@@ -79,7 +83,15 @@ def canonical_name(layer: str, weight_name: str) -> str:
     parts = name.split("/")
     if len(parts) > 2 and parts[1] == layer:
         return "/".join(parts[1:])
+    if is_uniquified_scope(parts[0], layer) and len(parts) == 2:
+        return f"{layer}/{parts[1]}"
     return f"{layer}/{name}"
+
+
+def is_uniquified_scope(scope: str, layer: str) -> bool:
+    """Whether ``scope`` is ``layer`` with a TensorFlow name-scope suffix (``conv2d_1_1`` for
+    ``conv2d_1``), as Keras 2.0-era files record when a layer's scope was opened twice."""
+    return bool(re.fullmatch(re.escape(layer) + r"_\d+", scope))
 
 
 def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
@@ -90,10 +102,11 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     layer_names = chunked_attribute(root, "layer_names", path=path) or []
     entries: list[Entry] = []
 
-    def add(group: h5py.Group, weight_name: str, name: str, kind: str = "weight") -> None:
+    def add(
+        group: h5py.Group, weight_name: str, name: str, kind: str = "weight", tree_path: str | None = None
+    ) -> None:
         dataset = safe_get(group, weight_name, path=path, kind=h5py.Dataset)
-        entries.append(
-            dataset_entry(
+        entry = dataset_entry(
                 dataset,
                 name=name,
                 key=dataset.name,
@@ -102,17 +115,18 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
                 file_size=file_size,
                 kind=kind,  # type: ignore[arg-type]
             )
-        )
+        entry.tree_path = tree_path
+        entries.append(entry)
 
     for layer in layer_names:
         group = safe_get(root, layer, path=path, kind=h5py.Group)
-        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
-            add(group, weight_name, canonical_name(layer, weight_name))
+        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
+            add(group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
     if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
         group = safe_get(root, TOP_LEVEL, path=path, kind=h5py.Group)
-        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
-            add(group, weight_name, strip_suffix(weight_name))
+        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
+            add(group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
 
     if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
         group = safe_get(f, "optimizer_weights", path=path, kind=h5py.Group)

@@ -287,11 +287,38 @@ def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
     return names
 
 
+# A subclass of a built-in layer (``class MyDense(Dense)``) keeps its base's config keys: the
+# keys that tell each base apart, most specific first.
+_BASE_BY_CONFIG_KEYS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"depth_multiplier", "pointwise_initializer"}), "separable_conv2d"),
+    (frozenset({"depth_multiplier", "depthwise_initializer"}), "depthwise_conv2d"),
+    (frozenset({"filters", "kernel_size"}), "conv2d"),
+    (frozenset({"equation", "output_shape"}), "einsum_dense"),
+    (frozenset({"units", "kernel_initializer"}), "dense"),
+    (frozenset({"input_dim", "output_dim"}), "embedding"),
+    (frozenset({"momentum", "moving_mean_initializer"}), "batch_normalization"),
+)
+
+
+def builtin_class(info: LayerInfo) -> str:
+    """The snake_case class whose variable names a layer has: its own class when Keras has it,
+    else the built-in base its ``config.json`` entry shows (a ``Dense`` subclass has
+    ``units`` and ``kernel_initializer``), else its own class name."""
+    cls = snake_case(info.class_name)
+    if cls in WEIGHT_NAMES:
+        return cls
+    keys = set(info.config)
+    for needed, base in _BASE_BY_CONFIG_KEYS:
+        if needed <= keys:
+            return base
+    return cls
+
+
 def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:
     """Variable names of one layer, or the indices where they cannot be known."""
     layer_name = record.chain[-1] if record.chain else ""
     info = infos.get(layer_name)
-    cls = snake_case(info.class_name) if info else record.class_hint
+    cls = builtin_class(info) if info else record.class_hint
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
@@ -311,6 +338,12 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "batch_normalization" and count == 2:
         return ["moving_mean", "moving_variance"]
     return [str(i) for i in range(count)]
+
+
+def saving_tree_key(vars_group: str, index: int) -> str:
+    """The key Keras' saving walk gives variable ``index`` of the ``vars`` group at HDF5 path
+    ``vars_group`` (``/layers/dense/vars``, 0 -> ``layers/dense/vars/0``)."""
+    return f"{vars_group.strip('/')}/{index}"
 
 
 def build_entries(
@@ -347,8 +380,7 @@ def build_entries(
         for i, weight_name, kind in zip(indices, names, kinds):
             dataset, source = record.datasets[i]
             name = f"{layer}/{weight_name}" if layer else weight_name
-            entries.append(
-                dataset_entry(
+            entry = dataset_entry(
                     dataset,
                     name=name,
                     key=dataset.name,
@@ -360,7 +392,8 @@ def build_entries(
                     index=i,
                     layer=layer,
                 )
-            )
+            entry.tree_path = saving_tree_key(group_path, i)
+            entries.append(entry)
     if infos:
         rank = {name: i for i, name in enumerate(infos)}
         entries.sort(key=lambda e: (e.kind != "weight", rank.get(e.layer.split("/")[0], len(rank))))

@@ -8,8 +8,10 @@ every entry carries a :class:`~ckptconv.store.ByteRange`, so reading a tensor is
 writer can copy it file to file. bf16 and float8 read as ``ml_dtypes`` arrays, without torch.
 
 A sharded set (``model-00001-of-00003.safetensors`` ... plus ``model.safetensors.index.json``
-= ``{"metadata": {...}, "weight_map": {name: file}}``) is opened through its index (or a
-directory holding exactly one index); the shards must lie in the index's directory.
+= ``{"metadata": {...}, "weight_map": {name: file}}``) is opened through its index; the shards
+must lie in the index's directory. A directory (a Hugging Face model directory) opens as
+``transformers`` would load it: ``model.safetensors``, else its index, else the directory's only
+``*.safetensors.index.json``; safetensors weights win over ``pytorch_model.bin`` beside them.
 
 Names are the file's keys unchanged. ``layer`` is the name without its last ``/``- or
 ``.``-separated part (``encoder.layer.0.attention.self.query.weight`` ->
@@ -43,6 +45,9 @@ __all__ = [
     "KINDS_KEY",
     "OWN_PREFIX",
     "check_metadata",
+    "load_index",
+    "shard_files",
+    "weights_in_directory",
 ]
 
 FORMAT = "safetensors"
@@ -110,14 +115,14 @@ def sniff(path: Path, head: bytes) -> bool:
     """A file starting with a plausible safetensors header, or an index JSON whose
     ``weight_map`` maps names to ``.safetensors`` files (or a directory holding one)."""
     if path.is_dir():
-        return _index_in_directory(path) is not None
+        return weights_in_directory(path) is not None
     if not path.is_file():
         return False
     if _looks_like_safetensors(head, path):
         return True
     if head.lstrip().startswith(b"{"):
         try:
-            index = _load_index(path)
+            index = load_index(path)
         except (CorruptFileError, OSError, UnicodeError):
             return False
         return _names_safetensors(path, index)
@@ -147,7 +152,13 @@ def _names_safetensors(path: Path, index: dict) -> bool:
         return False
 
 
-def _index_in_directory(path: Path) -> Path | None:
+def weights_in_directory(path: Path) -> Path | None:
+    """The safetensors weights of a directory, as Hugging Face ``transformers`` picks them:
+    ``model.safetensors``, else ``model.safetensors.index.json``, else the directory's only
+    ``*.safetensors.index.json``; None when there is none (or several indexes)."""
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if (path / name).is_file():
+            return path / name
     try:
         found = sorted(path.glob("*.safetensors.index.json"))
     except OSError:
@@ -159,8 +170,9 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a safetensors file or sharded set as a lazy store. Reads headers only.
 
     Args:
-        path: A ``.safetensors`` file, an ``*.safetensors.index.json``, or a directory holding
-            exactly one such index.
+        path: A ``.safetensors`` file, an ``*.safetensors.index.json``, or a directory (a
+            Hugging Face model directory) holding ``model.safetensors`` or exactly one such
+            index (:func:`weights_in_directory`).
         check_crc: Check ckptconv's recorded CRC-32C (when present) on every ``read()``, and
             expose it as ``Entry.crc32c`` (writers check it when copying bytes unchanged).
 
@@ -172,10 +184,15 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """
     path = Path(path)
     if path.is_dir():
-        index_file = _index_in_directory(path)
-        if index_file is None:
-            raise CorruptFileError("the directory holds no single *.safetensors.index.json", path=path)
-        return _open_sharded(index_file, check_crc=check_crc)
+        found = weights_in_directory(path)
+        if found is None:
+            raise CorruptFileError(
+                "the directory holds no model.safetensors and no single *.safetensors.index.json",
+                path=path,
+            )
+        if found.name.endswith(".index.json"):
+            return _open_sharded(found, check_crc=check_crc)
+        return _open_single(found, check_crc=check_crc)
     with path.open("rb") as f:
         head = f.read(16)
     if _looks_like_safetensors(head, path) or not head.lstrip().startswith(b"{"):
@@ -197,7 +214,7 @@ def _open_single(path: Path, *, check_crc: bool) -> Store:
 
 
 def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
-    index = _load_index(index_file)
+    index = load_index(index_file)
     weight_map: dict[str, str] = index["weight_map"]
     shards = shard_files(index_file, index)
     entries: list[Entry] = []
@@ -237,7 +254,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
     )
 
 
-def _load_index(path: Path) -> dict:
+def load_index(path: Path) -> dict:
     if path.stat().st_size > MAX_INDEX_BYTES:
         raise CorruptFileError("the shard index is implausibly large", path=path)
     try:

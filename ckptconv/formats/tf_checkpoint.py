@@ -557,11 +557,43 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
         if role.counter and entry.dtype in _INTEGER_CODES:
             kind = "bookkeeping"
         planned.append(_Planned(key, role.full_name or key, kind, entry))
+    # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
+    # as ``net/kernel``, several times) are named from their object path instead; those that
+    # still collide (or equal another tensor's key) fall back to the key
+    planned = _unique_or(planned, lambda p: (p.kind == "weight" and object_path_name(p.key)) or p.key)
+    return _unique_or(planned, lambda p: p.key)
+
+
+def _unique_or(planned: list[_Planned], rename: Callable[[_Planned], str]) -> list[_Planned]:
+    """``planned`` with every name shared by several tensors replaced by ``rename(p)``."""
     counts: dict[str, int] = {}
     for p in planned:
         counts[p.name] = counts.get(p.name, 0) + 1
-    # full names that collide (or equal another tensor's key) fall back to the key
-    return [p if counts[p.name] == 1 else _Planned(p.key, p.key, p.kind, p.entry) for p in planned]
+    return [p if counts[p.name] == 1 else _Planned(p.key, rename(p), p.kind, p.entry) for p in planned]
+
+
+def object_path_name(key: str) -> str | None:
+    """A name from a variable's object path, for variables whose recorded full names collide:
+    the path below ``tf.train.Checkpoint(model=...)``'s ``model``, without the private
+    containers Keras tracks layers in (``_functional``, ``_operations``; their positions are
+    kept), and the leaf's leading underscore (Keras 3's Dense tracks ``_kernel``):
+    ``model/d1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`` -> ``d1/kernel``."""
+    path = object_path(key)
+    if path is None:
+        return None
+    parts = [_unescape(p) for p in path.split("/")]
+    if len(parts) > 1 and parts[0] == "model":
+        parts = parts[1:]
+    leaf = parts[-1].lstrip("_") or parts[-1]
+    if leaf.isdigit():  # a list position (a SavedModel's variables/N), no variable's name
+        return None
+    kept = [p for p in parts[:-1] if not p.startswith("_")]
+    return "/".join([*kept, leaf])
+
+
+def _unescape(part: str) -> str:
+    """TensorFlow's escaping of object names in keys, undone (``.S`` is ``/``, ``..`` is ``.``)."""
+    return part.replace(".S", "/").replace("..", ".")
 
 
 def _partitioned_loader(
@@ -686,6 +718,16 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
     )
 
 
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def object_path(key: str) -> str | None:
+    """The object path of a variable's checkpoint key (``layer_with_weights-0/kernel`` of
+    ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``), escaped as TensorFlow
+    writes it; None for other keys."""
+    return key[: -len(_VARIABLE_SUFFIX)] if key.endswith(_VARIABLE_SUFFIX) else None
+
+
 def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
 
@@ -729,6 +771,9 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     files = _check_data_files(index, located.prefix)
     nodes = _load_object_graph(index, files)
     entries = [_make_entry(p, index, files, check_crc=check_crc) for p in _plan(index, nodes)]
+    if nodes is not None:
+        for entry in entries:
+            entry.tree_path = object_path(entry.key)
     keras_order(entries)
     if located.saved_model:
         checkpoint_kind = "saved-model"

@@ -8,10 +8,10 @@ import numpy as np
 
 from ..dtypes import dtype_name
 from ..errors import LoadError
-from ..mapping.patterns import Pattern
+from ..mapping.patterns import Pattern, matches_path_or_parent
 from .match import Assignment
 from .report import shape_text
-from .targets import LiveModel, TargetVar, matches_path_or_parent
+from .targets import LiveModel, TargetVar
 
 __all__ = ["assign", "freeze_loaded"]
 
@@ -148,10 +148,18 @@ def _assign_layer(live: LiveModel, owner: Any, variables: list[Any], values: lis
         variable.assign(value)
 
 
-def freeze_loaded(live: LiveModel, assignments: list[Assignment], freeze: bool | str) -> list[str]:
-    """Set ``trainable=False`` on the layers that were loaded (those matching a pattern)."""
+def freeze_loaded(
+    live: LiveModel, assignments: list[Assignment], freeze: bool | str
+) -> tuple[list[str], list[str]]:
+    """Set ``trainable=False`` on the layers that were loaded (those matching a pattern).
+
+    Returns the frozen layers' paths, and those of them whose own weights were only partly
+    loaded (the rest kept their values and are frozen too).
+    """
     pattern = None if freeze is True else Pattern(str(freeze))
+    loaded = {id(a.target.variable) for a in assignments}
     frozen: list[str] = []
+    partly: list[str] = []
     seen: set[int] = set()
     for a in assignments:
         owner, path = a.target.owner, a.target.owner_path
@@ -162,4 +170,6 @@ def freeze_loaded(live: LiveModel, assignments: list[Assignment], freeze: bool |
             continue
         owner.trainable = False
         frozen.append(path)
-    return frozen
+        if any(id(v) not in loaded for v in live.own_variables(owner)):
+            partly.append(path)
+    return frozen, partly

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import LoadError, UsageError
+from ..errors import LoadError, UsageError, problem
 from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
-from .match import match_by_order, match_by_plan, without_model_name
+from .match import Matching, match_by_order, match_by_plan, match_by_structure, without_model_name
 from .report import LoadReport
+from .structure import Disagreement, StructureMatch, match_structure
 from .targets import LiveModel, require_built, restrict
 
 __all__ = ["load_into", "open_source"]
@@ -60,6 +61,14 @@ def load_into(
 ) -> LoadReport:
     """Load weights from ``source`` into a live Keras 3 or tf-keras ``model``.
 
+    Without a mapping, sources are matched **by structure** first, as Keras' own loaders do
+    (Keras 3 files: the saving-tree keys, ``layers/dense_1/vars/0``, computed from the live
+    model by Keras' own walk; legacy ``.h5``: layers with weights in order; object-based TF
+    checkpoints: the object graph), accepted only when the whole structure agrees (every
+    variable, shapes included); otherwise **by name** (the canonical names, with the
+    cross-line alias table). The report says which (``mode``, and ``matched_by`` per weight)
+    and lists the names that differ.
+
     The whole match is checked against the model's variable shapes and dtypes on metadata
     alone before any tensor is read; then every value whose reading can fail on the data is
     read and checked once (``check_first``), and only then are tensors read and assigned one
@@ -71,8 +80,9 @@ def load_into(
         model: A built Keras 3 or tf-keras model (or layer).
         source: A checkpoint path (any format :func:`ckptconv.open` reads), a
             :class:`~ckptconv.Store`, or ``{name: numpy array}``.
-        mapping: ``None`` to match by name, or a mapping spec (file path, dict or spec
-            object) whose outputs are the model's variable names.
+        mapping: ``None`` to match as Keras does (by structure: see below), else by name;
+            or a mapping spec (file path, dict or spec object) whose outputs are the model's
+            variable names (its rules win; entries no rule owns match by name).
         strict: If True (the default), any variable without a source, any source weight
             left unused (and not dropped by the spec) and any shape or dtype mismatch raises
             :class:`~ckptconv.LoadError` listing all of them, and nothing changes. If False,
@@ -86,11 +96,13 @@ def load_into(
             difference is a mismatch.
         freeze: True to set ``trainable=False`` on every layer that was loaded, or a glob
             (``block/*``, ``conv_*``) to freeze only the loaded layers whose path (or a
-            parent's) matches.
+            parent's) matches. A frozen layer whose weights were only partly loaded is listed
+            in ``report.partly_frozen``.
         only: Load into a part of the model only: a glob or a list of globs over variable
             names and layer paths (``dense_1``, ``block/*``, ``conv/kernel``). Variables
-            outside the part are neither loaded nor reported missing; strictness applies
-            within the part.
+            outside the part are neither loaded nor reported missing, and sources that belong
+            to them are reported "outside only=" (``report.outside_only``), not unused;
+            strictness applies within the part.
         dtype: Cast floating-point source weights to this dtype before they meet the model.
         check_first: All or nothing on damaged data too: a check pass before the first
             variable changes computes and checks once every value whose reading can fail on
@@ -119,15 +131,10 @@ def load_into(
     try:
         if by_order:
             match = match_by_order(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
+        elif mapping is not None:
+            match = match_by_plan(live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype)
         else:
-            view, original = (store, {}) if mapping is not None else without_model_name(live, store)
-            match = match_by_plan(
-                live, view, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype
-            )
-            if original:
-                match.report.loaded = [
-                    replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded
-                ]
+            match = _match_as_keras_does(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
         report = match.report
         report.strict = strict
         if strict and report.problems:
@@ -135,11 +142,35 @@ def load_into(
         assign(live, match.assignments, check_first=check_first)
         report.applied = bool(match.assignments)
         if freeze:
-            report.frozen = freeze_loaded(live, match.assignments, freeze)
+            report.frozen, report.partly_frozen = freeze_loaded(live, match.assignments, freeze)
         return report
     finally:
         if opened:
             store.close()
+
+
+def _match_as_keras_does(
+    live: LiveModel, store: Store, *, include_all: bool, cast: bool, dtype: np.dtype | None
+) -> Matching:
+    """By structure when the source records one and all of it agrees with the model (what
+    Keras' own loader does), else by name; a structure that disagrees heads the problems."""
+    found = match_structure(live, store)
+    if isinstance(found, StructureMatch):
+        return match_by_structure(live, store, found, include_all=include_all, cast=cast, dtype=dtype)
+    view, original = without_model_name(live, store)
+    match = match_by_plan(live, view, None, include_all=include_all, cast=cast, dtype=dtype)
+    if original:
+        match.report.loaded = [replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded]
+        match.report.names_differ = [(t, s) for t, s in match.report.names_differ if original.get(t) != s]
+    if isinstance(found, Disagreement) and match.report.problems:
+        match.report.problems.insert(
+            0,
+            problem(
+                "structure",
+                f"the source's structure is not the model's ({found.kind}): {found.message}",
+            ),
+        )
+    return match
 
 
 def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
@@ -156,5 +187,5 @@ def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
     )
-    error.report = report  # type: ignore[attr-defined]
+    error.report = report
     return error

@@ -10,12 +10,21 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_name, is_floating
-from ..errors import LoadError
+from ..errors import LoadError, problem
 from ..store import Entry, Store
 from .report import LoadedWeight, LoadReport, WeightInfo, WeightMismatch, shape_text
+from .structure import StructureMatch
 from .targets import LiveModel, TargetVar
 
-__all__ = ["Assignment", "Matching", "match_by_order", "match_by_plan", "without_model_name"]
+__all__ = [
+    "Assignment",
+    "Matching",
+    "casting",
+    "match_by_order",
+    "match_by_plan",
+    "match_by_structure",
+    "without_model_name",
+]
 
 
 @dataclass(eq=False)
@@ -58,6 +67,7 @@ def _check_pair(
     cast: bool,
     cast_from: np.dtype | None = None,
     raw: Entry | None = None,
+    matched_by: str = "name",
 ) -> None:
     """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch."""
     reason = None
@@ -79,14 +89,18 @@ def _check_pair(
         )
         match.report.mismatched.append(mismatch)
         match.report.problems.append(
-            f"mismatched: {target.name!r} is {shape_text(target.shape)} "
-            f"{dtype_name(target.dtype)}, source {source!r} is {shape_text(shape)} "
-            f"{dtype_name(dtype)}: {reason}"
+            problem(
+                "mismatched",
+                f"mismatched: {target.name!r} is {shape_text(target.shape)} "
+                f"{dtype_name(target.dtype)}, source {source!r} is {shape_text(shape)} "
+                f"{dtype_name(dtype)}: {reason}",
+                name=target.name,
+            )
         )
         return
     if dtype != target.dtype:
         cast_from = dtype
-        compute = _casting(compute, target.dtype, target.name)
+        compute = casting(compute, target.dtype, target.name)
         raw = None
     match.assignments.append(Assignment(target, source, compute, cast_from, raw))
     match.report.loaded.append(
@@ -96,6 +110,7 @@ def _check_pair(
             target.shape,
             dtype_name(target.dtype),
             dtype_name(cast_from) if cast_from is not None else None,
+            matched_by,
         )
     )
 
@@ -107,25 +122,22 @@ def _castable(src: np.dtype, dst: np.dtype) -> bool:
     return src.kind in "biu" and dst.kind in "biu"
 
 
-def _casting(
-    compute: Callable[[], np.ndarray], dtype: np.dtype, name: str
-) -> Callable[[], np.ndarray]:
-    """Wrap ``compute`` to cast to ``dtype`` (round to nearest even), refusing overflow to inf."""
+def casting(compute: Callable[[], np.ndarray], dtype: np.dtype, name: str) -> Callable[[], np.ndarray]:
+    """Wrap ``compute`` to cast to ``dtype`` with the mapper's cast (:func:`~ckptconv.mapping.
+    ops.cast_array`: round to nearest even once, from the source dtype; values that overflow
+    to inf, or out of an integer type's range, are an error)."""
+    from ..mapping.ops import ExecutionProblem, cast_array
 
     def run() -> np.ndarray:
-        array = compute()
-        with np.errstate(over="ignore"):  # overflow is checked right below, with a clear error
-            out = array.astype(dtype)
-        if is_floating(dtype) and is_floating(array.dtype):
-            overflow = np.isinf(out) & np.isfinite(array)
-            if overflow.any():
-                raise LoadError(
-                    f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)} turns "
-                    f"{int(overflow.sum())} finite values into inf; keep the variable's dtype "
-                    "wider or scale the weights",
-                    tensor=name,
-                )
-        return out
+        array = np.asarray(compute())
+        try:
+            return cast_array(array, dtype)
+        except ExecutionProblem as e:
+            raise LoadError(
+                f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)}: {e}; keep the "
+                "variable's dtype wider or scale the weights",
+                tensor=name,
+            ) from None
 
     return run
 
@@ -137,15 +149,27 @@ def _missing_and_unused(
         if target.name not in filled:
             match.report.missing.append(_info(target.name, target.shape, target.dtype))
             match.report.problems.append(
-                f"missing: no source for {target.name!r} {shape_text(target.shape)} "
-                f"{dtype_name(target.dtype)}"
+                problem(
+                    "missing",
+                    f"missing: no source for {target.name!r} {shape_text(target.shape)} "
+                    f"{dtype_name(target.dtype)}",
+                    name=target.name,
+                )
             )
     for entry in unused:
-        match.report.unused.append(_info(entry.name, entry.shape, entry.dtype))
-        match.report.problems.append(
-            f"unused: source {entry.name!r} {shape_text(entry.shape)} {entry.dtype_name} "
-            "fills no variable of the model"
+        _unused(match, _info(entry.name, entry.shape, entry.dtype))
+
+
+def _unused(match: Matching, info: WeightInfo) -> None:
+    match.report.unused.append(info)
+    match.report.problems.append(
+        problem(
+            "unused",
+            f"unused: source {info.name!r} {shape_text(info.shape)} {info.dtype} fills no "
+            "variable of the model",
+            name=info.name,
         )
+    )
 
 
 def _with_default_dtype(
@@ -154,7 +178,40 @@ def _with_default_dtype(
     """``dtype=`` casts floating-point sources before they meet the target."""
     if dtype is None or not is_floating(entry.dtype) or entry.dtype == dtype:
         return entry.read, entry.dtype
-    return _casting(entry.read, dtype, entry.name), dtype
+    return casting(entry.read, dtype, entry.name), dtype
+
+
+def match_by_structure(
+    live: LiveModel,
+    store: Store,
+    found: StructureMatch,
+    *,
+    include_all: bool,
+    cast: bool,
+    dtype: np.dtype | None,
+) -> Matching:
+    """Pairs Keras' own structure gave (:func:`~.structure.match_structure`), checked as
+    every other pair is; sources of variables outside ``only=`` are set aside."""
+    match = Matching(report=LoadReport(mode="structure", structure=found.kind))
+    part = {v.name for v in live.vars}
+    by_name = {v.name: v for v in live.all_vars}
+    paired: set[int] = {id(e) for e in found.shared}
+    for name, entry in found.pairs.items():
+        paired.add(id(entry))
+        if name not in part:
+            match.report.outside_only.append(_info(entry.name, entry.shape, entry.dtype))
+            continue
+        target = by_name[name]
+        compute, src_dtype = _with_default_dtype(entry, dtype)
+        _check_pair(
+            match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
+            raw=entry if compute == entry.read else None, matched_by="structure",
+        )
+        if entry.name != name:
+            match.report.names_differ.append((name, entry.name))
+    unused = [e for e in store.entries(include_all=include_all) if id(e) not in paired]
+    _missing_and_unused(match, [], set(), unused)
+    return match
 
 
 def match_by_order(
@@ -172,8 +229,12 @@ def match_by_order(
     for (t_layer, t_vars), (s_layer, s_entries) in pairs:
         if len(t_vars) != len(s_entries):
             match.report.problems.append(
-                f"mismatched: layer {t_layer!r} has {len(t_vars)} weights, source layer "
-                f"{s_layer!r} has {len(s_entries)}"
+                problem(
+                    "mismatched",
+                    f"mismatched: layer {t_layer!r} has {len(t_vars)} weights, source layer "
+                    f"{s_layer!r} has {len(s_entries)}",
+                    name=t_layer,
+                )
             )
             for target, entry in zip(t_vars, s_entries):
                 filled.add(target.name)
@@ -195,14 +256,19 @@ def match_by_order(
             compute, src_dtype = _with_default_dtype(entry, dtype)
             _check_pair(
                 match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
-                raw=entry if compute == entry.read else None,
+                raw=entry if compute == entry.read else None, matched_by="order",
             )
+            if entry.name != target.name:
+                match.report.names_differ.append((target.name, entry.name))
     extra_targets = len(target_layers) - len(pairs)
     extra_sources = len(source_layers) - len(pairs)
     if extra_targets or extra_sources:
         match.report.problems.append(
-            f"mismatched: the model has {len(target_layers)} layers with weights, the source "
-            f"{len(source_layers)}"
+            problem(
+                "structure",
+                f"mismatched: the model has {len(target_layers)} layers with weights, the "
+                f"source {len(source_layers)}",
+            )
         )
     for _, s_entries in source_layers[len(pairs) :]:
         unused += s_entries
@@ -221,27 +287,39 @@ def match_by_plan(
 ) -> Matching:
     """Match through the mapper: its plan, built against the model's shapes and dtypes.
 
-    ``mapping=None`` is the mapper's identity plan (match by name), so rules, casts and the
-    report are one mechanism whatever the mapping. ``cast=True`` asks the plan for the
-    target's dtype (``dtype: target``: round to nearest even, overflow refused).
+    ``mapping=None`` is the mapper's identity plan (match by name, with the cross-line alias
+    table of :mod:`ckptconv.mapping.aliases`), so rules, casts and the report are one
+    mechanism whatever the mapping. ``cast=True`` asks the plan for the target's dtype
+    (``dtype: target``: round to nearest even, overflow refused). The plan sees every
+    variable of the model, so a source of a variable outside ``only=`` is set aside as
+    such, not reported unused.
     """
     from ..mapping import TargetTensor, build_plan
 
     match = Matching(report=LoadReport(mode="name" if mapping is None else "spec"))
-    target = {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    target = {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.all_vars}
     plan_dtype: Any = dtype
     if plan_dtype is None and cast:
         plan_dtype = "target"
     plan = build_plan(store, mapping, target=target, include_all=include_all, dtype=plan_dtype)
-    variables = {v.name: v for v in live.vars}
-    sources_of = {o.name: o.sources for o in plan.report.outputs}
+    part = {v.name: v for v in live.vars}
+    sources_of = {o.name: o for o in plan.report.outputs}
+    records = {r.name: r for r in plan.report.sources}
     filled: set[str] = set()
     for output in plan.outputs:
-        var = variables.get(output.name)
-        if var is None:
+        record = sources_of.get(output.name)
+        names = record.sources if record is not None else ()
+        if output.name not in target:
             continue  # a passed-through entry with no place in the model: reported unused below
+        var = part.get(output.name)
+        if var is None:
+            for n in names:
+                if n in records:
+                    r = records[n]
+                    match.report.outside_only.append(WeightInfo(n, tuple(r.shape), r.dtype))
+            continue
         filled.add(var.name)
-        names = sources_of.get(output.name, ())
+        by_rule = record is not None and record.rule is not None
         # The plan may have cast already (cast=True is its ``dtype: target``): say so.
         cast_from = None
         if len(names) == 1 and names[0] in store and store[names[0]].dtype != output.dtype:
@@ -249,26 +327,20 @@ def match_by_plan(
         _check_pair(
             match, var, "+".join(names) or output.name, output.shape, output.dtype,
             output.compute, cast=cast, cast_from=cast_from, raw=output.source,
+            matched_by="spec" if by_rule else "name",
         )
-    records = {r.name: r for r in plan.report.sources}
-    unused = [
-        WeightInfo(n, tuple(records[n].shape), records[n].dtype)
-        for n in plan.report.unused
-        if n in records
-    ]
+        if not by_rule and len(names) == 1 and names[0] != var.name:
+            match.report.names_differ.append((var.name, names[0]))
     match.report.dropped = list(plan.report.dropped)
     _missing_and_unused(match, live.vars, filled, [])
-    for info in unused:
-        match.report.unused.append(info)
-        match.report.problems.append(
-            f"unused: source {info.name!r} {shape_text(info.shape)} {info.dtype} fills no "
-            "variable of the model"
-        )
-    for problem in plan.problems:
+    for n in plan.report.unused:
+        if n in records:
+            _unused(match, WeightInfo(n, tuple(records[n].shape), records[n].dtype))
+    for found in plan.problems:
         # Fit with the model is reported above, per weight; keep the plan's other findings
         # (rules that own nothing, outputs that name no variable, ops that cannot apply).
-        if "does not fit the target" not in problem:
-            match.report.problems.append(problem)
+        if getattr(found, "kind", None) != "target-mismatch":
+            match.report.problems.append(found)
     return match
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import Problem
+
 __all__ = ["WeightInfo", "LoadedWeight", "WeightMismatch", "LoadReport", "shape_text"]
 
 
@@ -27,6 +29,7 @@ class LoadedWeight:
     shape: tuple[int, ...]
     dtype: str
     cast_from: str | None = None
+    matched_by: str = "name"  # structure | name | spec | order
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,23 @@ class LoadReport:
         unused: Source entries that fill no target variable.
         mismatched: Pairs whose shape or dtype disagree (never assigned).
         dropped: Source entries a mapping rule dropped on purpose.
+        outside_only: Source entries that belong to variables outside the part ``only=``
+            chose (not loaded, and not problems).
         frozen: Layers set to ``trainable=False`` (the ``freeze`` option).
-        problems: Every problem as one line; empty when the load was complete and exact.
+        partly_frozen: Frozen layers whose weights were only partly loaded (their other
+            weights keep the values they had, and are frozen too).
+        names_differ: ``(target, source)`` pairs matched by structure or order whose names
+            differ (Keras' own loaders ignore names; this says which ones).
+        problems: Every problem, each a :class:`~ckptconv.Problem` (a one-line message with
+            ``kind``: ``missing``, ``unused``, ``mismatched``, ``structure``, ...); empty when
+            the load was complete and exact.
         strict: Whether the load was strict (all or nothing).
         applied: Whether variables were changed.
-        mode: ``name``, ``order`` or ``spec`` (how sources were matched to targets).
+        mode: How sources were matched to targets: ``structure`` (as Keras loads),
+            ``name``, ``spec`` or ``order`` (``by_order=True``). Each loaded weight says
+            its own way in ``matched_by``.
+        structure: With ``mode="structure"``, which structure: ``saving-tree``,
+            ``legacy-order`` or ``object-graph``; otherwise None.
     """
 
     loaded: list[LoadedWeight] = field(default_factory=list)
@@ -64,11 +79,15 @@ class LoadReport:
     unused: list[WeightInfo] = field(default_factory=list)
     mismatched: list[WeightMismatch] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    outside_only: list[WeightInfo] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    partly_frozen: list[str] = field(default_factory=list)
+    names_differ: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     strict: bool = True
     applied: bool = False
     mode: str = "name"
+    structure: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +97,9 @@ class LoadReport:
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data (``json.dumps`` it), as ``transplant --json`` prints."""
         data = asdict(self)
+        data["problems"] = [str(p) for p in self.problems]
+        data["problem_details"] = [p.to_dict() if isinstance(p, Problem) else {"message": str(p)} for p in self.problems]
+        data["names_differ"] = [list(pair) for pair in self.names_differ]
         data["ok"] = self.ok
         return data
 
@@ -106,11 +128,18 @@ class LoadReport:
         if self.unused:
             rows = [(w.name, shape_text(w.shape), w.dtype) for w in self.unused]
             lines += _section("unused source weights", ("source", "shape", "dtype"), rows)
+        if self.outside_only:
+            rows = [(w.name, shape_text(w.shape), w.dtype) for w in self.outside_only]
+            lines += _section("outside only= (not loaded)", ("source", "shape", "dtype"), rows)
         if self.dropped:
             lines += _section("dropped by the spec", ("source",), [(n,) for n in self.dropped])
         if self.frozen:
-            lines += _section("frozen (trainable=False)", ("layer",), [(n,) for n in self.frozen])
-        other = [p for p in self.problems if not p.startswith(_REPORTED_PREFIXES)]
+            if self.partly_frozen:
+                rows = [(n, "partly loaded" if n in self.partly_frozen else "") for n in self.frozen]
+                lines += _section("frozen (trainable=False)", ("layer", "note"), rows)
+            else:
+                lines += _section("frozen (trainable=False)", ("layer",), [(n,) for n in self.frozen])
+        other = [p for p in self.problems if getattr(p, "kind", None) not in _LISTED_KINDS]
         if other:
             lines += _section("other problems", ("problem",), [(p,) for p in other])
         return "\n".join(lines)
@@ -126,13 +155,38 @@ class LoadReport:
             state = "NOT applied (strict: nothing changed)"
         else:
             state = "not applied"
-        return f"load_into ({self.mode} match, {'strict' if self.strict else 'non-strict'}): {counts}; {state}"
+        head = f"load_into ({self.mode} match, {'strict' if self.strict else 'non-strict'}): {counts}; {state}"
+        return head + "\n" + self.matched_text()
+
+    def matched_text(self) -> str:
+        """One line on how the weights were matched: "matched by structure as Keras'
+        load_weights does (its saving-tree keys); 16 names differ"."""
+        from .structure import HOW
+
+        if self.mode == "structure" and self.structure is not None:
+            text = f"matched by structure {HOW[self.structure]}"
+        elif self.mode == "order":
+            text = "matched by order (by_order=True: layers with weights, in order)"
+        elif self.mode == "spec":
+            ways = sorted({w.matched_by for w in self.loaded}) or ["spec"]
+            text = "matched by the spec's rules" + (" and by name" if "name" in ways else "")
+        else:
+            text = "matched by name"
+        differ = len(self.names_differ)
+        if self.mode in ("structure", "order"):
+            text += f"; {differ} name{'s' if differ != 1 else ''} differ" if differ else "; all names agree"
+        elif differ:
+            text += f"; {differ} name{'s' if differ != 1 else ''} matched through the cross-line alias table"
+        if self.partly_frozen:
+            text += f"; {len(self.partly_frozen)} frozen layer(s) only partly loaded"
+        return text
 
     def __str__(self) -> str:
         return self.format_table()
 
 
-_REPORTED_PREFIXES = ("missing:", "unused:", "mismatched:")
+# problem kinds with their own section in the table
+_LISTED_KINDS = ("missing", "unused", "mismatched")
 
 
 def shape_text(shape: Iterable[int]) -> str:

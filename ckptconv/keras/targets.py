@@ -27,7 +27,8 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..errors import FormatError, LoadError, NoSuchFileError, UnsafeInputError
-from ..mapping.patterns import Pattern
+from ..formats.keras_legacy import canonical_name
+from ..mapping.patterns import matches_path_or_parent, part_patterns
 from ..store import layer_of
 from .runtime import import_keras
 
@@ -67,7 +68,9 @@ class LiveModel:
         # A bare layer (not a model) is named like a model's top-level layer: its own name
         # comes first, so a lone Conv2D "conv" has "conv/kernel".
         self.is_model = hasattr(model, "layers")
-        self.vars = self._collect()
+        # every variable, and the part a load fills (all of them unless only= chose a part)
+        self.all_vars = self._collect()
+        self.vars = list(self.all_vars)
 
     # -- which Keras
 
@@ -163,7 +166,7 @@ class LiveModel:
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
-            name = tf_keras_name(variable.name, None if top is None else str(top.name))
+            name = tf_keras_name(variable.name, None if top is None else str(top.name), self.name)
             owner = owners.get(id(variable), (top or self.model, top))[0]
             found.append(self._var(name, variable, owner, layer_of(name)))
         return found
@@ -173,14 +176,19 @@ class LiveModel:
             path = str(variable.path)
             prefix = self.name + "/"
             return path[len(prefix) :] if path.startswith(prefix) else path
-        return tf_keras_name(variable.name, None)
+        return tf_keras_name(variable.name, None, self.name)
 
 
-def tf_keras_name(weight_name: str, top: str | None) -> str:
-    """The legacy HDF5 canonical name of a tf-keras weight under top-level layer ``top``."""
+def tf_keras_name(weight_name: str, top: str | None, model: str | None = None) -> str:
+    """The legacy HDF5 canonical name of a tf-keras weight under top-level layer ``top`` (the
+    rule of :func:`ckptconv.formats.keras_legacy.canonical_name`, so a model's names are the
+    names its own ``.h5`` file gets); a model's own weight (``top`` None) loses the model's
+    name (``net/w1`` of model ``net`` is ``w1``)."""
+    if top:
+        return canonical_name(top, str(weight_name))
     name = re.sub(r":\d+$", "", str(weight_name))
-    if top and not (name == top or name.startswith(top + "/")):
-        name = f"{top}/{name}"
+    if model and name.startswith(model + "/"):
+        name = name[len(model) + 1 :]
     return name
 
 
@@ -210,7 +218,7 @@ def model_targets(model: Any) -> dict[str, Any]:
     require_built(live)
     from ..mapping import TargetTensor
 
-    return {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.vars}
+    return {v.name: TargetTensor(shape=v.shape, dtype=v.dtype) for v in live.all_vars}
 
 
 def target_from_keras_file(
@@ -266,7 +274,7 @@ def build_keras_model(path: str | os.PathLike[str], *, unsafe: bool = False) -> 
 
 
 def require_built(live: LiveModel) -> None:
-    if not live.vars and not getattr(live.model, "built", True):
+    if not live.all_vars and not getattr(live.model, "built", True):
         raise LoadError(
             f"model {live.name!r} has no variables yet: build it first (call it on an input "
             "or call model.build(input_shape))"
@@ -274,9 +282,10 @@ def require_built(live: LiveModel) -> None:
 
 
 def restrict(live: LiveModel, only: str | Iterable[str]) -> None:
-    """Keep only the variables whose name, layer or a parent layer matches a pattern of
-    ``only`` (the spec's glob rules, or ``re:`` regexes: see :mod:`ckptconv.mapping.patterns`)."""
-    patterns = [Pattern(p) for p in ([only] if isinstance(only, str) else list(only))]
+    """Load into the variables whose name, layer or a parent layer matches a pattern of
+    ``only`` (the spec's glob rules, or ``re:`` regexes: see :mod:`ckptconv.mapping.patterns`);
+    ``live.all_vars`` keeps every variable, so sources of the others are told apart."""
+    patterns = part_patterns(only)
     kept = [
         v
         for v in live.vars
@@ -290,7 +299,3 @@ def restrict(live: LiveModel, only: str | Iterable[str]) -> None:
     live.vars = kept
 
 
-def matches_path_or_parent(pattern: Pattern, path: str) -> bool:
-    """Whether ``pattern`` matches the layer path ``path`` or one of its parents."""
-    parts = path.split("/")
-    return any(pattern.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))

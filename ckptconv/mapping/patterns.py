@@ -11,6 +11,7 @@ regex captures with its groups, numbered or named (``(?P<block>\\d+)`` -> ``{blo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["Pattern", "Template", "Match", "natural_key"]
@@ -164,3 +165,21 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(text: str) -> tuple[object, ...]:
     """Sort key that orders embedded numbers numerically (``w2`` before ``w10``)."""
     return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(text))
+
+
+def matches_path_or_parent(pattern: Pattern, path: str) -> bool:
+    """Whether ``pattern`` matches the ``/``-separated path ``path`` or one of its parents
+    (``block/*`` covers ``block/inner_a`` and so ``block/inner_a/kernel``)."""
+    parts = path.split("/")
+    return any(pattern.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))
+
+
+def part_patterns(only: str | Iterable[str]) -> tuple[Pattern, ...]:
+    """The patterns of an ``only=`` option (one pattern or several)."""
+    return tuple(Pattern(p) for p in ([only] if isinstance(only, str) else list(only)))
+
+
+def in_part(patterns: Iterable[Pattern], name: str) -> bool:
+    """Whether a variable ``name`` lies in the part ``only=`` patterns choose: the pattern
+    matches the name, or its layer, or a parent layer."""
+    return any(matches_path_or_parent(p, name) for p in patterns)

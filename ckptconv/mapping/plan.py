@@ -22,11 +22,12 @@ import numpy as np
 
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
-from ..errors import PlanError, SpecError
+from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store
+from .aliases import AliasTable
 from .ops import Cast, ExecutionProblem, Op, OpError, Split, Transpose, lossy_cast
-from .patterns import Match, natural_key
+from .patterns import Match, in_part, natural_key, part_patterns
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
 
@@ -71,7 +72,7 @@ class Plan:
     """
 
     outputs: list[Output]
-    problems: list[str]
+    problems: list[Problem]
     report: PlanReport
     store: Store = field(repr=False)
     spec: Spec = field(repr=False)
@@ -232,8 +233,8 @@ class _Planned:
 
 def _match_rule(rule: Rule, entry: Entry) -> tuple[int, dict[str, str]] | None:
     """Does ``rule`` match ``entry``? Returns (pattern number, template fields) or None."""
-    name_patterns = rule._name_patterns  # type: ignore[attr-defined]
-    layer_pattern = rule._layer_pattern  # type: ignore[attr-defined]
+    name_patterns = rule.name_patterns
+    layer_pattern = rule.layer_pattern
     which = 0
     groups: tuple[str, ...] = ()
     named: dict[str, str] = {}
@@ -306,9 +307,14 @@ class _Builder:
         self.default_dtype = default_dtype
         self.strict = strict
         self.entries = store.entries(include_all=include_all)
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         self.cache = _SourceCache()
         self.planned: list[_Planned] = []
+        self.aliases = AliasTable(target) if target is not None else None
+        self.part: set[str] | None = None  # the part of the target only= chooses
+
+    def problem(self, kind: str, message: str, *, rule: Rule | None = None, name: str | None = None) -> None:
+        self.problems.append(problem(kind, message, rule=rule.label if rule is not None else None, name=name))
 
     # ownership
 
@@ -330,27 +336,31 @@ class _Builder:
     def check_ownership(self, rule: Rule, owned: list[_Owned]) -> None:
         if rule.optional:
             return
-        patterns = rule._name_patterns  # type: ignore[attr-defined]
+        patterns = rule.name_patterns
         if owned:
             # every pattern of a list must pull its weight too: a typo in one is still a typo
             if len(patterns) > 1:
                 used = {o.pattern for o in owned}
                 for i, p in enumerate(patterns):
                     if i not in used:
-                        self.problems.append(
-                            f"{rule.label}: pattern {p.text!r} matches no entry{self._nearest_text(p.text)}"
+                        self.problem(
+                            "no-match",
+                            f"{rule.label}: pattern {p.text!r} matches no entry{self._nearest_text(p.text)}",
+                            rule=rule,
                         )
             return
         everything = [e for e in self.entries if _match_rule(rule, e) is not None]
         if everything:
             owners = sorted({self._owner_of(e) for e in everything})
             names = ", ".join(repr(e.name) for e in everything[:3]) + (", ..." if len(everything) > 3 else "")
-            self.problems.append(
+            self.problem(
+                "shadowed",
                 f"{rule.label}: owns no entry: the {len(everything)} it matches ({names}) belong to "
-                f"earlier rule(s) {', '.join(f'#{n}' for n in owners)}; move it up, or mark it optional: true"
+                f"earlier rule(s) {', '.join(f'#{n}' for n in owners)}; move it up, or mark it optional: true",
+                rule=rule,
             )
             return
-        self.problems.append(f"{rule.label}: matches no entry{self._why_nothing(rule)}")
+        self.problem("no-match", f"{rule.label}: matches no entry{self._why_nothing(rule)}", rule=rule)
 
     def _owner_of(self, entry: Entry) -> int:
         for rule in self.spec.rules:
@@ -367,8 +377,8 @@ class _Builder:
         return f"; nearest {what} in the source: " + ", ".join(repr(n) for n in near)
 
     def _why_nothing(self, rule: Rule) -> str:
-        patterns = rule._name_patterns  # type: ignore[attr-defined]
-        layer_pattern = rule._layer_pattern  # type: ignore[attr-defined]
+        patterns = rule.name_patterns
+        layer_pattern = rule.layer_pattern
         if patterns:
             hits = [e for e in self.entries if any(p.match(e.name) for p in patterns)]
             if not hits:
@@ -403,9 +413,12 @@ class _Builder:
                 new_shape, new_dtype = op.infer(shape, dtype, target=wanted)
             except OpError as e:
                 label = rule.label if rule is not None else "passthrough"
-                self.problems.append(
+                self.problem(
+                    "op",
                     f"{label}: {what}: op {i} ({op.describe()}) does not apply to "
-                    f"{_shape_text(shape)} {dtype_name(dtype)}: {e}"
+                    f"{_shape_text(shape)} {dtype_name(dtype)}: {e}",
+                    rule=rule,
+                    name=name,
                 )
                 return None
             if not _is_identity(op, shape, dtype, new_shape, new_dtype):
@@ -429,9 +442,12 @@ class _Builder:
             dtype = default
         if declared is not None and tuple(declared) != tuple(shape):
             assert rule is not None
-            self.problems.append(
+            self.problem(
+                "declared-shape",
                 f"{rule.label}: {what}: the result is {_shape_text(shape)}, the rule declares "
-                f"shape {_shape_text(declared)}"
+                f"shape {_shape_text(declared)}",
+                rule=rule,
+                name=name,
             )
             return None
         return steps, shape, dtype
@@ -566,8 +582,8 @@ class _Builder:
         return blocks
 
     def plan_map(self, rule: Rule, owned: list[_Owned]) -> None:
-        templates = rule._to_templates  # type: ignore[attr-defined]
-        to_layer = rule._to_layer_template  # type: ignore[attr-defined]
+        templates = rule.to_templates
+        to_layer = rule.to_layer_template
         for o in owned:
             if templates:
                 name = templates[0].render(o.fields)
@@ -581,15 +597,18 @@ class _Builder:
 
     def plan_split(self, rule: Rule, owned: list[_Owned]) -> None:
         split: Split = rule.split
-        templates = rule._to_templates  # type: ignore[attr-defined]
+        templates = rule.to_templates
         for o in owned:
             entry = o.entry
             try:
                 parts = split.infer_split(entry.shape, entry.dtype)
             except OpError as e:
-                self.problems.append(
+                self.problem(
+                    "op",
                     f"{rule.label}: entry {entry.name!r}: {split.describe()} does not apply to "
-                    f"{_shape_text(entry.shape)} {dtype_name(entry.dtype)}: {e}"
+                    f"{_shape_text(entry.shape)} {dtype_name(entry.dtype)}: {e}",
+                    rule=rule,
+                    name=entry.name,
                 )
                 continue
             names = [t.render(o.fields) for t in templates]
@@ -618,8 +637,8 @@ class _Builder:
     def plan_join(self, rule: Rule, owned: list[_Owned]) -> None:
         join = rule.join
         assert join is not None
-        template = rule._to_templates[0]  # type: ignore[attr-defined]
-        patterns = rule._name_patterns  # type: ignore[attr-defined]
+        template = rule.to_templates[0]
+        patterns = rule.name_patterns
         groups: dict[tuple[str, ...], list[_Owned]] = {}
         for o in owned:
             key = tuple(o.fields[f] for f in template.fields)
@@ -632,9 +651,12 @@ class _Builder:
                 lacking = [patterns[i].text for i in range(len(patterns)) if i not in present]
                 if lacking:
                     have = ", ".join(repr(o.entry.name) for o in members)
-                    self.problems.append(
+                    self.problem(
+                        "incomplete-join",
                         f"{rule.label}: output {name!r} has no source for pattern(s) "
-                        f"{', '.join(map(repr, lacking))} (it has {have})"
+                        f"{', '.join(map(repr, lacking))} (it has {have})",
+                        rule=rule,
+                        name=name,
                     )
                     continue
             entries = [o.entry for o in members]
@@ -642,7 +664,7 @@ class _Builder:
                 shape, dtype = join.infer_many([e.shape for e in entries], [e.dtype for e in entries])
             except OpError as e:
                 listed = ", ".join(f"{e_.name!r} {_shape_text(e_.shape)}" for e_ in entries)
-                self.problems.append(f"{rule.label}: output {name!r} from {listed}: {e}")
+                self.problem("op", f"{rule.label}: output {name!r} from {listed}: {e}", rule=rule, name=name)
                 continue
             chain = self.infer_chain(rule, rule.ops, shape, dtype, name, f"output {name!r}")
             if chain is None:
@@ -720,8 +742,12 @@ class _Builder:
 
     def _passthrough(self, position: int, entry: Entry) -> None:
         owned = _Owned(entry, {"0": entry.name}, 0, position)
+        # a name Keras changed between its lines matches the target's spelling (aliases.py)
+        name = entry.name
+        if self.aliases is not None and entry.kind == "weight":
+            name = self.aliases.alias(name) or name
         # the default dtype applies to weights; training state keeps its dtype unless a rule casts
-        self._chain_output(None, owned, entry.name, (), allow_default=entry.kind == "weight")
+        self._chain_output(None, owned, name, (), allow_default=entry.kind == "weight")
 
     def _check_duplicates(self) -> None:
         by_name: dict[str, list[_Planned]] = {}
@@ -733,7 +759,7 @@ class _Builder:
                     f"{p.rule.label if p.rule else 'passthrough'} from {', '.join(repr(e.name) for e in p.sources)}"
                     for p in group
                 )
-                self.problems.append(f"{len(group)} outputs are named {name!r}: {makers}")
+                self.problem("duplicate", f"{len(group)} outputs are named {name!r}: {makers}", name=name)
 
     def _check_target_and_report(self, status: dict[str, tuple[str, int | None]]) -> PlanReport:
         report = PlanReport(path=self.store.path, format=self.store.format, has_target=self.target is not None)
@@ -752,7 +778,7 @@ class _Builder:
             )
         report.unused = [s.name for s in report.sources if s.status == "unused"]
         if self.strict and report.unused:
-            self.problems.append(f"{len(report.unused)} source weight(s) go nowhere: {_some(report.unused)}")
+            self.problem("unused", f"{len(report.unused)} source weight(s) go nowhere: {_some(report.unused)}")
         report.outputs = [
             OutputRecord(p.name, tuple(e.name for e in p.sources), p.ops_text, p.shape, dtype_name(p.dtype),
                          p.rule.number if p.rule else None, p.unchanged)
@@ -767,6 +793,10 @@ class _Builder:
         target_names = list(target)
         for p in self.planned:
             want = target.get(p.name)
+            if want is not None and self.part is not None and p.name not in self.part:
+                for e in p.sources:
+                    status[e.name] = ("outside-only", None)
+                continue
             if want is None:
                 if p.rule is None:
                     # a passed-through entry the target has no place for: it stays an output
@@ -775,7 +805,12 @@ class _Builder:
                     continue
                 near = difflib.get_close_matches(p.name, target_names, n=3, cutoff=0.5)
                 hint = ("; nearest target names: " + ", ".join(map(repr, near))) if near else ""
-                self.problems.append(f"{p.rule.label}: output {p.name!r} is not a weight of the target{hint}")
+                self.problem(
+                    "not-in-target",
+                    f"{p.rule.label}: output {p.name!r} is not a weight of the target{hint}",
+                    rule=p.rule,
+                    name=p.name,
+                )
                 continue
             if tuple(want.shape) == p.shape and np.dtype(want.dtype) == p.dtype:
                 continue
@@ -786,15 +821,18 @@ class _Builder:
             fix = ""
             if tuple(want.shape) == p.shape:
                 fix = " (add {cast: %s} to the rule, or use dtype: target)" % dtype_name(want.dtype)
-            self.problems.append(
+            self.problem(
+                "target-mismatch",
                 f"{p.rule.label if p.rule else 'passthrough'}: output {p.name!r} does not fit the target: "
                 f"it is {_shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
-                f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}"
+                f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}",
+                rule=p.rule,
+                name=p.name,
             )
         produced = {p.name for p in self.planned}
-        report.missing = [n for n in target if n not in produced]
+        report.missing = [n for n in target if n not in produced and (self.part is None or n in self.part)]
         if self.strict and report.missing:
-            self.problems.append(f"{len(report.missing)} target weight(s) nothing fills: {_some(report.missing)}")
+            self.problem("missing", f"{len(report.missing)} target weight(s) nothing fills: {_some(report.missing)}")
 
 
 def _some(names: Sequence[str], limit: int = 10) -> str:
@@ -844,6 +882,7 @@ def build_plan(
     dtype: str | np.dtype | None = None,
     strict: bool = False,
     allow_lossy: bool = False,
+    only: str | Sequence[str] | None = None,
 ) -> Plan:
     """Plan how ``store``'s entries become outputs, checking everything on metadata.
 
@@ -866,12 +905,17 @@ def build_plan(
         allow_lossy: Let the default ``dtype`` be one that loses information (floats to
             integers or booleans); without it such a plan has a problem per tensor. A cast op
             in the spec says so itself (``allow_lossy: true``).
+        only: With a target: the part of it to fill, as ``load_into(only=...)`` takes it
+            (globs or ``re:`` patterns over target names and their layers). Target weights
+            outside it are not missing, and sources that fill them get the status
+            ``outside-only`` (neither used nor unused).
 
     Returns:
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
 
     Raises:
-        UsageError: ``dtype`` is not a dtype name.
+        UsageError: ``dtype`` is not a dtype name, or ``only`` has no target or matches none
+            of its weights.
         SpecError: the spec itself is invalid (a plan is not built from a broken spec), or it
             asks for ``dtype: target`` without a target.
     """
@@ -885,8 +929,21 @@ def build_plan(
         )
     if target is not None:
         target = {name: t if isinstance(t, TargetTensor) else TargetTensor(t.shape, t.dtype) for name, t in target.items()}
+    part = None
+    if only is not None:
+        if target is None:
+            raise UsageError(
+                "{opt:only} chooses a part of the target, and there is no target (a live model, "
+                "or {opt:target})",
+                option="only",
+            )
+        patterns = part_patterns(only)
+        part = {name for name in target if in_part(patterns, name)}
+        if not part:
+            raise UsageError(f"{{opt:only={only!r}}} matches no weight of the target", option="only")
     builder = _Builder(
         store, resolved, target=target, include_all=include_all, default_dtype=default,
         strict=strict, allow_lossy=allow_lossy,
     )
+    builder.part = part
     return builder.build()

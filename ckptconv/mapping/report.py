@@ -11,9 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import Problem
+
 __all__ = ["OutputRecord", "SourceRecord", "TargetMismatch", "PlanReport", "Status"]
 
-Status = Literal["used", "dropped", "passthrough", "unused"]
+Status = Literal["used", "dropped", "passthrough", "unused", "outside-only"]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -63,7 +65,8 @@ class SourceRecord:
         name: Entry name.
         status: ``used`` (a rule maps it), ``dropped`` (a drop rule, or no rule owns it and
             ``passthrough`` is false), ``passthrough`` (no rule owns it, copied unchanged) or
-            ``unused`` (passed through, but the target has no weight of its name).
+            ``unused`` (passed through, but the target has no weight of its name) or
+            ``outside-only`` (it fills a target weight outside the part ``only`` chose).
         shape, dtype, kind: The entry's metadata.
         rule: Number of the rule that owns it, None when no rule does.
         outputs: Names of the outputs made from it.
@@ -129,7 +132,8 @@ class PlanReport:
         missing: Target names no output fills.
         mismatched: Outputs whose shape or dtype does not fit the target.
         unused: Source entries that end up in no output (status ``unused``).
-        problems: Every problem found, as one-line messages.
+        problems: Every problem found: :class:`~ckptconv.Problem` strings (one-line messages
+            with ``kind``, ``rule`` and ``name``).
     """
 
     path: str
@@ -140,7 +144,7 @@ class PlanReport:
     missing: list[str] = field(default_factory=list)
     mismatched: list[TargetMismatch] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -160,7 +164,10 @@ class PlanReport:
     def counts(self) -> dict[str, int]:
         """How many source entries have each status."""
         c = Counter(s.status for s in self.sources)
-        return {k: c.get(k, 0) for k in ("used", "dropped", "passthrough", "unused")}
+        counts = {k: c.get(k, 0) for k in ("used", "dropped", "passthrough", "unused")}
+        if c.get("outside-only"):
+            counts["outside-only"] = c["outside-only"]
+        return counts
 
     def to_json(self) -> dict[str, object]:
         """The report as one JSON-serialisable object (what ``plan --json`` prints)."""
@@ -171,7 +178,9 @@ class PlanReport:
             "counts": self.counts(),
             "outputs": [o.to_json() for o in self.outputs],
             "sources": [s.to_json() for s in self.sources],
-            "problems": list(self.problems),
+            "problems": [str(p) for p in self.problems],
+            # the same problems as data: kind, rule, name, message
+            "problem_details": [_problem_dict(p) for p in self.problems],
         }
         if self.has_target:
             out["missing"] = list(self.missing)
@@ -187,7 +196,9 @@ class PlanReport:
             f"plan for {self.path} ({self.format}): {len(self.outputs)} output(s) from "
             f"{len(self.sources)} source entr{'y' if len(self.sources) == 1 else 'ies'} "
             f"({c['used']} used, {c['dropped']} dropped, {c['passthrough']} passed through, "
-            f"{c['unused']} unused)"
+            f"{c['unused']} unused"
+            + (f", {c['outside-only']} outside only=" if c.get("outside-only") else "")
+            + ")"
         )
         if self.outputs:
             lines.append("")
@@ -246,3 +257,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
         return "  ".join([*cells, row[-1]]).rstrip()
 
     return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def _problem_dict(problem: str) -> dict[str, str | None]:
+    """A problem as JSON data (a plain string, from older code, has kind None)."""
+    if isinstance(problem, Problem):
+        return problem.to_dict()
+    return {"kind": None, "rule": None, "name": None, "message": str(problem)}

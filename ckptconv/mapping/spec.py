@@ -263,6 +263,11 @@ class Rule:
     shape: tuple[int, ...] | None = None
     comment: str | None = None
     number: int = 0
+    # compiled from the fields above when the rule is made
+    name_patterns: tuple[Pattern, ...] = field(default=(), init=False, repr=False, compare=False)
+    layer_pattern: Pattern | None = field(default=None, init=False, repr=False, compare=False)
+    to_templates: tuple[Template, ...] = field(default=(), init=False, repr=False, compare=False)
+    to_layer_template: Template | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- construction and validation -----------------------------------------------------------
 
@@ -374,16 +379,16 @@ class Rule:
 
         name_patterns = tuple(pattern(p) for p in (from_ or drop_patterns))
         layer_pattern = pattern(self.layer) if self.layer is not None else None
-        self._set("_name_patterns", name_patterns)
-        self._set("_layer_pattern", layer_pattern)
+        self._set("name_patterns", name_patterns)
+        self._set("layer_pattern", layer_pattern)
         templates: tuple[Template, ...] = ()
         if isinstance(self.to, str):
             templates = (Template(self.to),)
         elif self.to is not None:
             templates = tuple(Template(t) for t in self.to)
         to_layer = Template(self.to_layer) if self.to_layer is not None else None
-        self._set("_to_templates", templates)
-        self._set("_to_layer_template", to_layer)
+        self._set("to_templates", templates)
+        self._set("to_layer_template", to_layer)
         # every capture a template uses must exist whichever name pattern matched
         extra_groups = layer_pattern.group_count if layer_pattern else 0
         extra_names = set(layer_pattern.group_names) if layer_pattern else set()
@@ -449,7 +454,7 @@ class Rule:
         """The rule in spec-file form (JSON-serialisable unless it holds Python callables)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "number":
+            if f.name == "number" or not f.init:
                 continue
             value = getattr(self, f.name)
             if value is None or value is False or value == ():

@@ -1,0 +1,686 @@
+"""PyTorch ``torch.save`` files (``.pt``, ``.pth``, ``pytorch_model.bin``), read without torch.
+
+Layouts:
+
+* **zip** (torch >= 1.6, the default): members ``<archive>/data.pkl`` (the pickled object),
+  ``<archive>/data/<key>`` (one per storage, stored uncompressed and 64-byte aligned),
+  ``byteorder``, ``version``, ``.format_version``, ``.storage_alignment``. Each tensor's bytes are
+  read at their offset in the zip; a member someone re-zipped with compression is read through
+  the decompressor, a window at a time. ``byteorder`` ``big`` is byte-swapped on read.
+* **legacy** (``_use_new_zipfile_serialization=False``, torch < 1.6): pickles in a row — the
+  magic number ``0x1950a86a20f9469cfc6c``, the protocol version 1001, a sys-info dict, the
+  object, the sorted storage keys — then each storage as an int64 element count and its raw
+  little-endian bytes.
+* **Hugging Face sharded sets**: ``pytorch_model-00001-of-00002.bin`` ... plus
+  ``pytorch_model.bin.index.json`` (``{"metadata": {"total_size": N}, "weight_map": {name:
+  file}}``), opened through the index, or through a model directory holding them. A directory
+  holding both safetensors and ``.bin`` weights is safetensors' (as ``transformers`` loads it);
+  pass the ``.bin`` file or its index to read those.
+
+No code from the file runs: the pickle goes through :mod:`._torch_pickle`'s restricted
+unpickler (exactly the globals ``torch.load(weights_only=True)`` allows, each building a lazy
+description). Every tensor's view (offset, shape, strides) is checked to lie inside its storage
+and the storage inside the stored bytes before anything is read.
+
+Names are the state-dict keys as torch writes them (``features.0.weight``); a training
+checkpoint's containers are joined with ``/`` (``model/features.0.weight``,
+``optimizer/state/0/exp_avg``). ``layer`` is the name without its last ``.``-part
+(``model/features.0``), ``index`` follows Keras' order of known weight names (``weight``,
+``bias``, ``running_mean``, ``running_var``). Optimizer state is kind ``optimizer``; learning-rate
+schedulers, gradient scalers, RNG states and step/epoch counters are ``bookkeeping``; values that
+are not tensors (``epoch: 3``) are listed in :attr:`Store.skipped <ckptconv.Store>`. Several names
+viewing one stored tensor (tied weights) are each an entry, grouped in :attr:`Store.tied
+<ckptconv.Store>`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import pickle
+import re
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import by_name
+from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError
+from ..store import ByteRange, Entry, Kind, Store, keras_order, read_byte_range
+from ._torch_pickle import (
+    ITEMSIZE,
+    TORCH_DTYPES,
+    RestrictedUnpickler,
+    StorageRef,
+    TensorRef,
+    Unrepresentable,
+    check_opcodes,
+    load_plain,
+)
+from .keras_archive import member_data_offset
+from .safetensors import load_index, shard_files, weights_in_directory
+
+__all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open"]
+
+FORMAT = "pytorch"
+SHARDED_FORMAT = "pytorch-sharded"
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+MAX_PICKLE_BYTES = 256 * 2**20
+MAX_EXPANSION = 200  # a compressed storage expanding more than this is a likely zip bomb
+MAX_DEPTH = 100
+_READ_WINDOW = 8 << 20
+_MAGIC_PICKLE = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # LONG1 of MAGIC_NUMBER, protocol >= 2
+HF_WEIGHTS = "pytorch_model.bin"
+HF_INDEX = "pytorch_model.bin.index.json"
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    """A ``torch.save`` zip (a ``<archive>/data.pkl`` member) or legacy pickle stream, an index
+    JSON naming such files, or a directory holding ``pytorch_model.bin`` or its index and no
+    safetensors weights."""
+    if path.is_dir():
+        return _directory_weights(path) is not None
+    if not path.is_file():
+        return False
+    if _kind_of(path, head) is not None:
+        return True
+    if head.lstrip().startswith(b"{"):
+        try:
+            index = load_index(path)
+        except (CorruptFileError, OSError, UnicodeError):
+            return False
+        files = [v for v in index["weight_map"].values() if isinstance(v, str)]
+        if not files:
+            return False
+        if files[0].endswith((".bin", ".pt", ".pth")):
+            return True  # a missing shard is then reported as such
+        first = path.parent / files[0]
+        try:
+            with first.open("rb") as f:
+                return _kind_of(first, f.read(4096)) is not None
+        except OSError:
+            return False
+    return False
+
+
+def _kind_of(path: Path, head: bytes) -> str | None:
+    """``zip``, ``legacy``, ``tar`` (the pre-0.4 layout) or None."""
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return "zip" if _archive_prefix(z.namelist()) is not None else None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+            return None
+    if head[:1] == b"\x80" and _MAGIC_PICKLE in head[:32]:
+        return "legacy"
+    if head[257:262] == b"ustar" and b"storages" in head[:100] + head[512:]:
+        return "tar"
+    return None
+
+
+def _archive_prefix(names: list[str]) -> str | None:
+    """The archive name torch put in front of every member (``archive`` in ``archive/data.pkl``)."""
+    for name in names:
+        parts = name.split("/")
+        if len(parts) == 2 and parts[1] == "data.pkl" and parts[0] not in ("", ".", ".."):
+            return parts[0]
+    return None
+
+
+def _directory_weights(path: Path) -> Path | None:
+    """What ``transformers`` would load from a model directory, if it is PyTorch weights:
+    ``pytorch_model.bin``, else its index, else the directory's only ``*.bin.index.json``;
+    None when the directory holds safetensors weights (which ``transformers`` prefers)."""
+    if weights_in_directory(path) is not None:
+        return None
+    for name in (HF_WEIGHTS, HF_INDEX):
+        if (path / name).is_file():
+            return path / name
+    try:
+        found = sorted(path.glob("*.bin.index.json"))
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def open(path: Path) -> Store:  # noqa: A001
+    """Open a ``torch.save`` file, a sharded set's index, or a model directory (metadata only).
+
+    Reads the pickle (through the restricted unpickler) and the zip directory or storage
+    headers; no tensor bytes.
+
+    Args:
+        path: A ``.pt``/``.pth``/``.bin`` file, a ``pytorch_model.bin.index.json``, or a
+            Hugging Face model directory holding either.
+
+    Raises:
+        UnsafeInputError: the pickle asks for a global a weights file never needs (naming it),
+            holds a pickled ``nn.Module``, or declares views or storages beyond the stored bytes;
+            a member or shard name leads outside the archive or directory.
+        CorruptFileError: damaged or inconsistent (a missing ``data/<key>``, a truncated
+            storage, an index that disagrees with its shards).
+        UnsupportedError: TorchScript archives, the pre-0.4 tar layout, and tensors ckptconv
+            cannot hold as a dense array (quantized, sparse, complex32, ...).
+    """
+    path = Path(path)
+    target = path
+    if path.is_dir():
+        found = _directory_weights(path)
+        if found is None:
+            raise FormatError(f"the directory holds no {HF_WEIGHTS} or {HF_INDEX}", path=path)
+        target = found
+    with target.open("rb") as f:
+        head = f.read(4096)
+    if _kind_of(target, head) is None and head.lstrip().startswith(b"{"):
+        return _open_sharded(target)
+    parsed = _parse(target, head)
+    walk = _Walk(target)
+    walk.visit(parsed.root, (), "weight", 0)
+    entries = walk.entries(parsed)
+    keras_order(entries)
+    return Store(
+        entries,
+        format=FORMAT,
+        path=path,
+        files=[target],
+        metadata=parsed.metadata,
+        tied=walk.tied(),
+        skipped=walk.skipped,
+    )
+
+
+def _open_sharded(index_file: Path) -> Store:
+    index = load_index(index_file)
+    weight_map: dict[str, str] = index["weight_map"]
+    entries: list[Entry] = []
+    tied: list[tuple[str, ...]] = []
+    skipped: list[tuple[str, str]] = []
+    metadata: dict[str, str] = {}
+    seen: set[str] = set()
+    shards = shard_files(index_file, index)
+    for shard in shards:
+        with shard.open("rb") as f:
+            parsed = _parse(shard, f.read(4096))
+        metadata = metadata or dict(parsed.metadata)
+        walk = _Walk(shard)
+        walk.visit(parsed.root, (), "weight", 0)
+        for name in walk.names():
+            mapped = weight_map.get(name)
+            if mapped is None or (index_file.parent / mapped).resolve() != shard.resolve():
+                raise CorruptFileError(
+                    f"the shard holds this tensor but the index {index_file.name} maps it to "
+                    f"{mapped!r}; the set is inconsistent",
+                    path=shard,
+                    tensor=name,
+                )
+        entries.extend(walk.entries(parsed))
+        seen.update(walk.names())
+        tied.extend(walk.tied())
+        skipped.extend(walk.skipped)
+    for name, file in weight_map.items():
+        if name not in seen:
+            raise CorruptFileError(
+                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, tensor=name
+            )
+    keras_order(entries)
+    meta = index.get("metadata")
+    if isinstance(meta, dict) and "total_size" in meta:
+        metadata["total_size"] = str(meta["total_size"])
+    return Store(
+        entries,
+        format=SHARDED_FORMAT,
+        path=index_file,
+        files=[index_file, *shards],
+        metadata=metadata,
+        tied=tied,
+        skipped=skipped,
+    )
+
+
+# --- one file: where each storage's bytes are -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Where a storage's bytes are: at ``offset`` in ``path`` (a stored zip member, a legacy
+    storage), or inside the compressed zip ``member``; ``nbytes`` of them, ``big_endian``."""
+
+    path: str
+    offset: int | None
+    member: str | None
+    nbytes: int
+    big_endian: bool = False
+
+
+@dataclass
+class _Parsed:
+    path: Path
+    root: Any
+    storages: dict[str, _Stored]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _parse(path: Path, head: bytes) -> _Parsed:
+    kind = _kind_of(path, head)
+    if kind == "zip":
+        return _parse_zip(path)
+    if kind == "legacy":
+        return _parse_legacy(path)
+    if kind == "tar":
+        raise UnsupportedError(
+            "a PyTorch file in the pre-0.4 tar layout, which even torch.load(weights_only=True) "
+            "refuses; load it with the torch that wrote it and save it again",
+            path=path,
+        )
+    raise FormatError("not a torch.save file (no data.pkl member, no legacy magic number)", path=path)
+
+
+def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes) -> tuple[Any, RestrictedUnpickler]:
+    unpickler = RestrictedUnpickler(data, legacy=legacy, raw=raw)
+    try:
+        check_opcodes(raw)
+        root = unpickler.load()
+    except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
+        raise type(e)(e.template, path=path, tensor=e.tensor) from e
+    except _PICKLE_ERRORS as e:
+        raise CorruptFileError(f"the pickle is damaged ({type(e).__name__}: {e})"[:300], path=path) from e
+    return root, unpickler
+
+
+# what a damaged pickle makes the unpickler raise
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                  AttributeError, UnicodeError, OverflowError, MemoryError, RecursionError, struct.error)
+
+
+def _parse_zip(path: Path) -> _Parsed:
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:
+        raise CorruptFileError(f"not a readable zip archive ({e})", path=path) from e
+    with z:
+        names = z.namelist()
+        prefix = _archive_prefix(names)
+        assert prefix is not None  # sniffed
+        for name in names:
+            parts = name.split("/")
+            if name.startswith("/") or "\\" in name or ".." in parts or parts[0] != prefix:
+                raise UnsafeInputError(
+                    f"zip member {name!r} lies outside the archive {prefix!r}; refusing the file",
+                    path=path,
+                )
+        if f"{prefix}/constants.pkl" in names or any(n.startswith(f"{prefix}/code/") for n in names):
+            raise UnsupportedError(
+                "a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load it in "
+                "torch and save its state_dict() with torch.save",
+                path=path,
+            )
+        metadata = {"layout": "zip"}
+        for record, key in (("byteorder", "byteorder"), ("version", "version"), (".format_version", "format_version")):
+            member = f"{prefix}/{record}"
+            if member in names and z.getinfo(member).file_size < 64:
+                metadata[key] = z.read(member).decode("ascii", "replace").strip()
+        byteorder = metadata.setdefault("byteorder", "little")
+        if byteorder not in ("little", "big"):
+            raise CorruptFileError(f"unknown byteorder record {byteorder!r}", path=path)
+        info = z.getinfo(f"{prefix}/data.pkl")
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
+        _refuse_bomb(info, path)
+        try:
+            raw = z.read(info)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
+            raise CorruptFileError(f"data.pkl cannot be read from the archive ({e})", path=path) from e
+        root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
+        size = os.path.getsize(path)
+        storages: dict[str, _Stored] = {}
+        for key, ref in unpickler.storages.items():
+            member = f"{prefix}/data/{key}"
+            try:
+                info = z.getinfo(member)
+            except KeyError:
+                raise CorruptFileError(
+                    f"data.pkl refers to storage data/{key}, which the archive does not hold",
+                    path=path,
+                ) from None
+            _check_declared(ref, info.file_size, path)
+            if info.compress_type == zipfile.ZIP_STORED:
+                start = member_data_offset(path, info)
+                if start + info.file_size > size:
+                    raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
+                storages[key] = _Stored(os.fspath(path), start, None, info.file_size, byteorder == "big")
+            else:
+                _refuse_bomb(info, path)
+                storages[key] = _Stored(os.fspath(path), None, member, info.file_size, byteorder == "big")
+    return _Parsed(path, root, storages, metadata)
+
+
+def _refuse_bomb(info: zipfile.ZipInfo, path: Path) -> None:
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 2**20:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > MAX_EXPANSION:
+            raise UnsafeInputError(
+                f"{info.filename} expands {ratio:.0f}x ({info.file_size} bytes from "
+                f"{info.compress_size}): refusing a likely zip bomb",
+                path=path,
+            )
+
+
+def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
+    if ref.nbytes > stored:
+        raise UnsafeInputError(
+            f"storage {ref.key} declares {ref.numel} {ref.dtype} values ({ref.nbytes} bytes) but "
+            f"the file stores {stored} bytes for it; refusing to read beyond them",
+            path=path,
+        )
+
+
+def _parse_legacy(path: Path) -> _Parsed:
+    size = os.path.getsize(path)
+    with builtins.open(path, "rb") as f:
+        try:
+            magic = load_plain(f)
+            protocol = load_plain(f)
+            sys_info = load_plain(f)
+        except (UnsafeInputError, CorruptFileError) as e:
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
+        except _PICKLE_ERRORS as e:
+            raise CorruptFileError(f"the legacy header pickles are damaged ({type(e).__name__})", path=path) from e
+        if magic != MAGIC_NUMBER:
+            raise FormatError("not a torch.save file: wrong magic number", path=path)
+        if protocol != LEGACY_PROTOCOL:
+            raise UnsupportedError(f"legacy protocol version {protocol!r}; torch writes {LEGACY_PROTOCOL}", path=path)
+        start = f.tell()
+        raw = f.read(min(size - start, MAX_PICKLE_BYTES))
+        try:
+            length = check_opcodes(raw)
+        except (UnsafeInputError, CorruptFileError) as e:
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
+        f.seek(start + length)
+        root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length])
+        try:
+            keys = load_plain(f)
+        except (UnsafeInputError, CorruptFileError) as e:
+            raise type(e)(e.template, path=path, tensor=e.tensor) from e
+        except _PICKLE_ERRORS as e:
+            raise CorruptFileError(f"the storage key list is damaged ({type(e).__name__})", path=path) from e
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CorruptFileError("the storage key list is not a list of names", path=path)
+        missing = sorted(set(unpickler.storages) - set(keys))
+        if missing:
+            raise CorruptFileError(
+                f"the pickle refers to storage {missing[0]}, which the file does not hold", path=path
+            )
+        storages: dict[str, _Stored] = {}
+        offset = f.tell()
+        for key in keys:
+            ref = unpickler.storages.get(key)
+            if ref is None:
+                raise CorruptFileError(f"the file holds storage {key}, which no tensor refers to", path=path)
+            count = os.pread(f.fileno(), 8, offset)
+            if len(count) < 8:
+                raise CorruptFileError(f"file is truncated: storage {key} is missing", path=path)
+            numel = int.from_bytes(count, "little", signed=True)
+            nbytes = numel * ITEMSIZE[ref.dtype]
+            if numel < 0 or offset + 8 + nbytes > size:
+                raise CorruptFileError(f"file is truncated: storage {key} ends beyond the end of the file", path=path)
+            _check_declared(ref, nbytes, path)
+            storages[key] = _Stored(os.fspath(path), offset + 8, None, nbytes)
+            offset += 8 + nbytes
+    if not isinstance(sys_info, dict):
+        raise CorruptFileError("the legacy system-info pickle is not a dict", path=path)
+    # torch writes legacy storages little-endian on every machine (the sys info notwithstanding)
+    return _Parsed(path, root, storages, {"layout": "legacy", "byteorder": "little"})
+
+
+# --- the object tree: names, kinds, notes ------------------------------------------------------
+
+_OPTIMIZER = re.compile(r"optim", re.I)
+_BOOKKEEPING = re.compile(r"sched|scaler|rng|random_state|^callbacks?$|^loops?$|^amp$", re.I)
+_COUNTERS = {"epoch", "epochs", "step", "steps", "global_step", "iteration", "iterations", "iter",
+             "num_updates", "best_epoch", "best_step"}
+
+
+class _Walk:
+    """Collects the tensors of an unpickled object, naming each by its container path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.default_name = path.stem or "tensor"
+        self.found: list[tuple[tuple[str, ...], Kind, TensorRef]] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def visit(self, obj: Any, parts: tuple[str, ...], kind: Kind, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            where = self._name(parts)
+            raise CorruptFileError(
+                f"containers nested more than {MAX_DEPTH} deep (at {where[:60]!r}...): not a "
+                "checkpoint torch.save writes",
+                path=self.path,
+            )
+        if isinstance(obj, TensorRef):
+            self.found.append((parts, kind, obj))
+        elif isinstance(obj, Unrepresentable):
+            if obj.what.startswith("a meta tensor"):
+                self.skipped.append((self._name(parts), obj.what))
+            else:
+                raise UnsupportedError(
+                    f"{obj.what}: ckptconv reads dense tensors only (convert it to a plain "
+                    "tensor in torch, e.g. dequantize() or to_dense(), before torch.save)",
+                    path=self.path,
+                    tensor=self._name(parts),
+                )
+        elif isinstance(obj, dict):
+            if kind == "weight" and {"state", "param_groups"} <= set(obj):
+                kind = "optimizer"  # an Optimizer.state_dict(), whatever its key
+            for key, value in obj.items():
+                part = _part(key)
+                self.visit(value, (*parts, part), _child_kind(kind, part, value), depth + 1)
+        elif isinstance(obj, (list, tuple)) and not any(isinstance(v, (dict, list, tuple, TensorRef, Unrepresentable)) for v in obj):
+            self.skipped.append((self._name(parts), _describe(obj)))  # [0.9, 0.999]: one note
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                self.visit(value, (*parts, str(i)), kind, depth + 1)
+        else:
+            self.skipped.append((self._name(parts), _describe(obj)))
+
+    def _name(self, parts: tuple[str, ...]) -> str:
+        return "/".join(parts) if parts else self.default_name
+
+    def names(self) -> list[str]:
+        return [self._name(parts) for parts, _, _ in self.found]
+
+    def tied(self) -> list[tuple[str, ...]]:
+        groups: dict[tuple[object, ...], list[str]] = {}
+        for parts, _, ref in self.found:
+            groups.setdefault(ref.identity(), []).append(self._name(parts))
+        return [tuple(names) for names in groups.values() if len(names) > 1]
+
+    def entries(self, parsed: _Parsed) -> list[Entry]:
+        return [self._entry(parts, kind, ref, parsed) for parts, kind, ref in self.found]
+
+    def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: _Parsed) -> Entry:
+        name = self._name(parts)
+        canonical = TORCH_DTYPES.get(ref.dtype)
+        if canonical is None:
+            raise UnsupportedError(
+                f"torch dtype {ref.dtype} has no numpy or safetensors equivalent; convert the "
+                "tensor in torch (e.g. .to(torch.float16)) before torch.save",
+                path=parsed.path,
+                tensor=name,
+            )
+        dtype = by_name(canonical)
+        stored = parsed.storages[ref.storage.key]
+        start, span = _check_view(ref, dtype.itemsize, parsed.path, name)
+        numel = int(np.prod(ref.shape, dtype=np.int64))
+        layer = _layer(parts)
+        common = dict(key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind, layer=layer)
+        plain_bytes = not stored.big_endian or _swap_unit(dtype) == 1
+        if stored.offset is not None and plain_bytes and _c_contiguous(ref.shape, ref.stride):
+            byte_range = ByteRange(stored.path, stored.offset + start, numel * dtype.itemsize)
+            return Entry(name, byte_range=byte_range, **common)  # type: ignore[arg-type]
+        loader = partial(_read_view, stored, start, span, dtype, ref.shape, ref.stride, name)
+        return Entry(name, loader=loader, **common)  # type: ignore[arg-type]
+
+
+def _part(key: object) -> str:
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    text = str(key) if isinstance(key, (str, int, float, bool)) or key is None else repr(key)
+    return text or "_"
+
+
+def _child_kind(kind: Kind, part: str, value: Any) -> Kind:
+    if kind != "weight":
+        return kind
+    if _OPTIMIZER.search(part):
+        return "optimizer"
+    if _BOOKKEEPING.search(part):
+        return "bookkeeping"
+    if isinstance(value, TensorRef) and "." not in part and part.lower() in _COUNTERS:
+        return "bookkeeping"
+    return kind
+
+
+def _layer(parts: tuple[str, ...]) -> str:
+    """``("model", "features.0.weight")`` -> ``model/features.0``: the last part loses its last
+    ``.``-separated piece (a state-dict key's parameter name), or goes whole."""
+    if not parts:
+        return ""
+    head, last = parts[:-1], parts[-1]
+    if "." in last:
+        return "/".join((*head, last.rsplit(".", 1)[0]))
+    return "/".join(head)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, StorageRef):
+        return f"a storage ({value.numel} {value.dtype}) without a tensor"
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, complex)):
+        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, str):
+        return f"str {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, (bytes, bytearray)):
+        return f"{type(value).__name__} of {len(value)} bytes"
+    if isinstance(value, (list, tuple)):
+        text = repr(value)
+        return f"{type(value).__name__} {text[:60]}" + ("..." if len(text) > 60 else "")
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__} of {len(value)} items"
+    return type(value).__name__
+
+
+# --- checking and reading a view --------------------------------------------------------------
+
+
+def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[int, int]:
+    """Byte offset of the view's first element within its storage's stored bytes, and the
+    byte span from it to the end of its last element; refuses views outside the storage."""
+    storage = ref.storage
+    base = storage.view[0] * ITEMSIZE[storage.dtype] if storage.view else 0
+    limit = storage.nbytes
+    numel = 1
+    for d in ref.shape:
+        numel *= d
+    first = ref.offset * itemsize
+    if numel == 0:
+        if first > limit:
+            raise UnsafeInputError(
+                f"storage offset {ref.offset} lies beyond storage {storage.key} ({limit} bytes)",
+                path=path,
+                tensor=name,
+            )
+        return base + first, 0
+    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
+    end = (last + 1) * itemsize
+    if end > limit:
+        raise UnsafeInputError(
+            f"the view (offset {ref.offset}, shape {list(ref.shape)}, stride {list(ref.stride)}) "
+            f"ends at byte {end} of storage {storage.key}, which holds {limit} bytes; refusing to "
+            "read outside it",
+            path=path,
+            tensor=name,
+        )
+    if numel * itemsize > limit:
+        raise UnsafeInputError(
+            f"shape {list(ref.shape)} needs {numel * itemsize} bytes but storage {storage.key} "
+            f"holds {limit} (an expanded, overlapping view): refusing to make more bytes than "
+            "the file stores; save tensor.contiguous() instead",
+            path=path,
+            tensor=name,
+        )
+    return base + first, end - first
+
+
+def _c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for d, s in zip(reversed(shape), reversed(stride)):
+        if d != 1 and s != expected:
+            return False
+        expected *= d
+    return True
+
+
+def _swap_unit(dtype: np.dtype) -> int:
+    """Bytes swapped together for a big-endian file: the itemsize, half of it for complex."""
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+
+
+def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarray:
+    buffer = np.empty(length, dtype=np.uint8)
+    if length == 0:
+        return buffer
+    if stored.offset is not None:
+        return read_byte_range(ByteRange(stored.path, stored.offset + start, length), buffer.dtype, (length,), tensor=name, out=buffer)
+    view = memoryview(buffer)
+    try:
+        with zipfile.ZipFile(stored.path) as z, z.open(stored.member) as f:  # type: ignore[arg-type]
+            skip = start
+            while skip:  # the decompressor only goes forward: read and drop, a window at a time
+                dropped = len(f.read(min(skip, _READ_WINDOW)))
+                if dropped == 0:
+                    break
+                skip -= dropped
+            done = 0
+            while done < length and not skip:
+                n = f.readinto(view[done : done + _READ_WINDOW])
+                if not n:
+                    break
+                done += n
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CorruptFileError(f"compressed member {stored.member} cannot be read ({e})", path=stored.path, tensor=name) from e
+    if skip or done < length:
+        raise CorruptFileError(f"compressed member {stored.member} ends early", path=stored.path, tensor=name)
+    return buffer
+
+
+def _read_view(stored: _Stored, start: int, span: int, dtype: np.dtype, shape: tuple[int, ...],
+               stride: tuple[int, ...], name: str) -> np.ndarray:
+    """The view's values in C order: its byte span read, byte-swapped if the file is
+    big-endian, then gathered by its strides."""
+    raw = _read_span(stored, start, span, name)
+    unit = _swap_unit(dtype)
+    if stored.big_endian and unit > 1:
+        raw = raw.view(f">u{unit}").astype(f"<u{unit}").view(np.uint8)
+    if span == 0:
+        return np.empty(shape, dtype=dtype)
+    # gathered as opaque items: as_strided cannot describe ml_dtypes (bfloat16, float8) itself
+    flat = raw.view(np.dtype((np.void, dtype.itemsize)))
+    strides = tuple(s * dtype.itemsize for s in stride)
+    view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=strides, writeable=False)
+    return np.array(view, order="C", copy=True).view(dtype)
+
