@@ -15,7 +15,8 @@
         many.weights.h5, many.keras, a sharded many.weights.json, and many.safetensors (the
         same weights under their Keras variable paths, written with safetensors.numpy)
     bench_write.py many-tfkeras OUTDIR --layers N --units U
-        the same model in tf-keras: many_legacy.h5 and a TF checkpoint ckpt/many
+        about 2N tensors in tf-keras (N/3 branches of Dense(U) + BatchNormalization):
+        many_legacy.h5 and a TF checkpoint ckpt/many
     bench_write.py generated OUTDIR --tensors N
         N small tensors (layer_i/kernel 8x8 and layer_i/bias 8, fp32) as a TF checkpoint
         written by TensorFlow's own SaveV2 op (gen.index, gen.data-*) and as gen.safetensors
@@ -184,10 +185,21 @@ def write_many_keras3(out: str, layers: int, units: int) -> None:
 
 
 def write_many_tfkeras(out: str, layers: int, units: int) -> None:
+    """About ``2 * layers`` tensors in tf-keras. Not ``layers`` Dense layers: tf-keras' legacy
+    HDF5 writer sizes its ``layer_names`` attribute as fixed-length bytes but h5py stores the
+    list as variable-length strings (16 bytes each), so more than about 4000 layers overflow
+    HDF5's 64 KiB object header. Branches of Dense + BatchNormalization (6 tensors each) reach
+    the same tensor count with a third of the layers."""
     import tf_keras
 
-    model = build_wide(tf_keras, layers, units)
-    fill(model, layers, units)
+    branches = -(-layers // 3)
+    inputs = tf_keras.Input((units,), name="x")
+    outputs = []
+    for i in range(branches):
+        h = tf_keras.layers.Dense(units, name=f"dense_{i}", kernel_initializer="zeros")(inputs)
+        outputs.append(tf_keras.layers.BatchNormalization(name=f"bn_{i}")(h))
+    model = tf_keras.Model(inputs, tf_keras.layers.Add(name="sum")(outputs), name="many")
+    fill(model, branches, units)
     model.save_weights(os.path.join(out, "many_legacy.h5"))
     os.makedirs(os.path.join(out, "ckpt"), exist_ok=True)
     model.save_weights(os.path.join(out, "ckpt", "many"), save_format="tf")
