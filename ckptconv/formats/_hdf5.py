@@ -128,42 +128,73 @@ def check_global_heaps(
                 objects = _check_collection(reader, offset, size, path=path)
                 if objects is not None:
                     collections[offset] = objects
-        texts: dict[int, dict[str, str]] = {}
+        texts: dict[int, dict[str, str | list[str]]] = {}
         for address, header in headers.items():
-            for name, values in header.vlen:
+            for name, values, what in header.vlen:
                 _check_vlen_values(name, values, collections, path=path)
-                if name == "name" and len(values) == 17:  # one value: a layer's name
-                    text = _heap_text(reader, values, collections)
+                if what:  # strings: layer names, weight names
+                    text = _heap_texts(reader, values, collections)
                     if text is not None:
-                        texts.setdefault(address, {})[name] = text
+                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
     finally:
         reader.close()
     return Catalog(headers, texts, children)
 
 
 class Catalog(NamedTuple):
-    """What :func:`check_global_heaps` read: every object header by address, the scalar
-    variable-length string attributes named ``name`` (Keras 3's layer names) decoded, by
-    address, and every group's links (``(link type, address)`` by name) by group path.
+    """What :func:`check_global_heaps` read: every object header by address, the
+    variable-length string attributes (layer and weight names) decoded, by address (a scalar
+    as a str, an array as a list), and every group's links (``(link type, address)`` by name) by group path.
     A group missing from ``children`` (reached by a second hard link, or a file not opened
     by :func:`open_h5`) is asked of libhdf5."""
 
     headers: dict[int, Header]
-    texts: dict[int, dict[str, str]]
+    texts: dict[int, dict[str, str | list[str]]]
     children: dict[str, dict[str, tuple[int, int]]]
 
 
-def _heap_text(
-    reader: _ImageReader, value: bytes, collections: dict[int, dict[int, tuple[int, int]]]
-) -> str | None:
-    """The string one checked variable-length value points at (None when it is not UTF-8)."""
-    collection = int.from_bytes(value[5:13], "little")
-    index = int.from_bytes(value[13:17], "little")
-    size, start = collections[collection][index] if int.from_bytes(value[1:5], "little") else (0, 0)
-    try:
-        return reader.read(collection + start, size).decode("utf-8") if size else ""
-    except UnicodeDecodeError:
+def _heap_texts(
+    reader: _ImageReader, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]]
+) -> list[str] | None:
+    """The strings checked variable-length values point at (None when one is not UTF-8)."""
+    texts = []
+    for at in range(1, len(raw) - 15, 16):
+        if not int.from_bytes(raw[at : at + 4], "little"):
+            texts.append("")
+            continue
+        collection = int.from_bytes(raw[at + 4 : at + 12], "little")
+        size, start = collections[collection][int.from_bytes(raw[at + 12 : at + 16], "little")]
+        try:
+            texts.append(reader.read(collection + start, size).decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    return texts
+
+
+def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | None | bool:
+    """A list attribute Keras may split into ``name0``, ``name1``, ... (as
+    :func:`chunked_attribute` reads it) from the catalog: the strings, None when the object
+    has no such attribute, or False when the catalog cannot tell (ask h5py)."""
+    header = catalog.headers.get(address)
+    if header is None or header.kind == "other" or "" in header.attributes:
+        return False
+    texts = catalog.texts.get(address, {})
+    if name in header.attributes:
+        value = texts.get(name)
+        if value is None:
+            return False
+        return [value] if isinstance(value, str) else list(value)
+    if f"{name}0" not in header.attributes:
         return None
+    values: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in header.attributes:
+        part = texts.get(f"{name}{chunk}")
+        if part is None:
+            return False
+        values.extend([part] if isinstance(part, str) else part)
+        chunk += 1
+    return values
 
 
 class _ImageReader:
@@ -552,6 +583,25 @@ def _byte_range(
             tensor=key,
         )
     return ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
+
+
+def resolve(catalog: Catalog, path: str) -> int | None:
+    """The address of the object at ``path`` through the catalog's hard links, or None when
+    the catalog cannot tell (a link that is not hard, a missing link, a group it holds no
+    links of, nesting beyond MAX_DEPTH): :func:`safe_get` then gives the reason."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > MAX_DEPTH:
+        return None
+    group = ""
+    address = None
+    for part in parts:
+        table = catalog.children.get(group or "/")
+        link = None if table is None else table.get(part)
+        if link is None or link[0] != h5py.h5l.TYPE_HARD:
+            return None
+        address = link[1]
+        group = f"{group}/{part}"
+    return address
 
 
 def link_table(gid: Any) -> dict[str, tuple[int, int]]:

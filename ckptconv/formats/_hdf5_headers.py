@@ -50,8 +50,9 @@ class Header(NamedTuple):
         offset: Where its contiguous bytes start in the HDF5 image (None: not contiguous, or
             never written).
         length: How many bytes are stored there.
-        vlen: ``(name, raw values)`` of every variable-length attribute (see
-            :func:`ckptconv.formats._hdf5.check_global_heaps`).
+        vlen: ``(name, raw values, what)`` of every variable-length attribute (see
+            :func:`ckptconv.formats._hdf5.check_global_heaps`; ``what`` is ``str``, ``strs``
+            or ``""``, see :func:`_attribute`).
         attributes: The names of all its attributes (``""`` for one not read here).
     """
 
@@ -61,7 +62,7 @@ class Header(NamedTuple):
     dtype: np.dtype | None
     offset: int | None
     length: int
-    vlen: list[tuple[str, bytes]]
+    vlen: list[tuple[str, bytes, str]]
     attributes: tuple[str, ...] = ()
 
 
@@ -119,7 +120,7 @@ def parse_header(messages: list[tuple[int, int, bytes]]) -> Header:
     dtype: np.dtype | None = None
     offset: int | None = None
     length = 0
-    vlen: list[tuple[str, bytes]] = []
+    vlen: list[tuple[str, bytes, str]] = []
     attributes: list[str] = []
     for message, flags, data in messages:
         if message == _ATTRIBUTE:
@@ -127,10 +128,10 @@ def parse_header(messages: list[tuple[int, int, bytes]]) -> Header:
             if attribute is None:
                 attributes.append("")  # unreadable here: libhdf5 decides
                 continue
-            name, is_vlen, values = attribute
+            name, strings, values = attribute
             attributes.append(name)
-            if is_vlen:
-                vlen.append((name, values))
+            if strings is not None:
+                vlen.append((name, values, strings))
             if name == "dtype":
                 plain = False  # the tensor's dtype is named there: the h5py path reads it
             continue
@@ -220,9 +221,11 @@ def _datatype(data: bytes) -> np.dtype | None:
     return None
 
 
-def _attribute(data: bytes) -> tuple[str, bool, bytes] | None:
-    """``(name, is variable-length, raw values)`` of an attribute message (values carry the
-    base type's size as their first byte for variable-length types)."""
+def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
+    """``(name, what, raw values)`` of an attribute message. ``what`` is None unless the type
+    is variable-length: then ``str`` (a scalar string), ``strs`` (an array of strings) or
+    ``""`` (a sequence of another type), and the raw values carry the base type's size as
+    their first byte."""
     version = data[0] if data else 0
     if version not in (1, 2, 3) or len(data) < 8:
         return None
@@ -241,12 +244,15 @@ def _attribute(data: bytes) -> tuple[str, bool, bytes] | None:
     space = data[position : position + space_size]
     position += pad(space_size)
     if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
-        return name, False, b""
+        return name, None, b""
     base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
     count = _element_count(space)
     if count is None:
         return None
-    return name, True, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
+    what = ""
+    if datatype[1] & 0x0F == 1 and len(data) - position >= 16 * count:  # strings, all stored here
+        what = "str" if len(space) >= 2 and space[1] == 0 and count == 1 else "strs"
+    return name, what, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
 
 
 def _element_count(space: bytes) -> int | None:

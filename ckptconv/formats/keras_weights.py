@@ -308,7 +308,7 @@ def _layer_name(f: h5py.File, vars_name: str, address: int, catalog: Catalog) ->
     """A ``vars`` group's ``name`` attribute (Keras >= 3.6), None when it has none: decoded
     by the heap check where it could, else read through h5py."""
     text = catalog.texts.get(address, {}).get("name")
-    if text is not None:
+    if isinstance(text, str):
         return text
     header = catalog.headers.get(address)
     if header is not None and header.kind == "group" and not {"name", ""} & set(header.attributes):
