@@ -459,7 +459,7 @@ def _write_file(
         want_crc = checksum or (source is not None and source.crc32c is not None)
         name = output.name if want_crc else None
         if name is not None:
-            pipeline.crc_start(name)
+            pipeline.crc_start(name, output.nbytes)
             checked.append(output)
         if _passes_through(output):
             _copy_range(output, out, sources, name, bar)
