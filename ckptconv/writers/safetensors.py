@@ -191,8 +191,9 @@ def write_safetensors(
         finals = shard_names(dst, len(groups))
         index = index_path(dst)
     layouts = [_layout(group, codes) for group in groups]
-    for slots, final in zip(layouts, finals):
-        _check_header_size(slots, meta, checksum=checksum, dst=final)
+    tensor_texts = [_tensors_json(slots) for slots in layouts]
+    for slots, final, text in zip(layouts, finals, tensor_texts):
+        _check_header_size(slots, meta, checksum=checksum, dst=final, tensors=text)
     new_files = finals + ([index] if index else [])
     old_files = _existing_output(dst)
     # a stray file with a new shard's name counts as existing output too
@@ -207,12 +208,12 @@ def write_safetensors(
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
         pipeline = stack.enter_context(Pipeline())
-        for slots, final in zip(layouts, finals):
+        for slots, final, text in zip(layouts, finals, tensor_texts):
             fd, tmp = temps.create(os.path.basename(final))
             checksums.update(
                 _write_file(
                     fd, slots, meta, dst=final, checksum=checksum, fsync=fsync,
-                    bar=bar, sources=sources, pipeline=pipeline,
+                    bar=bar, sources=sources, pipeline=pipeline, tensors=text,
                 )
             )
             temps.close(fd)
@@ -402,9 +403,22 @@ def _layout(group: list[Output], codes: Mapping[str, str]) -> list[_Slot]:
     return slots
 
 
-def _header(slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None) -> bytes:
-    """The header bytes (length prefix included), padded with spaces to a multiple of 8."""
-    header: dict[str, object] = {}
+def _tensors_json(slots: list[_Slot]) -> str:
+    """The header's tensor entries as one JSON object, built once per file (a file of 100,000
+    tensors would otherwise build them for the size check, the header and its patch)."""
+    return json.dumps(
+        {s.output.name: {"dtype": s.code, "shape": list(s.output.shape), "data_offsets": [s.begin, s.end]}
+         for s in slots},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def _header(
+    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: str
+) -> bytes:
+    """The header bytes (length prefix included), padded with spaces to a multiple of 8:
+    ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``)."""
     full_meta = dict(meta)
     if crcs is not None:
         full_meta[CRC_KEY] = json.dumps(
@@ -412,23 +426,19 @@ def _header(slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int]
             separators=(",", ":"),
             ensure_ascii=False,
         )
+    text = tensors
     if full_meta:
-        header["__metadata__"] = full_meta
-    for s in slots:
-        header[s.output.name] = {
-            "dtype": s.code,
-            "shape": list(s.output.shape),
-            "data_offsets": [s.begin, s.end],
-        }
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
+        head = '{"__metadata__":' + json.dumps(full_meta, separators=(",", ":"), ensure_ascii=False)
+        text = head + ("}" if tensors == "{}" else "," + tensors[1:])
+    raw = text.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
 
 
 def _check_header_size(
-    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str
+    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str, tensors: str
 ) -> None:
-    size = len(_header(slots, meta, {} if checksum else None)) - 8
+    size = len(_header(slots, meta, {} if checksum else None, tensors)) - 8
     if size > _MAX_HEADER:
         raise OutputError(
             f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
@@ -448,8 +458,9 @@ def _write_file(
     bar: _Bar,
     sources: _SourceFiles,
     pipeline: Pipeline,
+    tensors: str,
 ) -> dict[str, int]:
-    head = _header(slots, meta, {} if checksum else None)
+    head = _header(slots, meta, {} if checksum else None, tensors)
     out = Sink(pipeline, fd, path=dst, fsync=fsync)
     out.write(head, None)
     checked: list[Output] = []
@@ -474,7 +485,7 @@ def _write_file(
             crcs[output.name] = crc
     patch = None
     if checksum:
-        patch = _header(slots, meta, crcs)
+        patch = _header(slots, meta, crcs, tensors)
         assert len(patch) == len(head), "the checksum placeholders changed the header length"
     out.finish(patch)
     return crcs
