@@ -36,7 +36,7 @@ Kind = Literal["weight", "optimizer", "bookkeeping"]
 KINDS: tuple[Kind, ...] = ("weight", "optimizer", "bookkeeping")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ByteRange:
     """Where a tensor's raw bytes lie: ``length`` bytes at ``offset`` in the file ``path``.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import json.encoder
 import os
 import re
 import signal
@@ -404,14 +405,15 @@ def _layout(group: list[Output], codes: Mapping[str, str]) -> list[_Slot]:
 
 
 def _tensors_json(slots: list[_Slot]) -> str:
-    """The header's tensor entries as one JSON object, built once per file (a file of 100,000
-    tensors would otherwise build them for the size check, the header and its patch)."""
-    return json.dumps(
-        {s.output.name: {"dtype": s.code, "shape": list(s.output.shape), "data_offsets": [s.begin, s.end]}
-         for s in slots},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    """The header's tensor entries as one JSON object (what ``json.dumps`` gives for the
+    dict of them), built once per file and piece by piece: a file of 100,000 tensors would
+    otherwise hold 100,000 dicts for the size check, the header and its patch each."""
+    quote = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False)
+    return "{" + ",".join(
+        f'{quote(s.output.name)}:{{"dtype":{quote(s.code)},"shape":[{",".join(map(str, s.output.shape))}],'
+        f'"data_offsets":[{s.begin},{s.end}]}}'
+        for s in slots
+    ) + "}"
 
 
 def _header(
@@ -420,12 +422,11 @@ def _header(
     """The header bytes (length prefix included), padded with spaces to a multiple of 8:
     ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``)."""
     full_meta = dict(meta)
-    if crcs is not None:
-        full_meta[CRC_KEY] = json.dumps(
-            {s.output.name: f"{crcs.get(s.output.name, 0):08x}" for s in slots},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+    if crcs is not None:  # json.dumps of {name: "%08x"}, piece by piece
+        quote = json.encoder.encode_basestring
+        full_meta[CRC_KEY] = "{" + ",".join(
+            f'{quote(s.output.name)}:"{crcs.get(s.output.name, 0):08x}"' for s in slots
+        ) + "}"
     text = tensors
     if full_meta:
         head = '{"__metadata__":' + json.dumps(full_meta, separators=(",", ":"), ensure_ascii=False)
