@@ -464,6 +464,8 @@ def _write_file(
     head = _header(slots, meta, {} if checksum else None, tensors)
     out = Sink(pipeline, fd, path=dst, fsync=fsync)
     out.write(head, None)
+    head_length = len(head)
+    del head  # megabytes for 100,000 tensors: the patch below is built when the CRCs are known
     checked: list[Output] = []
     for slot in slots:
         output = slot.output
@@ -487,7 +489,7 @@ def _write_file(
     patch = None
     if checksum:
         patch = _header(slots, meta, crcs, tensors)
-        assert len(patch) == len(head), "the checksum placeholders changed the header length"
+        assert len(patch) == head_length, "the checksum placeholders changed the header length"
     out.finish(patch)
     return crcs
 
