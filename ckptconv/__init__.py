@@ -44,12 +44,17 @@ _LAZY = {
     "ConvertResult": "convert",
     "convert": "convert",
     "open": "formats",
+    "DiffReport": "mapping",
     "Plan": "mapping",
     "Rule": "mapping",
     "Spec": "mapping",
+    "Suggestion": "mapping",
     "TargetTensor": "mapping",
+    "TensorDiff": "mapping",
     "build_plan": "mapping",
+    "diff": "mapping",
     "load_spec": "mapping",
+    "suggest": "mapping",
     "ByteRange": "store",
     "Entry": "store",
     "Output": "store",
@@ -71,7 +76,19 @@ if TYPE_CHECKING:
     from .convert import ConvertResult, convert
     from .formats import open as open  # noqa: A004
     from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
-    from .mapping import Plan, Rule, Spec, TargetTensor, build_plan, load_spec
+    from .mapping import (
+        DiffReport,
+        Plan,
+        Rule,
+        Spec,
+        Suggestion,
+        TargetTensor,
+        TensorDiff,
+        build_plan,
+        diff,
+        load_spec,
+        suggest,
+    )
     from .store import ByteRange, Entry, Output, Store
     from .verify import Mismatch, VerifyResult, verify_file
     from .writers.safetensors import WriteResult, parse_size, write_safetensors
@@ -119,6 +136,12 @@ __all__ = [
     "build_plan",
     "Plan",
     "TargetTensor",
+    "suggest",
+    "Suggestion",
+    # comparing
+    "diff",
+    "DiffReport",
+    "TensorDiff",
     # converting and writing safetensors
     "convert",
     "ConvertResult",

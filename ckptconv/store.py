@@ -193,7 +193,8 @@ class Entry:
             format has one: the Keras saving-tree key (``layers/dense_1/vars/0``) of a Keras 3
             file, ``GROUP/POSITION`` (the layer group and the position in its
             ``weight_names``) of a legacy HDF5 file, the object path (``layer_with_weights-0/
-            kernel``) of an object-based TF checkpoint; else None. ``load_into`` matches by it
+            kernel``) of an object-based TF checkpoint, the pytree path
+            (``trainable_variables/seq/dense/kernel``) of an Orbax checkpoint; else None. ``load_into`` matches by it
             first (see :mod:`ckptconv.keras.structure`).
     """
 

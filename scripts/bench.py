@@ -57,6 +57,7 @@ UNITS = 4096
 
 # The issue's targets.
 CONVERT_RATIO = 1.3
+DIFF_RATIO = 1.3  # diff: about the time of reading both files
 TORCH_CONVERT_RATIO = 1.0  # a stored zip member is a byte range: nothing to decode
 OPS_RATIO = 2.0
 RSS_LIMIT = 256 * MiB
@@ -95,14 +96,15 @@ class Case:
 
     Attributes:
         id: Short identifier (``convert:weights.h5``).
-        group: ``copy``, ``convert``, ``peer``, ``meta``, ``load``, ``large``, ``bert``,
+        group: ``copy``, ``convert``, ``peer``, ``meta``, ``load``, ``diff``, ``large``, ``bert``,
             ``many``, ``scale``, ``start``.
         label: What the table shows.
         argv: The command.
         inputs: Files to warm (or evict) before each run.
         outputs: Files or directories removed after each run.
         baseline: For ratios: the id of the ``dd conv=fsync`` case of the same file (copy,
-            convert, peer, large), or of the reference load (load, bert).
+            convert, peer, large), of the reference load (load, bert), or of reading both
+            files (diff).
         plain: The id of the plain ``dd`` case of the same file.
         inner: The program reports its own timed part (``BENCH {"seconds": ...}``); the table
             shows that instead of the process' wall time.
@@ -320,6 +322,15 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         cases.append(Case("load_weights:keras", "load", "Keras model.load_weights, .keras",
                           run + ["load_weights", k_path] + size, inputs=k_files, inner=True,
                           baseline="load_weights:weights.h5", rounds=1))
+    if "diff" in groups:
+        both = w_files + [files.safetensors]
+        cases.append(Case("read:diff", "diff", "cat .weights.h5 and its .safetensors > /dev/null",
+                          ["sh", "-c", 'cat "$0" "$1" > /dev/null', w_path, files.safetensors],
+                          inputs=both))
+        cases.append(Case("diff:weights.h5-st", "diff",
+                          "ckptconv diff .weights.h5 .safetensors (equal: every byte compared)",
+                          CKPTCONV + ["diff", w_path, files.safetensors], inputs=both,
+                          baseline="read:diff", target=f"ratio:{DIFF_RATIO}"))
     if "large" in groups:
         dst = os.path.join(out, "large.safetensors")
         copies("large", f"{large}-layer .weights.h5", [files.large])
@@ -422,7 +433,7 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
     writer = [PY, os.path.join(HERE, "bench_write.py")]
     size = ["--layers", str(files.layers), "--units", str(UNITS)]
     jobs: list[tuple[str, list[str], str]] = []
-    need_main = groups & {"copy", "convert", "peer", "meta", "load"}  # the big model
+    need_main = groups & {"copy", "convert", "peer", "meta", "load", "diff"}  # the big model
     if need_main:
         jobs.append(("Keras 3 .weights.h5 and .keras", writer + ["keras3", files.p("k3")] + size,
                      files.p("k3", "model.keras")))
@@ -463,7 +474,7 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         subprocess.run(argv, check=True, env=child_env(), stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
         log(f"  done in {time.perf_counter() - started:.0f} s")
-    if "load" in groups and not os.path.exists(files.safetensors):
+    if groups & {"load", "diff"} and not os.path.exists(files.safetensors):
         os.makedirs(os.path.dirname(files.safetensors), exist_ok=True)
         subprocess.run(CKPTCONV + ["convert", files.sources[".weights.h5"][0], files.safetensors,
                                    "--quiet"], check=True, env=child_env())
@@ -767,7 +778,7 @@ def _installed(module: str) -> bool:
     return probe.returncode == 0
 
 
-GROUPS = ("copy", "convert", "peer", "meta", "load", "large", "bert", "many", "scale", "start")
+GROUPS = ("copy", "convert", "peer", "meta", "load", "diff", "large", "bert", "many", "scale", "start")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -814,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(base, exist_ok=True)
     need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0)
                           + (2 if with_torch else 0))
-    if not groups & {"copy", "convert", "peer", "meta", "load", "large"}:
+    if not groups & {"copy", "convert", "peer", "meta", "load", "diff", "large"}:
         need = 0  # the many-tensor and start-up groups need a few hundred MB at most
     need += 512 * MiB
     free = shutil.disk_usage(base).free

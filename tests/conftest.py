@@ -25,7 +25,7 @@ ROOT = Path(__file__).parent.parent
 
 # The writers whose versions decide what a generator writes: a cached fixture from another
 # version of one of them is not the fixture this session would write.
-WRITERS = ("keras", "tensorflow", "tf-keras", "jax", "torch", "h5py", "numpy")
+WRITERS = ("keras", "tensorflow", "tf-keras", "jax", "torch", "h5py", "numpy", "orbax-checkpoint", "tensorstore")
 
 
 def _writer_versions() -> str:

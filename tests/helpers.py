@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +54,53 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
         [sys.executable, "-m", "ckptconv", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
     )
+
+
+_BLOCKER = """
+import sys
+
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} is blocked: this test runs without it")
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def blocking_env(site: Path, blocked: Iterable[str]) -> dict[str, str]:
+    """An environment in which the top-level packages ``blocked`` cannot be imported (as if
+    not installed): a ``sitecustomize`` in ``site`` installs a ``sys.meta_path`` finder that
+    refuses them. Checks that it works."""
+    blocked = tuple(blocked)
+    (site / "sitecustomize.py").write_text(_BLOCKER.format(blocked=blocked))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    probe = subprocess.run([sys.executable, "-c", f"import {blocked[0]}"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr, probe.stderr  # the blocker works
+    return env
+
+
+def run_cli_many(
+    env: dict[str, str], commands: Sequence[Sequence[object]], *, never_imported: Iterable[str] = ()
+) -> list[subprocess.CompletedProcess]:
+    """Several ``ckptconv`` commands in one subprocess (one interpreter start) with ``env``;
+    fails if any package of ``never_imported`` was imported along the way."""
+    driver = (
+        "import contextlib, io, json, sys\n"
+        "from ckptconv.cli import main\n"
+        "results = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        status = main(argv)\n"
+        "    results.append([status, out.getvalue(), err.getvalue()])\n"
+        f"leaked = [m for m in sys.modules if m.partition('.')[0] in {tuple(never_imported)!r}]\n"
+        "assert not leaked, leaked\n"
+        "print(json.dumps(results))\n"
+    )
+    argv = json.dumps([[str(a) for a in command] for command in commands])
+    proc = subprocess.run([sys.executable, "-c", driver, argv], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(c, status, out, err) for c, (status, out, err) in zip(commands, results)]

@@ -50,6 +50,8 @@ def test_every_result_to_json_returns_json_ready_data() -> None:
         ckptconv.TransplantResult("o.keras", LoadReport(), 0.5),
         FileResult("a", "b", True),
         BatchReport([FileResult("a", "b", True)]),
+        ckptconv.diff({"w": np.float32([1, np.nan])}, {"w": np.float32([np.inf, 0])}),
+        ckptconv.mapping.align({"a/kernel": np.zeros((2, 3), np.float32)}, {"b/kernel": np.zeros((3, 2), np.float32)}),
     ]
     import json
 
@@ -85,7 +87,8 @@ def _public_functions():
     from ckptconv.batch import plan_jobs
 
     return [ckptconv.open, ckptconv.convert, ckptconv.build_plan, ckptconv.load_into,
-            ckptconv.transplant, ckptconv.verify_file, ckptconv.write_safetensors, plan_jobs]
+            ckptconv.transplant, ckptconv.verify_file, ckptconv.write_safetensors, plan_jobs,
+            ckptconv.suggest, ckptconv.diff]
 
 
 @pytest.mark.parametrize("function", _public_functions(), ids=lambda f: f.__name__)

@@ -150,11 +150,15 @@ def _failures(small: Path, tmp_path: Path) -> dict[str, list[str]]:
         "verify": ["verify", str(SAMPLE)],
         "batch": ["batch", missing, "-o", str(tmp_path / "outdir")],
         "transplant": ["transplant", str(small), missing, str(tmp_path / "o.keras")],
+        "suggest": ["suggest", missing, "--target", str(small)],
+        "diff": ["diff", str(small), missing],
         "usage": ["convert", str(small), str(tmp_path / "o.safetensors"), "--dtype", "bfloa16"],
     }
 
 
-@pytest.mark.parametrize("case", ["inspect", "convert", "plan", "plan-problems", "verify", "batch", "transplant", "usage"])
+@pytest.mark.parametrize(
+    "case", ["inspect", "convert", "plan", "plan-problems", "verify", "batch", "transplant", "suggest", "diff", "usage"]
+)
 def test_json_failures_print_exactly_one_object_with_an_error(capsys, small: Path, tmp_path: Path, case: str) -> None:
     args = _failures(small, tmp_path)[case]
     code, out, err = run(capsys, *args, "--json")
@@ -169,7 +173,7 @@ def test_json_failures_print_exactly_one_object_with_an_error(capsys, small: Pat
     assert err.startswith(first), err  # the error line stays on stderr (verify and batch: stdout has the JSON only)
 
 
-@pytest.mark.parametrize("command", ["inspect", "convert", "plan", "verify", "batch"])
+@pytest.mark.parametrize("command", ["inspect", "convert", "plan", "verify", "batch", "suggest", "diff"])
 def test_json_success_prints_exactly_one_object(capsys, small: Path, tmp_path: Path, command: str) -> None:
     args = {
         "inspect": ["inspect", small],
@@ -177,6 +181,8 @@ def test_json_success_prints_exactly_one_object(capsys, small: Path, tmp_path: P
         "plan": ["plan", small],
         "verify": ["verify", small],
         "batch": ["batch", small, "-o", tmp_path / "outdir"],
+        "suggest": ["suggest", small, "--target", small],
+        "diff": ["diff", small, small],
     }[command]
     code, out, err = run(capsys, *args, "--json")
     assert code == 0, err
@@ -250,6 +256,11 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["batch", "{small}", "-o", "{tmp}/o", "--name-pattern", "{{stem}}.h5"], "end the pattern in .safetensors, or pass --any-suffix"),
         (["transplant", "{small}", "{small}", "{tmp}/o.keras", "--onl", "dense"], "unrecognized arguments: --onl dense"),
         (["convert", "{small}", "{out}", "--forc"], "unrecognized arguments: --forc"),
+        (["diff", "{small}", "{small}", "--atol", "-1"], "argument --atol: expected a finite number >= 0"),
+        (["diff", "{small}", "{small}", "--rtol", "abc"], "argument --rtol: expected a number >= 0"),
+        (["diff", "{small}", "{small}", "--dtype", "floot32"], "argument --dtype: unknown dtype 'floot32'"),
+        (["suggest", "{small}", "--target", "{small}", "--forc"], "unrecognized arguments: --forc"),
+        (["suggest", "{small}"], "the following arguments are required: --target"),
     ],
 )
 def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, args: list[str], says: str) -> None:

@@ -79,7 +79,10 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "cnn_output.npy": ("fixtures", "pytorch/cnn_output.npy"),
     },
     "docs/api.md": {},
-    "docs/formats-keras.md": {},
+    "docs/formats-keras.md": {
+        "quantized.keras": ("keras315", "q_int8.keras"),
+        "checkpoints": ("keras315", "orbax_docs"),
+    },
     "docs/formats-tensorflow.md": {
         "train": ("tf", "tf1"),
         "ckpt.index": ("tf", "tfkeras/ckpt.index"),
@@ -112,6 +115,14 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "new_architecture.keras": ("examples", "sample.keras"),
     },
     "docs/batch.md": {},
+    "docs/suggest.md": {
+        "pretrained.keras": ("suggest", "pretrained.keras"),
+        "new_model.keras": ("suggest", "new_model.keras"),
+        "state_dict.safetensors": ("fixtures", "torch_sequential/state_dict.safetensors"),
+        "keras2.h5": ("mapping", "keras2.h5"),
+        "keras3_model.keras": ("mapping", "keras3_target.keras"),
+    },
+    "docs/diff.md": {},
     "docs/performance.md": {},
     "docs/troubleshooting.md": {},
 }
@@ -122,6 +133,13 @@ SOURCES = {"examples": ROOT / "examples", "fixtures": ROOT / "tests" / "fixtures
 # the imports a reference page's short snippets take for granted
 SETUP: dict[str, str] = {
     "docs/api.md": "from ckptconv import *",
+    "docs/suggest.md": """
+import keras
+L = keras.layers
+keras.Sequential([keras.Input((3, 8, 8)), L.Conv2D(4, 3, data_format="channels_first", name="conv"),
+                  L.BatchNormalization(axis=1, epsilon=1e-5, name="bn"), L.ReLU(), L.Flatten(),
+                  L.Dense(16, name="fc1"), L.ReLU(), L.Dense(5, name="fc2")], name="twin").save("twin.keras")
+""",
     "docs/cookbook-seed-question.md": """
 import keras
 L = keras.layers

@@ -7,29 +7,17 @@ keras and tf_keras, so the subprocess behaves as if TensorFlow were not installe
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ckptconv
-from tests.helpers import assert_bit_exact
+from tests.helpers import assert_bit_exact, blocking_env, run_cli_many
 from tests.test_tf_checkpoint import CASES, case, expected_by_key, strings_by_key
 
-BLOCKER = '''
-import sys
-
-class _NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "keras", "tf_keras"):
-            raise ImportError(f"{name} is blocked: this test runs without TensorFlow")
-        return None
-
-sys.meta_path.insert(0, _NoTensorFlow())
-'''
+NO_TF = ("tensorflow", "keras", "tf_keras")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +27,7 @@ def tf_dir(generated) -> Path:
 
 @pytest.fixture(scope="module")
 def no_tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    site = tmp_path_factory.mktemp("no_tf_site")
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, PYTHONPATH=str(site))
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
-    assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
-    return env
+    return blocking_env(tmp_path_factory.mktemp("no_tf_site"), NO_TF)
 
 
 def run_without_tf(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
@@ -54,23 +37,7 @@ def run_without_tf(env: dict[str, str], *args: str | Path) -> subprocess.Complet
 
 def run_many_without_tf(env: dict[str, str], commands: list[list[str | Path]]) -> list[subprocess.CompletedProcess]:
     """Several ``ckptconv`` commands in one TensorFlow-less subprocess (one interpreter start)."""
-    driver = (
-        "import contextlib, io, json, sys\n"
-        "from ckptconv.cli import main\n"
-        "results = []\n"
-        "for argv in json.loads(sys.argv[1]):\n"
-        "    out, err = io.StringIO(), io.StringIO()\n"
-        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
-        "        status = main(argv)\n"
-        "    results.append([status, out.getvalue(), err.getvalue()])\n"
-        "leaked = [m for m in sys.modules if m.partition('.')[0] in ('tensorflow', 'keras', 'tf_keras')]\n"
-        "assert not leaked, leaked\n"
-        "print(json.dumps(results))\n"
-    )
-    argv = json.dumps([[str(a) for a in command] for command in commands])
-    proc = subprocess.run([sys.executable, "-c", driver, argv], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return [subprocess.CompletedProcess(c, status, out, err) for c, (status, out, err) in zip(commands, json.loads(proc.stdout.splitlines()[-1]))]
+    return run_cli_many(env, commands, never_imported=NO_TF)
 
 
 @pytest.fixture(scope="module")

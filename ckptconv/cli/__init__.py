@@ -33,6 +33,8 @@ COMMANDS = {
     "verify": "verify_cmd",
     "batch": "batch_cmd",
     "transplant": "transplant_cmd",
+    "suggest": "suggest_cmd",
+    "diff": "diff_cmd",
 }
 
 

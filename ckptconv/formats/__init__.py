@@ -41,6 +41,7 @@ FORMAT_MODULES = (
     "safetensors",
     "tf_checkpoint",
     "pytorch",
+    "keras_orbax",
 )
 
 HEAD_BYTES = 4096
@@ -92,8 +93,9 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     if p.is_file():
         _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
-        "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras, a "
-        "sharded .weights.json, a TensorFlow checkpoint, safetensors or a torch.save file)",
+        "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras (or its "
+        "unzipped directory), a sharded .weights.json, an Orbax checkpoint directory, a "
+        "TensorFlow checkpoint, safetensors or a torch.save file)",
         path=p,
     )
 

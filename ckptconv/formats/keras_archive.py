@@ -1,9 +1,12 @@
-"""Keras ``.keras`` archives: a zip with ``config.json``, ``metadata.json``, ``model.weights.h5``.
+"""Keras ``.keras`` models: a zip with ``config.json``, ``metadata.json``, ``model.weights.h5``,
+or the same three files in a directory (``model.save("m", zipped=False)``, Keras >= 3.14,
+the default for Hugging Face Hub destinations).
 
 The weights are read in place: Keras stores the members uncompressed, so the HDF5 image is a
-plain byte range of the zip and every tensor's bytes lie at (member offset + dataset offset).
-Nothing is extracted. ``config.json`` is parsed as JSON only — never unmarshalled or executed
-(a Lambda layer's bytecode is just a string here); it names the layers and their classes.
+plain byte range of the zip and every tensor's bytes lie at (member offset + dataset offset);
+in a directory they are byte ranges of ``model.weights.h5`` itself. Nothing is extracted.
+``config.json`` is parsed as JSON only — never unmarshalled or executed (a Lambda layer's
+bytecode is just a string here); it names the layers, their classes and dtype policies.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, UnsafeInputError
+from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
 from ._keras_optimizer import name_optimizer_variables
@@ -34,13 +37,22 @@ from .keras_weights import (
 
 FORMAT = "keras-archive"
 WEIGHTS_MEMBER = "model.weights.h5"
+NPZ_MEMBER = "model.weights.npz"
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
 MAX_CONFIG_BYTES = 256 * 2**20
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
 def sniff(path: Path, head: bytes) -> bool:
-    """A zip whose members include ``model.weights.h5`` or ``config.json``."""
+    """A zip whose members include ``model.weights.h5`` or ``config.json``, or a directory
+    holding ``config.json`` and the weights (``model.weights.h5``, or the ``.npz`` Keras'
+    ``weights_format="npz"`` writes, which :func:`open` refuses with a clear message)."""
+    if path.is_dir():
+        return (path / CONFIG_MEMBER).is_file() and (
+            (path / WEIGHTS_MEMBER).is_file() or (path / NPZ_MEMBER).is_file()
+        )
     if not head.startswith(b"PK\x03\x04") or not path.is_file():
         return False
     try:
@@ -168,8 +180,32 @@ def key_names(config: Any) -> dict[str, str]:
     return names
 
 
+def _npz_refused(path: Path) -> UnsupportedError:
+    return UnsupportedError(
+        "the weights were saved with weights_format='npz', which ckptconv does not read "
+        "(Keras 3.15 cannot reload them either); save the model again with the default "
+        "weights_format='h5'",
+        path=path,
+    )
+
+
+def _parse_metadata(raw: bytes) -> dict[str, str]:
+    """``metadata.json``'s scalar fields (the Keras version and save date); anything
+    unreadable is ignored: the weights do not need it."""
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    return {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
+
+
 def open(path: Path) -> Store:  # noqa: A001
-    """Open a ``.keras`` archive's weights in place (metadata only; nothing is extracted)."""
+    """Open a ``.keras`` model's weights in place (metadata only; nothing is extracted): a
+    zip archive, or the directory ``model.save(..., zipped=False)`` writes."""
+    if path.is_dir():
+        return _open_directory(path)
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:  # NotImplementedError:
@@ -179,18 +215,17 @@ def open(path: Path) -> Store:  # noqa: A001
         try:
             info = z.getinfo(WEIGHTS_MEMBER)
         except KeyError:
+            if NPZ_MEMBER in z.namelist():
+                raise _npz_refused(path) from None
             raise CorruptFileError(
                 f"the archive holds no {WEIGHTS_MEMBER} (saved without weights?)", path=path
             ) from None
         config = _read_config(z, path)
         metadata_json: dict[str, str] = {}
-        if "metadata.json" in z.namelist() and z.getinfo("metadata.json").file_size < 2**20:
+        if METADATA_MEMBER in z.namelist() and z.getinfo(METADATA_MEMBER).file_size < 2**20:
             try:
-                meta = json.loads(z.read("metadata.json"))
-                if isinstance(meta, dict):
-                    metadata_json = {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, zipfile.BadZipFile, zlib.error,
-                    EOFError, NotImplementedError):
+                metadata_json = _parse_metadata(z.read(METADATA_MEMBER))
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
                 pass  # metadata.json only adds the Keras version; the weights do not need it
         if info.compress_type == zipfile.ZIP_STORED:
             start = member_data_offset(path, info)
@@ -210,14 +245,69 @@ def open(path: Path) -> Store:  # noqa: A001
             # a re-zipped archive: still no extraction, but reads go through the decompressor
             fileobj = zipfile.ZipFile(path).open(info)
             source = _Source(os.fspath(path), None, 0, info.file_size)
-    f = open_h5(fileobj, path=path)
+    return _read_weights(path, fileobj, source, config, metadata_json, files=[path])
+
+
+def _member_file(directory: Path, name: str) -> Path:
+    """``directory/name``, refused when a link takes it outside the directory."""
+    member = directory / name
+    if member.resolve().parent != directory.resolve():
+        raise UnsafeInputError(
+            f"{name} is a link to a file outside the model directory ({member.resolve()})",
+            path=directory,
+        )
+    return member
+
+
+def _open_directory(path: Path) -> Store:
+    """The directory form: the same three files, ``model.weights.h5`` read in place."""
+    weights = _member_file(path, WEIGHTS_MEMBER)
+    if not weights.is_file():
+        if (path / NPZ_MEMBER).is_file():
+            raise _npz_refused(path)
+        raise CorruptFileError(f"the model directory holds no {WEIGHTS_MEMBER}", path=path)
+    with weights.open("rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            # Keras 3.15 writes weights_format="npz" directories' npz archive under the
+            # .h5 name
+            raise _npz_refused(path)
+    config_path = _member_file(path, CONFIG_MEMBER)
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UnsafeInputError(f"{CONFIG_MEMBER} is implausibly large", path=config_path)
+    try:
+        config = json.loads(config_path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CorruptFileError(f"{CONFIG_MEMBER} is not valid JSON ({e})", path=config_path) from e
+    files = [weights, config_path]
+    metadata_json: dict[str, str] = {}
+    metadata_path = _member_file(path, METADATA_MEMBER)
+    if metadata_path.is_file() and metadata_path.stat().st_size < 2**20:
+        metadata_json = _parse_metadata(metadata_path.read_bytes())
+        files.append(metadata_path)
+    size = os.path.getsize(weights)
+    source = _Source(os.fspath(weights), os.fspath(weights), 0, size)
+    return _read_weights(path, os.fspath(weights), source, config, metadata_json, files=files)
+
+
+def _read_weights(
+    path: Path,
+    fileobj: Any,
+    source: _Source,
+    config: Any,
+    metadata_json: dict[str, str],
+    *,
+    files: list[Path],
+) -> Store:
+    """The store of a ``model.weights.h5`` image (a file, or a window of the zip), its layers
+    named and ordered by ``config.json``."""
+    f = open_h5(fileobj, path=source.path)
     try:
         if not looks_like_v3(f):
             raise CorruptFileError(f"{WEIGHTS_MEMBER} is not a Keras 3 weights file", path=path)
         try:
             infos: dict[str, LayerInfo] = layer_infos(config) if config is not None else {}
         except UnsafeInputError as e:  # raised without the file: name it
-            raise UnsafeInputError(e.reason, path=path, tensor="config.json") from e
+            raise UnsafeInputError(e.reason, path=path, tensor=CONFIG_MEMBER) from e
         groups: dict[str, _VarsGroup] = {}
         order: list[str] = []
         root = collect_vars(f, source, groups, order, key_names=key_names(config) if config else None)
@@ -226,14 +316,16 @@ def open(path: Path) -> Store:  # noqa: A001
             entries = name_optimizer_variables(entries, config)
     except BaseException:
         f.close()
-        fileobj.close()
+        if not isinstance(fileobj, str):
+            fileobj.close()
         raise
 
     def close() -> None:
         f.close()
-        fileobj.close()
+        if not isinstance(fileobj, str):
+            fileobj.close()
 
     metadata = {k: v for k, v in metadata_json.items() if k in ("keras_version", "date_saved")}
     if root:
         metadata["model"] = root
-    return Store(entries, format=FORMAT, path=path, files=[path], metadata=metadata, closer=close)
+    return Store(entries, format=FORMAT, path=path, files=files, metadata=metadata, closer=close)

@@ -26,6 +26,7 @@ from ._hdf5 import (
     MAX_DEPTH,
     Catalog,
     catalog_of,
+    dataset_dtype,
     dataset_entry,
     decode,
     header_entry,
@@ -35,6 +36,7 @@ from ._hdf5 import (
     open_h5,
 )
 from ._hdf5_headers import Header
+from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
 
 FORMAT = "keras-weights-h5"
 
@@ -220,6 +222,7 @@ def collect_vars(
         prefix = "" if gname == "/" else gname
         own_chain = chain
         own_class = class_hint
+        nested_container = class_hint == "container" and "vars" not in links
         if depth > 0 and gname in key_names and "vars" not in links:
             # a shard holding this layer's sub-layers but not its own vars group
             own_chain = chain + [key_names[gname]]
@@ -267,9 +270,11 @@ def collect_vars(
             elif key in _STATE_KEYS or "seed_generator" in key:
                 child_state = "other"
             if "vars" in child_links or child_name in key_names:
-                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell)
-                walk(child_name, child_links, own_chain, _ATTRIBUTE_CLASSES.get(key, key),
-                     own_class, child_state, depth + 1)
+                # an object tracked under an attribute name (MHA's query_dense, an RNN's cell),
+                # or held by a nested list (Keras >= 3.14 keys those ``container``,
+                # ``container_1``, ...), whose items are keyed by class name like any container's
+                hint = re.sub(r"_\d+$", "", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
+                walk(child_name, child_links, own_chain, hint, own_class, child_state, depth + 1)
                 continue
             # a container (``layers``, a list attribute): children are keyed by class name
             for sub in sorted(child_links, key=_natural_key):
@@ -328,6 +333,14 @@ class _DatasetRef:
 
     def open(self) -> h5py.Dataset:
         return h5py.Dataset(h5py.h5o.open(self.file.id, _b(self.name)))
+
+    def dtype_shape(self, source: _Source) -> tuple[Any, tuple[int, ...]]:
+        """The tensor's dtype (as :func:`~._hdf5.dataset_dtype` gives it) and shape."""
+        header = self.header
+        if header is not None and header.plain:
+            return header.dtype, header.shape  # type: ignore[return-value]
+        dataset = self.open()
+        return dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ())
 
     def is_counter(self) -> bool:
         """A scalar integer (an optimizer's iteration count)."""
@@ -396,7 +409,7 @@ def builtin_class(info: LayerInfo) -> str:
     else the built-in base its ``config.json`` entry shows (a ``Dense`` subclass has
     ``units`` and ``kernel_initializer``), else its own class name."""
     cls = snake_case(info.class_name)
-    if cls in WEIGHT_NAMES:
+    if cls in WEIGHT_NAMES or cls in QUANTIZED_VARIABLES:  # ReversibleEmbedding has names of its own
         return cls
     keys = set(info.config)
     for needed, base in _BASE_BY_CONFIG_KEYS:
@@ -413,6 +426,11 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
+    if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
+        stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in sorted(record.datasets))]
+        quantized = quantized_names(cls, stored, info.config if info else None)
+        if quantized is not None:
+            return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
     if info is not None and candidates:
         cfg = info.config

@@ -64,7 +64,8 @@ def load_into(
     Without a mapping, sources are matched **by structure** first, as Keras' own loaders do
     (Keras 3 files: the saving-tree keys, ``layers/dense_1/vars/0``, computed from the live
     model by Keras' own walk; legacy ``.h5``: layers with weights in order; object-based TF
-    checkpoints: the object graph), accepted only when the whole structure agrees (every
+    checkpoints: the object graph; Orbax checkpoints: Keras' state tree,
+    ``trainable_variables/<variable.path>``), accepted only when the whole structure agrees (every
     variable, shapes included); otherwise **by name** (the canonical names, with the
     cross-line alias table). The report says which (``mode``, and ``matched_by`` per weight)
     and lists the names that differ.

@@ -207,7 +207,7 @@ def match_by_structure(
             match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
             raw=entry if compute == entry.read else None, matched_by="structure",
         )
-        if entry.name != name:
+        if entry.name not in (name, f"{live.name}/{name}"):  # the model's own name leads variable.path
             match.report.names_differ.append((name, entry.name))
     unused = [e for e in store.entries(include_all=include_all) if id(e) not in paired]
     _missing_and_unused(match, [], set(), unused)

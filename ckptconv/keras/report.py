@@ -71,7 +71,7 @@ class LoadReport:
             ``name``, ``spec`` or ``order`` (``by_order=True``). Each loaded weight says
             its own way in ``matched_by``.
         structure: With ``mode="structure"``, which structure: ``saving-tree``,
-            ``legacy-order`` or ``object-graph``; otherwise None.
+            ``legacy-order``, ``object-graph`` or ``state-tree``; otherwise None.
     """
 
     loaded: list[LoadedWeight] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Identity by structure: pair a source's entries with a live model's variables the way Keras
 itself loads, not by names (which Keras makes up anew in every session).
 
-Three structures, one per family of files, each computed from the live model by Keras' (or
+Four structures, one per family of files, each computed from the live model by Keras' (or
 TensorFlow's) own rules and accepted only when the *whole* structure agrees:
 
 * **Keras saving tree** (``.weights.h5``, ``.keras``, sharded ``.weights.json``): the object-tree
@@ -16,6 +16,13 @@ TensorFlow's) own rules and accepted only when the *whole* structure agrees:
   model to each variable (``layer_with_weights-0/kernel``, ``d1/kernel``), as TensorFlow's
   checkpoint restore follows it; a checkpoint rooted above the model
   (``tf.train.Checkpoint(model=m)``) is matched below its root's child.
+* **Keras state tree** (Orbax checkpoints of ``keras.callbacks.OrbaxCheckpoint``): the pytree
+  path of each weight, ``trainable_variables/<variable.path>`` or
+  ``non_trainable_variables/<variable.path>``, as Keras 3's ``Model.get_state_tree()`` lays
+  the model out and ``set_state_tree()`` (what ``load_weights`` of an Orbax checkpoint calls)
+  assigns it back. Keras' own loader skips, without a word, every stored path no variable
+  has (a layer renamed, or frozen since the save); here the whole tree must agree, or the
+  load falls back to names.
 
 Each matcher returns the pairs ``{target name: entry}`` for every variable of the model, or a
 :class:`Disagreement` naming the first position where the source and the model differ.
@@ -30,6 +37,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..formats.keras_orbax import FORMAT as ORBAX_FORMAT
+from ..formats.keras_orbax import TREE_KINDS
 from ..store import Entry, Store
 from .report import shape_text
 from .targets import LiveModel, TargetVar
@@ -41,6 +50,7 @@ __all__ = [
     "saving_tree_keys",
     "object_graph_keys",
     "legacy_layers",
+    "state_tree_keys",
     "SAVING_TREE_FORMATS",
 ]
 
@@ -48,12 +58,16 @@ __all__ = [
 SAVING_TREE_FORMATS = ("keras-weights-h5", "keras-archive", "keras-sharded")
 LEGACY_FORMATS = ("keras-h5",)
 OBJECT_GRAPH_FORMATS = ("tf-checkpoint",)
+STATE_TREE_FORMATS = (ORBAX_FORMAT,)
+# the top-level keys of Keras' state tree that hold the model's weights, in Keras' order
+STATE_TREE_WEIGHTS = tuple(key for key, kind in TREE_KINDS.items() if kind == "weight")
 
 # What the report says about each structure.
 HOW = {
     "saving-tree": "as Keras' load_weights does (its saving-tree keys)",
     "legacy-order": "as Keras' legacy load_weights does (layers with weights, in order)",
     "object-graph": "as TensorFlow's checkpoint restore does (the object graph)",
+    "state-tree": "as Keras' load_weights does from an Orbax checkpoint (its state tree)",
 }
 
 
@@ -61,7 +75,7 @@ HOW = {
 class StructureMatch:
     """Every variable of the model paired with its source entry, by structure."""
 
-    kind: str  # saving-tree | legacy-order | object-graph
+    kind: str  # saving-tree | legacy-order | object-graph | state-tree
     pairs: dict[str, Entry]  # target name -> entry
     # entries Keras also assigns to an already paired variable (a tied weight listed by two
     # layers of a legacy file): the last one wins, as in Keras; these count as used
@@ -84,7 +98,8 @@ def match_structure(live: LiveModel, store: Store) -> StructureMatch | Disagreem
     """Pair ``store``'s weights with every variable of ``live`` by structure.
 
     Returns None when the source records no structure this module knows (safetensors, TF1
-    checkpoints, in-memory arrays, a backend without TensorFlow's object graph).
+    checkpoints, in-memory arrays, a backend without TensorFlow's object graph, an Orbax
+    checkpoint that is not a Keras state tree, a tf-keras model and an Orbax checkpoint).
     """
     weights = [e for e in store.entries() if e.tree_path is not None]
     if not weights:
@@ -99,6 +114,10 @@ def match_structure(live: LiveModel, store: Store) -> StructureMatch | Disagreem
         if keys is None:
             return None
         return _match_keys("object-graph", live, weights, _under_common_root(keys, weights))
+    if store.format in STATE_TREE_FORMATS:
+        keys = state_tree_keys(live)
+        keras_tree = any(str(e.tree_path).split("/", 1)[0] in STATE_TREE_WEIGHTS for e in weights)
+        return _match_keys("state-tree", live, weights, keys) if keys is not None and keras_tree else None
     return None
 
 
@@ -276,6 +295,30 @@ def _under_common_root(keys: dict[str, TargetVar], entries: list[Entry]) -> dict
     return keys
 
 
+# -- Keras' state tree
+
+
+def state_tree_keys(live: LiveModel) -> dict[str, TargetVar] | None:
+    """``{pytree path: variable}`` for every variable of a Keras 3 model, as
+    ``Model.get_state_tree()`` lays them out: ``trainable_variables/<variable.path>`` for the
+    model's ``trainable_variables``, ``non_trainable_variables/<variable.path>`` for its
+    ``non_trainable_variables`` (``trainable_variables/seq/dense/kernel``). Variables that are
+    not weights (a dropout's seed generator state) are left out, as the store leaves them out
+    of its weights. A variable path two variables share keeps the first (Keras refuses to
+    save such a model). None for tf-keras, which has no state tree."""
+    if live.line != "keras":
+        return None
+    by_id = {id(v.variable): v for v in live.all_vars}
+    found: dict[str, TargetVar] = {}
+    for top in STATE_TREE_WEIGHTS:
+        for variable in getattr(live.model, top, None) or []:
+            target = by_id.get(id(variable))
+            path = getattr(variable, "path", None)
+            if target is not None and isinstance(path, str):
+                found.setdefault(f"{top}/{path}", target)
+    return found
+
+
 # -- matching keys
 
 
@@ -318,6 +361,7 @@ _NAMES = {
     "saving-tree": "Keras' saving tree",
     "object-graph": "TensorFlow's object graph",
     "legacy-order": "the legacy HDF5 order",
+    "state-tree": "Keras' state tree",
 }
 
 

@@ -29,13 +29,15 @@ from ..dtypes import by_name
 from ..errors import FormatError, LoadError, NoSuchFileError, UnsafeInputError
 from ..formats.keras_legacy import canonical_name
 from ..mapping.patterns import matches_path_or_parent, part_patterns
-from ..store import layer_of
+from ..store import Entry, Store, layer_of
 from .runtime import import_keras
 
 __all__ = [
     "TargetVar",
     "LiveModel",
     "keras_line",
+    "is_keras_model",
+    "model_store",
     "tf_keras_name",
     "model_targets",
     "target_from_keras_file",
@@ -204,6 +206,41 @@ def keras_line(model: Any) -> str:
         f"expected a Keras 3 or tf-keras model; received an object of type "
         f"{type(model).__module__}.{type(model).__qualname__}"
     )
+
+
+def is_keras_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Keras 3 or tf-keras object (from its classes; imports nothing)."""
+    try:
+        keras_line(obj)
+    except LoadError:
+        return False
+    return True
+
+
+def model_store(model: Any) -> Store:
+    """A live Keras model's variables as a store: canonical names (those ``load_into`` and
+    :func:`model_targets` use), the model's weight order, ``index`` the position within the
+    owning layer (as ``get_weights()`` orders it); ``read()`` returns a variable's value.
+
+    Raises:
+        LoadError: not a built Keras model, or two variables share one name.
+    """
+    live = LiveModel(model)
+    require_built(live)
+    where = f"<model {live.name}>"
+    counters: dict[str, int] = {}
+    entries = []
+    for v in live.vars:
+        index = counters.get(v.owner_path, 0)
+        counters[v.owner_path] = index + 1
+        entries.append(
+            Entry(
+                v.name, key=str(getattr(v.variable, "path", v.name)), shape=v.shape, dtype=v.dtype,
+                path=where, layer=v.owner_path, index=index,
+                loader=lambda var=v: np.array(var.variable, dtype=var.dtype),
+            )
+        )
+    return Store(entries, format="keras-model", path=where, files=())
 
 
 def model_targets(model: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@
     for output in plan.outputs:       # output.compute() reads the sources and runs the ops
         ...
 
-Building a spec or a plan reads no tensor data; ``Output.compute()`` does.
+Building a spec or a plan reads no tensor data; ``Output.compute()`` does. :func:`suggest`
+proposes a spec by aligning a source with a target; :func:`diff` compares two checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .ops import OpError
 from .plan import Plan, TargetTensor, build_plan
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec
+from .diff import DiffReport, TensorDiff, TensorInfo, diff
+from .suggest import LayerMatch, Leftover, Suggestion, align, suggest
 
 __all__ = [
     "Spec",
@@ -30,4 +33,13 @@ __all__ = [
     "SourceRecord",
     "TargetMismatch",
     "OpError",
+    "suggest",
+    "align",
+    "Suggestion",
+    "LayerMatch",
+    "Leftover",
+    "diff",
+    "DiffReport",
+    "TensorDiff",
+    "TensorInfo",
 ]

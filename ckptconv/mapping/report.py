@@ -213,7 +213,7 @@ class PlanReport:
                 )
                 for o in self.outputs
             ]
-            lines += _table(("OUTPUT", "SHAPE", "DTYPE", "FROM", "RULE", "OPS"), rows)
+            lines += table_lines(("OUTPUT", "SHAPE", "DTYPE", "FROM", "RULE", "OPS"), rows)
         if self.sources:
             lines.append("")
             rows = [
@@ -227,7 +227,7 @@ class PlanReport:
                 )
                 for s in self.sources
             ]
-            lines += _table(("SOURCE", "SHAPE", "DTYPE", "STATUS", "RULE", "OUTPUTS"), rows)
+            lines += table_lines(("SOURCE", "SHAPE", "DTYPE", "STATUS", "RULE", "OUTPUTS"), rows)
         if self.has_target:
             lines.append("")
             lines.append(f"target: {len(self.missing)} missing, {len(self.mismatched)} mismatched, {len(self.unused)} unused")
@@ -249,7 +249,9 @@ class PlanReport:
         return self.format_table()
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows under a header as aligned text lines, two spaces between columns (the tables of
+    ``plan`` and ``diff``)."""
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
     # the last column is left ragged: no trailing padding
     def fmt(row: tuple[str, ...]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import by_name, dtype_name, known_names
+from ..dtypes import by_name, dtype_name, is_floating, known_names
 from ..errors import NoSuchFileError, SpecError
 from .ops import (
     Cast,
@@ -34,6 +34,7 @@ from .ops import (
     Stack,
     Transpose,
 )
+from .dequantize import Dequantize
 from .patterns import Pattern, Template
 
 __all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "OP_NAMES"]
@@ -50,11 +51,13 @@ RULE_KEYS = (
     "split",
     "concat",
     "stack",
+    "dequantize",
     "optional",
     "allow_overflow",
     "shape",
     "comment",
 )
+JOINS = ("concat", "stack", "dequantize")  # the many-to-one ops
 SPEC_KEYS = ("version", "dtype", "passthrough", "rules", "description")
 SUPPORTED_VERSIONS = (1,)
 # YAML reads bare yes/no/on/off/null/numbers as other types
@@ -185,7 +188,9 @@ def _parse_op(item: object, *, allow_overflow: bool) -> Op:
     return Cast(dtype, allow_overflow=overflow, allow_lossy=lossy)
 
 
-def _parse_join(value: object, kind: str) -> Concat | Stack:
+def _parse_join(value: object, kind: str) -> Concat | Stack | Dequantize:
+    if kind == "dequantize":
+        return _parse_dequantize(value)
     cls = Concat if kind == "concat" else Stack
     if isinstance(value, cls):
         return value
@@ -195,6 +200,28 @@ def _parse_join(value: object, kind: str) -> Concat | Stack:
             raise ValueError(f"{kind}: unknown key(s) {sorted(extra)} (allowed: axis)")
         return cls(_int(value.get("axis", 0), f"{kind} axis"))
     return cls(_int(value, f"{kind} axis"))
+
+
+def _parse_dequantize(value: object) -> Dequantize:
+    if isinstance(value, Dequantize):
+        return value
+    if value is True or value is None:
+        return Dequantize()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"dequantize: write {{}} or {{axis: 0, dtype: bfloat16}}, received {value!r}")
+    extra = set(value) - {"axis", "dtype"}
+    if extra:
+        raise ValueError(f"dequantize: unknown key(s) {sorted(extra)} (allowed: axis, dtype)")
+    axis = value.get("axis")
+    dtype = np.dtype(np.float32)
+    if value.get("dtype") is not None:
+        try:
+            dtype = by_name(str(value["dtype"]))
+        except KeyError:
+            raise ValueError(f"dequantize: unknown dtype {value['dtype']!r}{_suggest(str(value['dtype']), known_names())}") from None
+        if not is_floating(dtype):
+            raise ValueError(f"dequantize: dtype must be floating point, received {value['dtype']!r}")
+    return Dequantize(None if axis is None else _int(axis, "dequantize axis"), dtype)
 
 
 def _parse_split(value: object) -> Split:
@@ -240,6 +267,8 @@ class Rule:
         ops: Operations, in order (names, one-key mappings, :class:`~ckptconv.mapping.ops.Op`
             objects or Python callables).
         split / concat / stack: One-to-many or many-to-one ops.
+        dequantize: Many-to-one: a Keras int8 tensor and its scale to float
+            (:class:`~ckptconv.mapping.dequantize.Dequantize`; ``{}`` or ``{axis: 0, dtype: ...}``).
         optional: A rule that owns no entry is not an error.
         allow_overflow: Casts in this rule may overflow to inf.
         shape: The shape every output of the rule must have (checked by the plan; also what
@@ -258,6 +287,7 @@ class Rule:
     split: Any = None
     concat: Any = None
     stack: Any = None
+    dequantize: Any = None
     optional: bool = False
     allow_overflow: bool = False
     shape: tuple[int, ...] | None = None
@@ -323,18 +353,18 @@ class Rule:
 
     def _check_modes(self, from_: tuple[str, ...]) -> None:
         """At most one of split/concat/stack; nothing but selectors on a drop rule."""
-        modes = [k for k in ("split", "concat", "stack") if getattr(self, k) is not None]
+        modes = [k for k in ("split", *JOINS) if getattr(self, k) is not None]
         if len(modes) > 1:
-            raise ValueError(f"{' and '.join(modes)}: a rule does one of split, concat, stack")
+            raise ValueError(f"{' and '.join(modes)}: a rule does one of split, {', '.join(JOINS)}")
         if self.drop:
-            extra = [k for k in ("to", "to_layer", "split", "concat", "stack", "shape") if getattr(self, k) is not None]
+            extra = [k for k in ("to", "to_layer", "split", *JOINS, "shape") if getattr(self, k) is not None]
             if self.ops:
                 extra.append("ops")
             if extra:
                 raise ValueError(f"a drop rule cannot also have {', '.join(extra)}")
         if self.to is not None and self.to_layer is not None:
             raise ValueError("give to or to_layer, not both")
-        for kind in ("concat", "stack"):
+        for kind in JOINS:
             if getattr(self, kind) is not None and not from_:
                 raise ValueError(f"{kind}: give the sources with from (a pattern or a list)")
 
@@ -364,7 +394,7 @@ class Rule:
             raise ValueError("to: a list of names needs split; give one name template")
         elif self.to is not None and not isinstance(self.to, str):
             raise ValueError(f"to: expected a name template, received {self.to!r}{_QUOTE_HINT}")
-        for kind in ("concat", "stack"):
+        for kind in JOINS:
             if getattr(self, kind) is not None:
                 self._set(kind, _parse_join(getattr(self, kind), kind))
                 if not isinstance(self.to, str):
@@ -446,9 +476,9 @@ class Rule:
         return bool(self.drop)
 
     @property
-    def join(self) -> Concat | Stack | None:
+    def join(self) -> Concat | Stack | Dequantize | None:
         """The many-to-one op, if any."""
-        return self.concat or self.stack
+        return self.concat or self.stack or self.dequantize
 
     def to_dict(self) -> dict[str, Any]:
         """The rule in spec-file form (JSON-serialisable unless it holds Python callables)."""

@@ -36,7 +36,8 @@ def dump_expected(outdir: str | Path, label: str, records: list[dict], **extra) 
     blob = bytearray()
     items = []
     for r in records:
-        arr = np.ascontiguousarray(r["array"])
+        arr = np.asarray(r["array"])
+        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray makes 0-d 1-d
         item = {k: v for k, v in r.items() if k != "array"}
         item.update(
             shape=list(arr.shape),

@@ -1,0 +1,616 @@
+"""Compare two checkpoints tensor by tensor: do they hold the same weights?
+
+:func:`diff` pairs the tensors of A and B by name (after an optional mapping spec applied to
+A), and reports the names only one side has, the shape and dtype differences, and for every
+pair whether its bytes are identical, or else how far apart the values are (max absolute and
+max relative difference, the count of elements beyond the tolerance, the first of them).
+
+It streams: one tensor at a time, and a big tensor stored as plain bytes (every format's usual
+case) in blocks of a few MiB read with ``pread`` on both sides, the next block read on a second
+thread while this one is compared. Memory stays at a few blocks whatever the tensors' sizes;
+a tensor that is not plain bytes (an HDF5 dataset stored compressed, a live model's variable,
+an output a ``--map`` rule transforms) is read whole, one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..dtypes import by_name, dtype_name, is_floating
+from ..errors import PlanError, UsageError
+from ..options import keyword_options, option_value
+from ..store import Entry, Output, Store
+from .plan import TargetTensor, build_plan
+from .report import table_lines
+
+__all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse_tolerance"]
+
+Status = Literal["equal", "close", "different", "shape", "dtype"]
+
+BLOCK_BYTES = 8 << 20  # bytes per block and side when a tensor is streamed
+_STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor only one side has: its name, shape and dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON form."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """How one tensor of A compares with the tensor of the same name in B.
+
+    Attributes:
+        name: The tensor's name (in B; A's after the mapping).
+        status: ``equal`` (same dtype, same bytes), ``close`` (same dtype, every element
+            within the tolerance: also two NaNs, or ``-0.0`` and ``0.0``), ``different``
+            (elements beyond the tolerance), ``shape`` (shapes differ: values not compared) or
+            ``dtype`` (dtypes differ: values compared as float64, reported, and the pair
+            still counts as a difference).
+        shape_a, shape_b, dtype_a, dtype_b: Both sides' metadata (dtype names).
+        sources: A's entries the tensor was made from, when a mapping renamed or computed it.
+        size: Elements compared (0 when shapes differ).
+        mismatched: Elements beyond the tolerance (a NaN against a number counts).
+        max_abs: Largest ``|a - b|`` (float64; ``inf`` for a NaN against a number; at least 1
+            for integers that differ, also beyond float64's 2**53), or None when no value
+            differs or the dtype is not numeric.
+        max_rel: Largest ``|a - b| / |b|`` (B is the reference, as in ``numpy.isclose``;
+            ``inf`` where ``b`` is 0 and ``a`` is not), or None likewise.
+        first: Index of the first element beyond the tolerance (C order), or None.
+        first_a, first_b: The two values there (Python scalars), or None.
+    """
+
+    name: str
+    status: Status
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    sources: tuple[str, ...] = ()
+    size: int = 0
+    mismatched: int = 0
+    max_abs: float | None = None
+    max_rel: float | None = None
+    first: tuple[int, ...] | None = None
+    first_a: Any = None
+    first_b: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """The pair counts as equal: bit-exact, or within the tolerance."""
+        return self.status in ("equal", "close")
+
+    def describe(self) -> str:
+        """One line for people: what differs and by how much."""
+        if self.status == "shape":
+            return f"shape {_shape(self.shape_a)} in A, {_shape(self.shape_b)} in B"
+        parts = []
+        if self.status == "dtype":
+            parts.append(f"dtype {self.dtype_a} in A, {self.dtype_b} in B")
+        if self.mismatched:
+            parts.append(f"{self.mismatched} of {self.size} values differ")
+        elif self.status != "equal":
+            parts.append("values equal" if self.max_abs is None else "all values within tolerance")
+        if self.max_abs is not None:
+            parts.append(f"max abs {_num(self.max_abs)}, max rel {_num(self.max_rel)}")
+        if self.first is not None:
+            parts.append(
+                f"first at {list(self.first)}: {_value_text(self.first_a, self.dtype_a)} vs "
+                f"{_value_text(self.first_b, self.dtype_b)}"
+            )
+        if self.status == "equal":
+            parts.append("bit-exact")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON form (``max_abs``/``max_rel`` as numbers, ``inf`` as the string "inf")."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "shape": {"a": list(self.shape_a), "b": list(self.shape_b)},
+            "dtype": {"a": self.dtype_a, "b": self.dtype_b},
+            "sources": list(self.sources),
+            "size": self.size,
+            "mismatched": self.mismatched,
+            "max_abs": _json_float(self.max_abs),
+            "max_rel": _json_float(self.max_rel),
+            "first": None if self.first is None else list(self.first),
+            "first_a": _json_scalar(self.first_a),
+            "first_b": _json_scalar(self.first_b),
+        }
+
+
+@dataclass
+class DiffReport:
+    """The outcome of :func:`diff`. ``report.equal`` is the answer; ``str(report)`` the text
+    ``ckptconv diff`` prints and :meth:`to_json` the object ``ckptconv diff --json`` prints.
+
+    Attributes:
+        a, b: What was compared (paths, or a description of a store or model).
+        format_a, format_b: Their formats (``keras-h5``, ``safetensors``, ``keras-model``, ...).
+        atol, rtol: The tolerance: a pair of elements is within it when
+            ``|a - b| <= atol + rtol * |b|`` (``numpy.isclose``'s rule, NaN equal to NaN).
+        tensors: Every pair compared, in A's order.
+        only_in_a, only_in_b: Tensors one side has and the other does not.
+        nbytes: Tensor bytes read, both sides together.
+    """
+
+    a: str
+    b: str
+    format_a: str
+    format_b: str
+    atol: float = 0.0
+    rtol: float = 0.0
+    tensors: list[TensorDiff] = field(default_factory=list)
+    only_in_a: list[TensorInfo] = field(default_factory=list)
+    only_in_b: list[TensorInfo] = field(default_factory=list)
+    nbytes: int = 0
+
+    @property
+    def equal(self) -> bool:
+        """Same names on both sides, and every pair bit-exact or within the tolerance."""
+        return not self.only_in_a and not self.only_in_b and all(t.ok for t in self.tensors)
+
+    @property
+    def differences(self) -> list[TensorDiff]:
+        """The pairs that do not count as equal (values, shape or dtype)."""
+        return [t for t in self.tensors if not t.ok]
+
+    def counts(self) -> dict[str, int]:
+        """How many pairs have each status, and how many names only one side has."""
+        out = {s: 0 for s in ("equal", "close", "different", "shape", "dtype")}
+        for t in self.tensors:
+            out[t.status] += 1
+        out["only_in_a"] = len(self.only_in_a)
+        out["only_in_b"] = len(self.only_in_b)
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        """The report as one JSON-serialisable object."""
+        return {
+            "equal": self.equal,
+            "a": {"path": self.a, "format": self.format_a},
+            "b": {"path": self.b, "format": self.format_b},
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "counts": self.counts(),
+            "only_in_a": [t.to_json() for t in self.only_in_a],
+            "only_in_b": [t.to_json() for t in self.only_in_b],
+            "tensors": [t.to_json() for t in self.tensors],
+            "nbytes": self.nbytes,
+        }
+
+    def format_text(self, *, verbose: bool = False) -> str:
+        """Aligned text: the differences (every pair with ``verbose``), then one summary line."""
+        lines = [f"A: {self.a} ({self.format_a})", f"B: {self.b} ({self.format_b})"]
+        rows = []
+        for t in self.tensors:
+            if verbose or not t.ok:
+                rows.append((t.status, t.name, t.describe()))
+        rows += [("only in A", t.name, f"{_shape(t.shape)} {t.dtype}") for t in self.only_in_a]
+        rows += [("only in B", t.name, f"{_shape(t.shape)} {t.dtype}") for t in self.only_in_b]
+        if rows:
+            lines.append("")
+            lines += table_lines(("STATUS", "TENSOR", "DETAIL"), rows)
+        c = self.counts()
+        tolerance = f" (atol {_num(self.atol)}, rtol {_num(self.rtol)})" if self.atol or self.rtol else ""
+        pieces = [f"{c['equal']} bit-exact"]
+        if c["close"]:
+            pieces.append(f"{c['close']} within tolerance")
+        for key, label in (("different", "different"), ("shape", "of another shape"), ("dtype", "of another dtype")):
+            if c[key]:
+                pieces.append(f"{c[key]} {label}")
+        lines.append("")
+        lines.append(
+            f"{len(self.tensors)} tensor(s) compared{tolerance}: {', '.join(pieces)}; "
+            f"{c['only_in_a']} only in A, {c['only_in_b']} only in B"
+        )
+        lines.append("equal" if self.equal else "NOT equal")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format_text()
+
+
+# -- sides -------------------------------------------------------------------------------------
+
+
+def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
+    """A store for one side of a comparison, and whether this call opened it (and must close it).
+
+    ``side`` is a checkpoint path (any format :func:`ckptconv.open` reads), a
+    :class:`~ckptconv.Store`, ``{name: numpy array}`` (as ``load_into`` takes a source), or a
+    live Keras 3 / tf-keras model (:func:`ckptconv.keras.targets.model_store`: its variables
+    under their canonical names; reading one reads the variable's value).
+
+    Raises:
+        UsageError: the object is none of these.
+        CkptconvError: the path cannot be opened.
+        LoadError: the model is not built.
+    """
+    from ..keras.load import open_source
+    from ..keras.targets import is_keras_model, model_store
+
+    if isinstance(side, (Store, Mapping, str, os.PathLike)):
+        return open_source(side)
+    if is_keras_model(side):
+        return model_store(side), False
+    raise UsageError(
+        f"{what}: expected a checkpoint path, a ckptconv.Store, a {{name: array}} mapping or a "
+        f"Keras model; received {type(side).__module__}.{type(side).__qualname__}"
+    )
+
+
+def _describe(side: Any, store: Store) -> str:
+    return os.fspath(side) if isinstance(side, (str, os.PathLike)) else store.path
+
+
+# -- the comparison ----------------------------------------------------------------------------
+
+
+def parse_tolerance(value: Any) -> float:
+    """A tolerance: a finite number ``>= 0`` (``1e-6``, or the text of one).
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number >= 0 such as 1e-6, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"expected a finite number >= 0, not {value!r}")
+    return number
+
+
+@keyword_options
+def diff(
+    a: Any,
+    b: Any,
+    *,
+    mapping: Any = None,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    dtype: str | np.dtype | None = None,
+    include_all: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> DiffReport:
+    """Compare the tensors of ``a`` and ``b``, one at a time, in bounded memory.
+
+    Tensors pair by name. A ``mapping`` (a spec: file path, mapping or :class:`Spec`) is
+    applied to A first, as ``convert`` would, and checked against B's shapes and dtypes (so
+    ``{reshape: target}`` and ``dtype: target`` work); entries it drops or that no rule keeps
+    (``passthrough: false``) are not compared. Every byte of both sides is read (nothing is
+    taken on trust from recorded checksums, which are checked on the way where a format
+    records them).
+
+    Args:
+        a, b: Checkpoint paths (any format, sharded sets included), :class:`~ckptconv.Store`
+            objects, ``{name: numpy array}`` mappings, or live Keras models (their variables
+            under the names ``load_into`` uses).
+        mapping: A spec applied to A, or None (names as they are).
+        atol, rtol: Tolerance, ``>= 0``: elements within ``atol + rtol * |b|`` of each other
+            count as equal (``numpy.isclose``'s rule). With the default 0 and 0, a pair is
+            equal only when the values are (bit-exact, or numerically equal such as ``-0.0``
+            and ``0.0``, or both NaN).
+        dtype: Cast A's floating-point tensors to this dtype first (``bfloat16``...; the
+            mapping's default dtype), to check that B is exactly A converted.
+        include_all: Compare optimizer and bookkeeping entries too (by default weights only).
+        progress: Called with the number of bytes read, as reading goes.
+
+    Returns:
+        A :class:`DiffReport`: ``report.equal`` when both sides hold the same, equal tensors.
+
+    Raises:
+        UsageError: ``atol`` or ``rtol`` is negative or not finite, or a side is no checkpoint.
+        OptionError: an option ``diff`` does not take.
+        SpecError, PlanError: the mapping is invalid or does not apply to A.
+        CkptconvError: a side cannot be opened or read (a damaged file, a checksum that fails).
+    """
+    atol = option_value("atol", atol, parse_tolerance)
+    rtol = option_value("rtol", rtol, parse_tolerance)
+    store_a, close_a = open_side(a, what="A")
+    try:
+        store_b, close_b = open_side(b, what="B")
+        try:
+            return _compare_stores(
+                store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
+                atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
+            )
+        finally:
+            if close_b:
+                store_b.close()
+    finally:
+        if close_a:
+            store_a.close()
+
+
+def _compare_stores(
+    store_a: Store,
+    store_b: Store,
+    name_a: str,
+    name_b: str,
+    *,
+    mapping: Any,
+    atol: float,
+    rtol: float,
+    dtype: Any,
+    include_all: bool,
+    progress: Callable[[int], None] | None,
+) -> DiffReport:
+    entries_b = {e.name: e for e in store_b.entries(include_all=include_all)}
+    target = {name: TargetTensor(e.shape, e.dtype) for name, e in entries_b.items()}
+    plan = build_plan(store_a, mapping, target=target, include_all=include_all, dtype=dtype)
+    problems = _own_problems(plan.problems)
+    if problems:
+        raise PlanError(problems, path=store_a.path)
+    report = DiffReport(name_a, name_b, store_a.format, store_b.format, atol=atol, rtol=rtol)
+    sources = {o.name: o.sources for o in plan.report.outputs}
+    seen: set[str] = set()
+    for output in plan.outputs:
+        seen.add(output.name)
+        entry_b = entries_b.get(output.name)
+        if entry_b is None:
+            report.only_in_a.append(TensorInfo(output.name, output.shape, dtype_name(output.dtype)))
+            continue
+        named = sources.get(output.name, ())
+        renamed = () if named == (output.name,) else tuple(named)
+        result, nbytes = _compare_pair(output, entry_b, renamed, atol, rtol, progress)
+        report.tensors.append(result)
+        report.nbytes += nbytes
+    report.only_in_b = [TensorInfo(e.name, e.shape, e.dtype_name) for n, e in entries_b.items() if n not in seen]
+    return report
+
+
+def _own_problems(problems: list[str]) -> list[str]:
+    """The plan's problems that are about the mapping itself; a pair whose shapes or dtypes
+    differ, or an output B has no tensor for, is what the report is for, not an error."""
+    about_b = ("not-in-target", "target-mismatch")
+    return [p for p in problems if getattr(p, "kind", None) not in about_b]
+
+
+def _compare_pair(
+    output: Output,
+    entry_b: Entry,
+    sources: tuple[str, ...],
+    atol: float,
+    rtol: float,
+    progress: Callable[[int], None] | None,
+) -> tuple[TensorDiff, int]:
+    shape_a, shape_b = output.shape, entry_b.shape
+    da, db = dtype_name(output.dtype), entry_b.dtype_name
+    if shape_a != shape_b:
+        return TensorDiff(output.name, "shape", shape_a, shape_b, da, db, sources), 0
+    stats = _Stats(shape_a, atol, rtol)
+    same_dtype = output.dtype == entry_b.dtype
+    per_block = max(1, BLOCK_BYTES // max(output.dtype.itemsize, entry_b.dtype.itemsize, 1))
+    nbytes = 0
+    for xa, xb in _blocks(output, entry_b, per_block):
+        if not (same_dtype and _same_bytes(xa, xb)):
+            stats.add(xa, xb)
+        stats.offset += xa.size
+        read = xa.nbytes + xb.nbytes
+        nbytes += read
+        if progress is not None:
+            progress(read)
+    if not same_dtype:
+        status: Status = "dtype"
+    elif not stats.touched:
+        status = "equal"
+    else:
+        status = "different" if stats.mismatched else "close"
+    return (
+        TensorDiff(
+            output.name, status, shape_a, shape_b, da, db, sources, size=stats.offset,
+            mismatched=stats.mismatched, max_abs=stats.max_abs, max_rel=stats.max_rel,
+            first=stats.first, first_a=stats.first_a, first_b=stats.first_b,
+        ),
+        nbytes,
+    )
+
+
+def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
+    ua, ub = xa.view(np.uint8), xb.view(np.uint8)
+    if ua.size % 8 == 0:  # eight bytes per comparison: the check runs at memory speed
+        ua, ub = ua.view(np.uint64), ub.view(np.uint64)
+    return bool(np.array_equal(ua, ub))
+
+
+# -- reading blocks ----------------------------------------------------------------------------
+
+
+def _stored(output: Output | Entry) -> Entry | None:
+    """The entry whose plain stored bytes are this tensor, if there is one."""
+    entry = output if isinstance(output, Entry) else output.source
+    if entry is None or entry.byte_range is None or entry.dtype.kind in "OSU":
+        return None
+    return entry
+
+
+def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays."""
+    count = int(np.prod(output.shape, dtype=np.int64))
+    raw_a, raw_b = _stored(output), _stored(entry_b)
+    if count <= per_block or (raw_a is None and raw_b is None):
+        whole_a = output.compute().reshape(-1)
+        whole_b = entry_b.read().reshape(-1)
+        for start in range(0, max(count, 1), per_block):
+            yield whole_a[start : start + per_block], whole_b[start : start + per_block]
+        return
+    # read whole (one at a time) only the side that is not plain bytes
+    gen_a = _raw_blocks(raw_a, count, per_block) if raw_a is not None else _views(output.compute(), per_block)
+    gen_b = _raw_blocks(raw_b, count, per_block) if raw_b is not None else _views(entry_b.read(), per_block)
+    yield from _read_ahead(gen_a, gen_b)
+
+
+def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, per_block):
+        yield flat[start : start + per_block]
+
+
+def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray]:
+    """The entry's stored bytes a block at a time, into two buffers used in turn (a block may
+    be overwritten once the one after the next is asked for); the recorded CRC-32C, if any,
+    is checked over the blocks once the last is read."""
+    import crc32c
+
+    br = entry.byte_range
+    assert br is not None
+    itemsize = entry.dtype.itemsize
+    buffers = [np.empty(min(per_block, count), dtype=entry.dtype) for _ in range(2)]
+    crc = 0
+    fd = os.open(br.path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, br.offset, br.length, os.POSIX_FADV_SEQUENTIAL)
+        for i, start in enumerate(range(0, count, per_block)):
+            block = buffers[i % 2][: min(per_block, count - start)]
+            raw = block.view(np.uint8)
+            br.read_into(raw, start=start * itemsize, fd=fd, tensor=entry.name)
+            if entry.crc32c is not None:
+                crc = crc32c.crc32c(raw, crc)
+            yield block
+    finally:
+        os.close(fd)
+    entry.compare_crc(crc)
+
+
+def _read_ahead(
+    gen_a: Iterator[np.ndarray], gen_b: Iterator[np.ndarray]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs from both generators, each advanced on a worker thread of its own: the next
+    blocks of A and of B are read at the same time, while the caller compares this pair
+    (``pread``, the copy out of the page cache and the comparison all release the GIL). A
+    generator is never advanced again before its previous block was handed over."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-diff") as pool:
+        pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
+        while True:
+            xa, xb = pending[0].result(), pending[1].result()  # the last step runs both to
+            if xa is None or xb is None:  # their end: their CRCs are checked
+                break
+            pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
+            yield xa, xb
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+class _Stats:
+    """Running statistics over the blocks of one pair whose bytes differ."""
+
+    def __init__(self, shape: tuple[int, ...], atol: float, rtol: float) -> None:
+        self.shape = shape
+        self.atol = atol
+        self.rtol = rtol
+        self.offset = 0  # elements before the current block
+        self.touched = False  # some block's bytes differed (or dtypes differ)
+        self.mismatched = 0
+        self.max_abs: float | None = None
+        self.max_rel: float | None = None
+        self.first: tuple[int, ...] | None = None
+        self.first_a: Any = None
+        self.first_b: Any = None
+
+    def add(self, xa: np.ndarray, xb: np.ndarray) -> None:
+        self.touched = True
+        for start in range(0, xa.size, _STATS_CHUNK):
+            self._chunk(xa[start : start + _STATS_CHUNK], xb[start : start + _STATS_CHUNK], self.offset + start)
+
+    def _chunk(self, xa: np.ndarray, xb: np.ndarray, offset: int) -> None:
+        if not (_numeric(xa.dtype) and _numeric(xb.dtype)):
+            bad = ~np.asarray(xa == xb, dtype=bool)  # strings, objects: equal or not
+            self._record(bad, xa, xb, offset)
+            return
+        wide = np.complex128 if "c" in (xa.dtype.kind, xb.dtype.kind) else np.float64
+        a = xa.astype(wide)
+        b = xb.astype(wide)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            integers = xa.dtype.kind in "biu" and xb.dtype.kind in "biu"
+            if integers:
+                same = np.asarray(xa == xb)  # exact: wide integers do not survive float64
+            else:
+                same = (a == b) | (np.isnan(a) & np.isnan(b))
+            delta = np.abs(a - b)
+            if integers:  # 2**62 and 2**62 + 1 are one float64: two integers differ by >= 1
+                delta[~same] = np.maximum(delta[~same], 1.0)
+            delta[same] = 0.0
+            delta[np.isnan(delta)] = np.inf  # a NaN against a number
+            scale = np.abs(b)
+            finite = np.isfinite(a) & np.isfinite(b)
+            bad = (delta > self.atol + self.rtol * scale) | (~same & ~finite)
+            rel = np.where(delta == 0, 0.0, delta / scale)
+        if delta.size:
+            self.max_abs = max(self.max_abs or 0.0, float(delta.max()))
+            self.max_rel = max(self.max_rel or 0.0, float(rel.max()))
+        self._record(bad, xa, xb, offset)
+
+    def _record(self, bad: np.ndarray, xa: np.ndarray, xb: np.ndarray, offset: int) -> None:
+        count = int(np.count_nonzero(bad))
+        if count and self.first is None:
+            i = int(np.argmax(bad))
+            self.first = tuple(int(d) for d in np.unravel_index(offset + i, self.shape)) if self.shape else ()
+            self.first_a, self.first_b = _scalar(xa[i]), _scalar(xb[i])
+        self.mismatched += count
+
+
+def _numeric(dtype: np.dtype) -> bool:
+    return dtype.kind in "biufc" or is_floating(dtype)  # is_floating: bfloat16, float8
+
+
+def _scalar(value: Any) -> Any:
+    item = value.item() if hasattr(value, "item") else value
+    if isinstance(item, bytes):
+        return item.decode("utf-8", "replace")
+    if not isinstance(item, (bool, int, float, complex, str)):
+        return float(item)  # ml_dtypes scalars (bfloat16, float8)
+    return item
+
+
+def _value_text(value: Any, dtype: str) -> str:
+    """A value as its own dtype prints it (float32 ``0.041355703``, not float64's digits)."""
+    if isinstance(value, float):
+        try:
+            return str(by_name(dtype).type(value))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return repr(value)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}"
+
+
+def _json_float(value: float | None) -> float | str | None:
+    if value is None or np.isfinite(value):
+        return value
+    return "inf" if value > 0 else "-inf"
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, complex):
+        return str(value)
+    return value

@@ -1,0 +1,308 @@
+"""``diff``: the same weights in every format compare equal (exit 0); one changed value, a
+missing tensor, another shape or dtype do not (exit 1, naming the tensor); tolerances; a live
+model on one side; a big tensor in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import ckptconv
+from ckptconv import DiffReport, diff
+from tests.helpers import run_cli
+
+TORCH = Path(__file__).resolve().parent / "fixtures" / "torch_sequential"
+DIFF = sys.modules["ckptconv.mapping.diff"]  # the module (ckptconv.mapping.diff is the function)
+
+# every file of the twin architecture holds the same values (tests/generators/gen_load.py)
+SAME_AS_K3 = ["k3.keras", "k3legacy.h5", "k3.safetensors", "k3ckpt", "k3sharded.weights.json", "tk.h5", "tkw.h5"]
+
+
+@pytest.fixture(scope="module")
+def twin(generated) -> Path:
+    return generated("load")
+
+
+def st_copy(src: Path, dst: Path, change=None) -> dict[str, np.ndarray]:
+    """Copy a safetensors file through numpy, letting ``change`` edit the arrays."""
+    arrays = safetensors.numpy.load_file(str(src))
+    if change is not None:
+        change(arrays)
+    safetensors.numpy.save_file(arrays, str(dst))
+    return arrays
+
+
+@pytest.mark.parametrize("other", SAME_AS_K3)
+def test_the_same_weights_in_every_format_are_equal(twin, other):
+    result = run_cli("diff", twin / "k3.weights.h5", twin / other)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("\nequal")
+    assert "29 tensor(s) compared: 29 bit-exact; 0 only in A, 0 only in B" in result.stdout
+
+
+def test_a_torch_file_and_its_safetensors_twin_are_equal():
+    """torch.save's zip and safetensors.torch.save_file of one state dict (committed files)."""
+    result = run_cli("diff", TORCH / "state_dict.pt", TORCH / "state_dict.safetensors")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "11 tensor(s) compared: 11 bit-exact; 0 only in A, 0 only in B" in result.stdout
+    report = diff(TORCH / "state_dict.pt", TORCH / "state_dict.safetensors")
+    assert (report.format_a, report.format_b) == ("pytorch", "safetensors") and report.equal
+
+
+def test_names_that_differ_are_listed_and_a_map_fixes_them(twin, tmp_path):
+    """tf-keras records a nested model's variables without its name (inner_a/kernel)."""
+    plain = run_cli("diff", twin / "tkckpt", twin / "k3.keras", "--json")
+    assert plain.returncode == 1
+    report = json.loads(plain.stdout)
+    assert report["equal"] is False
+    assert [t["name"] for t in report["only_in_a"]] == ["inner_a/kernel", "inner_a/bias", "inner_b/kernel", "inner_b/bias"]
+    assert [t["name"] for t in report["only_in_b"]] == ["block/inner_a/kernel", "block/inner_a/bias", "block/inner_b/kernel", "block/inner_b/bias"]
+    spec = tmp_path / "nest.yaml"
+    spec.write_text('rules:\n  - {from: "re:(inner_.)/(.*)", to: "block/{1}/{2}"}\n')
+    mapped = run_cli("diff", twin / "tkckpt", twin / "k3.keras", "--map", spec, "--json")
+    assert mapped.returncode == 0, mapped.stdout
+    report = json.loads(mapped.stdout)
+    assert report["equal"] and report["counts"]["equal"] == 29
+    renamed = next(t for t in report["tensors"] if t["name"] == "block/inner_a/kernel")
+    assert renamed["sources"] == ["inner_a/kernel"]
+
+
+def test_one_changed_value_is_named(twin, tmp_path):
+    changed = tmp_path / "changed.safetensors"
+
+    def change(arrays):
+        arrays["conv/kernel"][1, 2, 0, 1] += np.float32(0.5)
+
+    arrays = st_copy(twin / "k3.safetensors", changed, change)
+    result = run_cli("diff", twin / "k3.keras", changed)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    (row,) = [line for line in lines if line.startswith("different")]
+    assert "conv/kernel" in row and "1 of 27 values differ" in row and "first at [1, 2, 0, 1]" in row
+    assert lines[-1] == "NOT equal"
+    report = diff(twin / "k3.keras", changed)
+    (d,) = report.differences
+    assert d.name == "conv/kernel" and d.status == "different" and d.mismatched == 1
+    assert d.max_abs == pytest.approx(0.5, rel=1e-6) and d.first == (1, 2, 0, 1)
+    assert d.first_b == float(arrays["conv/kernel"][1, 2, 0, 1])
+
+
+def test_a_missing_tensor(twin, tmp_path):
+    fewer = tmp_path / "fewer.safetensors"
+    st_copy(twin / "k3.safetensors", fewer, lambda arrays: arrays.pop("head/bias"))
+    result = run_cli("diff", twin / "k3.weights.h5", fewer)
+    assert result.returncode == 1
+    assert any(line.startswith("only in A") and "head/bias" in line for line in result.stdout.splitlines())
+    report = diff(fewer, twin / "k3.weights.h5")
+    assert [t.name for t in report.only_in_b] == ["head/bias"] and not report.only_in_a
+    assert all(t.ok for t in report.tensors) and not report.equal
+
+
+def test_tolerances(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    base = np.linspace(-2, 2, 101, dtype=np.float32)
+    safetensors.numpy.save_file({"w": base}, str(a))
+    near = base.copy()
+    near[10] += np.float32(1e-4)                       # |a - b| ~ 1e-4 at an element of ~ -1.6
+    safetensors.numpy.save_file({"w": near}, str(b))
+    assert run_cli("diff", a, b).returncode == 1
+    assert run_cli("diff", a, b, "--atol", "1e-3").returncode == 0
+    assert run_cli("diff", a, b, "--atol", "1e-5").returncode == 1
+    assert run_cli("diff", a, b, "--rtol", "1e-3").returncode == 0     # relative to |b| ~ 1.6
+    assert run_cli("diff", a, b, "--rtol", "1e-6").returncode == 1
+    close = diff(a, b, atol=1e-3).tensors[0]
+    assert close.status == "close" and close.mismatched == 0 and close.max_abs == pytest.approx(1e-4, rel=0.05)
+    assert close.max_rel == pytest.approx(1e-4 / abs(float(near[10])), rel=0.05)
+    # the value of a number: -0.0 is 0.0, two NaNs are equal; a NaN is not a number
+    z = np.array([0.0, np.nan, 1.0, np.inf], np.float32)
+    safetensors.numpy.save_file({"w": z}, str(a))
+    safetensors.numpy.save_file({"w": np.array([-0.0, np.nan, 1.0, np.inf], np.float32)}, str(b))
+    t = diff(a, b).tensors[0]
+    assert t.status == "close" and t.max_abs == 0.0
+    safetensors.numpy.save_file({"w": np.array([0.0, 5.0, 1.0, np.inf], np.float32)}, str(b))
+    t = diff(a, b, atol=1e9).tensors[0]
+    assert t.status == "different" and t.mismatched == 1 and t.first == (1,) and t.max_abs == np.inf
+    safetensors.numpy.save_file({"w": np.array([0.0, np.nan, 1.0, 3e38], np.float32)}, str(b))
+    t = diff(a, b, atol=1e9, rtol=1.0).tensors[0]
+    assert t.status == "different" and t.first == (3,)      # inf against a finite number
+    t = diff(b, a, atol=1e9, rtol=1.0).tensors[0]
+    assert t.status == "different" and t.first == (3,)      # a finite number against inf
+
+
+def _zoo() -> list:
+    import ml_dtypes
+
+    wide = np.array([2**62, -(2**62), 5], np.int64)  # 2**62 + 1 is the same float64 as 2**62
+    return [
+        pytest.param(np.array(1.5, np.float32), (), id="scalar"),
+        pytest.param(np.zeros((0, 3), np.float32), None, id="empty"),
+        pytest.param(np.linspace(-1, 1, 7).astype(np.float16), (6,), id="float16"),
+        pytest.param(np.linspace(-1, 1, 7).astype(ml_dtypes.bfloat16), (3,), id="bfloat16"),
+        pytest.param(wide, (0,), id="int64-beyond-float64"),
+        pytest.param(np.array([True, False, True]), (1,), id="bool"),
+        pytest.param(np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2], (3, 2), id="non-contiguous"),
+    ]
+
+
+@pytest.mark.parametrize("array, where", _zoo())
+def test_dtype_and_shape_zoo(array, where):
+    """Equal to a copy of itself; one element changed (by the least step its dtype has) is
+    found at its index, at tolerance 0."""
+    same = diff({"t": array}, {"t": array.copy()})
+    assert same.equal and same.tensors[0].status == "equal"
+    if where is None:
+        return
+    changed = array.copy()  # C order, as the bit view below needs
+    if changed.dtype == bool:
+        changed[where] = not changed[where]
+    elif changed.dtype.kind in "iu":
+        changed[where] += 1
+    else:  # the last bit of the stored value: one step of its own dtype
+        bits = changed.view(f"u{changed.dtype.itemsize}")
+        bits[where] ^= 1
+    assert changed[where] != array[where]
+    (t,) = diff({"t": array}, {"t": changed}).tensors
+    assert t.status == "different" and t.mismatched == 1 and t.first == tuple(where)
+    assert t.max_abs is not None and t.max_abs > 0
+
+
+def test_shape_and_dtype_differences(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    safetensors.numpy.save_file({"w": w, "v": w[0]}, str(a))
+    safetensors.numpy.save_file({"w": np.ascontiguousarray(w.T), "v": w[0].astype(np.float16)}, str(b))
+    report = diff(a, b)
+    by_name = {t.name: t for t in report.tensors}
+    assert by_name["w"].status == "shape" and by_name["w"].size == 0
+    assert by_name["v"].status == "dtype" and by_name["v"].max_abs > 0
+    assert not report.equal
+    result = run_cli("diff", a, b)
+    assert result.returncode == 1
+    assert "shape [3, 4] in A, [4, 3] in B" in result.stdout
+    assert "dtype float32 in A, float16 in B" in result.stdout
+
+
+def test_dtype_option_checks_a_cast_exactly(twin, tmp_path):
+    """``convert --dtype bfloat16`` then ``diff --dtype bfloat16``: B is exactly A cast."""
+    out = tmp_path / "bf16.safetensors"
+    assert run_cli("convert", twin / "k3.keras", out, "--dtype", "bfloat16").returncode == 0
+    assert run_cli("diff", twin / "k3.keras", out).returncode == 1        # float32 vs bfloat16
+    cast = run_cli("diff", twin / "k3.keras", out, "--dtype", "bfloat16")
+    assert cast.returncode == 0, cast.stdout
+    assert run_cli("diff", twin / "k3.keras", out, "--dtype", "target").returncode == 0
+
+
+def test_blocks_of_a_big_tensor(tmp_path, monkeypatch):
+    """Streamed in blocks (small ones here): the difference in a later block is found with
+    its index; a recorded CRC-32C that fails is reported as damage."""
+    monkeypatch.setattr(DIFF, "BLOCK_BYTES", 4096)
+    w = np.random.default_rng(0).standard_normal((300, 100)).astype(np.float32)
+    a = tmp_path / "a.safetensors"
+    safetensors.numpy.save_file({"w": w, "small": w[0, :3].copy()}, str(a))
+    c = tmp_path / "c.safetensors"
+    ckptconv.convert(a, c)  # records CRC-32Cs
+    assert diff(a, c).equal
+    w2 = w.copy()
+    w2[250, 7] = 0.0
+    b = tmp_path / "b.safetensors"
+    safetensors.numpy.save_file({"w": w2, "small": w[0, :3].copy()}, str(b))
+    t = {t.name: t for t in diff(a, b).tensors}["w"]
+    assert t.status == "different" and t.mismatched == 1 and t.first == (250, 7)
+    assert t.size == 30000
+    # flip a byte of c inside w's data, far from its start: the CRC check names the tensor
+    header = ckptconv.open(c)
+    offset = header["w"].byte_range.offset + 4 * 25007
+    header.close()
+    data = bytearray(c.read_bytes())
+    data[offset] ^= 0x01
+    c.write_bytes(bytes(data))
+    with pytest.raises(ckptconv.IntegrityError, match="'w'"):
+        diff(a, c)
+
+
+# The child's own peak: VmHWM belongs to the address space exec made. (ru_maxrss would not
+# do: it survives exec, so a child forked from a test process that holds TensorFlow starts
+# with that process' size.)
+_MEMORY_SCRIPT = r"""
+import json, sys
+from ckptconv import diff
+report = diff(sys.argv[1], sys.argv[2])
+(t,) = report.tensors
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
+print(json.dumps({"status": t.status, "first": t.first, "mismatched": t.mismatched, "nbytes": report.nbytes,
+                  "peak_mib": peak}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak from /proc")
+def test_big_tensor_in_bounded_memory(tmp_path):
+    """Two files of one 256 MiB tensor, differing in its last element: the comparison's peak
+    memory stays far below one tensor (reading them whole would take 512 MiB)."""
+    n = 64 << 20  # float32 elements: 256 MiB
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    w = np.zeros(n, dtype=np.float32)
+    safetensors.numpy.save_file({"big": w}, str(a))
+    w[-1] = 1.0
+    safetensors.numpy.save_file({"big": w}, str(b))
+    del w
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(a), str(b)], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == "different" and result["first"] == [n - 1] and result["mismatched"] == 1, result
+    assert result["nbytes"] == 2 * 4 * n, result
+    assert result["peak_mib"] < 160, f"peak RSS {result['peak_mib']} MiB"
+
+
+def test_a_live_model_against_a_file(twin):
+    keras = pytest.importorskip("keras")
+    from tests.generators.gen_load import build_keras3
+
+    keras.backend.clear_session()
+    model = build_keras3(keras)
+    ckptconv.load_into(model, twin / "k3.keras")
+    report = diff(model, twin / "k3.weights.h5")
+    assert report.equal and len(report.tensors) == 29 and report.format_a == "keras-model"
+    kernel = model.get_layer("head").kernel
+    kernel.assign(np.array(kernel) * 2)
+    report = diff(twin / "k3.weights.h5", model)
+    assert [t.name for t in report.differences] == ["head/kernel"]
+
+
+def test_usage_errors_and_json_failures(twin, tmp_path):
+    for bad in (["--atol", "-1"], ["--rtol", "abc"], ["--atol", "nan"], ["--dtype", "floot32"], ["--atl", "1"]):
+        result = run_cli("diff", twin / "k3.keras", twin / "k3.keras", *bad)
+        assert result.returncode == 2, (bad, result.stderr)
+    missing = run_cli("diff", twin / "k3.keras", tmp_path / "nope.safetensors")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.safetensors" in missing.stderr
+    as_json = run_cli("diff", twin / "k3.keras", tmp_path / "nope.safetensors", "--json")
+    assert as_json.returncode == 1
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is False and "nope.safetensors" in doc["error"]["message"] and doc["error"]["exit"] == 1
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text("rules:\n  - {from: nothing/like/this, to: x}\n")
+    result = run_cli("diff", twin / "k3.keras", twin / "k3.keras", "--map", bad_spec)
+    assert result.returncode == 1 and "matches no entry" in result.stderr
+    with pytest.raises(ValueError, match="atol"):
+        diff(twin / "k3.keras", twin / "k3.keras", atol=-1)
+    with pytest.raises(ckptconv.UsageError, match=r"^B: expected a checkpoint path.*received builtins.object"):
+        diff({"x": np.zeros(2)}, object())
+
+
+def test_report_json_is_one_object(twin):
+    result = run_cli("diff", twin / "k3.keras", twin / "k3ckpt", "--json", "-v")
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["equal"] is True and report["a"]["format"] == "keras-archive"
+    assert report["b"]["format"] == "tf-checkpoint" and len(report["tensors"]) == 29
+    assert all(t["status"] == "equal" for t in report["tensors"])
+    assert isinstance(DiffReport, type)
+    assert os.path.basename(report["b"]["path"]) == "k3ckpt"

@@ -1,0 +1,408 @@
+"""Orbax checkpoints written by ``keras.callbacks.OrbaxCheckpoint`` (Keras 3.15, JAX backend):
+every array bit-exact against what the writer held and Keras' own load gives, ``load_into``
+by Keras' state tree (Keras' own ``load_weights`` the oracle),
+``inspect``/``convert`` without JAX, TensorFlow or Orbax, hostile metadata, the missing extra.
+
+Fixtures from ``generators/gen_keras315.py``: ``orbax_zoo`` (a functional model trained two
+epochs: steps 0 and 1, optimizer and metrics saved), ``orbax_seq_wo`` (a Sequential,
+``save_weights_only``), ``orbax_int8`` (an int8-quantized Sequential).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptconv
+from tests.generators.gen_keras315 import build_orbax_seq, build_orbax_zoo, quantize
+from tests.helpers import assert_bit_exact, blocking_env, load_expected, run_cli, run_cli_many
+
+# what the user opens -> expected record label
+CASES = {
+    "orbax_zoo": "orbax_zoo.step1",  # the checkpoint directory: its latest step
+    "orbax_zoo/0": "orbax_zoo.step0",  # one step, by path
+    "orbax_zoo/1/pytree": "orbax_zoo.step1",  # the step's pytree directory itself
+    "orbax_seq_wo": "orbax_seq_wo.step0",
+    "orbax_int8": "orbax_int8.step0",
+}
+HEAVY = ("jax", "jaxlib", "orbax", "tensorflow", "keras", "tf_keras")
+
+
+@pytest.fixture(scope="module")
+def k315(generated) -> Path:
+    return generated("keras315")
+
+
+@pytest.mark.parametrize("where", CASES)
+def test_every_array_matches_the_writer(k315: Path, where: str) -> None:
+    expected = load_expected(k315, CASES[where])
+    with ckptconv.open(k315 / where) as store:
+        assert store.format == "keras-orbax"
+        got = {e.tree_path: e for e in store.entries(include_all=True)}
+        assert sorted(got) == sorted(x.extra["key"] for x in expected)
+        for want in expected:
+            entry = got[want.extra["key"]]
+            assert (entry.name, entry.kind) == (want.name, want.kind), want.extra["key"]
+            assert entry.key == want.extra["key"].replace("/", ".")  # the array's key in OCDBT
+            assert (entry.shape, entry.dtype) == (want.array.shape, want.array.dtype), want.name
+            assert_bit_exact(entry.read(), want.array, want.name)
+
+
+def test_latest_step_config_order_and_kinds(k315: Path) -> None:
+    with ckptconv.open(k315 / "orbax_zoo") as store:
+        assert store.metadata == {"checkpointable": "pytree", "step": "1", "model": "zoo"}
+        entries = store.entries(include_all=True)
+        kinds = [e.kind for e in entries]
+        assert kinds == sorted(kinds, key=["weight", "optimizer", "bookkeeping"].index)
+        layers = list(dict.fromkeys(e.layer.split("/")[0] for e in store.entries()))
+        # the order of model_config's layers, not the pytree's alphabetical one
+        config = json.loads(json.loads((k315 / "orbax_zoo" / "1" / "model_config" / "_strings.json").read_text())["config"])
+        in_config = [layer["config"]["name"] for layer in config["config"]["layers"]]
+        assert layers == [name for name in in_config if name in layers] and layers != sorted(layers)
+        bn = [e.name for e in store.entries() if e.layer == "bn"]
+        assert bn == ["bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
+        assert store["adam/iteration"].kind == "bookkeeping"
+        assert store["seed_generator/seed_generator_state"].kind == "bookkeeping"
+        assert store["head/kernel"].dtype_name == "bfloat16"
+    with ckptconv.open(k315 / "orbax_seq_wo") as store:
+        assert store.metadata == {"checkpointable": "pytree", "step": "0"}  # no model_config
+        assert {e.kind for e in store.entries(include_all=True)} == {"weight"}
+
+
+def test_unfinished_steps_are_ignored(k315: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    shutil.copytree(k315 / "orbax_zoo", root)
+    (root / "2.orbax-checkpoint-tmp-1745").mkdir()  # a save in progress
+    (root / "3").mkdir()  # a step without its pytree
+    with ckptconv.open(root) as store:
+        assert store.metadata["step"] == "1"
+
+
+def test_a_checkpoint_without_a_complete_step_says_so(tmp_path: Path) -> None:
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "_CHECKPOINT_METADATA").write_text("{}")  # the step's pytree is missing
+    proc = run_cli("inspect", tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "an Orbax checkpoint without a complete pytree" in proc.stderr
+
+
+def test_open_reads_metadata_only(k315: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening and listing never opens an array (tensorstore.open is how arrays are read)."""
+    import tensorstore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an array was opened")
+
+    monkeypatch.setattr(tensorstore, "open", refuse)
+    with ckptconv.open(k315 / "orbax_zoo") as store:
+        listing = [e.describe() for e in store.entries(include_all=True)]
+        assert len(listing) == len(load_expected(k315, "orbax_zoo.step1"))
+        with pytest.raises(ckptconv.CorruptFileError, match="an array was opened"):
+            store["conv/kernel"].read()
+
+
+# -- load_into ------------------------------------------------------------------------------------
+
+keras = pytest.importorskip("keras")
+
+
+def _load_and_compare(model, source: Path, label: str, k315: Path) -> None:
+    from ckptconv.keras.targets import LiveModel
+
+    prefix = model.name + "/"
+    expected = {
+        (x.name[len(prefix):] if x.name.startswith(prefix) else x.name): x.array
+        for x in load_expected(k315, label)
+        if x.kind == "weight"
+    }
+    live = LiveModel(model)
+    assert sorted(v.name for v in live.vars) == sorted(expected)
+    assert any(np.asarray(v.variable.numpy()).tobytes() != expected[v.name].tobytes() for v in live.vars)
+    report = ckptconv.load_into(model, source)
+    assert report.ok and report.applied and len(report.loaded) == len(expected), report.format_table()
+    for v in LiveModel(model).vars:
+        assert_bit_exact(np.asarray(v.variable.numpy()), expected[v.name], v.name)
+
+
+def test_load_into_a_fresh_model(k315: Path) -> None:
+    _load_and_compare(build_orbax_zoo(keras), k315 / "orbax_zoo", "orbax_zoo.step1", k315)
+    _load_and_compare(build_orbax_zoo(keras), k315 / "orbax_zoo" / "0", "orbax_zoo.step0", k315)
+
+
+def test_load_into_a_sequential_drops_the_model_name(k315: Path) -> None:
+    _load_and_compare(build_orbax_seq(keras), k315 / "orbax_seq_wo", "orbax_seq_wo.step0", k315)
+
+
+def test_load_into_a_fresh_int8_model(k315: Path) -> None:
+    model = build_orbax_seq(keras)
+    quantize(keras, model, "int8")
+    _load_and_compare(model, k315 / "orbax_int8", "orbax_int8.step0", k315)
+
+
+# -- load_into by Keras' state tree, Keras' own loader the oracle --------------------------------
+
+
+def _keras_own_load(model, source: Path) -> None:
+    """What Keras 3.15.1 does: ``load_weights`` of a checkpoint directory (its latest step);
+    a step directory, which its ``load_weights`` does not recognise, the way that loads the
+    step it picks (Orbax's ``load_checkpointables``, then ``set_state_tree``)."""
+    if source.name.isdigit():
+        import orbax.checkpoint as ocp
+
+        model.set_state_tree(ocp.v1.load_checkpointables(str(source), {"pytree": None})["pytree"])
+    else:
+        model.load_weights(str(source))
+
+
+def _build_int8(k):
+    model = build_orbax_seq(k)
+    quantize(k, model, "int8")
+    return model
+
+
+BUILDERS = {"orbax_zoo": build_orbax_zoo, "orbax_zoo/0": build_orbax_zoo, "orbax_seq_wo": build_orbax_seq, "orbax_int8": _build_int8}
+
+
+def _leaf_paths(node, parts: tuple[str, ...]) -> list[str]:
+    if not isinstance(node, dict):
+        return ["/".join(parts)]
+    return [path for key, value in node.items() for path in _leaf_paths(value, (*parts, key))]
+
+
+def test_state_tree_keys_are_keras_own(k315: Path) -> None:
+    """The keys computed from the live model are the pytree paths of Keras'
+    ``get_state_tree()`` (its weights; a dropout's seed generator state is no weight)."""
+    from ckptconv.keras.structure import state_tree_keys
+    from ckptconv.keras.targets import LiveModel
+
+    for build in (build_orbax_zoo, _build_int8):
+        model = build(keras)
+        tree = model.get_state_tree(value_format="numpy_array")
+        paths = [
+            path
+            for top in ("trainable_variables", "non_trainable_variables")
+            for path in _leaf_paths(tree[top], (top,))
+            if not path.endswith("/seed_generator_state")
+        ]
+        live = LiveModel(model)
+        keys = state_tree_keys(live)
+        assert sorted(keys) == sorted(paths)
+        by_path = {v.path: v for v in model.weights}
+        for key, target in keys.items():
+            assert target.variable is by_path[key.split("/", 1)[1]], key
+
+
+@pytest.mark.parametrize("where", BUILDERS)
+def test_load_into_by_state_tree_equals_keras_own_load(k315: Path, where: str) -> None:
+    source = k315 / where
+    oracle = BUILDERS[where](keras)
+    _keras_own_load(oracle, source)
+    model = BUILDERS[where](keras)
+    before = [np.asarray(v.numpy()).tobytes() for v in model.weights]
+    report = ckptconv.load_into(model, source)
+    assert report.ok and report.mode == "structure" and report.structure == "state-tree", report.format_table()
+    assert {w.matched_by for w in report.loaded} == {"structure"} and len(report.loaded) == len(model.weights)
+    assert "its state tree); all names agree" in report.format_table()  # the model's own name is no difference
+    assert [np.asarray(v.numpy()).tobytes() for v in model.weights] != before
+    assert [v.path for v in model.weights] == [v.path for v in oracle.weights]
+    for got, want in zip(model.weights, oracle.weights):
+        assert_bit_exact(np.asarray(got.numpy()), np.asarray(want.numpy()), got.path)
+
+
+def test_a_layer_frozen_since_the_save_loads_by_name(k315: Path) -> None:
+    """Its kernel moved to non_trainable_variables: the state tree is not the model's, and
+    Keras' own load skips that layer without a word; load_into matches by name and loads it."""
+    expected = {x.name: x.array for x in load_expected(k315, "orbax_seq_wo.step0") if x.kind == "weight"}
+    skipped = build_orbax_seq(keras)
+    skipped.get_layer("a").trainable = False
+    fresh_kernel = np.asarray(skipped.get_layer("a").kernel.numpy()).copy()
+    _keras_own_load(skipped, k315 / "orbax_seq_wo")
+    assert np.array_equal(skipped.get_layer("a").kernel.numpy(), fresh_kernel)  # Keras loaded nothing there
+    model = build_orbax_seq(keras)
+    model.get_layer("a").trainable = False
+    report = ckptconv.load_into(model, k315 / "orbax_seq_wo")
+    assert report.ok and report.mode == "name", report.format_table()
+    for v in model.weights:
+        assert_bit_exact(np.asarray(v.numpy()), expected[v.path], v.path)
+
+
+def test_a_renamed_model_says_the_state_tree_differs(k315: Path) -> None:
+    layers = keras.layers
+    model = keras.Sequential(  # orbax_seq_wo's model under another name: variable paths other/...
+        [keras.Input((3,)), layers.Dense(4, name="a"), layers.BatchNormalization(name="bn"), layers.Dense(2, name="b")],
+        name="other",
+    )
+    with pytest.raises(ckptconv.LoadError) as info:
+        ckptconv.load_into(model, k315 / "orbax_seq_wo")
+    assert "the source's structure is not the model's (state-tree): trainable_variables/other/a/kernel: the model has Dense kernel" in str(info.value)
+
+
+# -- without JAX, TensorFlow, Keras, Orbax --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def light_runs(k315: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    env = blocking_env(tmp_path_factory.mktemp("no_jax_site"), HEAVY)
+    out = tmp_path_factory.mktemp("no_jax_out")
+    commands = [
+        ["inspect", k315 / "orbax_zoo", "--json", "--all"],
+        ["convert", k315 / "orbax_zoo", out / "zoo.safetensors", "--all", "--quiet"],
+        ["convert", k315 / "orbax_int8", out / "int8.safetensors", "--quiet"],
+        ["inspect", k315 / "q_int4.weights.h5", "--json"],
+        ["convert", k315 / "q_int8", out / "q_int8.safetensors", "--quiet"],
+    ]
+    results = run_cli_many(env, commands, never_imported=HEAVY)
+    return {"results": results, "out": out}
+
+
+def test_inspect_without_jax_or_tensorflow(k315: Path, light_runs: dict) -> None:
+    result = light_runs["results"][0]
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert listing["format"] == "keras-orbax"
+    got = {t["tree_path"]: (t["name"], t["kind"], t["shape"], t["dtype"]) for t in listing["tensors"]}
+    from ckptconv.dtypes import dtype_name
+
+    assert got == {
+        x.extra["key"]: (x.name, x.kind, list(x.array.shape), dtype_name(x.array.dtype))
+        for x in load_expected(k315, "orbax_zoo.step1")
+    }
+    q_int4 = json.loads(light_runs["results"][3].stdout)
+    assert {t["name"] for t in q_int4["tensors"]} == {x.name for x in load_expected(k315, "q_int4.weights.h5")}
+
+
+@pytest.mark.parametrize("index,output,label,include_all", [
+    (1, "zoo.safetensors", "orbax_zoo.step1", True),
+    (2, "int8.safetensors", "orbax_int8.step0", False),
+    (4, "q_int8.safetensors", "q_int8", False),
+])
+def test_convert_without_jax_or_tensorflow(k315: Path, light_runs: dict, index: int, output: str, label: str, include_all: bool) -> None:
+    result = light_runs["results"][index]
+    assert result.returncode == 0, result.stderr
+    expected = [x for x in load_expected(k315, label) if include_all or x.kind == "weight"]
+    with ckptconv.open(light_runs["out"] / output) as written:
+        assert sorted(written) == sorted(x.name for x in expected)
+        for want in expected:
+            assert_bit_exact(written[want.name].read(), want.array, want.name)
+
+
+def test_missing_tensorstore_is_one_clear_error(k315: Path, tmp_path: Path) -> None:
+    env = blocking_env(tmp_path, ["tensorstore"])
+    orbax, other = run_cli_many(
+        env, [["inspect", k315 / "orbax_seq_wo"], ["inspect", k315 / "q_int8.keras"]], never_imported=["tensorstore"]
+    )
+    assert orbax.returncode == 1
+    assert orbax.stderr.count("\n") == 1 and "pip install 'ckptconv[orbax]'" in orbax.stderr
+    assert str(k315 / "orbax_seq_wo") in orbax.stderr
+    assert other.returncode == 0, other.stderr  # every other format works without it
+
+
+# -- hostile and damaged checkpoints --------------------------------------------------------------
+
+
+@pytest.fixture()
+def step(k315: Path, tmp_path: Path) -> Path:
+    """A writable copy of one step (orbax_seq_wo/0)."""
+    copy = tmp_path / "ckpt" / "0"
+    shutil.copytree(k315 / "orbax_seq_wo" / "0", copy)
+    return copy
+
+
+def _edit_metadata(step: Path, edit) -> None:
+    path = step / "pytree" / "_METADATA"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _add_leaf(*keys: str):
+    def edit(meta):
+        meta["tree_metadata"][repr(keys)] = {
+            "key_metadata": [{"key": k, "key_type": 2} for k in keys],
+            "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False},
+        }
+
+    return edit
+
+
+def _set_root_location(location: str):
+    def mutate(step: Path) -> None:
+        import tensorstore as ts
+        import tensorstore.ocdbt
+
+        pytree = step / "pytree"
+        base = ts.KvStore.open({"driver": "file", "path": str(pytree) + "/"}).result()
+        manifest = tensorstore.ocdbt.dump(base).result()
+        manifest["versions"][-1]["root"]["location"] = location
+        (pytree / "manifest.ocdbt").write_bytes(tensorstore.ocdbt.undump_manifest(manifest))
+
+    return mutate
+
+
+def _link_data_out(step: Path) -> None:
+    data = next((step / "pytree" / "d").iterdir())
+    outside = step.parent.parent / "elsewhere.bin"
+    outside.write_bytes(data.read_bytes())
+    data.unlink()
+    data.symlink_to(outside)
+
+
+def _link_config_out(step: Path) -> None:
+    outside = step.parent.parent / "config.json"
+    outside.write_text(json.dumps({"config": "{}"}))
+    (step / "model_config").mkdir()
+    (step / "model_config" / "_strings.json").symlink_to(outside)
+
+
+HOSTILE = {
+    "key_climbs_out": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "..", "kernel")), "UnsafeInputError", "pytree key '..'"),
+    "key_with_slash": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "a/../../b")), "UnsafeInputError", "could lead outside"),
+    "kvstore_spec_absolute": (
+        lambda s: _edit_metadata(s, lambda m: m.update(kvstore={"driver": "file", "path": "/etc/"})),
+        "UnsafeInputError", "path='/etc/'",
+    ),
+    "value_spec_parent": (
+        lambda s: _edit_metadata(s, lambda m: next(iter(m["tree_metadata"].values()))["value_metadata"].update(
+            kvstore={"driver": "file", "path": "../../secrets/"})),
+        "UnsafeInputError", "outside the checkpoint",
+    ),
+    "manifest_node_outside": (_set_root_location("btreenode::../../../d/x:0:100"), "UnsafeInputError", "OCDBT manifest refers to"),
+    "data_file_link_out": (_link_data_out, "UnsafeInputError", "outside the checkpoint"),
+    "config_link_out": (_link_config_out, "UnsafeInputError", "model_config/_strings.json is a link outside"),
+    "metadata_not_json": (lambda s: (s / "pytree" / "_METADATA").write_text("{not json"), "CorruptFileError", "not valid JSON"),
+    "array_missing": (lambda s: _edit_metadata(s, _add_leaf("trainable_variables", "ghost", "kernel")), "CorruptFileError", "ghost"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_or_damaged_metadata_is_refused_in_one_line(step: Path, case: str) -> None:
+    mutate, error, text = HOSTILE[case]
+    mutate(step)
+    with pytest.raises(getattr(ckptconv, error), match=None) as info:
+        ckptconv.open(step.parent)
+    assert text in str(info.value), str(info.value)
+    proc = run_cli("inspect", step.parent)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(step.parent) in proc.stderr and text in proc.stderr
+
+
+def test_other_directories_are_not_taken_for_orbax(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()  # a numbered directory without a pytree
+    (tmp_path / "notes.txt").write_text("hello")
+    proc = run_cli("inspect", tmp_path)
+    assert proc.returncode == 1 and "not a checkpoint ckptconv can read" in proc.stderr
+
+
+def test_detection_of_every_orbax_form(k315: Path) -> None:
+    from ckptconv.formats import detect
+
+    for where in ("orbax_zoo", "orbax_zoo/0", "orbax_zoo/0/pytree"):
+        assert detect(k315 / where).FORMAT == "keras-orbax"
+    assert detect(k315 / "q_int8").FORMAT == "keras-archive"
+    assert os.path.isdir(k315 / "q_int8")
