@@ -204,17 +204,24 @@ class _ImageReader:
     def __init__(self, source: str | os.PathLike[str] | Any) -> None:
         self._map: mmap.mmap | None = None
         self._obj: Any = None
-        if isinstance(source, (str, os.PathLike)):
-            with builtins.open(source, "rb") as f:
-                self.size = os.fstat(f.fileno()).st_size
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+        self._base = 0
+        region = getattr(source, "image_region", None)  # a stored zip member: map its bytes
+        if isinstance(source, (str, os.PathLike)) or region is not None:
+            path, self._base, length = (source, 0, None) if region is None else region()
+            with builtins.open(path, "rb") as f:
+                end = os.fstat(f.fileno()).st_size
+                self.size = end - self._base if length is None else min(length, end - self._base)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if end else None
         else:
             self._obj = source
             self.size = source.seek(0, os.SEEK_END)
 
     def read(self, offset: int, n: int) -> bytes:
         if self._obj is None:
-            return self._map[offset : offset + n] if self._map is not None else b""
+            if self._map is None or offset >= self.size:
+                return b""
+            start = self._base + offset
+            return self._map[start : start + min(n, self.size - offset)]
         self._obj.seek(offset)
         return self._obj.read(n)
 

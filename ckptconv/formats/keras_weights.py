@@ -135,9 +135,9 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 name = cfg.get("name")
                 if isinstance(name, str) and name not in found:
                     found[name] = LayerInfo(node["class_name"], cfg)
-            stack.extend((v, depth + 1) for v in reversed(list(node.values())))
+            stack.extend((v, depth + 1) for v in reversed(node.values()) if isinstance(v, (dict, list)))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in reversed(node))
+            stack.extend((v, depth + 1) for v in reversed(node) if isinstance(v, (dict, list)))
     return found
 
 

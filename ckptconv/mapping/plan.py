@@ -20,6 +20,7 @@ from typing import Any
 import crc32c
 import numpy as np
 
+from .._gc import paused_gc
 from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
@@ -946,4 +947,5 @@ def build_plan(
         strict=strict, allow_lossy=allow_lossy,
     )
     builder.part = part
-    return builder.build()
+    with paused_gc():  # an output, a record and a source per tensor, no cycles
+        return builder.build()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._gc import paused_gc
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import OutputError, UnsupportedError
 from ..formats.safetensors import CRC_KEY, check_metadata
@@ -191,8 +192,9 @@ def write_safetensors(
     else:
         finals = shard_names(dst, len(groups))
         index = index_path(dst)
-    layouts = [_layout(group, codes) for group in groups]
-    tensor_texts = [_tensors_json(slots) for slots in layouts]
+    with paused_gc():  # a slot per tensor, no cycles
+        layouts = [_layout(group, codes) for group in groups]
+        tensor_texts = [_tensors_json(slots) for slots in layouts]
     for slots, final, text in zip(layouts, finals, tensor_texts):
         _check_header_size(slots, meta, checksum=checksum, dst=final, tensors=text)
     new_files = finals + ([index] if index else [])
