@@ -40,6 +40,7 @@ __all__ = [
     "expand_inputs",
     "output_name",
     "plan_jobs",
+    "check_collisions",
     "run_batch",
     "PATTERN_FIELDS",
 ]
@@ -229,16 +230,17 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def _part_of_listed(path: str, listed: set[str]) -> bool:
+    from .formats.safetensors import index_path, parse_shard_name
+
     full = os.path.abspath(path)
     directory, name = os.path.split(full)
     if ".data-" in name:
         prefix = name.split(".data-", 1)[0]
         return os.path.join(directory, prefix + ".index") in listed
-    parts = name.rsplit("-of-", 1)
     for ext in (".safetensors", ".bin"):  # a Hugging Face shard, when its index is listed
-        if len(parts) == 2 and name.endswith(ext) and "-" in parts[0]:
-            stem = parts[0].rsplit("-", 1)[0]
-            return os.path.join(directory, stem + ext + ".index.json") in listed
+        shard = parse_shard_name(name, suffix=ext)
+        if shard is not None:
+            return index_path(os.path.join(directory, shard[0] + ext)) in listed
     return False
 
 
@@ -301,15 +303,24 @@ def plan_jobs(
         expand: False when ``inputs`` are already expanded paths.
 
     Raises:
-        ValueError: the pattern is invalid, or two inputs would write the same output (the
-            message names both and suggests ``{parent}`` or ``{index}``).
+        ValueError: the pattern is invalid, gives a path outside ``outdir`` for an input, or
+            two inputs would write the same output (the message names both and suggests
+            ``{parent}`` or ``{index}``).
+        OutputError: an output would overwrite (or, with ``--force``, remove) an input's file:
+            see :func:`check_collisions`.
     """
     check_pattern(pattern)
     sources = expand_inputs(inputs)[0] if expand else list(inputs)
     jobs: list[Job] = []
     taken: dict[str, str] = {}
     for i, src in enumerate(sources):
-        dst = os.path.join(os.fspath(outdir), output_name(src, i, pattern))
+        name = output_name(src, i, pattern)
+        if os.path.isabs(name) or ".." in Path(name).parts or os.path.normpath(name) in (".", ""):
+            raise ValueError(
+                f"the name pattern {pattern!r} gives {name!r} for {src}, which is not a path "
+                "inside OUTDIR"
+            )
+        dst = os.path.join(os.fspath(outdir), name)
         key = os.path.abspath(dst)
         if key in taken:
             raise ValueError(
@@ -318,7 +329,62 @@ def plan_jobs(
             )
         taken[key] = src
         jobs.append(Job(src, dst))
+    check_collisions(jobs)
     return jobs
+
+
+def check_collisions(jobs: Sequence[Job]) -> None:
+    """Refuse, before any work, a batch where one input's output is another input's file.
+
+    An output claims its path, its sharded set's index and every shard name of that set
+    (``STEM-NNNNN-of-NNNNN.safetensors``): ``--force`` may replace or remove those. None of
+    them may be a file another input reads (the input itself, a TensorFlow checkpoint's data
+    files, a sharded input's shards), or converting one file would destroy another before its
+    turn. (An output that is its own input's file fails that one job, as ``convert`` does.)
+    Inputs are opened (metadata only) only when they lie where an output goes.
+
+    Raises:
+        OutputError: naming the output, the input file and the input it belongs to.
+    """
+    from .errors import OutputError
+    from .formats.safetensors import parse_shard_name
+
+    claims: dict[str, list[tuple[Job, str]]] = {}
+    for job in jobs:
+        directory, name = os.path.split(os.path.abspath(job.dst))
+        claims.setdefault(os.path.realpath(directory), []).append((job, name))
+    for job in jobs:
+        for src_file in _input_files(job.src, set(claims)):
+            directory, name = os.path.split(os.path.realpath(src_file))
+            for owner, dst_name in claims.get(directory, []):
+                if owner is job:
+                    continue  # its own input: that job alone fails, as convert refuses it
+                if name in (dst_name, dst_name + ".index.json") or parse_shard_name(name, dst_name):
+                    raise OutputError(
+                        f"the output of {owner.src} would overwrite {src_file}, a file of the "
+                        f"input {job.src}; choose another output directory or {{opt:pattern}}",
+                        path=owner.dst,
+                    )
+
+
+def _input_files(src: str, places: set[str]) -> list[str]:
+    """The files an input reads, when any of them may lie in one of ``places`` (the real
+    paths of the directories outputs go to): the path itself, or all of a checkpoint's files."""
+    from .errors import CkptconvError
+    from .formats import open as open_store
+
+    real = os.path.realpath(src)
+    if os.path.isdir(real):
+        near = any(p == real or p.startswith(real + os.sep) for p in places)
+    else:
+        near = os.path.dirname(real) in places
+    if not near:
+        return []
+    try:
+        with open_store(src) as store:
+            return list(store.files) or [src]
+    except (CkptconvError, OSError):
+        return [src]  # its own job reports what is wrong with it
 
 
 # --- the runner -----------------------------------------------------------------------------
@@ -373,12 +439,12 @@ def run_batch(
         for i, item in enumerate(jobs):
             finished(i, job(item.src, item.dst, **options))
     else:
-        from .writers.safetensors import _sigterm_as_exit
+        from .interrupts import sigterm_raises
 
-        # SIGTERM becomes SystemExit here, so queued jobs are cancelled and running ones
-        # finish (each output is atomic) instead of leaving orphaned workers behind.
+        # SIGTERM raises here, so queued jobs are cancelled and running ones finish (each
+        # output is atomic) instead of leaving orphaned workers behind.
         existed = [_output_exists(item.dst) for item in jobs]
-        with _sigterm_as_exit():
+        with sigterm_raises():
             broken = _run_pool(jobs, range(len(jobs)), workers, job, options, finished)
 
             def isolated(i: int) -> None:

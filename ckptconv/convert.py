@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, UsageError
+from .errors import UsageError
 from .formats import open as open_store
 from .formats.safetensors import KINDS_KEY, check_metadata
 from .options import keyword_options, option_value
@@ -114,7 +114,9 @@ def convert(
         fsync: Flush the output to disk before returning.
         checksum: Record a CRC-32C per tensor in the file's ``__metadata__``.
         max_shard_size: Bytes (or text such as ``"5GB"``) per shard; None writes one file.
-        verify: Re-open the output at the end and check every tensor against its checksum.
+        verify: Before the output takes its name, read it back and check every tensor against
+            the CRC-32C computed while writing (with or without ``checksum``): a failed
+            verification leaves no output.
         progress: Show a progress bar on stderr.
         check_crc: Verify checksums the source records (TensorFlow checkpoints).
         metadata: Entries added to the output's ``__metadata__``, over ckptconv's own: for
@@ -176,18 +178,10 @@ def convert(
             max_shard_size=max_shard_size,  # type: ignore[arg-type]
             progress=progress,
             protect=store.files,
+            verify=verify,
+            check=store.check_integrity if check_crc and store.has_integrity_check else None,
         )
         source_format = store.format
-    if verify:
-        from .verify import verify_file
-
-        report = verify_file(result.files[-1] if len(result.files) > 1 else result.files[0])
-        if not report.ok:
-            bad = ", ".join(m.name for m in report.mismatches[:5])
-            raise IntegrityError(
-                f"verification after writing failed for {len(report.mismatches)} tensor(s): {bad}",
-                path=dst,
-            )
     return ConvertResult(
         source=os.fspath(src),
         source_format=source_format,

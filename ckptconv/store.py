@@ -29,11 +29,36 @@ __all__ = [
     "keras_order",
     "index_in_order",
     "read_byte_range",
+    "shape_problem",
+    "MAX_DIMS",
     "check_crc32c",
 ]
 
 Kind = Literal["weight", "optimizer", "bookkeeping"]
 KINDS: tuple[Kind, ...] = ("weight", "optimizer", "bookkeeping")
+
+
+MAX_DIMS = 64
+"""The most dimensions a numpy array has (``numpy.empty`` refuses more)."""
+
+
+def shape_problem(shape: Iterable[int], itemsize: int) -> str | None:
+    """What makes ``shape`` impossible for a numpy array of ``itemsize``-byte elements, or None.
+
+    An array has at most :data:`MAX_DIMS` dimensions, none negative, and its size in bytes
+    must be countable in 64 bits at every step of the product (as numpy counts it).
+    """
+    dims = list(shape)
+    if len(dims) > MAX_DIMS:
+        return f"{len(dims)} dimensions, more than the {MAX_DIMS} an array can have"
+    size = max(itemsize, 1)
+    for d in dims:
+        if d < 0:
+            return f"a negative dimension ({d})"
+        size *= d
+        if size >= 2**63:
+            return "more bytes than a 64-bit size can count"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +261,13 @@ class Entry:
         self.shape = tuple(map(int, shape))
         self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
         self.path = path if type(path) is str else os.fspath(path)
+        problem = shape_problem(self.shape, self.dtype.itemsize)
+        if problem is not None:
+            raise CorruptFileError(
+                f"shape {list(self.shape)} has {problem}: not a tensor ckptconv can hold",
+                path=self.path,
+                tensor=name,
+            )
         self.kind: Kind = kind
         self.layer = layer_of(name) if layer is None else layer
         self.index = index
@@ -360,6 +392,7 @@ class Store(Mapping[str, Entry]):
         files: Iterable[str | os.PathLike[str]] = (),
         metadata: Mapping[str, str] | None = None,
         closer: Callable[[], None] | None = None,
+        integrity: Callable[[], None] | None = None,
         tied: Iterable[Iterable[str]] = (),
         skipped: Iterable[tuple[str, str]] = (),
     ) -> None:
@@ -368,6 +401,7 @@ class Store(Mapping[str, Entry]):
         self.files = tuple(os.path.abspath(os.fspath(f)) for f in files)
         self.metadata = dict(metadata or {})
         self._closer = closer
+        self._integrity = integrity
         self._entries = _unique_names(list(entries))
         self.tied = [tuple(group) for group in tied]
         self.skipped = list(skipped)
@@ -451,6 +485,22 @@ class Store(Mapping[str, Entry]):
     def nbytes(self) -> int:
         """Total size of all entries in bytes."""
         return sum(e.nbytes for e in self._entries.values())
+
+    @property
+    def has_integrity_check(self) -> bool:
+        """Whether the format records a checksum over whole files (see :meth:`check_integrity`)."""
+        return self._integrity is not None
+
+    def check_integrity(self) -> None:
+        """Check the checksums a format records over whole files rather than tensors: a
+        ``.keras`` archive's CRC-32 of its weights member. Reads those bytes once (callers run
+        it beside the work, as ``convert`` does); nothing to do for other formats.
+
+        Raises:
+            IntegrityError: the bytes do not match the recorded checksum.
+        """
+        if self._integrity is not None:
+            self._integrity()
 
     def close(self) -> None:
         """Release open files. Entries read after this raise."""

@@ -3,17 +3,16 @@
 ``convert`` records a CRC-32C of every tensor in ``__metadata__["ckptconv.crc32c"]``.
 :func:`verify_file` reads every tensor's bytes again (one file at a time, in bounded
 memory) and names each tensor whose bytes no longer match: bit rot, a truncated copy, a
-byte changed by hand.
+byte changed by hand. A sharded set must also be whole: every shard of the write its index
+records (``ckptconv.set``), none missing.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 from .errors import (
     CkptconvError,
@@ -23,11 +22,16 @@ from .errors import (
     NoSuchFileError,
     UnsupportedError,
 )
+from .formats import regular_file
 from .formats.safetensors import (
     CRC_KEY,
+    SET_KEY,
     Header,
+    check_set,
+    index_path,
     load_index,
-    _looks_like_safetensors,
+    looks_like_safetensors,
+    parse_shard_name,
     read_header,
     shard_files,
 )
@@ -37,7 +41,6 @@ from .store import ByteRange
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
 _CHUNK = 16 << 20
-_SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -138,15 +141,19 @@ def verify_file(
 
     Raises:
         NoSuchFileError: the path does not exist (nor a set under that name).
-        FormatError: the file is not a safetensors file (the message says what it is).
+        FormatError: the file is not a safetensors file (the message says what it is), or not
+            a regular file (a FIFO, a device).
         UnsupportedError: a file records no ckptconv checksums (written with
             ``--no-checksum`` or by another tool).
-        CorruptFileError: a file is not a valid safetensors file (e.g. truncated).
+        CorruptFileError: a file is not a valid safetensors file (e.g. truncated), or a set
+            is incomplete: a shard missing, or shards of two different writes.
     """
-    target, files = _resolve(Path(path))
+    target, files, index = _resolve(Path(path))
     result = VerifyResult(path=str(target), files=[str(f) for f in files])
-    for file in files:
-        header = read_header(file)
+    headers = [read_header(file) for file in files]
+    if index is not None:
+        check_set(target, index, headers)
+    for file, header in zip(files, headers):
         if CRC_KEY not in header.metadata:
             raise UnsupportedError(
                 "the file records no ckptconv checksums (written with {opt:checksum=False} or by "
@@ -157,8 +164,8 @@ def verify_file(
     return result
 
 
-def _resolve(path: Path) -> tuple[Path, list[Path]]:
-    """The set a path belongs to: (what to report, the files to read)."""
+def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
+    """The set a path belongs to: (what to report, the files to read, the index if a set)."""
     if path.is_dir():
         found = sorted(path.glob("*.safetensors.index.json"))
         if len(found) != 1:
@@ -167,25 +174,36 @@ def _resolve(path: Path) -> tuple[Path, list[Path]]:
             )
         path = found[0]
     if not path.exists():
-        index = path.with_name(path.name + ".index.json")
-        if path.name.endswith(".safetensors") and index.is_file():
-            path = index  # a sharded set written under this name
+        index_file = path.with_name(path.name + ".index.json")
+        if path.name.endswith(".safetensors") and index_file.is_file():
+            path = index_file  # a sharded set written under this name
         else:
             raise NoSuchFileError(path=path)
+    regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not _looks_like_safetensors(head, path):
+    if not looks_like_safetensors(head):
         if head.lstrip().startswith(b"{"):
-            return path, shard_files(path, load_index(path))
+            index = load_index(path)
+            return path, shard_files(path, index), index
         raise _not_safetensors(path)
-    match = _SHARD_RE.match(path.name)
-    if match:
-        index = path.with_name(f"{match['stem']}.safetensors.index.json")
-        if index.is_file():
-            shards = shard_files(index, load_index(index))
+    if parse_shard_name(path.name) is not None:
+        stem = parse_shard_name(path.name)[0]  # type: ignore[index]
+        index_file = Path(index_path(path.with_name(f"{stem}.safetensors")))
+        if index_file.is_file():
+            index = load_index(index_file)
+            shards = shard_files(index_file, index)
             if any(s.resolve() == path.resolve() for s in shards):
-                return index, shards
-    return path, [path]
+                return index_file, shards, index
+        recorded = read_header(path).metadata.get(SET_KEY)
+        if recorded is not None:  # a shard of a ckptconv set that no index completes
+            what = "does not name it" if index_file.is_file() else "is missing"
+            raise CorruptFileError(
+                f"the set is incomplete: this is a shard of a set ({SET_KEY} {recorded}) "
+                f"and its index {index_file.name} {what}; verify the index of a complete set",
+                path=path,
+            )
+    return path, [path], None
 
 
 def _not_safetensors(path: Path) -> FormatError:

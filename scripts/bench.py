@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -837,11 +836,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-", dir=args.tmp)
     files = Files(os.path.abspath(workdir), layers, 2 * layers, torch=with_torch)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+    from ckptconv.interrupts import sigterm_raises
 
-    signal.signal(signal.SIGTERM, on_term)
     rows: dict[str, Row] = {}
+    terminating = contextlib.ExitStack()
+    terminating.enter_context(sigterm_raises())  # SIGTERM cleans the work directory up too
     try:
         log(f"model: {layers} Dense {UNITS}x{UNITS} fp32 layers ({model_bytes / 2**30:.2f} GiB), "
             f"work directory {workdir}")
@@ -864,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             remove([files.p("out")])
+        terminating.close()
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = {

@@ -125,6 +125,7 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
     "docs/diff.md": {},
     "docs/performance.md": {},
     "docs/troubleshooting.md": {},
+    "docs/architecture.md": {},
 }
 # committed files a page may use, by the first item of a PAGES entry
 SOURCES = {"examples": ROOT / "examples", "fixtures": ROOT / "tests" / "fixtures"}
@@ -474,6 +475,31 @@ def test_links_resolve(page):
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(target)
     assert not broken, f"{page}: broken links {broken}"
+
+
+HOME = re.compile(r"`((?:[a-z_]+/)*[a-z_]+\.py)(?:: ([^`]+))?`")
+
+
+def test_architecture_homes_exist():
+    """docs/architecture.md's table of rules names real modules and the names they define, so
+    the page cannot outlive a move or a rename."""
+    import ast
+
+    missing = []
+    for line in (DOCS / "architecture.md").read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        for path, names in HOME.findall(line):
+            file = ROOT / "ckptconv" / path
+            if not file.exists():
+                missing.append(path)
+                continue
+            tree = ast.parse(file.read_text())
+            defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            for name in filter(None, (n.strip() for n in names.split(","))):
+                if name.split(".")[0] not in defined:
+                    missing.append(f"{path}: {name}")
+    assert not missing, f"docs/architecture.md names what does not exist: {missing}"
 
 
 def test_readme_spec_is_the_demo_spec():

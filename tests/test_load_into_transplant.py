@@ -85,7 +85,7 @@ def test_transplant_failures_write_nothing(fixtures, blank_target, tmp_path, cap
     assert main(["transplant", str(fixtures / "tk.h5"), str(blank_target), str(tmp_path / "o.h5")]) == 2  # usage
     assert "must end in .keras" in capsys.readouterr().err
     assert main(["transplant", str(fixtures / "tk.h5"), str(out), str(out), "--force"]) == 1
-    assert "one of the inputs" in capsys.readouterr().err
+    assert "would overwrite the input" in capsys.readouterr().err
     # a target that is not a .keras file
     assert main(["transplant", str(fixtures / "tk.h5"), str(fixtures / "tk.h5"), str(tmp_path / "x.keras")]) == 1
     assert "not a .keras model file" in capsys.readouterr().err

@@ -68,6 +68,27 @@ SPECS: dict[str, tuple[str, str, type[CkptconvError], str, bool]] = {
         "nm.yaml", 'version: 1\nrules:\n  - from: "encoder/*"\n    to: "e/{1}"\n', PlanError,
         "rule #1 (from 'encoder/*'): matches no entry", False,
     ),
+    # a 300-byte "billion laughs": each line repeats the previous one nine times
+    "yaml-alias-bomb": (
+        "bomb.yaml",
+        "version: 1\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+        + "rules: []\n",
+        SpecError, "YAML aliases are not allowed in a spec (*a at line 3)", True,
+    ),
+    "regex-catastrophic-backtracking": (
+        "re.yaml", 'version: 1\nrules:\n  - from: "re:(e+)+mb/embeddings"\n    to: e\n', SpecError,
+        "rule #1 (from 're:(e+)+mb/embeddings'): regular expression '(e+)+mb/embeddings' can take "
+        "exponential time to match (catastrophic backtracking", True,
+    ),
+    "regex-overlapping-alternatives": (
+        "re.yaml", 'version: 1\nrules:\n  - from: "re:(?:e|em)*b/embeddings"\n    to: e\n', SpecError,
+        "catastrophic backtracking: a repeated part holds alternatives that can match the same text", True,
+    ),
+    "reshape-to-101-dimensions": (
+        "rs.yaml", "version: 1\nrules:\n  - from: emb/embeddings\n    to: e\n    ops: [{reshape: [20, 8"
+        + ", 1" * 99 + "]}]\n", PlanError, "would have 101 dimensions, more than the 64 an array can have", False,
+    ),
     "two-outputs-one-name": (
         "dup.yaml", "version: 1\nrules:\n  - from: head/kernel\n    to: x\n  - from: head/bias\n    to: x\n", PlanError,
         "'x'", False,

@@ -175,8 +175,9 @@ def test_sharded_output_read_back(tmp_path: Path) -> None:
     assert [Path(f).name for f in result.files] == names + ["model.safetensors.index.json"]
     assert listing(tmp_path) == sorted(names + ["model.safetensors.index.json"])
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert result.set_id is not None and len(result.set_id) == 32
     assert index == {
-        "metadata": {"total_size": sum(a.nbytes for a in arrays.values())},
+        "metadata": {"total_size": sum(a.nbytes for a in arrays.values()), "ckptconv.set": result.set_id},
         "weight_map": {
             "l0.weight": names[0],
             "l0.bias": names[0],
@@ -188,6 +189,7 @@ def test_sharded_output_read_back(tmp_path: Path) -> None:
     for name, file in index["weight_map"].items():
         with safe_open(tmp_path / file, "np") as f:
             assert_bit_exact(f.get_tensor(name), arrays[name], name)
+            assert f.metadata()["ckptconv.set"] == result.set_id  # every shard: the set's identity
     with ckptconv.open(tmp_path / "model.safetensors.index.json") as store:
         assert store.format == "safetensors-sharded"
         assert list(store) == list(arrays)
@@ -431,15 +433,26 @@ def test_damaged_tensorflow_data_is_caught_while_copying(generated, tmp_path: Pa
 
 
 def test_a_stray_file_with_a_shard_name_is_existing_output(tmp_path: Path) -> None:
+    """A file named like a new shard is existing output; --force replaces it only when it is
+    provably a ckptconv shard of an output of this name, never a stranger's file."""
     stray = tmp_path / "m-00002-of-00002.safetensors"
     stray.write_bytes(b"not mine")
     arrays = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float32)}
-    with pytest.raises(OutputError, match="already exists") as info:
-        write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400)
-    assert info.value.path == str(stray)
-    assert listing(tmp_path) == [stray.name]
+    for force in (False, True):
+        with pytest.raises(OutputError, match="already exists" if not force else "did not write it") as info:
+            write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400, force=force)
+        assert info.value.path == str(stray)
+        assert listing(tmp_path) == [stray.name] and stray.read_bytes() == b"not mine"
+    stray.unlink()
+    # an orphan shard ckptconv wrote for this name (its set's index lost) is replaced
+    write_safetensors(computed({"x": np.zeros(100, np.float32), "y": np.zeros(100, np.float32)}),
+                      tmp_path / "m.safetensors", max_shard_size=400)
+    (tmp_path / "m.safetensors.index.json").unlink()
+    (tmp_path / "m-00001-of-00002.safetensors").unlink()
     write_safetensors(computed(arrays), tmp_path / "m.safetensors", max_shard_size=400, force=True)
     assert len(listing(tmp_path)) == 3 and ckptconv.verify_file(tmp_path / "m.safetensors.index.json").ok
+    with ckptconv.open(tmp_path / "m.safetensors.index.json") as store:
+        assert list(store) == ["a", "b"]
 
 
 def test_greedy_sharding_invariants() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,20 @@ def test_seed_case_from_the_command_line(seed, tmp_path):
     refused = cli("suggest", seed / "pretrained.keras", "--target", seed / "new_model.keras", "-o", spec)
     assert refused.returncode == 1 and "exists; pass --force" in refused.stderr
     assert spec.read_bytes() == before
+    # --force replaces the spec, never an input (copies: the fixtures are shared)
+    copies = tmp_path / "in"
+    copies.mkdir()
+    src, tgt = (Path(shutil.copy(seed / name, copies)) for name in ("pretrained.keras", "new_model.keras"))
+    for inp in (src, tgt):
+        kept = inp.read_bytes()
+        hit = cli("suggest", src, "--target", tgt, "-o", inp, "--force")
+        assert hit.returncode == 1 and "would overwrite the input" in hit.stderr, hit.stderr
+        assert inp.read_bytes() == kept
+    assert sorted(os.listdir(copies)) == ["new_model.keras", "pretrained.keras"]
+    replaced = cli("suggest", seed / "pretrained.keras", "--target", seed / "new_model.keras", "-o", spec, "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    assert spec.read_bytes() == before  # the same suggestion again, put in place
+    assert sorted(os.listdir(spec.parent)) == ["in", spec.name]  # no temporary or lock file left
 
 
 # -- a torch-written state dict into its Keras twin --------------------------------------------

@@ -412,6 +412,33 @@ def test_slices_that_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path: Path) -> No
     assert info.value.tensor == "part/w"
 
 
+def test_slices_that_overlap_and_leave_a_gap_are_corrupt(tf_dir: Path, tmp_path: Path) -> None:
+    """The third slice moved onto the second: the volumes still add up to the whole variable
+    (so a count of elements passes), but rows 100-199 are written twice and rows 200-299 never,
+    which would hand out uninitialised memory as weights."""
+    prefix = copy_case(tf_dir, "tf1", tmp_path)
+    entries = [(k, bytes(v)) for k, v in tb.read_table(prefix + ".index")]
+    i = [k for k, _ in entries].index(b"part/w")
+    value = entries[i][1]
+    third = b"\x3a\x0b\x0a\x05\x08\xc8\x01\x10\x64\x0a\x02\x10\x03"  # extent {start: 200, length: 100}
+    moved = b"\x3a\x0a\x0a\x04\x08\x64\x10\x64\x0a\x02\x10\x03"  # extent {start: 100, length: 100}
+    assert value.count(third) == 1, value.hex()
+    entries[i] = (b"part/w", value.replace(third, moved))
+    assert [e.start for e, _ in parse_bundle_entry(entries[i][1]).slices] == [0, 100, 100]
+    write_table(prefix + ".index", entries)
+    before = {p.name: p.read_bytes() for p in Path(prefix).parent.iterdir() if p.is_file()}
+    with pytest.raises(ckptconv.CorruptFileError, match=r"the slices \[100:200, 0:3\] and \[100:200, 0:3\] of this "
+                       "partitioned variable overlap") as info:
+        ckptconv.open(prefix)
+    assert info.value.tensor == "part/w" and info.value.path == prefix + ".index"
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("convert", prefix, out / "x.safetensors")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "overlap" in proc.stderr and os.listdir(out) == []
+    assert {p.name: p.read_bytes() for p in Path(prefix).parent.iterdir() if p.is_file()} == before
+
+
 def test_big_endian_bundle_is_refused(tf_dir: Path, tmp_path: Path) -> None:
     prefix = copy_case(tf_dir, "tf1", tmp_path)
     header = bytes(tb.read_table(prefix + ".index")[0][1]) + b"\x10\x01"  # endianness = BIG

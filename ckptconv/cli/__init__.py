@@ -13,14 +13,14 @@ printing one; the one-line error still goes to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import CkptconvError, UsageError
+from ..interrupts import Terminated, sigterm_raises
 from .common import SPELLING, Parser, UsageExit, emit_json, error_json
 
 __all__ = ["main", "build_parser"]
@@ -65,28 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every ``finally`` and cleanup runs (temp files go)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM unwinds the stack instead of killing the process."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except (ValueError, OSError):  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -96,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageExit as e:
         return _usage_exit(e, "--json" in argv)
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return int(args.func(args) or 0)
     except UsageExit as e:  # a value found wrong once parsed (batch's inputs, output directory)
         return _usage_exit(e, getattr(args, "json", False))
@@ -108,11 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return _fail(args, e, e.render(SPELLING), 1)
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, Terminated) as e:
         if args.debug:
+            if isinstance(e, Terminated):  # a SystemExit: Python would print no traceback
+                import traceback
+
+                traceback.print_exc()
             raise
-        what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        status = 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        status = 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
         print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
         if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
             emit_json(args, {"ok": False, "error": {"type": type(e).__name__, "message": what, "exit": status}})

@@ -187,7 +187,11 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help="write Hugging Face sharded sets, at most SIZE per shard (5GB = 5*10^9 bytes, 2GiB = 2*2^30)",
     )
     parser.add_argument("--all", action="store_true", help="also write optimizer and bookkeeping entries")
-    parser.add_argument("--force", action="store_true", help=f"replace existing {outputs}" if many else "replace an existing output")
+    parser.add_argument(
+        "--force", action="store_true",
+        help=f"replace existing {outputs}" if many else "replace an existing output (a sharded set crash-safely; "
+        "only files ckptconv wrote are ever removed)",
+    )
     parser.add_argument(
         "--any-suffix", action="store_true",
         help="write safetensors under a name that does not end in .safetensors (refused otherwise)",
@@ -196,11 +200,12 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     parser.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32C checksums")
     parser.add_argument(
         "--no-check-crc", action="store_true",
-        help="skip the sources' own per-tensor checksums (TF checkpoints)",
+        help="skip the sources' own checksums (TF checkpoints' per-tensor CRC-32C, a .keras member's CRC-32)",
     )
     parser.add_argument(
         "--verify", action="store_true",
-        help=f"re-read {outputs} at the end and verify every tensor's checksum",
+        help=f"read {outputs} back before putting them in place and check every tensor's CRC-32C "
+        "(a failure leaves no output)",
     )
 
     def metadata_item(text: str) -> tuple[str, str]:

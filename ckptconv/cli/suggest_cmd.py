@@ -54,17 +54,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from .. import formats
     from ..mapping.suggest import align
+    from ..writers.outputs import atomic_file, check_not_inputs
 
-    if args.output and os.path.lexists(args.output) and not args.force:
-        raise OutputError("the spec file exists; pass {opt:force=True} to replace it", path=args.output)
+    if args.output:  # before any work: an existing spec (without --force), an input
+        if os.path.lexists(args.output) and not args.force:
+            raise OutputError("the spec file exists; pass {opt:force=True} to replace it", path=args.output)
+        check_not_inputs([os.path.abspath(args.output)], [args.src, args.target])
     # a bad source fails before Keras is imported to build the target
     with formats.open(args.src) as store:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # building a .keras target imports Keras
         suggestion = align(store, args.target, include_all=args.all, unsafe=args.unsafe)
     suggestion.source = args.src
     text = suggestion.to_yaml(spec_name=args.output or "SPEC")
-    if args.output:
-        _write_atomically(args.output, text)
+    if args.output:  # written like every output: locked, beside it, renamed into place
+        with atomic_file(args.output, force=args.force, inputs=[args.src, args.target]) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
     if args.json:
         emit_json(args, {"ok": True, **suggestion.to_json()})
     elif not args.output:
@@ -78,26 +83,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write beside ``path`` under a new name, then rename into place: a failed write leaves
-    the old file (or none) as it was. ``os.open`` with mode 0o666 gives the usual umask mode."""
-    import secrets
-
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        raise OutputError(f"cannot create a file here: {e.strerror}", path=directory) from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write the spec: {e.strerror or e}", path=path) from e
-        raise

@@ -20,6 +20,7 @@ import glob
 import importlib
 import json
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -31,7 +32,7 @@ from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileErr
 from ..options import keyword_options, option_names
 from ..store import Store
 
-__all__ = ["open", "detect", "FORMAT_MODULES"]
+__all__ = ["open", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
 
 # Order matters only where two formats could claim one path; content decides each.
 FORMAT_MODULES = (
@@ -59,6 +60,64 @@ def _modules() -> list[ModuleType]:
     return modules
 
 
+_SPECIAL = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def regular_file(path: str | os.PathLike[str], *, directory_ok: bool = False) -> os.stat_result:
+    """Stat ``path`` (following links) and refuse anything but a regular file (or, with
+    ``directory_ok``, a directory): reading a FIFO or a device would block or never end.
+
+    Raises:
+        NoSuchFileError: the path does not exist.
+        FormatError: the path is a FIFO, device, socket (or directory).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NoSuchFileError(path=path) from None
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror}", path=path) from e
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFREG or (directory_ok and kind == stat.S_IFDIR):
+        return st
+    what = _SPECIAL.get(kind, "not a regular file")
+    raise FormatError(
+        f"{what}, not a regular file: ckptconv reads checkpoint files (and directories) only",
+        path=path,
+    )
+
+
+MAX_INDEX_BYTES = 64 * 2**20
+"""The largest shard index JSON read (a set's index is a few bytes per tensor)."""
+
+
+def load_index(path: str | os.PathLike[str]) -> dict:
+    """Parse a sharded set's index JSON (``{"metadata": {...}, "weight_map": {...}}``): the one
+    reader of the Hugging Face safetensors index and of Keras' ``.weights.json``.
+
+    Raises:
+        CorruptFileError: the file is larger than 64 MiB, not JSON (or nested beyond what the
+            parser allows), or has no ``weight_map`` object.
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise CorruptFileError("the shard index is implausibly large", path=path)
+    try:
+        index = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CorruptFileError("the shard index has no weight_map object", path=path)
+    return index
+
+
 def _head(path: Path) -> bytes:
     if not path.is_file():
         return b""
@@ -77,6 +136,8 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         FormatError: no format recognises the content.
     """
     p = Path(path)
+    if os.path.lexists(p):
+        regular_file(p, directory_ok=True)  # a FIFO or a device would hang the sniffers
     head = _head(p)
     sniff_error: Exception | None = None
     for module in _modules():
@@ -140,7 +201,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
         )
     if head.lstrip()[:1] in (b"{", b"["):
         try:
-            if p.stat().st_size > 64 * 2**20:
+            if p.stat().st_size > MAX_INDEX_BYTES:
                 return
             json.loads(p.read_bytes())
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from ..dtypes import by_name
+from ..dtypes import by_name, dtype_name
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import ByteRange, Entry, Kind
 from ._hdf5_headers import Header, header_messages, lengths_are_8, parse_header
@@ -466,15 +466,29 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
 
 def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
     """The tensor dtype of a Keras dataset: opaque 2-byte data is bfloat16 (Keras' encoding),
-    other opaque data names its dtype in a ``dtype`` attribute."""
+    other opaque data names its dtype in a ``dtype`` attribute. A ``dtype`` attribute must
+    agree with what is stored: it may name the type of opaque bytes of its width (bfloat16,
+    float8), or repeat a numeric type, never reinterpret one (float32 bytes read as float16)."""
     dtype = dataset.dtype
     declared = dataset.attrs.get("dtype")
     if declared is not None:
         name = decode(declared)
         try:
-            return by_name(str(name))
-        except KeyError:
+            wanted = by_name(str(name))
+        except (KeyError, AttributeError):
             raise CorruptFileError(f"unknown dtype attribute {name!r}", path=path, tensor=key) from None
+        opaque = dtype.kind == "V" and dtype.fields is None
+        if (opaque and dtype.itemsize == wanted.itemsize) or (
+            not opaque and dtype.kind in "biufc" and dtype_name(dtype) == dtype_name(wanted)
+        ):
+            return wanted
+        stored = f"{dtype.itemsize}-byte opaque data" if opaque else str(dtype_name(dtype) if dtype.kind in "biufc" else dtype)
+        raise CorruptFileError(
+            f"the dataset's dtype attribute says {name} but it stores {stored}: refusing to "
+            "reinterpret the bytes (the file is damaged or was not written by Keras)",
+            path=path,
+            tensor=key,
+        )
     if dtype.kind == "V" and dtype.fields is None:
         if dtype.itemsize == 2:
             return by_name("bfloat16")
@@ -484,6 +498,12 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
     if dtype.kind not in "biufc":
         raise CorruptFileError(f"dataset of type {dtype} is not a numeric tensor", path=path, tensor=key)
     return dtype
+
+
+# A compressed dataset may expand this much over its stored bytes (gzip's own limit is about
+# 1032:1, reached only by constant data) once it declares more than the floor.
+MAX_EXPANSION = 1000
+BOMB_FLOOR = 64 * 2**20
 
 
 def dataset_entry(
@@ -534,6 +554,14 @@ def dataset_entry(
         if nbytes > 8 * max(file_size, 1) and not dataset.compression:
             raise UnsafeInputError(
                 f"declared size {nbytes} bytes is far beyond the file's {file_size} bytes",
+                path=path,
+                tensor=key,
+            )
+        stored = dataset.id.get_storage_size()
+        if nbytes > BOMB_FLOOR and nbytes > MAX_EXPANSION * max(stored, 1):
+            raise UnsafeInputError(
+                f"declared size {nbytes} bytes is far beyond the {stored} bytes stored for it "
+                f"(more than {MAX_EXPANSION}x): refusing a likely decompression bomb",
                 path=path,
                 tensor=key,
             )

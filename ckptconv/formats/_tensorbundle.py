@@ -81,6 +81,8 @@ def unmask_crc(masked: int) -> int:
 def has_table_magic(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a regular file ending in the table magic (reads 8 bytes)."""
     try:
+        if not os.path.isfile(path):  # never open a FIFO or a device: that may block forever
+            return False
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < FOOTER_SIZE:

@@ -14,13 +14,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
+import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
 from ._keras_optimizer import name_optimizer_variables
@@ -232,6 +236,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 metadata_json = _parse_metadata(z.read(METADATA_MEMBER))
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
                 pass  # metadata.json only adds the Keras version; the weights do not need it
+        integrity = None
         if info.compress_type == zipfile.ZIP_STORED:
             start = member_data_offset(path, info)
             if start + info.file_size > os.path.getsize(path):
@@ -240,6 +245,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 )
             fileobj: Any = _Window(os.fspath(path), start, info.file_size)
             source = _Source(os.fspath(path), os.fspath(path), start, info.file_size)
+            integrity = partial(_check_member_crc, os.fspath(path), start, info)
         else:
             if info.compress_size and info.file_size / info.compress_size > MAX_EXPANSION:
                 raise UnsafeInputError(
@@ -247,10 +253,11 @@ def open(path: Path) -> Store:  # noqa: A001
                     "refusing a likely zip bomb",
                     path=path,
                 )
-            # a re-zipped archive: still no extraction, but reads go through the decompressor
-            fileobj = zipfile.ZipFile(path).open(info)
+            # a re-zipped archive: decompressed once, front to back (its CRC-32 checked at the
+            # end), into a temporary file HDF5 can seek in; nothing lands under a real name
+            fileobj = _decompressed(z, info, path)
             source = _Source(os.fspath(path), None, 0, info.file_size)
-    return _read_weights(path, fileobj, source, config, metadata_json, files=[path])
+    return _read_weights(path, fileobj, source, config, metadata_json, files=[path], integrity=integrity)
 
 
 def _member_file(directory: Path, name: str) -> Path:
@@ -302,9 +309,10 @@ def _read_weights(
     metadata_json: dict[str, str],
     *,
     files: list[Path],
+    integrity: Callable[[], None] | None = None,
 ) -> Store:
     """The store of a ``model.weights.h5`` image (a file, or a window of the zip), its layers
-    named and ordered by ``config.json``."""
+    named and ordered by ``config.json``; ``integrity`` checks the stored member's zip CRC-32."""
     f = open_h5(fileobj, path=source.path)
     try:
         if not looks_like_v3(f):
@@ -333,4 +341,60 @@ def _read_weights(
     metadata = {k: v for k, v in metadata_json.items() if k in ("keras_version", "date_saved")}
     if root:
         metadata["model"] = root
-    return Store(entries, format=FORMAT, path=path, files=files, metadata=metadata, closer=close)
+    return Store(
+        entries, format=FORMAT, path=path, files=files, metadata=metadata, closer=close,
+        integrity=integrity,
+    )
+
+
+_SPOOL_IN_MEMORY = 64 * 2**20  # a decompressed member up to this size stays in memory
+_CRC_CHUNK = 8 * 2**20
+
+
+def _decompressed(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Any:
+    """A compressed member, decompressed once and sequentially into a seekable temporary file
+    (in memory up to 64 MiB, then in the system's temporary directory, already unlinked).
+    Reading it through zipfile directly restarts the decompression at every backward seek,
+    which made a deflated archive tens of times slower than a stored one."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+    try:
+        with z.open(info) as member:
+            shutil.copyfileobj(member, spool, _CRC_CHUNK)  # zipfile checks the CRC-32 at the end
+        spool.seek(0)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        spool.close()
+        error = IntegrityError if "CRC" in str(e) else CorruptFileError
+        raise error(f"{info.filename} cannot be decompressed ({e}): the archive is damaged; copy "
+                    "or download it again", path=path) from e
+    except OSError as e:
+        spool.close()
+        raise OutputError(
+            f"cannot decompress {info.filename} into a temporary file: {e.strerror or e} (set "
+            f"TMPDIR to a directory with {info.file_size} bytes free)",
+            path=tempfile.gettempdir(),
+        ) from e
+    return spool
+
+
+def _check_member_crc(path: str, start: int, info: zipfile.ZipInfo) -> None:
+    """Compare a stored member's bytes with the CRC-32 its zip entry records (reads it once)."""
+    crc = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, start, info.file_size, os.POSIX_FADV_SEQUENTIAL)
+        done = 0
+        while done < info.file_size:
+            chunk = os.pread(fd, min(_CRC_CHUNK, info.file_size - done), start + done)
+            if not chunk:
+                raise CorruptFileError(f"{info.filename} extends beyond the end of the archive: truncated", path=path)
+            crc = zlib.crc32(chunk, crc)
+            done += len(chunk)
+    finally:
+        os.close(fd)
+    if crc != info.CRC:
+        raise IntegrityError(
+            f"{info.filename} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
+            "the archive is damaged; copy or download it again",
+            path=path,
+        )

@@ -100,6 +100,21 @@ def is_uniquified_scope(scope: str, layer: str) -> bool:
     return bool(re.fullmatch(re.escape(layer) + r"_\d+", scope))
 
 
+def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
+    """Keras writes each layer (and each layer's weight) once: a list naming one twice would
+    read it again and again (40,000 repeats took most of a minute), so it is refused at once."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            count = names.count(name)
+            raise CorruptFileError(
+                f"{what} lists {name!r} {count} times; Keras writes each once (the file is "
+                "damaged or was not written by Keras)",
+                path=path,
+            )
+        seen.add(name)
+
+
 def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order.
 
@@ -116,6 +131,7 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     if layer_names is False:
         layer_names = chunked_attribute(root, "layer_names", path=path)
     layer_names = layer_names or []
+    _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
 
     def weights_of(parent: h5py.Group, name: str) -> tuple[str, list[str], Callable[[], h5py.Group]]:
@@ -153,6 +169,7 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
 
     for layer in layer_names:
         group_path, weight_names, group = weights_of(root, layer)
+        _refuse_repeats(weight_names, f"weight_names of {layer!r}", path=path)
         for position, weight_name in enumerate(weight_names):
             add(group_path, group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 

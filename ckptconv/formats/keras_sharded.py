@@ -7,12 +7,12 @@ spread over several of them, so the groups of all shards are merged before namin
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import CorruptFileError, FormatError, UnsafeInputError
 from ..store import Store
+from . import load_index
 from ._hdf5 import open_h5
 from .keras_weights import (
     _Source,
@@ -25,7 +25,6 @@ from .keras_weights import (
 )
 
 FORMAT = "keras-sharded"
-MAX_INDEX_BYTES = 64 * 2**20
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -33,23 +32,11 @@ def sniff(path: Path, head: bytes) -> bool:
     if not head.lstrip().startswith(b"{") or not path.is_file():
         return False
     try:
-        index = _load_index(path)
+        index = load_index(path)
     except _NOT_AN_INDEX:
         return False
     values = index.get("weight_map", {}).values() if isinstance(index.get("weight_map"), dict) else []
     return any(str(f).endswith(".h5") for v in values for f in ([v] if isinstance(v, str) else v))
-
-
-def _load_index(path: Path) -> dict:
-    if path.stat().st_size > MAX_INDEX_BYTES:
-        raise CorruptFileError("the shard index is implausibly large", path=path)
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
-    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
-        raise CorruptFileError("the shard index has no weight_map object", path=path)
-    return index
 
 
 _NOT_AN_INDEX = (CorruptFileError, OSError, UnicodeError)
@@ -72,7 +59,8 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
                     f"the index names a shard outside its directory: {name!r}", path=path
                 )
             if not candidate.is_file():
-                raise CorruptFileError(f"shard {name!r} named by the index is missing", path=path)
+                what = "is not a regular file" if candidate.exists() else "is missing"
+                raise CorruptFileError(f"shard {name!r} named by the index {what}", path=path)
             seen[name] = candidate
     if not seen:
         raise CorruptFileError("the shard index names no shards", path=path)
@@ -81,7 +69,7 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
 
 def open(path: Path) -> Store:  # noqa: A001
     """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only)."""
-    index = _load_index(path)
+    index = load_index(path)
     shards = shard_paths(path, index)
     files = []
     groups: dict[str, _VarsGroup] = {}

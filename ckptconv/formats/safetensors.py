@@ -19,6 +19,12 @@ Names are the file's keys unchanged. ``layer`` is the name without its last ``/`
 names (:func:`ckptconv.store.keras_order`). Every entry is a weight: safetensors holds weights.
 When the file carries ckptconv's checksums (``__metadata__["ckptconv.crc32c"]``), each entry's
 ``crc32c`` is set and :meth:`~ckptconv.store.Entry.read` checks it.
+
+A set written by ckptconv records its identity (``ckptconv.set``, 32 hex digits) in every
+shard's ``__metadata__`` and in the index's ``metadata``: a set whose shards come from two
+different writes (an interrupted replace, two writers racing) is refused as incomplete, never
+read as a mix. The names of a set's files are built and parsed here only
+(:func:`shard_names`, :func:`parse_shard_name`, :func:`index_path`).
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-
 
 from ..dtypes import from_safetensors
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
 from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
+from . import load_index
 
 __all__ = [
     "FORMAT",
@@ -42,32 +49,83 @@ __all__ = [
     "read_header",
     "Header",
     "CRC_KEY",
+    "SET_KEY",
     "KINDS_KEY",
     "OWN_PREFIX",
     "check_metadata",
+    "looks_like_safetensors",
     "load_index",
     "shard_files",
     "weights_in_directory",
+    "index_path",
+    "shard_names",
+    "parse_shard_name",
+    "index_set_id",
+    "check_set",
 ]
 
 FORMAT = "safetensors"
 SHARDED_FORMAT = "safetensors-sharded"
 CRC_KEY = "ckptconv.crc32c"
 """The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
+SET_KEY = "ckptconv.set"
+"""The key of a sharded set's identity, in every shard's ``__metadata__`` and in the index's
+``metadata``: 32 hex digits, the same throughout one write of the set."""
 KINDS_KEY = "ckptconv.kinds"
 """The ``__metadata__`` key holding the kind of every tensor that is not a weight
 (``{"adam/iteration": "bookkeeping", ...}``, a JSON object as a string): ``convert --all``
 keeps the training state's kind, and the reader gives it back as ``Entry.kind``."""
 OWN_PREFIX = "ckptconv."
-"""``__metadata__`` keys ckptconv writes itself (version, source, checksums)."""
+"""``__metadata__`` keys ckptconv writes itself (version, source, checksums, set identity)."""
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
-MAX_INDEX_BYTES = 64 * 2**20
+
+
+# --- the names of a sharded set's files ------------------------------------------------------
+
+
+
+def index_path(dst: str | os.PathLike[str]) -> str:
+    """The index of the sharded set named ``dst``: ``model.safetensors.index.json``."""
+    return os.fspath(dst) + ".index.json"
+
+
+def _stem(name: str, suffix: str = ".safetensors") -> str:
+    return name.removesuffix(suffix)
+
+
+def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
+    """The Hugging Face shard paths of the set named ``dst``: ``model.safetensors`` ->
+    ``model-00001-of-00003.safetensors``, ... (numbers of at least five digits)."""
+    directory, base = os.path.split(os.fspath(dst))
+    stem = _stem(base)
+    return [
+        os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.safetensors")
+        for i in range(1, count + 1)
+    ]
+
+
+def parse_shard_name(
+    name: str, dst: str | os.PathLike[str] | None = None, *, suffix: str = ".safetensors"
+) -> tuple[str, int, int] | None:
+    """``(stem, number, count)`` when the file name ``name`` is a Hugging Face shard name
+    (``model-00002-of-00003.safetensors`` -> ``("model", 2, 3)``; ``suffix=".bin"`` for
+    PyTorch's), else None. With ``dst``, only a shard of the set named ``dst`` counts (same
+    stem: ``dst`` ends with ``suffix``; ``name`` is then a base name)."""
+    match = re.match(rf"^(?P<stem>.+)-(?P<number>\d{{5,}})-of-(?P<count>\d{{5,}}){re.escape(suffix)}$", name)
+    if match is None:
+        return None
+    number, count = int(match["number"]), int(match["count"])
+    if not 1 <= number <= count:
+        return None
+    if dst is not None and match["stem"] != _stem(os.path.basename(os.fspath(dst)), suffix):
+        return None
+    return match["stem"], number, count
 
 
 def check_metadata(metadata: Mapping[object, object] | None, *, own: bool = False) -> dict[str, str]:
     """The one rule for ``__metadata__`` entries: the format allows strings to strings only,
     and keys starting with ``ckptconv.`` are ckptconv's own (``own=True`` is ckptconv
-    writing them: any but :data:`CRC_KEY`, which the writer itself fills).
+    writing them: any but :data:`CRC_KEY` and :data:`SET_KEY`, which the writer itself fills).
 
     Returns:
         The entries as a new dict.
@@ -79,7 +137,7 @@ def check_metadata(metadata: Mapping[object, object] | None, *, own: bool = Fals
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"metadata must map strings to strings; received {key!r}: {value!r}")
-        if key == CRC_KEY or (key.startswith(OWN_PREFIX) and not own):
+        if key in (CRC_KEY, SET_KEY) or (key.startswith(OWN_PREFIX) and not own):
             raise ValueError(f"metadata key {key!r}: keys starting with {OWN_PREFIX!r} are ckptconv's own")
         checked[key] = value
     return checked
@@ -118,7 +176,7 @@ def sniff(path: Path, head: bytes) -> bool:
         return weights_in_directory(path) is not None
     if not path.is_file():
         return False
-    if _looks_like_safetensors(head, path):
+    if looks_like_safetensors(head):
         return True
     if head.lstrip().startswith(b"{"):
         try:
@@ -129,7 +187,8 @@ def sniff(path: Path, head: bytes) -> bool:
     return False
 
 
-def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+def looks_like_safetensors(head: bytes) -> bool:
+    """Whether a file's first bytes (at least 10) start a plausible safetensors header."""
     if len(head) < 10:
         return False
     n = int.from_bytes(head[:8], "little")
@@ -147,7 +206,7 @@ def _names_safetensors(path: Path, index: dict) -> bool:
     first = path.parent / values[0]
     try:
         with first.open("rb") as f:
-            return _looks_like_safetensors(f.read(16), first)
+            return looks_like_safetensors(f.read(16))
     except OSError:
         return False
 
@@ -195,7 +254,7 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
         return _open_single(found, check_crc=check_crc)
     with path.open("rb") as f:
         head = f.read(16)
-    if _looks_like_safetensors(head, path) or not head.lstrip().startswith(b"{"):
+    if looks_like_safetensors(head) or not head.lstrip().startswith(b"{"):
         return _open_single(path, check_crc=check_crc)
     return _open_sharded(path, check_crc=check_crc)
 
@@ -218,14 +277,14 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
     weight_map: dict[str, str] = index["weight_map"]
     shards = shard_files(index_file, index)
     entries: list[Entry] = []
-    metadata: dict[str, str] = {}
+    headers: list[Header] = []
     seen: set[str] = set()
     for shard in shards:
         header = read_header(shard)
-        if not metadata:
-            metadata = _user_metadata(header.metadata)
+        headers.append(header)
+        resolved = shard.resolve()
         for name in header.tensors:
-            if weight_map.get(name) is None or (index_file.parent / weight_map[name]).resolve() != shard.resolve():
+            if weight_map.get(name) is None or (index_file.parent / weight_map[name]).resolve() != resolved:
                 raise CorruptFileError(
                     f"the shard holds this tensor but the index {index_file.name} maps it to "
                     f"{weight_map.get(name)!r}; the set is inconsistent",
@@ -234,6 +293,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
                 )
         seen.update(header.tensors)
         entries.extend(_entries(header, check_crc=check_crc))
+    check_set(index_file, index, headers)
     for name, file in weight_map.items():
         if name not in seen:
             raise CorruptFileError(
@@ -242,6 +302,7 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
                 tensor=name,
             )
     keras_order(entries)
+    metadata = _user_metadata(headers[0].metadata) if headers else {}
     meta = index.get("metadata")
     if isinstance(meta, dict) and "total_size" in meta:
         metadata["total_size"] = str(meta["total_size"])
@@ -254,21 +315,10 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
     )
 
 
-def load_index(path: Path) -> dict:
-    if path.stat().st_size > MAX_INDEX_BYTES:
-        raise CorruptFileError("the shard index is implausibly large", path=path)
-    try:
-        index = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
-    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
-        raise CorruptFileError("the shard index has no weight_map object", path=path)
-    return index
-
-
 def shard_files(index_file: Path, index: dict) -> list[Path]:
     """The shards an index names, sorted by file name, each checked to lie in the index's
-    directory and to exist."""
+    directory and to be a regular file there."""
+    index_file = Path(index_file)
     base = index_file.parent.resolve()
     names: list[str] = []
     for name, file in index["weight_map"].items():
@@ -287,12 +337,46 @@ def shard_files(index_file: Path, index: dict) -> list[Path]:
                 path=index_file,
             )
         if not candidate.is_file():
+            what = "is not a regular file" if candidate.exists() else "is missing"
             raise CorruptFileError(
-                f"shard {file!r} named by the index is missing; restore it or re-download the set",
+                f"shard {file!r} named by the index {what}: the set is incomplete; restore it "
+                "or re-download the set (after an interrupted ckptconv replace, run it again)",
                 path=index_file,
             )
         shards.append(base / file)
     return shards
+
+
+def index_set_id(index: dict) -> str | None:
+    """The set identity an index records (``metadata["ckptconv.set"]``), or None."""
+    meta = index.get("metadata")
+    value = meta.get(SET_KEY) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_set(index_file: str | os.PathLike[str], index: dict, headers: list[Header]) -> None:
+    """Refuse a sharded set whose files come from more than one write.
+
+    Every shard must record the identity the index records; an index without one (another
+    writer) still needs its shards to agree among themselves where they record one.
+
+    Raises:
+        CorruptFileError: naming the first shard that belongs to another write.
+    """
+    expected = index_set_id(index)
+    source = f"the index {os.path.basename(os.fspath(index_file))}"
+    for header in headers:
+        found = header.metadata.get(SET_KEY)
+        if expected is None and found is not None:
+            expected, source = found, os.path.basename(header.path)
+            continue
+        if found != expected:
+            raise CorruptFileError(
+                f"the set is incomplete: this shard comes from another write than {source} "
+                f"({SET_KEY} {found or 'missing'}, expected {expected}), so the set mixes two "
+                "conversions (an interrupted or concurrent replace); write the set again",
+                path=header.path,
+            )
 
 
 def read_header(path: str | os.PathLike[str]) -> Header:
@@ -332,6 +416,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
     metadata = _metadata(header.pop("__metadata__", None), path)
+    _check_text(header, metadata, path)
     data_start = 8 + n
     tensors = _tensors(header, path)
     _check_layout(tensors, path, size - data_start)
@@ -362,6 +447,20 @@ def _metadata(value: object, path: str) -> dict[str, str]:
     ):
         raise CorruptFileError("__metadata__ must map strings to strings", path=path)
     return value
+
+
+def _check_text(header: dict, metadata: dict[str, str], path: str) -> None:
+    """Names and metadata must be Unicode text: JSON's ``\\ud800`` escapes can make lone
+    surrogates, which no UTF-8 file (an output's header, a report) can hold."""
+    for text in (*header, *metadata, *metadata.values()):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptFileError(
+                f"the header holds {text!r}, which is not valid Unicode text (a lone surrogate "
+                "escape): the file is damaged or was not written by a safetensors writer",
+                path=path,
+            ) from None
 
 
 def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
@@ -454,7 +553,7 @@ def _checksums(
     try:
         table = json.loads(text)
         return {name: int(value, 16) for name, value in table.items() if name in tensors}
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
 
 

@@ -35,9 +35,10 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import CorruptFileError, FormatError, UnsupportedError
+from ..errors import CorruptFileError, FormatError, NoSuchFileError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
 from . import _tensorbundle as tb
+from . import regular_file
 from ._protowire import (
     BundleEntry,
     TrackableObject,
@@ -183,6 +184,8 @@ def _is_index(prefix: str) -> bool:
     index = f"{prefix}.index"
     if tb.has_table_magic(index):
         return True
+    if os.path.exists(index) and not os.path.isfile(index) and not os.path.isdir(index):
+        return True  # a FIFO or a device in the index's place: open() says so
     data = f"{glob.escape(prefix)}.data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
     return not os.path.isdir(index) and bool(glob.glob(data))
 
@@ -281,8 +284,10 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         name = tb.data_file_name(prefix, shard, index.num_shards)
         files.append(name)
         try:
-            sizes.append(os.stat(name).st_size)
-        except FileNotFoundError:
+            sizes.append(regular_file(name).st_size)
+        except (FormatError, NoSuchFileError):
+            if os.path.exists(name):
+                raise
             raise CorruptFileError(
                 f"data shard {os.path.basename(name)} of this checkpoint is missing; copy every "
                 f"{os.path.basename(prefix)}.data-* file along with the .index",
@@ -635,14 +640,40 @@ def _partitioned_loader(
             )
         _check_size(part, dtype, files[part.shard_id], name)
         parts.append((tuple(where), files[part.shard_id], part))
-    # TensorFlow's slices tile the variable; a gap would leave uninitialized memory
-    covered = sum(math.prod(s.stop - s.start for s in where) for where, _, _ in parts)
-    if covered != math.prod(entry.shape):
-        raise CorruptFileError(
-            f"the slices cover {covered} of the variable's {math.prod(entry.shape)} elements",
-            path=index.index_path, tensor=name,
-        )
+    _check_tiling([where for where, _, _ in parts], entry.shape, path=index.index_path, key=name)
     return partial(_read_partitioned, parts, entry.shape, dtype, check_crc=check_crc, tensor=name)
+
+
+def _check_tiling(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], *, path: str, key: str) -> None:
+    """TensorFlow's slices tile the variable exactly: no two overlap (a later one would
+    silently win) and together they cover it (a gap would be uninitialised memory).
+
+    Disjoint boxes inside the shape tile it exactly when their volumes add up to its size;
+    overlaps are found by a sweep along the first axis, so this is fast for TensorFlow's usual
+    partitioning (along the first axis) however many slices there are.
+    """
+
+    def text(box: tuple[slice, ...]) -> str:
+        return "[" + ", ".join(f"{s.start}:{s.stop}" for s in box) + "]"
+
+    ordered = sorted((b for b in boxes if all(s.stop > s.start for s in b)), key=lambda b: b[0].start if b else 0)
+    for i, box in enumerate(ordered):
+        for other in ordered[i + 1 :]:
+            if box and other[0].start >= box[0].stop:
+                break  # sorted by start along axis 0: no later box reaches back into this one
+            if all(a.start < b.stop and b.start < a.stop for a, b in zip(box, other)):
+                raise CorruptFileError(
+                    f"the slices {text(box)} and {text(other)} of this partitioned variable "
+                    "overlap: the checkpoint is damaged",
+                    path=path, tensor=key,
+                )
+    covered = sum(math.prod(s.stop - s.start for s in box) for box in boxes)
+    if covered != math.prod(shape):
+        raise CorruptFileError(
+            f"the slices cover {covered} of the variable's {math.prod(shape)} elements, leaving "
+            "a gap: the checkpoint is damaged or a slice is missing",
+            path=path, tensor=key,
+        )
 
 
 def _tensor_reader(
@@ -761,6 +792,8 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
             path=path,
         )
     index_path = f"{located.prefix}.index"
+    if os.path.exists(index_path):
+        regular_file(index_path)  # a FIFO or a device would block the read
     if not os.path.isfile(index_path):
         raise CorruptFileError(
             f"the checkpoint's index is missing: {os.path.basename(index_path)} lists its "

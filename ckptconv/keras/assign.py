@@ -8,6 +8,7 @@ import numpy as np
 
 from ..dtypes import dtype_name
 from ..errors import LoadError
+from ..interrupts import deferred_interrupts
 from ..mapping.patterns import Pattern, matches_path_or_parent
 from .match import Assignment
 from .report import shape_text
@@ -66,7 +67,9 @@ def assign(live: LiveModel, assignments: list[Assignment], *, check_first: bool 
             return pool.submit(read, i)
         return None  # read in line when its turn comes
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
+    # Ctrl-C or SIGTERM from here on waits until the last layer is assigned, then raises:
+    # an interrupted load leaves the model fully loaded, never half
+    with deferred_interrupts(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptconv-read") as pool:
         pending = start(pool, 0)
         for i, items in enumerate(layers):
             values = pending.result() if pending is not None else read(i)

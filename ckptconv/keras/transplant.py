@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NoSuchFileError, OutputError, UsageError
+from ..errors import NoSuchFileError, UsageError
 from ..mapping.spec import load_spec
 from ..options import keyword_options
 from ..store import Store
@@ -65,7 +65,8 @@ def transplant(
 
     ``out`` ends in ``.keras`` (the whole model) or ``.weights.h5`` (weights only). It is
     written to a temporary file next to it, flushed and renamed into place, so a failed run
-    leaves nothing behind; an existing ``out`` is replaced only with ``force=True``.
+    leaves nothing behind; an existing ``out`` is replaced only with ``force=True``, never
+    when it is one of the input files, and never by two writers at once.
 
     Args:
         src: The weights: any checkpoint :func:`ckptconv.open` reads, a store or arrays.
@@ -84,10 +85,13 @@ def transplant(
         UsageError: ``out`` has another suffix, or ``by_order`` with a mapping.
         NoSuchFileError: ``target`` (or ``src``) does not exist.
         SpecError: the mapping spec is invalid.
-        OutputError: ``out`` exists without ``force``, or is an input.
+        OutputError: ``out`` exists without ``force``, is an input file (a shard of a sharded
+            input included), is being written by another process, or does not fit in the
+            free space.
         UnsupportedError: Keras is not installed (the message says what to install).
         LoadError: the weights do not fit (strict), nothing written.
     """
+    from ..writers.outputs import atomic_file, plan_output_set
 
     started = time.perf_counter()
     out_path = os.path.abspath(os.fspath(out))
@@ -98,17 +102,8 @@ def transplant(
             option="out",
             path=out,
         )
-    inputs = [os.fspath(target)]
-    if isinstance(src, (str, os.PathLike)):
-        inputs.append(os.fspath(src))
-    for given in inputs:
-        if os.path.exists(given) and os.path.exists(out_path) and os.path.samefile(given, out_path):
-            raise OutputError("the output is one of the inputs; choose another path", path=out)
-    if os.path.exists(out_path) and not force:
-        raise OutputError("the output exists; pass {opt:force=True} to replace it", path=out)
-    out_dir = os.path.dirname(out_path)
-    if not os.path.isdir(out_dir):
-        raise OutputError("the output's directory does not exist", path=out)
+    inputs = [os.fspath(target), *([os.fspath(src)] if isinstance(src, (str, os.PathLike)) else [])]
+    plan_output_set(out_path, [out_path], force=force, inputs=inputs)  # fail fast, before Keras
 
     if mapping is not None and by_order:
         raise UsageError("{opt:by_order=True} matches by position and takes no mapping spec", option="by_order")
@@ -117,6 +112,7 @@ def transplant(
     if not os.path.exists(os.fspath(target)):
         raise NoSuchFileError(path=target)
     store, opened = open_source(src)  # fail fast on a bad source, before Keras builds anything
+    inputs += store.files
     try:
         model = build_keras_model(target, unsafe=unsafe)
         # The model is ours and nothing is written on failure: no check pass is needed to
@@ -128,41 +124,26 @@ def transplant(
     finally:
         if opened:
             store.close()
-    _save_atomically(model, out_path, suffix, fsync=fsync)
-    return TransplantResult(out_path, report, time.perf_counter() - started)
-
-
-def _save_atomically(model: Any, out_path: str, suffix: str, *, fsync: bool) -> None:
-    import tempfile
-
-
-    directory, name = os.path.split(out_path)
-    # Keras insists on the suffix, so the temporary name keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
-    os.close(fd)
-    try:
+    # libhdf5 crashes the process on a full disk (exit 139): make sure the weights fit first
+    with atomic_file(out_path, suffix=f".tmp{suffix}", force=force, fsync=fsync, inputs=inputs,
+                     need=_saved_size(model)) as tmp:
         if suffix == ".keras":
             model.save(tmp, overwrite=True)
         else:
             model.save_weights(tmp, overwrite=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-        if fsync:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException as e:
+    return TransplantResult(out_path, report, time.perf_counter() - started)
+
+
+def _saved_size(model: Any) -> int:
+    """A generous estimate of the saved file's size: the weights' bytes, plus a tenth, plus
+    room for HDF5's and the zip's own structures."""
+    from ..dtypes import by_name
+
+    total = 0
+    for w in model.weights:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write the output: {e.strerror or e}", path=out_path) from e
-        raise
+            itemsize = by_name(str(getattr(w.dtype, "name", w.dtype))).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 8
+        total += int(np.prod(tuple(w.shape), dtype=np.int64)) * itemsize
+    return total * 11 // 10 + 4096 * len(model.weights) + (1 << 20)

@@ -11,13 +11,12 @@ same two halves over lists.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import numpy as np
 
@@ -198,22 +197,24 @@ class Reshape(Op):
     name = "reshape"
 
     def infer(self, shape, dtype, *, target=None):
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)  # exact: numpy's int64 product would wrap around
         if self.shape == "target":
             if target is None:
                 raise OpError("reshape: target needs a target (a live model, or plan's --target MODEL.keras) that has this output")
             wanted: tuple[int, ...] = tuple(target)
         else:
             wanted = tuple(self.shape)  # type: ignore[arg-type]
+        if any(d < -1 for d in wanted) or wanted.count(-1) > 1:
+            raise OpError(f"reshape {_fmt(wanted)}: dimensions are sizes, with at most one -1")
         if wanted.count(-1) == 1:
-            known = int(np.prod([d for d in wanted if d != -1], dtype=np.int64))
+            known = math.prod(d for d in wanted if d != -1)
             if known == 0 or size % known:
                 raise OpError(f"reshape {_fmt(wanted)}: cannot reshape {_fmt(shape)} ({size} elements)")
             wanted = tuple(size // known if d == -1 else d for d in wanted)
-        if int(np.prod(wanted, dtype=np.int64)) != size:
+        if math.prod(wanted) != size:
             raise OpError(
                 f"reshape {_fmt(wanted)}: cannot reshape {_fmt(shape)} ({size} elements) into "
-                f"{int(np.prod(wanted, dtype=np.int64))} elements"
+                f"{math.prod(wanted)} elements"
             )
         return wanted, np.dtype(dtype)
 

@@ -6,15 +6,21 @@ parts (``a/**/b`` also matches ``a/b``), ``?`` matches one character other than 
 star captures: ``{1}``, ``{2}`` ... in a template are the stars' texts, left to right. A
 regex captures with its groups, numbered or named (``(?P<block>\\d+)`` -> ``{block}``).
 ``{0}`` is the whole matched name.
+
+A regex with nested variable quantifiers (``(a+)+``, ``(\\w*/)*``) or with alternatives that
+can match alike under a quantifier (``(a|ab)*``) is refused: Python's engine can take
+exponential time on it (catastrophic backtracking) and has no timeout. An atomic group or a
+possessive quantifier (``(?>...)``, ``*+``) does not backtrack and is fine.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Pattern", "Template", "Match", "natural_key"]
+__all__ = ["Pattern", "Template", "Match", "natural_key", "backtracking_hazard"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,14 @@ class Pattern:
                 self.regex = re.compile(body)
             except re.error as e:
                 raise ValueError(f"invalid regular expression {body!r}: {e}") from e
+            hazard = backtracking_hazard(body)
+            if hazard is not None:
+                raise ValueError(
+                    f"regular expression {body!r} can take exponential time to match "
+                    f"(catastrophic backtracking: {hazard}) and Python's regex engine has no "
+                    "timeout, so it is refused; quantify once, let alternatives start "
+                    "differently, or use an atomic group (?>...) or a possessive quantifier (*+)"
+                )
             self.literal = None
         else:
             self.regex = re.compile(_glob_to_regex(text))
@@ -108,6 +122,83 @@ class Pattern:
 
     def __repr__(self) -> str:
         return f"Pattern({self.text!r})"
+
+
+def backtracking_hazard(body: str) -> str | None:
+    """What can make a (compilable) regex take exponential time, as text, or None: a variable
+    quantifier inside another, or alternatives that can start alike inside a variable
+    quantifier (``(a|ab)*``). Fixed counts (``{3}``) and ``?`` cannot make the engine try
+    exponentially many ways; atomic groups and possessive quantifiers never backtrack into
+    themselves."""
+    if sys.version_info >= (3, 11):
+        from re import _constants as sre_c  # type: ignore[attr-defined]
+        from re import _parser as sre_p  # type: ignore[attr-defined]
+    else:  # pragma: no cover - Python 3.10
+        import sre_constants as sre_c
+        import sre_parse as sre_p
+
+    repeats = {sre_c.MAX_REPEAT, sre_c.MIN_REPEAT}
+    possessive = getattr(sre_c, "POSSESSIVE_REPEAT", None)
+    atomic = getattr(sre_c, "ATOMIC_GROUP", None)
+
+    def varies(low: int, high: int) -> bool:
+        return low != high and (high is sre_c.MAXREPEAT or high > 1)
+
+    def walk(items: object, outer: bool) -> str | None:
+        for op, av in items:  # type: ignore[attr-defined]
+            found = None
+            if op in repeats:
+                low, high, sub = av
+                if varies(low, high) and outer:
+                    return "a repeated part holds a " + ("'*' or '+'" if high is sre_c.MAXREPEAT else f"{{{low},{high}}}")
+                found = walk(sub, outer or varies(low, high))
+            elif op == possessive or op == atomic:
+                found = walk(av[2] if op == possessive else av, False)
+            elif op == sre_c.SUBPATTERN:
+                found = walk(av[-1], outer)
+            elif op == sre_c.BRANCH:
+                if outer and ambiguous(av[1]):
+                    return "a repeated part holds alternatives that can match the same text"
+                for branch in av[1]:
+                    found = found or walk(branch, outer)
+            elif op in (sre_c.ASSERT, sre_c.ASSERT_NOT):
+                found = walk(av[1], outer)
+            elif op == sre_c.GROUPREF_EXISTS:
+                found = walk(av[1], outer) or (walk(av[2], outer) if av[2] else None)
+            if found:
+                return found
+        return None
+
+    def first(items: object) -> set[int] | None:
+        """The characters a sequence can start with, or None when unknown or it may be empty."""
+        for op, av in items:  # type: ignore[attr-defined]
+            if op == sre_c.LITERAL:
+                return {av}
+            if op == sre_c.SUBPATTERN:
+                return first(av[-1])
+            if op == sre_c.IN and all(o in (sre_c.LITERAL, sre_c.RANGE) for o, _ in av):
+                chars: set[int] = set()
+                for o, v in av:
+                    if o == sre_c.RANGE and v[1] - v[0] > 1024:
+                        return None
+                    chars.update(range(v[0], v[1] + 1) if o == sre_c.RANGE else (v,))
+                return chars
+            return None
+        return None
+
+    def ambiguous(branches: list[object]) -> bool:
+        seen: set[int] = set()
+        for branch in branches:
+            chars = first(branch)
+            if chars is None or chars & seen:
+                return True
+            seen |= chars
+        return False
+
+    try:
+        return walk(sre_p.parse(body), False)
+    except Exception:  # noqa: BLE001 - re.compile accepted it; the check is best effort
+        return None
 
 
 _FIELD = re.compile(r"\{([^{}]*)\}|\{\{|\}\}")

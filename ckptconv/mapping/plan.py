@@ -25,7 +25,7 @@ from ..dtypes import by_name, is_floating
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value
-from ..store import Entry, Output, Store
+from ..store import Entry, Output, Store, shape_problem
 from .aliases import AliasTable
 from .ops import Cast, ExecutionProblem, Op, OpError, Split, Transpose, lossy_cast
 from .patterns import Match, in_part, natural_key, part_patterns
@@ -409,11 +409,21 @@ class _Builder:
         # reshape: target takes the live target's shape, or else the rule's declared shape
         wanted = target.shape if target is not None else declared
         steps: list[_Step] = []
+        label = rule.label if rule is not None else "passthrough"
+        impossible = shape_problem(shape, np.dtype(dtype).itemsize)
+        if impossible is not None:
+            self.problem(
+                "op", f"{label}: {what}: the result {_shape_text(shape)} would have {impossible}",
+                rule=rule, name=name,
+            )
+            return None
         for i, op in enumerate(ops, start=1):
             try:
                 new_shape, new_dtype = op.infer(shape, dtype, target=wanted)
+                impossible = shape_problem(new_shape, np.dtype(new_dtype).itemsize)
+                if impossible is not None:
+                    raise OpError(f"the result {_shape_text(new_shape)} would have {impossible}")
             except OpError as e:
-                label = rule.label if rule is not None else "passthrough"
                 self.problem(
                     "op",
                     f"{label}: {what}: op {i} ({op.describe()}) does not apply to "

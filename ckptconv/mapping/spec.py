@@ -610,10 +610,28 @@ def _read_toml(text: str) -> Any:
     return tomllib.loads(text)
 
 
+class _YamlAlias(Exception):
+    """A spec uses a YAML alias (``*name``)."""
+
+
 def _read_yaml(text: str) -> Any:
+    """Safe YAML without aliases: ``*name`` copies what ``&name`` marks, and a few hundred
+    bytes of nested aliases expand to gigabytes (a "billion laughs"), so a spec may not use
+    them. Anchors alone are harmless and allowed."""
     import yaml
 
-    return yaml.safe_load(text)
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _YamlAlias(
+                    f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
+                    f"{event.start_mark.line + 1}): they can expand without bound; write the "
+                    "value out"
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
 
 
 def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
@@ -629,6 +647,8 @@ def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
             kind = "yaml"
     try:
         return readers[kind](text)
+    except _YamlAlias as e:
+        raise SpecError(str(e), path=source) from None
     except Exception as e:  # each parser has its own exception type; all mean "bad syntax"
         raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e)}", path=source) from e
 

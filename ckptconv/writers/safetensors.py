@@ -12,40 +12,47 @@ CRC-32C is recorded in ``__metadata__["ckptconv.crc32c"]`` as a JSON
 object ``{name: "8 hex digits"}``. The header is first written with ``"00000000"``
 placeholders of the same width and patched in place at the end, so its length never changes.
 
-Every file is written under a dot-prefixed temporary name in the target directory, fsynced,
-and renamed into place; a sharded set's index is written last. A failed or interrupted run
-(exception, Ctrl-C, SIGTERM) leaves no temporary file and no new output behind.
+A sharded set records its identity, ``__metadata__["ckptconv.set"]``, in every shard and in the
+index: derived from the shards' headers and checksums (so one conversion run twice writes the
+same set), or random without checksums. Readers refuse a set whose files disagree on it.
+
+Every file is written under a hidden temporary name in the target directory, fsynced, and put
+in place by :mod:`ckptconv.writers.outputs` (locked, crash-safe, the index last). A failed or
+interrupted run (exception, Ctrl-C, SIGTERM) leaves no temporary file and no new output behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import json.encoder
 import os
 import re
-import signal
+import secrets
 import sys
-import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._gc import paused_gc
 from ..dtypes import dtype_name, to_safetensors
-from ..errors import OutputError, UnsupportedError
-from ..formats.safetensors import CRC_KEY, check_metadata
+from ..errors import IntegrityError, OutputError, UnsupportedError
+from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, shard_names
+from ..interrupts import sigterm_raises
 from ..options import keyword_options
-from ..store import Output
-from ._sink import Pipeline, Sink, write_all
+from ..store import ByteRange, Output
+from ._sink import Pipeline, Sink, pwrite_all, write_all
 from ._sink import fsync as fsync_file
+from .outputs import OutputLock, TempFiles, commit, plan_output_set
 
-__all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "shard_names"]
+__all__ = ["write_safetensors", "WriteResult", "parse_size", "CRC_KEY", "SET_KEY", "shard_names"]
 
 
 _CRC_PLACEHOLDER = "00000000"
+_SET_PLACEHOLDER = "0" * 32
 _MAX_HEADER = 100_000_000  # the safetensors format's own header limit
 
 _UNITS = {
@@ -98,12 +105,14 @@ class WriteResult:
         tensors: Number of tensors written.
         nbytes: Total tensor bytes (headers not counted).
         checksums: CRC-32C of every tensor by name (empty with ``checksum=False``).
+        set_id: A sharded set's identity (``ckptconv.set``), None for a single file.
     """
 
     files: list[str]
     tensors: int
     nbytes: int
     checksums: dict[str, int] = field(default_factory=dict)
+    set_id: str | None = None
 
 
 @dataclass
@@ -116,20 +125,15 @@ class _Slot:
     end: int
 
 
-def shard_names(dst: str | os.PathLike[str], count: int) -> list[str]:
-    """The Hugging Face shard paths for ``dst``: ``model-00001-of-00003.safetensors``, ..."""
-    dst = os.fspath(dst)
-    directory, base = os.path.split(dst)
-    stem = base[: -len(".safetensors")] if base.endswith(".safetensors") else base
-    return [
-        os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.safetensors")
-        for i in range(1, count + 1)
-    ]
+@dataclass
+class _Written:
+    """One complete temporary file, before it takes its final name."""
 
-
-def index_path(dst: str | os.PathLike[str]) -> str:
-    """The sharded set's index for ``dst``: ``model.safetensors.index.json``."""
-    return os.fspath(dst) + ".index.json"
+    tmp: str
+    final: str
+    slots: list[_Slot]
+    crcs: dict[str, int]
+    header: bytes
 
 
 @keyword_options
@@ -144,14 +148,16 @@ def write_safetensors(
     max_shard_size: int | None = None,
     progress: bool = False,
     protect: Iterable[str | os.PathLike[str]] = (),
+    verify: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> WriteResult:
     """Write ``outputs`` in order into ``dst`` (or a sharded set named after it).
 
     Everything is checked before any file is created: names, dtypes (safetensors has no
-    complex128 or string type), metadata, output paths. Then each output's data is read
-    once: ``output.compute()`` is called one output at a time, or, for an output whose bytes
-    are its source entry's stored bytes (``output.source.byte_range``), the bytes are copied
-    file to file without being decoded.
+    complex128 or string type), metadata, output paths, the lock. Then each output's data is
+    read once: ``output.compute()`` is called one output at a time, or, for an output whose
+    bytes are its source entry's stored bytes (``output.source.byte_range``), the bytes are
+    copied file to file without being decoded.
 
     Args:
         outputs: The tensors, in the order to write them.
@@ -159,7 +165,9 @@ def write_safetensors(
             (``model-00001-of-00003.safetensors``) and ``dst + ".index.json"`` is the index;
             if everything fits in one shard a single file ``dst`` is written.
         metadata: String metadata for ``__metadata__``.
-        force: Replace an existing output (for a set, only once the new one is complete).
+        force: Replace an existing output: the file or set at ``dst``, crash-safely (the old
+            set stays whole until the new index is in place). Files that are not provably
+            ckptconv's own shards of this output are never removed, even with ``force``.
         fsync: Flush files and the directory to disk before returning.
         checksum: Record a CRC-32C per tensor in ``__metadata__``.
         max_shard_size: Maximum tensor bytes per shard (an oversized tensor gets a shard
@@ -167,15 +175,21 @@ def write_safetensors(
         progress: Show a progress bar over bytes on stderr.
         protect: Input files that must not be overwritten (and, for a sharded input's index,
             the shards it names).
+        verify: Before the new files take their names, read them back and compare every
+            tensor with the CRC-32C computed while writing (with or without ``checksum``).
+        check: Run on a thread while the files are written (a source's whole-file checksum);
+            nothing is put in place unless it returns.
 
     Returns:
         A :class:`WriteResult`.
 
     Raises:
         UnsupportedError: an output's dtype has no safetensors code.
-        OutputError: the output exists (without ``force``), is one of the inputs, cannot be
-            written, or an output's data does not match its declared shape or dtype.
-        IntegrityError: a source's recorded CRC-32C does not match its bytes.
+        OutputError: the output exists (without ``force``), is one of the inputs, is locked by
+            another writer, cannot be written, or an output's data does not match its
+            declared shape or dtype.
+        IntegrityError: a source's recorded CRC-32C does not match its bytes, or ``verify``
+            read back other bytes than were written.
         CorruptFileError: a source file is truncated.
     """
     outputs = list(outputs)
@@ -186,70 +200,143 @@ def write_safetensors(
         raise ValueError(f"max_shard_size must be positive, got {max_shard_size}")
 
     groups = _shard(outputs, max_shard_size)
-    if len(groups) <= 1:
-        finals = [dst]
-        index = None
-    else:
-        finals = shard_names(dst, len(groups))
-        index = index_path(dst)
+    index = index_path(dst) if len(groups) > 1 else None
+    finals = shard_names(dst, len(groups)) if index else [dst]
+    if index:
+        meta[SET_KEY] = _SET_PLACEHOLDER
     with paused_gc():  # a slot per tensor, no cycles
         layouts = [_layout(group, codes) for group in groups]
         tensor_texts = [_tensors_json(slots) for slots in layouts]
     for slots, final, text in zip(layouts, finals, tensor_texts):
         _check_header_size(slots, meta, checksum=checksum, dst=final, tensors=text)
     new_files = finals + ([index] if index else [])
-    old_files = _existing_output(dst)
-    # a stray file with a new shard's name counts as existing output too
-    old_files += [p for p in new_files if os.path.lexists(p) and p not in old_files]
-    _check_targets(new_files, old_files, dst, force=force, protect=protect)
 
     total = sum(o.nbytes for o in outputs)
-    checksums: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_as_exit())
-        temps = stack.enter_context(_TempFiles(os.path.dirname(dst)))
+        stack.enter_context(sigterm_raises())
+        stack.enter_context(OutputLock(dst))
+        plan = plan_output_set(dst, new_files, force=force, inputs=protect, index=index_path(dst))
+        temps = stack.enter_context(TempFiles(os.path.dirname(dst)))
+        background = _Background(check)
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
         pipeline = stack.enter_context(Pipeline())
+        written: list[_Written] = []
         for slots, final, text in zip(layouts, finals, tensor_texts):
             fd, tmp = temps.create(os.path.basename(final))
-            checksums.update(
-                _write_file(
-                    fd, slots, meta, dst=final, checksum=checksum, fsync=fsync,
-                    bar=bar, sources=sources, pipeline=pipeline, tensors=text,
-                )
+            header, crcs = _write_file(
+                fd, slots, meta, dst=final, checksum=checksum, verify=verify, fsync=fsync,
+                bar=bar, sources=sources, pipeline=pipeline, tensors=text,
             )
             temps.close(fd)
-        index_tmp = None
+            written.append(_Written(tmp, final, slots, crcs, header))
+        set_id = None
         if index is not None:
-            fd, index_tmp = temps.create(os.path.basename(index))
-            weight_map = {
-                o.name: os.path.basename(final) for group, final in zip(groups, finals) for o in group
-            }
-            body = json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
-                ensure_ascii=False,
-            ).encode("utf-8") + b"\n"
-            write_all(fd, memoryview(body), path=index)
-            if fsync:
-                fsync_file(fd, index)
-            temps.close(fd)
-        pairs = list(zip(temps.paths[: len(finals)], finals))
-        if index_tmp is not None:
-            pairs.append((index_tmp, index))
-        temps.commit(pairs, force=force, fsync=fsync)
-    stale = [p for p in old_files if p not in new_files]
-    for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    if stale and fsync:
-        _fsync_dir(os.path.dirname(dst))
-    return WriteResult(
-        files=new_files,
-        tensors=len(outputs),
-        nbytes=total,
-        checksums=checksums if checksum else {},
-    )
+            set_id = _set_identity(written, complete=checksum or verify)
+            for w in written:
+                _patch_set_identity(w, {**meta, SET_KEY: set_id}, checksum=checksum, fsync=fsync)
+        if verify:
+            for w in written:
+                _verify_written(w)
+        pairs = [(w.tmp, w.final) for w in written]
+        if index is not None:
+            pairs.append((_write_index(temps, index, written, total, set_id, fsync=fsync), index))
+        background.result()
+        commit(pairs, plan, temps, fsync=fsync)
+    checksums = {name: crc for w in written for name, crc in w.crcs.items()} if checksum else {}
+    return WriteResult(files=new_files, tensors=len(outputs), nbytes=total, checksums=checksums, set_id=set_id)
+
+
+def _set_identity(written: list[_Written], *, complete: bool) -> str:
+    """The set's identity: a digest of every shard's name, header and CRC-32Cs when they are
+    all known (the same conversion gives the same set), else random."""
+    if not complete:
+        return secrets.token_hex(16)
+    digest = hashlib.sha256()
+    for w in written:
+        digest.update(os.path.basename(w.final).encode("utf-8") + b"\0" + w.header)
+        digest.update(json.dumps(w.crcs, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def _patch_set_identity(w: _Written, meta: Mapping[str, str], *, checksum: bool, fsync: bool) -> None:
+    """Put the set identity in place of its placeholder (same width: the header keeps its size)."""
+    header = _header(w.slots, meta, w.crcs if checksum else None)
+    assert len(header) == len(w.header), "the set identity changed the header length"
+    try:
+        fd = os.open(w.tmp, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise OutputError(f"cannot write the output: {e.strerror}", path=w.final) from e
+    try:
+        pwrite_all(fd, memoryview(header), 0, path=w.final)
+        if fsync:
+            fsync_file(fd, w.final)
+    finally:
+        os.close(fd)
+    w.header = header
+
+
+def _verify_written(w: _Written) -> None:
+    """Read a finished file back: its header as written, every tensor's CRC-32C as computed."""
+    bad: list[str] = []
+    fd = os.open(w.tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if os.pread(fd, len(w.header), 0) != w.header:
+            bad.append("the header")
+        buffer = memoryview(bytearray(min(16 << 20, max((s.end - s.begin for s in w.slots), default=1) or 1)))
+        for slot in w.slots:
+            stored = ByteRange(w.tmp, len(w.header) + slot.begin, slot.end - slot.begin)
+            crc = stored.crc32c(fd=fd, buffer=buffer, tensor=slot.output.name)
+            if crc != w.crcs.get(slot.output.name):
+                bad.append(slot.output.name)
+    finally:
+        os.close(fd)
+    if bad:
+        raise IntegrityError(
+            f"verification after writing failed for {len(bad)} tensor(s): {', '.join(bad[:5])}; "
+            "the disk returned other bytes than were written, so nothing was put in place",
+            path=w.final,
+        )
+
+
+def _write_index(
+    temps: TempFiles, index: str, written: list[_Written], total: int, set_id: str | None, *, fsync: bool
+) -> str:
+    fd, tmp = temps.create(os.path.basename(index))
+    weight_map = {s.output.name: os.path.basename(w.final) for w in written for s in w.slots}
+    meta: dict[str, object] = {"total_size": total}
+    if set_id is not None:
+        meta[SET_KEY] = set_id
+    body = json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2, ensure_ascii=False)
+    write_all(fd, memoryview(body.encode("utf-8") + b"\n"), path=index)
+    if fsync:
+        fsync_file(fd, index)
+    temps.close(fd)
+    return tmp
+
+
+class _Background:
+    """Run ``check`` on a daemon thread; :meth:`result` waits for it and re-raises its error."""
+
+    def __init__(self, check: Callable[[], None] | None) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if check is not None:
+            self._thread = threading.Thread(target=self._run, args=(check,), daemon=True,
+                                            name="ckptconv-source-check")
+            self._thread.start()
+
+    def _run(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except BaseException as e:  # noqa: BLE001 - handed to the writing thread
+            self._error = e
+
+    def result(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 # --- checks, before anything is created ---------------------------------------------------
@@ -309,90 +396,6 @@ def _shard(outputs: list[Output], max_shard_size: int | None) -> list[list[Outpu
     return groups
 
 
-def _existing_output(dst: str) -> list[str]:
-    """The files of an output already at ``dst``: the file, and a sharded set's index + shards."""
-    found = []
-    if os.path.lexists(dst):
-        found.append(dst)
-    index = index_path(dst)
-    if os.path.lexists(index):
-        found.append(index)
-        directory = os.path.dirname(dst)
-        for name in _index_files(index):
-            path = os.path.join(directory, name)
-            if os.path.lexists(path) and path not in found:
-                found.append(path)
-    return found
-
-
-def _index_files(index: str) -> list[str]:
-    """Shard file names an index JSON names (plain names only; anything else is ignored)."""
-    try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map", {})
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return []
-    if not isinstance(weight_map, dict):
-        return []
-    names = []
-    for value in weight_map.values():
-        if isinstance(value, str) and value and os.path.basename(value) == value and value not in (
-            ".",
-            "..",
-        ) and value not in names:
-            names.append(value)
-    return names
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _protected(protect: Iterable[str | os.PathLike[str]]) -> list[str]:
-    paths = []
-    for p in protect:
-        path = os.path.abspath(os.fspath(p))
-        paths.append(path)
-        if path.endswith(".json") and os.path.isfile(path):
-            directory = os.path.dirname(path)
-            paths.extend(os.path.join(directory, name) for name in _index_files(path))
-    return paths
-
-
-def _check_targets(
-    new_files: list[str],
-    old_files: list[str],
-    dst: str,
-    *,
-    force: bool,
-    protect: Iterable[str | os.PathLike[str]],
-) -> None:
-    directory = os.path.dirname(dst)
-    if not os.path.isdir(directory):
-        raise OutputError("the output directory does not exist; create it first", path=directory)
-    inputs = _protected(protect)
-    for path in new_files + old_files:
-        for source in inputs:
-            if _same_file(path, source):
-                raise OutputError(
-                    f"the output would overwrite the input {source}; choose another output path",
-                    path=path,
-                )
-    for path in new_files:
-        if os.path.isdir(path):
-            raise OutputError("the output path is a directory", path=path)
-    if old_files and not force:
-        raise OutputError(
-            "the output already exists; pass {opt:force=True} to replace it",
-            path=old_files[0],
-        )
-
-
 # --- writing one file ----------------------------------------------------------------------
 
 
@@ -419,10 +422,13 @@ def _tensors_json(slots: list[_Slot]) -> str:
 
 
 def _header(
-    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: str
+    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: str | None = None
 ) -> bytes:
     """The header bytes (length prefix included), padded with spaces to a multiple of 8:
-    ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``)."""
+    ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``, encoded here
+    when not given)."""
+    if tensors is None:
+        tensors = _tensors_json(slots)
     full_meta = dict(meta)
     if crcs is not None:  # json.dumps of {name: "%08x"}, piece by piece
         quote = json.encoder.encode_basestring
@@ -457,22 +463,23 @@ def _write_file(
     *,
     dst: str,
     checksum: bool,
+    verify: bool,
     fsync: bool,
     bar: _Bar,
     sources: _SourceFiles,
     pipeline: Pipeline,
     tensors: str,
-) -> dict[str, int]:
+) -> tuple[bytes, dict[str, int]]:
+    """Write one file; return its final header and the CRC-32C of every tensor computed (all
+    of them with ``checksum`` or ``verify``, else those whose source records one)."""
     head = _header(slots, meta, {} if checksum else None, tensors)
     out = Sink(pipeline, fd, path=dst, fsync=fsync)
     out.write(head, None)
-    head_length = len(head)
-    del head  # megabytes for 100,000 tensors: the patch below is built when the CRCs are known
     checked: list[Output] = []
     for slot in slots:
         output = slot.output
         source = output.source
-        want_crc = checksum or (source is not None and source.crc32c is not None)
+        want_crc = checksum or verify or (source is not None and source.crc32c is not None)
         name = output.name if want_crc else None
         if name is not None:
             pipeline.crc_start(name, output.nbytes)
@@ -486,14 +493,13 @@ def _write_file(
     for output, crc in zip(checked, pipeline.crc_results([o.name for o in checked])):
         if output.source is not None:
             output.source.compare_crc(crc)  # the bytes copied are the bytes the source recorded
-        if checksum:
-            crcs[output.name] = crc
+        crcs[output.name] = crc
     patch = None
     if checksum:
         patch = _header(slots, meta, crcs, tensors)
-        assert len(patch) == head_length, "the checksum placeholders changed the header length"
+        assert len(patch) == len(head), "the checksum placeholders changed the header length"
     out.finish(patch)
-    return crcs
+    return patch or head, crcs
 
 
 def _passes_through(output: Output) -> bool:
@@ -601,98 +607,6 @@ class _SourceFiles:
         self._fds.clear()
 
 
-class _TempFiles:
-    """Temporary files in the target directory, removed unless committed."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.paths: list[str] = []
-        self._open: set[int] = set()
-        self._placed: list[str] = []
-
-    def create(self, final_name: str) -> tuple[int, str]:
-        try:
-            fd, path = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".tmp", dir=self.directory)
-        except OSError as e:
-            raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
-        self.paths.append(path)
-        self._open.add(fd)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        return fd, path
-
-    def close(self, fd: int) -> None:
-        self._open.discard(fd)
-        os.close(fd)
-
-    def commit(self, pairs: list[tuple[str, str]], *, force: bool, fsync: bool) -> None:
-        """Move every temporary file to its final name, in order; the last one completes it."""
-        for tmp, final in pairs:
-            _place(tmp, final, force=force)
-            self._placed.append(final)
-            self.paths.remove(tmp)
-        self._placed = []  # complete: nothing to roll back
-        if fsync:
-            _fsync_dir(self.directory)
-
-    def __enter__(self) -> _TempFiles:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for fd in self._open:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for path in self.paths + self._placed:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where the system allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
-    os.umask(mask)
-    return mask
-
-
-def _place(tmp: str, final: str, *, force: bool) -> None:
-    if force:
-        os.replace(tmp, final)
-        return
-    try:
-        os.link(tmp, final)  # fails if final appeared meanwhile: never clobber without force
-    except FileExistsError as e:
-        raise OutputError(
-            "the output already exists; pass {opt:force=True} to replace it", path=final
-        ) from e
-    except OSError:  # a filesystem without hard links
-        if os.path.lexists(final):
-            raise OutputError(
-                "the output already exists; pass {opt:force=True} to replace it", path=final
-            ) from None
-        os.replace(tmp, final)
-        return
-    os.unlink(tmp)
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the files themselves are synced
-    finally:
-        os.close(fd)
-
-
 class _Bar:
     def __init__(self, bar: object | None) -> None:
         self._bar = bar
@@ -714,28 +628,3 @@ def _progress_bar(total: int, enabled: bool, label: str) -> Iterator[_Bar]:
         leave=False,
     ) as bar:
         yield _Bar(bar)
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit while writing, so the cleanup runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-    except (ValueError, OSError):
-        yield
-        return
-    if previous is not signal.SIG_DFL:
-        yield  # someone else handles SIGTERM: leave it to them
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
