@@ -24,7 +24,7 @@ import pytest
 
 import ckptconv
 from ckptconv.dtypes import by_name
-from ckptconv.mapping.ops import cast_array
+from ckptconv.mapping.cast import cast_array
 
 from .helpers import assert_bit_exact, load_expected
 

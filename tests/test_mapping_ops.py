@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from ckptconv import Store
 from ckptconv.dtypes import is_floating
 from ckptconv.mapping import Rule, Spec, build_plan
+from ckptconv.mapping.cast import Cast, cast_array
 from ckptconv.mapping.ops import (
-    Cast,
     Concat,
     ExpandDims,
     OpError,
@@ -26,7 +26,6 @@ from ckptconv.mapping.ops import (
     Stack,
     Transpose,
     blocked_transpose_2d,
-    cast_array,
 )
 from tests.helpers import assert_bit_exact
 
@@ -307,9 +306,9 @@ def test_cast_keeps_infinities_and_nans_that_were_there():
 
 
 def test_cast_in_chunks_is_exact_across_chunk_boundaries(monkeypatch):
-    import ckptconv.mapping.ops as ops
+    import ckptconv.mapping.cast as cast
 
-    monkeypatch.setattr(ops, "_CAST_CHUNK", 7)
+    monkeypatch.setattr(cast, "_CAST_CHUNK", 7)
     x = np.random.default_rng(3).standard_normal((10, 9)).astype(np.float32)
     assert_bit_exact(cast_array(x, np.dtype(ml_dtypes.bfloat16)), _bf16_rne_oracle(x.ravel()).reshape(x.shape))
     big = x.copy()
@@ -392,3 +391,35 @@ def test_a_slice_out_of_range_is_an_error_not_an_empty_tensor():
     with pytest.raises(OpError, match=r"selects nothing from \[4, 8\]"):
         Slice("[:, 10:20]").infer((4, 8), np.dtype("float32"))
     assert Slice("[:, 6:20]").infer((4, 8), np.dtype("float32"))[0] == (4, 2)  # clipped, as numpy
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "allowed", "lossy_ok"),
+    [
+        ("float32", "bfloat16", True, True),
+        ("float64", "float16", True, True),
+        ("int8", "float32", True, True),
+        ("int64", "int8", True, True),  # the range is checked on the data
+        ("bool", "float32", True, True),
+        ("float32", "int32", False, True),  # drops every fraction
+        ("float16", "bool", False, True),
+        ("int32", "bool", False, True),  # keeps only zero or non-zero
+        ("complex64", "float32", False, False),
+        ("float32", "complex64", False, False),
+    ],
+)
+def test_cast_problem_is_the_one_rule(src, dst, allowed, lossy_ok):
+    """The spec's cast op, the dtype option and load_into ask the same question."""
+    from ckptconv.keras.match import cast_problem as used_by_load_into
+    from ckptconv.mapping.cast import cast_problem
+
+    assert used_by_load_into is cast_problem
+    src_dt, dst_dt = np.dtype(getattr(ml_dtypes, src, src)), np.dtype(getattr(ml_dtypes, dst, dst))
+    assert (cast_problem(src_dt, dst_dt) is None) == allowed
+    assert (cast_problem(src_dt, dst_dt, allow_lossy=True) is None) == lossy_ok
+    try:
+        Cast(dst_dt).infer((2,), src_dt)
+        op_allows = True
+    except OpError:
+        op_allows = False
+    assert op_allows == allowed

@@ -20,8 +20,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from ckptconv import Output, OutputError, verify_file, write_safetensors
-from ckptconv.mapping import ops
-from ckptconv.mapping.ops import ExecutionProblem, cast_array, copy_c_order
+from ckptconv.mapping import cast, ops
+from ckptconv.mapping.cast import cast_array
+from ckptconv.mapping.ops import ExecutionProblem, copy_c_order
 from ckptconv.writers import _sink
 
 from .helpers import assert_bit_exact
@@ -213,7 +214,7 @@ def test_copy_c_order_of_transposed_views(shape: tuple[int, int], dtype: str) ->
 def test_parallel_cast_reports_the_first_problem_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """The chunks of a big cast run on two threads; an overflow is reported as the sequential
     cast would report it: the first chunk's, with its own count."""
-    monkeypatch.setattr(ops, "_CAST_CHUNK", 4)
+    monkeypatch.setattr(cast, "_CAST_CHUNK", 4)
     values = np.zeros(40, dtype=np.float32)
     values[5] = 1e6  # chunk 1: one overflow in float16
     values[29:32] = -1e6  # chunk 7: three more

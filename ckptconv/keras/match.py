@@ -11,6 +11,8 @@ import numpy as np
 
 from ..dtypes import dtype_name, is_floating
 from ..errors import LoadError, problem
+from ..mapping.cast import cast_array, cast_problem
+from ..mapping.ops import ExecutionProblem
 from ..store import Entry, Store
 from .report import LoadedWeight, LoadReport, WeightInfo, WeightMismatch, shape_text
 from .structure import StructureMatch
@@ -75,7 +77,7 @@ def _check_pair(
         reason = "shape differs"
     elif dtype != target.dtype and not cast:
         reason = "dtype differs (casting is off)"
-    elif dtype != target.dtype and not _castable(dtype, target.dtype):
+    elif dtype != target.dtype and cast_problem(dtype, target.dtype) is not None:
         reason = f"cannot cast {dtype_name(dtype)} to {dtype_name(target.dtype)}"
     if reason is not None:
         mismatch = WeightMismatch(
@@ -115,19 +117,10 @@ def _check_pair(
     )
 
 
-def _castable(src: np.dtype, dst: np.dtype) -> bool:
-    """Float to float, integer to integer or to float; never float to integer (truncation)."""
-    if is_floating(dst):
-        return is_floating(src) or src.kind in "biu"
-    return src.kind in "biu" and dst.kind in "biu"
-
-
 def casting(compute: Callable[[], np.ndarray], dtype: np.dtype, name: str) -> Callable[[], np.ndarray]:
     """Wrap ``compute`` to cast to ``dtype`` with the mapper's cast (:func:`~ckptconv.mapping.
-    ops.cast_array`: round to nearest even once, from the source dtype; values that overflow
+    cast.cast_array`: round to nearest even once, from the source dtype; values that overflow
     to inf, or out of an integer type's range, are an error)."""
-    from ..mapping.ops import ExecutionProblem, cast_array
-
     def run() -> np.ndarray:
         array = np.asarray(compute())
         try:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..dtypes import by_name, dtype_name, is_floating
+from ..dtypes import by_name, dtype_name
 
 __all__ = [
     "OpError",
@@ -28,7 +27,6 @@ __all__ = [
     "Transpose",
     "Reshape",
     "Slice",
-    "Cast",
     "Squeeze",
     "ExpandDims",
     "FnOp",
@@ -52,7 +50,6 @@ _BLOCKED_MIN_ELEMENTS = 1 << 16
 # 4096x4096 float32 43-52 ms against 121 ms with 64x64 tiles, 8192x8192 121-164 ms against 320.
 _TILE = 16
 _TILE_WIDTH = 1024
-_CAST_CHUNK = 1 << 20  # elements per chunk of a cast: bounds the temporaries of the checks
 
 
 class OpError(Exception):
@@ -327,220 +324,6 @@ class Slice(Op):
 
     def to_spec(self):
         return {"slice": self.text}
-
-
-# -- cast --------------------------------------------------------------------------------------
-
-
-def _castable(dtype: np.dtype) -> bool:
-    return dtype.kind in "biu" or is_floating(dtype)
-
-
-def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
-    """What a cast from ``src`` to ``dst`` loses whatever the values, or None: floats to
-    integers or booleans lose every fraction, integers to booleans every value but 0 and 1.
-    (Rounding to a narrower float, and values out of an integer type's range, are not
-    counted here: the first is what a cast is for, the second is checked on the data.)"""
-    src, dst = np.dtype(src), np.dtype(dst)
-    if is_floating(src) and dst.kind in "biu":
-        kind = "booleans" if dst.kind == "b" else "integers"
-        return f"{dtype_name(src)} -> {dtype_name(dst)} truncates floats to {kind}, dropping every fraction"
-    if src.kind in "iu" and dst.kind == "b":
-        return f"{dtype_name(src)} -> bool keeps only zero or non-zero"
-    return None
-
-
-@dataclass(frozen=True, repr=False)
-class Cast(Op):
-    """Convert to another dtype, rounding to nearest even.
-
-    A cast that would turn finite values into infinities (float -> narrower float), or put
-    values outside an integer type's range (or NaN) into it, fails at execution unless
-    ``allow_overflow`` is set. A cast that loses information whatever the values (floats to
-    integers or booleans, integers to booleans: :func:`lossy_cast`) is refused when the plan
-    is built unless ``allow_lossy`` is set.
-    """
-
-    dtype: np.dtype = np.dtype("float32")
-    allow_overflow: bool = False
-    note: str = ""
-    allow_lossy: bool = False
-    name = "cast"
-
-    def infer(self, shape, dtype, *, target=None):
-        src = np.dtype(dtype)
-        if src == self.dtype:
-            return tuple(shape), src
-        if not (_castable(src) and _castable(self.dtype)):
-            raise OpError(f"cast {dtype_name(self.dtype)}: cannot cast {dtype_name(src)} to {dtype_name(self.dtype)}")
-        lost = None if self.allow_lossy else lossy_cast(src, self.dtype)
-        if lost:
-            raise OpError(f"{lost} (a lossy cast); set allow_lossy: true on the cast op if that is what you want")
-        return tuple(shape), np.dtype(self.dtype)
-
-    def apply(self, array, out_shape, out_dtype):
-        if array.dtype == self.dtype:
-            return array
-        return cast_array(array, self.dtype, allow_overflow=self.allow_overflow)
-
-    def describe(self):
-        text = f"cast {dtype_name(self.dtype)}"
-        if self.allow_overflow:
-            text += " (overflow allowed)"
-        if self.allow_lossy:
-            text += " (lossy allowed)"
-        if self.note:
-            text += f" ({self.note})"
-        return text
-
-    def to_spec(self):
-        flags = {k: True for k in ("allow_overflow", "allow_lossy") if getattr(self, k)}
-        if flags:
-            return {"cast": {"dtype": dtype_name(self.dtype), **flags}}
-        return {"cast": dtype_name(self.dtype)}
-
-
-def _check_int_range(chunk: np.ndarray, dtype: np.dtype) -> str | None:
-    if chunk.size == 0:
-        return None
-    info = np.iinfo(dtype)
-    if chunk.dtype.kind == "f" or is_floating(chunk.dtype):
-        wide = chunk.astype(np.float64)
-        if np.isnan(wide).any():
-            return f"NaN cannot be cast to {dtype_name(dtype)}"
-        # float -> int truncates toward zero, so anything in (min - 1, max + 1) fits
-        lo, hi = float(wide.min()), float(wide.max())
-        if lo <= info.min - 1 or hi >= info.max + 1:
-            return f"values in [{lo}, {hi}] do not fit {dtype_name(dtype)} [{info.min}, {info.max}]"
-        return None
-    if chunk.dtype.kind == "b":
-        return None
-    lo, hi = int(chunk.min()), int(chunk.max())
-    if lo < info.min or hi > info.max:
-        return f"values in [{lo}, {hi}] do not fit {dtype_name(dtype)} [{info.min}, {info.max}]"
-    return None
-
-
-def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = False) -> np.ndarray:
-    """``array`` converted to ``dtype``, rounding to nearest even, in chunks, checking overflow.
-
-    The result is written chunk by chunk into one preallocated array, so the temporaries stay
-    small whatever the tensor's size. Conversions from float64 or wide integers into bfloat16
-    or float8 round once, exactly (ml_dtypes' own cast goes through float32 and can round
-    twice).
-
-    Raises:
-        ExecutionProblem: finite values became infinite, or values do not fit an integer type,
-            and ``allow_overflow`` is False.
-    """
-    dtype = np.dtype(dtype)
-    out = np.empty(array.shape, dtype=dtype)
-    src = np.reshape(array, -1)  # a copy only when the input is not contiguous
-    dst = out.reshape(-1)
-    check_inf = not allow_overflow and _can_overflow_float(src.dtype, dtype)
-    check_int = not allow_overflow and dtype.kind in "iu"
-    via_odd = _needs_round_to_odd(src.dtype, dtype)
-
-    def cast_chunk(start: int) -> str | None:
-        chunk = src[start : start + _CAST_CHUNK]
-        if check_int:
-            problem = _check_int_range(chunk, dtype)
-            if problem:
-                return problem
-        part = dst[start : start + _CAST_CHUNK]
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
-            if via_odd:
-                np.copyto(part, _float32_round_to_odd(chunk), casting="unsafe")
-            else:
-                np.copyto(part, chunk, casting="unsafe")
-        if check_inf and _may_overflow(chunk, dtype):
-            made = int(np.count_nonzero(np.isinf(part)))
-            had = int(np.count_nonzero(np.isinf(chunk))) if is_floating(chunk.dtype) else 0
-            if made > had:
-                return (
-                    f"{made - had} finite value(s) overflow to inf in {dtype_name(dtype)} "
-                    f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
-                    "weights or set allow_overflow: true on the rule"
-                )
-        return None
-
-    starts = range(0, src.size, _CAST_CHUNK)
-    # numpy releases the GIL in casts and reductions: big tensors use the second core too
-    problems = _cast_pool().map(cast_chunk, starts) if len(starts) > 1 else map(cast_chunk, starts)
-    for problem in problems:  # in chunk order: the first problem is the one reported
-        if problem:
-            raise ExecutionProblem(problem)
-    return out
-
-
-_CAST_THREADS = 2
-_cast_executor = None
-_cast_lock = threading.Lock()
-
-
-def _cast_pool():  # type: ignore[no-untyped-def]
-    """The worker threads big casts share (created on first use)."""
-    global _cast_executor
-    with _cast_lock:
-        if _cast_executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _cast_executor = ThreadPoolExecutor(_CAST_THREADS, thread_name_prefix="ckptconv-cast")
-        return _cast_executor
-
-
-def _finfo_max(dtype: np.dtype) -> float:
-    import ml_dtypes
-
-    return float(ml_dtypes.finfo(dtype).max)
-
-
-def _can_overflow_float(src: np.dtype, dst: np.dtype) -> bool:
-    """Can casting ``src`` to the floating type ``dst`` make infinities out of finite values?"""
-    if not is_floating(dst) or src.kind == "b":
-        return False
-    if is_floating(src):
-        return _finfo_max(src) > _finfo_max(dst)
-    return src.kind in "iu" and float(np.iinfo(src).max) > _finfo_max(dst)
-
-
-def _may_overflow(chunk: np.ndarray, dtype: np.dtype) -> bool:
-    """Cheap pre-check: only chunks whose range reaches past the largest finite value (or that
-    hold inf/NaN) need the exact count of new infinities."""
-    if chunk.size == 0:
-        return False
-    lo, hi = chunk.min(), chunk.max()
-    with np.errstate(invalid="ignore", over="ignore"):
-        reach = max(abs(float(lo)), abs(float(hi)))
-    return not np.isfinite(reach) or reach > _finfo_max(dtype)
-
-
-_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
-
-
-def _needs_round_to_odd(src: np.dtype, dst: np.dtype) -> bool:
-    """ml_dtypes converts float64 (and wide ints) through float32: two roundings, unless the
-    first one rounds to odd."""
-    if dtype_name(dst) not in _ML_FLOATS:
-        return False
-    return src == np.dtype(np.float64) or (src.kind in "iu" and src.itemsize >= 4)
-
-
-def _float32_round_to_odd(chunk: np.ndarray) -> np.ndarray:
-    """float32 values that, rounded again to nearest even into any narrower float with the same
-    exponent range, give the correctly rounded result (round-to-odd keeps a sticky bit)."""
-    x = chunk.astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        r = x.astype(np.float32)
-        wide = r.astype(np.float64)
-        inexact = wide != x
-        inexact &= ~np.isnan(x)
-        # truncate toward zero, then make the last bit odd where the conversion was inexact
-        away = inexact & (np.abs(wide) > np.abs(x))
-        r[away] = np.nextafter(r[away], np.float32(0))
-    bits = r.view(np.uint32)
-    bits |= inexact.astype(np.uint32)
-    return r
 
 
 # -- squeeze / expand_dims ---------------------------------------------------------------------

@@ -10,32 +10,30 @@ the target) into ``plan.problems``. Data is read only when a writer calls an out
 from __future__ import annotations
 
 import difflib
-import functools
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import crc32c
 import numpy as np
 
 from .._gc import paused_gc
 from ..dtypes import by_name, is_floating
-from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store, shape_problem
 from .aliases import AliasTable
-from .ops import Cast, ExecutionProblem, Op, OpError, Split, Transpose, lossy_cast
+from .execute import (
+    SourceCache, SplitShared, Step, cast_blocks, describe_steps, dtype_name, ends_in_view, join_compute,
+    only_casts, single_compute,
+)
+from .cast import Cast, lossy_cast
+from .ops import Op, OpError, Split, Transpose
 from .patterns import Match, in_part, natural_key, part_patterns
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
 
 __all__ = ["TargetTensor", "Plan", "build_plan"]
-
-# dtype_name scans a table; a plan names the same few dtypes thousands of times
-dtype_name = functools.lru_cache(maxsize=64)(_dtype_name_uncached)
 
 
 @dataclass(frozen=True)
@@ -102,104 +100,6 @@ class Plan:
     def __repr__(self) -> str:
         state = "ok" if self.ok else f"{len(self.problems)} problem(s)"
         return f"<Plan {self.store.path!r}: {len(self.outputs)} outputs, {state}>"
-
-
-# -- execution ---------------------------------------------------------------------------------
-
-
-class _SourceCache:
-    """Reads each source entry once for all the outputs it feeds, and forgets it after the last.
-
-    Every output registers the entries it consumes; an entry consumed by several outputs (a
-    split) is kept in memory from its first read until its last consumer has run. Outputs
-    computed again, or out of order, still get correct data (the entry is read again). Entries
-    with one consumer are never cached and take no lock, so outputs computed on several threads
-    read in parallel; a shared entry is read under its own lock, once.
-    """
-
-    def __init__(self) -> None:
-        self._remaining: dict[str, int] = {}
-        self._arrays: dict[str, np.ndarray] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def register(self, entry: Entry) -> None:
-        self._remaining[entry.name] = self._remaining.get(entry.name, 0) + 1
-
-    def get(self, entry: Entry) -> np.ndarray:
-        name = entry.name
-        cached = self._arrays.get(name)
-        if cached is not None:
-            return cached
-        if self._remaining.get(name, 0) <= 1:
-            return entry.read()  # its only (or last) consumer: nothing to share
-        with self._lock:
-            lock = self._locks.setdefault(name, threading.Lock())
-        with lock:
-            cached = self._arrays.get(name)
-            if cached is None:
-                cached = entry.read()
-                if self._remaining.get(name, 0) > 1:
-                    self._arrays[name] = cached
-            return cached
-
-    def release(self, entry: Entry) -> None:
-        with self._lock:
-            left = self._remaining.get(entry.name, 0) - 1
-            self._remaining[entry.name] = max(left, 0)
-            if left <= 0:
-                self._arrays.pop(entry.name, None)
-                self._locks.pop(entry.name, None)
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One op bound to the shapes and dtypes the plan inferred for it."""
-
-    op: Op
-    out_shape: tuple[int, ...]
-    out_dtype: np.dtype
-
-    def run(self, array: np.ndarray) -> np.ndarray:
-        return self.op.apply(array, self.out_shape, self.out_dtype)
-
-
-def _describe_steps(steps: Sequence[_Step], head: str = "") -> str:
-    parts = [head] if head else []
-    parts += [s.op.describe() for s in steps]
-    return " | ".join(parts)
-
-
-def _finish(
-    array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, what: str, view: bool = False
-) -> np.ndarray:
-    if array.shape != shape or array.dtype != dtype:
-        # inference and execution disagree: a bug, but never hand a writer the wrong tensor
-        raise PlanError(
-            [f"{what}: computed {list(array.shape)} {dtype_name(array.dtype)}, planned {list(shape)} {dtype_name(dtype)}"]
-        )
-    if view or array.flags.c_contiguous:
-        return array
-    return array.copy(order="C")  # np.ascontiguousarray would turn a 0-d array into 1-d
-
-
-def _run_steps(array: np.ndarray, steps: Sequence[_Step], *, view: bool = False) -> np.ndarray:
-    """Run the steps; with ``view``, a final transpose gives a view instead of a copy."""
-    for step in steps[:-1] if view else steps:
-        array = step.run(array)
-    if view:
-        array = steps[-1].op.view(array)  # type: ignore[attr-defined]
-    return array
-
-
-def _only_casts(steps: Sequence[_Step]) -> bool:
-    """Whether every step is elementwise (casts), so the output can be made piece by piece."""
-    return bool(steps) and all(isinstance(s.op, Cast) for s in steps)
-
-
-def _ends_in_view(steps: Sequence[_Step]) -> bool:
-    """Whether the last step can hand a writer a view (a transpose) instead of a new array."""
-    return bool(steps) and isinstance(steps[-1].op, Transpose)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -309,7 +209,7 @@ class _Builder:
         self.strict = strict
         self.entries = store.entries(include_all=include_all)
         self.problems: list[Problem] = []
-        self.cache = _SourceCache()
+        self.cache = SourceCache()
         self.planned: list[_Planned] = []
         self.aliases = AliasTable(target) if target is not None else None
         self.part: set[str] | None = None  # the part of the target only= chooses
@@ -402,13 +302,13 @@ class _Builder:
 
     def infer_chain(
         self, rule: Rule | None, ops: Sequence[Op], shape: tuple[int, ...], dtype: np.dtype, name: str, what: str
-    ) -> tuple[list[_Step], tuple[int, ...], np.dtype] | None:
+    ) -> tuple[list[Step], tuple[int, ...], np.dtype] | None:
         """Infer through ``ops`` (plus the default cast); None and a problem when one fails."""
         target = self.target.get(name) if self.target is not None else None
         declared = rule.shape if rule is not None else None
         # reshape: target takes the live target's shape, or else the rule's declared shape
         wanted = target.shape if target is not None else declared
-        steps: list[_Step] = []
+        steps: list[Step] = []
         label = rule.label if rule is not None else "passthrough"
         impossible = shape_problem(shape, np.dtype(dtype).itemsize)
         if impossible is not None:
@@ -433,7 +333,7 @@ class _Builder:
                 )
                 return None
             if not _is_identity(op, shape, dtype, new_shape, new_dtype):
-                steps.append(_Step(op, new_shape, new_dtype))
+                steps.append(Step(op, new_shape, new_dtype))
             shape, dtype = new_shape, new_dtype
         explicit_cast = any(isinstance(op, Cast) for op in ops)
         default = self._default_dtype_for(name, target)
@@ -449,7 +349,7 @@ class _Builder:
                 return None
             allow = rule.allow_overflow if rule is not None else False
             cast = Cast(default, allow_overflow=allow, note=note, allow_lossy=self.allow_lossy)
-            steps.append(_Step(cast, shape, default))
+            steps.append(Step(cast, shape, default))
             dtype = default
         if declared is not None and tuple(declared) != tuple(shape):
             assert rule is not None
@@ -511,86 +411,18 @@ class _Builder:
             sources=[entry],
             shape=shape,
             dtype=dtype,
-            compute=self._single_compute(entry, steps, shape, dtype, name, label),
-            view=self._single_compute(entry, steps, shape, dtype, name, label, view=True)
-            if _ends_in_view(steps)
+            compute=single_compute(self.cache, self.store.path, entry, steps, shape, dtype, name, label),
+            view=single_compute(self.cache, self.store.path, entry, steps, shape, dtype, name, label, view=True)
+            if ends_in_view(steps)
             else None,
-            blocks=self._cast_blocks(entry, steps, name, label)
-            if _only_casts(steps) and entry.byte_range is not None
+            blocks=cast_blocks(self.cache, self.store.path, entry, steps, name, label)
+            if only_casts(steps) and entry.byte_range is not None
             else None,
-            ops_text=_describe_steps(steps),
+            ops_text=describe_steps(steps),
             rule=rule,
             unchanged=not steps,
             order=(owned.position, 0),
         )
-
-    def _single_compute(
-        self,
-        entry: Entry,
-        steps: list[_Step],
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        name: str,
-        label: str,
-        *,
-        view: bool = False,
-    ) -> Callable[[], np.ndarray]:
-        if not steps:
-            return entry.read
-        cache, path = self.cache, self.store.path
-
-        def compute() -> np.ndarray:
-            try:
-                array = _run_steps(cache.get(entry), steps, view=view)
-                return _finish(array, shape, dtype, what=f"{label}: output {name!r}", view=view)
-            except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name) from None
-            finally:
-                cache.release(entry)
-
-        return compute
-
-    def _cast_blocks(
-        self, entry: Entry, steps: list[_Step], name: str, label: str
-    ) -> Callable[[int], Iterator[np.ndarray]]:
-        """The output piece by piece: the stored bytes read a block at a time into one buffer
-        and cast, so memory stays at a block whatever the tensor's size. The source's recorded
-        CRC-32C is checked over the blocks read, once the last one is (or first thing when an
-        op fails: damaged bytes can look like values that overflow)."""
-        cache, path = self.cache, self.store.path
-        byte_range = entry.byte_range
-        assert byte_range is not None
-
-        def blocks(max_bytes: int) -> Iterator[np.ndarray]:
-            count = int(np.prod(entry.shape, dtype=np.int64))
-            widest = max([entry.dtype.itemsize] + [s.out_dtype.itemsize for s in steps])
-            per = max(1, max_bytes // widest)
-            buffer = np.empty(min(per, count), dtype=entry.dtype)
-            crc = 0
-            fd = os.open(byte_range.path, os.O_RDONLY)
-            try:
-                for start in range(0, count, per):
-                    chunk = buffer[: min(per, count - start)]
-                    raw = chunk.view(np.uint8)
-                    byte_range.read_into(raw, start=start * entry.dtype.itemsize, fd=fd, tensor=entry.name)
-                    if entry.crc32c is not None:
-                        crc = crc32c.crc32c(raw, crc)
-                    try:
-                        for step in steps:
-                            chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
-                    except ExecutionProblem as e:
-                        # damaged bytes can look like values that overflow: say which it is
-                        entry.verify_crc()
-                        raise PlanError(
-                            [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name
-                        ) from None
-                    yield chunk
-            finally:
-                os.close(fd)
-                cache.release(entry)  # this output is done with its source, as compute() is
-            entry.compare_crc(crc)
-
-        return blocks
 
     def plan_map(self, rule: Rule, owned: list[_Owned]) -> None:
         templates = rule.to_templates
@@ -629,7 +461,7 @@ class _Builder:
                 chains.append(chain)
             if any(c is None for c in chains):
                 continue
-            shared = _SplitShared(entry, split, self.cache)
+            shared = SplitShared(entry, split, self.cache)
             for i, (chain, name) in enumerate(zip(chains, names)):
                 assert chain is not None
                 steps, shape, dtype = chain
@@ -639,7 +471,7 @@ class _Builder:
                     shape=shape,
                     dtype=dtype,
                     compute=shared.compute_part(i, steps, shape, dtype, name, rule.label, self.store.path),
-                    ops_text=_describe_steps(steps, f"{split.describe()} -> part {i + 1}"),
+                    ops_text=describe_steps(steps, f"{split.describe()} -> part {i + 1}"),
                     rule=rule,
                     unchanged=False,
                     order=(o.position, i),
@@ -686,27 +518,12 @@ class _Builder:
                 sources=entries,
                 shape=shape,
                 dtype=dtype,
-                compute=self._join_compute(join, entries, steps, shape, dtype, name, rule.label),
-                ops_text=_describe_steps(steps, join.describe()),
+                compute=join_compute(self.cache, self.store.path, join, entries, steps, shape, dtype, name, rule.label),
+                ops_text=describe_steps(steps, join.describe()),
                 rule=rule,
                 unchanged=False,
                 order=(min(o.position for o in members), 0),
             )
-
-    def _join_compute(self, join, entries, steps, shape, dtype, name, label) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]
-        cache, path = self.cache, self.store.path
-
-        def compute() -> np.ndarray:
-            try:
-                joined = join.apply_many([cache.get(e) for e in entries])
-                return _finish(_run_steps(joined, steps), shape, dtype, what=f"{label}: output {name!r}")
-            except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r}: {e}"], path=path, tensor=name) from None
-            finally:
-                for e in entries:
-                    cache.release(e)
-
-        return compute
 
     # the whole plan
 
@@ -849,27 +666,6 @@ class _Builder:
 def _some(names: Sequence[str], limit: int = 10) -> str:
     """The first names, quoted, and "..." when there are more."""
     return ", ".join(map(repr, names[:limit])) + (", ..." if len(names) > limit else "")
-
-
-class _SplitShared:
-    """The parts of one split source: read once, each part computed by its own output."""
-
-    def __init__(self, entry: Entry, split: Split, cache: _SourceCache) -> None:
-        self.entry = entry
-        self.split = split
-        self.cache = cache
-
-    def compute_part(self, i, steps, shape, dtype, name, label, path) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]
-        def compute() -> np.ndarray:
-            try:
-                part = self.split.apply_split(self.cache.get(self.entry))[i]
-                return _finish(_run_steps(part, steps), shape, dtype, what=f"{label}: output {name!r}")
-            except ExecutionProblem as e:
-                raise PlanError([f"{label}: output {name!r} from {self.entry.name!r}: {e}"], path=path, tensor=name) from None
-            finally:
-                self.cache.release(self.entry)
-
-        return compute
 
 
 def _is_identity(op: Op, shape, dtype, new_shape, new_dtype) -> bool:  # type: ignore[no-untyped-def]

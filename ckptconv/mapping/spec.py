@@ -21,8 +21,8 @@ import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating, known_names
 from ..errors import NoSuchFileError, SpecError
+from .cast import Cast
 from .ops import (
-    Cast,
     Concat,
     ExpandDims,
     FnOp,
