@@ -13,7 +13,7 @@ built-in ``open``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import sys
 import types

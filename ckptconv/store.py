@@ -42,6 +42,11 @@ MAX_DIMS = 64
 """The most dimensions a numpy array has (``numpy.empty`` refuses more)."""
 
 
+def shape_text(shape: Iterable[int]) -> str:
+    """A shape as every message writes it: ``[3, 3, 8, 16]`` (``[]`` for a scalar)."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
 def shape_problem(shape: Iterable[int], itemsize: int) -> str | None:
     """What makes ``shape`` impossible for a numpy array of ``itemsize``-byte elements, or None.
 

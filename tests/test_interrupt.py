@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.helpers import tmpfs
+
 BIG_TENSORS = 4
 BIG_ELEMENTS = 20_000_000  # 4 x 80 MB of float32: 320 MB, a few seconds to convert with fsync
 
@@ -241,17 +243,8 @@ def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs (needs root and a mount-capable container; skipped otherwise)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path, "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_fails_in_one_line_and_leaves_nothing(tmp_path: Path, tiny_tmpfs: Path) -> None:

@@ -36,7 +36,7 @@ import pytest
 
 import ckptconv
 from ckptconv import CorruptFileError, FormatError, IntegrityError, OutputError, UnsafeInputError
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tmpfs
 from tests.test_robustness_corpus import (  # noqa: F401 - fixtures
     Case,
     base,
@@ -340,17 +340,8 @@ def test_an_atomic_save_that_cannot_fit_is_refused_before_writing(tmp_path: Path
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 256 KB tmpfs (needs root and a mount-capable container; skipped otherwise)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path, "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_transplant_to_a_full_disk_fails_in_one_line(generated, tmp_path: Path, tiny_tmpfs: Path) -> None:

@@ -11,7 +11,7 @@ from ..errors import LoadError
 from ..interrupts import deferred_interrupts
 from ..mapping.patterns import Pattern, matches_path_or_parent
 from .match import Assignment
-from .report import shape_text
+from ..store import shape_text
 from .targets import LiveModel, TargetVar
 
 __all__ = ["assign", "freeze_loaded"]

@@ -14,7 +14,8 @@ from ..errors import LoadError, problem
 from ..mapping.cast import cast_array, cast_problem
 from ..mapping.ops import ExecutionProblem
 from ..store import Entry, Store
-from .report import LoadedWeight, LoadReport, WeightInfo, WeightMismatch, shape_text
+from ..store import shape_text
+from .report import LoadedWeight, LoadReport, WeightInfo, WeightMismatch
 from .structure import StructureMatch
 from .targets import LiveModel, TargetVar
 

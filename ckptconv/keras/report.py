@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import Problem
+from ..store import shape_text
 
-__all__ = ["WeightInfo", "LoadedWeight", "WeightMismatch", "LoadReport", "shape_text"]
+__all__ = ["WeightInfo", "LoadedWeight", "WeightMismatch", "LoadReport"]
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,6 @@ class LoadReport:
 # problem kinds with their own section in the table
 _LISTED_KINDS = ("missing", "unused", "mismatched")
 
-
-def shape_text(shape: Iterable[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _source_text(w: LoadedWeight) -> str:

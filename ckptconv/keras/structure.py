@@ -40,7 +40,7 @@ from typing import Any
 from ..formats.keras_orbax import FORMAT as ORBAX_FORMAT
 from ..formats.keras_orbax import TREE_KINDS
 from ..store import Entry, Store
-from .report import shape_text
+from ..store import shape_text
 from .targets import LiveModel, TargetVar
 
 __all__ = [

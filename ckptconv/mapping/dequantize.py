@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_name, is_floating
-from .ops import Op, OpError, Shape, _fmt, _normalize_axis
+from ..store import shape_text
+from .ops import Op, OpError, Shape, _normalize_axis
 
 __all__ = ["Dequantize"]
 
@@ -50,8 +51,8 @@ class Dequantize(Op):
                 fits = False
             if not fits:
                 raise OpError(
-                    f"{self.describe()}: scale {_fmt(scale)} does not broadcast against "
-                    f"{_fmt(shape)}; give the axis it runs along ({{dequantize: {{axis: 0}}}})"
+                    f"{self.describe()}: scale {shape_text(scale)} does not broadcast against "
+                    f"{shape_text(shape)}; give the axis it runs along ({{dequantize: {{axis: 0}}}})"
                 )
             return scale
         ndim = len(shape)
@@ -59,8 +60,8 @@ class Dequantize(Op):
         core = tuple(d for d in scale if d != 1) or (1,)
         if tuple(shape[axis : axis + len(core)]) != core and core != (1,):
             raise OpError(
-                f"{self.describe()}: scale {_fmt(scale)} does not run along axis {self.axis} "
-                f"of {_fmt(shape)}"
+                f"{self.describe()}: scale {shape_text(scale)} does not run along axis {self.axis} "
+                f"of {shape_text(shape)}"
             )
         if core == (1,):
             return (1,) * ndim

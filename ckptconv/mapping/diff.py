@@ -26,7 +26,7 @@ import numpy as np
 from ..dtypes import by_name, dtype_name, is_floating
 from ..errors import PlanError, UsageError
 from ..options import keyword_options, option_value
-from ..store import Entry, Output, Store
+from ..store import Entry, Output, Store, shape_text
 from .plan import TargetTensor, build_plan
 from .report import table_lines
 
@@ -98,7 +98,7 @@ class TensorDiff:
     def describe(self) -> str:
         """One line for people: what differs and by how much."""
         if self.status == "shape":
-            return f"shape {_shape(self.shape_a)} in A, {_shape(self.shape_b)} in B"
+            return f"shape {shape_text(self.shape_a)} in A, {shape_text(self.shape_b)} in B"
         parts = []
         if self.status == "dtype":
             parts.append(f"dtype {self.dtype_a} in A, {self.dtype_b} in B")
@@ -202,8 +202,8 @@ class DiffReport:
         for t in self.tensors:
             if verbose or not t.ok:
                 rows.append((t.status, t.name, t.describe()))
-        rows += [("only in A", t.name, f"{_shape(t.shape)} {t.dtype}") for t in self.only_in_a]
-        rows += [("only in B", t.name, f"{_shape(t.shape)} {t.dtype}") for t in self.only_in_b]
+        rows += [("only in A", t.name, f"{shape_text(t.shape)} {t.dtype}") for t in self.only_in_a]
+        rows += [("only in B", t.name, f"{shape_text(t.shape)} {t.dtype}") for t in self.only_in_b]
         if rows:
             lines.append("")
             lines += table_lines(("STATUS", "TENSOR", "DETAIL"), rows)
@@ -591,9 +591,6 @@ def _value_text(value: Any, dtype: str) -> str:
             pass
     return repr(value)
 
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _num(value: float | None) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
+from ..store import shape_text
 
 __all__ = [
     "OpError",
@@ -60,9 +61,6 @@ class ExecutionProblem(Exception):
     """An op failed on the data at execution time: a cast met values the target dtype cannot
     hold, or a callable returned another shape or dtype than the plan inferred."""
 
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _normalize_axis(axis: int, ndim: int, what: str) -> int:
@@ -202,15 +200,15 @@ class Reshape(Op):
         else:
             wanted = tuple(self.shape)  # type: ignore[arg-type]
         if any(d < -1 for d in wanted) or wanted.count(-1) > 1:
-            raise OpError(f"reshape {_fmt(wanted)}: dimensions are sizes, with at most one -1")
+            raise OpError(f"reshape {shape_text(wanted)}: dimensions are sizes, with at most one -1")
         if wanted.count(-1) == 1:
             known = math.prod(d for d in wanted if d != -1)
             if known == 0 or size % known:
-                raise OpError(f"reshape {_fmt(wanted)}: cannot reshape {_fmt(shape)} ({size} elements)")
+                raise OpError(f"reshape {shape_text(wanted)}: cannot reshape {shape_text(shape)} ({size} elements)")
             wanted = tuple(size // known if d == -1 else d for d in wanted)
         if math.prod(wanted) != size:
             raise OpError(
-                f"reshape {_fmt(wanted)}: cannot reshape {_fmt(shape)} ({size} elements) into "
+                f"reshape {shape_text(wanted)}: cannot reshape {shape_text(shape)} ({size} elements) into "
                 f"{math.prod(wanted)} elements"
             )
         return wanted, np.dtype(dtype)
@@ -219,7 +217,7 @@ class Reshape(Op):
         return np.reshape(array, out_shape)
 
     def describe(self):
-        return "reshape target" if self.shape == "target" else f"reshape {_fmt(self.shape)}"  # type: ignore[arg-type]
+        return "reshape target" if self.shape == "target" else f"reshape {shape_text(self.shape)}"  # type: ignore[arg-type]
 
     def to_spec(self):
         return {"reshape": "target" if self.shape == "target" else list(self.shape)}
@@ -291,7 +289,7 @@ class Slice(Op):
         index: tuple[Any, ...] = self._index  # type: ignore[attr-defined]
         consuming = [i for i in index if i is not None and i is not Ellipsis]
         if len(consuming) > len(shape):
-            raise OpError(f"slice {self.text}: indexes {len(consuming)} axes of a {len(shape)}-D shape {_fmt(shape)}")
+            raise OpError(f"slice {self.text}: indexes {len(consuming)} axes of a {len(shape)}-D shape {shape_text(shape)}")
         if Ellipsis in index:
             at = index.index(Ellipsis)
             fill = (slice(None),) * (len(shape) - len(consuming))
@@ -309,11 +307,11 @@ class Slice(Op):
                 out.append(len(range(*item.indices(n))))
             else:
                 if not -n <= item < n:
-                    raise OpError(f"slice {self.text}: index {item} is out of range for axis {axis} of size {n} in {_fmt(shape)}")
+                    raise OpError(f"slice {self.text}: index {item} is out of range for axis {axis} of size {n} in {shape_text(shape)}")
             axis += 1
         if math.prod(shape) > 0 and math.prod(out) == 0:
             # numpy clips out-of-range slices to nothing; for weights that is always a mistake
-            raise OpError(f"slice {self.text}: selects nothing from {_fmt(shape)} (out of range?)")
+            raise OpError(f"slice {self.text}: selects nothing from {shape_text(shape)} (out of range?)")
         return tuple(out), np.dtype(dtype)
 
     def apply(self, array, out_shape, out_dtype):
@@ -342,7 +340,7 @@ class Squeeze(Op):
         axes = {_normalize_axis(a, len(shape), self.describe()) for a in self.axis}
         for a in sorted(axes):
             if shape[a] != 1:
-                raise OpError(f"{self.describe()}: axis {a} of {_fmt(shape)} has size {shape[a]}, not 1")
+                raise OpError(f"{self.describe()}: axis {a} of {shape_text(shape)} has size {shape[a]}, not 1")
         return tuple(d for i, d in enumerate(shape) if i not in axes), np.dtype(dtype)
 
     def apply(self, array, out_shape, out_dtype):
@@ -424,7 +422,7 @@ class FnOp(Op):
                 result = np.asarray(self.fn(probe))
             except Exception as e:  # the user's code: any failure is a plan problem
                 raise OpError(
-                    f"callable {_fn_name(self.fn)} failed on a zero probe of shape {_fmt(shape)} "
+                    f"callable {_fn_name(self.fn)} failed on a zero probe of shape {shape_text(shape)} "
                     f"{dtype_name(src)} ({type(e).__name__}: {e}); pass "
                     "{'fn': f, 'shape': ..., 'dtype': ...} to declare its result"
                 ) from e
@@ -436,8 +434,8 @@ class FnOp(Op):
         result = np.asarray(self.fn(array))
         if result.shape != tuple(out_shape) or result.dtype != out_dtype:
             raise ExecutionProblem(
-                f"callable {_fn_name(self.fn)} returned shape {_fmt(result.shape)} "
-                f"{dtype_name(result.dtype)}, the plan expected {_fmt(out_shape)} {dtype_name(out_dtype)}"
+                f"callable {_fn_name(self.fn)} returned shape {shape_text(result.shape)} "
+                f"{dtype_name(result.dtype)}, the plan expected {shape_text(out_shape)} {dtype_name(out_dtype)}"
             )
         return result
 
@@ -476,7 +474,7 @@ class Concat(Op):
         axis = _normalize_axis(self.axis, ndim, self.describe())
         for s in shapes[1:]:
             if len(s) != ndim or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
-                listed = ", ".join(_fmt(x) for x in shapes)
+                listed = ", ".join(shape_text(x) for x in shapes)
                 raise OpError(f"{self.describe()}: shapes {listed} differ outside axis {self.axis}")
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
@@ -505,7 +503,7 @@ class Stack(Op):
         dtype = _same_dtype(self.describe(), dtypes)
         for s in shapes[1:]:
             if tuple(s) != tuple(shapes[0]):
-                listed = ", ".join(_fmt(x) for x in shapes)
+                listed = ", ".join(shape_text(x) for x in shapes)
                 raise OpError(f"{self.describe()}: shapes differ ({listed})")
         ndim = len(shapes[0]) + 1
         axis = _normalize_axis(self.axis, ndim, self.describe())
@@ -555,16 +553,16 @@ class Split(Op):
     def _sizes(self, n: int, shape: Shape) -> list[int]:
         if self.parts is not None:
             if n % self.parts:
-                raise OpError(f"{self.describe()}: axis {self.axis} of {_fmt(shape)} has size {n}, not divisible by {self.parts}")
+                raise OpError(f"{self.describe()}: axis {self.axis} of {shape_text(shape)} has size {n}, not divisible by {self.parts}")
             return [n // self.parts] * self.parts
         sizes = list(self.sizes or ())
         if sizes.count(-1) == 1:
             rest = n - sum(s for s in sizes if s != -1)
             if rest < 0:
-                raise OpError(f"{self.describe()}: sizes exceed axis {self.axis} of {_fmt(shape)} (size {n})")
+                raise OpError(f"{self.describe()}: sizes exceed axis {self.axis} of {shape_text(shape)} (size {n})")
             sizes = [rest if s == -1 else s for s in sizes]
         if sum(sizes) != n:
-            raise OpError(f"{self.describe()}: sizes add up to {sum(sizes)}, axis {self.axis} of {_fmt(shape)} has size {n}")
+            raise OpError(f"{self.describe()}: sizes add up to {sum(sizes)}, axis {self.axis} of {shape_text(shape)} has size {n}")
         return sizes
 
     def apply_split(self, array: np.ndarray) -> list[np.ndarray]:

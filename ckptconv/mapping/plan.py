@@ -21,7 +21,7 @@ from .._gc import paused_gc
 from ..dtypes import by_name, is_floating
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value
-from ..store import Entry, Output, Store, shape_problem
+from ..store import Entry, Output, Store, shape_problem, shape_text
 from .aliases import AliasTable
 from .execute import (
     SourceCache, SplitShared, Step, cast_blocks, describe_steps, dtype_name, ends_in_view, join_compute,
@@ -182,9 +182,6 @@ def _nearest(text: str, candidates: Sequence[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(probe, candidates, n=n, cutoff=0.4)
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
 
 class _Builder:
     """Builds one plan. Collects problems instead of raising them."""
@@ -313,7 +310,7 @@ class _Builder:
         impossible = shape_problem(shape, np.dtype(dtype).itemsize)
         if impossible is not None:
             self.problem(
-                "op", f"{label}: {what}: the result {_shape_text(shape)} would have {impossible}",
+                "op", f"{label}: {what}: the result {shape_text(shape)} would have {impossible}",
                 rule=rule, name=name,
             )
             return None
@@ -322,12 +319,12 @@ class _Builder:
                 new_shape, new_dtype = op.infer(shape, dtype, target=wanted)
                 impossible = shape_problem(new_shape, np.dtype(new_dtype).itemsize)
                 if impossible is not None:
-                    raise OpError(f"the result {_shape_text(new_shape)} would have {impossible}")
+                    raise OpError(f"the result {shape_text(new_shape)} would have {impossible}")
             except OpError as e:
                 self.problem(
                     "op",
                     f"{label}: {what}: op {i} ({op.describe()}) does not apply to "
-                    f"{_shape_text(shape)} {dtype_name(dtype)}: {e}",
+                    f"{shape_text(shape)} {dtype_name(dtype)}: {e}",
                     rule=rule,
                     name=name,
                 )
@@ -355,8 +352,8 @@ class _Builder:
             assert rule is not None
             self.problem(
                 "declared-shape",
-                f"{rule.label}: {what}: the result is {_shape_text(shape)}, the rule declares "
-                f"shape {_shape_text(declared)}",
+                f"{rule.label}: {what}: the result is {shape_text(shape)}, the rule declares "
+                f"shape {shape_text(declared)}",
                 rule=rule,
                 name=name,
             )
@@ -449,7 +446,7 @@ class _Builder:
                 self.problem(
                     "op",
                     f"{rule.label}: entry {entry.name!r}: {split.describe()} does not apply to "
-                    f"{_shape_text(entry.shape)} {dtype_name(entry.dtype)}: {e}",
+                    f"{shape_text(entry.shape)} {dtype_name(entry.dtype)}: {e}",
                     rule=rule,
                     name=entry.name,
                 )
@@ -506,7 +503,7 @@ class _Builder:
             try:
                 shape, dtype = join.infer_many([e.shape for e in entries], [e.dtype for e in entries])
             except OpError as e:
-                listed = ", ".join(f"{e_.name!r} {_shape_text(e_.shape)}" for e_ in entries)
+                listed = ", ".join(f"{e_.name!r} {shape_text(e_.shape)}" for e_ in entries)
                 self.problem("op", f"{rule.label}: output {name!r} from {listed}: {e}", rule=rule, name=name)
                 continue
             chain = self.infer_chain(rule, rule.ops, shape, dtype, name, f"output {name!r}")
@@ -652,8 +649,8 @@ class _Builder:
             self.problem(
                 "target-mismatch",
                 f"{p.rule.label if p.rule else 'passthrough'}: output {p.name!r} does not fit the target: "
-                f"it is {_shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
-                f"{_shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}",
+                f"it is {shape_text(p.shape)} {dtype_name(p.dtype)}, the target has "
+                f"{shape_text(want.shape)} {dtype_name(want.dtype)} (shape/dtype){fix}",
                 rule=p.rule,
                 name=p.name,
             )

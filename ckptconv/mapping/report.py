@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import Problem
+from ..store import shape_text
 
 __all__ = ["OutputRecord", "SourceRecord", "TargetMismatch", "PlanReport", "Status"]
 
 Status = Literal["used", "dropped", "passthrough", "unused", "outside-only"]
 
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 @dataclass(frozen=True)
@@ -115,8 +113,8 @@ class TargetMismatch:
 
     def __str__(self) -> str:
         return (
-            f"{self.name}: expected {_shape(self.expected_shape)} {self.expected_dtype}, "
-            f"got {_shape(self.got_shape)} {self.got_dtype}"
+            f"{self.name}: expected {shape_text(self.expected_shape)} {self.expected_dtype}, "
+            f"got {shape_text(self.got_shape)} {self.got_dtype}"
         )
 
 
@@ -205,7 +203,7 @@ class PlanReport:
             rows = [
                 (
                     o.name,
-                    _shape(o.shape),
+                    shape_text(o.shape),
                     o.dtype,
                     ", ".join(o.sources),
                     "passthrough" if o.rule is None else f"#{o.rule}",
@@ -219,7 +217,7 @@ class PlanReport:
             rows = [
                 (
                     s.name,
-                    _shape(s.shape),
+                    shape_text(s.shape),
                     s.dtype,
                     s.status,
                     "-" if s.rule is None else f"#{s.rule}",

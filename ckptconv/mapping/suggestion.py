@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..dtypes import dtype_name
+from ..store import shape_text
 from .conventions import DROPPED, conventions_text
 from .spec import Rule, Spec
 
@@ -148,12 +149,9 @@ def _op_arg(ops: tuple[Any, ...], name: str) -> str | None:
     for op in ops:
         if isinstance(op, dict) and name in op:
             value = op[name]
-            return _shape(tuple(value)) if isinstance(value, list) else str(value)
+            return shape_text(tuple(value)) if isinstance(value, list) else str(value)
     return None
 
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 class SpecWriter:
@@ -251,7 +249,7 @@ class SpecWriter:
                        f"target layer {t.position + 1} of {len(self.a.targets)})")
         else:
             why.append("shapes: the only layers left that fit each other")
-        shapes = ", ".join(f"{p.target.leaf} {_shape(p.target.shape)}" for p in pair.pairs)
+        shapes = ", ".join(f"{p.target.leaf} {shape_text(p.target.shape)}" for p in pair.pairs)
         why.append(f"shapes fit ({shapes})")
         why += conventions_text(pair.pairs)
         for op, text in (("reshape", "reshaped (axes split or merged, no element moves)"), ("cast", "cast")):
@@ -293,7 +291,7 @@ class SpecWriter:
                 note = "no target layer is left"
                 suggestion = {"layer": _literal(layer.name), "to_layer": "TARGET_LAYER"}
             else:
-                theirs = ", ".join(f"{x.leaf} {_shape(x.shape)}" for x in nearest.tensors)
+                theirs = ", ".join(f"{x.leaf} {shape_text(x.shape)}" for x in nearest.tensors)
                 note = f"no target layer left fits; nearest: {nearest.name} ({theirs})"
                 suggestion = {"layer": _literal(layer.name), "to_layer": _template(nearest.name)}
             for i, x in enumerate(tensors):
@@ -411,7 +409,7 @@ def _render_yaml(s: Suggestion, spec_name: str = "SPEC") -> str:
         width = max(len(x.name) for x in s.unfilled)
         for x in s.unfilled:
             note = f"  ({x.note})" if x.note else ""
-            lines.append(f"#   {x.name.ljust(width)}  {_shape(x.shape)} {x.dtype}{note}")
+            lines.append(f"#   {x.name.ljust(width)}  {shape_text(x.shape)} {x.dtype}{note}")
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +419,7 @@ def _unplaced(leftovers: list[Leftover]) -> list[str]:
     for x in leftovers:
         by_layer.setdefault(x.layer, []).append(x)
     for layer, members in by_layer.items():
-        what = ", ".join(f"{x.name} {_shape(x.shape)} {x.dtype}" for x in members)
+        what = ", ".join(f"{x.name} {shape_text(x.shape)} {x.dtype}" for x in members)
         out += _comment(f"{what}: {members[0].note}", "  ")
         for x in members:
             if x.suggestion is not None:
