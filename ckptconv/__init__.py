@@ -15,6 +15,10 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
+import sys
+import types
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+
 from .errors import (
     CkptconvError,
     ClusterError,
@@ -33,25 +37,91 @@ from .errors import (
     UnsupportedError,
     UsageError,
 )
-from .convert import ConvertResult, convert
-from .formats import open as open  # noqa: A004 - ckptconv.open; import * leaves it out
-from .mapping import (
-    DiffReport,
-    Plan,
-    Rule,
-    Spec,
-    Suggestion,
-    TargetTensor,
-    TensorDiff,
-    build_plan,
-    diff,
-    load_spec,
-    suggest,
-)
-from .store import ByteRange, Entry, Output, Store
-from .verify import Mismatch, VerifyResult, verify_file
-from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
-from .writers.safetensors import WriteResult, parse_size, write_safetensors
+
+# Everything else is imported on first use (PEP 562), so that ``ckptconv --help``, a usage
+# error and ``import ckptconv`` itself cost no numpy or h5py import, and each command imports
+# only the modules it uses. name -> the module that defines it.
+_LAZY = {
+    "ConvertResult": "convert",
+    "convert": "convert",
+    "open": "formats",
+    "DiffReport": "mapping",
+    "Plan": "mapping",
+    "Rule": "mapping",
+    "Spec": "mapping",
+    "Suggestion": "mapping",
+    "TargetTensor": "mapping",
+    "TensorDiff": "mapping",
+    "build_plan": "mapping",
+    "diff": "mapping",
+    "load_spec": "mapping",
+    "suggest": "mapping",
+    "ByteRange": "store",
+    "Entry": "store",
+    "Output": "store",
+    "Store": "store",
+    "Mismatch": "verify",
+    "VerifyResult": "verify",
+    "verify_file": "verify",
+    "LoadReport": "keras",
+    "TransplantResult": "keras",
+    "load_into": "keras",
+    "model_targets": "keras",
+    "transplant": "keras",
+    "WriteResult": "writers.safetensors",
+    "parse_size": "writers.safetensors",
+    "write_safetensors": "writers.safetensors",
+}
+
+if TYPE_CHECKING:
+    from .convert import ConvertResult, convert
+    from .formats import open as open  # noqa: A004
+    from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
+    from .mapping import (
+        DiffReport,
+        Plan,
+        Rule,
+        Spec,
+        Suggestion,
+        TargetTensor,
+        TensorDiff,
+        build_plan,
+        diff,
+        load_spec,
+        suggest,
+    )
+    from .store import ByteRange, Entry, Output, Store
+    from .verify import Mismatch, VerifyResult, verify_file
+    from .writers.safetensors import WriteResult, parse_size, write_safetensors
+
+
+class _Package(types.ModuleType):
+    """``ckptconv.convert`` is the function: importing the module of the same name
+    (``import ckptconv.convert``, which sets the package's attribute) must not hide it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "convert" and isinstance(value, types.ModuleType):
+            value = value.convert
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckptconv' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",

@@ -51,12 +51,7 @@ __all__ = [
     "PATTERN_FIELDS",
 ]
 
-PATTERN_FIELDS = {
-    "stem": "the input's name without its checkpoint suffix (model.weights.h5 -> model)",
-    "name": "the input's full file name (model.weights.h5)",
-    "parent": "the name of the directory holding the input",
-    "index": "the input's position in the list, from 0",
-}
+from ._batch_fields import PATTERN_FIELDS  # noqa: E402 - one table, shared with the CLI
 
 # Longest first: a name loses one of these, or else its last extension.
 _SUFFIXES = (

@@ -7,6 +7,7 @@ are read by :meth:`Entry.read` (one entry at a time, never the others).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def shape_problem(shape: Iterable[int], itemsize: int) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ByteRange:
     """Where a tensor's raw bytes lie: ``length`` bytes at ``offset`` in the file ``path``.
 
@@ -262,9 +263,9 @@ class Entry:
             raise ValueError("an Entry needs a loader or a byte_range")
         self.name = name
         self.key = key
-        self.shape = tuple(int(d) for d in shape)
-        self.dtype = np.dtype(dtype)
-        self.path = os.fspath(path)
+        self.shape = tuple(map(int, shape))
+        self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        self.path = path if type(path) is str else os.fspath(path)
         problem = shape_problem(self.shape, self.dtype.itemsize)
         if problem is not None:
             raise CorruptFileError(
@@ -283,7 +284,7 @@ class Entry:
     @property
     def nbytes(self) -> int:
         """Size of the tensor in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
     @property
     def dtype_name(self) -> str:
@@ -524,10 +525,13 @@ class Store(Mapping[str, Entry]):
 
 def _unique_names(entries: list[Entry]) -> dict[str, Entry]:
     """Names are unique in a store: entries whose names collide fall back to their key."""
+    result: dict[str, Entry] = {entry.name: entry for entry in entries}
+    if len(result) == len(entries):
+        return result  # the common case: no collision
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry.name] = counts.get(entry.name, 0) + 1
-    result: dict[str, Entry] = {}
+    result = {}
     for entry in entries:
         if counts[entry.name] > 1:
             entry = entry.renamed(entry.key)
@@ -587,12 +591,12 @@ def keras_order(entries: Iterable[Entry]) -> None:
     for entry in entries:
         by_layer.setdefault((entry.kind, entry.layer), []).append(entry)
     for members in by_layer.values():
-        ranked = sorted(
-            enumerate(members),
-            key=lambda pair: (_KERAS_RANK.get(_own_part(pair[1]), 100), pair[0]),
-        )
-        for index, (_, entry) in enumerate(ranked):
-            entry.index = index
+        if len(members) == 1:
+            members[0].index = 0
+            continue
+        ranks = [_KERAS_RANK.get(_own_part(entry), 100) for entry in members]
+        for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
+            members[position].index = index  # sorted() is stable: unknown names keep their order
 
 
 def _own_part(entry: Entry) -> str:
@@ -636,8 +640,8 @@ class Output:
         compute_blocks: Callable[[int], Iterator[np.ndarray]] | None = None,
     ) -> None:
         self.name = name
-        self.shape = tuple(int(d) for d in shape)
-        self.dtype = np.dtype(dtype)
+        self.shape = tuple(map(int, shape))
+        self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
         self.compute = compute
         self.source = source
         self.compute_view = compute_view
@@ -651,7 +655,7 @@ class Output:
     @property
     def nbytes(self) -> int:
         """Size of the output tensor in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
     def __repr__(self) -> str:
         return f"Output({self.name!r}, shape={list(self.shape)}, dtype={dtype_name(self.dtype)})"

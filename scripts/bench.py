@@ -5,13 +5,18 @@
     .venv/bin/python scripts/bench.py --quick         # a 256 MiB model, 3 rounds (~4 min)
     .venv/bin/python scripts/bench.py --size 1GiB --rounds 5 --json out.json --markdown
     .venv/bin/python scripts/bench.py --only batch [--batch-files 64] [--batch-scheduler ADDR]
+    .venv/bin/python scripts/bench.py --only many,scale,start  # many tensors, start-up time
 
 It builds the benchmark model (N Dense layers of 4096x4096 fp32, seeded weights) with the real
 writers, each in a subprocess: Keras 3 ``.weights.h5`` and ``.keras``, tf-keras legacy ``.h5``
 and a TF checkpoint, a model twice as large as ``.weights.h5``, a BERT-style Hugging Face
 directory and, where torch is installed, a ``torch.save`` ``.pt`` of the same weights (converted
-side by side with ``torch.load(mmap=True)`` + ``safetensors.torch.save_file``); for the ``batch``
-group, 64 copies of an 8 MiB Keras 3 file. Then it runs every case in a fresh subprocess, all cases one after the other in
+side by side with ``torch.load(mmap=True)`` + ``safetensors.torch.save_file``); for the
+many-tensor groups, a Keras 3 model of 5000 small Dense layers side by side (10,000 tensors) as
+``.weights.h5``, ``.keras``, a sharded ``.weights.json`` and safetensors, in tf-keras as legacy
+``.h5`` and a TF checkpoint, and generated sets of 10,000 and 100,000 small tensors
+(TensorFlow's own SaveV2 op, and safetensors.numpy); for the ``batch`` group, 64 copies of an 8
+MiB Keras 3 file. Then it runs every case in a fresh subprocess, all cases one after the other in
 each round (so the machine's noise spreads over all of them), and reports the median wall
 time, the ratio to ``dd bs=16M conv=fsync`` (and to plain ``dd``) of the same file, and the
 peak RSS (``ru_maxrss`` of the finished child, from ``wait4``). The ``batch`` group reports
@@ -61,6 +66,14 @@ TORCH_CONVERT_RATIO = 1.0  # a stored zip member is a byte range: nothing to dec
 OPS_RATIO = 2.0
 RSS_LIMIT = 256 * MiB
 META_SECONDS = 1.0
+MANY_LAYERS = 5000  # Dense layers of the many-tensor model: 10,000 tensors
+MANY_UNITS = 32
+MANY_INSPECT_SECONDS = 0.5
+MANY_CONVERT_RATIO = 1.0  # against the h5py + save_file script on the same tensors
+HELP_SECONDS = 0.1
+SMALL_INSPECT_SECONDS = 0.25
+SCALE_COUNTS = (10_000, 100_000)
+SAMPLE = os.path.join(ROOT, "examples", "sample.keras")
 
 CHILD_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -87,7 +100,8 @@ class Case:
 
     Attributes:
         id: Short identifier (``convert:weights.h5``).
-        group: ``copy``, ``convert``, ``peer``, ``meta``, ``load``, ``diff``, ``large``, ``bert``.
+        group: ``copy``, ``convert``, ``peer``, ``meta``, ``load``, ``diff``, ``large``, ``bert``,
+            ``many``, ``scale``, ``start``.
         label: What the table shows.
         argv: The command.
         inputs: Files to warm (or evict) before each run.
@@ -99,7 +113,10 @@ class Case:
         inner: The program reports its own timed part (``BENCH {"seconds": ...}``); the table
             shows that instead of the process' wall time.
         rounds: Run this case only so many times (a slow reference).
-        target: ``copy``, ``ratio:<x>``, ``meta``, ``load``, or None (a reference).
+        target: ``copy``, ``ratio:<x>``, ``meta``, ``load``, ``seconds:<x>`` (median at most x
+            seconds), ``linear:<n>`` (at most n times the run over n times fewer tensors,
+            named by baseline: the cost per tensor does not grow), or None (a reference).
+        status: The exit status of a good run.
         files: Files the case converts (a batch): the table shows files per second.
     """
 
@@ -115,6 +132,7 @@ class Case:
     rounds: int | None = None
     target: str | None = None
     files: int | None = None
+    status: int = 0
 
 
 @dataclass
@@ -175,6 +193,30 @@ class Files:
     def batch_inputs(self) -> list[str]:
         """The batch group's inputs (written by ``bench_batch.py make``)."""
         return [self.p("batch", "in", f"m{i:03d}.weights.h5") for i in range(self.batch_files)]
+    def many(self) -> dict[str, tuple[str, list[str]]]:
+        """The 10,000-tensor model: format label -> (path, the files holding its bytes)."""
+        m = self.p("many")
+        ckpt = os.path.join(m, "ckpt", "many")
+        sharded = os.path.join(m, "sharded")
+        shards = sorted(os.path.join(sharded, n) for n in os.listdir(sharded)) \
+            if os.path.isdir(sharded) else [os.path.join(sharded, "many.weights.json")]
+        return {
+            ".weights.h5": (os.path.join(m, "many.weights.h5"), [os.path.join(m, "many.weights.h5")]),
+            ".keras": (os.path.join(m, "many.keras"), [os.path.join(m, "many.keras")]),
+            "sharded .weights.json": (os.path.join(sharded, "many.weights.json"), shards),
+            "legacy .h5": (os.path.join(m, "many_legacy.h5"), [os.path.join(m, "many_legacy.h5")]),
+            "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
+            "safetensors": (os.path.join(m, "many.safetensors"), [os.path.join(m, "many.safetensors")]),
+        }
+
+    def generated(self, count: int) -> dict[str, tuple[str, list[str]]]:
+        """``count`` generated tensors: TF checkpoint and safetensors."""
+        d = self.p(f"gen{count}")
+        prefix = os.path.join(d, "gen")
+        return {
+            "TF checkpoint": (prefix, [prefix + ".index", prefix + ".data-00000-of-00001"]),
+            "safetensors": (os.path.join(d, "gen.safetensors"), [os.path.join(d, "gen.safetensors")]),
+        }
 
 
 def bulk(paths: list[str]) -> str:
@@ -339,7 +381,69 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
                               f"batch of {n} 8 MiB .weights.h5, {label}", run + extra,
                               inputs=files.batch_inputs, outputs=[os.path.join(out, "batch")],
                               inner=True, files=n))
+    if "many" in groups:
+        many_cases(cases, files, out)
+    if "scale" in groups:
+        scale_cases(cases, files, out)
+    if "start" in groups:
+        cases.append(Case("start:python", "start", "python -c pass (the floor)", [PY, "-c", "pass"]))
+        cases.append(Case("start:help", "start", "ckptconv --help", CKPTCONV + ["--help"],
+                          target=f"seconds:{HELP_SECONDS}"))
+        cases.append(Case("start:usage", "start", "ckptconv convert (a usage error, exit 2)",
+                          CKPTCONV + ["convert"], target=f"seconds:{HELP_SECONDS}", status=2))
+        cases.append(Case("start:inspect", "start", "ckptconv inspect examples/sample.keras (9 KiB)",
+                          CKPTCONV + ["inspect", SAMPLE], inputs=[SAMPLE],
+                          target=f"seconds:{SMALL_INSPECT_SECONDS}"))
     return cases
+
+
+MANY_SHORT = {".weights.h5": "weights.h5", ".keras": "keras", "sharded .weights.json": "sharded",
+              "legacy .h5": "legacy.h5", "TF checkpoint": "tf-ckpt", "safetensors": "safetensors"}
+
+
+def many_cases(cases: list[Case], files: Files, out: str) -> None:
+    """10,000 tensors: inspect of every format, and convert against the h5py walk +
+    ``safetensors.numpy.save_file`` script on the same tensors (on the same file where h5py
+    reads it: ``.weights.h5``, and the ``.keras`` archive's weights member)."""
+    run = [PY, os.path.join(HERE, "bench_run.py")]
+    sources = files.many
+    w_path, w_files = sources[".weights.h5"]
+    k_path, k_files = sources[".keras"]
+    dst = os.path.join(out, "many.safetensors")
+    cases.append(Case("many-peer:h5py", "many", "h5py walk + save_file, 10k tensors, .weights.h5",
+                      run + ["h5py_save_file", w_path, dst], inputs=w_files, outputs=[dst]))
+    cases.append(Case("many-peer:h5py-keras", "many",
+                      "h5py walk + save_file, 10k tensors, .keras (its weights member)",
+                      run + ["h5py_save_file", k_path, dst], inputs=k_files, outputs=[dst]))
+    for label, (path, paths) in sources.items():
+        tag = MANY_SHORT[label]
+        cases.append(Case(f"many-inspect:{tag}", "many", f"ckptconv inspect, 10k tensors, {label}",
+                          CKPTCONV + ["inspect", path], inputs=paths,
+                          target=f"seconds:{MANY_INSPECT_SECONDS}"))
+        peer = "many-peer:h5py-keras" if label == ".keras" else "many-peer:h5py"
+        cases.append(Case(f"many-convert:{tag}", "many", f"ckptconv convert, 10k tensors, {label}",
+                          CKPTCONV + ["convert", path, dst, "--quiet"], inputs=paths,
+                          outputs=[dst], baseline=peer, target=f"ratio:{MANY_CONVERT_RATIO}"))
+
+
+def scale_cases(cases: list[Case], files: Files, out: str) -> None:
+    """Generated 10,000 and 100,000 tensors: inspect and convert, the larger against the
+    smaller (linear: at most 10x its time), within 256 MiB."""
+    small, large = SCALE_COUNTS
+    dst = os.path.join(out, "gen.safetensors")
+    for label, tag in (("TF checkpoint", "tf-ckpt"), ("safetensors", "safetensors")):
+        for command in ("inspect", "convert"):
+            for count in SCALE_COUNTS:
+                path, paths = files.generated(count)[label]
+                big = count == large
+                argv = ["inspect", path] if command == "inspect" else ["convert", path, dst, "--quiet"]
+                cases.append(Case(
+                    f"scale-{command}:{tag}-{count // 1000}k", "scale",
+                    f"ckptconv {command}, {count:,} tensors, {label}", CKPTCONV + argv,
+                    inputs=paths, outputs=[dst] if command == "convert" else [],
+                    baseline=f"scale-{command}:{tag}-{small // 1000}k" if big else None,
+                    target=f"linear:{large // small}" if big else None,
+                ))
 
 
 # --- building the inputs -----------------------------------------------------------------------
@@ -357,7 +461,7 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
     writer = [PY, os.path.join(HERE, "bench_write.py")]
     size = ["--layers", str(files.layers), "--units", str(UNITS)]
     jobs: list[tuple[str, list[str], str]] = []
-    need_main = groups & {"copy", "convert", "peer", "meta", "load", "diff"}
+    need_main = groups & {"copy", "convert", "peer", "meta", "load", "diff"}  # the big model
     if need_main:
         jobs.append(("Keras 3 .weights.h5 and .keras", writer + ["keras3", files.p("k3")] + size,
                      files.p("k3", "model.keras")))
@@ -376,6 +480,19 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         jobs.append(("BERT-style Hugging Face directory (safetensors, PyTorch layout)",
                      writer + ["bert", files.bert, "--layers", str(bert_layers)],
                      os.path.join(files.bert, "model.safetensors")))
+    if "many" in groups:
+        many = ["--layers", str(MANY_LAYERS), "--units", str(MANY_UNITS)]
+        jobs.append((f"Keras 3, {2 * MANY_LAYERS:,} tensors: .weights.h5, .keras, sharded, safetensors",
+                     writer + ["many-keras3", files.p("many")] + many,
+                     files.many["safetensors"][0]))
+        jobs.append((f"tf-keras, {2 * MANY_LAYERS:,} tensors: legacy .h5 and TF checkpoint",
+                     writer + ["many-tfkeras", files.p("many")] + many,
+                     files.many["TF checkpoint"][0] + ".index"))
+    if "scale" in groups:
+        for count in SCALE_COUNTS:
+            jobs.append((f"{count:,} generated tensors: TF checkpoint (SaveV2) and safetensors",
+                         writer + ["generated", files.p(f"gen{count}"), "--tensors", str(count)],
+                         files.generated(count)["safetensors"][0]))
     for what, argv, marker in jobs:
         if os.path.exists(marker):
             continue
@@ -459,7 +576,7 @@ def measure(case: Case, cache: str, logdir: str) -> Run:
     cpu = usage.ru_utime + usage.ru_stime
     with open(out_path, encoding="utf-8", errors="replace") as f:
         stdout = f.read()
-    if proc.returncode != 0:
+    if proc.returncode != case.status:
         with open(err_path, encoding="utf-8", errors="replace") as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
         return Run(wall, wall, rss, cpu, load, False,
@@ -540,6 +657,14 @@ def verdict(rows: dict[str, Row], row: Row) -> str:
     if target == "load":
         r = ratio(rows, row, row.case.baseline)
         return f"{'yes' if r is not None and r <= 1.0 else 'NO'} (≤ 1×)"
+    if target.startswith("seconds:"):
+        limit = float(target.split(":")[1])
+        return f"{'yes' if row.median <= limit else 'NO'} (≤ {limit:g} s)"
+    if target.startswith("linear:"):
+        n = float(target.split(":")[1])
+        r = ratio(rows, row, row.case.baseline)
+        met = r is not None and r <= n and (row.rss or 0) <= RSS_LIMIT
+        return f"{'yes' if met else 'NO'} (≤ {n:g}× the {n:g}x smaller set, ≤ 256 MiB)"
     return ""
 
 
@@ -694,7 +819,7 @@ def _installed(module: str) -> bool:
     return probe.returncode == 0
 
 
-GROUPS = ("copy", "convert", "peer", "meta", "load", "diff", "large", "bert", "batch")
+GROUPS = ("copy", "convert", "peer", "meta", "load", "diff", "large", "bert", "batch", "many", "scale", "start")
 BATCH_FILE = (2 * 1024 * 1024 + 2 * 1024) * 4  # 2 Dense 1024x1024 fp32 layers
 
 
@@ -752,6 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(base, exist_ok=True)
     need = model_bytes * (4 + 1 + 1 + (2 if "large" in groups else 0) + (2 if "large" in groups else 0)
                           + (2 if with_torch else 0))
+    if not groups & {"copy", "convert", "peer", "meta", "load", "diff", "large"}:
+        need = 0  # the many-tensor and start-up groups need a few hundred MB at most
+    need += 512 * MiB
     need += 2 * args.batch_files * BATCH_FILE if "batch" in groups else 0
     free = shutil.disk_usage(base).free
     if free < need:

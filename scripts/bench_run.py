@@ -6,6 +6,7 @@ where they can, ``ok`` (the loaded values checked against the seeded originals).
 
 Peers, the ways people convert today (whole model in memory):
     h5py_save_file SRC DST            h5py reads every dataset, safetensors.numpy.save_file
+                                      (of a .keras archive: its model.weights.h5 member)
     keras_save_file SRC DST L U       rebuild the model, load_weights, save_file
     tf_save_file PREFIX DST           tf.train.load_checkpoint, get_tensor each, save_file
     import_tf                         import tensorflow, nothing else
@@ -110,11 +111,15 @@ def report(**values: object) -> None:
 
 
 def h5py_save_file(src: str, dst: str) -> None:
+    """For a ``.keras`` archive, h5py reads the weights member through zipfile."""
+    import zipfile
+
     import h5py
     from safetensors.numpy import save_file
 
     tensors: dict[str, np.ndarray] = {}
-    with h5py.File(src, "r") as f:
+    source = zipfile.ZipFile(src).open("model.weights.h5") if src.endswith(".keras") else src
+    with h5py.File(source, "r") as f:
         def visit(name: str, obj: object) -> None:
             if isinstance(obj, h5py.Dataset):
                 tensors[name] = obj[()]

@@ -610,3 +610,26 @@ def test_leftover_temporaries_are_those_of_a_killed_write(tmp_path: Path) -> Non
         [*killed, ".model.safetensors.index.json.abcd1234.tmp", ".model.safetensors.x_y1z2w3.tmp"]
     )
     assert leftover_temporaries(tmp_path / "missing" / "model.safetensors") == []
+
+
+def test_names_json_must_escape_round_trip(tmp_path: Path) -> None:
+    """The header is encoded piece by piece: names with quotes, backslashes, control
+    characters, non-ASCII and line separators read back through the safetensors library,
+    and the checksum table names each of them."""
+    import crc32c
+
+    names = ['a"quoted"', "back\\slash/kernel", "new\nline", "tab\tand\x01ctl", "ünï/cödé", "\u2028sep", "plain"]
+    arrays = {n: np.arange(i + 1, dtype=np.float32) * (i + 1) for i, n in enumerate(names)}
+    dst = tmp_path / "names.safetensors"
+    write_safetensors([Output(n, a.shape, a.dtype, compute=lambda a=a: a) for n, a in arrays.items()], dst,
+                      fsync=False, metadata={"note": 'a "quoted" value'})
+    back = load_file(dst)
+    assert list(back) == names or sorted(back) == sorted(names)
+    for name, array in arrays.items():
+        assert_bit_exact(back[name], array, name)
+    raw = dst.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(header)[1:] == names  # in the order written, after __metadata__
+    assert header["__metadata__"]["note"] == 'a "quoted" value'
+    table = json.loads(header["__metadata__"][CRC_KEY])
+    assert {n: int(v, 16) for n, v in table.items()} == {n: crc32c.crc32c(a.tobytes()) for n, a in arrays.items()}

@@ -367,3 +367,30 @@ def test_a_streamed_cast_of_a_damaged_tf_checkpoint_writes_nothing(generated, tm
         ckptconv.convert(tmp_path / "k3ckpt", out, dtype="bfloat16")
     assert info.value.tensor == big.name
     assert list(out.parent.iterdir()) == []
+
+
+def test_checksums_of_small_and_large_tensors_interleaved(
+    tmp_path: Path, small_buffers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small tensors are checksummed on the committing thread, large ones on the checksum
+    thread, interleaved and straddling buffers: every recorded CRC-32C is the tensor's own."""
+    import json
+
+    import crc32c
+
+    monkeypatch.setattr(_sink, "_INLINE_CRC", 5000)
+    rng = _rng()
+    arrays = {}
+    for i in range(60):
+        size = (1200, 7, 3000, 1, 20_000)[i % 5]  # 4800, 28, 12000, 4, 80000 bytes
+        arrays[f"t{i:02d}"] = rng.standard_normal(size, dtype=np.float32)
+    outputs = [Output(n, a.shape, a.dtype, compute=lambda a=a: a) for n, a in arrays.items()]
+    dst = tmp_path / "crc.safetensors"
+    write_safetensors(outputs, dst, fsync=False)
+    raw = dst.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    table = json.loads(header["__metadata__"]["ckptconv.crc32c"])
+    assert set(table) == set(arrays)
+    for name, array in arrays.items():
+        assert int(table[name], 16) == crc32c.crc32c(array.tobytes()), name
+    verify_file(dst)

@@ -23,6 +23,7 @@ from ckptconv.formats._protowire import (
     BundleHeader,
     ObjectReference,
     SerializedTensor,
+    SliceExtent,
     SlotVariable,
     TrackableObject,
     WireError,
@@ -201,3 +202,82 @@ def test_damaged_real_messages_raise_only_wire_errors(tf_dir: Path) -> None:
                 tf_checkpoint._object_roles(result)
                 walked += 1
     assert walked > len(graph) // 2  # most flips hit values, and those graphs were walked
+
+
+def _encode_entry(entry: BundleEntry, unknown: list[bytes]) -> bytes:
+    """A BundleEntryProto as protobuf encodes it (int64 fields: negatives in 10 bytes), with
+    fields of unknown numbers (any wire type) put in between."""
+    def shape(dims: tuple[int, ...], unknown_rank: bool) -> bytes:
+        body = b"".join(_field(2, _field(1, d) if d else b"") for d in dims)
+        return body + (_field(3, 1) if unknown_rank else b"")
+
+    def extent(e: SliceExtent) -> bytes:
+        return (_field(1, e.start) if e.start else b"") + (b"" if e.length is None else _field(2, e.length))
+
+    parts = [
+        _field(1, entry.dtype % 2**64) if entry.dtype else b"",
+        _field(2, shape(entry.shape, entry.unknown_rank)) if entry.shape or entry.unknown_rank else b"",
+        _field(3, entry.shard_id % 2**64) if entry.shard_id else b"",
+        _field(4, entry.offset % 2**64) if entry.offset else b"",
+        _field(5, entry.size % 2**64) if entry.size else b"",
+        _varint(6 << 3 | 5) + entry.masked_crc32c.to_bytes(4, "little") if entry.masked_crc32c else b"",
+        *(_field(7, b"".join(_field(1, extent(e)) for e in s)) for s in entry.slices),
+    ]
+    out = b""
+    for i, part in enumerate(parts):
+        out += (unknown[i] if i < len(unknown) else b"") + part
+    return out
+
+
+_int64 = st.integers(-(2**63), 2**63 - 1)
+_unknown_fields = st.lists(
+    st.one_of(
+        st.tuples(st.integers(8, 2000), st.integers(0, 2**64 - 1)).map(lambda f: _varint(f[0] << 3) + _varint(f[1])),
+        st.tuples(st.integers(8, 2000), st.binary(max_size=9)).map(
+            lambda f: _varint(f[0] << 3 | 2) + _varint(len(f[1])) + f[1]),
+        st.integers(8, 2000).map(lambda n: _varint(n << 3 | 5) + b"\x01\x02\x03\x04"),
+        st.integers(8, 2000).map(lambda n: _varint(n << 3 | 1) + bytes(range(8))),
+    ),
+    max_size=8,
+)
+BUNDLE_ENTRIES = st.builds(
+    BundleEntry,
+    _int64,
+    st.lists(st.integers(0, 2**40), max_size=4).map(tuple),
+    st.booleans(),
+    _int64,
+    _int64,
+    _int64,
+    st.integers(0, 2**32 - 1),
+    st.lists(
+        st.lists(st.builds(SliceExtent, st.integers(0, 2**40), st.none() | st.integers(1, 2**40)),
+                 min_size=1, max_size=3).map(tuple),
+        max_size=2,
+    ).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BUNDLE_ENTRIES, _unknown_fields)
+def test_bundle_entries_decode_to_what_was_encoded(entry: BundleEntry, unknown: list[bytes]) -> None:
+    """The in-line decoder of index entries against an encoder: int64 fields of every sign
+    and size, shapes (decoded once per distinct bytes), slices, unknown fields skipped."""
+    encoded = _encode_entry(entry, unknown)
+    assert parse_bundle_entry(encoded) == entry
+    assert parse_bundle_entry(encoded) == entry  # the shape, now from the cache
+
+
+@pytest.mark.parametrize("field", [
+    b"\x0d\x01\x00\x00\x00",  # dtype as fixed32
+    b"\x09" + bytes(8),  # dtype as fixed64
+    b"\x10\x05",  # shape as a varint
+    b"\x30\x05",  # crc32c as a varint
+    b"\x3a\x01",  # slices: length runs past the end
+    b"\x20\xff\xff",  # offset: truncated varint
+    b"\x2d\x01\x02",  # size as a truncated fixed32
+    b"\x0b",  # a group (wire type 3)
+    b"\x00\x01",  # field number 0
+])
+def test_malformed_bundle_entries_raise_wire_errors(field: bytes) -> None:
+    with pytest.raises(WireError):
+        parse_bundle_entry(b"\x08\x01" + field)

@@ -4,10 +4,13 @@ progress bars, the conversion options."""
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # A Python argument (``"dtype"``) or argument=value (``"strict=False"``) -> how this command
 # line spells it, for the option markers in error messages (ckptconv.errors.render_options).
@@ -87,6 +90,17 @@ def cli_type(parse: Callable[[str], Any], *, keep_text: bool = False) -> Callabl
     return convert
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name`` (a value check), imported when first called: parsers are built for
+    ``--help`` and usage errors, which must not import numpy or h5py for one."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
 def add_json(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--json", action="store_true",
@@ -97,6 +111,8 @@ def add_json(parser: argparse.ArgumentParser, what: str) -> None:
 
 def emit_json(args: argparse.Namespace | None, doc: dict[str, Any]) -> None:
     """Print the command's one JSON object on stdout (and remember that it was printed)."""
+    import json
+
     json.dump(doc, sys.stdout, indent=1)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -149,9 +165,9 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
 
     Every value is checked by the API's own check as its argparse type, so a bad one is a
     usage error (exit status 2) before anything is read."""
-    from ..formats.safetensors import check_metadata
-    from ..mapping.spec import parse_dtype_option
-    from ..writers.safetensors import parse_size
+    check_metadata = lazy("ckptconv.formats.safetensors", "check_metadata")
+    parse_dtype_option = lazy("ckptconv.mapping.spec", "parse_dtype_option")
+    parse_size = lazy("ckptconv.writers.safetensors", "parse_size")
 
     outputs = "outputs" if many else "the output"
     parser.add_argument(

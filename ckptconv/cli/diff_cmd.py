@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_debug, add_json, cli_type, emit_json, exit_status, want_progress
+from .common import add_debug, add_json, cli_type, emit_json, exit_status, lazy, want_progress
 
 EXIT_STATUS = {
     0: "A and B hold the same tensors, equal (bit-exact, or within --atol/--rtol)",
@@ -15,8 +15,8 @@ EXIT_STATUS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from ..mapping.diff import parse_tolerance
-    from ..mapping.spec import parse_dtype_option
+    parse_tolerance = lazy("ckptconv.mapping.diff", "parse_tolerance")
+    parse_dtype_option = lazy("ckptconv.mapping.spec", "parse_dtype_option")
 
     p = sub.add_parser(
         "diff",

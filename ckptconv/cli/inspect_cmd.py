@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+TYPE_CHECKING = False
 
-from ..formats import open as open_store
-from ..store import Entry
 from .common import add_debug, add_json, emit_json, exit_status, human_bytes
+
+if TYPE_CHECKING:
+    from ..store import Entry
 
 EXIT_STATUS = {
     0: "listed",
@@ -40,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..formats import open as open_store
+
     with open_store(args.src) as store:
         entries = store.entries(include_all=args.all)
         shown = {e.name for e in entries}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status
+from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status, lazy
 
 EXIT_STATUS = {
     0: "the plan has no problems",
@@ -33,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_json(p, "the report")
     p.add_argument("--all", action="store_true", help="include optimizer and bookkeeping entries")
-    from ..mapping.spec import parse_dtype_option
-
     p.add_argument(
-        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
+        "--dtype", metavar="DT",
+        type=cli_type(lazy("ckptconv.mapping.spec", "parse_dtype_option"), keep_text=True),
         help="default output dtype for floating-point weights (overrides the spec's dtype:); "
         "keep, float32, float16, bfloat16, ... or target",
     )

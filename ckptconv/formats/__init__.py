@@ -27,6 +27,7 @@ import zlib
 from pathlib import Path
 from types import ModuleType
 
+from .._gc import paused_gc
 from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileError
 from ..options import keyword_options, option_names
 from ..store import Store
@@ -237,7 +238,8 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
     given = {"check_crc": check_crc}
     wanted = option_names(module.open)
     try:
-        return module.open(Path(path), **{k: v for k, v in given.items() if k in wanted})
+        with paused_gc():  # hundreds of thousands of small objects, no cycles
+            return module.open(Path(path), **{k: v for k, v in given.items() if k in wanted})
     except CkptconvError:
         raise
     except _LOW_LEVEL_ERRORS as e:

@@ -11,10 +11,13 @@ and datasets whose declared extent lies beyond the end of the file.
 
 from __future__ import annotations
 
+import builtins
+import mmap
 import os
 import re
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -22,6 +25,7 @@ import numpy as np
 from ..dtypes import by_name, dtype_name
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import ByteRange, Entry, Kind
+from ._hdf5_headers import Header, header_messages, lengths_are_8, parse_header
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
@@ -37,18 +41,29 @@ def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str
 
     The file's global heap collections (where variable-length attribute values such as
     ``layer_names`` live) are checked before any attribute is read: see
-    :func:`check_global_heaps`.
+    :func:`check_global_heaps`. The object headers that check reads stay available through
+    :func:`catalog_of` for the life of the file.
     """
     try:
         f = h5py.File(source, "r")
     except (OSError, RuntimeError, ValueError) as e:
         raise CorruptFileError(describe_open_error(e), path=path) from e
     try:
-        check_global_heaps(f, source, path=path)
+        _HEADERS[f] = check_global_heaps(f, source, path=path)
     except BaseException:
         f.close()
         raise
     return f
+
+
+# object header address -> Header, of the files open_h5 opened
+_HEADERS: weakref.WeakKeyDictionary[h5py.File, Catalog] = weakref.WeakKeyDictionary()
+
+
+def catalog_of(f: h5py.File) -> Catalog:
+    """The object headers :func:`open_h5` parsed for ``f`` (empty for a file opened
+    otherwise: readers then ask libhdf5 for everything)."""
+    return _HEADERS.get(f) or Catalog({}, {}, {})
 
 
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
@@ -76,7 +91,9 @@ _SKIP_MIN = 64 << 10  # tensor data ranges at least this large are not scanned
 _MAX_OBJECTS = 1_000_000
 
 
-def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> None:
+def check_global_heaps(
+    f: h5py.File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]
+) -> Catalog:
     """Refuse global heap collections the HDF5 library cannot read safely.
 
     libhdf5 (1.14) walks a collection's objects trusting their sizes: a record of size 0
@@ -92,6 +109,11 @@ def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, pa
     every attribute in the (version 1) object headers Keras files have must point at a checked
     collection, at an object that exists, of the length it claims.
 
+    Every object header is read once, in one pass over the file's links: the parsed headers
+    are returned by address (see :mod:`._hdf5_headers`), with the layer names of Keras 3's
+    ``vars`` groups, for the readers to build entries from without opening each dataset
+    through libhdf5.
+
     Raises:
         CorruptFileError: a collection's objects do not tile it, or an attribute value does
             not match its heap object.
@@ -99,67 +121,180 @@ def check_global_heaps(f: h5py.File, source: str | os.PathLike[str] | Any, *, pa
     reader = _ImageReader(source)
     try:
         size = reader.size
-        skip, headers = _data_ranges(f, size)
-        collections: dict[int, dict[int, int]] = {}
+        headers, children, skip = _object_headers(f, reader, size)
+        collections: dict[int, dict[int, tuple[int, int]]] = {}
         for start, stop in _gaps(skip, size):
             for offset in _find_all(reader, start, stop):
                 objects = _check_collection(reader, offset, size, path=path)
                 if objects is not None:
                     collections[offset] = objects
-        for address in headers:
-            for name, values in _vlen_attributes(reader, address, size):
+        texts: dict[int, dict[str, str | list[str]]] = {}
+        for address, header in headers.items():
+            for name, values, what in header.vlen:
                 _check_vlen_values(name, values, collections, path=path)
+                if what:  # strings: layer names, weight names
+                    text = _heap_texts(reader, values, collections)
+                    if text is not None:
+                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
     finally:
         reader.close()
+    return Catalog(headers, texts, children)
+
+
+class Catalog(NamedTuple):
+    """What :func:`check_global_heaps` read: every object header by address, the
+    variable-length string attributes (layer and weight names) decoded, by address (a scalar
+    as a str, an array as a list), and every group's links (``(link type, address)`` by name) by group path.
+    A group missing from ``children`` (reached by a second hard link, or a file not opened
+    by :func:`open_h5`) is asked of libhdf5."""
+
+    headers: dict[int, Header]
+    texts: dict[int, dict[str, str | list[str]]]
+    children: dict[str, dict[str, tuple[int, int]]]
+
+
+def _heap_texts(
+    reader: _ImageReader, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]]
+) -> list[str] | None:
+    """The strings checked variable-length values point at (None when one is not UTF-8)."""
+    texts = []
+    for at in range(1, len(raw) - 15, 16):
+        if not int.from_bytes(raw[at : at + 4], "little"):
+            texts.append("")
+            continue
+        collection = int.from_bytes(raw[at + 4 : at + 12], "little")
+        size, start = collections[collection][int.from_bytes(raw[at + 12 : at + 16], "little")]
+        try:
+            texts.append(reader.read(collection + start, size).decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    return texts
+
+
+def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | None | bool:
+    """A list attribute Keras may split into ``name0``, ``name1``, ... (as
+    :func:`chunked_attribute` reads it) from the catalog: the strings, None when the object
+    has no such attribute, or False when the catalog cannot tell (ask h5py)."""
+    header = catalog.headers.get(address)
+    if header is None or header.kind == "other" or "" in header.attributes:
+        return False
+    texts = catalog.texts.get(address, {})
+    if name in header.attributes:
+        value = texts.get(name)
+        if value is None:
+            return False
+        return [value] if isinstance(value, str) else list(value)
+    if f"{name}0" not in header.attributes:
+        return None
+    values: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in header.attributes:
+        part = texts.get(f"{name}{chunk}")
+        if part is None:
+            return False
+        values.extend([part] if isinstance(part, str) else part)
+        chunk += 1
+    return values
 
 
 class _ImageReader:
-    """``read(offset, n)`` over an HDF5 image given as a path or a seekable file object."""
+    """``read(offset, n)`` over an HDF5 image given as a path (memory-mapped: the metadata
+    pass reads tens of thousands of small headers) or a seekable file object."""
 
     def __init__(self, source: str | os.PathLike[str] | Any) -> None:
-        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._obj: Any = None
-        if isinstance(source, (str, os.PathLike)):
-            self._fd = os.open(source, os.O_RDONLY)
-            self.size = os.fstat(self._fd).st_size
+        self._base = 0
+        region = getattr(source, "image_region", None)  # a stored zip member: map its bytes
+        if isinstance(source, (str, os.PathLike)) or region is not None:
+            path, self._base, length = (source, 0, None) if region is None else region()
+            with builtins.open(path, "rb") as f:
+                end = os.fstat(f.fileno()).st_size
+                self.size = end - self._base if length is None else min(length, end - self._base)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if end else None
         else:
             self._obj = source
             self.size = source.seek(0, os.SEEK_END)
 
     def read(self, offset: int, n: int) -> bytes:
-        if self._fd is not None:
-            return os.pread(self._fd, n, offset)
+        if self._obj is None:
+            if self._map is None or offset >= self.size:
+                return b""
+            start = self._base + offset
+            return self._map[start : start + min(n, self.size - offset)]
         self._obj.seek(offset)
         return self._obj.read(n)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
-def _data_ranges(f: h5py.File, size: int) -> tuple[list[tuple[int, int]], list[int]]:
-    """Byte ranges of large contiguous datasets, and the object header address of every
-    object. libhdf5's own visit follows hard links only and each object once (link cycles
-    included); the low-level API keeps it quick for files with thousands of objects."""
-    ranges: list[tuple[int, int]] = []
-    headers: list[int] = [h5py.h5o.get_info(f.id).addr]
+def _object_headers(
+    f: h5py.File, reader: _ImageReader, size: int
+) -> tuple[dict[int, Header], dict[str, dict[str, tuple[int, int]]], list[tuple[int, int]]]:
+    """Every object's parsed header by address, every group's links by group path, and the
+    byte ranges of large contiguous datasets. libhdf5's own link visit follows hard links
+    only and each group once (link cycles included): a group reached by a second hard link
+    gets no links here (readers ask libhdf5 for them). A dataset whose header is not
+    version 1 is asked of libhdf5 for its range."""
+    root = h5py.h5o.get_info(f.id).addr
+    names: dict[int, bytes] = {root: b"."}
+    children: dict[str, dict[str, tuple[int, int]]] = {"/": {}}
+    hard = h5py.h5l.TYPE_HARD
 
     def visit(name: bytes, info: Any) -> int | None:
-        headers.append(info.addr)
-        if len(headers) > _MAX_OBJECTS:
-            return 1  # stop: the readers refuse such files themselves
-        if info.type == h5py.h5o.TYPE_DATASET:
-            dataset = h5py.h5d.open(f.id, name)
-            if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
-                offset = dataset.get_offset()
-                length = dataset.get_storage_size()
-                if offset is not None and length >= _SKIP_MIN and offset + length <= size:
-                    ranges.append((offset, offset + length))
+        path = "/" + name.decode("utf-8", "surrogateescape")
+        parent, _, key = path.rpartition("/")
+        table = children.get(parent or "/")
+        if table is not None:
+            table[key] = (info.type, info.u)
+        if info.type == hard and info.u not in names:
+            names[info.u] = name
+            children[path] = {}
+            if len(names) > _MAX_OBJECTS:
+                return 1  # stop: the readers refuse such files themselves
         return None
 
-    h5py.h5o.visit(f.id, visit, info=True)
-    return sorted(ranges), sorted(set(headers))
+    f.id.links.visit(visit, info=True)
+    parse = lengths_are_8(reader.read(0, 16))
+    headers: dict[int, Header] = {}
+    ranges: list[tuple[int, int]] = []
+    other = Header("other", False, None, None, None, 0, [])
+    for address, name in names.items():
+        messages = header_messages(reader.read, address, size) if parse else None
+        if messages is None:
+            headers[address] = other
+            _libhdf5_range(f, name, size, ranges)
+            continue
+        header = headers[address] = parse_header(messages)
+        if header.kind == "dataset" and header.offset is not None and header.length >= _SKIP_MIN:
+            if header.offset + header.length <= size and (header.plain or _contiguous(f, name)):
+                ranges.append((header.offset, header.offset + header.length))
+    for address, name in names.items():  # datasets have no links: drop their empty tables
+        if headers[address].kind == "dataset":
+            children.pop("/" + name.decode("utf-8", "surrogateescape"), None)
+    return headers, children, sorted(ranges)
+
+
+def _contiguous(f: h5py.File, name: bytes) -> bool:
+    """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
+    external storage may still come with a contiguous layout message)."""
+    dataset = h5py.h5d.open(f.id, name)
+    plist = dataset.get_create_plist()
+    return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
+
+
+def _libhdf5_range(f: h5py.File, name: bytes, size: int, ranges: list[tuple[int, int]]) -> None:
+    if name == b"." or h5py.h5o.get_info(f.id, name).type != h5py.h5o.TYPE_DATASET:
+        return
+    dataset = h5py.h5d.open(f.id, name)
+    if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
+        offset = dataset.get_offset()
+        length = dataset.get_storage_size()
+        if offset is not None and length >= _SKIP_MIN and offset + length <= size:
+            ranges.append((offset, offset + length))
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -191,10 +326,10 @@ def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
 
 def _check_collection(
     reader: _ImageReader, offset: int, size: int, *, path: str | os.PathLike[str]
-) -> dict[int, int] | None:
+) -> dict[int, tuple[int, int]] | None:
     """Walk one collection's objects the way libhdf5 does, refusing what would hurt it.
 
-    Returns its objects' sizes by index, or None if this is no collection libhdf5 accepts.
+    Returns its objects' (size, position in the collection) by index, or None if this is no collection libhdf5 accepts.
     """
     header = reader.read(offset, _GCOL_HEADER)
     if len(header) < _GCOL_HEADER or header[4] != 1:
@@ -224,87 +359,14 @@ def _check_collection(
                     "collection (the file is damaged)",
                     path=path,
                 )
-            objects[index] = object_size
+            objects[index] = (object_size, position + _GCOL_HEADER)
         position += need
     return objects
 
 
-_MAX_HEADER_BLOCKS = 4096
-
-
-def _vlen_attributes(reader: _ImageReader, address: int, size: int) -> list[tuple[str, bytes]]:
-    """(name, raw values) of every variable-length attribute in a version 1 object header.
-
-    Other header versions (and attributes in dense storage) are not parsed: Keras files have
-    none, and libhdf5 then reads them unchecked.
-    """
-    prefix = reader.read(address, 16)
-    if len(prefix) < 16 or prefix[0] != 1:
-        return []
-    found = []
-    blocks = [(address + 16, int.from_bytes(prefix[8:12], "little"))]
-    seen = set()
-    while blocks and len(seen) < _MAX_HEADER_BLOCKS:
-        start, length = blocks.pop()
-        if (start, length) in seen or start + length > size:
-            continue
-        seen.add((start, length))
-        block = reader.read(start, length)
-        position = 0
-        while position + 8 <= len(block):
-            kind = int.from_bytes(block[position : position + 2], "little")
-            message_size = int.from_bytes(block[position + 2 : position + 4], "little")
-            data = block[position + 8 : position + 8 + message_size]
-            position += 8 + message_size
-            if kind == 0x10 and len(data) >= 16:  # continuation: more messages elsewhere
-                blocks.append((int.from_bytes(data[:8], "little"), int.from_bytes(data[8:16], "little")))
-            elif kind == 0x0C:
-                attribute = _vlen_attribute(data)
-                if attribute is not None:
-                    found.append(attribute)
-    return found
-
-
-def _vlen_attribute(data: bytes) -> tuple[str, bytes] | None:
-    """(name, values) of an attribute message whose type is variable-length, else None."""
-    version = data[0] if data else 0
-    if version not in (1, 2, 3) or len(data) < 8:
-        return None
-    name_size, type_size, space_size = (int.from_bytes(data[i : i + 2], "little") for i in (2, 4, 6))
-    pad = (lambda n: (n + 7) // 8 * 8) if version == 1 else (lambda n: n)
-    position = 9 if version == 3 else 8
-    name = data[position : position + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
-    position += pad(name_size)
-    datatype = data[position : position + type_size]
-    position += pad(type_size)
-    space = data[position : position + space_size]
-    position += pad(space_size)
-    if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
-        return None
-    base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
-    count = _element_count(space)
-    if count is None:
-        return None
-    return name, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
-
-
-def _element_count(space: bytes) -> int | None:
-    if len(space) < 4:
-        return None
-    version, rank = space[0], space[1]
-    if version == 2 and space[3] == 2:  # a null dataspace holds nothing
-        return 0
-    first = 8 if version == 1 else 4
-    dims = [int.from_bytes(space[first + 8 * i : first + 8 * i + 8], "little") for i in range(rank)]
-    if len(space) < first + 8 * rank:
-        return None
-    count = 1
-    for d in dims:
-        count *= d
-    return count
-
-
-def _check_vlen_values(name: str, raw: bytes, collections: dict[int, dict[int, int]], *, path: str | os.PathLike[str]) -> None:
+def _check_vlen_values(
+    name: str, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]], *, path: str | os.PathLike[str]
+) -> None:
     """Each value is (length, heap collection address, object index): it must match a checked
     collection's object, or libhdf5 allocates whatever the length says."""
     base_size = raw[0] or 1
@@ -314,7 +376,7 @@ def _check_vlen_values(name: str, raw: bytes, collections: dict[int, dict[int, i
         index = int.from_bytes(raw[at + 12 : at + 16], "little")
         if length == 0:
             continue
-        stored = collections.get(collection, {}).get(index)
+        stored = collections.get(collection, {}).get(index, (None,))[0]
         if stored is None or stored != length * base_size:
             what = "no heap object" if stored is None else f"a heap object of {stored} bytes"
             raise CorruptFileError(
@@ -483,14 +545,7 @@ def dataset_entry(
         and (dataset.dtype.byteorder != "=" or np.little_endian)
     )
     if offset is not None and plain and data_path is not None:
-        if offset + nbytes > file_size:
-            raise CorruptFileError(
-                f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
-                f"file ({file_size} bytes): the file is truncated",
-                path=path,
-                tensor=key,
-            )
-        byte_range = ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
+        byte_range = _byte_range(offset, nbytes, data_path, base_offset, file_size, path=path, key=key)
         loader = None
     else:
         if dataset.chunks is not None and dataset.id.get_storage_size() == 0 and nbytes > 0:
@@ -523,6 +578,85 @@ def dataset_entry(
         layer=layer,
         index=index,
     )
+
+
+def header_entry(
+    header: Header,
+    *,
+    name: str,
+    key: str,
+    path: str,
+    data_path: str | None,
+    base_offset: int = 0,
+    file_size: int,
+    kind: Kind = "weight",
+    index: int = 0,
+    layer: str | None = None,
+) -> Entry | None:
+    """The Entry :func:`dataset_entry` gives, built from the dataset's parsed object header
+    (no libhdf5 call); None when the header leaves anything to libhdf5 (see
+    :class:`~._hdf5_headers.Header`) or the bytes are not raw in any file."""
+    if not header.plain or data_path is None:
+        return None
+    byte_range = _byte_range(
+        header.offset, header.length, data_path, base_offset, file_size, path=path, key=key  # type: ignore[arg-type]
+    )
+    return Entry(
+        name, key=key, shape=header.shape, dtype=header.dtype, path=path,  # type: ignore[arg-type]
+        byte_range=byte_range, kind=kind, layer=layer, index=index,
+    )
+
+
+def _byte_range(
+    offset: int, nbytes: int, data_path: str, base_offset: int, file_size: int, *, path: str, key: str
+) -> ByteRange:
+    if offset + nbytes > file_size:
+        raise CorruptFileError(
+            f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
+            f"file ({file_size} bytes): the file is truncated",
+            path=path,
+            tensor=key,
+        )
+    return ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
+
+
+def resolve(catalog: Catalog, path: str) -> int | None:
+    """The address of the object at ``path`` through the catalog's hard links, or None when
+    the catalog cannot tell (a link that is not hard, a missing link, a group it holds no
+    links of, nesting beyond MAX_DEPTH): :func:`safe_get` then gives the reason."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > MAX_DEPTH:
+        return None
+    group = ""
+    address = None
+    for part in parts:
+        table = catalog.children.get(group or "/")
+        link = None if table is None else table.get(part)
+        if link is None or link[0] != h5py.h5l.TYPE_HARD:
+            return None
+        address = link[1]
+        group = f"{group}/{part}"
+    return address
+
+
+def link_table(gid: Any) -> dict[str, tuple[int, int]]:
+    """A group's links by name: ``(link type, object address)`` (the address is meaningful
+    for hard links only), from one libhdf5 iteration."""
+    links: dict[str, tuple[int, int]] = {}
+
+    def add(name: bytes, info: Any) -> None:
+        links[name.decode("utf-8", "surrogateescape")] = (info.type, info.u)
+
+    gid.links.iterate(add, info=True)
+    return links
+
+
+def link_target(gid: Any, name: str) -> str:
+    """Where a soft link points, or which file an external link names."""
+    value = gid.links.get_val(name.encode("utf-8", "surrogateescape"))
+    if isinstance(value, tuple):
+        value = value[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _h5py_loader(dataset: h5py.Dataset, dtype: np.dtype, *, path: str, key: str) -> Callable[[], np.ndarray]:

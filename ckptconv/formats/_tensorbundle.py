@@ -22,7 +22,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-import crc32c as _crc32c
 import numpy as np
 
 from ._protowire import WireError, read_varint
@@ -58,7 +57,9 @@ class UnsupportedTableError(TableError):
 
 def crc32c(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     """CRC-32C (Castagnoli) of ``data``, continuing from ``value``."""
-    return _crc32c.crc32c(data, value)
+    import crc32c as package  # on first use: importing it reads package metadata (~50 ms)
+
+    return package.crc32c(data, value)
 
 
 def mask_crc(crc: int) -> int:

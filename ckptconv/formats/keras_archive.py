@@ -73,9 +73,14 @@ class _Window(io.RawIOBase):
     def __init__(self, path: str, offset: int, length: int) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
+        self._path = path
         self._offset = offset
         self._length = length
         self._pos = 0
+
+    def image_region(self) -> tuple[str, int, int]:
+        """``(path, offset, length)``: where the bytes lie (readers may map them)."""
+        return self._path, self._offset, self._length
 
     def readable(self) -> bool:
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -18,12 +19,17 @@ import h5py
 from ..errors import CorruptFileError, FormatError
 from ..store import Entry, Store, index_in_order
 from ._hdf5 import (
+    Catalog,
+    catalog_of,
+    catalog_strings,
     chunked_attribute,
     dataset_entry,
     decode,
+    header_entry,
     is_hdf5,
     open_h5,
     optimizer_kind,
+    resolve,
     safe_get,
     strip_suffix,
 )
@@ -110,49 +116,91 @@ def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
 
 
 def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
-    """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order."""
+    """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order.
+
+    Names and datasets come from the catalog :func:`~._hdf5.open_h5` made of the file (one
+    pass over its object headers, no libhdf5 call per weight); what it cannot tell is read
+    through h5py, which also gives every error its message.
+    """
     root = _weights_root(f)
     if root is None:
         raise FormatError("no layer_names attribute: not a Keras HDF5 weights file", path=path)
-    layer_names = chunked_attribute(root, "layer_names", path=path) or []
+    catalog = catalog_of(f)
+    root_path = root.name
+    layer_names = _strings(catalog, root_path, "layer_names")
+    if layer_names is False:
+        layer_names = chunked_attribute(root, "layer_names", path=path)
+    layer_names = layer_names or []
     _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
 
+    def weights_of(parent: h5py.Group, name: str) -> tuple[str, list[str], Callable[[], h5py.Group]]:
+        group_path = _join(parent.name, name)
+        names = _strings(catalog, group_path, "weight_names")
+        if names is False:
+            group = safe_get(parent, name, path=path, kind=h5py.Group)
+            return group_path, chunked_attribute(group, "weight_names", path=path) or [], lambda: group
+        return group_path, names or [], lambda: safe_get(parent, name, path=path, kind=h5py.Group)
+
     def add(
-        group: h5py.Group, weight_name: str, name: str, kind: str = "weight", tree_path: str | None = None
+        group_path: str, group: Callable[[], h5py.Group], weight_name: str, name: str,
+        kind: str = "weight", tree_path: str | None = None,
     ) -> None:
-        dataset = safe_get(group, weight_name, path=path, kind=h5py.Dataset)
-        entry = dataset_entry(
-                dataset,
-                name=name,
-                key=dataset.name,
-                path=path,
-                data_path=path,
-                file_size=file_size,
-                kind=kind,  # type: ignore[arg-type]
-            )
+        key = _join(group_path, weight_name)
+        address = resolve(catalog, key)
+        header = None if address is None else catalog.headers.get(address)
+        entry = None if header is None else header_entry(
+            header, name=name, key=key, path=path, data_path=path, file_size=file_size,
+            kind=kind,  # type: ignore[arg-type]
+        )
+        if entry is None:
+            dataset = safe_get(group(), weight_name, path=path, kind=h5py.Dataset)
+            entry = dataset_entry(
+                    dataset,
+                    name=name,
+                    key=dataset.name,
+                    path=path,
+                    data_path=path,
+                    file_size=file_size,
+                    kind=kind,  # type: ignore[arg-type]
+                )
         entry.tree_path = tree_path
         entries.append(entry)
 
     for layer in layer_names:
-        group = safe_get(root, layer, path=path, kind=h5py.Group)
-        weight_names = chunked_attribute(group, "weight_names", path=path) or []
+        group_path, weight_names, group = weights_of(root, layer)
         _refuse_repeats(weight_names, f"weight_names of {layer!r}", path=path)
         for position, weight_name in enumerate(weight_names):
-            add(group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
+            add(group_path, group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
     if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
-        group = safe_get(root, TOP_LEVEL, path=path, kind=h5py.Group)
-        for position, weight_name in enumerate(chunked_attribute(group, "weight_names", path=path) or []):
-            add(group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
+        group_path, weight_names, group = weights_of(root, TOP_LEVEL)
+        for position, weight_name in enumerate(weight_names):
+            add(group_path, group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
 
     if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
-        group = safe_get(f, "optimizer_weights", path=path, kind=h5py.Group)
-        for weight_name in chunked_attribute(group, "weight_names", path=path) or []:
+        group_path, weight_names, group = weights_of(f, "optimizer_weights")
+        for weight_name in weight_names:
             name = "optimizer/" + strip_suffix(weight_name)
-            add(group, weight_name, name, optimizer_kind(name))
+            add(group_path, group, weight_name, name, optimizer_kind(name))
 
     if not entries and not layer_names:
         raise CorruptFileError("the file lists no layers", path=path)
     index_in_order(entries)
     return entries
+
+
+def _join(group: str, name: str) -> str:
+    """The HDF5 path h5py names an object reached from ``group`` by ``name``."""
+    return "/" + "/".join(p for p in f"{group}/{name}".split("/") if p)
+
+
+def _strings(catalog: Catalog, group_path: str, name: str) -> list[str] | None | bool:
+    """A group's list attribute from the catalog (False: ask h5py; see catalog_strings)."""
+    address = resolve(catalog, group_path)
+    if address is None:
+        return False
+    header = catalog.headers.get(address)
+    if header is None or header.kind != "group":
+        return False
+    return catalog_strings(catalog, address, name)

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,20 @@ import h5py
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
-from ._hdf5 import MAX_DEPTH, dataset_dtype, dataset_entry, decode, is_hdf5, open_h5
+from ._hdf5 import (
+    MAX_DEPTH,
+    Catalog,
+    catalog_of,
+    dataset_dtype,
+    dataset_entry,
+    decode,
+    header_entry,
+    is_hdf5,
+    link_table,
+    link_target,
+    open_h5,
+)
+from ._hdf5_headers import Header
 from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
 
 FORMAT = "keras-weights-h5"
@@ -121,9 +135,9 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 name = cfg.get("name")
                 if isinstance(name, str) and name not in found:
                     found[name] = LayerInfo(node["class_name"], cfg)
-            stack.extend((v, depth + 1) for v in reversed(list(node.values())))
+            stack.extend((v, depth + 1) for v in reversed(node.values()) if isinstance(v, (dict, list)))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in reversed(node))
+            stack.extend((v, depth + 1) for v in reversed(node) if isinstance(v, (dict, list)))
     return found
 
 
@@ -135,7 +149,7 @@ class _VarsGroup:
     chain: list[str]
     class_hint: str | None
     parent_class: str | None
-    datasets: dict[int, tuple[h5py.Dataset, "_Source"]] = field(default_factory=dict)
+    datasets: dict[int, tuple["_DatasetRef", "_Source"]] = field(default_factory=dict)
     state: str = "layers"  # layers | optimizer | other
 
 
@@ -176,92 +190,175 @@ def collect_vars(
 
     ``key_names`` maps object group paths to layer names for files whose ``vars`` groups carry
     no ``name`` attribute (tf-keras, Keras < 3.6); failing both, the group key is the name.
+
+    The walk uses libhdf5's low-level calls: one link iteration per group, groups opened
+    relative to their parent, datasets not opened at all (their parsed object headers, from
+    :func:`~._hdf5.catalog_of`, describe them; see :class:`_DatasetRef`).
     """
     key_names = key_names or {}
+    catalog = catalog_of(f)
+    headers = catalog.headers
     root_name: str | None = None
+    links_of = partial(_links_of, f, catalog)
 
-    def walk(group: h5py.Group, chain: list[str], class_hint: str | None,
-             parent_class: str | None, state: str, depth: int) -> None:
+    def refuse(gname: str, key: str, link_type: int) -> None:
+        where = f"{gname}/{key}"
+        if link_type == h5py.h5l.TYPE_EXTERNAL:
+            target = link_target(h5py.h5g.open(f.id, _b(gname)), key)
+            raise UnsafeInputError(f"refusing the external link {where} -> {target}", path=source.path, tensor=where)
+        if link_type == h5py.h5l.TYPE_SOFT:
+            target = link_target(h5py.h5g.open(f.id, _b(gname)), key)
+            raise UnsafeInputError(f"refusing the soft link {where} -> {target}", path=source.path, tensor=where)
+        raise UnsafeInputError(f"refusing the link {where}", path=source.path, tensor=where)
+
+    def walk(gname: str, links: dict[str, tuple[int, int]], chain: list[str],
+             class_hint: str | None, parent_class: str | None, state: str, depth: int) -> None:
         nonlocal root_name
         if depth > MAX_DEPTH:
-            raise UnsafeInputError("groups nested too deeply", path=source.path, tensor=group.name)
-        links = {k: group.get(k, getlink=True) for k in group.keys()}
-        for key, link in links.items():
-            if isinstance(link, h5py.ExternalLink):
-                raise UnsafeInputError(
-                    f"refusing the external link {group.name}/{key} -> {link.filename}",
-                    path=source.path, tensor=f"{group.name}/{key}",
-                )
-            if isinstance(link, h5py.SoftLink):
-                raise UnsafeInputError(
-                    f"refusing the soft link {group.name}/{key} -> {link.path}",
-                    path=source.path, tensor=f"{group.name}/{key}",
-                )
+            raise UnsafeInputError("groups nested too deeply", path=source.path, tensor=gname)
+        for key, (link_type, _) in links.items():
+            if link_type != h5py.h5l.TYPE_HARD:
+                refuse(gname, key, link_type)
+        prefix = "" if gname == "/" else gname
         own_chain = chain
         own_class = class_hint
-        nested_container = class_hint == "container" and not isinstance(links.get("vars"), h5py.HardLink)
-        if depth > 0 and group.name in key_names and not isinstance(links.get("vars"), h5py.HardLink):
+        nested_container = class_hint == "container" and "vars" not in links
+        if depth > 0 and gname in key_names and "vars" not in links:
             # a shard holding this layer's sub-layers but not its own vars group
-            own_chain = chain + [key_names[group.name]]
-        if isinstance(links.get("vars"), h5py.HardLink):
-            vars_group = group["vars"]
-            if not isinstance(vars_group, h5py.Group):
-                raise CorruptFileError(f"{vars_group.name} is not a group", path=source.path)
-            name = (
-                decode(vars_group.attrs.get("name", ""))
-                or key_names.get(group.name)
-                or group.name.rsplit("/", 1)[-1]
-            )
+            own_chain = chain + [key_names[gname]]
+        if "vars" in links:
+            vars_name = f"{prefix}/vars"
+            vars_address = links["vars"][1]
+            if _object_type(f, vars_name, headers.get(vars_address)) != h5py.h5o.TYPE_GROUP:
+                raise CorruptFileError(f"{vars_name} is not a group", path=source.path)
+            recorded = _layer_name(f, vars_name, vars_address, catalog)
+            name = recorded or key_names.get(gname) or gname.rsplit("/", 1)[-1]
             if depth == 0:
                 root_name = str(name)
                 own_chain = []
             else:
                 own_chain = chain + [str(name)]
-            record = groups.get(vars_group.name)
-            if record is not None and "name" in vars_group.attrs and depth > 0:
+            record = groups.get(vars_name)
+            if record is not None and recorded is not None and depth > 0:
                 record.chain = own_chain  # an earlier shard held this group without its name
             if record is None:
-                record = _VarsGroup(vars_group.name, own_chain, class_hint, parent_class, state=state)
-                groups[vars_group.name] = record
-                order.append(vars_group.name)
-            for key in vars_group.keys():
-                obj = vars_group.get(key, getlink=True)
-                if not isinstance(obj, h5py.HardLink):
+                record = _VarsGroup(vars_name, own_chain, class_hint, parent_class, state=state)
+                groups[vars_name] = record
+                order.append(vars_name)
+            for key, (link_type, address) in links_of(vars_name).items():
+                if link_type != h5py.h5l.TYPE_HARD:
                     raise UnsafeInputError(
-                        f"refusing a link inside {vars_group.name}", path=source.path, tensor=key
+                        f"refusing a link inside {vars_name}", path=source.path, tensor=key
                     )
                 if not key.isdigit():
                     raise CorruptFileError(
-                        f"unexpected variable key {key!r} in {vars_group.name}", path=source.path
+                        f"unexpected variable key {key!r} in {vars_name}", path=source.path
                     )
-                dataset = vars_group[key]
-                if not isinstance(dataset, h5py.Dataset):
-                    raise CorruptFileError(f"{dataset.name} is not a dataset", path=source.path)
-                record.datasets[int(key)] = (dataset, source)
+                dataset_name = f"{vars_name}/{key}"
+                header = headers.get(address)
+                if _object_type(f, dataset_name, header) != h5py.h5o.TYPE_DATASET:
+                    raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
+                record.datasets[int(key)] = (_DatasetRef(f, dataset_name, header), source)
         for key in sorted((k for k in links if k != "vars"), key=_natural_key):
-            child = group[key]
-            if not isinstance(child, h5py.Group):
+            child_name = f"{prefix}/{key}"
+            if _object_type(f, child_name, headers.get(links[key][1])) != h5py.h5o.TYPE_GROUP:
                 continue
+            child_links = links_of(child_name)
             child_state = state
             if depth == 0 and key == "optimizer":
                 child_state = "optimizer"
             elif key in _STATE_KEYS or "seed_generator" in key:
                 child_state = "other"
-            if "vars" in child or child.name in key_names:
+            if "vars" in child_links or child_name in key_names:
                 # an object tracked under an attribute name (MHA's query_dense, an RNN's cell),
                 # or held by a nested list (Keras >= 3.14 keys those ``container``,
                 # ``container_1``, ...), whose items are keyed by class name like any container's
                 hint = re.sub(r"_\d+$", "", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
-                walk(child, own_chain, hint, own_class, child_state, depth + 1)
-            else:
-                # a container (``layers``, a list attribute): children are keyed by class name
-                for sub in sorted(child.keys(), key=_natural_key):
-                    node = child[sub]
-                    if isinstance(node, h5py.Group):
-                        walk(node, own_chain, re.sub(r"_\d+$", "", sub), own_class, child_state, depth + 2)
+                walk(child_name, child_links, own_chain, hint, own_class, child_state, depth + 1)
+                continue
+            # a container (``layers``, a list attribute): children are keyed by class name
+            for sub in sorted(child_links, key=_natural_key):
+                link_type, address = child_links[sub]
+                if link_type != h5py.h5l.TYPE_HARD:
+                    refuse(child_name, sub, link_type)
+                node_name = f"{child_name}/{sub}"
+                if _object_type(f, node_name, headers.get(address)) != h5py.h5o.TYPE_GROUP:
+                    continue
+                walk(node_name, links_of(node_name), own_chain, re.sub(r"_\d+$", "", sub),
+                     own_class, child_state, depth + 2)
 
-    walk(f, [], None, None, "layers", 0)
+    walk("/", links_of("/"), [], None, None, "layers", 0)
     return root_name
+
+
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _links_of(f: h5py.File, catalog: Catalog, group: str) -> dict[str, tuple[int, int]]:
+    """A group's links by name, ``(link type, address)``: from the catalog, else libhdf5."""
+    links = catalog.children.get(group)
+    return links if links is not None else link_table(h5py.h5g.open(f.id, _b(group)))
+
+
+def _object_type(f: h5py.File, name: str, header: Header | None) -> int:
+    """``h5py.h5o.TYPE_GROUP`` or ``TYPE_DATASET`` (or another type) of the object a hard
+    link ``name`` leads to: from its parsed header, else from libhdf5."""
+    if header is not None and header.kind != "other":
+        return h5py.h5o.TYPE_GROUP if header.kind == "group" else h5py.h5o.TYPE_DATASET
+    return h5py.h5o.get_info(f.id, _b(name)).type
+
+
+def _layer_name(f: h5py.File, vars_name: str, address: int, catalog: Catalog) -> str | None:
+    """A ``vars`` group's ``name`` attribute (Keras >= 3.6), None when it has none: decoded
+    by the heap check where it could, else read through h5py."""
+    text = catalog.texts.get(address, {}).get("name")
+    if isinstance(text, str):
+        return text
+    header = catalog.headers.get(address)
+    if header is not None and header.kind == "group" and not {"name", ""} & set(header.attributes):
+        return None
+    group = h5py.Group(h5py.h5g.open(f.id, _b(vars_name)))
+    return str(decode(group.attrs["name"])) if "name" in group.attrs else None
+
+
+@dataclass
+class _DatasetRef:
+    """One variable's dataset, not opened: its file, HDF5 path and parsed object header
+    (None, or not ``plain``: libhdf5 describes it)."""
+
+    file: h5py.File
+    name: str
+    header: Header | None
+
+    def open(self) -> h5py.Dataset:
+        return h5py.Dataset(h5py.h5o.open(self.file.id, _b(self.name)))
+
+    def dtype_shape(self, source: _Source) -> tuple[Any, tuple[int, ...]]:
+        """The tensor's dtype (as :func:`~._hdf5.dataset_dtype` gives it) and shape."""
+        header = self.header
+        if header is not None and header.plain:
+            return header.dtype, header.shape  # type: ignore[return-value]
+        dataset = self.open()
+        return dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ())
+
+    def is_counter(self) -> bool:
+        """A scalar integer (an optimizer's iteration count)."""
+        header = self.header
+        if header is not None and header.plain:
+            return header.shape == () and header.dtype.kind in "iu"  # type: ignore[union-attr]
+        dataset = self.open()
+        return dataset.shape == () and dataset.dtype.kind in "iu"
+
+    def entry(self, source: _Source, **fields: Any) -> Entry:
+        """The Entry :func:`~._hdf5.dataset_entry` gives, from the header when it suffices."""
+        common = dict(key=self.name, path=source.path, data_path=source.data_path,
+                      base_offset=source.base_offset, file_size=source.size, **fields)
+        if self.header is not None:
+            entry = header_entry(self.header, **common)
+            if entry is not None:
+                return entry
+        return dataset_entry(self.open(), **common)
 
 
 def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
@@ -271,24 +368,26 @@ def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
     shard are needed to place the groups of another.
     """
     names: dict[str, str] = {}
+    catalog = catalog_of(f)
 
-    def visit(group: h5py.Group, depth: int) -> None:
+    def visit(gname: str, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise UnsafeInputError("groups nested too deeply", path=path, tensor=group.name)
-        for key in group.keys():
-            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+            raise UnsafeInputError("groups nested too deeply", path=path, tensor=gname)
+        prefix = "" if gname == "/" else gname
+        for key, (link_type, address) in _links_of(f, catalog, gname).items():
+            child = f"{prefix}/{key}"
+            if link_type != h5py.h5l.TYPE_HARD:
                 continue  # collect_vars refuses it with a proper message
-            child = group[key]
-            if not isinstance(child, h5py.Group):
+            if _object_type(f, child, catalog.headers.get(address)) != h5py.h5o.TYPE_GROUP:
                 continue
             if key == "vars":
-                name = decode(child.attrs.get("name", ""))
+                name = _layer_name(f, child, address, catalog)
                 if name:
-                    names[group.name] = str(name)
+                    names[gname] = name
             else:
                 visit(child, depth + 1)
 
-    visit(f, 0)
+    visit("/", 0)
     return names
 
 
@@ -328,10 +427,7 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
     if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
-        stored = [
-            (dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ()))
-            for dataset, source in (record.datasets[i] for i in sorted(record.datasets))
-        ]
+        stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in sorted(record.datasets))]
         quantized = quantized_names(cls, stored, info.config if info else None)
         if quantized is not None:
             return quantized
@@ -387,24 +483,12 @@ def build_entries(
             names = [str(i) for i in indices]
             kinds = []
             for i in indices:
-                dataset = record.datasets[i][0]
-                counter = record.state == "optimizer" and i == 0 and dataset.shape == () and dataset.dtype.kind in "iu"
+                counter = record.state == "optimizer" and i == 0 and record.datasets[i][0].is_counter()
                 kinds.append("bookkeeping" if counter or record.state != "optimizer" else "optimizer")
         for i, weight_name, kind in zip(indices, names, kinds):
-            dataset, source = record.datasets[i]
+            ref, source = record.datasets[i]
             name = f"{layer}/{weight_name}" if layer else weight_name
-            entry = dataset_entry(
-                    dataset,
-                    name=name,
-                    key=dataset.name,
-                    path=source.path,
-                    data_path=source.data_path,
-                    base_offset=source.base_offset,
-                    file_size=source.size,
-                    kind=kind,
-                    index=i,
-                    layer=layer,
-                )
+            entry = ref.entry(source, name=name, kind=kind, index=i, layer=layer)
             entry.tree_path = saving_tree_key(group_path, i)
             entries.append(entry)
     if infos:

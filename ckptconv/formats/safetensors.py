@@ -429,11 +429,13 @@ class _RepeatedKey(Exception):
 
 def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """A JSON object that refuses repeated keys (json.loads would keep the last silently)."""
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _RepeatedKey(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
     return result
 
 
@@ -463,6 +465,7 @@ def _check_text(header: dict, metadata: dict[str, str], path: str) -> None:
 
 def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
     tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    in_order, last = True, (0, 0)
     for name, info in header.items():
         if not isinstance(info, dict):
             raise CorruptFileError("the header entry is not an object", path=path, tensor=name)
@@ -471,15 +474,25 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
         offsets = info.get("data_offsets")
         if not isinstance(code, str):
             raise CorruptFileError("the header entry has no dtype", path=path, tensor=name)
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
+        # json gives exact ints (``type(x) is int`` leaves bools out); plain loops: this runs
+        # once per tensor
+        count = 1
+        if type(shape) is not list:
+            count = -1
+        else:
+            for d in shape:
+                if type(d) is not int or d < 0:
+                    count = -1
+                    break
+                count *= d
+        if count < 0:
             raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, tensor=name)
         if (
-            not isinstance(offsets, list)
+            type(offsets) is not list
             or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]
+            or type(offsets[0]) is not int
+            or type(offsets[1]) is not int
+            or not 0 <= offsets[0] <= offsets[1]
         ):
             raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, tensor=name)
         try:
@@ -491,9 +504,6 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 path=path,
                 tensor=name,
             ) from None
-        count = 1
-        for d in shape:
-            count *= d
         if count * dtype.itemsize != offsets[1] - offsets[0]:
             raise CorruptFileError(
                 f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
@@ -502,6 +512,12 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                 tensor=name,
             )
         tensors[name] = (code, tuple(shape), offsets[0], offsets[1])
+        if in_order:
+            here = (offsets[0], offsets[1])
+            in_order = here >= last
+            last = here
+    if in_order:  # as writers lay them out: no sort needed
+        return tensors
     return dict(sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])))
 
 

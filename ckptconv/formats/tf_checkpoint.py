@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -381,8 +382,7 @@ def _unreadable(code: int, path: str, key: str) -> np.ndarray:
 # --- names and kinds ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Role:
+class _Role(NamedTuple):
     full_name: str
     kind: Kind
     order: int
@@ -496,7 +496,7 @@ def _tf1_kind(
         leaf in _TF1_COUNTERS or (leaf in _TF1_OPTIMIZER_COUNTERS and scope in optimizer_scopes)
     ):
         return "bookkeeping"
-    if any(key.startswith(s + "/") for s in optimizer_scopes) or _TF1_OPTIMIZER_LEAF.match(leaf):
+    if key.startswith(tuple(s + "/" for s in optimizer_scopes)) or _TF1_OPTIMIZER_LEAF.match(leaf):
         return "optimizer"
     owner = entries.get(scope) if scope else None
     if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
@@ -504,15 +504,17 @@ def _tf1_kind(
     return "weight"
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
 
 
 # --- building the store ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Planned:
+class _Planned(NamedTuple):
     key: str
     name: str
     kind: Kind

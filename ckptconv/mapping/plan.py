@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._gc import paused_gc
 from ..dtypes import by_name, is_floating
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value
@@ -749,4 +750,5 @@ def build_plan(
         strict=strict, allow_lossy=allow_lossy,
     )
     builder.part = part
-    return builder.build()
+    with paused_gc():  # an output, a record and a source per tensor, no cycles
+        return builder.build()

@@ -44,6 +44,7 @@ from ..mapping.ops import copy_c_order
 
 _CHUNK = 8 << 20  # bytes per staging buffer: full disk speed (8 and 16 MiB measure alike), small RSS
 _BUFFERS = 4  # staging buffers: one being filled, one being written, one being checksummed, one spare
+_INLINE_CRC = 256 << 10  # tensors up to this size are checksummed on the committing thread
 _ALIGN = 4096  # O_DIRECT alignment of memory, file offsets and lengths (covers 512-byte disks)
 _WRITEBACK_STEP = 64 << 20  # buffered writes: start write-back every this many bytes
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -85,6 +86,7 @@ class Pipeline:
         self._buffers: list[_Buffer] = []
         self._turn = 0
         self._crcs: dict[str, int] = {}
+        self._inline: set[str] = set()
 
     def __enter__(self) -> Pipeline:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ckptconv-write")
@@ -115,10 +117,20 @@ class Pipeline:
 
     # -- checksums --
 
-    def crc_start(self, name: str) -> None:
+    def crc_start(self, name: str, nbytes: int | None = None) -> None:
+        """Start the checksum of ``name``. A tensor of at most ``_INLINE_CRC`` bytes is
+        checksummed as it is committed, on the caller's thread: handing a few kilobytes to
+        the checksum thread costs more than the CRC (a file of 10,000 small tensors)."""
         self._crcs[name] = 0
+        if nbytes is not None and nbytes <= _INLINE_CRC:
+            self._inline.add(name)
 
-    def crc_update(self, name: str, data: memoryview) -> Future[None]:
+    def crc_update(self, name: str, data: memoryview) -> Future[None] | None:
+        """Add ``data`` to ``name``'s checksum: now (a small tensor, returns None), or on the
+        checksum thread (returns its future; ``data`` must stay unchanged until it is done)."""
+        if name in self._inline:
+            self._crcs[name] = _crc32c.crc32c(data, self._crcs[name])
+            return None
         assert self._checker is not None
         return self._checker.submit(self._crc_update, name, data)
 
@@ -129,6 +141,7 @@ class Pipeline:
         """The CRC-32Cs of everything committed under ``names``, once the checksum thread is done."""
         assert self._checker is not None
         self._checker.submit(lambda: None).result()  # one worker: everything before is done
+        self._inline.difference_update(names)
         return [self._crcs.pop(name) for name in names]
 
     def submit_write(self, fn, *args) -> Future[None]:  # type: ignore[no-untyped-def]
@@ -171,8 +184,9 @@ class Sink:
         buffer = self._buffer
         assert buffer is not None and 0 <= n <= _CHUNK - self._fill
         if n and name is not None:
-            piece = buffer.view[self._fill : self._fill + n]
-            buffer.pending.append(self.pipeline.crc_update(name, piece))
+            future = self.pipeline.crc_update(name, buffer.view[self._fill : self._fill + n])
+            if future is not None:
+                buffer.pending.append(future)
         self._fill += n
         self.size += n
         if self._fill == _CHUNK:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import json.encoder
 import os
 import re
 import secrets
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._gc import paused_gc
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import IntegrityError, OutputError, UnsupportedError
 from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, shard_names
@@ -202,9 +204,11 @@ def write_safetensors(
     finals = shard_names(dst, len(groups)) if index else [dst]
     if index:
         meta[SET_KEY] = _SET_PLACEHOLDER
-    layouts = [_layout(group, codes) for group in groups]
-    for slots, final in zip(layouts, finals):
-        _check_header_size(slots, meta, checksum=checksum, dst=final)
+    with paused_gc():  # a slot per tensor, no cycles
+        layouts = [_layout(group, codes) for group in groups]
+        tensor_texts = [_tensors_json(slots) for slots in layouts]
+    for slots, final, text in zip(layouts, finals, tensor_texts):
+        _check_header_size(slots, meta, checksum=checksum, dst=final, tensors=text)
     new_files = finals + ([index] if index else [])
 
     total = sum(o.nbytes for o in outputs)
@@ -218,11 +222,11 @@ def write_safetensors(
         sources = stack.enter_context(_SourceFiles())
         pipeline = stack.enter_context(Pipeline())
         written: list[_Written] = []
-        for slots, final in zip(layouts, finals):
+        for slots, final, text in zip(layouts, finals, tensor_texts):
             fd, tmp = temps.create(os.path.basename(final))
             header, crcs = _write_file(
                 fd, slots, meta, dst=final, checksum=checksum, verify=verify, fsync=fsync,
-                bar=bar, sources=sources, pipeline=pipeline,
+                bar=bar, sources=sources, pipeline=pipeline, tensors=text,
             )
             temps.close(fd)
             written.append(_Written(tmp, final, slots, crcs, header))
@@ -405,33 +409,45 @@ def _layout(group: list[Output], codes: Mapping[str, str]) -> list[_Slot]:
     return slots
 
 
-def _header(slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None) -> bytes:
-    """The header bytes (length prefix included), padded with spaces to a multiple of 8."""
-    header: dict[str, object] = {}
+def _tensors_json(slots: list[_Slot]) -> str:
+    """The header's tensor entries as one JSON object (what ``json.dumps`` gives for the
+    dict of them), built once per file and piece by piece: a file of 100,000 tensors would
+    otherwise hold 100,000 dicts for the size check, the header and its patch each."""
+    quote = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False)
+    return "{" + ",".join(
+        f'{quote(s.output.name)}:{{"dtype":{quote(s.code)},"shape":[{",".join(map(str, s.output.shape))}],'
+        f'"data_offsets":[{s.begin},{s.end}]}}'
+        for s in slots
+    ) + "}"
+
+
+def _header(
+    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: str | None = None
+) -> bytes:
+    """The header bytes (length prefix included), padded with spaces to a multiple of 8:
+    ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``, encoded here
+    when not given)."""
+    if tensors is None:
+        tensors = _tensors_json(slots)
     full_meta = dict(meta)
-    if crcs is not None:
-        full_meta[CRC_KEY] = json.dumps(
-            {s.output.name: f"{crcs.get(s.output.name, 0):08x}" for s in slots},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+    if crcs is not None:  # json.dumps of {name: "%08x"}, piece by piece
+        quote = json.encoder.encode_basestring
+        full_meta[CRC_KEY] = "{" + ",".join(
+            f'{quote(s.output.name)}:"{crcs.get(s.output.name, 0):08x}"' for s in slots
+        ) + "}"
+    text = tensors
     if full_meta:
-        header["__metadata__"] = full_meta
-    for s in slots:
-        header[s.output.name] = {
-            "dtype": s.code,
-            "shape": list(s.output.shape),
-            "data_offsets": [s.begin, s.end],
-        }
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
+        head = '{"__metadata__":' + json.dumps(full_meta, separators=(",", ":"), ensure_ascii=False)
+        text = head + ("}" if tensors == "{}" else "," + tensors[1:])
+    raw = text.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
 
 
 def _check_header_size(
-    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str
+    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str, tensors: str
 ) -> None:
-    size = len(_header(slots, meta, {} if checksum else None)) - 8
+    size = len(_header(slots, meta, {} if checksum else None, tensors)) - 8
     if size > _MAX_HEADER:
         raise OutputError(
             f"the header would be {size} bytes, above safetensors' limit of {_MAX_HEADER}; "
@@ -452,10 +468,11 @@ def _write_file(
     bar: _Bar,
     sources: _SourceFiles,
     pipeline: Pipeline,
+    tensors: str,
 ) -> tuple[bytes, dict[str, int]]:
     """Write one file; return its final header and the CRC-32C of every tensor computed (all
     of them with ``checksum`` or ``verify``, else those whose source records one)."""
-    head = _header(slots, meta, {} if checksum else None)
+    head = _header(slots, meta, {} if checksum else None, tensors)
     out = Sink(pipeline, fd, path=dst, fsync=fsync)
     out.write(head, None)
     checked: list[Output] = []
@@ -465,7 +482,7 @@ def _write_file(
         want_crc = checksum or verify or (source is not None and source.crc32c is not None)
         name = output.name if want_crc else None
         if name is not None:
-            pipeline.crc_start(name)
+            pipeline.crc_start(name, output.nbytes)
             checked.append(output)
         if _passes_through(output):
             _copy_range(output, out, sources, name, bar)
@@ -479,7 +496,7 @@ def _write_file(
         crcs[output.name] = crc
     patch = None
     if checksum:
-        patch = _header(slots, meta, crcs)
+        patch = _header(slots, meta, crcs, tensors)
         assert len(patch) == len(head), "the checksum placeholders changed the header length"
     out.finish(patch)
     return patch or head, crcs

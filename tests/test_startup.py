@@ -1,0 +1,49 @@
+"""Start-up (issue 18): ``ckptconv --help``, every subcommand's ``--help`` and usage errors
+import neither numpy nor h5py (nor anything heavier), and ``import ckptconv`` alone does not
+either: the package's exports load on first use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ckptconv.cli import COMMANDS
+
+HEAVY = ("numpy", "h5py", "yaml", "ml_dtypes", "safetensors", "tensorflow", "keras", "torch", "jax")
+
+_PROBE = """
+import json, runpy, sys
+argv = json.loads(sys.argv[1])
+sys.argv = ["ckptconv", *argv]
+try:
+    runpy.run_module("ckptconv", run_name="__main__")
+except SystemExit as e:
+    status = e.code
+else:
+    status = 0
+print(json.dumps({"status": status, "heavy": [m for m in %r if m in sys.modules]}))
+"""
+
+
+def _run(argv: list[str]) -> dict:
+    probe = _PROBE % (list(HEAVY),)
+    done = subprocess.run([sys.executable, "-c", probe, json.dumps(argv)], capture_output=True, text=True,
+                          timeout=120)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_ckptconv_imports_nothing_heavy() -> None:
+    code = f"import sys, ckptconv; print([m for m in {list(HEAVY)!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_help_and_usage_errors_import_nothing_heavy() -> None:
+    cases = [["--help"], ["--version"], ["no-such-command"]]
+    for command in COMMANDS:
+        cases += [[command, "--help"], [command, "--no-such-option"]]
+    for argv in cases:
+        result = _run(argv)
+        assert result["status"] in (0, 2), (argv, result)
+        assert result["heavy"] == [], (argv, result)
