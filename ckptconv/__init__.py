@@ -68,12 +68,20 @@ _LAZY = {
     "load_into": "keras",
     "model_targets": "keras",
     "transplant": "keras",
+    "BatchReport": "batch",
+    "FileResult": "batch",
+    "Job": "batch",
+    "convert_one": "batch",
+    "plan_jobs": "batch",
+    "prepare_options": "batch",
+    "run_batch": "batch",
     "WriteResult": "writers.safetensors",
     "parse_size": "writers.safetensors",
     "write_safetensors": "writers.safetensors",
 }
 
 if TYPE_CHECKING:
+    from .batch import BatchReport, FileResult, Job, convert_one, plan_jobs, prepare_options, run_batch
     from .convert import ConvertResult, convert
     from .formats import open as open  # noqa: A004
     from .keras import LoadReport, TransplantResult, load_into, model_targets, transplant
@@ -152,6 +160,14 @@ __all__ = [
     "verify_file",
     "VerifyResult",
     "Mismatch",
+    # many files: a process pool or a Dask cluster
+    "plan_jobs",
+    "Job",
+    "run_batch",
+    "prepare_options",
+    "convert_one",
+    "BatchReport",
+    "FileResult",
     # live models
     "load_into",
     "LoadReport",

@@ -100,6 +100,8 @@ def signature(name: str, obj: object) -> str:
         sig = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return name
+    # a function as a default value shows by name, not by its address (which changes per run)
+    sig = re.sub(r"<function ([\w.]+) at 0x[0-9a-f]+>", r"\1", sig)
     return f"{name}{sig}".replace("'", "")
 
 
