@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptconv.formats import _tensorbundle as tb
-from ckptconv.formats import tf_checkpoint
+from ckptconv.formats import _tf_kinds, tf_checkpoint
 from ckptconv.formats._protowire import (
     BundleEntry,
     BundleHeader,
@@ -199,7 +199,7 @@ def test_damaged_real_messages_raise_only_wire_errors(tf_dir: Path) -> None:
             except WireError:
                 continue
             if parse is parse_object_graph:
-                tf_checkpoint._object_roles(result)
+                _tf_kinds.object_roles(result)
                 walked += 1
     assert walked > len(graph) // 2  # most flips hit values, and those graphs were walked
 

@@ -39,6 +39,15 @@ from ..errors import CorruptFileError, FormatError, NoSuchFileError, Unsupported
 from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
 from . import _tensorbundle as tb
 from . import regular_file
+from ._tf_kinds import (
+    INTEGER_CODES,
+    natural_key,
+    object_path,
+    object_path_name,
+    object_roles,
+    tf1_kind,
+    tf1_optimizer_scopes,
+)
 from ._protowire import (
     BundleEntry,
     TrackableObject,
@@ -85,15 +94,6 @@ _UNREADABLE = {
     21: "variant", 29: "int4", 30: "uint4", 31: "int2", 32: "uint2", 33: "float4_e2m1fn",
 }
 
-# Object-graph edges that lead to an optimizer's step counter, or a checkpoint's.
-_COUNTER_EDGES = {"iter", "_iterations", "iterations", "iteration", "global_step", "save_counter"}
-# Edges under which Keras keeps metric objects (their count/total are bookkeeping).
-_METRIC_EDGES = {"metrics", "_metrics", "layer_metrics", "compiled_metrics", "_compile_metrics",
-                 "_metrics_container", "metrics_container"}
-_TF1_COUNTERS = {"global_step"}
-_TF1_OPTIMIZER_COUNTERS = {"iter", "iterations"}
-_INTEGER_CODES = {3, 9, 22, 23}  # int32, int64, uint32, uint64
-_TF1_OPTIMIZER_LEAF = re.compile(r"^beta[12]_power(_\d+)?$")
 
 
 # --- finding the checkpoint -----------------------------------------------------------------
@@ -379,138 +379,6 @@ def _unreadable(code: int, path: str, key: str) -> np.ndarray:
     )
 
 
-# --- names and kinds ------------------------------------------------------------------------
-
-
-class _Role(NamedTuple):
-    full_name: str
-    kind: Kind
-    order: int
-    counter: bool  # reached by a step-counter edge (bookkeeping when it holds an integer)
-
-
-def _dfs(
-    nodes: list[TrackableObject],
-    starts: list[int],
-    seen: set[int],
-    *,
-    blocked: Callable[[int, str], bool],
-) -> list[int]:
-    """Node ids in depth-first, child-list order (the order objects were attached: a
-    model's layers, then each layer's weights), skipping edges ``blocked`` rejects."""
-    out = []
-    stack = list(reversed(starts))
-    while stack:
-        node = stack.pop()
-        if node in seen or not 0 <= node < len(nodes):
-            continue
-        seen.add(node)
-        out.append(node)
-        for child in reversed(nodes[node].children):
-            if child.node_id not in seen and not blocked(child.node_id, child.local_name):
-                stack.append(child.node_id)
-    return out
-
-
-def _object_roles(nodes: list[TrackableObject]) -> dict[str, _Role]:
-    """checkpoint key -> full name, kind and order, from the object graph's structure.
-
-    Weights are the variables reached from the root without entering an optimizer (a node
-    with slot variables or an ``iter``/``_iterations`` counter, or the root's ``optimizer``)
-    or a metrics container; Keras 3 optimizers also hold references to the model's
-    variables, which therefore stay weights. What only an optimizer reaches is
-    ``optimizer``; the rest (metrics, non-variable state) is ``bookkeeping``.
-    """
-    if not nodes:
-        return {}
-
-    def is_variable(i: int) -> bool:
-        return any(a.name == "VARIABLE_VALUE" for a in nodes[i].attributes)
-
-    optimizers = set()
-    counter_nodes = set()
-    for i, node in enumerate(nodes):
-        for child in node.children:
-            if child.local_name in _COUNTER_EDGES and 0 <= child.node_id < len(nodes):
-                counter_nodes.add(child.node_id)
-                if child.local_name != "save_counter" and is_variable(child.node_id):
-                    optimizers.add(i)
-        if node.slot_variables:
-            optimizers.add(i)
-    optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
-    slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
-    slot_set = set(slots)
-
-    seen: set[int] = set()
-    weights = _dfs(
-        nodes, [0], seen,
-        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slot_set,
-    )
-    optimizer_part = _dfs(
-        nodes, sorted(optimizers) + slots, seen, blocked=lambda i, edge: edge in _METRIC_EDGES
-    )
-    rest = _dfs(nodes, [0], seen, blocked=lambda i, edge: False)
-    rest += [i for i in range(len(nodes)) if i not in seen]
-    phases: list[tuple[list[int], Kind]] = [
-        (weights, "weight"), (optimizer_part, "optimizer"), (rest, "bookkeeping")
-    ]
-    roles: dict[str, _Role] = {}
-    order = 0
-    for members, kind in phases:
-        for i in members:
-            for attribute in nodes[i].attributes:
-                if attribute.checkpoint_key in roles:
-                    continue
-                role_kind: Kind = kind if attribute.name == "VARIABLE_VALUE" else "bookkeeping"
-                roles[attribute.checkpoint_key] = _Role(
-                    attribute.full_name, role_kind, order, i in counter_nodes
-                )
-                order += 1
-    return roles
-
-
-def _tf1_optimizer_scopes(entries: dict[str, BundleEntry]) -> set[str]:
-    """Name scopes that hold an optimizer: those with an integer ``iter``/``iterations``
-    counter (``training/Adam/iter``, Keras' ``Adam/iterations``), and Keras' ``training``."""
-    scopes = {"training"}
-    for key, entry in entries.items():
-        scope, _, leaf = key.rpartition("/")
-        if scope and leaf in _TF1_OPTIMIZER_COUNTERS and entry.dtype in _INTEGER_CODES:
-            scopes.add(scope)
-    return scopes
-
-
-def _tf1_kind(
-    key: str, entry: BundleEntry, entries: dict[str, BundleEntry], optimizer_scopes: set[str]
-) -> Kind:
-    """Kinds of name-based (TF1) checkpoints, which record no structure, from naming rules:
-
-    * integer ``global_step`` and optimizer ``iter``/``iterations`` counters: bookkeeping;
-    * everything under an optimizer scope (see :func:`_tf1_optimizer_scopes`),
-      ``beta1_power``/``beta2_power``, and slots — ``<variable>/<slot>`` with the shape and
-      dtype of ``<variable>``, e.g. ``dense/kernel/Adam_1``: optimizer;
-    * the rest: weight.
-    """
-    scope, _, leaf = key.rpartition("/")
-    if entry.dtype in _INTEGER_CODES and (
-        leaf in _TF1_COUNTERS or (leaf in _TF1_OPTIMIZER_COUNTERS and scope in optimizer_scopes)
-    ):
-        return "bookkeeping"
-    if key.startswith(tuple(s + "/" for s in optimizer_scopes)) or _TF1_OPTIMIZER_LEAF.match(leaf):
-        return "optimizer"
-    owner = entries.get(scope) if scope else None
-    if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
-        return "optimizer"
-    return "weight"
-
-
-_DIGIT_RUNS = re.compile(r"(\d+)")
-
-
-def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
-
-
 # --- building the store ---------------------------------------------------------------------
 
 
@@ -542,15 +410,15 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
     keys = [k for k in index.entries if k != OBJECT_GRAPH_KEY]
     planned = []
     if nodes is None:
-        scopes = _tf1_optimizer_scopes(index.entries)
-        for key in sorted(keys, key=_natural_key):
+        scopes = tf1_optimizer_scopes(index.entries)
+        for key in sorted(keys, key=natural_key):
             entry = index.entries[key]
-            kind = _tf1_kind(key, entry, index.entries, scopes)
+            kind = tf1_kind(key, entry, index.entries, scopes)
             planned.append(_Planned(key, key, kind, entry))
         return planned
-    roles = _object_roles(nodes)
+    roles = object_roles(nodes)
     last = len(roles)
-    ranked = sorted(keys, key=lambda k: (roles[k].order if k in roles else last, _natural_key(k)))
+    ranked = sorted(keys, key=lambda k: (roles[k].order if k in roles else last, natural_key(k)))
     for key in ranked:
         entry = index.entries[key]
         role = roles.get(key)
@@ -559,7 +427,7 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
             planned.append(_Planned(key, key, kind, entry))
             continue
         kind = role.kind
-        if role.counter and entry.dtype in _INTEGER_CODES:
+        if role.counter and entry.dtype in INTEGER_CODES:
             kind = "bookkeeping"
         planned.append(_Planned(key, role.full_name or key, kind, entry))
     # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
@@ -575,30 +443,6 @@ def _unique_or(planned: list[_Planned], rename: Callable[[_Planned], str]) -> li
     for p in planned:
         counts[p.name] = counts.get(p.name, 0) + 1
     return [p if counts[p.name] == 1 else _Planned(p.key, rename(p), p.kind, p.entry) for p in planned]
-
-
-def object_path_name(key: str) -> str | None:
-    """A name from a variable's object path, for variables whose recorded full names collide:
-    the path below ``tf.train.Checkpoint(model=...)``'s ``model``, without the private
-    containers Keras tracks layers in (``_functional``, ``_operations``; their positions are
-    kept), and the leaf's leading underscore (Keras 3's Dense tracks ``_kernel``):
-    ``model/d1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`` -> ``d1/kernel``."""
-    path = object_path(key)
-    if path is None:
-        return None
-    parts = [_unescape(p) for p in path.split("/")]
-    if len(parts) > 1 and parts[0] == "model":
-        parts = parts[1:]
-    leaf = parts[-1].lstrip("_") or parts[-1]
-    if leaf.isdigit():  # a list position (a SavedModel's variables/N), no variable's name
-        return None
-    kept = [p for p in parts[:-1] if not p.startswith("_")]
-    return "/".join([*kept, leaf])
-
-
-def _unescape(part: str) -> str:
-    """TensorFlow's escaping of object names in keys, undone (``.S`` is ``/``, ``..`` is ``.``)."""
-    return part.replace(".S", "/").replace("..", ".")
 
 
 def _partitioned_loader(
@@ -747,16 +591,6 @@ def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc
         byte_range=_stored(path, entry), kind=planned.kind,
         crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None,
     )
-
-
-_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def object_path(key: str) -> str | None:
-    """The object path of a variable's checkpoint key (``layer_with_weights-0/kernel`` of
-    ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``), escaped as TensorFlow
-    writes it; None for other keys."""
-    return key[: -len(_VARIABLE_SUFFIX)] if key.endswith(_VARIABLE_SUFFIX) else None
 
 
 def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001

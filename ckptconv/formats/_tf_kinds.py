@@ -1,0 +1,199 @@
+"""Names and kinds in a TensorFlow checkpoint: what the object graph (or, in TF1 checkpoints,
+the naming conventions) says each tensor is.
+
+* :func:`object_roles` walks a ``TrackableObjectGraph``: variables reached from the root without
+  entering an optimizer or a metrics container are weights, what only an optimizer reaches is
+  optimizer state, the rest bookkeeping; the walk's order is the order objects were attached.
+* :func:`tf1_kind` gives the kinds of name-based (TF1 ``Saver``) checkpoints from naming rules.
+* :func:`object_path` and :func:`object_path_name`: a variable's object path in its checkpoint
+  key (the structural key TensorFlow restores by), and a name made from it.
+
+Source of truth: TensorFlow's ``trackable_object_graph.proto`` and
+``tensorflow/python/checkpoint/`` (how keys are escaped and how slots are recorded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..store import Kind
+from ._protowire import BundleEntry, TrackableObject
+
+__all__ = ["Role", "object_roles", "tf1_optimizer_scopes", "tf1_kind", "natural_key", "object_path",
+           "object_path_name", "INTEGER_CODES"]
+
+
+# Object-graph edges that lead to an optimizer's step counter, or a checkpoint's.
+_COUNTER_EDGES = {"iter", "_iterations", "iterations", "iteration", "global_step", "save_counter"}
+# Edges under which Keras keeps metric objects (their count/total are bookkeeping).
+_METRIC_EDGES = {"metrics", "_metrics", "layer_metrics", "compiled_metrics", "_compile_metrics",
+                 "_metrics_container", "metrics_container"}
+_TF1_COUNTERS = {"global_step"}
+_TF1_OPTIMIZER_COUNTERS = {"iter", "iterations"}
+INTEGER_CODES = {3, 9, 22, 23}  # int32, int64, uint32, uint64
+_TF1_OPTIMIZER_LEAF = re.compile(r"^beta[12]_power(_\d+)?$")
+
+
+class Role(NamedTuple):
+    full_name: str
+    kind: Kind
+    order: int
+    counter: bool  # reached by a step-counter edge (bookkeeping when it holds an integer)
+
+
+def _dfs(
+    nodes: list[TrackableObject],
+    starts: list[int],
+    seen: set[int],
+    *,
+    blocked: Callable[[int, str], bool],
+) -> list[int]:
+    """Node ids in depth-first, child-list order (the order objects were attached: a
+    model's layers, then each layer's weights), skipping edges ``blocked`` rejects."""
+    out = []
+    stack = list(reversed(starts))
+    while stack:
+        node = stack.pop()
+        if node in seen or not 0 <= node < len(nodes):
+            continue
+        seen.add(node)
+        out.append(node)
+        for child in reversed(nodes[node].children):
+            if child.node_id not in seen and not blocked(child.node_id, child.local_name):
+                stack.append(child.node_id)
+    return out
+
+
+def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
+    """checkpoint key -> full name, kind and order, from the object graph's structure.
+
+    Weights are the variables reached from the root without entering an optimizer (a node
+    with slot variables or an ``iter``/``_iterations`` counter, or the root's ``optimizer``)
+    or a metrics container; Keras 3 optimizers also hold references to the model's
+    variables, which therefore stay weights. What only an optimizer reaches is
+    ``optimizer``; the rest (metrics, non-variable state) is ``bookkeeping``.
+    """
+    if not nodes:
+        return {}
+
+    def is_variable(i: int) -> bool:
+        return any(a.name == "VARIABLE_VALUE" for a in nodes[i].attributes)
+
+    optimizers = set()
+    counter_nodes = set()
+    for i, node in enumerate(nodes):
+        for child in node.children:
+            if child.local_name in _COUNTER_EDGES and 0 <= child.node_id < len(nodes):
+                counter_nodes.add(child.node_id)
+                if child.local_name != "save_counter" and is_variable(child.node_id):
+                    optimizers.add(i)
+        if node.slot_variables:
+            optimizers.add(i)
+    optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
+    slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
+    slot_set = set(slots)
+
+    seen: set[int] = set()
+    weights = _dfs(
+        nodes, [0], seen,
+        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slot_set,
+    )
+    optimizer_part = _dfs(
+        nodes, sorted(optimizers) + slots, seen, blocked=lambda i, edge: edge in _METRIC_EDGES
+    )
+    rest = _dfs(nodes, [0], seen, blocked=lambda i, edge: False)
+    rest += [i for i in range(len(nodes)) if i not in seen]
+    phases: list[tuple[list[int], Kind]] = [
+        (weights, "weight"), (optimizer_part, "optimizer"), (rest, "bookkeeping")
+    ]
+    roles: dict[str, Role] = {}
+    order = 0
+    for members, kind in phases:
+        for i in members:
+            for attribute in nodes[i].attributes:
+                if attribute.checkpoint_key in roles:
+                    continue
+                role_kind: Kind = kind if attribute.name == "VARIABLE_VALUE" else "bookkeeping"
+                roles[attribute.checkpoint_key] = Role(
+                    attribute.full_name, role_kind, order, i in counter_nodes
+                )
+                order += 1
+    return roles
+
+
+def tf1_optimizer_scopes(entries: dict[str, BundleEntry]) -> set[str]:
+    """Name scopes that hold an optimizer: those with an integer ``iter``/``iterations``
+    counter (``training/Adam/iter``, Keras' ``Adam/iterations``), and Keras' ``training``."""
+    scopes = {"training"}
+    for key, entry in entries.items():
+        scope, _, leaf = key.rpartition("/")
+        if scope and leaf in _TF1_OPTIMIZER_COUNTERS and entry.dtype in INTEGER_CODES:
+            scopes.add(scope)
+    return scopes
+
+
+def tf1_kind(
+    key: str, entry: BundleEntry, entries: dict[str, BundleEntry], optimizer_scopes: set[str]
+) -> Kind:
+    """Kinds of name-based (TF1) checkpoints, which record no structure, from naming rules:
+
+    * integer ``global_step`` and optimizer ``iter``/``iterations`` counters: bookkeeping;
+    * everything under an optimizer scope (see :func:`tf1_optimizer_scopes`),
+      ``beta1_power``/``beta2_power``, and slots — ``<variable>/<slot>`` with the shape and
+      dtype of ``<variable>``, e.g. ``dense/kernel/Adam_1``: optimizer;
+    * the rest: weight.
+    """
+    scope, _, leaf = key.rpartition("/")
+    if entry.dtype in INTEGER_CODES and (
+        leaf in _TF1_COUNTERS or (leaf in _TF1_OPTIMIZER_COUNTERS and scope in optimizer_scopes)
+    ):
+        return "bookkeeping"
+    if key.startswith(tuple(s + "/" for s in optimizer_scopes)) or _TF1_OPTIMIZER_LEAF.match(leaf):
+        return "optimizer"
+    owner = entries.get(scope) if scope else None
+    if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
+        return "optimizer"
+    return "weight"
+
+
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
+
+
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def object_path(key: str) -> str | None:
+    """The object path of a variable's checkpoint key (``layer_with_weights-0/kernel`` of
+    ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``), escaped as TensorFlow
+    writes it; None for other keys."""
+    return key[: -len(_VARIABLE_SUFFIX)] if key.endswith(_VARIABLE_SUFFIX) else None
+
+
+def object_path_name(key: str) -> str | None:
+    """A name from a variable's object path, for variables whose recorded full names collide:
+    the path below ``tf.train.Checkpoint(model=...)``'s ``model``, without the private
+    containers Keras tracks layers in (``_functional``, ``_operations``; their positions are
+    kept), and the leaf's leading underscore (Keras 3's Dense tracks ``_kernel``):
+    ``model/d1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`` -> ``d1/kernel``."""
+    path = object_path(key)
+    if path is None:
+        return None
+    parts = [_unescape(p) for p in path.split("/")]
+    if len(parts) > 1 and parts[0] == "model":
+        parts = parts[1:]
+    leaf = parts[-1].lstrip("_") or parts[-1]
+    if leaf.isdigit():  # a list position (a SavedModel's variables/N), no variable's name
+        return None
+    kept = [p for p in parts[:-1] if not p.startswith("_")]
+    return "/".join([*kept, leaf])
+
+
+def _unescape(part: str) -> str:
+    """TensorFlow's escaping of object names in keys, undone (``.S`` is ``/``, ``..`` is ``.``)."""
+    return part.replace(".S", "/").replace("..", ".")
