@@ -212,9 +212,13 @@ def test_optimizer_entries_never_count_as_unused(expected):
     store = Store([*store.values(), opt], format="memory", path="<memory>")
     model = twin("keras")
     report = load_into(model, store, only="emb")
-    assert report.ok and [w.name for w in report.loaded] == ["emb/embeddings"]
-    with pytest.raises(LoadError, match="optimizer/iterations"):
-        load_into(model, store, only="emb", include_all=True)
+    assert report.ok and [w.name for w in report.loaded] == ["emb/embeddings"] and not report.unused
+    report = load_into(model, store, only="emb", include_all=True)  # taking part: then unused
+    assert [w.name for w in report.unused] == ["optimizer/iterations"]
+    part = {e.name: e for e in store.values() if e.name == "optimizer/iterations"}
+    with pytest.raises(LoadError) as info:
+        load_into(model, Store(list(part.values()), format="memory", path="<memory>"), include_all=True)
+    assert any(p.kind == "unused" and p.name == "optimizer/iterations" for p in info.value.problems)
 
 
 @pytest.mark.parametrize("line", LINES)
@@ -281,6 +285,56 @@ def test_only_loads_a_part_and_leaves_the_rest(expected, line):
         assert_bit_exact(after[name], part.get(name, before[name]), name)
     with pytest.raises(LoadError, match="matches no variable"):
         load_into(model, part, only="nope*")
+
+
+def _finetuned(name: str, head: str, classes: int):
+    keras.backend.clear_session()
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, name="enc1"), keras.layers.BatchNormalization(name="bn"),
+         keras.layers.Dense(8, name="enc2"), keras.layers.Dense(classes, name=head)],
+        name=name,
+    )
+
+
+@pytest.mark.parametrize("fmt", ["weights.h5", "tf-checkpoint"])
+@pytest.mark.parametrize(
+    ("name", "head", "classes"),
+    [("finetuned", "head", 5), ("other", "new_head", 5), ("other", "head", 3)],
+    ids=["new-head-shape", "renamed-model-and-head", "renamed-model"],
+)
+def test_only_loads_the_trunk_into_a_model_with_another_head_or_name(tmp_path, name, head, classes, fmt):
+    """The transfer-learning case: the first layers of a saved model into a new model whose
+    head differs (shape or name), whose own name differs (a TF checkpoint records the saved
+    model's name: ``finetuned/enc1/kernel``), or both. The source's other layers fill nothing
+    inside the part: listed, but no reason to refuse a strict load of the part."""
+    source = _finetuned("finetuned", "head", 3)
+    for v in source.weights:
+        v.assign(np.random.default_rng(len(v.path)).standard_normal(v.shape).astype(np.float32))
+    if fmt == "weights.h5":
+        path = tmp_path / "finetuned.weights.h5"
+        source.save_weights(path)
+    else:
+        if keras.backend.backend() != "tensorflow":
+            pytest.skip("a tf.train.Checkpoint needs the TensorFlow backend")
+        import tensorflow as tf
+
+        path = tf.train.Checkpoint(model=source).write(str(tmp_path / "ckpt"))
+    saved = {v.path.split("/", 1)[1]: np.asarray(v) for v in source.weights}  # the model's name leads
+
+    model = _finetuned(name, head, classes)
+    before = {v.path.split("/", 1)[1]: np.asarray(v) for v in model.weights}
+    if head != "head" or classes != 3:
+        with pytest.raises(LoadError):
+            load_into(model, path)  # the whole model: the head does not fit, or is not there
+    report = load_into(model, path, only=["enc1", "bn"])
+    assert report.ok and report.applied
+    assert sorted(w.name for w in report.loaded) == sorted(n for n in saved if n.startswith(("enc1/", "bn/")))
+    assert not report.missing and not report.problems
+    after = {v.path.split("/", 1)[1]: np.asarray(v) for v in model.weights}
+    for n, value in after.items():
+        assert_bit_exact(value, saved[n] if n.startswith(("enc1/", "bn/")) else before[n], n)
+    with pytest.raises(LoadError, match="missing"):
+        load_into(_finetuned(name, head, classes), {"enc1/kernel": saved["enc1/kernel"]}, only=["enc1", "bn"])
 
 
 @pytest.mark.parametrize("line", LINES)

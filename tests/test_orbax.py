@@ -231,10 +231,31 @@ def test_a_layer_frozen_since_the_save_loads_by_name(k315: Path) -> None:
         assert_bit_exact(np.asarray(v.numpy()), expected[v.path], v.path)
 
 
-def test_a_renamed_model_says_the_state_tree_differs(k315: Path) -> None:
+def _renamed_seq():
     layers = keras.layers
-    model = keras.Sequential(  # orbax_seq_wo's model under another name: variable paths other/...
+    return keras.Sequential(  # orbax_seq_wo's model under another name: variable paths other/...
         [keras.Input((3,)), layers.Dense(4, name="a"), layers.BatchNormalization(name="bn"), layers.Dense(2, name="b")],
+        name="other",
+    )
+
+
+def test_a_renamed_model_loads_by_name_without_the_saved_models_name(k315: Path) -> None:
+    """The state tree records the saved model's name (trainable_variables/seq/a/kernel): under
+    another name the tree is not the model's, so the load goes by name, the saved model's
+    name left out (seq/a/kernel fills a/kernel), and says so."""
+    expected = {x.name: x.array for x in load_expected(k315, "orbax_seq_wo.step0") if x.kind == "weight"}
+    saved = next(iter(expected)).split("/", 1)[0]
+    model = _renamed_seq()
+    report = ckptconv.load_into(model, k315 / "orbax_seq_wo")
+    assert report.ok and report.mode == "name" and len(report.loaded) == len(model.weights), report.format_table()
+    for v in model.weights:
+        assert_bit_exact(np.asarray(v.numpy()), expected[f"{saved}/{v.path.split('/', 1)[1]}"], v.path)
+
+
+def test_a_structure_that_disagrees_heads_the_problems(k315: Path) -> None:
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((3,)), layers.Dense(5, name="a"), layers.BatchNormalization(name="bn"), layers.Dense(2, name="b")],
         name="other",
     )
     with pytest.raises(ckptconv.LoadError) as info:

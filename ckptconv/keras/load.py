@@ -103,7 +103,8 @@ def load_into(
             names and layer paths (``dense_1``, ``block/*``, ``conv/kernel``). Variables
             outside the part are neither loaded nor reported missing, and sources that belong
             to them are reported "outside only=" (``report.outside_only``), not unused;
-            strictness applies within the part.
+            strictness applies within the part (source weights that fill no variable of
+            the model are listed in ``report.unused`` but do not fail the load).
         dtype: Cast floating-point source weights to this dtype before they meet the model.
         check_first: All or nothing on damaged data too: a check pass before the first
             variable changes computes and checks once every value whose reading can fail on
@@ -135,8 +136,12 @@ def load_into(
         elif mapping is not None:
             match = match_by_plan(live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype)
         else:
-            match = _match_as_keras_does(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
+            match = _match_as_keras_does(
+                live, store, include_all=include_all, cast=cast, dtype=wanted_dtype, part=only is not None
+            )
         report = match.report
+        if only is not None:
+            _unused_is_no_problem(report)
         report.strict = strict
         if strict and report.problems:
             raise _load_error(live, store, report)
@@ -150,11 +155,21 @@ def load_into(
             store.close()
 
 
+def _unused_is_no_problem(report: LoadReport) -> None:
+    """With ``only=``, a source weight that fills no variable of the model is still listed
+    (``report.unused``) but does not fail a strict load: the load is about the part, and a
+    source's other layers (an old head the new model replaced) are none of its business.
+    Strictness stays inside the part: a variable of it without a source is still missing."""
+    report.problems = [p for p in report.problems if p.kind != "unused"]
+
+
 def _match_as_keras_does(
-    live: LiveModel, store: Store, *, include_all: bool, cast: bool, dtype: np.dtype | None
+    live: LiveModel, store: Store, *, include_all: bool, cast: bool, dtype: np.dtype | None, part: bool = False
 ) -> Matching:
     """By structure when the source records one and all of it agrees with the model (what
-    Keras' own loader does), else by name; a structure that disagrees heads the problems."""
+    Keras' own loader does), else by name; a structure that disagrees heads the problems
+    (with ``part``, only= chose a part: unused sources are then no problem, see
+    :func:`_unused_is_no_problem`)."""
     found = match_structure(live, store)
     if isinstance(found, StructureMatch):
         return match_by_structure(live, store, found, include_all=include_all, cast=cast, dtype=dtype)
@@ -163,6 +178,8 @@ def _match_as_keras_does(
     if original:
         match.report.loaded = [replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded]
         match.report.names_differ = [(t, s) for t, s in match.report.names_differ if original.get(t) != s]
+    if part:
+        _unused_is_no_problem(match.report)
     if isinstance(found, Disagreement) and match.report.problems:
         match.report.problems.insert(
             0,

@@ -338,21 +338,39 @@ def match_by_plan(
     return match
 
 
+def _model_name_prefixes(live: LiveModel, store: Store, targets: set[str]) -> list[str]:
+    """The live model's own name, and the saved model's: the first part every weight of the
+    store shares (``finetuned/`` of ``finetuned/enc1/kernel``), unless the model has a layer
+    of that name."""
+    prefixes = [live.name + "/"]
+    weights = [e.name for e in store.entries()]
+    firsts = {name.split("/", 1)[0] for name in weights}
+    if len(firsts) == 1 and all("/" in name for name in weights):
+        saved = next(iter(firsts)) + "/"
+        if saved != prefixes[0] and not any(t.startswith(saved) for t in targets):
+            prefixes.append(saved)
+    return prefixes
+
+
 def without_model_name(live: LiveModel, store: Store) -> tuple[Store, dict[str, str]]:
     """A view of ``store`` where ``MODEL/x`` names ``x`` when ``x`` is a variable of the model.
 
     Keras 3 puts a Sequential or subclassed model's own name in front of its variables'
-    paths, and TensorFlow checkpoints of such models record it (``seq/dense/kernel``); no
-    Keras file does. Only names that then match a variable, and that the store does not have
-    already, are changed. Returns the view and ``{new name: recorded name}``.
+    paths, and TensorFlow and Orbax checkpoints of such models record it
+    (``seq/dense/kernel``); no Keras file does. ``MODEL`` is the live model's name, or the
+    saved model's (the first part all the store's weights share) when the live model has
+    another name. Only names that then match a variable of the model (inside ``only=`` or
+    not), and that the store does not have already, are changed. Returns the view and
+    ``{new name: recorded name}``.
     """
-    prefix = live.name + "/"
-    targets = {v.name for v in live.vars}
+    targets = {v.name for v in live.all_vars}
     renames: dict[str, str] = {}
-    for name in store:
-        short = name[len(prefix) :]
-        if name.startswith(prefix) and name not in targets and short in targets and short not in store:
-            renames[name] = short
+    for prefix in _model_name_prefixes(live, store, targets):
+        for name in store:
+            short = name[len(prefix) :]
+            if (name.startswith(prefix) and name not in targets and name not in renames
+                    and short in targets and short not in store):
+                renames[name] = short
     if not renames:
         return store, {}
     entries = [store[n].renamed(renames[n]) if n in renames else store[n] for n in store]
