@@ -44,7 +44,7 @@ from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, 
 from ..interrupts import sigterm_raises
 from ..options import keyword_options
 from ..store import ByteRange, Output
-from ._sink import Pipeline, Sink, pwrite_all, write_all
+from ._sink import Pipeline, Sink, chunk_for, pwrite_all, write_all
 from ._sink import fsync as fsync_file
 from .outputs import OutputLock, TempFiles, commit, plan_output_set
 
@@ -115,7 +115,7 @@ class WriteResult:
     set_id: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """One tensor's place in one file."""
 
@@ -220,7 +220,7 @@ def write_safetensors(
         background = _Background(check)
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
-        pipeline = stack.enter_context(Pipeline())
+        pipeline = stack.enter_context(Pipeline(chunk_for(total + sum(map(len, tensor_texts)))))
         written: list[_Written] = []
         for slots, final, text in zip(layouts, finals, tensor_texts):
             fd, tmp = temps.create(os.path.basename(final))
