@@ -306,3 +306,32 @@ def test_readings_remembered_per_slot_list_match_a_fresh_enumeration() -> None:
     copy = tuple(q.Slot(s.name, s.dtype, s.groups, s.shape) for s in q.QUANTIZED_VARIABLES["dense"]["int8"])
     f32, i8 = np.dtype("float32"), np.dtype("int8")
     assert q._readings(copy, [(i8, (4, 3)), (f32, (3,))], {}) == {("kernel", "kernel_scale")}
+
+
+def test_quantized_names_answer_repeated_layers_alike() -> None:
+    """Answers are remembered per class, stored list, mode and options: asked again (or with
+    the cache emptied) they are the same, a caller changing the list it got changes nothing,
+    and a config that fixes other options still gets its own answer."""
+    from ckptconv.formats import _keras_quantized as q
+
+    f32, i8 = np.dtype("float32"), np.dtype("int8")
+    int8_policy = {"dtype": {"class_name": "DTypePolicy", "config": {"name": "int8_from_float32"}}}
+    cases = [
+        ("dense", [(i8, (4, 3)), (f32, (3,)), (f32, (3,))], None),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], None),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], {**int8_policy, "use_bias": False}),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], {**int8_policy, "use_bias": True}),
+        ("dense", [(f32, (4, 3)), (f32, (3,))], None),
+        ("my_layer", [(i8, (4, 3)), (f32, (3,))], None),
+        ("einsum_dense", [(i8, (4, 3)), (f32, (3,)), (f32, (3,))], None),
+    ]
+    q._NAMES.clear()
+    first = [q.quantized_names(*case) for case in cases]
+    again = [q.quantized_names(*case) for case in cases]
+    q._NAMES.clear()
+    fresh = [q.quantized_names(*case) for case in cases]
+    assert first == again == fresh
+    assert first[2] == ["kernel", "kernel_scale"] and first[3] is None  # use_bias decides
+    assert first[0] == ["kernel", "bias", "kernel_scale"]
+    fresh[0].append("changed")  # the list of the answer remembered now
+    assert q.quantized_names(*cases[0]) == ["kernel", "bias", "kernel_scale"]

@@ -272,18 +272,41 @@ def quantized_names(
         to indices).
     """
     table = QUANTIZED_VARIABLES.get(cls or "")
+    mode: str | None = _UNKNOWN
+    known: dict[str, bool] = {}
+    if table is not None and config is not None:
+        mode = quantization_mode(config)
+        known = _options_in_config(str(cls), mode, config)
+    # layers of a model repeat (blocks of a transformer, thousands of experts): their answer
+    # depends on nothing else, so it is worked out once
+    key = (cls, tuple(stored), mode, tuple(sorted(known.items())))
+    names = _NAMES.get(key, _UNKNOWN)
+    if names is _UNKNOWN:
+        names = _names(cls, table, stored, mode, known)
+        if len(_NAMES) < 4096:
+            _NAMES[key] = names
+    return None if names is None else list(names)
+
+
+_NAMES: dict[tuple[Any, ...], tuple[str, ...] | None | str] = {}  # quantized_names' answers
+
+
+def _names(
+    cls: str | None,
+    table: Mapping[str | None, Sequence[Slot]] | None,
+    stored: Sequence[Stored],
+    mode: str | None,
+    known: Mapping[str, bool],
+) -> tuple[str, ...] | None:
+    """What :func:`quantized_names` answers, worked out (``mode``: the config's, or
+    ``_UNKNOWN``; ``known``: the options it fixes)."""
     readings: dict[tuple[str, ...], set[str | None]] = {}
     if table is None:
         for candidate_table in QUANTIZED_VARIABLES.values():
-            for mode in _INTEGER_MODES & candidate_table.keys():
-                for names in _readings(candidate_table[mode], stored, {}):
-                    readings.setdefault(names, set()).add(mode)
+            for integer_mode in _INTEGER_MODES & candidate_table.keys():
+                for names in _readings(candidate_table[integer_mode], stored, {}):
+                    readings.setdefault(names, set()).add(integer_mode)
     else:
-        mode: str | None = _UNKNOWN
-        known: dict[str, bool] = {}
-        if config is not None:
-            mode = quantization_mode(config)
-            known = _options_in_config(str(cls), mode, config)
         modes = list(table) if mode == _UNKNOWN or mode not in table else [mode]
         for candidate in modes:
             for names in _readings(table[candidate], stored, known):
@@ -293,4 +316,4 @@ def quantized_names(
     names, found_modes = next(iter(readings.items()))
     if found_modes == {None} and cls in _FLOAT_NAMED_ELSEWHERE:
         return None
-    return list(names)
+    return names
