@@ -51,7 +51,7 @@ __all__ = [
     "PATTERN_FIELDS",
 ]
 
-from ._batch_fields import PATTERN_FIELDS  # noqa: E402 - one table, shared with the CLI
+from .batch_fields import PATTERN_FIELDS  # noqa: E402 - one table, shared with the CLI
 
 # Longest first: a name loses one of these, or else its last extension.
 _SUFFIXES = (

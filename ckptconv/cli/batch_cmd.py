@@ -47,7 +47,7 @@ def _jobs(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from .._batch_fields import PATTERN_FIELDS
+    from ..batch_fields import PATTERN_FIELDS
 
     fields = "; ".join(f"{{{k}}}: {v}" for k, v in PATTERN_FIELDS.items())
     p = sub.add_parser(

@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from types import ModuleType
 
-from .._gc import paused_gc
+from ..gcpause import paused_gc
 from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileError
 from ..options import keyword_options, option_names
 from ..store import Store

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._gc import paused_gc
+from ..gcpause import paused_gc
 from ..dtypes import by_name, is_floating
 from ..errors import PlanError, Problem, SpecError, UsageError, problem
 from ..options import keyword_options, option_value

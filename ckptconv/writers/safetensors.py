@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._gc import paused_gc
+from ..gcpause import paused_gc
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import IntegrityError, OutputError, UnsupportedError
 from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, shard_names
