@@ -257,3 +257,81 @@ def test_ambiguous_readings_fall_back_to_indices() -> None:
     assert quantized_names("dense", [(i8, (4, 3))]) is None
     # a layer of unknown class with float variables only is never named as a quantized one
     assert quantized_names("my_layer", [(f32, (4, 3)), (f32, ())] + [(f32, (1024,)), (f32, ())] * 3) is None
+
+
+def test_readings_remembered_per_slot_list_match_a_fresh_enumeration() -> None:
+    """The saved lists of each (slot list, known options) are enumerated once and reused for
+    every layer: readings, asked twice, equal those of a plain enumeration of every choice,
+    for every class, mode, option set and many stored lists (dtypes and shapes)."""
+    import itertools
+
+    from ckptconv.formats import _keras_quantized as q
+
+    def fresh(slots, stored, known):
+        free = sorted({g for s in slots for g in s.groups} - set(known))
+        found = set()
+        for choice in itertools.product((False, True), repeat=len(free)):
+            present = dict(known, **dict(zip(free, choice)))
+            kept = [s for s in slots if all(present[g] for g in s.groups)]
+            if len(kept) != len(stored):
+                continue
+            named = {s.name: st[1] for s, st in zip(kept, stored)}
+            if all(q._fits(s, st, named) for s, st in zip(kept, stored)):
+                found.add(tuple(s.name for s in kept))
+        return found
+
+    rng = np.random.default_rng(5)
+    dtypes = [np.dtype(d) for d in ("float32", "int8", "uint8", "float16")]
+    shapes = [(), (3,), (4, 3), (3, 4), (2, 4, 3)]
+    groups = sorted({g for table in q.QUANTIZED_VARIABLES.values() for slots in table.values()
+                     for s in slots for g in s.groups})
+    checked = hits = 0
+    for table in q.QUANTIZED_VARIABLES.values():
+        for slots in table.values():
+            for known in [{}, *({g: v} for g in groups for v in (False, True)), dict.fromkeys(groups, True)]:
+                for _ in range(12):
+                    n = int(rng.integers(1, len(slots) + 2))
+                    stored = [(dtypes[int(rng.integers(len(dtypes)))], shapes[int(rng.integers(len(shapes)))])
+                              for _ in range(n)]
+                    if rng.random() < 0.5:  # a list that fits: the slots' own dtypes
+                        stored = [(np.dtype("float32") if s.dtype == "float" else np.dtype(s.dtype), (4, 3))
+                                  for s in slots[:n]]
+                    want = fresh(slots, stored, known)
+                    assert q._readings(slots, stored, known) == want
+                    assert q._readings(slots, stored, known) == want  # from the remembered lists
+                    checked += 1
+                    hits += bool(want)
+    assert checked > 1000 and hits > 50
+    # an equal but distinct slot list is not mistaken for a remembered one (identity, not id reuse)
+    copy = tuple(q.Slot(s.name, s.dtype, s.groups, s.shape) for s in q.QUANTIZED_VARIABLES["dense"]["int8"])
+    f32, i8 = np.dtype("float32"), np.dtype("int8")
+    assert q._readings(copy, [(i8, (4, 3)), (f32, (3,))], {}) == {("kernel", "kernel_scale")}
+
+
+def test_quantized_names_answer_repeated_layers_alike() -> None:
+    """Answers are remembered per class, stored list, mode and options: asked again (or with
+    the cache emptied) they are the same, a caller changing the list it got changes nothing,
+    and a config that fixes other options still gets its own answer."""
+    from ckptconv.formats import _keras_quantized as q
+
+    f32, i8 = np.dtype("float32"), np.dtype("int8")
+    int8_policy = {"dtype": {"class_name": "DTypePolicy", "config": {"name": "int8_from_float32"}}}
+    cases = [
+        ("dense", [(i8, (4, 3)), (f32, (3,)), (f32, (3,))], None),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], None),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], {**int8_policy, "use_bias": False}),
+        ("dense", [(i8, (4, 3)), (f32, (3,))], {**int8_policy, "use_bias": True}),
+        ("dense", [(f32, (4, 3)), (f32, (3,))], None),
+        ("my_layer", [(i8, (4, 3)), (f32, (3,))], None),
+        ("einsum_dense", [(i8, (4, 3)), (f32, (3,)), (f32, (3,))], None),
+    ]
+    q._NAMES.clear()
+    first = [q.quantized_names(*case) for case in cases]
+    again = [q.quantized_names(*case) for case in cases]
+    q._NAMES.clear()
+    fresh = [q.quantized_names(*case) for case in cases]
+    assert first == again == fresh
+    assert first[2] == ["kernel", "kernel_scale"] and first[3] is None  # use_bias decides
+    assert first[0] == ["kernel", "bias", "kernel_scale"]
+    fresh[0].append("changed")  # the list of the answer remembered now
+    assert q.quantized_names(*cases[0]) == ["kernel", "bias", "kernel_scale"]

@@ -390,3 +390,35 @@ def test_split_parts_computed_on_threads_read_the_source_once():
     assert all(counting.reads[f"w{i}"] == 1 for i in range(6))
     for name, part in zip("qkv", np.split(qkv, 3)):
         assert_bit_exact(results[name], part)
+
+
+def test_report_records_are_compact_and_behave_as_frozen_values():
+    """The per-tensor records of a report (and the planner's per-output state) hold no
+    ``__dict__`` (100,000 tensors make 200,000 records); they stay frozen, comparable,
+    hashable, copyable and picklable, and their JSON is unchanged."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from ckptconv.mapping import plan as plan_module
+
+    target = {"dense_1/kernel": TargetTensor((5, 10), np.float32), "dense_1/bias": TargetTensor((10,), "float16")}
+    plan = build_plan(Store.from_arrays(_arrays()), {"rules": [{"from": "dense_2/kernel", "ops": ["transpose"]}]},
+                      target=target)
+    report = plan.report
+    records = [*report.outputs, *report.sources, *report.mismatched]
+    assert {type(r).__name__ for r in records} == {"OutputRecord", "SourceRecord", "TargetMismatch"}
+    for record in records:
+        assert not hasattr(record, "__dict__"), type(record).__name__
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.name = "x"  # type: ignore[misc]
+        again = pickle.loads(pickle.dumps(record))
+        assert again == record and hash(again) == hash(record) and copy.copy(record) == record
+        assert again.to_json() == record.to_json() if hasattr(record, "to_json") else True
+        assert dataclasses.replace(record, name="other").name == "other"
+    out = next(r for r in report.outputs if r.name == "dense_2/kernel")
+    assert (out.sources, out.ops, out.shape, out.dtype, out.rule, out.unchanged) == (
+        ("dense_2/kernel",), "transpose", (20, 10), "float32", 1, False)
+    assert out.to_json()["sources"] == ["dense_2/kernel"]
+    assert pickle.loads(pickle.dumps(report)).to_json() == report.to_json()
+    assert "__slots__" in vars(plan_module._Planned)

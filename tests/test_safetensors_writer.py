@@ -633,3 +633,67 @@ def test_names_json_must_escape_round_trip(tmp_path: Path) -> None:
     assert header["__metadata__"]["note"] == 'a "quoted" value'
     table = json.loads(header["__metadata__"][CRC_KEY])
     assert {n: int(v, 16) for n, v in table.items()} == {n: crc32c.crc32c(a.tobytes()) for n, a in arrays.items()}
+
+
+@pytest.mark.parametrize("metadata", [None, {"format": "np", "note": "ünï \"q\""}])
+@pytest.mark.parametrize("checksum", [False, True])
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_header_bytes_are_json_dumps_of_the_header(tmp_path: Path, metadata, checksum, count) -> None:
+    """The header, assembled from encoded pieces with a single copy, is byte for byte
+    ``json.dumps`` of the header dict (compact, UTF-8), space-padded to a multiple of 8, with
+    and without ``__metadata__``, checksums and tensors."""
+    import crc32c
+
+    arrays = {f"t{i}/ké\"y": np.arange(i + 2, dtype=np.float32) for i in range(count)}
+    dst = tmp_path / "h.safetensors"
+    result = write_safetensors(computed(arrays), dst, metadata=metadata, checksum=checksum, fsync=False)
+    header: dict[str, object] = {}
+    meta = dict(metadata or {})
+    if checksum:
+        meta[CRC_KEY] = json.dumps({n: f"{crc32c.crc32c(a.tobytes()):08x}" for n, a in arrays.items()},
+                                   separators=(",", ":"), ensure_ascii=False)
+    if meta:
+        header["__metadata__"] = meta
+    offset = 0
+    for name, a in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    raw = dst.read_bytes()
+    assert raw[: 8 + len(text)] == len(text).to_bytes(8, "little") + text
+    assert len(raw) == 8 + len(text) + offset
+    assert result.checksums == ({n: crc32c.crc32c(a.tobytes()) for n, a in arrays.items()} if checksum else {})
+
+
+def test_convert_lets_the_plan_go_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan and its report (a record per source and per output) are freed before the
+    writer runs, so their memory serves the header and slots at 100,000 tensors; the output
+    is the same."""
+    import weakref
+
+    import ckptconv.mapping as mapping
+    import ckptconv.writers.safetensors as writer
+
+    plans: list[weakref.ref] = []
+    build, write = mapping.build_plan, writer.write_safetensors
+
+    def recording_build(*args, **kwargs):
+        plan = build(*args, **kwargs)
+        plans.append(weakref.ref(plan))
+        return plan
+
+    def checking_write(*args, **kwargs):
+        assert plans and all(ref() is None for ref in plans), "the plan is still alive while writing"
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(mapping, "build_plan", recording_build)
+    monkeypatch.setattr(writer, "write_safetensors", checking_write)
+    arrays = {"a/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "a/bias": np.ones(3, np.float16)}
+    src = tmp_path / "src.safetensors"
+    save_file(arrays, str(src))
+    result = ckptconv.convert(src, tmp_path / "out.safetensors", fsync=False)
+    assert result.tensors == 2
+    back = load_file(tmp_path / "out.safetensors")
+    for name, array in arrays.items():
+        assert_bit_exact(back[name], array, name)

@@ -394,3 +394,51 @@ def test_checksums_of_small_and_large_tensors_interleaved(
     for name, array in arrays.items():
         assert int(table[name], 16) == crc32c.crc32c(array.tobytes()), name
     verify_file(dst)
+
+
+def test_chunk_for_sizes_buffers_by_the_output() -> None:
+    """Full-size staging buffers for big outputs; for small ones about a sixteenth of the
+    output, never under the minimum, always a multiple of the direct-I/O alignment."""
+    chunk, least = _sink._CHUNK, _sink._MIN_CHUNK
+    assert _sink.chunk_for(0) == least
+    assert _sink.chunk_for(16 * least) == least
+    assert _sink.chunk_for(16 * least + 1) == least + _sink._ALIGN
+    assert _sink.chunk_for(16 * chunk) == chunk
+    assert _sink.chunk_for(1 << 40) == chunk
+    for total in (1, 12_345_678, 25 << 20, 16 * chunk - 1):
+        size = _sink.chunk_for(total)
+        assert size % _sink._ALIGN == 0 and least <= size <= chunk and size * 16 >= min(total, 16 * chunk)
+    with pytest.raises(ValueError, match="multiple of 4096"):
+        _sink.Pipeline(chunk=least + 1)
+
+
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "buffered"])
+def test_a_small_output_is_written_through_small_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str
+) -> None:
+    """A 6 MiB output is staged in buffers of chunk_for(its size), not 8 MiB ones; tensors
+    and the header still straddle them and read back bit for bit."""
+    monkeypatch.setenv("CKPTCONV_DIRECT_IO", direct)
+    sizes: list[int] = []
+    real = _sink._Buffer.__init__
+
+    def recording(self, size: int) -> None:
+        sizes.append(size)
+        real(self, size)
+
+    monkeypatch.setattr(_sink._Buffer, "__init__", recording)
+    rng = _rng()
+    arrays = {f"t{i:04d}": rng.standard_normal(int(n), dtype=np.float32)
+              for i, n in enumerate(rng.integers(1, 3000, 1000))}
+    dst = tmp_path / "small.safetensors"
+    write_safetensors([Output(n, a.shape, a.dtype, lambda a=a: a) for n, a in arrays.items()], dst)
+    total = dst.stat().st_size
+    assert sizes and set(sizes) == {_sink.chunk_for(total)} and sizes[0] < _sink._CHUNK
+    assert len(sizes) == _sink._BUFFERS  # the output spans more than all of them: reused
+    back = load_file(str(dst))
+    for name, array in arrays.items():
+        assert_bit_exact(back[name], array, name)
+    assert verify_file(dst).ok
+    from ckptconv.writers import safetensors as writer
+
+    assert "__slots__" in vars(writer._Slot)  # a slot per tensor, without a __dict__

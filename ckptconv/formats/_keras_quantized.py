@@ -184,17 +184,37 @@ def _fits(slot: Slot, stored: Stored, named: Mapping[str, tuple[int, ...]]) -> b
 def _readings(slots: Sequence[Slot], stored: Sequence[Stored], known: Mapping[str, bool]) -> set[tuple[str, ...]]:
     """Every choice of the layer options (``known`` ones fixed) whose saved list fits the
     stored dtypes and shapes, as name lists."""
-    free = sorted({g for s in slots for g in s.groups} - set(known))
     found: set[tuple[str, ...]] = set()
-    for choice in itertools.product((False, True), repeat=len(free)):
-        present = dict(known, **dict(zip(free, choice)))
-        kept = [s for s in slots if all(present[g] for g in s.groups)]
-        if len(kept) != len(stored):
-            continue
+    for kept in _saved_lists(slots, known).get(len(stored), ()):
         named = {s.name: st[1] for s, st in zip(kept, stored)}
         if all(_fits(s, st, named) for s, st in zip(kept, stored)):
             found.add(tuple(s.name for s in kept))
     return found
+
+
+# (id of a slot list, known options) -> (that list, its saved lists by length)
+_SAVED_LISTS: dict[tuple[int, tuple[tuple[str, bool], ...]], tuple[Sequence[Slot], dict[int, list[tuple[Slot, ...]]]]] = {}
+
+
+def _saved_lists(slots: Sequence[Slot], known: Mapping[str, bool]) -> dict[int, list[tuple[Slot, ...]]]:
+    """The saved variable lists of every choice of the layer options (``known`` ones fixed),
+    by length. They are the same for every layer of a class, so a checkpoint of thousands of
+    layers enumerates them once per slot list of :data:`QUANTIZED_VARIABLES` (remembered by
+    identity: hashing the slots would cost more than the enumeration); the stored dtypes and
+    shapes are checked per layer."""
+    key = (id(slots), tuple(sorted(known.items())))
+    cached = _SAVED_LISTS.get(key)
+    if cached is not None and cached[0] is slots:
+        return cached[1]
+    free = sorted({g for s in slots for g in s.groups} - known.keys())
+    lists: dict[int, list[tuple[Slot, ...]]] = {}
+    for choice in itertools.product((False, True), repeat=len(free)):
+        present = dict(known, **dict(zip(free, choice)))
+        kept = tuple(s for s in slots if all(present[g] for g in s.groups))
+        lists.setdefault(len(kept), []).append(kept)
+    if len(_SAVED_LISTS) < 1024:  # the tables' lists times the option sets configs give
+        _SAVED_LISTS[key] = (slots, lists)
+    return lists
 
 
 def _options_in_config(cls: str, mode: str | None, config: Mapping[str, Any]) -> dict[str, bool]:
@@ -252,18 +272,41 @@ def quantized_names(
         to indices).
     """
     table = QUANTIZED_VARIABLES.get(cls or "")
+    mode: str | None = _UNKNOWN
+    known: dict[str, bool] = {}
+    if table is not None and config is not None:
+        mode = quantization_mode(config)
+        known = _options_in_config(str(cls), mode, config)
+    # layers of a model repeat (blocks of a transformer, thousands of experts): their answer
+    # depends on nothing else, so it is worked out once
+    key = (cls, tuple(stored), mode, tuple(sorted(known.items())))
+    names = _NAMES.get(key, _UNKNOWN)
+    if names is _UNKNOWN:
+        names = _names(cls, table, stored, mode, known)
+        if len(_NAMES) < 4096:
+            _NAMES[key] = names
+    return None if names is None else list(names)
+
+
+_NAMES: dict[tuple[Any, ...], tuple[str, ...] | None | str] = {}  # quantized_names' answers
+
+
+def _names(
+    cls: str | None,
+    table: Mapping[str | None, Sequence[Slot]] | None,
+    stored: Sequence[Stored],
+    mode: str | None,
+    known: Mapping[str, bool],
+) -> tuple[str, ...] | None:
+    """What :func:`quantized_names` answers, worked out (``mode``: the config's, or
+    ``_UNKNOWN``; ``known``: the options it fixes)."""
     readings: dict[tuple[str, ...], set[str | None]] = {}
     if table is None:
         for candidate_table in QUANTIZED_VARIABLES.values():
-            for mode in _INTEGER_MODES & candidate_table.keys():
-                for names in _readings(candidate_table[mode], stored, {}):
-                    readings.setdefault(names, set()).add(mode)
+            for integer_mode in _INTEGER_MODES & candidate_table.keys():
+                for names in _readings(candidate_table[integer_mode], stored, {}):
+                    readings.setdefault(names, set()).add(integer_mode)
     else:
-        mode: str | None = _UNKNOWN
-        known: dict[str, bool] = {}
-        if config is not None:
-            mode = quantization_mode(config)
-            known = _options_in_config(str(cls), mode, config)
         modes = list(table) if mode == _UNKNOWN or mode not in table else [mode]
         for candidate in modes:
             for names in _readings(table[candidate], stored, known):
@@ -273,4 +316,4 @@ def quantized_names(
     names, found_modes = next(iter(readings.items()))
     if found_modes == {None} and cls in _FLOAT_NAMED_ELSEWHERE:
         return None
-    return list(names)
+    return names

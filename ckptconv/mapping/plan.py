@@ -115,7 +115,7 @@ class _Owned:
     position: int  # the entry's position in the store
 
 
-@dataclass
+@dataclass(slots=True)
 class _Planned:
     """An output being planned."""
 

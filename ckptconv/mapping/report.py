@@ -20,7 +20,7 @@ Status = Literal["used", "dropped", "passthrough", "unused", "outside-only"]
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputRecord:
     """One output of the plan.
 
@@ -55,7 +55,7 @@ class OutputRecord:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRecord:
     """One source entry and what the plan does with it.
 
@@ -91,7 +91,7 @@ class SourceRecord:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetMismatch:
     """An output whose shape or dtype does not fit the target tensor of the same name."""
 

@@ -12,7 +12,7 @@ cores instead of taking turns:
   GIL).
 
 A buffer is filled again only once both threads are done with it, so memory stays at
-``_BUFFERS * _CHUNK`` whatever the file's size.
+``_BUFFERS * _CHUNK`` whatever the file's size (less for a small output: :func:`chunk_for`).
 
 Durable outputs (``fsync=True``) are written with ``O_DIRECT`` where the file system takes
 it: the data goes from the staging buffers to the disk without being copied into the page
@@ -43,11 +43,22 @@ from ..errors import OutputError
 from ..mapping.ops import copy_c_order
 
 _CHUNK = 8 << 20  # bytes per staging buffer: full disk speed (8 and 16 MiB measure alike), small RSS
+_MIN_CHUNK = 1 << 20  # the smallest staging buffer chunk_for gives (a small output's)
 _BUFFERS = 4  # staging buffers: one being filled, one being written, one being checksummed, one spare
 _INLINE_CRC = 256 << 10  # tensors up to this size are checksummed on the committing thread
 _ALIGN = 4096  # O_DIRECT alignment of memory, file offsets and lengths (covers 512-byte disks)
 _WRITEBACK_STEP = 64 << 20  # buffered writes: start write-back every this many bytes
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def chunk_for(total: int) -> int:
+    """The staging buffer size for writing ``total`` bytes: :data:`_CHUNK`, or for an output
+    under ``4 * _BUFFERS`` chunks about a sixteenth of it (at least ``_MIN_CHUNK``, a multiple
+    of ``_ALIGN``), so a small output of many tensors does not hold 32 MiB of buffers while
+    its metadata already takes hundreds of MB; big outputs keep full-size buffers."""
+    want = -(-max(total, 0) // (4 * _BUFFERS))
+    want += -want % _ALIGN
+    return min(_CHUNK, max(_MIN_CHUNK, want))
 
 
 def direct_io_enabled() -> bool:
@@ -60,10 +71,10 @@ class _Buffer:
 
     __slots__ = ("array", "view", "pending")
 
-    def __init__(self) -> None:
-        raw = np.empty(_CHUNK + _ALIGN, dtype=np.uint8)  # pages are touched only when filled
+    def __init__(self, size: int) -> None:
+        raw = np.empty(size + _ALIGN, dtype=np.uint8)  # pages are touched only when filled
         start = -raw.ctypes.data % _ALIGN
-        self.array = raw[start : start + _CHUNK]
+        self.array = raw[start : start + size]
         self.view = memoryview(self.array)
         self.pending: list[Future[None]] = []
 
@@ -78,9 +89,16 @@ class Pipeline:
     """The writer and checksum threads and the staging buffers, shared by the files of a write.
 
     Use as a context manager; leaving it waits for (or cancels) the work still queued.
+
+    Args:
+        chunk: Bytes per staging buffer, a multiple of ``_ALIGN`` (default ``_CHUNK``;
+            :func:`chunk_for` sizes it for an output).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, chunk: int | None = None) -> None:
+        self.chunk = _CHUNK if chunk is None else chunk
+        if self.chunk <= 0 or self.chunk % _ALIGN:
+            raise ValueError(f"chunk must be a positive multiple of {_ALIGN}, got {self.chunk}")
         self._writer: ThreadPoolExecutor | None = None
         self._checker: ThreadPoolExecutor | None = None
         self._buffers: list[_Buffer] = []
@@ -103,7 +121,7 @@ class Pipeline:
     def next_buffer(self) -> _Buffer:
         """The next staging buffer in turn, once nothing reads it any more."""
         if len(self._buffers) < _BUFFERS:
-            buffer = _Buffer()
+            buffer = _Buffer(self.chunk)
             self._buffers.append(buffer)
         else:
             buffer = self._buffers[self._turn % _BUFFERS]
@@ -182,14 +200,14 @@ class Sink:
     def commit(self, n: int, name: str | None) -> None:
         """``n`` bytes were put at the start of what :meth:`reserve` returned."""
         buffer = self._buffer
-        assert buffer is not None and 0 <= n <= _CHUNK - self._fill
+        assert buffer is not None and 0 <= n <= self.pipeline.chunk - self._fill
         if n and name is not None:
             future = self.pipeline.crc_update(name, buffer.view[self._fill : self._fill + n])
             if future is not None:
                 buffer.pending.append(future)
         self._fill += n
         self.size += n
-        if self._fill == _CHUNK:
+        if self._fill == self.pipeline.chunk:
             self._submit()
 
     def write(self, data: memoryview | bytes, name: str | None) -> None:
@@ -217,8 +235,8 @@ class Sink:
             return
         rows = array.shape[0]
         row_bytes = (array.size // rows) * little.itemsize
-        if row_bytes > _CHUNK:  # rows larger than a buffer: contiguous slabs of a few rows
-            for block in _c_order_blocks(array, little):
+        if row_bytes > self.pipeline.chunk:  # rows larger than a buffer: slabs of a few rows
+            for block in _c_order_blocks(array, little, self.pipeline.chunk):
                 self.write(block.reshape(-1).view(np.uint8), name)
             return
         row = 0
@@ -318,10 +336,11 @@ def _little_endian(dtype: np.dtype) -> np.dtype:
         return np.dtype(dtype)
 
 
-def _c_order_blocks(array: np.ndarray, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Contiguous little-endian copies of consecutive slabs along the first axis."""
+def _c_order_blocks(array: np.ndarray, dtype: np.dtype, chunk: int) -> Iterator[np.ndarray]:
+    """Contiguous little-endian copies of consecutive slabs along the first axis, of about
+    ``chunk`` bytes (one row at least)."""
     row = max(1, array[0].size * dtype.itemsize)
-    rows = max(1, _CHUNK // row)
+    rows = max(1, chunk // row)
     for start in range(0, array.shape[0], rows):
         yield np.ascontiguousarray(array[start : start + rows], dtype=dtype)
 

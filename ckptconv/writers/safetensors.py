@@ -44,7 +44,7 @@ from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, 
 from ..interrupts import sigterm_raises
 from ..options import keyword_options
 from ..store import ByteRange, Output
-from ._sink import Pipeline, Sink, pwrite_all, write_all
+from ._sink import Pipeline, Sink, chunk_for, pwrite_all, write_all
 from ._sink import fsync as fsync_file
 from .outputs import OutputLock, TempFiles, commit, plan_output_set
 
@@ -115,7 +115,7 @@ class WriteResult:
     set_id: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """One tensor's place in one file."""
 
@@ -220,7 +220,7 @@ def write_safetensors(
         background = _Background(check)
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
-        pipeline = stack.enter_context(Pipeline())
+        pipeline = stack.enter_context(Pipeline(chunk_for(total + sum(map(len, tensor_texts)))))
         written: list[_Written] = []
         for slots, final, text in zip(layouts, finals, tensor_texts):
             fd, tmp = temps.create(os.path.basename(final))
@@ -409,24 +409,25 @@ def _layout(group: list[Output], codes: Mapping[str, str]) -> list[_Slot]:
     return slots
 
 
-def _tensors_json(slots: list[_Slot]) -> str:
-    """The header's tensor entries as one JSON object (what ``json.dumps`` gives for the
-    dict of them), built once per file and piece by piece: a file of 100,000 tensors would
-    otherwise hold 100,000 dicts for the size check, the header and its patch each."""
+def _tensors_json(slots: list[_Slot]) -> bytes:
+    """The header's tensor entries as one JSON object, UTF-8 encoded (what ``json.dumps``
+    gives for the dict of them), built once per file and piece by piece: a file of 100,000
+    tensors would otherwise hold 100,000 dicts for the size check, the header and its patch
+    each."""
     quote = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False)
-    return "{" + ",".join(
+    return ("{" + ",".join(
         f'{quote(s.output.name)}:{{"dtype":{quote(s.code)},"shape":[{",".join(map(str, s.output.shape))}],'
         f'"data_offsets":[{s.begin},{s.end}]}}'
         for s in slots
-    ) + "}"
+    ) + "}").encode("utf-8")
 
 
 def _header(
-    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: str | None = None
+    slots: list[_Slot], meta: Mapping[str, str], crcs: Mapping[str, int] | None, tensors: bytes | None = None
 ) -> bytes:
     """The header bytes (length prefix included), padded with spaces to a multiple of 8:
     ``__metadata__`` first, then ``tensors`` (:func:`_tensors_json` of ``slots``, encoded here
-    when not given)."""
+    when not given). The tensor entries are copied once, into the result."""
     if tensors is None:
         tensors = _tensors_json(slots)
     full_meta = dict(meta)
@@ -435,17 +436,20 @@ def _header(
         full_meta[CRC_KEY] = "{" + ",".join(
             f'{quote(s.output.name)}:"{crcs.get(s.output.name, 0):08x}"' for s in slots
         ) + "}"
-    text = tensors
+    parts: list[bytes | memoryview]
     if full_meta:
         head = '{"__metadata__":' + json.dumps(full_meta, separators=(",", ":"), ensure_ascii=False)
-        text = head + ("}" if tensors == "{}" else "," + tensors[1:])
-    raw = text.encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
+        parts = [head.encode("utf-8")]
+        parts += [b"}"] if tensors == b"{}" else [b",", memoryview(tensors)[1:]]
+    else:
+        parts = [tensors]
+    size = sum(len(part) for part in parts)
+    pad = -size % 8
+    return b"".join([(size + pad).to_bytes(8, "little"), *parts, b" " * pad])
 
 
 def _check_header_size(
-    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str, tensors: str
+    slots: list[_Slot], meta: Mapping[str, str], *, checksum: bool, dst: str, tensors: bytes
 ) -> None:
     size = len(_header(slots, meta, {} if checksum else None, tensors)) - 8
     if size > _MAX_HEADER:
@@ -468,13 +472,16 @@ def _write_file(
     bar: _Bar,
     sources: _SourceFiles,
     pipeline: Pipeline,
-    tensors: str,
+    tensors: bytes,
 ) -> tuple[bytes, dict[str, int]]:
     """Write one file; return its final header and the CRC-32C of every tensor computed (all
     of them with ``checksum`` or ``verify``, else those whose source records one)."""
     head = _header(slots, meta, {} if checksum else None, tensors)
+    head_size = len(head)
     out = Sink(pipeline, fd, path=dst, fsync=fsync)
-    out.write(head, None)
+    out.write(head, None)  # copied into the staging buffers
+    if checksum:  # the patch replaces it: its memory goes back now (MBs at 100,000 tensors)
+        head = b""
     checked: list[Output] = []
     for slot in slots:
         output = slot.output
@@ -497,9 +504,9 @@ def _write_file(
     patch = None
     if checksum:
         patch = _header(slots, meta, crcs, tensors)
-        assert len(patch) == len(head), "the checksum placeholders changed the header length"
+        assert len(patch) == head_size, "the checksum placeholders changed the header length"
     out.finish(patch)
-    return patch or head, crcs
+    return (head if patch is None else patch), crcs
 
 
 def _passes_through(output: Output) -> bool:
