@@ -411,3 +411,23 @@ def test_the_assembler_makes_what_torch_writes(tmp_path: Path) -> None:
     rezip(FIXTURES / "cnn.pt", path, replace={"data.pkl": with_payload(_str("just a string"))})
     with ckptconv.open(path) as store:
         assert store.skipped == [("evil", "str 'just a string'")]
+
+
+@pytest.mark.parametrize(("fixture", "kind"), [("cnn.pt", "the torch.save file"), (None, "the .keras file")])
+def test_a_truncated_archive_says_which_file_to_fetch_again(fixture, kind, tmp_path: Path) -> None:
+    """A truncated zip is named by its first member, which survives truncation: a torch.save
+    archive is not called a .keras file."""
+    if fixture is None:
+        import io
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:  # the members Keras writes first
+            z.writestr("metadata.json", "{}")
+            z.writestr("config.json", "{}" * 400)
+        data = buffer.getvalue()
+    else:
+        data = (Path(__file__).parent / "fixtures" / "pytorch" / fixture).read_bytes()
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=f"copy or download {kind} again"):
+        ckptconv.open(cut)

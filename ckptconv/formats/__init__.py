@@ -162,6 +162,22 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     )
 
 
+def _zip_kind(head: bytes) -> str:
+    """What a zip archive is, from its first member's name (in the first local file header,
+    which even a truncated archive keeps): ``torch.save`` writes ``<archive>/data.pkl`` or
+    ``<archive>/byteorder`` first, Keras ``metadata.json``, ``config.json`` or
+    ``model.weights.h5``."""
+    if len(head) < 30:
+        return "file"
+    size = int.from_bytes(head[26:28], "little")
+    first = head[30 : 30 + size].decode("utf-8", "replace")
+    if first.endswith(("/data.pkl", "/byteorder", "/version", "/.format_version")):
+        return "torch.save file"
+    if first in ("metadata.json", "config.json", "model.weights.h5", "assets/"):
+        return ".keras file"
+    return "file"
+
+
 def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = None) -> None:
     """Raise the most useful error for a file of a known container type that no format
     claims: damaged (it does not even open, or a format's check failed on it) or well-formed
@@ -191,7 +207,8 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             zipfile.ZipFile(p).close()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
             raise CorruptFileError(
-                f"a damaged zip archive ({_one_line(e)}); copy or download the .keras file again",
+                f"a damaged zip archive ({_one_line(e)}); copy or download the "
+                f"{_zip_kind(head)} again",
                 path=p,
             ) from e
         raise FormatError(
