@@ -193,6 +193,8 @@ class Files:
     def batch_inputs(self) -> list[str]:
         """The batch group's inputs (written by ``bench_batch.py make``)."""
         return [self.p("batch", "in", f"m{i:03d}.weights.h5") for i in range(self.batch_files)]
+
+    @property
     def many(self) -> dict[str, tuple[str, list[str]]]:
         """The 10,000-tensor model: format label -> (path, the files holding its bytes)."""
         m = self.p("many")
