@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .formats import open as open_store
 from .formats.safetensors import KINDS_KEY, check_metadata
 from .options import keyword_options, option_value
@@ -30,9 +30,16 @@ def output_name(dst: str | os.PathLike[str], *, any_suffix: bool = False) -> str
     ``.safetensors.index.json``.
 
     Raises:
+        OutputError: ``dst`` is a directory.
         UsageError: ``dst`` ends in neither and ``any_suffix`` is False.
     """
     text = os.fspath(dst)
+    if os.path.isdir(text):
+        raise OutputError(
+            "is a directory, not an output file: name the file to write in it "
+            f"({os.path.join(text, 'model.safetensors')}, for example)",
+            path=text,
+        )
     if text.endswith(_INDEX_SUFFIX):
         return text[: -len(".index.json")]
     if text.endswith(_SUFFIX) or any_suffix:

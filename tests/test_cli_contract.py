@@ -346,3 +346,14 @@ def test_make_test_runs_the_suite_in_parallel_and_the_readme_says_what_it_costs(
     quick_start = readme.split("## ", 2)[1]
     for command in ("make demo", "make test"):  # each with its time and the size of its .venv
         assert re.search(rf"`{command}`\s+takes about [\d.]+ min\b[^.]*?a [\d.]+ [MG]B `\.venv`", quick_start), command
+
+
+def test_an_output_directory_is_named_as_such(capsys, small: Path, tmp_path: Path) -> None:
+    """Before: 'its name ends in no suffix: name it out.safetensors', which then failed as a
+    directory. Now the first message says what is wrong, and nothing is written in it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run(capsys, "convert", small, out)
+    expected = f"{out / 'model.safetensors'}, for example"
+    assert code == 1 and err == f"ckptconv: error: {out}: is a directory, not an output file: name the file to write in it ({expected})\n"
+    assert list(out.iterdir()) == []
