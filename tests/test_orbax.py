@@ -427,3 +427,15 @@ def test_detection_of_every_orbax_form(k315: Path) -> None:
         assert detect(k315 / where).FORMAT == "keras-orbax"
     assert detect(k315 / "q_int8").FORMAT == "keras-archive"
     assert os.path.isdir(k315 / "q_int8")
+
+
+def test_a_checkpoint_with_only_an_unfinished_step_says_so(k315: Path, tmp_path: Path) -> None:
+    """Orbax writes a step as <step>.orbax-checkpoint-tmp-* and renames it when complete: a
+    directory holding only that (a save interrupted, or running) is an Orbax checkpoint with
+    no complete step, not "not a checkpoint"."""
+    root = tmp_path / "ckpts"
+    shutil.copytree(k315 / "orbax_seq_wo" / "0", root / "0.orbax-checkpoint-tmp-1764460000")
+    with pytest.raises(ckptconv.CorruptFileError, match=r"no complete step: only 0\.orbax-checkpoint-tmp-1764460000"):
+        ckptconv.open(root)
+    proc = run_cli("inspect", root)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "still being written" in proc.stderr

@@ -78,6 +78,9 @@ def tree_directory(step: Path) -> Path | None:
     return None
 
 
+_TMP_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+
+
 def steps(root: Path) -> list[tuple[int, Path]]:
     """The step directories of a checkpoint directory that hold a complete pytree, by step.
 
@@ -108,7 +111,18 @@ def sniff(path: Path, head: bytes) -> bool:
     except OSError:
         return False
     # numbered steps (complete or not: open says what is missing)
-    return any((c / STEP_METADATA).is_file() or tree_directory(c) is not None for c in children)
+    if any((c / STEP_METADATA).is_file() or tree_directory(c) is not None for c in children):
+        return True
+    return bool(_unfinished_steps(path))
+
+
+def _unfinished_steps(root: Path) -> list[str]:
+    """Names of steps Orbax is still writing (or was, when it was stopped):
+    ``<step>.orbax-checkpoint-tmp-*``."""
+    try:
+        return sorted(c.name for c in root.iterdir() if _TMP_STEP.match(c.name) and c.is_dir())
+    except OSError:
+        return []
 
 
 def _resolve(path: Path) -> tuple[Path, Path, str | None]:
@@ -127,6 +141,14 @@ def _resolve(path: Path) -> tuple[Path, Path, str | None]:
         tree = tree_directory(step_dir)
         assert tree is not None
         return step_dir, tree, str(number)
+    unfinished = _unfinished_steps(path)
+    if unfinished:
+        raise CorruptFileError(
+            f"an Orbax checkpoint with no complete step: only {', '.join(unfinished[:3])} "
+            "(a step still being written, or whose save was interrupted); wait for the save to "
+            "finish, or save again",
+            path=path,
+        )
     raise CorruptFileError(
         "an Orbax checkpoint without a complete pytree (no pytree/_METADATA in this step, "
         "no numbered step directory holding one): saved with another checkpointable name, "
