@@ -331,3 +331,52 @@ def test_cli_usage_and_errors(seed, tmp_path):
     assert as_json.returncode == 1
     obj = json.loads(as_json.stdout)
     assert obj["ok"] is False and "nope.h5" in obj["error"]["message"]
+
+
+def _conv_then_linear(channels: int, classes: int) -> dict[str, np.ndarray]:
+    """A PyTorch state dict of Conv2d(3, channels, 3) -> flatten -> Linear(channels*16, classes)
+    (a 6x6 input), written as torch names and layouts: ``state_dict()`` order."""
+    rng = np.random.default_rng(7)
+    return {
+        "conv.weight": rng.standard_normal((channels, 3, 3, 3)).astype(np.float32),
+        "conv.bias": rng.standard_normal(channels).astype(np.float32),
+        "fc.weight": rng.standard_normal((classes, channels * 16)).astype(np.float32),
+        "fc.bias": rng.standard_normal(classes).astype(np.float32),
+    }
+
+
+def test_a_linear_after_a_flatten_has_its_rows_reordered_for_channels_last():
+    """torch flattens the feature map [C, H, W]; Keras' Flatten in a channels_last model
+    [H, W, C]. The kernel fits by shape either way, so only the order of its rows tells: the
+    Dense output must equal the Linear's on the same feature map."""
+    state = _conv_then_linear(4, 5)
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(5, name="fc")])
+    from ckptconv.mapping import align
+
+    suggestion = align(state, model)
+    fc = next(m for m in suggestion.matches if m.target == "fc")
+    assert fc.confidence == "likely" and "[C, H, W] to channels_last [H, W, C]" in fc.reason
+    report = load_into(model, state, suggestion.spec)
+    assert report.ok
+    x = np.random.default_rng(8).standard_normal((1, 6, 6, 3)).astype(np.float32)
+    features = np.asarray(keras.Model(model.inputs, model.get_layer("conv").output)(x))[0]  # [H, W, C]
+    torch_linear = state["fc.weight"] @ features.transpose(2, 0, 1).reshape(-1) + state["fc.bias"]
+    np.testing.assert_allclose(np.asarray(model(x))[0], torch_linear, rtol=1e-5, atol=1e-5)
+
+
+def test_linears_after_the_first_one_and_after_pooling_are_plain_transposes():
+    """A flatten happens once: a ViT's patch convolution is followed by Linears whose input
+    is a multiple of its channels (the MLP's 4x) that flatten nothing."""
+    rng = np.random.default_rng(9)
+    state = {"patch.weight": rng.standard_normal((8, 3, 2, 2)).astype(np.float32),
+             "fc1.weight": rng.standard_normal((32, 8)).astype(np.float32),
+             "fc2.weight": rng.standard_normal((8, 32)).astype(np.float32)}
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 2, strides=2, use_bias=False, name="patch"),
+                              keras.layers.Reshape((4, 8)), keras.layers.Dense(32, use_bias=False, name="fc1"),
+                              keras.layers.Dense(8, use_bias=False, name="fc2")])
+    spec = ckptconv.suggest(state, model)
+    ops = {str(rule.from_): [op.describe() for op in rule.ops] for rule in spec.rules}
+    assert ops == {"patch.weight": ["transpose [2, 3, 1, 0]"], "fc1.weight": ["transpose"], "fc2.weight": ["transpose"]}

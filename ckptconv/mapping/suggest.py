@@ -34,7 +34,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -116,6 +116,7 @@ def align(source: Any, target: Any, *, include_all: bool = False, unsafe: bool =
         aligner = _Aligner(src_layers, tgt_layers)
         if model is not None:
             aligner.structure = _structure(model, src_store)
+            aligner.channels_first = _channels_first(model)
         suggestion = aligner.run(described, tgt_name)
         suggestion.target_file = model is not None and isinstance(target, (str, os.PathLike))
         return suggestion
@@ -160,6 +161,25 @@ def _target_side(target: Any, *, include_all: bool, unsafe: bool) -> tuple[list[
     finally:
         if close:
             store.close()
+
+
+def _channels_first(model: Any) -> bool | None:
+    """Whether the model's ``Flatten`` orders features ``[C, H, W]`` as PyTorch does (True),
+    ``[H, W, C]`` (False), or the model has no layer that says (None). Keras' ``Flatten``
+    keeps the order of what reaches it when its own ``data_format`` is channels_last, and
+    moves the channels last first when it is channels_first; so the order is ``[C, H, W]``
+    when the convolutions are channels_first and the ``Flatten`` channels_last."""
+    convs, flattens = set(), set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        value = getattr(layer, "data_format", None)
+        if value in ("channels_first", "channels_last"):
+            (flattens if type(layer).__name__ == "Flatten" else convs).add(value)
+        stack.extend(getattr(layer, "layers", ()) or ())
+    if not convs:
+        return None
+    return "channels_first" in convs and "channels_first" not in flattens
 
 
 def _structure(model: Any, store: Any) -> tuple[dict[str, str], str] | None:
@@ -339,6 +359,8 @@ class _Aligner:
         self.free_t = list(targets)
         # ({variable: entry}, how) when the source's recorded structure is the model's
         self.structure: tuple[dict[str, str], str] | None = None
+        # whether the target model flattens feature maps [C, H, W] (None: unknown)
+        self.channels_first: bool | None = None
 
     def pair(self, s: _Layer, t: _Layer) -> _LayerPair | None:
         """How ``s`` fills ``t`` when their weights fit, else None."""
@@ -501,12 +523,60 @@ class _Aligner:
                     changed = True
                     break
 
+    def after_a_flatten(self) -> None:
+        """A PyTorch ``Linear`` after a convolution and a flatten reads the feature map
+        flattened as ``[C, H, W]``; a Keras ``Dense`` after ``Flatten`` in a channels_last
+        model reads ``[H, W, C]``. The kernel's rows must then be reordered, not only the
+        matrix transposed: the shapes fit either way, so nothing else would tell. A Linear
+        weight ``[out, in]`` whose ``in`` is ``k > 1`` times the channels of the source's last
+        convolution before it becomes ``reshape [out, C, k]``, ``transpose [2, 1, 0]``,
+        ``reshape [in, out]`` (rows ``c * k + s`` to ``s * C + c``), unless the target model
+        flattens ``[C, H, W]`` too (channels_first convolutions before a channels_last
+        ``Flatten``: :func:`_channels_first`)."""
+        if self.channels_first:
+            return
+        convs = sorted(
+            (layer.position, w.shape[0])
+            for layer in self.sources
+            for w in layer.tensors
+            if w.leaf == "weight" and len(w.shape) >= 3
+        )
+        linears = sorted(
+            layer.position for layer in self.sources for w in layer.tensors if w.leaf == "weight" and len(w.shape) == 2
+        )
+        for i, (pair, how, sim) in enumerate(self.placed):
+            changed = False
+            new_pairs = []
+            for p in pair.pairs:
+                label = p.label or ""
+                if p.kind == "convention" and label.startswith("PyTorch -> Keras: Linear weight") and len(p.source.shape) == 2:
+                    here = pair.source.position
+                    before = [(position, c) for position, c in convs if position < here]
+                    out, width = p.source.shape
+                    # the first Linear after the last convolution: a flatten happens once
+                    first = bool(before) and not any(before[-1][0] < position < here for position in linears)
+                    channels = before[-1][1] if first else 0
+                    if channels and width % channels == 0 and width // channels > 1:
+                        k = width // channels
+                        ops = ({"reshape": [out, channels, k]}, {"transpose": [2, 1, 0]}, {"reshape": [width, out]},
+                               *(o for o in p.ops if isinstance(o, dict) and "cast" in o))
+                        note = (f"PyTorch -> Keras: Linear weight [out, in] after a flatten of {channels} channels "
+                                f"x {k} positions -> kernel rows reordered from [C, H, W] to channels_last [H, W, C] "
+                                "(check: for a Keras model flattening channels_first, or pooling before the "
+                                "Linear, a plain transpose)")
+                        p = replace(p, ops=ops, label=note)
+                        changed = True
+                new_pairs.append(p)
+            if changed:
+                self.placed[i] = (replace(pair, pairs=new_pairs), how, sim)
+
     def run(self, source_name: str, target_name: str) -> Suggestion:
         self.by_names()
         self.by_structure()
         self.by_similar_names()
         self.by_position()
         self.by_unique_fit()
+        self.after_a_flatten()
         return SpecWriter(self).suggestion(source_name, target_name)
 
 

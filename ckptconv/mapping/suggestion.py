@@ -267,6 +267,8 @@ class SpecWriter:
             why.append("no other layer fits either")
         if not pair.full:
             confidence = "unsure"
+        elif any("after a flatten" in (p.label or "") for p in pair.pairs):
+            confidence = "likely"  # the model's data_format decides, and may not be known
         elif any(p.kind == "index" for p in pair.pairs):
             confidence = "likely"
         elif how in ("names", "structure") or unique or (how == "similar names" and sim >= 0.6):
