@@ -29,7 +29,8 @@ from .execute import (
 )
 from .cast import Cast, lossy_cast
 from .ops import Op, OpError, Split, Transpose
-from .patterns import Match, in_part, natural_key, part_patterns
+from .ownership import Owned, match_rule, nearest_names, own_part
+from .patterns import in_part, natural_key, part_patterns
 from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
 from .spec import Rule, Spec, load_spec, parse_dtype_option
 
@@ -105,16 +106,6 @@ class Plan:
 # -- planning ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Owned:
-    """An entry a rule owns, with the captures of the match."""
-
-    entry: Entry
-    fields: dict[str, str]
-    pattern: int  # which of the rule's name patterns matched (0 without name patterns)
-    position: int  # the entry's position in the store
-
-
 @dataclass(slots=True)
 class _Planned:
     """An output being planned."""
@@ -130,57 +121,6 @@ class _Planned:
     order: tuple[int, int]
     view: Callable[[], np.ndarray] | None = None  # compute, but may give a transposed view
     blocks: Callable[[int], Iterator[np.ndarray]] | None = None  # compute, piece by piece
-
-
-def _match_rule(rule: Rule, entry: Entry) -> tuple[int, dict[str, str]] | None:
-    """Does ``rule`` match ``entry``? Returns (pattern number, template fields) or None."""
-    name_patterns = rule.name_patterns
-    layer_pattern = rule.layer_pattern
-    which = 0
-    groups: tuple[str, ...] = ()
-    named: dict[str, str] = {}
-    if name_patterns:
-        m: Match | None = None
-        for which, p in enumerate(name_patterns):
-            m = p.match(entry.name)
-            if m is not None:
-                break
-        if m is None:
-            return None
-        groups, named = m.groups, dict(m.named)
-    if layer_pattern is not None:
-        lm = layer_pattern.match(entry.layer)
-        if lm is None:
-            return None
-        groups = groups + lm.groups
-        named.update(lm.named)
-    if rule.index is not None:
-        wanted = (rule.index,) if isinstance(rule.index, int) else rule.index
-        if entry.index not in wanted:
-            return None
-    fields = {"0": entry.name}
-    fields.update({str(i + 1): g for i, g in enumerate(groups)})
-    fields.update(named)
-    return which, fields
-
-
-def _own_part(entry: Entry) -> tuple[str, str]:
-    """The weight's own part of its name and the separator before it (``kernel``, ``/``)."""
-    if entry.layer and entry.name.startswith(entry.layer) and len(entry.name) > len(entry.layer):
-        sep = entry.name[len(entry.layer)]
-        if sep in "/.":
-            return entry.name[len(entry.layer) + 1 :], sep
-    for sep in "/.":
-        if sep in entry.name:
-            return entry.name.rsplit(sep, 1)[1], sep
-    return entry.name, "/"
-
-
-def _nearest(text: str, candidates: Sequence[str], n: int = 3) -> list[str]:
-    probe = text[3:] if text.startswith("re:") else text
-    probe = probe.replace("\\", "")
-    return difflib.get_close_matches(probe, candidates, n=n, cutoff=0.4)
-
 
 
 class _Builder:
@@ -216,22 +156,22 @@ class _Builder:
 
     # ownership
 
-    def assign(self) -> tuple[dict[int, list[_Owned]], list[tuple[int, Entry]]]:
+    def assign(self) -> tuple[dict[int, list[Owned]], list[tuple[int, Entry]]]:
         """First match wins: rule number -> owned entries; plus the entries no rule owns."""
-        owned: dict[int, list[_Owned]] = {r.number: [] for r in self.spec.rules}
+        owned: dict[int, list[Owned]] = {r.number: [] for r in self.spec.rules}
         free: list[tuple[int, Entry]] = []
         rules = self.spec.rules
         for position, entry in enumerate(self.entries):
             for rule in rules:
-                hit = _match_rule(rule, entry)
+                hit = match_rule(rule, entry)
                 if hit is not None:
-                    owned[rule.number].append(_Owned(entry, hit[1], hit[0], position))
+                    owned[rule.number].append(Owned(entry, hit[1], hit[0], position))
                     break
             else:
                 free.append((position, entry))
         return owned, free
 
-    def check_ownership(self, rule: Rule, owned: list[_Owned]) -> None:
+    def check_ownership(self, rule: Rule, owned: list[Owned]) -> None:
         if rule.optional:
             return
         patterns = rule.name_patterns
@@ -247,7 +187,7 @@ class _Builder:
                             rule=rule,
                         )
             return
-        everything = [e for e in self.entries if _match_rule(rule, e) is not None]
+        everything = [e for e in self.entries if match_rule(rule, e) is not None]
         if everything:
             owners = sorted({self._owner_of(e) for e in everything})
             names = ", ".join(repr(e.name) for e in everything[:3]) + (", ..." if len(everything) > 3 else "")
@@ -262,13 +202,13 @@ class _Builder:
 
     def _owner_of(self, entry: Entry) -> int:
         for rule in self.spec.rules:
-            if _match_rule(rule, entry) is not None:
+            if match_rule(rule, entry) is not None:
                 return rule.number
         return 0
 
     def _nearest_text(self, pattern: str, *, layers: bool = False) -> str:
         pool = sorted({e.layer for e in self.entries}) if layers else [e.name for e in self.entries]
-        near = _nearest(pattern, pool)
+        near = nearest_names(pattern, pool)
         what = "layers" if layers else "names"
         if not near:
             return f"; no similar {what} in the source"
@@ -391,7 +331,7 @@ class _Builder:
         )
 
     def _chain_output(
-        self, rule: Rule | None, owned: _Owned, name: str, ops: Sequence[Op], *, allow_default: bool = True
+        self, rule: Rule | None, owned: Owned, name: str, ops: Sequence[Op], *, allow_default: bool = True
     ) -> None:
         entry = owned.entry
         what = f"entry {entry.name!r}"
@@ -421,21 +361,21 @@ class _Builder:
             order=(owned.position, 0),
         )
 
-    def plan_map(self, rule: Rule, owned: list[_Owned]) -> None:
+    def plan_map(self, rule: Rule, owned: list[Owned]) -> None:
         templates = rule.to_templates
         to_layer = rule.to_layer_template
         for o in owned:
             if templates:
                 name = templates[0].render(o.fields)
             elif to_layer is not None:
-                own, sep = _own_part(o.entry)
+                own, sep = own_part(o.entry)
                 layer = to_layer.render(o.fields)
                 name = f"{layer}{sep}{own}" if layer else own
             else:
                 name = o.entry.name
             self._chain_output(rule, o, name, rule.ops)
 
-    def plan_split(self, rule: Rule, owned: list[_Owned]) -> None:
+    def plan_split(self, rule: Rule, owned: list[Owned]) -> None:
         split: Split = rule.split
         templates = rule.to_templates
         for o in owned:
@@ -474,12 +414,12 @@ class _Builder:
                     order=(o.position, i),
                 )
 
-    def plan_join(self, rule: Rule, owned: list[_Owned]) -> None:
+    def plan_join(self, rule: Rule, owned: list[Owned]) -> None:
         join = rule.join
         assert join is not None
         template = rule.to_templates[0]
         patterns = rule.name_patterns
-        groups: dict[tuple[str, ...], list[_Owned]] = {}
+        groups: dict[tuple[str, ...], list[Owned]] = {}
         for o in owned:
             key = tuple(o.fields[f] for f in template.fields)
             groups.setdefault(key, []).append(o)
@@ -566,7 +506,7 @@ class _Builder:
         )
 
     def _passthrough(self, position: int, entry: Entry) -> None:
-        owned = _Owned(entry, {"0": entry.name}, 0, position)
+        owned = Owned(entry, {"0": entry.name}, 0, position)
         # a name Keras changed between its lines matches the target's spelling (aliases.py)
         name = entry.name
         if self.aliases is not None and entry.kind == "weight":
