@@ -53,8 +53,11 @@ def test_pytorch_sequential_conventions():
     out = outputs(src, spec, tgt)
     assert sorted(out) == sorted(tgt)
     assert np.array_equal(out["conv2d/kernel"], src["0.weight"].transpose(2, 3, 1, 0))
-    assert np.array_equal(out["dense/kernel"], src["4.weight"].T)
-    assert np.array_equal(out["dense_1/kernel"], src["6.weight"].T)
+    # 144 inputs after 4 channels: a flattened [4, 6, 6] feature map; a target of shapes alone
+    # says no data_format, so Keras' default (channels_last, [6, 6, 4]) orders the rows
+    reordered = src["4.weight"].reshape(16, 4, 36).transpose(2, 1, 0).reshape(144, 16)
+    assert np.array_equal(out["dense/kernel"], reordered)
+    assert np.array_equal(out["dense_1/kernel"], src["6.weight"].T)  # not the first Linear: a transpose
     assert np.array_equal(out["batch_normalization/gamma"], src["1.weight"])
     assert np.array_equal(out["batch_normalization/moving_variance"], src["1.running_var"])
     assert {"drop": "1.num_batches_tracked"} in rules_of(spec)
