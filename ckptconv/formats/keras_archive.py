@@ -132,7 +132,7 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
         raise UnsafeInputError("config.json is implausibly large", path=path, tensor="config.json")
-    _refuse_bomb(info, path)
+    refuse_zip_bomb(info, path)
     try:
         with z.open(info) as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -144,8 +144,9 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
         raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
 
 
-def _refuse_bomb(info: zipfile.ZipInfo, path: Path) -> None:
-    """A compressed member that would expand far beyond its stored size is refused unread."""
+def refuse_zip_bomb(info: zipfile.ZipInfo, path: Path) -> None:
+    """A compressed member that would expand far beyond its stored size is refused unread
+    (a ``.keras`` archive's members, a ``torch.save`` archive's storages)."""
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > 2**20:
         ratio = info.file_size / max(info.compress_size, 1)
         if ratio > MAX_EXPANSION:

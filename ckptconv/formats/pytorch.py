@@ -63,7 +63,7 @@ from ._torch_pickle import (
     check_opcodes,
     load_plain,
 )
-from .keras_archive import member_data_offset
+from .keras_archive import member_data_offset, refuse_zip_bomb
 from .safetensors import load_index, shard_files, weights_in_directory
 
 __all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open"]
@@ -73,7 +73,6 @@ SHARDED_FORMAT = "pytorch-sharded"
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE_BYTES = 256 * 2**20
-MAX_EXPANSION = 200  # a compressed storage expanding more than this is a likely zip bomb
 MAX_DEPTH = 100
 _READ_WINDOW = 8 << 20
 _MAGIC_PICKLE = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # LONG1 of MAGIC_NUMBER, protocol >= 2
@@ -338,7 +337,7 @@ def _parse_zip(path: Path) -> _Parsed:
         info = z.getinfo(f"{prefix}/data.pkl")
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
-        _refuse_bomb(info, path)
+        refuse_zip_bomb(info, path)
         try:
             raw = z.read(info)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
@@ -362,20 +361,9 @@ def _parse_zip(path: Path) -> _Parsed:
                     raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
                 storages[key] = _Stored(os.fspath(path), start, None, info.file_size, byteorder == "big")
             else:
-                _refuse_bomb(info, path)
+                refuse_zip_bomb(info, path)
                 storages[key] = _Stored(os.fspath(path), None, member, info.file_size, byteorder == "big")
     return _Parsed(path, root, storages, metadata)
-
-
-def _refuse_bomb(info: zipfile.ZipInfo, path: Path) -> None:
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 2**20:
-        ratio = info.file_size / max(info.compress_size, 1)
-        if ratio > MAX_EXPANSION:
-            raise UnsafeInputError(
-                f"{info.filename} expands {ratio:.0f}x ({info.file_size} bytes from "
-                f"{info.compress_size}): refusing a likely zip bomb",
-                path=path,
-            )
 
 
 def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
