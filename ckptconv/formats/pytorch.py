@@ -64,7 +64,14 @@ from ._torch_pickle import (
     load_plain,
 )
 from .keras_archive import member_data_offset, refuse_zip_bomb
-from .safetensors import load_index, shard_files, weights_in_directory
+from .safetensors import (
+    check_every_mapped_held,
+    check_shard_holds,
+    index_total_size,
+    load_index,
+    shard_files,
+    weights_in_directory,
+)
 
 __all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open"]
 
@@ -216,28 +223,14 @@ def _open_sharded(index_file: Path) -> Store:
         metadata = metadata or dict(parsed.metadata)
         walk = _Walk(shard)
         walk.visit(parsed.root, (), "weight", 0)
-        for name in walk.names():
-            mapped = weight_map.get(name)
-            if mapped is None or (index_file.parent / mapped).resolve() != shard.resolve():
-                raise CorruptFileError(
-                    f"the shard holds this tensor but the index {index_file.name} maps it to "
-                    f"{mapped!r}; the set is inconsistent",
-                    path=shard,
-                    tensor=name,
-                )
+        check_shard_holds(index_file, weight_map, shard, walk.names())
         entries.extend(walk.entries(parsed))
         seen.update(walk.names())
         tied.extend(walk.tied())
         skipped.extend(walk.skipped)
-    for name, file in weight_map.items():
-        if name not in seen:
-            raise CorruptFileError(
-                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, tensor=name
-            )
+    check_every_mapped_held(index_file, weight_map, seen)
     keras_order(entries)
-    meta = index.get("metadata")
-    if isinstance(meta, dict) and "total_size" in meta:
-        metadata["total_size"] = str(meta["total_size"])
+    metadata.update(index_total_size(index))
     return Store(
         entries,
         format=SHARDED_FORMAT,

@@ -33,7 +33,7 @@ import builtins
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..dtypes import from_safetensors
@@ -282,30 +282,14 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
     for shard in shards:
         header = read_header(shard)
         headers.append(header)
-        resolved = shard.resolve()
-        for name in header.tensors:
-            if weight_map.get(name) is None or (index_file.parent / weight_map[name]).resolve() != resolved:
-                raise CorruptFileError(
-                    f"the shard holds this tensor but the index {index_file.name} maps it to "
-                    f"{weight_map.get(name)!r}; the set is inconsistent",
-                    path=shard,
-                    tensor=name,
-                )
+        check_shard_holds(index_file, weight_map, shard, header.tensors)
         seen.update(header.tensors)
         entries.extend(_entries(header, check_crc=check_crc))
     check_set(index_file, index, headers)
-    for name, file in weight_map.items():
-        if name not in seen:
-            raise CorruptFileError(
-                f"the index maps this tensor to {file!r}, which does not hold it",
-                path=index_file,
-                tensor=name,
-            )
+    check_every_mapped_held(index_file, weight_map, seen)
     keras_order(entries)
     metadata = _user_metadata(headers[0].metadata) if headers else {}
-    meta = index.get("metadata")
-    if isinstance(meta, dict) and "total_size" in meta:
-        metadata["total_size"] = str(meta["total_size"])
+    metadata.update(index_total_size(index))
     return Store(
         entries,
         format=SHARDED_FORMAT,
@@ -313,6 +297,46 @@ def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
         files=[index_file, *shards],
         metadata=metadata,
     )
+
+
+def check_shard_holds(index_file: Path, weight_map: Mapping[str, str], shard: Path, names: Iterable[str]) -> None:
+    """Every tensor ``shard`` holds is one the index maps to that shard (a Hugging Face
+    sharded set, safetensors or ``pytorch_model.bin``).
+
+    Raises:
+        CorruptFileError: naming the shard and the tensor the index places elsewhere.
+    """
+    resolved = shard.resolve()
+    for name in names:
+        mapped = weight_map.get(name)
+        if mapped is None or (index_file.parent / mapped).resolve() != resolved:
+            raise CorruptFileError(
+                f"the shard holds this tensor but the index {index_file.name} maps it to "
+                f"{mapped!r}; the set is inconsistent",
+                path=shard,
+                tensor=name,
+            )
+
+
+def check_every_mapped_held(index_file: Path, weight_map: Mapping[str, str], seen: set[str]) -> None:
+    """Every tensor the index maps is held by a shard (``seen``: the names the shards hold).
+
+    Raises:
+        CorruptFileError: naming the index and the first tensor no shard holds.
+    """
+    for name, file in weight_map.items():
+        if name not in seen:
+            raise CorruptFileError(
+                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, tensor=name
+            )
+
+
+def index_total_size(index: Mapping[str, object]) -> dict[str, str]:
+    """The index's ``metadata.total_size`` as store metadata, when it records one."""
+    meta = index.get("metadata")
+    if isinstance(meta, dict) and "total_size" in meta:
+        return {"total_size": str(meta["total_size"])}
+    return {}
 
 
 def shard_files(index_file: Path, index: dict) -> list[Path]:
