@@ -6,10 +6,12 @@ pair whether its bytes are identical, or else how far apart the values are (max 
 max relative difference, the count of elements beyond the tolerance, the first of them).
 
 It streams: one tensor at a time, and a big tensor stored as plain bytes (every format's usual
-case) in blocks of a few MiB read with ``pread`` on both sides, the next block read on a second
-thread while this one is compared. Memory stays at a few blocks whatever the tensors' sizes;
-a tensor that is not plain bytes (an HDF5 dataset stored compressed, a live model's variable,
-an output a ``--map`` rule transforms) is read whole, one at a time.
+case) in blocks of 1 MiB read with ``pread`` on both sides into one buffer each, and compared
+(bytes first; values only where the bytes differ) while the block is still in the CPU's cache;
+a CRC-32C the format records is computed over the same blocks. Memory stays at two blocks
+whatever the tensors' sizes; a tensor that is not plain bytes (an HDF5 dataset stored
+compressed, a live model's variable, an output a ``--map`` rule transforms) is read whole, one
+at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ __all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse
 
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
-BLOCK_BYTES = 8 << 20  # bytes per block and side when a tensor is streamed
+BLOCK_BYTES = 1 << 20  # bytes per block and side when a tensor is streamed (both stay in cache)
 _STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
 
 
@@ -443,7 +444,8 @@ def _stored(output: Output | Entry) -> Entry | None:
 
 
 def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays."""
+    """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
+    until the next pair is asked for)."""
     count = int(np.prod(output.shape, dtype=np.int64))
     raw_a, raw_b = _stored(output), _stored(entry_b)
     if count <= per_block or (raw_a is None and raw_b is None):
@@ -455,7 +457,7 @@ def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np
     # read whole (one at a time) only the side that is not plain bytes
     gen_a = _raw_blocks(raw_a, count, per_block) if raw_a is not None else _views(output.compute(), per_block)
     gen_b = _raw_blocks(raw_b, count, per_block) if raw_b is not None else _views(entry_b.read(), per_block)
-    yield from _read_ahead(gen_a, gen_b)
+    yield from zip(gen_a, gen_b)  # as many blocks each: a raw side's last one is checked already
 
 
 def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
@@ -465,47 +467,33 @@ def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
 
 
 def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray]:
-    """The entry's stored bytes a block at a time, into two buffers used in turn (a block may
-    be overwritten once the one after the next is asked for); the recorded CRC-32C, if any,
-    is checked over the blocks once the last is read."""
+    """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
+    is overwritten when the next is asked for), on the caller's thread: a block is compared
+    while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
+    block as it arrives and checked before the last block is handed over."""
     import crc32c
 
     br = entry.byte_range
     assert br is not None
     itemsize = entry.dtype.itemsize
-    buffers = [np.empty(min(per_block, count), dtype=entry.dtype) for _ in range(2)]
+    buffer = np.empty(min(per_block, count), dtype=entry.dtype)
+    check = entry.crc32c is not None
     crc = 0
     fd = os.open(br.path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, br.offset, br.length, os.POSIX_FADV_SEQUENTIAL)
-        for i, start in enumerate(range(0, count, per_block)):
-            block = buffers[i % 2][: min(per_block, count - start)]
+        for start in range(0, count, per_block):
+            block = buffer[: min(per_block, count - start)]
             raw = block.view(np.uint8)
             br.read_into(raw, start=start * itemsize, fd=fd, tensor=entry.name)
-            if entry.crc32c is not None:
+            if check:
                 crc = crc32c.crc32c(raw, crc)
+                if start + per_block >= count:
+                    entry.compare_crc(crc)
             yield block
     finally:
         os.close(fd)
-    entry.compare_crc(crc)
-
-
-def _read_ahead(
-    gen_a: Iterator[np.ndarray], gen_b: Iterator[np.ndarray]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs from both generators, each advanced on a worker thread of its own: the next
-    blocks of A and of B are read at the same time, while the caller compares this pair
-    (``pread``, the copy out of the page cache and the comparison all release the GIL). A
-    generator is never advanced again before its previous block was handed over."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-diff") as pool:
-        pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
-        while True:
-            xa, xb = pending[0].result(), pending[1].result()  # the last step runs both to
-            if xa is None or xb is None:  # their end: their CRCs are checked
-                break
-            pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
-            yield xa, xb
 
 
 # -- statistics --------------------------------------------------------------------------------
