@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +38,7 @@ __all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse
 
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
+WORKERS = 2  # threads comparing streamed pairs (one pair each)
 BLOCK_BYTES = 1 << 20  # bytes per block and side when a tensor is streamed (both stay in cache)
 _STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
 
@@ -363,6 +367,7 @@ def _compare_stores(
     report = DiffReport(name_a, name_b, store_a.format, store_b.format, atol=atol, rtol=rtol)
     sources = {o.name: o.sources for o in plan.report.outputs}
     seen: set[str] = set()
+    pairs = []
     for output in plan.outputs:
         seen.add(output.name)
         entry_b = entries_b.get(output.name)
@@ -370,12 +375,78 @@ def _compare_stores(
             report.only_in_a.append(TensorInfo(output.name, output.shape, dtype_name(output.dtype)))
             continue
         named = sources.get(output.name, ())
-        renamed = () if named == (output.name,) else tuple(named)
-        result, nbytes = _compare_pair(output, entry_b, renamed, atol, rtol, progress)
+        pairs.append((output, entry_b, () if named == (output.name,) else tuple(named)))
+    for result, nbytes in _compare_pairs(pairs, atol, rtol, progress):
         report.tensors.append(result)
         report.nbytes += nbytes
     report.only_in_b = [TensorInfo(e.name, e.shape, e.dtype_name) for n, e in entries_b.items() if n not in seen]
     return report
+
+
+def _compare_pairs(
+    pairs: list[tuple[Output, Entry, tuple[str, ...]]],
+    atol: float,
+    rtol: float,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[TensorDiff, int]]:
+    """Every pair's result and bytes read, in order, as if compared one after the other (the
+    first error in that order is the one raised).
+
+    Pairs streamed from plain bytes on both sides run on ``WORKERS`` threads, one pair each
+    (``pread``, CRC-32C and the comparison release the GIL: the two files are read on two
+    cores); the others (read whole through a loader: h5py, a live model, a ``--map`` rule)
+    run on this thread, one at a time, while the workers go on. Memory: two blocks per worker
+    and one whole tensor at a time. ``progress`` is called from the workers too, one call at a
+    time."""
+    report_progress = None if progress is None else _one_at_a_time(progress)
+    stop = threading.Event()  # set when this ends: a worker still reading stops at its next block
+    pending: deque[Future[tuple[TensorDiff, int]] | tuple[TensorDiff, int]] = deque()
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptconv-diff") as pool:
+        try:
+            for output, entry_b, renamed in pairs:
+                args = (output, entry_b, renamed, atol, rtol, report_progress, stop)
+                if _streamed(output, entry_b):
+                    pending.append(pool.submit(_compare_pair, *args))
+                else:
+                    try:
+                        pending.append(_compare_pair(*args))
+                    except Exception:
+                        yield from _ready(pending, wait=True)  # an earlier pair's error first
+                        raise
+                yield from _ready(pending, wait=False)
+            yield from _ready(pending, wait=True)
+        finally:
+            stop.set()
+            for item in pending:
+                if isinstance(item, Future):
+                    item.cancel()
+
+
+def _ready(pending: deque, *, wait: bool) -> Iterator[tuple[TensorDiff, int]]:  # type: ignore[type-arg]
+    """Pop and yield the results at the front of ``pending`` that are done (every one with
+    ``wait``); a worker's exception is raised here, in its pair's turn."""
+    while pending:
+        head = pending[0]
+        if isinstance(head, Future):
+            if not (wait or head.done()):
+                return
+            head = head.result()
+        pending.popleft()
+        yield head
+
+
+def _one_at_a_time(callback: Callable[[int], None]) -> Callable[[int], None]:
+    lock = threading.Lock()
+
+    def call(n: int) -> None:
+        with lock:
+            callback(n)
+
+    return call
+
+
+class _Stopped(Exception):
+    """A worker's pair was abandoned: the comparison ended (an error, Ctrl-C) before it."""
 
 
 def _own_problems(problems: list[str]) -> list[str]:
@@ -392,6 +463,7 @@ def _compare_pair(
     atol: float,
     rtol: float,
     progress: Callable[[int], None] | None,
+    stop: threading.Event | None = None,
 ) -> tuple[TensorDiff, int]:
     shape_a, shape_b = output.shape, entry_b.shape
     da, db = dtype_name(output.dtype), entry_b.dtype_name
@@ -399,9 +471,11 @@ def _compare_pair(
         return TensorDiff(output.name, "shape", shape_a, shape_b, da, db, sources), 0
     stats = _Stats(shape_a, atol, rtol)
     same_dtype = output.dtype == entry_b.dtype
-    per_block = max(1, BLOCK_BYTES // max(output.dtype.itemsize, entry_b.dtype.itemsize, 1))
+    per_block = _per_block(output, entry_b)
     nbytes = 0
     for xa, xb in _blocks(output, entry_b, per_block):
+        if stop is not None and stop.is_set():
+            raise _Stopped(output.name)
         if not (same_dtype and _same_bytes(xa, xb)):
             stats.add(xa, xb)
         stats.offset += xa.size
@@ -443,6 +517,22 @@ def _stored(output: Output | Entry) -> Entry | None:
     return entry
 
 
+def _per_block(output: Output, entry_b: Entry) -> int:
+    """Elements per block: ``BLOCK_BYTES`` of the wider side."""
+    return max(1, BLOCK_BYTES // max(output.dtype.itemsize, entry_b.dtype.itemsize, 1))
+
+
+def _streamed(output: Output, entry_b: Entry) -> bool:
+    """Both sides are plain stored bytes of the same shape, more than one block: the pair is
+    read block by block (on a worker thread)."""
+    return (
+        output.shape == entry_b.shape
+        and math.prod(output.shape) > _per_block(output, entry_b)
+        and _stored(output) is not None
+        and _stored(entry_b) is not None
+    )
+
+
 def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
     until the next pair is asked for)."""
@@ -468,8 +558,8 @@ def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
 
 def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray]:
     """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
-    is overwritten when the next is asked for), on the caller's thread: a block is compared
-    while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
+    is overwritten when the next is asked for), on the thread that compares it: a block is
+    compared while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
     block as it arrives and checked before the last block is handed over."""
     import crc32c
 
@@ -526,9 +616,10 @@ class _Stats:
             self._record(bad, xa, xb, offset)
             return
         wide = np.complex128 if "c" in (xa.dtype.kind, xb.dtype.kind) else np.float64
-        a = xa.astype(wide)
-        b = xb.astype(wide)
+        # the casts too: numpy calls casting a signalling NaN "invalid" (and warns)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            a = xa.astype(wide)
+            b = xb.astype(wide)
             integers = xa.dtype.kind in "biu" and xb.dtype.kind in "biu"
             if integers:
                 same = np.asarray(xa == xb)  # exact: wide integers do not survive float64
