@@ -5,13 +5,13 @@ A), and reports the names only one side has, the shape and dtype differences, an
 pair whether its bytes are identical, or else how far apart the values are (max absolute and
 max relative difference, the count of elements beyond the tolerance, the first of them).
 
-It streams: one tensor at a time, and a big tensor stored as plain bytes (every format's usual
-case) in blocks of 512 KiB read with ``pread`` on both sides into one buffer each, and compared
-(bytes first; values only where the bytes differ) while the block is still in the CPU's cache;
-a CRC-32C the format records is computed over the same blocks. Memory stays at two blocks
-whatever the tensors' sizes; a tensor that is not plain bytes (an HDF5 dataset stored
+It streams. A tensor stored as plain bytes on both sides (every format's usual case) is read
+in blocks of 512 KiB with ``pread`` into one buffer per side, and compared (bytes first; values
+only where the bytes differ) while the block is still in the CPU's cache; a CRC-32C the format
+records is computed over the same blocks. Two such tensors are compared at a time, on two
+worker threads, so both cores read. A tensor that is not plain bytes (an HDF5 dataset stored
 compressed, a live model's variable, an output a ``--map`` rule transforms) is read whole, one
-at a time.
+at a time. Memory stays at four blocks and one such tensor, whatever the tensors' sizes.
 """
 
 from __future__ import annotations
