@@ -389,6 +389,8 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         scale_cases(cases, files, out)
     if "start" in groups:
         cases.append(Case("start:python", "start", "python -c pass (the floor)", [PY, "-c", "pass"]))
+        cases.append(Case("start:numpy", "start", "python -c 'import numpy, h5py' (what reading needs)",
+                          [PY, "-c", "import numpy, h5py"]))
         cases.append(Case("start:help", "start", "ckptconv --help", CKPTCONV + ["--help"],
                           target=f"seconds:{HELP_SECONDS}"))
         cases.append(Case("start:usage", "start", "ckptconv convert (a usage error, exit 2)",
