@@ -192,6 +192,8 @@ def _int(value: object, what: str) -> int:
 def _ints(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
         raise CorruptFileError(f"{what} is {type(value).__name__}, not a sequence of at most {MAX_DIMS} integers")
+    if all(type(v) is int and v >= 0 for v in value):  # what torch writes: no further checks
+        return tuple(value)
     out = tuple(_int(v, what) for v in value)
     if any(v < 0 for v in out):
         raise CorruptFileError(f"{what} {list(out)} has a negative entry")

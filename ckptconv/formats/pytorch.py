@@ -539,8 +539,15 @@ def _part(key: object) -> str:
     return text or "_"
 
 
+_EITHER = re.compile(f"{_OPTIMIZER.pattern}|{_BOOKKEEPING.pattern}", re.I)
+
+
 def _child_kind(kind: Kind, part: str, value: Any) -> Kind:
     if kind != "weight":
+        return kind
+    if not _EITHER.search(part):  # a state dict's keys: one search, not two
+        if isinstance(value, TensorRef) and "." not in part and part.lower() in _COUNTERS:
+            return "bookkeeping"
         return kind
     if _OPTIMIZER.search(part):
         return "optimizer"
