@@ -209,6 +209,7 @@ class Files:
             "legacy .h5": (os.path.join(m, "many_legacy.h5"), [os.path.join(m, "many_legacy.h5")]),
             "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
             "safetensors": (os.path.join(m, "many.safetensors"), [os.path.join(m, "many.safetensors")]),
+            **({"PyTorch .pt": (os.path.join(m, "many.pt"), [os.path.join(m, "many.pt")])} if self.torch else {}),
         }
 
     def generated(self, count: int) -> dict[str, tuple[str, list[str]]]:
@@ -402,7 +403,8 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
 
 
 MANY_SHORT = {".weights.h5": "weights.h5", ".keras": "keras", "sharded .weights.json": "sharded",
-              "legacy .h5": "legacy.h5", "TF checkpoint": "tf-ckpt", "safetensors": "safetensors"}
+              "legacy .h5": "legacy.h5", "TF checkpoint": "tf-ckpt", "safetensors": "safetensors",
+              "PyTorch .pt": "pt"}
 
 
 def many_cases(cases: list[Case], files: Files, out: str) -> None:
@@ -504,6 +506,9 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         jobs.append((f"tf-keras, {2 * MANY_LAYERS:,} tensors: legacy .h5 and TF checkpoint",
                      writer + ["many-tfkeras", files.p("many")] + many,
                      files.many["TF checkpoint"][0] + ".index"))
+        if files.torch:
+            jobs.append((f"PyTorch torch.save, {2 * MANY_LAYERS:,} tensors",
+                         writer + ["many-torch", files.p("many")] + many, files.many["PyTorch .pt"][0]))
     if "scale" in groups:
         for count in SCALE_COUNTS:
             jobs.append((f"{count:,} generated tensors: TF checkpoint (SaveV2) and safetensors",
@@ -881,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
         groups.discard("bert")
 
-    torch_groups = bool(groups & {"copy", "convert", "peer", "meta"})
+    torch_groups = bool(groups & {"copy", "convert", "peer", "meta", "many"})
     with_torch = torch_groups and _installed("torch")
     if torch_groups and not with_torch:
         log("torch is not installed: skipping the PyTorch .pt cases")
