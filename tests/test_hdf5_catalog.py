@@ -21,7 +21,7 @@ import pytest
 
 import ckptconv
 from ckptconv.formats import _hdf5
-from ckptconv.formats._hdf5_headers import header_messages, lengths_are_8, parse_header
+from ckptconv.formats._hdf5_headers import lengths_are_8, object_header
 
 from .helpers import assert_bit_exact, load_expected
 
@@ -150,9 +150,8 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
     with h5py.File(path, "r") as f:
         for name, plain in expected.items():
             dataset = f[name]
-            messages = header_messages(read, h5py.h5o.get_info(f.id, name.encode()).addr, len(data))
-            assert messages is not None, name
-            header = parse_header(messages)
+            header = object_header(read, h5py.h5o.get_info(f.id, name.encode()).addr, len(data))
+            assert header is not None, name
             assert header.kind == "dataset", name
             assert header.plain == plain, name
             if plain:
@@ -163,7 +162,7 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
                 raw = data[header.offset : header.offset + header.length]
                 values = np.frombuffer(raw, header.dtype).reshape(header.shape)
                 assert_bit_exact(values, dataset[()], name)
-        group = parse_header(header_messages(read, h5py.h5o.get_info(f.id, b"t").addr, len(data)))
+        group = object_header(read, h5py.h5o.get_info(f.id, b"t").addr, len(data))
         assert group.kind == "group" and not group.plain
 
 
