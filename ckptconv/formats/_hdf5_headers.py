@@ -33,6 +33,7 @@ _U32 = struct.Struct("<I")
 _MESSAGE = struct.Struct("<HHB")  # type, size, flags (then 3 reserved bytes)
 _CONTINUATION_BLOCK = struct.Struct("<QQ")  # also a Symbol Table message: B-tree, local heap
 _LAYOUT_CONTIGUOUS = struct.Struct("<QQ")  # address, size (after version and class)
+_ATTRIBUTE_SIZES = struct.Struct("<BxHHH")  # version, name size, datatype size, dataspace size
 _UNSEEN: object = object()
 _dataspaces: dict[bytes, tuple[int, ...] | None] = {}
 _datatypes: dict[bytes, np.dtype | None] = {}
@@ -127,18 +128,17 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
             continue
         seen.add(block_at)
         if block_at == first and 16 + block_size <= len(head):
-            block = head[16 : 16 + block_size]
+            block, position, end = head, 16, 16 + block_size
         else:
             block = read(start, block_size)
-        position = 0
-        end = len(block)
+            position, end = 0, len(block)
         while position + 8 <= end:
             message, message_size, flags = _MESSAGE.unpack_from(block, position)
             body = position + 8
             position = body + message_size
             if not message:  # NIL: padding
                 continue
-            data = block[body:position]
+            data = block[body:position] if position <= end else block[body:end]
             if message == _DATASPACE:
                 if flags & _SHARED:
                     plain = False
@@ -261,23 +261,19 @@ def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
     is variable-length: then ``str`` (a scalar string), ``strs`` (an array of strings) or
     ``""`` (a sequence of another type), and the raw values carry the base type's size as
     their first byte."""
-    version = data[0] if data else 0
-    if version not in (1, 2, 3) or len(data) < 8:
+    if len(data) < 8:
         return None
-    name_size = data[2] | data[3] << 8
-    type_size = data[4] | data[5] << 8
-    space_size = data[6] | data[7] << 8
+    version, name_size, type_size, space_size = _ATTRIBUTE_SIZES.unpack_from(data)
+    if version not in (1, 2, 3):
+        return None
     position = 9 if version == 3 else 8
-
-    def pad(n: int) -> int:
-        return (n + 7) // 8 * 8 if version == 1 else n
-
+    pad = 7 if version == 1 else 0  # version 1 pads each part to a multiple of 8 bytes
     name = data[position : position + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
-    position += pad(name_size)
+    position += (name_size + pad) & ~pad
     datatype = data[position : position + type_size]
-    position += pad(type_size)
+    position += (type_size + pad) & ~pad
     space = data[position : position + space_size]
-    position += pad(space_size)
+    position += (space_size + pad) & ~pad
     if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
         return name, None, b""
     base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
