@@ -194,8 +194,9 @@ class SymbolTables:
         if names is None:
             names = self._heap(group, heap)
         read, nodes = self._read, self._nodes
-        node_bytes = _TREE_HEAD_SIZE + 8 + 16 * self._max_children
-        snod_bytes = 8 + _ENTRY_SIZE * self._max_symbols
+        # what h5py's default node sizes need; more is read only when a node claims it
+        node_bytes = _TREE_HEAD_SIZE + 8 + 16 * min(self._max_children, 32)
+        snod_bytes = 8 + _ENTRY_SIZE * min(self._max_symbols, 8)
         table: Links = {}
         count = 0
         stack = [(btree, -1)]
@@ -220,6 +221,8 @@ class SymbolTables:
             if self._left < 0:
                 raise TooManyLinks
             words = 2 * entries + 1  # keys (name offsets) and child addresses, interleaved
+            if len(node) < _TREE_HEAD_SIZE + 8 * words and len(node) == node_bytes:
+                node = read(address, _TREE_HEAD_SIZE + 8 * words)
             if len(node) < _TREE_HEAD_SIZE + 8 * words:
                 self._damaged(group, f"its B-tree node at byte {address} runs past the end of the file")
             below = struct.unpack_from(f"<{words}Q", node, _TREE_HEAD_SIZE)[1::2]
@@ -237,6 +240,8 @@ class SymbolTables:
                 if signature != b"SNOD" or version != 1:
                     self._damaged(group, f"no symbol table node at byte {child}")
                 end = 8 + _ENTRY_SIZE * symbols
+                if symbols <= self._max_symbols and len(snod) < end and len(snod) == snod_bytes:
+                    snod = read(child, end)
                 if symbols > self._max_symbols or len(snod) < end:
                     self._damaged(group, f"its symbol table node at byte {child} claims {symbols} entries")
                 self._left -= symbols
