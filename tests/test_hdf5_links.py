@@ -181,8 +181,8 @@ def _set_sym_k(fcpl: h5py.h5p.PropFCID, internal_k: int, leaf_k: int) -> None:
     assert hdf5.H5Pset_sym_k(ctypes.c_int64(fcpl.id), ctypes.c_uint(internal_k), ctypes.c_uint(leaf_k)) >= 0
 
 
-@pytest.mark.parametrize(("internal_k", "leaf_k", "levels"), [(2, 1, 4), (40, 20, 0)])
-def test_other_node_sizes(tmp_path: Path, internal_k: int, leaf_k: int, levels: int) -> None:
+@pytest.mark.parametrize(("internal_k", "leaf_k", "levels", "count"), [(2, 1, 4, 300), (40, 20, 0, 2000)])
+def test_other_node_sizes(tmp_path: Path, internal_k: int, leaf_k: int, levels: int, count: int) -> None:
     """Symbol table nodes of 2 entries and B-tree nodes of 4 children (four levels and
     more); and larger nodes than h5py's default (up to 80 children, 40 entries each)."""
     path = tmp_path / "node_sizes.h5"
@@ -190,14 +190,14 @@ def test_other_node_sizes(tmp_path: Path, internal_k: int, leaf_k: int, levels: 
     _set_sym_k(fcpl, internal_k, leaf_k)
     fid = h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fcpl=fcpl)
     with h5py.File(fid) as f:
-        _fill(f.create_group("g"), 300, width=3)
-        f["g/soft"] = h5py.SoftLink("/g/layer_007")
+        _fill(f.create_group("g"), count, width=4)
+        f["g/soft"] = h5py.SoftLink("/g/layer_0007")
     data = path.read_bytes()
     assert struct.unpack_from("<HH", data, 16) == (leaf_k, internal_k)
     with h5py.File(path, "r") as f:
         assert _node_level(data, f, b"g") >= levels
     catalog = assert_catalog_is_libhdf5s(path, path=path)
-    assert len(catalog.children["/g"]) == 301
+    assert len(catalog.children["/g"]) == count + 1
 
 
 def test_new_style_groups_are_asked_of_libhdf5(tmp_path: Path) -> None:
