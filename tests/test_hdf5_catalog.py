@@ -1,7 +1,8 @@
 """The one-pass HDF5 metadata catalog gives what libhdf5 gives (issue 18).
 
 The Keras readers build entries from object headers parsed in one pass over the file
-(``formats/_hdf5_headers.py``), from the links libhdf5's visit recorded, and from the
+(``formats/_hdf5_headers.py``), from the links the same walk recorded (``formats/_hdf5_links.py``:
+symbol tables read from the file, libhdf5 for other groups), and from the
 variable-length names decoded out of the checked global heap; whatever that pass leaves
 undescribed goes through h5py. Here every Keras fixture written by the real writers is read
 both ways -- with the catalog, and with it switched off so that every group, name and dataset
