@@ -143,9 +143,9 @@ def quantization_mode(config: Mapping[str, Any]) -> str | None:
     (``int8``, ``int4``, ``float8``, ``gptq``, ``awq``), or None for a float layer."""
     policy = config.get("dtype")
     text: Any = None
-    if isinstance(policy, Mapping):
+    if isinstance(policy, (dict, Mapping)):  # dict first: JSON's, and far cheaper to check
         inner = policy.get("config")
-        if isinstance(inner, Mapping):
+        if isinstance(inner, (dict, Mapping)):
             text = inner.get("mode")
             if text is None:
                 text = inner.get("name")
@@ -276,6 +276,11 @@ def quantized_names(
     known: dict[str, bool] = {}
     if table is not None and config is not None:
         mode = quantization_mode(config)
+        if mode is None and cls in _FLOAT_NAMED_ELSEWHERE:
+            # a float layer whose config says so: the only reading is the float list, which
+            # the general table names (what _names concludes, without the work; the common
+            # case of every Dense of a .keras model)
+            return None
         known = _options_in_config(str(cls), mode, config)
     # layers of a model repeat (blocks of a transformer, thousands of experts): their answer
     # depends on nothing else, so it is worked out once

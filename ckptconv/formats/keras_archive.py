@@ -47,6 +47,7 @@ METADATA_MEMBER = "metadata.json"
 MAX_CONFIG_BYTES = 256 * 2**20
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_PREADV = hasattr(os, "preadv")
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -96,20 +97,34 @@ class _Window(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    # libhdf5 reads the image through these two, a seek and a read per metadata object
+    # (tens of thousands for a large model): kept to a few operations each
+
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + pos)
+        if whence == io.SEEK_SET:
+            target = pos
+        elif whence == io.SEEK_CUR:
+            target = self._pos + pos
+        elif whence == io.SEEK_END:
+            target = self._length + pos
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        self._pos = target if target > 0 else 0
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._length - self._pos))
-        if n == 0:
+        n = min(len(view), self._length - self._pos)
+        if n <= 0:
             return 0
-        data = os.pread(self._fd, n, self._offset + self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        if _PREADV:  # straight into libhdf5's buffer
+            got = os.preadv(self._fd, [view[:n]], self._offset + self._pos)
+        else:
+            data = os.pread(self._fd, n, self._offset + self._pos)
+            got = len(data)
+            view[:got] = data
+        self._pos += got
+        return got
 
     def close(self) -> None:
         if not self.closed:

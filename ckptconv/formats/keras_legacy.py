@@ -134,8 +134,10 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
     _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
 
-    def weights_of(parent: h5py.Group, name: str) -> tuple[str, list[str], Callable[[], h5py.Group]]:
-        group_path = _join(parent.name, name)
+    def weights_of(
+        parent: h5py.Group, parent_path: str, name: str
+    ) -> tuple[str, list[str], Callable[[], h5py.Group]]:
+        group_path = _join(parent_path, name)
         names = _strings(catalog, group_path, "weight_names")
         if names is False:
             group = safe_get(parent, name, path=path, kind=h5py.Group)
@@ -168,18 +170,18 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
         entries.append(entry)
 
     for layer in layer_names:
-        group_path, weight_names, group = weights_of(root, layer)
+        group_path, weight_names, group = weights_of(root, root_path, layer)
         _refuse_repeats(weight_names, f"weight_names of {layer!r}", path=path)
         for position, weight_name in enumerate(weight_names):
             add(group_path, group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
     if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
-        group_path, weight_names, group = weights_of(root, TOP_LEVEL)
+        group_path, weight_names, group = weights_of(root, root_path, TOP_LEVEL)
         for position, weight_name in enumerate(weight_names):
             add(group_path, group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
 
     if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
-        group_path, weight_names, group = weights_of(f, "optimizer_weights")
+        group_path, weight_names, group = weights_of(f, "/", "optimizer_weights")
         for weight_name in weight_names:
             name = "optimizer/" + strip_suffix(weight_name)
             add(group_path, group, weight_name, name, optimizer_kind(name))
@@ -192,7 +194,10 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
 
 def _join(group: str, name: str) -> str:
     """The HDF5 path h5py names an object reached from ``group`` by ``name``."""
-    return "/" + "/".join(p for p in f"{group}/{name}".split("/") if p)
+    joined = f"{group}/{name}"
+    if joined.startswith("/") and not joined.endswith("/") and "//" not in joined:
+        return joined  # already what the general rule below gives (the common case)
+    return "/" + "/".join(p for p in joined.split("/") if p)
 
 
 def _strings(catalog: Catalog, group_path: str, name: str) -> list[str] | None | bool:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,14 @@ _ATTRIBUTE_CLASSES = {
 _STATE_KEYS = {"metrics", "compile_metrics", "compiled_metrics", "compile_loss", "loss_tracker",
                "_loss_tracker", "metrics_tracker", "seed_generator", "_seed_generator"}
 _RNN_CELLS = {"lstm": "lstm_cell", "gru": "gru_cell", "simple_rnn": "simple_rnn_cell"}
+# The ``_1``, ``_2``, ... Keras appends to repeated keys (``dense_3`` -> ``dense``).
+_INDEX_SUFFIX = re.compile(r"_\d+$")
+_HARD = h5py.h5l.TYPE_HARD
+_GROUP = h5py.h5o.TYPE_GROUP
+_DATASET = h5py.h5o.TYPE_DATASET
 
 
+@lru_cache(maxsize=4096)  # a model repeats a handful of classes thousands of times
 def snake_case(class_name: str) -> str:
     """``BatchNormalization`` -> ``batch_normalization`` (Keras' own rule)."""
     s = re.sub(r"\W+", "", class_name)
@@ -121,23 +127,32 @@ class LayerInfo:
 def layer_infos(config: Any) -> dict[str, LayerInfo]:
     """Every layer in a ``.keras`` ``config.json`` by name (first wins), found recursively.
 
-    The config is only read as JSON data: nothing in it is imported or executed.
+    The config is only read as JSON data: nothing in it is imported or executed. Layers are
+    found in document order (depth first), the order :func:`build_entries` ranks them by.
     """
     found: dict[str, LayerInfo] = {}
-    stack: list[tuple[Any, int]] = [(config, 0)]
-    while stack:
-        node, depth = stack.pop()
+    containers = (dict, list)
+
+    # one recursive pass (a config of thousands of layers has hundreds of thousands of
+    # nodes): the recursion is bounded by the depth check, far below Python's own limit
+    def visit(node: Any, depth: int) -> None:
         if depth > 200:
             raise UnsafeInputError("config.json is nested too deeply")
         if isinstance(node, dict):
             cfg = node.get("config")
-            if isinstance(node.get("class_name"), str) and isinstance(cfg, dict):
+            if isinstance(cfg, dict) and isinstance(node.get("class_name"), str):
                 name = cfg.get("name")
                 if isinstance(name, str) and name not in found:
                     found[name] = LayerInfo(node["class_name"], cfg)
-            stack.extend((v, depth + 1) for v in reversed(node.values()) if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in reversed(node) if isinstance(v, (dict, list)))
+            children: Iterable[Any] = node.values()
+        else:
+            children = node
+        for child in children:
+            if isinstance(child, containers):
+                visit(child, depth + 1)
+
+    if isinstance(config, containers):
+        visit(config, 0)
     return found
 
 
@@ -162,6 +177,11 @@ class _Source:
     base_offset: int
     size: int
 
+    def __post_init__(self) -> None:
+        # byte ranges hold absolute paths: made so once here, not once per tensor
+        if self.data_path is not None:
+            self.data_path = os.path.abspath(self.data_path)
+
 
 # Sub-layers that Keras creates in a fixed order, which the alphabetical HDF5 keys lose.
 _CREATION_ORDER = {
@@ -172,9 +192,10 @@ _CREATION_ORDER = {
 
 def _natural_key(name: str) -> tuple[Any, ...]:
     """Sort ``dense``, ``dense_1``, ``dense_2``, ..., ``dense_10`` in creation order."""
-    m = re.fullmatch(r"(.*?)(?:_(\d+))?", name)
-    assert m is not None
-    return (_CREATION_ORDER.get(name, -1), m.group(1), int(m.group(2) or 0), name)
+    stem, underscore, number = name.rpartition("_")
+    if underscore and number.isdecimal():  # what the regex ``_\d+`` matches, no more
+        return (_CREATION_ORDER.get(name, -1), stem, int(number), name)
+    return (_CREATION_ORDER.get(name, -1), name, 0, name)
 
 
 def collect_vars(
@@ -217,19 +238,20 @@ def collect_vars(
         if depth > MAX_DEPTH:
             raise UnsafeInputError("groups nested too deeply", path=source.path, tensor=gname)
         for key, (link_type, _) in links.items():
-            if link_type != h5py.h5l.TYPE_HARD:
+            if link_type != _HARD:
                 refuse(gname, key, link_type)
         prefix = "" if gname == "/" else gname
         own_chain = chain
         own_class = class_hint
-        nested_container = class_hint == "container" and "vars" not in links
-        if depth > 0 and gname in key_names and "vars" not in links:
+        vars_link = links.get("vars")
+        nested_container = class_hint == "container" and vars_link is None
+        if depth > 0 and vars_link is None and gname in key_names:
             # a shard holding this layer's sub-layers but not its own vars group
             own_chain = chain + [key_names[gname]]
-        if "vars" in links:
+        if vars_link is not None:
             vars_name = f"{prefix}/vars"
-            vars_address = links["vars"][1]
-            if _object_type(f, vars_name, headers.get(vars_address)) != h5py.h5o.TYPE_GROUP:
+            vars_address = vars_link[1]
+            if _object_type(f, vars_name, headers.get(vars_address)) != _GROUP:
                 raise CorruptFileError(f"{vars_name} is not a group", path=source.path)
             recorded = _layer_name(f, vars_name, vars_address, catalog)
             name = recorded or key_names.get(gname) or gname.rsplit("/", 1)[-1]
@@ -245,8 +267,9 @@ def collect_vars(
                 record = _VarsGroup(vars_name, own_chain, class_hint, parent_class, state=state)
                 groups[vars_name] = record
                 order.append(vars_name)
+            datasets = record.datasets
             for key, (link_type, address) in links_of(vars_name).items():
-                if link_type != h5py.h5l.TYPE_HARD:
+                if link_type != _HARD:
                     raise UnsafeInputError(
                         f"refusing a link inside {vars_name}", path=source.path, tensor=key
                     )
@@ -256,12 +279,16 @@ def collect_vars(
                     )
                 dataset_name = f"{vars_name}/{key}"
                 header = headers.get(address)
-                if _object_type(f, dataset_name, header) != h5py.h5o.TYPE_DATASET:
+                if (header is None or header.kind != "dataset") and _object_type(
+                    f, dataset_name, header
+                ) != _DATASET:
                     raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
-                record.datasets[int(key)] = (_DatasetRef(f, dataset_name, header), source)
+                datasets[int(key)] = (_DatasetRef(f, dataset_name, header), source)
+            if len(links) == 1:
+                return  # a layer without sub-layers: nothing else to walk
         for key in sorted((k for k in links if k != "vars"), key=_natural_key):
             child_name = f"{prefix}/{key}"
-            if _object_type(f, child_name, headers.get(links[key][1])) != h5py.h5o.TYPE_GROUP:
+            if _object_type(f, child_name, headers.get(links[key][1])) != _GROUP:
                 continue
             child_links = links_of(child_name)
             child_state = state
@@ -273,18 +300,18 @@ def collect_vars(
                 # an object tracked under an attribute name (MHA's query_dense, an RNN's cell),
                 # or held by a nested list (Keras >= 3.14 keys those ``container``,
                 # ``container_1``, ...), whose items are keyed by class name like any container's
-                hint = re.sub(r"_\d+$", "", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
+                hint = _INDEX_SUFFIX.sub("", key) if nested_container else _ATTRIBUTE_CLASSES.get(key, key)
                 walk(child_name, child_links, own_chain, hint, own_class, child_state, depth + 1)
                 continue
             # a container (``layers``, a list attribute): children are keyed by class name
             for sub in sorted(child_links, key=_natural_key):
                 link_type, address = child_links[sub]
-                if link_type != h5py.h5l.TYPE_HARD:
+                if link_type != _HARD:
                     refuse(child_name, sub, link_type)
                 node_name = f"{child_name}/{sub}"
-                if _object_type(f, node_name, headers.get(address)) != h5py.h5o.TYPE_GROUP:
+                if _object_type(f, node_name, headers.get(address)) != _GROUP:
                     continue
-                walk(node_name, links_of(node_name), own_chain, re.sub(r"_\d+$", "", sub),
+                walk(node_name, links_of(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
                      own_class, child_state, depth + 2)
 
     walk("/", links_of("/"), [], None, None, "layers", 0)
@@ -305,7 +332,7 @@ def _object_type(f: h5py.File, name: str, header: Header | None) -> int:
     """``h5py.h5o.TYPE_GROUP`` or ``TYPE_DATASET`` (or another type) of the object a hard
     link ``name`` leads to: from its parsed header, else from libhdf5."""
     if header is not None and header.kind != "other":
-        return h5py.h5o.TYPE_GROUP if header.kind == "group" else h5py.h5o.TYPE_DATASET
+        return _GROUP if header.kind == "group" else _DATASET
     return h5py.h5o.get_info(f.id, _b(name)).type
 
 
@@ -322,7 +349,7 @@ def _layer_name(f: h5py.File, vars_name: str, address: int, catalog: Catalog) ->
     return str(decode(group.attrs["name"])) if "name" in group.attrs else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _DatasetRef:
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
     (None, or not ``plain``: libhdf5 describes it)."""
@@ -350,15 +377,21 @@ class _DatasetRef:
         dataset = self.open()
         return dataset.shape == () and dataset.dtype.kind in "iu"
 
-    def entry(self, source: _Source, **fields: Any) -> Entry:
+    def entry(self, source: _Source, *, name: str, kind: Kind, index: int, layer: str) -> Entry:
         """The Entry :func:`~._hdf5.dataset_entry` gives, from the header when it suffices."""
-        common = dict(key=self.name, path=source.path, data_path=source.data_path,
-                      base_offset=source.base_offset, file_size=source.size, **fields)
         if self.header is not None:
-            entry = header_entry(self.header, **common)
+            entry = header_entry(
+                self.header, name=name, key=self.name, path=source.path,
+                data_path=source.data_path, base_offset=source.base_offset,
+                file_size=source.size, kind=kind, index=index, layer=layer,
+            )
             if entry is not None:
                 return entry
-        return dataset_entry(self.open(), **common)
+        return dataset_entry(
+            self.open(), name=name, key=self.name, path=source.path, data_path=source.data_path,
+            base_offset=source.base_offset, file_size=source.size, kind=kind, index=index,
+            layer=layer,
+        )
 
 
 def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
@@ -419,15 +452,15 @@ def builtin_class(info: LayerInfo) -> str:
 
 
 def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:
-    """Variable names of one layer, or the indices where they cannot be known."""
-    layer_name = record.chain[-1] if record.chain else ""
-    info = infos.get(layer_name)
+    """Variable names of one layer (its variables are ``record.datasets[0:count]``), or the
+    indices where they cannot be known."""
+    info = infos.get(record.chain[-1] if record.chain else "") if infos else None
     cls = builtin_class(info) if info else record.class_hint
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
-        cls = _RNN_CELLS.get(re.sub(r"_\d+$", "", parent), "lstm_cell")
+        cls = _RNN_CELLS.get(_INDEX_SUFFIX.sub("", parent), "lstm_cell")
     if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
-        stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in sorted(record.datasets))]
+        stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in range(count))]
         quantized = quantized_names(cls, stored, info.config if info else None)
         if quantized is not None:
             return quantized
@@ -452,7 +485,12 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
 def saving_tree_key(vars_group: str, index: int) -> str:
     """The key Keras' saving walk gives variable ``index`` of the ``vars`` group at HDF5 path
     ``vars_group`` (``/layers/dense/vars``, 0 -> ``layers/dense/vars/0``)."""
-    return f"{vars_group.strip('/')}/{index}"
+    return f"{_saving_tree_prefix(vars_group)}{index}"
+
+
+def _saving_tree_prefix(vars_group: str) -> str:
+    """What :func:`saving_tree_key` puts before the index (``layers/dense/vars/``)."""
+    return vars_group.strip("/") + "/"
 
 
 def build_entries(
@@ -462,39 +500,52 @@ def build_entries(
     infos: Mapping[str, LayerInfo] | None = None,
     root_name: str | None = None,
 ) -> list[Entry]:
-    """Entries for every variable of the merged ``vars`` groups, layer by layer."""
+    """Entries for every variable of the merged ``vars`` groups, layer by layer (with
+    ``infos``, weights first, each layer in ``config.json`` order; training state last).
+
+    One pass: names, paths and the ordering key are worked out once per ``vars`` group, and
+    each tensor costs one :class:`~ckptconv.store.Entry`.
+    """
     infos = infos or {}
-    entries: list[Entry] = []
+    rank = {name: i for i, name in enumerate(infos)}
+    unranked = len(rank)
+    blocks: list[tuple[tuple[bool, int], list[Entry]]] = []
     for group_path in order:
         record = groups[group_path]
-        indices = sorted(record.datasets)
-        if indices != list(range(len(indices))):
-            missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
+        datasets = record.datasets
+        count = len(datasets)
+        # the keys are distinct non-negative integers: 0 .. count-1 exactly when the largest is
+        if count and max(datasets) != count - 1:
+            indices = sorted(datasets)
+            missing = sorted(set(range(indices[-1] + 1)) - set(indices))
             raise CorruptFileError(
                 f"variables {missing} of {group_path} are missing (a shard may be missing)",
-                path=next(iter(record.datasets.values()))[1].path,
+                path=next(iter(datasets.values()))[1].path,
             )
         if record.state == "layers":
             layer = "/".join(record.chain)
-            names = _weight_names(record, len(indices), infos)
-            kinds: list[Kind] = ["weight"] * len(indices)
+            names = _weight_names(record, count, infos)
+            kinds: list[Kind] = ["weight"] * count
         else:
             layer = "optimizer" if record.state == "optimizer" else "/".join(["state", *record.chain])
-            names = [str(i) for i in indices]
+            names = [str(i) for i in range(count)]
             kinds = []
-            for i in indices:
-                counter = record.state == "optimizer" and i == 0 and record.datasets[i][0].is_counter()
+            for i in range(count):
+                counter = record.state == "optimizer" and i == 0 and datasets[i][0].is_counter()
                 kinds.append("bookkeeping" if counter or record.state != "optimizer" else "optimizer")
-        for i, weight_name, kind in zip(indices, names, kinds):
-            ref, source = record.datasets[i]
-            name = f"{layer}/{weight_name}" if layer else weight_name
-            entry = ref.entry(source, name=name, kind=kind, index=i, layer=layer)
-            entry.tree_path = saving_tree_key(group_path, i)
-            entries.append(entry)
+        name_prefix = f"{layer}/" if layer else ""
+        tree_prefix = _saving_tree_prefix(group_path)
+        block: list[Entry] = []
+        for i, weight_name, kind in zip(range(count), names, kinds):
+            ref, source = datasets[i]
+            entry = ref.entry(source, name=name_prefix + weight_name, kind=kind, index=i, layer=layer)
+            entry.tree_path = f"{tree_prefix}{i}"
+            block.append(entry)
+        # every entry of a group has its layer, and its kind is a weight's or not for all
+        blocks.append(((record.state != "layers", rank.get(layer.partition("/")[0], unranked)), block))
     if infos:
-        rank = {name: i for i, name in enumerate(infos)}
-        entries.sort(key=lambda e: (e.kind != "weight", rank.get(e.layer.split("/")[0], len(rank))))
-    return entries
+        blocks.sort(key=lambda b: b[0])  # stable: layers keep their file order within a rank
+    return [entry for _, block in blocks for entry in block]
 
 
 def read_image(f: h5py.File, source: _Source, infos: Mapping[str, LayerInfo] | None = None) -> tuple[list[Entry], str | None]:
