@@ -66,6 +66,10 @@ _SAFETENSORS = {
 }
 _TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS.items()}
 
+# numpy dtype -> canonical name: one hash lookup for the dtypes readers produce (a dtype equal
+# to one of the table's hashes like it, so a hit is the name the table scan would find)
+_NAME_OF: dict[np.dtype, str] = {dtype: name for name, dtype in _BY_NAME.items()}
+
 
 def by_name(name: str) -> np.dtype:
     """The numpy dtype for a name such as ``"bfloat16"`` or ``"float16"``.
@@ -85,6 +89,10 @@ def known_names() -> list[str]:
 
 def dtype_name(dtype: np.dtype) -> str:
     """The canonical name of a numpy dtype (``bfloat16``, ``float32``, ...)."""
+    if isinstance(dtype, np.dtype):
+        name = _NAME_OF.get(dtype)
+        if name is not None:
+            return name
     dtype = np.dtype(dtype)
     for name, candidate in _BY_NAME.items():
         if dtype == candidate:

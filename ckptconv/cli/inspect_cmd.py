@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+
 TYPE_CHECKING = False
 
 from .common import add_debug, add_json, emit_json, exit_status, human_bytes
@@ -79,18 +81,42 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool = False) -> str:
     """The human-readable listing: one row per tensor, then totals."""
-    rows = [("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())]
+    from ..dtypes import dtype_name
+
+    header = ("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())
+    widths = [len(h) for h in header]
+    # one pass: each row's cells and the column widths; dtype names and sizes repeat across
+    # many tensors, so each distinct one is named once
+    names: dict[object, str] = {}
+    sizes: dict[int, str] = {}
+    rows = []
+    total = params = 0
     for e in entries:
-        row = (e.name, "[" + ", ".join(map(str, e.shape)) + "]", e.dtype_name, human_bytes(e.nbytes))
-        rows.append(row + ((e.kind,) if all_kinds else ()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"{path} ({fmt})"]
-    for i, row in enumerate(rows):
-        cells = [c.ljust(w) if j != 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    total = sum(e.nbytes for e in entries)
-    params = sum(int(e.nbytes // max(e.dtype.itemsize, 1)) for e in entries)
+        itemsize = e.dtype.itemsize
+        nbytes = math.prod(e.shape) * itemsize
+        total += nbytes
+        params += nbytes // (itemsize or 1)
+        dtype = names.get(e.dtype)
+        if dtype is None:
+            dtype = names[e.dtype] = dtype_name(e.dtype)
+        size = sizes.get(nbytes)
+        if size is None:
+            size = sizes[nbytes] = human_bytes(nbytes)
+        row = (e.name, "[" + ", ".join(map(str, e.shape)) + "]", dtype, size) + ((e.kind,) if all_kinds else ())
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+        rows.append(row)
+    lines = [f"{path} ({fmt})", _row(header, widths), "  ".join("-" * w for w in widths)]
+    lines += [_row(row, widths) for row in rows]
     lines.append(f"{len(entries)} tensors, {params:,} values, {human_bytes(total)}")
     return "\n".join(lines)
+
+
+def _row(cells: tuple[str, ...], widths: list[int]) -> str:
+    """One line of the table: the size column right-aligned, the others left-aligned."""
+    text = "  ".join(
+        [cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].ljust(widths[2]), cells[3].rjust(widths[3])]
+        + [c.ljust(w) for c, w in zip(cells[4:], widths[4:])]
+    )
+    return text.rstrip()
