@@ -609,6 +609,10 @@ def keras_order(entries: Iterable[Entry]) -> None:
             members[0].index = 0
             continue
         ranks = [rank(_own_part(entry.name, layer), 100) for entry in members]
+        if ranks == sorted(ranks):  # already in Keras' order, as most files store them
+            for index, entry in enumerate(members):
+                entry.index = index
+            continue
         for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
             members[position].index = index  # sorted() is stable: unknown names keep their order
 

@@ -84,39 +84,38 @@ def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool =
     from ..dtypes import dtype_name
 
     header = ("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())
-    widths = [len(h) for h in header]
-    # one pass: each row's cells and the column widths; dtype names and sizes repeat across
-    # many tensors, so each distinct one is named once
-    names: dict[object, str] = {}
-    sizes: dict[int, str] = {}
-    rows = []
+    # column by column; shapes, dtype names and sizes repeat across many tensors, so each
+    # distinct one is written once
+    shape_texts: dict[tuple[int, ...], str] = {}
+    dtype_names: dict[object, str] = {}
+    size_texts: dict[int, str] = {}
+    shapes, dtypes, sizes = [], [], []
     total = params = 0
     for e in entries:
-        itemsize = e.dtype.itemsize
-        nbytes = math.prod(e.shape) * itemsize
+        shape, dtype = e.shape, e.dtype
+        itemsize = dtype.itemsize
+        nbytes = math.prod(shape) * itemsize
         total += nbytes
         params += nbytes // (itemsize or 1)
-        dtype = names.get(e.dtype)
-        if dtype is None:
-            dtype = names[e.dtype] = dtype_name(e.dtype)
-        size = sizes.get(nbytes)
-        if size is None:
-            size = sizes[nbytes] = human_bytes(nbytes)
-        row = (e.name, "[" + ", ".join(map(str, e.shape)) + "]", dtype, size) + ((e.kind,) if all_kinds else ())
-        for i, cell in enumerate(row):
-            if len(cell) > widths[i]:
-                widths[i] = len(cell)
-        rows.append(row)
-    lines = [f"{path} ({fmt})", _row(header, widths), "  ".join("-" * w for w in widths)]
-    lines += [_row(row, widths) for row in rows]
+        text = shape_texts.get(shape)
+        if text is None:
+            text = shape_texts[shape] = "[" + ", ".join(map(str, shape)) + "]"
+        shapes.append(text)
+        text = dtype_names.get(dtype)
+        if text is None:
+            text = dtype_names[dtype] = dtype_name(dtype)
+        dtypes.append(text)
+        text = size_texts.get(nbytes)
+        if text is None:
+            text = size_texts[nbytes] = human_bytes(nbytes)
+        sizes.append(text)
+    columns = [[e.name for e in entries], shapes, dtypes, sizes]
+    if all_kinds:
+        columns.append([e.kind for e in entries])
+    widths = [max(len(title), max(map(len, column), default=0)) for title, column in zip(header, columns)]
+    # the size column right-aligned, the others left-aligned
+    row = "  ".join(f"{{:{'>' if i == 3 else '<'}{w}}}" for i, w in enumerate(widths)).format
+    lines = [f"{path} ({fmt})", row(*header).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [row(*cells).rstrip() for cells in zip(*columns)]
     lines.append(f"{len(entries)} tensors, {params:,} values, {human_bytes(total)}")
     return "\n".join(lines)
-
-
-def _row(cells: tuple[str, ...], widths: list[int]) -> str:
-    """One line of the table: the size column right-aligned, the others left-aligned."""
-    text = "  ".join(
-        [cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].ljust(widths[2]), cells[3].rjust(widths[3])]
-        + [c.ljust(w) for c, w in zip(cells[4:], widths[4:])]
-    )
-    return text.rstrip()
