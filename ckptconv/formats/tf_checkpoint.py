@@ -562,7 +562,7 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
 
 def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc: bool) -> Entry:
     entry, name, key = planned.entry, planned.name, planned.key
-    if entry.unknown_rank or any(d < 0 for d in entry.shape):
+    if entry.unknown_rank or (entry.shape and min(entry.shape) < 0):
         raise CorruptFileError(
             f"index records an incomplete shape {list(entry.shape)}",
             path=index.index_path,
