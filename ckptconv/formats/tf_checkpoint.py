@@ -418,7 +418,9 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
         return planned
     roles = object_roles(nodes)
     last = len(roles)
-    ranked = sorted(keys, key=lambda k: (roles[k].order if k in roles else last, natural_key(k)))
+    # graph order (each key's own); keys outside the graph after, in natural order (only
+    # they can tie, so only they need a natural key)
+    ranked = sorted(keys, key=lambda k: (roles[k].order, ()) if k in roles else (last, natural_key(k)))
     for key in ranked:
         entry = index.entries[key]
         role = roles.get(key)
