@@ -608,21 +608,24 @@ def keras_order(entries: Iterable[Entry]) -> None:
         if len(members) == 1:
             members[0].index = 0
             continue
-        ranks = [rank(_own_part(entry.name, layer), 100) for entry in members]
+        # each weight's own part: after its layer (``model/features.0.weight`` in layer
+        # ``model/features.0`` -> ``weight``), else the name's leaf
+        cut = len(layer) + 1
+        ranks = [
+            rank(
+                entry.name[cut:]
+                if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
+                else leaf_of(entry.name),
+                100,
+            )
+            for entry in members
+        ]
         if ranks == sorted(ranks):  # already in Keras' order, as most files store them
             for index, entry in enumerate(members):
                 entry.index = index
             continue
         for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
             members[position].index = index  # sorted() is stable: unknown names keep their order
-
-
-def _own_part(name: str, layer: str) -> str:
-    """The weight's part of a name: after its layer (``model/features.0.weight`` in layer
-    ``model/features.0`` -> ``weight``), or :func:`leaf_of` the name."""
-    if layer and name.startswith(layer) and name[len(layer) : len(layer) + 1] in ("/", "."):
-        return name[len(layer) + 1 :]
-    return leaf_of(name)
 
 
 class Output:
