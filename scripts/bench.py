@@ -209,6 +209,7 @@ class Files:
             "legacy .h5": (os.path.join(m, "many_legacy.h5"), [os.path.join(m, "many_legacy.h5")]),
             "TF checkpoint": (ckpt, [ckpt + ".index", ckpt + ".data-00000-of-00001"]),
             "safetensors": (os.path.join(m, "many.safetensors"), [os.path.join(m, "many.safetensors")]),
+            **({"PyTorch .pt": (os.path.join(m, "many.pt"), [os.path.join(m, "many.pt")])} if self.torch else {}),
         }
 
     def generated(self, count: int) -> dict[str, tuple[str, list[str]]]:
@@ -389,6 +390,8 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         scale_cases(cases, files, out)
     if "start" in groups:
         cases.append(Case("start:python", "start", "python -c pass (the floor)", [PY, "-c", "pass"]))
+        cases.append(Case("start:numpy", "start", "python -c 'import numpy, h5py' (what reading needs)",
+                          [PY, "-c", "import numpy, h5py"]))
         cases.append(Case("start:help", "start", "ckptconv --help", CKPTCONV + ["--help"],
                           target=f"seconds:{HELP_SECONDS}"))
         cases.append(Case("start:usage", "start", "ckptconv convert (a usage error, exit 2)",
@@ -400,7 +403,8 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
 
 
 MANY_SHORT = {".weights.h5": "weights.h5", ".keras": "keras", "sharded .weights.json": "sharded",
-              "legacy .h5": "legacy.h5", "TF checkpoint": "tf-ckpt", "safetensors": "safetensors"}
+              "legacy .h5": "legacy.h5", "TF checkpoint": "tf-ckpt", "safetensors": "safetensors",
+              "PyTorch .pt": "pt"}
 
 
 def many_cases(cases: list[Case], files: Files, out: str) -> None:
@@ -451,9 +455,21 @@ def scale_cases(cases: list[Case], files: Files, out: str) -> None:
 # --- building the inputs -----------------------------------------------------------------------
 
 
+def compile_package() -> None:
+    """Write ckptconv's byte-code caches before timing, as ``pip install`` does (an editable
+    install or a checkout writes them on first import, unless PYTHONDONTWRITEBYTECODE forbids)."""
+    import compileall
+
+    if not compileall.compile_dir(os.path.join(ROOT, "ckptconv"), quiet=1):
+        raise SystemExit("bench: ckptconv's modules do not compile")
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(CHILD_ENV)
+    # Users' Pythons keep byte-code caches (pip compiles at install); a shell that forbids
+    # writing them would make every run recompile ckptconv and time the compiler.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -490,6 +506,9 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         jobs.append((f"tf-keras, {2 * MANY_LAYERS:,} tensors: legacy .h5 and TF checkpoint",
                      writer + ["many-tfkeras", files.p("many")] + many,
                      files.many["TF checkpoint"][0] + ".index"))
+        if files.torch:
+            jobs.append((f"PyTorch torch.save, {2 * MANY_LAYERS:,} tensors",
+                         writer + ["many-torch", files.p("many")] + many, files.many["PyTorch .pt"][0]))
     if "scale" in groups:
         for count in SCALE_COUNTS:
             jobs.append((f"{count:,} generated tensors: TF checkpoint (SaveV2) and safetensors",
@@ -867,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         log("keras-hub is not installed (pip install -e '.[bench]'): skipping the BERT group")
         groups.discard("bert")
 
-    torch_groups = bool(groups & {"copy", "convert", "peer", "meta"})
+    torch_groups = bool(groups & {"copy", "convert", "peer", "meta", "many"})
     with_torch = torch_groups and _installed("torch")
     if torch_groups and not with_torch:
         log("torch is not installed: skipping the PyTorch .pt cases")
@@ -903,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"model: {layers} Dense {UNITS}x{UNITS} fp32 layers ({model_bytes / 2**30:.2f} GiB), "
             f"work directory {workdir}")
         build(files, groups, args.bert_layers)
+        compile_package()
         cases = make_cases(files, groups)
         rows = {c.id: Row(c, []) for c in cases}
         logdir = tempfile.mkdtemp(prefix="logs-", dir=workdir)

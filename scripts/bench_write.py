@@ -205,6 +205,19 @@ def write_many_tfkeras(out: str, layers: int, units: int) -> None:
     model.save_weights(os.path.join(out, "ckpt", "many"), save_format="tf")
 
 
+def write_many_torch(out: str, layers: int, units: int) -> None:
+    """The many-tensor model's state dict as a PyTorch ``nn.Linear`` stack would hold it
+    (``dense_i.weight`` [out, in], ``dense_i.bias``), from the same seeded weights."""
+    import torch
+
+    state = {}
+    for i in range(layers):
+        kernel, bias = layer_weights(i, units)
+        state[f"dense_{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+        state[f"dense_{i}.bias"] = torch.from_numpy(bias)
+    torch.save(state, os.path.join(out, "many.pt"))
+
+
 def generated_tensors(count: int) -> dict[str, np.ndarray]:
     """``count`` small seeded tensors: ``layer_i/kernel`` (8, 8) and ``layer_i/bias`` (8,)."""
     rng = np.random.default_rng(11)
@@ -238,7 +251,7 @@ def write_generated(out: str, count: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=("keras3", "tfkeras", "torch", "bert", "many-keras3", "many-tfkeras",
-                                    "generated"))
+                                    "many-torch", "generated"))
     p.add_argument("out")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--units", type=int, default=4096)
@@ -261,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         write_many_keras3(args.out, args.layers, args.units)
     elif args.what == "many-tfkeras":
         write_many_tfkeras(args.out, args.layers, args.units)
+    elif args.what == "many-torch":
+        write_many_torch(args.out, args.layers, args.units)
     elif args.what == "generated":
         write_generated(args.out, args.tensors)
     else:

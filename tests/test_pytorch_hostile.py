@@ -431,3 +431,108 @@ def test_a_truncated_archive_says_which_file_to_fetch_again(fixture, kind, tmp_p
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match=f"copy or download {kind} again"):
         ckptconv.open(cut)
+
+
+# --- the opcode walk against the standard library's own ------------------------------------------
+
+
+def _genops_length(data: bytes) -> int | None:
+    """pickletools' reading of a pickle: its length up to STOP, None if it cannot walk it."""
+    import pickletools
+
+    try:
+        for op, _arg, pos in pickletools.genops(data):
+            if op.name == "STOP":
+                return pos + 1
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        return None
+    return None
+
+
+def _pickles() -> list[bytes]:
+    """What torch.save wrote (every zip fixture's data.pkl, the legacy files' pickles) and the
+    standard pickler's every protocol over the kinds of values a checkpoint holds."""
+    import io
+
+    from ckptconv.formats._torch_pickle import load_plain
+
+    found = []
+    for path in sorted(FIXTURES.glob("*.pt")):
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                found += [z.read(n) for n in z.namelist() if n.endswith("/data.pkl")]
+        else:
+            raw = path.read_bytes()
+            f = io.BytesIO(raw)
+            for _ in range(3):  # magic number, protocol, system info
+                load_plain(f)
+            found.append(raw[f.tell():])
+    values = {"keys": ["a", "é" * 300, b"x" * 300, bytearray(b"yz")], "ints": [0, -1, 255, 65536, -2**31, 2**64],
+              "floats": [0.5, float("inf")], "nested": {"t": (1, (2, 3)), "n": None, "b": True}, "many": list(range(400))}
+    found += [pickle.dumps(values, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    return found
+
+
+def test_the_opcode_walk_reads_pickles_as_pickletools_does() -> None:
+    """check_opcodes skips arguments by their lengths instead of decoding them: on every pickle
+    torch wrote and every protocol it finds the same end as ``pickletools.genops``, and it
+    refuses every truncation of them (nothing is read past the end)."""
+    from ckptconv.formats._torch_pickle import check_opcodes
+
+    for data in _pickles():
+        expected = _genops_length(data)
+        assert expected is not None
+        assert check_opcodes(data + b"trailing bytes") == expected
+        for cut in range(expected):
+            with pytest.raises(CorruptFileError):
+                check_opcodes(data[:cut])
+
+
+@pytest.mark.parametrize("memo", [b"q\x05", b"r\x05\x00\x00\x00", b"p5\n", b"h\x05", b"j\x05\x00\x00\x00", b"g5\n"])
+def test_the_opcode_walk_refuses_memo_slots_ahead_of_the_opcodes(memo: bytes) -> None:
+    """Each memo opcode (PUT, BINPUT, LONG_BINPUT and the GETs) naming slot 5 after 3 opcodes
+    is refused; the same opcode after 5 opcodes is what a pickler writes."""
+    from ckptconv.formats._torch_pickle import check_opcodes
+
+    with pytest.raises(UnsafeInputError, match="memo slot 5 after 3 opcodes"):
+        check_opcodes(b"\x80\x02N" + memo + b".")
+    assert check_opcodes(b"\x80\x02NNNN" + memo + b".") == 7 + len(memo)
+
+
+@pytest.mark.parametrize(("name", "opcode"), [("INST", b"imod\nname\n"), ("OBJ", b"o"), ("EXT1", b"\x82\x01"),
+                                              ("EXT2", b"\x83\x01\x00"), ("EXT4", b"\x84\x01\x00\x00\x00"),
+                                              ("NEXT_BUFFER", b"\x97"), ("READONLY_BUFFER", b"\x98")])
+def test_the_opcode_walk_refuses_opcodes_torch_never_writes(name: str, opcode: bytes) -> None:
+    from ckptconv.formats._torch_pickle import check_opcodes
+
+    with pytest.raises(UnsafeInputError, match=f"opcode {name}, which torch.save never writes"):
+        check_opcodes(b"\x80\x02(" + opcode + b".")
+
+
+def test_a_torch_archive_central_directory_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection goes by the first member's name (torch.save writes ``<archive>/data.pkl``
+    first): the central directory, thousands of entries for a large state dict, is read by the
+    reader alone, and once."""
+    reads = []
+    real = zipfile.ZipFile._RealGetContents
+
+    def counting(self: zipfile.ZipFile) -> None:
+        reads.append(self.filename)
+        real(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counting)
+    with ckptconv.open(FIXTURES / "cnn.pt") as store:
+        assert len(store) > 0
+    assert len(reads) == 1
+
+
+def test_a_zip_that_starts_as_torch_but_holds_no_data_pkl_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("odd/data.pkl", b"\x80\x02}q\x00.")
+    data = bytearray(path.read_bytes())
+    at = data.rindex(b"odd/data.pkl")  # the central directory's copy of the name
+    data[at : at + 12] = b"odd/data.pkx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="starts as a torch.save file but has no <archive>/data.pkl"):
+        ckptconv.open(path)

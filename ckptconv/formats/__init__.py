@@ -186,6 +186,12 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     )
 
 
+def damaged_zip(path: str | os.PathLike[str], error: BaseException, kind: str) -> CorruptFileError:
+    """The one-line error for a zip archive that does not open (``kind``: what it is, e.g.
+    ``"torch.save file"``, see :func:`_zip_kind`)."""
+    return CorruptFileError(f"a damaged zip archive ({_one_line(error)}); copy or download the {kind} again", path=path)
+
+
 def _zip_kind(head: bytes) -> str:
     """What a zip archive is, from its first member's name (in the first local file header,
     which even a truncated archive keeps): ``torch.save`` writes ``<archive>/data.pkl`` or
@@ -232,11 +238,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
         try:
             zipfile.ZipFile(p).close()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-            raise CorruptFileError(
-                f"a damaged zip archive ({_one_line(e)}); copy or download the "
-                f"{_zip_kind(head)} again",
-                path=p,
-            ) from e
+            raise damaged_zip(p, e, _zip_kind(head)) from e
         raise FormatError(
             "a zip archive that is neither a .keras model (model.weights.h5, config.json) nor "
             "a torch.save file (<archive>/data.pkl)",

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
 from ..store import Store
@@ -59,6 +59,11 @@ def sniff(path: Path, head: bytes) -> bool:
         )
     if not head.startswith(b"PK\x03\x04") or not path.is_file():
         return False
+    from . import _zip_kind
+
+    kind = _zip_kind(head)  # the first member says, without reading the central directory
+    if kind != "file":
+        return kind == ".keras file"
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
@@ -112,11 +117,13 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
-    """Absolute offset of a member's data: after its local header, name and extra field."""
-    with path.open("rb") as f:
-        f.seek(info.header_offset)
-        raw = f.read(_LOCAL_HEADER.size)
+def member_data_offset(path: Path, info: zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:
+    """Absolute offset of a member's data: after its local header, name and extra field.
+    ``file``: the archive already open (binary), for many members (one open, not one each)."""
+    if file is None:
+        with path.open("rb") as f:
+            return member_data_offset(path, info, file=f)
+    raw = os.pread(file.fileno(), _LOCAL_HEADER.size, info.header_offset)
     if len(raw) < _LOCAL_HEADER.size:
         raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
     fields = _LOCAL_HEADER.unpack(raw)
@@ -218,9 +225,11 @@ def open(path: Path) -> Store:  # noqa: A001
         return _open_directory(path)
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:  # NotImplementedError:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:  # NotImplementedError:
         # a zip version or compression method zipfile does not know (a damaged header)
-        raise CorruptFileError(f"not a readable zip archive ({e})", path=path) from e
+        from . import damaged_zip
+
+        raise damaged_zip(path, e, ".keras file") from e
     with z:
         try:
             info = z.getinfo(WEIGHTS_MEMBER)

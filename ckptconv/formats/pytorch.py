@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import math
 import os
 import pickle
 import re
@@ -120,8 +121,15 @@ def sniff(path: Path, head: bytes) -> bool:
 
 
 def _kind_of(path: Path, head: bytes) -> str | None:
-    """``zip``, ``legacy``, ``tar`` (the pre-0.4 layout) or None."""
+    """``zip``, ``legacy``, ``tar`` (the pre-0.4 layout) or None. A zip whose first member is
+    one torch.save writes first is taken as a torch.save archive without reading its central
+    directory (thousands of entries for a large state dict); :func:`_parse_zip` checks it."""
     if head.startswith(b"PK\x03\x04"):
+        from . import _zip_kind
+
+        kind = _zip_kind(head)
+        if kind != "file":
+            return "zip" if kind == "torch.save file" else None
         try:
             with zipfile.ZipFile(path) as z:
                 return "zip" if _archive_prefix(z.namelist()) is not None else None
@@ -300,12 +308,19 @@ _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyEr
 def _parse_zip(path: Path) -> _Parsed:
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:
-        raise CorruptFileError(f"not a readable zip archive ({e})", path=path) from e
-    with z:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:
+        from . import damaged_zip
+
+        raise damaged_zip(path, e, "torch.save file") from e
+    with z, builtins.open(path, "rb") as raw_file:
         names = z.namelist()
         prefix = _archive_prefix(names)
-        assert prefix is not None  # sniffed
+        if prefix is None:
+            raise CorruptFileError(
+                "a zip archive that starts as a torch.save file but has no <archive>/data.pkl member "
+                "(the file is damaged or was not written by torch.save)",
+                path=path,
+            )
         for name in names:
             parts = name.split("/")
             if name.startswith("/") or "\\" in name or ".." in parts or parts[0] != prefix:
@@ -349,7 +364,7 @@ def _parse_zip(path: Path) -> _Parsed:
                 ) from None
             _check_declared(ref, info.file_size, path)
             if info.compress_type == zipfile.ZIP_STORED:
-                start = member_data_offset(path, info)
+                start = member_data_offset(path, info, file=raw_file)
                 if start + info.file_size > size:
                     raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
                 storages[key] = _Stored(os.fspath(path), start, None, info.file_size, byteorder == "big")
@@ -505,15 +520,16 @@ class _Walk:
         dtype = by_name(canonical)
         stored = parsed.storages[ref.storage.key]
         start, span = _check_view(ref, dtype.itemsize, parsed.path, name)
-        numel = int(np.prod(ref.shape, dtype=np.int64))
+        numel = math.prod(ref.shape)
         layer = _layer(parts)
-        common = dict(key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind, layer=layer)
         plain_bytes = not stored.big_endian or _swap_unit(dtype) == 1
         if stored.offset is not None and plain_bytes and _c_contiguous(ref.shape, ref.stride):
             byte_range = ByteRange(stored.path, stored.offset + start, numel * dtype.itemsize)
-            return Entry(name, byte_range=byte_range, **common)  # type: ignore[arg-type]
+            return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind,
+                         layer=layer, byte_range=byte_range)
         loader = partial(_read_view, stored, start, span, dtype, ref.shape, ref.stride, name)
-        return Entry(name, loader=loader, **common)  # type: ignore[arg-type]
+        return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind,
+                     layer=layer, loader=loader)
 
 
 def _part(key: object) -> str:
@@ -523,8 +539,15 @@ def _part(key: object) -> str:
     return text or "_"
 
 
+_EITHER = re.compile(f"{_OPTIMIZER.pattern}|{_BOOKKEEPING.pattern}", re.I)
+
+
 def _child_kind(kind: Kind, part: str, value: Any) -> Kind:
     if kind != "weight":
+        return kind
+    if not _EITHER.search(part):  # a state dict's keys: one search, not two
+        if isinstance(value, TensorRef) and "." not in part and part.lower() in _COUNTERS:
+            return "bookkeeping"
         return kind
     if _OPTIMIZER.search(part):
         return "optimizer"
