@@ -21,8 +21,9 @@ GATED = ("keras_archive", "keras_sharded", "keras_weights", "keras_legacy")
 
 
 def _corpus(generated, tmp_path: Path) -> list[Path]:
-    """Every file and directory the real writers wrote, the examples, and a few odd paths
-    (empty, a zip and a JSON of no known kind, a directory with a config.json only)."""
+    """Every file and directory the real writers wrote (torch.save files included), the
+    examples, and a few odd paths (empty, a zip and a JSON of no known kind, a directory
+    with a config.json only)."""
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "empty").write_bytes(b"")
@@ -32,7 +33,7 @@ def _corpus(generated, tmp_path: Path) -> list[Path]:
         z.writestr("config.json", "{}")
     (odd / "config_only").mkdir()
     (odd / "config_only" / "config.json").write_text("{}")
-    roots = [generated("keras"), generated("keras315"), generated("tf"), ROOT / "examples", odd]
+    roots = [generated("keras"), generated("keras315"), generated("tf"), ROOT / "examples", ROOT / "tests" / "fixtures", odd]
     paths = []
     for root in roots:
         paths += [root, *sorted(p for p in root.rglob("*") if not p.name.startswith("."))]
