@@ -1,7 +1,8 @@
 """The one-pass HDF5 metadata catalog gives what libhdf5 gives (issue 18).
 
 The Keras readers build entries from object headers parsed in one pass over the file
-(``formats/_hdf5_headers.py``), from the links libhdf5's visit recorded, and from the
+(``formats/_hdf5_headers.py``), from the links the same walk recorded (``formats/_hdf5_links.py``:
+symbol tables read from the file, libhdf5 for other groups), and from the
 variable-length names decoded out of the checked global heap; whatever that pass leaves
 undescribed goes through h5py. Here every Keras fixture written by the real writers is read
 both ways -- with the catalog, and with it switched off so that every group, name and dataset
@@ -21,7 +22,7 @@ import pytest
 
 import ckptconv
 from ckptconv.formats import _hdf5
-from ckptconv.formats._hdf5_headers import header_messages, lengths_are_8, parse_header
+from ckptconv.formats._hdf5_headers import lengths_are_8, object_header
 
 from .helpers import assert_bit_exact, load_expected
 
@@ -150,9 +151,8 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
     with h5py.File(path, "r") as f:
         for name, plain in expected.items():
             dataset = f[name]
-            messages = header_messages(read, h5py.h5o.get_info(f.id, name.encode()).addr, len(data))
-            assert messages is not None, name
-            header = parse_header(messages)
+            header = object_header(read, h5py.h5o.get_info(f.id, name.encode()).addr, len(data))
+            assert header is not None, name
             assert header.kind == "dataset", name
             assert header.plain == plain, name
             if plain:
@@ -163,7 +163,7 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
                 raw = data[header.offset : header.offset + header.length]
                 values = np.frombuffer(raw, header.dtype).reshape(header.shape)
                 assert_bit_exact(values, dataset[()], name)
-        group = parse_header(header_messages(read, h5py.h5o.get_info(f.id, b"t").addr, len(data)))
+        group = object_header(read, h5py.h5o.get_info(f.id, b"t").addr, len(data))
         assert group.kind == "group" and not group.plain
 
 

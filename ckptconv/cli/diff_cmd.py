@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Compare the tensors of A and B, of any formats, by name: names only in A or only "
             "in B, shape and dtype differences, and per tensor whether the bytes are identical "
             "or how far the values are apart (max abs, max rel, count beyond the tolerance, "
-            "the first of them). Reads every tensor of both, one at a time, big ones in blocks."
+            "the first of them). Reads every byte of both; big tensors in blocks, two at a time."
         ),
         epilog=exit_status(EXIT_STATUS),
     )

@@ -15,6 +15,7 @@ import builtins
 import mmap
 import os
 import re
+import struct
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -25,7 +26,8 @@ import numpy as np
 from ..dtypes import by_name, dtype_name
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import ByteRange, Entry, Kind
-from ._hdf5_headers import Header, header_messages, lengths_are_8, parse_header
+from ._hdf5_headers import Header
+from ._hdf5_links import walk
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
@@ -88,7 +90,6 @@ _GCOL = b"GCOL"
 _GCOL_HEADER = 16  # signature, version, 3 reserved bytes, collection size (8)
 _SCAN_CHUNK = 8 << 20
 _SKIP_MIN = 64 << 10  # tensor data ranges at least this large are not scanned
-_MAX_OBJECTS = 1_000_000
 
 
 def check_global_heaps(
@@ -121,7 +122,7 @@ def check_global_heaps(
     reader = _ImageReader(source)
     try:
         size = reader.size
-        headers, children, skip = _object_headers(f, reader, size)
+        headers, children, skip = walk(f, reader.read, size, path=path, skip_min=_SKIP_MIN)
         collections: dict[int, dict[int, tuple[int, int]]] = {}
         for start, stop in _gaps(skip, size):
             for offset in _find_all(reader, start, stop):
@@ -158,12 +159,11 @@ def _heap_texts(
 ) -> list[str] | None:
     """The strings checked variable-length values point at (None when one is not UTF-8)."""
     texts = []
-    for at in range(1, len(raw) - 15, 16):
-        if not int.from_bytes(raw[at : at + 4], "little"):
+    for length, collection, index in _vlen_values(raw):
+        if not length:
             texts.append("")
             continue
-        collection = int.from_bytes(raw[at + 4 : at + 12], "little")
-        size, start = collections[collection][int.from_bytes(raw[at + 12 : at + 16], "little")]
+        size, start = collections[collection][index]
         try:
             texts.append(reader.read(collection + start, size).decode("utf-8"))
         except UnicodeDecodeError:
@@ -215,6 +215,9 @@ class _ImageReader:
         else:
             self._obj = source
             self.size = source.seek(0, os.SEEK_END)
+        image = self._map
+        if image is not None and self._base == 0 and self.size == len(image):
+            self.read = lambda offset, n: image[offset : offset + n]  # type: ignore[method-assign]
 
     def read(self, offset: int, n: int) -> bytes:
         if self._obj is None:
@@ -229,72 +232,6 @@ class _ImageReader:
         if self._map is not None:
             self._map.close()
             self._map = None
-
-
-def _object_headers(
-    f: h5py.File, reader: _ImageReader, size: int
-) -> tuple[dict[int, Header], dict[str, dict[str, tuple[int, int]]], list[tuple[int, int]]]:
-    """Every object's parsed header by address, every group's links by group path, and the
-    byte ranges of large contiguous datasets. libhdf5's own link visit follows hard links
-    only and each group once (link cycles included): a group reached by a second hard link
-    gets no links here (readers ask libhdf5 for them). A dataset whose header is not
-    version 1 is asked of libhdf5 for its range."""
-    root = h5py.h5o.get_info(f.id).addr
-    names: dict[int, bytes] = {root: b"."}
-    children: dict[str, dict[str, tuple[int, int]]] = {"/": {}}
-    hard = h5py.h5l.TYPE_HARD
-
-    def visit(name: bytes, info: Any) -> int | None:
-        path = "/" + name.decode("utf-8", "surrogateescape")
-        parent, _, key = path.rpartition("/")
-        table = children.get(parent or "/")
-        if table is not None:
-            table[key] = (info.type, info.u)
-        if info.type == hard and info.u not in names:
-            names[info.u] = name
-            children[path] = {}
-            if len(names) > _MAX_OBJECTS:
-                return 1  # stop: the readers refuse such files themselves
-        return None
-
-    f.id.links.visit(visit, info=True)
-    parse = lengths_are_8(reader.read(0, 16))
-    headers: dict[int, Header] = {}
-    ranges: list[tuple[int, int]] = []
-    other = Header("other", False, None, None, None, 0, [])
-    for address, name in names.items():
-        messages = header_messages(reader.read, address, size) if parse else None
-        if messages is None:
-            headers[address] = other
-            _libhdf5_range(f, name, size, ranges)
-            continue
-        header = headers[address] = parse_header(messages)
-        if header.kind == "dataset" and header.offset is not None and header.length >= _SKIP_MIN:
-            if header.offset + header.length <= size and (header.plain or _contiguous(f, name)):
-                ranges.append((header.offset, header.offset + header.length))
-    for address, name in names.items():  # datasets have no links: drop their empty tables
-        if headers[address].kind == "dataset":
-            children.pop("/" + name.decode("utf-8", "surrogateescape"), None)
-    return headers, children, sorted(ranges)
-
-
-def _contiguous(f: h5py.File, name: bytes) -> bool:
-    """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
-    external storage may still come with a contiguous layout message)."""
-    dataset = h5py.h5d.open(f.id, name)
-    plist = dataset.get_create_plist()
-    return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
-
-
-def _libhdf5_range(f: h5py.File, name: bytes, size: int, ranges: list[tuple[int, int]]) -> None:
-    if name == b"." or h5py.h5o.get_info(f.id, name).type != h5py.h5o.TYPE_DATASET:
-        return
-    dataset = h5py.h5d.open(f.id, name)
-    if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
-        offset = dataset.get_offset()
-        length = dataset.get_storage_size()
-        if offset is not None and length >= _SKIP_MIN and offset + length <= size:
-            ranges.append((offset, offset + length))
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -370,10 +307,7 @@ def _check_vlen_values(
     """Each value is (length, heap collection address, object index): it must match a checked
     collection's object, or libhdf5 allocates whatever the length says."""
     base_size = raw[0] or 1
-    for at in range(1, len(raw) - 15, 16):
-        length = int.from_bytes(raw[at : at + 4], "little")
-        collection = int.from_bytes(raw[at + 4 : at + 12], "little")
-        index = int.from_bytes(raw[at + 12 : at + 16], "little")
+    for length, collection, index in _vlen_values(raw):
         if length == 0:
             continue
         stored = collections.get(collection, {}).get(index, (None,))[0]
@@ -384,6 +318,14 @@ def _check_vlen_values(
                 f"{what} (the file is damaged)",
                 path=path,
             )
+
+
+_VLEN_VALUE = struct.Struct("<IQI")  # length, global heap collection address, object index
+
+
+def _vlen_values(raw: bytes) -> Any:
+    """``(length, collection, index)`` of each whole value after the base-size byte."""
+    return _VLEN_VALUE.iter_unpack(raw[1 : 1 + (len(raw) - 1) // 16 * 16])
 
 
 def decode(value: Any) -> Any:

@@ -18,13 +18,25 @@ libhdf5 (through h5py) as before. The HDF5 file format specification (version 3.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Header", "parse_header", "header_messages", "lengths_are_8"]
+__all__ = ["Header", "lengths_are_8", "object_header"]
 
 _MAX_HEADER_BLOCKS = 4096
+_FIRST_READ = 512  # a Keras dataset's header is 272 bytes, a group's 40: one read each
+_MEMO_LIMIT = 4096  # distinct datatype and dataspace messages remembered (per process)
+_U32 = struct.Struct("<I")
+_MESSAGE = struct.Struct("<HHB")  # type, size, flags (then 3 reserved bytes)
+_CONTINUATION_BLOCK = struct.Struct("<QQ")  # also a Symbol Table message: B-tree, local heap
+_LAYOUT_CONTIGUOUS = struct.Struct("<QQ")  # address, size (after version and class)
+_ATTRIBUTE_SIZES = struct.Struct("<BxHHH")  # version, name size, datatype size, dataspace size
+_UNSEEN: object = object()
+_dataspaces: dict[bytes, tuple[int, ...] | None] = {}
+_datatypes: dict[bytes, np.dtype | None] = {}
 
 # message types
 _DATASPACE, _LINK_INFO, _DATATYPE, _EXTERNAL, _LAYOUT = 0x01, 0x02, 0x03, 0x07, 0x08
@@ -54,6 +66,10 @@ class Header(NamedTuple):
             :func:`ckptconv.formats._hdf5.check_global_heaps`; ``what`` is ``str``, ``strs``
             or ``""``, see :func:`_attribute`).
         attributes: The names of all its attributes (``""`` for one not read here).
+        symbols: ``(B-tree address, local heap address)`` from the Symbol Table message of an
+            "old-style" group (one such message, not shared, no Link or Link Info message):
+            its links can be read from there (see :mod:`._hdf5_symbols`). None otherwise:
+            libhdf5 lists the group's links.
     """
 
     kind: str
@@ -64,6 +80,7 @@ class Header(NamedTuple):
     length: int
     vlen: list[tuple[str, bytes, str]]
     attributes: tuple[str, ...] = ()
+    symbols: tuple[int, int] | None = None
 
 
 def lengths_are_8(superblock: bytes) -> bool:
@@ -79,41 +96,17 @@ def lengths_are_8(superblock: bytes) -> bool:
     return False
 
 
-def header_messages(read: Any, address: int, size: int) -> list[tuple[int, int, bytes]] | None:
-    """``(type, flags, data)`` of every message of the version 1 object header at
-    ``address``, continuation blocks followed; None for another header version.
+def object_header(read: Callable[[int, int], bytes], address: int, size: int) -> Header | None:
+    """Describe the object whose version 1 object header is at ``address`` (see
+    :class:`Header`); None for another header version.
 
-    ``read(offset, n)`` reads the HDF5 image; ``size`` is its length (blocks beyond it are
-    skipped, as are repeated and excess continuation blocks).
+    ``read(offset, n)`` reads the HDF5 image; ``size`` is its length. Continuation blocks are
+    followed; blocks beyond the end of the image are skipped, as are repeated blocks and
+    blocks past the 4096th.
     """
-    prefix = read(address, 16)
-    if len(prefix) < 16 or prefix[0] != 1:
+    head = read(address, _FIRST_READ)
+    if len(head) < 16 or head[0] != 1:
         return None
-    messages: list[tuple[int, int, bytes]] = []
-    blocks = [(address + 16, int.from_bytes(prefix[8:12], "little"))]
-    seen = set()
-    while blocks and len(seen) < _MAX_HEADER_BLOCKS:
-        start, length = blocks.pop()
-        if (start, length) in seen or start + length > size:
-            continue
-        seen.add((start, length))
-        block = read(start, length)
-        position = 0
-        while position + 8 <= len(block):
-            kind = block[position] | block[position + 1] << 8
-            message_size = block[position + 2] | block[position + 3] << 8
-            flags = block[position + 4]
-            data = block[position + 8 : position + 8 + message_size]
-            position += 8 + message_size
-            if kind == _CONTINUATION and len(data) >= 16:
-                blocks.append((int.from_bytes(data[:8], "little"), int.from_bytes(data[8:16], "little")))
-            elif kind:
-                messages.append((kind, flags, data))
-    return messages
-
-
-def parse_header(messages: list[tuple[int, int, bytes]]) -> Header:
-    """Describe an object from its header messages (see :class:`Header`)."""
     kind = "other"
     plain = True
     shape: tuple[int, ...] | None = None
@@ -122,45 +115,87 @@ def parse_header(messages: list[tuple[int, int, bytes]]) -> Header:
     length = 0
     vlen: list[tuple[str, bytes, str]] = []
     attributes: list[str] = []
-    for message, flags, data in messages:
-        if message == _ATTRIBUTE:
-            attribute = _attribute(data)
-            if attribute is None:
-                attributes.append("")  # unreadable here: libhdf5 decides
+    symbols: tuple[int, int] | None = None
+    old_style = 0  # Symbol Table messages seen (a group's links are read from one only)
+    new_style = False  # Link Info or Link messages: libhdf5 reads the group's links
+    first = (address + 16, _U32.unpack_from(head, 8)[0])
+    blocks = [first]
+    seen: set[tuple[int, int]] = set()
+    while blocks and len(seen) < _MAX_HEADER_BLOCKS:
+        block_at = blocks.pop()
+        start, block_size = block_at
+        if block_at in seen or start + block_size > size:
+            continue
+        seen.add(block_at)
+        if block_at == first and 16 + block_size <= len(head):
+            block, position, end = head, 16, 16 + block_size
+        else:
+            block = read(start, block_size)
+            position, end = 0, len(block)
+        while position + 8 <= end:
+            message, message_size, flags = _MESSAGE.unpack_from(block, position)
+            body = position + 8
+            position = body + message_size
+            if not message:  # NIL: padding
                 continue
-            name, strings, values = attribute
-            attributes.append(name)
-            if strings is not None:
-                vlen.append((name, values, strings))
-            if name == "dtype":
-                plain = False  # the tensor's dtype is named there: the h5py path reads it
-            continue
-        if message == _ATTRIBUTE_INFO:  # attributes in dense storage: not read here
-            attributes.append("")
-            plain = False
-            continue
-        if message in (_SYMBOL_TABLE, _LINK_INFO, _LINK):
-            kind = "group"
-            continue
-        if flags & _SHARED and message in (_DATASPACE, _DATATYPE, _LAYOUT):
-            plain = False
-        if message == _LAYOUT:
-            kind = "dataset"
-            if len(data) >= 18 and data[0] == 3 and data[1] == 1:  # version 3, contiguous
-                address = int.from_bytes(data[2:10], "little")
-                length = int.from_bytes(data[10:18], "little")
-                offset = None if address == _UNDEFINED else address
-            else:
+            data = block[body:position] if position <= end else block[body:end]
+            if message == _DATASPACE:
+                if flags & _SHARED:
+                    plain = False
+                shape = _dataspaces.get(data, _UNSEEN)  # type: ignore[assignment]
+                if shape is _UNSEEN:
+                    shape = _dataspace(data)
+                    if len(_dataspaces) < _MEMO_LIMIT:
+                        _dataspaces[data] = shape
+            elif message == _DATATYPE:
+                if flags & _SHARED:
+                    plain = False
+                dtype = _datatypes.get(data, _UNSEEN)  # type: ignore[assignment]
+                if dtype is _UNSEEN:
+                    dtype = _datatype(data)
+                    if len(_datatypes) < _MEMO_LIMIT:
+                        _datatypes[data] = dtype
+            elif message == _LAYOUT:
+                if flags & _SHARED:
+                    plain = False
+                kind = "dataset"
+                if len(data) >= 18 and data[0] == 3 and data[1] == 1:  # version 3, contiguous
+                    data_at, length = _LAYOUT_CONTIGUOUS.unpack_from(data, 2)
+                    offset = None if data_at == _UNDEFINED else data_at
+                else:
+                    plain = False
+            elif message == _ATTRIBUTE:
+                attribute = _attribute(data)
+                if attribute is None:
+                    attributes.append("")  # unreadable here: libhdf5 decides
+                    continue
+                name, strings, values = attribute
+                attributes.append(name)
+                if strings is not None:
+                    vlen.append((name, values, strings))
+                if name == "dtype":
+                    plain = False  # the tensor's dtype is named there: the h5py path reads it
+            elif message == _CONTINUATION:
+                if len(data) >= 16:
+                    blocks.append(_CONTINUATION_BLOCK.unpack_from(data))
+            elif message == _SYMBOL_TABLE:
+                kind = "group"
+                old_style += 1
+                if len(data) >= 16 and not flags & _SHARED:
+                    symbols = _CONTINUATION_BLOCK.unpack_from(data)  # B-tree, local heap
+            elif message in (_LINK_INFO, _LINK):
+                kind = "group"
+                new_style = True
+            elif message == _ATTRIBUTE_INFO:  # attributes in dense storage: not read here
+                attributes.append("")
                 plain = False
-        elif message == _DATASPACE:
-            shape = _dataspace(data)
-        elif message == _DATATYPE:
-            dtype = _datatype(data)
-        elif message in (_PIPELINE, _EXTERNAL):
-            plain = False
+            elif message in (_PIPELINE, _EXTERNAL):
+                plain = False
     names = tuple(attributes)
     if kind != "dataset":
-        return Header(kind, False, None, None, None, 0, vlen, names)
+        if new_style or old_style != 1:
+            symbols = None
+        return Header(kind, False, None, None, None, 0, vlen, names, symbols)
     plain = plain and shape is not None and dtype is not None and offset is not None
     if plain:
         count = 1
@@ -226,23 +261,19 @@ def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
     is variable-length: then ``str`` (a scalar string), ``strs`` (an array of strings) or
     ``""`` (a sequence of another type), and the raw values carry the base type's size as
     their first byte."""
-    version = data[0] if data else 0
-    if version not in (1, 2, 3) or len(data) < 8:
+    if len(data) < 8:
         return None
-    name_size = data[2] | data[3] << 8
-    type_size = data[4] | data[5] << 8
-    space_size = data[6] | data[7] << 8
+    version, name_size, type_size, space_size = _ATTRIBUTE_SIZES.unpack_from(data)
+    if version not in (1, 2, 3):
+        return None
     position = 9 if version == 3 else 8
-
-    def pad(n: int) -> int:
-        return (n + 7) // 8 * 8 if version == 1 else n
-
+    pad = 7 if version == 1 else 0  # version 1 pads each part to a multiple of 8 bytes
     name = data[position : position + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
-    position += pad(name_size)
+    position += (name_size + pad) & ~pad
     datatype = data[position : position + type_size]
-    position += pad(type_size)
+    position += (type_size + pad) & ~pad
     space = data[position : position + space_size]
-    position += pad(space_size)
+    position += (space_size + pad) & ~pad
     if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
         return name, None, b""
     base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size

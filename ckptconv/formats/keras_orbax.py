@@ -292,6 +292,7 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
     if not isinstance(tree, dict):
         raise CorruptFileError(f"{TREE_METADATA} has no tree_metadata object", path=path)
     leaves = []
+    checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     for label, item in tree.items():
         keys = item.get("key_metadata") if isinstance(item, dict) else None
         value = item.get("value_metadata") if isinstance(item, dict) else None
@@ -299,7 +300,9 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
         parts = tuple(str(k["key"]) for k in keys)
         for part in parts:
-            _check_key_part(part, path=path)
+            if part not in checked:
+                _check_key_part(part, path=path)
+                checked.add(part)
         value = value if isinstance(value, dict) else {}
         value_type = str(value.get("value_type", "jax.Array"))
         if value.get("skip_deserialize") or value_type not in _ARRAY_TYPES:
@@ -392,10 +395,14 @@ class _Arrays:
                 )
         futures = [self.kvstore.read(k) for k in keys]
         out = []
+        parsed: dict[bytes, Any] = {}  # arrays of one shape and dtype have the same metadata
         for future, name in zip(futures, names):
             try:
                 raw = future.result().value
-                out.append(json.loads(raw))
+                value = parsed.get(raw)
+                if value is None:
+                    value = parsed[raw] = json.loads(raw)
+                out.append(value)
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, tensor=name) from e
             except Exception as e:  # noqa: BLE001
@@ -487,8 +494,12 @@ def open(path: Path) -> Store:  # noqa: A001
     config = _model_config(step_dir)
 
     entries: list[Entry] = []
+    described: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}  # by the metadata object: shared
     for (parts, _), param, key, zmeta in zip(leaves, params, keys, zarr_meta):
-        dtype, shape = _dtype_of(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
+        found = described.get(id(zmeta))
+        if found is None:
+            found = described[id(zmeta)] = _dtype_of(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
+        dtype, shape = found
         kind, name = _kind(parts, dtype, shape)
         entries.append(
             Entry(

@@ -5,19 +5,23 @@ A), and reports the names only one side has, the shape and dtype differences, an
 pair whether its bytes are identical, or else how far apart the values are (max absolute and
 max relative difference, the count of elements beyond the tolerance, the first of them).
 
-It streams: one tensor at a time, and a big tensor stored as plain bytes (every format's usual
-case) in blocks of a few MiB read with ``pread`` on both sides, the next block read on a second
-thread while this one is compared. Memory stays at a few blocks whatever the tensors' sizes;
-a tensor that is not plain bytes (an HDF5 dataset stored compressed, a live model's variable,
-an output a ``--map`` rule transforms) is read whole, one at a time.
+It streams. A tensor stored as plain bytes on both sides (every format's usual case) is read
+in blocks of 512 KiB with ``pread`` into one buffer per side, and compared (bytes first; values
+only where the bytes differ) while the block is still in the CPU's cache; a CRC-32C the format
+records is computed over the same blocks. Two such tensors are compared at a time, on two
+worker threads, so both cores read. A tensor that is not plain bytes (an HDF5 dataset stored
+compressed, a live model's variable, an output a ``--map`` rule transforms) is read whole, one
+at a time. Memory stays at four blocks and one such tensor, whatever the tensors' sizes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +38,8 @@ __all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse
 
 Status = Literal["equal", "close", "different", "shape", "dtype"]
 
-BLOCK_BYTES = 8 << 20  # bytes per block and side when a tensor is streamed
+WORKERS = 2  # threads comparing streamed pairs (one pair each)
+BLOCK_BYTES = 512 << 10  # bytes per block and side when a tensor is streamed (measured best)
 _STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
 
 
@@ -362,6 +367,7 @@ def _compare_stores(
     report = DiffReport(name_a, name_b, store_a.format, store_b.format, atol=atol, rtol=rtol)
     sources = {o.name: o.sources for o in plan.report.outputs}
     seen: set[str] = set()
+    pairs = []
     for output in plan.outputs:
         seen.add(output.name)
         entry_b = entries_b.get(output.name)
@@ -369,12 +375,78 @@ def _compare_stores(
             report.only_in_a.append(TensorInfo(output.name, output.shape, dtype_name(output.dtype)))
             continue
         named = sources.get(output.name, ())
-        renamed = () if named == (output.name,) else tuple(named)
-        result, nbytes = _compare_pair(output, entry_b, renamed, atol, rtol, progress)
+        pairs.append((output, entry_b, () if named == (output.name,) else tuple(named)))
+    for result, nbytes in _compare_pairs(pairs, atol, rtol, progress):
         report.tensors.append(result)
         report.nbytes += nbytes
     report.only_in_b = [TensorInfo(e.name, e.shape, e.dtype_name) for n, e in entries_b.items() if n not in seen]
     return report
+
+
+def _compare_pairs(
+    pairs: list[tuple[Output, Entry, tuple[str, ...]]],
+    atol: float,
+    rtol: float,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[TensorDiff, int]]:
+    """Every pair's result and bytes read, in order, as if compared one after the other (the
+    first error in that order is the one raised).
+
+    Pairs streamed from plain bytes on both sides run on ``WORKERS`` threads, one pair each
+    (``pread``, CRC-32C and the comparison release the GIL: the two files are read on two
+    cores); the others (read whole through a loader: h5py, a live model, a ``--map`` rule)
+    run on this thread, one at a time, while the workers go on. Memory: two blocks per worker
+    and one whole tensor at a time. ``progress`` is called from the workers too, one call at a
+    time."""
+    report_progress = None if progress is None else _one_at_a_time(progress)
+    stop = threading.Event()  # set when this ends: a worker still reading stops at its next block
+    pending: deque[Future[tuple[TensorDiff, int]] | tuple[TensorDiff, int]] = deque()
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptconv-diff") as pool:
+        try:
+            for output, entry_b, renamed in pairs:
+                args = (output, entry_b, renamed, atol, rtol, report_progress, stop)
+                if _streamed(output, entry_b):
+                    pending.append(pool.submit(_compare_pair, *args))
+                else:
+                    try:
+                        pending.append(_compare_pair(*args))
+                    except Exception:
+                        yield from _ready(pending, wait=True)  # an earlier pair's error first
+                        raise
+                yield from _ready(pending, wait=False)
+            yield from _ready(pending, wait=True)
+        finally:
+            stop.set()
+            for item in pending:
+                if isinstance(item, Future):
+                    item.cancel()
+
+
+def _ready(pending: deque, *, wait: bool) -> Iterator[tuple[TensorDiff, int]]:  # type: ignore[type-arg]
+    """Pop and yield the results at the front of ``pending`` that are done (every one with
+    ``wait``); a worker's exception is raised here, in its pair's turn."""
+    while pending:
+        head = pending[0]
+        if isinstance(head, Future):
+            if not (wait or head.done()):
+                return
+            head = head.result()
+        pending.popleft()
+        yield head
+
+
+def _one_at_a_time(callback: Callable[[int], None]) -> Callable[[int], None]:
+    lock = threading.Lock()
+
+    def call(n: int) -> None:
+        with lock:
+            callback(n)
+
+    return call
+
+
+class _Stopped(Exception):
+    """A worker's pair was abandoned: the comparison ended (an error, Ctrl-C) before it."""
 
 
 def _own_problems(problems: list[str]) -> list[str]:
@@ -391,6 +463,7 @@ def _compare_pair(
     atol: float,
     rtol: float,
     progress: Callable[[int], None] | None,
+    stop: threading.Event | None = None,
 ) -> tuple[TensorDiff, int]:
     shape_a, shape_b = output.shape, entry_b.shape
     da, db = dtype_name(output.dtype), entry_b.dtype_name
@@ -398,9 +471,11 @@ def _compare_pair(
         return TensorDiff(output.name, "shape", shape_a, shape_b, da, db, sources), 0
     stats = _Stats(shape_a, atol, rtol)
     same_dtype = output.dtype == entry_b.dtype
-    per_block = max(1, BLOCK_BYTES // max(output.dtype.itemsize, entry_b.dtype.itemsize, 1))
+    per_block = _per_block(output, entry_b)
     nbytes = 0
     for xa, xb in _blocks(output, entry_b, per_block):
+        if stop is not None and stop.is_set():
+            raise _Stopped(output.name)
         if not (same_dtype and _same_bytes(xa, xb)):
             stats.add(xa, xb)
         stats.offset += xa.size
@@ -442,8 +517,25 @@ def _stored(output: Output | Entry) -> Entry | None:
     return entry
 
 
+def _per_block(output: Output, entry_b: Entry) -> int:
+    """Elements per block: ``BLOCK_BYTES`` of the wider side."""
+    return max(1, BLOCK_BYTES // max(output.dtype.itemsize, entry_b.dtype.itemsize, 1))
+
+
+def _streamed(output: Output, entry_b: Entry) -> bool:
+    """Both sides are plain stored bytes of the same shape, more than one block: the pair is
+    read block by block (on a worker thread)."""
+    return (
+        output.shape == entry_b.shape
+        and math.prod(output.shape) > _per_block(output, entry_b)
+        and _stored(output) is not None
+        and _stored(entry_b) is not None
+    )
+
+
 def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays."""
+    """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
+    until the next pair is asked for)."""
     count = int(np.prod(output.shape, dtype=np.int64))
     raw_a, raw_b = _stored(output), _stored(entry_b)
     if count <= per_block or (raw_a is None and raw_b is None):
@@ -455,7 +547,7 @@ def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np
     # read whole (one at a time) only the side that is not plain bytes
     gen_a = _raw_blocks(raw_a, count, per_block) if raw_a is not None else _views(output.compute(), per_block)
     gen_b = _raw_blocks(raw_b, count, per_block) if raw_b is not None else _views(entry_b.read(), per_block)
-    yield from _read_ahead(gen_a, gen_b)
+    yield from zip(gen_a, gen_b)  # as many blocks each: a raw side's last one is checked already
 
 
 def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
@@ -465,47 +557,33 @@ def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
 
 
 def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray]:
-    """The entry's stored bytes a block at a time, into two buffers used in turn (a block may
-    be overwritten once the one after the next is asked for); the recorded CRC-32C, if any,
-    is checked over the blocks once the last is read."""
+    """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
+    is overwritten when the next is asked for), on the thread that compares it: a block is
+    compared while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
+    block as it arrives and checked before the last block is handed over."""
     import crc32c
 
     br = entry.byte_range
     assert br is not None
     itemsize = entry.dtype.itemsize
-    buffers = [np.empty(min(per_block, count), dtype=entry.dtype) for _ in range(2)]
+    buffer = np.empty(min(per_block, count), dtype=entry.dtype)
+    check = entry.crc32c is not None
     crc = 0
     fd = os.open(br.path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, br.offset, br.length, os.POSIX_FADV_SEQUENTIAL)
-        for i, start in enumerate(range(0, count, per_block)):
-            block = buffers[i % 2][: min(per_block, count - start)]
+        for start in range(0, count, per_block):
+            block = buffer[: min(per_block, count - start)]
             raw = block.view(np.uint8)
             br.read_into(raw, start=start * itemsize, fd=fd, tensor=entry.name)
-            if entry.crc32c is not None:
+            if check:
                 crc = crc32c.crc32c(raw, crc)
+                if start + per_block >= count:
+                    entry.compare_crc(crc)
             yield block
     finally:
         os.close(fd)
-    entry.compare_crc(crc)
-
-
-def _read_ahead(
-    gen_a: Iterator[np.ndarray], gen_b: Iterator[np.ndarray]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs from both generators, each advanced on a worker thread of its own: the next
-    blocks of A and of B are read at the same time, while the caller compares this pair
-    (``pread``, the copy out of the page cache and the comparison all release the GIL). A
-    generator is never advanced again before its previous block was handed over."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptconv-diff") as pool:
-        pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
-        while True:
-            xa, xb = pending[0].result(), pending[1].result()  # the last step runs both to
-            if xa is None or xb is None:  # their end: their CRCs are checked
-                break
-            pending = pool.submit(next, gen_a, None), pool.submit(next, gen_b, None)
-            yield xa, xb
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -538,9 +616,10 @@ class _Stats:
             self._record(bad, xa, xb, offset)
             return
         wide = np.complex128 if "c" in (xa.dtype.kind, xb.dtype.kind) else np.float64
-        a = xa.astype(wide)
-        b = xb.astype(wide)
+        # the casts too: numpy calls casting a signalling NaN "invalid" (and warns)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            a = xa.astype(wide)
+            b = xb.astype(wide)
             integers = xa.dtype.kind in "biu" and xb.dtype.kind in "biu"
             if integers:
                 same = np.asarray(xa == xb)  # exact: wide integers do not survive float64

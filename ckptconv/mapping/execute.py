@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import crc32c
 import numpy as np
 
 from ..dtypes import dtype_name as _dtype_name_uncached
@@ -174,6 +173,8 @@ def cast_blocks(
         per = max(1, max_bytes // widest)
         buffer = np.empty(min(per, count), dtype=entry.dtype)
         crc = 0
+        if entry.crc32c is not None:
+            import crc32c  # here: importing it reads package metadata (tens of ms)
         fd = os.open(byte_range.path, os.O_RDONLY)
         try:
             for start in range(0, count, per):

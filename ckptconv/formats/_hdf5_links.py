@@ -1,0 +1,353 @@
+"""One walk over an HDF5 file's groups: every object's header, every group's links.
+
+h5py writes every group the "old-style" way unless asked otherwise (``libver="earliest"``,
+the default): the group's object header holds a Symbol Table message naming a version 1
+B-tree of group nodes (signature ``TREE``, node type 0) whose leaves are symbol table nodes
+(``SNOD``: 40-byte entries of link-name offset, object header address, cache type and a
+scratch pad), and a local heap (``HEAP``) holding the NUL-terminated link names and soft-link
+values. Asking libhdf5 to visit a file of 20,000 objects costs a Python callback and an
+object-info lookup per link; reading these structures costs a few small reads per group
+(:class:`SymbolTables`). Any other group -- new-style (Link, Link Info messages), an object
+header that is not version 1, a superblock that is not version 0 or 1 with 8-byte offsets
+and lengths and no base address -- has its links listed by libhdf5, group by group
+(:func:`walk`).
+
+Damage in a symbol table is refused with a one-line
+:class:`~ckptconv.errors.CorruptFileError` naming the file and the group: a signature or
+version that is wrong, a node beyond the end of the file, a node reached twice (a cycle), a
+B-tree deeper than 64 levels or whose levels do not step down one by one, more entries than
+the superblock's node sizes allow, an unknown cache type, a name or soft-link value that is
+not NUL-terminated inside its heap, local heaps that add up to more than the file. So are
+link names no HDF5 writer gives (empty, ``.``, with a ``/``, the same twice). Every read is
+bounded by the file's size.
+
+The HDF5 File Format Specification (version 3.0: "Disk Format Level 0A: Superblock",
+"Level 1A: Version 1 B-trees", "Level 1B: Group Symbol Table Nodes", "Level 1C: Symbol Table
+Entry", "Level 1D: Local Heaps", "Level 2A.2: The Symbol Table Message") is the source of
+truth for every layout here.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import h5py
+
+from ..errors import CorruptFileError
+from ._hdf5_headers import Header, lengths_are_8, object_header
+
+__all__ = ["MAX_OBJECTS", "SymbolTables", "TooManyLinks", "group_node_sizes", "walk"]
+
+MAX_OBJECTS = 1_000_000  # objects one walk describes; links and B-tree nodes: twice that
+HARD, SOFT = 0, 1  # libhdf5's link types (H5L_TYPE_HARD, H5L_TYPE_SOFT), as h5py reports them
+MAX_LEVEL = 64  # a B-tree of 64 levels would index more links than any file holds
+
+_TREE_HEAD = struct.Struct("<4sBBH")  # signature, node type, level, entries used (then 2 siblings)
+_TREE_HEAD_SIZE = 24
+_SNOD_HEAD = struct.Struct("<4sBxH")  # signature, version, reserved, number of symbols
+_ENTRY = struct.Struct("<QQI4xI12x")  # name offset, object header address, cache type, scratch pad
+_ENTRY_SIZE = 40
+_HEAP = struct.Struct("<4sB3xQ8xQ")  # signature, version, data size, (free list), data address
+_HEAP_READ = 512  # a group's heap header and, usually right after it, its names: one read
+_CACHED_SOFT_LINK = 2
+
+Links = dict[str, tuple[int, int]]  # name -> (link type, object address or soft-link value size)
+
+
+class TooManyLinks(Exception):
+    """The file holds more objects or links than one walk catalogues."""
+
+
+def group_node_sizes(superblock: bytes) -> tuple[int, int] | None:
+    """``(leaf K, internal K)`` of a version 0 or 1 superblock with 8-byte offsets and
+    lengths and base address 0: a symbol table node holds up to 2 * leaf K entries, a group
+    B-tree node up to 2 * internal K children. None for any other superblock."""
+    if len(superblock) < 36 or superblock[8] not in (0, 1) or superblock[13:15] != b"\x08\x08":
+        return None
+    leaf_k, internal_k = struct.unpack_from("<HH", superblock, 16)
+    base = 24 if superblock[8] == 0 else 28
+    if leaf_k == 0 or internal_k == 0 or struct.unpack_from("<Q", superblock, base)[0] != 0:
+        return None
+    return leaf_k, internal_k
+
+
+def walk(
+    f: h5py.File,
+    read: Callable[[int, int], bytes],
+    size: int,
+    *,
+    path: str | os.PathLike[str] | Any,
+    skip_min: int,
+) -> tuple[dict[int, Header], dict[str, Links], list[tuple[int, int]]]:
+    """Every object's parsed header by address, every group's links by group path, and the
+    byte ranges of contiguous datasets of at least ``skip_min`` bytes, from one depth-first
+    walk of the hard links in libhdf5's visit order (by name, a link before what is under it).
+
+    ``read(offset, n)`` reads the HDF5 image of ``size`` bytes that ``f`` has open. An
+    old-style group's links are read from its symbol table; any other group's are asked of
+    libhdf5. Each object is described once: a group reached by a second hard link gets no
+    links here (readers ask libhdf5 for them), as libhdf5's visit does. An object whose
+    header is not version 1 is asked of libhdf5 (its type, a dataset's range). Past
+    :data:`MAX_OBJECTS` objects (or twice as many links) the walk stops, the group it was
+    reading left out: readers ask libhdf5 for what is not here.
+
+    Raises:
+        CorruptFileError: a symbol table is damaged, or a link name is impossible.
+    """
+    head = read(0, 96)
+    parse = lengths_are_8(head)
+    node_sizes = group_node_sizes(head) if parse else None
+    tables = None if node_sizes is None else SymbolTables(read, size, node_sizes, limit=2 * MAX_OBJECTS, path=path)
+    headers: dict[int, Header] = {}
+    children: dict[str, Links] = {}
+    ranges: list[tuple[int, int]] = []
+    other = Header("other", False, None, None, None, 0, [])
+
+    def describe(address: int, name: str) -> Links | None:
+        """Parse one object's header; a group's links (None for another object)."""
+        header = object_header(read, address, size) if parse else None
+        if header is None:
+            headers[address] = other
+            return _libhdf5_object(f, name, size, skip_min, ranges, path=path)
+        headers[address] = header
+        kind = header.kind
+        if kind == "group":
+            if header.symbols is not None and tables is not None:
+                return tables.links(name, *header.symbols)
+            return _libhdf5_links(f, name, path=path)
+        at, length = header.offset, header.length
+        large = kind == "dataset" and at is not None and skip_min <= length <= size - at
+        if large and (header.plain or _contiguous(f, name)):
+            ranges.append((at, at + length))  # type: ignore[operator]
+        return None
+
+    try:
+        links = describe(h5py.h5o.get_info(f.id).addr, "/")
+        if links is None:  # libhdf5 opened the file, so its root is a group
+            raise CorruptFileError("the root group's object header is damaged", path=path)
+        children["/"] = links
+        stack = [("", iter(links.items()))]
+        while stack:
+            prefix, walking = stack[-1]
+            for key, (link_type, address) in walking:
+                if link_type or address in headers:  # not a hard link, or described already
+                    continue
+                if len(headers) >= MAX_OBJECTS:
+                    raise TooManyLinks
+                name = f"{prefix}/{key}"
+                links = describe(address, name)
+                if links is not None:
+                    children[name] = links
+                    stack.append((name, iter(links.items())))
+                    break
+            else:
+                stack.pop()
+    except TooManyLinks:
+        pass
+    return headers, children, sorted(ranges)
+
+
+class SymbolTables:
+    """Reads old-style groups' links from an HDF5 image.
+
+    Args:
+        read: ``read(offset, n)``: up to ``n`` bytes of the image at ``offset`` (fewer at its end).
+        size: The image's size in bytes.
+        node_sizes: ``(leaf K, internal K)`` from :func:`group_node_sizes`.
+        limit: How many links and B-tree nodes all calls together may read before
+            :class:`TooManyLinks` is raised.
+        path: The file, for error messages.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int, int], bytes],
+        size: int,
+        node_sizes: tuple[int, int],
+        *,
+        limit: int,
+        path: str | os.PathLike[str] | Any,
+    ) -> None:
+        self._read = read
+        self._size = size
+        self._max_symbols = 2 * node_sizes[0]
+        self._max_children = 2 * node_sizes[1]
+        self._left = limit
+        self._path = path
+        self._nodes: set[int] = set()  # every B-tree node and symbol table node read so far
+        self._heaps: dict[int, bytes] = {}
+        self._heap_bytes = 0
+
+    def links(self, group: str, btree: int, heap: int) -> Links:
+        """The links of the group ``group`` whose Symbol Table message names ``btree`` and
+        ``heap``, in B-tree order (libhdf5's order, by name): ``(HARD, object address)`` or
+        ``(SOFT, length of the target path + 1)`` by name (what libhdf5's link info gives).
+
+        Raises:
+            CorruptFileError: the B-tree, a symbol table node, the heap or a name is damaged.
+            TooManyLinks: the limit given to the constructor is reached.
+        """
+        names = self._heaps.get(heap)
+        if names is None:
+            names = self._heap(group, heap)
+        read, nodes = self._read, self._nodes
+        # what h5py's default node sizes need; more is read only when a node claims it
+        node_bytes = _TREE_HEAD_SIZE + 8 + 16 * min(self._max_children, 32)
+        snod_bytes = 8 + _ENTRY_SIZE * min(self._max_symbols, 8)
+        table: Links = {}
+        count = 0
+        stack = [(btree, -1)]
+        while stack:
+            address, level = stack.pop()
+            if address in nodes:
+                self._damaged(group, f"its B-tree node at byte {address} is reached twice (a cycle)")
+            nodes.add(address)
+            node = read(address, node_bytes) if address < self._size else b""
+            if len(node) < _TREE_HEAD_SIZE:
+                self._damaged(group, f"its B-tree node at byte {address} lies beyond the end of the file")
+            signature, node_type, node_level, entries = _TREE_HEAD.unpack_from(node)
+            if signature != b"TREE" or node_type != 0:
+                self._damaged(group, f"no group B-tree node at byte {address}")
+            if level < 0 and node_level > MAX_LEVEL:
+                self._damaged(group, f"its B-tree claims {node_level} levels (at most {MAX_LEVEL})")
+            if level >= 0 and node_level != level:
+                self._damaged(group, f"its B-tree node at byte {address} is at level {node_level}, not {level}")
+            if entries > self._max_children:
+                self._damaged(group, f"its B-tree node at byte {address} claims {entries} children")
+            self._left -= entries + 1
+            if self._left < 0:
+                raise TooManyLinks
+            words = 2 * entries + 1  # keys (name offsets) and child addresses, interleaved
+            if len(node) < _TREE_HEAD_SIZE + 8 * words and len(node) == node_bytes:
+                node = read(address, _TREE_HEAD_SIZE + 8 * words)
+            if len(node) < _TREE_HEAD_SIZE + 8 * words:
+                self._damaged(group, f"its B-tree node at byte {address} runs past the end of the file")
+            below = struct.unpack_from(f"<{words}Q", node, _TREE_HEAD_SIZE)[1::2]
+            if node_level:
+                stack.extend((child, node_level - 1) for child in reversed(below))
+                continue
+            for child in below:
+                if child in nodes:
+                    self._damaged(group, f"its symbol table node at byte {child} is reached twice (a cycle)")
+                nodes.add(child)
+                snod = read(child, snod_bytes) if child < self._size else b""
+                if len(snod) < 8:
+                    self._damaged(group, f"its symbol table node at byte {child} lies beyond the end of the file")
+                signature, version, symbols = _SNOD_HEAD.unpack_from(snod)
+                if signature != b"SNOD" or version != 1:
+                    self._damaged(group, f"no symbol table node at byte {child}")
+                end = 8 + _ENTRY_SIZE * symbols
+                if symbols <= self._max_symbols and len(snod) < end and len(snod) == snod_bytes:
+                    snod = read(child, end)
+                if symbols > self._max_symbols or len(snod) < end:
+                    self._damaged(group, f"its symbol table node at byte {child} claims {symbols} entries")
+                self._left -= symbols
+                if self._left < 0:
+                    raise TooManyLinks
+                count += symbols
+                for name_at, header, cache, value_at in _ENTRY.iter_unpack(snod[8:end]):
+                    stop = names.find(b"\0", name_at) if name_at < len(names) else -1
+                    if stop < 0:
+                        self._damaged(group, f"a link name at heap offset {name_at} is not NUL-terminated inside the heap")
+                    name = names[name_at:stop]
+                    if b"/" in name:
+                        self._impossible(group)
+                    if cache < _CACHED_SOFT_LINK:
+                        table[name.decode("utf-8", "surrogateescape")] = (HARD, header)
+                    elif cache == _CACHED_SOFT_LINK:
+                        stop = names.find(b"\0", value_at) if value_at < len(names) else -1
+                        if stop < 0:
+                            self._damaged(group, f"a soft link value at heap offset {value_at} is not NUL-terminated inside the heap")
+                        table[name.decode("utf-8", "surrogateescape")] = (SOFT, stop - value_at + 1)
+                    else:
+                        self._damaged(group, f"a symbol table entry at byte {child} has cache type {cache}")
+        if len(table) != count or "" in table or "." in table:
+            self._impossible(group)
+        return table
+
+    def _heap(self, group: str, address: int) -> bytes:
+        head = self._read(address, _HEAP_READ) if address < self._size else b""
+        if len(head) < _HEAP.size:
+            self._damaged(group, f"its local heap at byte {address} lies beyond the end of the file")
+        signature, version, length, start = _HEAP.unpack_from(head)
+        if signature != b"HEAP" or version != 0:
+            self._damaged(group, f"no local heap at byte {address}")
+        if start > self._size or length > self._size - start:
+            self._damaged(group, f"its local heap's data ({length} bytes at byte {start}) lies beyond the end of the file")
+        self._heap_bytes += length
+        if self._heap_bytes > self._size:
+            self._damaged(group, "the local heaps of the file's groups overlap")
+        if start == address + _HEAP.size and _HEAP.size + length <= len(head):
+            names = head[_HEAP.size : _HEAP.size + length]
+        else:
+            names = self._read(start, length)
+        self._heaps[address] = names
+        return names
+
+    def _damaged(self, group: str, detail: str) -> NoReturn:
+        raise CorruptFileError(f"the links of group {group!r} are damaged: {detail}", path=self._path)
+
+    def _impossible(self, group: str) -> NoReturn:
+        raise CorruptFileError(
+            f"group {group!r} holds a link named '', '.', with a '/' or twice: no HDF5 "
+            "writer gives such names (the file is damaged)",
+            path=self._path,
+        )
+
+
+def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:
+    """One group's links as libhdf5 lists them (by name), refusing impossible names."""
+    table: Links = {}
+    count = 0
+
+    def add(name: bytes, info: Any) -> int | None:
+        nonlocal count
+        count += 1
+        if b"/" in name:
+            count = -1
+            return 1
+        table[name.decode("utf-8", "surrogateescape")] = (info.type, info.u)
+        return 1 if count > 2 * MAX_OBJECTS else None
+
+    gid = h5py.h5g.open(f.id, _b(group))  # held: the link proxy does not keep it open
+    gid.links.iterate(add, info=True)
+    if count > 2 * MAX_OBJECTS:
+        raise TooManyLinks
+    if len(table) != count or "" in table or "." in table:
+        raise CorruptFileError(
+            f"group {group!r} holds a link named '', '.', with a '/' or twice (the file is damaged)",
+            path=path,
+        )
+    return table
+
+
+def _libhdf5_object(
+    f: h5py.File, name: str, size: int, skip_min: int, ranges: list[tuple[int, int]], *, path: Any
+) -> Links | None:
+    """libhdf5's word on an object whose header is not parsed here: a group's links, or a
+    dataset's contiguous range."""
+    info = h5py.h5o.get_info(f.id, _b(name))
+    if info.type == h5py.h5o.TYPE_GROUP:
+        return _libhdf5_links(f, name, path=path)
+    if info.type == h5py.h5o.TYPE_DATASET:
+        dataset = h5py.h5d.open(f.id, _b(name))
+        if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
+            offset = dataset.get_offset()
+            length = dataset.get_storage_size()
+            if offset is not None and length >= skip_min and offset + length <= size:
+                ranges.append((offset, offset + length))
+    return None
+
+
+def _contiguous(f: h5py.File, name: str) -> bool:
+    """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
+    external storage may still come with a contiguous layout message)."""
+    plist = h5py.h5d.open(f.id, _b(name)).get_create_plist()
+    return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
+
+
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
