@@ -1,18 +1,20 @@
 """Dtype names, numpy dtypes and the safetensors dtype codes, in one table.
 
 numpy has no bfloat16 or float8 types of its own; ``ml_dtypes`` provides them as real numpy
-dtypes, so every tensor ckptconv handles is a plain ``numpy.ndarray``.
+dtypes, so every tensor ckptconv handles is a plain ``numpy.ndarray``. ``ml_dtypes`` is
+imported the first time one of its names or codes is asked for (a file of float32 tensors
+never needs it; a bfloat16 dtype cannot exist before it is imported).
 """
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 __all__ = ["by_name", "dtype_name", "from_safetensors", "to_safetensors", "is_floating"]
 
-# canonical name -> numpy dtype (little-endian where it matters)
-_BY_NAME: dict[str, np.dtype] = {
+# canonical name -> numpy dtype (little-endian where it matters); None until ml_dtypes is
+# imported (see _load_ml_dtypes)
+_BY_NAME: dict[str, np.dtype | None] = {
     "bool": np.dtype(np.bool_),
     "int8": np.dtype("<i1"),
     "int16": np.dtype("<i2"),
@@ -25,12 +27,26 @@ _BY_NAME: dict[str, np.dtype] = {
     "float16": np.dtype("<f2"),
     "float32": np.dtype("<f4"),
     "float64": np.dtype("<f8"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "bfloat16": None,
+    "float8_e4m3fn": None,
+    "float8_e5m2": None,
     "complex64": np.dtype("<c8"),
     "complex128": np.dtype("<c16"),
 }
+_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")  # ml_dtypes' names for them
+
+
+def _load_ml_dtypes() -> None:
+    """Fill in the dtypes ``ml_dtypes`` provides (on first need)."""
+    if _BY_NAME["bfloat16"] is not None:
+        return
+    import ml_dtypes
+
+    for name in _ML_DTYPES:
+        dtype = np.dtype(getattr(ml_dtypes, name))
+        _BY_NAME[name] = dtype
+        _NAME_OF[dtype] = name
+
 
 _ALIASES = {
     "half": "float16",
@@ -66,6 +82,10 @@ _SAFETENSORS = {
 }
 _TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS.items()}
 
+# numpy dtype -> canonical name: one hash lookup for the dtypes readers produce (a dtype equal
+# to one of the table's hashes like it, so a hit is the name the table scan would find)
+_NAME_OF: dict[np.dtype, str] = {dtype: name for name, dtype in _BY_NAME.items() if dtype is not None}
+
 
 def by_name(name: str) -> np.dtype:
     """The numpy dtype for a name such as ``"bfloat16"`` or ``"float16"``.
@@ -75,7 +95,11 @@ def by_name(name: str) -> np.dtype:
     """
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    return _BY_NAME[key]
+    dtype = _BY_NAME[key]
+    if dtype is None:
+        _load_ml_dtypes()
+        dtype = _BY_NAME[key]
+    return dtype
 
 
 def known_names() -> list[str]:
@@ -85,6 +109,11 @@ def known_names() -> list[str]:
 
 def dtype_name(dtype: np.dtype) -> str:
     """The canonical name of a numpy dtype (``bfloat16``, ``float32``, ...)."""
+    if isinstance(dtype, np.dtype):
+        name = _NAME_OF.get(dtype)
+        if name is not None:
+            return name
+    _load_ml_dtypes()  # before np.dtype(): "bfloat16" is a dtype name once it is imported
     dtype = np.dtype(dtype)
     for name, candidate in _BY_NAME.items():
         if dtype == candidate:
@@ -96,7 +125,7 @@ def dtype_name(dtype: np.dtype) -> str:
 
 def from_safetensors(code: str) -> np.dtype:
     """The numpy dtype of a safetensors dtype code. Raises KeyError when unknown."""
-    return _BY_NAME[_SAFETENSORS[code]]
+    return by_name(_SAFETENSORS[code])
 
 
 def to_safetensors(dtype: np.dtype) -> str | None:
@@ -106,6 +135,8 @@ def to_safetensors(dtype: np.dtype) -> str | None:
 
 def is_floating(dtype: np.dtype) -> bool:
     """True for real floating-point dtypes, bfloat16 and float8 included."""
+    if not isinstance(dtype, np.dtype):
+        _load_ml_dtypes()  # before np.dtype(): "bfloat16" is a dtype name once it is imported
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return True

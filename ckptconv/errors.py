@@ -13,12 +13,14 @@ options and an API message names API arguments, from one text.
 
 from __future__ import annotations
 
-import difflib
 import errno as _errno
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported for `ckptconv --help`
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 __all__ = [
     "Problem",
@@ -70,6 +72,8 @@ def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:
 
 def nearest(word: str, candidates: Iterable[str], *, count: int = 3) -> list[str]:
     """The ``count`` candidates closest to ``word`` (difflib ratio), best first."""
+    import difflib
+
     pool = list(dict.fromkeys(candidates))
     return difflib.get_close_matches(word, pool, n=count, cutoff=0.5)
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
-from collections.abc import Iterator
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported for `ckptconv --help`
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["Terminated", "sigterm_raises", "deferred_interrupts"]
 
@@ -37,6 +39,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def _main_thread() -> bool:
+    import threading
+
     return threading.current_thread() is threading.main_thread()
 
 

@@ -263,16 +263,24 @@ class Entry:
             raise ValueError("an Entry needs a loader or a byte_range")
         self.name = name
         self.key = key
-        self.shape = tuple(map(int, shape))
+        self.shape = shape = tuple(map(int, shape))
         self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
         self.path = path if type(path) is str else os.fspath(path)
-        problem = shape_problem(self.shape, self.dtype.itemsize)
-        if problem is not None:
-            raise CorruptFileError(
-                f"shape {list(self.shape)} has {problem}: not a tensor ckptconv can hold",
-                path=self.path,
-                tensor=name,
-            )
+        # with every dimension at least 1 the running product only grows, so the final size
+        # alone decides; anything else (a zero, a negative, too many dimensions) gets the
+        # dimension-by-dimension check
+        if not (
+            len(shape) <= MAX_DIMS
+            and (not shape or min(shape) > 0)
+            and math.prod(shape) * (self.dtype.itemsize or 1) < 2**63
+        ):
+            problem = shape_problem(shape, self.dtype.itemsize)
+            if problem is not None:
+                raise CorruptFileError(
+                    f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
+                    path=self.path,
+                    tensor=name,
+                )
         self.kind: Kind = kind
         self.layer = layer_of(name) if layer is None else layer
         self.index = index
@@ -589,23 +597,35 @@ def keras_order(entries: Iterable[Entry]) -> None:
     """
     by_layer: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
-        by_layer.setdefault((entry.kind, entry.layer), []).append(entry)
-    for members in by_layer.values():
+        slot = (entry.kind, entry.layer)
+        members = by_layer.get(slot)
+        if members is None:
+            by_layer[slot] = [entry]
+        else:
+            members.append(entry)
+    rank = _KERAS_RANK.get
+    for (_, layer), members in by_layer.items():
         if len(members) == 1:
             members[0].index = 0
             continue
-        ranks = [_KERAS_RANK.get(_own_part(entry), 100) for entry in members]
+        # each weight's own part: after its layer (``model/features.0.weight`` in layer
+        # ``model/features.0`` -> ``weight``), else the name's leaf
+        cut = len(layer) + 1
+        ranks = [
+            rank(
+                entry.name[cut:]
+                if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
+                else leaf_of(entry.name),
+                100,
+            )
+            for entry in members
+        ]
+        if ranks == sorted(ranks):  # already in Keras' order, as most files store them
+            for index, entry in enumerate(members):
+                entry.index = index
+            continue
         for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
             members[position].index = index  # sorted() is stable: unknown names keep their order
-
-
-def _own_part(entry: Entry) -> str:
-    """The weight's part of its name: after its layer (``model/features.0.weight`` in layer
-    ``model/features.0`` -> ``weight``), or :func:`leaf_of` the name."""
-    layer = entry.layer
-    if layer and entry.name.startswith(layer) and entry.name[len(layer) : len(layer) + 1] in ("/", "."):
-        return entry.name[len(layer) + 1 :]
-    return leaf_of(entry.name)
 
 
 class Output:

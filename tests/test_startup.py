@@ -47,3 +47,15 @@ def test_help_and_usage_errors_import_nothing_heavy() -> None:
         result = _run(argv)
         assert result["status"] in (0, 2), (argv, result)
         assert result["heavy"] == [], (argv, result)
+
+
+def test_dtype_names_load_ml_dtypes_on_first_need() -> None:
+    """ml_dtypes is imported when a bfloat16 or float8 name is first met, so dtype names given
+    as text work in a fresh process before anything else imported it."""
+    code = (
+        "import sys; from ckptconv import dtypes; a = 'ml_dtypes' in sys.modules; "
+        "print(a, dtypes.dtype_name('bfloat16'), dtypes.is_floating('float8_e5m2'), "
+        "dtypes.from_safetensors('F8_E4M3'), dtypes.dtype_name(dtypes.by_name('bf16')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "bfloat16", "True", "float8_e4m3fn", "bfloat16"], done.stderr

@@ -281,3 +281,31 @@ def test_bundle_entries_decode_to_what_was_encoded(entry: BundleEntry, unknown: 
 def test_malformed_bundle_entries_raise_wire_errors(field: bytes) -> None:
     with pytest.raises(WireError):
         parse_bundle_entry(b"\x08\x01" + field)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # the common layout (read directly), then layouts that are scanned: a key longer than
+        # 127 bytes (two-byte length), empty strings left out (as proto3 writes them), fields
+        # out of order, an unknown field
+        (_field(1, b"VARIABLE_VALUE") + _field(2, b"d/kernel") + _field(3, b"k"), ("VARIABLE_VALUE", "d/kernel", "k")),
+        (_field(1, b"V") + _field(2, b"d") + _field(3, b"x" * 200), ("V", "d", "x" * 200)),
+        (_field(1, b"V") + _field(3, b"key"), ("V", "", "key")),
+        (_field(3, b"key") + _field(2, b"d") + _field(1, b"V"), ("V", "d", "key")),
+        (_field(1, b"V") + _field(2, b"d") + _field(3, b"k") + _field(9, 5), ("V", "d", "k")),
+    ],
+)
+def test_saved_tensor_attributes_in_every_layout(body: bytes, expected: tuple[str, str, str]) -> None:
+    nodes = parse_object_graph(_field(1, _field(2, body)))
+    assert nodes == [TrackableObject(attributes=(SerializedTensor(*expected),))]
+
+
+@pytest.mark.parametrize("which", [1, 2, 3])
+def test_saved_tensor_attributes_that_are_not_utf8_raise_wire_errors(which: int) -> None:
+    strings = [b"V", b"d", b"k"]
+    strings[which - 1] = b"\xff\xfe"
+    body = b"".join(_field(i, s) for i, s in enumerate(strings, 1))
+    for extra in (b"", _field(9, 5)):  # read directly, and scanned
+        with pytest.raises(WireError, match="field attributes is not valid UTF-8"):
+            parse_object_graph(_field(1, _field(2, body + extra)))

@@ -6,7 +6,8 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 from .common import (
     SPELLING,
@@ -23,6 +24,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..batch import BatchReport, Job
 
 EXIT_STATUS = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+
 TYPE_CHECKING = False
 
 from .common import add_debug, add_json, emit_json, exit_status, human_bytes
@@ -79,18 +81,41 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool = False) -> str:
     """The human-readable listing: one row per tensor, then totals."""
-    rows = [("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())]
+    from ..dtypes import dtype_name
+
+    header = ("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())
+    # column by column; shapes, dtype names and sizes repeat across many tensors, so each
+    # distinct one is written once
+    shape_texts: dict[tuple[int, ...], str] = {}
+    dtype_names: dict[object, str] = {}
+    size_texts: dict[int, str] = {}
+    shapes, dtypes, sizes = [], [], []
+    total = params = 0
     for e in entries:
-        row = (e.name, "[" + ", ".join(map(str, e.shape)) + "]", e.dtype_name, human_bytes(e.nbytes))
-        rows.append(row + ((e.kind,) if all_kinds else ()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"{path} ({fmt})"]
-    for i, row in enumerate(rows):
-        cells = [c.ljust(w) if j != 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    total = sum(e.nbytes for e in entries)
-    params = sum(int(e.nbytes // max(e.dtype.itemsize, 1)) for e in entries)
+        shape, dtype = e.shape, e.dtype
+        itemsize = dtype.itemsize
+        nbytes = math.prod(shape) * itemsize
+        total += nbytes
+        params += nbytes // (itemsize or 1)
+        text = shape_texts.get(shape)
+        if text is None:
+            text = shape_texts[shape] = "[" + ", ".join(map(str, shape)) + "]"
+        shapes.append(text)
+        text = dtype_names.get(dtype)
+        if text is None:
+            text = dtype_names[dtype] = dtype_name(dtype)
+        dtypes.append(text)
+        text = size_texts.get(nbytes)
+        if text is None:
+            text = size_texts[nbytes] = human_bytes(nbytes)
+        sizes.append(text)
+    columns = [[e.name for e in entries], shapes, dtypes, sizes]
+    if all_kinds:
+        columns.append([e.kind for e in entries])
+    widths = [max(len(title), max(map(len, column), default=0)) for title, column in zip(header, columns)]
+    # the size column right-aligned, the others left-aligned
+    row = "  ".join(f"{{:{'>' if i == 3 else '<'}{w}}}" for i, w in enumerate(widths)).format
+    lines = [f"{path} ({fmt})", row(*header).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [row(*cells).rstrip() for cells in zip(*columns)]
     lines.append(f"{len(entries)} tensors, {params:,} values, {human_bytes(total)}")
     return "\n".join(lines)

@@ -22,8 +22,9 @@ import json
 import os
 import stat
 import struct
-import zipfile
+import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -49,15 +50,38 @@ FORMAT_MODULES = (
 HEAD_BYTES = 4096
 
 
-def _modules() -> list[ModuleType]:
-    modules = []
+def _modules(path: Path, head: bytes) -> Iterator[ModuleType]:
+    """The format modules in order, each imported only when its turn comes and only if it
+    may claim ``path`` (see :func:`_may_claim`): inspecting a safetensors file or a TF
+    checkpoint then never imports h5py or the Keras readers."""
     for name in FORMAT_MODULES:
+        if not _may_claim(name, path, head):
+            continue
         try:
-            modules.append(importlib.import_module(f"{__name__}.{name}"))
+            yield importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as e:  # a format module not written yet
             if e.name != f"{__name__}.{name}":
                 raise
-    return modules
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # _hdf5.HDF5_MAGIC, without importing h5py
+
+
+def _may_claim(name: str, path: Path, head: bytes) -> bool:
+    """False when the format module ``name`` certainly does not claim ``path``: the first
+    test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``)
+    fails. Keeping these few byte tests here spares importing the Keras readers (and h5py)
+    for every other format; tests/test_formats_detect.py checks that each is implied by the
+    module's own ``sniff``."""
+    if name == "keras_archive":  # a zip, or a directory with config.json and the weights
+        if path.is_dir():
+            return (path / "config.json").is_file()
+        return head.startswith(b"PK\x03\x04")
+    if name == "keras_sharded":  # a JSON index
+        return head.lstrip().startswith(b"{")
+    if name in ("keras_weights", "keras_legacy"):  # an HDF5 file
+        return head.startswith(_HDF5_MAGIC)
+    return True
 
 
 _SPECIAL = {
@@ -140,7 +164,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         regular_file(p, directory_ok=True)  # a FIFO or a device would hang the sniffers
     head = _head(p)
     sniff_error: Exception | None = None
-    for module in _modules():
+    for module in _modules(p, head):
         try:
             claimed = module.sniff(p, head)
         except Exception as e:  # noqa: BLE001 - a damaged file makes a library raise anything
@@ -188,7 +212,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
     """Raise the most useful error for a file of a known container type that no format
     claims: damaged (it does not even open, or a format's check failed on it) or well-formed
     but of another kind."""
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    if head.startswith(_HDF5_MAGIC):
         import h5py
 
         from ._hdf5 import describe_open_error
@@ -209,6 +233,8 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             path=p,
         )
     if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
         try:
             zipfile.ZipFile(p).close()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
@@ -261,18 +287,26 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
             return module.open(Path(path), **{k: v for k, v in given.items() if k in wanted})
     except CkptconvError:
         raise
-    except _LOW_LEVEL_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, _low_level_errors()):
+            raise
         raise CorruptFileError(
             f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}", path=path
         ) from e
 
 
 # What h5py, zipfile, json and struct raise on damaged bytes: a reader that lets one through
-# still gets a one-line CorruptFileError naming the file.
+# still gets a one-line CorruptFileError naming the file. (zipfile.BadZipFile is added when a
+# reader has imported zipfile: none other can raise it.)
 _LOW_LEVEL_ERRORS = (
     OSError, ValueError, KeyError, IndexError, TypeError, UnicodeError, RuntimeError,
-    EOFError, OverflowError, zipfile.BadZipFile, zlib.error, struct.error, RecursionError,
+    EOFError, OverflowError, zlib.error, struct.error, RecursionError,
 )
+
+
+def _low_level_errors() -> tuple[type[BaseException], ...]:
+    zipfile = sys.modules.get("zipfile")
+    return _LOW_LEVEL_ERRORS if zipfile is None else (*_LOW_LEVEL_ERRORS, zipfile.BadZipFile)
 
 
 def _one_line(error: BaseException) -> str:

@@ -286,7 +286,15 @@ def parse_bundle_entry(buf: bytes | memoryview) -> BundleEntry:
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise WireError("field number 0")
-        if wire_type == VARINT or wire_type == LENGTH:
+        if (wire_type == VARINT or wire_type == LENGTH) and pos < end and data[pos] < 0x80:
+            value = data[pos]  # a one-byte varint: the dtype, a shape's length, small sizes
+            pos += 1
+            start = pos
+            if wire_type == LENGTH:
+                if pos + value > end:
+                    raise WireError("length-delimited field runs past the end of the message")
+                pos += value
+        elif wire_type == VARINT or wire_type == LENGTH:
             value = 0
             shift = 0
             while True:
@@ -393,6 +401,32 @@ def _parse_reference(buf: bytes, field: _Field) -> ObjectReference:
     return ObjectReference(node_id, local_name)
 
 
+def _parse_attribute(buf: bytes, field: _Field) -> SerializedTensor:
+    """A saved tensor: almost always ``0a <n> name 12 <n> full_name 1a <n> checkpoint_key``
+    with one-byte lengths, so that layout is read directly (a model has one per variable);
+    anything else is scanned."""
+    _expect(field[1], LENGTH, "attributes")
+    pos, end = field[2], field[3]
+    if end - pos >= 6 and buf[pos] == 0x0A and buf[pos + 1] < 0x80:
+        a = pos + 2 + buf[pos + 1]
+        if a + 2 <= end and buf[a] == 0x12 and buf[a + 1] < 0x80:
+            b = a + 2 + buf[a + 1]
+            if b + 2 <= end and buf[b] == 0x1A and buf[b + 1] < 0x80 and b + 2 + buf[b + 1] == end:
+                try:
+                    return SerializedTensor(
+                        buf[pos + 2 : a].decode("utf-8"),
+                        buf[a + 2 : b].decode("utf-8"),
+                        buf[b + 2 : end].decode("utf-8"),
+                    )
+                except UnicodeDecodeError as e:
+                    raise WireError("field attributes is not valid UTF-8") from e
+    strings = ["", "", ""]
+    for afield in _scan(buf, pos, end):
+        if 1 <= afield[0] <= 3:
+            strings[afield[0] - 1] = _str(buf, afield, "attributes")
+    return SerializedTensor(*strings)
+
+
 def _parse_node(buf: bytes, field: _Field) -> TrackableObject:
     children, attributes, slots = [], [], []
     for nfield in _sub(buf, field, "nodes"):
@@ -400,11 +434,7 @@ def _parse_node(buf: bytes, field: _Field) -> TrackableObject:
         if number == 1:
             children.append(_parse_reference(buf, nfield))
         elif number == 2:
-            strings = ["", "", ""]
-            for afield in _sub(buf, nfield, "attributes"):
-                if 1 <= afield[0] <= 3:
-                    strings[afield[0] - 1] = _str(buf, afield, "attributes")
-            attributes.append(SerializedTensor(*strings))
+            attributes.append(_parse_attribute(buf, nfield))
         elif number == 3:
             original, slot_name, slot_node = 0, "", 0
             for sfield in _sub(buf, nfield, "slot_variables"):

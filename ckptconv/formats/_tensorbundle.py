@@ -138,7 +138,7 @@ def _block(data: bytes, handle: _Handle, what: str) -> memoryview:
     return contents
 
 
-def _block_entries(contents: memoryview, what: str) -> list[tuple[bytes, memoryview]]:
+def _block_entries(contents: memoryview, what: str) -> list[tuple[bytes, bytes]]:
     """Decode a block's prefix-compressed entries, in order."""
     if len(contents) < 4:
         raise TableError(f"{what} is too short to hold its restart count")
@@ -146,26 +146,41 @@ def _block_entries(contents: memoryview, what: str) -> list[tuple[bytes, memoryv
     limit = len(contents) - 4 - 4 * num_restarts
     if limit < 0:
         raise TableError(f"{what} declares {num_restarts} restarts, more than it can hold")
-    entries: list[tuple[bytes, memoryview]] = []
+    data = bytes(contents)  # one copy: indexing and slicing bytes is faster than a view
+    n = len(data)
+    entries: list[tuple[bytes, bytes]] = []
     key = b""
     pos = 0
     try:
         while pos < limit:
-            shared, pos = read_varint(contents, pos)
-            non_shared, pos = read_varint(contents, pos)
-            value_length, pos = read_varint(contents, pos)
+            # three varints, almost always one byte each (a key shares less than 128 bytes)
+            shared = data[pos]
+            if shared < 0x80:
+                pos += 1
+            else:
+                shared, pos = read_varint(data, pos)
+            if pos < n and data[pos] < 0x80:
+                non_shared = data[pos]
+                pos += 1
+            else:
+                non_shared, pos = read_varint(data, pos)
+            if pos < n and data[pos] < 0x80:
+                value_length = data[pos]
+                pos += 1
+            else:
+                value_length, pos = read_varint(data, pos)
             if shared > len(key) or pos + non_shared + value_length > limit:
                 raise TableError(f"{what} has a malformed entry at byte {pos}")
-            key = key[:shared] + bytes(contents[pos : pos + non_shared])
+            key = key[:shared] + data[pos : pos + non_shared]
             pos += non_shared
-            entries.append((key, contents[pos : pos + value_length]))
+            entries.append((key, data[pos : pos + value_length]))
             pos += value_length
     except WireError as e:
         raise TableError(f"{what} has a malformed entry: {e}") from e
     return entries
 
 
-def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, memoryview]]:
+def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, bytes]]:
     """Every ``(key, value)`` of a table file, in key order, with all block CRCs checked.
 
     Reads the whole index file (it holds metadata only: a few bytes per tensor).
@@ -194,7 +209,7 @@ def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, memoryview]]:
         if handle.offset + handle.size + _TRAILER_SIZE > len(data) - FOOTER_SIZE:
             raise TableError(f"{what} handle points past the end of the file")
     _block(data, metaindex, "metaindex block")  # empty in TensorFlow's tables, but checked
-    entries: list[tuple[bytes, memoryview]] = []
+    entries: list[tuple[bytes, bytes]] = []
     for _, value in _block_entries(_block(data, index, "index block"), "index block"):
         try:
             handle, _ = _read_handle(value, 0)

@@ -489,6 +489,7 @@ def _check_text(header: dict, metadata: dict[str, str], path: str) -> None:
 
 def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
     tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    dtypes: dict[str, object] = {}  # each code looked up once
     in_order, last = True, (0, 0)
     for name, info in header.items():
         if not isinstance(info, dict):
@@ -519,15 +520,17 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
             or not 0 <= offsets[0] <= offsets[1]
         ):
             raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, tensor=name)
-        try:
-            dtype = from_safetensors(code)
-        except KeyError:
-            raise UnsupportedError(
-                f"dtype {code!r} is not one ckptconv reads (it reads BOOL, U8..U64, I8..I64, "
-                "F16, BF16, F32, F64, F8_E4M3, F8_E5M2, C64)",
-                path=path,
-                tensor=name,
-            ) from None
+        dtype = dtypes.get(code)
+        if dtype is None:
+            try:
+                dtype = dtypes[code] = from_safetensors(code)
+            except KeyError:
+                raise UnsupportedError(
+                    f"dtype {code!r} is not one ckptconv reads (it reads BOOL, U8..U64, I8..I64, "
+                    "F16, BF16, F32, F64, F8_E4M3, F8_E5M2, C64)",
+                    path=path,
+                    tensor=name,
+                ) from None
         if count * dtype.itemsize != offsets[1] - offsets[0]:
             raise CorruptFileError(
                 f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
@@ -602,21 +605,24 @@ def _kinds(header: Header) -> dict[str, Kind]:
 
 
 def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
-    entries = []
     kinds = _kinds(header)
+    checksums = header.checksums if check_crc else {}  # Entry.read() checks a crc32c it has
+    path, data_start = header.path, header.data_start
+    dtypes: dict[str, object] = {}
+    entries = []
     for name, (code, shape, begin, end) in header.tensors.items():
-        dtype = from_safetensors(code)
-        byte_range = ByteRange(header.path, header.data_start + begin, end - begin)
-        crc = header.checksums.get(name)
+        dtype = dtypes.get(code)
+        if dtype is None:
+            dtype = dtypes[code] = from_safetensors(code)
         entries.append(
             Entry(
                 name,
                 key=name,
                 shape=shape,
                 dtype=dtype,
-                path=header.path,
-                byte_range=byte_range,
-                crc32c=crc if check_crc else None,  # Entry.read() checks it
+                path=path,
+                byte_range=ByteRange(path, data_start + begin, end - begin),
+                crc32c=checksums.get(name),
                 kind=kinds.get(name, "weight"),
             )
         )

@@ -418,7 +418,9 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
         return planned
     roles = object_roles(nodes)
     last = len(roles)
-    ranked = sorted(keys, key=lambda k: (roles[k].order if k in roles else last, natural_key(k)))
+    # graph order (each key's own); keys outside the graph after, in natural order (only
+    # they can tie, so only they need a natural key)
+    ranked = sorted(keys, key=lambda k: (roles[k].order, ()) if k in roles else (last, natural_key(k)))
     for key in ranked:
         entry = index.entries[key]
         role = roles.get(key)
@@ -562,7 +564,7 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
 
 def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc: bool) -> Entry:
     entry, name, key = planned.entry, planned.name, planned.key
-    if entry.unknown_rank or any(d < 0 for d in entry.shape):
+    if entry.unknown_rank or (entry.shape and min(entry.shape) < 0):
         raise CorruptFileError(
             f"index records an incomplete shape {list(entry.shape)}",
             path=index.index_path,

@@ -1,0 +1,83 @@
+"""Format detection imports only the readers that may claim a path (issue 18): the Keras
+readers (and h5py) are skipped when a path's head shows they cannot claim it, and that skip
+never changes which format claims a path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from ckptconv import formats
+
+ROOT = Path(__file__).parent.parent
+GATED = ("keras_archive", "keras_sharded", "keras_weights", "keras_legacy")
+
+
+def _corpus(generated, tmp_path: Path) -> list[Path]:
+    """Every file and directory the real writers wrote (torch.save files included), the
+    examples, and a few odd paths (empty, a zip and a JSON of no known kind, a directory
+    with a config.json only)."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "empty").write_bytes(b"")
+    (odd / "list.json").write_text("[1, 2]")
+    (odd / "index.json").write_text(json.dumps({"weight_map": {"a": "x.weights.h5"}}))
+    with zipfile.ZipFile(odd / "other.zip", "w") as z:
+        z.writestr("config.json", "{}")
+    (odd / "config_only").mkdir()
+    (odd / "config_only" / "config.json").write_text("{}")
+    roots = [generated("keras"), generated("keras315"), generated("tf"), ROOT / "examples", ROOT / "tests" / "fixtures", odd]
+    paths = []
+    for root in roots:
+        paths += [root, *sorted(p for p in root.rglob("*") if not p.name.startswith("."))]
+    return paths
+
+
+def test_skipped_readers_would_not_have_claimed(generated, tmp_path: Path) -> None:
+    import importlib
+
+    modules = {name: importlib.import_module(f"ckptconv.formats.{name}") for name in GATED}
+    claims = {name: 0 for name in GATED}
+    for path in _corpus(generated, tmp_path):
+        head = formats._head(path)
+        for name, module in modules.items():
+            try:
+                claimed = module.sniff(path, head)
+            except Exception:  # noqa: BLE001 - detect counts a raising sniff as no claim
+                claimed = False
+            if claimed:
+                claims[name] += 1
+                assert formats._may_claim(name, path, head), (name, path)
+    assert all(claims.values()), claims  # each reader claims something: the check is not empty
+
+
+_PROBE = """
+import json, sys
+from ckptconv import formats
+store = formats.open(sys.argv[1])
+print(json.dumps({"format": store.format, "imported": [m for m in sys.modules if m in ("h5py", "ml_dtypes")
+      or m.startswith("ckptconv.formats.keras_")]}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "tf-checkpoint"])
+def test_safetensors_and_tf_checkpoints_import_no_keras_reader(kind, generated, tmp_path: Path) -> None:
+    """(Nor ml_dtypes for a safetensors file of float32 tensors: it loads when a bfloat16 or
+    float8 name or code is first met.)"""
+    if kind == "safetensors":
+        path = tmp_path / "model.safetensors"
+        save_file({"dense/kernel": np.ones((2, 3), np.float32)}, str(path))
+    else:
+        path = generated("tf") / "tfkeras"
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = [] if kind == "safetensors" else ["ml_dtypes"]  # the TF reader's dtype table has bf16
+    assert result == {"format": kind, "imported": expected}, done.stderr
