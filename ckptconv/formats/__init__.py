@@ -32,6 +32,7 @@ from ..gcpause import paused_gc
 from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileError
 from ..options import keyword_options, option_names
 from ..store import Store
+from ._zip import damaged_zip, first_member_kind
 
 __all__ = ["open", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
 
@@ -186,28 +187,6 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     )
 
 
-def damaged_zip(path: str | os.PathLike[str], error: BaseException, kind: str) -> CorruptFileError:
-    """The one-line error for a zip archive that does not open (``kind``: what it is, e.g.
-    ``"torch.save file"``, see :func:`_zip_kind`)."""
-    return CorruptFileError(f"a damaged zip archive ({_one_line(error)}); copy or download the {kind} again", path=path)
-
-
-def _zip_kind(head: bytes) -> str:
-    """What a zip archive is, from its first member's name (in the first local file header,
-    which even a truncated archive keeps): ``torch.save`` writes ``<archive>/data.pkl`` or
-    ``<archive>/byteorder`` first, Keras ``metadata.json``, ``config.json`` or
-    ``model.weights.h5``."""
-    if len(head) < 30:
-        return "file"
-    size = int.from_bytes(head[26:28], "little")
-    first = head[30 : 30 + size].decode("utf-8", "replace")
-    if first.endswith(("/data.pkl", "/byteorder", "/version", "/.format_version")):
-        return "torch.save file"
-    if first in ("metadata.json", "config.json", "model.weights.h5", "assets/"):
-        return ".keras file"
-    return "file"
-
-
 def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = None) -> None:
     """Raise the most useful error for a file of a known container type that no format
     claims: damaged (it does not even open, or a format's check failed on it) or well-formed
@@ -238,7 +217,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
         try:
             zipfile.ZipFile(p).close()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-            raise damaged_zip(p, e, _zip_kind(head)) from e
+            raise damaged_zip(p, e, first_member_kind(head)) from e
         raise FormatError(
             "a zip archive that is neither a .keras model (model.weights.h5, config.json) nor "
             "a torch.save file (<archive>/data.pkl)",

@@ -15,18 +15,18 @@ import io
 import json
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
+from ._zip import MAX_EXPANSION, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
 from ._keras_optimizer import name_optimizer_variables
 from .keras_weights import (
     LayerInfo,
@@ -45,8 +45,6 @@ NPZ_MEMBER = "model.weights.npz"
 CONFIG_MEMBER = "config.json"
 METADATA_MEMBER = "metadata.json"
 MAX_CONFIG_BYTES = 256 * 2**20
-MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _PREADV = hasattr(os, "preadv")
 
 
@@ -60,9 +58,7 @@ def sniff(path: Path, head: bytes) -> bool:
         )
     if not head.startswith(b"PK\x03\x04") or not path.is_file():
         return False
-    from . import _zip_kind
-
-    kind = _zip_kind(head)  # the first member says, without reading the central directory
+    kind = first_member_kind(head)  # the first member says, without reading the central directory
     if kind != "file":
         return kind == ".keras file"
     try:
@@ -132,21 +128,6 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def member_data_offset(path: Path, info: zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:
-    """Absolute offset of a member's data: after its local header, name and extra field.
-    ``file``: the archive already open (binary), for many members (one open, not one each)."""
-    if file is None:
-        with path.open("rb") as f:
-            return member_data_offset(path, info, file=f)
-    raw = os.pread(file.fileno(), _LOCAL_HEADER.size, info.header_offset)
-    if len(raw) < _LOCAL_HEADER.size:
-        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
-    fields = _LOCAL_HEADER.unpack(raw)
-    if fields[0] != b"PK\x03\x04":
-        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
-    return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-
-
 def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
     try:
         info = z.getinfo("config.json")
@@ -164,19 +145,6 @@ def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
-
-
-def refuse_zip_bomb(info: zipfile.ZipInfo, path: Path) -> None:
-    """A compressed member that would expand far beyond its stored size is refused unread
-    (a ``.keras`` archive's members, a ``torch.save`` archive's storages)."""
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > 2**20:
-        ratio = info.file_size / max(info.compress_size, 1)
-        if ratio > MAX_EXPANSION:
-            raise UnsafeInputError(
-                f"{info.filename} expands {ratio:.0f}x ({info.file_size} bytes from "
-                f"{info.compress_size}): refusing a likely zip bomb",
-                path=path,
-            )
 
 
 def key_names(config: Any) -> dict[str, str]:
@@ -242,8 +210,6 @@ def open(path: Path) -> Store:  # noqa: A001
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:  # NotImplementedError:
         # a zip version or compression method zipfile does not know (a damaged header)
-        from . import damaged_zip
-
         raise damaged_zip(path, e, ".keras file") from e
     with z:
         try:

@@ -64,7 +64,7 @@ from ._torch_pickle import (
     check_opcodes,
     load_plain,
 )
-from .keras_archive import member_data_offset, refuse_zip_bomb
+from ._zip import damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
 from .safetensors import (
     check_every_mapped_held,
     check_shard_holds,
@@ -125,9 +125,7 @@ def _kind_of(path: Path, head: bytes) -> str | None:
     one torch.save writes first is taken as a torch.save archive without reading its central
     directory (thousands of entries for a large state dict); :func:`_parse_zip` checks it."""
     if head.startswith(b"PK\x03\x04"):
-        from . import _zip_kind
-
-        kind = _zip_kind(head)
+        kind = first_member_kind(head)
         if kind != "file":
             return "zip" if kind == "torch.save file" else None
         try:
@@ -309,8 +307,6 @@ def _parse_zip(path: Path) -> _Parsed:
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:
-        from . import damaged_zip
-
         raise damaged_zip(path, e, "torch.save file") from e
     with z, builtins.open(path, "rb") as raw_file:
         names = z.namelist()
