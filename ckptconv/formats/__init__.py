@@ -77,7 +77,7 @@ def _may_claim(name: str, path: Path, head: bytes) -> bool:
     if name == "keras_archive":  # a zip, or a directory with config.json and the weights
         if path.is_dir():
             return (path / "config.json").is_file()
-        return head.startswith(b"PK\x03\x04")
+        return head.startswith(b"PK\x03\x04") and first_member_kind(head) != "torch.save file"
     if name == "keras_sharded":  # a JSON index
         return head.lstrip().startswith(b"{")
     if name in ("keras_weights", "keras_legacy"):  # an HDF5 file
