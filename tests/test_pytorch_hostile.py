@@ -536,3 +536,48 @@ def test_a_zip_that_starts_as_torch_but_holds_no_data_pkl_is_refused_in_one_line
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError, match="starts as a torch.save file but has no <archive>/data.pkl"):
         ckptconv.open(path)
+
+
+def _flip_in_storage(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` with one bit of its first stored storage flipped; returns
+    the member's name."""
+    from ckptconv.formats._zip import member_data_offset
+
+    if source != target:
+        shutil.copyfile(source, target)
+    with zipfile.ZipFile(target) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size and i.compress_type == 0)
+    at = member_data_offset(target, info) + info.file_size // 2
+    with open(target, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x10]))
+    return info.filename
+
+
+def test_a_storage_that_fails_its_zip_crc_is_refused_by_convert(tmp_path: Path) -> None:
+    """The archive records a CRC-32 per storage; the tensors are read in place, not through
+    zipfile, so convert checks them itself (--no-check-crc skips it)."""
+    from ckptconv import IntegrityError
+
+    damaged = tmp_path / "flip.pt"
+    member = _flip_in_storage(FIXTURES / "cnn.pt", damaged)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(IntegrityError, match=f"{member} fails its zip CRC-32 .*the torch.save file is damaged"):
+        ckptconv.convert(damaged, out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["flip.pt"]
+    ckptconv.convert(damaged, out, check_crc=False)
+    assert out.exists()
+    ckptconv.convert(FIXTURES / "cnn.pt", tmp_path / "clean.safetensors")
+
+
+def test_a_shard_that_fails_its_zip_crc_is_refused_by_convert(tmp_path: Path) -> None:
+    from ckptconv import IntegrityError
+
+    shards = tmp_path / "set"
+    shutil.copytree(FIXTURES / "hf_sharded", shards)
+    last = sorted(shards.glob("*.bin"))[-1]
+    member = _flip_in_storage(last, last)
+    with pytest.raises(IntegrityError, match=f"{member} fails its zip CRC-32"):
+        ckptconv.convert(shards, tmp_path / "out.safetensors")

@@ -221,7 +221,8 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     parser.add_argument("--no-checksum", action="store_true", help="do not record per-tensor CRC-32C checksums")
     parser.add_argument(
         "--no-check-crc", action="store_true",
-        help="skip the sources' own checksums (TF checkpoints' per-tensor CRC-32C, a .keras member's CRC-32)",
+        help="skip the sources' own checksums (TF checkpoints' per-tensor CRC-32C, the zip CRC-32 of a .keras "
+        "weights member and of a torch.save file's storages)",
     )
     parser.add_argument(
         "--verify", action="store_true",

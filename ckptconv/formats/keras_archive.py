@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
-from ._zip import MAX_EXPANSION, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
+from ._zip import MAX_EXPANSION, check_stored_crcs, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
 from ._keras_optimizer import name_optimizer_variables
 from .keras_weights import (
     LayerInfo,
@@ -236,7 +236,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 )
             fileobj: Any = _Window(os.fspath(path), start, info.file_size)
             source = _Source(os.fspath(path), os.fspath(path), start, info.file_size)
-            integrity = partial(_check_member_crc, os.fspath(path), start, info)
+            integrity = partial(check_stored_crcs, os.fspath(path), [(start, info)], what="archive")
         else:
             if info.compress_size and info.file_size / info.compress_size > MAX_EXPANSION:
                 raise UnsafeInputError(
@@ -365,27 +365,3 @@ def _decompressed(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Any:
             path=tempfile.gettempdir(),
         ) from e
     return spool
-
-
-def _check_member_crc(path: str, start: int, info: zipfile.ZipInfo) -> None:
-    """Compare a stored member's bytes with the CRC-32 its zip entry records (reads it once)."""
-    crc = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, start, info.file_size, os.POSIX_FADV_SEQUENTIAL)
-        done = 0
-        while done < info.file_size:
-            chunk = os.pread(fd, min(_CRC_CHUNK, info.file_size - done), start + done)
-            if not chunk:
-                raise CorruptFileError(f"{info.filename} extends beyond the end of the archive: truncated", path=path)
-            crc = zlib.crc32(chunk, crc)
-            done += len(chunk)
-    finally:
-        os.close(fd)
-    if crc != info.CRC:
-        raise IntegrityError(
-            f"{info.filename} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
-            "the archive is damaged; copy or download it again",
-            path=path,
-        )

@@ -45,6 +45,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ from ._torch_pickle import (
     check_opcodes,
     load_plain,
 )
-from ._zip import damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
+from ._zip import check_stored_crcs, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
 from .safetensors import (
     check_every_mapped_held,
     check_shard_holds,
@@ -211,7 +212,23 @@ def open(path: Path) -> Store:  # noqa: A001
         metadata=parsed.metadata,
         tied=walk.tied(),
         skipped=walk.skipped,
+        integrity=_integrity([parsed]),
     )
+
+
+def _integrity(parsed: list[_Parsed]) -> Callable[[], None] | None:
+    """The check of every storage a zip archive holds in place against its zip CRC-32 (the
+    legacy layout records none; a compressed storage is checked by zipfile as it is read)."""
+    checks = [partial(check_stored_crcs, p.path, p.stored_members, what="torch.save file")
+              for p in parsed if p.stored_members]
+    if not checks:
+        return None
+
+    def check_all() -> None:
+        for check in checks:
+            check()
+
+    return check_all
 
 
 def _open_sharded(index_file: Path) -> Store:
@@ -223,9 +240,11 @@ def _open_sharded(index_file: Path) -> Store:
     metadata: dict[str, str] = {}
     seen: set[str] = set()
     shards = shard_files(index_file, index)
+    every: list[_Parsed] = []
     for shard in shards:
         with shard.open("rb") as f:
             parsed = _parse(shard, f.read(4096))
+        every.append(_Parsed(parsed.path, None, {}, {}, parsed.stored_members))  # the tree is not kept
         metadata = metadata or dict(parsed.metadata)
         walk = _Walk(shard)
         walk.visit(parsed.root, (), "weight", 0)
@@ -245,6 +264,7 @@ def _open_sharded(index_file: Path) -> Store:
         metadata=metadata,
         tied=tied,
         skipped=skipped,
+        integrity=_integrity(every),
     )
 
 
@@ -269,6 +289,7 @@ class _Parsed:
     root: Any
     storages: dict[str, _Stored]
     metadata: dict[str, str] = field(default_factory=dict)
+    stored_members: list[tuple[int, zipfile.ZipInfo]] = field(default_factory=list)  # (data offset, entry)
 
 
 def _parse(path: Path, head: bytes) -> _Parsed:
@@ -349,6 +370,7 @@ def _parse_zip(path: Path) -> _Parsed:
         root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
         size = os.path.getsize(path)
         storages: dict[str, _Stored] = {}
+        stored_members: list[tuple[int, zipfile.ZipInfo]] = []
         for key, ref in unpickler.storages.items():
             member = f"{prefix}/data/{key}"
             try:
@@ -364,10 +386,11 @@ def _parse_zip(path: Path) -> _Parsed:
                 if start + info.file_size > size:
                     raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
                 storages[key] = _Stored(os.fspath(path), start, None, info.file_size, byteorder == "big")
+                stored_members.append((start, info))
             else:
                 refuse_zip_bomb(info, path)
                 storages[key] = _Stored(os.fspath(path), None, member, info.file_size, byteorder == "big")
-    return _Parsed(path, root, storages, metadata)
+    return _Parsed(path, root, storages, metadata, stored_members)
 
 
 def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
