@@ -422,3 +422,39 @@ def test_report_records_are_compact_and_behave_as_frozen_values():
     assert out.to_json()["sources"] == ["dense_2/kernel"]
     assert pickle.loads(pickle.dumps(report)).to_json() == report.to_json()
     assert "__slots__" in vars(plan_module._Planned)
+
+
+def test_first_match_ownership_with_rules_indexed_by_literal_names_and_layers():
+    """The plan tries only the rules that can match an entry (rules of literal names and layers
+    are looked up, the others tried in turn); which rule owns each entry is still the first in
+    the spec that matches, as trying every rule in order says: random mixes of literal names,
+    literal layers, globs, regexes and index selections, in random orders."""
+    import random
+
+    from ckptconv.mapping.ownership import match_rule
+
+    names = [f"block_{b}/dense_{d}/{w}" for b in range(3) for d in range(3) for w in ("kernel", "bias")]
+    arrays = {n: np.zeros((2,), np.float32) for n in names}
+    store = Store.from_arrays(arrays)
+    entries = store.entries()
+    layers = sorted({e.layer for e in entries})
+    kinds = [
+        lambda r: {"from": r.choice(names), "drop": True},
+        lambda r: {"from": [r.choice(names), r.choice(names)], "drop": True},
+        lambda r: {"layer": r.choice(layers), "drop": True},
+        lambda r: {"layer": r.choice(layers), "index": r.choice([0, 1]), "drop": True},
+        lambda r: {"from": f"block_{r.choice('012')}/*/kernel", "drop": True},
+        lambda r: {"from": f"re:block_{r.choice('012')}/dense_[01]/.*", "drop": True},
+        lambda r: {"layer": f"block_{r.choice('012')}/*", "drop": True},
+        lambda r: {"from": r.choice(names), "layer": r.choice(layers), "drop": True},
+    ]
+    for seed in range(60):
+        rng = random.Random(seed)
+        rules = [rng.choice(kinds)(rng) for _ in range(rng.randrange(1, 12))]
+        spec = Spec.from_dict({"version": 1, "rules": [dict(r, optional=True) for r in rules]})
+        expected = {}
+        for entry in entries:
+            owner = next((rule.number for rule in spec.rules if match_rule(rule, entry) is not None), None)
+            expected[entry.name] = owner
+        plan = build_plan(store, spec)
+        assert {s.name: s.rule for s in plan.report.sources} == expected, (seed, rules)

@@ -94,25 +94,28 @@ class Pattern:
                     "differently, or use an atomic group (?>...) or a possessive quantifier (*+)"
                 )
             self.literal = None
-        else:
+        elif any(c in text for c in "*?"):
             self.regex = re.compile(_glob_to_regex(text))
-            # a glob without wildcards is a plain name: match it by dict lookup
-            self.literal = text if not any(c in text for c in "*?") else None
+            self.literal = None
+        else:  # a glob without wildcards is a plain name, matched by comparison: no regex
+            self.regex = None
+            self.literal = text
 
     @property
     def group_count(self) -> int:
         """Numbered captures this pattern yields."""
-        return self.regex.groups
+        return 0 if self.regex is None else self.regex.groups
 
     @property
     def group_names(self) -> tuple[str, ...]:
         """Named captures this pattern yields."""
-        return tuple(self.regex.groupindex)
+        return () if self.regex is None else tuple(self.regex.groupindex)
 
     def match(self, name: str) -> Match | None:
         """The captures when the pattern matches the whole of ``name``, else None."""
         if self.literal is not None:
             return Match((), {}, name) if name == self.literal else None
+        assert self.regex is not None
         m = self.regex.fullmatch(name)
         if m is None:
             return None

@@ -160,8 +160,12 @@ class _Builder:
         """First match wins: rule number -> owned entries; plus the entries no rule owns."""
         owned: dict[int, list[Owned]] = {r.number: [] for r in self.spec.rules}
         free: list[tuple[int, Entry]] = []
-        rules = self.spec.rules
+        rules_by_name, rules_by_layer, general = _rule_index(self.spec.rules)
         for position, entry in enumerate(self.entries):
+            rules = general
+            named, layered = rules_by_name.get(entry.name), rules_by_layer.get(entry.layer)
+            if named or layered:  # rules of literal names or layers can match only such entries
+                rules = sorted([*general, *(named or ()), *(layered or ())], key=_rule_number)
             for rule in rules:
                 hit = match_rule(rule, entry)
                 if hit is not None:
@@ -692,3 +696,29 @@ def build_plan(
     builder.part = part
     with paused_gc():  # an output, a record and a source per tensor, no cycles
         return builder.build()
+
+
+def _rule_number(rule: Rule) -> int:
+    return rule.number
+
+
+def _rule_index(rules: Sequence[Rule]) -> tuple[dict[str, list[Rule]], dict[str, list[Rule]], list[Rule]]:
+    """The rules by the entries they can match, so that first-match ownership tries a few rules
+    per entry, not all (a spec ``suggest`` writes has one rule per layer: thousands). A rule
+    whose name patterns are all literal names can match only entries of those names; one
+    without name patterns whose layer pattern is a literal layer name, only that layer's
+    entries; any other rule may match anything. Returns (by entry name, by layer, the others),
+    each in the spec's order."""
+    by_name: dict[str, list[Rule]] = {}
+    by_layer: dict[str, list[Rule]] = {}
+    general: list[Rule] = []
+    for rule in rules:
+        patterns = rule.name_patterns
+        if patterns and all(p.literal is not None for p in patterns):
+            for literal in dict.fromkeys(p.literal for p in patterns):
+                by_name.setdefault(literal, []).append(rule)
+        elif not patterns and rule.layer_pattern is not None and rule.layer_pattern.literal is not None:
+            by_layer.setdefault(rule.layer_pattern.literal, []).append(rule)
+        else:
+            general.append(rule)
+    return by_name, by_layer, general

@@ -620,6 +620,17 @@ def _read_yaml(text: str) -> Any:
     them. Anchors alone are harmless and allowed."""
     import yaml
 
+    fast = getattr(yaml, "CSafeLoader", None)  # libyaml's parser: a 10,000-rule spec in a second, not ten
+    if fast is not None:
+        for event in yaml.parse(text, Loader=fast):
+            if isinstance(event, yaml.AliasEvent):
+                raise _YamlAlias(
+                    f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
+                    f"{event.start_mark.line + 1}): they can expand without bound; write the "
+                    "value out"
+                )
+        return yaml.load(text, Loader=fast)  # noqa: S506 - libyaml's SafeLoader
+
     class NoAliases(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
