@@ -432,6 +432,18 @@ def many_cases(cases: list[Case], files: Files, out: str) -> None:
                           outputs=[dst], baseline=peer, target=f"ratio:{MANY_CONVERT_RATIO}"))
 
 
+    if "PyTorch .pt" in sources:  # a spec of 10,000 rules (what suggest writes for it)
+        pt_path, pt_files = sources["PyTorch .pt"]
+        spec = files.p("many", "suggested.yaml")
+        cases.append(Case("many-plan:suggested", "many",
+                          "ckptconv plan, 10k tensors, .pt, the suggested 10,000-rule spec",
+                          CKPTCONV + ["plan", pt_path, "--map", spec], inputs=[*pt_files, spec]))
+        cases.append(Case("many-convert:suggested", "many",
+                          "ckptconv convert, 10k tensors, .pt, the suggested 10,000-rule spec",
+                          CKPTCONV + ["convert", pt_path, dst, "--map", spec, "--quiet"],
+                          inputs=[*pt_files, spec], outputs=[dst], baseline="many-convert:pt"))
+
+
 def scale_cases(cases: list[Case], files: Files, out: str) -> None:
     """Generated 10,000 and 100,000 tensors: inspect and convert, the larger against the
     smaller (linear: at most 10x its time), within 256 MiB."""
@@ -532,6 +544,12 @@ def build(files: Files, groups: set[str], bert_layers: int) -> None:
         os.makedirs(os.path.dirname(files.safetensors), exist_ok=True)
         subprocess.run(CKPTCONV + ["convert", files.sources[".weights.h5"][0], files.safetensors,
                                    "--quiet"], check=True, env=child_env())
+    suggested = files.p("many", "suggested.yaml")
+    if "many" in groups and files.torch and not os.path.exists(suggested):
+        log("writing the suggested spec of the many-tensor torch.save file (one rule per weight) ...")
+        subprocess.run(CKPTCONV + ["suggest", files.many["PyTorch .pt"][0], "--target",
+                                   files.many["safetensors"][0], "-o", suggested], check=True,
+                       env=child_env(), stdout=subprocess.DEVNULL)
     with open(files.p("transpose.yaml"), "w", encoding="utf-8") as f:
         f.write(TRANSPOSE_SPEC)
     os.makedirs(files.p("out"), exist_ok=True)
