@@ -90,7 +90,9 @@ def write_tfkeras(out: str, layers: int, units: int) -> None:
     model.save_weights(os.path.join(out, "ckpt", "model"), save_format="tf")
 
 
-def write_torch(out: str, layers: int, units: int) -> None:
+def write_torch(out: str, layers: int, units: int, name: str = "model.pt") -> None:
+    """The model's state dict as a PyTorch ``nn.Linear`` stack holds it (``dense_i.weight``
+    [out, in], ``dense_i.bias``), from the same seeded weights, saved by ``torch.save``."""
     import torch
 
     state = {}
@@ -98,7 +100,7 @@ def write_torch(out: str, layers: int, units: int) -> None:
         kernel, bias = layer_weights(i, units)
         state[f"dense_{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
         state[f"dense_{i}.bias"] = torch.from_numpy(bias)
-    torch.save(state, os.path.join(out, "model.pt"))
+    torch.save(state, os.path.join(out, name))
 
 
 def bert_tensors(layers: int, hidden: int, heads: int, intermediate: int, vocab: int,
@@ -205,19 +207,6 @@ def write_many_tfkeras(out: str, layers: int, units: int) -> None:
     model.save_weights(os.path.join(out, "ckpt", "many"), save_format="tf")
 
 
-def write_many_torch(out: str, layers: int, units: int) -> None:
-    """The many-tensor model's state dict as a PyTorch ``nn.Linear`` stack would hold it
-    (``dense_i.weight`` [out, in], ``dense_i.bias``), from the same seeded weights."""
-    import torch
-
-    state = {}
-    for i in range(layers):
-        kernel, bias = layer_weights(i, units)
-        state[f"dense_{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
-        state[f"dense_{i}.bias"] = torch.from_numpy(bias)
-    torch.save(state, os.path.join(out, "many.pt"))
-
-
 def generated_tensors(count: int) -> dict[str, np.ndarray]:
     """``count`` small seeded tensors: ``layer_i/kernel`` (8, 8) and ``layer_i/bias`` (8,)."""
     rng = np.random.default_rng(11)
@@ -275,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "many-tfkeras":
         write_many_tfkeras(args.out, args.layers, args.units)
     elif args.what == "many-torch":
-        write_many_torch(args.out, args.layers, args.units)
+        write_torch(args.out, args.layers, args.units, "many.pt")
     elif args.what == "generated":
         write_generated(args.out, args.tensors)
     else:

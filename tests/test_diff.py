@@ -306,3 +306,19 @@ def test_report_json_is_one_object(twin):
     assert all(t["status"] == "equal" for t in report["tensors"])
     assert isinstance(DiffReport, type)
     assert os.path.basename(report["b"]["path"]) == "k3ckpt"
+
+
+def test_no_name_in_common_points_at_suggest() -> None:
+    """Two sides with no name in common (the same weights under PyTorch and Keras names) say
+    how to pair them; sides that share names do not."""
+    import numpy as np
+
+    from ckptconv import Store, diff
+
+    keras_side = Store.from_arrays({"dense/kernel": np.ones((2, 3), np.float32)})
+    torch_side = Store.from_arrays({"dense.weight": np.ones((3, 2), np.float32)})
+    text = diff(keras_side, torch_side).format_text()
+    assert "no tensor name is in both" in text and "ckptconv suggest A --target B" in text
+    assert text.splitlines()[-1] == "NOT equal"
+    both = Store.from_arrays({"dense/kernel": np.ones((2, 3), np.float32), "x": np.zeros(1, np.float32)})
+    assert "no tensor name is in both" not in diff(keras_side, both).format_text()

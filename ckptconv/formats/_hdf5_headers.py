@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,6 +96,14 @@ def lengths_are_8(superblock: bytes) -> bool:
     return False
 
 
+def _remember(memo: dict[bytes, Any], data: bytes, value: Any) -> Any:
+    """``value``, parsed from the message ``data``, kept for the next identical message (a
+    file's datasets share a handful of dataspaces and datatypes) while the memo is small."""
+    if len(memo) < _MEMO_LIMIT:
+        memo[data] = value
+    return value
+
+
 def object_header(read: Callable[[int, int], bytes], address: int, size: int) -> Header | None:
     """Describe the object whose version 1 object header is at ``address`` (see
     :class:`Header`); None for another header version.
@@ -139,25 +147,17 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
             if not message:  # NIL: padding
                 continue
             data = block[body:position] if position <= end else block[body:end]
+            if flags & _SHARED and message in (_DATASPACE, _DATATYPE, _LAYOUT):
+                plain = False  # a shared message lives elsewhere: libhdf5 describes the dataset
             if message == _DATASPACE:
-                if flags & _SHARED:
-                    plain = False
                 shape = _dataspaces.get(data, _UNSEEN)  # type: ignore[assignment]
                 if shape is _UNSEEN:
-                    shape = _dataspace(data)
-                    if len(_dataspaces) < _MEMO_LIMIT:
-                        _dataspaces[data] = shape
+                    shape = _remember(_dataspaces, data, _dataspace(data))
             elif message == _DATATYPE:
-                if flags & _SHARED:
-                    plain = False
                 dtype = _datatypes.get(data, _UNSEEN)  # type: ignore[assignment]
                 if dtype is _UNSEEN:
-                    dtype = _datatype(data)
-                    if len(_datatypes) < _MEMO_LIMIT:
-                        _datatypes[data] = dtype
+                    dtype = _remember(_datatypes, data, _datatype(data))
             elif message == _LAYOUT:
-                if flags & _SHARED:
-                    plain = False
                 kind = "dataset"
                 if len(data) >= 18 and data[0] == 3 and data[1] == 1:  # version 3, contiguous
                     data_at, length = _LAYOUT_CONTIGUOUS.unpack_from(data, 2)

@@ -225,6 +225,12 @@ class DiffReport:
             f"{len(self.tensors)} tensor(s) compared{tolerance}: {', '.join(pieces)}; "
             f"{c['only_in_a']} only in A, {c['only_in_b']} only in B"
         )
+        if not self.tensors and self.only_in_a and self.only_in_b:
+            lines.append(
+                "no tensor name is in both: if they hold the same weights under other names (a PyTorch "
+                "state dict and a Keras model), propose a mapping with `ckptconv suggest A --target B "
+                "-o spec.yaml` and compare with `--map spec.yaml`"
+            )
         lines.append("equal" if self.equal else "NOT equal")
         return "\n".join(lines)
 
