@@ -216,3 +216,20 @@ def test_sharded_set_lists_like_the_single_file(keras_dir: Path) -> None:
         with ckptconv.open(keras_dir / index) as sharded:
             assert [e.name for e in sharded.entries(include_all=True)] == names
             assert len(sharded.files) > 2
+
+
+def test_a_directory_holding_one_sharded_set_opens_as_its_index(keras_dir: Path, tmp_path: Path) -> None:
+    """``save_weights(DIR/model.weights.json, max_shard_size=)`` puts a set in a directory: the
+    directory opens as the set; a directory of two sets is refused in one line."""
+    import shutil
+
+    with ckptconv.open(keras_dir / "sharded" / "k3_zoo.weights.json") as by_index, \
+            ckptconv.open(keras_dir / "sharded") as by_directory:
+        assert by_directory.format == "keras-sharded"
+        assert [e.name for e in by_directory.entries(include_all=True)] == \
+            [e.name for e in by_index.entries(include_all=True)]
+    two = tmp_path / "two"
+    shutil.copytree(keras_dir / "sharded", two)
+    shutil.copyfile(two / "k3_zoo.weights.json", two / "other.weights.json")
+    with pytest.raises(ckptconv.FormatError):
+        ckptconv.open(two)

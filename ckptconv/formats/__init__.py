@@ -78,8 +78,8 @@ def _may_claim(name: str, path: Path, head: bytes) -> bool:
         if path.is_dir():
             return (path / "config.json").is_file()
         return head.startswith(b"PK\x03\x04") and first_member_kind(head) != "torch.save file"
-    if name == "keras_sharded":  # a JSON index
-        return head.lstrip().startswith(b"{")
+    if name == "keras_sharded":  # a JSON index, or a directory holding one
+        return head.lstrip().startswith(b"{") or (path.is_dir() and any(path.glob("*.weights.json")))
     if name in ("keras_weights", "keras_legacy"):  # an HDF5 file
         return head.startswith(_HDF5_MAGIC)
     return True

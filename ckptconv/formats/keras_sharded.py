@@ -27,8 +27,25 @@ from .keras_weights import (
 FORMAT = "keras-sharded"
 
 
+def index_in_directory(path: Path) -> Path | None:
+    """The one ``*.weights.json`` of a directory (where ``save_weights(..., max_shard_size=)``
+    put a set), or None when it holds none or several."""
+    try:
+        found = [p for p in path.glob("*.weights.json") if p.is_file()]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
 def sniff(path: Path, head: bytes) -> bool:
-    """A JSON index whose ``weight_map`` points at ``.weights.h5`` shards."""
+    """A JSON index whose ``weight_map`` points at ``.weights.h5`` shards, or a directory holding
+    exactly one such index."""
+    if path.is_dir():
+        index = index_in_directory(path)
+        if index is None:
+            return False
+        with index.open("rb") as f:
+            return sniff(index, f.read(4096))
     if not head.lstrip().startswith(b"{") or not path.is_file():
         return False
     try:
@@ -68,7 +85,13 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
 
 
 def open(path: Path) -> Store:  # noqa: A001
-    """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only)."""
+    """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only), or
+    through the directory holding it."""
+    if path.is_dir():
+        found = index_in_directory(path)
+        if found is None:
+            raise FormatError("the directory holds no single .weights.json index", path=path)
+        path = found
     index = load_index(path)
     shards = shard_paths(path, index)
     files = []
