@@ -506,13 +506,11 @@ def check_opcodes(data: bytes) -> int:
             count += 1
             stop = pos + 1 - step
             if stop > end:
+                pos = stop  # truncated: reported after the loop
                 break
             index = data[pos + 1] if step == _MEMO1 else int.from_bytes(data[pos + 1 : stop], "little")
             if index > count:
-                raise UnsafeInputError(
-                    f"the pickle uses memo slot {index} after {count} opcodes; picklers number "
-                    "their slots in order"
-                )
+                raise _memo_slot_ahead(index, count)
             pos = stop
             continue
         spec = table[data[pos]]
@@ -548,15 +546,22 @@ def check_opcodes(data: bytes) -> int:
                 return pos + 1
             elif role == _FORBIDDEN:
                 raise UnsafeInputError(f"the pickle uses opcode {name}, which torch.save never writes")
-            elif _memo_index(data[at:stop], name, pos) > count:  # PUT and GET: a decimal line
-                raise UnsafeInputError(
-                    f"the pickle uses memo slot {_memo_index(data[at:stop], name, pos)} after "
-                    f"{count} opcodes; picklers number their slots in order"
-                )
+            else:  # PUT and GET: a decimal line
+                index = _memo_index(data[at:stop], name, pos)
+                if index > count:
+                    raise _memo_slot_ahead(index, count)
         pos = stop
     if pos > end:
         raise CorruptFileError("the pickle is damaged (its last opcode runs past its end: truncated)")
     raise CorruptFileError("the pickle has no end (STOP)")
+
+
+def _memo_slot_ahead(index: int, count: int) -> UnsafeInputError:
+    """Picklers number memo slots in order: a slot beyond the opcodes read so far would make
+    the unpickler grow its memo to that many entries."""
+    return UnsafeInputError(
+        f"the pickle uses memo slot {index} after {count} opcodes; picklers number their slots in order"
+    )
 
 
 def _memo_index(arg: bytes, name: str, pos: int) -> int:

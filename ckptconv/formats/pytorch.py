@@ -44,8 +44,8 @@ import re
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -212,21 +212,21 @@ def open(path: Path) -> Store:  # noqa: A001
         metadata=parsed.metadata,
         tied=walk.tied(),
         skipped=walk.skipped,
-        integrity=_integrity([parsed]),
+        integrity=_integrity([(parsed.path, parsed.stored_members)]),
     )
 
 
-def _integrity(parsed: list[_Parsed]) -> Callable[[], None] | None:
-    """The check of every storage a zip archive holds in place against its zip CRC-32 (the
-    legacy layout records none; a compressed storage is checked by zipfile as it is read)."""
-    checks = [partial(check_stored_crcs, p.path, p.stored_members, what="torch.save file")
-              for p in parsed if p.stored_members]
-    if not checks:
+def _integrity(files: list[tuple[Path, list[tuple[int, zipfile.ZipInfo]]]]) -> Callable[[], None] | None:
+    """The check of every storage the zip archives (``(path, stored members)``) hold in place
+    against its zip CRC-32 (the legacy layout records none; a compressed storage is checked by
+    zipfile as it is read)."""
+    files = [(path, members) for path, members in files if members]
+    if not files:
         return None
 
     def check_all() -> None:
-        for check in checks:
-            check()
+        for path, members in files:
+            check_stored_crcs(path, members, what="torch.save file")
 
     return check_all
 
@@ -240,11 +240,11 @@ def _open_sharded(index_file: Path) -> Store:
     metadata: dict[str, str] = {}
     seen: set[str] = set()
     shards = shard_files(index_file, index)
-    every: list[_Parsed] = []
+    stored: list[tuple[Path, list[tuple[int, zipfile.ZipInfo]]]] = []
     for shard in shards:
         with shard.open("rb") as f:
             parsed = _parse(shard, f.read(4096))
-        every.append(_Parsed(parsed.path, None, {}, {}, parsed.stored_members))  # the tree is not kept
+        stored.append((parsed.path, parsed.stored_members))
         metadata = metadata or dict(parsed.metadata)
         walk = _Walk(shard)
         walk.visit(parsed.root, (), "weight", 0)
@@ -264,7 +264,7 @@ def _open_sharded(index_file: Path) -> Store:
         metadata=metadata,
         tied=tied,
         skipped=skipped,
-        integrity=_integrity(every),
+        integrity=_integrity(stored),
     )
 
 
