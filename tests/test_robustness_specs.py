@@ -150,3 +150,21 @@ def test_bad_spec(name: str, source: Path, twin, tmp_path: Path, capsys) -> None
         assert isinstance(info.value, error) and says in str(info.value)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(weights, twin.get_weights()))
     assert hashes(spec.parent) | {"source": hashes(source.parent)[source.name]} == before
+
+
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_yaml_specs_read_alike_with_and_without_libyaml(libyaml: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml's parser when PyYAML has it, PyYAML's own otherwise: the same spec, the same
+    refusal of an alias (at its line)."""
+    import yaml
+
+    from ckptconv.mapping import load_spec
+
+    if not libyaml:
+        monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml")
+    spec = load_spec("version: 1\nrules:\n  - {from: dense.weight, to: dense/kernel, ops: [transpose]}\n  - drop: x\n")
+    assert [(r.from_, r.to) for r in spec.rules[:1]] == [("dense.weight", "dense/kernel")] and len(spec.rules) == 2
+    with pytest.raises(SpecError, match=r"YAML aliases are not allowed in a spec \(\*a at line 3\)"):
+        load_spec("version: 1\na: &a [1]\nb: *a\nrules: []\n")

@@ -614,6 +614,13 @@ class _YamlAlias(Exception):
     """A spec uses a YAML alias (``*name``)."""
 
 
+def _alias_refused(event: Any) -> _YamlAlias:
+    return _YamlAlias(
+        f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
+        f"{event.start_mark.line + 1}): they can expand without bound; write the value out"
+    )
+
+
 def _read_yaml(text: str) -> Any:
     """Safe YAML without aliases: ``*name`` copies what ``&name`` marks, and a few hundred
     bytes of nested aliases expand to gigabytes (a "billion laughs"), so a spec may not use
@@ -624,22 +631,13 @@ def _read_yaml(text: str) -> Any:
     if fast is not None:
         for event in yaml.parse(text, Loader=fast):
             if isinstance(event, yaml.AliasEvent):
-                raise _YamlAlias(
-                    f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
-                    f"{event.start_mark.line + 1}): they can expand without bound; write the "
-                    "value out"
-                )
+                raise _alias_refused(event)
         return yaml.load(text, Loader=fast)  # noqa: S506 - libyaml's SafeLoader
 
     class NoAliases(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise _YamlAlias(
-                    f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
-                    f"{event.start_mark.line + 1}): they can expand without bound; write the "
-                    "value out"
-                )
+                raise _alias_refused(self.peek_event())
             return super().compose_node(parent, index)
 
     return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
