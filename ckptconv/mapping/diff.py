@@ -516,9 +516,12 @@ def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
 
 
 def _stored(output: Output | Entry) -> Entry | None:
-    """The entry whose plain stored bytes are this tensor, if there is one."""
+    """The entry whose plain stored bytes are this tensor, if there is one (a stored size that
+    does not fit the shape is left to the whole read, which refuses it)."""
     entry = output if isinstance(output, Entry) else output.source
     if entry is None or entry.byte_range is None or entry.dtype.kind in "OSU":
+        return None
+    if entry.byte_range.length != entry.nbytes:
         return None
     return entry
 
@@ -570,24 +573,23 @@ def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray
     import crc32c
 
     br = entry.byte_range
-    assert br is not None
-    itemsize = entry.dtype.itemsize
-    buffer = np.empty(min(per_block, count), dtype=entry.dtype)
+    assert br is not None and br.length == count * entry.dtype.itemsize  # see _stored
+    raw = np.empty(min(per_block, count) * entry.dtype.itemsize, dtype=np.uint8)
     check = entry.crc32c is not None
     crc = 0
+    done = 0
     fd = os.open(br.path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, br.offset, br.length, os.POSIX_FADV_SEQUENTIAL)
-        for start in range(0, count, per_block):
-            block = buffer[: min(per_block, count - start)]
-            raw = block.view(np.uint8)
-            br.read_into(raw, start=start * itemsize, fd=fd, tensor=entry.name)
+        for piece in br.pieces(memoryview(raw), fd=fd, tensor=entry.name):
+            block = raw[: len(piece)]
+            done += len(piece)
             if check:
-                crc = crc32c.crc32c(raw, crc)
-                if start + per_block >= count:
+                crc = crc32c.crc32c(block, crc)
+                if done == br.length:
                     entry.compare_crc(crc)
-            yield block
+            yield block.view(entry.dtype)
     finally:
         os.close(fd)
 
