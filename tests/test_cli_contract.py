@@ -167,10 +167,9 @@ def test_json_failures_print_exactly_one_object_with_an_error(capsys, small: Pat
     assert doc["ok"] is False
     assert doc["error"]["type"] and doc["error"]["message"] and doc["error"]["exit"] == code
     first = {
-        "usage": "usage: ckptconv convert", "plan-problems": "ckptconv: plan: rule #1", "verify": "",
-        "batch": "",
+        "usage": "usage: ckptconv convert", "plan-problems": "ckptconv: plan: rule #1", "batch": "",
     }.get(case, "ckptconv: error: ")
-    assert err.startswith(first), err  # the error line stays on stderr (verify and batch: stdout has the JSON only)
+    assert err.startswith(first), err  # the error line stays on stderr (batch: stdout has the JSON only)
 
 
 @pytest.mark.parametrize("command", ["inspect", "convert", "plan", "verify", "batch", "suggest", "diff"])
@@ -220,9 +219,12 @@ def test_a_load_error_names_api_arguments_and_renders_cli_options() -> None:
 
 
 def test_verify_says_what_a_non_safetensors_file_is(capsys) -> None:
-    code, out, _ = run(capsys, "verify", SAMPLE)
-    assert code == 1
-    assert "not a safetensors file (a keras-archive checkpoint)" in out
+    code, out, err = run(capsys, "verify", SAMPLE, tmp_missing := SAMPLE.parent / "no-such.safetensors")
+    assert code == 1 and out == ""
+    lines = err.splitlines()  # one error line per failed file, naming it
+    assert lines[0].startswith(f"ckptconv: error: {SAMPLE}: ")
+    assert "not a safetensors file (a keras-archive checkpoint)" in lines[0]
+    assert lines[1] == f"ckptconv: error: {tmp_missing}: no such file or directory"
     with pytest.raises(ckptconv.FormatError, match="keras-archive"):
         ckptconv.verify_file(SAMPLE)
 

@@ -43,9 +43,10 @@ def test_convert_then_verify_then_catch_a_changed_byte(keras_file: Path, tmp_pat
     flip_byte(dst, victim, at=3)
     proc = run_cli("verify", dst)
     assert proc.returncode == 1
-    assert "FAILED" in proc.stdout
-    mismatch_lines = [line for line in proc.stdout.splitlines() if "mismatch" in line]
-    assert len(mismatch_lines) == 1 and victim in mismatch_lines[0]
+    assert proc.stdout == ""  # a failure is one line on stderr, as every command's errors
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"ckptconv: error: {dst}: tensor {victim!r}: 1 of ")
+    assert "do not match their recorded CRC-32C" in proc.stderr
 
     proc = run_cli("verify", dst, "--json")
     assert proc.returncode == 1
@@ -87,8 +88,9 @@ def test_sharded_set_by_index_any_shard_or_directory(tmp_path: Path) -> None:
     flip_byte(shard2, "layer3.weight", at=17)
     proc = run_cli("verify", tmp_path / "model-00001-of-00002.safetensors")
     assert proc.returncode == 1
-    assert "layer3.weight" in proc.stdout and "model-00002-of-00002.safetensors" in proc.stdout
-    assert "layer0.weight" not in proc.stdout
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert "layer3.weight" in proc.stderr and "model-00002-of-00002.safetensors" in proc.stderr
+    assert "layer0.weight" not in proc.stderr
 
 
 def test_file_without_checksums_is_a_clear_failure(tmp_path: Path) -> None:
@@ -101,10 +103,11 @@ def test_file_without_checksums_is_a_clear_failure(tmp_path: Path) -> None:
     ckptconv.write_safetensors([ckptconv.Output("a", (3,), np.float32, lambda: np.ones(3, np.float32))], good)
     proc = run_cli("verify", plain, good, unchecked)
     assert proc.returncode == 1
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"failed {plain}") and "no ckptconv checksums" in lines[0]
-    assert lines[1].startswith(f"ok {good}")
-    assert lines[2].startswith(f"failed {unchecked}")
+    assert proc.stdout.splitlines() == [f"ok {good} (1 tensors, 12 B)"]  # success stays on stdout
+    errors = proc.stderr.splitlines()  # each failed file: one error line naming it, on stderr
+    assert len(errors) == 2, proc.stderr
+    assert errors[0].startswith(f"ckptconv: error: {plain}: ") and "no ckptconv checksums" in errors[0]
+    assert errors[1].startswith(f"ckptconv: error: {unchecked}: ")
     with pytest.raises(ckptconv.UnsupportedError, match="no ckptconv checksums"):
         ckptconv.verify_file(plain)
 
@@ -115,4 +118,5 @@ def test_truncated_file_fails_verification(tmp_path: Path) -> None:
     dst.write_bytes(dst.read_bytes()[:-8])
     proc = run_cli("verify", dst)
     assert proc.returncode == 1
-    assert "truncated" in proc.stdout
+    assert proc.stdout == "" and proc.stderr.startswith(f"ckptconv: error: {dst}: ")
+    assert "truncated" in proc.stderr

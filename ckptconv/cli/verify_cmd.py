@@ -30,14 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Re-read every tensor of safetensors files written by `ckptconv convert` and compare "
             "it with the CRC-32C recorded in the file's __metadata__. A sharded set can be given "
-            "by its index, its directory or any shard. Names every tensor that no longer matches; "
-            "exit status 1 if any file fails or records no checksums."
+            "by its index, its directory or any shard. Prints `ok FILE` on stdout for each file "
+            "that matches; each file that fails is one `ckptconv: error:` line on stderr naming "
+            "it and the tensors that no longer match; exit status 1 if any file fails or "
+            "records no checksums."
         ),
         epilog=exit_status(EXIT_STATUS),
     )
     p.add_argument("files", metavar="FILE", nargs="+", help="safetensors file, index JSON or shard")
     add_json(p, "the report (instead of lines)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only failures")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing for the files that match (failures still go to stderr)")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     add_debug(p)
     p.set_defaults(func=run)
@@ -57,16 +59,14 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failed += 1
             reports.append({"path": path, "ok": False, "error": e.render(SPELLING)})
-            if not args.json:
-                print(f"failed {path}: {_without_path(e, path)}")
+            _error(_with_path(e, path))
             continue
         except OSError as e:
             if getattr(args, "debug", False):
                 raise
             failed += 1
             reports.append({"path": path, "ok": False, "error": e.strerror or str(e)})
-            if not args.json:
-                print(f"failed {path}: {e.strerror or e}")
+            _error(f"{path}: {e.strerror or e}")
             continue
         reports.append(result.to_json())
         if result.ok:
@@ -74,13 +74,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ok {result.path} ({result.tensors} tensors, {human_bytes(result.nbytes)})")
             continue
         failed += 1
-        if not args.json:
-            print(
-                f"FAILED {result.path}: {len(result.mismatches)} of {result.tensors} tensors "
-                "do not match their recorded CRC-32C"
-            )
-            for m in result.mismatches:
-                print(f"  mismatch {m.describe()}")
+        try:
+            result.check()
+        except CkptconvError as e:  # the IntegrityError naming the file and the failed tensors
+            _error(e.render(SPELLING))
     if args.json:
         doc: dict[str, object] = {"ok": failed == 0, "files": reports}
         if failed:
@@ -93,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _error(message: str) -> None:
+    """A failed file: one line on stderr, as every command's errors (stdout keeps the ok lines
+    and the JSON)."""
+    print(f"ckptconv: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
 def _verify(verify_file, path: str, show_bar: bool):  # type: ignore[no-untyped-def]
     if not show_bar:
         return verify_file(path)
@@ -102,10 +105,8 @@ def _verify(verify_file, path: str, show_bar: bool):  # type: ignore[no-untyped-
         return verify_file(path, progress=bar.update)
 
 
-def _without_path(error: CkptconvError, given: str) -> str:
-    """The error's message, without repeating the path the user gave."""
-    import os
-
-    if error.path is not None and os.path.abspath(error.path) != os.path.abspath(given):
-        return error.render(SPELLING)
-    return error.render(SPELLING, path=False)
+def _with_path(error: CkptconvError, given: str) -> str:
+    """The error's message, naming the file: the one it is about, else the one given."""
+    if error.path is None:
+        return f"{given}: {error.render(SPELLING)}"
+    return error.render(SPELLING)
