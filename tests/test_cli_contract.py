@@ -359,3 +359,41 @@ def test_an_output_directory_is_named_as_such(capsys, small: Path, tmp_path: Pat
     expected = f"{out / 'model.safetensors'}, for example"
     assert code == 1 and err == f"ckptconv: error: {out}: is a directory, not an output file: name the file to write in it ({expected})\n"
     assert list(out.iterdir()) == []
+
+
+# -- a download cut short -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, kind",
+    [(SAMPLE, ".keras file"), (ROOT / "tests" / "fixtures" / "pytorch" / "zoo.pt", "torch.save file")],
+)
+@pytest.mark.parametrize("keep", ["half", "minus-1"])
+def test_a_truncated_zip_says_truncated_and_to_fetch_it_again(
+    capsys, tmp_path: Path, source: Path, kind: str, keep: str
+) -> None:
+    data = source.read_bytes()
+    cut = tmp_path / f"cut{source.suffix}"
+    cut.write_bytes(data[: len(data) // 2] if keep == "half" else data[:-1])
+    for command in (["inspect", cut], ["convert", cut, tmp_path / "o.safetensors"]):
+        code, out, err = run(capsys, *command)
+        assert code == 1 and out == "" and not (tmp_path / "o.safetensors").exists()
+        assert err == (
+            f"ckptconv: error: {cut}: a truncated (or damaged) zip archive: it has no "
+            "end-of-central-directory record, as when a download or copy was cut short; copy or "
+            f"download the {kind} again\n"
+        )
+    with pytest.raises(ckptconv.CorruptFileError, match="truncated"):
+        ckptconv.open(cut)
+
+
+def test_a_zip_damaged_elsewhere_is_not_called_truncated(capsys, tmp_path: Path) -> None:
+    data = bytearray(SAMPLE.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    directory = int.from_bytes(data[end + 16 : end + 20], "little")
+    data[directory : directory + 4] = b"XXXX"  # the first central-directory entry's signature
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(bytes(data))
+    code, _, err = run(capsys, "inspect", bad)
+    assert code == 1 and "a truncated" not in err, err
+    assert err.startswith(f"ckptconv: error: {bad}: a damaged zip archive (Bad magic number"), err

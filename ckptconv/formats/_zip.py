@@ -46,9 +46,31 @@ def first_member_kind(head: bytes) -> str:
 
 def damaged_zip(path: str | os.PathLike[str], error: BaseException, kind: str) -> CorruptFileError:
     """The one-line error for a zip archive that does not open (``kind``: what it is, see
-    :func:`first_member_kind`)."""
+    :func:`first_member_kind`): "truncated" when the archive has no end-of-central-directory
+    record, which a zip always ends with and a cut-short copy or download lacks."""
+    if not _has_end_record(path):
+        return CorruptFileError(
+            "a truncated (or damaged) zip archive: it has no end-of-central-directory record, as "
+            f"when a download or copy was cut short; copy or download the {kind} again",
+            path=path,
+        )
     detail = " ".join(str(error).split())[:300]
     return CorruptFileError(f"a damaged zip archive ({detail}); copy or download the {kind} again", path=path)
+
+
+def _has_end_record(path: str | os.PathLike[str]) -> bool:
+    """Whether the file ends with a whole end-of-central-directory record: its signature in the
+    last 65,557 bytes (22 bytes plus the longest comment, APPNOTE 4.3.16), followed by all
+    22 bytes and the comment its length field counts; True when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (22 + 0xFFFF)))
+            tail = f.read()
+    except OSError:
+        return True
+    at = tail.rfind(b"PK\x05\x06")
+    return at >= 0 and len(tail) - at >= 22 + int.from_bytes(tail[at + 20 : at + 22], "little")
 
 
 def member_data_offset(path: Path, info: zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:
