@@ -397,3 +397,45 @@ def test_a_zip_damaged_elsewhere_is_not_called_truncated(capsys, tmp_path: Path)
     code, _, err = run(capsys, "inspect", bad)
     assert code == 1 and "a truncated" not in err, err
     assert err.startswith(f"ckptconv: error: {bad}: a damaged zip archive (Bad magic number"), err
+
+
+# -- inspect --json totals what the table's foot says ------------------------------------------
+
+
+def test_inspect_json_has_the_totals_of_the_table(capsys, tmp_path: Path) -> None:
+    import ml_dtypes
+
+    arrays = {
+        "a/kernel": np.ones((3, 4), np.float32), "a/bias": np.ones(4, np.float32),
+        "b/embeddings": np.ones((5, 2), np.float16), "b/count": np.ones((), np.int64),
+        "c/kernel": np.ones((2, 2, 3), ml_dtypes.bfloat16), "c/empty": np.ones((0, 4), np.float32),
+    }
+    mixed = tmp_path / "mixed.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()], mixed)
+    code, table, _ = run(capsys, "inspect", mixed)
+    assert code == 0 and table.splitlines()[-1] == "6 tensors, 39 values, 116 B"
+    code, out, _ = run(capsys, "inspect", mixed, "--json")
+    assert code == 0
+    assert json.loads(out)["totals"] == {
+        "tensors": 6, "values": 39, "nbytes": 116,
+        "by_dtype": {
+            "float32": {"tensors": 3, "values": 16, "nbytes": 64},
+            "float16": {"tensors": 1, "values": 10, "nbytes": 20},
+            "int64": {"tensors": 1, "values": 1, "nbytes": 8},
+            "bfloat16": {"tensors": 1, "values": 12, "nbytes": 24},
+        },
+        "not_shown": 0, "skipped_values": 0,
+    }
+    # the training state: left out (and counted) without --all, totalled with it
+    legacy = ROOT / "examples" / "sample_tf_keras.h5"
+    for extra in ([], ["--all"]):
+        code, table, _ = run(capsys, "inspect", legacy, *extra)
+        foot = next(line for line in table.splitlines() if " tensors, " in line)
+        code, out, _ = run(capsys, "inspect", legacy, "--json", *extra)
+        doc = json.loads(out)
+        totals = doc["totals"]
+        assert foot == f"{totals['tensors']} tensors, {totals['values']:,} values, {totals['nbytes'] / 1024:.1f} KiB"
+        assert totals["tensors"] == len(doc["tensors"]) and totals["nbytes"] == sum(t["nbytes"] for t in doc["tensors"])
+        assert totals["not_shown"] == (0 if extra else 21)
+        hidden = re.search(r"\((\d+) optimizer/bookkeeping entries not shown", table)
+        assert (int(hidden.group(1)) if hidden else 0) == totals["not_shown"]

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Reads metadata only (checks that every file the checkpoint names exists). "
             "Only weights are listed unless --all asks for the training state too (and the "
             "values a PyTorch checkpoint holds that are not tensors). Names that are one "
-            "stored tensor (tied weights) are listed each, then reported together."
+            "stored tensor (tied weights) are listed each, then reported together. --json "
+            "gives the same totals under \"totals\": tensors, values, nbytes, by_dtype, and "
+            "not_shown / skipped_values (the entries and values the listing leaves out)."
         ),
         epilog=exit_status(EXIT_STATUS),
     )
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
                 doc["tied"] = [[name for name in group if name in shown] for group in tied]
             if args.all and store.skipped:
                 doc["skipped"] = [{"name": name, "value": what} for name, what in store.skipped]
+            doc["totals"] = {
+                **tally(entries), "not_shown": len(store) - len(entries), "skipped_values": len(store.skipped)
+            }
             emit_json(args, doc)
             return 0
         print(format_table(store.format, store.path, entries, all_kinds=args.all))
@@ -90,13 +95,9 @@ def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool =
     dtype_names: dict[object, str] = {}
     size_texts: dict[int, str] = {}
     shapes, dtypes, sizes = [], [], []
-    total = params = 0
     for e in entries:
         shape, dtype = e.shape, e.dtype
-        itemsize = dtype.itemsize
-        nbytes = math.prod(shape) * itemsize
-        total += nbytes
-        params += nbytes // (itemsize or 1)
+        nbytes = math.prod(shape) * dtype.itemsize
         text = shape_texts.get(shape)
         if text is None:
             text = shape_texts[shape] = "[" + ", ".join(map(str, shape)) + "]"
@@ -117,5 +118,33 @@ def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool =
     row = "  ".join(f"{{:{'>' if i == 3 else '<'}{w}}}" for i, w in enumerate(widths)).format
     lines = [f"{path} ({fmt})", row(*header).rstrip(), "  ".join("-" * w for w in widths)]
     lines += [row(*cells).rstrip() for cells in zip(*columns)]
-    lines.append(f"{len(entries)} tensors, {params:,} values, {human_bytes(total)}")
+    totals = tally(entries)
+    lines.append(f"{totals['tensors']} tensors, {totals['values']:,} values, {human_bytes(totals['nbytes'])}")
     return "\n".join(lines)
+
+
+def tally(entries: list[Entry]) -> dict[str, object]:
+    """What the listing's foot totals, as ``inspect --json`` prints it: ``tensors``, ``values``
+    (elements) and ``nbytes`` over ``entries`` (tied names each count, as each is listed), and
+    the same three per dtype name under ``by_dtype``, in the order the dtypes first appear."""
+    from ..dtypes import dtype_name
+
+    per_dtype: dict[object, list[int]] = {}  # dtype -> [tensors, values]
+    last = counts = None
+    for e in entries:
+        dtype = e.dtype
+        if dtype is not last:  # runs of one dtype: hash a dtype once per run, not per tensor
+            counts = per_dtype.setdefault(dtype, [0, 0])
+            last = dtype
+        counts[0] += 1  # type: ignore[index]
+        counts[1] += math.prod(e.shape)  # type: ignore[index]
+    by_dtype = {
+        dtype_name(dtype): {"tensors": tensors, "values": values, "nbytes": values * dtype.itemsize}  # type: ignore[attr-defined]
+        for dtype, (tensors, values) in per_dtype.items()
+    }
+    return {
+        "tensors": len(entries),
+        "values": sum(d["values"] for d in by_dtype.values()),
+        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
+        "by_dtype": by_dtype,
+    }
