@@ -19,29 +19,17 @@ import sys
 import types
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
-from .errors import (
-    CkptconvError,
-    ClusterError,
-    CorruptFileError,
-    FormatError,
-    IntegrityError,
-    LoadError,
-    NoSuchFileError,
-    NoSuchTensorError,
-    OptionError,
-    OutputError,
-    PlanError,
-    Problem,
-    SpecError,
-    UnsafeInputError,
-    UnsupportedError,
-    UsageError,
+# Everything is imported on first use (PEP 562), so that ``ckptconv --help``, a usage error
+# and ``import ckptconv`` itself cost no numpy or h5py import, and each command imports only
+# the modules it uses; ``import ckptconv`` runs no module of its own (the command line catches
+# a Ctrl-C from its first line on: see __main__.py). name -> the module that defines it.
+_ERRORS = (
+    "CkptconvError", "ClusterError", "CorruptFileError", "FormatError", "IntegrityError", "LoadError",
+    "NoSuchFileError", "NoSuchTensorError", "OptionError", "OutputError", "PlanError", "Problem",
+    "SpecError", "UnsafeInputError", "UnsupportedError", "UsageError",
 )
-
-# Everything else is imported on first use (PEP 562), so that ``ckptconv --help``, a usage
-# error and ``import ckptconv`` itself cost no numpy or h5py import, and each command imports
-# only the modules it uses. name -> the module that defines it.
 _LAZY = {
+    **dict.fromkeys(_ERRORS, "errors"),
     "ConvertResult": "convert",
     "convert": "convert",
     "open": "formats",
@@ -81,6 +69,24 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .errors import (
+        CkptconvError,
+        ClusterError,
+        CorruptFileError,
+        FormatError,
+        IntegrityError,
+        LoadError,
+        NoSuchFileError,
+        NoSuchTensorError,
+        OptionError,
+        OutputError,
+        PlanError,
+        Problem,
+        SpecError,
+        UnsafeInputError,
+        UnsupportedError,
+        UsageError,
+    )
     from .batch import BatchReport, FileResult, Job, convert_one, plan_jobs, prepare_options, run_batch
     from .convert import ConvertResult, convert
     from .formats import open as open  # noqa: A004

@@ -1,6 +1,6 @@
 """Signals while ckptconv works: SIGTERM that cleans up, and interrupts held over a critical step.
 
-Two rules, one place:
+Three rules, one place:
 
 * :func:`sigterm_raises`: while a command or a write runs, SIGTERM raises :class:`Terminated`
   (a :class:`SystemExit` with status 143) instead of killing the process, so every ``finally``
@@ -10,6 +10,8 @@ Two rules, one place:
   cut in half (assigning a model's variables, renaming a set's files into place) are held and
   delivered when it ends, to whatever handler was in place: Ctrl-C then raises
   ``KeyboardInterrupt`` after the step, not in the middle of it.
+* :func:`interrupts_noted`: the command line notes every Ctrl-C, so that one a library turned
+  into another error still ends the command as an interrupt (:func:`report_interrupt`).
 
 Both act in the main thread only (Python delivers signals there); elsewhere they do nothing.
 """
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-__all__ = ["Terminated", "sigterm_raises", "deferred_interrupts"]
+__all__ = ["Terminated", "sigterm_raises", "deferred_interrupts", "Noted", "interrupts_noted", "report_interrupt"]
 
 
 class Terminated(SystemExit):
@@ -32,6 +34,27 @@ class Terminated(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(128 + signal.SIGTERM)
+
+
+def report_interrupt(error: BaseException, *, json: bool = False) -> int:
+    """What the command line says when Ctrl-C (``KeyboardInterrupt``) or SIGTERM
+    (:class:`Terminated`) ends a command: one line on stderr, with ``json`` also the
+    ``{"ok": false, "error": {...}}`` object on stdout. Returns the exit status, 128 + the
+    signal's number (130, 143)."""
+    import sys
+
+    terminated = isinstance(error, Terminated)
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    status = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr, flush=True)
+    if json:
+        import json as json_module
+
+        doc = {"ok": False, "error": {"type": type(error).__name__, "message": what, "exit": status}}
+        json_module.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return status
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -64,6 +87,42 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class Noted:
+    """Whether Ctrl-C came while :func:`interrupts_noted` watched (``seen``)."""
+
+    seen = False
+
+
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[Noted]:
+    """While the block runs, Ctrl-C raises ``KeyboardInterrupt`` as usual and is also noted
+    (``seen``), so that an error a library made of it (numpy, interrupted while it imports its
+    C extension, raises ImportError instead) is still known to be the Ctrl-C (main thread, and
+    Python's own SIGINT handler only: another one installed stays)."""
+    noted = Noted()
+    if not _main_thread():
+        yield noted
+        return
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        yield noted
+        return
+    if previous is not signal.default_int_handler:
+        yield noted
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        noted.seen = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)

@@ -11,6 +11,7 @@ write to, and outputs that would overwrite the input.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -384,3 +385,54 @@ def test_an_interrupted_load_leaves_the_model_fully_loaded(sig: signal.Signals) 
     expected = "KeyboardInterrupt" if sig == signal.SIGINT else "Terminated"
     assert lines[0] == f"RAISED {expected} after 60 layers", proc.stdout
     assert lines[1] == "LOADED 120 UNTOUCHED 0 OF 120", proc.stdout
+
+
+# -- Ctrl-C while the command starts -----------------------------------------------------------
+
+_CTRL_C_WHILE_IMPORTING = """
+import signal, sys
+
+class CtrlC:
+    '''Press Ctrl-C the moment {module} starts to load, as a user may in the first tenths of a
+    second, while the command's modules are imported.'''
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["ckptconv", *{argv!r}]
+from ckptconv.__main__ import run  # the console script's entry point (pyproject.toml)
+raise SystemExit(run())
+"""
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "ckptconv.cli",  # the command line itself, imported by the entry point
+        "argparse",  # a module the command line imports
+        "ckptconv.cli.inspect_cmd",  # while the parser is built
+        "ckptconv.formats",  # the command's own imports
+        "datetime",  # inside numpy's C extension, which reports any failure as an ImportError
+    ],
+)
+@pytest.mark.parametrize("json_output", [False, True])
+def test_ctrl_c_while_the_command_starts_prints_the_interrupted_line(
+    module: str, json_output: bool, tmp_path: Path
+) -> None:
+    src = Path(__file__).resolve().parent.parent / "examples" / "sample.keras"
+    argv = ["inspect", str(src), *(["--json"] if json_output else [])]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING.format(module=module, argv=argv)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "ckptconv: interrupted; no partial output was left behind\n"
+    if json_output:
+        assert json.loads(proc.stdout) == {
+            "ok": False, "error": {"type": "KeyboardInterrupt", "message": "interrupted", "exit": 130}
+        }
+    else:
+        assert proc.stdout == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from ckptconv.cli import COMMANDS
 
@@ -59,3 +60,19 @@ def test_dtype_names_load_ml_dtypes_on_first_need() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "bfloat16", "True", "float8_e4m3fn", "bfloat16"], done.stderr
+
+
+def test_the_entry_point_runs_no_ckptconv_module_before_it_can_catch_ctrl_c() -> None:
+    """The console script imports ``ckptconv.__main__`` (pyproject.toml) before anything can
+    catch a Ctrl-C: that import runs the package's ``__init__`` and nothing else of ckptconv
+    (the exceptions, like every export, load on first use), so the window where a Ctrl-C
+    would print a traceback is as short as it can be."""
+    code = (
+        "import sys; import ckptconv.__main__ as m; import ckptconv; "
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'ckptconv'), "
+        "ckptconv.CkptconvError.__module__, callable(m.run))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['ckptconv', 'ckptconv.__main__'] ckptconv.errors True", done.stdout + done.stderr
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert '\nckptconv = "ckptconv.__main__:run"\n' in pyproject

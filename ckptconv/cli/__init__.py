@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import CkptconvError, UsageError
-from ..interrupts import Terminated, sigterm_raises
+from ..interrupts import Noted, Terminated, interrupts_noted, report_interrupt, sigterm_raises
 from .common import SPELLING, Parser, UsageExit, emit_json, error_json
 
 __all__ = ["main", "build_parser"]
@@ -68,14 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
+        with interrupts_noted() as ctrl_c:
+            return _main(argv, ctrl_c)
+    except KeyboardInterrupt as e:  # before the command runs: while its modules are imported
+        if "--debug" in argv:
+            raise
+        return report_interrupt(e, json="--json" in argv)
+
+
+def _main(argv: list[str], ctrl_c: Noted) -> int:
+    try:
+        parser = build_parser()  # imports every command's module
         args = parser.parse_args(argv)
     except UsageExit as e:
         return _usage_exit(e, "--json" in argv)
     try:
-        with sigterm_raises():
-            return int(args.func(args) or 0)
+        try:
+            with sigterm_raises():
+                return int(args.func(args) or 0)
+        except Exception:
+            if ctrl_c.seen and not args.debug:
+                # a library turned the KeyboardInterrupt into another error as it failed
+                # (numpy's C-extension import says ImportError): still Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
     except UsageExit as e:  # a value found wrong once parsed (batch's inputs, output directory)
         return _usage_exit(e, getattr(args, "json", False))
     except UsageError as e:
@@ -93,12 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 traceback.print_exc()
             raise
-        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        status = 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
-        print(f"ckptconv: {what}; no partial output was left behind", file=sys.stderr)
-        if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
-            emit_json(args, {"ok": False, "error": {"type": type(e).__name__, "message": what, "exit": status}})
-        return status
+        return report_interrupt(e, json=getattr(args, "json", False) and not getattr(args, "json_emitted", False))
     except BrokenPipeError:
         return 1
     except MemoryError as e:
