@@ -309,9 +309,10 @@ def test_fifos_and_devices_are_refused_without_hanging(base: Path, tmp_path: Pat
         assert len(lines) == 1 and f"ckptconv: error: {named}: " in lines[0] and says in lines[0], (args, lines)
     proc = cli_with_timeout("verify", fifo, "/dev/zero")
     assert proc.returncode == 1
-    assert proc.stdout.splitlines() == [
-        f"failed {fifo}: a FIFO (named pipe), not a regular file: ckptconv reads checkpoint files (and directories) only",
-        "failed /dev/zero: a character device, not a regular file: ckptconv reads checkpoint files (and directories) only",
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"ckptconv: error: {fifo}: a FIFO (named pipe), not a regular file: ckptconv reads checkpoint files (and directories) only",
+        "ckptconv: error: /dev/zero: a character device, not a regular file: ckptconv reads checkpoint files (and directories) only",
     ]
     assert os.listdir(out) == []
     with pytest.raises(FormatError, match="FIFO"):
