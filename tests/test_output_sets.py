@@ -132,7 +132,7 @@ def test_a_set_mixing_two_writes_is_refused_everywhere(tmp_path: Path, capsys) -
         with pytest.raises(CorruptFileError, match="incomplete"):
             ckptconv.verify_file(given)
     assert main(["verify", str(index)]) == 1
-    assert "incomplete" in capsys.readouterr().out
+    assert "incomplete" in one_line(capsys.readouterr().err)  # a failed file: one line on stderr
     # the shards themselves are intact: each verifies alone once no index claims it
     (index.parent / "m.safetensors.index.json").unlink()
     with pytest.raises(CorruptFileError, match="index m.safetensors.index.json is missing"):
@@ -249,7 +249,8 @@ def test_killed_at_every_step_of_a_replace(tmp_path: Path, sig: int, new_count: 
         names = [f"m-{i:05d}-of-{new_count:05d}.safetensors" for i in range(1, new_count + 1)]
         assert visible(out) == sorted([*names, "m.safetensors.index.json"]), step
         for leftover in set(listing(out)) - set(visible(out)):  # hidden: only ours, documented
-            assert leftover.endswith((".tmp", ".old", ".lock")), leftover
+            # the killed run's temporary files and lock went with the recovery run
+            assert leftover.endswith(".old"), leftover
     if sig == signal.SIGKILL:
         assert "incomplete" in outcomes and {"old", "new"} <= outcomes, outcomes
 
@@ -294,6 +295,115 @@ def test_without_flock_the_lock_file_is_removed_only_if_this_writer_made_it(tmp_
     theirs.write_bytes(b"")
     ckptconv.convert(src, out / "m.safetensors", force=True)
     assert listing(out) == [".m.safetensors.lock", "m.safetensors"]
+
+
+# --- what a writer killed outright leaves: swept by the next writer of the output -----------------
+
+_KILLED_WRITER = """
+import os, signal, sys
+from ckptconv import Rule, Spec, convert
+seen = []
+def die_at_the_second(array):
+    seen.append(1)
+    if len(seen) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup can run
+    return array
+op = {"fn": die_at_the_second, "shape": lambda s: s, "dtype": lambda d: d}
+convert(sys.argv[1], sys.argv[2], mapping=Spec(rules=[Rule(from_="**", ops=[op])]),
+        max_shard_size=None if sys.argv[3] == "none" else int(sys.argv[3]))
+"""
+
+
+def kill_a_writer(src: Path, dst: Path, shard: str | None) -> list[str]:
+    """Run a conversion to ``dst`` that SIGKILLs itself on its second tensor; its leftovers."""
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(src), str(dst), shard or "none"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return [name for name in listing(dst.parent) if name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("shard", [None, SHARD], ids=["file", "sharded"])
+def test_the_next_writer_sweeps_what_a_killed_writer_left(tmp_path: Path, shard: str | None) -> None:
+    src = source(tmp_path / "src.safetensors", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "m.safetensors"
+    killed = kill_a_writer(src, dst, shard)
+    assert len(killed) == (2 if shard else 1)
+    assert listing(out) == sorted([*killed, ".m.safetensors.lock"])
+    # what ckptconv did not write, or not this file: a name like its own, a file put in the
+    # place of one it wrote (another inode), another output's
+    decoys = {".m.safetensors.abcd1234.tmp": b"mine", ".other.safetensors.abcd1234.tmp": b"theirs"}
+    if shard:
+        (out / killed[0]).unlink()
+        decoys[killed[0]] = b"a new file under the old name"
+    for name, data in decoys.items():
+        (out / name).write_bytes(data)
+    args = ["convert", str(src), str(dst)] + (["--max-shard-size", shard] if shard else [])
+    assert main(args) == 0
+    outputs = [f"m-{i:05d}-of-00003.safetensors" for i in (1, 2, 3)] + ["m.safetensors.index.json"]
+    assert listing(out) == sorted([*(outputs if shard else ["m.safetensors"]), *decoys])
+    assert {name: (out / name).read_bytes() for name in decoys} == decoys
+
+
+def _journal(lock: Path, writer: dict, temps: list[Path]) -> None:
+    lines = [json.dumps({"ckptconv-writer": 1, **writer})]
+    for temp in temps:
+        st = temp.stat()
+        lines.append(json.dumps({"temp": temp.name, "dev": st.st_dev, "ino": st.st_ino}))
+    lock.write_text("\n".join(lines) + "\n")
+
+
+def test_a_temporary_file_is_swept_only_when_its_writer_is_provably_gone(tmp_path: Path) -> None:
+    """The journal's writer must have run on this host and be gone (no such process now, or
+    another boot); a live process's files, or another machine's, stay."""
+    src = source(tmp_path / "src.safetensors", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "m.safetensors"
+    host = os.uname().nodename
+    boot_file = Path("/proc/sys/kernel/random/boot_id")
+    boot = boot_file.read_text().strip() if boot_file.exists() else ""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = int(finished.stdout)  # a process id no process has now (the test runs in well under a minute)
+    cases = [
+        ({"host": host, "boot": boot, "pid": os.getpid()}, False),  # alive: this test
+        ({"host": "another-machine", "boot": boot, "pid": dead}, False),  # not ours to judge
+        ({"host": host, "boot": boot, "pid": dead}, True),
+    ]
+    if boot:
+        cases.append(({"host": host, "boot": "an-earlier-boot", "pid": os.getpid()}, True))
+    for writer, swept in cases:
+        temp = out / ".m.safetensors.x1y2z3w4.tmp"
+        temp.write_bytes(b"half a file")
+        _journal(out / ".m.safetensors.lock", writer, [temp])
+        assert ckptconv.convert(src, dst, force=True).tensors == 3
+        assert temp.exists() is not swept, writer
+        assert not (out / ".m.safetensors.lock").exists()
+        temp.unlink(missing_ok=True)
+
+
+def test_a_killed_save_through_atomic_file_is_swept_too(tmp_path: Path) -> None:
+    """``transplant``'s Keras save goes through ``atomic_file`` (its temporary name ends in
+    ``.tmp.keras``): the same journal, the same sweep."""
+    final = tmp_path / "model.keras"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from ckptconv.writers.outputs import atomic_file
+        with atomic_file({str(final)!r}, suffix=".tmp.keras") as tmp:
+            open(tmp, "wb").write(b"half a model")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = listing(tmp_path)
+    assert len(left) == 2 and left[0].endswith(".tmp.keras") and left[1] == ".model.keras.lock"
+    from ckptconv.writers.outputs import atomic_file
+
+    with atomic_file(final) as tmp:
+        Path(tmp).write_bytes(b"a model")
+    assert listing(tmp_path) == ["model.keras"]
 
 
 # --- --verify before the output takes its name ---------------------------------------------

@@ -10,6 +10,14 @@ through this module, so the rules are the same everywhere:
 * **The lock.** While it writes an output, a writer holds an exclusive ``flock`` on the hidden
   file ``.NAME.lock`` next to it: a second writer of the same output fails at once, in one line.
   (A file system without ``flock`` gets no lock; the lock file is removed by whoever made it.)
+* **Sweeping what a killed writer left.** The lock file is also the writer's journal: who holds
+  it (host, boot, process id) and every temporary file it creates (name, device and inode),
+  written as each is created. A writer killed outright (SIGKILL, the out-of-memory killer)
+  leaves both behind; the next writer of the output, once it holds the lock, removes the
+  temporary files that journal records, provided the dead writer ran on this host and its
+  process is gone (another boot, or no such process) and each file is still the very file it
+  created (a regular file, same device and inode). A file the journal does not name (another
+  program's, or one an older ckptconv left) is never touched.
 * **What may be replaced.** Without ``force`` nothing that exists is touched. With ``force``
   the output path itself and its index are replaced, and of the other files in the way (named
   by an old index, or left by an interrupted replace) only those that are provably a ckptconv
@@ -42,6 +50,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CkptconvError, OutputError
 from ..interrupts import deferred_interrupts
+from . import _journal as journal
 
 __all__ = [
     "OutputLock",
@@ -222,6 +231,7 @@ class OutputLock:
         self.final = final
         self.path = os.path.join(directory, hidden_name(name, ".lock", directory=directory))
         self._fd: int | None = None
+        self._journal: int | None = None  # the end of the journal, once the lock is held
 
     def __enter__(self) -> OutputLock:
         directory = os.path.dirname(self.path)
@@ -280,10 +290,19 @@ class OutputLock:
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     self._fd = fd
+                    if not created:
+                        journal.sweep(fd, os.path.dirname(self.path))
+                    self._journal = journal.start(fd)
                     return
             except FileNotFoundError:
                 pass
             os.close(fd)
+
+    def record(self, fd: int, path: str) -> None:
+        """Journal a temporary file this writer created (``fd`` open on it), so that the next
+        writer of the output removes it if this process is killed before it can."""
+        if self._fd is not None and self._journal is not None:  # else no lock: nothing to sweep
+            self._journal = journal.append(self._fd, self._journal, fd, path)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -292,6 +311,7 @@ class OutputLock:
                     os.unlink(self.path)  # removed while still held: the next one retries
                 os.close(self._fd)
                 self._fd = None
+                self._journal = None
 
 
 # --- temporary files -------------------------------------------------------------------------
@@ -339,13 +359,16 @@ def leftover_temporaries(dst: str | os.PathLike[str]) -> list[str]:
 
 
 class TempFiles:
-    """Hidden temporary files in one directory, removed on exit unless committed."""
+    """Hidden temporary files in one directory, removed on exit unless committed; each is
+    journaled in ``lock`` (the output's :class:`OutputLock`, held), so that the next writer
+    removes it if this process is killed before it can."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, lock: OutputLock | None = None) -> None:
         self.directory = directory
         self.paths: list[str] = []
         self._open: set[int] = set()
         self._mode = 0o666 & ~process_umask()
+        self._lock = lock
 
     def create(self, final_name: str, *, suffix: str = ".tmp") -> tuple[int, str]:
         """A new empty file for ``final_name``: ``(descriptor, path)``."""
@@ -361,6 +384,8 @@ class TempFiles:
                 raise OutputError(f"cannot create a file here: {e.strerror}", path=self.directory) from e
             self.paths.append(path)
             self._open.add(fd)
+            if self._lock is not None:
+                self._lock.record(fd, path)
         os.fchmod(fd, self._mode)  # mkstemp makes 0600; outputs get the usual mode
         return fd, path
 
@@ -643,11 +668,11 @@ def atomic_file(
     """
     final = os.path.abspath(os.fspath(final))
     directory, name = os.path.split(final)
-    with OutputLock(final):
+    with OutputLock(final) as lock:
         plan = plan_output_set(final, [final], force=force, inputs=inputs)
         if need:
             check_free_space(directory, need, path=final)
-        with TempFiles(directory) as temps:
+        with TempFiles(directory, lock=lock) as temps:
             fd, tmp = temps.create(name, suffix=suffix)
             temps.close(fd)
             try:

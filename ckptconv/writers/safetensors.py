@@ -214,9 +214,9 @@ def write_safetensors(
     total = sum(o.nbytes for o in outputs)
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_raises())
-        stack.enter_context(OutputLock(dst))
+        lock = stack.enter_context(OutputLock(dst))
         plan = plan_output_set(dst, new_files, force=force, inputs=protect, index=index_path(dst))
-        temps = stack.enter_context(TempFiles(os.path.dirname(dst)))
+        temps = stack.enter_context(TempFiles(os.path.dirname(dst), lock=lock))
         background = _Background(check)
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
