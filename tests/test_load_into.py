@@ -596,3 +596,38 @@ def test_load_into_keras3_on_other_backends(fixtures, backend):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == [w for s in sources for w in ("ok", s)]
+
+
+def test_spec_mode_strips_the_saved_model_name_as_name_mode_does(tmp_path):
+    """A TF checkpoint of a Keras 3 Sequential records its own name in front
+    (``finetuned/enc1/kernel``). With a spec, the rules see the recorded names (as ``inspect``
+    lists them), and the weights they leave to pass through find their variables as without a
+    spec: the saved model's name stripped."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a tf.train.Checkpoint needs the TensorFlow backend")
+    import tensorflow as tf
+
+    source = _finetuned("finetuned", "head", 3)
+    for v in source.weights:
+        v.assign(np.random.default_rng(len(v.path)).standard_normal(v.shape).astype(np.float32))
+    path = tf.train.Checkpoint(model=source).write(str(tmp_path / "ckpt"))
+    saved = {v.path.split("/", 1)[1]: np.asarray(v) for v in source.weights}
+    with ckptconv.open(path) as store:
+        assert "finetuned/enc1/kernel" in store and "enc1/kernel" not in store
+
+    model = _finetuned("other", "classifier", 3)  # another model name, another head name
+    rules = {"rules": [{"layer": "finetuned/head", "to_layer": "classifier"}]}
+    report = load_into(model, path, rules)
+    assert report.ok and report.applied and report.mode == "spec"
+    by_target = {w.name: w for w in report.loaded}
+    assert sorted(by_target) == sorted(n.replace("head/", "classifier/") for n in saved)
+    assert by_target["enc1/kernel"].source == "finetuned/enc1/kernel"  # the report names what the file records
+    assert by_target["enc1/kernel"].matched_by == "name"
+    assert by_target["classifier/kernel"].matched_by == "spec"
+    for v in model.weights:
+        name = v.path.split("/", 1)[1]
+        assert_bit_exact(np.asarray(v), saved[name.replace("classifier/", "head/")], name)
+
+    # passthrough: false drops what no rule owns, as it says: nothing is renamed into place
+    with pytest.raises(LoadError, match="missing: no source for 'enc1/kernel'"):
+        load_into(_finetuned("other", "classifier", 3), path, {**rules, "passthrough": False})

@@ -20,7 +20,7 @@ from ..errors import LoadError, UsageError, problem
 from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
-from .match import Matching, match_by_order, match_by_plan, match_by_structure, without_model_name
+from .match import Matching, match_by_order, match_by_plan, match_by_structure, renamed, without_model_name
 from .report import LoadReport
 from .structure import Disagreement, StructureMatch, match_structure
 from .targets import LiveModel, require_built, restrict
@@ -134,7 +134,7 @@ def load_into(
         if by_order:
             match = match_by_order(live, store, include_all=include_all, cast=cast, dtype=wanted_dtype)
         elif mapping is not None:
-            match = match_by_plan(live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype)
+            match = _match_by_spec(live, store, mapping, include_all=include_all, cast=cast, dtype=wanted_dtype)
         else:
             match = _match_as_keras_does(
                 live, store, include_all=include_all, cast=cast, dtype=wanted_dtype, part=only is not None
@@ -188,6 +188,36 @@ def _match_as_keras_does(
                 f"the source's structure is not the model's ({found.kind}): {found.message}",
             ),
         )
+    return match
+
+
+def _match_by_spec(
+    live: LiveModel, store: Store, mapping: Any, *, include_all: bool, cast: bool, dtype: np.dtype | None
+) -> Matching:
+    """Match through the spec's rules; the weights they leave to pass through find their
+    variables as by name, the saved model's own name stripped as :func:`_match_as_keras_does`
+    does (a TensorFlow checkpoint's ``finetuned/enc1/kernel`` fills ``enc1/kernel``).
+
+    The rules see the names the source records (what ``inspect`` lists). Only a weight that
+    passes through to no variable, and whose name without the model's is a variable nothing
+    else fills, takes that name; then the spec is planned again with it.
+    """
+    from ..mapping import load_spec
+
+    spec = load_spec(mapping)  # parsed once for both plans
+    match = match_by_plan(live, store, spec, include_all=include_all, cast=cast, dtype=dtype)
+    unused = {w.name for w in match.report.unused}
+    if not unused:
+        return match
+    unfilled = {w.name for w in match.report.missing} | ({v.name for v in live.all_vars} - {v.name for v in live.vars})
+    _, candidates = without_model_name(live, store)
+    renames = {recorded: short for short, recorded in candidates.items() if recorded in unused and short in unfilled}
+    if not renames:
+        return match
+    view = renamed(store, renames)
+    match = match_by_plan(live, view, spec, include_all=include_all, cast=cast, dtype=dtype)
+    original = {short: recorded for recorded, short in renames.items()}
+    match.report.loaded = [replace(w, source=original.get(w.source, w.source)) for w in match.report.loaded]
     return match
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "match_by_plan",
     "match_by_structure",
     "without_model_name",
+    "renamed",
 ]
 
 
@@ -373,6 +374,11 @@ def without_model_name(live: LiveModel, store: Store) -> tuple[Store, dict[str, 
                 renames[name] = short
     if not renames:
         return store, {}
+    return renamed(store, renames), {short: name for name, short in renames.items()}
+
+
+def renamed(store: Store, renames: dict[str, str]) -> Store:
+    """A view of ``store`` with the entries ``renames`` names under new names (``{recorded
+    name: new name}``); the other entries, and every tensor's bytes, are the store's."""
     entries = [store[n].renamed(renames[n]) if n in renames else store[n] for n in store]
-    view = Store(entries, format=store.format, path=store.path, files=store.files, metadata=store.metadata)
-    return view, {short: name for name, short in renames.items()}
+    return Store(entries, format=store.format, path=store.path, files=store.files, metadata=store.metadata)
