@@ -31,15 +31,17 @@ def _this_host() -> dict[str, object]:
     return {"host": os.uname().nodename, "boot": boot}
 
 
-def start(fd: int) -> int | None:
+def start(fd: int) -> bool:
     """Begin the lock file's journal (``fd``: the lock file, held) with this writer's record;
-    returns its end, or None if it cannot be written (then nothing of this writer's is swept)."""
+    False if it cannot be written (then nothing of this writer's is swept)."""
     line = json.dumps({"ckptconv-writer": 1, **_this_host(), "pid": os.getpid()}) + "\n"
     try:
         os.ftruncate(fd, 0)
-        return os.pwrite(fd, line.encode("utf-8"), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, line.encode("utf-8"))  # written at the descriptor's offset: appends follow
     except OSError:
-        return None
+        return False
+    return True
 
 
 def _writer_gone(writer: dict[str, object]) -> bool:
@@ -87,13 +89,10 @@ def sweep(fd: int, directory: str) -> None:
                 os.unlink(path)
 
 
-def append(fd: int, end: int, temp_fd: int, path: str) -> int:
-    """Journal the temporary file ``path`` (open at ``temp_fd``) at ``end`` of the journal
-    (``fd``); returns the new end (the old one if it cannot be written: that file is then
-    not swept)."""
+def append(fd: int, temp_fd: int, path: str) -> None:
+    """Journal the temporary file ``path`` (open at ``temp_fd``) at the end of the journal
+    (``fd``); a journal that cannot grow leaves that file unrecorded (not swept)."""
     st = os.fstat(temp_fd)
     line = json.dumps({"temp": os.path.basename(path), "dev": st.st_dev, "ino": st.st_ino}) + "\n"
-    try:
-        return end + os.pwrite(fd, line.encode("utf-8"), end)
-    except OSError:
-        return end
+    with contextlib.suppress(OSError):
+        os.write(fd, line.encode("utf-8"))

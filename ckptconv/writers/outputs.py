@@ -231,7 +231,7 @@ class OutputLock:
         self.final = final
         self.path = os.path.join(directory, hidden_name(name, ".lock", directory=directory))
         self._fd: int | None = None
-        self._journal: int | None = None  # the end of the journal, once the lock is held
+        self._journal = False  # whether this writer journals its temporary files (lock held)
 
     def __enter__(self) -> OutputLock:
         directory = os.path.dirname(self.path)
@@ -301,8 +301,8 @@ class OutputLock:
     def record(self, fd: int, path: str) -> None:
         """Journal a temporary file this writer created (``fd`` open on it), so that the next
         writer of the output removes it if this process is killed before it can."""
-        if self._fd is not None and self._journal is not None:  # else no lock: nothing to sweep
-            self._journal = journal.append(self._fd, self._journal, fd, path)
+        if self._fd is not None and self._journal:  # else no lock: nothing may be swept later
+            journal.append(self._fd, fd, path)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -311,7 +311,7 @@ class OutputLock:
                     os.unlink(self.path)  # removed while still held: the next one retries
                 os.close(self._fd)
                 self._fd = None
-                self._journal = None
+                self._journal = False
 
 
 # --- temporary files -------------------------------------------------------------------------
