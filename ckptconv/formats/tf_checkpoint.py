@@ -407,31 +407,28 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
 
 def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
     """Every tensor's name and kind, in model order (object graph) or key order (TF1)."""
-    keys = [k for k in index.entries if k != OBJECT_GRAPH_KEY]
-    planned = []
+    entries = index.entries
     if nodes is None:
-        scopes = tf1_optimizer_scopes(index.entries)
-        for key in sorted(keys, key=natural_key):
-            entry = index.entries[key]
-            kind = tf1_kind(key, entry, index.entries, scopes)
-            planned.append(_Planned(key, key, kind, entry))
-        return planned
+        scopes = tf1_optimizer_scopes(entries)
+        return [
+            _Planned(key, key, tf1_kind(key, entries[key], entries, scopes), entries[key])
+            for key in sorted((k for k in entries if k != OBJECT_GRAPH_KEY), key=natural_key)
+        ]
     roles = object_roles(nodes)
-    last = len(roles)
-    # graph order (each key's own); keys outside the graph after, in natural order (only
-    # they can tie, so only they need a natural key)
-    ranked = sorted(keys, key=lambda k: (roles[k].order, ()) if k in roles else (last, natural_key(k)))
-    for key in ranked:
-        entry = index.entries[key]
-        role = roles.get(key)
-        if role is None:  # saved by a registered saver or outside the graph: no full name
-            kind: Kind = "bookkeeping" if entry.dtype == _STRING else "weight"
-            planned.append(_Planned(key, key, kind, entry))
+    planned = []
+    for key, role in roles.items():  # graph order: the roles are made in it
+        entry = entries.get(key)
+        if entry is None or key == OBJECT_GRAPH_KEY:
             continue
         kind = role.kind
         if role.counter and entry.dtype in INTEGER_CODES:
             kind = "bookkeeping"
         planned.append(_Planned(key, role.full_name or key, kind, entry))
+    # saved by a registered saver or outside the graph: no full name; after the graph's, in
+    # natural order
+    for key in sorted((k for k in entries if k not in roles and k != OBJECT_GRAPH_KEY), key=natural_key):
+        entry = entries[key]
+        planned.append(_Planned(key, key, "bookkeeping" if entry.dtype == _STRING else "weight", entry))
     # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
     # as ``net/kernel``, several times) are named from their object path instead; those that
     # still collide (or equal another tensor's key) fall back to the key
@@ -441,6 +438,8 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
 
 def _unique_or(planned: list[_Planned], rename: Callable[[_Planned], str]) -> list[_Planned]:
     """``planned`` with every name shared by several tensors replaced by ``rename(p)``."""
+    if len({p.name for p in planned}) == len(planned):
+        return planned  # the usual case: nothing shared
     counts: dict[str, int] = {}
     for p in planned:
         counts[p.name] = counts.get(p.name, 0) + 1
