@@ -302,22 +302,19 @@ def _common_entry(data: bytes) -> BundleEntry | None:
             return None
         shape, unknown_rank = _shape_message(data[pos + 2 : stop])
         pos = stop
-    values = [0, 0, 0]  # shard_id, offset, size: tags 0x18, 0x20, 0x28, in that order
-    for slot, tag in ((0, 0x18), (1, 0x20), (2, 0x28)):
-        if pos < end and data[pos] == tag:
-            pos += 1
-            value = 0
-            shift = 0
-            while True:
-                if pos >= end or shift > 63:
-                    return None  # truncated, or longer than 10 bytes
-                byte = data[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
-            values[slot] = value if value < 1 << 63 else _signed64(value)
+    shard_id = offset = size = 0
+    if pos < end and data[pos] == 0x18:
+        shard_id, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
+    if pos < end and data[pos] == 0x20:
+        offset, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
+    if pos < end and data[pos] == 0x28:
+        size, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
     crc = 0
     if pos < end and data[pos] == 0x35:
         if pos + 5 > end:
@@ -326,7 +323,33 @@ def _common_entry(data: bytes) -> BundleEntry | None:
         pos += 5
     if pos != end:
         return None
-    return BundleEntry(dtype, shape, unknown_rank, values[0], values[1], values[2], crc, ())
+    return BundleEntry(dtype, shape, unknown_rank, shard_id, offset, size, crc, ())
+
+
+def _common_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An int64 varint at ``pos``, as the general decoder reads it, and the position after it;
+    position -1 where the general decoder would refuse it (truncated, over 10 bytes)."""
+    if pos + 2 < end:  # up to three bytes (offsets below 2 MiB, sizes) without a loop
+        low = data[pos]
+        if low < 0x80:
+            return low, pos + 1
+        middle = data[pos + 1]
+        if middle < 0x80:
+            return (low & 0x7F) | middle << 7, pos + 2
+        high = data[pos + 2]
+        if high < 0x80:
+            return (low & 0x7F) | (middle & 0x7F) << 7 | high << 14, pos + 3
+    value = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            return 0, -1
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (value if value < 1 << 63 else _signed64(value)), pos
+        shift += 7
 
 
 def general_bundle_entry(data: bytes) -> BundleEntry:
