@@ -516,16 +516,18 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
     None (then the general decoder decides, and gives every error); never raises.
 
     The layout: each field a one-byte tag and a length of at most two bytes; children
-    ``08 <node id> 12 <length> <local_name>``; attributes ``0a <length> <name> 12 <length>
-    <full_name> 1a <length> <checkpoint_key>``; slot variables ``08 <node id> 12 <length>
+    ``08 <node id> 12 <length> <local_name>`` (the id left out when 0: the root); attributes
+    ``0a <length> <name> 12 <length> <full_name> 1a <length> <checkpoint_key>`` (each left
+    out when empty, as proto3 writes them); slot variables ``08 <node id> 12 <length>
     <slot_name> 18 <node id>``; the fields not read here (``saveable_objects``,
     ``has_checkpoint_values``, ``registered_saver`` and unknown ones) length-delimited.
-    Node ids are varints of at most 9 bytes (below 2**63), left out when 0; lengths inside a
-    field one byte (two for a checkpoint key).
+    Node ids below 2**63 (varints of at most 9 bytes); lengths inside a field one byte (two
+    for a checkpoint key).
     """
     children: list[ObjectReference] = []
     attributes: list[SerializedTensor] = []
     slots: list[SlotVariable] = []
+    reference = ObjectReference
     try:
         while pos < end:
             tag = buf[pos]
@@ -542,45 +544,46 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
             if stop > end:
                 return None
             if tag == 0x0A:  # a child (node 0, the root, has its id left out)
+                if buf[pos] != 0x08:
+                    node_id, at = 0, pos
+                elif buf[pos + 1] < 0x80:
+                    node_id, at = buf[pos + 1], pos + 2
+                elif buf[pos + 2] < 0x80:
+                    node_id, at = (buf[pos + 1] & 0x7F) | buf[pos + 2] << 7, pos + 3
+                else:
+                    node_id, at = _node_id(buf, pos + 1)
+                name_length = buf[at + 1]
+                if buf[at] != 0x12 or name_length >= 0x80 or at + 2 + name_length != stop:
+                    return None
+                children.append(reference(node_id, buf[at + 2 : stop].decode("utf-8")))
+            elif tag == 0x12:  # a saved tensor: name, full_name, checkpoint_key, each optional
+                name = full_name = key = ""
                 at = pos
-                node_id = 0
-                if buf[at] == 0x08:
-                    at += 1
-                    shift = 0
-                    while True:
-                        byte = buf[at]
-                        at += 1
-                        node_id |= (byte & 0x7F) << shift
-                        if byte < 0x80:
-                            break
-                        shift += 7
-                        if shift > 56:
-                            return None
-                if at + 2 + buf[at + 1] != stop or buf[at] != 0x12 or buf[at + 1] >= 0x80:
-                    return None
-                children.append(ObjectReference(node_id, buf[at + 2 : stop].decode("utf-8")))
-            elif tag == 0x12:  # a saved tensor
-                if buf[pos] != 0x0A or buf[pos + 1] >= 0x80:
-                    return None
-                a = pos + 2 + buf[pos + 1]
-                if buf[a] != 0x12 or buf[a + 1] >= 0x80:
-                    return None
-                b = a + 2 + buf[a + 1]
-                if buf[b] != 0x1A:
-                    return None
-                key_length = buf[b + 1]
-                c = b + 2
-                if key_length >= 0x80:
-                    if buf[c] >= 0x80:
+                if at < stop and buf[at] == 0x0A:
+                    cut = at + 2 + buf[at + 1]
+                    if buf[at + 1] >= 0x80 or cut > stop:
                         return None
-                    key_length = (key_length & 0x7F) | buf[c] << 7
-                    c += 1
-                if c + key_length != stop:
+                    name = buf[at + 2 : cut].decode("utf-8")
+                    at = cut
+                if at < stop and buf[at] == 0x12:
+                    cut = at + 2 + buf[at + 1]
+                    if buf[at + 1] >= 0x80 or cut > stop:
+                        return None
+                    full_name = buf[at + 2 : cut].decode("utf-8")
+                    at = cut
+                if at < stop and buf[at] == 0x1A:
+                    key_length = buf[at + 1]
+                    at += 2
+                    if key_length >= 0x80:  # a key of 128 bytes or more
+                        if buf[at] >= 0x80:
+                            return None
+                        key_length = (key_length & 0x7F) | buf[at] << 7
+                        at += 1
+                    key = buf[at : at + key_length].decode("utf-8")
+                    at += key_length
+                if at != stop:
                     return None
-                attributes.append(SerializedTensor(
-                    buf[pos + 2 : a].decode("utf-8"), buf[a + 2 : b].decode("utf-8"),
-                    buf[c:stop].decode("utf-8"),
-                ))
+                attributes.append(SerializedTensor(name, full_name, key))
             elif tag == 0x1A:  # a slot variable: rare enough for the scan
                 fields = _scan(buf, pos, stop)
                 if [f[:2] for f in fields] != [(1, VARINT), (2, LENGTH), (3, VARINT)]:
@@ -594,7 +597,27 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
             pos = stop
     except (IndexError, UnicodeDecodeError, WireError):
         return None  # ran past the end (the general decoder says where), or not UTF-8
+    if not (children or attributes or slots):
+        return _EMPTY_NODE
     return TrackableObject(tuple(children), tuple(attributes), tuple(slots))
+
+
+_EMPTY_NODE = TrackableObject()
+
+
+def _node_id(buf: bytes, pos: int) -> tuple[int, int]:
+    """A node id varint of three to nine bytes at ``pos`` and the position after it (past
+    the end of ``buf`` for a longer one, which :func:`_common_node` then leaves)."""
+    node_id = 0
+    shift = 0
+    while shift < 63:
+        byte = buf[pos]
+        pos += 1
+        node_id |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return node_id, pos
+        shift += 7
+    return 0, len(buf)
 
 
 def general_object_graph(data: bytes) -> list[TrackableObject]:
