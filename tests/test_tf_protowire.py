@@ -429,3 +429,26 @@ def test_object_graphs_and_their_damage_decode_the_same_both_ways(nodes: list[Tr
     assert parse_object_graph(encoded) == nodes == general_object_graph(encoded)
     if encoded:
         _both_ways(data.draw(st.sampled_from(_mutations(encoded)), label="damaged"))
+
+
+@pytest.mark.parametrize("label", ["tfkeras", "keras3", "dtypes"])
+def test_damaged_nodes_alone_are_read_as_the_general_decoder_reads_them_or_left_to_it(tf_dir: Path, label: str) -> None:
+    """Each real node on its own, damaged (so that fields run past the end of the buffer):
+    the common reader never raises, and what it reads is what the general decoder reads."""
+    graph = object_graph_bytes(json.loads((tf_dir / f"{label}.case.json").read_text())["prefix"])
+    read = 0
+    for field in _scan(graph, 0, len(graph)):
+        for body in _mutations(graph[field[2] : field[3]]):
+            node = _common_node(body, 0, len(body))
+            if node is not None:
+                assert _outcome(general_object_graph, _field(1, body)) == ("value", [node])
+                read += 1
+    assert read > 50
+
+
+def test_a_graph_is_framed_whole_before_any_node_left_to_the_general_decoder_is_read() -> None:
+    # node 0 is damaged in a layout the common reader leaves (fields out of order, a name
+    # that is not UTF-8); the graph's last field runs past its end: that is the error reported
+    graph = _field(1, _field(1, _field(2, b"\xff") + _field(1, 3))) + b"\x0a\x05ab"
+    expected = ("WireError", "length-delimited field runs past the end of the message")
+    assert _outcome(parse_object_graph, graph) == _outcome(general_object_graph, graph) == expected
