@@ -286,8 +286,9 @@ def _common_entry(data: bytes) -> BundleEntry | None:
     else (then the general decoder decides, and gives every error): ``08 <dtype>``, then
     ``12 <length> <shape>`` with a one-byte length, ``18 <shard_id>``, ``20 <offset>``,
     ``28 <size>``, ``35 <crc32c, 4 bytes>``, each optional, in that order, nothing after.
-    Never raises (a damaged shape raises in :func:`_shape_message`, the same call the general
-    decoder makes first on such bytes)."""
+    Raises only where the general decoder raises the same: a damaged shape, in
+    :func:`_shape_message`, which the general decoder calls on the same bytes after the same
+    dtype field."""
     end = len(data)
     if end < 2 or data[0] != 0x08 or data[1] >= 0x80:
         return None
