@@ -579,7 +579,9 @@ def _byte_range(
             path=path,
             tensor=key,
         )
-    return ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
+    # the readers hand over absolute paths (made so once per file): abspath only for others
+    absolute = data_path if data_path[:1] == os.sep else os.path.abspath(data_path)
+    return ByteRange(absolute, base_offset + offset, nbytes)
 
 
 def resolve(catalog: Catalog, path: str) -> int | None:
