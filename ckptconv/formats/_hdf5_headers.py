@@ -432,7 +432,7 @@ def _distinct(
     by a 64-bit hash of the message, each group's messages then compared byte for byte with
     its first: a row that differs (a hash collision) is left out, for object_header."""
     decoded: dict[int, Any] = {}
-    for length in np.unique(sizes[rows]).tolist():
+    for length in sorted(set(sizes[rows].tolist())):  # (np.unique would import numpy.ma)
         chosen = np.flatnonzero(rows & (sizes == length))
         if not length:
             decoded.update(dict.fromkeys(chosen.tolist(), parse(b"")))
