@@ -307,6 +307,7 @@ def _element_count(space: bytes) -> int | None:
 _BATCH_TYPES = frozenset({0x00, _DATASPACE, _DATATYPE, 0x04, 0x05, _LAYOUT, 0x0E, 0x12, _SYMBOL_TABLE})
 _BATCH_MESSAGES = 16  # more messages than this in one header: object_header reads it
 _BATCH_ROWS = 8192  # headers gathered per numpy pass (8192 x 512 bytes)
+_MIX = 0x100000001B3  # the multiplier of the messages' 64-bit hash (the FNV prime)
 
 
 def object_headers(
@@ -374,12 +375,14 @@ def _batch(
     )
     # a dataset's layout: version 3, contiguous, then address and size (8 bytes each); a
     # group's symbol table message: B-tree and local heap addresses
-    layout = _words(heads, found[_LAYOUT] + 2, 2)
+    words = _Words(heads)
+    layout = words(found[_LAYOUT] + 2, 2)
     dataset &= (heads[every, found[_LAYOUT]] == 3) & (heads[every, found[_LAYOUT] + 1] == 1)
     ok &= group | dataset
-    symbols = _words(heads, found[_SYMBOL_TABLE], 2)
-    shapes = _distinct(heads, found[_DATASPACE], sizes[_DATASPACE], dataset & ok, _dataspaces, _dataspace)
-    dtypes = _distinct(heads, found[_DATATYPE], sizes[_DATATYPE], dataset & ok, _datatypes, _datatype)
+    symbols = words(found[_SYMBOL_TABLE], 2)
+    chosen = dataset & ok
+    shapes = _distinct(heads, words, found[_DATASPACE], sizes[_DATASPACE], chosen, _dataspaces, _dataspace)
+    dtypes = _distinct(heads, words, found[_DATATYPE], sizes[_DATATYPE], chosen, _datatypes, _datatype)
     out: list[Header | None] = [None] * n
     data_at, data_size = layout[:, 0].tolist(), layout[:, 1].tolist()
     btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
@@ -392,10 +395,11 @@ def _batch(
         if offset == _UNDEFINED:
             out[i] = Header("dataset", False, None, None, None, length, [], ())
             continue
-        shape, dtype = shapes.get(i), dtypes.get(i)
-        if shape is None or dtype is None:
-            if i in shapes and i in dtypes:  # decoded: not a plain shape or dtype
-                out[i] = Header("dataset", False, None, None, offset, length, [], ())
+        shape, dtype = shapes[i], dtypes[i]
+        if shape is _UNSEEN or dtype is _UNSEEN:  # a hash collision: object_header decides
+            continue
+        if shape is None or dtype is None:  # not a plain shape or dtype
+            out[i] = Header("dataset", False, None, None, offset, length, [], ())
             continue
         count = 1
         for d in shape:
@@ -415,44 +419,55 @@ def rows(read: Callable[[int, int], bytes], image: np.ndarray | None, addresses:
     return np.frombuffer(joined, np.uint8).reshape(len(addresses), width)
 
 
-def _words(heads: np.ndarray, at: np.ndarray, count: int) -> np.ndarray:
-    """``count`` little-endian 8-byte words from each row of ``heads``, at column ``at[i]``
-    (zeros where that runs past the row)."""
-    n, width = heads.shape
-    columns = np.minimum(at[:, None] + np.arange(8 * count), width - 1)
-    return np.ascontiguousarray(heads[np.arange(n)[:, None], columns]).view("<u8")
+class _Words:
+    """Little-endian 8-byte words at any byte of a batch's rows (``heads``, n x width)."""
+
+    def __init__(self, heads: np.ndarray) -> None:
+        self.width = heads.shape[1]
+        flat = np.concatenate([heads.reshape(-1), np.zeros(8, np.uint8)])  # a word may end past a row
+        # one 8-byte word starting at every byte: a view of the same memory, no copy
+        self.at_byte = np.ndarray((flat.size - 7,), "<u8", flat, 0, (1,))
+        self.row_start = np.arange(heads.shape[0], dtype=np.int64) * self.width
+
+    def __call__(self, at: np.ndarray, count: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """``count`` words from each row (or each of ``rows``), the first at column ``at[i]``
+        (clamped into the row: rows whose message is not there are of no use anyway)."""
+        first = self.row_start if rows is None else self.row_start[rows]
+        start = first + np.minimum(at, self.width - 8 * count)
+        return np.stack([self.at_byte[start + 8 * w] for w in range(count)], axis=1)
 
 
 def _distinct(
-    heads: np.ndarray, at: np.ndarray, sizes: np.ndarray, rows: np.ndarray,
+    heads: np.ndarray, words: _Words, at: np.ndarray, sizes: np.ndarray, rows: np.ndarray,
     memo: dict[bytes, Any], parse: Callable[[bytes], Any],
-) -> dict[int, Any]:
+) -> list[Any]:
     """Each of ``rows``' message (``sizes[i]`` bytes at column ``at[i]``) decoded by
-    ``parse``, each distinct message once (through ``memo``), by row index. Rows are grouped
-    by a 64-bit hash of the message, each group's messages then compared byte for byte with
-    its first: a row that differs (a hash collision) is left out, for object_header."""
-    decoded: dict[int, Any] = {}
+    ``parse``, each distinct message once (through ``memo``), by row index (``_UNSEEN`` for
+    rows not decoded). Rows are grouped by a 64-bit hash of the message, each group's
+    messages then compared word for word with its first: a row that differs (a hash
+    collision) is left out, for object_header."""
+    decoded = np.full(len(sizes), _UNSEEN, object)
     for length in sorted(set(sizes[rows].tolist())):  # (np.unique would import numpy.ma)
         chosen = np.flatnonzero(rows & (sizes == length))
         if not length:
-            decoded.update(dict.fromkeys(chosen.tolist(), parse(b"")))
+            decoded[chosen] = [parse(b"")] * len(chosen)
             continue
-        padded = -(-length // 8) * 8
-        columns = np.minimum(at[chosen][:, None] + np.arange(padded), heads.shape[1] - 1)
-        cells = np.ascontiguousarray(heads[chosen[:, None], columns])
-        cells[:, length:] = 0
-        words = cells.view("<u8")
-        digest = words[:, 0].copy()
-        for column in range(1, words.shape[1]):
-            digest = digest * np.uint64(0x100000001B3) + words[:, column]
+        count = -(-length // 8)
+        chosen = chosen[at[chosen] + 8 * count <= words.width]  # the rest: object_header
+        cells = words(at[chosen], count, chosen)
+        if length % 8:
+            cells[:, -1] &= np.uint64((1 << (8 * (length % 8))) - 1)
+        digest = cells[:, 0].copy()
+        for column in range(1, count):
+            digest = digest * np.uint64(_MIX) + cells[:, column]
         _, first, which = np.unique(digest, return_index=True, return_inverse=True)
         which = which.ravel()
-        same = (words == words[first[which]]).all(axis=1)
-        values = []
-        for row in first.tolist():
-            data = cells[row, :length].tobytes()
+        same = (cells == cells[first[which]]).all(axis=1)
+        values = np.empty(len(first), object)
+        starts = at[chosen].tolist()
+        for w, row in enumerate(first.tolist()):
+            data = heads[chosen[row], starts[row] : starts[row] + length].tobytes()
             value = memo.get(data, _UNSEEN)
-            values.append(_remember(memo, data, parse(data)) if value is _UNSEEN else value)
-        keep = same.tolist()
-        decoded.update((i, values[w]) for i, w, k in zip(chosen.tolist(), which.tolist(), keep) if k)
-    return decoded
+            values[w] = _remember(memo, data, parse(data)) if value is _UNSEEN else value
+        decoded[chosen[same]] = values[which[same]]
+    return decoded.tolist()
