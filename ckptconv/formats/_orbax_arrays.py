@@ -44,6 +44,7 @@ _ARRAY_CACHE = "cache_pool#arrays"
 _AHEAD_BYTES = 32 * 2**20  # most bytes of array data read ahead of the entries asking for it
 _AHEAD_ARRAYS = 64  # most arrays opened and read together
 _MAX_TREE_HEIGHT = 64
+_MISSING: Any = object()  # a key the database does not hold
 
 
 def import_tensorstore(path: Path) -> Any:
@@ -222,30 +223,31 @@ class Arrays:
         if not self.ocdbt:
             return [read_json(self.tree / p / self.meta_name, what=f"{p}/{self.meta_name}") for p in params]
         stored = self._stored_metadata()
-        raws: list[bytes | None] = []
-        by_key: dict[bytes, Any] = {}  # values stored out of line: read by key, all together
-        for param, name in zip(params, names):
-            key = f"{param}/{self.meta_name}".encode()
-            if key not in stored:
+        suffix = "/" + self.meta_name
+        keys = [(param + suffix).encode() for param in params]
+        raws = list(map(stored.get, keys, [_MISSING] * len(keys)))
+        out = []
+        parsed: dict[bytes, Any] = {}  # arrays of one shape and dtype have the same metadata
+        late: dict[bytes, Any] = {}  # values stored out of line: read by key, all together
+        for key, raw, name in zip(keys, raws, names):
+            if raw is None and key not in late:
+                late[key] = self.kvstore.read(key)
+        for key, raw, name in zip(keys, raws, names):
+            if raw is _MISSING:
                 raise CorruptFileError(
                     f"_METADATA lists this array but the OCDBT database has no "
                     f"{key.decode()!r}: an incomplete checkpoint",
                     path=self.tree,
                     tensor=name,
                 )
-            raw = stored[key]
-            if raw is None and key not in by_key:
-                by_key[key] = self.kvstore.read(key)
-            raws.append(raw)
-        out = []
-        parsed: dict[bytes, Any] = {}  # arrays of one shape and dtype have the same metadata
-        for param, name, raw in zip(params, names, raws):
+            value = parsed.get(raw)  # type: ignore[arg-type]
+            if value is not None:
+                out.append(value)
+                continue
             try:
                 if raw is None:
-                    raw = by_key[f"{param}/{self.meta_name}".encode()].result().value
-                value = parsed.get(raw)
-                if value is None:
-                    value = parsed[raw] = json.loads(raw)
+                    raw = late[key].result().value
+                value = parsed[raw] = json.loads(raw)
                 out.append(value)
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, tensor=name) from e
@@ -330,21 +332,21 @@ class Arrays:
         )
 
     def _take(self, param: str) -> Any:
-        """The future of ``param``'s data, read ahead or now; starts the next batch when this
-        one is handed out."""
+        """The future of ``param``'s data (or the error opening it), read ahead or now; in
+        order, the next batch starts when the last of this one is handed out."""
         with self._lock:
+            position = self._position.get(param)
+            in_order = position is not None and position == self._next
             if param not in self._reading and param not in self._opening:
-                in_order = self._position.get(param) == self._next
                 self._opening.clear()  # what was read ahead is not what is asked for: drop it
                 self._reading.clear()
                 self._batch = min(self._batch * 2, _AHEAD_ARRAYS) if in_order else 1
-                self._start(self._position.get(param), first=param)
+                self._start(position, first=param)
             if param in self._opening:
                 self._start_reads()
             future = self._reading.pop(param)
-            position = self._position.get(param)
-            self._next = position + 1 if position is not None else 0
-            if not self._reading and not self._opening and position is not None:
+            self._next = position + 1 if position is not None else -1
+            if in_order and not self._reading and not self._opening:
                 self._batch = min(self._batch * 2, _AHEAD_ARRAYS)
                 self._start(position + 1)
         if isinstance(future, Exception):
@@ -356,7 +358,7 @@ class Arrays:
         bound); ``first`` (asked for now) is opened whatever its size."""
         batch = [first] if first is not None else []
         held = 0
-        if position is not None:
+        if position is not None and self._batch > len(batch):
             for param in self._order[position + len(batch) : position + self._batch]:
                 held += self._sizes.get(param, 0)
                 if held > _AHEAD_BYTES:

@@ -232,15 +232,18 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     for label, item in tree.items():
-        keys = item.get("key_metadata") if isinstance(item, dict) else None
-        value = item.get("value_metadata") if isinstance(item, dict) else None
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "key" in k for k in keys):
+        try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
+            keys = item["key_metadata"]
+            parts = tuple([str(k["key"]) for k in keys]) if isinstance(keys, list) else ()
+        except (TypeError, KeyError):
+            parts = ()
+        if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
-        parts = tuple(str(k["key"]) for k in keys)
         for part in parts:
             if part not in checked:
                 _check_key_part(part, path=path)
                 checked.add(part)
+        value = item.get("value_metadata")
         value = value if isinstance(value, dict) else {}
         value_type = str(value.get("value_type", "jax.Array"))
         if value.get("skip_deserialize") or value_type not in _ARRAY_TYPES:
@@ -286,7 +289,15 @@ def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
     """Sort key of a layer path: the config's layer order, part by part."""
     rank = {name: i for i, name in enumerate(layer_infos(config))} if config is not None else {}
     unknown = len(rank)
-    return lambda layer: tuple(rank.get(part, unknown) for part in layer.split("/"))
+    known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
+
+    def key(layer: str) -> tuple[int, ...]:
+        found = known.get(layer)
+        if found is None:
+            found = known[layer] = tuple(rank.get(part, unknown) for part in layer.split("/"))
+        return found
+
+    return key
 
 
 def open(path: Path) -> Store:  # noqa: A001
@@ -313,6 +324,7 @@ def open(path: Path) -> Store:  # noqa: A001
     config = _model_config(step_dir)
 
     entries: list[Entry] = []
+    where = os.fspath(tree)
     described: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}  # by the metadata object: shared
     for (parts, _), param, key, zmeta in zip(leaves, params, keys, zarr_meta):
         found = described.get(id(zmeta))
@@ -326,7 +338,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 key=param,
                 shape=shape,
                 dtype=dtype,
-                path=tree,
+                path=where,
                 loader=arrays.loader(param, name=key, dtype=dtype, shape=shape),
                 kind=kind,
                 tree_path=key,
