@@ -20,7 +20,8 @@ checkpoint) is read the same way, every array a weight named by its full pytree 
 Storage is read with tensorstore (the optional extra ``ckptconv[orbax]``), imported only when
 an Orbax checkpoint is opened; neither JAX nor Orbax is ever imported. Opening reads metadata
 only (``_METADATA``, the OCDBT manifest and B-tree, each array's zarr metadata); each array is
-read on demand. Anything that would take a read outside the checkpoint is refused: pytree keys
+read on demand, with those that follow it in the store's order (see :mod:`._orbax_arrays`).
+Anything that would take a read outside the checkpoint is refused: pytree keys
 that are path parts (``..``, ``/``), paths or kvstore specs in ``_METADATA``, OCDBT data files
 outside the database directory, links leading out of the step directory.
 """
