@@ -319,6 +319,7 @@ def open(path: Path) -> Store:  # noqa: A001
     ts = import_tensorstore(path)
     use_ocdbt = bool(meta.get("use_ocdbt", (tree / "manifest.ocdbt").is_file()))
     arrays = Arrays(ts, tree, ocdbt=use_ocdbt, zarr3=bool(meta.get("use_zarr3", False)))
+    del meta  # tens of MB of JSON objects for 10,000 leaves: gone before the B-tree is read
     params = [".".join(parts) for parts, _ in leaves]
     keys = ["/".join(parts) for parts, _ in leaves]
     zarr_meta = arrays.metadata(params, keys)
