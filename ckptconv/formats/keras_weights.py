@@ -36,7 +36,7 @@ from ._hdf5 import (
     open_h5,
 )
 from ._hdf5_headers import Header
-from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
+from ._keras_quantized import QUANTIZED_VARIABLES, float_by_config, quantized_names
 
 FORMAT = "keras-weights-h5"
 
@@ -473,7 +473,9 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(_INDEX_SUFFIX.sub("", parent), "lstm_cell")
-    if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
+    if (cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES) and not (
+        info is not None and float_by_config(cls, info.config)
+    ):
         stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in range(count))]
         quantized = quantized_names(cls, stored, info.config if info else None)
         if quantized is not None:
