@@ -144,8 +144,9 @@ def test_legacy_join_is_the_general_rule(group: list[str], name: list[str]) -> N
                                   mmap.ALLOCATIONGRANULARITY + 7, 3 * mmap.ALLOCATIONGRANULARITY])
 def test_image_reader_reads_a_member_like_its_bytes(tmp_path: Path, base: int) -> None:
     """The metadata pass's reads of a stored member (mapped from the page holding its first
-    byte) are slices of the member's bytes, up to its end, wherever in the file it starts; a
-    window claiming more than the file holds ends with the file."""
+    byte) are slices of the member's bytes, up to its end, wherever in the file it starts, and
+    the mapping it searches holds them where it says; a window claiming more than the file
+    holds ends with the file."""
     data = bytes(np.random.default_rng(base).integers(0, 256, 5 * mmap.ALLOCATIONGRANULARITY, np.uint8))
     path = tmp_path / "archive"
     path.write_bytes(data)
@@ -155,6 +156,8 @@ def test_image_reader_reads_a_member_like_its_bytes(tmp_path: Path, base: int) -
         reader = _hdf5._ImageReader(window)
         try:
             assert reader.size == len(member)
+            # the mapping the GCOL scan searches in place holds the member where it says
+            assert reader.mapped[reader.base : reader.base + reader.size] == member
             for offset in {0, 1, length // 2, len(member) - 1, len(member), len(member) + 5, 2**40}:
                 for n in (0, 1, 8, 4096, len(member) + 10):
                     assert reader.read(offset, n) == member[offset : offset + n], (length, offset, n)
