@@ -202,36 +202,44 @@ def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | No
 
 
 class _ImageReader:
-    """``read(offset, n)`` over an HDF5 image given as a path (memory-mapped: the metadata
-    pass reads tens of thousands of small headers) or a seekable file object."""
+    """``read(offset, n)`` over an HDF5 image given as a path or a stored zip member (an
+    object with ``image_region()``), memory-mapped: the metadata pass reads tens of thousands
+    of small headers, each one slice of the map; or over a seekable file object. Offsets are
+    image offsets (non-negative); a read stops at the image's end."""
 
     def __init__(self, source: str | os.PathLike[str] | Any) -> None:
         self._map: mmap.mmap | None = None
         self._obj: Any = None
-        self._base = 0
+        lead = 0  # where the image starts in the map
         region = getattr(source, "image_region", None)  # a stored zip member: map its bytes
         if isinstance(source, (str, os.PathLike)) or region is not None:
-            path, self._base, length = (source, 0, None) if region is None else region()
+            path, base, length = (source, 0, None) if region is None else region()
             with builtins.open(path, "rb") as f:
                 end = os.fstat(f.fileno()).st_size
-                self.size = end - self._base if length is None else min(length, end - self._base)
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if end else None
+                self.size = max(0, end - base if length is None else min(length, end - base))
+                if self.size:
+                    # the map starts at the page holding the image's first byte (a member's
+                    # data rarely starts on a page boundary) and ends with the image
+                    lead = base % mmap.ALLOCATIONGRANULARITY
+                    self._map = mmap.mmap(
+                        f.fileno(), lead + self.size, access=mmap.ACCESS_READ, offset=base - lead
+                    )
         else:
             self._obj = source
             self.size = source.seek(0, os.SEEK_END)
         image = self._map
         # the image in place when memory-mapped (search it, do not slice it): the mapping
         # and where the image starts in it
-        self.mapped, self.base = image, self._base
-        if image is not None and self._base == 0 and self.size == len(image):
-            self.read = lambda offset, n: image[offset : offset + n]  # type: ignore[method-assign]
+        self.mapped, self.base = image, lead
+        if image is not None:  # one slice a read (bounded by the map, which ends with the image)
+            if lead:
+                self.read = lambda offset, n: image[lead + offset : lead + offset + n]  # type: ignore[method-assign]
+            else:
+                self.read = lambda offset, n: image[offset : offset + n]  # type: ignore[method-assign]
 
     def read(self, offset: int, n: int) -> bytes:
-        if self._obj is None:
-            if self._map is None or offset >= self.size:
-                return b""
-            start = self._base + offset
-            return self._map[start : start + min(n, self.size - offset)]
+        if self._obj is None:  # nothing mapped: an empty image
+            return b""
         self._obj.seek(offset)
         return self._obj.read(n)
 
