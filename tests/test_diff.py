@@ -308,6 +308,26 @@ def test_report_json_is_one_object(twin):
     assert os.path.basename(report["b"]["path"]) == "k3ckpt"
 
 
+def test_json_tells_a_difference_from_a_failure(twin, tmp_path):
+    """Both exit 1 with "ok": false; "error" is null when the comparison ran (and "equal"
+    answers), the error object when it could not run (and there is no report)."""
+    same = json.loads(run_cli("diff", twin / "k3.keras", twin / "k3.safetensors", "--json").stdout)
+    assert same["ok"] is True and same["error"] is None and same["equal"] is True
+    changed = tmp_path / "changed.safetensors"
+    st_copy(twin / "k3.safetensors", changed, lambda arrays: arrays.pop("head/bias"))
+    differ = run_cli("diff", twin / "k3.keras", changed, "--json")
+    assert differ.returncode == 1
+    doc = json.loads(differ.stdout)
+    assert doc["ok"] is False and doc["error"] is None and doc["equal"] is False
+    assert [t["name"] for t in doc["only_in_a"]] == ["head/bias"]
+    changed.write_bytes(changed.read_bytes()[:-4])  # the last tensor's data cut short
+    failed = run_cli("diff", twin / "k3.keras", changed, "--json")
+    assert failed.returncode == 1
+    doc = json.loads(failed.stdout)
+    assert doc["ok"] is False and doc["error"]["exit"] == 1 and "changed.safetensors" in doc["error"]["message"]
+    assert "equal" not in doc and "tensors" not in doc
+
+
 def test_no_name_in_common_points_at_suggest() -> None:
     """Two sides with no name in common (the same weights under PyTorch and Keras names) say
     how to pair them; sides that share names do not."""

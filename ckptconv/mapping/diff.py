@@ -29,9 +29,10 @@ import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating
 from ..errors import PlanError, UsageError
+from ..formats import open_source
 from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store, shape_text
-from .plan import TargetTensor, build_plan
+from .aliases import AliasTable
 from .report import table_lines
 
 __all__ = ["diff", "DiffReport", "TensorDiff", "TensorInfo", "open_side", "parse_tolerance"]
@@ -254,11 +255,10 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
         CkptconvError: the path cannot be opened.
         LoadError: the model is not built.
     """
-    from ..keras.load import open_source
-    from ..keras.targets import is_keras_model, model_store
-
     if isinstance(side, (Store, Mapping, str, os.PathLike)):
         return open_source(side)
+    from ..keras.targets import is_keras_model, model_store  # only for a live model
+
     if is_keras_model(side):
         return model_store(side), False
     raise UsageError(
@@ -365,28 +365,68 @@ def _compare_stores(
     progress: Callable[[int], None] | None,
 ) -> DiffReport:
     entries_b = {e.name: e for e in store_b.entries(include_all=include_all)}
-    target = {name: TargetTensor(e.shape, e.dtype) for name, e in entries_b.items()}
-    plan = build_plan(store_a, mapping, target=target, include_all=include_all, dtype=dtype)
-    problems = _own_problems(plan.problems)
-    if problems:
-        raise PlanError(problems, path=store_a.path)
+    outputs = None
+    if mapping is None and dtype is None:
+        outputs = _as_stored(store_a.entries(include_all=include_all), entries_b)
+    if outputs is None:
+        outputs = _planned(store_a, entries_b, mapping=mapping, dtype=dtype, include_all=include_all)
     report = DiffReport(name_a, name_b, store_a.format, store_b.format, atol=atol, rtol=rtol)
-    sources = {o.name: o.sources for o in plan.report.outputs}
     seen: set[str] = set()
     pairs = []
-    for output in plan.outputs:
+    for output, renamed in outputs:
         seen.add(output.name)
         entry_b = entries_b.get(output.name)
         if entry_b is None:
             report.only_in_a.append(TensorInfo(output.name, output.shape, dtype_name(output.dtype)))
             continue
-        named = sources.get(output.name, ())
-        pairs.append((output, entry_b, () if named == (output.name,) else tuple(named)))
+        pairs.append((output, entry_b, renamed))
     for result, nbytes in _compare_pairs(pairs, atol, rtol, progress):
         report.tensors.append(result)
         report.nbytes += nbytes
     report.only_in_b = [TensorInfo(e.name, e.shape, e.dtype_name) for n, e in entries_b.items() if n not in seen]
     return report
+
+
+def _as_stored(entries_a: list[Entry], entries_b: Mapping[str, Entry]) -> list[tuple[Output, tuple[str, ...]]] | None:
+    """A's entries as they are stored, each under the name the identity plan gives it (its
+    own, or the Keras 2 / Keras 3 alias B spells it by: :meth:`AliasTable.passthrough_name`),
+    with the source's name when it was renamed: what :func:`_planned` gives without a spec or
+    a dtype, without importing the spec, op and plan machinery. None when two entries would
+    take one name (the plan reports that)."""
+    aliases = AliasTable(entries_b)
+    outputs = []
+    names: set[str] = set()
+    for entry in entries_a:
+        name = aliases.passthrough_name(entry)
+        if name in names:
+            return None
+        names.add(name)
+        outputs.append((Output.of(entry, name), () if name == entry.name else (entry.name,)))
+    return outputs
+
+
+def _planned(
+    store_a: Store, entries_b: Mapping[str, Entry], *, mapping: Any, dtype: Any, include_all: bool
+) -> list[tuple[Output, tuple[str, ...]]]:
+    """A's outputs under ``mapping`` and ``dtype``, planned against B's shapes and dtypes, each
+    with the names of the entries it was made from when they are not just its own.
+
+    Raises:
+        SpecError, PlanError: the mapping is invalid or does not apply to A.
+    """
+    from .plan import TargetTensor, build_plan
+
+    target = {name: TargetTensor(e.shape, e.dtype) for name, e in entries_b.items()}
+    plan = build_plan(store_a, mapping, target=target, include_all=include_all, dtype=dtype)
+    problems = _own_problems(plan.problems)
+    if problems:
+        raise PlanError(problems, path=store_a.path)
+    sources = {o.name: o.sources for o in plan.report.outputs}
+    outputs = []
+    for output in plan.outputs:
+        named = tuple(sources.get(output.name, ()))
+        outputs.append((output, () if named == (output.name,) else named))
+    return outputs
 
 
 def _compare_pairs(
@@ -478,11 +518,12 @@ def _compare_pair(
     stats = _Stats(shape_a, atol, rtol)
     same_dtype = output.dtype == entry_b.dtype
     per_block = _per_block(output, entry_b)
+    scratch = np.empty(BLOCK_BYTES // 8, dtype=bool) if same_dtype else None  # for _same_bytes
     nbytes = 0
     for xa, xb in _blocks(output, entry_b, per_block):
         if stop is not None and stop.is_set():
             raise _Stopped(output.name)
-        if not (same_dtype and _same_bytes(xa, xb)):
+        if not (scratch is not None and _same_bytes(xa, xb, scratch)):
             stats.add(xa, xb)
         stats.offset += xa.size
         read = xa.nbytes + xb.nbytes
@@ -505,11 +546,19 @@ def _compare_pair(
     )
 
 
-def _same_bytes(xa: np.ndarray, xb: np.ndarray) -> bool:
-    ua, ub = xa.view(np.uint8), xb.view(np.uint8)
-    if ua.size % 8 == 0:  # eight bytes per comparison: the check runs at memory speed
-        ua, ub = ua.view(np.uint64), ub.view(np.uint64)
-    return bool(np.array_equal(ua, ub))
+def _same_bytes(xa: np.ndarray, xb: np.ndarray, scratch: np.ndarray) -> bool:
+    """Whether two 1-D contiguous blocks of one dtype hold the same bytes (``scratch``: a
+    bool array for the element-wise result, reused from block to block). Python objects
+    (strings a format holds as ``object``) have no bytes of their own: their values are
+    compared."""
+    if xa.dtype.hasobject:
+        return bool(np.array_equal(xa, xb))
+    if xa.nbytes % 8 == 0:  # eight bytes per comparison: the check runs at memory speed
+        ua, ub = xa.view(np.uint64), xb.view(np.uint64)
+    else:
+        ua, ub = xa.view(np.uint8), xb.view(np.uint8)
+    out = scratch[: ua.size] if ua.size <= scratch.size else np.empty(ua.size, dtype=bool)
+    return not np.not_equal(ua, ub, out=out).any()
 
 
 # -- reading blocks ----------------------------------------------------------------------------
