@@ -415,6 +415,33 @@ def test_without_a_spec_diff_imports_no_plan_and_no_keras_loader(twin, tmp_path)
     assert not any(m.startswith("ckptconv.keras") for m in mapped), mapped
 
 
+def test_strings_compare_by_value_and_odd_sizes_byte_by_byte():
+    """A TensorFlow checkpoint's string tensors read as arrays of Python bytes objects, which
+    have no bytes of their own to compare: their values are; fixed-width strings and sizes
+    that are no multiple of 8 bytes compare byte by byte."""
+    a = {
+        "s": np.array([b"ab", b"cd"], dtype=object),
+        "same": np.array([b"x", b"yz"], dtype=object),
+        "u": np.array(["x", "y"]),
+        "odd": np.arange(3, dtype=np.uint8),
+    }
+    b = {
+        "s": np.array([b"ab", b"ce"], dtype=object),
+        "same": np.array([b"x", b"yz"], dtype=object),
+        "u": np.array(["x", "z"]),
+        "odd": np.array([0, 1, 7], dtype=np.uint8),
+    }
+    report = diff(a, b)
+    got = {t.name: (t.status, t.mismatched, t.first, t.first_a, t.first_b) for t in report.tensors}
+    assert got == {
+        "s": ("different", 1, (1,), "cd", "ce"),
+        "same": ("equal", 0, None, None, None),
+        "u": ("different", 1, (1,), "y", "z"),
+        "odd": ("different", 1, (2,), 2, 7),
+    }
+    assert diff(a, a).equal
+
+
 def test_no_name_in_common_points_at_suggest() -> None:
     """Two sides with no name in common (the same weights under PyTorch and Keras names) say
     how to pair them; sides that share names do not."""
