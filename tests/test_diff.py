@@ -310,23 +310,23 @@ def test_report_json_is_one_object(twin):
 
 
 def test_json_tells_a_difference_from_a_failure(twin, tmp_path):
-    """Both exit 1 with "ok": false; "error" is null when the comparison ran (and "equal"
-    answers), the error object when it could not run (and there is no report)."""
+    """Both exit 1 with "ok": false; "result" says "different" when the comparison ran (and
+    the report says how), "error" replaces it when the comparison could not run."""
     same = json.loads(run_cli("diff", twin / "k3.keras", twin / "k3.safetensors", "--json").stdout)
-    assert same["ok"] is True and same["error"] is None and same["equal"] is True
+    assert same["ok"] is True and same["result"] == "equal" and same["equal"] is True and "error" not in same
     changed = tmp_path / "changed.safetensors"
     st_copy(twin / "k3.safetensors", changed, lambda arrays: arrays.pop("head/bias"))
     differ = run_cli("diff", twin / "k3.keras", changed, "--json")
     assert differ.returncode == 1
     doc = json.loads(differ.stdout)
-    assert doc["ok"] is False and doc["error"] is None and doc["equal"] is False
+    assert doc["ok"] is False and doc["result"] == "different" and doc["equal"] is False and "error" not in doc
     assert [t["name"] for t in doc["only_in_a"]] == ["head/bias"]
     changed.write_bytes(changed.read_bytes()[:-4])  # the last tensor's data cut short
     failed = run_cli("diff", twin / "k3.keras", changed, "--json")
     assert failed.returncode == 1
     doc = json.loads(failed.stdout)
     assert doc["ok"] is False and doc["error"]["exit"] == 1 and "changed.safetensors" in doc["error"]["message"]
-    assert "equal" not in doc and "tensors" not in doc
+    assert "result" not in doc and "equal" not in doc and "tensors" not in doc
 
 
 ALIAS_CASES = {
