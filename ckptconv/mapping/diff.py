@@ -30,6 +30,7 @@ import numpy as np
 from ..dtypes import by_name, dtype_name, is_floating
 from ..errors import PlanError, UsageError
 from ..formats import open_source
+from ..gcpause import paused_gc
 from ..options import keyword_options, option_value
 from ..store import Entry, Output, Store, shape_text
 from .aliases import AliasTable
@@ -42,6 +43,7 @@ Status = Literal["equal", "close", "different", "shape", "dtype"]
 WORKERS = 2  # threads comparing streamed pairs (one pair each)
 BLOCK_BYTES = 512 << 10  # bytes per block and side when a tensor is streamed (measured best)
 _STATS_CHUNK = 1 << 18  # elements per float64 pass when values differ (bounds temporaries)
+_SMALL_BYTES = 16 << 10  # blocks up to this size compare as bytes objects (measured faster)
 
 
 @dataclass(frozen=True)
@@ -339,10 +341,11 @@ def diff(
     try:
         store_b, close_b = open_side(b, what="B")
         try:
-            return _compare_stores(
-                store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
-                atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
-            )
+            with paused_gc():  # an output, a pair and a result per tensor, no cycles
+                return _compare_stores(
+                    store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
+                    atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
+                )
         finally:
             if close_b:
                 store_b.close()
@@ -446,26 +449,30 @@ def _compare_pairs(
     time."""
     report_progress = None if progress is None else _one_at_a_time(progress)
     stop = threading.Event()  # set when this ends: a worker still reading stops at its next block
+    files = _Files()
     pending: deque[Future[tuple[TensorDiff, int]] | tuple[TensorDiff, int]] = deque()
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptconv-diff") as pool:
-        try:
-            for output, entry_b, renamed in pairs:
-                args = (output, entry_b, renamed, atol, rtol, report_progress, stop)
-                if _streamed(output, entry_b):
-                    pending.append(pool.submit(_compare_pair, *args))
-                else:
-                    try:
-                        pending.append(_compare_pair(*args))
-                    except Exception:
-                        yield from _ready(pending, wait=True)  # an earlier pair's error first
-                        raise
-                yield from _ready(pending, wait=False)
-            yield from _ready(pending, wait=True)
-        finally:
-            stop.set()
-            for item in pending:
-                if isinstance(item, Future):
-                    item.cancel()
+    try:
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptconv-diff") as pool:
+            try:
+                for output, entry_b, renamed in pairs:
+                    args = (output, entry_b, renamed, atol, rtol, report_progress, stop, files)
+                    if _streamed(output, entry_b):
+                        pending.append(pool.submit(_compare_pair, *args))
+                    else:
+                        try:
+                            pending.append(_compare_pair(*args))
+                        except Exception:
+                            yield from _ready(pending, wait=True)  # an earlier pair's error first
+                            raise
+                    yield from _ready(pending, wait=False)
+                yield from _ready(pending, wait=True)
+            finally:
+                stop.set()
+                for item in pending:
+                    if isinstance(item, Future):
+                        item.cancel()
+    finally:
+        files.close()  # the workers are done: leaving the pool waited for them
 
 
 def _ready(pending: deque, *, wait: bool) -> Iterator[tuple[TensorDiff, int]]:  # type: ignore[type-arg]
@@ -510,6 +517,7 @@ def _compare_pair(
     rtol: float,
     progress: Callable[[int], None] | None,
     stop: threading.Event | None = None,
+    files: _Files | None = None,
 ) -> tuple[TensorDiff, int]:
     shape_a, shape_b = output.shape, entry_b.shape
     da, db = dtype_name(output.dtype), entry_b.dtype_name
@@ -518,9 +526,9 @@ def _compare_pair(
     stats = _Stats(shape_a, atol, rtol)
     same_dtype = output.dtype == entry_b.dtype
     per_block = _per_block(output, entry_b)
-    scratch = np.empty(BLOCK_BYTES // 8, dtype=bool) if same_dtype else None  # for _same_bytes
+    scratch = np.empty(min(BLOCK_BYTES, output.nbytes) // 8, dtype=bool) if same_dtype else None
     nbytes = 0
-    for xa, xb in _blocks(output, entry_b, per_block):
+    for xa, xb in _blocks(output, entry_b, per_block, files):
         if stop is not None and stop.is_set():
             raise _Stopped(output.name)
         if not (scratch is not None and _same_bytes(xa, xb, scratch)):
@@ -553,6 +561,8 @@ def _same_bytes(xa: np.ndarray, xb: np.ndarray, scratch: np.ndarray) -> bool:
     compared."""
     if xa.dtype.hasobject:
         return bool(np.array_equal(xa, xb))
+    if xa.nbytes <= _SMALL_BYTES:  # two copies and a memcmp: less than numpy's per-call cost
+        return xa.tobytes() == xb.tobytes()
     if xa.nbytes % 8 == 0:  # eight bytes per comparison: the check runs at memory speed
         ua, ub = xa.view(np.uint64), xb.view(np.uint64)
     else:
@@ -591,20 +601,24 @@ def _streamed(output: Output, entry_b: Entry) -> bool:
     )
 
 
-def _blocks(output: Output, entry_b: Entry, per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _blocks(
+    output: Output, entry_b: Entry, per_block: int, files: _Files | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
-    until the next pair is asked for)."""
-    count = int(np.prod(output.shape, dtype=np.int64))
+    until the next pair is asked for). A side stored as plain bytes is read with ``pread``
+    through ``files`` (one descriptor per file for the whole comparison: a checkpoint of
+    10,000 small tensors is not opened 10,000 times); the other side is read whole."""
+    count = math.prod(output.shape)
     raw_a, raw_b = _stored(output), _stored(entry_b)
-    if count <= per_block or (raw_a is None and raw_b is None):
+    if count == 0 or (raw_a is None and raw_b is None):
         whole_a = output.compute().reshape(-1)
         whole_b = entry_b.read().reshape(-1)
         for start in range(0, max(count, 1), per_block):
             yield whole_a[start : start + per_block], whole_b[start : start + per_block]
         return
     # read whole (one at a time) only the side that is not plain bytes
-    gen_a = _raw_blocks(raw_a, count, per_block) if raw_a is not None else _views(output.compute(), per_block)
-    gen_b = _raw_blocks(raw_b, count, per_block) if raw_b is not None else _views(entry_b.read(), per_block)
+    gen_a = _raw_blocks(raw_a, count, per_block, files) if raw_a is not None else _views(output.compute(), per_block)
+    gen_b = _raw_blocks(raw_b, count, per_block, files) if raw_b is not None else _views(entry_b.read(), per_block)
     yield from zip(gen_a, gen_b)  # as many blocks each: a raw side's last one is checked already
 
 
@@ -614,23 +628,48 @@ def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
         yield flat[start : start + per_block]
 
 
-def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray]:
+class _Files:
+    """The files a comparison reads, each opened once (on first use) and shared by the
+    threads: ``pread`` takes the position with every call. Closed when the comparison ends."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = os.open(path, os.O_RDONLY)
+                    if hasattr(os, "posix_fadvise"):  # read front to back: a larger read-ahead
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+
+def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None = None) -> Iterator[np.ndarray]:
     """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
     is overwritten when the next is asked for), on the thread that compares it: a block is
     compared while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
     block as it arrives and checked before the last block is handed over."""
-    import crc32c
-
     br = entry.byte_range
     assert br is not None and br.length == count * entry.dtype.itemsize  # see _stored
     raw = np.empty(min(per_block, count) * entry.dtype.itemsize, dtype=np.uint8)
     check = entry.crc32c is not None
+    if check:
+        import crc32c
     crc = 0
     done = 0
-    fd = os.open(br.path, os.O_RDONLY)
+    fd = os.open(br.path, os.O_RDONLY) if files is None else files.fd(br.path)
     try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, br.offset, br.length, os.POSIX_FADV_SEQUENTIAL)
         for piece in br.pieces(memoryview(raw), fd=fd, tensor=entry.name):
             block = raw[: len(piece)]
             done += len(piece)
@@ -640,7 +679,8 @@ def _raw_blocks(entry: Entry, count: int, per_block: int) -> Iterator[np.ndarray
                     entry.compare_crc(crc)
             yield block.view(entry.dtype)
     finally:
-        os.close(fd)
+        if files is None:
+            os.close(fd)
 
 
 # -- statistics --------------------------------------------------------------------------------
