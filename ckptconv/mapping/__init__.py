@@ -24,7 +24,8 @@ import types
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 if TYPE_CHECKING:
-    from .diff import DiffReport, TensorDiff, TensorInfo, diff
+    from .diff import diff
+    from .diff_report import DiffReport, TensorDiff, TensorInfo
     from .ops import OpError
     from .plan import Plan, TargetTensor, build_plan
     from .report import OutputRecord, PlanReport, SourceRecord, TargetMismatch
@@ -49,9 +50,9 @@ _LAZY = {
     "Suggestion": "suggest",
     "align": "suggest",
     "suggest": "suggest",
-    "DiffReport": "diff",
-    "TensorDiff": "diff",
-    "TensorInfo": "diff",
+    "DiffReport": "diff_report",
+    "TensorDiff": "diff_report",
+    "TensorInfo": "diff_report",
     "diff": "diff",
 }
 
