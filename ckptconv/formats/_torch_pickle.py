@@ -229,6 +229,19 @@ def _rebuild_tensor(storage: object, offset: object, size: object, stride: objec
 def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object,
                        requires_grad: object = False, backward_hooks: object = None,
                        metadata: object = None) -> TensorRef:
+    if (metadata is None and type(storage) is StorageRef and type(offset) is int and offset >= 0
+            and type(size) is tuple and type(stride) is tuple and len(size) == len(stride) <= MAX_DIMS):
+        # what torch writes for every tensor (tuples of non-negative ints): accepted here in
+        # one call; anything else goes through the checks below, which say what is wrong
+        for value in size:
+            if type(value) is not int or value < 0:
+                break
+        else:
+            for value in stride:
+                if type(value) is not int or value < 0:
+                    break
+            else:
+                return TensorRef(storage, offset, size, stride, storage.dtype)
     _check_metadata(metadata)
     return _tensor(storage, offset, size, stride)
 
@@ -379,25 +392,30 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
             raise CorruptFileError(f"malformed persistent id {pid!r:.80}")
-        kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+        kind = pid[0]
+        if type(kind) is bytes:
+            kind = kind.decode("ascii", "replace")
         if kind == "module":  # the legacy layout's pickled nn.Module classes
             klass = pid[1] if len(pid) > 1 else None
             raise UnsafeInputError(module_message(getattr(klass, "name", "an nn.Module")))
         if kind != "storage" or len(pid) != (6 if self.legacy else 5):
             raise CorruptFileError(f"unknown persistent id {pid!r:.80}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _Marker) or storage_type.kind != "storage":
+        if type(storage_type) is not _Marker or storage_type.kind != "storage":
             raise CorruptFileError(f"persistent id with storage type {storage_type!r:.60}")
-        if isinstance(key, bytes):
+        if type(key) is bytes:
             key = key.decode("ascii", "replace")
-        if not isinstance(key, str) or not _KEY.fullmatch(key) or key in (".", ".."):
+        root = self.storages.get(key) if isinstance(key, str) else None
+        if root is None and (not isinstance(key, str) or not _KEY.fullmatch(key) or key in (".", "..")):
             raise UnsafeInputError(f"storage key {key!r:.80} is not a plain name; refusing to follow it")
-        numel = _int(numel, "storage size")
-        if numel < 0:
-            raise CorruptFileError(f"storage {key} has negative size {numel}")
+        if type(numel) is not int or numel < 0:  # torch's own: a plain count (else say what it is)
+            numel = _int(numel, "storage size")
+            if numel < 0:
+                raise CorruptFileError(f"storage {key} has negative size {numel}")
         dtype = STORAGE_DTYPES[storage_type.name]
-        root = self.storages.setdefault(key, StorageRef(key, dtype, numel))
-        if (root.dtype, root.numel) != (dtype, numel):
+        if root is None:
+            root = self.storages[key] = StorageRef(key, dtype, numel)
+        elif root.dtype != dtype or root.numel != numel:
             raise CorruptFileError(
                 f"storage {key} is declared twice, as {root.numel} {root.dtype} and as {numel} {dtype}"
             )
