@@ -22,6 +22,7 @@ import io
 import pickle
 import pickletools
 import re
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -493,6 +494,12 @@ def _fast_path(spec: tuple[str, int, int, int] | None) -> int:
 
 
 _FAST = [_fast_path(spec) for spec in _OPCODES]
+_TEXT4 = -5  # BINUNICODE (4-byte length): a state dict's keys
+_FAST[ord("X")] = _TEXT4
+# once more opcodes than 255 have been read, a 1-byte memo index can no longer run ahead of
+# them: BINPUT and BINGET are then plain opcodes of 2 bytes
+_FAST_LATE = [2 if step == _MEMO1 else step for step in _FAST]
+_U32 = struct.Struct("<I").unpack_from
 
 
 def check_opcodes(data: bytes) -> int:
@@ -520,6 +527,29 @@ def check_opcodes(data: bytes) -> int:
             pos += step
             count += 1
             continue
+        # the common cases whole, in few steps; what is short, truncated or damaged goes on to
+        # the general code below, which says what is wrong
+        if step == _MEMO4 and pos + 5 <= end:
+            count += 1
+            (index,) = _U32(data, pos + 1)
+            if index > count:
+                raise _memo_slot_ahead(index, count)
+            pos += 5
+            continue
+        if step == _TEXT4:
+            stop = pos + 5 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
+            if stop <= end:
+                try:
+                    data[pos + 5 : stop].decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    count += 1
+                    pos = stop
+                    continue
+            step = 0
+        if step == _MEMO1 and count > 254:
+            fast = _FAST_LATE  # from this opcode on (the 256th), see _FAST_LATE
         if step:  # a memo opcode: its index may not run ahead of the opcodes so far
             count += 1
             stop = pos + 1 - step

@@ -40,7 +40,7 @@ _MAX_EXTRACT_VERSION = 63  # zip 6.3, the newest zipfile reads
 _UTF8_NAME = 0x800  # general purpose flag bit 11
 _ENCRYPTED = 0x1
 _ZIP64_EXTRA = 0x0001
-_HEADER_GAP = 4096  # local headers closer than this share one read
+_HEADER_GAP = 16384  # local headers closer than this share one read
 _HEADER_WINDOW = 1 << 20
 _CRC_CHUNK = 8 * 2**20
 
@@ -225,7 +225,7 @@ def _take8(block: bytes, field: str) -> tuple[int, bytes]:
 def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo], *, file: BinaryIO) -> list[int]:
     """Absolute offsets of the members' data: after each local header, name and extra field
     (the local extra field may differ from the central directory's, so every header is read;
-    headers less than 4 KiB apart, as a state dict's small storages are, share one read).
+    headers less than 16 KiB apart, as a state dict's small storages are, share one read).
     ``file``: the archive, open (binary).
 
     Raises:
@@ -233,29 +233,33 @@ def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfil
             another member than the central directory (naming the member).
     """
     fd = file.fileno()
+    offsets = [m.header_offset for m in members]
+    order = sorted(range(len(members)), key=offsets.__getitem__)
     out = [0] * len(members)
-    order = sorted(range(len(members)), key=lambda i: members[i].header_offset)
     unpack = _LOCAL_HEADER.unpack_from
     i = 0
     while i < len(order):
-        start = members[order[i]].header_offset
+        start = previous = offsets[order[i]]
         j = i + 1
-        while (j < len(order) and members[order[j]].header_offset - members[order[j - 1]].header_offset <= _HEADER_GAP
-               and members[order[j]].header_offset - start <= _HEADER_WINDOW):
+        while j < len(order):
+            at = offsets[order[j]]
+            if at - previous > _HEADER_GAP or at - start > _HEADER_WINDOW:
+                break
+            previous = at
             j += 1
-        window = os.pread(fd, members[order[j - 1]].header_offset - start + _LOCAL_HEADER.size + 256, start)
+        window = os.pread(fd, previous - start + _LOCAL_HEADER.size + 256, start)
         for k in order[i:j]:
             info = members[k]
-            at = info.header_offset - start
+            at = offsets[k] - start
             if at + _LOCAL_HEADER.size > len(window):
                 raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
             signature, _, flags, _, _, _, _, _, _, name_length, extra_length = unpack(window, at)
             if signature != b"PK\x03\x04":
                 raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
-            name_at = at + _LOCAL_HEADER.size
-            raw = window[name_at : name_at + name_length]
+            at += _LOCAL_HEADER.size
+            raw = window[at : at + name_length]
             if len(raw) < name_length:  # a long name past the window
-                raw = os.pread(fd, name_length, info.header_offset + _LOCAL_HEADER.size)
+                raw = os.pread(fd, name_length, offsets[k] + _LOCAL_HEADER.size)
             try:
                 name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
             except UnicodeDecodeError:
@@ -266,7 +270,7 @@ def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfil
                     path=path,
                     tensor=info.filename,
                 )
-            out[k] = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            out[k] = offsets[k] + _LOCAL_HEADER.size + name_length + extra_length
         i = j
     return out
 

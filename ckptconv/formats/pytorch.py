@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -280,8 +280,7 @@ def _open_sharded(index_file: Path) -> Store:
 # --- one file: where each storage's bytes are -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Stored:
+class _Stored(NamedTuple):
     """Where a storage's bytes are: at ``offset`` in ``path`` (a stored zip member, a legacy
     storage), or inside the compressed zip ``member``; ``nbytes`` of them, ``big_endian``."""
 
@@ -574,10 +573,9 @@ class _Walk:
                 )
             dtype = dtypes[ref.dtype] = by_name(canonical)
         stored = parsed.storages[ref.storage.key]
-        start, span, numel = _check_view(ref, dtype.itemsize, parsed.path, name)
-        layer = _layer(parts)
-        if (stored.offset is not None and (not stored.big_endian or _swap_unit(dtype) == 1)
-                and _c_contiguous(ref.shape, ref.stride)):
+        start, span, numel, contiguous = _check_view(ref, dtype.itemsize, parsed.path, name)
+        layer = parts[0].rpartition(".")[0] if len(parts) == 1 else _layer(parts)
+        if stored.offset is not None and contiguous and (not stored.big_endian or _swap_unit(dtype) == 1):
             byte_range = ByteRange(stored.path, stored.offset + start, numel * dtype.itemsize)
             return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=path, kind=kind,
                          layer=layer, byte_range=byte_range)
@@ -645,17 +643,20 @@ def _describe(value: Any) -> str:
 # --- checking and reading a view --------------------------------------------------------------
 
 
-def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[int, int, int]:
+def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[int, int, int, bool]:
     """Byte offset of the view's first element within its storage's stored bytes, the byte
-    span from it to the end of its last element, and the view's element count; refuses views
-    outside the storage."""
+    span from it to the end of its last element, the view's element count, and whether it is
+    C-contiguous; refuses views outside the storage."""
     storage = ref.storage
     storage_itemsize = ITEMSIZE[storage.dtype]
     base = storage.view[0] * storage_itemsize if storage.view else 0
     limit = storage.numel * storage_itemsize
-    numel = 1
+    numel = 1  # also the stride a C-contiguous view has at each dimension, innermost first
     last = ref.offset
-    for d, s in zip(ref.shape, ref.stride):
+    contiguous = True
+    for d, s in zip(reversed(ref.shape), reversed(ref.stride)):
+        if d != 1 and s != numel:
+            contiguous = False
         numel *= d
         last += (d - 1) * s
     first = ref.offset * itemsize
@@ -666,7 +667,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
                 path=path,
                 tensor=name,
             )
-        return base + first, 0, 0
+        return base + first, 0, 0, contiguous
     end = (last + 1) * itemsize
     if end > limit:
         raise UnsafeInputError(
@@ -684,16 +685,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             path=path,
             tensor=name,
         )
-    return base + first, end - first, numel
-
-
-def _c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for d, s in zip(reversed(shape), reversed(stride)):
-        if d != 1 and s != expected:
-            return False
-        expected *= d
-    return True
+    return base + first, end - first, numel, contiguous
 
 
 def _swap_unit(dtype: np.dtype) -> int:
