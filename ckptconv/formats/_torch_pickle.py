@@ -493,11 +493,14 @@ def _fast_path(spec: tuple[str, int, int, int] | None) -> int:
     return 0
 
 
-_FAST = [_fast_path(spec) for spec in _OPCODES]
-_TEXT4 = -5  # BINUNICODE (4-byte length): a state dict's keys
-_FAST[ord("X")] = _TEXT4
-# once more opcodes than 255 have been read, a 1-byte memo index can no longer run ahead of
-# them: BINPUT and BINGET are then plain opcodes of 2 bytes
+_GENERAL = [_fast_path(spec) for spec in _OPCODES]
+# Shortcuts, each giving exactly what the general code gives (tests compare the two walks):
+# BINUNICODE (a state dict's keys) taken whole when it is whole and UTF-8, LONG_BINPUT and
+# LONG_BINGET when whole, and, once more
+# opcodes than 255 have been read (a 1-byte memo index can then no longer run ahead of them),
+# BINPUT and BINGET as plain opcodes of 2 bytes.
+_TEXT4, _LONG_MEMO = -5, -6
+_FAST = [_TEXT4 if byte == ord("X") else _LONG_MEMO if step == _MEMO4 else step for byte, step in enumerate(_GENERAL)]
 _FAST_LATE = [2 if step == _MEMO1 else step for step in _FAST]
 _U32 = struct.Struct("<I").unpack_from
 
@@ -516,8 +519,13 @@ def check_opcodes(data: bytes) -> int:
         UnsafeInputError: an opcode torch.save never writes, or an implausible memo index.
         CorruptFileError: the pickle is malformed or truncated.
     """
+    return _walk(data, _FAST, _FAST_LATE)
+
+
+def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
+    """:func:`check_opcodes` with its opcode tables: ``fast`` at first, ``late`` from the 256th
+    opcode on (``_GENERAL`` for both: no shortcut)."""
     table = _OPCODES
-    fast = _FAST
     end = len(data)
     pos = 0
     count = 0
@@ -529,13 +537,15 @@ def check_opcodes(data: bytes) -> int:
             continue
         # the common cases whole, in few steps; what is short, truncated or damaged goes on to
         # the general code below, which says what is wrong
-        if step == _MEMO4 and pos + 5 <= end:
-            count += 1
-            (index,) = _U32(data, pos + 1)
-            if index > count:
-                raise _memo_slot_ahead(index, count)
-            pos += 5
-            continue
+        if step == _LONG_MEMO:
+            if pos + 5 <= end:
+                count += 1
+                (index,) = _U32(data, pos + 1)
+                if index > count:
+                    raise _memo_slot_ahead(index, count)
+                pos += 5
+                continue
+            step = _MEMO4
         if step == _TEXT4:
             stop = pos + 5 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
             if stop <= end:
@@ -549,7 +559,7 @@ def check_opcodes(data: bytes) -> int:
                     continue
             step = 0
         if step == _MEMO1 and count > 254:
-            fast = _FAST_LATE  # from this opcode on (the 256th), see _FAST_LATE
+            fast = late  # from this opcode on (the 256th)
         if step:  # a memo opcode: its index may not run ahead of the opcodes so far
             count += 1
             stop = pos + 1 - step
