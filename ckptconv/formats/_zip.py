@@ -31,7 +31,9 @@ __all__ = ["MAX_EXPANSION", "Member", "central_directory", "data_offsets", "read
 
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature ... name length, extra length
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # signature ... name, extra, comment lengths ... header offset
+# a central directory entry's fields, those ckptconv does not use skipped: signature, version
+# needed to extract, flags, method, CRC-32, sizes, name, extra and comment lengths, header offset
+_CENTRAL = struct.Struct("<4s2xBxHH4x3L3H8xL")
 _END = struct.Struct("<4s4H2LH")  # end of central directory: disks, counts, size, offset, comment length
 _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
@@ -177,8 +179,8 @@ def _parse_entries(data: bytes, shift: int) -> list[Member]:
     while pos < end:
         if pos + _CENTRAL.size > end:
             raise _Damaged("Truncated central directory")
-        (signature, _, _, version, _, flags, method, _, _, crc, compressed, size, name_length, extra_length,
-         comment_length, _, _, _, offset) = unpack(data, pos)
+        (signature, version, flags, method, crc, compressed, size, name_length, extra_length, comment_length,
+         offset) = unpack(data, pos)
         if signature != b"PK\x01\x02":
             raise _Damaged("Bad magic number for central directory")
         if version > _MAX_EXTRACT_VERSION:
