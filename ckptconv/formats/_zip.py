@@ -147,7 +147,9 @@ def _read_directory(fd: int) -> list[Member]:
     _, _, _, _, _, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
     location = tail_start + at
     zip64 = False
-    locator = os.pread(fd, _END64_LOCATOR.size, location - _END64_LOCATOR.size) if location >= _END64_LOCATOR.size else b""
+    locator = b""
+    if location >= _END64_LOCATOR.size:
+        locator = os.pread(fd, _END64_LOCATOR.size, location - _END64_LOCATOR.size)
     if len(locator) == _END64_LOCATOR.size and locator[:4] == b"PK\x06\x07":
         _, disk, _, disks = _END64_LOCATOR.unpack(locator)
         if disk != 0 or disks > 1:
@@ -224,7 +226,8 @@ def _take8(block: bytes, field: str) -> tuple[int, bytes]:
     return int.from_bytes(block[:8], "little"), block[8:]
 
 
-def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo], *, file: BinaryIO) -> list[int]:
+def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo], *,
+                 file: BinaryIO) -> list[int]:
     """Absolute offsets of the members' data: after each local header, name and extra field
     (the local extra field may differ from the central directory's, so every header is read;
     headers less than 16 KiB apart, as a state dict's small storages are, share one read).
@@ -297,25 +300,26 @@ def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, w
     for the message.
 
     Raises:
-        CorruptFileError: the member extends beyond the end of the file, or its local header
-            is damaged.
+        CorruptFileError: the member cannot be read (damaged, compressed by a method zipfile
+            does not know, beyond the end of the file), naming it.
         IntegrityError: its bytes do not match their CRC-32.
-        zipfile.BadZipFile, zlib.error, NotImplementedError: from ``zipfile``, for a compressed
-            member.
     """
-    if info.compress_type != 0:
-        import zipfile
+    if info.compress_type == 0:
+        start = data_offsets(path, [info], file=file)[0]
+        data = os.pread(file.fileno(), info.file_size, start)
+        if len(data) < info.file_size:
+            raise CorruptFileError(f"{info.filename} extends beyond the end of the {what}: truncated", path=path)
+        crc = zlib.crc32(data)
+        if crc != info.CRC:
+            raise _crc_error(path, info, crc, what)
+        return data
+    import zipfile
 
+    try:
         with zipfile.ZipFile(path) as z:
             return z.read(info.filename)
-    start = data_offsets(path, [info], file=file)[0]
-    data = os.pread(file.fileno(), info.file_size, start)
-    if len(data) < info.file_size:
-        raise CorruptFileError(f"{info.filename} extends beyond the end of the {what}: truncated", path=path)
-    crc = zlib.crc32(data)
-    if crc != info.CRC:
-        raise _crc_error(path, info, crc, what)
-    return data
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
+        raise CorruptFileError(f"{info.filename} cannot be read from the {what} ({e})", path=path) from e
 
 
 def _crc_error(path: str | os.PathLike[str], info: Member | zipfile.ZipInfo, crc: int, what: str) -> IntegrityError:

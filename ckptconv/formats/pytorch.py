@@ -43,11 +43,12 @@ import re
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -361,7 +362,8 @@ def _parse_zip(path: Path) -> _Parsed:
         for record, key in (("byteorder", "byteorder"), ("version", "version"), (".format_version", "format_version")):
             member = members.get(f"{prefix}/{record}")
             if member is not None and member.file_size < 64:
-                metadata[key] = _read(path, member, raw_file).decode("ascii", "replace").strip()
+                text = read_member(path, member, file=raw_file, what=_ZIP_KIND)
+                metadata[key] = text.decode("ascii", "replace").strip()
         byteorder = metadata.setdefault("byteorder", "little")
         if byteorder not in ("little", "big"):
             raise CorruptFileError(f"unknown byteorder record {byteorder!r}", path=path)
@@ -369,7 +371,7 @@ def _parse_zip(path: Path) -> _Parsed:
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
         refuse_zip_bomb(info, path)
-        raw = _read(path, info, raw_file)
+        raw = read_member(path, info, file=raw_file, what=_ZIP_KIND)
         root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
         size = os.path.getsize(path)
         big_endian = byteorder == "big"
@@ -402,15 +404,6 @@ def _parse_zip(path: Path) -> _Parsed:
 
 
 _ZIP_KIND = "torch.save file"
-
-
-def _read(path: Path, member: Member, raw_file: BinaryIO) -> bytes:
-    """A small member's bytes (a record, data.pkl), damage reported in one line."""
-    try:
-        return read_member(path, member, file=raw_file, what=_ZIP_KIND)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
-        name = member.filename.rsplit("/", 1)[-1]
-        raise CorruptFileError(f"{name} cannot be read from the archive ({e})", path=path) from e
 
 
 def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
@@ -544,10 +537,7 @@ class _Walk:
 
     def tied(self) -> list[tuple[str, ...]]:
         # only tensors sharing a storage can be one tensor: the identities of those alone
-        sharing: dict[str, int] = {}
-        for _, _, ref in self.found:
-            key = ref.storage.key
-            sharing[key] = sharing.get(key, 0) + 1
+        sharing = Counter(ref.storage.key for _, _, ref in self.found)
         groups: dict[tuple[object, ...], list[str]] = {}
         for parts, _, ref in self.found:
             if sharing[ref.storage.key] > 1:
