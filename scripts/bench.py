@@ -410,7 +410,8 @@ MANY_SHORT = {".weights.h5": "weights.h5", ".keras": "keras", "sharded .weights.
 def many_cases(cases: list[Case], files: Files, out: str) -> None:
     """10,000 tensors: inspect of every format, and convert against the h5py walk +
     ``safetensors.numpy.save_file`` script on the same tensors (on the same file where h5py
-    reads it: ``.weights.h5``, and the ``.keras`` archive's weights member)."""
+    reads it: ``.weights.h5``, and the ``.keras`` archive's weights member); diff of the
+    ``.weights.h5`` and the safetensors file (the cost per pair of tensors)."""
     run = [PY, os.path.join(HERE, "bench_run.py")]
     sources = files.many
     w_path, w_files = sources[".weights.h5"]
@@ -430,7 +431,10 @@ def many_cases(cases: list[Case], files: Files, out: str) -> None:
         cases.append(Case(f"many-convert:{tag}", "many", f"ckptconv convert, 10k tensors, {label}",
                           CKPTCONV + ["convert", path, dst, "--quiet"], inputs=paths,
                           outputs=[dst], baseline=peer, target=f"ratio:{MANY_CONVERT_RATIO}"))
-
+    st_path, st_files = sources["safetensors"]
+    cases.append(Case("many-diff:weights.h5-st", "many",
+                      "ckptconv diff, 10k tensors, .weights.h5 and its safetensors (every byte compared)",
+                      CKPTCONV + ["diff", w_path, st_path], inputs=[*w_files, *st_files]))
 
     if "PyTorch .pt" in sources:  # a spec of 10,000 rules (what suggest writes for it)
         pt_path, pt_files = sources["PyTorch .pt"]

@@ -4,6 +4,7 @@ model on one side; a big tensor in bounded memory."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import safetensors.numpy
 
 import ckptconv
-from ckptconv import DiffReport, diff
+from ckptconv import DiffReport, Entry, diff
 from tests.helpers import run_cli
 
 TORCH = Path(__file__).resolve().parent / "fixtures" / "torch_sequential"
@@ -306,6 +307,141 @@ def test_report_json_is_one_object(twin):
     assert all(t["status"] == "equal" for t in report["tensors"])
     assert isinstance(DiffReport, type)
     assert os.path.basename(report["b"]["path"]) == "k3ckpt"
+
+
+def test_json_tells_a_difference_from_a_failure(twin, tmp_path):
+    """Both exit 1 with "ok": false; "result" says "different" when the comparison ran (and
+    the report says how), "error" replaces it when the comparison could not run."""
+    same = json.loads(run_cli("diff", twin / "k3.keras", twin / "k3.safetensors", "--json").stdout)
+    assert same["ok"] is True and same["result"] == "equal" and same["equal"] is True and "error" not in same
+    changed = tmp_path / "changed.safetensors"
+    st_copy(twin / "k3.safetensors", changed, lambda arrays: arrays.pop("head/bias"))
+    differ = run_cli("diff", twin / "k3.keras", changed, "--json")
+    assert differ.returncode == 1
+    doc = json.loads(differ.stdout)
+    assert doc["ok"] is False and doc["result"] == "different" and doc["equal"] is False and "error" not in doc
+    assert [t["name"] for t in doc["only_in_a"]] == ["head/bias"]
+    changed.write_bytes(changed.read_bytes()[:-4])  # the last tensor's data cut short
+    failed = run_cli("diff", twin / "k3.keras", changed, "--json")
+    assert failed.returncode == 1
+    doc = json.loads(failed.stdout)
+    assert doc["ok"] is False and doc["error"]["exit"] == 1 and "changed.safetensors" in doc["error"]["message"]
+    assert "result" not in doc and "equal" not in doc and "tensors" not in doc
+
+
+ALIAS_CASES = {
+    # tf-keras spells a DepthwiseConv2D kernel depthwise_kernel, Keras 3 kernel
+    "depthwise": ({"dw/depthwise_kernel": (2, 3), "dw/bias": (3,)}, {"dw/kernel": (2, 3), "dw/bias": (3,)}),
+    # tf-keras records a TimeDistributed layer's variables without the inner layer's name
+    "wrapper": ({"td/kernel": (2, 3), "other": (1,)}, {"td/fc/kernel": (2, 3), "more": (1,)}),
+    "none": ({"a/kernel": (2, 3)}, {"b/kernel": (2, 3)}),
+    "two-take-one-name": ({"d/kernel": (2, 3), "d/depthwise_kernel": (2, 3)}, {"d/kernel": (2, 3)}),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIAS_CASES))
+def test_without_a_spec_entries_pair_as_the_identity_plan_pairs_them(case):
+    """diff without --map or --dtype skips planning: A's entries pair under the names the
+    identity plan gives them (a Keras 2 / Keras 3 alias B spells them by), or, when two would
+    take one name, the plan decides (and reports it)."""
+    def store(shapes):
+        return ckptconv.Store.from_arrays({n: np.ones(s, np.float32) for n, s in shapes.items()})
+
+    a, b = (store(shapes) for shapes in ALIAS_CASES[case])
+    entries_b = {e.name: e for e in b.entries()}
+    fast = DIFF._as_stored(a.entries(), entries_b)
+    if case == "two-take-one-name":
+        assert fast is None
+        with pytest.raises(ckptconv.PlanError, match="2 outputs are named 'd/kernel'"):
+            diff(a, b)
+        return
+    planned = DIFF._planned(a, entries_b, mapping=None, dtype=None, include_all=False)
+    assert [(o.name, o.source.name, renamed) for o, renamed in fast] == [
+        (o.name, o.source.name, renamed) for o, renamed in planned
+    ]
+    report = diff(a, b)
+    compared = [(o.name, renamed) for o, renamed in planned if o.name in entries_b]
+    assert [(t.name, t.sources) for t in report.tensors] == compared
+    assert [t.name for t in report.only_in_a] == [o.name for o, _ in planned if o.name not in entries_b]
+
+
+def test_training_state_keeps_its_names_as_in_the_identity_plan():
+    """--all: an optimizer slot keeps its name (no alias), a weight takes B's spelling."""
+    def store(names):
+        entries = [
+            Entry(name, key=name, shape=(2,), dtype=np.dtype("float32"), path="<memory>",
+                  loader=lambda: np.ones(2, np.float32), kind=kind)
+            for name, kind in names
+        ]
+        return ckptconv.Store(entries, format="memory", path="<memory>")
+
+    a = store([("dw/depthwise_kernel", "weight"), ("slots/depthwise_kernel", "optimizer")])
+    b = store([("dw/kernel", "weight"), ("slots/kernel", "optimizer")])
+    entries_b = {e.name: e for e in b.entries(include_all=True)}
+    fast = DIFF._as_stored(a.entries(include_all=True), entries_b)
+    planned = DIFF._planned(a, entries_b, mapping=None, dtype=None, include_all=True)
+    named = [(o.name, o.source.name, renamed) for o, renamed in fast]
+    assert named == [(o.name, o.source.name, renamed) for o, renamed in planned]
+    assert named == [("dw/kernel", "dw/depthwise_kernel", ("dw/depthwise_kernel",)),
+                     ("slots/depthwise_kernel", "slots/depthwise_kernel", ())]
+    report = diff(a, b, include_all=True)
+    assert [t.name for t in report.tensors] == ["dw/kernel"]
+    assert [t.name for t in report.only_in_a] == ["slots/depthwise_kernel"]
+
+
+def test_without_a_spec_diff_imports_no_plan_and_no_keras_loader(twin, tmp_path):
+    """diff of two files without --map or --dtype imports neither the spec, op and plan
+    machinery nor ckptconv.keras (start-up is part of "as fast as reading both files")."""
+    probe = (
+        "import sys\n"
+        "from ckptconv.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "print(status, sorted(m for m in sys.modules if m.startswith(('ckptconv.keras', 'ckptconv.mapping.'))))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(ckptconv.__file__).parents[1]), os.environ.get("PYTHONPATH")])))
+
+    def modules(*argv):
+        done = subprocess.run([sys.executable, "-c", probe, "diff", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
+        status, _, listed = done.stdout.splitlines()[-1].partition(" ")
+        assert status == "0", done.stdout + done.stderr
+        return set(ast.literal_eval(listed))
+
+    plain = modules(twin / "k3.weights.h5", twin / "k3.safetensors")
+    assert plain == {
+        "ckptconv.mapping.diff", "ckptconv.mapping.diff_report", "ckptconv.mapping.aliases", "ckptconv.mapping.report"
+    }, plain
+    spec = tmp_path / "same.yaml"
+    spec.write_text("rules:\n  - {from: '**', to: '{0}'}\n")
+    mapped = modules(twin / "k3.weights.h5", twin / "k3.safetensors", "--map", spec)
+    assert {"ckptconv.mapping.plan", "ckptconv.mapping.spec", "ckptconv.mapping.ops"} <= mapped, mapped
+    assert not any(m.startswith("ckptconv.keras") for m in mapped), mapped
+
+
+def test_strings_compare_by_value_and_odd_sizes_byte_by_byte():
+    """A TensorFlow checkpoint's string tensors read as arrays of Python bytes objects, which
+    have no bytes of their own to compare: their values are; fixed-width strings and sizes
+    that are no multiple of 8 bytes compare byte by byte."""
+    a = {
+        "s": np.array([b"ab", b"cd"], dtype=object),
+        "same": np.array([b"x", b"yz"], dtype=object),
+        "u": np.array(["x", "y"]),
+        "odd": np.arange(3, dtype=np.uint8),
+    }
+    b = {
+        "s": np.array([b"ab", b"ce"], dtype=object),
+        "same": np.array([b"x", b"yz"], dtype=object),
+        "u": np.array(["x", "z"]),
+        "odd": np.array([0, 1, 7], dtype=np.uint8),
+    }
+    report = diff(a, b)
+    got = {t.name: (t.status, t.mismatched, t.first, t.first_a, t.first_b) for t in report.tensors}
+    assert got == {
+        "s": ("different", 1, (1,), "cd", "ce"),
+        "same": ("equal", 0, None, None, None),
+        "u": ("different", 1, (1,), "y", "z"),
+        "odd": ("different", 1, (2,), 2, 7),
+    }
+    assert diff(a, a).equal
 
 
 def test_no_name_in_common_points_at_suggest() -> None:

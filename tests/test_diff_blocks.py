@@ -6,6 +6,7 @@ of a few hundred KiB span many of them, the last one partial."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,43 @@ def test_recorded_crcs_are_checked_over_the_blocks_up_to_the_last(tmp_path):
     result = run_cli("diff", a, c)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "a/kernel" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_small_tensor_s_recorded_crc_is_checked_too(tmp_path):
+    """A tensor of one block (read with pread like the big ones) has its CRC-32C checked."""
+    a = write(tmp_path / "a.safetensors", weights())
+    c = tmp_path / "c.safetensors"
+    ckptconv.convert(a, c)
+    flip_byte(c, "a/bias", 27)  # the last byte of 7 float32
+    for x, y in ((a, c), (c, a)):
+        with pytest.raises(ckptconv.IntegrityError, match=r"'a/bias'.*CRC-32C"):
+            diff(x, y)
+
+
+def test_each_file_is_opened_once_for_the_comparison_and_closed_after_it(tmp_path, monkeypatch):
+    """Many small tensors and a few big ones: each file gets one descriptor for the whole
+    comparison (not one per tensor), and none is left open afterwards, also after a failure."""
+    many = {f"layer_{i}/bias": np.full(5, i, np.float32) for i in range(40)}
+    a = write(tmp_path / "a.safetensors", {**weights(), **many})
+    b = write(tmp_path / "b.safetensors", {**weights(), **many})
+    opened: list[str] = []
+    real_open = DIFF.os.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    fds = set(os.listdir("/proc/self/fd"))
+    with ckptconv.open(a) as store_a, ckptconv.open(b) as store_b:
+        monkeypatch.setattr(DIFF.os, "open", counting_open)
+        assert diff(store_a, store_b).equal and len(store_a) == 44
+        assert sorted(opened) == sorted([str(a), str(b)])
+        with open(b, "r+b") as f:  # B ends early now: the comparison fails half-way
+            f.truncate(store_b["a/kernel"].byte_range.offset + 100)
+        with pytest.raises(ckptconv.CorruptFileError):
+            diff(store_a, store_b)
+        monkeypatch.undo()
+    assert set(os.listdir("/proc/self/fd")) == fds
 
 
 def test_a_file_truncated_after_it_was_opened_is_one_error(tmp_path):

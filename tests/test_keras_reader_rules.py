@@ -1,13 +1,19 @@
 """The small rules the Keras readers apply once per layer or per tensor, each against the
 general form it stands for: the creation-order sort key, the missing-variable check, the
-float-layer answer of the quantized naming, the zip member window libhdf5 reads through,
-and the legacy reader's HDF5 path joining."""
+float-layer answer of the quantized naming, the zip member window libhdf5 reads through and
+the map the metadata pass reads it by, the legacy reader's HDF5 path joining, and the
+``config.json`` layer walk (against the walk as first written, on every ``.keras`` fixture
+and on generated configs)."""
 
 from __future__ import annotations
 
 import io
+import json
+import mmap
 import re
 import shutil
+import zipfile
+from typing import Any
 from pathlib import Path
 
 import h5py
@@ -17,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptconv
-from ckptconv.errors import CorruptFileError
+from ckptconv.errors import CorruptFileError, UnsafeInputError
+from ckptconv.formats import _hdf5
 from ckptconv.formats import _keras_quantized as q
 from ckptconv.formats import keras_archive, keras_legacy, keras_weights
 
@@ -131,3 +138,172 @@ def test_window_reads_like_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_legacy_join_is_the_general_rule(group: list[str], name: list[str]) -> None:
     g, n = "".join(group), "".join(name)
     assert keras_legacy._join(g, n) == "/" + "/".join(p for p in f"{g}/{n}".split("/") if p)
+
+
+@pytest.mark.parametrize("base", [0, 1, 1000, mmap.ALLOCATIONGRANULARITY - 1, mmap.ALLOCATIONGRANULARITY,
+                                  mmap.ALLOCATIONGRANULARITY + 7, 3 * mmap.ALLOCATIONGRANULARITY])
+def test_image_reader_reads_a_member_like_its_bytes(tmp_path: Path, base: int) -> None:
+    """The metadata pass's reads of a stored member (mapped from the page holding its first
+    byte) are slices of the member's bytes, up to its end, wherever in the file it starts, and
+    the mapping it searches holds them where it says; a window claiming more than the file
+    holds ends with the file."""
+    data = bytes(np.random.default_rng(base).integers(0, 256, 5 * mmap.ALLOCATIONGRANULARITY, np.uint8))
+    path = tmp_path / "archive"
+    path.write_bytes(data)
+    for length in (1, 100, mmap.ALLOCATIONGRANULARITY + 3, len(data) - base, len(data)):
+        member = data[base : base + length]
+        window = keras_archive._Window(str(path), base, length)
+        reader = _hdf5._ImageReader(window)
+        try:
+            assert reader.size == len(member)
+            # the mapping the GCOL scan searches in place holds the member where it says
+            assert reader.mapped[reader.base : reader.base + reader.size] == member
+            for offset in {0, 1, length // 2, len(member) - 1, len(member), len(member) + 5, 2**40}:
+                for n in (0, 1, 8, 4096, len(member) + 10):
+                    assert reader.read(offset, n) == member[offset : offset + n], (length, offset, n)
+        finally:
+            reader.close()
+            window.close()
+    whole = _hdf5._ImageReader(str(path))  # a file of its own: the same reads
+    try:
+        assert whole.size == len(data) and whole.read(base, 100) == data[base : base + 100]
+    finally:
+        whole.close()
+
+
+def first_layer_infos(config: Any) -> dict[str, keras_weights.LayerInfo]:
+    """The config walk as first written: one call per container, ``isinstance`` checks."""
+    found: dict[str, keras_weights.LayerInfo] = {}
+
+    def visit(node: Any, depth: int) -> None:
+        if depth > 200:
+            raise UnsafeInputError("config.json is nested too deeply")
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if isinstance(cfg, dict) and isinstance(node.get("class_name"), str):
+                name = cfg.get("name")
+                if isinstance(name, str) and name not in found:
+                    found[name] = keras_weights.LayerInfo(node["class_name"], cfg)
+            children: Any = node.values()
+        else:
+            children = node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                visit(child, depth + 1)
+
+    if isinstance(config, (dict, list)):
+        visit(config, 0)
+    return found
+
+
+def assert_same_walk(config: Any) -> None:
+    """Both walks find the same layers (the same config objects) in the same order, or both
+    refuse the nesting."""
+    try:
+        expected = first_layer_infos(config)
+    except UnsafeInputError:
+        with pytest.raises(UnsafeInputError, match="config.json is nested too deeply"):
+            keras_weights.layer_infos(config)
+        return
+    got = keras_weights.layer_infos(config)
+    assert list(got) == list(expected)
+    for name, info in expected.items():
+        assert got[name].class_name == info.class_name and got[name].config is info.config, name
+
+
+def keras_configs(directory: Path) -> list[tuple[str, bytes]]:
+    """The config.json of every .keras archive and model directory a generator wrote."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix == ".keras" and path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if "config.json" in z.namelist():
+                    found.append((path.name, z.read("config.json")))
+        elif path.name == "config.json" and (path.parent / "model.weights.h5").exists():
+            found.append((path.parent.name, path.read_bytes()))
+    return found
+
+
+@pytest.mark.parametrize("generator", ["keras", "keras315", "structure", "optimizers", "load", "mapping", "suggest"])
+def test_config_walk_is_the_first_walk_on_every_keras_fixture(generated, generator: str) -> None:
+    """Every config.json the real writers wrote (nested functional, sequential and subclassed
+    models, wrappers, quantized layers, optimizers, unzipped model directories)."""
+    configs = keras_configs(generated(generator))
+    assert configs, generator
+    for name, raw in configs:
+        config = json.loads(raw)
+        assert_same_walk(config)
+        assert keras_weights.layer_infos(config) or not isinstance(config, dict), name
+
+
+def test_config_walk_orders_nested_layers_outer_first() -> None:
+    """Document order, depth first, first name wins: a model before its layers, a layer
+    before its dtype policy, an outer layer before an inner one of the same name."""
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}}
+    inner = {"class_name": "Dense", "config": {"name": "block", "dtype": policy, "units": 2}}
+    block = {"class_name": "Sequential", "config": {"name": "block", "layers": [inner]}}
+    head = {"class_name": "Dense", "config": {"name": "head", "dtype": policy}}
+    model = {"class_name": "Functional", "config": {"name": "model", "layers": [block, head]},
+             "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam"}}}}
+    config = json.loads(json.dumps(model))
+    infos = keras_weights.layer_infos(config)
+    assert [(n, i.class_name) for n, i in infos.items()] == [
+        ("model", "Functional"), ("block", "Sequential"), ("float32", "DTypePolicy"), ("head", "Dense"),
+        ("adam", "Adam"),
+    ]
+    assert infos["block"].config is config["config"]["layers"][0]["config"]
+    assert_same_walk(config)
+
+
+@pytest.mark.parametrize("depth,refused", [(200, False), (201, True)])
+@pytest.mark.parametrize("container", ["list", "dict", "empty list", "empty dict"])
+def test_config_walk_refuses_what_the_first_walk_refused(depth: int, refused: bool, container: str) -> None:
+    """The innermost container at ``depth`` (the outermost at 0): refused beyond 200."""
+    inner: Any = {"list": [1], "dict": {"a": 1}, "empty list": [], "empty dict": {}}[container]
+    config = inner
+    for level in range(depth):
+        config = [config] if level % 2 else {"config": config}
+    assert_same_walk(config)
+    if refused:
+        with pytest.raises(UnsafeInputError, match="nested too deeply"):
+            keras_weights.layer_infos(config)
+    else:
+        keras_weights.layer_infos(config)
+
+
+KEYS = st.sampled_from(["class_name", "config", "name", "layers", "layer", "dtype", "units"])
+LEAVES = st.sampled_from([None, True, False, 0, 1, 2.5, "a", "b", "dense", "float32", "", "Dense"])
+NAMES = st.sampled_from(["a", "b", "dense", "float32", "a", "b", "dense", "float32", None, 3])  # mostly strings
+CLASSES = st.sampled_from(["Dense", "Model", "Dense", "Model", None, 1])
+
+
+def _layer(options: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A layer, mostly (or a near miss: a class name that is no string, a config that is no
+    object or has no string name), whose config holds ``options`` under any key, before or
+    after its name."""
+    config = st.tuples(st.dictionaries(KEYS, options, max_size=3), NAMES, st.booleans()).map(
+        lambda p: {**p[0], "name": p[1]} if p[2] else {"name": p[1], **p[0]})
+    return st.fixed_dictionaries({
+        "class_name": CLASSES,
+        "config": st.integers(0, 4).flatmap(lambda i: config if i else options),
+    })
+
+
+def _holding(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Layers holding layers, lists and objects of them, layers with more keys than theirs."""
+    layer = _layer(children)
+    return st.integers(0, 5).flatmap(lambda i: [
+        layer, layer, st.lists(children, max_size=4), st.lists(layer, min_size=1, max_size=4),
+        st.dictionaries(KEYS, children, max_size=4),
+        st.tuples(st.dictionaries(KEYS, children, max_size=2), layer).map(lambda p: {**p[0], **p[1]}),
+    ][i])
+
+
+CONFIGS = st.recursive(st.booleans().flatmap(lambda b: _layer(LEAVES) if b else LEAVES), _holding, max_leaves=60)
+
+
+@settings(max_examples=500, deadline=None)
+@given(CONFIGS)
+def test_config_walk_is_the_first_walk_on_generated_configs(config: Any) -> None:
+    """Nested models, layers, names repeated at every depth, keys in any order."""
+    assert_same_walk(json.loads(json.dumps(config)))

@@ -439,3 +439,160 @@ def test_a_checkpoint_with_only_an_unfinished_step_says_so(k315: Path, tmp_path:
         ckptconv.open(root)
     proc = run_cli("inspect", root)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "still being written" in proc.stderr
+
+
+# -- the OCDBT B-tree and reading ahead ----------------------------------------------------------
+
+
+def _rewrite_database(pytree: Path, config: dict, *, edit=None) -> None:
+    """Write the pytree's OCDBT database again with tensorstore under ``config`` (B-tree
+    node size, inline value limit), every value as stored or as ``edit(key, value)`` makes it."""
+    import tensorstore as ts
+
+    old = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": f"{pytree}/"}}).result()
+    fresh = pytree.parent / "rewritten"
+    new = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": f"{fresh}/"}, "config": config}).result()
+    with ts.Transaction() as txn:
+        staged = new.with_transaction(txn)
+        for key in old.list().result():
+            value = old[key]
+            staged[key] = edit(key, value) if edit else value
+    del old, new
+    (pytree / "manifest.ocdbt").unlink()
+    for stale in [pytree / "d", *pytree.glob("ocdbt.process_*")]:
+        shutil.rmtree(stale)
+    for part in fresh.iterdir():
+        part.rename(pytree / part.name)
+    fresh.rmdir()
+
+
+def _orbax_restore(step: Path) -> dict[str, np.ndarray]:
+    """Orbax's own restore of a step's pytree, by pytree path."""
+    import orbax.checkpoint as ocp
+
+    tree = ocp.v1.load_checkpointables(str(step), {"pytree": None})["pytree"]
+
+    def walk(node, parts):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, (*parts, key))
+        else:
+            yield "/".join(parts), np.asarray(node)
+
+    return dict(walk(tree, ()))
+
+
+@pytest.mark.parametrize("config", [
+    {"max_decoded_node_bytes": 1024},  # a B-tree several levels deep, metadata inline
+    {"max_decoded_node_bytes": 512, "max_inline_value_bytes": 0},  # every value out of line
+], ids=["deep", "out_of_line"])
+def test_a_deep_btree_and_metadata_out_of_line(k315: Path, tmp_path: Path, config: dict) -> None:
+    """Opening takes every array's zarr metadata from the B-tree's nodes, a level at a time,
+    whatever the tree's height, and reads the values a node does not hold by key."""
+    import tensorstore as ts
+    import tensorstore.ocdbt
+
+    step = tmp_path / "ckpt" / "1"
+    shutil.copytree(k315 / "orbax_zoo" / "1", step)
+    _rewrite_database(step / "pytree", config)
+    base = ts.KvStore.open({"driver": "file", "path": f"{step / 'pytree'}/"}).result()
+    assert tensorstore.ocdbt.dump(base).result()["versions"][-1]["root_height"] >= 2
+    expected = {x.extra["key"]: x for x in load_expected(k315, "orbax_zoo.step1")}
+    restored = _orbax_restore(step)
+    with ckptconv.open(step.parent) as store:
+        got = {e.tree_path: e for e in store.entries(include_all=True)}
+        assert sorted(got) == sorted(expected)
+        for key, entry in got.items():
+            assert (entry.shape, entry.dtype) == (expected[key].array.shape, expected[key].array.dtype), key
+            array = entry.read()
+            assert_bit_exact(array, expected[key].array, key)
+            assert_bit_exact(array, restored[key].astype(array.dtype), key)
+
+
+@pytest.fixture()
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The arrays tensorstore is asked to open, in order."""
+    from ckptconv.formats import _orbax_arrays
+
+    calls: list[str] = []
+    real = _orbax_arrays.Arrays._open
+
+    def counting(self, param):
+        calls.append(param)
+        return real(self, param)
+
+    monkeypatch.setattr(_orbax_arrays.Arrays, "_open", counting)
+    return calls
+
+
+@pytest.mark.parametrize("ahead", [4, 64])
+def test_reading_in_order_opens_each_array_once_a_bounded_batch_ahead(
+    k315: Path, opened: list[str], monkeypatch: pytest.MonkeyPatch, ahead: int
+) -> None:
+    from ckptconv.formats import _orbax_arrays
+
+    monkeypatch.setattr(_orbax_arrays, "_AHEAD_ARRAYS", ahead)
+    expected = {x.extra["key"]: x.array for x in load_expected(k315, "orbax_zoo.step1")}
+    with ckptconv.open(k315 / "orbax_zoo") as store:
+        entries = store.entries(include_all=True)
+        assert len(entries) > 2 * ahead or ahead == 64
+        most_ahead = 0
+        for done, entry in enumerate(entries):
+            assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)
+            most_ahead = max(most_ahead, len(opened) - (done + 1))
+        assert sorted(opened) == sorted(e.key for e in entries)  # each array opened once
+        assert 1 < most_ahead <= ahead
+
+
+def test_read_ahead_stays_within_its_byte_bound(k315: Path, opened: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrays are read ahead only while their bytes fit the bound; one larger than it is
+    read when asked for, alone."""
+    from ckptconv.formats import _orbax_arrays
+
+    monkeypatch.setattr(_orbax_arrays, "_AHEAD_BYTES", 1)
+    with ckptconv.open(k315 / "orbax_zoo") as store:
+        for done, entry in enumerate(store.entries(include_all=True)):
+            entry.read()
+            assert len(opened) == done + 1
+
+
+def test_reading_out_of_order_reads_nothing_ahead(k315: Path, opened: list[str]) -> None:
+    """Reads that do not follow the store's order (reversed, shuffled) each open their own
+    array only, and get the right one."""
+    expected = {x.extra["key"]: x.array for x in load_expected(k315, "orbax_zoo.step1")}
+    with ckptconv.open(k315 / "orbax_zoo") as store:
+        entries = store.entries(include_all=True)
+        for entry in reversed(entries):
+            assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)
+        assert opened == [e.key for e in reversed(entries)]
+        shuffled = [entries[i] for i in np.random.default_rng(0).permutation(len(entries))]
+        for entry in shuffled + entries[:3]:  # then back in order from the start
+            assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)
+
+
+def test_damaged_arrays_read_ahead_fail_alone(k315: Path, tmp_path: Path) -> None:
+    """An array whose stored chunk is damaged, and one whose zarr metadata tensorstore
+    refuses, each fail when read, naming the array; the arrays read ahead with them are read."""
+    step = tmp_path / "ckpt" / "1"
+    shutil.copytree(k315 / "orbax_zoo" / "1", step)
+    with ckptconv.open(step.parent) as store:
+        entries = store.entries(include_all=True)
+    bad_chunk, bad_codec = entries[len(entries) // 2], entries[len(entries) // 2 + 2]
+
+    def damage(key: bytes, value: bytes) -> bytes:
+        if key.startswith(f"{bad_chunk.key}/c".encode()):
+            return b"\x00" * len(value)
+        if key == f"{bad_codec.key}/zarr.json".encode():
+            return json.dumps(dict(json.loads(value), codecs=[{"name": "no_such_codec"}])).encode()
+        return value
+
+    _rewrite_database(step / "pytree", {}, edit=damage)
+    expected = {x.extra["key"]: x.array for x in load_expected(k315, "orbax_zoo.step1")}
+    with ckptconv.open(step.parent) as store:
+        for entry in store.entries(include_all=True):
+            if entry.key in (bad_chunk.key, bad_codec.key):
+                with pytest.raises(ckptconv.CorruptFileError, match="the array cannot be read") as info:
+                    entry.read()
+                assert info.value.tensor == entry.tree_path
+            else:
+                assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)

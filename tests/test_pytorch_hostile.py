@@ -512,18 +512,25 @@ def test_the_opcode_walk_refuses_opcodes_torch_never_writes(name: str, opcode: b
 def test_a_torch_archive_central_directory_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Detection goes by the first member's name (torch.save writes ``<archive>/data.pkl``
     first): the central directory, thousands of entries for a large state dict, is read by the
-    reader alone, and once."""
+    reader alone, and once (by ckptconv's own reader: zipfile not at all)."""
+    from ckptconv.formats import _zip, pytorch
+
     reads = []
-    real = zipfile.ZipFile._RealGetContents
+    real = _zip._read_directory
 
-    def counting(self: zipfile.ZipFile) -> None:
-        reads.append(self.filename)
-        real(self)
+    def counting(fd: int) -> list[_zip.Member]:
+        reads.append(fd)
+        return real(fd)
 
-    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counting)
+    def refuse(self: zipfile.ZipFile) -> None:
+        raise AssertionError("zipfile read the central directory")
+
+    monkeypatch.setattr(_zip, "_read_directory", counting)
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", refuse)
     with ckptconv.open(FIXTURES / "cnn.pt") as store:
         assert len(store) > 0
     assert len(reads) == 1
+    assert pytorch.central_directory is _zip.central_directory
 
 
 def test_a_zip_that_starts_as_torch_but_holds_no_data_pkl_is_refused_in_one_line(tmp_path: Path) -> None:

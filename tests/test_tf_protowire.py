@@ -27,6 +27,11 @@ from ckptconv.formats._protowire import (
     SlotVariable,
     TrackableObject,
     WireError,
+    _common_entry,
+    _common_node,
+    _scan,
+    general_bundle_entry,
+    general_object_graph,
     parse_bundle_entry,
     parse_bundle_header,
     parse_object_graph,
@@ -309,3 +314,141 @@ def test_saved_tensor_attributes_that_are_not_utf8_raise_wire_errors(which: int)
     for extra in (b"", _field(9, 5)):  # read directly, and scanned
         with pytest.raises(WireError, match="field attributes is not valid UTF-8"):
             parse_object_graph(_field(1, _field(2, body + extra)))
+
+
+# --- the common-layout readers give exactly what the general decoders give -------------------
+#
+# parse_bundle_entry and parse_object_graph read the layout TensorFlow writes directly and hand
+# everything else to general_bundle_entry / general_object_graph. Whatever the bytes, both ways
+# must give the same value or the same WireError (type and message), and nothing else.
+
+
+def _outcome(parse, data: bytes) -> tuple[str, object]:
+    try:
+        return "value", parse(data)
+    except WireError as e:
+        return "WireError", str(e)
+
+
+def _both_ways(data: bytes) -> None:
+    assert _outcome(parse_bundle_entry, data) == _outcome(general_bundle_entry, data)
+    assert _outcome(parse_object_graph, data) == _outcome(general_object_graph, data)
+
+
+def _mutations(message: bytes, step: int = 1) -> list[bytes]:
+    """The message truncated, with one bit flipped, one byte dropped and one inserted, at
+    every ``step``-th position."""
+    out = []
+    for at in range(0, len(message), step):
+        flipped = bytearray(message)
+        flipped[at] ^= 1 << (at % 8)
+        out += [message[:at], bytes(flipped), message[:at] + message[at + 1 :],
+                message[:at] + bytes([0x80 | at % 128]) + message[at:]]
+    return out
+
+
+def _real_checkpoints(generated) -> list[str]:
+    """Every TensorFlow checkpoint the fixture generators write (TF1, TF2, tf-keras, Keras 3,
+    SavedModel variables, sharded, partitioned, every dtype, wrappers and optimizers)."""
+    indexes = [*generated("tf").rglob("*.index"), *generated("structure").rglob("*.index")]
+    assert len(indexes) >= 20
+    return sorted(str(p)[: -len(".index")] for p in indexes)
+
+
+def _graph_or_none(prefix: str) -> bytes | None:
+    index = tf_checkpoint._read_index(prefix + ".index")
+    return object_graph_bytes(prefix) if tf_checkpoint.OBJECT_GRAPH_KEY in index.entries else None
+
+
+def test_real_checkpoints_are_read_in_the_common_layout_and_equal_the_general_decode(generated) -> None:
+    """Every index entry and object graph TensorFlow wrote decodes the same both ways, and the
+    common-layout readers take all of them (but the slices of partitioned variables), so the
+    fast path is the one these files exercise."""
+    entries = nodes = graphs = 0
+    for prefix in _real_checkpoints(generated):
+        for _, value in tb.read_table(prefix + ".index")[1:]:
+            general = general_bundle_entry(value)
+            assert parse_bundle_entry(value) == general
+            assert (_common_entry(value) is None) == bool(general.slices), value.hex()
+            entries += 1
+        graph = _graph_or_none(prefix)
+        if graph is None:
+            continue
+        assert parse_object_graph(graph) == general_object_graph(graph)
+        for field in _scan(graph, 0, len(graph)):
+            assert _common_node(graph, field[2], field[3]) is not None, graph[field[2] : field[3]]
+            nodes += 1
+        graphs += 1
+    assert entries > 300 and graphs > 10 and nodes > 500
+
+
+def test_damaged_real_messages_decode_the_same_both_ways(tf_dir: Path) -> None:
+    prefix = json.loads((tf_dir / "tfkeras.case.json").read_text())["prefix"]
+    graph = object_graph_bytes(prefix)
+    for _, value in tb.read_table(prefix + ".index")[1:]:
+        for damaged in _mutations(bytes(value)):
+            _both_ways(damaged)
+    for damaged in _mutations(graph, step=3):
+        _both_ways(damaged)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=64), WIRE_MESSAGES))
+def test_random_bytes_decode_the_same_both_ways(data: bytes) -> None:
+    _both_ways(data)
+
+
+_COMMON_ENTRIES = st.builds(
+    BundleEntry,
+    st.integers(0, 127),  # one-byte dtype codes, as every TensorFlow dtype has
+    st.lists(st.integers(0, 2**40), max_size=5).map(tuple),
+    st.booleans(),
+    _int64,
+    _int64,
+    _int64,
+    st.integers(0, 2**32 - 1),
+    slices=st.just(()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_COMMON_ENTRIES, st.data())
+def test_common_layout_entries_and_their_damage_decode_the_same_both_ways(entry: BundleEntry, data) -> None:
+    encoded = _encode_entry(entry, [])
+    assert parse_bundle_entry(encoded) == entry == general_bundle_entry(encoded)
+    if entry.dtype:  # with the dtype left out, the layout is not the common one
+        assert _common_entry(encoded) == entry
+    damaged = data.draw(st.sampled_from(_mutations(encoded)), label="damaged") if encoded else b""
+    _both_ways(damaged)
+
+
+@settings(max_examples=200, deadline=None)
+@given(OBJECT_GRAPHS, st.data())
+def test_object_graphs_and_their_damage_decode_the_same_both_ways(nodes: list[TrackableObject], data) -> None:
+    encoded = _encode_graph(nodes)
+    assert parse_object_graph(encoded) == nodes == general_object_graph(encoded)
+    if encoded:
+        _both_ways(data.draw(st.sampled_from(_mutations(encoded)), label="damaged"))
+
+
+@pytest.mark.parametrize("label", ["tfkeras", "keras3", "dtypes"])
+def test_damaged_nodes_alone_are_read_as_the_general_decoder_reads_them_or_left_to_it(tf_dir: Path, label: str) -> None:
+    """Each real node on its own, damaged (so that fields run past the end of the buffer):
+    the common reader never raises, and what it reads is what the general decoder reads."""
+    graph = object_graph_bytes(json.loads((tf_dir / f"{label}.case.json").read_text())["prefix"])
+    read = 0
+    for field in _scan(graph, 0, len(graph)):
+        for body in _mutations(graph[field[2] : field[3]]):
+            node = _common_node(body, 0, len(body))
+            if node is not None:
+                assert _outcome(general_object_graph, _field(1, body)) == ("value", [node])
+                read += 1
+    assert read > 50
+
+
+def test_a_graph_is_framed_whole_before_any_node_left_to_the_general_decoder_is_read() -> None:
+    # node 0 is damaged in a layout the common reader leaves (fields out of order, a name
+    # that is not UTF-8); the graph's last field runs past its end: that is the error reported
+    graph = _field(1, _field(1, _field(2, b"\xff") + _field(1, 3))) + b"\x0a\x05ab"
+    expected = ("WireError", "length-delimited field runs past the end of the message")
+    assert _outcome(parse_object_graph, graph) == _outcome(general_object_graph, graph) == expected

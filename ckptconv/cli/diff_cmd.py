@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "B's dtype), to check that B is exactly A converted",
     )
     p.add_argument("--all", action="store_true", help="also compare optimizer and bookkeeping entries")
-    add_json(p, "the report")
+    add_json(p, 'the report ("result": "equal" or "different")')
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor, equal ones too")
     p.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = diff(args.a, args.b, **options)
     if args.json:
-        emit_json(args, {"ok": report.equal, **report.to_json()})
+        # exit status 1 twice over: "result" is there when the comparison ran (and found a
+        # difference); a failed command's object has "error" instead, and no report
+        emit_json(args, {"ok": report.equal, "result": "equal" if report.equal else "different", **report.to_json()})
     else:
         print(report.format_text(verbose=args.verbose))
     return 0 if report.equal else 1

@@ -24,17 +24,18 @@ import stat
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..gcpause import paused_gc
-from ..errors import CkptconvError, CorruptFileError, FormatError, NoSuchFileError
+from ..errors import CkptconvError, CorruptFileError, FormatError, LoadError, NoSuchFileError
 from ..options import keyword_options, option_names
 from ..store import Store
 from ._zip import damaged_zip, first_member_kind
 
-__all__ = ["open", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
+__all__ = ["open", "open_source", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
 
 # Order matters only where two formats could claim one path; content decides each.
 FORMAT_MODULES = (
@@ -273,6 +274,31 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
             f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}", path=path
         ) from e
 
+
+
+def open_source(source: Any) -> tuple[Store, bool]:
+    """A store for a source as ``load_into``, ``transplant``, ``diff`` and ``suggest`` take one,
+    and whether this call opened it (and so must close it).
+
+    Args:
+        source: A checkpoint path (opened with :func:`open`: metadata only), a
+            :class:`~ckptconv.Store` (returned as it is), or ``{name: numpy array}`` (a
+            :meth:`Store.from_arrays <ckptconv.Store.from_arrays>` over the arrays).
+
+    Raises:
+        LoadError: ``source`` is none of these.
+        CkptconvError: the path cannot be opened (see :func:`open`).
+    """
+    if isinstance(source, Store):
+        return source, False
+    if isinstance(source, Mapping):
+        return Store.from_arrays(source), False
+    if isinstance(source, (str, os.PathLike)):
+        return open(source), True
+    raise LoadError(
+        "expected a source path, a ckptconv.Store or a {name: array} mapping; received "
+        f"{type(source).__name__}"
+    )
 
 # What h5py, zipfile, json and struct raise on damaged bytes: a reader that lets one through
 # still gets a one-line CorruptFileError naming the file. (zipfile.BadZipFile is added when a

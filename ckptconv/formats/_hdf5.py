@@ -89,7 +89,7 @@ def describe_open_error(error: BaseException) -> str:
 _GCOL = b"GCOL"
 _GCOL_HEADER = 16  # signature, version, 3 reserved bytes, collection size (8)
 _SCAN_CHUNK = 8 << 20
-_SKIP_MIN = 64 << 10  # tensor data ranges at least this large are not scanned
+_SKIP_MIN = 64 << 10  # a dataset libhdf5 must describe is asked about (and skipped) from this size
 
 
 def check_global_heaps(
@@ -122,7 +122,11 @@ def check_global_heaps(
     reader = _ImageReader(source)
     try:
         size = reader.size
-        headers, children, skip = walk(f, reader.read, size, path=path, skip_min=_SKIP_MIN)
+        image = None if reader.mapped is None else np.frombuffer(reader.mapped, np.uint8)[reader.base : reader.base + size]
+        try:
+            headers, children, skip = walk(f, reader.read, size, path=path, skip_min=_SKIP_MIN, image=image)
+        finally:
+            del image  # the mapping closes only once no array holds it
         collections: dict[int, dict[int, tuple[int, int]]] = {}
         for start, stop in _gaps(skip, size):
             for offset in _find_all(reader, start, stop):
@@ -198,40 +202,54 @@ def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | No
 
 
 class _ImageReader:
-    """``read(offset, n)`` over an HDF5 image given as a path (memory-mapped: the metadata
-    pass reads tens of thousands of small headers) or a seekable file object."""
+    """``read(offset, n)`` over an HDF5 image given as a path or a stored zip member (an
+    object with ``image_region()``), memory-mapped: the metadata pass reads tens of thousands
+    of small headers, each one slice of the map; or over a seekable file object. Offsets are
+    image offsets (non-negative); a read stops at the image's end."""
 
     def __init__(self, source: str | os.PathLike[str] | Any) -> None:
         self._map: mmap.mmap | None = None
         self._obj: Any = None
-        self._base = 0
+        lead = 0  # where the image starts in the map
         region = getattr(source, "image_region", None)  # a stored zip member: map its bytes
         if isinstance(source, (str, os.PathLike)) or region is not None:
-            path, self._base, length = (source, 0, None) if region is None else region()
+            path, base, length = (source, 0, None) if region is None else region()
             with builtins.open(path, "rb") as f:
                 end = os.fstat(f.fileno()).st_size
-                self.size = end - self._base if length is None else min(length, end - self._base)
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if end else None
+                self.size = max(0, end - base if length is None else min(length, end - base))
+                if self.size:
+                    # the map starts at the page holding the image's first byte (a member's
+                    # data rarely starts on a page boundary) and ends with the image
+                    lead = base % mmap.ALLOCATIONGRANULARITY
+                    self._map = mmap.mmap(
+                        f.fileno(), lead + self.size, access=mmap.ACCESS_READ, offset=base - lead
+                    )
         else:
             self._obj = source
             self.size = source.seek(0, os.SEEK_END)
         image = self._map
-        if image is not None and self._base == 0 and self.size == len(image):
-            self.read = lambda offset, n: image[offset : offset + n]  # type: ignore[method-assign]
+        # the image in place when memory-mapped (search it, do not slice it): the mapping
+        # and where the image starts in it
+        self.mapped, self.base = image, lead
+        if image is not None:  # one slice a read (bounded by the map, which ends with the image)
+            if lead:
+                self.read = lambda offset, n: image[lead + offset : lead + offset + n]  # type: ignore[method-assign]
+            else:
+                self.read = lambda offset, n: image[offset : offset + n]  # type: ignore[method-assign]
 
     def read(self, offset: int, n: int) -> bytes:
-        if self._obj is None:
-            if self._map is None or offset >= self.size:
-                return b""
-            start = self._base + offset
-            return self._map[start : start + min(n, self.size - offset)]
+        if self._obj is None:  # nothing mapped: an empty image
+            return b""
         self._obj.seek(offset)
         return self._obj.read(n)
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
-            self._map = None
+            try:
+                self._map.close()
+            except BufferError:  # an array over it lives on (in an error's traceback): it
+                pass  # closes when that is collected
+            self._map = self.mapped = None
 
 
 def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
@@ -247,6 +265,16 @@ def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
 
 
 def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
+    """Offsets of every ``GCOL`` signature lying wholly within bytes ``start:stop``."""
+    image = reader.mapped
+    if image is not None:  # searched in place: no copy, and only the pages searched are read
+        base = reader.base
+        found = []
+        i = image.find(_GCOL, base + start, base + stop)
+        while i >= 0:
+            found.append(i - base)
+            i = image.find(_GCOL, i + 1, base + stop)
+        return found
     found = []
     position = start
     while position < stop:
@@ -559,7 +587,9 @@ def _byte_range(
             path=path,
             tensor=key,
         )
-    return ByteRange(os.path.abspath(data_path), base_offset + offset, nbytes)
+    # the readers hand over absolute paths (made so once per file): abspath only for others
+    absolute = data_path if data_path[:1] == os.sep else os.path.abspath(data_path)
+    return ByteRange(absolute, base_offset + offset, nbytes)
 
 
 def resolve(catalog: Catalog, path: str) -> int | None:

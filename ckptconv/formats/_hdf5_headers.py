@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Header", "lengths_are_8", "object_header"]
+__all__ = ["Header", "lengths_are_8", "object_header", "object_headers", "rows"]
 
 _MAX_HEADER_BLOCKS = 4096
 _FIRST_READ = 512  # a Keras dataset's header is 272 bytes, a group's 40: one read each
@@ -299,3 +299,175 @@ def _element_count(space: bytes) -> int | None:
     for i in range(rank):
         count *= int.from_bytes(space[first + 8 * i : first + 8 * i + 8], "little")
     return count
+
+
+# object_headers: the message types a batch row may hold (any other sends the row to
+# object_header) -- NIL, dataspace, datatype, fill value (old and new), data layout,
+# modification time (old and new), symbol table, object header continuation is not one
+_BATCH_TYPES = frozenset({0x00, _DATASPACE, _DATATYPE, 0x04, 0x05, _LAYOUT, 0x0E, 0x12, _SYMBOL_TABLE})
+_BATCH_MESSAGES = 16  # more messages than this in one header: object_header reads it
+_BATCH_ROWS = 8192  # headers gathered per numpy pass (8192 x 512 bytes)
+_MIX = 0x100000001B3  # the multiplier of the messages' 64-bit hash (the FNV prime)
+
+
+def object_headers(
+    read: Callable[[int, int], bytes], addresses: list[int], size: int, *, image: np.ndarray | None = None
+) -> list[Header | None]:
+    """What :func:`object_header` gives for each of ``addresses``, for the headers of the two
+    shapes h5py writes for nearly every object, parsed together with numpy: a dataset's
+    (dataspace, datatype, fill value, contiguous layout, maybe a modification time) and a
+    group's whose only message is its symbol table, all in a first block of at most
+    496 bytes. None for any other header: the caller asks :func:`object_header`, which reads
+    every header there is (continuation blocks, attributes, shared messages, other layouts).
+
+    ``read(offset, n)`` reads the HDF5 image; ``size`` is its length; ``image``, if given, is
+    the same bytes as a uint8 array (the headers are then copied out of it in one step).
+    Distinct dataspace and datatype messages are decoded once, by the functions
+    :func:`object_header` uses.
+    """
+    found: list[Header | None] = [None] * len(addresses)
+    inside = [i for i, a in enumerate(addresses) if a <= size - _FIRST_READ]
+    for start in range(0, len(inside), _BATCH_ROWS):
+        chosen = inside[start : start + _BATCH_ROWS]
+        for i, header in zip(chosen, _batch(read, image, [addresses[i] for i in chosen], size)):
+            found[i] = header
+    return found
+
+
+def _batch(
+    read: Callable[[int, int], bytes], image: np.ndarray | None, addresses: list[int], size: int
+) -> list[Header | None]:
+    """:func:`object_headers` for addresses each at least 512 bytes before the end."""
+    n = len(addresses)
+    width = _FIRST_READ
+    at = np.array(addresses, np.int64)
+    heads = rows(read, image, addresses, width)
+    end = 16 + (heads[:, 8:12].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], np.int64))
+    ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
+    every = np.arange(n)
+    position = np.full(n, 16, np.int64)
+    found = {kind: np.zeros(n, np.int64) for kind in (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE)}
+    counts = {kind: np.zeros(n, np.int64) for kind in found}
+    sizes = {kind: np.zeros(n, np.int64) for kind in found}
+    allowed = np.zeros(1 << 16, bool)
+    allowed[list(_BATCH_TYPES)] = True
+    for _ in range(_BATCH_MESSAGES):
+        live = ok & (position + 8 <= end)
+        if not live.any():
+            break
+        here = np.where(live, position, 0)
+        kind = heads[every, here].astype(np.int64) | heads[every, here + 1].astype(np.int64) << 8
+        length = heads[every, here + 2].astype(np.int64) | heads[every, here + 3].astype(np.int64) << 8
+        shared = (heads[every, here + 4] & _SHARED) != 0
+        after = here + 8 + length
+        ok &= ~live | (allowed[kind] & (after <= end) & ~(shared & (kind != 0)))
+        for k in found:
+            hit = live & (kind == k)
+            found[k][hit] = here[hit] + 8
+            counts[k] += hit
+            sizes[k][hit] = length[hit]
+        position = np.where(live, after, position)
+    ok &= position + 8 > end  # every message read within the batch's limit
+    group = (counts[_SYMBOL_TABLE] == 1) & (counts[_LAYOUT] == 0) & (sizes[_SYMBOL_TABLE] >= 16)
+    dataset = (
+        (counts[_LAYOUT] == 1) & (counts[_SYMBOL_TABLE] == 0)
+        & (counts[_DATASPACE] == 1) & (counts[_DATATYPE] == 1) & (sizes[_LAYOUT] >= 18)
+    )
+    # a dataset's layout: version 3, contiguous, then address and size (8 bytes each); a
+    # group's symbol table message: B-tree and local heap addresses
+    words = _Words(heads)
+    layout = words(found[_LAYOUT] + 2, 2)
+    dataset &= (heads[every, found[_LAYOUT]] == 3) & (heads[every, found[_LAYOUT] + 1] == 1)
+    ok &= group | dataset
+    symbols = words(found[_SYMBOL_TABLE], 2)
+    chosen = dataset & ok
+    shapes = _distinct(heads, words, found[_DATASPACE], sizes[_DATASPACE], chosen, _dataspaces, _dataspace)
+    dtypes = _distinct(heads, words, found[_DATATYPE], sizes[_DATATYPE], chosen, _datatypes, _datatype)
+    out: list[Header | None] = [None] * n
+    data_at, data_size = layout[:, 0].tolist(), layout[:, 1].tolist()
+    btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
+    is_group = group.tolist()
+    for i in np.flatnonzero(ok).tolist():
+        if is_group[i]:
+            out[i] = Header("group", False, None, None, None, 0, [], (), (btree[i], heap[i]))
+            continue
+        offset, length = data_at[i], data_size[i]
+        if offset == _UNDEFINED:
+            out[i] = Header("dataset", False, None, None, None, length, [], ())
+            continue
+        shape, dtype = shapes[i], dtypes[i]
+        if shape is _UNSEEN or dtype is _UNSEEN:  # a hash collision: object_header decides
+            continue
+        if shape is None or dtype is None:  # not a plain shape or dtype
+            out[i] = Header("dataset", False, None, None, offset, length, [], ())
+            continue
+        count = 1
+        for d in shape:
+            count *= d
+        plain = count * dtype.itemsize == length
+        out[i] = Header("dataset", plain, shape if plain else None, dtype if plain else None, offset, length, [], ())
+    return out
+
+
+def rows(read: Callable[[int, int], bytes], image: np.ndarray | None, addresses: list[int], width: int) -> np.ndarray:
+    """The ``width`` bytes at each of ``addresses`` (each at most ``width`` bytes before the
+    image's end) as the rows of a uint8 array: copied out of ``image`` (the image as a uint8
+    array) in one step when given, else read one by one with ``read(offset, n)``."""
+    if image is not None:
+        return np.lib.stride_tricks.sliding_window_view(image, width)[np.array(addresses, np.int64)]
+    joined = b"".join([read(a, width) for a in addresses])
+    return np.frombuffer(joined, np.uint8).reshape(len(addresses), width)
+
+
+class _Words:
+    """Little-endian 8-byte words at any byte of a batch's rows (``heads``, n x width)."""
+
+    def __init__(self, heads: np.ndarray) -> None:
+        self.width = heads.shape[1]
+        flat = np.concatenate([heads.reshape(-1), np.zeros(8, np.uint8)])  # a word may end past a row
+        # one 8-byte word starting at every byte: a view of the same memory, no copy
+        self.at_byte = np.ndarray((flat.size - 7,), "<u8", flat, 0, (1,))
+        self.row_start = np.arange(heads.shape[0], dtype=np.int64) * self.width
+
+    def __call__(self, at: np.ndarray, count: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """``count`` words from each row (or each of ``rows``), the first at column ``at[i]``
+        (clamped into the row: rows whose message is not there are of no use anyway)."""
+        first = self.row_start if rows is None else self.row_start[rows]
+        start = first + np.minimum(at, self.width - 8 * count)
+        return np.stack([self.at_byte[start + 8 * w] for w in range(count)], axis=1)
+
+
+def _distinct(
+    heads: np.ndarray, words: _Words, at: np.ndarray, sizes: np.ndarray, rows: np.ndarray,
+    memo: dict[bytes, Any], parse: Callable[[bytes], Any],
+) -> list[Any]:
+    """Each of ``rows``' message (``sizes[i]`` bytes at column ``at[i]``) decoded by
+    ``parse``, each distinct message once (through ``memo``), by row index (``_UNSEEN`` for
+    rows not decoded). Rows are grouped by a 64-bit hash of the message, each group's
+    messages then compared word for word with its first: a row that differs (a hash
+    collision) is left out, for object_header."""
+    decoded = np.full(len(sizes), _UNSEEN, object)
+    for length in sorted(set(sizes[rows].tolist())):  # (np.unique would import numpy.ma)
+        chosen = np.flatnonzero(rows & (sizes == length))
+        if not length:
+            decoded[chosen] = [parse(b"")] * len(chosen)
+            continue
+        count = -(-length // 8)
+        chosen = chosen[at[chosen] + 8 * count <= words.width]  # the rest: object_header
+        cells = words(at[chosen], count, chosen)
+        if length % 8:
+            cells[:, -1] &= np.uint64((1 << (8 * (length % 8))) - 1)
+        digest = cells[:, 0].copy()
+        for column in range(1, count):
+            digest = digest * np.uint64(_MIX) + cells[:, column]
+        _, first, which = np.unique(digest, return_index=True, return_inverse=True)
+        which = which.ravel()
+        same = (cells == cells[first[which]]).all(axis=1)
+        values = np.empty(len(first), object)
+        starts = at[chosen].tolist()
+        for w, row in enumerate(first.tolist()):
+            data = heads[chosen[row], starts[row] : starts[row] + length].tobytes()
+            value = memo.get(data, _UNSEEN)
+            values[w] = _remember(memo, data, parse(data)) if value is _UNSEEN else value
+        decoded[chosen[same]] = values[which[same]]
+    return decoded.tolist()

@@ -35,9 +35,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import h5py
+import numpy as np
 
 from ..errors import CorruptFileError
-from ._hdf5_headers import Header, lengths_are_8, object_header
+from ._hdf5_headers import Header, lengths_are_8, object_header, object_headers, rows
 
 __all__ = ["MAX_OBJECTS", "SymbolTables", "TooManyLinks", "group_node_sizes", "walk"]
 
@@ -53,6 +54,9 @@ _ENTRY_SIZE = 40
 _HEAP = struct.Struct("<4sB3xQ8xQ")  # signature, version, data size, (free list), data address
 _HEAP_READ = 512  # a group's heap header and, usually right after it, its names: one read
 _CACHED_SOFT_LINK = 2
+_TREE_SIGNATURE = np.frombuffer(b"TREE", np.uint8)
+_SNOD_SIGNATURE = np.frombuffer(b"SNOD", np.uint8)
+_HEAP_SIGNATURE = np.frombuffer(b"HEAP", np.uint8)
 
 Links = dict[str, tuple[int, int]]  # name -> (link type, object address or soft-link value size)
 
@@ -81,12 +85,15 @@ def walk(
     *,
     path: str | os.PathLike[str] | Any,
     skip_min: int,
+    image: np.ndarray | None = None,
 ) -> tuple[dict[int, Header], dict[str, Links], list[tuple[int, int]]]:
     """Every object's parsed header by address, every group's links by group path, and the
-    byte ranges of contiguous datasets of at least ``skip_min`` bytes, from one depth-first
+    byte ranges of contiguous datasets (of any size when the header parse describes the
+    dataset, of at least ``skip_min`` bytes when libhdf5 must), from one depth-first
     walk of the hard links in libhdf5's visit order (by name, a link before what is under it).
 
-    ``read(offset, n)`` reads the HDF5 image of ``size`` bytes that ``f`` has open. An
+    ``read(offset, n)`` reads the HDF5 image of ``size`` bytes that ``f`` has open (``image``,
+    if given, is the same bytes as a uint8 array: headers are copied out of it in bulk). An
     old-style group's links are read from its symbol table; any other group's are asked of
     libhdf5. Each object is described once: a group reached by a second hard link gets no
     links here (readers ask libhdf5 for them), as libhdf5's visit does. An object whose
@@ -102,52 +109,89 @@ def walk(
     node_sizes = group_node_sizes(head) if parse else None
     tables = None if node_sizes is None else SymbolTables(read, size, node_sizes, limit=2 * MAX_OBJECTS, path=path)
     headers: dict[int, Header] = {}
-    children: dict[str, Links] = {}
+    groups: dict[int, Links] = {}  # every group's links, by address
     ranges: list[tuple[int, int]] = []
     other = Header("other", False, None, None, None, 0, [])
 
-    def describe(address: int, name: str) -> Links | None:
-        """Parse one object's header; a group's links (None for another object)."""
-        header = object_header(read, address, size) if parse else None
+    def describe(address: int, name: str, header: Header | None, links: Links | None) -> Links | None:
+        """Record one object's parsed header; a group's links (None for another object),
+        ``links`` if read already."""
         if header is None:
             headers[address] = other
             return _libhdf5_object(f, name, size, skip_min, ranges, path=path)
         headers[address] = header
         kind = header.kind
         if kind == "group":
+            if links is not None:
+                return links
             if header.symbols is not None and tables is not None:
                 return tables.links(name, *header.symbols)
             return _libhdf5_links(f, name, path=path)
         at, length = header.offset, header.length
-        large = kind == "dataset" and at is not None and skip_min <= length <= size - at
-        if large and (header.plain or _contiguous(f, name)):
-            ranges.append((at, at + length))  # type: ignore[operator]
+        if kind == "dataset" and at is not None and 0 < length <= size - at:
+            # a plain dataset's bytes are raw wherever they lie; any other's only when
+            # libhdf5 says so, asked for ranges worth skipping
+            if header.plain or (length >= skip_min and _contiguous(f, name)):
+                ranges.append((at, at + length))
         return None
 
+    # level by level (the objects one link below the last level's groups), so that the
+    # headers of a level are parsed together: most in one numpy pass (object_headers), the
+    # rest one by one; objects are named by the first path found to them
+    root = h5py.h5o.get_info(f.id).addr
+    level = [(root, "")]
+    seen = {root}
     try:
-        links = describe(h5py.h5o.get_info(f.id).addr, "/")
-        if links is None:  # libhdf5 opened the file, so its root is a group
-            raise CorruptFileError("the root group's object header is damaged", path=path)
-        children["/"] = links
-        stack = [("", iter(links.items()))]
-        while stack:
-            prefix, walking = stack[-1]
-            for key, (link_type, address) in walking:
-                if link_type or address in headers:  # not a hard link, or described already
+        while level:
+            addresses = [address for address, _ in level]
+            batch = object_headers(read, addresses, size, image=image) if parse else [None] * len(level)
+            if parse:
+                batch = [object_header(read, a, size) if h is None else h for a, h in zip(addresses, batch)]
+            known: dict[int, Links] = {}  # the links of the level's small old-style groups
+            if tables is not None:
+                small = [(i, h.symbols) for i, h in enumerate(batch) if h is not None and h.symbols is not None]
+                if small:
+                    tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
+                    known = {i: links for (i, _), links in zip(small, tried) if links is not None}
+            below: list[tuple[int, str]] = []
+            for i, ((address, name), header) in enumerate(zip(level, batch)):
+                links = describe(address, name or "/", header, known.get(i))
+                if links is None:
+                    if address == root:  # libhdf5 opened the file, so its root is a group
+                        raise CorruptFileError("the root group's object header is damaged", path=path)
                     continue
-                if len(headers) >= MAX_OBJECTS:
-                    raise TooManyLinks
-                name = f"{prefix}/{key}"
-                links = describe(address, name)
-                if links is not None:
-                    children[name] = links
-                    stack.append((name, iter(links.items())))
-                    break
-            else:
-                stack.pop()
+                groups[address] = links
+                for key, (link_type, child) in links.items():
+                    if link_type or child in seen:  # not a hard link, or found already
+                        continue
+                    if len(seen) >= MAX_OBJECTS:
+                        raise TooManyLinks
+                    seen.add(child)
+                    below.append((child, f"{name}/{key}"))
+            level = below
     except TooManyLinks:
         pass
-    return headers, children, sorted(ranges)
+    # each group's links under its path, and the headers, in libhdf5's visit order (depth
+    # first, by name): a group reached by a second hard link is not listed again
+    children: dict[str, Links] = {"/": groups[root]}
+    placed = {root: headers.pop(root)}
+    stack = [("", iter(groups[root].items()))]
+    while stack:
+        prefix, walking = stack[-1]
+        for key, (link_type, address) in walking:
+            if link_type or address in placed or address not in headers:
+                continue
+            placed[address] = headers.pop(address)
+            links = groups.get(address)
+            if links is not None:
+                name = f"{prefix}/{key}"
+                children[name] = links
+                stack.append((name, iter(links.items())))
+                break
+        else:
+            stack.pop()
+    placed.update(headers)  # none left unless the walk stopped at the object limit
+    return placed, children, sorted(ranges)
 
 
 class SymbolTables:
@@ -248,25 +292,104 @@ class SymbolTables:
                 if self._left < 0:
                     raise TooManyLinks
                 count += symbols
-                for name_at, header, cache, value_at in _ENTRY.iter_unpack(snod[8:end]):
-                    stop = names.find(b"\0", name_at) if name_at < len(names) else -1
-                    if stop < 0:
-                        self._damaged(group, f"a link name at heap offset {name_at} is not NUL-terminated inside the heap")
-                    name = names[name_at:stop]
-                    if b"/" in name:
-                        self._impossible(group)
-                    if cache < _CACHED_SOFT_LINK:
-                        table[name.decode("utf-8", "surrogateescape")] = (HARD, header)
-                    elif cache == _CACHED_SOFT_LINK:
-                        stop = names.find(b"\0", value_at) if value_at < len(names) else -1
-                        if stop < 0:
-                            self._damaged(group, f"a soft link value at heap offset {value_at} is not NUL-terminated inside the heap")
-                        table[name.decode("utf-8", "surrogateescape")] = (SOFT, stop - value_at + 1)
-                    else:
-                        self._damaged(group, f"a symbol table entry at byte {child} has cache type {cache}")
+                self._entries(group, child, snod[8:end], names, table)
         if len(table) != count or "" in table or "." in table:
             self._impossible(group)
         return table
+
+    def _entries(self, group: str, node: int, entries: bytes, names: bytes, table: Links) -> None:
+        """Add the links of one symbol table node's ``entries`` (40 bytes each), named in the
+        local heap data ``names``, to ``table``."""
+        for name_at, header, cache, value_at in _ENTRY.iter_unpack(entries):
+            stop = names.find(b"\0", name_at) if name_at < len(names) else -1
+            if stop < 0:
+                self._damaged(group, f"a link name at heap offset {name_at} is not NUL-terminated inside the heap")
+            name = names[name_at:stop]
+            if b"/" in name:
+                self._impossible(group)
+            if cache < _CACHED_SOFT_LINK:
+                table[name.decode("utf-8", "surrogateescape")] = (HARD, header)
+            elif cache == _CACHED_SOFT_LINK:
+                stop = names.find(b"\0", value_at) if value_at < len(names) else -1
+                if stop < 0:
+                    self._damaged(group, f"a soft link value at heap offset {value_at} is not NUL-terminated inside the heap")
+                table[name.decode("utf-8", "surrogateescape")] = (SOFT, stop - value_at + 1)
+            else:
+                self._damaged(group, f"a symbol table entry at byte {node} has cache type {cache}")
+
+    def many_links(self, groups: list[tuple[str, int, int]], image: np.ndarray | None) -> list[Links | None]:
+        """:meth:`links` of each ``(group, B-tree, local heap)``, for the groups of the shape
+        h5py writes for small groups, checked together with numpy: a B-tree of one leaf node
+        naming no symbol table node or one of at most 12 entries, and a local heap of at
+        most 512 bytes of names. None for any other group (and any group something here looks
+        wrong with): the caller asks :meth:`links`, which reads every shape and says what
+        is damaged.
+        """
+        found: list[Links | None] = [None] * len(groups)
+        size = self._size
+        width = _HEAP_READ
+        chosen = [i for i, (_, btree, heap) in enumerate(groups) if btree <= size - width and heap <= size - width]
+        if not chosen:
+            return found
+        read = self._read
+        trees = rows(read, image, [groups[i][1] for i in chosen], width)
+        heaps = rows(read, image, [groups[i][2] for i in chosen], width)
+        # one leaf B-tree node (type 0, level 0) with no child (an empty group) or one: key,
+        # child, key
+        ok = (trees[:, :4] == _TREE_SIGNATURE).all(axis=1) & (trees[:, 4] == 0) & (trees[:, 5] == 0)
+        one = (trees[:, 6] == 1) & (trees[:, 7] == 0)
+        ok &= one | ((trees[:, 6] == 0) & (trees[:, 7] == 0))
+        child = np.ascontiguousarray(trees[:, 32:40]).view("<u8")[:, 0]
+        ok &= ~one | (child <= size - width)
+        snods = rows(read, image, np.where(ok & one, child, 0).tolist(), width)
+        symbols = snods[:, 6].astype(np.int64) | snods[:, 7].astype(np.int64) << 8
+        snod = (snods[:, :4] == _SNOD_SIGNATURE).all(axis=1) & (snods[:, 4] == 1)
+        ok &= ~one | (snod & (symbols <= min(self._max_symbols, (width - 8) // _ENTRY_SIZE)))
+        # a local heap (version 0) of at most 512 bytes of data: right after its 32-byte
+        # header (in the row read) or elsewhere (read next)
+        heap_at = np.array([groups[i][2] for i in chosen], np.uint64)
+        length = np.ascontiguousarray(heaps[:, 8:16]).view("<u8")[:, 0]
+        start = np.ascontiguousarray(heaps[:, 24:32]).view("<u8")[:, 0]
+        ok &= (heaps[:, :4] == _HEAP_SIGNATURE).all(axis=1) & (heaps[:, 4] == 0)
+        after = (start == heap_at + np.uint64(_HEAP.size)) & (length <= width - _HEAP.size)
+        apart = ~after & (length <= width) & (start <= size - width)
+        ok &= after | apart
+        data = rows(read, image, np.where(ok & apart, start, 0).tolist(), width)
+        nodes = self._nodes
+        child_at, counts, lengths, has_child = child.tolist(), symbols.tolist(), length.tolist(), one.tolist()
+        inline = after.tolist()
+        for row in np.flatnonzero(ok).tolist():
+            i = chosen[row]
+            group, btree, heap = groups[i]
+            node = child_at[row] if has_child[row] else None
+            if btree in nodes or node in nodes or btree == node:
+                continue  # a node reached twice: links() says where
+            names = self._heaps.get(heap)
+            if names is None:
+                if self._heap_bytes + lengths[row] > size:
+                    continue
+                if inline[row]:
+                    names = heaps[row, _HEAP.size : _HEAP.size + lengths[row]].tobytes()
+                else:
+                    names = data[row, : lengths[row]].tobytes()
+                self._heaps[heap] = names
+                self._heap_bytes += lengths[row]
+            nodes.add(btree)
+            table: Links = {}
+            if node is None:
+                self._left -= 1
+                count = 0
+            else:
+                nodes.add(node)
+                count = counts[row]
+                self._left -= 2 + count
+                self._entries(group, node, snods[row, 8 : 8 + _ENTRY_SIZE * count].tobytes(), names, table)
+            if self._left < 0:
+                raise TooManyLinks
+            if len(table) != count or "" in table or "." in table:
+                self._impossible(group)
+            found[i] = table
+        return found
 
     def _heap(self, group: str, address: int) -> bytes:
         head = self._read(address, _HEAP_READ) if address < self._size else b""

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..dtypes import is_floating
 
-__all__ = ["QUANTIZED_VARIABLES", "quantization_mode", "quantized_names"]
+__all__ = ["QUANTIZED_VARIABLES", "float_by_config", "quantization_mode", "quantized_names"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,15 @@ def quantization_mode(config: Mapping[str, Any]) -> str | None:
     return mode if mode in ("int8", "int4", "float8", "gptq", "awq") else None
 
 
+def float_by_config(cls: str | None, config: Mapping[str, Any]) -> bool:
+    """A layer whose config records no quantization, of a class whose float variables the
+    general table of keras_weights names: :func:`quantized_names` answers None for it
+    whatever is stored (the only reading is the float list; what ``_names`` concludes,
+    without the work), so callers need not gather the stored dtypes and shapes (the common
+    case of every Dense of a ``.keras`` model)."""
+    return cls in _FLOAT_NAMED_ELSEWHERE and quantization_mode(config) is None
+
+
 Stored = tuple[np.dtype, tuple[int, ...]]  # one stored variable: dtype and shape
 
 
@@ -275,12 +284,9 @@ def quantized_names(
     mode: str | None = _UNKNOWN
     known: dict[str, bool] = {}
     if table is not None and config is not None:
-        mode = quantization_mode(config)
-        if mode is None and cls in _FLOAT_NAMED_ELSEWHERE:
-            # a float layer whose config says so: the only reading is the float list, which
-            # the general table names (what _names concludes, without the work; the common
-            # case of every Dense of a .keras model)
+        if float_by_config(cls, config):
             return None
+        mode = quantization_mode(config)
         known = _options_in_config(str(cls), mode, config)
     # layers of a model repeat (blocks of a transformer, thousands of experts): their answer
     # depends on nothing else, so it is worked out once

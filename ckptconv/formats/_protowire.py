@@ -28,7 +28,9 @@ __all__ = [
     "TrackableObject",
     "parse_bundle_header",
     "parse_bundle_entry",
+    "general_bundle_entry",
     "parse_object_graph",
+    "general_object_graph",
 ]
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
@@ -266,11 +268,98 @@ _ENTRY_FIELDS = {1: ("dtype", VARINT), 2: ("shape", LENGTH), 3: ("shard_id", VAR
 def parse_bundle_entry(buf: bytes | memoryview) -> BundleEntry:
     """Decode a ``BundleEntryProto`` (the index entry of one tensor).
 
-    An index holds one per tensor (opening a checkpoint of 100,000 tensors spends most of its
-    time here), so this is one pass over the bytes with the varints decoded in line; it
-    accepts the messages :func:`_scan` accepts and refuses the others.
+    An index holds one per tensor (opening a checkpoint of 100,000 tensors spends much of its
+    time here), and TensorFlow writes nearly all of them in one layout, which
+    :func:`_common_entry` reads; every other message goes to :func:`general_bundle_entry`.
+    Both give the same result for every input (``tests/test_tf_protowire.py``).
+
+    Raises:
+        WireError: the bytes are not a well-formed ``BundleEntryProto``.
     """
     data = bytes(buf)
+    entry = _common_entry(data)
+    return general_bundle_entry(data) if entry is None else entry
+
+
+def _common_entry(data: bytes) -> BundleEntry | None:
+    """The entry in the layout TensorFlow writes for an unsliced tensor, or None for anything
+    else (then the general decoder decides, and gives every error): ``08 <dtype>``, then
+    ``12 <length> <shape>`` with a one-byte length, ``18 <shard_id>``, ``20 <offset>``,
+    ``28 <size>``, ``35 <crc32c, 4 bytes>``, each optional, in that order, nothing after.
+    Raises only where the general decoder raises the same: a damaged shape, in
+    :func:`_shape_message`, which the general decoder calls on the same bytes after the same
+    dtype field."""
+    end = len(data)
+    if end < 2 or data[0] != 0x08 or data[1] >= 0x80:
+        return None
+    dtype = data[1]
+    pos = 2
+    shape: tuple[int, ...] = ()
+    unknown_rank = False
+    if pos + 1 < end and data[pos] == 0x12:
+        length = data[pos + 1]
+        stop = pos + 2 + length
+        if length >= 0x80 or stop > end:
+            return None
+        shape, unknown_rank = _shape_message(data[pos + 2 : stop])
+        pos = stop
+    shard_id = offset = size = 0
+    if pos < end and data[pos] == 0x18:
+        shard_id, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
+    if pos < end and data[pos] == 0x20:
+        offset, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
+    if pos < end and data[pos] == 0x28:
+        size, pos = _common_varint(data, pos + 1, end)
+        if pos < 0:
+            return None
+    crc = 0
+    if pos < end and data[pos] == 0x35:
+        if pos + 5 > end:
+            return None
+        crc = int.from_bytes(data[pos + 1 : pos + 5], "little")
+        pos += 5
+    if pos != end:
+        return None
+    return BundleEntry(dtype, shape, unknown_rank, shard_id, offset, size, crc, ())
+
+
+def _common_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An int64 varint at ``pos``, as the general decoder reads it, and the position after it;
+    position -1 where the general decoder would refuse it (truncated, over 10 bytes)."""
+    if pos + 2 < end:  # up to three bytes (offsets below 2 MiB, sizes) without a loop
+        low = data[pos]
+        if low < 0x80:
+            return low, pos + 1
+        middle = data[pos + 1]
+        if middle < 0x80:
+            return (low & 0x7F) | middle << 7, pos + 2
+        high = data[pos + 2]
+        if high < 0x80:
+            return (low & 0x7F) | (middle & 0x7F) << 7 | high << 14, pos + 3
+    value = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            return 0, -1
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (value if value < 1 << 63 else _signed64(value)), pos
+        shift += 7
+
+
+def general_bundle_entry(data: bytes) -> BundleEntry:
+    """Decode any ``BundleEntryProto``: fields in any order, repeated, or unknown (skipped).
+
+    One pass over the bytes with the varints decoded in line; it accepts the messages
+    :func:`_scan` accepts and refuses the others. :func:`parse_bundle_entry` comes here for
+    every message its common-layout reader does not take.
+    """
     end = len(data)
     pos = 0
     values = [0, 0, 0, 0, 0, 0, 0]  # by field number: 1 dtype, 3 shard_id, 4 offset, 5 size, 6 crc
@@ -342,18 +431,18 @@ def parse_bundle_entry(buf: bytes | memoryview) -> BundleEntry:
 
 
 # --- tensorflow.TrackableObjectGraph --------------------------------------------------------
+# Named tuples rather than dataclasses: a model's graph has a node per layer and per variable
+# and an edge per attribute, and a tuple is built several times faster.
 
 
-@dataclass(frozen=True)
-class ObjectReference:
+class ObjectReference(NamedTuple):
     """An edge of the object graph: the child's node id and its attribute name."""
 
     node_id: int
     local_name: str
 
 
-@dataclass(frozen=True)
-class SerializedTensor:
+class SerializedTensor(NamedTuple):
     """A saved tensor of a node: ``name`` (``VARIABLE_VALUE``), the variable's ``full_name``
     and the checkpoint key its value is stored under."""
 
@@ -362,8 +451,7 @@ class SerializedTensor:
     checkpoint_key: str
 
 
-@dataclass(frozen=True)
-class SlotVariable:
+class SlotVariable(NamedTuple):
     """An optimizer slot: which variable it belongs to, its name (``m``), its own node."""
 
     original_variable_node_id: int
@@ -371,8 +459,7 @@ class SlotVariable:
     slot_variable_node_id: int
 
 
-@dataclass(frozen=True)
-class TrackableObject:
+class TrackableObject(NamedTuple):
     """One node of the object graph."""
 
     children: tuple[ObjectReference, ...] = ()
@@ -380,20 +467,170 @@ class TrackableObject:
     slot_variables: tuple[SlotVariable, ...] = ()
 
 
+def parse_object_graph(buf: bytes | memoryview) -> list[TrackableObject]:
+    """Decode a serialized ``TrackableObjectGraph`` into its nodes (node id = list index).
+
+    A model's graph has a node per layer and per variable, and TensorFlow writes nearly all of
+    them in one layout, which :func:`_common_node` reads; the graph's framing (its top-level
+    fields) is checked whole first, as :func:`general_object_graph` does, and every node the
+    common reader does not take is decoded by the general one, in order, so both give the same
+    result and the same error for every input (``tests/test_tf_protowire.py``).
+
+    Raises:
+        WireError: the bytes are not a well-formed ``TrackableObjectGraph``.
+    """
+    data = bytes(buf)
+    end = len(data)
+    pos = 0
+    nodes: list[TrackableObject | None] = []
+    left: list[tuple[int, int, int]] = []  # (node id, start, end) of nodes the common reader left
+    while pos < end:
+        if data[pos] != 0x0A:  # anything but a node field: the general decoder decides
+            return general_object_graph(data)
+        pos += 1
+        length = 0
+        shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                return general_object_graph(data)
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        stop = pos + length
+        if stop > end:
+            return general_object_graph(data)
+        node = _common_node(data, pos, stop)
+        if node is None:
+            left.append((len(nodes), pos, stop))
+        nodes.append(node)
+        pos = stop
+    for i, start, stop in left:
+        nodes[i] = _parse_node(data, (1, LENGTH, start, stop))
+    return nodes  # type: ignore[return-value]  # every None was replaced
+
+
+def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
+    """The node in ``buf[pos:end]`` when every field is in the layout TensorFlow writes, else
+    None (then the general decoder decides, and gives every error); never raises.
+
+    The layout: each field a one-byte tag and a length of at most two bytes; children
+    ``08 <node id> 12 <length> <local_name>`` (the id left out when 0: the root); attributes
+    ``0a <length> <name> 12 <length> <full_name> 1a <length> <checkpoint_key>`` (each left
+    out when empty, as proto3 writes them); slot variables ``08 <node id> 12 <length>
+    <slot_name> 18 <node id>``; the fields not read here (``saveable_objects``,
+    ``has_checkpoint_values``, ``registered_saver`` and unknown ones) length-delimited.
+    Node ids below 2**63 (varints of at most 9 bytes); lengths inside a field one byte (two
+    for a checkpoint key).
+    """
+    children: list[ObjectReference] = []
+    attributes: list[SerializedTensor] = []
+    slots: list[SlotVariable] = []
+    reference = ObjectReference
+    try:
+        while pos < end:
+            tag = buf[pos]
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                high = buf[pos + 2]
+                if high >= 0x80:
+                    return None
+                length = (length & 0x7F) | high << 7
+                pos += 3
+            stop = pos + length
+            if stop > end:
+                return None
+            if tag == 0x0A:  # a child (node 0, the root, has its id left out)
+                if buf[pos] != 0x08:
+                    node_id, at = 0, pos
+                elif buf[pos + 1] < 0x80:
+                    node_id, at = buf[pos + 1], pos + 2
+                elif buf[pos + 2] < 0x80:
+                    node_id, at = (buf[pos + 1] & 0x7F) | buf[pos + 2] << 7, pos + 3
+                else:
+                    node_id, at = _node_id(buf, pos + 1)
+                name_length = buf[at + 1]
+                if buf[at] != 0x12 or name_length >= 0x80 or at + 2 + name_length != stop:
+                    return None
+                children.append(reference(node_id, buf[at + 2 : stop].decode("utf-8")))
+            elif tag == 0x12:  # a saved tensor: name, full_name, checkpoint_key, each optional
+                name = full_name = key = ""
+                at = pos
+                if at < stop and buf[at] == 0x0A:
+                    cut = at + 2 + buf[at + 1]
+                    if buf[at + 1] >= 0x80 or cut > stop:
+                        return None
+                    name = buf[at + 2 : cut].decode("utf-8")
+                    at = cut
+                if at < stop and buf[at] == 0x12:
+                    cut = at + 2 + buf[at + 1]
+                    if buf[at + 1] >= 0x80 or cut > stop:
+                        return None
+                    full_name = buf[at + 2 : cut].decode("utf-8")
+                    at = cut
+                if at < stop and buf[at] == 0x1A:
+                    key_length = buf[at + 1]
+                    at += 2
+                    if key_length >= 0x80:  # a key of 128 bytes or more
+                        if buf[at] >= 0x80:
+                            return None
+                        key_length = (key_length & 0x7F) | buf[at] << 7
+                        at += 1
+                    key = buf[at : at + key_length].decode("utf-8")
+                    at += key_length
+                if at != stop:
+                    return None
+                attributes.append(SerializedTensor(name, full_name, key))
+            elif tag == 0x1A:  # a slot variable: rare enough for the scan
+                fields = _scan(buf, pos, stop)
+                if [f[:2] for f in fields] != [(1, VARINT), (2, LENGTH), (3, VARINT)]:
+                    return None
+                (_, _, original, _), (_, _, s, e), (_, _, slot_node, _) = fields
+                if original >= 1 << 63 or slot_node >= 1 << 63:
+                    return None
+                slots.append(SlotVariable(original, buf[s:e].decode("utf-8"), slot_node))
+            elif tag & 7 != LENGTH or tag < 0x0A or tag >= 0x80:
+                return None  # fields not read here must be length-delimited, with a field number
+            pos = stop
+    except (IndexError, UnicodeDecodeError, WireError):
+        return None  # ran past the end (the general decoder says where), or not UTF-8
+    if not (children or attributes or slots):
+        return _EMPTY_NODE
+    return TrackableObject(tuple(children), tuple(attributes), tuple(slots))
+
+
+_EMPTY_NODE = TrackableObject()
+
+
+def _node_id(buf: bytes, pos: int) -> tuple[int, int]:
+    """A node id varint of three to nine bytes at ``pos`` and the position after it (past
+    the end of ``buf`` for a longer one, which :func:`_common_node` then leaves)."""
+    node_id = 0
+    shift = 0
+    while shift < 63:
+        byte = buf[pos]
+        pos += 1
+        node_id |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return node_id, pos
+        shift += 7
+    return 0, len(buf)
+
+
+def general_object_graph(data: bytes) -> list[TrackableObject]:
+    """Decode any ``TrackableObjectGraph`` by scanning every message field by field:
+    fields in any order, repeated, or unknown (skipped). :func:`parse_object_graph` comes
+    here for every node its common-layout reader does not take."""
+    return [_parse_node(data, field) for field in _scan(data, 0, len(data)) if field[0] == 1]
+
+
 def _parse_reference(buf: bytes, field: _Field) -> ObjectReference:
-    """An edge: almost always ``08 <node id> 12 <length> <name>``, so that layout is read
-    directly (edges are the bulk of an object graph); anything else is scanned."""
-    _expect(field[1], LENGTH, "children")
-    pos, end = field[2], field[3]
-    if end - pos >= 4 and buf[pos] == 0x08:
-        node_id, at = read_varint(buf, pos + 1, end)
-        if at + 2 <= end and buf[at] == 0x12 and buf[at + 1] < 0x80 and at + 2 + buf[at + 1] == end:
-            try:
-                return ObjectReference(node_id, buf[at + 2 : end].decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise WireError("field children.local_name is not valid UTF-8") from e
     node_id, local_name = 0, ""
-    for cfield in _scan(buf, pos, end):
+    for cfield in _sub(buf, field, "children"):
         if cfield[0] == 1:
             node_id = _int(cfield, "children.node_id")
         elif cfield[0] == 2:
@@ -402,29 +639,23 @@ def _parse_reference(buf: bytes, field: _Field) -> ObjectReference:
 
 
 def _parse_attribute(buf: bytes, field: _Field) -> SerializedTensor:
-    """A saved tensor: almost always ``0a <n> name 12 <n> full_name 1a <n> checkpoint_key``
-    with one-byte lengths, so that layout is read directly (a model has one per variable);
-    anything else is scanned."""
-    _expect(field[1], LENGTH, "attributes")
-    pos, end = field[2], field[3]
-    if end - pos >= 6 and buf[pos] == 0x0A and buf[pos + 1] < 0x80:
-        a = pos + 2 + buf[pos + 1]
-        if a + 2 <= end and buf[a] == 0x12 and buf[a + 1] < 0x80:
-            b = a + 2 + buf[a + 1]
-            if b + 2 <= end and buf[b] == 0x1A and buf[b + 1] < 0x80 and b + 2 + buf[b + 1] == end:
-                try:
-                    return SerializedTensor(
-                        buf[pos + 2 : a].decode("utf-8"),
-                        buf[a + 2 : b].decode("utf-8"),
-                        buf[b + 2 : end].decode("utf-8"),
-                    )
-                except UnicodeDecodeError as e:
-                    raise WireError("field attributes is not valid UTF-8") from e
     strings = ["", "", ""]
-    for afield in _scan(buf, pos, end):
+    for afield in _sub(buf, field, "attributes"):
         if 1 <= afield[0] <= 3:
             strings[afield[0] - 1] = _str(buf, afield, "attributes")
     return SerializedTensor(*strings)
+
+
+def _parse_slot(buf: bytes, field: _Field) -> SlotVariable:
+    original, slot_name, slot_node = 0, "", 0
+    for sfield in _sub(buf, field, "slot_variables"):
+        if sfield[0] == 1:
+            original = _int(sfield, "slot_variables.original_variable_node_id")
+        elif sfield[0] == 2:
+            slot_name = _str(buf, sfield, "slot_variables.slot_name")
+        elif sfield[0] == 3:
+            slot_node = _int(sfield, "slot_variables.slot_variable_node_id")
+    return SlotVariable(original, slot_name, slot_node)
 
 
 def _parse_node(buf: bytes, field: _Field) -> TrackableObject:
@@ -436,19 +667,5 @@ def _parse_node(buf: bytes, field: _Field) -> TrackableObject:
         elif number == 2:
             attributes.append(_parse_attribute(buf, nfield))
         elif number == 3:
-            original, slot_name, slot_node = 0, "", 0
-            for sfield in _sub(buf, nfield, "slot_variables"):
-                if sfield[0] == 1:
-                    original = _int(sfield, "slot_variables.original_variable_node_id")
-                elif sfield[0] == 2:
-                    slot_name = _str(buf, sfield, "slot_variables.slot_name")
-                elif sfield[0] == 3:
-                    slot_node = _int(sfield, "slot_variables.slot_variable_node_id")
-            slots.append(SlotVariable(original, slot_name, slot_node))
+            slots.append(_parse_slot(buf, nfield))
     return TrackableObject(tuple(children), tuple(attributes), tuple(slots))
-
-
-def parse_object_graph(buf: bytes | memoryview) -> list[TrackableObject]:
-    """Decode a serialized ``TrackableObjectGraph`` into its nodes (node id = list index)."""
-    data = bytes(buf)
-    return [_parse_node(data, field) for field in _scan(data, 0, len(data)) if field[0] == 1]

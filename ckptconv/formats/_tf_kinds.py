@@ -15,7 +15,6 @@ Source of truth: TensorFlow's ``trackable_object_graph.proto`` and
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import NamedTuple
 
 from ..store import Kind
@@ -48,21 +47,24 @@ def _dfs(
     starts: list[int],
     seen: set[int],
     *,
-    blocked: Callable[[int, str], bool],
+    blocked_nodes: set[int] | frozenset[int] = frozenset(),
+    blocked_edges: set[str] | frozenset[str] = frozenset(),
 ) -> list[int]:
     """Node ids in depth-first, child-list order (the order objects were attached: a
-    model's layers, then each layer's weights), skipping edges ``blocked`` rejects."""
+    model's layers, then each layer's weights), not entering the nodes ``blocked_nodes``
+    holds nor following edges named in ``blocked_edges``."""
     out = []
+    count = len(nodes)
     stack = list(reversed(starts))
     while stack:
         node = stack.pop()
-        if node in seen or not 0 <= node < len(nodes):
+        if node in seen or not 0 <= node < count:
             continue
         seen.add(node)
         out.append(node)
-        for child in reversed(nodes[node].children):
-            if child.node_id not in seen and not blocked(child.node_id, child.local_name):
-                stack.append(child.node_id)
+        for child, edge in reversed(nodes[node].children):
+            if child not in seen and child not in blocked_nodes and edge not in blocked_edges:
+                stack.append(child)
     return out
 
 
@@ -83,13 +85,14 @@ def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
 
     optimizers = set()
     counter_nodes = set()
-    for i, node in enumerate(nodes):
-        for child in node.children:
-            if child.local_name in _COUNTER_EDGES and 0 <= child.node_id < len(nodes):
-                counter_nodes.add(child.node_id)
-                if child.local_name != "save_counter" and is_variable(child.node_id):
+    count = len(nodes)
+    for i, (children, _, slot_variables) in enumerate(nodes):
+        for child, edge in children:
+            if edge in _COUNTER_EDGES and 0 <= child < count:
+                counter_nodes.add(child)
+                if edge != "save_counter" and is_variable(child):
                     optimizers.add(i)
-        if node.slot_variables:
+        if slot_variables:
             optimizers.add(i)
     optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
     slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
@@ -97,29 +100,24 @@ def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
 
     seen: set[int] = set()
     weights = _dfs(
-        nodes, [0], seen,
-        blocked=lambda i, edge: i in optimizers or edge in _METRIC_EDGES or i in slot_set,
+        nodes, [0], seen, blocked_nodes=optimizers | slot_set, blocked_edges=_METRIC_EDGES
     )
-    optimizer_part = _dfs(
-        nodes, sorted(optimizers) + slots, seen, blocked=lambda i, edge: edge in _METRIC_EDGES
-    )
-    rest = _dfs(nodes, [0], seen, blocked=lambda i, edge: False)
-    rest += [i for i in range(len(nodes)) if i not in seen]
+    optimizer_part = _dfs(nodes, sorted(optimizers) + slots, seen, blocked_edges=_METRIC_EDGES)
+    rest = _dfs(nodes, [0], seen)
+    if len(seen) < len(nodes):  # nodes no edge reaches
+        rest += [i for i in range(len(nodes)) if i not in seen]
     phases: list[tuple[list[int], Kind]] = [
         (weights, "weight"), (optimizer_part, "optimizer"), (rest, "bookkeeping")
     ]
     roles: dict[str, Role] = {}
-    order = 0
     for members, kind in phases:
         for i in members:
-            for attribute in nodes[i].attributes:
-                if attribute.checkpoint_key in roles:
-                    continue
-                role_kind: Kind = kind if attribute.name == "VARIABLE_VALUE" else "bookkeeping"
-                roles[attribute.checkpoint_key] = Role(
-                    attribute.full_name, role_kind, order, i in counter_nodes
-                )
-                order += 1
+            for name, full_name, key in nodes[i].attributes:
+                if key not in roles:
+                    roles[key] = Role(
+                        full_name, kind if name == "VARIABLE_VALUE" else "bookkeeping",
+                        len(roles), i in counter_nodes,
+                    )
     return roles
 
 
@@ -150,7 +148,12 @@ def tf1_kind(
         leaf in _TF1_COUNTERS or (leaf in _TF1_OPTIMIZER_COUNTERS and scope in optimizer_scopes)
     ):
         return "bookkeeping"
-    if key.startswith(tuple(s + "/" for s in optimizer_scopes)) or _TF1_OPTIMIZER_LEAF.match(leaf):
+    cut = key.find("/")
+    while cut != -1:  # under an optimizer scope: some parent of the key is one
+        if key[:cut] in optimizer_scopes:
+            return "optimizer"
+        cut = key.find("/", cut + 1)
+    if _TF1_OPTIMIZER_LEAF.match(leaf):
         return "optimizer"
     owner = entries.get(scope) if scope else None
     if owner is not None and owner.shape == entry.shape and owner.dtype == entry.dtype:
@@ -162,7 +165,11 @@ _DIGIT_RUNS = re.compile(r"(\d+)")
 
 
 def natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
+    """Sort key that orders embedded numbers numerically (``w2`` before ``w10``): the text
+    split at its digit runs, which ``split`` puts at the odd positions."""
+    parts: list[object] = _DIGIT_RUNS.split(text)  # type: ignore[assignment]
+    parts[1::2] = map(int, parts[1::2])  # type: ignore[arg-type]
+    return parts
 
 
 _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

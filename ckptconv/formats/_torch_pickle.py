@@ -22,6 +22,7 @@ import io
 import pickle
 import pickletools
 import re
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,19 @@ def _rebuild_tensor(storage: object, offset: object, size: object, stride: objec
 def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object,
                        requires_grad: object = False, backward_hooks: object = None,
                        metadata: object = None) -> TensorRef:
+    if (metadata is None and type(storage) is StorageRef and type(offset) is int and offset >= 0
+            and type(size) is tuple and type(stride) is tuple and len(size) == len(stride) <= MAX_DIMS):
+        # what torch writes for every tensor (tuples of non-negative ints): accepted here in
+        # one call; anything else goes through the checks below, which say what is wrong
+        for value in size:
+            if type(value) is not int or value < 0:
+                break
+        else:
+            for value in stride:
+                if type(value) is not int or value < 0:
+                    break
+            else:
+                return TensorRef(storage, offset, size, stride, storage.dtype)
     _check_metadata(metadata)
     return _tensor(storage, offset, size, stride)
 
@@ -379,25 +393,30 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
             raise CorruptFileError(f"malformed persistent id {pid!r:.80}")
-        kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+        kind = pid[0]
+        if type(kind) is bytes:
+            kind = kind.decode("ascii", "replace")
         if kind == "module":  # the legacy layout's pickled nn.Module classes
             klass = pid[1] if len(pid) > 1 else None
             raise UnsafeInputError(module_message(getattr(klass, "name", "an nn.Module")))
         if kind != "storage" or len(pid) != (6 if self.legacy else 5):
             raise CorruptFileError(f"unknown persistent id {pid!r:.80}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _Marker) or storage_type.kind != "storage":
+        if type(storage_type) is not _Marker or storage_type.kind != "storage":
             raise CorruptFileError(f"persistent id with storage type {storage_type!r:.60}")
-        if isinstance(key, bytes):
+        if type(key) is bytes:
             key = key.decode("ascii", "replace")
-        if not isinstance(key, str) or not _KEY.fullmatch(key) or key in (".", ".."):
+        root = self.storages.get(key) if isinstance(key, str) else None
+        if root is None and (not isinstance(key, str) or not _KEY.fullmatch(key) or key in (".", "..")):
             raise UnsafeInputError(f"storage key {key!r:.80} is not a plain name; refusing to follow it")
-        numel = _int(numel, "storage size")
-        if numel < 0:
-            raise CorruptFileError(f"storage {key} has negative size {numel}")
+        if type(numel) is not int or numel < 0:  # torch's own: a plain count (else say what it is)
+            numel = _int(numel, "storage size")
+            if numel < 0:
+                raise CorruptFileError(f"storage {key} has negative size {numel}")
         dtype = STORAGE_DTYPES[storage_type.name]
-        root = self.storages.setdefault(key, StorageRef(key, dtype, numel))
-        if (root.dtype, root.numel) != (dtype, numel):
+        if root is None:
+            root = self.storages[key] = StorageRef(key, dtype, numel)
+        elif root.dtype != dtype or root.numel != numel:
             raise CorruptFileError(
                 f"storage {key} is declared twice, as {root.numel} {root.dtype} and as {numel} {dtype}"
             )
@@ -474,7 +493,16 @@ def _fast_path(spec: tuple[str, int, int, int] | None) -> int:
     return 0
 
 
-_FAST = [_fast_path(spec) for spec in _OPCODES]
+_GENERAL = [_fast_path(spec) for spec in _OPCODES]
+# Shortcuts, each giving exactly what the general code gives (tests compare the two walks):
+# BINUNICODE (a state dict's keys) taken whole when it is whole and UTF-8, LONG_BINPUT and
+# LONG_BINGET when whole, and, once more
+# opcodes than 255 have been read (a 1-byte memo index can then no longer run ahead of them),
+# BINPUT and BINGET as plain opcodes of 2 bytes.
+_TEXT4, _LONG_MEMO = -5, -6
+_FAST = [_TEXT4 if byte == ord("X") else _LONG_MEMO if step == _MEMO4 else step for byte, step in enumerate(_GENERAL)]
+_FAST_LATE = [2 if step == _MEMO1 else step for step in _FAST]
+_U32 = struct.Struct("<I").unpack_from
 
 
 def check_opcodes(data: bytes) -> int:
@@ -491,8 +519,13 @@ def check_opcodes(data: bytes) -> int:
         UnsafeInputError: an opcode torch.save never writes, or an implausible memo index.
         CorruptFileError: the pickle is malformed or truncated.
     """
+    return _walk(data, _FAST, _FAST_LATE)
+
+
+def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
+    """:func:`check_opcodes` with its opcode tables: ``fast`` at first, ``late`` from the 256th
+    opcode on (``_GENERAL`` for both: no shortcut)."""
     table = _OPCODES
-    fast = _FAST
     end = len(data)
     pos = 0
     count = 0
@@ -502,6 +535,31 @@ def check_opcodes(data: bytes) -> int:
             pos += step
             count += 1
             continue
+        # the common cases whole, in few steps; what is short, truncated or damaged goes on to
+        # the general code below, which says what is wrong
+        if step == _LONG_MEMO:
+            if pos + 5 <= end:
+                count += 1
+                (index,) = _U32(data, pos + 1)
+                if index > count:
+                    raise _memo_slot_ahead(index, count)
+                pos += 5
+                continue
+            step = _MEMO4
+        if step == _TEXT4:
+            stop = pos + 5 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
+            if stop <= end:
+                try:
+                    data[pos + 5 : stop].decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    count += 1
+                    pos = stop
+                    continue
+            step = 0
+        if step == _MEMO1 and count > 254:
+            fast = late  # from this opcode on (the 256th)
         if step:  # a memo opcode: its index may not run ahead of the opcodes so far
             count += 1
             stop = pos + 1 - step

@@ -1,9 +1,15 @@
 """Zip archives, the container of ``.keras`` models and ``torch.save`` files: what an archive
-is from its first member, where a stored member's bytes start, and the refusals every zip
-reader shares (a damaged archive, a likely zip bomb).
+is from its first member, its central directory, where a stored member's bytes start, and the
+refusals every zip reader shares (a damaged archive, a likely zip bomb, two members of one
+name, encrypted members).
 
 Source of truth: the zip format (PKWARE APPNOTE.TXT, section 4.3: local file header, central
-directory); ``zipfile`` reads the central directory, these rules read the rest.
+directory, end of central directory record and its zip64 forms, the zip64 extra field).
+:func:`central_directory` reads the directory in one read, with only the fields a reader
+needs (a ``torch.save`` file of 10,000 tensors has 10,000 entries: ``zipfile`` builds a
+``ZipInfo`` of some twenty fields for each); it finds the records where ``zipfile`` finds them
+and accepts nothing ``zipfile`` refuses. Compressed members are still decompressed by
+``zipfile``.
 """
 
 from __future__ import annotations
@@ -11,20 +17,51 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from ..errors import CorruptFileError, IntegrityError, UnsafeInputError
+from ..errors import CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
 
 if TYPE_CHECKING:
     import zipfile
 
-__all__ = ["MAX_EXPANSION", "first_member_kind", "member_data_offset", "check_stored_crcs", "refuse_zip_bomb",
-           "damaged_zip"]
+__all__ = ["MAX_EXPANSION", "Member", "central_directory", "data_offsets", "read_member", "first_member_kind",
+           "member_data_offset", "check_stored_crcs", "refuse_zip_bomb", "damaged_zip"]
 
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature ... name length, extra length
+# a central directory entry's fields, those ckptconv does not use skipped: signature, version
+# needed to extract, flags, method, CRC-32, sizes, name, extra and comment lengths, header offset
+_CENTRAL = struct.Struct("<4s2xBxHH4x3L3H8xL")
+_END = struct.Struct("<4s4H2LH")  # end of central directory: disks, counts, size, offset, comment length
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_MAX_COMMENT = 1 << 16
+_MAX_EXTRACT_VERSION = 63  # zip 6.3, the newest zipfile reads
+_UTF8_NAME = 0x800  # general purpose flag bit 11
+_ENCRYPTED = 0x1
+_ZIP64_EXTRA = 0x0001
+_HEADER_GAP = 16384  # local headers closer than this share one read
+_HEADER_WINDOW = 1 << 20
 _CRC_CHUNK = 8 * 2**20
+
+
+class Member(NamedTuple):
+    """One central directory entry, with the fields the readers use, named as ``zipfile.ZipInfo``
+    names them (so the rules below take either)."""
+
+    filename: str
+    header_offset: int  # where its local header starts in the file
+    compress_type: int  # 0: stored
+    compress_size: int
+    file_size: int
+    CRC: int
+    flag_bits: int
+
+
+class _Damaged(Exception):
+    """A central directory that does not parse; :func:`central_directory` names the file."""
 
 
 def first_member_kind(head: bytes) -> str:
@@ -73,27 +110,249 @@ def _has_end_record(path: str | os.PathLike[str]) -> bool:
     return at >= 0 and len(tail) - at >= 22 + int.from_bytes(tail[at + 20 : at + 22], "little")
 
 
-def member_data_offset(path: Path, info: zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:
-    """Absolute offset of a stored member's data: after its local header, name and extra field
-    (the local extra field may differ from the central directory's, so the header is read).
-    ``file``: the archive already open (binary), for many members (one open, not one each).
+def central_directory(path: str | os.PathLike[str], *, kind: str, file: BinaryIO | None = None) -> list[Member]:
+    """The archive's members in central directory order, from one read of the directory.
+
+    The end record is looked for as ``zipfile`` does (the last 22 bytes, else the last
+    signature within the final 64 KiB of comment), with its zip64 locator and record, and data
+    prepended to the archive (a self-extracting stub) is allowed for in the same way.
+    ``kind``: what the file is, for the message (see :func:`first_member_kind`); ``file``: the
+    archive already open (binary).
 
     Raises:
-        CorruptFileError: the local header is missing or has no local-header signature.
+        CorruptFileError: the directory is missing, truncated or damaged (one line naming the
+            file, as :func:`damaged_zip`).
+        UnsafeInputError: two members of one name (which one a reader takes is up to the
+            reader), or a name holding a NUL byte.
+        UnsupportedError: an encrypted member.
+    """
+    if file is None:
+        with open(path, "rb") as f:
+            return central_directory(path, kind=kind, file=f)
+    try:
+        members = _read_directory(file.fileno())
+    except _Damaged as e:
+        raise damaged_zip(path, e, kind) from None
+    except (UnicodeDecodeError, struct.error) as e:
+        raise damaged_zip(path, e, kind) from e
+    seen: set[str] = set()
+    for m in members:
+        if m.filename in seen:
+            raise UnsafeInputError(
+                f"zip member {m.filename!r} appears twice in the archive (readers differ on which they "
+                "take); refusing the file",
+                path=path,
+            )
+        seen.add(m.filename)
+        if m.flag_bits & _ENCRYPTED:
+            raise UnsupportedError(
+                f"zip member {m.filename!r} is encrypted; neither torch nor Keras writes encrypted archives",
+                path=path,
+            )
+        if "\x00" in m.filename:
+            raise UnsafeInputError(f"zip member name {m.filename!r} holds a NUL byte; refusing the file", path=path)
+    return members
+
+
+def _read_directory(fd: int) -> list[Member]:
+    size = os.fstat(fd).st_size
+    if size < _END.size:
+        raise _Damaged("File is not a zip file")
+    tail_start = max(size - _MAX_COMMENT - _END.size, 0)
+    tail = os.pread(fd, size - tail_start, tail_start)
+    if tail[-_END.size : -_END.size + 4] == b"PK\x05\x06" and tail[-2:] == b"\x00\x00":
+        at = len(tail) - _END.size  # no archive comment: the record ends the file
+    else:
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END.size > len(tail):
+            raise _Damaged("File is not a zip file")
+    _, _, _, _, _, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
+    location = tail_start + at
+    zip64 = False
+    locator = b""
+    if location >= _END64_LOCATOR.size:
+        locator = os.pread(fd, _END64_LOCATOR.size, location - _END64_LOCATOR.size)
+    if len(locator) == _END64_LOCATOR.size and locator[:4] == b"PK\x06\x07":
+        _, disk, _, disks = _END64_LOCATOR.unpack(locator)
+        if disk != 0 or disks > 1:
+            raise _Damaged("zipfiles that span multiple disks are not supported")
+        record_at = location - _END64_LOCATOR.size - _END64.size
+        record = os.pread(fd, _END64.size, record_at) if record_at >= 0 else b""
+        if len(record) == _END64.size and record[:4] == b"PK\x06\x06":
+            cd_size, cd_offset = _END64.unpack(record)[8:10]
+            zip64 = True
+    # data before the archive (nonzero only when something was prepended to it) moves every offset
+    shift = location - cd_size - cd_offset - (_END64.size + _END64_LOCATOR.size if zip64 else 0)
+    start = cd_offset + shift
+    if start < 0:
+        raise _Damaged("Bad offset for central directory")
+    if start + cd_size > size:
+        raise _Damaged("Truncated central directory")
+    data = os.pread(fd, cd_size, start)
+    if len(data) != cd_size:
+        raise _Damaged("Truncated central directory")
+    return _parse_entries(data, shift)
+
+
+def _parse_entries(data: bytes, shift: int) -> list[Member]:
+    members = []
+    append = members.append
+    unpack = _CENTRAL.unpack_from
+    end = len(data)
+    pos = 0
+    while pos < end:
+        if pos + _CENTRAL.size > end:
+            raise _Damaged("Truncated central directory")
+        (signature, version, flags, method, crc, compressed, size, name_length, extra_length, comment_length,
+         offset) = unpack(data, pos)
+        if signature != b"PK\x01\x02":
+            raise _Damaged("Bad magic number for central directory")
+        if version > _MAX_EXTRACT_VERSION:
+            raise _Damaged(f"zip file version {version / 10:.1f}")
+        name_end = pos + _CENTRAL.size + name_length
+        extra_end = name_end + extra_length
+        next_pos = extra_end + comment_length
+        if next_pos > end:
+            raise _Damaged("Truncated central directory")
+        name = data[pos + _CENTRAL.size : name_end].decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        if extra_length:
+            size, compressed, offset = _zip64_sizes(data[name_end:extra_end], size, compressed, offset)
+        append(Member(name, offset + shift, method, compressed, size, crc, flags))
+        pos = next_pos
+    return members
+
+
+def _zip64_sizes(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, int, int]:
+    """The extra field's blocks (id, length, data); a zip64 block (id 1) holds, in this order,
+    each of the uncompressed size, compressed size and header offset that the fixed fields
+    mark 0xFFFFFFFF, as 8-byte integers."""
+    while len(extra) >= 4:
+        kind, length = struct.unpack_from("<HH", extra)
+        if length + 4 > len(extra):
+            raise _Damaged(f"Corrupt extra field {kind:04x} (size={length})")
+        if kind == _ZIP64_EXTRA:
+            block = extra[4 : length + 4]
+            if size in (0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF):
+                size, block = _take8(block, "File size")
+            if compressed == 0xFFFF_FFFF:
+                compressed, block = _take8(block, "Compress size")
+            if offset == 0xFFFF_FFFF:
+                offset, block = _take8(block, "Header offset")
+        extra = extra[length + 4 :]
+    return size, compressed, offset
+
+
+def _take8(block: bytes, field: str) -> tuple[int, bytes]:
+    if len(block) < 8:
+        raise _Damaged(f"Corrupt zip64 extra field. {field} not found.")
+    return int.from_bytes(block[:8], "little"), block[8:]
+
+
+def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo], *,
+                 file: BinaryIO) -> list[int]:
+    """Absolute offsets of the members' data: after each local header, name and extra field
+    (the local extra field may differ from the central directory's, so every header is read;
+    headers less than 16 KiB apart, as a state dict's small storages are, share one read).
+    ``file``: the archive, open (binary).
+
+    Raises:
+        CorruptFileError: a local header is missing, has no local-header signature, or names
+            another member than the central directory (naming the member).
+    """
+    fd = file.fileno()
+    offsets = [m.header_offset for m in members]
+    order = sorted(range(len(members)), key=offsets.__getitem__)
+    out = [0] * len(members)
+    unpack = _LOCAL_HEADER.unpack_from
+    i = 0
+    while i < len(order):
+        start = previous = offsets[order[i]]
+        j = i + 1
+        while j < len(order):
+            at = offsets[order[j]]
+            if at - previous > _HEADER_GAP or at - start > _HEADER_WINDOW:
+                break
+            previous = at
+            j += 1
+        window = os.pread(fd, previous - start + _LOCAL_HEADER.size + 256, start)
+        for k in order[i:j]:
+            info = members[k]
+            at = offsets[k] - start
+            if at + _LOCAL_HEADER.size > len(window):
+                raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
+            signature, _, flags, _, _, _, _, _, _, name_length, extra_length = unpack(window, at)
+            if signature != b"PK\x03\x04":
+                raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
+            at += _LOCAL_HEADER.size
+            raw = window[at : at + name_length]
+            if len(raw) < name_length:  # a long name past the window
+                raw = os.pread(fd, name_length, offsets[k] + _LOCAL_HEADER.size)
+            try:
+                name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
+            except UnicodeDecodeError:
+                name = None
+            if name != info.filename:
+                raise CorruptFileError(
+                    f"the local header names {raw[:80]!r}, the central directory {info.filename!r}: the zip is damaged",
+                    path=path,
+                    tensor=info.filename,
+                )
+            out[k] = offsets[k] + _LOCAL_HEADER.size + name_length + extra_length
+        i = j
+    return out
+
+
+def member_data_offset(path: Path, info: Member | zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:
+    """Absolute offset of a stored member's data (see :func:`data_offsets`). ``file``: the
+    archive already open (binary).
+
+    Raises:
+        CorruptFileError: the local header is missing, has no local-header signature, or names
+            another member.
     """
     if file is None:
         with path.open("rb") as f:
-            return member_data_offset(path, info, file=f)
-    raw = os.pread(file.fileno(), _LOCAL_HEADER.size, info.header_offset)
-    if len(raw) < _LOCAL_HEADER.size:
-        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
-    fields = _LOCAL_HEADER.unpack(raw)
-    if fields[0] != b"PK\x03\x04":
-        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
-    return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            return data_offsets(path, [info], file=f)[0]
+    return data_offsets(path, [info], file=file)[0]
 
 
-def refuse_zip_bomb(info: zipfile.ZipInfo, path: Path) -> None:
+def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, what: str) -> bytes:
+    """A member's bytes: a stored one read in place and checked against its CRC-32 (as
+    ``zipfile`` checks it), a compressed one through ``zipfile``. ``what``: the file's kind
+    for the message.
+
+    Raises:
+        CorruptFileError: the member cannot be read (damaged, compressed by a method zipfile
+            does not know, beyond the end of the file), naming it.
+        IntegrityError: its bytes do not match their CRC-32.
+    """
+    if info.compress_type == 0:
+        start = data_offsets(path, [info], file=file)[0]
+        data = os.pread(file.fileno(), info.file_size, start)
+        if len(data) < info.file_size:
+            raise CorruptFileError(f"{info.filename} extends beyond the end of the {what}: truncated", path=path)
+        crc = zlib.crc32(data)
+        if crc != info.CRC:
+            raise _crc_error(path, info, crc, what)
+        return data
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read(info.filename)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
+        raise CorruptFileError(f"{info.filename} cannot be read from the {what} ({e})", path=path) from e
+
+
+def _crc_error(path: str | os.PathLike[str], info: Member | zipfile.ZipInfo, crc: int, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{info.filename} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
+        f"the {what} is damaged; copy or download it again",
+        path=path,
+    )
+
+
+def refuse_zip_bomb(info: Member | zipfile.ZipInfo, path: Path) -> None:
     """A compressed member that would expand far beyond its stored size is refused unread
     (a ``.keras`` archive's members, a ``torch.save`` archive's storages).
 
@@ -110,7 +369,8 @@ def refuse_zip_bomb(info: zipfile.ZipInfo, path: Path) -> None:
             )
 
 
-def check_stored_crcs(path: str | os.PathLike[str], members: list[tuple[int, zipfile.ZipInfo]], *, what: str) -> None:
+def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int, Member | zipfile.ZipInfo]], *,
+                      what: str) -> None:
     """Compare stored (uncompressed) members' bytes with the CRC-32 each zip entry records,
     reading each once in 8 MiB pieces (``members``: (data offset, entry); ``what``: the file's
     kind for the message, e.g. ``"archive"``). zipfile checks a compressed member's CRC-32 itself
@@ -135,10 +395,6 @@ def check_stored_crcs(path: str | os.PathLike[str], members: list[tuple[int, zip
                 crc = zlib.crc32(chunk, crc)
                 done += len(chunk)
             if crc != info.CRC:
-                raise IntegrityError(
-                    f"{info.filename} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
-                    f"the {what} is damaged; copy or download it again",
-                    path=path,
-                )
+                raise _crc_error(path, info, crc, what)
     finally:
         os.close(fd)

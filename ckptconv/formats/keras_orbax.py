@@ -20,7 +20,8 @@ checkpoint) is read the same way, every array a weight named by its full pytree 
 Storage is read with tensorstore (the optional extra ``ckptconv[orbax]``), imported only when
 an Orbax checkpoint is opened; neither JAX nor Orbax is ever imported. Opening reads metadata
 only (``_METADATA``, the OCDBT manifest and B-tree, each array's zarr metadata); each array is
-read on demand. Anything that would take a read outside the checkpoint is refused: pytree keys
+read on demand, with those that follow it in the store's order (see :mod:`._orbax_arrays`).
+Anything that would take a read outside the checkpoint is refused: pytree keys
 that are path parts (``..``, ``/``), paths or kvstore specs in ``_METADATA``, OCDBT data files
 outside the database directory, links leading out of the step directory.
 """
@@ -30,27 +31,23 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
-from ..dtypes import by_name
-from ..errors import CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store, keras_order
+from ._orbax_arrays import Arrays, import_tensorstore, read_json, unsafe_path, zarr_dtype_shape
 from .keras_weights import layer_infos
 
 FORMAT = "keras-orbax"
-EXTRA = "ckptconv[orbax]"
 # The state-tree checkpointable: Keras names it "pytree"; recent Orbax defaults to "state".
 CHECKPOINTABLES = ("pytree", "state")
 TREE_METADATA = "_METADATA"
 STEP_METADATA = "_CHECKPOINT_METADATA"
 MODEL_CONFIG = "model_config"
-MAX_JSON_BYTES = 256 * 2**20
-_CACHE_BYTES = 64 * 2**20  # tensorstore's cache of OCDBT manifest and B-tree nodes
 
 # Keras' state tree: top-level key -> kind of its arrays
 TREE_KINDS: dict[str, Kind] = {
@@ -182,14 +179,6 @@ def refuse_links_out(directory: Path, *, root: Path) -> None:
                 )
 
 
-def _unsafe_path(text: str) -> bool:
-    """An absolute path, a URL, or one that climbs out with ``..``."""
-    text = unquote(text)
-    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):
-        return True
-    return ".." in re.split(r"[/\\]", text)
-
-
 _SPEC_KEYS = {"kvstore", "base", "path", "directory", "base_path", "relative_path"}
 _VALUE_FIELDS = {"value_type", "skip_deserialize", "write_shape"}
 
@@ -213,7 +202,7 @@ def refuse_specs_out(node: Any, *, path: Path, where: str = TREE_METADATA, depth
                     if not (isinstance(extra, dict) and extra.keys() <= _VALUE_FIELDS):
                         refuse_specs_out(extra, path=path, where=where, depth=depth + 2)
                 continue
-            if key in _SPEC_KEYS and isinstance(value, str) and _unsafe_path(value):
+            if key in _SPEC_KEYS and isinstance(value, str) and unsafe_path(value):
                 raise UnsafeInputError(
                     f"{where} records {key}={value!r}, which points outside the checkpoint",
                     path=path,
@@ -233,57 +222,7 @@ def _check_key_part(part: str, *, path: Path) -> None:
         )
 
 
-def _locations(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "location" and isinstance(value, str):
-                yield value
-            else:
-                yield from _locations(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _locations(value)
-
-
-def refuse_manifest_out(manifest: Any, *, path: Path) -> None:
-    """Refuse an OCDBT manifest whose B-tree or version nodes live in files outside the
-    database directory (a location is ``<kind>:<base path>:<relative path>:<offset>:<length>``).
-    """
-    for location in _locations(manifest):
-        _, _, rest = location.partition(":")
-        file_part = rest.rsplit(":", 2)[0]
-        if any(p and _unsafe_path(p) for p in file_part.split(":")):
-            raise UnsafeInputError(
-                f"the OCDBT manifest refers to {file_part!r}, outside the checkpoint", path=path
-            )
-
-
 # --- reading -----------------------------------------------------------------------------------
-
-
-def _tensorstore(path: Path) -> Any:
-    try:
-        import tensorstore
-    except ImportError as e:
-        raise UnsupportedError(
-            "an Orbax checkpoint: reading it needs tensorstore, which is not installed; "
-            f"pip install '{EXTRA}'",
-            path=path,
-        ) from e
-    return tensorstore
-
-
-def _read_json(file: Path, *, what: str) -> Any:
-    try:
-        size = file.stat().st_size
-    except OSError as e:
-        raise CorruptFileError(f"cannot read {what}: {e.strerror}", path=file) from e
-    if size > MAX_JSON_BYTES:
-        raise UnsafeInputError(f"{what} is implausibly large ({size} bytes)", path=file)
-    try:
-        return json.loads(file.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"{what} is not valid JSON ({e})", path=file) from e
 
 
 def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
@@ -294,140 +233,24 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     for label, item in tree.items():
-        keys = item.get("key_metadata") if isinstance(item, dict) else None
-        value = item.get("value_metadata") if isinstance(item, dict) else None
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "key" in k for k in keys):
+        try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
+            keys = item["key_metadata"]
+            parts = tuple([str(k["key"]) for k in keys]) if isinstance(keys, list) else ()
+        except (TypeError, KeyError):
+            parts = ()
+        if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
-        parts = tuple(str(k["key"]) for k in keys)
         for part in parts:
             if part not in checked:
                 _check_key_part(part, path=path)
                 checked.add(part)
+        value = item.get("value_metadata")
         value = value if isinstance(value, dict) else {}
         value_type = str(value.get("value_type", "jax.Array"))
         if value.get("skip_deserialize") or value_type not in _ARRAY_TYPES:
             continue  # strings, empty nodes, leaves the writer marked as not restorable
         leaves.append((parts, value_type))
     return leaves
-
-
-def _dtype_of(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[np.dtype, tuple[int, ...]]:
-    """dtype and shape from an array's ``zarr.json`` (v3) or ``.zarray`` (v2)."""
-    if not isinstance(meta, dict):
-        raise CorruptFileError("the array's zarr metadata is not an object", path=path, tensor=key)
-    shape = meta.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape):
-        raise CorruptFileError(f"the array's zarr metadata has a bad shape {shape!r}", path=path, tensor=key)
-    name = meta.get("data_type") if zarr3 else meta.get("dtype")
-    if not isinstance(name, str):
-        raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, tensor=key)
-    try:
-        dtype = by_name(name)
-    except KeyError:
-        try:
-            dtype = np.dtype(name)  # zarr v2 typestrings: "<f4", "|i1", ...
-        except TypeError:
-            raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, tensor=key) from None
-        if dtype.kind not in "biufc":
-            raise UnsupportedError(f"zarr data type {name!r} is not a numeric tensor", path=path, tensor=key)
-        dtype = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
-    return dtype, tuple(shape)
-
-
-def _ts_error(e: Exception, *, path: Path, key: str | None = None, what: str) -> CkptconvError:
-    text = " ".join(str(e).split())[:300]
-    if "Invalid key" in text:
-        return UnsafeInputError(
-            f"{what}: the OCDBT database refers to a file outside the checkpoint ({text})",
-            path=path,
-            tensor=key,
-        )
-    return CorruptFileError(f"{what}: {text}", path=path, tensor=key)
-
-
-class _Arrays:
-    """The arrays of one pytree directory, through tensorstore: metadata at once, data per array."""
-
-    def __init__(self, ts: Any, tree: Path, *, ocdbt: bool, zarr3: bool) -> None:
-        self.ts = ts
-        self.tree = tree
-        self.ocdbt = ocdbt
-        self.zarr3 = zarr3
-        self.context = ts.Context({"cache_pool": {"total_bytes_limit": _CACHE_BYTES}})
-        self.meta_name = "zarr.json" if zarr3 else ".zarray"
-        self.base = {"driver": "file", "path": os.fspath(tree.resolve()) + "/"}
-        self.kvstore: Any = None
-        if ocdbt:
-            import tensorstore.ocdbt
-
-            try:
-                base = ts.KvStore.open(self.base, context=self.context).result()
-                manifest = tensorstore.ocdbt.dump(base).result()
-            except Exception as e:  # noqa: BLE001 - tensorstore reports every failure as ValueError
-                raise _ts_error(e, path=tree, what="the OCDBT manifest cannot be read") from e
-            refuse_manifest_out(manifest, path=tree)
-            try:
-                self.kvstore = ts.KvStore.open({"driver": "ocdbt", "base": self.base}, context=self.context).result()
-            except Exception as e:  # noqa: BLE001
-                raise _ts_error(e, path=tree, what="the OCDBT database cannot be opened") from e
-
-    def kvstore_spec(self, param: str) -> dict[str, Any]:
-        if self.ocdbt:
-            return {"driver": "ocdbt", "base": self.base, "path": param + "/"}
-        return {"driver": "file", "path": os.fspath((self.tree / param).resolve()) + "/"}
-
-    def metadata(self, params: list[str], names: list[str]) -> list[Any]:
-        """Every array's zarr metadata (JSON), read together."""
-        if not self.ocdbt:
-            return [_read_json(self.tree / p / self.meta_name, what=f"{p}/{self.meta_name}") for p in params]
-        try:
-            stored = set(self.kvstore.list().result())
-        except Exception as e:  # noqa: BLE001
-            raise _ts_error(e, path=self.tree, what="the OCDBT database cannot be listed") from e
-        keys = [f"{p}/{self.meta_name}".encode() for p in params]
-        for key, name in zip(keys, names):
-            if key not in stored:
-                raise CorruptFileError(
-                    f"{TREE_METADATA} lists this array but the OCDBT database has no "
-                    f"{key.decode()!r}: an incomplete checkpoint",
-                    path=self.tree,
-                    tensor=name,
-                )
-        futures = [self.kvstore.read(k) for k in keys]
-        out = []
-        parsed: dict[bytes, Any] = {}  # arrays of one shape and dtype have the same metadata
-        for future, name in zip(futures, names):
-            try:
-                raw = future.result().value
-                value = parsed.get(raw)
-                if value is None:
-                    value = parsed[raw] = json.loads(raw)
-                out.append(value)
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, tensor=name) from e
-            except Exception as e:  # noqa: BLE001
-                raise _ts_error(e, path=self.tree, key=name, what="its zarr metadata cannot be read") from e
-        return out
-
-    def loader(self, param: str, *, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
-        spec = {"driver": "zarr3" if self.zarr3 else "zarr", "kvstore": self.kvstore_spec(param)}
-
-        def load() -> np.ndarray:
-            try:
-                array = self.ts.open(spec, open=True, read=True, context=self.context).result()
-                data = np.asarray(array.read().result())
-            except Exception as e:  # noqa: BLE001
-                raise _ts_error(e, path=self.tree, key=name, what="the array cannot be read") from e
-            if data.shape != shape:
-                raise CorruptFileError(
-                    f"stored array has shape {list(data.shape)}, its metadata says {list(shape)}",
-                    path=self.tree,
-                    tensor=name,
-                )
-            data = np.asarray(data, dtype=dtype)
-            return data if data.flags.c_contiguous else data.copy(order="C")
-
-        return load
 
 
 def _model_config(step_dir: Path) -> Any:
@@ -438,7 +261,7 @@ def _model_config(step_dir: Path) -> Any:
         return None
     if not _inside(strings.resolve(), step_dir.resolve()):
         raise UnsafeInputError(f"{MODEL_CONFIG}/_strings.json is a link outside the checkpoint", path=step_dir)
-    data = _read_json(strings, what=f"{MODEL_CONFIG}/_strings.json")
+    data = read_json(strings, what=f"{MODEL_CONFIG}/_strings.json")
     text = data.get("config") if isinstance(data, dict) else None
     if not isinstance(text, str):
         return None
@@ -467,7 +290,15 @@ def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
     """Sort key of a layer path: the config's layer order, part by part."""
     rank = {name: i for i, name in enumerate(layer_infos(config))} if config is not None else {}
     unknown = len(rank)
-    return lambda layer: tuple(rank.get(part, unknown) for part in layer.split("/"))
+    known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
+
+    def key(layer: str) -> tuple[int, ...]:
+        found = known.get(layer)
+        if found is None:
+            found = known[layer] = tuple(rank.get(part, unknown) for part in layer.split("/"))
+        return found
+
+    return key
 
 
 def open(path: Path) -> Store:  # noqa: A001
@@ -482,23 +313,25 @@ def open(path: Path) -> Store:  # noqa: A001
     """
     step_dir, tree, step = _resolve(path)
     refuse_links_out(tree, root=step_dir)
-    meta = _read_json(tree / TREE_METADATA, what=TREE_METADATA)
+    meta = read_json(tree / TREE_METADATA, what=TREE_METADATA)
     refuse_specs_out(meta, path=tree / TREE_METADATA)
     leaves = _leaves(meta, path=tree / TREE_METADATA)
-    ts = _tensorstore(path)
+    ts = import_tensorstore(path)
     use_ocdbt = bool(meta.get("use_ocdbt", (tree / "manifest.ocdbt").is_file()))
-    arrays = _Arrays(ts, tree, ocdbt=use_ocdbt, zarr3=bool(meta.get("use_zarr3", False)))
+    arrays = Arrays(ts, tree, ocdbt=use_ocdbt, zarr3=bool(meta.get("use_zarr3", False)))
+    del meta  # tens of MB of JSON objects for 10,000 leaves: gone before the B-tree is read
     params = [".".join(parts) for parts, _ in leaves]
     keys = ["/".join(parts) for parts, _ in leaves]
     zarr_meta = arrays.metadata(params, keys)
     config = _model_config(step_dir)
 
     entries: list[Entry] = []
+    where = os.fspath(tree)
     described: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}  # by the metadata object: shared
     for (parts, _), param, key, zmeta in zip(leaves, params, keys, zarr_meta):
         found = described.get(id(zmeta))
         if found is None:
-            found = described[id(zmeta)] = _dtype_of(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
+            found = described[id(zmeta)] = zarr_dtype_shape(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
         dtype, shape = found
         kind, name = _kind(parts, dtype, shape)
         entries.append(
@@ -507,7 +340,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 key=param,
                 shape=shape,
                 dtype=dtype,
-                path=tree,
+                path=where,
                 loader=arrays.loader(param, name=key, dtype=dtype, shape=shape),
                 kind=kind,
                 tree_path=key,
@@ -520,6 +353,7 @@ def open(path: Path) -> Store:  # noqa: A001
     for i, e in enumerate(entries):
         first_seen.setdefault((e.kind, e.layer), i)
     entries.sort(key=lambda e: (kinds[e.kind], rank(e.layer), first_seen[(e.kind, e.layer)], e.index))
+    arrays.read_in_order([e.key for e in entries], [e.nbytes for e in entries])
 
     metadata = {"checkpointable": tree.name}
     if step is not None:

@@ -36,7 +36,7 @@ from ._hdf5 import (
     open_h5,
 )
 from ._hdf5_headers import Header
-from ._keras_quantized import QUANTIZED_VARIABLES, quantized_names
+from ._keras_quantized import QUANTIZED_VARIABLES, float_by_config, quantized_names
 
 FORMAT = "keras-weights-h5"
 
@@ -124,35 +124,49 @@ class LayerInfo:
     config: Mapping[str, Any]
 
 
+# A config.json container nested deeper than this (the outermost at depth 0) is refused.
+MAX_CONFIG_DEPTH = 200
+
+
 def layer_infos(config: Any) -> dict[str, LayerInfo]:
     """Every layer in a ``.keras`` ``config.json`` by name (first wins), found recursively.
 
-    The config is only read as JSON data: nothing in it is imported or executed. Layers are
-    found in document order (depth first), the order :func:`build_entries` ranks them by.
+    The config is only read as JSON data (as ``json.loads`` gives it: dict, list, str, int,
+    float, bool, None): nothing in it is imported or executed. A layer is an object with a
+    string ``class_name`` and an object ``config`` holding a string ``name``; layers are found
+    in document order (depth first), the order :func:`build_entries` ranks them by.
+
+    Raises:
+        UnsafeInputError: a container nested deeper than :data:`MAX_CONFIG_DEPTH`.
     """
     found: dict[str, LayerInfo] = {}
-    containers = (dict, list)
 
-    # one recursive pass (a config of thousands of layers has hundreds of thousands of
-    # nodes): the recursion is bounded by the depth check, far below Python's own limit
-    def visit(node: Any, depth: int) -> None:
-        if depth > 200:
-            raise UnsafeInputError("config.json is nested too deeply")
-        if isinstance(node, dict):
-            cfg = node.get("config")
-            if isinstance(cfg, dict) and isinstance(node.get("class_name"), str):
-                name = cfg.get("name")
-                if isinstance(name, str) and name not in found:
-                    found[name] = LayerInfo(node["class_name"], cfg)
-            children: Iterable[Any] = node.values()
-        else:
-            children = node
+    # One recursive pass over every container (a config of thousands of layers has over a
+    # hundred thousand): each call runs over one container's children, already known to sit
+    # at ``depth``, and looks at each child once. Exact type checks: ``type(x) is dict`` costs
+    # a third of ``isinstance`` per child, and JSON data holds no subclasses. The recursion
+    # is bounded by the depth check, far below Python's own limit.
+    def visit(children: Iterable[Any], depth: int) -> None:
         for child in children:
-            if isinstance(child, containers):
-                visit(child, depth + 1)
+            kind = type(child)
+            if kind is dict:
+                if depth > MAX_CONFIG_DEPTH:
+                    raise UnsafeInputError("config.json is nested too deeply")
+                if "class_name" in child:
+                    class_name, cfg = child["class_name"], child.get("config")
+                    if type(cfg) is dict and type(class_name) is str:
+                        name = cfg.get("name")
+                        if type(name) is str and name not in found:
+                            found[name] = LayerInfo(class_name, cfg)
+                if child:
+                    visit(child.values(), depth + 1)
+            elif kind is list:
+                if depth > MAX_CONFIG_DEPTH:
+                    raise UnsafeInputError("config.json is nested too deeply")
+                if child:
+                    visit(child, depth + 1)
 
-    if isinstance(config, containers):
-        visit(config, 0)
+    visit((config,), 0)
     return found
 
 
@@ -459,7 +473,9 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(_INDEX_SUFFIX.sub("", parent), "lstm_cell")
-    if cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES:
+    if (cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES) and not (
+        info is not None and float_by_config(cls, info.config)
+    ):
         stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in range(count))]
         quantized = quantized_names(cls, stored, info.config if info else None)
         if quantized is not None:

@@ -37,18 +37,18 @@ from __future__ import annotations
 
 import builtins
 import io
-import math
 import os
 import pickle
 import re
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,7 +65,15 @@ from ._torch_pickle import (
     check_opcodes,
     load_plain,
 )
-from ._zip import check_stored_crcs, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
+from ._zip import (
+    Member,
+    central_directory,
+    check_stored_crcs,
+    data_offsets,
+    first_member_kind,
+    read_member,
+    refuse_zip_bomb,
+)
 from .safetensors import (
     check_every_mapped_held,
     check_shard_holds,
@@ -130,10 +138,12 @@ def _kind_of(path: Path, head: bytes) -> str | None:
         if kind != "file":
             return "zip" if kind == "torch.save file" else None
         try:
-            with zipfile.ZipFile(path) as z:
-                return "zip" if _archive_prefix(z.namelist()) is not None else None
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+            members = central_directory(path, kind="file")
+        except (UnsafeInputError, UnsupportedError):
+            return "zip"  # the reader says why it refuses the archive
+        except (CorruptFileError, OSError):
             return None
+        return "zip" if _archive_prefix([m.filename for m in members]) is not None else None
     if head[:1] == b"\x80" and _MAGIC_PICKLE in head[:32]:
         return "legacy"
     if head[257:262] == b"ustar" and b"storages" in head[:100] + head[512:]:
@@ -216,7 +226,7 @@ def open(path: Path) -> Store:  # noqa: A001
     )
 
 
-def _integrity(files: list[tuple[Path, list[tuple[int, zipfile.ZipInfo]]]]) -> Callable[[], None] | None:
+def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]]) -> Callable[[], None] | None:
     """The check of every storage the zip archives (``(path, stored members)``) hold in place
     against its zip CRC-32 (the legacy layout records none; a compressed storage is checked by
     zipfile as it is read)."""
@@ -240,7 +250,7 @@ def _open_sharded(index_file: Path) -> Store:
     metadata: dict[str, str] = {}
     seen: set[str] = set()
     shards = shard_files(index_file, index)
-    stored: list[tuple[Path, list[tuple[int, zipfile.ZipInfo]]]] = []
+    stored: list[tuple[Path, list[tuple[int, Member]]]] = []
     for shard in shards:
         with shard.open("rb") as f:
             parsed = _parse(shard, f.read(4096))
@@ -271,8 +281,7 @@ def _open_sharded(index_file: Path) -> Store:
 # --- one file: where each storage's bytes are -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Stored:
+class _Stored(NamedTuple):
     """Where a storage's bytes are: at ``offset`` in ``path`` (a stored zip member, a legacy
     storage), or inside the compressed zip ``member``; ``nbytes`` of them, ``big_endian``."""
 
@@ -289,7 +298,7 @@ class _Parsed:
     root: Any
     storages: dict[str, _Stored]
     metadata: dict[str, str] = field(default_factory=dict)
-    stored_members: list[tuple[int, zipfile.ZipInfo]] = field(default_factory=list)  # (data offset, entry)
+    stored_members: list[tuple[int, Member]] = field(default_factory=list)  # (data offset, entry)
 
 
 def _parse(path: Path, head: bytes) -> _Parsed:
@@ -325,12 +334,9 @@ _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyEr
 
 
 def _parse_zip(path: Path) -> _Parsed:
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:
-        raise damaged_zip(path, e, "torch.save file") from e
-    with z, builtins.open(path, "rb") as raw_file:
-        names = z.namelist()
+    with builtins.open(path, "rb") as raw_file:
+        members = {m.filename: m for m in central_directory(path, kind=_ZIP_KIND, file=raw_file)}
+        names = list(members)
         prefix = _archive_prefix(names)
         if prefix is None:
             raise CorruptFileError(
@@ -338,14 +344,15 @@ def _parse_zip(path: Path) -> _Parsed:
                 "(the file is damaged or was not written by torch.save)",
                 path=path,
             )
+        inside = f"{prefix}/"
         for name in names:
-            parts = name.split("/")
-            if name.startswith("/") or "\\" in name or ".." in parts or parts[0] != prefix:
+            if ((name != prefix and not name.startswith(inside)) or "\\" in name
+                    or (".." in name and ".." in name.split("/"))):
                 raise UnsafeInputError(
                     f"zip member {name!r} lies outside the archive {prefix!r}; refusing the file",
                     path=path,
                 )
-        if f"{prefix}/constants.pkl" in names or any(n.startswith(f"{prefix}/code/") for n in names):
+        if f"{prefix}/constants.pkl" in members or any(n.startswith(f"{prefix}/code/") for n in names):
             raise UnsupportedError(
                 "a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load it in "
                 "torch and save its state_dict() with torch.save",
@@ -353,44 +360,50 @@ def _parse_zip(path: Path) -> _Parsed:
             )
         metadata = {"layout": "zip"}
         for record, key in (("byteorder", "byteorder"), ("version", "version"), (".format_version", "format_version")):
-            member = f"{prefix}/{record}"
-            if member in names and z.getinfo(member).file_size < 64:
-                metadata[key] = z.read(member).decode("ascii", "replace").strip()
+            member = members.get(f"{prefix}/{record}")
+            if member is not None and member.file_size < 64:
+                text = read_member(path, member, file=raw_file, what=_ZIP_KIND)
+                metadata[key] = text.decode("ascii", "replace").strip()
         byteorder = metadata.setdefault("byteorder", "little")
         if byteorder not in ("little", "big"):
             raise CorruptFileError(f"unknown byteorder record {byteorder!r}", path=path)
-        info = z.getinfo(f"{prefix}/data.pkl")
+        info = members[f"{prefix}/data.pkl"]
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
         refuse_zip_bomb(info, path)
-        try:
-            raw = z.read(info)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
-            raise CorruptFileError(f"data.pkl cannot be read from the archive ({e})", path=path) from e
+        raw = read_member(path, info, file=raw_file, what=_ZIP_KIND)
         root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
         size = os.path.getsize(path)
+        big_endian = byteorder == "big"
+        fspath = os.fspath(path)
         storages: dict[str, _Stored] = {}
-        stored_members: list[tuple[int, zipfile.ZipInfo]] = []
+        in_place: list[tuple[str, Member]] = []
         for key, ref in unpickler.storages.items():
             member = f"{prefix}/data/{key}"
-            try:
-                info = z.getinfo(member)
-            except KeyError:
+            info = members.get(member)  # type: ignore[assignment]
+            if info is None:
                 raise CorruptFileError(
                     f"data.pkl refers to storage data/{key}, which the archive does not hold",
                     path=path,
-                ) from None
-            _check_declared(ref, info.file_size, path)
-            if info.compress_type == zipfile.ZIP_STORED:
-                start = member_data_offset(path, info, file=raw_file)
-                if start + info.file_size > size:
-                    raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
-                storages[key] = _Stored(os.fspath(path), start, None, info.file_size, byteorder == "big")
-                stored_members.append((start, info))
+                )
+            if ref.numel * ITEMSIZE[ref.dtype] > info.file_size:
+                _check_declared(ref, info.file_size, path)
+            if info.compress_type == 0:  # stored: read in place
+                in_place.append((key, info))
             else:
                 refuse_zip_bomb(info, path)
-                storages[key] = _Stored(os.fspath(path), None, member, info.file_size, byteorder == "big")
+                storages[key] = _Stored(fspath, None, member, info.file_size, big_endian)
+        starts = data_offsets(path, [info for _, info in in_place], file=raw_file)
+        stored_members: list[tuple[int, Member]] = []
+        for (key, info), start in zip(in_place, starts):
+            if start + info.file_size > size:
+                raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
+            storages[key] = _Stored(fspath, start, None, info.file_size, big_endian)
+            stored_members.append((start, info))
     return _Parsed(path, root, storages, metadata, stored_members)
+
+
+_ZIP_KIND = "torch.save file"
 
 
 def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
@@ -500,9 +513,14 @@ class _Walk:
         elif isinstance(obj, dict):
             if kind == "weight" and {"state", "param_groups"} <= set(obj):
                 kind = "optimizer"  # an Optimizer.state_dict(), whatever its key
+            found = self.found
+            leaf = depth < MAX_DEPTH  # a tensor one level down is within the limit
             for key, value in obj.items():
-                part = _part(key)
-                self.visit(value, (*parts, part), _child_kind(kind, part, value), depth + 1)
+                part = key if type(key) is str and key else _part(key)
+                if leaf and type(value) is TensorRef:  # a state dict's items: no call each
+                    found.append(((*parts, part), _child_kind(kind, part, value), value))
+                else:
+                    self.visit(value, (*parts, part), _child_kind(kind, part, value), depth + 1)
         elif isinstance(obj, (list, tuple)) and not any(isinstance(v, (dict, list, tuple, TensorRef, Unrepresentable)) for v in obj):
             self.skipped.append((self._name(parts), _describe(obj)))  # [0.9, 0.999]: one note
         elif isinstance(obj, (list, tuple)):
@@ -518,36 +536,42 @@ class _Walk:
         return [self._name(parts) for parts, _, _ in self.found]
 
     def tied(self) -> list[tuple[str, ...]]:
+        # only tensors sharing a storage can be one tensor: the identities of those alone
+        sharing = Counter(ref.storage.key for _, _, ref in self.found)
         groups: dict[tuple[object, ...], list[str]] = {}
         for parts, _, ref in self.found:
-            groups.setdefault(ref.identity(), []).append(self._name(parts))
+            if sharing[ref.storage.key] > 1:
+                groups.setdefault(ref.identity(), []).append(self._name(parts))
         return [tuple(names) for names in groups.values() if len(names) > 1]
 
     def entries(self, parsed: _Parsed) -> list[Entry]:
-        return [self._entry(parts, kind, ref, parsed) for parts, kind, ref in self.found]
+        dtypes: dict[str, np.dtype] = {}  # torch dtype name -> numpy dtype, looked up once each
+        path = os.fspath(parsed.path)
+        return [self._entry(parts, kind, ref, parsed, dtypes, path) for parts, kind, ref in self.found]
 
-    def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: _Parsed) -> Entry:
-        name = self._name(parts)
-        canonical = TORCH_DTYPES.get(ref.dtype)
-        if canonical is None:
-            raise UnsupportedError(
-                f"torch dtype {ref.dtype} has no numpy or safetensors equivalent; convert the "
-                "tensor in torch (e.g. .to(torch.float16)) before torch.save",
-                path=parsed.path,
-                tensor=name,
-            )
-        dtype = by_name(canonical)
+    def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: _Parsed,
+               dtypes: dict[str, np.dtype], path: str) -> Entry:
+        name = "/".join(parts) if parts else self.default_name
+        dtype = dtypes.get(ref.dtype)
+        if dtype is None:
+            canonical = TORCH_DTYPES.get(ref.dtype)
+            if canonical is None:
+                raise UnsupportedError(
+                    f"torch dtype {ref.dtype} has no numpy or safetensors equivalent; convert the "
+                    "tensor in torch (e.g. .to(torch.float16)) before torch.save",
+                    path=parsed.path,
+                    tensor=name,
+                )
+            dtype = dtypes[ref.dtype] = by_name(canonical)
         stored = parsed.storages[ref.storage.key]
-        start, span = _check_view(ref, dtype.itemsize, parsed.path, name)
-        numel = math.prod(ref.shape)
-        layer = _layer(parts)
-        plain_bytes = not stored.big_endian or _swap_unit(dtype) == 1
-        if stored.offset is not None and plain_bytes and _c_contiguous(ref.shape, ref.stride):
+        start, span, numel, contiguous = _check_view(ref, dtype.itemsize, parsed.path, name)
+        layer = parts[0].rpartition(".")[0] if len(parts) == 1 else _layer(parts)
+        if stored.offset is not None and contiguous and (not stored.big_endian or _swap_unit(dtype) == 1):
             byte_range = ByteRange(stored.path, stored.offset + start, numel * dtype.itemsize)
-            return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind,
+            return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=path, kind=kind,
                          layer=layer, byte_range=byte_range)
         loader = partial(_read_view, stored, start, span, dtype, ref.shape, ref.stride, name)
-        return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=parsed.path, kind=kind,
+        return Entry(name, key=name, shape=ref.shape, dtype=dtype, path=path, kind=kind,
                      layer=layer, loader=loader)
 
 
@@ -610,15 +634,22 @@ def _describe(value: Any) -> str:
 # --- checking and reading a view --------------------------------------------------------------
 
 
-def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[int, int]:
-    """Byte offset of the view's first element within its storage's stored bytes, and the
-    byte span from it to the end of its last element; refuses views outside the storage."""
+def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[int, int, int, bool]:
+    """Byte offset of the view's first element within its storage's stored bytes, the byte
+    span from it to the end of its last element, the view's element count, and whether it is
+    C-contiguous; refuses views outside the storage."""
     storage = ref.storage
-    base = storage.view[0] * ITEMSIZE[storage.dtype] if storage.view else 0
-    limit = storage.nbytes
-    numel = 1
-    for d in ref.shape:
+    storage_itemsize = ITEMSIZE[storage.dtype]
+    base = storage.view[0] * storage_itemsize if storage.view else 0
+    limit = storage.numel * storage_itemsize
+    numel = 1  # also the stride a C-contiguous view has at each dimension, innermost first
+    last = ref.offset
+    contiguous = True
+    for d, s in zip(reversed(ref.shape), reversed(ref.stride)):
+        if d != 1 and s != numel:
+            contiguous = False
         numel *= d
+        last += (d - 1) * s
     first = ref.offset * itemsize
     if numel == 0:
         if first > limit:
@@ -627,8 +658,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
                 path=path,
                 tensor=name,
             )
-        return base + first, 0
-    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
+        return base + first, 0, 0, contiguous
     end = (last + 1) * itemsize
     if end > limit:
         raise UnsafeInputError(
@@ -646,16 +676,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             path=path,
             tensor=name,
         )
-    return base + first, end - first
-
-
-def _c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for d, s in zip(reversed(shape), reversed(stride)):
-        if d != 1 and s != expected:
-            return False
-        expected *= d
-    return True
+    return base + first, end - first, numel, contiguous
 
 
 def _swap_unit(dtype: np.dtype) -> int:

@@ -407,31 +407,28 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
 
 def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
     """Every tensor's name and kind, in model order (object graph) or key order (TF1)."""
-    keys = [k for k in index.entries if k != OBJECT_GRAPH_KEY]
-    planned = []
+    entries = index.entries
     if nodes is None:
-        scopes = tf1_optimizer_scopes(index.entries)
-        for key in sorted(keys, key=natural_key):
-            entry = index.entries[key]
-            kind = tf1_kind(key, entry, index.entries, scopes)
-            planned.append(_Planned(key, key, kind, entry))
-        return planned
+        scopes = tf1_optimizer_scopes(entries)
+        return [
+            _Planned(key, key, tf1_kind(key, entries[key], entries, scopes), entries[key])
+            for key in sorted((k for k in entries if k != OBJECT_GRAPH_KEY), key=natural_key)
+        ]
     roles = object_roles(nodes)
-    last = len(roles)
-    # graph order (each key's own); keys outside the graph after, in natural order (only
-    # they can tie, so only they need a natural key)
-    ranked = sorted(keys, key=lambda k: (roles[k].order, ()) if k in roles else (last, natural_key(k)))
-    for key in ranked:
-        entry = index.entries[key]
-        role = roles.get(key)
-        if role is None:  # saved by a registered saver or outside the graph: no full name
-            kind: Kind = "bookkeeping" if entry.dtype == _STRING else "weight"
-            planned.append(_Planned(key, key, kind, entry))
+    planned = []
+    for key, role in roles.items():  # graph order: the roles are made in it
+        entry = entries.get(key)
+        if entry is None or key == OBJECT_GRAPH_KEY:
             continue
         kind = role.kind
         if role.counter and entry.dtype in INTEGER_CODES:
             kind = "bookkeeping"
         planned.append(_Planned(key, role.full_name or key, kind, entry))
+    # saved by a registered saver or outside the graph: no full name; after the graph's, in
+    # natural order
+    for key in sorted((k for k in entries if k not in roles and k != OBJECT_GRAPH_KEY), key=natural_key):
+        entry = entries[key]
+        planned.append(_Planned(key, key, "bookkeeping" if entry.dtype == _STRING else "weight", entry))
     # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
     # as ``net/kernel``, several times) are named from their object path instead; those that
     # still collide (or equal another tensor's key) fall back to the key
@@ -441,6 +438,8 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
 
 def _unique_or(planned: list[_Planned], rename: Callable[[_Planned], str]) -> list[_Planned]:
     """``planned`` with every name shared by several tensors replaced by ``rename(p)``."""
+    if len({p.name for p in planned}) == len(planned):
+        return planned  # the usual case: nothing shared
     counts: dict[str, int] = {}
     for p in planned:
         counts[p.name] = counts.get(p.name, 0) + 1
@@ -562,37 +561,45 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     )
 
 
-def _make_entry(planned: _Planned, index: _Index, files: list[str], *, check_crc: bool) -> Entry:
-    entry, name, key = planned.entry, planned.name, planned.key
-    if entry.unknown_rank or (entry.shape and min(entry.shape) < 0):
+def _make_entry(
+    planned: _Planned, index: _Index, files: list[str], *, check_crc: bool, object_based: bool
+) -> Entry:
+    """The store entry of one planned tensor; ``object_based``: its key holds an object path
+    (the tree path ``load_into`` matches by)."""
+    key, name, kind, entry = planned
+    shape = entry.shape
+    tree_path = object_path(key) if object_based else None
+    if entry.unknown_rank or (shape and min(shape) < 0):
         raise CorruptFileError(
-            f"index records an incomplete shape {list(entry.shape)}",
-            path=index.index_path,
-            tensor=name,
+            f"index records an incomplete shape {list(shape)}", path=index.index_path, tensor=name
+        )
+    dtype = _DTYPES.get(entry.dtype)
+    if dtype is not None and not entry.slices:
+        # Plain little-endian bytes (nearly every tensor): Entry reads them and checks the CRC
+        # (as it does for every format), writers may copy them file to file and compare it.
+        # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
+        path = files[entry.shard_id]
+        if entry.size != math.prod(shape) * dtype.itemsize:
+            _check_size(entry, dtype, path, name)
+        return Entry(
+            name, key=key, shape=shape, dtype=dtype, path=path,
+            byte_range=ByteRange(path, entry.offset, entry.size), kind=kind,
+            crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None, tree_path=tree_path,
         )
     dtype = _numpy_dtype(planned, index)
     if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
         loader = partial(_unreadable, entry.dtype, index.index_path, name)
-        return Entry(name, key=key, shape=entry.shape, dtype=np.dtype(object),
-                     path=index.index_path, loader=loader, kind="bookkeeping")
+        return Entry(name, key=key, shape=shape, dtype=np.dtype(object), path=index.index_path,
+                     loader=loader, kind="bookkeeping", tree_path=tree_path)
     if entry.slices:
         loader = _partitioned_loader(index, key, name, entry, dtype, files, check_crc=check_crc)
-        return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=index.index_path,
-                     loader=loader, kind=planned.kind)
-    path = files[entry.shard_id]
+        return Entry(name, key=key, shape=shape, dtype=dtype, path=index.index_path,
+                     loader=loader, kind=kind, tree_path=tree_path)
+    path = files[entry.shard_id]  # a string tensor
     _check_size(entry, dtype, path, name)
-    if entry.dtype == _STRING:
-        loader = partial(_read_strings, path, entry, check_crc=check_crc, tensor=name)
-        return Entry(name, key=key, shape=entry.shape, dtype=dtype, path=path, loader=loader,
-                     kind=planned.kind)
-    # Plain little-endian bytes: Entry reads them and checks the CRC (as it does for every
-    # format), writers may copy them file to file and compare it. check_crc=False means
-    # "read it anyway", so then no CRC is offered to compare either.
-    return Entry(
-        name, key=key, shape=entry.shape, dtype=dtype, path=path,
-        byte_range=_stored(path, entry), kind=planned.kind,
-        crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None,
-    )
+    loader = partial(_read_strings, path, entry, check_crc=check_crc, tensor=name)
+    return Entry(name, key=key, shape=shape, dtype=dtype, path=path, loader=loader, kind=kind,
+                 tree_path=tree_path)
 
 
 def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
@@ -639,10 +646,11 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     index = _read_index(index_path)
     files = _check_data_files(index, located.prefix)
     nodes = _load_object_graph(index, files)
-    entries = [_make_entry(p, index, files, check_crc=check_crc) for p in _plan(index, nodes)]
-    if nodes is not None:
-        for entry in entries:
-            entry.tree_path = object_path(entry.key)
+    object_based = nodes is not None
+    entries = [
+        _make_entry(p, index, files, check_crc=check_crc, object_based=object_based)
+        for p in _plan(index, nodes)
+    ]
     keras_order(entries)
     if located.saved_model:
         checkpoint_kind = "saved-model"

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..errors import LoadError, UsageError, problem
+from ..formats import open_source
 from ..options import keyword_options
 from ..store import Store
 from .assign import assign, freeze_loaded
@@ -25,23 +26,7 @@ from .report import LoadReport
 from .structure import Disagreement, StructureMatch, match_structure
 from .targets import LiveModel, require_built, restrict
 
-__all__ = ["load_into", "open_source"]
-
-
-def open_source(source: Any) -> tuple[Store, bool]:
-    """A store for ``source`` and whether this call opened it (and must close it)."""
-    if isinstance(source, Store):
-        return source, False
-    if isinstance(source, Mapping):
-        return Store.from_arrays(source), False
-    if isinstance(source, (str, os.PathLike)):
-        from ..formats import open as open_store
-
-        return open_store(source), True
-    raise LoadError(
-        "expected a source path, a ckptconv.Store or a {name: array} mapping; received "
-        f"{type(source).__name__}"
-    )
+__all__ = ["load_into"]
 
 
 @keyword_options

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import NoSuchFileError, UsageError
+from ..formats import open_source
 from ..mapping.spec import load_spec
 from ..options import keyword_options
 from ..store import Store
-from .load import load_into, open_source
+from .load import load_into
 from .report import LoadReport
 from .targets import build_keras_model
 

@@ -10,16 +10,83 @@
 
 Building a spec or a plan reads no tensor data; ``Output.compute()`` does. :func:`suggest`
 proposes a spec by aligning a source with a target; :func:`diff` compares two checkpoints.
+
+Each name is imported from its module on first use (PEP 562): ``diff`` without a mapping spec
+then imports no spec, op or plan machinery, and ``suggest``'s alignment tables are imported
+only by ``suggest``.
 """
 
 from __future__ import annotations
 
-from .ops import OpError
-from .plan import Plan, TargetTensor, build_plan
-from .report import TargetMismatch, OutputRecord, PlanReport, SourceRecord
-from .spec import Rule, Spec, load_spec
-from .diff import DiffReport, TensorDiff, TensorInfo, diff
-from .suggest import LayerMatch, Leftover, Suggestion, align, suggest
+import sys
+import types
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+
+if TYPE_CHECKING:
+    from .diff import diff
+    from .diff_report import DiffReport, TensorDiff, TensorInfo
+    from .ops import OpError
+    from .plan import Plan, TargetTensor, build_plan
+    from .report import OutputRecord, PlanReport, SourceRecord, TargetMismatch
+    from .spec import Rule, Spec, load_spec
+    from .suggest import LayerMatch, Leftover, Suggestion, align, suggest
+
+# name -> the module (of this package) that defines it
+_LAZY = {
+    "OpError": "ops",
+    "Plan": "plan",
+    "TargetTensor": "plan",
+    "build_plan": "plan",
+    "OutputRecord": "report",
+    "PlanReport": "report",
+    "SourceRecord": "report",
+    "TargetMismatch": "report",
+    "Rule": "spec",
+    "Spec": "spec",
+    "load_spec": "spec",
+    "LayerMatch": "suggest",
+    "Leftover": "suggest",
+    "Suggestion": "suggest",
+    "align": "suggest",
+    "suggest": "suggest",
+    "DiffReport": "diff_report",
+    "TensorDiff": "diff_report",
+    "TensorInfo": "diff_report",
+    "diff": "diff",
+}
+
+# functions named as their modules: the package's attribute is the function
+_FUNCTION_MODULES = ("diff", "suggest")
+
+
+class _Package(types.ModuleType):
+    """``ckptconv.mapping.diff`` and ``.suggest`` are the functions: importing the modules of
+    the same names (which sets the package's attribute) must not hide them."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FUNCTION_MODULES and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Spec",

@@ -1,8 +1,8 @@
 """The cross-line alias table: names Keras changed between tf-keras (Keras 2) and Keras 3.
 
 One table, used wherever a source name meets a target name (``load_into``, ``plan
---target``, ``transplant``): a source name that is not a target name, and has exactly one
-alias that is, matches that variable. Each alias is a small named rule:
+--target``, ``transplant``, ``diff``): a source name that is not a target name, and has
+exactly one alias that is, matches that variable. Each alias is a small named rule:
 
 * :func:`depthwise_kernel`: ``DepthwiseConv1D``/``DepthwiseConv2D`` call their kernel
   ``depthwise_kernel`` in tf-keras and ``kernel`` in Keras 3 (``SeparableConv*`` keep
@@ -18,6 +18,10 @@ alias that is, matches that variable. Each alias is a small named rule:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from ..store import Entry
 
 __all__ = ["AliasTable", "ALIASES", "depthwise_kernel", "wrapper_inner_layer"]
 
@@ -55,6 +59,13 @@ class AliasTable:
             parts = target.split("/")
             if len(parts) >= 3:
                 self.inner.setdefault((tuple(parts[:-2]), parts[-1]), []).append(target)
+
+    def passthrough_name(self, entry: Entry) -> str:
+        """The name an entry no rule owns goes by: a weight's one alias among the targets
+        (:meth:`alias`), else its own name (training state keeps its name)."""
+        if entry.kind != "weight":
+            return entry.name
+        return self.alias(entry.name) or entry.name
 
     def alias(self, name: str) -> str | None:
         """The one target name ``name`` is an alias of, or None (none, or ambiguous)."""

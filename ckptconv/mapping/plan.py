@@ -512,9 +512,7 @@ class _Builder:
     def _passthrough(self, position: int, entry: Entry) -> None:
         owned = Owned(entry, {"0": entry.name}, 0, position)
         # a name Keras changed between its lines matches the target's spelling (aliases.py)
-        name = entry.name
-        if self.aliases is not None and entry.kind == "weight":
-            name = self.aliases.alias(name) or name
+        name = entry.name if self.aliases is None else self.aliases.passthrough_name(entry)
         # the default dtype applies to weights; training state keeps its dtype unless a rule casts
         self._chain_output(None, owned, name, (), allow_default=entry.kind == "weight")
 

@@ -1,0 +1,297 @@
+"""The PyTorch reader's shortcuts give exactly what the general code gives.
+
+Two pieces read a ``torch.save`` zip of thousands of tensors faster than the general code
+would: the opcode walk's shortcuts (``_torch_pickle._FAST``: BINUNICODE and the memo opcodes
+taken whole, BINPUT/BINGET as plain opcodes once 255 opcodes are read) and ckptconv's own
+reader of the zip central directory (``_zip.central_directory``, in place of ``zipfile``).
+Each is compared with its reference — the walk without shortcuts (``_GENERAL``), ``zipfile``
+itself — on every torch-written fixture, on archives ``zipfile`` writes (zip64 fields and
+records, a comment, data in front, compressed members) and on truncated and mutated copies:
+the same result, or the same refusal.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import ckptconv
+from ckptconv import CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
+from ckptconv.formats import _torch_pickle, _zip
+from tests.test_pytorch_hostile import _pickles
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pytorch"
+
+
+# --- the opcode walk ------------------------------------------------------------------------------
+
+
+def _outcome(walk: Callable[[bytes], int], data: bytes) -> tuple[object, ...]:
+    try:
+        return ("read", walk(data))
+    except CkptconvError as e:
+        return (type(e).__name__, str(e))
+
+
+def _general(data: bytes) -> int:
+    return _torch_pickle._walk(data, _torch_pickle._GENERAL, _torch_pickle._GENERAL)
+
+
+def _state_dict_pickle(count: int, protocol: int = 2) -> bytes:
+    """The shape torch.save's pickles take past 256 memo slots (LONG_BINPUT, LONG_BINGET)."""
+    keys = [f"layer_{i}.weight" for i in range(count)]
+    shared = ("storage", "cpu")
+    return pickle.dumps({k: (shared, i, (i, 3), keys[i - 1]) for i, k in enumerate(keys)}, protocol=protocol)
+
+
+def _edges() -> list[bytes]:
+    """Pickles at the shortcuts' edges: a 1-byte memo index just under, at and over the count
+    around the 256th opcode; BINUNICODE whole, cut in its length or its text, not UTF-8, and a
+    truncated LONG_BINPUT / LONG_BINGET."""
+    found = []
+    for count in range(240, 262):  # the opcode count at the memo opcode looked at
+        for index in (count - 2, count - 1, count, count + 1, 255):
+            if 0 <= index <= 255:
+                for op in (b"h", b"q"):
+                    found.append(b"\x80\x02" + b"N" * (count - 2) + op + bytes([index]) + b".")
+                    # after another 1-byte memo opcode (the one that may switch tables)
+                    found.append(b"\x80\x02" + b"N" * (count - 3) + b"h\x00" + op + bytes([index]) + b".")
+    for count in (3, 4, 255, 256, 300):
+        for index in (count - 1, count, count + 1, count + 256, 2**32 - 1):
+            for op in (b"j", b"r"):
+                found.append(b"\x80\x02" + b"N" * (count - 2) + op + struct.pack("<I", index) + b".")
+    text = b"X" + struct.pack("<I", 5) + b"abcde"
+    for body in (text, text[:3], text[:7], b"X" + struct.pack("<I", 2) + b"\xc3\x28", b"X" + b"\xff" * 4 + b"a",
+                 b"r" + struct.pack("<I", 1), b"r\x01\x00", b"j" + struct.pack("<I", 2**31), b"j\x02"):
+        for lead in (b"", b"N" * 300):
+            found.append(b"\x80\x02" + lead + body + b".")
+            found.append(b"\x80\x02" + lead + body)
+    return found
+
+
+def _mutants(data: bytes, rng: random.Random, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        raw = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            raw[at] = rng.choice([rng.randrange(256), ord("h"), ord("q"), ord("j"), ord("r"), ord("X"), 0xFF])
+        out.append(bytes(raw))
+    return out
+
+
+def _walk_corpus() -> list[bytes]:
+    rng = random.Random(18)
+    base = [*_pickles(), _state_dict_pickle(700), _state_dict_pickle(700, protocol=4), *_edges()]
+    corpus = list(base)
+    for data in base:
+        cuts = range(len(data)) if len(data) < 600 else sorted(rng.sample(range(len(data)), 300))
+        corpus += [data[:cut] for cut in cuts]
+        corpus += _mutants(data, rng, 40 if len(data) < 600 else 150)
+    return corpus
+
+
+def test_the_walk_shortcuts_give_what_the_general_walk_gives() -> None:
+    """Every torch-written pickle, the stdlib's every protocol, a state dict past 256 memo
+    slots, the shortcuts' edges, and their truncations and mutations: the same length, or the
+    same refusal in the same words."""
+    corpus = _walk_corpus()
+    outcomes = {"read": 0, "refused": 0}
+    for data in corpus:
+        fast = _outcome(_torch_pickle.check_opcodes, data)
+        assert fast == _outcome(_general, data), data[:80]
+        outcomes["read" if fast[0] == "read" else "refused"] += 1
+    assert min(outcomes.values()) > 200, outcomes  # both kinds of outcome, many of each
+
+
+def test_the_shortcuts_are_taken() -> None:
+    """The comparison above is not vacuous: the fast tables differ from the general ones where
+    the shortcuts are (BINUNICODE, the memo opcodes)."""
+    fast, late, general = _torch_pickle._FAST, _torch_pickle._FAST_LATE, _torch_pickle._GENERAL
+    changed = {bytes([b]) for b in range(256) if fast[b] != general[b]}
+    assert changed == {b"X", b"j", b"r"}
+    assert {bytes([b]) for b in range(256) if late[b] != fast[b]} == {b"h", b"q"}
+
+
+# --- the central directory ------------------------------------------------------------------------
+
+
+def _reference(path: Path) -> list[tuple[object, ...]]:
+    with zipfile.ZipFile(path) as z:
+        return [(i.filename, i.header_offset, i.compress_type, i.compress_size, i.file_size, i.CRC, i.flag_bits)
+                for i in z.infolist()]
+
+
+def _ours(path: Path) -> list[tuple[object, ...]]:
+    return [tuple(m) for m in _zip.central_directory(path, kind="file")]
+
+
+def _written_archives(d: Path) -> list[Path]:
+    """Archives zipfile writes: plain, with an archive comment, with data in front (a
+    self-extracting stub), with compressed members, with zip64 extra fields and records."""
+    members = {"a/data.pkl": b"\x80\x02}q\x00.", "a/data/0": bytes(range(256)) * 8, "a/byteorder": b"little"}
+    paths = []
+
+    def write(name: str, *, compression: int = zipfile.ZIP_STORED, comment: bytes = b"", zip64: bool = False,
+              front: bytes = b"") -> None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=compression) as z:
+            z.comment = comment
+            for member, data in members.items():
+                with z.open(member, "w", force_zip64=zip64) as f:
+                    f.write(data)
+        path = d / name
+        path.write_bytes(front + buffer.getvalue())
+        paths.append(path)
+
+    write("plain.zip")
+    write("comment.zip", comment=b"an archive comment " * 20)
+    write("front.zip", front=b"#!/bin/sh\nexit 0\n" * 20)
+    write("deflated.zip", compression=zipfile.ZIP_DEFLATED)
+    write("zip64_fields.zip", zip64=True)
+    return paths
+
+
+def _zip64_records(d: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An archive with zip64 end records (zipfile writes them past its limits, made small here)."""
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    path = d / "zip64_records.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(5):
+            z.writestr(f"a/data/{i}", bytes([i]) * 300)
+        z.writestr("a/data.pkl", b"\x80\x02}q\x00.")
+    monkeypatch.undo()
+    with zipfile.ZipFile(path) as z:
+        raw = path.read_bytes()
+        assert b"PK\x06\x06" in raw[-200:] and b"PK\x06\x07" in raw[-100:]
+    return path
+
+
+def _archives(d: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    torch_written = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and zipfile.is_zipfile(p))
+    assert len(torch_written) >= 8
+    return [*torch_written, *_written_archives(d), _zip64_records(d, monkeypatch)]
+
+
+def test_the_central_directory_reads_as_zipfile_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch-written archive and every kind zipfile writes: the same members, in the same
+    order, with the same fields; and each stored member's data found where zipfile reads it."""
+    for path in _archives(tmp_path, monkeypatch):
+        members = _zip.central_directory(path, kind="file")
+        assert [tuple(m) for m in members] == _reference(path), path.name
+        stored = [m for m in members if m.compress_type == 0]
+        with path.open("rb") as f, zipfile.ZipFile(path) as z:
+            starts = _zip.data_offsets(path, stored, file=f)
+            for m, start in zip(stored, starts):
+                f.seek(start)
+                assert f.read(m.file_size) == z.read(m.filename), (path.name, m.filename)
+
+
+def _zip_mutants(data: bytes, rng: random.Random) -> list[bytes]:
+    """Truncations (most near the end, where the directory is) and byte changes in the
+    directory and end records."""
+    central = data.find(b"PK\x01\x02")
+    out = [data[:cut] for cut in range(max(len(data) - 400, 0), len(data))]
+    out += [data[:cut] for cut in rng.sample(range(len(data)), min(60, len(data)))]
+    for _ in range(300):
+        raw = bytearray(data)
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(central, len(raw))
+            raw[at] = rng.choice([rng.randrange(256), 0xFF, 0, raw[at] ^ 1])
+        out.append(bytes(raw))
+    return out
+
+
+def test_damaged_directories_are_refused_where_zipfile_refuses_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Truncated and mutated copies: where zipfile refuses, ckptconv's reader refuses in one
+    line; where ckptconv's reader accepts, zipfile reads the very same members. (It refuses
+    more than zipfile: two members of one name, a NUL in a name, an encrypted member, an entry
+    running past the directory.)"""
+    rng = random.Random(18)
+    archives = [FIXTURES / "cnn.pt", FIXTURES / "zoo_deflated.pt", *_written_archives(tmp_path)[:3],
+                _zip64_records(tmp_path, monkeypatch)]
+    tally = {"both read": 0, "both refuse": 0, "only ckptconv refuses": 0}
+    mutant = tmp_path / "mutant.zip"
+    for archive in archives:
+        for data in _zip_mutants(archive.read_bytes(), rng):
+            mutant.write_bytes(data)
+            try:
+                reference = _reference(mutant)
+            except Exception:  # noqa: BLE001 - zipfile raises many kinds on damage
+                reference = None
+            try:
+                ours = _ours(mutant)
+            except CkptconvError:
+                ours = None
+            if reference is None:
+                assert ours is None, (archive.name, len(data))
+                tally["both refuse"] += 1
+            elif ours is None:
+                tally["only ckptconv refuses"] += 1
+            else:
+                assert ours == reference, (archive.name, len(data))
+                tally["both read"] += 1
+    assert tally["both read"] > 100 and tally["both refuse"] > 100, tally
+    assert tally["only ckptconv refuses"] < tally["both refuse"], tally
+
+
+def _rewrite(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members:
+            z.writestr(name, data)
+
+
+def test_two_members_of_one_name_are_refused(tmp_path: Path) -> None:
+    """zipfile keeps both and reads the last; torch reads the first: refused, not guessed."""
+    path = tmp_path / "twice.pt"
+    with zipfile.ZipFile(FIXTURES / "cnn.pt") as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    first = next(name for name, _ in members if "/data/" in name)
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        _rewrite(path, [*members, (first, b"\x00" * 16)])
+    with pytest.raises(UnsafeInputError, match=f"zip member '{first}' appears twice"):
+        ckptconv.open(path)
+
+
+def test_an_encrypted_member_and_a_local_name_that_disagrees_are_refused(tmp_path: Path) -> None:
+    source = (FIXTURES / "cnn.pt").read_bytes()
+    central = source.find(b"PK\x01\x02")
+    encrypted = bytearray(source)
+    encrypted[central + 8] |= 1  # general purpose flags: encrypted
+    (tmp_path / "encrypted.pt").write_bytes(bytes(encrypted))
+    with pytest.raises(UnsupportedError, match="is encrypted"):
+        ckptconv.open(tmp_path / "encrypted.pt")
+
+    renamed = bytearray(source)
+    with zipfile.ZipFile(FIXTURES / "cnn.pt") as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    at = info.header_offset + 30 + len(info.filename) - 1  # the local header's copy of the name
+    renamed[at : at + 1] = b"9"
+    (tmp_path / "renamed.pt").write_bytes(bytes(renamed))
+    with pytest.raises(CorruptFileError, match="the local header names .*data/9.*the central directory"):
+        ckptconv.open(tmp_path / "renamed.pt")
+
+
+def test_a_torch_archive_with_zip64_records_reads_as_the_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch writes zip64 records past 4 GiB or 65,535 members; the same archive rewritten with
+    them (limits made small) gives the same tensors."""
+    path = tmp_path / "zip64.pt"
+    with zipfile.ZipFile(FIXTURES / "zoo.pt") as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    _rewrite(path, members)
+    monkeypatch.undo()
+    assert b"PK\x06\x06" in path.read_bytes()[-200:]
+    with ckptconv.open(path) as rewritten, ckptconv.open(FIXTURES / "zoo.pt") as original:
+        assert list(rewritten) == list(original)
+        for name in original:
+            assert rewritten[name].read().tobytes() == original[name].read().tobytes(), name
