@@ -321,6 +321,8 @@ def test_json_tells_a_difference_from_a_failure(twin, tmp_path):
     doc = json.loads(differ.stdout)
     assert doc["ok"] is False and doc["result"] == "different" and doc["equal"] is False and "error" not in doc
     assert [t["name"] for t in doc["only_in_a"]] == ["head/bias"]
+    api = diff(twin / "k3.keras", changed).to_json()  # the object the CLI prints after "ok"
+    assert api["result"] == "different" and {"ok": False, **api} == doc
     changed.write_bytes(changed.read_bytes()[:-4])  # the last tensor's data cut short
     failed = run_cli("diff", twin / "k3.keras", changed, "--json")
     assert failed.returncode == 1

@@ -588,3 +588,22 @@ def test_a_shard_that_fails_its_zip_crc_is_refused_by_convert(tmp_path: Path) ->
     member = _flip_in_storage(last, last)
     with pytest.raises(IntegrityError, match=f"{member} fails its zip CRC-32"):
         ckptconv.convert(shards, tmp_path / "out.safetensors")
+
+
+def test_a_storage_that_fails_its_zip_crc_is_an_error_for_diff(tmp_path: Path) -> None:
+    """diff checks the zip CRC-32s beside the comparison: a damaged copy is an error naming
+    the member (even against itself, where every byte pairs equal), not a difference;
+    --no-check-crc compares the bytes as they are."""
+    from tests.helpers import run_cli
+
+    damaged = tmp_path / "flip.pt"
+    member = _flip_in_storage(FIXTURES / "cnn.pt", damaged)
+    for other in (damaged, FIXTURES / "cnn.pt"):
+        done = run_cli("diff", damaged, other)
+        assert done.returncode == 1 and done.stdout == ""
+        line = done.stderr.strip()
+        assert "\n" not in line and line.startswith(f"ckptconv: error: {damaged}: {member} fails its zip CRC-32")
+    done = run_cli("diff", damaged, FIXTURES / "cnn.pt", "--no-check-crc")
+    assert done.returncode == 1 and "1 different" in done.stdout, done.stdout + done.stderr
+    assert run_cli("diff", damaged, damaged, "--no-check-crc").returncode == 0
+    assert ckptconv.diff(FIXTURES / "cnn.pt", FIXTURES / "cnn.pt").equal

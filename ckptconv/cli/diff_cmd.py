@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "B's dtype), to check that B is exactly A converted",
     )
     p.add_argument("--all", action="store_true", help="also compare optimizer and bookkeeping entries")
+    p.add_argument(
+        "--no-check-crc", dest="check_crc", action="store_false",
+        help="do not check the checksums the files record (TF CRC-32Cs, safetensors checksums, "
+        "zip CRC-32s): compare a damaged copy's bytes as they are",
+    )
     add_json(p, 'the report ("result": "equal" or "different")')
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor, equal ones too")
     p.add_argument(
@@ -61,7 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from ..mapping.diff import diff
 
-    options = dict(mapping=args.map, atol=args.atol, rtol=args.rtol, dtype=args.dtype, include_all=args.all)
+    options = dict(
+        mapping=args.map, atol=args.atol, rtol=args.rtol, dtype=args.dtype, include_all=args.all,
+        check_crc=args.check_crc,
+    )
     if want_progress(args.json, args.progress):
         from tqdm import tqdm
 
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         # exit status 1 twice over: "result" is there when the comparison ran (and found a
         # difference); a failed command's object has "error" instead, and no report
-        emit_json(args, {"ok": report.equal, "result": "equal" if report.equal else "different", **report.to_json()})
+        emit_json(args, {"ok": report.equal, **report.to_json()})
     else:
         print(report.format_text(verbose=args.verbose))
     return 0 if report.equal else 1

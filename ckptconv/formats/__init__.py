@@ -276,7 +276,7 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
 
 
 
-def open_source(source: Any) -> tuple[Store, bool]:
+def open_source(source: Any, *, check_crc: bool = True) -> tuple[Store, bool]:
     """A store for a source as ``load_into``, ``transplant``, ``diff`` and ``suggest`` take one,
     and whether this call opened it (and so must close it).
 
@@ -284,6 +284,7 @@ def open_source(source: Any) -> tuple[Store, bool]:
         source: A checkpoint path (opened with :func:`open`: metadata only), a
             :class:`~ckptconv.Store` (returned as it is), or ``{name: numpy array}`` (a
             :meth:`Store.from_arrays <ckptconv.Store.from_arrays>` over the arrays).
+        check_crc: For a path: check the checksums the format records (see :func:`open`).
 
     Raises:
         LoadError: ``source`` is none of these.
@@ -294,7 +295,7 @@ def open_source(source: Any) -> tuple[Store, bool]:
     if isinstance(source, Mapping):
         return Store.from_arrays(source), False
     if isinstance(source, (str, os.PathLike)):
-        return open(source), True
+        return open(source, check_crc=check_crc), True
     raise LoadError(
         "expected a source path, a ckptconv.Store or a {name: array} mapping; received "
         f"{type(source).__name__}"

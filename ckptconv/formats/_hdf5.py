@@ -568,8 +568,8 @@ def header_entry(
     :class:`~._hdf5_headers.Header`) or the bytes are not raw in any file."""
     if not header.plain or data_path is None:
         return None
-    byte_range = _byte_range(
-        header.offset, header.length, data_path, base_offset, file_size, path=path, key=key  # type: ignore[arg-type]
+    byte_range = _byte_range(  # a damaged range names the tensor as the store will
+        header.offset, header.length, data_path, base_offset, file_size, path=path, key=name  # type: ignore[arg-type]
     )
     return Entry(
         name, key=key, shape=header.shape, dtype=header.dtype, path=path,  # type: ignore[arg-type]
@@ -583,7 +583,8 @@ def _byte_range(
     if offset + nbytes > file_size:
         raise CorruptFileError(
             f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
-            f"file ({file_size} bytes): the file is truncated",
+            f"HDF5 image ({file_size} bytes): the file is truncated or damaged; copy or "
+            "download it again",
             path=path,
             tensor=key,
         )

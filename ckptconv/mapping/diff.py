@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_name, is_floating
-from ..errors import PlanError, UsageError
+from ..errors import CkptconvError, PlanError, UsageError
 from ..formats import open_source
 from ..gcpause import paused_gc
 from ..options import keyword_options, option_value
@@ -46,7 +46,7 @@ _SMALL_BYTES = 16 << 10  # blocks up to this size compare as bytes objects (meas
 # -- sides -------------------------------------------------------------------------------------
 
 
-def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
+def open_side(side: Any, *, what: str = "source", check_crc: bool = True) -> tuple[Store, bool]:
     """A store for one side of a comparison, and whether this call opened it (and must close it).
 
     ``side`` is a checkpoint path (any format :func:`ckptconv.open` reads), a
@@ -60,7 +60,7 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
         LoadError: the model is not built.
     """
     if isinstance(side, (Store, Mapping, str, os.PathLike)):
-        return open_source(side)
+        return open_source(side, check_crc=check_crc)
     from ..keras.targets import is_keras_model, model_store  # only for a live model
 
     if is_keras_model(side):
@@ -69,6 +69,21 @@ def open_side(side: Any, *, what: str = "source") -> tuple[Store, bool]:
         f"{what}: expected a checkpoint path, a ckptconv.Store, a {{name: array}} mapping or a "
         f"Keras model; received {type(side).__module__}.{type(side).__qualname__}"
     )
+
+
+def _integrity_checks(*stores: Store) -> Any:
+    """The whole-file checksums of the stores that record one (a ``.keras`` or ``torch.save``
+    file's zip CRC-32s), checked on a thread beside the comparison; None if none does."""
+    checks = [store.check_integrity for store in stores if store.has_integrity_check]
+    if not checks:
+        return None
+    from ..background import Background
+
+    def check_all() -> None:
+        for check in checks:
+            check()
+
+    return Background(check_all)
 
 
 def _describe(side: Any, store: Store) -> str:
@@ -103,6 +118,7 @@ def diff(
     rtol: float = 0.0,
     dtype: str | np.dtype | None = None,
     include_all: bool = False,
+    check_crc: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> DiffReport:
     """Compare the tensors of ``a`` and ``b``, one at a time, in bounded memory.
@@ -112,7 +128,8 @@ def diff(
     ``{reshape: target}`` and ``dtype: target`` work); entries it drops or that no rule keeps
     (``passthrough: false``) are not compared. Every byte of both sides is read (nothing is
     taken on trust from recorded checksums, which are checked on the way where a format
-    records them).
+    records them, and a ``.keras`` or ``torch.save`` file's zip CRC-32s are checked beside the
+    comparison: a damaged file is an error, not a difference).
 
     Args:
         a, b: Checkpoint paths (any format, sharded sets included), :class:`~ckptconv.Store`
@@ -126,6 +143,8 @@ def diff(
         dtype: Cast A's floating-point tensors to this dtype first (``bfloat16``...; the
             mapping's default dtype), to check that B is exactly A converted.
         include_all: Compare optimizer and bookkeeping entries too (by default weights only).
+        check_crc: Check the checksums the formats record (per-tensor CRC-32Cs, zip CRC-32s);
+            False compares the bytes as they are, to see how far a damaged copy differs.
         progress: Called with the number of bytes read, as reading goes.
 
     Returns:
@@ -136,18 +155,29 @@ def diff(
         OptionError: an option ``diff`` does not take.
         SpecError, PlanError: the mapping is invalid or does not apply to A.
         CkptconvError: a side cannot be opened or read (a damaged file, a checksum that fails).
+        IntegrityError: a ``.keras`` or ``torch.save`` file fails its zip CRC-32 (unless
+            ``check_crc`` is False).
     """
     atol = option_value("atol", atol, parse_tolerance)
     rtol = option_value("rtol", rtol, parse_tolerance)
-    store_a, close_a = open_side(a, what="A")
+    store_a, close_a = open_side(a, what="A", check_crc=check_crc)
     try:
-        store_b, close_b = open_side(b, what="B")
+        store_b, close_b = open_side(b, what="B", check_crc=check_crc)
         try:
-            with paused_gc():  # an output, a pair and a result per tensor, no cycles
-                return _compare_stores(
-                    store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
-                    atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
-                )
+            background = _integrity_checks(store_a, store_b) if check_crc else None
+            try:
+                with paused_gc():  # an output, a pair and a result per tensor, no cycles
+                    report = _compare_stores(
+                        store_a, store_b, _describe(a, store_a), _describe(b, store_b), mapping=mapping,
+                        atol=atol, rtol=rtol, dtype=dtype, include_all=include_all, progress=progress,
+                    )
+            except CkptconvError:
+                if background is not None:  # a damaged file explains what else went wrong
+                    background.result()
+                raise
+            if background is not None:
+                background.result()
+            return report
         finally:
             if close_b:
                 store_b.close()

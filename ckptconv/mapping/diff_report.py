@@ -164,8 +164,10 @@ class DiffReport:
         return out
 
     def to_json(self) -> dict[str, object]:
-        """The report as one JSON-serialisable object."""
+        """The report as one JSON-serialisable object: what ``ckptconv diff --json`` prints
+        after its ``"ok"`` (``"result"`` is ``"equal"`` or ``"different"``)."""
         return {
+            "result": "equal" if self.equal else "different",
             "equal": self.equal,
             "a": {"path": self.a, "format": self.format_a},
             "b": {"path": self.b, "format": self.format_b},

@@ -31,12 +31,12 @@ import os
 import re
 import secrets
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..background import Background
 from ..gcpause import paused_gc
 from ..dtypes import dtype_name, to_safetensors
 from ..errors import IntegrityError, OutputError, UnsupportedError
@@ -217,7 +217,7 @@ def write_safetensors(
         lock = stack.enter_context(OutputLock(dst))
         plan = plan_output_set(dst, new_files, force=force, inputs=protect, index=index_path(dst))
         temps = stack.enter_context(TempFiles(os.path.dirname(dst), lock=lock))
-        background = _Background(check)
+        background = Background(check)
         bar = stack.enter_context(_progress_bar(total, progress, os.path.basename(dst)))
         sources = stack.enter_context(_SourceFiles())
         pipeline = stack.enter_context(Pipeline(chunk_for(total + sum(map(len, tensor_texts)))))
@@ -313,30 +313,6 @@ def _write_index(
         fsync_file(fd, index)
     temps.close(fd)
     return tmp
-
-
-class _Background:
-    """Run ``check`` on a daemon thread; :meth:`result` waits for it and re-raises its error."""
-
-    def __init__(self, check: Callable[[], None] | None) -> None:
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if check is not None:
-            self._thread = threading.Thread(target=self._run, args=(check,), daemon=True,
-                                            name="ckptconv-source-check")
-            self._thread.start()
-
-    def _run(self, check: Callable[[], None]) -> None:
-        try:
-            check()
-        except BaseException as e:  # noqa: BLE001 - handed to the writing thread
-            self._error = e
-
-    def result(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 # --- checks, before anything is created ---------------------------------------------------
