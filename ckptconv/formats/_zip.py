@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
@@ -344,11 +344,19 @@ def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, w
         raise CorruptFileError(f"{info.filename} cannot be read from the {what} ({e})", path=path) from e
 
 
-def _crc_error(path: str | os.PathLike[str], info: Member | zipfile.ZipInfo, crc: int, what: str) -> IntegrityError:
+def _crc_error(
+    path: str | os.PathLike[str], info: Member | zipfile.ZipInfo, crc: int, what: str,
+    tensors: Sequence[str] = (),
+) -> IntegrityError:
+    held = ""
+    if len(tensors) > 1:
+        more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+        held = f" (it holds {', '.join(map(repr, tensors[:3]))}{more})"
     return IntegrityError(
-        f"{info.filename} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
+        f"{info.filename}{held} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
         f"the {what} is damaged; copy or download it again",
         path=path,
+        tensor=tensors[0] if tensors else None,
     )
 
 
@@ -370,10 +378,11 @@ def refuse_zip_bomb(info: Member | zipfile.ZipInfo, path: Path) -> None:
 
 
 def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int, Member | zipfile.ZipInfo]], *,
-                      what: str) -> None:
+                      what: str, tensors: Callable[[int, int], list[str]] | None = None) -> None:
     """Compare stored (uncompressed) members' bytes with the CRC-32 each zip entry records,
     reading each once in 8 MiB pieces (``members``: (data offset, entry); ``what``: the file's
-    kind for the message, e.g. ``"archive"``). zipfile checks a compressed member's CRC-32 itself
+    kind for the message, e.g. ``"archive"``; ``tensors(start, size)``, if given, names the
+    tensors whose bytes lie in a member, for the message). zipfile checks a compressed member's CRC-32 itself
     as it decompresses it; a stored member read in place is checked here (a convert runs this on
     a thread while it writes).
 
@@ -395,6 +404,6 @@ def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int,
                 crc = zlib.crc32(chunk, crc)
                 done += len(chunk)
             if crc != info.CRC:
-                raise _crc_error(path, info, crc, what)
+                raise _crc_error(path, info, crc, what, tensors(start, info.file_size) if tensors else ())
     finally:
         os.close(fd)

@@ -222,21 +222,30 @@ def open(path: Path) -> Store:  # noqa: A001
         metadata=parsed.metadata,
         tied=walk.tied(),
         skipped=walk.skipped,
-        integrity=_integrity([(parsed.path, parsed.stored_members)]),
+        integrity=_integrity([(parsed.path, parsed.stored_members)], entries),
     )
 
 
-def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]]) -> Callable[[], None] | None:
+def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]], entries: list[Entry]) -> Callable[[], None] | None:
     """The check of every storage the zip archives (``(path, stored members)``) hold in place
     against its zip CRC-32 (the legacy layout records none; a compressed storage is checked by
-    zipfile as it is read)."""
+    zipfile as it is read). A failing storage is reported with the tensors that view it."""
     files = [(path, members) for path, members in files if members]
     if not files:
         return None
 
     def check_all() -> None:
         for path, members in files:
-            check_stored_crcs(path, members, what="torch.save file")
+            data_path = os.path.abspath(path)
+
+            def tensors(start: int, size: int, data_path: str = data_path) -> list[str]:
+                return [
+                    e.name for e in entries
+                    if e.byte_range is not None and e.byte_range.path == data_path
+                    and start <= e.byte_range.offset < start + max(size, 1)
+                ]
+
+            check_stored_crcs(path, members, what="torch.save file", tensors=tensors)
 
     return check_all
 
@@ -274,7 +283,7 @@ def _open_sharded(index_file: Path) -> Store:
         metadata=metadata,
         tied=tied,
         skipped=skipped,
-        integrity=_integrity(stored),
+        integrity=_integrity(stored, entries),
     )
 
 
