@@ -341,7 +341,7 @@ def _batch(
     n = len(addresses)
     width = _FIRST_READ
     at = np.array(addresses, np.int64)
-    heads = rows(read, image, addresses, width)
+    heads = rows(read, image, at, width)
     end = 16 + (heads[:, 8:12].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], np.int64))
     ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
     every = np.arange(n)
@@ -409,13 +409,15 @@ def _batch(
     return out
 
 
-def rows(read: Callable[[int, int], bytes], image: np.ndarray | None, addresses: list[int], width: int) -> np.ndarray:
+def rows(
+    read: Callable[[int, int], bytes], image: np.ndarray | None, addresses: list[int] | np.ndarray, width: int
+) -> np.ndarray:
     """The ``width`` bytes at each of ``addresses`` (each at most ``width`` bytes before the
     image's end) as the rows of a uint8 array: copied out of ``image`` (the image as a uint8
     array) in one step when given, else read one by one with ``read(offset, n)``."""
     if image is not None:
-        return np.lib.stride_tricks.sliding_window_view(image, width)[np.array(addresses, np.int64)]
-    joined = b"".join([read(a, width) for a in addresses])
+        return np.lib.stride_tricks.sliding_window_view(image, width)[np.asarray(addresses, np.int64)]
+    joined = b"".join([read(int(a), width) for a in addresses])
     return np.frombuffer(joined, np.uint8).reshape(len(addresses), width)
 
 

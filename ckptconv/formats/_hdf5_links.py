@@ -89,8 +89,10 @@ def walk(
 ) -> tuple[dict[int, Header], dict[str, Links], list[tuple[int, int]]]:
     """Every object's parsed header by address, every group's links by group path, and the
     byte ranges of contiguous datasets (of any size when the header parse describes the
-    dataset, of at least ``skip_min`` bytes when libhdf5 must), from one depth-first
-    walk of the hard links in libhdf5's visit order (by name, a link before what is under it).
+    dataset, of at least ``skip_min`` bytes when libhdf5 must). The hard links are followed
+    level by level (each level's headers and small groups parsed together), then headers and
+    groups are given in libhdf5's visit order (depth first, by name, a link before what is
+    under it).
 
     ``read(offset, n)`` reads the HDF5 image of ``size`` bytes that ``f`` has open (``image``,
     if given, is the same bytes as a uint8 array: headers are copied out of it in bulk). An
@@ -99,7 +101,7 @@ def walk(
     links here (readers ask libhdf5 for them), as libhdf5's visit does. An object whose
     header is not version 1 is asked of libhdf5 (its type, a dataset's range). Past
     :data:`MAX_OBJECTS` objects (or twice as many links) the walk stops, the group it was
-    reading left out: readers ask libhdf5 for what is not here.
+    reading and the rest of its level left out: readers ask libhdf5 for what is not here.
 
     Raises:
         CorruptFileError: a symbol table is damaged, or a link name is impossible.
@@ -332,8 +334,9 @@ class SymbolTables:
         if not chosen:
             return found
         read = self._read
+        heap_addresses = [groups[i][2] for i in chosen]
         trees = rows(read, image, [groups[i][1] for i in chosen], width)
-        heaps = rows(read, image, [groups[i][2] for i in chosen], width)
+        heaps = rows(read, image, heap_addresses, width)
         # one leaf B-tree node (type 0, level 0) with no child (an empty group) or one: key,
         # child, key
         ok = (trees[:, :4] == _TREE_SIGNATURE).all(axis=1) & (trees[:, 4] == 0) & (trees[:, 5] == 0)
@@ -347,7 +350,7 @@ class SymbolTables:
         ok &= ~one | (snod & (symbols <= min(self._max_symbols, (width - 8) // _ENTRY_SIZE)))
         # a local heap (version 0) of at most 512 bytes of data: right after its 32-byte
         # header (in the row read) or elsewhere (read next)
-        heap_at = np.array([groups[i][2] for i in chosen], np.uint64)
+        heap_at = np.array(heap_addresses, np.uint64)
         length = np.ascontiguousarray(heaps[:, 8:16]).view("<u8")[:, 0]
         start = np.ascontiguousarray(heaps[:, 24:32]).view("<u8")[:, 0]
         ok &= (heaps[:, :4] == _HEAP_SIGNATURE).all(axis=1) & (heaps[:, 4] == 0)

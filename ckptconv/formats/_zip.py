@@ -106,8 +106,15 @@ def _has_end_record(path: str | os.PathLike[str]) -> bool:
             tail = f.read()
     except OSError:
         return True
+    at = _end_record_at(tail)
+    return at >= 0 and len(tail) - at >= _END.size + int.from_bytes(tail[at + 20 : at + 22], "little")
+
+
+def _end_record_at(tail: bytes) -> int:
+    """Where the last end-of-central-directory signature in ``tail`` (the file's last bytes)
+    starts, with the record's 22 bytes after it; -1 if there is none."""
     at = tail.rfind(b"PK\x05\x06")
-    return at >= 0 and len(tail) - at >= 22 + int.from_bytes(tail[at + 20 : at + 22], "little")
+    return at if at >= 0 and at + _END.size <= len(tail) else -1
 
 
 def central_directory(path: str | os.PathLike[str], *, kind: str, file: BinaryIO | None = None) -> list[Member]:
@@ -163,8 +170,8 @@ def _read_directory(fd: int) -> list[Member]:
     if tail[-_END.size : -_END.size + 4] == b"PK\x05\x06" and tail[-2:] == b"\x00\x00":
         at = len(tail) - _END.size  # no archive comment: the record ends the file
     else:
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _END.size > len(tail):
+        at = _end_record_at(tail)
+        if at < 0:
             raise _Damaged("File is not a zip file")
     _, _, _, _, _, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
     location = tail_start + at
