@@ -611,5 +611,7 @@ def test_a_storage_that_fails_its_zip_crc_is_an_error_for_diff(tmp_path: Path) -
         assert "\n" not in line and line.startswith(
             f"ckptconv: error: {damaged}: tensor {changed[0]!r}: {member} fails its zip CRC-32"
         )
+    done = run_cli("diff", "flip.pt", FIXTURES / "cnn.pt", cwd=tmp_path)  # a relative path too
+    assert done.stderr.startswith(f"ckptconv: error: flip.pt: tensor {changed[0]!r}: {member} fails")
     assert run_cli("diff", damaged, damaged, "--no-check-crc").returncode == 0
     assert ckptconv.diff(FIXTURES / "cnn.pt", FIXTURES / "cnn.pt").equal

@@ -239,9 +239,9 @@ def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]], entries: list
             data_path = os.path.abspath(path)
 
             def tensors(start: int, size: int, data_path: str = data_path) -> list[str]:
-                return [
+                return [  # (only when a check fails: a path per entry made absolute is no cost)
                     e.name for e in entries
-                    if e.byte_range is not None and e.byte_range.path == data_path
+                    if e.byte_range is not None and os.path.abspath(e.byte_range.path) == data_path
                     and start <= e.byte_range.offset < start + max(size, 1)
                 ]
 
