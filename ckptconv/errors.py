@@ -43,6 +43,9 @@ __all__ = [
     "nearest",
 ]
 
+FETCH_AGAIN = "copy or download it again"
+"""What a message about a truncated or damaged input file tells the user to do: its one wording."""
+
 # {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr)
 _OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}")
 

@@ -36,6 +36,7 @@ __all__ = [
     "RestrictedUnpickler",
     "load_plain",
     "check_opcodes",
+    "TruncatedPickle",
     "TORCH_DTYPES",
     "module_message",
 ]
@@ -517,7 +518,8 @@ def check_opcodes(data: bytes) -> int:
 
     Raises:
         UnsafeInputError: an opcode torch.save never writes, or an implausible memo index.
-        CorruptFileError: the pickle is malformed or truncated.
+        CorruptFileError: the pickle is malformed; :class:`TruncatedPickle` (a subclass) when
+            ``data`` ends before the pickle does.
     """
     return _walk(data, _FAST, _FAST_LATE)
 
@@ -584,7 +586,7 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
             for _ in range(size):
                 newline = data.find(b"\n", stop)
                 if newline < 0:
-                    raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has no newline)")
+                    raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} has no newline)")
                 stop = newline + 1
         else:
             width = 1 if layout == _LEN1 else 8 if layout == _LEN8U else 4
@@ -593,7 +595,7 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
                 raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has a negative length)")
             stop = at + width + length
         if stop > end:
-            raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} runs past its end: truncated)")
+            raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} runs past its end: truncated)")
         if role != _PLAIN:
             if role == _TEXT:  # keys and global names: damaged when not UTF-8
                 try:
@@ -610,8 +612,13 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
                     raise _memo_slot_ahead(index, count)
         pos = stop
     if pos > end:
-        raise CorruptFileError("the pickle is damaged (its last opcode runs past its end: truncated)")
-    raise CorruptFileError("the pickle has no end (STOP)")
+        raise TruncatedPickle("the pickle is damaged (its last opcode runs past its end: truncated)")
+    raise TruncatedPickle("the pickle has no end (STOP)")
+
+
+class TruncatedPickle(CorruptFileError):
+    """:func:`check_opcodes` ran out of data before the pickle's STOP (an argument, a line or
+    the STOP itself lies past the end): in a file read to its end, the file was cut short."""
 
 
 def _memo_slot_ahead(index: int, count: int) -> UnsafeInputError:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from ..errors import CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
 
 if TYPE_CHECKING:
     import zipfile
@@ -361,7 +361,7 @@ def _crc_error(
         held = f" (it holds {', '.join(map(repr, tensors[:3]))}{more})"
     return IntegrityError(
         f"{info.filename}{held} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
-        f"the {what} is damaged; copy or download it again",
+        f"the {what} is damaged; {FETCH_AGAIN}",
         path=path,
         tensor=tensors[0] if tensors else None,
     )

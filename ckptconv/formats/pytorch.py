@@ -35,45 +35,24 @@ viewing one stored tensor (tied weights) are each an entry, grouped in :attr:`St
 
 from __future__ import annotations
 
-import builtins
-import io
 import os
-import pickle
 import re
-import struct
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, UnsafeInputError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, keras_order, read_byte_range
-from ._torch_pickle import (
-    ITEMSIZE,
-    TORCH_DTYPES,
-    RestrictedUnpickler,
-    StorageRef,
-    TensorRef,
-    Unrepresentable,
-    check_opcodes,
-    load_plain,
-)
-from ._zip import (
-    Member,
-    central_directory,
-    check_stored_crcs,
-    data_offsets,
-    first_member_kind,
-    read_member,
-    refuse_zip_bomb,
-)
+from ._torch_layouts import MAGIC_PICKLE, ZIP_KIND, Parsed, Stored, archive_prefix, parse
+from ._torch_pickle import ITEMSIZE, TORCH_DTYPES, StorageRef, TensorRef, Unrepresentable
+from ._zip import Member, central_directory, check_stored_crcs, first_member_kind
 from .safetensors import (
     check_every_mapped_held,
     check_shard_holds,
@@ -87,12 +66,8 @@ __all__ = ["FORMAT", "SHARDED_FORMAT", "sniff", "open"]
 
 FORMAT = "pytorch"
 SHARDED_FORMAT = "pytorch-sharded"
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-LEGACY_PROTOCOL = 1001
-MAX_PICKLE_BYTES = 256 * 2**20
 MAX_DEPTH = 100
 _READ_WINDOW = 8 << 20
-_MAGIC_PICKLE = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # LONG1 of MAGIC_NUMBER, protocol >= 2
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 
@@ -132,7 +107,7 @@ def sniff(path: Path, head: bytes) -> bool:
 def _kind_of(path: Path, head: bytes) -> str | None:
     """``zip``, ``legacy``, ``tar`` (the pre-0.4 layout) or None. A zip whose first member is
     one torch.save writes first is taken as a torch.save archive without reading its central
-    directory (thousands of entries for a large state dict); :func:`_parse_zip` checks it."""
+    directory (thousands of entries for a large state dict); the reader checks it."""
     if head.startswith(b"PK\x03\x04"):
         kind = first_member_kind(head)
         if kind != "file":
@@ -143,20 +118,11 @@ def _kind_of(path: Path, head: bytes) -> str | None:
             return "zip"  # the reader says why it refuses the archive
         except (CorruptFileError, OSError):
             return None
-        return "zip" if _archive_prefix([m.filename for m in members]) is not None else None
-    if head[:1] == b"\x80" and _MAGIC_PICKLE in head[:32]:
+        return "zip" if archive_prefix([m.filename for m in members]) is not None else None
+    if head[:1] == b"\x80" and MAGIC_PICKLE in head[:32]:
         return "legacy"
     if head[257:262] == b"ustar" and b"storages" in head[:100] + head[512:]:
         return "tar"
-    return None
-
-
-def _archive_prefix(names: list[str]) -> str | None:
-    """The archive name torch put in front of every member (``archive`` in ``archive/data.pkl``)."""
-    for name in names:
-        parts = name.split("/")
-        if len(parts) == 2 and parts[1] == "data.pkl" and parts[0] not in ("", ".", ".."):
-            return parts[0]
     return None
 
 
@@ -207,9 +173,10 @@ def open(path: Path) -> Store:  # noqa: A001
         target = found
     with target.open("rb") as f:
         head = f.read(4096)
-    if _kind_of(target, head) is None and head.lstrip().startswith(b"{"):
+    layout = _kind_of(target, head)
+    if layout is None and head.lstrip().startswith(b"{"):
         return _open_sharded(target)
-    parsed = _parse(target, head)
+    parsed = parse(target, layout)
     walk = _Walk(target)
     walk.visit(parsed.root, (), "weight", 0)
     entries = walk.entries(parsed)
@@ -245,7 +212,7 @@ def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]], entries: list
                     and start <= e.byte_range.offset < start + max(size, 1)
                 ]
 
-            check_stored_crcs(path, members, what="torch.save file", tensors=tensors)
+            check_stored_crcs(path, members, what=ZIP_KIND, tensors=tensors)
 
     return check_all
 
@@ -262,7 +229,7 @@ def _open_sharded(index_file: Path) -> Store:
     stored: list[tuple[Path, list[tuple[int, Member]]]] = []
     for shard in shards:
         with shard.open("rb") as f:
-            parsed = _parse(shard, f.read(4096))
+            parsed = parse(shard, _kind_of(shard, f.read(4096)))
         stored.append((parsed.path, parsed.stored_members))
         metadata = metadata or dict(parsed.metadata)
         walk = _Walk(shard)
@@ -285,201 +252,6 @@ def _open_sharded(index_file: Path) -> Store:
         skipped=skipped,
         integrity=_integrity(stored, entries),
     )
-
-
-# --- one file: where each storage's bytes are -------------------------------------------------
-
-
-class _Stored(NamedTuple):
-    """Where a storage's bytes are: at ``offset`` in ``path`` (a stored zip member, a legacy
-    storage), or inside the compressed zip ``member``; ``nbytes`` of them, ``big_endian``."""
-
-    path: str
-    offset: int | None
-    member: str | None
-    nbytes: int
-    big_endian: bool = False
-
-
-@dataclass
-class _Parsed:
-    path: Path
-    root: Any
-    storages: dict[str, _Stored]
-    metadata: dict[str, str] = field(default_factory=dict)
-    stored_members: list[tuple[int, Member]] = field(default_factory=list)  # (data offset, entry)
-
-
-def _parse(path: Path, head: bytes) -> _Parsed:
-    kind = _kind_of(path, head)
-    if kind == "zip":
-        return _parse_zip(path)
-    if kind == "legacy":
-        return _parse_legacy(path)
-    if kind == "tar":
-        raise UnsupportedError(
-            "a PyTorch file in the pre-0.4 tar layout, which even torch.load(weights_only=True) "
-            "refuses; load it with the torch that wrote it and save it again",
-            path=path,
-        )
-    raise FormatError("not a torch.save file (no data.pkl member, no legacy magic number)", path=path)
-
-
-def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes) -> tuple[Any, RestrictedUnpickler]:
-    unpickler = RestrictedUnpickler(data, legacy=legacy, raw=raw)
-    try:
-        check_opcodes(raw)
-        root = unpickler.load()
-    except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
-        raise type(e)(e.template, path=path, tensor=e.tensor) from e
-    except _PICKLE_ERRORS as e:
-        raise CorruptFileError(f"the pickle is damaged ({type(e).__name__}: {e})"[:300], path=path) from e
-    return root, unpickler
-
-
-# what a damaged pickle makes the unpickler raise
-_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                  AttributeError, UnicodeError, OverflowError, MemoryError, RecursionError, struct.error)
-
-
-def _parse_zip(path: Path) -> _Parsed:
-    with builtins.open(path, "rb") as raw_file:
-        members = {m.filename: m for m in central_directory(path, kind=_ZIP_KIND, file=raw_file)}
-        names = list(members)
-        prefix = _archive_prefix(names)
-        if prefix is None:
-            raise CorruptFileError(
-                "a zip archive that starts as a torch.save file but has no <archive>/data.pkl member "
-                "(the file is damaged or was not written by torch.save)",
-                path=path,
-            )
-        inside = f"{prefix}/"
-        for name in names:
-            if ((name != prefix and not name.startswith(inside)) or "\\" in name
-                    or (".." in name and ".." in name.split("/"))):
-                raise UnsafeInputError(
-                    f"zip member {name!r} lies outside the archive {prefix!r}; refusing the file",
-                    path=path,
-                )
-        if f"{prefix}/constants.pkl" in members or any(n.startswith(f"{prefix}/code/") for n in names):
-            raise UnsupportedError(
-                "a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load it in "
-                "torch and save its state_dict() with torch.save",
-                path=path,
-            )
-        metadata = {"layout": "zip"}
-        for record, key in (("byteorder", "byteorder"), ("version", "version"), (".format_version", "format_version")):
-            member = members.get(f"{prefix}/{record}")
-            if member is not None and member.file_size < 64:
-                text = read_member(path, member, file=raw_file, what=_ZIP_KIND)
-                metadata[key] = text.decode("ascii", "replace").strip()
-        byteorder = metadata.setdefault("byteorder", "little")
-        if byteorder not in ("little", "big"):
-            raise CorruptFileError(f"unknown byteorder record {byteorder!r}", path=path)
-        info = members[f"{prefix}/data.pkl"]
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
-        refuse_zip_bomb(info, path)
-        raw = read_member(path, info, file=raw_file, what=_ZIP_KIND)
-        root, unpickler = _unpickle(io.BytesIO(raw), path, legacy=False, raw=raw)
-        size = os.path.getsize(path)
-        big_endian = byteorder == "big"
-        fspath = os.fspath(path)
-        storages: dict[str, _Stored] = {}
-        in_place: list[tuple[str, Member]] = []
-        for key, ref in unpickler.storages.items():
-            member = f"{prefix}/data/{key}"
-            info = members.get(member)  # type: ignore[assignment]
-            if info is None:
-                raise CorruptFileError(
-                    f"data.pkl refers to storage data/{key}, which the archive does not hold",
-                    path=path,
-                )
-            if ref.numel * ITEMSIZE[ref.dtype] > info.file_size:
-                _check_declared(ref, info.file_size, path)
-            if info.compress_type == 0:  # stored: read in place
-                in_place.append((key, info))
-            else:
-                refuse_zip_bomb(info, path)
-                storages[key] = _Stored(fspath, None, member, info.file_size, big_endian)
-        starts = data_offsets(path, [info for _, info in in_place], file=raw_file)
-        stored_members: list[tuple[int, Member]] = []
-        for (key, info), start in zip(in_place, starts):
-            if start + info.file_size > size:
-                raise CorruptFileError(f"storage data/{key} extends beyond the end of the file: truncated", path=path)
-            storages[key] = _Stored(fspath, start, None, info.file_size, big_endian)
-            stored_members.append((start, info))
-    return _Parsed(path, root, storages, metadata, stored_members)
-
-
-_ZIP_KIND = "torch.save file"
-
-
-def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
-    if ref.nbytes > stored:
-        raise UnsafeInputError(
-            f"storage {ref.key} declares {ref.numel} {ref.dtype} values ({ref.nbytes} bytes) but "
-            f"the file stores {stored} bytes for it; refusing to read beyond them",
-            path=path,
-        )
-
-
-def _parse_legacy(path: Path) -> _Parsed:
-    size = os.path.getsize(path)
-    with builtins.open(path, "rb") as f:
-        try:
-            magic = load_plain(f)
-            protocol = load_plain(f)
-            sys_info = load_plain(f)
-        except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.template, path=path, tensor=e.tensor) from e
-        except _PICKLE_ERRORS as e:
-            raise CorruptFileError(f"the legacy header pickles are damaged ({type(e).__name__})", path=path) from e
-        if magic != MAGIC_NUMBER:
-            raise FormatError("not a torch.save file: wrong magic number", path=path)
-        if protocol != LEGACY_PROTOCOL:
-            raise UnsupportedError(f"legacy protocol version {protocol!r}; torch writes {LEGACY_PROTOCOL}", path=path)
-        start = f.tell()
-        raw = f.read(min(size - start, MAX_PICKLE_BYTES))
-        try:
-            length = check_opcodes(raw)
-        except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.template, path=path, tensor=e.tensor) from e
-        f.seek(start + length)
-        root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length])
-        try:
-            keys = load_plain(f)
-        except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.template, path=path, tensor=e.tensor) from e
-        except _PICKLE_ERRORS as e:
-            raise CorruptFileError(f"the storage key list is damaged ({type(e).__name__})", path=path) from e
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise CorruptFileError("the storage key list is not a list of names", path=path)
-        missing = sorted(set(unpickler.storages) - set(keys))
-        if missing:
-            raise CorruptFileError(
-                f"the pickle refers to storage {missing[0]}, which the file does not hold", path=path
-            )
-        storages: dict[str, _Stored] = {}
-        offset = f.tell()
-        for key in keys:
-            ref = unpickler.storages.get(key)
-            if ref is None:
-                raise CorruptFileError(f"the file holds storage {key}, which no tensor refers to", path=path)
-            count = os.pread(f.fileno(), 8, offset)
-            if len(count) < 8:
-                raise CorruptFileError(f"file is truncated: storage {key} is missing", path=path)
-            numel = int.from_bytes(count, "little", signed=True)
-            nbytes = numel * ITEMSIZE[ref.dtype]
-            if numel < 0 or offset + 8 + nbytes > size:
-                raise CorruptFileError(f"file is truncated: storage {key} ends beyond the end of the file", path=path)
-            _check_declared(ref, nbytes, path)
-            storages[key] = _Stored(os.fspath(path), offset + 8, None, nbytes)
-            offset += 8 + nbytes
-    if not isinstance(sys_info, dict):
-        raise CorruptFileError("the legacy system-info pickle is not a dict", path=path)
-    # torch writes legacy storages little-endian on every machine (the sys info notwithstanding)
-    return _Parsed(path, root, storages, {"layout": "legacy", "byteorder": "little"})
 
 
 # --- the object tree: names, kinds, notes ------------------------------------------------------
@@ -553,12 +325,46 @@ class _Walk:
                 groups.setdefault(ref.identity(), []).append(self._name(parts))
         return [tuple(names) for names in groups.values() if len(names) > 1]
 
-    def entries(self, parsed: _Parsed) -> list[Entry]:
+    def entries(self, parsed: Parsed) -> list[Entry]:
+        """An entry per tensor found.
+
+        Raises:
+            CorruptFileError: the file is cut short (``parsed.cut``), naming the tensors whose
+                bytes it lacks; see :meth:`_entry` for the rest.
+        """
+        if parsed.cut:
+            raise self._truncated(parsed)
         dtypes: dict[str, np.dtype] = {}  # torch dtype name -> numpy dtype, looked up once each
         path = os.fspath(parsed.path)
         return [self._entry(parts, kind, ref, parsed, dtypes, path) for parts, kind, ref in self.found]
 
-    def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: _Parsed,
+    def _truncated(self, parsed: Parsed) -> CorruptFileError:
+        """The one line for a file that ends before its storages do: the tensors whose bytes
+        lie past its end, named as the zip CRC-32 check names the tensors of a storage."""
+        cut = []
+        for parts, _, ref in self.found:
+            held = parsed.cut.get(ref.storage.key)
+            if held is None:
+                continue
+            itemsize = ITEMSIZE.get(ref.dtype)
+            if itemsize is not None:  # (else a dtype the entries refuse: its bytes are cut anyway)
+                start, span, _, _ = _check_view(ref, itemsize, parsed.path, self._name(parts))
+                if start + span <= held or span == 0:
+                    continue  # this tensor's bytes all precede the cut, or it has none
+            cut.append(self._name(parts))
+        size = os.path.getsize(parsed.path)
+        if not cut:
+            return CorruptFileError(f"the file is truncated: it ends at byte {size}, inside its storages; {FETCH_AGAIN}",
+                                    path=parsed.path)
+        if len(cut) == 1:
+            what = "this tensor's bytes"
+        else:
+            more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+            what = f"the bytes of {len(cut)} tensors ({', '.join(map(repr, cut[:3]))}{more})"
+        return CorruptFileError(f"the file is truncated: it ends at byte {size}, before {what} end; {FETCH_AGAIN}",
+                                path=parsed.path, tensor=cut[0])
+
+    def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: Parsed,
                dtypes: dict[str, np.dtype], path: str) -> Entry:
         name = "/".join(parts) if parts else self.default_name
         dtype = dtypes.get(ref.dtype)
@@ -693,7 +499,7 @@ def _swap_unit(dtype: np.dtype) -> int:
     return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
 
 
-def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarray:
+def _read_span(stored: Stored, start: int, length: int, name: str) -> np.ndarray:
     buffer = np.empty(length, dtype=np.uint8)
     if length == 0:
         return buffer
@@ -721,7 +527,7 @@ def _read_span(stored: _Stored, start: int, length: int, name: str) -> np.ndarra
     return buffer
 
 
-def _read_view(stored: _Stored, start: int, span: int, dtype: np.dtype, shape: tuple[int, ...],
+def _read_view(stored: Stored, start: int, span: int, dtype: np.dtype, shape: tuple[int, ...],
                stride: tuple[int, ...], name: str) -> np.ndarray:
     """The view's values in C order: its byte span read, byte-swapped if the file is
     big-endian, then gathered by its strides."""
