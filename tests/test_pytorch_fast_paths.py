@@ -1,6 +1,6 @@
 """The PyTorch reader's shortcuts give exactly what the general code gives.
 
-Two pieces read a ``torch.save`` zip of thousands of tensors faster than the general code
+Pieces read a ``torch.save`` zip of thousands of tensors faster than the general code
 would: the opcode walk's shortcuts (``_torch_pickle._FAST``: BINUNICODE and the memo opcodes
 taken whole, BINPUT/BINGET as plain opcodes once 255 opcodes are read) and ckptconv's own
 reader of the zip central directory (``_zip.central_directory``, in place of ``zipfile``).
@@ -295,3 +295,147 @@ def test_a_torch_archive_with_zip64_records_reads_as_the_original(tmp_path: Path
         assert list(rewritten) == list(original)
         for name in original:
             assert rewritten[name].read().tobytes() == original[name].read().tobytes(), name
+
+
+# --- building entries, and the kinds of a state dict's keys --------------------------------------
+
+
+def _torch_files() -> list[Path]:
+    """The torch-written fixtures ckptconv reads (not the pickled modules it refuses)."""
+    files = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and not p.name.startswith("module")
+                   and (p.suffix == ".pt" or (p.suffix == ".bin" and ".expected" not in p.name)))
+    assert len(files) >= 12
+    return files
+
+
+def _described(entries: list[object]) -> list[tuple[object, ...]]:
+    return [(e.name, e.key, e.shape, e.dtype, e.path, e.kind, e.layer, e.byte_range,
+             None if e.byte_range else e.read().tobytes()) for e in entries]
+
+
+def _entries_both_ways(path: Path) -> tuple[tuple[object, ...], tuple[object, ...], int]:
+    """``_Walk.entries`` (its common case in few steps) and ``_Walk._entry`` on every tensor
+    (the general code) on one file: each the entries described, or the refusal; and how many
+    tensors took the common case."""
+    import os
+
+    from ckptconv.formats import _torch_layouts, pytorch
+
+    def outcome(build: Callable[[], list[object]]) -> tuple[object, ...]:
+        try:
+            return ("read", _described(build()))
+        except CkptconvError as e:
+            return (type(e).__name__, str(e))
+
+    with path.open("rb") as f:
+        layout = pytorch._kind_of(path, f.read(4096))
+    parsed = _torch_layouts.parse(path, layout)
+    if parsed.cut:
+        raise CorruptFileError("truncated: no entries are built (test_pytorch_truncated.py)")
+    walk = pytorch._Walk(path)
+    walk.visit(parsed.root, (), "weight", 0)
+    general = outcome(lambda: [walk._entry(parts, kind, ref, parsed, {}, os.fspath(path)) for parts, kind, ref in walk.found])
+    calls = []
+    real = walk._entry
+    walk._entry = lambda *args: calls.append(1) or real(*args)  # type: ignore[method-assign]
+    fast = outcome(lambda: walk.entries(parsed))
+    return fast, general, len(walk.found) - len(calls)
+
+
+def _uncommon_views(d: Path) -> list[Path]:
+    """Views the common case must leave to the general code: a float32 tensor over an untyped
+    (byte) storage of half its size (``_rebuild_tensor_v3``: refused), and a legacy storage view (the
+    sixth item of a legacy persistent id) whose tensor starts 8 elements into its root storage;
+    each after a plain float32 tensor (``a``), so that the dtype is known by then."""
+    from tests.test_pytorch_hostile import _global, _int, _str, _tuple, rezip, tensor_pickle
+
+    plain = tensor_pickle(("0", 216, 0, (8, 3, 3, 3), (27, 9, 3, 1)), name="a")[4:-2]  # its items only
+
+    untyped = d / "untyped.pt"
+    pid = _tuple([_str("storage"), _global("torch", "UntypedStorage"), _str("1"), _str("cpu"), _int(16)]) + b"Q"
+    args = _tuple([pid, _int(0), _tuple([_int(8)]), _tuple([_int(1)]), b"\x89", b"}", _global("torch", "float32")])
+    body = _str("w") + _global("torch._utils", "_rebuild_tensor_v3") + args + b"R"
+    rezip(FIXTURES / "cnn.pt", untyped, replace={"data.pkl": b"\x80\x02}(" + plain + body + b"u."})
+    legacy = d / "legacy_view.pt"
+    view = _tuple([_str("k"), _int(8), _int(8)])
+    pid = _tuple([_str("storage"), _global("torch", "FloatStorage"), _str("k"), _str("cpu"), _int(16), view]) + b"Q"
+    args = _tuple([pid, _int(0), _tuple([_int(4)]), _tuple([_int(1)]), b"\x89", b"}"])
+    body = _str("w") + _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+    header = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))
+    storage = struct.pack("<q", 16) + struct.pack("<16f", *range(16))
+    plain = plain.replace(b"FloatStorage\n" + _str("0") + _str("cpu") + _int(216) + b"t",
+                          b"FloatStorage\n" + _str("0") + _str("cpu") + _int(216) + b"Nt")  # a sixth item: no view
+    storage += struct.pack("<q", 216) + bytes(864)
+    legacy.write_bytes(header + b"\x80\x02}(" + plain + body + b"u." + pickle.dumps(["k", "0"], protocol=2) + storage)
+    with ckptconv.open(legacy) as store:
+        assert store["w"].read().tolist() == [8.0, 9.0, 10.0, 11.0]
+    with pytest.raises(UnsafeInputError, match="ends at byte 32 of storage 1, which holds 16 bytes"):
+        ckptconv.open(untyped)
+    return [untyped, legacy]
+
+
+def test_entries_in_few_steps_are_the_general_entries(tmp_path: Path) -> None:
+    """Every torch-written file (zip, legacy, big-endian, deflated, shards), the hostile
+    corpus's views and storages (outside their storage, overlapping, inflated) and views the
+    common case leaves alone: the same entries, byte ranges and values, or the same refusal;
+    the common case is taken."""
+    from tests.test_pytorch_hostile import HOSTILE
+
+    taken = 0
+    for path in [*_torch_files(), *_uncommon_views(tmp_path)]:
+        fast, general, shortcuts = _entries_both_ways(path)
+        assert fast == general, path.name
+        taken += shortcuts
+    refused = 0
+    for name, build in sorted(HOSTILE.items()):
+        (tmp_path / name).mkdir()
+        case = build(tmp_path / name)
+        if not case.path.is_file():
+            continue  # a sharded set's index
+        try:
+            fast, general, _ = _entries_both_ways(case.path)
+        except CkptconvError:
+            continue  # refused before any entry is built (or truncated)
+        assert fast == general, name
+        refused += fast[0] != "read"
+    assert taken > 50 and refused >= 3, (taken, refused)
+
+
+def test_a_state_dicts_keys_are_not_searched_one_by_one_only_when_none_can_match() -> None:
+    """``_may_name_kinds`` is False only when no key matches the kind patterns: on every
+    fixture's keys, on the patterns' words in any case and inside longer keys, and on keys
+    that match only by Unicode case folding (the long s, the Kelvin sign) or a trailing
+    newline; and a file's kinds are the same when every key is searched."""
+    from ckptconv.formats import pytorch
+
+    def matches(keys: list[str]) -> bool:
+        return any(pytorch._EITHER.search(k) for k in keys)
+
+    readable = [p for p in _torch_files() if p.name != "expanded.pt"]  # (an overlapping view: refused)
+    key_sets = []
+    for path in readable:
+        with ckptconv.open(path) as store:
+            key_sets.append([part for name in store for part in name.split("/")])
+    words = [*pytorch._OPTIMIZER_WORDS, *pytorch._BOOKKEEPING_WORDS, *pytorch._BOOKKEEPING_KEYS]
+    for word in words:
+        key_sets += [[f"layer.{word}.weight"], [word.upper()], [word.title(), "x"], [f"{word}\n"]]
+    key_sets += [["\u017fched"], ["\u017fcaler.weight"], ["\u212aernel", "lr_\u017fcheduler"], ["amp\n"], ["rnG"],
+                 ["ampere.weight"], ["\u00e9poch", "dense.weight"], []]
+    assert sum(matches(keys) for keys in key_sets) > 40
+    for keys in key_sets:
+        if matches(keys):
+            assert pytorch._may_name_kinds(keys), keys
+    assert not pytorch._may_name_kinds([f"dense_{i}.weight" for i in range(100)])
+
+    kinds = {}
+    for searched in (False, True):
+        real = pytorch._may_name_kinds
+        pytorch._may_name_kinds = (lambda keys: True) if searched else real  # type: ignore[assignment]
+        try:
+            for path in readable:
+                with ckptconv.open(path) as store:
+                    kinds.setdefault(path, []).append([(e.name, e.kind) for e in store.values()])
+        finally:
+            pytorch._may_name_kinds = real
+    assert all(a == b for a, b in kinds.values())
+    assert any(kind != "weight" for a, _ in kinds.values() for _, kind in a)

@@ -1,5 +1,10 @@
 """PyTorch ``torch.save`` files (``.pt``, ``.pth``, ``pytorch_model.bin``), read without torch.
 
+This module is the format: it detects a file's layout, opens one file or a sharded set, and
+turns the unpickled object into named entries (kinds, tied weights, each view checked and read).
+Reading one file's layout is :mod:`._torch_layouts`'s; the restricted unpickler and the opcode
+walk are :mod:`._torch_pickle`'s.
+
 Layouts:
 
 * **zip** (torch >= 1.6, the default): members ``<archive>/data.pkl`` (the pickled object),
@@ -256,8 +261,13 @@ def _open_sharded(index_file: Path) -> Store:
 
 # --- the object tree: names, kinds, notes ------------------------------------------------------
 
-_OPTIMIZER = re.compile(r"optim", re.I)
-_BOOKKEEPING = re.compile(r"sched|scaler|rng|random_state|^callbacks?$|^loops?$|^amp$", re.I)
+# A key naming optimizer state holds one of these words, one naming bookkeeping one of the next
+# or is one of the whole keys after them (case-insensitively).
+_OPTIMIZER_WORDS = ("optim",)
+_BOOKKEEPING_WORDS = ("sched", "scaler", "rng", "random_state")
+_BOOKKEEPING_KEYS = ("callback", "callbacks", "loop", "loops", "amp")
+_OPTIMIZER = re.compile("|".join(_OPTIMIZER_WORDS), re.I)
+_BOOKKEEPING = re.compile("|".join([*_BOOKKEEPING_WORDS, *(f"^{key}$" for key in _BOOKKEEPING_KEYS)]), re.I)
 _COUNTERS = {"epoch", "epochs", "step", "steps", "global_step", "iteration", "iterations", "iter",
              "num_updates", "best_epoch", "best_step"}
 
@@ -296,12 +306,13 @@ class _Walk:
                 kind = "optimizer"  # an Optimizer.state_dict(), whatever its key
             found = self.found
             leaf = depth < MAX_DEPTH  # a tensor one level down is within the limit
-            for key, value in obj.items():
-                part = key if type(key) is str and key else _part(key)
+            keys = [key if type(key) is str and key else _part(key) for key in obj]
+            words = kind == "weight" and _may_name_kinds(keys)
+            for part, value in zip(keys, obj.values()):
                 if leaf and type(value) is TensorRef:  # a state dict's items: no call each
-                    found.append(((*parts, part), _child_kind(kind, part, value), value))
+                    found.append(((*parts, part), _child_kind(kind, part, value, words), value))
                 else:
-                    self.visit(value, (*parts, part), _child_kind(kind, part, value), depth + 1)
+                    self.visit(value, (*parts, part), _child_kind(kind, part, value, words), depth + 1)
         elif isinstance(obj, (list, tuple)) and not any(isinstance(v, (dict, list, tuple, TensorRef, Unrepresentable)) for v in obj):
             self.skipped.append((self._name(parts), _describe(obj)))  # [0.9, 0.999]: one note
         elif isinstance(obj, (list, tuple)):
@@ -336,7 +347,32 @@ class _Walk:
             raise self._truncated(parsed)
         dtypes: dict[str, np.dtype] = {}  # torch dtype name -> numpy dtype, looked up once each
         path = os.fspath(parsed.path)
-        return [self._entry(parts, kind, ref, parsed, dtypes, path) for parts, kind, ref in self.found]
+        storages = parsed.storages
+        geometry: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, int, bool]] = {}  # shapes repeat
+        entries = []
+        append = entries.append
+        for parts, kind, ref in self.found:
+            # the common case in few steps: a non-empty C-contiguous view, of its storage's
+            # dtype, of a storage stored in place little-endian (the zip layout's); everything
+            # else, and a view outside its storage, goes through _entry, which says what is wrong
+            storage = ref.storage
+            stored = storages[storage.key]
+            dtype = dtypes.get(ref.dtype)
+            if (dtype is not None and stored.offset is not None and not stored.big_endian
+                    and storage.view is None and ref.dtype == storage.dtype):
+                view = (ref.shape, ref.stride)
+                numel, _, contiguous = geometry.get(view) or geometry.setdefault(view, _geometry(*view))
+                itemsize = dtype.itemsize
+                start = ref.offset * itemsize
+                nbytes = numel * itemsize
+                if contiguous and numel and start + nbytes <= storage.numel * itemsize:
+                    name = "/".join(parts) if parts else self.default_name
+                    layer = parts[0].rpartition(".")[0] if len(parts) == 1 else _layer(parts)
+                    append(Entry(name, key=name, shape=ref.shape, dtype=dtype, path=path, kind=kind, layer=layer,
+                                 byte_range=ByteRange(stored.path, stored.offset + start, nbytes)))
+                    continue
+            append(self._entry(parts, kind, ref, parsed, dtypes, path))
+        return entries
 
     def _truncated(self, parsed: Parsed) -> CorruptFileError:
         """The one line for a file that ends before its storages do: the tensors whose bytes
@@ -398,12 +434,26 @@ def _part(key: object) -> str:
 
 
 _EITHER = re.compile(f"{_OPTIMIZER.pattern}|{_BOOKKEEPING.pattern}", re.I)
+_KIND_WORDS = (*_OPTIMIZER_WORDS, *_BOOKKEEPING_WORDS, *_BOOKKEEPING_KEYS)
 
 
-def _child_kind(kind: Kind, part: str, value: Any) -> Kind:
+def _may_name_kinds(keys: list[str]) -> bool:
+    """Whether a container's keys may name optimizer state or bookkeeping: False when they are
+    ASCII and none holds a word of :data:`_KIND_WORDS` (each match of the patterns holds one),
+    so that a state dict's 10,000 keys are not searched one by one."""
+    text = "\n".join(keys)
+    if not text.isascii():
+        return True
+    text = text.lower()
+    return any(word in text for word in _KIND_WORDS)
+
+
+def _child_kind(kind: Kind, part: str, value: Any, words: bool = True) -> Kind:
+    """The kind of ``part`` in a container of ``kind``; ``words``: False when
+    :func:`_may_name_kinds` found none of the patterns' words in the container's keys."""
     if kind != "weight":
         return kind
-    if not _EITHER.search(part):  # a state dict's keys: one search, not two
+    if not words or not _EITHER.search(part):  # a state dict's keys: one search, not two
         if isinstance(value, TensorRef) and "." not in part and part.lower() in _COUNTERS:
             return "bookkeeping"
         return kind
@@ -457,14 +507,8 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
     storage_itemsize = ITEMSIZE[storage.dtype]
     base = storage.view[0] * storage_itemsize if storage.view else 0
     limit = storage.numel * storage_itemsize
-    numel = 1  # also the stride a C-contiguous view has at each dimension, innermost first
-    last = ref.offset
-    contiguous = True
-    for d, s in zip(reversed(ref.shape), reversed(ref.stride)):
-        if d != 1 and s != numel:
-            contiguous = False
-        numel *= d
-        last += (d - 1) * s
+    numel, extent, contiguous = _geometry(ref.shape, ref.stride)
+    last = ref.offset + extent
     first = ref.offset * itemsize
     if numel == 0:
         if first > limit:
@@ -492,6 +536,21 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
             tensor=name,
         )
     return base + first, end - first, numel, contiguous
+
+
+def _geometry(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int, bool]:
+    """A view's element count, the distance in elements from its first element to its last,
+    and whether it is C-contiguous (then the distance is the count less one, for a non-empty
+    view)."""
+    numel = 1  # also the stride a C-contiguous view has at each dimension, innermost first
+    extent = 0
+    contiguous = True
+    for d, s in zip(reversed(shape), reversed(stride)):
+        if d != 1 and s != numel:
+            contiguous = False
+        numel *= d
+        extent += (d - 1) * s
+    return numel, extent, contiguous
 
 
 def _swap_unit(dtype: np.dtype) -> int:
