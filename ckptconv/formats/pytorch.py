@@ -164,8 +164,9 @@ def open(path: Path) -> Store:  # noqa: A001
         UnsafeInputError: the pickle asks for a global a weights file never needs (naming it),
             holds a pickled ``nn.Module``, or declares views or storages beyond the stored bytes;
             a member or shard name leads outside the archive or directory.
-        CorruptFileError: damaged or inconsistent (a missing ``data/<key>``, a truncated
-            storage, an index that disagrees with its shards).
+        CorruptFileError: damaged or inconsistent (a missing ``data/<key>``, an index that
+            disagrees with its shards); a file cut short, naming the tensors whose bytes it
+            lacks and saying to copy or download it again.
         UnsupportedError: TorchScript archives, the pre-0.4 tar layout, and tensors ckptconv
             cannot hold as a dense array (quantized, sparse, complex32, ...).
     """
