@@ -204,6 +204,44 @@ def read_byte_range(
     return out
 
 
+# Shapes already checked: a checkpoint's tensors share a few shapes, so each distinct one is
+# converted and checked once. Keys are shapes as tuples of ints with every dimension at least 1
+# and at most MAX_DIMS of them; the value is (the key itself, its element count). A shape equal
+# to a key (numpy integers, a tuple subclass) converts to that key, as ``tuple(map(int, shape))``
+# would; the size in bytes is still checked per dtype.
+_SHAPES: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}
+_SHAPES_KEPT = 4096
+# numpy dtype classes seen (``isinstance(dtype, np.dtype)`` is slow: numpy's metaclass)
+_DTYPE_CLASSES: set[type] = set()
+
+
+def _checked_shape(shape: Iterable[int], itemsize: int, *, path: str, tensor: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, checked by :func:`shape_problem` for ``itemsize``-byte
+    elements; remembered in ``_SHAPES`` when every dimension is at least 1.
+
+    Raises:
+        CorruptFileError: no numpy array has this shape.
+    """
+    shape = tuple(map(int, shape))
+    # with every dimension at least 1 the running product only grows, so the final size
+    # alone decides; anything else (a zero, a negative, too many dimensions) gets the
+    # dimension-by-dimension check
+    if len(shape) <= MAX_DIMS and (not shape or min(shape) > 0):
+        count = math.prod(shape)
+        if count * (itemsize or 1) < 2**63:
+            if len(_SHAPES) < _SHAPES_KEPT:
+                shape = _SHAPES.setdefault(shape, (shape, count))[0]
+            return shape
+    problem = shape_problem(shape, itemsize)
+    if problem is not None:
+        raise CorruptFileError(
+            f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
+            path=path,
+            tensor=tensor,
+        )
+    return shape
+
+
 class Entry:
     """One tensor of a checkpoint, described by metadata and read on demand.
 
@@ -263,24 +301,22 @@ class Entry:
             raise ValueError("an Entry needs a loader or a byte_range")
         self.name = name
         self.key = key
-        self.shape = shape = tuple(map(int, shape))
-        self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        if type(dtype) not in _DTYPE_CLASSES:
+            if isinstance(dtype, np.dtype):
+                _DTYPE_CLASSES.add(type(dtype))
+            else:
+                dtype = np.dtype(dtype)
+        self.dtype = dtype
         self.path = path if type(path) is str else os.fspath(path)
-        # with every dimension at least 1 the running product only grows, so the final size
-        # alone decides; anything else (a zero, a negative, too many dimensions) gets the
-        # dimension-by-dimension check
-        if not (
-            len(shape) <= MAX_DIMS
-            and (not shape or min(shape) > 0)
-            and math.prod(shape) * (self.dtype.itemsize or 1) < 2**63
-        ):
-            problem = shape_problem(shape, self.dtype.itemsize)
-            if problem is not None:
-                raise CorruptFileError(
-                    f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
-                    path=self.path,
-                    tensor=name,
-                )
+        try:
+            known = _SHAPES.get(shape)  # type: ignore[call-overload]
+        except TypeError:  # a list, or dimensions that cannot be hashed
+            known = None
+        if known is not None and known[1] * (dtype.itemsize or 1) < 2**63:
+            shape = known[0]
+        else:
+            shape = _checked_shape(shape, dtype.itemsize, path=self.path, tensor=name)
+        self.shape = shape
         self.kind: Kind = kind
         self.layer = layer_of(name) if layer is None else layer
         self.index = index
@@ -596,13 +632,16 @@ def keras_order(entries: Iterable[Entry]) -> None:
     ``bias``, ``running_mean``, ``running_var``); unknown names follow in stored order.
     """
     by_layer: dict[tuple[str, str], list[Entry]] = {}
+    run: list[Entry] = []
+    run_kind: str | None = None
+    run_layer: str | None = None
     for entry in entries:
-        slot = (entry.kind, entry.layer)
-        members = by_layer.get(slot)
-        if members is None:
-            by_layer[slot] = [entry]
-        else:
-            members.append(entry)
+        if entry.layer == run_layer and entry.kind == run_kind:  # a layer's weights lie together
+            run.append(entry)
+            continue
+        run_kind, run_layer = entry.kind, entry.layer
+        run = by_layer.setdefault((entry.kind, entry.layer), [])
+        run.append(entry)
     rank = _KERAS_RANK.get
     for (_, layer), members in by_layer.items():
         if len(members) == 1:
