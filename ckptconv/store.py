@@ -82,6 +82,13 @@ class ByteRange:
     offset: int
     length: int
 
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        # what the dataclass would write, with each slot set by its own descriptor instead of
+        # a looked-up object.__setattr__ per field: a reader makes one range per tensor
+        _set_path(self, path)
+        _set_offset(self, offset)
+        _set_length(self, length)
+
     def read_into(
         self,
         buffer: memoryview | bytearray | np.ndarray,
@@ -160,6 +167,11 @@ class ByteRange:
             if progress is not None:
                 progress(len(piece))
         return crc
+
+
+_set_path = ByteRange.path.__set__  # type: ignore[attr-defined]
+_set_offset = ByteRange.offset.__set__  # type: ignore[attr-defined]
+_set_length = ByteRange.length.__set__  # type: ignore[attr-defined]
 
 
 def check_crc32c(

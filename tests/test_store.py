@@ -141,3 +141,19 @@ def test_a_refused_shape_is_refused_on_every_later_use(shapes, shape) -> None:
         with pytest.raises(CorruptFileError, match="not a tensor ckptconv can hold"):
             Entry("t", key="t", shape=shape, dtype="float32", path="/x", byte_range=ByteRange("/x", 0, 0))
     assert not shapes
+
+
+def test_a_byte_range_is_the_frozen_dataclass_it_declares() -> None:
+    import dataclasses
+    import pickle
+
+    r = ByteRange("/p", 3, 4)
+    assert (r.path, r.offset, r.length) == ("/p", 3, 4)
+    assert r == ByteRange(path="/p", offset=3, length=4) != ByteRange("/p", 4, 3)
+    assert hash(r) == hash(ByteRange("/p", 3, 4)) and repr(r) == "ByteRange(path='/p', offset=3, length=4)"
+    assert dataclasses.astuple(r) == ("/p", 3, 4) and dataclasses.replace(r, offset=5) == ByteRange("/p", 5, 4)
+    assert pickle.loads(pickle.dumps(r)) == r
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.offset = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ByteRange("/p", 3)  # type: ignore[call-arg]

@@ -614,16 +614,18 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
         dtype = dtypes.get(code)
         if dtype is None:
             dtype = dtypes[code] = from_safetensors(code)
-        entries.append(
-            Entry(
-                name,
-                key=name,
-                shape=shape,
-                dtype=dtype,
-                path=path,
-                byte_range=ByteRange(path, data_start + begin, end - begin),
-                crc32c=checksums.get(name),
-                kind=kinds.get(name, "weight"),
-            )
+        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
+        # much as Entry's own checks: its __init__ is called on a new instance instead
+        entry = Entry.__new__(Entry)
+        entry.__init__(  # type: ignore[misc]
+            name,
+            key=name,
+            shape=shape,
+            dtype=dtype,
+            path=path,
+            byte_range=ByteRange(path, data_start + begin, end - begin),
+            crc32c=checksums.get(name),
+            kind=kinds.get(name, "weight"),
         )
+        entries.append(entry)
     return entries
