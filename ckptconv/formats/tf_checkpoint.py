@@ -264,7 +264,10 @@ def _read_index(index_path: str) -> _Index:
     entries: dict[str, BundleEntry] = {}
     slices: dict[bytes, BundleEntry] = {}
     for raw_key, value in table[1:]:
-        key = _decode_key(raw_key)
+        try:
+            key = raw_key.decode("utf-8")  # nearly every key; _decode_key for the others
+        except UnicodeDecodeError:
+            key = _decode_key(raw_key)
         try:
             entry = parse_bundle_entry(value)
         except WireError as e:
