@@ -662,7 +662,7 @@ def keras_order(entries: Iterable[Entry]) -> None:
         # each weight's own part: after its layer (``model/features.0.weight`` in layer
         # ``model/features.0`` -> ``weight``), else the name's leaf
         cut = len(layer) + 1
-        ranks = [
+        ranks = tuple([
             rank(
                 entry.name[cut:]
                 if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
@@ -670,13 +670,19 @@ def keras_order(entries: Iterable[Entry]) -> None:
                 100,
             )
             for entry in members
-        ]
-        if ranks == sorted(ranks):  # already in Keras' order, as most files store them
-            for index, entry in enumerate(members):
-                entry.index = index
-            continue
-        for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
-            members[position].index = index  # sorted() is stable: unknown names keep their order
+        ])
+        # layers share a few rank sequences ((0, 2): kernel, bias): each one sorted once
+        order = _ORDERS.get(ranks)
+        if order is None:
+            order = sorted(range(len(ranks)), key=ranks.__getitem__)  # stable: unknown names keep their order
+            if len(_ORDERS) < 1024:
+                _ORDERS[ranks] = order
+        for index, position in enumerate(order):
+            members[position].index = index
+
+
+# rank sequence -> positions in Keras' order (see keras_order)
+_ORDERS: dict[tuple[int, ...], list[int]] = {}
 
 
 class Output:
