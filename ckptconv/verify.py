@@ -30,6 +30,7 @@ from .formats.safetensors import (
     check_set,
     index_path,
     load_index,
+    cut_in_length,
     looks_like_safetensors,
     parse_shard_name,
     read_header,
@@ -182,7 +183,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not looks_like_safetensors(head):
+    if not looks_like_safetensors(head) and not cut_in_length(path, head):
         if head.lstrip().startswith(b"{"):
             index = load_index(path)
             return path, shard_files(path, index), index
