@@ -35,6 +35,7 @@ from .formats.safetensors import (
     parse_shard_name,
     read_header,
     shard_files,
+    sniff,
 )
 from .options import keyword_options
 from .store import ByteRange
@@ -186,6 +187,8 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     if not looks_like_safetensors(head) and not cut_in_length(path, head):
         if head.lstrip().startswith(b"{"):
             index = load_index(path)
+            if not sniff(path, head):  # another set's index (Keras .weights.json, PyTorch .bin)
+                raise _not_safetensors(path)
             return path, shard_files(path, index), index
         raise _not_safetensors(path)
     if parse_shard_name(path.name) is not None:

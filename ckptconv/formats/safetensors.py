@@ -363,7 +363,8 @@ def index_total_size(index: Mapping[str, object]) -> dict[str, str]:
 
 def shard_files(index_file: Path, index: dict) -> list[Path]:
     """The shards an index names, sorted by file name, each checked to lie in the index's
-    directory and to be a regular file there."""
+    directory and to be a regular file there. Each is the index's directory as given joined
+    with the shard's name, so messages and reports name shards as the user gave the index."""
     index_file = Path(index_file)
     base = index_file.parent.resolve()
     names: list[str] = []
@@ -389,7 +390,7 @@ def shard_files(index_file: Path, index: dict) -> list[Path]:
                 "or re-download the set (after an interrupted ckptconv replace, run it again)",
                 path=index_file,
             )
-        shards.append(base / file)
+        shards.append(index_file.parent / file)
     return shards
 
 
