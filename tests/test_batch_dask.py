@@ -102,7 +102,9 @@ def test_cluster_batch_matches_the_local_batch(client: Any, inputs: Path, tmp_pa
     local = run_cli("batch", *common, "-o", "local", "-j", "2", cwd=tmp_path)
     dask = run_cli("batch", *common, "-o", "dask", "--scheduler", client.scheduler.address, cwd=tmp_path)
     assert local.returncode == dask.returncode == 1, dask.stderr
-    assert dask.stderr == ""
+    # stderr: the failed file's one error line, nothing from Dask
+    assert dask.stderr == local.stderr and dask.stderr.startswith(f"ckptconv: error: in/{DAMAGED}: the file is truncated")
+    assert dask.stderr.count("\n") == 1, dask.stderr
     local_report, dask_report = json.loads(local.stdout), json.loads(dask.stdout)
     failed = [f for f in dask_report["files"] if not f["ok"]]
     assert [Path(f["src"]).name for f in failed] == [DAMAGED]
