@@ -390,7 +390,9 @@ def make_cases(files: Files, groups: set[str]) -> list[Case]:
         scale_cases(cases, files, out)
     if "start" in groups:
         cases.append(Case("start:python", "start", "python -c pass (the floor)", [PY, "-c", "pass"]))
-        cases.append(Case("start:numpy", "start", "python -c 'import numpy, h5py' (what reading needs)",
+        cases.append(Case("start:numpy", "start", "python -c 'import numpy' (what reading needs)",
+                          [PY, "-c", "import numpy"]))
+        cases.append(Case("start:h5py", "start", "python -c 'import numpy, h5py' (what reading needed before)",
                           [PY, "-c", "import numpy, h5py"]))
         cases.append(Case("start:help", "start", "ckptconv --help", CKPTCONV + ["--help"],
                           target=f"seconds:{HELP_SECONDS}"))

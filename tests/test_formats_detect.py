@@ -84,3 +84,42 @@ def test_safetensors_tf_and_torch_files_import_no_keras_reader(kind, generated, 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     expected = [] if kind == "safetensors" else ["ml_dtypes"]  # the TF and torch dtype tables have bf16
     assert result == {"format": kind, "imported": expected}, done.stderr
+
+
+_METADATA_PROBE = """
+import json, sys
+from ckptconv import formats
+rows = []
+for path in sys.argv[1:]:
+    with formats.open(path) as store:
+        rows.append([store.format, len(store.entries(include_all=True)), "h5py" in sys.modules])
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["k3_zoo.weights.h5"],
+        ["k3_zoo.keras"],
+        ["sharded/k3_zoo.weights.json"],
+        ["tk_zoo.h5"],
+        ["tk_zoo_w.h5"],
+        ["tk_small.keras"],
+    ],
+)
+def test_keras_files_h5py_writes_by_default_are_read_without_h5py(names, generated) -> None:
+    """The metadata of Keras files of plain datasets in old-style groups (h5py's defaults,
+    what Keras and tf-keras write) is read by ckptconv alone: opening them imports no h5py
+    (which costs a tenth of a second). A file with compressed datasets needs libhdf5."""
+    directory = generated("keras")
+    paths = [str(directory / name) for name in names]
+    done = subprocess.run([sys.executable, "-c", _METADATA_PROBE, *paths], capture_output=True, text=True,
+                          timeout=120)
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [row[2] for row in rows] == [False] * len(paths), (rows, done.stderr)
+    assert all(row[1] > 0 for row in rows), rows
+    chunked = [str(directory / "tk_chunked.h5")]
+    done = subprocess.run([sys.executable, "-c", _METADATA_PROBE, *chunked], capture_output=True, text=True,
+                          timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1])[0][2] is True, done.stderr

@@ -41,11 +41,8 @@ KERAS_FILES = [
 ]
 
 
-class _Forgetful(dict):
-    """Stands in for the catalog registry: keeps nothing, so every reader asks h5py."""
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
+# Stands in for every open file's catalog: it holds nothing, so every reader asks h5py.
+_FORGETFUL = property(lambda self: _hdf5.Catalog({}, {}, {}), lambda self, value: None)
 
 
 def _described(path: Path) -> list[tuple]:
@@ -65,7 +62,7 @@ def _described(path: Path) -> list[tuple]:
 def _both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple], list[tuple]]:
     fast = _described(path)
     with monkeypatch.context() as m:
-        m.setattr(_hdf5, "_HEADERS", _Forgetful())
+        m.setattr(_hdf5.HDF5File, "catalog", _FORGETFUL, raising=False)
         slow = _described(path)
     return fast, slow
 
@@ -127,9 +124,9 @@ def _write_datasets(path: Path) -> dict[str, bool]:
         named = f.create_dataset("with_dtype_attr", data=np.arange(4, dtype=np.float32))
         named.attrs["dtype"] = "float32"
         f.create_dataset("never_written", shape=(4,), dtype=np.float32)
+        plain["with_dtype_attr"] = True  # plain once its dtype attribute is read: see below
         plain.update(dict.fromkeys(
-            ["big_endian", "chunked", "gzip", "compact", "bool", "complex", "with_dtype_attr",
-             "never_written"], False))
+            ["big_endian", "chunked", "gzip", "compact", "bool", "complex", "never_written"], False))
     return plain
 
 
@@ -155,6 +152,7 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
             assert header is not None, name
             assert header.kind == "dataset", name
             assert header.plain == plain, name
+            assert header.declared == (name == "with_dtype_attr"), name
             if plain:
                 assert header.shape == dataset.shape, name
                 assert header.dtype == dataset.dtype, name
@@ -165,6 +163,37 @@ def test_headers_describe_what_h5py_reads(tmp_path: Path) -> None:
                 assert_bit_exact(values, dataset[()], name)
         group = object_header(read, h5py.h5o.get_info(f.id, b"t").addr, len(data))
         assert group.kind == "group" and not group.plain
+
+
+def test_a_dtype_attribute_is_applied_as_h5py_reading_applies_it(tmp_path: Path) -> None:
+    """Keras names the type of opaque bytes in a ``dtype`` attribute (bfloat16 as 2-byte
+    opaque data). The metadata pass reads the attribute and applies it as
+    :func:`~ckptconv.formats._hdf5.dataset_dtype` does; a name it cannot apply (unknown, or
+    one that would reinterpret stored numbers) leaves the dataset to h5py, which refuses it."""
+    import ml_dtypes
+
+    path = tmp_path / "declared.h5"
+    with h5py.File(path, "w") as f:
+        bf16 = f.create_dataset("bf16", data=np.arange(6, dtype=ml_dtypes.bfloat16).view(np.dtype("V2")))
+        bf16.attrs["dtype"] = "bfloat16"
+        same = f.create_dataset("same", data=np.arange(4, dtype=np.float32))
+        same.attrs["dtype"] = "float32"
+        for name, declared in (("unknown", "float33"), ("reinterpreted", "float16"), ("not_text", 3)):
+            f.create_dataset(name, data=np.arange(4, dtype=np.float32)).attrs["dtype"] = declared
+    handle = _hdf5.open_h5(path, path=path)
+    try:
+        by_name = {}
+        for links in handle.catalog.children.values():
+            for key, (_, address) in links.items():
+                by_name[key] = handle.catalog.headers[address]
+    finally:
+        handle.close()
+    assert by_name["bf16"].plain and by_name["bf16"].dtype == np.dtype(ml_dtypes.bfloat16)
+    assert by_name["bf16"].shape == (6,)
+    assert by_name["same"].plain and by_name["same"].dtype == np.dtype("<f4")
+    for name in ("unknown", "reinterpreted", "not_text"):
+        assert not by_name[name].plain and by_name[name].dtype is None, name
+    assert not any(h.declared for h in by_name.values())
 
 
 def test_version_2_object_headers_fall_back_to_libhdf5(generated, tmp_path: Path) -> None:

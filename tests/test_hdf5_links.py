@@ -81,7 +81,7 @@ def assert_catalog_is_libhdf5s(source: Any, *, path: Path) -> _hdf5.Catalog:
         f = _hdf5.open_h5(source, path=path)
     try:
         catalog = _hdf5.catalog_of(f)
-        groups, order = libhdf5_view(f)
+        groups, order = libhdf5_view(f.h5)
         assert list(catalog.children) == list(groups)
         for group, links in groups.items():
             assert list(catalog.children[group].items()) == list(links.items()), group
@@ -94,7 +94,7 @@ def assert_catalog_is_libhdf5s(source: Any, *, path: Path) -> _hdf5.Catalog:
                 if name is not None:  # the root has no link
                     key = next(k for k, v in groups[name].items() if v == (0, address))
                     full = f"{'' if name == '/' else name}/{key}"
-                    assert h5py.h5o.get_info(f.id, full.encode("utf-8", "surrogateescape")).type == info_type
+                    assert h5py.h5o.get_info(f.h5.id, full.encode("utf-8", "surrogateescape")).type == info_type
         return catalog
     finally:
         f.close()
@@ -235,7 +235,7 @@ def test_a_file_past_the_object_limit_is_left_to_libhdf5(generated, monkeypatch:
     try:
         catalog = _hdf5.catalog_of(f)
         assert 0 < len(catalog.headers) <= 6
-        groups, _ = libhdf5_view(f)
+        groups, _ = libhdf5_view(f.h5)
         for group, links in catalog.children.items():
             assert links == groups[group], group  # whatever is recorded is whole
     finally:

@@ -16,18 +16,27 @@ import mmap
 import os
 import re
 import struct
-import weakref
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import h5py
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import ByteRange, Entry, Kind
-from ._hdf5_headers import Header
-from ._hdf5_links import walk
+from ._hdf5_headers import Header, object_header
+from ._hdf5_links import (
+    HARD,
+    MAX_OBJECTS,
+    Links,
+    SymbolTables,
+    group_node_sizes,
+    superblock_root,
+    walk,
+)
+
+if TYPE_CHECKING:
+    import h5py
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DEPTH = 64
@@ -38,34 +47,142 @@ def is_hdf5(head: bytes) -> bool:
     return head.startswith(HDF5_MAGIC)
 
 
-def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> h5py.File:
-    """Open an HDF5 file (a path or a seekable binary file object) read-only.
+class HDF5File:
+    """An HDF5 file (or image: a ``.keras`` member) open for reading: the object headers and
+    links ckptconv parsed (:attr:`catalog`, see :func:`check_global_heaps`), and libhdf5
+    through h5py (:attr:`h5`), opened only when something is left to it.
+
+    A Keras file of plain datasets under old-style groups (what h5py writes by default) is
+    read whole from the catalog: h5py is then neither imported nor asked to open the file.
+
+    Attributes:
+        catalog: What the metadata pass read.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> None:
+        self._source = source
+        self._path = path
+        self._h5: h5py.File | None = None
+        self._closed = False
+        self.catalog = Catalog({}, {}, {})
+
+    @property
+    def root(self) -> int | None:
+        """The root group's object header address, when read from the superblock (None: the
+        file was opened by libhdf5 first)."""
+        return self.catalog.root
+
+    @property
+    def h5(self) -> h5py.File:
+        """The file opened by h5py (read-only), on first use.
+
+        Raises:
+            CorruptFileError: libhdf5 refuses to open it (the message says why).
+        """
+        if self._h5 is None:
+            if self._closed:
+                raise ValueError("the HDF5 file is closed")
+            import h5py
+
+            try:
+                self._h5 = h5py.File(self._source, "r")
+            except (OSError, RuntimeError, ValueError) as e:
+                raise CorruptFileError(describe_open_error(e), path=self._path) from e
+        return self._h5
+
+    def close(self) -> None:
+        """Close h5py's handle if it was opened (the entries it backs can no longer read)."""
+        self._closed = True
+        if self._h5 is not None:
+            self._h5.close()
+
+
+def open_h5(source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]) -> HDF5File:
+    """Open an HDF5 file (a path, a stored zip member with ``image_region()``, or a seekable
+    binary file object) read-only, its metadata parsed (:class:`HDF5File`).
 
     The file's global heap collections (where variable-length attribute values such as
     ``layer_names`` live) are checked before any attribute is read: see
-    :func:`check_global_heaps`. The object headers that check reads stay available through
-    :func:`catalog_of` for the life of the file.
+    :func:`check_global_heaps`. libhdf5 opens the file first (and refuses it in its own words)
+    unless its superblock is one ckptconv reads (see
+    :func:`~._hdf5_links.superblock_root`).
+
+    Raises:
+        CorruptFileError: the file is damaged (libhdf5 refuses it, or the metadata pass does).
     """
+    f = HDF5File(source, path=path)
     try:
-        f = h5py.File(source, "r")
-    except (OSError, RuntimeError, ValueError) as e:
-        raise CorruptFileError(describe_open_error(e), path=path) from e
-    try:
-        _HEADERS[f] = check_global_heaps(f, source, path=path)
+        f.catalog = check_global_heaps(f, source, path=path)
     except BaseException:
         f.close()
         raise
     return f
 
 
-# object header address -> Header, of the files open_h5 opened
-_HEADERS: weakref.WeakKeyDictionary[h5py.File, Catalog] = weakref.WeakKeyDictionary()
-
-
-def catalog_of(f: h5py.File) -> Catalog:
+def catalog_of(f: HDF5File | Any) -> Catalog:
     """The object headers :func:`open_h5` parsed for ``f`` (empty for a file opened
     otherwise: readers then ask libhdf5 for everything)."""
-    return _HEADERS.get(f) or Catalog({}, {}, {})
+    return f.catalog if isinstance(f, HDF5File) else Catalog({}, {}, {})
+
+
+class RootView(NamedTuple):
+    """What a Keras reader asks of an HDF5 file's root to tell which kind of file it is.
+
+    Attributes:
+        attributes: The names of the root group's attributes.
+        links: The root group's links, ``(link type, address)`` by name.
+        children: The attribute names of the hard-linked children asked for, by link name
+            (a child missing here is not a hard link to a group, or not asked).
+    """
+
+    attributes: tuple[str, ...]
+    links: Links
+    children: dict[str, tuple[str, ...]]
+
+
+def root_view(f: HDF5File) -> RootView | None:
+    """The root's attributes and links from ``f``'s catalog; None when the catalog cannot
+    tell (libhdf5 opened the file first, or left an attribute unread): ask h5py."""
+    header = None if f.root is None else f.catalog.headers.get(f.root)
+    links = f.catalog.children.get("/")
+    if header is None or header.kind != "group" or "" in header.attributes or links is None:
+        return None
+    return RootView(header.attributes, links, {})
+
+
+def peek_root(path: str | os.PathLike[str], *, children: tuple[str, ...] = ()) -> RootView | None:
+    """The root of the HDF5 file at ``path`` as :func:`root_view` gives it, with the
+    attribute names of the ``children`` (hard links to groups) asked for, read from a few
+    object headers, the root's symbol table and nothing else (for the readers' ``sniff``:
+    no h5py import, no whole-file pass). None when anything is not what h5py writes by
+    default or looks damaged: ask h5py, which says what is wrong."""
+    reader = _ImageReader(path)
+    try:
+        size = reader.size
+        head = reader.read(0, 96)
+        root = superblock_root(head, size)
+        node_sizes = group_node_sizes(head)
+        if root is None or node_sizes is None:
+            return None
+        header = object_header(reader.read, root, size)
+        if header is None or header.kind != "group" or header.symbols is None or "" in header.attributes:
+            return None
+        links = SymbolTables(reader.read, size, node_sizes, limit=2 * MAX_OBJECTS, path=path).links("/", *header.symbols)
+        found: dict[str, tuple[str, ...]] = {}
+        for name in children:
+            link = links.get(name)
+            if link is None or link[0] != HARD:
+                continue
+            child = object_header(reader.read, link[1], size)
+            if child is None or child.kind == "other" or "" in child.attributes:
+                return None
+            if child.kind == "group":
+                found[name] = child.attributes
+        return RootView(header.attributes, links, found)
+    except Exception:  # noqa: BLE001 - damage of any kind: h5py's reading reports it
+        return None
+    finally:
+        reader.close()
 
 
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
@@ -93,7 +210,7 @@ _SKIP_MIN = 64 << 10  # a dataset libhdf5 must describe is asked about (and skip
 
 
 def check_global_heaps(
-    f: h5py.File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]
+    f: HDF5File, source: str | os.PathLike[str] | Any, *, path: str | os.PathLike[str]
 ) -> Catalog:
     """Refuse global heap collections the HDF5 library cannot read safely.
 
@@ -113,7 +230,8 @@ def check_global_heaps(
     Every object header is read once, in one pass over the file's links: the parsed headers
     are returned by address (see :mod:`._hdf5_headers`), with the layer names of Keras 3's
     ``vars`` groups, for the readers to build entries from without opening each dataset
-    through libhdf5.
+    through libhdf5; and the root group's address when the superblock gave it (else libhdf5
+    opened the file first, ``f.h5``, and said whether it is an HDF5 file it can read).
 
     Raises:
         CorruptFileError: a collection's objects do not tile it, or an attribute value does
@@ -122,9 +240,14 @@ def check_global_heaps(
     reader = _ImageReader(source)
     try:
         size = reader.size
+        root = superblock_root(reader.read(0, 96), size)
+        if root is None:
+            f.h5  # noqa: B018 - libhdf5 opens it first: the file is one it reads, or its error
         image = None if reader.mapped is None else np.frombuffer(reader.mapped, np.uint8)[reader.base : reader.base + size]
         try:
-            headers, children, skip = walk(f, reader.read, size, path=path, skip_min=_SKIP_MIN, image=image)
+            headers, children, skip = walk(
+                lambda: f.h5, reader.read, size, root=root, path=path, skip_min=_SKIP_MIN, image=image
+            )
         finally:
             del image  # the mapping closes only once no array holds it
         collections: dict[int, dict[int, tuple[int, int]]] = {}
@@ -143,19 +266,44 @@ def check_global_heaps(
                         texts.setdefault(address, {})[name] = text[0] if what == "str" else text
     finally:
         reader.close()
-    return Catalog(headers, texts, children)
+    for address, header in headers.items():
+        if header.declared:
+            headers[address] = _declared_dtype(header, texts.get(address, {}).get("dtype"))
+    return Catalog(headers, texts, children, root)
+
+
+def _declared_dtype(header: Header, name: Any) -> Header:
+    """A plain dataset's header with its ``dtype`` attribute applied, as
+    :func:`dataset_dtype` applies it (the name of the type of opaque bytes of its width, or
+    the stored numeric type repeated); anything else is left to that function (through h5py),
+    which refuses it in its own words."""
+    stored = header.dtype
+    try:
+        wanted = by_name(name) if isinstance(name, str) else None
+    except (KeyError, AttributeError, TypeError):
+        wanted = None
+    opaque = stored is not None and stored.kind == "V"  # Keras' 2-byte opaque type: see _datatype
+    numeric = stored is not None and stored.kind in "biuf" and not opaque
+    if wanted is not None and (
+        (opaque and stored.itemsize == wanted.itemsize)  # type: ignore[union-attr]
+        or (numeric and dtype_name(stored) == dtype_name(wanted))  # type: ignore[arg-type]
+    ):
+        return header._replace(dtype=wanted, declared=False)
+    return header._replace(plain=False, shape=None, dtype=None, declared=False)
 
 
 class Catalog(NamedTuple):
     """What :func:`check_global_heaps` read: every object header by address, the
     variable-length string attributes (layer and weight names) decoded, by address (a scalar
-    as a str, an array as a list), and every group's links (``(link type, address)`` by name) by group path.
-    A group missing from ``children`` (reached by a second hard link, or a file not opened
-    by :func:`open_h5`) is asked of libhdf5."""
+    as a str, an array as a list), every group's links (``(link type, address)`` by name) by
+    group path, and the root group's address (None when libhdf5 opened the file first). A
+    group missing from ``children`` (reached by a second hard link, or a file not opened by
+    :func:`open_h5`) is asked of libhdf5."""
 
     headers: dict[int, Header]
     texts: dict[int, dict[str, str | list[str]]]
     children: dict[str, dict[str, tuple[int, int]]]
+    root: int | None = None
 
 
 def _heap_texts(
@@ -399,6 +547,8 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
         UnsafeInputError: a component is an external or soft link.
         CorruptFileError: a component is missing or not of the expected kind.
     """
+    import h5py
+
     node: Any = group
     parts = [p for p in name.split("/") if p]
     for depth, part in enumerate(parts):
@@ -598,18 +748,31 @@ def resolve(catalog: Catalog, path: str) -> int | None:
     the catalog cannot tell (a link that is not hard, a missing link, a group it holds no
     links of, nesting beyond MAX_DEPTH): :func:`safe_get` then gives the reason."""
     parts = [p for p in path.split("/") if p]
-    if not parts or len(parts) > MAX_DEPTH:
+    if not parts:
+        return catalog.root
+    if len(parts) > MAX_DEPTH:
         return None
     group = ""
     address = None
     for part in parts:
         table = catalog.children.get(group or "/")
         link = None if table is None else table.get(part)
-        if link is None or link[0] != h5py.h5l.TYPE_HARD:
+        if link is None or link[0] != HARD:
             return None
         address = link[1]
         group = f"{group}/{part}"
     return address
+
+
+def links_of(f: HDF5File, group: str) -> Links:
+    """A group's links by name, ``(link type, address)``: from ``f``'s catalog, else from
+    libhdf5."""
+    links = f.catalog.children.get(group)
+    if links is not None:
+        return links
+    import h5py
+
+    return link_table(h5py.h5g.open(f.h5.id, group.encode("utf-8", "surrogateescape")))
 
 
 def link_table(gid: Any) -> dict[str, tuple[int, int]]:

@@ -55,8 +55,10 @@ class Header(NamedTuple):
     Attributes:
         kind: ``group``, ``dataset`` or ``other``.
         plain: A dataset whose shape, dtype and bytes are fully described here: contiguous,
-            unfiltered, in the file itself, of a plain little-endian numeric type, with no
-            ``dtype`` attribute. Anything else is left to libhdf5.
+            unfiltered, in the file itself, of a plain little-endian numeric type (a ``dtype``
+            attribute, Keras' name for the type of opaque bytes, is resolved by
+            :func:`ckptconv.formats._hdf5.check_global_heaps`: see ``declared``). Anything
+            else is left to libhdf5.
         shape: The dataset's shape (None unless ``plain``).
         dtype: Its numpy dtype (None unless ``plain``); Keras' 2-byte opaque type is bfloat16.
         offset: Where its contiguous bytes start in the HDF5 image (None: not contiguous, or
@@ -70,6 +72,8 @@ class Header(NamedTuple):
             "old-style" group (one such message, not shared, no Link or Link Info message):
             its links can be read from there (see :mod:`._hdf5_symbols`). None otherwise:
             libhdf5 lists the group's links.
+        declared: A plain dataset with a variable-length string ``dtype`` attribute: ``dtype``
+            is the stored type until the attribute's value is read and checked.
     """
 
     kind: str
@@ -81,6 +85,7 @@ class Header(NamedTuple):
     vlen: list[tuple[str, bytes, str]]
     attributes: tuple[str, ...] = ()
     symbols: tuple[int, int] | None = None
+    declared: bool = False
 
 
 def lengths_are_8(superblock: bytes) -> bool:
@@ -124,6 +129,7 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
     vlen: list[tuple[str, bytes, str]] = []
     attributes: list[str] = []
     symbols: tuple[int, int] | None = None
+    declared = False
     old_style = 0  # Symbol Table messages seen (a group's links are read from one only)
     new_style = False  # Link Info or Link messages: libhdf5 reads the group's links
     first = (address + 16, _U32.unpack_from(head, 8)[0])
@@ -173,8 +179,11 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
                 attributes.append(name)
                 if strings is not None:
                     vlen.append((name, values, strings))
-                if name == "dtype":
-                    plain = False  # the tensor's dtype is named there: the h5py path reads it
+                if name == "dtype":  # the tensor's dtype is named there
+                    if strings == "str":
+                        declared = True  # read and checked with the other strings
+                    else:
+                        plain = False  # the h5py path reads it
             elif message == _CONTINUATION:
                 if len(data) >= 16:
                     blocks.append(_CONTINUATION_BLOCK.unpack_from(data))
@@ -204,7 +213,7 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
         plain = count * dtype.itemsize == length  # type: ignore[union-attr]
     if not plain:
         return Header(kind, False, None, None, offset, length, vlen, names)
-    return Header(kind, True, shape, dtype, offset, length, vlen, names)
+    return Header(kind, True, shape, dtype, offset, length, vlen, names, None, declared)
 
 
 def _dataspace(data: bytes) -> tuple[int, ...] | None:
@@ -260,7 +269,8 @@ def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
     """``(name, what, raw values)`` of an attribute message. ``what`` is None unless the type
     is variable-length: then ``str`` (a scalar string), ``strs`` (an array of strings) or
     ``""`` (a sequence of another type), and the raw values carry the base type's size as
-    their first byte."""
+    their first byte. An attribute of no elements, of any type, is ``strs`` with no values
+    (an empty list)."""
     if len(data) < 8:
         return None
     version, name_size, type_size, space_size = _ATTRIBUTE_SIZES.unpack_from(data)
@@ -275,6 +285,10 @@ def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
     space = data[position : position + space_size]
     position += (space_size + pad) & ~pad
     if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
+        if len(datatype) >= 8 and _element_count(space) == 0:
+            # no values of any type: an empty list, as h5py's reading decodes it (tf-keras
+            # writes a weightless layer's ``weight_names`` as an empty float64 array)
+            return name, "strs", b"\x01"
         return name, None, b""
     base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
     count = _element_count(space)

@@ -32,18 +32,21 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import h5py
 import numpy as np
 
 from ..errors import CorruptFileError
 from ._hdf5_headers import Header, lengths_are_8, object_header, object_headers, rows
 
-__all__ = ["MAX_OBJECTS", "SymbolTables", "TooManyLinks", "group_node_sizes", "walk"]
+if TYPE_CHECKING:
+    import h5py
+
+__all__ = ["MAX_OBJECTS", "SymbolTables", "TooManyLinks", "group_node_sizes", "superblock_root", "walk"]
 
 MAX_OBJECTS = 1_000_000  # objects one walk describes; links and B-tree nodes: twice that
-HARD, SOFT = 0, 1  # libhdf5's link types (H5L_TYPE_HARD, H5L_TYPE_SOFT), as h5py reports them
+HARD, SOFT, EXTERNAL = 0, 1, 64  # libhdf5's link types (H5L_TYPE_HARD, _SOFT, _EXTERNAL), as h5py reports them
+GROUP, DATASET = 0, 1  # libhdf5's object types (H5O_TYPE_GROUP, H5O_TYPE_DATASET), as h5py reports them
 MAX_LEVEL = 64  # a B-tree of 64 levels would index more links than any file holds
 
 _TREE_HEAD = struct.Struct("<4sBBH")  # signature, node type, level, entries used (then 2 siblings)
@@ -78,11 +81,38 @@ def group_node_sizes(superblock: bytes) -> tuple[int, int] | None:
     return leaf_k, internal_k
 
 
+_UNDEFINED = (1 << 64) - 1
+
+
+def superblock_root(superblock: bytes, size: int) -> int | None:
+    """The root group's object header address, from a superblock (version 0 or 1, 8-byte
+    offsets and lengths, base address 0) that libhdf5 opens the way it is read here: no driver
+    information block, and an end-of-file address within the image's ``size`` bytes (libhdf5
+    refuses a file shorter than its superblock says: "truncated file"). None for any other
+    superblock: libhdf5 opens the file and says what it makes of it.
+
+    Source: the HDF5 File Format Specification 3.0, "Level 0A1: Format Signature and
+    Superblock Version 0 and 1" (base address, free-space address, end-of-file address,
+    driver information address, then the root group's symbol table entry).
+    """
+    if not superblock.startswith(b"\x89HDF\r\n\x1a\n") or group_node_sizes(superblock) is None:
+        return None
+    at = 24 if superblock[8] == 0 else 28  # the base address (0: checked above)
+    if len(superblock) < at + 32 + 16:
+        return None
+    end_of_file, driver = struct.unpack_from("<QQ", superblock, at + 16)
+    root = struct.unpack_from("<Q", superblock, at + 32 + 8)[0]  # the entry's object header address
+    if driver != _UNDEFINED or end_of_file > size or root >= size:
+        return None
+    return root
+
+
 def walk(
-    f: h5py.File,
+    libhdf5: Callable[[], h5py.File],
     read: Callable[[int, int], bytes],
     size: int,
     *,
+    root: int | None = None,
     path: str | os.PathLike[str] | Any,
     skip_min: int,
     image: np.ndarray | None = None,
@@ -94,10 +124,12 @@ def walk(
     groups are given in libhdf5's visit order (depth first, by name, a link before what is
     under it).
 
-    ``read(offset, n)`` reads the HDF5 image of ``size`` bytes that ``f`` has open (``image``,
-    if given, is the same bytes as a uint8 array: headers are copied out of it in bulk). An
-    old-style group's links are read from its symbol table; any other group's are asked of
-    libhdf5. Each object is described once: a group reached by a second hard link gets no
+    ``read(offset, n)`` reads the HDF5 image of ``size`` bytes (``image``, if given, is the
+    same bytes as a uint8 array: headers are copied out of it in bulk); ``root`` is its root
+    group's object header address (see :func:`superblock_root`; None: asked of libhdf5).
+    ``libhdf5()`` gives the image opened by h5py, for what is not read here; a walk that
+    reads everything itself never calls it (nor imports h5py). An old-style group's links are
+    read from its symbol table; any other group's are asked of libhdf5. Each object is described once: a group reached by a second hard link gets no
     links here (readers ask libhdf5 for them), as libhdf5's visit does. An object whose
     header is not version 1 is asked of libhdf5 (its type, a dataset's range). Past
     :data:`MAX_OBJECTS` objects (or twice as many links) the walk stops, the group it was
@@ -120,7 +152,7 @@ def walk(
         ``links`` if read already."""
         if header is None:
             headers[address] = other
-            return _libhdf5_object(f, name, size, skip_min, ranges, path=path)
+            return _libhdf5_object(libhdf5(), name, size, skip_min, ranges, path=path)
         headers[address] = header
         kind = header.kind
         if kind == "group":
@@ -128,19 +160,22 @@ def walk(
                 return links
             if header.symbols is not None and tables is not None:
                 return tables.links(name, *header.symbols)
-            return _libhdf5_links(f, name, path=path)
+            return _libhdf5_links(libhdf5(), name, path=path)
         at, length = header.offset, header.length
         if kind == "dataset" and at is not None and 0 < length <= size - at:
             # a plain dataset's bytes are raw wherever they lie; any other's only when
             # libhdf5 says so, asked for ranges worth skipping
-            if header.plain or (length >= skip_min and _contiguous(f, name)):
+            if header.plain or (length >= skip_min and _contiguous(libhdf5(), name)):
                 ranges.append((at, at + length))
         return None
 
     # level by level (the objects one link below the last level's groups), so that the
     # headers of a level are parsed together: most in one numpy pass (object_headers), the
     # rest one by one; objects are named by the first path found to them
-    root = h5py.h5o.get_info(f.id).addr
+    if root is None:
+        import h5py
+
+        root = h5py.h5o.get_info(libhdf5().id).addr
     level = [(root, "")]
     seen = {root}
     try:
@@ -159,7 +194,7 @@ def walk(
             for i, ((address, name), header) in enumerate(zip(level, batch)):
                 links = describe(address, name or "/", header, known.get(i))
                 if links is None:
-                    if address == root:  # libhdf5 opened the file, so its root is a group
+                    if address == root:  # libhdf5 opens the file, so its root is a group
                         raise CorruptFileError("the root group's object header is damaged", path=path)
                     continue
                 groups[address] = links
@@ -438,6 +473,8 @@ def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:
         table[name.decode("utf-8", "surrogateescape")] = (info.type, info.u)
         return 1 if count > 2 * MAX_OBJECTS else None
 
+    import h5py
+
     gid = h5py.h5g.open(f.id, _b(group))  # held: the link proxy does not keep it open
     gid.links.iterate(add, info=True)
     if count > 2 * MAX_OBJECTS:
@@ -455,6 +492,8 @@ def _libhdf5_object(
 ) -> Links | None:
     """libhdf5's word on an object whose header is not parsed here: a group's links, or a
     dataset's contiguous range."""
+    import h5py
+
     info = h5py.h5o.get_info(f.id, _b(name))
     if info.type == h5py.h5o.TYPE_GROUP:
         return _libhdf5_links(f, name, path=path)
@@ -471,6 +510,8 @@ def _libhdf5_object(
 def _contiguous(f: h5py.File, name: str) -> bool:
     """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
     external storage may still come with a contiguous layout message)."""
+    import h5py
+
     plist = h5py.h5d.open(f.id, _b(name)).get_create_plist()
     return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -347,6 +345,9 @@ def _decompressed(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Any:
     (in memory up to 64 MiB, then in the system's temporary directory, already unlinked).
     Reading it through zipfile directly restarts the decompression at every backward seek,
     which made a deflated archive tens of times slower than a stored one."""
+    import shutil  # here: an archive of stored members (Keras' own) needs neither
+    import tempfile
+
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
     try:
         with z.open(info) as member:

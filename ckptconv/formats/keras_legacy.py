@@ -13,26 +13,32 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-
-import h5py
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptFileError, FormatError
 from ..store import Entry, Store, index_in_order
 from ._hdf5 import (
     Catalog,
-    catalog_of,
+    HDF5File,
     catalog_strings,
     chunked_attribute,
     dataset_entry,
     decode,
     header_entry,
     is_hdf5,
+    links_of,
     open_h5,
     optimizer_kind,
+    peek_root,
     resolve,
+    root_view,
     safe_get,
     strip_suffix,
 )
+from ._hdf5_links import HARD
+
+if TYPE_CHECKING:
+    import h5py
 
 FORMAT = "keras-h5"
 
@@ -43,6 +49,12 @@ def sniff(path: Path, head: bytes) -> bool:
     """An HDF5 file whose root (or ``model_weights``) carries ``layer_names``."""
     if not is_hdf5(head):
         return False
+    view = peek_root(path, children=("model_weights",))
+    if view is not None:
+        attributes = view.children.get("model_weights", view.attributes)
+        return bool({"layer_names", "layer_names0"} & set(attributes))
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             return _weights_root(f) is not None
@@ -51,6 +63,9 @@ def sniff(path: Path, head: bytes) -> bool:
 
 
 def _weights_root(f: h5py.Group) -> h5py.Group | None:
+    """The group holding ``layer_names`` (``model_weights`` in a whole-model file), through h5py."""
+    import h5py
+
     link = f.get("model_weights", getlink=True)
     root = f["model_weights"] if isinstance(link, h5py.HardLink) else f
     if "layer_names" in root.attrs or "layer_names0" in root.attrs:
@@ -58,19 +73,52 @@ def _weights_root(f: h5py.Group) -> h5py.Group | None:
     return None
 
 
+def _weights_root_path(f: HDF5File) -> str | None:
+    """The HDF5 path of the group holding ``layer_names`` (``/model_weights`` in a
+    whole-model file, else ``/``): from the catalog, else through h5py; None when neither has it."""
+    view = root_view(f)
+    if view is not None:
+        link = view.links.get("model_weights")
+        attributes: tuple[str, ...] | None = view.attributes
+        path = "/"
+        if link is not None and link[0] == HARD:
+            header = f.catalog.headers.get(link[1])
+            ok = header is not None and header.kind == "group" and "" not in header.attributes
+            attributes = header.attributes if ok else None  # type: ignore[union-attr]
+            path = "/model_weights"
+        if attributes is not None:
+            return path if {"layer_names", "layer_names0"} & set(attributes) else None
+    root = _weights_root(f.h5)
+    return None if root is None else root.name
+
+
 def open(path: Path) -> Store:  # noqa: A001
     """Open a legacy Keras HDF5 file as a lazy store (metadata only)."""
     f = open_h5(path, path=path)
     try:
         entries = read_entries(f, path=os.fspath(path), file_size=os.path.getsize(path))
-        metadata = {
-            k: str(decode(f.attrs[k])) for k in ("keras_version", "backend") if k in f.attrs
-        }
-        metadata["contents"] = "model" if "model_weights" in f else "weights"
+        metadata = _metadata(f)
     except BaseException:
         f.close()
         raise
     return Store(entries, format=FORMAT, path=path, files=[path], metadata=metadata, closer=f.close)
+
+
+def _metadata(f: HDF5File) -> dict[str, str]:
+    """The root's ``keras_version`` and ``backend`` attributes and whether the file holds a
+    whole model (a ``model_weights`` group) or weights only."""
+    wanted = ("keras_version", "backend")
+    view = root_view(f)
+    texts = f.catalog.texts.get(f.root, {}) if f.root is not None else {}
+    if view is not None and all(type(texts.get(k)) is str for k in wanted if k in view.attributes):
+        metadata = {k: texts[k] for k in wanted if k in view.attributes}
+        has_model = "model_weights" in view.links
+    else:
+        h5 = f.h5
+        metadata = {k: str(decode(h5.attrs[k])) for k in wanted if k in h5.attrs}
+        has_model = "model_weights" in h5
+    metadata["contents"] = "model" if has_model else "weights"
+    return metadata  # type: ignore[return-value]
 
 
 def canonical_name(layer: str, weight_name: str) -> str:
@@ -115,34 +163,43 @@ def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
         seen.add(name)
 
 
-def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
+def read_entries(f: HDF5File, *, path: str, file_size: int) -> list[Entry]:
     """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order.
 
     Names and datasets come from the catalog :func:`~._hdf5.open_h5` made of the file (one
     pass over its object headers, no libhdf5 call per weight); what it cannot tell is read
     through h5py, which also gives every error its message.
     """
-    root = _weights_root(f)
-    if root is None:
+    root_path = _weights_root_path(f)
+    if root_path is None:
         raise FormatError("no layer_names attribute: not a Keras HDF5 weights file", path=path)
-    catalog = catalog_of(f)
-    root_path = root.name
+    catalog = f.catalog
+
+    def root() -> h5py.Group:
+        return f.h5[root_path]
+
     layer_names = _strings(catalog, root_path, "layer_names")
     if layer_names is False:
-        layer_names = chunked_attribute(root, "layer_names", path=path)
+        layer_names = chunked_attribute(root(), "layer_names", path=path)
     layer_names = layer_names or []
     _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
 
     def weights_of(
-        parent: h5py.Group, parent_path: str, name: str
+        parent: Callable[[], h5py.Group], parent_path: str, name: str
     ) -> tuple[str, list[str], Callable[[], h5py.Group]]:
         group_path = _join(parent_path, name)
         names = _strings(catalog, group_path, "weight_names")
+
+        def group() -> h5py.Group:
+            import h5py
+
+            return safe_get(parent(), name, path=path, kind=h5py.Group)
+
         if names is False:
-            group = safe_get(parent, name, path=path, kind=h5py.Group)
-            return group_path, chunked_attribute(group, "weight_names", path=path) or [], lambda: group
-        return group_path, names or [], lambda: safe_get(parent, name, path=path, kind=h5py.Group)
+            opened = group()
+            return group_path, chunked_attribute(opened, "weight_names", path=path) or [], lambda: opened
+        return group_path, names or [], group
 
     def add(
         group_path: str, group: Callable[[], h5py.Group], weight_name: str, name: str,
@@ -156,6 +213,8 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
             kind=kind,  # type: ignore[arg-type]
         )
         if entry is None:
+            import h5py
+
             dataset = safe_get(group(), weight_name, path=path, kind=h5py.Dataset)
             entry = dataset_entry(
                     dataset,
@@ -175,13 +234,13 @@ def read_entries(f: h5py.File, *, path: str, file_size: int) -> list[Entry]:
         for position, weight_name in enumerate(weight_names):
             add(group_path, group, weight_name, canonical_name(layer, weight_name), tree_path=f"{layer}/{position}")
 
-    if TOP_LEVEL not in layer_names and isinstance(root.get(TOP_LEVEL, getlink=True), h5py.HardLink):
+    if TOP_LEVEL not in layer_names and links_of(f, root_path).get(TOP_LEVEL, (None,))[0] == HARD:
         group_path, weight_names, group = weights_of(root, root_path, TOP_LEVEL)
         for position, weight_name in enumerate(weight_names):
             add(group_path, group, weight_name, strip_suffix(weight_name), tree_path=f"{TOP_LEVEL}/{position}")
 
-    if isinstance(f.get("optimizer_weights", getlink=True), h5py.HardLink):
-        group_path, weight_names, group = weights_of(f, "/", "optimizer_weights")
+    if links_of(f, "/").get("optimizer_weights", (None,))[0] == HARD:
+        group_path, weight_names, group = weights_of(lambda: f.h5, "/", "optimizer_weights")
         for weight_name in weight_names:
             name = "optimizer/" + strip_suffix(weight_name)
             add(group_path, group, weight_name, name, optimizer_kind(name))

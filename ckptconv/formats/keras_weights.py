@@ -16,27 +16,33 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
-
-import h5py
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
 from ._hdf5 import (
     MAX_DEPTH,
     Catalog,
+    HDF5File,
+    RootView,
     catalog_of,
     dataset_dtype,
     dataset_entry,
     decode,
     header_entry,
     is_hdf5,
-    link_table,
     link_target,
+    links_of,
     open_h5,
+    peek_root,
+    root_view,
 )
 from ._hdf5_headers import Header
+from ._hdf5_links import DATASET, EXTERNAL, GROUP, HARD, SOFT
 from ._keras_quantized import QUANTIZED_VARIABLES, float_by_config, quantized_names
+
+if TYPE_CHECKING:
+    import h5py
 
 FORMAT = "keras-weights-h5"
 
@@ -83,9 +89,7 @@ _STATE_KEYS = {"metrics", "compile_metrics", "compiled_metrics", "compile_loss",
 _RNN_CELLS = {"lstm": "lstm_cell", "gru": "gru_cell", "simple_rnn": "simple_rnn_cell"}
 # The ``_1``, ``_2``, ... Keras appends to repeated keys (``dense_3`` -> ``dense``).
 _INDEX_SUFFIX = re.compile(r"_\d+$")
-_HARD = h5py.h5l.TYPE_HARD
-_GROUP = h5py.h5o.TYPE_GROUP
-_DATASET = h5py.h5o.TYPE_DATASET
+_HARD, _GROUP, _DATASET = HARD, GROUP, DATASET
 
 
 @lru_cache(maxsize=4096)  # a model repeats a handful of classes thousands of times
@@ -100,6 +104,11 @@ def sniff(path: Path, head: bytes) -> bool:
     """An HDF5 file with Keras 3's ``layers``/``vars`` tree (and no legacy ``layer_names``)."""
     if not is_hdf5(head):
         return False
+    view = peek_root(path)
+    if view is not None:
+        return _v3_root(view)
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             return looks_like_v3(f)
@@ -107,13 +116,28 @@ def sniff(path: Path, head: bytes) -> bool:
         return False
 
 
-def looks_like_v3(f: h5py.Group, *, shard: bool = False) -> bool:
+def looks_like_v3(f: HDF5File | h5py.Group, *, shard: bool = False) -> bool:
     """Keras 3 saving_lib layout: a ``vars`` or ``layers`` group at the root (a shard of a
     sharded set may hold nothing but part of the ``optimizer`` group)."""
+    if isinstance(f, HDF5File):
+        view = root_view(f)
+        if view is not None:
+            return _v3_root(view, shard=shard)
+        f = f.h5
+    import h5py
+
     if "layer_names" in f.attrs or "layer_names0" in f.attrs or "model_weights" in f:
         return False
     roots = ("vars", "layers", "optimizer") if shard else ("vars", "layers")
     return any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in roots)
+
+
+def _v3_root(view: RootView, *, shard: bool = False) -> bool:
+    """:func:`looks_like_v3` from the root group's parsed attributes and links."""
+    if {"layer_names", "layer_names0"} & set(view.attributes) or "model_weights" in view.links:
+        return False
+    roots = ("vars", "layers", "optimizer") if shard else ("vars", "layers")
+    return any(view.links.get(k, (None,))[0] == HARD for k in roots)
 
 
 @dataclass
@@ -213,7 +237,7 @@ def _natural_key(name: str) -> tuple[Any, ...]:
 
 
 def collect_vars(
-    f: h5py.File,
+    f: HDF5File,
     source: _Source,
     groups: dict[str, _VarsGroup],
     order: list[str],
@@ -234,15 +258,17 @@ def collect_vars(
     catalog = catalog_of(f)
     headers = catalog.headers
     root_name: str | None = None
-    links_of = partial(_links_of, f, catalog)
+    group_links = partial(links_of, f)
 
     def refuse(gname: str, key: str, link_type: int) -> None:
         where = f"{gname}/{key}"
-        if link_type == h5py.h5l.TYPE_EXTERNAL:
-            target = link_target(h5py.h5g.open(f.id, _b(gname)), key)
+        import h5py
+
+        if link_type == EXTERNAL:
+            target = link_target(h5py.h5g.open(f.h5.id, _b(gname)), key)
             raise UnsafeInputError(f"refusing the external link {where} -> {target}", path=source.path, tensor=where)
-        if link_type == h5py.h5l.TYPE_SOFT:
-            target = link_target(h5py.h5g.open(f.id, _b(gname)), key)
+        if link_type == SOFT:
+            target = link_target(h5py.h5g.open(f.h5.id, _b(gname)), key)
             raise UnsafeInputError(f"refusing the soft link {where} -> {target}", path=source.path, tensor=where)
         raise UnsafeInputError(f"refusing the link {where}", path=source.path, tensor=where)
 
@@ -282,7 +308,7 @@ def collect_vars(
                 groups[vars_name] = record
                 order.append(vars_name)
             datasets = record.datasets
-            for key, (link_type, address) in links_of(vars_name).items():
+            for key, (link_type, address) in group_links(vars_name).items():
                 if link_type != _HARD:
                     raise UnsafeInputError(
                         f"refusing a link inside {vars_name}", path=source.path, tensor=key
@@ -304,7 +330,7 @@ def collect_vars(
             child_name = f"{prefix}/{key}"
             if _object_type(f, child_name, headers.get(links[key][1])) != _GROUP:
                 continue
-            child_links = links_of(child_name)
+            child_links = group_links(child_name)
             child_state = state
             if depth == 0 and key == "optimizer":
                 child_state = "optimizer"
@@ -325,10 +351,10 @@ def collect_vars(
                 node_name = f"{child_name}/{sub}"
                 if _object_type(f, node_name, headers.get(address)) != _GROUP:
                     continue
-                walk(node_name, links_of(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
+                walk(node_name, group_links(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
                      own_class, child_state, depth + 2)
 
-    walk("/", links_of("/"), [], None, None, "layers", 0)
+    walk("/", group_links("/"), [], None, None, "layers", 0)
     return root_name
 
 
@@ -336,21 +362,17 @@ def _b(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _links_of(f: h5py.File, catalog: Catalog, group: str) -> dict[str, tuple[int, int]]:
-    """A group's links by name, ``(link type, address)``: from the catalog, else libhdf5."""
-    links = catalog.children.get(group)
-    return links if links is not None else link_table(h5py.h5g.open(f.id, _b(group)))
-
-
-def _object_type(f: h5py.File, name: str, header: Header | None) -> int:
-    """``h5py.h5o.TYPE_GROUP`` or ``TYPE_DATASET`` (or another type) of the object a hard
-    link ``name`` leads to: from its parsed header, else from libhdf5."""
+def _object_type(f: HDF5File, name: str, header: Header | None) -> int:
+    """``GROUP`` or ``DATASET`` (libhdf5's object types, or another type) of the object a
+    hard link ``name`` leads to: from its parsed header, else from libhdf5."""
     if header is not None and header.kind != "other":
         return _GROUP if header.kind == "group" else _DATASET
-    return h5py.h5o.get_info(f.id, _b(name)).type
+    import h5py
+
+    return h5py.h5o.get_info(f.h5.id, _b(name)).type
 
 
-def _layer_name(f: h5py.File, vars_name: str, address: int, catalog: Catalog) -> str | None:
+def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> str | None:
     """A ``vars`` group's ``name`` attribute (Keras >= 3.6), None when it has none: decoded
     by the heap check where it could, else read through h5py."""
     text = catalog.texts.get(address, {}).get("name")
@@ -359,7 +381,9 @@ def _layer_name(f: h5py.File, vars_name: str, address: int, catalog: Catalog) ->
     header = catalog.headers.get(address)
     if header is not None and header.kind == "group" and not {"name", ""} & set(header.attributes):
         return None
-    group = h5py.Group(h5py.h5g.open(f.id, _b(vars_name)))
+    import h5py
+
+    group = h5py.Group(h5py.h5g.open(f.h5.id, _b(vars_name)))
     return str(decode(group.attrs["name"])) if "name" in group.attrs else None
 
 
@@ -368,12 +392,14 @@ class _DatasetRef:
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
     (None, or not ``plain``: libhdf5 describes it)."""
 
-    file: h5py.File
+    file: HDF5File
     name: str
     header: Header | None
 
     def open(self) -> h5py.Dataset:
-        return h5py.Dataset(h5py.h5o.open(self.file.id, _b(self.name)))
+        import h5py
+
+        return h5py.Dataset(h5py.h5o.open(self.file.h5.id, _b(self.name)))
 
     def dtype_shape(self, source: _Source) -> tuple[Any, tuple[int, ...]]:
         """The tensor's dtype (as :func:`~._hdf5.dataset_dtype` gives it) and shape."""
@@ -408,7 +434,7 @@ class _DatasetRef:
         )
 
 
-def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
+def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
     """Object group path -> layer name, from every ``vars`` group's ``name`` attribute.
 
     A sharded set spreads one model's groups over several files, so names recorded in one
@@ -421,11 +447,11 @@ def recorded_names(f: h5py.File, *, path: str) -> dict[str, str]:
         if depth > MAX_DEPTH:
             raise UnsafeInputError("groups nested too deeply", path=path, tensor=gname)
         prefix = "" if gname == "/" else gname
-        for key, (link_type, address) in _links_of(f, catalog, gname).items():
+        for key, (link_type, address) in links_of(f, gname).items():
             child = f"{prefix}/{key}"
-            if link_type != h5py.h5l.TYPE_HARD:
+            if link_type != HARD:
                 continue  # collect_vars refuses it with a proper message
-            if _object_type(f, child, catalog.headers.get(address)) != h5py.h5o.TYPE_GROUP:
+            if _object_type(f, child, catalog.headers.get(address)) != GROUP:
                 continue
             if key == "vars":
                 name = _layer_name(f, child, address, catalog)
@@ -564,7 +590,7 @@ def build_entries(
     return [entry for _, block in blocks for entry in block]
 
 
-def read_image(f: h5py.File, source: _Source, infos: Mapping[str, LayerInfo] | None = None) -> tuple[list[Entry], str | None]:
+def read_image(f: HDF5File, source: _Source, infos: Mapping[str, LayerInfo] | None = None) -> tuple[list[Entry], str | None]:
     """All entries of one Keras 3 weights HDF5 image (a file or a ``.keras`` member)."""
     if not looks_like_v3(f):
         raise CorruptFileError("not a Keras 3 weights file (no layers/vars groups)", path=source.path)

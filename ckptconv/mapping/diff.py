@@ -6,8 +6,8 @@ pair whether its bytes are identical, or else how far apart the values are (max 
 max relative difference, the count of elements beyond the tolerance, the first of them).
 
 It streams. A tensor stored as plain bytes on both sides (every format's usual case) is read
-in blocks of 512 KiB with ``pread`` into one buffer per side, and compared (bytes first; values
-only where the bytes differ) while the block is still in the CPU's cache; a CRC-32C the format
+in blocks of 512 KiB with ``pread`` into one buffer per side, and compared (bytes first, by
+``memcmp``; values only where the bytes differ) while the block is still in the CPU's cache; a CRC-32C the format
 records is computed over the same blocks. Two such tensors are compared at a time, on two
 worker threads, so both cores read. A tensor that is not plain bytes (an HDF5 dataset stored
 compressed, a live model's variable, an output a ``--map`` rule transforms) is read whole, one
@@ -360,10 +360,12 @@ def _compare_pair(
     per_block = _per_block(output, entry_b)
     scratch = np.empty(min(BLOCK_BYTES, output.nbytes) // 8, dtype=bool) if same_dtype else None
     nbytes = 0
-    for xa, xb in _blocks(output, entry_b, per_block, files):
+    for xa, xb, same in _blocks(output, entry_b, per_block, files, same_dtype=same_dtype):
         if stop is not None and stop.is_set():
             raise _Stopped(output.name)
-        if not (scratch is not None and _same_bytes(xa, xb, scratch)):
+        if same is None:
+            same = scratch is not None and _same_bytes(xa, xb, scratch)
+        if not same:
             stats.add(xa, xb)
         stats.offset += xa.size
         read = xa.nbytes + xb.nbytes
@@ -434,30 +436,43 @@ def _streamed(output: Output, entry_b: Entry) -> bool:
 
 
 def _blocks(
-    output: Output, entry_b: Entry, per_block: int, files: _Files | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    output: Output, entry_b: Entry, per_block: int, files: _Files | None = None, *, same_dtype: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray, bool | None]]:
     """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
-    until the next pair is asked for). A side stored as plain bytes is read with ``pread``
-    through ``files`` (one descriptor per file for the whole comparison: a checkpoint of
-    10,000 small tensors is not opened 10,000 times); the other side is read whole."""
+    until the next pair is asked for), each with whether its bytes are the same: known when
+    both sides are plain bytes of one dtype (``same_dtype``), compared as they are read
+    (``memcmp``, at the speed of the read), else None. A side stored as plain bytes is read
+    with ``pread`` through ``files`` (one descriptor per file for the whole comparison: a
+    checkpoint of 10,000 small tensors is not opened 10,000 times); the other side is read
+    whole."""
     count = math.prod(output.shape)
     raw_a, raw_b = _stored(output), _stored(entry_b)
     if count == 0 or (raw_a is None and raw_b is None):
         whole_a = output.compute().reshape(-1)
         whole_b = entry_b.read().reshape(-1)
         for start in range(0, max(count, 1), per_block):
-            yield whole_a[start : start + per_block], whole_b[start : start + per_block]
+            yield whole_a[start : start + per_block], whole_b[start : start + per_block], None
         return
     # read whole (one at a time) only the side that is not plain bytes
     gen_a = _raw_blocks(raw_a, count, per_block, files) if raw_a is not None else _views(output.compute(), per_block)
     gen_b = _raw_blocks(raw_b, count, per_block, files) if raw_b is not None else _views(entry_b.read(), per_block)
-    yield from zip(gen_a, gen_b)  # as many blocks each: a raw side's last one is checked already
+    # as many blocks each: a raw side's last one is checked already
+    for (xa, bytes_a), (xb, bytes_b) in zip(gen_a, gen_b):
+        same = None
+        if same_dtype and bytes_a is not None and bytes_b is not None:
+            # a whole buffer (a bytearray) compares with the other by memcmp; a tensor's last,
+            # shorter block is copied first (memoryviews compare element by element)
+            if type(bytes_a) is bytearray and type(bytes_b) is bytearray:
+                same = bytes_a == bytes_b
+            else:
+                same = bytes(bytes_a) == bytes(bytes_b)
+        yield xa, xb, same
 
 
-def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
+def _views(array: np.ndarray, per_block: int) -> Iterator[tuple[np.ndarray, None]]:
     flat = array.reshape(-1)
     for start in range(0, flat.size, per_block):
-        yield flat[start : start + per_block]
+        yield flat[start : start + per_block], None
 
 
 class _Files:
@@ -487,14 +502,20 @@ class _Files:
             os.close(fd)
 
 
-def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None = None) -> Iterator[np.ndarray]:
+def _raw_blocks(
+    entry: Entry, count: int, per_block: int, files: _Files | None = None
+) -> Iterator[tuple[np.ndarray, bytearray | memoryview]]:
     """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
     is overwritten when the next is asked for), on the thread that compares it: a block is
-    compared while it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
-    block as it arrives and checked before the last block is handed over."""
+    compared while it is still in the CPU's cache. Each block comes as its elements and its
+    bytes (the whole buffer, a ``bytearray``, when the block fills it). The recorded CRC-32C,
+    if any, is computed over each block as it arrives and checked before the last block is
+    handed over."""
     br = entry.byte_range
     assert br is not None and br.length == count * entry.dtype.itemsize  # see _stored
-    raw = np.empty(min(per_block, count) * entry.dtype.itemsize, dtype=np.uint8)
+    buffer = bytearray(min(per_block, count) * entry.dtype.itemsize)
+    whole = memoryview(buffer)
+    raw = np.frombuffer(buffer, dtype=np.uint8)
     check = entry.crc32c is not None
     if check:
         import crc32c
@@ -502,14 +523,15 @@ def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None =
     done = 0
     fd = os.open(br.path, os.O_RDONLY) if files is None else files.fd(br.path)
     try:
-        for piece in br.pieces(memoryview(raw), fd=fd, tensor=entry.name):
-            block = raw[: len(piece)]
-            done += len(piece)
+        for piece in br.pieces(whole, fd=fd, tensor=entry.name):
+            size = len(piece)
+            block = raw[:size]
+            done += size
             if check:
                 crc = crc32c.crc32c(block, crc)
                 if done == br.length:
                     entry.compare_crc(crc)
-            yield block.view(entry.dtype)
+            yield block.view(entry.dtype), (buffer if size == len(buffer) else whole[:size])
     finally:
         if files is None:
             os.close(fd)
