@@ -82,6 +82,13 @@ class ByteRange:
     offset: int
     length: int
 
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        # what the dataclass would write, with each slot set by its own descriptor instead of
+        # a looked-up object.__setattr__ per field: a reader makes one range per tensor
+        _set_path(self, path)
+        _set_offset(self, offset)
+        _set_length(self, length)
+
     def read_into(
         self,
         buffer: memoryview | bytearray | np.ndarray,
@@ -162,6 +169,11 @@ class ByteRange:
         return crc
 
 
+_set_path = ByteRange.path.__set__  # type: ignore[attr-defined]
+_set_offset = ByteRange.offset.__set__  # type: ignore[attr-defined]
+_set_length = ByteRange.length.__set__  # type: ignore[attr-defined]
+
+
 def check_crc32c(
     actual: int, recorded: int | None, *, path: str, tensor: str | None
 ) -> None:
@@ -202,6 +214,44 @@ def read_byte_range(
         )
     byte_range.read_into(out.reshape(-1).view(np.uint8), fd=fd, tensor=tensor)
     return out
+
+
+# Shapes already checked: a checkpoint's tensors share a few shapes, so each distinct one is
+# converted and checked once. Keys are shapes as tuples of ints with every dimension at least 1
+# and at most MAX_DIMS of them; the value is (the key itself, its element count). A shape equal
+# to a key (numpy integers, a tuple subclass) converts to that key, as ``tuple(map(int, shape))``
+# would; the size in bytes is still checked per dtype.
+_SHAPES: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}
+_SHAPES_KEPT = 4096
+# numpy dtype classes seen (``isinstance(dtype, np.dtype)`` is slow: numpy's metaclass)
+_DTYPE_CLASSES: set[type] = set()
+
+
+def _checked_shape(shape: Iterable[int], itemsize: int, *, path: str, tensor: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, checked by :func:`shape_problem` for ``itemsize``-byte
+    elements; remembered in ``_SHAPES`` when every dimension is at least 1.
+
+    Raises:
+        CorruptFileError: no numpy array has this shape.
+    """
+    shape = tuple(map(int, shape))
+    # with every dimension at least 1 the running product only grows, so the final size
+    # alone decides; anything else (a zero, a negative, too many dimensions) gets the
+    # dimension-by-dimension check
+    if len(shape) <= MAX_DIMS and (not shape or min(shape) > 0):
+        count = math.prod(shape)
+        if count * (itemsize or 1) < 2**63:
+            if len(_SHAPES) < _SHAPES_KEPT:
+                shape = _SHAPES.setdefault(shape, (shape, count))[0]
+            return shape
+    problem = shape_problem(shape, itemsize)
+    if problem is not None:
+        raise CorruptFileError(
+            f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
+            path=path,
+            tensor=tensor,
+        )
+    return shape
 
 
 class Entry:
@@ -263,24 +313,22 @@ class Entry:
             raise ValueError("an Entry needs a loader or a byte_range")
         self.name = name
         self.key = key
-        self.shape = shape = tuple(map(int, shape))
-        self.dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        if type(dtype) not in _DTYPE_CLASSES:
+            if isinstance(dtype, np.dtype):
+                _DTYPE_CLASSES.add(type(dtype))
+            else:
+                dtype = np.dtype(dtype)
+        self.dtype = dtype
         self.path = path if type(path) is str else os.fspath(path)
-        # with every dimension at least 1 the running product only grows, so the final size
-        # alone decides; anything else (a zero, a negative, too many dimensions) gets the
-        # dimension-by-dimension check
-        if not (
-            len(shape) <= MAX_DIMS
-            and (not shape or min(shape) > 0)
-            and math.prod(shape) * (self.dtype.itemsize or 1) < 2**63
-        ):
-            problem = shape_problem(shape, self.dtype.itemsize)
-            if problem is not None:
-                raise CorruptFileError(
-                    f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
-                    path=self.path,
-                    tensor=name,
-                )
+        try:
+            known = _SHAPES.get(shape)  # type: ignore[call-overload]
+        except TypeError:  # a list, or dimensions that cannot be hashed
+            known = None
+        if known is not None and known[1] * (dtype.itemsize or 1) < 2**63:
+            shape = known[0]
+        else:
+            shape = _checked_shape(shape, dtype.itemsize, path=self.path, tensor=name)
+        self.shape = shape
         self.kind: Kind = kind
         self.layer = layer_of(name) if layer is None else layer
         self.index = index
@@ -596,13 +644,16 @@ def keras_order(entries: Iterable[Entry]) -> None:
     ``bias``, ``running_mean``, ``running_var``); unknown names follow in stored order.
     """
     by_layer: dict[tuple[str, str], list[Entry]] = {}
+    run: list[Entry] = []
+    run_kind: str | None = None
+    run_layer: str | None = None
     for entry in entries:
-        slot = (entry.kind, entry.layer)
-        members = by_layer.get(slot)
-        if members is None:
-            by_layer[slot] = [entry]
-        else:
-            members.append(entry)
+        if entry.layer == run_layer and entry.kind == run_kind:  # a layer's weights lie together
+            run.append(entry)
+            continue
+        run_kind, run_layer = entry.kind, entry.layer
+        run = by_layer.setdefault((entry.kind, entry.layer), [])
+        run.append(entry)
     rank = _KERAS_RANK.get
     for (_, layer), members in by_layer.items():
         if len(members) == 1:
@@ -611,7 +662,7 @@ def keras_order(entries: Iterable[Entry]) -> None:
         # each weight's own part: after its layer (``model/features.0.weight`` in layer
         # ``model/features.0`` -> ``weight``), else the name's leaf
         cut = len(layer) + 1
-        ranks = [
+        ranks = tuple([
             rank(
                 entry.name[cut:]
                 if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
@@ -619,13 +670,19 @@ def keras_order(entries: Iterable[Entry]) -> None:
                 100,
             )
             for entry in members
-        ]
-        if ranks == sorted(ranks):  # already in Keras' order, as most files store them
-            for index, entry in enumerate(members):
-                entry.index = index
-            continue
-        for index, position in enumerate(sorted(range(len(members)), key=ranks.__getitem__)):
-            members[position].index = index  # sorted() is stable: unknown names keep their order
+        ])
+        # layers share a few rank sequences ((0, 2): kernel, bias): each one sorted once
+        order = _ORDERS.get(ranks)
+        if order is None:
+            order = sorted(range(len(ranks)), key=ranks.__getitem__)  # stable: unknown names keep their order
+            if len(_ORDERS) < 1024:
+                _ORDERS[ranks] = order
+        for index, position in enumerate(order):
+            members[position].index = index
+
+
+# rank sequence -> positions in Keras' order (see keras_order)
+_ORDERS: dict[tuple[int, ...], list[int]] = {}
 
 
 class Output:

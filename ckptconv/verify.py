@@ -30,10 +30,12 @@ from .formats.safetensors import (
     check_set,
     index_path,
     load_index,
+    cut_in_length,
     looks_like_safetensors,
     parse_shard_name,
     read_header,
     shard_files,
+    sniff,
 )
 from .options import keyword_options
 from .store import ByteRange
@@ -182,9 +184,11 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not looks_like_safetensors(head):
+    if not looks_like_safetensors(head) and not cut_in_length(path, head):
         if head.lstrip().startswith(b"{"):
             index = load_index(path)
+            if not sniff(path, head):  # another set's index (Keras .weights.json, PyTorch .bin)
+                raise _not_safetensors(path)
             return path, shard_files(path, index), index
         raise _not_safetensors(path)
     if parse_shard_name(path.name) is not None:

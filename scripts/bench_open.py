@@ -6,7 +6,10 @@ Each round starts one child process per checkout, in turn (so both see the same 
 shared machine); a child imports ckptconv from its checkout, opens FILE once to warm up, then
 ``--opens`` times, and reports the median. Phases are the reader functions it finds in that
 checkout (JSON decoding, the config.json layer walk, the HDF5 metadata pass, the vars walk,
-entry building), timed where the ``.keras`` and ``.weights.h5`` readers call them. Times are
+entry building; the safetensors header, entries and Keras order; the TF index, object graph,
+object roles, plan, Keras order and Store), timed where the readers call them (the TF
+``_plan`` includes ``object_roles``; entries are what ``open`` spends besides), and after each
+open ``inspect``'s table of the store's weights (``inspect table``, outside ``cpu``). Times are
 CPU seconds of the process (wall time on a shared machine measures the neighbours) and wall
 seconds; the table gives the median over the rounds. The whole command (start-up, imports,
 printing) is ``scripts/bench.py``'s business.
@@ -35,6 +38,15 @@ PHASES = [
     ("ckptconv.formats.keras_weights", "open_h5"),
     ("ckptconv.formats.keras_weights", "collect_vars"),
     ("ckptconv.formats.keras_weights", "build_entries"),
+    ("ckptconv.formats.safetensors", "read_header"),
+    ("ckptconv.formats.safetensors", "_entries"),
+    ("ckptconv.formats.safetensors", "keras_order"),
+    ("ckptconv.formats.tf_checkpoint", "_read_index"),
+    ("ckptconv.formats.tf_checkpoint", "_load_object_graph"),
+    ("ckptconv.formats.tf_checkpoint", "object_roles"),
+    ("ckptconv.formats.tf_checkpoint", "_plan"),
+    ("ckptconv.formats.tf_checkpoint", "keras_order"),
+    ("ckptconv.formats.tf_checkpoint", "Store"),
 ]
 
 CHILD = r"""
@@ -56,14 +68,18 @@ for module_name, name in phases:
     module = importlib.import_module(module_name)
     if hasattr(module, name):
         setattr(module, name, timed(name, getattr(module, name)))
+from ckptconv.cli.inspect_cmd import format_table
 runs = []
 for i in range(opens + 1):
     spent.clear()
     cpu, wall = time.process_time(), time.perf_counter()
-    with formats.open(path):
+    with formats.open(path) as store:
         pass
     if i:
         runs.append(dict(spent, cpu=time.process_time() - cpu, wall=time.perf_counter() - wall))
+        start = time.process_time()
+        format_table(store.format, store.path, store.entries())
+        runs[-1]["inspect table"] = time.process_time() - start
 print(json.dumps({"package": ckptconv.__file__,
                   "times": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}))
 """

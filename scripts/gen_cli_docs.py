@@ -27,8 +27,8 @@ command runs, so it always matches the installed version. For worked examples se
 
 Exit status, for every command: **0** success, **1** the job failed (a bad input, a plan with
 problems, a failed file in a batch; the reason is one line on stderr starting
-`ckptconv: error:`, except that `plan` lists each problem of the plan on its own
-`ckptconv: plan:` line and `batch` reports each failed file as a `failed SRC: REASON` line),
+`ckptconv: error:`, one per failed file for `batch` and `verify`, except that `plan` lists
+each problem of the plan on its own `ckptconv: plan:` line),
 **2** a usage error (an unknown or abbreviated option, a missing argument,
 a value the option does not take: every bad command-line value, checked before anything is
 read), **130** interrupted by Ctrl-C and **143** terminated by SIGTERM (either way no partial

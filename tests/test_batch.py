@@ -67,10 +67,12 @@ def test_batch_with_one_damaged_file(inputs: Path, keras_dir: Path, tmp_path: Pa
     proc = run_cli("batch", f"{inputs}/*", "-o", out, "-j", "2")
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
-    failed = [line for line in lines if line.startswith("failed ")]
     ok = [line for line in lines if line.startswith("ok ")]
-    assert len(failed) == 1 and "broken.weights.h5" in failed[0]
-    assert len(ok) == len(GOOD)
+    assert len(ok) == len(GOOD) and len(lines) == len(GOOD) + 1, proc.stdout  # and the summary
+    # the failure: one error line on stderr naming the input, as every command's errors
+    errors = proc.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"ckptconv: error: {inputs}/broken.weights.h5: "), errors
+    assert "broken.weights.h5" not in proc.stdout
     for name in GOOD:
         assert any(f"{name} -> " in line and "tensors" in line for line in ok), name
     assert lines[-1].startswith("5 files: 4 converted, 1 failed")
@@ -86,7 +88,8 @@ def test_batch_json_report_and_list_file(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_cli("batch", "--from-file", listing, "-o", out, "--json", "--dtype", "bfloat16")
     assert proc.returncode == 1
-    doc = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)  # stdout: the one JSON document; the failure also on stderr
+    assert proc.stderr.startswith(f"ckptconv: error: {inputs / 'broken.weights.h5'}: ") and proc.stderr.count("\n") == 1
     assert doc["ok"] is False
     assert doc["summary"]["files"] == 2 and doc["summary"]["failed"] == 1
     by_src = {Path(f["src"]).name: f for f in doc["files"]}
@@ -104,7 +107,7 @@ def test_existing_outputs_fail_without_force(inputs: Path, tmp_path: Path) -> No
     (out / "k3_seq.safetensors").write_bytes(b"keep me")
     proc = run_cli("batch", inputs / "k3_seq.weights.h5", "-o", out)
     assert proc.returncode == 1
-    assert "already exists" in proc.stdout
+    assert "already exists" in proc.stderr and "already exists" not in proc.stdout
     assert (out / "k3_seq.safetensors").read_bytes() == b"keep me"
     proc = run_cli("batch", inputs / "k3_seq.weights.h5", "-o", out, "--force", "--max-shard-size", "20B")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -128,7 +131,8 @@ def test_usage_errors(inputs: Path, tmp_path: Path) -> None:
 def test_unmatched_glob_is_reported(inputs: Path, tmp_path: Path) -> None:
     proc = run_cli("batch", inputs / "k3_seq.weights.h5", f"{tmp_path}/none/*.h5", "-o", tmp_path / "o")
     assert proc.returncode == 1
-    assert "no input matches" in proc.stdout
+    assert proc.stderr == f"ckptconv: error: {tmp_path}/none/*.h5: no input matches this pattern\n"
+    assert "no input matches" not in proc.stdout
     assert "2 files: 1 converted, 1 failed" in proc.stdout
 
 

@@ -439,3 +439,52 @@ def test_inspect_json_has_the_totals_of_the_table(capsys, tmp_path: Path) -> Non
         assert totals["not_shown"] == (0 if extra else 21)
         hidden = re.search(r"\((\d+) optimizer/bookkeeping entries not shown", table)
         assert (int(hidden.group(1)) if hidden else 0) == totals["not_shown"]
+
+
+# -- inspect's table: each distinct shape, dtype and kind written once, rows as one would ------
+
+
+def _table_row_by_row(fmt: str, path: str, entries, *, all_kinds: bool) -> str:
+    """The listing written the plain way, row by row: what format_table must print."""
+    from ckptconv.cli.common import human_bytes
+
+    header = ["name", "shape", "dtype", "size"] + (["kind"] if all_kinds else [])
+    rows = [[e.name, str(list(e.shape)), e.dtype_name, human_bytes(e.nbytes)] + ([e.kind] if all_kinds else [])
+            for e in entries]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    values = sum(int(np.prod(e.shape)) for e in entries)
+    nbytes = sum(e.nbytes for e in entries)
+    return "\n".join([f"{path} ({fmt})", line(header), "  ".join("-" * w for w in widths),
+                      *(line(r) for r in rows), f"{len(entries)} tensors, {values:,} values, {human_bytes(nbytes)}"])
+
+
+def test_inspect_table_is_the_row_by_row_table() -> None:
+    import ml_dtypes
+
+    from ckptconv.cli.inspect_cmd import format_table, tally
+    from ckptconv.store import ByteRange, Entry
+
+    def entry(name: str, shape, dtype, kind: str = "weight") -> Entry:
+        return Entry(name, key=name, shape=shape, dtype=dtype, path="/x", kind=kind, byte_range=ByteRange("/x", 0, 0))
+
+    f4 = np.dtype("float32")
+    entries = [
+        entry("a/kernel", (3, 4), f4), entry("a/bias", (4,), f4), entry("b/kernel", (3, 4), np.dtype("float16")),
+        entry("b/ç€/bias", (), f4), entry("c/kernel", (3, 4), f4, "optimizer"),
+        entry("c/empty", (0, 4), np.dtype(ml_dtypes.bfloat16), "bookkeeping"),
+        entry("d/" + "wide_name_" * 6, (2048, 1024), f4), entry("e/count", [1], np.dtype("<i8"), "bookkeeping"),
+        entry("e/kernel", (3, 4), f4.newbyteorder("=")),  # an equal dtype, another object
+        entry("f/bias", (4,), f4),
+    ]
+    for chosen in (entries, entries[:1], entries[3:4], []):
+        for all_kinds in (False, True):
+            assert format_table("fmt", "/p", chosen, all_kinds=all_kinds) == _table_row_by_row(
+                "fmt", "/p", chosen, all_kinds=all_kinds)
+    assert entries[8].dtype is not f4
+    totals = tally(entries)
+    assert list(totals["by_dtype"]) == ["float32", "float16", "bfloat16", "int64"]
+    assert totals["by_dtype"]["float32"] == {"tensors": 7, "values": 2097152 + 45, "nbytes": 4 * (2097152 + 45)}

@@ -126,15 +126,54 @@ def test_tolerances(tmp_path):
     safetensors.numpy.save_file({"w": z}, str(a))
     safetensors.numpy.save_file({"w": np.array([-0.0, np.nan, 1.0, np.inf], np.float32)}, str(b))
     t = diff(a, b).tensors[0]
-    assert t.status == "close" and t.max_abs == 0.0
+    assert t.status == "close" and t.max_abs == 0.0 and t.values_equal
     safetensors.numpy.save_file({"w": np.array([0.0, 5.0, 1.0, np.inf], np.float32)}, str(b))
     t = diff(a, b, atol=1e9).tensors[0]
-    assert t.status == "different" and t.mismatched == 1 and t.first == (1,) and t.max_abs == np.inf
+    assert (t.status, t.mismatched, t.nan_mismatched, t.first) == ("different", 1, 1, (1,))
+    assert t.max_abs == 0.0 and not t.values_equal  # a NaN against a number has no distance
     safetensors.numpy.save_file({"w": np.array([0.0, np.nan, 1.0, 3e38], np.float32)}, str(b))
     t = diff(a, b, atol=1e9, rtol=1.0).tensors[0]
     assert t.status == "different" and t.first == (3,)      # inf against a finite number
     t = diff(b, a, atol=1e9, rtol=1.0).tensors[0]
     assert t.status == "different" and t.first == (3,)      # a finite number against inf
+
+
+def test_signed_zeros_and_nans_say_what_they_are(capsys, tmp_path):
+    """-0.0 against 0.0 (bytes differ, values equal) is said to be equal in value, not "within
+    tolerance"; a NaN against a number is a NaN mismatch with no infinite max abs; NaN against
+    NaN is equal, whatever the bits (numpy's array_equal(equal_nan=True))."""
+    from ckptconv.cli import main
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    other_nan = np.array([np.nan, 1.0], np.float32)
+    other_nan.view(np.uint32)[0] = 0x7FC00001
+    safetensors.numpy.save_file({"z": np.array([0.0, 1.0], np.float32), "q": np.array([np.nan, 1.0], np.float32)}, str(a))
+    safetensors.numpy.save_file({"z": np.array([-0.0, 1.0], np.float32), "q": other_nan}, str(b))
+    assert main(["diff", "-v", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    for name in ("z", "q"):
+        assert f"close {name} values equal, bytes differ (-0.0 against 0.0, or NaNs with other bits)" in lines
+    assert "2 tensor(s) compared: 0 bit-exact, 2 equal in value but not bit-exact; 0 only in A" in out
+    assert "tolerance" not in out and "max abs" not in out, out
+
+    safetensors.numpy.save_file({"z": np.array([0.0, 1.0], np.float32), "q": np.array([1.0, 1.0], np.float32),
+                                 "one": np.array([np.nan], np.float32), "mixed": np.array([np.nan, 2.0, 3.0])}, str(a))
+    safetensors.numpy.save_file({"z": np.array([0.0, 1.0], np.float32), "q": np.array([np.nan, 1.0], np.float32),
+                                 "one": np.array([7.0], np.float32), "mixed": np.array([1.0, 2.5, 3.0])}, str(b))
+    assert main(["diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "different q 1 of 2 values differ, a NaN against a number; first at [0]: 1.0 vs nan" in lines
+    assert "different one 1 of 1 values differ, a NaN against a number; first at [0]: nan vs 7.0" in lines
+    assert ("different mixed 2 of 3 values differ (1 of them a NaN against a number); max abs 0.5, max rel 0.2 "
+            "(NaNs aside); first at [0]: nan vs 1.0") in lines
+    assert "inf" not in out, out
+    assert main(["diff", "--json", str(a), str(b)]) == 1
+    tensors = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert [(tensors[n]["mismatched"], tensors[n]["nan_mismatched"], tensors[n]["max_abs"]) for n in ("q", "one", "mixed")] == [
+        (1, 1, 0.0), (1, 1, None), (2, 1, 0.5)]
+    assert (tensors["z"]["status"], tensors["z"]["nan_mismatched"]) == ("equal", 0)
 
 
 def _zoo() -> list:

@@ -836,7 +836,7 @@ def test_batch_reports_each_damaged_file_and_goes_on(base: Path, tmp_path: Path,
     lines = (captured.out + captured.err).splitlines()
     assert status == 1
     for name, case in damaged.items():
-        failed = [line for line in lines if line.startswith(f"failed {case.path}")]
+        failed = [line for line in captured.err.splitlines() if line.startswith(f"ckptconv: error: {case.path}: ")]
         assert len(failed) == 1, (name, lines)
         assert str(case.file.name) in failed[0] and "Traceback" not in failed[0]
     assert sorted(os.listdir(out)) == ["good-keras.safetensors", "good-safetensors.safetensors", "good-tf.safetensors"]

@@ -208,6 +208,70 @@ def test_a_flipped_byte_in_a_stored_keras_member_fails_its_crc(base: Path, tmp_p
     assert main(["convert", str(path), str(out / "m.safetensors"), "--no-check-crc", "-q"]) == 0
 
 
+@pytest.mark.parametrize("kind", ["keras", "torch"])
+def test_a_zip_crc_failure_says_how_to_read_it_anyway(base: Path, tmp_path: Path, capsys, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """As the CRC-32C message does: every command that checks a zip member's CRC-32 (convert,
+    batch, diff) names its own way to skip the check: --no-check-crc on the command line,
+    check_crc=False in Python; and that way works."""
+    from ckptconv.cli import main
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    if kind == "keras":
+        path = copy_source(base, "keras", inputs)
+    else:
+        path = inputs / "cnn.pt"
+        shutil.copyfile(Path(__file__).resolve().parent / "fixtures" / "pytorch" / "cnn.pt", path)
+    clean = tmp_path / f"clean{path.suffix}"
+    shutil.copyfile(path, clean)
+    with ckptconv.open(path) as store:
+        entry = max((e for e in store.entries() if e.byte_range is not None), key=lambda e: e.nbytes)
+        at = entry.byte_range.offset + entry.nbytes // 2
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x20
+    path.write_bytes(bytes(raw))
+    tail = "the {} is damaged; copy or download it again, or pass {} to read it anyway"
+    what = "archive" if kind == "keras" else "torch.save file"
+    for argv in (
+        ["convert", path, out / "m.safetensors"],
+        ["batch", path, "-o", out],
+        ["diff", path, clean],
+    ):
+        assert main([str(a) for a in argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"ckptconv: error: {path}: ") and "fails its zip CRC-32" in err, (argv, err)
+        assert err.endswith(tail.format(what, "--no-check-crc") + "\n"), (argv, err)
+        # skipping the check reads the bytes as they are (diff: they differ from the clean copy)
+        assert main([str(a) for a in argv] + ["--no-check-crc"]) == (1 if argv[0] == "diff" else 0), argv
+        assert capsys.readouterr().err == ""
+    assert sorted(os.listdir(out)) == sorted(["m.safetensors", f"{path.stem}.safetensors"])
+    for call in (lambda: ckptconv.convert(path, out / "api.safetensors"), lambda: ckptconv.diff(path, clean)):
+        with pytest.raises(IntegrityError) as info:
+            call()
+        assert str(info.value).endswith(tail.format(what, "check_crc=False")), str(info.value)
+    assert not ckptconv.diff(path, clean, check_crc=False).equal  # read anyway: the flipped byte
+
+
+def test_a_pickle_that_fails_its_zip_crc_offers_no_reading_anyway(tmp_path: Path) -> None:
+    """data.pkl describes the tensors and is checked whenever the file is opened: check_crc=False
+    does not skip it, so its message does not offer it."""
+    path = tmp_path / "cnn.pt"
+    raw = bytearray((Path(__file__).resolve().parent / "fixtures" / "pytorch" / "cnn.pt").read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    assert info.compress_type == zipfile.ZIP_STORED
+    header = info.header_offset  # local header: 30 bytes, then the name and the extra field
+    lengths = int.from_bytes(raw[header + 26 : header + 28], "little") + int.from_bytes(raw[header + 28 : header + 30], "little")
+    start = header + 30 + lengths
+    raw[start + info.file_size - 2] ^= 0x01  # inside the pickle, before its STOP opcode
+    path.write_bytes(bytes(raw))
+    for check_crc in (True, False):
+        with pytest.raises(IntegrityError, match="data.pkl fails its zip CRC-32") as caught:
+            ckptconv.open(path, check_crc=check_crc)
+        assert str(caught.value).endswith("the torch.save file is damaged; copy or download it again")
+
+
 def test_a_flipped_byte_in_a_deflated_keras_member_fails_its_crc(base: Path, tmp_path: Path) -> None:
     """A re-zipped (deflated) archive whose weights member decompresses to other bytes than
     its recorded CRC-32: caught while it is decompressed (once, when the file is opened)."""

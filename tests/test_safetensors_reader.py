@@ -183,6 +183,54 @@ def test_header_longer_than_the_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+def _cut_points(raw: bytes) -> dict[str, tuple[int, str | None]]:
+    """Where to cut a file of tensors a (16 bytes) then b (16): (bytes kept, tensor named)."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    return {
+        "in-length-1": (1, None),
+        "in-length-7": (7, None),
+        "after-length": (8, None),
+        "in-header-first-byte": (9, None),
+        "in-header": (8 + n // 2, None),
+        "at-data-start": (8 + n, "a"),
+        "in-a": (8 + n + 5, "a"),
+        "in-b": (len(raw) - 3, "b"),
+    }
+
+
+@pytest.mark.parametrize("where", list(_cut_points(b"\x10" + b"\0" * 7)))
+def test_a_file_cut_anywhere_says_truncated_for_every_command(capsys, tmp_path: Path, where: str) -> None:
+    from ckptconv.cli import main
+
+    whole = two_tensor_file(tmp_path)
+    raw = whole.read_bytes()
+    keep, tensor = _cut_points(raw)[where]
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[:keep])
+    named = f"tensor {tensor!r}: " if tensor else ""
+    out_file = tmp_path / "out.safetensors"
+    for argv in (
+        ["inspect", cut], ["convert", cut, out_file], ["verify", cut], ["diff", cut, whole], ["diff", whole, cut]
+    ):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == "", (argv, out, err)
+        assert err.count("\n") == 1 and err.startswith(f"ckptconv: error: {cut}: {named}the file is truncated: "), (argv, err)
+        assert err.endswith("; copy or download it again\n"), (argv, err)
+        assert not out_file.exists()
+    with pytest.raises(CorruptFileError, match="truncated") as info:
+        ckptconv.open(cut)
+    assert info.value.path == str(cut) and info.value.tensor == tensor
+
+
+def test_a_short_file_of_another_name_is_not_called_safetensors(tmp_path: Path) -> None:
+    """Under 10 bytes the content cannot tell: only a .safetensors name makes it a cut one."""
+    short = tmp_path / "notes.txt"
+    short.write_bytes(b"\x10\0\0\0")
+    with pytest.raises(ckptconv.FormatError, match="not a checkpoint"):
+        ckptconv.open(short)
+
+
 def test_header_above_the_limit_is_refused(tmp_path: Path) -> None:
     from ckptconv.formats.safetensors import read_header
 

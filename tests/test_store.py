@@ -76,3 +76,84 @@ def test_possible_shapes_are_kept(shape: tuple[int, ...]) -> None:
     entry = Entry("t", key="t", shape=[np.int64(d) for d in shape], dtype="float32", path="/x",
                   byte_range=ByteRange("/x", 0, 0))
     assert entry.shape == shape and all(type(d) is int for d in entry.shape)
+
+
+def test_keras_order_groups_a_layers_entries_wherever_they_lie() -> None:
+    # a layer's weights apart from each other, and a layer's training state between its
+    # weights: each group ordered on its own, as when every layer's entries lie together
+    entries = [
+        _entry("a/bias"), _entry("b/bias"), _entry("a/kernel"), _entry("b/kernel"),
+        _entry("c/bias"), _entry("c/m", kind="optimizer"), _entry("c/kernel"), _entry("c/v", kind="optimizer"),
+    ]
+    keras_order(entries)
+    assert [e.index for e in entries] == [1, 1, 0, 0, 1, 0, 0, 1]
+
+
+@pytest.fixture
+def shapes(monkeypatch) -> dict:
+    """The shapes Entry has checked, empty at the start of the test (earlier tests may have
+    filled the store's table to its limit, and then nothing new would be looked up)."""
+    from ckptconv import store
+
+    monkeypatch.setattr(store, "_SHAPES", {})
+    return store._SHAPES
+
+
+def _general(shape, dtype) -> Entry:
+    """An Entry made with a shape no cache knows (a list): the dimension-by-dimension path."""
+    return Entry("t", key="t", shape=list(shape), dtype=dtype, path="/x", byte_range=ByteRange("/x", 0, 0))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4), (np.int64(3), np.int64(4)), (np.int32(7),), (True, 2), (3.0, 4), (np.uint8(5), 1, 2)],
+)
+@pytest.mark.parametrize("dtype", ["float32", np.float16, np.dtype("<i8"), np.dtype("bool")])
+def test_a_known_shape_converts_as_an_unknown_one(shapes, shape, dtype) -> None:
+    # the shape as a tuple (looked up among the shapes already checked, twice so that the second
+    # finds it) against the same shape as a list (converted and checked dimension by dimension)
+    for _ in range(2):
+        entry = Entry("t", key="t", shape=shape, dtype=dtype, path="/x", byte_range=ByteRange("/x", 0, 0))
+        general = _general(shape, dtype)
+        assert entry.shape == general.shape and [type(d) for d in entry.shape] == [int] * len(shape)
+        assert type(entry.shape) is tuple and entry.dtype == general.dtype == np.dtype(dtype)
+        assert isinstance(entry.dtype, np.dtype)
+    assert tuple(map(int, shape)) in shapes  # the second one was looked up
+
+
+def test_a_known_shape_is_still_refused_for_a_wider_dtype(shapes) -> None:
+    # 2**61 elements fit a 64-bit size in 2-byte elements, not in 8-byte ones: the shape checked
+    # for float16 is looked up for float64 and must still be refused
+    shape = (2**31, 2**30)
+    for dtype in ("float16", "float16"):
+        assert Entry("t", key="t", shape=shape, dtype=dtype, path="/x", byte_range=ByteRange("/x", 0, 0)).shape == shape
+    assert shape in shapes
+    for make in (lambda: Entry("t", key="t", shape=shape, dtype="float64", path="/x",
+                               byte_range=ByteRange("/x", 0, 0)),
+                 lambda: _general(shape, "float64")):
+        with pytest.raises(CorruptFileError, match="more bytes than a 64-bit size can count"):
+            make()
+
+
+@pytest.mark.parametrize("shape", [(-1, 3), (0, -2), (2**31, 2**31), (1,) * 65, (2**40, 2**40, 0)])
+def test_a_refused_shape_is_refused_on_every_later_use(shapes, shape) -> None:
+    for _ in range(2):
+        with pytest.raises(CorruptFileError, match="not a tensor ckptconv can hold"):
+            Entry("t", key="t", shape=shape, dtype="float32", path="/x", byte_range=ByteRange("/x", 0, 0))
+    assert not shapes
+
+
+def test_a_byte_range_is_the_frozen_dataclass_it_declares() -> None:
+    import dataclasses
+    import pickle
+
+    r = ByteRange("/p", 3, 4)
+    assert (r.path, r.offset, r.length) == ("/p", 3, 4)
+    assert r == ByteRange(path="/p", offset=3, length=4) != ByteRange("/p", 4, 3)
+    assert hash(r) == hash(ByteRange("/p", 3, 4)) and repr(r) == "ByteRange(path='/p', offset=3, length=4)"
+    assert dataclasses.astuple(r) == ("/p", 3, 4) and dataclasses.replace(r, offset=5) == ByteRange("/p", 5, 4)
+    assert pickle.loads(pickle.dumps(r)) == r
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.offset = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ByteRange("/p", 3)  # type: ignore[call-arg]

@@ -93,6 +93,43 @@ def test_sharded_set_by_index_any_shard_or_directory(tmp_path: Path) -> None:
     assert "layer0.weight" not in proc.stderr
 
 
+def test_a_set_given_by_a_relative_path_is_reported_by_that_path(capsys, tmp_path: Path, monkeypatch) -> None:
+    """Shards are named as the user gave the set (relative to what they typed), as a single
+    file is: in the ok line, --json's files and mismatches, and the error line."""
+    from ckptconv.cli import main
+
+    arrays = {f"layer{i}.weight": np.full(100, i, np.float32) for i in range(4)}
+    (tmp_path / "sub").mkdir()
+    ckptconv.write_safetensors(
+        [ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()],
+        tmp_path / "sub" / "model.safetensors",
+        max_shard_size=800,
+    )
+    monkeypatch.chdir(tmp_path)
+    shards = ["sub/model-00001-of-00002.safetensors", "sub/model-00002-of-00002.safetensors"]
+    for given in ("sub/model.safetensors.index.json", shards[0], "sub", "sub/model.safetensors"):
+        assert main(["verify", "--json", given]) == 0
+        report = json.loads(capsys.readouterr().out)["files"][0]
+        assert report["path"] == "sub/model.safetensors.index.json" and report["files"] == shards, given
+    flip_byte(tmp_path / shards[1], "layer3.weight", at=17)
+    assert main(["verify", "--json", "sub/model.safetensors.index.json"]) == 1
+    out, err = capsys.readouterr()
+    assert [m["path"] for m in json.loads(out)["files"][0]["mismatches"]] == [shards[1]]
+    assert err.startswith(f"ckptconv: error: {shards[1]}: tensor 'layer3.weight': "), err
+
+
+def test_a_keras_sharded_set_is_not_taken_for_a_safetensors_set(capsys, generated) -> None:
+    from ckptconv.cli import main
+
+    index = generated("keras") / "sharded" / "k3_zoo.weights.json"
+    assert main(["verify", str(index)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        f"ckptconv: error: {index}: not a safetensors file (a keras-sharded checkpoint): verify "
+        "re-checks the safetensors files ckptconv writes against the checksums recorded in them\n"
+    )
+
+
 def test_file_without_checksums_is_a_clear_failure(tmp_path: Path) -> None:
     plain = tmp_path / "plain.safetensors"
     save_file({"a": np.ones(3, np.float32)}, str(plain))

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import CkptconvError, UsageError
 from ..interrupts import Noted, Terminated, interrupts_noted, report_interrupt, sigterm_raises
-from .common import SPELLING, Parser, UsageExit, emit_json, error_json
+from .common import SPELLING, Parser, UsageExit, emit_json, error_json, print_error
 
 __all__ = ["main", "build_parser"]
 
@@ -145,7 +145,7 @@ def _fail(args: argparse.Namespace, error: BaseException, message: str, status: 
     """Print the one-line error; with --json, the error object too (unless the command
     already printed its own JSON, which then carries the error)."""
     message = _one_line(message)
-    print(f"ckptconv: error: {message}", file=sys.stderr)
+    print_error(message)
     if getattr(args, "json", False) and not getattr(args, "json_emitted", False):
         emit_json(args, error_json(error, message, status))
     return status

@@ -20,6 +20,7 @@ from .common import (
     emit_json,
     exit_status,
     human_bytes,
+    print_error,
     want_progress,
 )
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 EXIT_STATUS = {
     0: "every file converted",
-    1: "at least one file failed (the others still ran; each failure is one line), or the "
+    1: "at least one file failed (the others still ran; each failure is one line on stderr), or the "
     "spec is broken, or the Dask cluster cannot be used (no scheduler at --scheduler, a worker "
     "without this ckptconv; before any file is read)",
     2: "a usage error, before any file is read: a bad option value (-j, --scheduler, --dtype, "
@@ -59,8 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Convert many checkpoints (paths, globs, or a list file) into safetensors files in "
             "OUTDIR, with the same options for all, in local worker processes (-j) or on a Dask "
-            "cluster (--scheduler). Prints one line per file (ok / failed with the reason), "
-            "continues past failures, ends with a summary; exit status 1 if any file failed."
+            "cluster (--scheduler). Prints one `ok` line per converted file on stdout and one "
+            "`ckptconv: error:` line per failed file on stderr (naming it, with the reason), "
+            "continues past failures, ends with a summary on stdout; exit status 1 if any "
+            "file failed."
         ),
         epilog=f"Name pattern fields: {fields}. {exit_status(EXIT_STATUS)}",
     )
@@ -81,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_convert_options(p, many=True)
     add_json(p, "the report (instead of lines)")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only failures and the summary")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only failures (on stderr) and the summary")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     add_debug(p)
     p.set_defaults(func=run)
@@ -166,12 +169,16 @@ def _run(
         else:
             print(line, flush=True)
 
+    def failed(result: FileResult) -> None:  # on stderr, also with --json (as every error)
+        write = None if bar is None else (lambda line: bar.write(line, file=sys.stderr))
+        print_error(f"{result.src}: {result.error}", write=write)
+
     missing = [
         FileResult(src=p, dst="", ok=False, error="no input matches this pattern", error_type="FormatError")
         for p in unmatched
     ]
     for result in missing:
-        say(f"failed {result.src}: {result.error}")
+        failed(result)
 
     def on_result(result: FileResult) -> None:
         if bar is not None:
@@ -183,7 +190,7 @@ def _run(
                     f"{human_bytes(result.nbytes)}, {result.seconds:.2f} s)"
                 )
         else:
-            say(f"failed {result.src}: {result.error}")
+            failed(result)
 
     try:
         report = run_batch(jobs, on_result=on_result, spelling=SPELLING, **where, **options)

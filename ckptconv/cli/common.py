@@ -141,6 +141,17 @@ def emit_json(args: argparse.Namespace | None, doc: dict[str, Any]) -> None:
         args.json_emitted = True
 
 
+def print_error(message: str, *, write: Callable[[str], Any] | None = None) -> None:
+    """One ``ckptconv: error: MESSAGE`` line on stderr, the message made one line whatever a
+    library put in it (scripts and batch jobs parse stderr). ``write`` prints the line
+    instead (a progress bar's ``write``, which clears the bar first)."""
+    line = f"ckptconv: error: {' '.join(message.split())}"
+    if write is not None:
+        write(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def error_json(error: BaseException, message: str, status: int) -> dict[str, Any]:
     """The ``{"ok": false, "error": {...}}`` object for a failed command."""
     detail: dict[str, Any] = {"type": type(error).__name__, "message": message, "exit": status}

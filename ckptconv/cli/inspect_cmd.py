@@ -89,61 +89,86 @@ def format_table(fmt: str, path: str, entries: list[Entry], *, all_kinds: bool =
     from ..dtypes import dtype_name
 
     header = ("name", "shape", "dtype", "size") + (("kind",) if all_kinds else ())
-    # column by column; shapes, dtype names and sizes repeat across many tensors, so each
-    # distinct one is written once
-    shape_texts: dict[tuple[int, ...], str] = {}
-    dtype_names: dict[object, str] = {}
-    size_texts: dict[int, str] = {}
-    shapes, dtypes, sizes = [], [], []
-    for e in entries:
-        shape, dtype = e.shape, e.dtype
-        nbytes = math.prod(shape) * dtype.itemsize
-        text = shape_texts.get(shape)
-        if text is None:
-            text = shape_texts[shape] = "[" + ", ".join(map(str, shape)) + "]"
-        shapes.append(text)
-        text = dtype_names.get(dtype)
-        if text is None:
-            text = dtype_names[dtype] = dtype_name(dtype)
-        dtypes.append(text)
-        text = size_texts.get(nbytes)
-        if text is None:
-            text = size_texts[nbytes] = human_bytes(nbytes)
-        sizes.append(text)
-    columns = [[e.name for e in entries], shapes, dtypes, sizes]
-    if all_kinds:
-        columns.append([e.kind for e in entries])
-    widths = [max(len(title), max(map(len, column), default=0)) for title, column in zip(header, columns)]
+    # a model has a few distinct shapes, dtypes and kinds: the cells after the name are
+    # written and padded once per group of equal ones, and a row is its padded name and
+    # its group's cells
+    groups, of_entry = _groups(entries, by_kind=all_kinds)
+    cells = []
+    for group in groups:
+        shape, dtype = group.first.shape, group.first.dtype
+        texts = ["[" + ", ".join(map(str, shape)) + "]", dtype_name(dtype),
+                 human_bytes(math.prod(shape) * dtype.itemsize)]
+        if all_kinds:
+            texts.append(group.first.kind)
+        cells.append(texts)
+    names = [e.name for e in entries]
+    widths = [max(len(header[0]), max(map(len, names), default=0))]
+    widths += [max(len(title), max((len(texts[i]) for texts in cells), default=0))
+               for i, title in enumerate(header[1:])]
     # the size column right-aligned, the others left-aligned
     row = "  ".join(f"{{:{'>' if i == 3 else '<'}{w}}}" for i, w in enumerate(widths)).format
+    name_width = widths[0]
+    for group, texts in zip(groups, cells):
+        # a row ends in its group's cells (never blank: a shape is at least "[]"), so only
+        # they lose the trailing blanks
+        group.tail = row("", *texts)[name_width:].rstrip()
     lines = [f"{path} ({fmt})", row(*header).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += [row(*cells).rstrip() for cells in zip(*columns)]
-    totals = tally(entries)
+    lines += [name.ljust(name_width) + group.tail for name, group in zip(names, of_entry)]
+    totals = _tally(groups, len(entries))
     lines.append(f"{totals['tensors']} tensors, {totals['values']:,} values, {human_bytes(totals['nbytes'])}")
     return "\n".join(lines)
+
+
+class _Group:
+    """Entries of one shape and dtype (and kind, where the listing shows it): the ``first``
+    of them, how many (``count``), and their row's cells after the name (``tail``)."""
+
+    __slots__ = ("first", "count", "tail")
+
+    def __init__(self, first: Entry) -> None:
+        self.first = first
+        self.count = 0
+        self.tail = ""
+
+
+def _groups(entries: list[Entry], *, by_kind: bool) -> tuple[list[_Group], list[_Group]]:
+    """The groups of equal shape and dtype (and kind with ``by_kind``) in order of first
+    appearance, and each entry's group. A dtype is told by its identity (readers share one
+    object per dtype); equal dtypes that are distinct objects only make more groups."""
+    found: dict[tuple[object, ...], _Group] = {}
+    of_entry = []
+    for e in entries:
+        key = (e.shape, id(e.dtype), e.kind) if by_kind else (e.shape, id(e.dtype))
+        group = found.get(key)
+        if group is None:
+            group = found[key] = _Group(e)
+        group.count += 1
+        of_entry.append(group)
+    return list(found.values()), of_entry
 
 
 def tally(entries: list[Entry]) -> dict[str, object]:
     """What the listing's foot totals, as ``inspect --json`` prints it: ``tensors``, ``values``
     (elements) and ``nbytes`` over ``entries`` (tied names each count, as each is listed), and
     the same three per dtype name under ``by_dtype``, in the order the dtypes first appear."""
+    return _tally(_groups(entries, by_kind=False)[0], len(entries))
+
+
+def _tally(groups: list[_Group], tensors: int) -> dict[str, object]:
+    """:func:`tally` of the entries in ``groups`` (``tensors`` of them)."""
     from ..dtypes import dtype_name
 
     per_dtype: dict[object, list[int]] = {}  # dtype -> [tensors, values]
-    last = counts = None
-    for e in entries:
-        dtype = e.dtype
-        if dtype is not last:  # runs of one dtype: hash a dtype once per run, not per tensor
-            counts = per_dtype.setdefault(dtype, [0, 0])
-            last = dtype
-        counts[0] += 1  # type: ignore[index]
-        counts[1] += math.prod(e.shape)  # type: ignore[index]
+    for group in groups:
+        counts = per_dtype.setdefault(group.first.dtype, [0, 0])
+        counts[0] += group.count
+        counts[1] += math.prod(group.first.shape) * group.count
     by_dtype = {
-        dtype_name(dtype): {"tensors": tensors, "values": values, "nbytes": values * dtype.itemsize}  # type: ignore[attr-defined]
-        for dtype, (tensors, values) in per_dtype.items()
+        dtype_name(dtype): {"tensors": count, "values": values, "nbytes": values * dtype.itemsize}  # type: ignore[attr-defined]
+        for dtype, (count, values) in per_dtype.items()
     }
     return {
-        "tensors": len(entries),
+        "tensors": tensors,
         "values": sum(d["values"] for d in by_dtype.values()),
         "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
         "by_dtype": by_dtype,

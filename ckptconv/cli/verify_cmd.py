@@ -13,6 +13,7 @@ from .common import (
     emit_json,
     exit_status,
     human_bytes,
+    print_error,
     want_progress,
 )
 
@@ -59,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failed += 1
             reports.append({"path": path, "ok": False, "error": e.render(SPELLING)})
-            _error(_with_path(e, path))
+            print_error(_with_path(e, path))
             continue
         except OSError as e:
             if getattr(args, "debug", False):
                 raise
             failed += 1
             reports.append({"path": path, "ok": False, "error": e.strerror or str(e)})
-            _error(f"{path}: {e.strerror or e}")
+            print_error(f"{path}: {e.strerror or e}")
             continue
         reports.append(result.to_json())
         if result.ok:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result.check()
         except CkptconvError as e:  # the IntegrityError naming the file and the failed tensors
-            _error(e.render(SPELLING))
+            print_error(e.render(SPELLING))
     if args.json:
         doc: dict[str, object] = {"ok": failed == 0, "files": reports}
         if failed:
@@ -88,12 +89,6 @@ def run(args: argparse.Namespace) -> int:
             }
         emit_json(args, doc)
     return 1 if failed else 0
-
-
-def _error(message: str) -> None:
-    """A failed file: one line on stderr, as every command's errors (stdout keeps the ok lines
-    and the JSON)."""
-    print(f"ckptconv: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _verify(verify_file, path: str, show_bar: bool):  # type: ignore[no-untyped-def]

@@ -721,10 +721,13 @@ def header_entry(
     byte_range = _byte_range(  # a damaged range names the tensor as the store will
         header.offset, header.length, data_path, base_offset, file_size, path=path, key=name  # type: ignore[arg-type]
     )
-    return Entry(
-        name, key=key, shape=header.shape, dtype=header.dtype, path=path,  # type: ignore[arg-type]
+    # Entry.__init__ on a new instance: calling the class with keywords builds a dict per call
+    entry = Entry.__new__(Entry)
+    entry.__init__(  # type: ignore[misc]
+        name, key=key, shape=header.shape, dtype=header.dtype, path=path,
         byte_range=byte_range, kind=kind, layer=layer, index=index,
     )
+    return entry
 
 
 def _byte_range(

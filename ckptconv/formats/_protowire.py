@@ -73,6 +73,11 @@ def _signed64(value: int) -> int:
 # the number and ``end`` is unused; for length-delimited fields the payload is buf[value:end].
 _Field = tuple[int, int, int, int]
 
+# ``_new(NamedTupleClass, (field, ...))`` builds a named tuple without calling its Python-level
+# ``__new__`` (a frame per call): the common-layout readers make one per tensor, node and edge.
+# It checks nothing, so only code that always passes every field uses it.
+_new = tuple.__new__
+
 
 def _scan(buf: bytes, pos: int, end: int) -> list[_Field]:
     """Every field of the message in ``buf[pos:end]``, in order.
@@ -324,7 +329,7 @@ def _common_entry(data: bytes) -> BundleEntry | None:
         pos += 5
     if pos != end:
         return None
-    return BundleEntry(dtype, shape, unknown_rank, shard_id, offset, size, crc, ())
+    return _new(BundleEntry, (dtype, shape, unknown_rank, shard_id, offset, size, crc, ()))
 
 
 def _common_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -528,7 +533,6 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
     children: list[ObjectReference] = []
     attributes: list[SerializedTensor] = []
     slots: list[SlotVariable] = []
-    reference = ObjectReference
     try:
         while pos < end:
             tag = buf[pos]
@@ -556,7 +560,7 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
                 name_length = buf[at + 1]
                 if buf[at] != 0x12 or name_length >= 0x80 or at + 2 + name_length != stop:
                     return None
-                children.append(reference(node_id, buf[at + 2 : stop].decode("utf-8")))
+                children.append(_new(ObjectReference, (node_id, buf[at + 2 : stop].decode("utf-8"))))
             elif tag == 0x12:  # a saved tensor: name, full_name, checkpoint_key, each optional
                 name = full_name = key = ""
                 at = pos
@@ -584,7 +588,7 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
                     at += key_length
                 if at != stop:
                     return None
-                attributes.append(SerializedTensor(name, full_name, key))
+                attributes.append(_new(SerializedTensor, (name, full_name, key)))
             elif tag == 0x1A:  # a slot variable: rare enough for the scan
                 fields = _scan(buf, pos, stop)
                 if [f[:2] for f in fields] != [(1, VARINT), (2, LENGTH), (3, VARINT)]:
@@ -600,7 +604,7 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
         return None  # ran past the end (the general decoder says where), or not UTF-8
     if not (children or attributes or slots):
         return _EMPTY_NODE
-    return TrackableObject(tuple(children), tuple(attributes), tuple(slots))
+    return _new(TrackableObject, (tuple(children), tuple(attributes), tuple(slots)))
 
 
 _EMPTY_NODE = TrackableObject()

@@ -42,6 +42,9 @@ class Role(NamedTuple):
     counter: bool  # reached by a step-counter edge (bookkeeping when it holds an integer)
 
 
+_new = tuple.__new__  # _new(Role, (...)): no Python-level __new__ per variable
+
+
 def _dfs(
     nodes: list[TrackableObject],
     starts: list[int],
@@ -114,10 +117,10 @@ def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
         for i in members:
             for name, full_name, key in nodes[i].attributes:
                 if key not in roles:
-                    roles[key] = Role(
+                    roles[key] = _new(Role, (
                         full_name, kind if name == "VARIABLE_VALUE" else "bookkeeping",
                         len(roles), i in counter_nodes,
-                    )
+                    ))
     return roles
 
 

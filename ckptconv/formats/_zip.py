@@ -353,15 +353,19 @@ def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, w
 
 def _crc_error(
     path: str | os.PathLike[str], info: Member | zipfile.ZipInfo, crc: int, what: str,
-    tensors: Sequence[str] = (),
+    tensors: Sequence[str] = (), *, skippable: bool = False,
 ) -> IntegrityError:
+    """``skippable``: the check is one ``check_crc=False`` skips (the tensors' bytes, checked
+    beside a conversion or comparison), so the message says how to read the file anyway, as
+    the per-tensor CRC-32C's does; a member read at open (a pickle) is checked always."""
     held = ""
     if len(tensors) > 1:
         more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
         held = f" (it holds {', '.join(map(repr, tensors[:3]))}{more})"
+    anyway = ", or pass {opt:check_crc=False} to read it anyway" if skippable else ""
     return IntegrityError(
         f"{info.filename}{held} fails its zip CRC-32 (recorded {info.CRC:08x}, computed {crc:08x}): "
-        f"the {what} is damaged; {FETCH_AGAIN}",
+        f"the {what} is damaged; {FETCH_AGAIN}{anyway}",
         path=path,
         tensor=tensors[0] if tensors else None,
     )
@@ -391,7 +395,8 @@ def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int,
     kind for the message, e.g. ``"archive"``; ``tensors(start, size)``, if given, names the
     tensors whose bytes lie in a member, for the message). zipfile checks a compressed member's CRC-32 itself
     as it decompresses it; a stored member read in place is checked here (a convert runs this on
-    a thread while it writes).
+    a thread while it writes). ``check_crc=False`` skips this check in convert and diff, and
+    the message says so.
 
     Raises:
         IntegrityError: a member's bytes do not match their CRC-32 (naming the member).
@@ -411,6 +416,8 @@ def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int,
                 crc = zlib.crc32(chunk, crc)
                 done += len(chunk)
             if crc != info.CRC:
-                raise _crc_error(path, info, crc, what, tensors(start, info.file_size) if tensors else ())
+                raise _crc_error(
+                    path, info, crc, what, tensors(start, info.file_size) if tensors else (), skippable=True
+                )
     finally:
         os.close(fd)

@@ -54,6 +54,7 @@ __all__ = [
     "OWN_PREFIX",
     "check_metadata",
     "looks_like_safetensors",
+    "cut_in_length",
     "load_index",
     "shard_files",
     "weights_in_directory",
@@ -176,7 +177,7 @@ def sniff(path: Path, head: bytes) -> bool:
         return weights_in_directory(path) is not None
     if not path.is_file():
         return False
-    if looks_like_safetensors(head):
+    if looks_like_safetensors(head) or cut_in_length(path, head):
         return True
     if head.lstrip().startswith(b"{"):
         try:
@@ -195,6 +196,27 @@ def looks_like_safetensors(head: bytes) -> bool:
     # a header longer than the file is still safetensors: a truncated one, which
     # read_header reports as such
     return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
+def cut_in_length(path: str | os.PathLike[str], head: bytes) -> bool:
+    """Whether a file too short for its content to tell (1 to 9 bytes, ``head`` being all of
+    it) is a ``.safetensors`` file cut short in its 8-byte header length: its name says so
+    and its bytes could start one (a length within the limit, then ``{``).
+
+    The one place the name counts: so few bytes match anything, and without it the user of
+    a cut-short download would hear "not a checkpoint" instead of "truncated".
+    """
+    if not 0 < len(head) < 10 or not os.fspath(path).endswith(".safetensors"):
+        return False
+    smallest = int.from_bytes(head[:8], "little")  # the missing high bytes may be zeros
+    if smallest > MAX_HEADER_BYTES or (len(head) >= 8 and smallest < 2):
+        return False
+    return head[8:9] in (b"", b"{")
+
+
+def _truncated(detail: str) -> str:
+    """The message for a cut-short file, worded as the other readers word it."""
+    return f"the file is truncated: {detail}; copy or download it again"
 
 
 def _names_safetensors(path: Path, index: dict) -> bool:
@@ -341,7 +363,8 @@ def index_total_size(index: Mapping[str, object]) -> dict[str, str]:
 
 def shard_files(index_file: Path, index: dict) -> list[Path]:
     """The shards an index names, sorted by file name, each checked to lie in the index's
-    directory and to be a regular file there."""
+    directory and to be a regular file there. Each is the index's directory as given joined
+    with the shard's name, so messages and reports name shards as the user gave the index."""
     index_file = Path(index_file)
     base = index_file.parent.resolve()
     names: list[str] = []
@@ -367,7 +390,7 @@ def shard_files(index_file: Path, index: dict) -> list[Path]:
                 "or re-download the set (after an interrupted ckptconv replace, run it again)",
                 path=index_file,
             )
-        shards.append(base / file)
+        shards.append(index_file.parent / file)
     return shards
 
 
@@ -416,7 +439,10 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     with builtins.open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CorruptFileError("not a safetensors file: shorter than 8 bytes", path=path)
+            raise CorruptFileError(
+                _truncated(f"it ends after {len(prefix)} of the 8 bytes of the header length"),
+                path=path,
+            )
         n = int.from_bytes(prefix, "little")
         if n > MAX_HEADER_BYTES:
             raise CorruptFileError(
@@ -425,7 +451,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             )
         if 8 + n > size:
             raise CorruptFileError(
-                f"file is truncated: the header claims {n} bytes, the file has {size - 8}",
+                _truncated(f"the header claims {n} bytes, the file has {size - 8} after the length"),
                 path=path,
             )
         raw = f.read(n)
@@ -564,8 +590,10 @@ def _check_layout(
         end = stop
         if end > data_size:
             raise CorruptFileError(
-                f"file is truncated: the tensor's data ends at byte {end} of the data area, "
-                f"which has {data_size} bytes",
+                _truncated(
+                    f"the tensor's data ends at byte {end} of the data area, which has "
+                    f"{data_size} bytes"
+                ),
                 path=path,
                 tensor=name,
             )
@@ -614,16 +642,18 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
         dtype = dtypes.get(code)
         if dtype is None:
             dtype = dtypes[code] = from_safetensors(code)
-        entries.append(
-            Entry(
-                name,
-                key=name,
-                shape=shape,
-                dtype=dtype,
-                path=path,
-                byte_range=ByteRange(path, data_start + begin, end - begin),
-                crc32c=checksums.get(name),
-                kind=kinds.get(name, "weight"),
-            )
+        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
+        # much as Entry's own checks: its __init__ is called on a new instance instead
+        entry = Entry.__new__(Entry)
+        entry.__init__(  # type: ignore[misc]
+            name,
+            key=name,
+            shape=shape,
+            dtype=dtype,
+            path=path,
+            byte_range=ByteRange(path, data_start + begin, end - begin),
+            crc32c=checksums.get(name),
+            kind=kinds.get(name, "weight"),
         )
+        entries.append(entry)
     return entries

@@ -264,7 +264,10 @@ def _read_index(index_path: str) -> _Index:
     entries: dict[str, BundleEntry] = {}
     slices: dict[bytes, BundleEntry] = {}
     for raw_key, value in table[1:]:
-        key = _decode_key(raw_key)
+        try:
+            key = raw_key.decode("utf-8")  # nearly every key; _decode_key for the others
+        except UnicodeDecodeError:
+            key = _decode_key(raw_key)
         try:
             entry = parse_bundle_entry(value)
         except WireError as e:
@@ -389,6 +392,9 @@ class _Planned(NamedTuple):
     entry: BundleEntry
 
 
+_new = tuple.__new__  # _new(_Planned, (key, name, kind, entry)): no Python-level __new__ per tensor
+
+
 def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject] | None:
     entry = index.entries.get(OBJECT_GRAPH_KEY)
     if entry is None:
@@ -416,14 +422,13 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
         ]
     roles = object_roles(nodes)
     planned = []
-    for key, role in roles.items():  # graph order: the roles are made in it
+    for key, (full_name, kind, _, counter) in roles.items():  # graph order: the roles are made in it
         entry = entries.get(key)
         if entry is None or key == OBJECT_GRAPH_KEY:
             continue
-        kind = role.kind
-        if role.counter and entry.dtype in INTEGER_CODES:
+        if counter and entry.dtype in INTEGER_CODES:
             kind = "bookkeeping"
-        planned.append(_Planned(key, role.full_name or key, kind, entry))
+        planned.append(_new(_Planned, (key, full_name or key, kind, entry)))
     # saved by a registered saver or outside the graph: no full name; after the graph's, in
     # natural order
     for key in sorted((k for k in entries if k not in roles and k != OBJECT_GRAPH_KEY), key=natural_key):
@@ -432,6 +437,8 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
     # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
     # as ``net/kernel``, several times) are named from their object path instead; those that
     # still collide (or equal another tensor's key) fall back to the key
+    if len({p[1] for p in planned}) == len(planned):
+        return planned  # the usual case: no name shared
     planned = _unique_or(planned, lambda p: (p.kind == "weight" and object_path_name(p.key)) or p.key)
     return _unique_or(planned, lambda p: p.key)
 
@@ -567,25 +574,29 @@ def _make_entry(
     """The store entry of one planned tensor; ``object_based``: its key holds an object path
     (the tree path ``load_into`` matches by)."""
     key, name, kind, entry = planned
-    shape = entry.shape
+    code, shape, unknown_rank, shard_id, offset, size, masked_crc32c, slices = entry
     tree_path = object_path(key) if object_based else None
-    if entry.unknown_rank or (shape and min(shape) < 0):
+    if unknown_rank or (shape and min(shape) < 0):
         raise CorruptFileError(
             f"index records an incomplete shape {list(shape)}", path=index.index_path, tensor=name
         )
-    dtype = _DTYPES.get(entry.dtype)
-    if dtype is not None and not entry.slices:
+    dtype = _DTYPES.get(code)
+    if dtype is not None and not slices:
         # Plain little-endian bytes (nearly every tensor): Entry reads them and checks the CRC
         # (as it does for every format), writers may copy them file to file and compare it.
         # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
-        path = files[entry.shard_id]
-        if entry.size != math.prod(shape) * dtype.itemsize:
+        path = files[shard_id]
+        if size != math.prod(shape) * dtype.itemsize:
             _check_size(entry, dtype, path, name)
-        return Entry(
+        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
+        # much as Entry's own checks: its __init__ is called on a new instance instead
+        made = Entry.__new__(Entry)
+        made.__init__(  # type: ignore[misc]
             name, key=key, shape=shape, dtype=dtype, path=path,
-            byte_range=ByteRange(path, entry.offset, entry.size), kind=kind,
-            crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None, tree_path=tree_path,
+            byte_range=ByteRange(path, offset, size), kind=kind,
+            crc32c=tb.unmask_crc(masked_crc32c) if check_crc else None, tree_path=tree_path,
         )
+        return made
     dtype = _numpy_dtype(planned, index)
     if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
         loader = partial(_unreadable, entry.dtype, index.index_path, name)

@@ -381,8 +381,8 @@ def _compare_pair(
     return (
         TensorDiff(
             output.name, status, shape_a, shape_b, da, db, sources, size=stats.offset,
-            mismatched=stats.mismatched, max_abs=stats.max_abs, max_rel=stats.max_rel,
-            first=stats.first, first_a=stats.first_a, first_b=stats.first_b,
+            mismatched=stats.mismatched, nan_mismatched=stats.nan_mismatched, max_abs=stats.max_abs,
+            max_rel=stats.max_rel, first=stats.first, first_a=stats.first_a, first_b=stats.first_b,
         ),
         nbytes,
     )
@@ -550,6 +550,7 @@ class _Stats:
         self.offset = 0  # elements before the current block
         self.touched = False  # some block's bytes differed (or dtypes differ)
         self.mismatched = 0
+        self.nan_mismatched = 0  # of them, a NaN against a number
         self.max_abs: float | None = None
         self.max_rel: float | None = None
         self.first: tuple[int, ...] | None = None
@@ -572,20 +573,27 @@ class _Stats:
             a = xa.astype(wide)
             b = xb.astype(wide)
             integers = xa.dtype.kind in "biu" and xb.dtype.kind in "biu"
+            nans = 0
             if integers:
                 same = np.asarray(xa == xb)  # exact: wide integers do not survive float64
             else:
-                same = (a == b) | (np.isnan(a) & np.isnan(b))
+                nan_a, nan_b = np.isnan(a), np.isnan(b)
+                same = (a == b) | (nan_a & nan_b)  # NaN equals NaN (numpy's equal_nan=True)
+                one_nan = nan_a != nan_b  # a NaN against a number: no distance to measure
+                nans = int(np.count_nonzero(one_nan))
             delta = np.abs(a - b)
             if integers:  # 2**62 and 2**62 + 1 are one float64: two integers differ by >= 1
                 delta[~same] = np.maximum(delta[~same], 1.0)
             delta[same] = 0.0
-            delta[np.isnan(delta)] = np.inf  # a NaN against a number
             scale = np.abs(b)
             finite = np.isfinite(a) & np.isfinite(b)
             bad = (delta > self.atol + self.rtol * scale) | (~same & ~finite)
+            if nans:  # counted as NaN mismatches, left out of the largest differences
+                delta[one_nan] = 0.0
             rel = np.where(delta == 0, 0.0, delta / scale)
-        if delta.size:
+            rel[np.isnan(rel)] = np.inf  # a finite number against an infinity: inf / inf
+        self.nan_mismatched += nans
+        if delta.size > nans:
             self.max_abs = max(self.max_abs or 0.0, float(delta.max()))
             self.max_rel = max(self.max_rel or 0.0, float(rel.max()))
         self._record(bad, xa, xb, offset)

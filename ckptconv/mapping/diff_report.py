@@ -40,20 +40,25 @@ class TensorDiff:
 
     Attributes:
         name: The tensor's name (in B; A's after the mapping).
-        status: ``equal`` (same dtype, same bytes), ``close`` (same dtype, every element
-            within the tolerance: also two NaNs, or ``-0.0`` and ``0.0``), ``different``
-            (elements beyond the tolerance), ``shape`` (shapes differ: values not compared) or
-            ``dtype`` (dtypes differ: values compared as float64, reported, and the pair
-            still counts as a difference).
+        status: ``equal`` (same dtype, same bytes), ``close`` (same dtype, other bytes,
+            every element within the tolerance; with ``max_abs`` 0 the values are all equal:
+            ``-0.0`` against ``0.0``, or NaNs with other bits), ``different`` (elements beyond
+            the tolerance), ``shape`` (shapes differ: values not compared) or ``dtype``
+            (dtypes differ: values compared as float64, reported, and the pair still counts
+            as a difference).
         shape_a, shape_b, dtype_a, dtype_b: Both sides' metadata (dtype names).
         sources: A's entries the tensor was made from, when a mapping renamed or computed it.
         size: Elements compared (0 when shapes differ).
-        mismatched: Elements beyond the tolerance (a NaN against a number counts).
-        max_abs: Largest ``|a - b|`` (float64; ``inf`` for a NaN against a number; at least 1
-            for integers that differ, also beyond float64's 2**53), or None when no value
-            differs or the dtype is not numeric.
-        max_rel: Largest ``|a - b| / |b|`` (B is the reference, as in ``numpy.isclose``;
-            ``inf`` where ``b`` is 0 and ``a`` is not), or None likewise.
+        mismatched: Elements beyond the tolerance (a NaN against a number counts; a NaN
+            against a NaN is equal, whatever their bits: numpy's ``equal_nan=True``).
+        nan_mismatched: Of those, the elements that are NaN on one side only.
+        max_abs: Largest ``|a - b|`` over the elements that are not a NaN against a number
+            (float64; ``inf`` for an infinity against a finite number; at least 1 for
+            integers that differ, also beyond float64's 2**53), or None when no value
+            differs, every differing element is a NaN against a number, or the dtype is not
+            numeric.
+        max_rel: Largest ``|a - b| / |b|`` over the same elements (B is the reference, as in
+            ``numpy.isclose``; ``inf`` where ``b`` is 0 and ``a`` is not), or None likewise.
         first: Index of the first element beyond the tolerance (C order), or None.
         first_a, first_b: The two values there (Python scalars), or None.
     """
@@ -72,11 +77,18 @@ class TensorDiff:
     first: tuple[int, ...] | None = None
     first_a: Any = None
     first_b: Any = None
+    nan_mismatched: int = 0
 
     @property
     def ok(self) -> bool:
         """The pair counts as equal: bit-exact, or within the tolerance."""
         return self.status in ("equal", "close")
+
+    @property
+    def values_equal(self) -> bool:
+        """Every value equal (``-0.0`` is ``0.0``, NaN is NaN), the bytes perhaps not: an
+        ``equal`` pair, or a ``close`` one whose largest difference is 0."""
+        return self.status == "equal" or (self.status == "close" and not self.max_abs)
 
     def describe(self) -> str:
         """One line for people: what differs and by how much."""
@@ -86,11 +98,14 @@ class TensorDiff:
         if self.status == "dtype":
             parts.append(f"dtype {self.dtype_a} in A, {self.dtype_b} in B")
         if self.mismatched:
-            parts.append(f"{self.mismatched} of {self.size} values differ")
+            parts.append(f"{self.mismatched} of {self.size} values differ{self._nan_text()}")
+        elif self.status == "close" and not self.max_abs:
+            parts.append("values equal, bytes differ (-0.0 against 0.0, or NaNs with other bits)")
         elif self.status != "equal":
-            parts.append("values equal" if self.max_abs is None else "all values within tolerance")
-        if self.max_abs is not None:
-            parts.append(f"max abs {_num(self.max_abs)}, max rel {_num(self.max_rel)}")
+            parts.append("values equal" if not self.max_abs else "all values within tolerance")
+        if self.max_abs:  # 0: the values are equal, or differ only by NaNs
+            aside = " (NaNs aside)" if self.nan_mismatched else ""
+            parts.append(f"max abs {_num(self.max_abs)}, max rel {_num(self.max_rel)}{aside}")
         if self.first is not None:
             parts.append(
                 f"first at {list(self.first)}: {_value_text(self.first_a, self.dtype_a)} vs "
@@ -99,6 +114,13 @@ class TensorDiff:
         if self.status == "equal":
             parts.append("bit-exact")
         return "; ".join(parts)
+
+    def _nan_text(self) -> str:
+        if not self.nan_mismatched:
+            return ""
+        if self.nan_mismatched == self.mismatched:
+            return ", a NaN against a number" if self.mismatched == 1 else ", each a NaN against a number"
+        return f" ({self.nan_mismatched} of them a NaN against a number)"
 
     def to_json(self) -> dict[str, object]:
         """JSON form (``max_abs``/``max_rel`` as numbers, ``inf`` as the string "inf")."""
@@ -110,6 +132,7 @@ class TensorDiff:
             "sources": list(self.sources),
             "size": self.size,
             "mismatched": self.mismatched,
+            "nan_mismatched": self.nan_mismatched,
             "max_abs": _json_float(self.max_abs),
             "max_rel": _json_float(self.max_rel),
             "first": None if self.first is None else list(self.first),
@@ -195,8 +218,11 @@ class DiffReport:
         c = self.counts()
         tolerance = f" (atol {_num(self.atol)}, rtol {_num(self.rtol)})" if self.atol or self.rtol else ""
         pieces = [f"{c['equal']} bit-exact"]
-        if c["close"]:
-            pieces.append(f"{c['close']} within tolerance")
+        same_values = sum(1 for t in self.tensors if t.status == "close" and t.values_equal)
+        if same_values:
+            pieces.append(f"{same_values} equal in value but not bit-exact")
+        if c["close"] > same_values:
+            pieces.append(f"{c['close'] - same_values} within tolerance")
         for key, label in (("different", "different"), ("shape", "of another shape"), ("dtype", "of another dtype")):
             if c[key]:
                 pieces.append(f"{c[key]} {label}")
