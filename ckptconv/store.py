@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import dtype_name
-from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest
+from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
 
 __all__ = [
     "ByteRange",
@@ -118,8 +118,8 @@ class ByteRange:
                 n = os.preadv(fd, [view[done:]], position + done)
                 if n <= 0:
                     raise CorruptFileError(
-                        f"the file is truncated: tensor data ends at byte {self.offset + self.length}, "
-                        f"the file at byte {position + done}",
+                        truncated(f"tensor data ends at byte {self.offset + self.length}, "
+                                  f"the file at byte {position + done}"),
                         path=self.path,
                         tensor=tensor,
                     )

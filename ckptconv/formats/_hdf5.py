@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
-from ..errors import CorruptFileError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, truncated
 from ..store import ByteRange, Entry, Kind
 from ._hdf5_headers import Header, object_header
 from ._hdf5_links import (
@@ -191,12 +191,9 @@ _TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
 def describe_open_error(error: BaseException) -> str:
     """What libhdf5's refusal to open a file means, in one line with what to do."""
     text = " ".join(str(error).split())
-    truncated = _TRUNCATED.search(text)
-    if truncated:
-        return (
-            f"the file is truncated: it has {truncated.group(1)} bytes, its HDF5 superblock "
-            f"says {truncated.group(2)}; copy or download it again"
-        )
+    cut = _TRUNCATED.search(text)
+    if cut:
+        return truncated(f"it has {cut.group(1)} bytes, its HDF5 superblock says {cut.group(2)}")
     if "file signature not found" in text:
         return "not an HDF5 file (no HDF5 signature)"
     inner = re.sub(r"^Unable to (synchronously )?open file \((.*)\)$", r"\2", text)
@@ -736,8 +733,7 @@ def _byte_range(
     if offset + nbytes > file_size:
         raise CorruptFileError(
             f"tensor data ({nbytes} bytes at offset {offset}) lies beyond the end of the "
-            f"HDF5 image ({file_size} bytes): the file is truncated or damaged; copy or "
-            "download it again",
+            f"HDF5 image ({file_size} bytes): the file is truncated or damaged; {FETCH_AGAIN}",
             path=path,
             tensor=key,
         )

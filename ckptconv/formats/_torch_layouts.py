@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError, truncated
 from ._torch_pickle import (
     ITEMSIZE,
     RestrictedUnpickler,
@@ -206,7 +206,7 @@ def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
 
 def _ends_in_pickle(path: Path, what: str) -> CorruptFileError:
     return CorruptFileError(
-        f"the file is truncated: it ends inside its {what}, before any tensor's bytes; {FETCH_AGAIN}", path=path
+        truncated(f"it ends inside its {what}, before any tensor's bytes"), path=path
     )
 
 

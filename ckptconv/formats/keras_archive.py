@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
 from ..store import Store
 from ._hdf5 import open_h5
 from ._zip import MAX_EXPANSION, check_stored_crcs, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
@@ -356,8 +356,8 @@ def _decompressed(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Any:
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
         spool.close()
         error = IntegrityError if "CRC" in str(e) else CorruptFileError
-        raise error(f"{info.filename} cannot be decompressed ({e}): the archive is damaged; copy "
-                    "or download it again", path=path) from e
+        raise error(f"{info.filename} cannot be decompressed ({e}): the archive is damaged; {FETCH_AGAIN}",
+                    path=path) from e
     except OSError as e:
         spool.close()
         raise OutputError(

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError, truncated
 from ..store import ByteRange, Entry, Kind, Store, keras_order, read_byte_range
 from ._torch_layouts import MAGIC_PICKLE, ZIP_KIND, Parsed, Stored, archive_prefix, parse
 from ._torch_pickle import ITEMSIZE, TORCH_DTYPES, StorageRef, TensorRef, Unrepresentable
@@ -391,14 +391,14 @@ class _Walk:
             cut.append(self._name(parts))
         size = os.path.getsize(parsed.path)
         if not cut:
-            return CorruptFileError(f"the file is truncated: it ends at byte {size}, inside its storages; {FETCH_AGAIN}",
+            return CorruptFileError(truncated(f"it ends at byte {size}, inside its storages"),
                                     path=parsed.path)
         if len(cut) == 1:
             what = "this tensor's bytes"
         else:
             more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
             what = f"the bytes of {len(cut)} tensors ({', '.join(map(repr, cut[:3]))}{more})"
-        return CorruptFileError(f"the file is truncated: it ends at byte {size}, before {what} end; {FETCH_AGAIN}",
+        return CorruptFileError(truncated(f"it ends at byte {size}, before {what} end"),
                                 path=parsed.path, tensor=cut[0])
 
     def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: Parsed,

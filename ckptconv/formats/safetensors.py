@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..dtypes import from_safetensors
-from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError, truncated
 from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
 from . import load_index
 
@@ -216,7 +216,7 @@ def cut_in_length(path: str | os.PathLike[str], head: bytes) -> bool:
 
 def _truncated(detail: str) -> str:
     """The message for a cut-short file, worded as the other readers word it."""
-    return f"the file is truncated: {detail}; copy or download it again"
+    return truncated(detail)
 
 
 def _names_safetensors(path: Path, index: dict) -> bool:

@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import CorruptFileError, FormatError, NoSuchFileError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, NoSuchFileError, UnsupportedError
 from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
 from . import _tensorbundle as tb
 from . import regular_file
@@ -308,7 +308,7 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
             raise CorruptFileError(
                 f"tensor data at bytes {entry.offset}..{entry.offset + entry.size} lies beyond the "
-                f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated",
+                f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated; {FETCH_AGAIN}",
                 path=files[entry.shard_id], tensor=key,
             )
     return files
