@@ -208,7 +208,7 @@ def test_a_node_shared_by_two_groups_is_left_to_links(generated) -> None:
 def test_an_error_in_the_walk_stays_that_error(generated, tmp_path: Path) -> None:
     """An error inside the walk keeps an array over the memory-mapped image alive (in its
     traceback): closing the image must not turn the error into another."""
-    from ckptconv.formats import _hdf5
+    from ckptconv.formats import _hdf5_file
 
     source = generated("keras") / "k3_zoo.weights.h5"
     headers, data = _catalog(source)
@@ -218,4 +218,4 @@ def test_an_error_in_the_walk_stays_that_error(generated, tmp_path: Path) -> Non
     path = tmp_path / "damaged.weights.h5"
     path.write_bytes(bytes(damaged))
     with pytest.raises(CorruptFileError, match="no group B-tree node"):
-        _hdf5.open_h5(path, path=path)
+        _hdf5_file.open_h5(path, path=path)

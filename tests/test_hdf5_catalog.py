@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import ckptconv
-from ckptconv.formats import _hdf5
+from ckptconv.formats import _hdf5_file
 from ckptconv.formats._hdf5_headers import lengths_are_8, object_header
 
 from .helpers import assert_bit_exact, load_expected
@@ -42,7 +42,7 @@ KERAS_FILES = [
 
 
 # Stands in for every open file's catalog: it holds nothing, so every reader asks h5py.
-_FORGETFUL = property(lambda self: _hdf5.Catalog({}, {}, {}), lambda self, value: None)
+_FORGETFUL = property(lambda self: _hdf5_file.Catalog({}, {}, {}), lambda self, value: None)
 
 
 def _described(path: Path) -> list[tuple]:
@@ -62,7 +62,7 @@ def _described(path: Path) -> list[tuple]:
 def _both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple], list[tuple]]:
     fast = _described(path)
     with monkeypatch.context() as m:
-        m.setattr(_hdf5.HDF5File, "catalog", _FORGETFUL, raising=False)
+        m.setattr(_hdf5_file.HDF5File, "catalog", _FORGETFUL, raising=False)
         slow = _described(path)
     return fast, slow
 
@@ -180,7 +180,7 @@ def test_a_dtype_attribute_is_applied_as_h5py_reading_applies_it(tmp_path: Path)
         same.attrs["dtype"] = "float32"
         for name, declared in (("unknown", "float33"), ("reinterpreted", "float16"), ("not_text", 3)):
             f.create_dataset(name, data=np.arange(4, dtype=np.float32)).attrs["dtype"] = declared
-    handle = _hdf5.open_h5(path, path=path)
+    handle = _hdf5_file.open_h5(path, path=path)
     try:
         by_name = {}
         for links in handle.catalog.children.values():

@@ -34,7 +34,7 @@ import pytest
 
 import ckptconv
 from ckptconv import CorruptFileError
-from ckptconv.formats import _hdf5, _hdf5_links
+from ckptconv.formats import _hdf5_file, _hdf5_links
 
 HANG_SECONDS = 60
 
@@ -74,13 +74,13 @@ def libhdf5_view(f: h5py.File) -> tuple[dict[str, dict[str, tuple[int, int]]], l
     return groups, order
 
 
-def assert_catalog_is_libhdf5s(source: Any, *, path: Path) -> _hdf5.Catalog:
+def assert_catalog_is_libhdf5s(source: Any, *, path: Path) -> _hdf5_file.Catalog:
     """Open ``source`` (a path or file object) as the readers do and compare the catalog
     with libhdf5's visit of the same image."""
     with watchdog():
-        f = _hdf5.open_h5(source, path=path)
+        f = _hdf5_file.open_h5(source, path=path)
     try:
-        catalog = _hdf5.catalog_of(f)
+        catalog = _hdf5_file.catalog_of(f)
         groups, order = libhdf5_view(f.h5)
         assert list(catalog.children) == list(groups)
         for group, links in groups.items():
@@ -231,9 +231,9 @@ def test_a_file_past_the_object_limit_is_left_to_libhdf5(generated, monkeypatch:
     with ckptconv.open(path) as store:
         want = [(e.name, e.shape, e.read().tobytes()) for e in store.entries(include_all=True)]
     monkeypatch.setattr(_hdf5_links, "MAX_OBJECTS", 6)
-    f = _hdf5.open_h5(path, path=path)
+    f = _hdf5_file.open_h5(path, path=path)
     try:
-        catalog = _hdf5.catalog_of(f)
+        catalog = _hdf5_file.catalog_of(f)
         assert 0 < len(catalog.headers) <= 6
         groups, _ = libhdf5_view(f.h5)
         for group, links in catalog.children.items():
@@ -330,7 +330,7 @@ def test_a_damaged_symbol_table_is_refused_in_one_line(kind: str, tmp_path: Path
         _fill(f.create_group("many"), 2100)
     says = _damage(kind, path)
     with watchdog(), pytest.raises(CorruptFileError) as caught:
-        _hdf5.open_h5(path, path=path).close()
+        _hdf5_file.open_h5(path, path=path).close()
     message = str(caught.value)
     assert "\n" not in message and str(path) in message, message
     assert "'/many'" in message and says in message, message

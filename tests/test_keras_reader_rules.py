@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import ckptconv
 from ckptconv.errors import CorruptFileError, UnsafeInputError
-from ckptconv.formats import _hdf5
+from ckptconv.formats import _hdf5_file
 from ckptconv.formats import _keras_quantized as q
 from ckptconv.formats import keras_archive, keras_legacy, keras_weights
 
@@ -153,7 +153,7 @@ def test_image_reader_reads_a_member_like_its_bytes(tmp_path: Path, base: int) -
     for length in (1, 100, mmap.ALLOCATIONGRANULARITY + 3, len(data) - base, len(data)):
         member = data[base : base + length]
         window = keras_archive._Window(str(path), base, length)
-        reader = _hdf5._ImageReader(window)
+        reader = _hdf5_file._ImageReader(window)
         try:
             assert reader.size == len(member)
             # the mapping the GCOL scan searches in place holds the member where it says
@@ -164,7 +164,7 @@ def test_image_reader_reads_a_member_like_its_bytes(tmp_path: Path, base: int) -
         finally:
             reader.close()
             window.close()
-    whole = _hdf5._ImageReader(str(path))  # a file of its own: the same reads
+    whole = _hdf5_file._ImageReader(str(path))  # a file of its own: the same reads
     try:
         assert whole.size == len(data) and whole.read(base, 100) == data[base : base + 100]
     finally:

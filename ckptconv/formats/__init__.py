@@ -29,8 +29,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import (
+    CkptconvError,
+    CorruptFileError,
+    FormatError,
+    LoadError,
+    NoSuchFileError,
+)
 from ..gcpause import paused_gc
-from ..errors import CkptconvError, CorruptFileError, FormatError, LoadError, NoSuchFileError
 from ..options import keyword_options, option_names
 from ..store import Store
 from ._zip import damaged_zip, first_member_kind
@@ -195,7 +201,7 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
     if head.startswith(_HDF5_MAGIC):
         import h5py
 
-        from ._hdf5 import describe_open_error
+        from ._hdf5_file import describe_open_error
 
         try:
             h5py.File(p, "r").close()

@@ -57,7 +57,7 @@ class Header(NamedTuple):
         plain: A dataset whose shape, dtype and bytes are fully described here: contiguous,
             unfiltered, in the file itself, of a plain little-endian numeric type (a ``dtype``
             attribute, Keras' name for the type of opaque bytes, is resolved by
-            :func:`ckptconv.formats._hdf5.check_global_heaps`: see ``declared``). Anything
+            :func:`ckptconv.formats._hdf5_file.check_global_heaps`: see ``declared``). Anything
             else is left to libhdf5.
         shape: The dataset's shape (None unless ``plain``).
         dtype: Its numpy dtype (None unless ``plain``); Keras' 2-byte opaque type is bfloat16.
@@ -65,7 +65,7 @@ class Header(NamedTuple):
             never written).
         length: How many bytes are stored there.
         vlen: ``(name, raw values, what)`` of every variable-length attribute (see
-            :func:`ckptconv.formats._hdf5.check_global_heaps`; ``what`` is ``str``, ``strs``
+            :func:`ckptconv.formats._hdf5_file.check_global_heaps`; ``what`` is ``str``, ``strs``
             or ``""``, see :func:`_attribute`).
         attributes: The names of all its attributes (``""`` for one not read here).
         symbols: ``(B-tree address, local heap address)`` from the Symbol Table message of an

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError, truncated
+from ..errors import (
+    CorruptFileError,
+    FormatError,
+    UnsafeInputError,
+    UnsupportedError,
+    truncated,
+)
 from ._torch_pickle import (
     ITEMSIZE,
     RestrictedUnpickler,

@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from ..errors import FETCH_AGAIN, CorruptFileError, IntegrityError, UnsafeInputError, UnsupportedError
+from ..errors import (
+    FETCH_AGAIN,
+    CorruptFileError,
+    IntegrityError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 
 if TYPE_CHECKING:
     import zipfile

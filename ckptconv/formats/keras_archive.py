@@ -21,11 +21,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import FETCH_AGAIN, CorruptFileError, IntegrityError, OutputError, UnsafeInputError, UnsupportedError
+from ..errors import (
+    FETCH_AGAIN,
+    CorruptFileError,
+    IntegrityError,
+    OutputError,
+    UnsafeInputError,
+    UnsupportedError,
+)
 from ..store import Store
-from ._hdf5 import open_h5
-from ._zip import MAX_EXPANSION, check_stored_crcs, damaged_zip, first_member_kind, member_data_offset, refuse_zip_bomb
+from ._hdf5_file import open_h5
 from ._keras_optimizer import name_optimizer_variables
+from ._zip import (
+    MAX_EXPANSION,
+    check_stored_crcs,
+    damaged_zip,
+    first_member_kind,
+    member_data_offset,
+    refuse_zip_bomb,
+)
 from .keras_weights import (
     LayerInfo,
     _Source,

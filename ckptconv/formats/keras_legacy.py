@@ -18,22 +18,24 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptFileError, FormatError
 from ..store import Entry, Store, index_in_order
 from ._hdf5 import (
-    Catalog,
-    HDF5File,
-    catalog_strings,
     chunked_attribute,
     dataset_entry,
     decode,
     header_entry,
     is_hdf5,
     links_of,
-    open_h5,
     optimizer_kind,
-    peek_root,
     resolve,
-    root_view,
     safe_get,
     strip_suffix,
+)
+from ._hdf5_file import (
+    Catalog,
+    HDF5File,
+    catalog_strings,
+    open_h5,
+    peek_root,
+    root_view,
 )
 from ._hdf5_links import HARD
 
@@ -166,7 +168,7 @@ def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
 def read_entries(f: HDF5File, *, path: str, file_size: int) -> list[Entry]:
     """Every weight (and the optimizer state) of a legacy Keras HDF5 file, in file order.
 
-    Names and datasets come from the catalog :func:`~._hdf5.open_h5` made of the file (one
+    Names and datasets come from the catalog :func:`~._hdf5_file.open_h5` made of the file (one
     pass over its object headers, no libhdf5 call per weight); what it cannot tell is read
     through h5py, which also gives every error its message.
     """

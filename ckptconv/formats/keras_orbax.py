@@ -39,7 +39,13 @@ import numpy as np
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store, keras_order
-from ._orbax_arrays import Arrays, import_tensorstore, read_json, unsafe_path, zarr_dtype_shape
+from ._orbax_arrays import (
+    Arrays,
+    import_tensorstore,
+    read_json,
+    unsafe_path,
+    zarr_dtype_shape,
+)
 from .keras_weights import layer_infos
 
 FORMAT = "keras-orbax"

@@ -13,10 +13,10 @@ from pathlib import Path
 from ..errors import CorruptFileError, FormatError, UnsafeInputError
 from ..store import Store
 from . import load_index
-from ._hdf5 import open_h5
+from ._hdf5_file import open_h5
 from .keras_weights import (
-    _Source,
     _natural_key,
+    _Source,
     _VarsGroup,
     build_entries,
     collect_vars,

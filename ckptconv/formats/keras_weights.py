@@ -22,10 +22,6 @@ from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
 from ._hdf5 import (
     MAX_DEPTH,
-    Catalog,
-    HDF5File,
-    RootView,
-    catalog_of,
     dataset_dtype,
     dataset_entry,
     decode,
@@ -33,6 +29,12 @@ from ._hdf5 import (
     is_hdf5,
     link_target,
     links_of,
+)
+from ._hdf5_file import (
+    Catalog,
+    HDF5File,
+    RootView,
+    catalog_of,
     open_h5,
     peek_root,
     root_view,
@@ -252,7 +254,7 @@ def collect_vars(
 
     The walk uses libhdf5's low-level calls: one link iteration per group, groups opened
     relative to their parent, datasets not opened at all (their parsed object headers, from
-    :func:`~._hdf5.catalog_of`, describe them; see :class:`_DatasetRef`).
+    :func:`~._hdf5_file.catalog_of`, describe them; see :class:`_DatasetRef`).
     """
     key_names = key_names or {}
     catalog = catalog_of(f)

@@ -53,10 +53,29 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import CorruptFileError, FormatError, UnsafeInputError, UnsupportedError, truncated
+from ..errors import (
+    CorruptFileError,
+    FormatError,
+    UnsafeInputError,
+    UnsupportedError,
+    truncated,
+)
 from ..store import ByteRange, Entry, Kind, Store, keras_order, read_byte_range
-from ._torch_layouts import MAGIC_PICKLE, ZIP_KIND, Parsed, Stored, archive_prefix, parse
-from ._torch_pickle import ITEMSIZE, TORCH_DTYPES, StorageRef, TensorRef, Unrepresentable
+from ._torch_layouts import (
+    MAGIC_PICKLE,
+    ZIP_KIND,
+    Parsed,
+    Stored,
+    archive_prefix,
+    parse,
+)
+from ._torch_pickle import (
+    ITEMSIZE,
+    TORCH_DTYPES,
+    StorageRef,
+    TensorRef,
+    Unrepresentable,
+)
 from ._zip import Member, central_directory, check_stored_crcs, first_member_kind
 from .safetensors import (
     check_every_mapped_held,

@@ -35,10 +35,32 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, NoSuchFileError, UnsupportedError
-from ..store import ByteRange, Entry, Kind, Store, check_crc32c, keras_order, read_byte_range
+from ..errors import (
+    FETCH_AGAIN,
+    CorruptFileError,
+    FormatError,
+    NoSuchFileError,
+    UnsupportedError,
+)
+from ..store import (
+    ByteRange,
+    Entry,
+    Kind,
+    Store,
+    check_crc32c,
+    keras_order,
+    read_byte_range,
+)
 from . import _tensorbundle as tb
 from . import regular_file
+from ._protowire import (
+    BundleEntry,
+    TrackableObject,
+    WireError,
+    parse_bundle_entry,
+    parse_bundle_header,
+    parse_object_graph,
+)
 from ._tf_kinds import (
     INTEGER_CODES,
     natural_key,
@@ -47,14 +69,6 @@ from ._tf_kinds import (
     object_roles,
     tf1_kind,
     tf1_optimizer_scopes,
-)
-from ._protowire import (
-    BundleEntry,
-    TrackableObject,
-    WireError,
-    parse_bundle_entry,
-    parse_bundle_header,
-    parse_object_graph,
 )
 
 __all__ = ["FORMAT", "sniff", "open"]
