@@ -130,7 +130,7 @@ def test_tolerances(tmp_path):
     safetensors.numpy.save_file({"w": np.array([0.0, 5.0, 1.0, np.inf], np.float32)}, str(b))
     t = diff(a, b, atol=1e9).tensors[0]
     assert (t.status, t.mismatched, t.nan_mismatched, t.first) == ("different", 1, 1, (1,))
-    assert t.max_abs == 0.0 and not t.values_equal  # a NaN against a number has no distance
+    assert t.max_abs is None and not t.values_equal  # a NaN against a number has no distance
     safetensors.numpy.save_file({"w": np.array([0.0, np.nan, 1.0, 3e38], np.float32)}, str(b))
     t = diff(a, b, atol=1e9, rtol=1.0).tensors[0]
     assert t.status == "different" and t.first == (3,)      # inf against a finite number
@@ -171,9 +171,19 @@ def test_signed_zeros_and_nans_say_what_they_are(capsys, tmp_path):
     assert "inf" not in out, out
     assert main(["diff", "--json", str(a), str(b)]) == 1
     tensors = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    # every difference of q is a NaN against a number: no largest difference, though its other
+    # element is equal (docs/diff.md: null "when every difference is a NaN")
     assert [(tensors[n]["mismatched"], tensors[n]["nan_mismatched"], tensors[n]["max_abs"]) for n in ("q", "one", "mixed")] == [
-        (1, 1, 0.0), (1, 1, None), (2, 1, 0.5)]
+        (1, 1, None), (1, 1, None), (2, 1, 0.5)]
     assert (tensors["z"]["status"], tensors["z"]["nan_mismatched"]) == ("equal", 0)
+
+    safetensors.numpy.save_file({"w": np.array([0.0, np.nan, 1.0], np.float32),
+                                 "s": np.array([-0.0, 2.0], np.float32)}, str(a))
+    safetensors.numpy.save_file({"w": np.full(3, np.nan, np.float32), "s": np.array([0.0, 2.0], np.float32)}, str(b))
+    assert main(["diff", "--json", str(a), str(b)]) == 1
+    tensors = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert [tensors["w"][k] for k in ("mismatched", "nan_mismatched", "max_abs", "max_rel")] == [2, 2, None, None]
+    assert [tensors["s"][k] for k in ("status", "max_abs", "max_rel")] == ["close", 0.0, 0.0]  # equal in value
 
 
 def _zoo() -> list:

@@ -593,9 +593,18 @@ class _Stats:
             rel = np.where(delta == 0, 0.0, delta / scale)
             rel[np.isnan(rel)] = np.inf  # a finite number against an infinity: inf / inf
         self.nan_mismatched += nans
-        if delta.size > nans:
-            self.max_abs = max(self.max_abs or 0.0, float(delta.max()))
-            self.max_rel = max(self.max_rel or 0.0, float(rel.max()))
+        # the largest differences: over the values that differ (a NaN against a number aside),
+        # else 0 when equal values have other bytes (-0.0 and 0.0, NaNs of other bits); left
+        # as they are (None until something counts) when every difference is such a NaN
+        differ = ~same
+        if nans:
+            differ &= ~one_nan
+        if differ.any():
+            self.max_abs = max(self.max_abs or 0.0, float(delta[differ].max()))
+            self.max_rel = max(self.max_rel or 0.0, float(rel[differ].max()))
+        elif _other_bits(xa, xb, same):
+            self.max_abs = self.max_abs or 0.0
+            self.max_rel = self.max_rel or 0.0
         self._record(bad, xa, xb, offset)
 
     def _record(self, bad: np.ndarray, xa: np.ndarray, xb: np.ndarray, offset: int) -> None:
@@ -605,6 +614,17 @@ class _Stats:
             self.first = tuple(int(d) for d in np.unravel_index(offset + i, self.shape)) if self.shape else ()
             self.first_a, self.first_b = _scalar(xa[i]), _scalar(xb[i])
         self.mismatched += count
+
+
+def _other_bits(xa: np.ndarray, xb: np.ndarray, same: np.ndarray) -> bool:
+    """Whether some element equal in value is stored in other bytes (-0.0 and 0.0, NaNs of
+    other bits); of two dtypes, every equal value is."""
+    if not same.any():
+        return False
+    if xa.dtype != xb.dtype or xa.dtype.itemsize not in (1, 2, 4, 8):
+        return True
+    unsigned = np.dtype(f"u{xa.dtype.itemsize}")
+    return bool(np.any(same & (xa.view(unsigned) != xb.view(unsigned))))
 
 
 def _numeric(dtype: np.dtype) -> bool:

@@ -103,7 +103,7 @@ class TensorDiff:
             parts.append("values equal, bytes differ (-0.0 against 0.0, or NaNs with other bits)")
         elif self.status != "equal":
             parts.append("values equal" if not self.max_abs else "all values within tolerance")
-        if self.max_abs:  # 0: the values are equal, or differ only by NaNs
+        if self.max_abs:  # 0: the values are equal; None: they differ only by NaNs
             aside = " (NaNs aside)" if self.nan_mismatched else ""
             parts.append(f"max abs {_num(self.max_abs)}, max rel {_num(self.max_rel)}{aside}")
         if self.first is not None:
