@@ -96,7 +96,7 @@ def test_a_truncated_data_file_reads_as_one_message_on_every_path(tf_dir: Path, 
     assert len(set(found.values())) == 1, found
     assert next(iter(found.values())) == (
         f"{stored.path}: tensor {last.name!r}: the file is truncated: tensor data ends at byte "
-        f"{stored.offset + stored.length}, the file at byte {cut}"
+        f"{stored.offset + stored.length}, the file at byte {cut}; copy or download it again"
     )
 
 
