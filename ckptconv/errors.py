@@ -47,10 +47,13 @@ FETCH_AGAIN = "copy or download it again"
 """What a message about a truncated or damaged input file tells the user to do: its one wording."""
 
 
-def truncated(detail: str) -> str:
+def truncated(detail: str, *, or_damaged: bool = False) -> str:
     """The message for an input file cut short: ``the file is truncated: DETAIL; copy or
-    download it again`` (every reader words it so)."""
-    return f"the file is truncated: {detail}; {FETCH_AGAIN}"
+    download it again`` (every reader words it so); ``the file is truncated or damaged: ...``
+    when the sizes that say so come from the file's own metadata, which a damaged byte can
+    change as well as a cut can."""
+    what = "truncated or damaged" if or_damaged else "truncated"
+    return f"the file is {what}: {detail}; {FETCH_AGAIN}"
 
 # {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr)
 _OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}")

@@ -96,9 +96,10 @@ class VerifyResult:
             names = ", ".join(m.name for m in self.mismatches[:10]) + (" ..." if len(self.mismatches) > 10 else "")
             raise IntegrityError(
                 f"{len(self.mismatches)} of {self.tensors} tensors do not match their recorded "
-                f"CRC-32C: {names}; the file was changed or damaged after it was written",
+                f"CRC-32C: {names}; the file was changed or damaged after it was written: "
+                "restore it from a good copy",
                 path=first.path,
-                tensor=first.name,
+                tensor=first.name if len(self.mismatches) == 1 else None,  # else they are listed
             )
         return self
 

@@ -112,7 +112,7 @@ def test_a_legacy_file_cut_in_its_storages_names_the_tensors_whose_bytes_are_cut
         error = info.value
         reason = error.reason
         assert error.path == str(cut) and "\n" not in str(error), reason
-        assert reason.startswith(f"the file is truncated: it ends at byte {n}, ") and reason.endswith(AGAIN), reason
+        assert reason.startswith(f"the file is truncated or damaged: it ends at byte {n}, ") and reason.endswith(AGAIN), reason
         past = [name for name, end in ends.items() if end > n]
         count, shown = _named(error)
         assert count == len(past) and error.tensor == past[0], (n, past, reason)
@@ -132,11 +132,11 @@ def test_a_legacy_file_cut_before_its_storages_names_every_tensor(tmp_path: Path
     header_end = _pickle_ends(raw)[2]
     for n in (header_end + 1, (header_end + object_end) // 2, object_end - 1):
         cut.write_bytes(raw[:n])
-        with pytest.raises(CorruptFileError, match=f"truncated: it ends inside its pickle, before any tensor's bytes; {AGAIN}$"):
+        with pytest.raises(CorruptFileError, match=f"truncated or damaged: it ends inside its pickle, before any tensor's bytes; {AGAIN}$"):
             ckptconv.open(cut)
     for n in (_pickle_ends(raw)[0] + 1, header_end - 1):
         cut.write_bytes(raw[:n])
-        with pytest.raises(CorruptFileError, match=f"truncated: it ends inside its header pickles, .*; {AGAIN}$"):
+        with pytest.raises(CorruptFileError, match=f"truncated or damaged: it ends inside its header pickles, .*; {AGAIN}$"):
             ckptconv.open(cut)
 
 
@@ -148,7 +148,7 @@ def test_the_command_line_says_it_in_one_line(tmp_path: Path) -> None:
         result = run_cli(*command)
         assert result.returncode == 1 and result.stdout == ""
         assert re.fullmatch(
-            rf"ckptconv: error: {re.escape(str(cut))}: tensor '[^']+': the file is truncated: it ends at byte "
+            rf"ckptconv: error: {re.escape(str(cut))}: tensor '[^']+': the file is truncated or damaged: it ends at byte "
             rf"{len(raw) - 100}, before the bytes of \d tensors \('[^']+'(, '[^']+')*\) end; {AGAIN}\n",
             result.stderr,
         ), result.stderr
@@ -183,7 +183,7 @@ def test_a_zip_whose_directory_survives_but_not_its_last_storage(tmp_path: Path)
         ckptconv.open(cut)
     assert info.value.tensor == viewing[0]
     assert info.value.reason == (
-        f"the file is truncated: it ends at byte {cut.stat().st_size}, before this tensor's bytes end; {AGAIN}"
+        f"the file is truncated or damaged: it ends at byte {cut.stat().st_size}, before this tensor's bytes end; {AGAIN}"
     )
     plain = tmp_path / "plain.pt"
     plain.write_bytes(whole[: len(whole) // 2])

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import (
+    FETCH_AGAIN,
     CkptconvError,
     CorruptFileError,
     FormatError,
@@ -277,7 +278,7 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
         if not isinstance(e, _low_level_errors()):
             raise
         raise CorruptFileError(
-            f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}", path=path
+            f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}; {FETCH_AGAIN}", path=path
         ) from e
 
 

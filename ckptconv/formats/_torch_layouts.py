@@ -212,7 +212,7 @@ def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:
 
 def _ends_in_pickle(path: Path, what: str) -> CorruptFileError:
     return CorruptFileError(
-        truncated(f"it ends inside its {what}, before any tensor's bytes"), path=path
+        truncated(f"it ends inside its {what}, before any tensor's bytes", or_damaged=True), path=path
     )
 
 

@@ -415,14 +415,14 @@ class _Walk:
             cut.append(self._name(parts))
         size = os.path.getsize(parsed.path)
         if not cut:
-            return CorruptFileError(truncated(f"it ends at byte {size}, inside its storages"),
+            return CorruptFileError(truncated(f"it ends at byte {size}, inside its storages", or_damaged=True),
                                     path=parsed.path)
         if len(cut) == 1:
             what = "this tensor's bytes"
         else:
             more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
             what = f"the bytes of {len(cut)} tensors ({', '.join(map(repr, cut[:3]))}{more})"
-        return CorruptFileError(truncated(f"it ends at byte {size}, before {what} end"),
+        return CorruptFileError(truncated(f"it ends at byte {size}, before {what} end", or_damaged=True),
                                 path=parsed.path, tensor=cut[0])
 
     def _entry(self, parts: tuple[str, ...], kind: Kind, ref: TensorRef, parsed: Parsed,
