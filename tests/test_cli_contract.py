@@ -259,7 +259,7 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["transplant", "{small}", "{small}", "{tmp}/o.keras", "--onl", "dense"], "unrecognized arguments: --onl dense"),
         (["convert", "{small}", "{out}", "--forc"], "unrecognized arguments: --forc"),
         (["diff", "{small}", "{small}", "--atol", "-1"], "argument --atol: expected a finite number >= 0"),
-        (["diff", "{small}", "{small}", "--rtol", "abc"], "argument --rtol: expected a number >= 0"),
+        (["diff", "{small}", "{small}", "--rtol", "abc"], "argument --rtol: expected a finite number >= 0 such as 1e-6"),
         (["diff", "{small}", "{small}", "--dtype", "floot32"], "argument --dtype: unknown dtype 'floot32'"),
         (["suggest", "{small}", "--target", "{small}", "--forc"], "unrecognized arguments: --forc"),
         (["suggest", "{small}"], "the following arguments are required: --target"),

@@ -99,12 +99,13 @@ def parse_tolerance(value: Any) -> float:
     Raises:
         ValueError: anything else.
     """
+    wanted = f"expected a finite number >= 0 such as 1e-6, not {value!r}"  # one wording for every refusal
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number >= 0 such as 1e-6, not {value!r}") from None
+        raise ValueError(wanted) from None
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise ValueError(f"expected a finite number >= 0, not {value!r}")
+        raise ValueError(wanted)
     return number
 
 
