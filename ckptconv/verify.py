@@ -30,8 +30,8 @@ from .formats.safetensors import (
     check_set,
     index_path,
     load_index,
-    cut_in_length,
     looks_like_safetensors,
+    named_but_damaged,
     parse_shard_name,
     read_header,
     shard_files,
@@ -185,7 +185,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     regular_file(path)
     with path.open("rb") as f:
         head = f.read(16)
-    if not looks_like_safetensors(head) and not cut_in_length(path, head):
+    if not looks_like_safetensors(head) and not named_but_damaged(path, head):
         if head.lstrip().startswith(b"{"):
             index = load_index(path)
             if not sniff(path, head):  # another set's index (Keras .weights.json, PyTorch .bin)

@@ -454,7 +454,7 @@ def _st_header_huge(base: Path, d: Path) -> Case:
     raw = bytearray(path.read_bytes())
     raw[:8] = (2**62).to_bytes(8, "little")
     path.write_bytes(bytes(raw))
-    return Case(path, path, FormatError)
+    return Case(path, path, CorruptFileError)  # a .safetensors file whose length is damaged
 
 
 @case("safetensors/header-not-json")

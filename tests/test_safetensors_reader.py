@@ -324,3 +324,21 @@ def test_a_tensor_named_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError, match="twice") as info:
         ckptconv.open(path)
     assert info.value.tensor == "b"
+
+
+def test_a_damaged_header_length_is_reported_as_damaged(tmp_path: Path) -> None:
+    """A flipped byte in the 8-byte header length of a ``.safetensors`` file (the length now
+    beyond the format's limit, the JSON header still in place) is one line saying the length
+    is damaged, for inspect and verify alike, not "not a checkpoint"."""
+    path = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(6, dtype=np.float32)}, str(path))
+    data = bytearray(path.read_bytes())
+    data[6] ^= 0x10
+    path.write_bytes(bytes(data))
+    for command in ("inspect", "verify"):
+        proc = run_cli(command, path)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "its 8-byte length is damaged; copy or download it again" in proc.stderr, proc.stderr
+    other = tmp_path / "notes.bin"  # the name is what tells: any other name is not a checkpoint
+    other.write_bytes(bytes(data))
+    assert "not a checkpoint" in run_cli("inspect", other).stderr

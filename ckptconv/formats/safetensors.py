@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..dtypes import from_safetensors
-from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError, truncated
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError, truncated
 from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
 from . import load_index
 
@@ -55,6 +55,7 @@ __all__ = [
     "check_metadata",
     "looks_like_safetensors",
     "cut_in_length",
+    "named_but_damaged",
     "load_index",
     "shard_files",
     "weights_in_directory",
@@ -177,7 +178,7 @@ def sniff(path: Path, head: bytes) -> bool:
         return weights_in_directory(path) is not None
     if not path.is_file():
         return False
-    if looks_like_safetensors(head) or cut_in_length(path, head):
+    if looks_like_safetensors(head) or named_but_damaged(path, head):
         return True
     if head.lstrip().startswith(b"{"):
         try:
@@ -212,6 +213,22 @@ def cut_in_length(path: str | os.PathLike[str], head: bytes) -> bool:
     if smallest > MAX_HEADER_BYTES or (len(head) >= 8 and smallest < 2):
         return False
     return head[8:9] in (b"", b"{")
+
+
+def named_but_damaged(path: str | os.PathLike[str], head: bytes) -> bool:
+    """Whether a ``.safetensors`` file whose first bytes start no plausible header is one whose
+    header length was cut (:func:`cut_in_length`) or damaged: 10 bytes or more, the JSON
+    header's ``{`` in place, but a length beyond the format's limit (a flipped byte). Such a
+    file is opened, and refused as damaged, instead of called "not a checkpoint"; as for
+    :func:`cut_in_length`, the name counts here only."""
+    if cut_in_length(path, head):
+        return True
+    return (
+        len(head) >= 10
+        and head[8:9] == b"{"
+        and int.from_bytes(head[:8], "little") > MAX_HEADER_BYTES
+        and os.fspath(path).endswith(".safetensors")
+    )
 
 
 def _truncated(detail: str) -> str:
@@ -446,7 +463,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         n = int.from_bytes(prefix, "little")
         if n > MAX_HEADER_BYTES:
             raise CorruptFileError(
-                f"the header claims {n} bytes, above safetensors' limit of {MAX_HEADER_BYTES}",
+                f"the header claims {n} bytes, above safetensors' limit of {MAX_HEADER_BYTES}: "
+                f"its 8-byte length is damaged; {FETCH_AGAIN}",
                 path=path,
             )
         if 8 + n > size:
