@@ -18,6 +18,7 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -137,14 +138,35 @@ class RootView(NamedTuple):
     children: dict[str, tuple[str, ...]]
 
 
-def root_view(f: HDF5File) -> RootView | None:
-    """The root's attributes and links from ``f``'s catalog; None when the catalog cannot
-    tell (libhdf5 opened the file first, or left an attribute unread): ask h5py."""
+def root_view(f: HDF5File, *, children: tuple[str, ...] = ()) -> RootView | None:
+    """The root's attributes and links from ``f``'s catalog, with the attribute names of the
+    ``children`` asked for (see :func:`_children`); None when the catalog cannot tell
+    (libhdf5 opened the file first, or left an attribute unread): ask h5py."""
     header = None if f.root is None else f.catalog.headers.get(f.root)
     links = f.catalog.children.get("/")
     if header is None or header.kind != "group" or "" in header.attributes or links is None:
         return None
-    return RootView(header.attributes, links, {})
+    found = _children(links, children, f.catalog.headers.get)
+    return None if found is None else RootView(header.attributes, links, found)
+
+
+def _children(
+    links: Links, names: tuple[str, ...], header_at: Callable[[int], Header | None]
+) -> dict[str, tuple[str, ...]] | None:
+    """The attribute names of the hard-linked groups among ``names`` (a dataset or a missing
+    link is left out); None when one's header is not read whole (``header_at`` gives None, an
+    object of another kind, or an attribute unread)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        link = links.get(name)
+        if link is None or link[0] != HARD:
+            continue
+        child = header_at(link[1])
+        if child is None or child.kind == "other" or "" in child.attributes:
+            return None
+        if child.kind == "group":
+            found[name] = child.attributes
+    return found
 
 
 def peek_root(path: str | os.PathLike[str], *, children: tuple[str, ...] = ()) -> RootView | None:
@@ -165,17 +187,8 @@ def peek_root(path: str | os.PathLike[str], *, children: tuple[str, ...] = ()) -
         if header is None or header.kind != "group" or header.symbols is None or "" in header.attributes:
             return None
         links = SymbolTables(reader.read, size, node_sizes, limit=2 * MAX_OBJECTS, path=path).links("/", *header.symbols)
-        found: dict[str, tuple[str, ...]] = {}
-        for name in children:
-            link = links.get(name)
-            if link is None or link[0] != HARD:
-                continue
-            child = object_header(reader.read, link[1], size)
-            if child is None or child.kind == "other" or "" in child.attributes:
-                return None
-            if child.kind == "group":
-                found[name] = child.attributes
-        return RootView(header.attributes, links, found)
+        found = _children(links, children, lambda address: object_header(reader.read, address, size))
+        return None if found is None else RootView(header.attributes, links, found)
     except Exception:  # noqa: BLE001 - damage of any kind: h5py's reading reports it
         return None
     finally:

@@ -32,6 +32,7 @@ from ._hdf5 import (
 from ._hdf5_file import (
     Catalog,
     HDF5File,
+    RootView,
     catalog_strings,
     open_h5,
     peek_root,
@@ -52,9 +53,9 @@ def sniff(path: Path, head: bytes) -> bool:
     if not is_hdf5(head):
         return False
     view = peek_root(path, children=("model_weights",))
-    if view is not None:
-        attributes = view.children.get("model_weights", view.attributes)
-        return bool({"layer_names", "layer_names0"} & set(attributes))
+    holder = False if view is None else _layer_names_holder(view)
+    if holder is not False:
+        return holder is not None
     import h5py
 
     try:
@@ -75,21 +76,26 @@ def _weights_root(f: h5py.Group) -> h5py.Group | None:
     return None
 
 
+def _layer_names_holder(view: RootView) -> str | None | bool:
+    """:func:`_weights_root`'s rule on a parsed root: the path of the group holding
+    ``layer_names`` (``/model_weights`` when that is a hard link, else ``/``), None when it
+    holds none, False when the view cannot tell (``model_weights`` is no group it read)."""
+    link = view.links.get("model_weights")
+    if link is not None and link[0] == HARD:
+        attributes = view.children.get("model_weights")
+        if attributes is None:
+            return False
+        return "/model_weights" if {"layer_names", "layer_names0"} & set(attributes) else None
+    return "/" if {"layer_names", "layer_names0"} & set(view.attributes) else None
+
+
 def _weights_root_path(f: HDF5File) -> str | None:
     """The HDF5 path of the group holding ``layer_names`` (``/model_weights`` in a
     whole-model file, else ``/``): from the catalog, else through h5py; None when neither has it."""
-    view = root_view(f)
-    if view is not None:
-        link = view.links.get("model_weights")
-        attributes: tuple[str, ...] | None = view.attributes
-        path = "/"
-        if link is not None and link[0] == HARD:
-            header = f.catalog.headers.get(link[1])
-            ok = header is not None and header.kind == "group" and "" not in header.attributes
-            attributes = header.attributes if ok else None  # type: ignore[union-attr]
-            path = "/model_weights"
-        if attributes is not None:
-            return path if {"layer_names", "layer_names0"} & set(attributes) else None
+    view = root_view(f, children=("model_weights",))
+    holder = False if view is None else _layer_names_holder(view)
+    if holder is not False:
+        return holder  # type: ignore[return-value]
     root = _weights_root(f.h5)
     return None if root is None else root.name
 
