@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -140,15 +141,8 @@ def _parse_zip(path: Path) -> Parsed:
                 "(the file is damaged or was not written by torch.save)",
                 path=path,
             )
-        inside = f"{prefix}/"
-        for name in names:
-            if ((name != prefix and not name.startswith(inside)) or "\\" in name
-                    or (".." in name and ".." in name.split("/"))):
-                raise UnsafeInputError(
-                    f"zip member {name!r} lies outside the archive {prefix!r}; refusing the file",
-                    path=path,
-                )
-        if f"{prefix}/constants.pkl" in members or any(n.startswith(f"{prefix}/code/") for n in names):
+        _check_inside(names, prefix, path)
+        if f"{prefix}/constants.pkl" in members or any(map(str.startswith, names, repeat(f"{prefix}/code/"))):
             raise UnsupportedError(
                 "a TorchScript archive (torch.jit.save), not a torch.save checkpoint; load it in "
                 "torch and save its state_dict() with torch.save",
@@ -173,32 +167,55 @@ def _parse_zip(path: Path) -> Parsed:
         big_endian = byteorder == "big"
         fspath = os.fspath(path)
         storages: dict[str, Stored] = {}
-        in_place: list[tuple[str, Member]] = []
+        in_place: list[str] = []
+        held: list[Member] = []
         data = f"{prefix}/data/"
+        member_of = members.get
+        itemsize = ITEMSIZE
         for key, ref in unpickler.storages.items():
-            info = members.get(data + key)  # type: ignore[assignment]
+            info = member_of(data + key)  # type: ignore[assignment]
             if info is None:
                 raise CorruptFileError(
                     f"data.pkl refers to storage data/{key}, which the archive does not hold",
                     path=path,
                 )
-            if ref.numel * ITEMSIZE[ref.dtype] > info.file_size:
+            if ref.numel * itemsize[ref.dtype] > info.file_size:
                 _check_declared(ref, info.file_size, path)
             if info.compress_type == 0:  # stored: read in place
-                in_place.append((key, info))
+                in_place.append(key)
+                held.append(info)
             else:
                 refuse_zip_bomb(info, path)
                 storages[key] = Stored(fspath, None, data + key, info.file_size, big_endian)
-        starts = data_offsets(path, [info for _, info in in_place], file=raw_file)
+        starts = data_offsets(path, held, file=raw_file)
         stored_members: list[tuple[int, Member]] = []
         cut: dict[str, int] = {}
-        for (key, info), start in zip(in_place, starts):
+        new = tuple.__new__  # Stored(...) without a call of the named tuple's Python __new__
+        for key, start, info in zip(in_place, starts, held):
             if start + info.file_size > size:  # the directory survived, the bytes did not
                 cut[key] = max(0, size - start)
                 continue
-            storages[key] = Stored(fspath, start, None, info.file_size, big_endian)
+            storages[key] = new(Stored, (fspath, start, None, info.file_size, big_endian))
             stored_members.append((start, info))
     return Parsed(path, root, storages, metadata, stored_members, cut)
+
+
+def _check_inside(names: list[str], prefix: str, path: Path) -> None:
+    """Every member lies inside the archive ``prefix``: named ``<prefix>/...`` (or ``prefix``),
+    with no backslash and no ``..`` part. Checked on all the names at once (10,000 members for
+    a large state dict), then name by name only if one may fail, to name it."""
+    inside = f"{prefix}/"
+    if all(map(str.startswith, names, repeat(inside))):
+        joined = "\n".join(names)
+        if "\\" not in joined and ".." not in joined:
+            return
+    for name in names:
+        if ((name != prefix and not name.startswith(inside)) or "\\" in name
+                or (".." in name and ".." in name.split("/"))):
+            raise UnsafeInputError(
+                f"zip member {name!r} lies outside the archive {prefix!r}; refusing the file",
+                path=path,
+            )
 
 
 def _check_declared(ref: StorageRef, stored: int, path: Path) -> None:

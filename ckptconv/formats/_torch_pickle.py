@@ -82,6 +82,7 @@ ITEMSIZE: dict[str, int] = {
 }
 
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+_new_tuple = tuple.__new__  # a named tuple made without a call of its Python __new__
 
 
 # --- what the pickle turns into -----------------------------------------------------------------
@@ -391,6 +392,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self.raw is not None and b"torch.nn.modules" in self.raw
 
     def persistent_load(self, pid: Any) -> Any:
+        # the common case in few steps: a zip archive's pid of a storage first met, as torch
+        # writes it (a decimal key, a plain count); everything else goes through the checks
+        # below, which say what is wrong
+        if type(pid) is tuple and len(pid) == 5 and not self.legacy:
+            kind, storage_type, key, _location, numel = pid
+            if (kind == "storage" and type(storage_type) is _Marker and type(key) is str and type(numel) is int
+                    and numel >= 0 and storage_type.kind == "storage" and key not in self.storages
+                    and key.isdigit() and key.isascii() and len(key) <= 200):
+                root = self.storages[key] = _new_tuple(StorageRef, (key, STORAGE_DTYPES[storage_type.name], numel, None))
+                return root
         if not isinstance(pid, tuple) or not pid:
             raise CorruptFileError(f"malformed persistent id {pid!r:.80}")
         kind = pid[0]

@@ -37,6 +37,7 @@ __all__ = ["MAX_EXPANSION", "Member", "central_directory", "data_offsets", "read
 
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature ... name length, extra length
+_LOCAL_FIELDS = struct.Struct("<4s2xH18xHH")  # of those: signature, flags, name and extra lengths
 # a central directory entry's fields, those ckptconv does not use skipped: signature, version
 # needed to extract, flags, method, CRC-32, sizes, name, extra and comment lengths, header offset
 _CENTRAL = struct.Struct("<4s2xBxHH4x3L3H8xL")
@@ -148,6 +149,9 @@ def central_directory(path: str | os.PathLike[str], *, kind: str, file: BinaryIO
         raise damaged_zip(path, e, kind) from None
     except (UnicodeDecodeError, struct.error) as e:
         raise damaged_zip(path, e, kind) from e
+    names = [m.filename for m in members]
+    if len(set(names)) == len(names) and not any(m.flag_bits & _ENCRYPTED for m in members) and "\x00" not in "".join(names):
+        return members  # (the checks below, on all the members at once: the common case)
     seen: set[str] = set()
     for m in members:
         if m.filename in seen:
@@ -211,10 +215,12 @@ def _parse_entries(data: bytes, shift: int) -> list[Member]:
     members = []
     append = members.append
     unpack = _CENTRAL.unpack_from
+    fixed = _CENTRAL.size
+    new = tuple.__new__  # Member(...) without a call of the named tuple's Python __new__
     end = len(data)
     pos = 0
     while pos < end:
-        if pos + _CENTRAL.size > end:
+        if pos + fixed > end:
             raise _Damaged("Truncated central directory")
         (signature, version, flags, method, crc, compressed, size, name_length, extra_length, comment_length,
          offset) = unpack(data, pos)
@@ -222,15 +228,14 @@ def _parse_entries(data: bytes, shift: int) -> list[Member]:
             raise _Damaged("Bad magic number for central directory")
         if version > _MAX_EXTRACT_VERSION:
             raise _Damaged(f"zip file version {version / 10:.1f}")
-        name_end = pos + _CENTRAL.size + name_length
-        extra_end = name_end + extra_length
-        next_pos = extra_end + comment_length
+        name_end = pos + fixed + name_length
+        next_pos = name_end + extra_length + comment_length
         if next_pos > end:
             raise _Damaged("Truncated central directory")
-        name = data[pos + _CENTRAL.size : name_end].decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        name = data[pos + fixed : name_end].decode("utf-8" if flags & _UTF8_NAME else "cp437")
         if extra_length:
-            size, compressed, offset = _zip64_sizes(data[name_end:extra_end], size, compressed, offset)
-        append(Member(name, offset + shift, method, compressed, size, crc, flags))
+            size, compressed, offset = _zip64_sizes(data[name_end : name_end + extra_length], size, compressed, offset)
+        append(new(Member, (name, offset + shift, method, compressed, size, crc, flags)))
         pos = next_pos
     return members
 
@@ -276,7 +281,8 @@ def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfil
     offsets = [m.header_offset for m in members]
     order = sorted(range(len(members)), key=offsets.__getitem__)
     out = [0] * len(members)
-    unpack = _LOCAL_HEADER.unpack_from
+    fields = _LOCAL_FIELDS.unpack_from
+    fixed = _LOCAL_HEADER.size
     i = 0
     while i < len(order):
         start = previous = offsets[order[i]]
@@ -287,32 +293,49 @@ def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfil
                 break
             previous = at
             j += 1
-        window = os.pread(fd, previous - start + _LOCAL_HEADER.size + 256, start)
+        window = os.pread(fd, previous - start + fixed + 256, start)
         for k in order[i:j]:
-            info = members[k]
+            # the common case in few steps: a whole header in the window, naming the member as
+            # the central directory does; anything else goes through _data_offset, which says
+            # what is wrong
             at = offsets[k] - start
-            if at + _LOCAL_HEADER.size > len(window):
-                raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
-            signature, _, flags, _, _, _, _, _, _, name_length, extra_length = unpack(window, at)
-            if signature != b"PK\x03\x04":
-                raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
-            at += _LOCAL_HEADER.size
-            raw = window[at : at + name_length]
-            if len(raw) < name_length:  # a long name past the window
-                raw = os.pread(fd, name_length, offsets[k] + _LOCAL_HEADER.size)
             try:
-                name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
-            except UnicodeDecodeError:
-                name = None
-            if name != info.filename:
-                raise CorruptFileError(
-                    f"the local header names {raw[:80]!r}, the central directory {info.filename!r}: the zip is damaged",
-                    path=path,
-                    tensor=info.filename,
-                )
-            out[k] = offsets[k] + _LOCAL_HEADER.size + name_length + extra_length
+                signature, flags, name_length, extra_length = fields(window, at)
+                if signature == b"PK\x03\x04" and window[at + fixed : at + fixed + name_length].decode(
+                        "utf-8" if flags & _UTF8_NAME else "cp437") == members[k].filename:
+                    out[k] = offsets[k] + fixed + name_length + extra_length
+                    continue
+            except (struct.error, UnicodeDecodeError):
+                pass
+            out[k] = _data_offset(path, fd, window, at, offsets[k], members[k])
         i = j
     return out
+
+
+def _data_offset(path: str | os.PathLike[str], fd: int, window: bytes, at: int, header: int,
+                 info: Member | zipfile.ZipInfo) -> int:
+    """:func:`data_offsets` for one member whose local header starts ``at`` in ``window`` (at
+    ``header`` in the file), refusing it as damaged if it is."""
+    if at + _LOCAL_HEADER.size > len(window):
+        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
+    signature, _, flags, _, _, _, _, _, _, name_length, extra_length = _LOCAL_HEADER.unpack_from(window, at)
+    if signature != b"PK\x03\x04":
+        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
+    at += _LOCAL_HEADER.size
+    raw = window[at : at + name_length]
+    if len(raw) < name_length:  # a long name past the window
+        raw = os.pread(fd, name_length, header + _LOCAL_HEADER.size)
+    try:
+        name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
+    except UnicodeDecodeError:
+        name = None
+    if name != info.filename:
+        raise CorruptFileError(
+            f"the local header names {raw[:80]!r}, the central directory {info.filename!r}: the zip is damaged",
+            path=path,
+            tensor=info.filename,
+        )
+    return header + _LOCAL_HEADER.size + name_length + extra_length
 
 
 def member_data_offset(path: Path, info: Member | zipfile.ZipInfo, *, file: BinaryIO | None = None) -> int:

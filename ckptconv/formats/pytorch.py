@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -349,7 +348,10 @@ class _Walk:
 
     def tied(self) -> list[tuple[str, ...]]:
         # only tensors sharing a storage can be one tensor: the identities of those alone
-        sharing = Counter(ref.storage.key for _, _, ref in self.found)
+        keys = [ref.storage.key for _, _, ref in self.found]
+        if len(set(keys)) == len(keys):
+            return []  # a storage per tensor (a state dict's common case): nothing is tied
+        sharing = Counter(keys)
         groups: dict[tuple[object, ...], list[str]] = {}
         for parts, _, ref in self.found:
             if sharing[ref.storage.key] > 1:
@@ -590,6 +592,8 @@ def _read_span(stored: Stored, start: int, length: int, name: str) -> np.ndarray
     if stored.offset is not None:
         return read_byte_range(ByteRange(stored.path, stored.offset + start, length), buffer.dtype, (length,), tensor=name, out=buffer)
     view = memoryview(buffer)
+    import zipfile  # only for a storage someone re-zipped compressed (zipfile is slow to import)
+
     try:
         with zipfile.ZipFile(stored.path) as z, z.open(stored.member) as f:  # type: ignore[arg-type]
             skip = start
