@@ -41,6 +41,7 @@ from ._torch_pickle import (
     TruncatedPickle,
     check_opcodes,
     load_plain,
+    read_pickle,
 )
 from ._zip import Member, central_directory, data_offsets, read_member, refuse_zip_bomb
 
@@ -50,6 +51,7 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 MAGIC_PICKLE = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # LONG1 of MAGIC_NUMBER, protocol >= 2
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE_BYTES = 256 * 2**20
+_COUNT_WINDOW = 64 * 2**10  # a legacy file's storage counts: read this much at a time
 ZIP_KIND = "torch.save file"  # what the zip plumbing calls the file in its messages
 
 
@@ -113,10 +115,13 @@ def parse(path: Path, layout: str | None) -> Parsed:
     raise FormatError("not a torch.save file (no data.pkl member, no legacy magic number)", path=path)
 
 
-def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes) -> tuple[Any, RestrictedUnpickler]:
+def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes,
+              checked: bool = False) -> tuple[Any, RestrictedUnpickler]:
+    """``checked``: :func:`check_opcodes` has passed ``raw`` already."""
     unpickler = RestrictedUnpickler(data, legacy=legacy, raw=raw)
     try:
-        check_opcodes(raw)
+        if not checked:
+            check_opcodes(raw)
         root = unpickler.load()
     except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
         raise type(e)(e.template, path=path, tensor=e.tensor) from e
@@ -251,17 +256,17 @@ def _parse_legacy(path: Path) -> Parsed:
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedError(f"legacy protocol version {protocol!r}; torch writes {LEGACY_PROTOCOL}", path=path)
         start = f.tell()
-        raw = f.read(min(size - start, MAX_PICKLE_BYTES))
         try:
-            length = check_opcodes(raw)
+            raw, length = read_pickle(f, min(size - start, MAX_PICKLE_BYTES), first=16 * 2**20)
         except TruncatedPickle as e:
+            raw = e.data
             if start + len(raw) < size:  # not the file's end: a pickle over MAX_PICKLE_BYTES
                 raise TruncatedPickle(e.template, path=path) from e
             raise _ends_in_pickle(path, "pickle") from None
         except (UnsafeInputError, CorruptFileError) as e:
             raise type(e)(e.template, path=path, tensor=e.tensor) from e
         f.seek(start + length)
-        root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length])
+        root, unpickler = _unpickle(io.BytesIO(raw[:length]), path, legacy=True, raw=raw[:length], checked=True)
         try:
             keys = load_plain(f)
         except TruncatedPickle:  # the object is whole, the file ends in the key list before it
@@ -284,11 +289,16 @@ def _parse_legacy(path: Path) -> Parsed:
         cut: dict[str, int] = {}
         offset = f.tell()
         fspath = os.fspath(path)
+        fd = f.fileno()
+        window, window_start = b"", 0  # the storages' 8-byte counts are read a window at a time
         for i, key in enumerate(keys):
             ref = unpickler.storages.get(key)
             if ref is None:
                 raise CorruptFileError(f"the file holds storage {key}, which no tensor refers to", path=path)
-            count = os.pread(f.fileno(), 8, offset)
+            at = offset - window_start
+            if at + 8 > len(window):
+                window, window_start, at = os.pread(fd, _COUNT_WINDOW, offset), offset, 0
+            count = window[at : at + 8]
             if len(count) < 8:  # the file ends before this storage: it and those after it are cut
                 cut = dict.fromkeys(keys[i:], 0)
                 break

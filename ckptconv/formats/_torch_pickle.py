@@ -36,6 +36,7 @@ __all__ = [
     "load_plain",
     "check_opcodes",
     "TruncatedPickle",
+    "read_pickle",
     "TORCH_DTYPES",
     "module_message",
 ]
@@ -629,7 +630,10 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
 
 class TruncatedPickle(CorruptFileError):
     """:func:`check_opcodes` ran out of data before the pickle's STOP (an argument, a line or
-    the STOP itself lies past the end): in a file read to its end, the file was cut short."""
+    the STOP itself lies past the end): in a file read to its end, the file was cut short.
+    From :func:`read_pickle`, ``data`` holds the bytes it read."""
+
+    data: bytes = b""
 
 
 def _memo_slot_ahead(index: int, count: int) -> UnsafeInputError:
@@ -658,11 +662,40 @@ class _PlainUnpickler(pickle.Unpickler):
         raise CorruptFileError("a persistent id where torch writes plain data")
 
 
+def read_pickle(file: io.BufferedIOBase, limit: int, *, first: int) -> tuple[bytes, int]:
+    """The bytes from ``file``'s position on, at most ``limit`` of them, and the length of the
+    pickle they start with (:func:`check_opcodes`). A legacy file's pickles precede its
+    storages: ``first`` bytes are read, then 16 times more while the walk of those fails (as
+    it may only because they end early), up to ``limit``: the answer is the walk's of all
+    ``limit`` bytes (or all the file holds), as if they had been read at once. ``file`` is
+    left after the bytes read.
+
+    Raises:
+        TruncatedPickle: the pickle runs past ``limit`` bytes or the file's end (its
+            ``data``: the bytes read); see :func:`check_opcodes` for the rest.
+    """
+    start = file.tell()
+    size = min(first, limit)
+    while True:
+        data = file.read(size)
+        if len(data) < size or size == limit:  # all there is to read: the walk's answer is final
+            try:
+                return data, check_opcodes(data)
+            except TruncatedPickle as e:
+                e.data = data
+                raise
+        try:
+            return data, check_opcodes(data)
+        except (CorruptFileError, UnsafeInputError):
+            pass  # perhaps only because the bytes read end early (a length cut in two): read more
+        size = min(size * 16, limit)
+        file.seek(start)
+
+
 def load_plain(file: io.BufferedIOBase) -> Any:
     """The next pickle of ``file``, of plain data (numbers, strings, lists, dicts): checked by
     :func:`check_opcodes`, no global resolved; ``file`` is left just after it."""
     start = file.tell()
-    head = file.read(MAX_PLAIN_BYTES)
-    length = check_opcodes(head)
+    head, length = read_pickle(file, MAX_PLAIN_BYTES, first=64 * 2**10)
     file.seek(start + length)
     return _PlainUnpickler(io.BytesIO(head[:length]), encoding="utf-8").load()
