@@ -120,6 +120,70 @@ def test_the_shortcuts_are_taken() -> None:
     assert {bytes([b]) for b in range(256) if late[b] != fast[b]} == {b"h", b"q"}
 
 
+def _read_in_pieces(data: bytes, first: int) -> tuple[object, ...]:
+    def walk(raw: bytes) -> int:
+        head, length = _torch_pickle.read_pickle(io.BytesIO(raw), len(raw), first=first)
+        assert head == raw or length <= len(head) < len(raw)
+        return length
+
+    return _outcome(walk, data)
+
+
+def test_a_pickle_read_in_pieces_walks_as_one_read_whole() -> None:
+    """``read_pickle`` reads a legacy file's pickles a piece at a time (not the storages after
+    them): on the walk corpus, read from 1, 7 or 64 bytes on, the same length or the same
+    refusal as the walk of all the bytes; also where a length field is cut in two by the end
+    of a piece (a signed length read short looks negative)."""
+    cut_length = b"\x80\x02T" + struct.pack("<i", 0x8010) + b"abc"  # BINSTRING; its bytes run past the end
+    assert "negative length" in str(_outcome(_torch_pickle.check_opcodes, cut_length[:5]))
+    corpus = [cut_length, *_walk_corpus()[::7]]
+    outcomes = {"read": 0, "refused": 0}
+    for data in corpus:
+        whole = _outcome(_torch_pickle.check_opcodes, data)
+        for first in (1, 5, 7, 64):
+            assert _read_in_pieces(data, first) == whole, (first, data[:80])
+        outcomes["read" if whole[0] == "read" else "refused"] += 1
+    assert min(outcomes.values()) > 100, outcomes
+
+
+def _pids() -> list[object]:
+    """Persistent ids as torch writes them and as it never does: each field of the wrong type
+    or value, keys that are not plain names, a storage declared twice, the legacy view."""
+    marker = _torch_pickle._ALLOWED[("torch", "FloatStorage")]
+    other = _torch_pickle._ALLOWED[("torch", "HalfStorage")]
+    dtype = _torch_pickle._ALLOWED[("torch", "float32")]
+    good = ("storage", marker, "0", "cpu", 4)
+    pids: list[object] = [good, good, ("storage", other, "0", "cpu", 4), ("storage", marker, "0", "cpu", 5), None, (), [*good],
+                          good[:4], (*good, None), ("module", marker), (b"storage", marker, "1", "cpu", 4)]
+    for at, values in enumerate([("stor", b"storage", 1), (dtype, "FloatStorage", None), (1, b"2", "..", ".", "a/b",
+                                 "\u0661", "3" * 201, "a" * 201, "x.y-z_", "", " 4"), (), (-1, True, 2.0, 2**70, "4")]):
+        for value in values:
+            pid = list(good)
+            pid[2] = str(50 + len(pids))  # a storage not met yet (unless the key is what varies)
+            pid[at] = value
+            pids.append(tuple(pid))
+    return [*pids, *(("storage", marker, str(i), "cpu", i) for i in range(100, 120))]
+
+
+def test_a_storage_pid_in_few_steps_is_what_the_checks_make_of_it() -> None:
+    """``persistent_load``'s common case gives what its general code (``_storage``) gives on
+    every pid, in the zip layout and the legacy one: the same storage reference or the same
+    refusal in the same words, and the same storages known afterwards."""
+    taken = 0
+    for legacy in (False, True):
+        fast = _torch_pickle.RestrictedUnpickler(io.BytesIO(b""), legacy=legacy)
+        general = _torch_pickle.RestrictedUnpickler(io.BytesIO(b""), legacy=legacy)
+        calls = []
+        checks = fast._storage
+        fast._storage = lambda pid: calls.append(pid) or checks(pid)  # type: ignore[method-assign]
+        for pid in _pids():
+            result = _outcome(fast.persistent_load, pid)
+            assert result == _outcome(general._storage, pid), (legacy, pid)
+            assert fast.storages == general.storages
+            taken += not calls or calls[-1] is not pid
+    assert taken > 20  # (the zip layout's torch-written pids)
+
+
 # --- the central directory ------------------------------------------------------------------------
 
 

@@ -394,8 +394,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         # the common case in few steps: a zip archive's pid of a storage first met, as torch
-        # writes it (a decimal key, a plain count); everything else goes through the checks
-        # below, which say what is wrong
+        # writes it (a decimal key, a plain count); everything else goes through _storage,
+        # which says what is wrong
         if type(pid) is tuple and len(pid) == 5 and not self.legacy:
             kind, storage_type, key, _location, numel = pid
             if (kind == "storage" and type(storage_type) is _Marker and type(key) is str and type(numel) is int
@@ -403,6 +403,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                     and key.isdigit() and key.isascii() and len(key) <= 200):
                 root = self.storages[key] = _new_tuple(StorageRef, (key, STORAGE_DTYPES[storage_type.name], numel, None))
                 return root
+        return self._storage(pid)
+
+    def _storage(self, pid: Any) -> Any:
+        """:meth:`persistent_load` without its shortcut: every check, saying what is wrong."""
         if not isinstance(pid, tuple) or not pid:
             raise CorruptFileError(f"malformed persistent id {pid!r:.80}")
         kind = pid[0]
