@@ -35,9 +35,9 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import crc32c as _crc32c
 import numpy as np
 
+from ..crc import crc32c
 from ..dtypes import by_name, dtype_name
 from ..errors import OutputError
 from ..mapping.ops import copy_c_order
@@ -147,13 +147,13 @@ class Pipeline:
         """Add ``data`` to ``name``'s checksum: now (a small tensor, returns None), or on the
         checksum thread (returns its future; ``data`` must stay unchanged until it is done)."""
         if name in self._inline:
-            self._crcs[name] = _crc32c.crc32c(data, self._crcs[name])
+            self._crcs[name] = crc32c(data, self._crcs[name])
             return None
         assert self._checker is not None
         return self._checker.submit(self._crc_update, name, data)
 
     def _crc_update(self, name: str, data: memoryview) -> None:
-        self._crcs[name] = _crc32c.crc32c(data, self._crcs[name])
+        self._crcs[name] = crc32c(data, self._crcs[name])
 
     def crc_results(self, names: list[str]) -> list[int]:
         """The CRC-32Cs of everything committed under ``names``, once the checksum thread is done."""
