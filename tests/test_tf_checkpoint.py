@@ -12,10 +12,14 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ckptconv
 from ckptconv.convert import convert as convert_checkpoint
@@ -461,6 +465,57 @@ def test_crc_mask_round_trips() -> None:
     for crc in (0, 1, 0xFFFFFFFF, 0x12345678, tb.crc32c(b"123456789")):
         assert tb.unmask_crc(tb.mask_crc(crc)) == crc
     assert tb.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), value=st.integers(0, 0xFFFFFFFF))
+def test_numpy_crc32c_equals_the_crc32c_packages(data: bytes, value: int) -> None:
+    import crc32c
+
+    assert tb.table_crc32c(data, value) == crc32c.crc32c(data, value)
+
+
+@pytest.mark.parametrize("size", [256, 257, 1023, 4096 * 64, 4096 * 64 * 4 + 3, 3_000_001])
+def test_numpy_crc32c_over_many_lanes(size: int) -> None:
+    import crc32c
+
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    for value in (0, 0xFFFFFFFF, 0x9E3779B9):
+        assert tb.table_crc32c(data, value) == crc32c.crc32c(data.tobytes(), value)
+        assert tb.table_crc32c(memoryview(data.tobytes())[1:], value) == crc32c.crc32c(data.tobytes()[1:], value)
+
+
+def test_open_checks_the_index_without_importing_the_crc32c_package(tf_dir: Path, tmp_path: Path) -> None:
+    """The index's blocks and the object graph are checked with numpy at open (importing the
+    package reads its metadata); a flipped byte in either is still refused, naming the file."""
+    good = case(tf_dir, "keras3")["prefix"]
+    (tmp_path / "index").mkdir()
+    (tmp_path / "graph").mkdir()
+    index = copy_case(tf_dir, "keras3", tmp_path / "index")
+    flip(index + ".index", 20)  # inside the first data block
+    graph = copy_case(tf_dir, "keras3", tmp_path / "graph")
+    table = dict(tb.read_table(graph + ".index"))
+    stored = parse_bundle_entry(table[b"_CHECKPOINTABLE_OBJECT_GRAPH"])
+    flip(graph + ".data-00000-of-00001", stored.offset + stored.size - 1)
+    script = (
+        "import sys, ckptconv\n"
+        "with ckptconv.open(sys.argv[1]) as store:\n"
+        "    count = len(store.entries(include_all=True))\n"
+        "print(count, 'crc32c' in sys.modules)\n"
+        "for damaged in sys.argv[2:]:\n"
+        "    try:\n"
+        "        ckptconv.open(damaged)\n"
+        "    except ckptconv.CkptconvError as e:\n"
+        "        print(type(e).__name__, e.path, e.tensor)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, good, index, graph], capture_output=True, text=True, check=True)
+    with ckptconv.open(good) as store:
+        count = len(store.entries(include_all=True))
+    assert proc.stdout.splitlines() == [
+        f"{count} False",
+        f"CorruptFileError {index}.index None",
+        f"IntegrityError {graph}.data-00000-of-00001 _CHECKPOINTABLE_OBJECT_GRAPH",
+    ]
 
 
 def test_slice_keys_match_the_keys_tensorflow_wrote(tf_dir: Path) -> None:
