@@ -31,7 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
@@ -80,7 +79,9 @@ _STATE_FILE = "checkpoint"
 _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _STRING = 7
 
-# TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian)
+# TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian); the
+# dtypes ml_dtypes provides are added on first need (_tf_dtype): importing it costs more than
+# opening a small checkpoint, and a checkpoint of float32 tensors never needs it
 _DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
@@ -91,17 +92,19 @@ _DTYPES: dict[int, np.dtype] = {
     8: np.dtype("<c8"),
     9: np.dtype("<i8"),
     10: np.dtype(np.bool_),
-    14: np.dtype(ml_dtypes.bfloat16),
     17: np.dtype("<u2"),
     18: np.dtype("<c16"),
     19: np.dtype("<f2"),
     22: np.dtype("<u4"),
     23: np.dtype("<u8"),
-    24: np.dtype(ml_dtypes.float8_e5m2),
-    25: np.dtype(ml_dtypes.float8_e4m3fn),
-    26: np.dtype(ml_dtypes.float8_e4m3fnuz),
-    27: np.dtype(ml_dtypes.float8_e4m3b11fnuz),
-    28: np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+_ML_DTYPES = {
+    14: "bfloat16",
+    24: "float8_e5m2",
+    25: "float8_e4m3fn",
+    26: "float8_e4m3fnuz",
+    27: "float8_e4m3b11fnuz",
+    28: "float8_e5m2fnuz",
 }
 _UNREADABLE = {
     11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource",
@@ -568,13 +571,24 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         )
 
 
+def _tf_dtype(code: int) -> np.dtype | None:
+    """The numpy dtype of a numeric TensorFlow dtype code, None for other codes."""
+    if code in _ML_DTYPES and code not in _DTYPES:
+        import ml_dtypes
+
+        for known, name in _ML_DTYPES.items():
+            _DTYPES[known] = np.dtype(getattr(ml_dtypes, name))
+    return _DTYPES.get(code)
+
+
 def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     """The entry's numpy dtype: ``object`` for strings, None for dtypes numpy cannot hold."""
     code = planned.entry.dtype
     if code == _STRING:
         return np.dtype(object)
-    if code in _DTYPES:
-        return _DTYPES[code]
+    dtype = _tf_dtype(code)
+    if dtype is not None:
+        return dtype
     if code in _UNREADABLE:
         return None
     raise CorruptFileError(
@@ -636,7 +650,7 @@ def _make_entry(
             f"index records an incomplete shape {list(entry.shape)}", path=index.index_path, tensor=name
         )
     shape = entry.shape
-    dtype = _DTYPES.get(entry.dtype)
+    dtype = _tf_dtype(entry.dtype)
     if dtype is not None and not entry.slices:  # a size that does not fit the shape: refused
         path = files[entry.shard_id]
         _check_size(entry, dtype, path, name)
