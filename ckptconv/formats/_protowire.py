@@ -550,6 +550,21 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
     attributes: list[SerializedTensor] = []
     slots: list[SlotVariable] = []
     try:
+        # the children come first: ``0a <length> 08 <id, one or two bytes> 12 <length> <name>``
+        # read here in a run, the rest (and any other child) by the loop below
+        while pos < end and buf[pos] == 0x0A and buf[pos + 2] == 0x08:
+            stop = pos + 2 + buf[pos + 1]
+            node_id = buf[pos + 3]
+            if node_id < 0x80:
+                at = pos + 4
+            elif buf[pos + 4] < 0x80:
+                node_id, at = (node_id & 0x7F) | buf[pos + 4] << 7, pos + 5
+            else:
+                break
+            if buf[pos + 1] >= 0x80 or buf[at] != 0x12 or buf[at + 1] >= 0x80 or at + 2 + buf[at + 1] != stop or stop > end:
+                break
+            children.append(_new(ObjectReference, (node_id, buf[at + 2 : stop].decode("utf-8"))))
+            pos = stop
         while pos < end:
             tag = buf[pos]
             length = buf[pos + 1]
