@@ -485,7 +485,7 @@ def test_numpy_crc32c_over_many_lanes(size: int) -> None:
         assert tb.table_crc32c(memoryview(data.tobytes())[1:], value) == crc32c.crc32c(data.tobytes()[1:], value)
 
 
-def test_open_checks_the_index_without_importing_the_crc32c_package(tf_dir: Path, tmp_path: Path) -> None:
+def test_open_checks_the_index_with_numpy_and_imports_neither_crc32c_nor_ml_dtypes(tf_dir: Path, tmp_path: Path) -> None:
     """The index's blocks and the object graph are checked with numpy at open (importing the
     package reads its metadata); a flipped byte in either is still refused, naming the file.
     ml_dtypes is not imported either for a checkpoint without bfloat16 or float8 tensors."""
