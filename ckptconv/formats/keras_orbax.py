@@ -297,7 +297,13 @@ def _kind(parts: tuple[str, ...], dtype: np.dtype, shape: tuple[int, ...]) -> tu
 
 def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
     """Sort key of a layer path: the config's layer order, part by part."""
-    rank = {name: i for i, name in enumerate(layer_infos(config))} if config is not None else {}
+    infos = layer_infos(config) if config is not None else {}
+    rank = {name: i for i, name in enumerate(infos)}
+    # the infos hold every layer's config (tens of thousands of objects for thousands of
+    # layers), and layer_infos' recursive helper keeps the dict until a cyclic collection,
+    # which a process that paused the collector may run only at exit: emptied now, the
+    # configs are freed now
+    infos.clear()
     unknown = len(rank)
     known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
 
