@@ -107,7 +107,6 @@ def test_open_reads_metadata_only(k315: Path, monkeypatch: pytest.MonkeyPatch) -
             store["conv/kernel"].read()
 
 
-
 def test_opening_holds_nothing_after_the_store_is_gone(k315: Path) -> None:
     """What opening builds besides the store (the model config, its layers) is freed with it,
     not held in a reference cycle until the cyclic collector runs: ckptconv's open pauses the
@@ -128,6 +127,7 @@ def test_opening_holds_nothing_after_the_store_is_gone(k315: Path) -> None:
     finally:
         gc.enable()
     assert grown < listed, f"{grown} objects still tracked after opening {listed} arrays"
+
 
 # -- load_into ------------------------------------------------------------------------------------
 

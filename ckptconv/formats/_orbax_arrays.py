@@ -290,7 +290,7 @@ class Arrays:
                 if node.get("height", 0) > 0:
                     refuse_manifest_out(entries, path=self.tree)
                     level.extend((prefix + e["subtree_common_prefix"], e["location"]) for e in entries)
-                else:  # a leaf: each array's metadata key, and its chunks' keys
+                else:  # a leaf: arrays' metadata keys (kept) and their chunks' keys
                     found.update(
                         {key: e.get("inline_value") for e in entries if (key := prefix + e["key"]).endswith(suffix)}
                     )
