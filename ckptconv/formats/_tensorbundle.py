@@ -18,14 +18,13 @@ the bytes.
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..crc import crc32c
 from ._protowire import WireError, read_varint
 
 __all__ = [
@@ -55,108 +54,6 @@ class TableError(ValueError):
 
 class UnsupportedTableError(TableError):
     """The table is valid but uses a feature ckptconv does not read (compressed blocks)."""
-
-
-def crc32c(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
-    """CRC-32C (Castagnoli) of ``data``, continuing from ``value``.
-
-    The ``crc32c`` package computes it (in hardware where the CPU can) once something has
-    imported it, and for anything over a few MiB. Opening a checkpoint checks only its index
-    and object graph, which :func:`table_crc32c` checks with numpy instead: importing the
-    package reads its own distribution metadata, which costs more than checking a 10,000-tensor
-    index (both give the same value for every input, ``tests/test_tf_checkpoint.py``).
-    """
-    if "crc32c" not in sys.modules and _nbytes(data) <= _TABLE_CRC_LIMIT:
-        return table_crc32c(data, value)
-    import crc32c as package  # on first use: importing it reads package metadata (~50 ms)
-
-    return package.crc32c(data, value)
-
-
-# --- CRC-32C with numpy -------------------------------------------------------------------
-# Table-driven CRC-32C (the reflected polynomial 0x82F63B78, RFC 3720 appendix B.4) over many
-# lanes of the data at once, then the lanes' CRCs folded together. A CRC without its initial
-# and final inversion is linear over GF(2), and leading zero bytes leave it at zero, so: the
-# data is zero-padded at the front to lanes x words x 4 bytes (the start inversion folded into
-# its first four bytes), each lane's CRC is computed 32 bits per step with two 65,536-entry
-# tables, and pairs of adjacent lanes are combined level by level, ``crc(a + b) = Z(crc(a)) ^
-# crc(b)``, with ``Z`` the 32x32 bit matrix that appends ``len(b)`` zero bytes.
-
-_TABLE_CRC_LIMIT = 4 << 20  # bytes; the package's import costs less than more than this
-_POLY = 0x82F63B78
-_BITS = np.arange(32, dtype=np.uint32)
-
-
-def _nbytes(data: bytes | memoryview | np.ndarray) -> int:
-    return data.nbytes if isinstance(data, (memoryview, np.ndarray)) else len(data)
-
-
-@functools.cache
-def _crc_tables() -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """The byte table (as a list and an array) and the low/high half-word tables."""
-    byte = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        byte = (byte >> 1) ^ ((byte & 1) * np.uint32(_POLY))
-    tables = [byte]  # tables[k][b]: byte b followed by k zero bytes
-    for _ in range(3):
-        tables.append(byte[tables[-1] & 0xFF] ^ (tables[-1] >> 8))
-    # a 32-bit word w = lo | hi << 16 advances the register to low[lo] ^ high[hi]
-    low = np.bitwise_xor.outer(tables[2], tables[3]).ravel()  # [b1 << 8 | b0]
-    high = np.bitwise_xor.outer(tables[0], tables[1]).ravel()  # [b3 << 8 | b2]
-    return byte.tolist(), byte, low, high
-
-
-def _apply(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """``matrix`` (the images of the 32 unit vectors) applied to each of ``vectors``."""
-    bits = (vectors[:, None] >> _BITS) & np.uint32(1)
-    return np.bitwise_xor.reduce(bits * matrix, axis=1)
-
-
-def table_crc32c(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
-    """CRC-32C of ``data`` continuing from ``value``, computed with numpy; the same value
-    as ``crc32c.crc32c(data, value)`` for every input."""
-    raw = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
-    n = len(raw)
-    byte_list, byte, low, high = _crc_tables()
-    register = (value ^ 0xFFFFFFFF) & 0xFFFFFFFF
-    if n < 256:  # a few bytes: a plain loop costs less than numpy's calls
-        for b in raw.tobytes():
-            register = byte_list[(register ^ b) & 0xFF] ^ (register >> 8)
-        return register ^ 0xFFFFFFFF
-    words = -(-n // 4)
-    lanes = 1
-    while lanes < 4096 and lanes * 64 < words:  # lanes of at least 64 words, at most 4096
-        lanes *= 2
-    steps = -(-words // lanes)
-    padded = np.zeros(lanes * steps * 4, dtype=np.uint8)
-    start = len(padded) - n
-    padded[start:] = raw
-    padded[start : start + 4] ^= np.frombuffer(register.to_bytes(4, "little"), np.uint8)
-    grid = padded.view("<u4").reshape(lanes, steps)
-    crc = grid[:, 0].copy()
-    half = np.empty_like(crc)
-    for step in range(steps):
-        if step:
-            crc ^= grid[:, step]
-        np.right_shift(crc, 16, out=half)
-        crc &= 0xFFFF
-        crc = low[crc]
-        crc ^= high[half]
-    # zeros: the matrix appending one lane's bytes as zeros (4 zero bytes, then steps x 4)
-    zeros = np.uint32(1) << _BITS
-    for _ in range(4):
-        zeros = byte[zeros & 0xFF] ^ (zeros >> 8)
-    power = np.uint32(1) << _BITS  # identity
-    count = steps
-    while count:
-        if count & 1:
-            power = _apply(zeros, power)
-        zeros = _apply(zeros, zeros)
-        count >>= 1
-    while len(crc) > 1:  # lanes is a power of two
-        crc = _apply(power, crc[0::2]) ^ crc[1::2]
-        power = _apply(power, power)
-    return int(crc[0]) ^ 0xFFFFFFFF
 
 
 def mask_crc(crc: int) -> int:
