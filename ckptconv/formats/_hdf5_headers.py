@@ -393,31 +393,40 @@ def object_headers(
             found[i] = header
         # headers whose first block holds a continuation message (h5py moves a group's
         # messages there once it has attributes): parsed again, the block appended to the row
-        continued = [(row, block, length) for row, block, length in continued if block <= size - _FIRST_READ]
-        if continued:
-            which = [row for row, _, _ in continued]
-            blocks = rows(read, image, [block for _, block, _ in continued], _FIRST_READ)
-            joined = np.concatenate([heads[which], blocks], axis=1)
-            second = np.array([length for _, _, length in continued], np.int64)
-            headers, _ = _batch(joined, at[which], size, second)
-            for row, header in zip(which, headers):
+        which, block_at, block_size, first_size = continued
+        if len(which):
+            # each row: its first block, then the block (only as wide as the widest)
+            first = int(first_size.max())
+            blocks = rows(read, image, block_at, int(block_size.max()))
+            joined = np.concatenate([heads[which, :first], blocks], axis=1)
+            headers, _ = _batch(joined, at[which], size, block_size)
+            for row, header in zip(which.tolist(), headers):
                 found[chosen[row]] = header
     return found
 
 
+_Continued = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _batch(
     heads: np.ndarray, at: np.ndarray, size: int, second: np.ndarray | None
-) -> tuple[list[Header | None], list[tuple[int, int, int]]]:
-    """:func:`object_headers` for the headers whose first 512 bytes are the rows of
-    ``heads``, at addresses ``at`` (each at least 512 bytes before the end). With ``second``,
-    each row's first block ends in a continuation message and the block it names (of
-    ``second`` bytes) follows in the row's next 512 bytes. Returns the headers (None:
-    :func:`object_header` decides) and, without ``second``, ``(row, block address, block
-    size)`` of the rows left out because their first block ends in one continuation."""
+) -> tuple[list[Header | None], _Continued]:
+    """:func:`object_headers` for the headers whose first bytes are the rows of ``heads``
+    (512 of them), at addresses ``at`` (each at least 512 bytes before the end). With
+    ``second``, the rows are each header's first block, which holds a continuation message,
+    then (from the column just past the longest first block) the block it names, of
+    ``second`` bytes. Returns the headers (None: :func:`object_header` decides) and, without
+    ``second``, the rows left out because their first block holds one continuation: the
+    rows, the blocks' addresses and sizes (each within the image, at least 512 bytes before
+    its end, at most 512 bytes long) and how long each first block is."""
     n = len(at)
-    width = _FIRST_READ
     end = 16 + (heads[:, 8:12].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], np.int64))
-    ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
+    if second is None:
+        width = heads.shape[1]
+        ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
+    else:
+        width = heads.shape[1] - int(second.max())  # where the second block starts
+        ok = np.ones(n, bool)
     every = np.arange(n)
     position = np.full(n, 16, np.int64)
     found = {kind: np.zeros(n, np.int64) for kind in (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE, _CONTINUATION)}
@@ -463,14 +472,14 @@ def _batch(
         follow = ok & (counts[_CONTINUATION] == 1) & (sizes[_CONTINUATION] >= 16)
         block = words(found[_CONTINUATION], 2)
         block_at, block_size = block[:, 0], block[:, 1]
-        follow &= (block_size <= width) & (block_at <= np.uint64(size)) & (block_at + block_size <= np.uint64(size))
+        follow &= (block_size <= width) & (block_at <= np.uint64(size - _FIRST_READ))
         follow &= (block_at != (at + 16).astype(np.uint64)) | (block_size != (end - 16).astype(np.uint64))
-        continued = [
-            (row, int(block_at[row]), int(block_size[row])) for row in np.flatnonzero(follow).tolist()
-        ]
+        which = np.flatnonzero(follow)
+        continued = (which, block_at[which], block_size[which].astype(np.int64), end[which])
         ok &= counts[_CONTINUATION] == 0
     else:
-        continued = []
+        none = np.zeros(0, np.int64)
+        continued = (none, none, none, none)
         ok &= (counts[_CONTINUATION] == 1) & jumped
     group = (counts[_SYMBOL_TABLE] == 1) & (counts[_LAYOUT] == 0) & (sizes[_SYMBOL_TABLE] >= 16)
     dataset = (
@@ -490,14 +499,19 @@ def _batch(
     data_at, data_size = layout[:, 0].tolist(), layout[:, 1].tolist()
     btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
     is_group = group.tolist()
-    with_attributes = set(np.flatnonzero(ok & (attribute_end > 0).any(axis=1)).tolist())
+    # every attribute message of the rows taken, in order, cut from one copy of the rows
+    row_of, column = np.nonzero(attribute_end * ok[:, None])
+    flat = heads.tobytes() if len(row_of) else b""
+    row_start = row_of * heads.shape[1]
+    messages = iter([
+        flat[start:stop] for start, stop in zip(
+            (row_start + attribute_at[row_of, column]).tolist(), (row_start + attribute_end[row_of, column]).tolist()
+        )
+    ])
+    attribute_count = np.bincount(row_of, minlength=n).tolist()
     for i in np.flatnonzero(ok).tolist():
-        if i in with_attributes:
-            row = heads[i]
-            names, vlen, declared, spoiled = _attributes([
-                row[start:stop].tobytes()
-                for start, stop in zip(attribute_at[i].tolist(), attribute_end[i].tolist()) if stop
-            ])
+        if attribute_count[i]:
+            names, vlen, declared, spoiled = _attributes([next(messages) for _ in range(attribute_count[i])])
         else:
             names, vlen, declared, spoiled = (), [], False, False
         if is_group[i]:
