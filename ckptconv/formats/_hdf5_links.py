@@ -178,6 +178,9 @@ def walk(
         root = h5py.h5o.get_info(libhdf5().id).addr
     level = [(root, "")]
     seen = {root}
+    names: dict[int, str] = {}  # every group's path (the first found to it), by address
+    owned: dict[int, list[int]] = {}  # the objects first found through each group, in link order
+    tree = True  # no object reached twice (nor the walk stopped)
     try:
         while level:
             addresses = [address for address, _ in level]
@@ -192,22 +195,52 @@ def walk(
                     known = {i: links for (i, _), links in zip(small, tried) if links is not None}
             below: list[tuple[int, str]] = []
             for i, ((address, name), header) in enumerate(zip(level, batch)):
+                if header is not None and header.plain:  # a plain dataset: its bytes are raw
+                    headers[address] = header
+                    at, length = header.offset, header.length
+                    if 0 < length <= size - at:  # type: ignore[operator]
+                        ranges.append((at, at + length))  # type: ignore[operator]
+                    continue
                 links = describe(address, name or "/", header, known.get(i))
                 if links is None:
                     if address == root:  # libhdf5 opens the file, so its root is a group
                         raise CorruptFileError("the root group's object header is damaged", path=path)
                     continue
                 groups[address] = links
+                names[address] = name or "/"
+                found: list[int] = []
                 for key, (link_type, child) in links.items():
-                    if link_type or child in seen:  # not a hard link, or found already
+                    if link_type:  # not a hard link
+                        continue
+                    if child in seen:  # found already: the links form no tree
+                        tree = False
                         continue
                     if len(seen) >= MAX_OBJECTS:
                         raise TooManyLinks
                     seen.add(child)
+                    found.append(child)
                     below.append((child, f"{name}/{key}"))
+                if found:
+                    owned[address] = found
             level = below
     except TooManyLinks:
-        pass
+        tree = False
+    if tree:
+        # each object reached once, by hard links: the paths found are libhdf5's, and its
+        # visit order is each group, then what each of its links leads to, depth first
+        order: list[int] = []
+        stack = [iter((root,))]
+        while stack:
+            for address in stack[-1]:
+                order.append(address)
+                below_it = owned.get(address)
+                if below_it is not None:
+                    stack.append(iter(below_it))
+                    break
+            else:
+                stack.pop()
+        children = {names[address]: groups[address] for address in order if address in groups}
+        return {address: headers[address] for address in order}, children, sorted(ranges)
     # each group's links under its path, and the headers, in libhdf5's visit order (depth
     # first, by name): a group reached by a second hard link is not listed again
     children: dict[str, Links] = {"/": groups[root]}
