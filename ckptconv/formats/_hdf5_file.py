@@ -258,19 +258,16 @@ def check_global_heaps(
         finally:
             del image  # the mapping closes only once no array holds it
         collections: dict[int, dict[int, tuple[int, int]]] = {}
-        for start, stop in _gaps(skip, size):
-            for offset in _find_all(reader, start, stop):
-                objects = _check_collection(reader, offset, size, path=path)
-                if objects is not None:
-                    collections[offset] = objects
+        for offset in _signatures(reader, skip, size):
+            objects = _check_collection(reader, offset, size, path=path)
+            if objects is not None:
+                collections[offset] = objects
         texts: dict[int, dict[str, str | list[str]]] = {}
         for address, header in headers.items():
             for name, values, what in header.vlen:
-                _check_vlen_values(name, values, collections, path=path)
-                if what:  # strings: layer names, weight names
-                    text = _heap_texts(reader, values, collections)
-                    if text is not None:
-                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+                text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
+                if text is not None:  # strings: layer names, weight names
+                    texts.setdefault(address, {})[name] = text[0] if what == "str" else text
     finally:
         reader.close()
     for address, header in headers.items():
@@ -311,23 +308,6 @@ class Catalog(NamedTuple):
     texts: dict[int, dict[str, str | list[str]]]
     children: dict[str, dict[str, tuple[int, int]]]
     root: int | None = None
-
-
-def _heap_texts(
-    reader: _ImageReader, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]]
-) -> list[str] | None:
-    """The strings checked variable-length values point at (None when one is not UTF-8)."""
-    texts = []
-    for length, collection, index in _vlen_values(raw):
-        if not length:
-            texts.append("")
-            continue
-        size, start = collections[collection][index]
-        try:
-            texts.append(reader.read(collection + start, size).decode("utf-8"))
-        except UnicodeDecodeError:
-            return None
-    return texts
 
 
 def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | None | bool:
@@ -407,16 +387,41 @@ class _ImageReader:
             self._map = self.mapped = None
 
 
-def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    gaps = []
-    position = 0
-    for start, stop in ranges:
-        if start > position:
-            gaps.append((position, start))
-        position = max(position, stop)
-    if position < size:
-        gaps.append((position, size))
-    return gaps
+_SCAN_THROUGH = 16 << 10  # skipped ranges shorter than this are searched through (then filtered)
+
+
+def _signatures(reader: _ImageReader, skip: list[tuple[int, int]], size: int) -> list[int]:
+    """Offsets of every ``GCOL`` signature lying wholly outside the byte ranges ``skip``
+    (sorted by start; they may overlap), in file order.
+
+    A file of many small tensors has as many gaps as tensors: the image is searched in a
+    few long stretches instead, across the skipped ranges shorter than 16 KiB (a page or
+    few of tensor bytes), and signatures that are not wholly in a gap are dropped."""
+    if not skip:
+        return _find_all(reader, 0, size)
+    ranges = np.array(skip, np.int64)
+    starts, stops = ranges[:, 0], np.maximum.accumulate(ranges[:, 1])
+    # the gaps: before the first range, between each range and the furthest stop before it,
+    # after the last
+    gap_starts = np.concatenate([[0], stops])
+    gap_stops = np.concatenate([starts, [size]])
+    real = gap_stops > gap_starts
+    gap_starts, gap_stops = gap_starts[real], gap_stops[real]
+    if not len(gap_starts):
+        return []
+    # stretches: gaps joined across what lies between them when that is short
+    joined = gap_starts[1:] - gap_stops[:-1] < _SCAN_THROUGH
+    begins = np.flatnonzero(np.concatenate([[True], ~joined]))
+    ends = np.concatenate([begins[1:], [len(gap_starts)]]) - 1
+    found: list[int] = []
+    for start, stop in zip(gap_starts[begins].tolist(), gap_stops[ends].tolist()):
+        found.extend(_find_all(reader, start, stop))
+    if not found:
+        return []
+    hits = np.array(found, np.int64)
+    gap = np.searchsorted(gap_starts, hits, side="right") - 1
+    inside = (gap >= 0) & (hits + len(_GCOL) <= gap_stops[np.maximum(gap, 0)])
+    return hits[inside].tolist()
 
 
 def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
@@ -485,22 +490,33 @@ def _check_collection(
 
 
 def _check_vlen_values(
-    name: str, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]], *, path: str | os.PathLike[str]
-) -> None:
+    name: str, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]], reader: _ImageReader | None,
+    *, path: str | os.PathLike[str],
+) -> list[str] | None:
     """Each value is (length, heap collection address, object index): it must match a checked
-    collection's object, or libhdf5 allocates whatever the length says."""
+    collection's object, or libhdf5 allocates whatever the length says. With ``reader``, the
+    strings the values point at (None when one is not UTF-8)."""
     base_size = raw[0] or 1
+    texts: list[str] | None = None if reader is None else []
     for length, collection, index in _vlen_values(raw):
         if length == 0:
+            if texts is not None:
+                texts.append("")
             continue
-        stored = collections.get(collection, {}).get(index, (None,))[0]
-        if stored is None or stored != length * base_size:
-            what = "no heap object" if stored is None else f"a heap object of {stored} bytes"
+        stored = collections.get(collection, {}).get(index)
+        if stored is None or stored[0] != length * base_size:
+            what = "no heap object" if stored is None else f"a heap object of {stored[0]} bytes"
             raise CorruptFileError(
                 f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
                 f"{what} (the file is damaged)",
                 path=path,
             )
+        if texts is not None:
+            try:
+                texts.append(reader.read(collection + stored[1], stored[0]).decode("utf-8"))  # type: ignore[union-attr]
+            except UnicodeDecodeError:
+                texts = None
+    return texts
 
 
 _VLEN_VALUE = struct.Struct("<IQI")  # length, global heap collection address, object index
