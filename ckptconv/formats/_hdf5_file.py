@@ -387,16 +387,17 @@ class _ImageReader:
             self._map = self.mapped = None
 
 
-_SCAN_THROUGH = 16 << 10  # skipped ranges shorter than this are searched through (then filtered)
+_SCAN_THROUGH = 1 << 10  # skipped ranges shorter than this are searched through (then filtered)
 
 
 def _signatures(reader: _ImageReader, skip: list[tuple[int, int]], size: int) -> list[int]:
     """Offsets of every ``GCOL`` signature lying wholly outside the byte ranges ``skip``
     (sorted by start; they may overlap), in file order.
 
-    A file of many small tensors has as many gaps as tensors: the image is searched in a
-    few long stretches instead, across the skipped ranges shorter than 16 KiB (a page or
-    few of tensor bytes), and signatures that are not wholly in a gap are dropped."""
+    A file of many small tensors has as many gaps as tensors: the image is searched in
+    longer stretches instead, across the skipped ranges shorter than 1 KiB (biases and the
+    like: no page of tensor bytes is read that would not be anyway), and signatures that
+    are not wholly in a gap are dropped."""
     if not skip:
         return _find_all(reader, 0, size)
     ranges = np.array(skip, np.int64)
