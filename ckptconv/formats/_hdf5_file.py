@@ -258,10 +258,11 @@ def check_global_heaps(
         finally:
             del image  # the mapping closes only once no array holds it
         collections: dict[int, dict[int, tuple[int, int]]] = {}
-        for offset in _signatures(reader, skip, size):
-            objects = _check_collection(reader, offset, size, path=path)
-            if objects is not None:
-                collections[offset] = objects
+        for start, stop in _gaps(skip, size):
+            for offset in _find_all(reader, start, stop):
+                objects = _check_collection(reader, offset, size, path=path)
+                if objects is not None:
+                    collections[offset] = objects
         texts: dict[int, dict[str, str | list[str]]] = {}
         for address, header in headers.items():
             for name, values, what in header.vlen:
@@ -387,42 +388,16 @@ class _ImageReader:
             self._map = self.mapped = None
 
 
-_SCAN_THROUGH = 1 << 10  # skipped ranges shorter than this are searched through (then filtered)
-
-
-def _signatures(reader: _ImageReader, skip: list[tuple[int, int]], size: int) -> list[int]:
-    """Offsets of every ``GCOL`` signature lying wholly outside the byte ranges ``skip``
-    (sorted by start; they may overlap), in file order.
-
-    A file of many small tensors has as many gaps as tensors: the image is searched in
-    longer stretches instead, across the skipped ranges shorter than 1 KiB (biases and the
-    like: no page of tensor bytes is read that would not be anyway), and signatures that
-    are not wholly in a gap are dropped."""
-    if not skip:
-        return _find_all(reader, 0, size)
-    ranges = np.array(skip, np.int64)
-    starts, stops = ranges[:, 0], np.maximum.accumulate(ranges[:, 1])
-    # the gaps: before the first range, between each range and the furthest stop before it,
-    # after the last
-    gap_starts = np.concatenate([[0], stops])
-    gap_stops = np.concatenate([starts, [size]])
-    real = gap_stops > gap_starts
-    gap_starts, gap_stops = gap_starts[real], gap_stops[real]
-    if not len(gap_starts):
-        return []
-    # stretches: gaps joined across what lies between them when that is short
-    joined = gap_starts[1:] - gap_stops[:-1] < _SCAN_THROUGH
-    begins = np.flatnonzero(np.concatenate([[True], ~joined]))
-    ends = np.concatenate([begins[1:], [len(gap_starts)]]) - 1
-    found: list[int] = []
-    for start, stop in zip(gap_starts[begins].tolist(), gap_stops[ends].tolist()):
-        found.extend(_find_all(reader, start, stop))
-    if not found:
-        return []
-    hits = np.array(found, np.int64)
-    gap = np.searchsorted(gap_starts, hits, side="right") - 1
-    inside = (gap >= 0) & (hits + len(_GCOL) <= gap_stops[np.maximum(gap, 0)])
-    return hits[inside].tolist()
+def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    gaps = []
+    position = 0
+    for start, stop in ranges:
+        if start > position:
+            gaps.append((position, start))
+        position = max(position, stop)
+    if position < size:
+        gaps.append((position, size))
+    return gaps
 
 
 def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:

@@ -18,6 +18,7 @@ libhdf5 (through h5py) as before. The HDF5 file format specification (version 3.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -509,31 +510,34 @@ def _batch(
         )
     ])
     attribute_count = np.bincount(row_of, minlength=n).tolist()
+    make = Header._make
+    sizes_of: dict[tuple[int, int], int] = {}  # bytes of each (shape, dtype) met, by identity
     for i in np.flatnonzero(ok).tolist():
         if attribute_count[i]:
             names, vlen, declared, spoiled = _attributes([next(messages) for _ in range(attribute_count[i])])
         else:
             names, vlen, declared, spoiled = (), [], False, False
         if is_group[i]:
-            out[i] = Header("group", False, None, None, None, 0, vlen, names, (btree[i], heap[i]))
+            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree[i], heap[i]), False))
             continue
         offset, length = data_at[i], data_size[i]
         if offset == _UNDEFINED:
-            out[i] = Header("dataset", False, None, None, None, length, vlen, names)
+            out[i] = make(("dataset", False, None, None, None, length, vlen, names, None, False))
             continue
         shape, dtype = shapes[i], dtypes[i]
         if shape is _UNSEEN or dtype is _UNSEEN:  # a hash collision: object_header decides
             continue
         if shape is None or dtype is None or spoiled:  # not a plain shape or dtype
-            out[i] = Header("dataset", False, None, None, offset, length, vlen, names)
+            out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
             continue
-        count = 1
-        for d in shape:
-            count *= d
-        if count * dtype.itemsize == length:
-            out[i] = Header("dataset", True, shape, dtype, offset, length, vlen, names, None, declared)
+        key = (id(shape), id(dtype))  # both live in shapes and dtypes: identities are unique
+        stored = sizes_of.get(key)
+        if stored is None:
+            stored = sizes_of[key] = math.prod(shape) * dtype.itemsize
+        if stored == length:
+            out[i] = make(("dataset", True, shape, dtype, offset, length, vlen, names, None, declared))
         else:
-            out[i] = Header("dataset", False, None, None, offset, length, vlen, names)
+            out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
     return out, continued
 
 
