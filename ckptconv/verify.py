@@ -172,6 +172,8 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors.index.json"))
         if len(found) != 1:
+            if not found and _another_format(path):  # a TF checkpoint or Orbax directory
+                raise _not_safetensors(path)
             raise CorruptFileError(
                 "expected exactly one *.safetensors.index.json in the directory", path=path
             )
@@ -180,6 +182,8 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
         index_file = path.with_name(path.name + ".index.json")
         if path.name.endswith(".safetensors") and index_file.is_file():
             path = index_file  # a sharded set written under this name
+        elif _another_format(path):  # a TF checkpoint's prefix
+            raise _not_safetensors(path)
         else:
             raise NoSuchFileError(path=path)
     regular_file(path)
@@ -209,6 +213,17 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
                 path=path,
             )
     return path, [path], None
+
+
+def _another_format(path: Path) -> bool:
+    """Whether a path that is no file of a safetensors set is a checkpoint of another format."""
+    from .formats import detect
+
+    try:
+        detect(path)
+    except CkptconvError:
+        return False
+    return True
 
 
 def _not_safetensors(path: Path) -> FormatError:

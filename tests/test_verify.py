@@ -157,3 +157,20 @@ def test_truncated_file_fails_verification(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stdout == "" and proc.stderr.startswith(f"ckptconv: error: {dst}: ")
     assert "truncated" in proc.stderr
+
+
+def test_a_tensorflow_checkpoint_prefix_or_directory_is_not_taken_for_a_missing_file(capsys, generated) -> None:
+    """verify reads safetensors only; a TF checkpoint given by its prefix (no file of that
+    name exists) or its directory is said to be what it is, as any other format's file is."""
+    from ckptconv.cli import main
+
+    prefix = Path(json.loads((generated("tf") / "tf1.case.json").read_text())["prefix"])
+    assert not prefix.exists() and prefix.with_name(prefix.name + ".index").is_file()
+    tail = ": not a safetensors file (a tf-checkpoint checkpoint): verify re-checks the safetensors files"
+    for given in (prefix, prefix.parent):
+        assert main(["verify", str(given)]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"ckptconv: error: {given}{tail}"), err
+    missing = prefix.with_name("no-such-checkpoint")
+    assert main(["verify", str(missing)]) == 1
+    assert capsys.readouterr().err == f"ckptconv: error: {missing}: no such file or directory\n"

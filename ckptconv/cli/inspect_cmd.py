@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             print("tied (one stored tensor): " + " = ".join(name for name in group if name in shown))
         hidden = len(store) - len(entries)
         if hidden:
-            print(f"({hidden} optimizer/bookkeeping entries not shown; use --all)")
+            print(f"({hidden} optimizer/bookkeeping {'entry' if hidden == 1 else 'entries'} not shown; use --all)")
         if args.all and store.skipped:
             print(f"skipped {len(store.skipped)} values that are not tensors:")
             for name, what in store.skipped:

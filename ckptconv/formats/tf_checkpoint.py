@@ -251,7 +251,7 @@ def _read_index(index_path: str) -> _Index:
     except tb.UnsupportedTableError as e:
         raise UnsupportedError(str(e), path=index_path) from e
     except tb.TableError as e:
-        raise CorruptFileError(f"damaged checkpoint index: {e}", path=index_path) from e
+        raise CorruptFileError(f"damaged checkpoint index: {e}; {FETCH_AGAIN}", path=index_path) from e
     if not table or table[0][0] != b"":
         raise FormatError(
             "a sorted table without a BundleHeaderProto under the empty key: not a TensorFlow "
