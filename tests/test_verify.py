@@ -174,3 +174,40 @@ def test_a_tensorflow_checkpoint_prefix_or_directory_is_not_taken_for_a_missing_
     missing = prefix.with_name("no-such-checkpoint")
     assert main(["verify", str(missing)]) == 1
     assert capsys.readouterr().err == f"ckptconv: error: {missing}: no such file or directory\n"
+
+
+def test_a_damaged_name_in_the_checksum_table_is_refused_by_every_command(tmp_path: Path, capsys) -> None:
+    """A flipped byte in a tensor's name inside the recorded checksum table would leave that
+    tensor unprotected: every command refuses the file as damaged. A table that also names
+    tensors the file no longer holds (another tool dropped them) but lists every tensor kept is
+    read as it is."""
+    from ckptconv.cli import main
+
+    path = tmp_path / "model.safetensors"
+    ckptconv.write_safetensors(
+        [ckptconv.Output(k, (3,), np.float32, lambda: np.ones(3, np.float32)) for k in ("a.weight", "b.weight")], path
+    )
+    raw = path.read_bytes()
+    listed = b'\\"a.weight\\":'
+    assert raw.count(listed) == 1
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(raw.replace(listed, b'\\"a.weighu\\":'))
+    expected = (
+        f"ckptconv: error: {damaged}: __metadata__['ckptconv.crc32c'] names a tensor the file lacks "
+        "('a.weighu') and none for 'a.weight': the header is damaged; copy or download it again\n"
+    )
+    out = tmp_path / "out.safetensors"
+    for argv in (["verify", damaged], ["inspect", damaged], ["diff", damaged, path], ["convert", damaged, out]):
+        assert main([str(a) for a in argv]) == 1, argv
+        assert capsys.readouterr().err == expected, argv
+    assert not out.exists()
+
+    header_len = int.from_bytes(raw[:8], "little")
+    header = raw[8 : 8 + header_len].replace(b'\\"b.weight\\"', b'\\"c.weight\\":\\"00000000\\",\\"b.weight\\"')
+    header += b" " * (-len(header) % 8)
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + header_len :])
+    with ckptconv.open(kept) as store:
+        assert sorted(store) == ["a.weight", "b.weight"]
+        assert all(store[k].crc32c is not None for k in store)
+    assert main(["verify", str(kept)]) == 0

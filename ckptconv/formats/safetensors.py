@@ -625,9 +625,20 @@ def _checksums(
         return {}
     try:
         table = json.loads(text)
-        return {name: int(value, 16) for name, value in table.items() if name in tensors}
+        checksums = {name: int(value, 16) for name, value in table.items() if name in tensors}
     except (ValueError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
+    if len(checksums) < len(table) and len(checksums) < len(tensors):
+        # names the file lacks while some of its tensors go unlisted: a name in the table was
+        # damaged (a file another tool dropped tensors from lists every tensor it kept)
+        unknown = next(name for name in table if name not in tensors)
+        unlisted = next(name for name in tensors if name not in checksums)
+        raise CorruptFileError(
+            f"__metadata__[{CRC_KEY!r}] names a tensor the file lacks ({unknown!r}) and none "
+            f"for {unlisted!r}: the header is damaged; {FETCH_AGAIN}",
+            path=path,
+        )
+    return checksums
 
 
 def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
