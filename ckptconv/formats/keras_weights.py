@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -231,6 +231,7 @@ _CREATION_ORDER = {
 }
 
 
+@lru_cache(maxsize=1 << 16)  # a sharded set sorts its groups' paths, which repeat their parts
 def _natural_key(name: str) -> tuple[Any, ...]:
     """Sort ``dense``, ``dense_1``, ``dense_2``, ..., ``dense_10`` in creation order."""
     stem, underscore, number = name.rpartition("_")
@@ -521,7 +522,7 @@ def builtin_class(info: LayerInfo) -> str:
     return cls
 
 
-def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:
+def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> Sequence[str]:
     """Variable names of one layer (its variables are ``record.datasets[0:count]``), or the
     indices where they cannot be known."""
     info = infos.get(record.chain[-1] if record.chain else "") if infos else None
@@ -529,22 +530,46 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(_INDEX_SUFFIX.sub("", parent), "lstm_cell")
+    stored: list[tuple[Any, tuple[int, ...]]] | None = None
     if (cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES) and not (
         info is not None and float_by_config(cls, info.config)
     ):
         datasets = record.datasets
         stored = [datasets[i].dtype_shape() for i in range(count)]
-        quantized = quantized_names(cls, stored, info.config if info else None)
+    if info is not None:
+        return _names_of(cls, count, stored, info.config)
+    # without a config the answer depends on the class and what is stored, nothing else: a
+    # file of thousands of layers repeats a handful of those
+    key = (cls, count, None if stored is None else tuple(stored))
+    names = _NAMES_WITHOUT_CONFIG.get(key)
+    if names is None:
+        names = tuple(_names_of(cls, count, stored, None))
+        if len(_NAMES_WITHOUT_CONFIG) < 4096:
+            _NAMES_WITHOUT_CONFIG[key] = names
+    return names
+
+
+# (class, count, stored dtypes and shapes if they matter) -> names, for layers without config
+_NAMES_WITHOUT_CONFIG: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _names_of(
+    cls: str | None, count: int, stored: list[tuple[Any, tuple[int, ...]]] | None,
+    config: Mapping[str, Any] | None,
+) -> list[str]:
+    """:func:`_weight_names` worked out: ``stored`` are the dtypes and shapes when the layer
+    may be quantized, ``config`` its ``config.json`` entry when there is one."""
+    if stored is not None:
+        quantized = quantized_names(cls, stored, config)
         if quantized is not None:
             return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
-    if info is not None and candidates:
-        cfg = info.config
-        if cfg.get("use_bias") is False or (cls == "einsum_dense" and cfg.get("bias_axes") is None):
+    if config is not None and candidates:
+        if config.get("use_bias") is False or (cls == "einsum_dense" and config.get("bias_axes") is None):
             candidates = [c for c in candidates if c != "bias"]
-        if cfg.get("center") is False:
+        if config.get("center") is False:
             candidates = [c for c in candidates if c != "beta"]
-        if cfg.get("scale") is False:
+        if config.get("scale") is False:
             candidates = [c for c in candidates if c != "gamma"]
     if len(candidates) == count:
         return candidates
