@@ -72,6 +72,22 @@ def test_a_missing_variable_is_named(keras_dir: Path, tmp_path: Path, drop: str,
         ckptconv.open(path)
 
 
+@pytest.mark.parametrize("key", ["kernel", "\u00b2", "\u0663"])  # a name; "²" (a digit to isdigit, no number to int)
+def test_a_variable_key_that_is_no_index_is_refused(keras_dir: Path, tmp_path: Path, key: str) -> None:
+    """A vars group's keys are the variables' indices: any other key is refused, naming it;
+    a decimal digit of another script is read as int() reads it ("٣" is index 3: 1 is missing)."""
+    path = tmp_path / "key.weights.h5"
+    shutil.copy(keras_dir / "k3_zoo.weights.h5", path)
+    with h5py.File(path, "a") as f:
+        f.move("layers/batch_normalization/vars/1", f"layers/batch_normalization/vars/{key}")
+    expected = (
+        "variables [1] of /layers/batch_normalization/vars are missing" if key == "\u0663"
+        else f"unexpected variable key {key!r} in /layers/batch_normalization/vars"
+    )
+    with pytest.raises(CorruptFileError, match=re.escape(expected)):
+        ckptconv.open(path)
+
+
 F32, BF16, I8 = np.dtype("float32"), np.dtype("float16"), np.dtype("int8")
 STORED = [
     [(F32, (4, 3)), (F32, (3,))],
