@@ -1,9 +1,9 @@
 """The small rules the Keras readers apply once per layer or per tensor, each against the
-general form it stands for: the creation-order sort key, the missing-variable check, the
-float-layer answer of the quantized naming, the zip member window libhdf5 reads through and
-the map the metadata pass reads it by, the legacy reader's HDF5 path joining, and the
-``config.json`` layer walk (against the walk as first written, on every ``.keras`` fixture
-and on generated configs)."""
+general form it stands for: the creation-order sort key, the missing-variable and
+variable-key checks, the float-layer answer of the quantized naming, the zip member window
+libhdf5 reads through and the map the metadata pass reads it by, the legacy reader's HDF5 path
+joining, and the ``config.json`` layer walk (against the walk as first written, on every
+``.keras`` fixture and on generated configs)."""
 
 from __future__ import annotations
 
