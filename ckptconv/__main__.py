@@ -14,11 +14,9 @@ def run() -> int:
     try:
         from .cli import main
     except KeyboardInterrupt as e:
-        if "--debug" in sys.argv[1:]:
-            raise
-        from .interrupts import report_interrupt
+        from .interrupts import report_early_interrupt
 
-        return report_interrupt(e, json="--json" in sys.argv[1:])
+        return report_early_interrupt(e, sys.argv[1:])
     return main()
 
 

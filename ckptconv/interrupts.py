@@ -57,6 +57,15 @@ def report_interrupt(error: BaseException, *, json: bool = False) -> int:
     return status
 
 
+def report_early_interrupt(error: KeyboardInterrupt, argv: list[str]) -> int:
+    """A Ctrl-C before the command's arguments are parsed (while its modules load), reported
+    as :func:`report_interrupt` reports it later, reading ``--json`` and ``--debug`` from the
+    raw ``argv``; with ``--debug`` the interrupt is raised again (a traceback)."""
+    if "--debug" in argv:
+        raise error
+    return report_interrupt(error, json="--json" in argv)
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 

@@ -38,7 +38,7 @@ from .formats.safetensors import (
     sniff,
 )
 from .options import keyword_options
-from .store import ByteRange
+from .store import ByteRange, ReadBuffer
 
 __all__ = ["verify_file", "VerifyResult", "Mismatch"]
 
@@ -229,7 +229,7 @@ def _not_safetensors(path: Path) -> FormatError:
 def _verify_one(
     header: Header, result: VerifyResult, progress: Callable[[int], None] | None
 ) -> None:
-    buffer = memoryview(bytearray(_CHUNK))
+    buffer = ReadBuffer(_CHUNK)
     fd = os.open(header.path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):

@@ -436,3 +436,18 @@ def test_ctrl_c_while_the_command_starts_prints_the_interrupted_line(
         }
     else:
         assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("module", ["ckptconv.cli", "ckptconv.formats"])
+def test_ctrl_c_while_the_command_starts_with_debug_is_a_traceback(module: str, tmp_path: Path) -> None:
+    """--debug lets the early Ctrl-C through, as it does a later one: Python prints the
+    traceback and ends by the signal."""
+    src = Path(__file__).resolve().parent.parent / "examples" / "sample.keras"
+    argv = ["--debug", "inspect", str(src)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_IMPORTING.format(module=module, argv=argv)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+    assert proc.stderr.startswith("Traceback") and proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc.stderr
+    assert "no partial output" not in proc.stderr

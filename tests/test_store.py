@@ -1,5 +1,5 @@
 """The neutral core's per-tensor rules: Keras' weight order within a layer, and the shapes an
-Entry refuses (whatever path the check takes)."""
+Entry refuses (whatever path the check takes), and where read buffers are placed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ckptconv import CorruptFileError
-from ckptconv.store import ByteRange, Entry, keras_order
+from ckptconv.store import PAGE, ByteRange, Entry, ReadBuffer, keras_order, read_byte_range
 
 
 def _entry(name: str, *, layer: str | None = None, kind: str = "weight") -> Entry:
@@ -157,3 +157,42 @@ def test_a_byte_range_is_the_frozen_dataclass_it_declares() -> None:
         r.offset = 0  # type: ignore[misc]
     with pytest.raises(TypeError):
         ByteRange("/p", 3)  # type: ignore[call-arg]
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _well_placed(array: np.ndarray, offset: int) -> bool:
+    """64-byte aligned, and not 1-63 bytes past the file offset's place in its page (where the
+    kernel's copy from the page cache runs several times slower)."""
+    return _address(array) % 64 == 0 and not 1 <= (_address(array) - offset) % PAGE <= 63
+
+
+@pytest.mark.parametrize("offset", [0, 1, 15, 16, 17, 63, 64, 100, 2048 + 16, PAGE - 1, PAGE, 3 * PAGE + 40])
+def test_a_read_buffer_is_placed_for_its_file_offset(offset):
+    buffer = ReadBuffer(1 << 20)
+    view = buffer.at(offset)
+    assert view.dtype == np.uint8 and view.shape == (1 << 20,)
+    assert _well_placed(view, offset)
+    # successive reads of the capacity keep the placement; a shorter read is a prefix
+    assert _well_placed(view, offset + 5 * (1 << 20))
+    assert buffer.at(offset, 10).shape == (10,)
+    assert buffer.at(offset, 2 << 20).shape == (1 << 20,)
+
+
+def test_a_large_tensor_is_read_into_a_placed_array(tmp_path):
+    """Entry.read's array starts where the read is fast, whatever the tensor's place in its
+    page (malloc's large blocks start 16 bytes into a page: 16 past a page-aligned tensor),
+    and holds the stored bytes."""
+    values = np.arange(1 << 14, dtype=np.float32)  # 64 KiB: the smallest read that is placed
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 32 + values.tobytes())
+    for offset in range(0, PAGE + 1):  # every place in a page
+        array = read_byte_range(ByteRange(str(path), offset, values.nbytes), np.dtype(np.float32), (128, 128))
+        assert array.shape == (128, 128) and array.dtype == np.float32 and array.flags.c_contiguous
+        assert array.flags.writeable and array.flags.aligned
+        assert _well_placed(array, offset), offset
+        if offset in (0, 8, 1000, PAGE):
+            expected = np.frombuffer(path.read_bytes()[offset : offset + values.nbytes], np.float32)
+            np.testing.assert_array_equal(array.reshape(-1), expected)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import CkptconvError, UsageError
-from ..interrupts import Noted, Terminated, interrupts_noted, report_interrupt, sigterm_raises
+from ..interrupts import Noted, Terminated, interrupts_noted, report_early_interrupt, report_interrupt, sigterm_raises
 from .common import SPELLING, Parser, UsageExit, emit_json, error_json, print_error
 
 __all__ = ["main", "build_parser"]
@@ -71,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupts_noted() as ctrl_c:
             return _main(argv, ctrl_c)
     except KeyboardInterrupt as e:  # before the command runs: while its modules are imported
-        if "--debug" in argv:
-            raise
-        return report_interrupt(e, json="--json" in argv)
+        return report_early_interrupt(e, argv)
 
 
 def _main(argv: list[str], ctrl_c: Noted) -> int:

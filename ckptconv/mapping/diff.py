@@ -6,9 +6,10 @@ pair whether its bytes are identical, or else how far apart the values are (max 
 max relative difference, the count of elements beyond the tolerance, the first of them).
 
 It streams. A tensor stored as plain bytes on both sides (every format's usual case) is read
-in blocks of 512 KiB with ``pread`` into one buffer per side, and compared (bytes first, by
-``memcmp``; values only where the bytes differ) while the block is still in the CPU's cache; a CRC-32C the format
-records is computed over the same blocks. Two such tensors are compared at a time, on two
+in blocks of 512 KiB with ``pread`` into one buffer per side (placed where the kernel copies
+fastest), and compared (bytes first, eight at a time; values only where the bytes differ) while
+the block is still in the CPU's cache; a CRC-32C the format records is computed over the same
+blocks. Two such tensors are compared at a time, on two
 worker threads, so both cores read. A tensor that is not plain bytes (an HDF5 dataset stored
 compressed, a live model's variable, an output a ``--map`` rule transforms) is read whole, one
 at a time. Memory stays at four blocks and one such tensor, whatever the tensors' sizes.
@@ -31,7 +32,7 @@ from ..errors import CkptconvError, PlanError, UsageError
 from ..formats import open_source
 from ..gcpause import paused_gc
 from ..options import keyword_options, option_value
-from ..store import Entry, Output, Store
+from ..store import Entry, Output, Store, read_buffer
 from .aliases import AliasTable
 from .diff_report import DiffReport, Status, TensorDiff, TensorInfo
 
@@ -361,12 +362,10 @@ def _compare_pair(
     per_block = _per_block(output, entry_b)
     scratch = np.empty(min(BLOCK_BYTES, output.nbytes) // 8, dtype=bool) if same_dtype else None
     nbytes = 0
-    for xa, xb, same in _blocks(output, entry_b, per_block, files, same_dtype=same_dtype):
+    for xa, xb in _blocks(output, entry_b, per_block, files):
         if stop is not None and stop.is_set():
             raise _Stopped(output.name)
-        if same is None:
-            same = scratch is not None and _same_bytes(xa, xb, scratch)
-        if not same:
+        if scratch is None or not _same_bytes(xa, xb, scratch):
             stats.add(xa, xb)
         stats.offset += xa.size
         read = xa.nbytes + xb.nbytes
@@ -437,43 +436,31 @@ def _streamed(output: Output, entry_b: Entry) -> bool:
 
 
 def _blocks(
-    output: Output, entry_b: Entry, per_block: int, files: _Files | None = None, *, same_dtype: bool = False
-) -> Iterator[tuple[np.ndarray, np.ndarray, bool | None]]:
+    output: Output, entry_b: Entry, per_block: int, files: _Files | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Both sides' elements in C order, ``per_block`` at a time, as pairs of 1-D arrays (valid
-    until the next pair is asked for), each with whether its bytes are the same: known when
-    both sides are plain bytes of one dtype (``same_dtype``), compared as they are read
-    (``memcmp``, at the speed of the read), else None. A side stored as plain bytes is read
-    with ``pread`` through ``files`` (one descriptor per file for the whole comparison: a
-    checkpoint of 10,000 small tensors is not opened 10,000 times); the other side is read
-    whole."""
+    until the next pair is asked for). A side stored as plain bytes is read with ``pread``
+    through ``files`` (one descriptor per file for the whole comparison: a checkpoint of
+    10,000 small tensors is not opened 10,000 times); the other side is read whole."""
     count = math.prod(output.shape)
     raw_a, raw_b = _stored(output), _stored(entry_b)
     if count == 0 or (raw_a is None and raw_b is None):
         whole_a = output.compute().reshape(-1)
         whole_b = entry_b.read().reshape(-1)
         for start in range(0, max(count, 1), per_block):
-            yield whole_a[start : start + per_block], whole_b[start : start + per_block], None
+            yield whole_a[start : start + per_block], whole_b[start : start + per_block]
         return
     # read whole (one at a time) only the side that is not plain bytes
     gen_a = _raw_blocks(raw_a, count, per_block, files) if raw_a is not None else _views(output.compute(), per_block)
     gen_b = _raw_blocks(raw_b, count, per_block, files) if raw_b is not None else _views(entry_b.read(), per_block)
     # as many blocks each: a raw side's last one is checked already
-    for (xa, bytes_a), (xb, bytes_b) in zip(gen_a, gen_b):
-        same = None
-        if same_dtype and bytes_a is not None and bytes_b is not None:
-            # a whole buffer (a bytearray) compares with the other by memcmp; a tensor's last,
-            # shorter block is copied first (memoryviews compare element by element)
-            if type(bytes_a) is bytearray and type(bytes_b) is bytearray:
-                same = bytes_a == bytes_b
-            else:
-                same = bytes(bytes_a) == bytes(bytes_b)
-        yield xa, xb, same
+    yield from zip(gen_a, gen_b)
 
 
-def _views(array: np.ndarray, per_block: int) -> Iterator[tuple[np.ndarray, None]]:
+def _views(array: np.ndarray, per_block: int) -> Iterator[np.ndarray]:
     flat = array.reshape(-1)
     for start in range(0, flat.size, per_block):
-        yield flat[start : start + per_block], None
+        yield flat[start : start + per_block]
 
 
 class _Files:
@@ -503,20 +490,15 @@ class _Files:
             os.close(fd)
 
 
-def _raw_blocks(
-    entry: Entry, count: int, per_block: int, files: _Files | None = None
-) -> Iterator[tuple[np.ndarray, bytearray | memoryview]]:
-    """The entry's stored bytes a block at a time, read with ``pread`` into one buffer (a block
-    is overwritten when the next is asked for), on the thread that compares it: a block is
-    compared while it is still in the CPU's cache. Each block comes as its elements and its
-    bytes (the whole buffer, a ``bytearray``, when the block fills it). The recorded CRC-32C,
-    if any, is computed over each block as it arrives and checked before the last block is
-    handed over."""
+def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None = None) -> Iterator[np.ndarray]:
+    """The entry's stored elements a block at a time, read with ``pread`` into one buffer
+    (placed for a fast read, see :class:`~ckptconv.store.ReadBuffer`; a block is overwritten
+    when the next is asked for), on the thread that compares it: a block is compared while
+    it is still in the CPU's cache. The recorded CRC-32C, if any, is computed over each
+    block as it arrives and checked before the last block is handed over."""
     br = entry.byte_range
     assert br is not None and br.length == count * entry.dtype.itemsize  # see _stored
-    buffer = bytearray(min(per_block, count) * entry.dtype.itemsize)
-    whole = memoryview(buffer)
-    raw = np.frombuffer(buffer, dtype=np.uint8)
+    raw = read_buffer(min(per_block, count) * entry.dtype.itemsize, br.offset)
     check = entry.crc32c is not None
     if check:
         import crc32c
@@ -524,7 +506,7 @@ def _raw_blocks(
     done = 0
     fd = os.open(br.path, os.O_RDONLY) if files is None else files.fd(br.path)
     try:
-        for piece in br.pieces(whole, fd=fd, tensor=entry.name):
+        for piece in br.pieces(memoryview(raw), fd=fd, tensor=entry.name):
             size = len(piece)
             block = raw[:size]
             done += size
@@ -532,7 +514,7 @@ def _raw_blocks(
                 crc = crc32c.crc32c(block, crc)
                 if done == br.length:
                     entry.compare_crc(crc)
-            yield block.view(entry.dtype), (buffer if size == len(buffer) else whole[:size])
+            yield block.view(entry.dtype)
     finally:
         if files is None:
             os.close(fd)

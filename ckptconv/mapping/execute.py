@@ -21,7 +21,7 @@ import numpy as np
 
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError
-from ..store import Entry
+from ..store import Entry, read_buffer
 from .cast import Cast
 from .ops import ExecutionProblem, Op, Split, Transpose
 
@@ -171,7 +171,7 @@ def cast_blocks(
         count = int(np.prod(entry.shape, dtype=np.int64))
         widest = max([entry.dtype.itemsize] + [s.out_dtype.itemsize for s in steps])
         per = max(1, max_bytes // widest)
-        buffer = np.empty(min(per, count), dtype=entry.dtype)
+        buffer = read_buffer(min(per, count) * entry.dtype.itemsize, byte_range.offset).view(entry.dtype)
         crc = 0
         if entry.crc32c is not None:
             import crc32c  # here: importing it reads package metadata (tens of ms)

@@ -43,7 +43,7 @@ from ..errors import IntegrityError, OutputError, UnsupportedError
 from ..formats.safetensors import CRC_KEY, SET_KEY, check_metadata, index_path, shard_names
 from ..interrupts import sigterm_raises
 from ..options import keyword_options
-from ..store import ByteRange, Output
+from ..store import ByteRange, Output, ReadBuffer
 from ._sink import Pipeline, Sink, chunk_for, pwrite_all, write_all
 from ._sink import fsync as fsync_file
 from .outputs import OutputLock, TempFiles, commit, plan_output_set
@@ -283,7 +283,7 @@ def _verify_written(w: _Written) -> None:
     try:
         if os.pread(fd, len(w.header), 0) != w.header:
             bad.append("the header")
-        buffer = memoryview(bytearray(min(16 << 20, max((s.end - s.begin for s in w.slots), default=1) or 1)))
+        buffer = ReadBuffer(min(16 << 20, max((s.end - s.begin for s in w.slots), default=1) or 1))
         for slot in w.slots:
             stored = ByteRange(w.tmp, len(w.header) + slot.begin, slot.end - slot.begin)
             crc = stored.crc32c(fd=fd, buffer=buffer, tensor=slot.output.name)
