@@ -323,3 +323,35 @@ CONFIGS = st.recursive(st.booleans().flatmap(lambda b: _layer(LEAVES) if b else 
 def test_config_walk_is_the_first_walk_on_generated_configs(config: Any) -> None:
     """Nested models, layers, names repeated at every depth, keys in any order."""
     assert_same_walk(json.loads(json.dumps(config)))
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_config_walk_leaves_no_reference_cycle(deep: bool) -> None:
+    """The layers found (and their configs) are freed by reference counting once the caller
+    drops them, also when the walk refuses the config: nothing waits for a cyclic collection,
+    which the readers pause while they open a file."""
+    import gc
+    import weakref
+
+    class Marker:  # held by the layer's config only
+        pass
+
+    marker = Marker()
+    config: Any = {"layers": [{"class_name": "Dense", "config": {"name": "d", "held": marker}}]}
+    if deep:
+        depth = keras_weights.MAX_CONFIG_DEPTH + 5
+        config["layers"].append(json.loads("[" * depth + "]" * depth))
+    alive = weakref.ref(marker)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if deep:
+            with pytest.raises(UnsafeInputError):
+                keras_weights.layer_infos(config)
+        else:
+            assert list(keras_weights.layer_infos(config)) == ["d"]
+        del config, marker
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -192,7 +192,13 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 if child:
                     visit(child, depth + 1)
 
-    visit((config,), 0)
+    try:
+        visit((config,), 0)
+    finally:
+        # the helper refers to itself: deleted, the function, and with it ``found`` and every
+        # layer's config, are freed by reference counting once the caller is done, not left
+        # to a cyclic collection (which a process that paused the collector runs at exit)
+        del visit
     return found
 
 
