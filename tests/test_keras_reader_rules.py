@@ -355,3 +355,25 @@ def test_config_walk_leaves_no_reference_cycle(deep: bool) -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize("filename", ["k3_zoo.keras", "k3_zoo.weights.h5", "sharded/k3_zoo.weights.json", "tk_zoo.h5"])
+def test_opening_leaves_no_reference_cycle(keras_dir: Path, filename: str) -> None:
+    """What a Keras reader builds while opening (the vars walk's groups, the config's layers)
+    is freed by reference counting once the store is gone: no cyclic garbage is left for the
+    collector, which ``open`` pauses and a large file would make walk every object."""
+    import gc
+
+    with ckptconv.open(keras_dir / filename):  # first open: imports, memos
+        pass
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with ckptconv.open(keras_dir / filename) as store:
+            assert list(store)
+        del store
+        assert gc.collect() == 0
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -385,7 +385,10 @@ def collect_vars(
                 walk(node_name, links_at(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
                      own_class, child_state, depth + 2)
 
-    walk("/", links_at("/"), [], None, None, "layers", 0)
+    try:
+        walk("/", links_at("/"), [], None, None, "layers", 0)
+    finally:
+        del walk  # it refers to itself: the groups it holds are then freed with the caller's
     return root_name
 
 
@@ -497,7 +500,10 @@ def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
             else:
                 visit(child, depth + 1)
 
-    visit("/", 0)
+    try:
+        visit("/", 0)
+    finally:
+        del visit  # it refers to itself (see layer_infos)
     return names
 
 
