@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from .crc import crc32c as crc32c_of
 from .dtypes import dtype_name
 from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
 
@@ -211,13 +212,11 @@ class ByteRange:
         """CRC-32C of the range's bytes, read in pieces through ``buffer`` (a new one of up to
         8 MiB by default, reusable from range to range), so memory stays small whatever the
         tensor's size; ``progress`` gets each piece's size."""
-        import crc32c
-
         if buffer is None:
             buffer = ReadBuffer(max(1, min(self.length, 8 << 20)))
         crc = 0
         for piece in self.pieces(memoryview(buffer.at(self.offset)), fd=fd, tensor=tensor):
-            crc = crc32c.crc32c(piece, crc)
+            crc = crc32c_of(piece, crc)
             if progress is not None:
                 progress(len(piece))
         return crc
@@ -435,9 +434,7 @@ class Entry:
         assert self.byte_range is not None
         array = read_byte_range(self.byte_range, self.dtype, self.shape, tensor=self.name, out=out)
         if check_crc and self.crc32c is not None:
-            import crc32c
-
-            self.compare_crc(crc32c.crc32c(array.reshape(-1).view(np.uint8)))
+            self.compare_crc(crc32c_of(array.reshape(-1).view(np.uint8)))
         return array
 
     def verify_crc(self) -> None:

@@ -86,6 +86,18 @@ def test_headers_of_keras_files(generated, filename: str, image: bool) -> None:
 
 
 @pytest.mark.parametrize("image", [True, False], ids=["array", "reads"])
+@pytest.mark.parametrize("filename", ["k3_zoo.weights.h5", "tk_zoo.h5"])
+def test_groups_with_attributes_are_taken(generated, filename: str, image: bool) -> None:
+    """Keras 3's ``vars`` groups (a ``name`` attribute) and tf-keras' layer groups
+    (``weight_names``) have their symbol table and attributes in a continuation block (h5py
+    moves them there when the first attribute is added): the batch parses those too."""
+    headers, data = _catalog(generated("keras") / filename)
+    named = [a for a, h in headers.items() if h.kind == "group" and h.attributes and h.vlen]
+    assert len(named) >= 3
+    assert _assert_batch_agrees(data, named, image=image) >= len(named) // 2
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["array", "reads"])
 def test_headers_of_files_h5py_writes(tmp_path: Path, image: bool) -> None:
     for path in _h5py_files(tmp_path):
         headers, data = _catalog(path)

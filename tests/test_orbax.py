@@ -10,6 +10,7 @@ epochs: steps 0 and 1, optimizer and metrics saved), ``orbax_seq_wo`` (a Sequent
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -104,6 +105,28 @@ def test_open_reads_metadata_only(k315: Path, monkeypatch: pytest.MonkeyPatch) -
         assert len(listing) == len(load_expected(k315, "orbax_zoo.step1"))
         with pytest.raises(ckptconv.CorruptFileError, match="an array was opened"):
             store["conv/kernel"].read()
+
+
+def test_opening_holds_nothing_after_the_store_is_gone(k315: Path) -> None:
+    """What opening builds besides the store (the model config, its layers) is freed with it,
+    not held in a reference cycle until the cyclic collector runs: ckptconv's open pauses the
+    collector, and a short command's first full collection may come only at exit, which then
+    walks and frees the whole config (tens of thousands of objects for thousands of layers)."""
+
+    def open_and_list() -> int:
+        with ckptconv.open(k315 / "orbax_zoo") as store:
+            return len([e.describe() for e in store.entries(include_all=True)])
+
+    gc.collect()
+    gc.disable()
+    try:
+        open_and_list()  # imports and caches filled
+        before = len(gc.get_objects())
+        listed = open_and_list()
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert grown < listed, f"{grown} objects still tracked after opening {listed} arrays"
 
 
 # -- load_into ------------------------------------------------------------------------------------

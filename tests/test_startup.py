@@ -76,3 +76,41 @@ def test_the_entry_point_runs_no_ckptconv_module_before_it_can_catch_ctrl_c() ->
     assert done.stdout.strip() == "['ckptconv', 'ckptconv.__main__'] ckptconv.errors True", done.stdout + done.stderr
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert '\nckptconv = "ckptconv.__main__:run"\n' in pyproject
+
+
+def test_checksums_come_from_the_crc32c_package_without_its_metadata_lookup(tmp_path: Path) -> None:
+    """Writing and checking CRC-32Cs loads the crc32c package's compiled function, not its
+    ``__init__`` (which reads the package's metadata: 80-130 ms); a later ``import crc32c`` is
+    the same function, and every value is the package's."""
+    src, out = tmp_path / "src.safetensors", tmp_path / "out.safetensors"
+    code = (
+        "import sys, numpy as np, ckptconv\n"
+        "from ckptconv.crc import crc32c\n"
+        "from safetensors.numpy import save_file\n"
+        f"save_file({{'w': np.arange(100000, dtype=np.float32)}}, {str(src)!r})\n"
+        f"ckptconv.convert({str(src)!r}, {str(out)!r})\n"
+        "assert ckptconv.verify_file(" + repr(str(out)) + ").ok\n"
+        "loaded = [m for m in ('crc32c', 'importlib.metadata') if m in sys.modules]\n"
+        "check = crc32c(b'123456789')\n"
+        "import crc32c as package\n"
+        "same = package.crc32c is sys.modules['crc32c._crc32c'].crc32c\n"
+        "data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)\n"
+        "agree = crc32c(data[100:], crc32c(data[:100])) == package.crc32c(data)\n"
+        "print(loaded, hex(check), same, agree)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["[]", "0xe3069283", "True", "True"], done.stdout + done.stderr
+
+
+def test_checksums_fall_back_on_importing_the_crc32c_package(monkeypatch) -> None:
+    """Where the package is laid out otherwise (no compiled ``_crc32c`` beside its
+    ``__init__``), the package is imported as usual."""
+    import ckptconv.crc as crc
+
+    monkeypatch.setattr(crc, "_function", None)
+    monkeypatch.delitem(sys.modules, "crc32c._crc32c", raising=False)
+    monkeypatch.setattr(crc.importlib.machinery, "EXTENSION_SUFFIXES", [".no-such-suffix"])
+    assert crc.crc32c(b"123456789") == 0xE3069283
+    import crc32c as package
+
+    assert crc.crc32c_function() is package.crc32c

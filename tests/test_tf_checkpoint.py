@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -461,6 +463,40 @@ def test_crc_mask_round_trips() -> None:
     for crc in (0, 1, 0xFFFFFFFF, 0x12345678, tb.crc32c(b"123456789")):
         assert tb.unmask_crc(tb.mask_crc(crc)) == crc
     assert tb.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_open_in_a_fresh_process_imports_no_ml_dtypes_and_still_refuses_damage(tf_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint without bfloat16 or float8 tensors opens without importing ml_dtypes (nor
+    the crc32c package's metadata lookup); a flipped byte in an index block or in the object
+    graph is still refused at open, naming the file."""
+    good = case(tf_dir, "keras3")["prefix"]
+    (tmp_path / "index").mkdir()
+    (tmp_path / "graph").mkdir()
+    index = copy_case(tf_dir, "keras3", tmp_path / "index")
+    flip(index + ".index", 20)  # inside the first data block
+    graph = copy_case(tf_dir, "keras3", tmp_path / "graph")
+    table = dict(tb.read_table(graph + ".index"))
+    stored = parse_bundle_entry(table[b"_CHECKPOINTABLE_OBJECT_GRAPH"])
+    flip(graph + ".data-00000-of-00001", stored.offset + stored.size - 1)
+    script = (
+        "import sys, ckptconv\n"
+        "with ckptconv.open(sys.argv[1]) as store:\n"
+        "    count = len(store.entries(include_all=True))\n"
+        "print(count, 'importlib.metadata' in sys.modules, 'ml_dtypes' in sys.modules)\n"
+        "for damaged in sys.argv[2:]:\n"
+        "    try:\n"
+        "        ckptconv.open(damaged)\n"
+        "    except ckptconv.CkptconvError as e:\n"
+        "        print(type(e).__name__, e.path, e.tensor)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, good, index, graph], capture_output=True, text=True, check=True)
+    with ckptconv.open(good) as store:
+        count = len(store.entries(include_all=True))
+    assert proc.stdout.splitlines() == [
+        f"{count} False False",
+        f"CorruptFileError {index}.index None",
+        f"IntegrityError {graph}.data-00000-of-00001 _CHECKPOINTABLE_OBJECT_GRAPH",
+    ]
 
 
 def test_slice_keys_match_the_keys_tensorflow_wrote(tf_dir: Path) -> None:

@@ -266,11 +266,9 @@ def check_global_heaps(
         texts: dict[int, dict[str, str | list[str]]] = {}
         for address, header in headers.items():
             for name, values, what in header.vlen:
-                _check_vlen_values(name, values, collections, path=path)
-                if what:  # strings: layer names, weight names
-                    text = _heap_texts(reader, values, collections)
-                    if text is not None:
-                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+                text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
+                if text is not None:  # strings: layer names, weight names
+                    texts.setdefault(address, {})[name] = text[0] if what == "str" else text
     finally:
         reader.close()
     for address, header in headers.items():
@@ -311,23 +309,6 @@ class Catalog(NamedTuple):
     texts: dict[int, dict[str, str | list[str]]]
     children: dict[str, dict[str, tuple[int, int]]]
     root: int | None = None
-
-
-def _heap_texts(
-    reader: _ImageReader, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]]
-) -> list[str] | None:
-    """The strings checked variable-length values point at (None when one is not UTF-8)."""
-    texts = []
-    for length, collection, index in _vlen_values(raw):
-        if not length:
-            texts.append("")
-            continue
-        size, start = collections[collection][index]
-        try:
-            texts.append(reader.read(collection + start, size).decode("utf-8"))
-        except UnicodeDecodeError:
-            return None
-    return texts
 
 
 def catalog_strings(catalog: Catalog, address: int, name: str) -> list[str] | None | bool:
@@ -485,22 +466,33 @@ def _check_collection(
 
 
 def _check_vlen_values(
-    name: str, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]], *, path: str | os.PathLike[str]
-) -> None:
+    name: str, raw: bytes, collections: dict[int, dict[int, tuple[int, int]]], reader: _ImageReader | None,
+    *, path: str | os.PathLike[str],
+) -> list[str] | None:
     """Each value is (length, heap collection address, object index): it must match a checked
-    collection's object, or libhdf5 allocates whatever the length says."""
+    collection's object, or libhdf5 allocates whatever the length says. With ``reader``, the
+    strings the values point at (None when one is not UTF-8)."""
     base_size = raw[0] or 1
+    texts: list[str] | None = None if reader is None else []
     for length, collection, index in _vlen_values(raw):
         if length == 0:
+            if texts is not None:
+                texts.append("")
             continue
-        stored = collections.get(collection, {}).get(index, (None,))[0]
-        if stored is None or stored != length * base_size:
-            what = "no heap object" if stored is None else f"a heap object of {stored} bytes"
+        stored = collections.get(collection, {}).get(index)
+        if stored is None or stored[0] != length * base_size:
+            what = "no heap object" if stored is None else f"a heap object of {stored[0]} bytes"
             raise CorruptFileError(
                 f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
                 f"{what} (the file is damaged)",
                 path=path,
             )
+        if texts is not None:
+            try:
+                texts.append(reader.read(collection + stored[1], stored[0]).decode("utf-8"))  # type: ignore[union-attr]
+            except UnicodeDecodeError:
+                texts = None
+    return texts
 
 
 _VLEN_VALUE = struct.Struct("<IQI")  # length, global heap collection address, object index

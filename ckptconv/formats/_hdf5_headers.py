@@ -18,6 +18,7 @@ libhdf5 (through h5py) as before. The HDF5 file format specification (version 3.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -126,10 +127,8 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
     dtype: np.dtype | None = None
     offset: int | None = None
     length = 0
-    vlen: list[tuple[str, bytes, str]] = []
-    attributes: list[str] = []
+    messages: list[bytes] = []  # the attribute messages, in order
     symbols: tuple[int, int] | None = None
-    declared = False
     old_style = 0  # Symbol Table messages seen (a group's links are read from one only)
     new_style = False  # Link Info or Link messages: libhdf5 reads the group's links
     first = (address + 16, _U32.unpack_from(head, 8)[0])
@@ -171,19 +170,7 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
                 else:
                     plain = False
             elif message == _ATTRIBUTE:
-                attribute = _attribute(data)
-                if attribute is None:
-                    attributes.append("")  # unreadable here: libhdf5 decides
-                    continue
-                name, strings, values = attribute
-                attributes.append(name)
-                if strings is not None:
-                    vlen.append((name, values, strings))
-                if name == "dtype":  # the tensor's dtype is named there
-                    if strings == "str":
-                        declared = True  # read and checked with the other strings
-                    else:
-                        plain = False  # the h5py path reads it
+                messages.append(data)
             elif message == _CONTINUATION:
                 if len(data) >= 16:
                     blocks.append(_CONTINUATION_BLOCK.unpack_from(data))
@@ -196,11 +183,12 @@ def object_header(read: Callable[[int, int], bytes], address: int, size: int) ->
                 kind = "group"
                 new_style = True
             elif message == _ATTRIBUTE_INFO:  # attributes in dense storage: not read here
-                attributes.append("")
+                messages.append(b"")  # an attribute not read here (as an unreadable message)
                 plain = False
             elif message in (_PIPELINE, _EXTERNAL):
                 plain = False
-    names = tuple(attributes)
+    names, vlen, declared, spoiled = _attributes(messages)
+    plain = plain and not spoiled
     if kind != "dataset":
         if new_style or old_style != 1:
             symbols = None
@@ -265,39 +253,92 @@ def _datatype(data: bytes) -> np.dtype | None:
     return None
 
 
+def _attributes(messages: list[bytes]) -> tuple[tuple[str, ...], list[tuple[str, bytes, str]], bool, bool]:
+    """What an object's attribute messages say: their names (``""`` for one not read here),
+    its variable-length attributes (see :func:`_attribute`), whether a ``dtype`` attribute
+    is a string (``declared``) and whether one is not (the dataset is then left to h5py)."""
+    names: list[str] = []
+    vlen: list[tuple[str, bytes, str]] = []
+    declared = spoiled = False
+    for data in messages:
+        attribute = _attribute(data)
+        if attribute is None:
+            names.append("")  # unreadable here: libhdf5 decides
+            continue
+        name, strings, values = attribute
+        names.append(name)
+        if strings is not None:
+            vlen.append((name, values, strings))
+        if name == "dtype":  # the tensor's dtype is named there
+            if strings == "str":
+                declared = True  # read and checked with the other strings
+            else:
+                spoiled = True  # the h5py path reads it
+    return tuple(names), vlen, declared, spoiled
+
+
+_attribute_heads: dict[bytes, tuple[str, int, int, bool] | None] = {}
+
+
 def _attribute(data: bytes) -> tuple[str, str | None, bytes] | None:
     """``(name, what, raw values)`` of an attribute message. ``what`` is None unless the type
     is variable-length: then ``str`` (a scalar string), ``strs`` (an array of strings) or
     ``""`` (a sequence of another type), and the raw values carry the base type's size as
     their first byte. An attribute of no elements, of any type, is ``strs`` with no values
-    (an empty list)."""
+    (an empty list).
+
+    Everything before the values (name, datatype, dataspace) is decoded once per distinct
+    message head (a file's groups repeat a few: ``name``, ``weight_names`` of 2 strings)."""
     if len(data) < 8:
         return None
     version, name_size, type_size, space_size = _ATTRIBUTE_SIZES.unpack_from(data)
     if version not in (1, 2, 3):
         return None
-    position = 9 if version == 3 else 8
     pad = 7 if version == 1 else 0  # version 1 pads each part to a multiple of 8 bytes
+    position = (9 if version == 3 else 8) + ((name_size + pad) & ~pad) + ((type_size + pad) & ~pad) + ((space_size + pad) & ~pad)
+    head = data[:position]
+    parsed = _attribute_heads.get(head, _UNSEEN)
+    if parsed is _UNSEEN:
+        parsed = _remember(_attribute_heads, head, _attribute_head(head, version, name_size, type_size, space_size))
+    if parsed is None:
+        return None
+    name, base_size, count, string = parsed  # type: ignore[misc]
+    if count < 0:  # not variable-length
+        return (name, "strs", b"\x01") if count == -2 else (name, None, b"")
+    what = ""
+    if string >= 0 and len(data) - position >= 16 * count:  # strings, all stored here
+        what = "str" if string else "strs"
+    return name, what, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
+
+
+def _attribute_head(
+    data: bytes, version: int, name_size: int, type_size: int, space_size: int
+) -> tuple[str, int, int, int] | None:
+    """``(name, base type size, count, string)`` of an attribute message's head (``data``
+    up to its values): ``count`` -1 for a type that is not variable-length, -2 for one of
+    no elements; ``string`` 1 for a scalar string, 0 for other strings, -1 for another
+    sequence. None when it is not read here."""
+    position = 9 if version == 3 else 8
+    pad = 7 if version == 1 else 0
     name = data[position : position + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
     position += (name_size + pad) & ~pad
     datatype = data[position : position + type_size]
     position += (type_size + pad) & ~pad
     space = data[position : position + space_size]
-    position += (space_size + pad) & ~pad
     if len(datatype) < 16 or datatype[0] & 0x0F != 9:  # class 9: variable-length
         if len(datatype) >= 8 and _element_count(space) == 0:
             # no values of any type: an empty list, as h5py's reading decodes it (tf-keras
             # writes a weightless layer's ``weight_names`` as an empty float64 array)
-            return name, "strs", b"\x01"
-        return name, None, b""
+            return name, 0, -2, -1
+        return name, 0, -1, -1
     base_size = int.from_bytes(datatype[12:16], "little")  # the base type's size
     count = _element_count(space)
     if count is None:
         return None
-    what = ""
-    if datatype[1] & 0x0F == 1 and len(data) - position >= 16 * count:  # strings, all stored here
-        what = "str" if len(space) >= 2 and space[1] == 0 and count == 1 else "strs"
-    return name, what, bytes([base_size & 0xFF]) + data[position : position + 16 * count]
+    string = -1
+    if datatype[1] & 0x0F == 1:
+        string = 1 if len(space) >= 2 and space[1] == 0 and count == 1 else 0
+    return name, base_size, count, string
 
 
 def _element_count(space: bytes) -> int | None:
@@ -317,8 +358,11 @@ def _element_count(space: bytes) -> int | None:
 
 # object_headers: the message types a batch row may hold (any other sends the row to
 # object_header) -- NIL, dataspace, datatype, fill value (old and new), data layout,
-# modification time (old and new), symbol table, object header continuation is not one
-_BATCH_TYPES = frozenset({0x00, _DATASPACE, _DATATYPE, 0x04, 0x05, _LAYOUT, 0x0E, 0x12, _SYMBOL_TABLE})
+# modification time (old and new), attribute, symbol table, and one object header
+# continuation (its block is then parsed as the rest of the row)
+_BATCH_TYPES = frozenset(
+    {0x00, _DATASPACE, _DATATYPE, 0x04, 0x05, _LAYOUT, 0x0E, 0x12, _ATTRIBUTE, _CONTINUATION, _SYMBOL_TABLE}
+)
 _BATCH_MESSAGES = 16  # more messages than this in one header: object_header reads it
 _BATCH_ROWS = 8192  # headers gathered per numpy pass (8192 x 512 bytes)
 _MIX = 0x100000001B3  # the multiplier of the messages' 64-bit hash (the FNV prime)
@@ -330,8 +374,8 @@ def object_headers(
     """What :func:`object_header` gives for each of ``addresses``, for the headers of the two
     shapes h5py writes for nearly every object, parsed together with numpy: a dataset's
     (dataspace, datatype, fill value, contiguous layout, maybe a modification time) and a
-    group's whose only message is its symbol table, all in a first block of at most
-    496 bytes. None for any other header: the caller asks :func:`object_header`, which reads
+    group's (its symbol table), each maybe with attributes (Keras' ``name``,
+    ``weight_names``), all in a first block of at most 496 bytes. None for any other header: the caller asks :func:`object_header`, which reads
     every header there is (continuation blocks, attributes, shared messages, other layouts).
 
     ``read(offset, n)`` reads the HDF5 image; ``size`` is its length; ``image``, if given, is
@@ -343,30 +387,66 @@ def object_headers(
     inside = [i for i, a in enumerate(addresses) if a <= size - _FIRST_READ]
     for start in range(0, len(inside), _BATCH_ROWS):
         chosen = inside[start : start + _BATCH_ROWS]
-        for i, header in zip(chosen, _batch(read, image, [addresses[i] for i in chosen], size)):
+        at = np.array([addresses[i] for i in chosen], np.int64)
+        heads = rows(read, image, at, _FIRST_READ)
+        headers, continued = _batch(heads, at, size, None)
+        for i, header in zip(chosen, headers):
             found[i] = header
+        # headers whose first block holds a continuation message (h5py moves a group's
+        # messages there once it has attributes): parsed again, the block appended to the row
+        which, block_at, block_size, first_size = continued
+        if len(which):
+            # each row: its first block, then the block (only as wide as the widest)
+            first = int(first_size.max())
+            blocks = rows(read, image, block_at, int(block_size.max()))
+            joined = np.concatenate([heads[which, :first], blocks], axis=1)
+            headers, _ = _batch(joined, at[which], size, block_size)
+            for row, header in zip(which.tolist(), headers):
+                found[chosen[row]] = header
     return found
 
 
+_Continued = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _batch(
-    read: Callable[[int, int], bytes], image: np.ndarray | None, addresses: list[int], size: int
-) -> list[Header | None]:
-    """:func:`object_headers` for addresses each at least 512 bytes before the end."""
-    n = len(addresses)
-    width = _FIRST_READ
-    at = np.array(addresses, np.int64)
-    heads = rows(read, image, at, width)
+    heads: np.ndarray, at: np.ndarray, size: int, second: np.ndarray | None
+) -> tuple[list[Header | None], _Continued]:
+    """:func:`object_headers` for the headers whose first bytes are the rows of ``heads``
+    (512 of them), at addresses ``at`` (each at least 512 bytes before the end). With
+    ``second``, the rows are each header's first block, which holds a continuation message,
+    then (from the column just past the longest first block) the block it names, of
+    ``second`` bytes. Returns the headers (None: :func:`object_header` decides) and, without
+    ``second``, the rows left out because their first block holds one continuation: the
+    rows, the blocks' addresses and sizes (each within the image, at least 512 bytes before
+    its end, at most 512 bytes long) and how long each first block is."""
+    n = len(at)
     end = 16 + (heads[:, 8:12].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], np.int64))
-    ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
+    if second is None:
+        width = heads.shape[1]
+        ok = (heads[:, 0] == 1) & (end <= width) & (at + end <= size)
+    else:
+        width = heads.shape[1] - int(second.max())  # where the second block starts
+        ok = np.ones(n, bool)
     every = np.arange(n)
     position = np.full(n, 16, np.int64)
-    found = {kind: np.zeros(n, np.int64) for kind in (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE)}
+    found = {kind: np.zeros(n, np.int64) for kind in (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE, _CONTINUATION)}
     counts = {kind: np.zeros(n, np.int64) for kind in found}
     sizes = {kind: np.zeros(n, np.int64) for kind in found}
     allowed = np.zeros(1 << 16, bool)
     allowed[list(_BATCH_TYPES)] = True
-    for _ in range(_BATCH_MESSAGES):
+    attribute_at = np.zeros((n, _BATCH_MESSAGES), np.int64)  # where each attribute message is
+    attribute_end = np.zeros((n, _BATCH_MESSAGES), np.int64)  # and where it ends (0: none)
+    jumped = np.zeros(n, bool)
+    for j in range(_BATCH_MESSAGES):
         live = ok & (position + 8 <= end)
+        if second is not None:  # past the first block: on to the second
+            jump = ok & ~live & ~jumped
+            if jump.any():
+                position[jump] = width
+                end[jump] = width + second[jump]
+                jumped |= jump
+                live = ok & (position + 8 <= end)
         if not live.any():
             break
         here = np.where(live, position, 0)
@@ -380,8 +460,28 @@ def _batch(
             found[k][hit] = here[hit] + 8
             counts[k] += hit
             sizes[k][hit] = length[hit]
+        hit = live & (kind == _ATTRIBUTE)
+        if hit.any():
+            attribute_at[hit, j] = here[hit] + 8
+            attribute_end[hit, j] = after[hit]
         position = np.where(live, after, position)
     ok &= position + 8 > end  # every message read within the batch's limit
+    words = _Words(heads)
+    if second is None:
+        # one continuation (16 bytes: the block's address and size): the caller appends the
+        # block if it lies within the image and differs from the first block
+        follow = ok & (counts[_CONTINUATION] == 1) & (sizes[_CONTINUATION] >= 16)
+        block = words(found[_CONTINUATION], 2)
+        block_at, block_size = block[:, 0], block[:, 1]
+        follow &= (block_size <= width) & (block_at <= np.uint64(size - _FIRST_READ))
+        follow &= (block_at != (at + 16).astype(np.uint64)) | (block_size != (end - 16).astype(np.uint64))
+        which = np.flatnonzero(follow)
+        continued = (which, block_at[which], block_size[which].astype(np.int64), end[which])
+        ok &= counts[_CONTINUATION] == 0
+    else:
+        none = np.zeros(0, np.int64)
+        continued = (none, none, none, none)
+        ok &= (counts[_CONTINUATION] == 1) & jumped
     group = (counts[_SYMBOL_TABLE] == 1) & (counts[_LAYOUT] == 0) & (sizes[_SYMBOL_TABLE] >= 16)
     dataset = (
         (counts[_LAYOUT] == 1) & (counts[_SYMBOL_TABLE] == 0)
@@ -389,7 +489,6 @@ def _batch(
     )
     # a dataset's layout: version 3, contiguous, then address and size (8 bytes each); a
     # group's symbol table message: B-tree and local heap addresses
-    words = _Words(heads)
     layout = words(found[_LAYOUT] + 2, 2)
     dataset &= (heads[every, found[_LAYOUT]] == 3) & (heads[every, found[_LAYOUT] + 1] == 1)
     ok &= group | dataset
@@ -401,26 +500,45 @@ def _batch(
     data_at, data_size = layout[:, 0].tolist(), layout[:, 1].tolist()
     btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
     is_group = group.tolist()
+    # every attribute message of the rows taken, in order, cut from one copy of the rows
+    row_of, column = np.nonzero(attribute_end * ok[:, None])
+    flat = heads.tobytes() if len(row_of) else b""
+    row_start = row_of * heads.shape[1]
+    messages = iter([
+        flat[start:stop] for start, stop in zip(
+            (row_start + attribute_at[row_of, column]).tolist(), (row_start + attribute_end[row_of, column]).tolist()
+        )
+    ])
+    attribute_count = np.bincount(row_of, minlength=n).tolist()
+    make = Header._make
+    sizes_of: dict[tuple[int, int], int] = {}  # bytes of each (shape, dtype) met, by identity
     for i in np.flatnonzero(ok).tolist():
+        if attribute_count[i]:
+            names, vlen, declared, spoiled = _attributes([next(messages) for _ in range(attribute_count[i])])
+        else:
+            names, vlen, declared, spoiled = (), [], False, False
         if is_group[i]:
-            out[i] = Header("group", False, None, None, None, 0, [], (), (btree[i], heap[i]))
+            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree[i], heap[i]), False))
             continue
         offset, length = data_at[i], data_size[i]
         if offset == _UNDEFINED:
-            out[i] = Header("dataset", False, None, None, None, length, [], ())
+            out[i] = make(("dataset", False, None, None, None, length, vlen, names, None, False))
             continue
         shape, dtype = shapes[i], dtypes[i]
         if shape is _UNSEEN or dtype is _UNSEEN:  # a hash collision: object_header decides
             continue
-        if shape is None or dtype is None:  # not a plain shape or dtype
-            out[i] = Header("dataset", False, None, None, offset, length, [], ())
+        if shape is None or dtype is None or spoiled:  # not a plain shape or dtype
+            out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
             continue
-        count = 1
-        for d in shape:
-            count *= d
-        plain = count * dtype.itemsize == length
-        out[i] = Header("dataset", plain, shape if plain else None, dtype if plain else None, offset, length, [], ())
-    return out
+        key = (id(shape), id(dtype))  # both live in shapes and dtypes: identities are unique
+        stored = sizes_of.get(key)
+        if stored is None:
+            stored = sizes_of[key] = math.prod(shape) * dtype.itemsize
+        if stored == length:
+            out[i] = make(("dataset", True, shape, dtype, offset, length, vlen, names, None, declared))
+        else:
+            out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
+    return out, continued
 
 
 def rows(

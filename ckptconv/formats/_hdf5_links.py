@@ -178,6 +178,9 @@ def walk(
         root = h5py.h5o.get_info(libhdf5().id).addr
     level = [(root, "")]
     seen = {root}
+    names: dict[int, str] = {}  # every group's path (the first found to it), by address
+    owned: dict[int, list[int]] = {}  # the objects first found through each group, in link order
+    tree = True  # no object reached twice (nor the walk stopped)
     try:
         while level:
             addresses = [address for address, _ in level]
@@ -192,22 +195,52 @@ def walk(
                     known = {i: links for (i, _), links in zip(small, tried) if links is not None}
             below: list[tuple[int, str]] = []
             for i, ((address, name), header) in enumerate(zip(level, batch)):
+                if header is not None and header.plain:  # a plain dataset: its bytes are raw
+                    headers[address] = header
+                    at, length = header.offset, header.length
+                    if 0 < length <= size - at:  # type: ignore[operator]
+                        ranges.append((at, at + length))  # type: ignore[operator]
+                    continue
                 links = describe(address, name or "/", header, known.get(i))
                 if links is None:
                     if address == root:  # libhdf5 opens the file, so its root is a group
                         raise CorruptFileError("the root group's object header is damaged", path=path)
                     continue
                 groups[address] = links
+                names[address] = name or "/"
+                found: list[int] = []
                 for key, (link_type, child) in links.items():
-                    if link_type or child in seen:  # not a hard link, or found already
+                    if link_type:  # not a hard link
+                        continue
+                    if child in seen:  # found already: the links form no tree
+                        tree = False
                         continue
                     if len(seen) >= MAX_OBJECTS:
                         raise TooManyLinks
                     seen.add(child)
+                    found.append(child)
                     below.append((child, f"{name}/{key}"))
+                if found:
+                    owned[address] = found
             level = below
     except TooManyLinks:
-        pass
+        tree = False
+    if tree:
+        # each object reached once, by hard links: the paths found are libhdf5's, and its
+        # visit order is each group, then what each of its links leads to, depth first
+        order: list[int] = []
+        stack = [iter((root,))]
+        while stack:
+            for address in stack[-1]:
+                order.append(address)
+                below_it = owned.get(address)
+                if below_it is not None:
+                    stack.append(iter(below_it))
+                    break
+            else:
+                stack.pop()
+        children = {names[address]: groups[address] for address in order if address in groups}
+        return {address: headers[address] for address in order}, children, sorted(ranges)
     # each group's links under its path, and the headers, in libhdf5's visit order (depth
     # first, by name): a group reached by a second hard link is not listed again
     children: dict[str, Links] = {"/": groups[root]}
@@ -370,8 +403,9 @@ class SymbolTables:
             return found
         read = self._read
         heap_addresses = [groups[i][2] for i in chosen]
-        trees = rows(read, image, [groups[i][1] for i in chosen], width)
-        heaps = rows(read, image, heap_addresses, width)
+        # each structure is read as far as the checks and the names need (rows are copied)
+        trees = rows(read, image, [groups[i][1] for i in chosen], _TREE_HEAD_SIZE + 16)
+        heaps = rows(read, image, heap_addresses, _HEAP.size)
         # one leaf B-tree node (type 0, level 0) with no child (an empty group) or one: key,
         # child, key
         ok = (trees[:, :4] == _TREE_SIGNATURE).all(axis=1) & (trees[:, 4] == 0) & (trees[:, 5] == 0)
@@ -379,12 +413,12 @@ class SymbolTables:
         ok &= one | ((trees[:, 6] == 0) & (trees[:, 7] == 0))
         child = np.ascontiguousarray(trees[:, 32:40]).view("<u8")[:, 0]
         ok &= ~one | (child <= size - width)
-        snods = rows(read, image, np.where(ok & one, child, 0).tolist(), width)
+        snods = rows(read, image, np.where(ok & one, child, 0).tolist(), 8)
         symbols = snods[:, 6].astype(np.int64) | snods[:, 7].astype(np.int64) << 8
         snod = (snods[:, :4] == _SNOD_SIGNATURE).all(axis=1) & (snods[:, 4] == 1)
         ok &= ~one | (snod & (symbols <= min(self._max_symbols, (width - 8) // _ENTRY_SIZE)))
         # a local heap (version 0) of at most 512 bytes of data: right after its 32-byte
-        # header (in the row read) or elsewhere (read next)
+        # header or elsewhere
         heap_at = np.array(heap_addresses, np.uint64)
         length = np.ascontiguousarray(heaps[:, 8:16]).view("<u8")[:, 0]
         start = np.ascontiguousarray(heaps[:, 24:32]).view("<u8")[:, 0]
@@ -392,11 +426,50 @@ class SymbolTables:
         after = (start == heap_at + np.uint64(_HEAP.size)) & (length <= width - _HEAP.size)
         apart = ~after & (length <= width) & (start <= size - width)
         ok &= after | apart
-        data = rows(read, image, np.where(ok & apart, start, 0).tolist(), width)
+        span = max(int(length[ok].max()) if ok.any() else 0, 1)  # the longest heap's data
+        ok &= start <= np.uint64(size - span)
+        # each row's names (its local heap's data), and the entries of all rows' symbol
+        # table nodes together
+        text = rows(read, image, np.where(ok, start, 0).tolist(), span)
+        used = np.where(ok & one, symbols, 0)
+        entries = rows(read, image, np.where(used > 0, child + np.uint64(8), 0).tolist(), _ENTRY_SIZE * max(int(used.max()), 1))
+        width = span
+        entry_row = np.repeat(np.arange(len(chosen)), used)
+        first_entry = np.cumsum(used) - used  # where each row's entries start
+        at = entry_row * entries.shape[1] + _ENTRY_SIZE * (np.arange(len(entry_row)) - first_entry[entry_row])
+        words = entries.reshape(-1)
+        name_at, address, cache = _little(words, at, 8), _little(words, at + 8, 8), _little(words, at + 16, 4)
+        # a name ends at the first NUL at or after its offset, inside the heap's data
+        inside = (text == 0) & (np.arange(width) < length[:, None].astype(np.int64))
+        nuls = np.flatnonzero(inside)
+        key = entry_row * width + np.minimum(name_at, np.uint64(width)).astype(np.int64)
+        nul = nuls[np.minimum(np.searchsorted(nuls, key), len(nuls) - 1)] if len(nuls) else key - 1
+        fine = (name_at < length[entry_row]) & (nul >= key) & (nul < entry_row * width + width) & (cache < _CACHED_SOFT_LINK)
+        # rows with any other entry (a soft link, a name not terminated, a cache type that
+        # is wrong) are read entry by entry, as links() reads them
+        slow = np.zeros(len(chosen), bool)
+        slow[entry_row[~fine]] = True
+        flat = text.tobytes()
+        keys, stops = key.tolist(), nul.tolist()
+        joined = b"\0".join([flat[k:e] for k, e in zip(keys, stops)]).decode("utf-8", "surrogateescape")
+        names_of = joined.split("\0") if keys else []
+        if "/" in joined:  # a name with a '/': links() says it is impossible
+            slow[entry_row[[i for i, name in enumerate(names_of) if "/" in name]]] = True
+        links_of = list(zip([HARD] * len(keys), address.tolist()))
+        child_at, counts, lengths, has_child = child.tolist(), used.tolist(), length.tolist(), one.tolist()
+        taken = np.flatnonzero(ok).tolist()
+        if not slow.any():  # the common case, checked and recorded for all rows at once
+            tables = self._all_at_once(
+                groups, chosen, taken, [child_at[row] if has_child[row] else None for row in taken],
+                counts, lengths, flat, width, names_of, links_of,
+            )
+            if tables is not None:
+                for row, table in zip(taken, tables):
+                    found[chosen[row]] = table
+                return found
         nodes = self._nodes
-        child_at, counts, lengths, has_child = child.tolist(), symbols.tolist(), length.tolist(), one.tolist()
-        inline = after.tolist()
-        for row in np.flatnonzero(ok).tolist():
+        firsts, slows = first_entry.tolist(), slow.tolist()
+        for row in taken:
             i = chosen[row]
             group, btree, heap = groups[i]
             node = child_at[row] if has_child[row] else None
@@ -406,28 +479,68 @@ class SymbolTables:
             if names is None:
                 if self._heap_bytes + lengths[row] > size:
                     continue
-                if inline[row]:
-                    names = heaps[row, _HEAP.size : _HEAP.size + lengths[row]].tobytes()
-                else:
-                    names = data[row, : lengths[row]].tobytes()
+                names = flat[row * width : row * width + lengths[row]]
                 self._heaps[heap] = names
                 self._heap_bytes += lengths[row]
             nodes.add(btree)
-            table: Links = {}
             if node is None:
                 self._left -= 1
                 count = 0
+                table: Links = {}
             else:
                 nodes.add(node)
                 count = counts[row]
                 self._left -= 2 + count
-                self._entries(group, node, snods[row, 8 : 8 + _ENTRY_SIZE * count].tobytes(), names, table)
+                if slows[row]:
+                    table = {}
+                    self._entries(group, node, entries[row, : _ENTRY_SIZE * count].tobytes(), names, table)
+                else:
+                    first = firsts[row]
+                    table = dict(zip(names_of[first : first + count], links_of[first : first + count]))
             if self._left < 0:
                 raise TooManyLinks
             if len(table) != count or "" in table or "." in table:
                 self._impossible(group)
             found[i] = table
         return found
+
+    def _all_at_once(
+        self, groups: list[tuple[str, int, int]], chosen: list[int], taken: list[int], below: list[int | None],
+        counts: list[int], lengths: list[int], flat: bytes, width: int, names_of: list[str],
+        links_of: list[tuple[int, int]],
+    ) -> list[Links] | None:
+        """The tables of the rows ``taken`` (their entries all plain hard links; ``below``:
+        each one's symbol table node, None for an empty group) when
+        nothing in them repeats: no node or heap read before or twice, no name impossible,
+        within the limits. Then all are recorded as :meth:`many_links`' row by row loop
+        records them; else nothing is recorded and None is returned (the loop decides)."""
+        trees = [groups[chosen[row]][1] for row in taken]
+        heaps = [groups[chosen[row]][2] for row in taken]
+        read = trees + [node for node in below if node is not None]
+        heap_bytes = sum(lengths[row] for row in taken)
+        # links() counts a B-tree node and its children, and each symbol table node's entries
+        cost = len(taken) + sum(1 + counts[row] for row, node in zip(taken, below) if node is not None)
+        nodes, known = self._nodes, self._heaps
+        if (
+            len(set(read)) != len(read) or len(set(heaps)) != len(heaps)
+            or any(node in nodes for node in read) or any(heap in known for heap in heaps)
+            or self._heap_bytes + heap_bytes > self._size or self._left - cost < 0
+        ):
+            return None
+        tables = []
+        first = 0
+        for row in taken:
+            count = counts[row]
+            table = dict(zip(names_of[first : first + count], links_of[first : first + count]))
+            if len(table) != count or "" in table or "." in table:
+                return None
+            tables.append(table)
+            first += count
+        nodes.update(read)
+        known.update(zip(heaps, [flat[row * width : row * width + lengths[row]] for row in taken]))
+        self._heap_bytes += heap_bytes
+        self._left -= cost
+        return tables
 
     def _heap(self, group: str, address: int) -> bytes:
         head = self._read(address, _HEAP_READ) if address < self._size else b""
@@ -457,6 +570,15 @@ class SymbolTables:
             "writer gives such names (the file is damaged)",
             path=self._path,
         )
+
+
+def _little(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """The little-endian unsigned integers of ``width`` bytes at offsets ``at`` of the
+    uint8 array ``flat`` (as uint64)."""
+    value = np.zeros(len(at), np.uint64)
+    for i in range(width):
+        value |= flat[at + i].astype(np.uint64) << np.uint64(8 * i)
+    return value
 
 
 def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:

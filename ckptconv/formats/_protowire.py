@@ -530,10 +530,41 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
     Node ids below 2**63 (varints of at most 9 bytes); lengths inside a field one byte (two
     for a checkpoint key).
     """
+    if end - pos > 20 and buf[pos] == 0x12 and buf.startswith(_VARIABLE_HEAD, pos + 2, end):
+        # a variable (most nodes): its one saved tensor, VARIABLE_VALUE with a full_name and a
+        # key, each length one byte, then at most has_checkpoint_values
+        stop = pos + 2 + buf[pos + 1]
+        cut = pos + 20 + buf[pos + 19]  # the full_name's length at pos + 19
+        if (
+            buf[pos + 1] < 0x80 and buf[pos + 19] < 0x80 and cut + 1 < stop <= end
+            and buf[cut] == 0x1A and buf[cut + 1] < 0x80 and cut + 2 + buf[cut + 1] == stop
+            and (stop == end or buf[stop:end] in _VARIABLE_TAILS)
+        ):
+            try:
+                full_name = buf[pos + 20 : cut].decode("utf-8")
+                key = buf[cut + 2 : stop].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            return _new(TrackableObject, ((), (_new(SerializedTensor, ("VARIABLE_VALUE", full_name, key)),), ()))
     children: list[ObjectReference] = []
     attributes: list[SerializedTensor] = []
     slots: list[SlotVariable] = []
     try:
+        # the children come first: ``0a <length> 08 <id, one or two bytes> 12 <length> <name>``
+        # read here in a run, the rest (and any other child) by the loop below
+        while pos < end and buf[pos] == 0x0A and buf[pos + 2] == 0x08:
+            stop = pos + 2 + buf[pos + 1]
+            node_id = buf[pos + 3]
+            if node_id < 0x80:
+                at = pos + 4
+            elif buf[pos + 4] < 0x80:
+                node_id, at = (node_id & 0x7F) | buf[pos + 4] << 7, pos + 5
+            else:
+                break
+            if buf[pos + 1] >= 0x80 or buf[at] != 0x12 or buf[at + 1] >= 0x80 or at + 2 + buf[at + 1] != stop or stop > end:
+                break
+            children.append(_new(ObjectReference, (node_id, buf[at + 2 : stop].decode("utf-8"))))
+            pos = stop
         while pos < end:
             tag = buf[pos]
             length = buf[pos + 1]
@@ -608,6 +639,10 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
 
 
 _EMPTY_NODE = TrackableObject()
+# a saved tensor's name field (``VARIABLE_VALUE``), then the tag of its full_name
+_VARIABLE_HEAD = b"\x0a\x0eVARIABLE_VALUE\x12"
+# what TensorFlow writes after a variable's saved tensor: has_checkpoint_values, true or false
+_VARIABLE_TAILS = frozenset({b"\x2a\x02\x08\x01", b"\x2a\x00"})
 
 
 def _node_id(buf: bytes, pos: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..crc import crc32c
 from ._protowire import WireError, read_varint
 
 __all__ = [
@@ -53,13 +54,6 @@ class TableError(ValueError):
 
 class UnsupportedTableError(TableError):
     """The table is valid but uses a feature ckptconv does not read (compressed blocks)."""
-
-
-def crc32c(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
-    """CRC-32C (Castagnoli) of ``data``, continuing from ``value``."""
-    import crc32c as package  # on first use: importing it reads package metadata (~50 ms)
-
-    return package.crc32c(data, value)
 
 
 def mask_crc(crc: int) -> int:

@@ -65,9 +65,12 @@ def _dfs(
             continue
         seen.add(node)
         out.append(node)
-        for child, edge in reversed(nodes[node].children):
-            if child not in seen and child not in blocked_nodes and edge not in blocked_edges:
-                stack.append(child)
+        children = nodes[node].children
+        if children:  # a variable has none
+            stack += [
+                child for child, edge in reversed(children)
+                if child not in seen and child not in blocked_nodes and edge not in blocked_edges
+            ]
     return out
 
 

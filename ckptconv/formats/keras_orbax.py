@@ -29,9 +29,11 @@ outside the database directory, links leading out of the step directory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -246,10 +248,11 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
             parts = ()
         if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
-        for part in parts:
-            if part not in checked:
-                _check_key_part(part, path=path)
-                checked.add(part)
+        if not checked.issuperset(parts):
+            for part in parts:
+                if part not in checked:
+                    _check_key_part(part, path=path)
+                    checked.add(part)
         value = item.get("value_metadata")
         value = value if isinstance(value, dict) else {}
         value_type = str(value.get("value_type", "jax.Array"))
@@ -294,7 +297,13 @@ def _kind(parts: tuple[str, ...], dtype: np.dtype, shape: tuple[int, ...]) -> tu
 
 def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
     """Sort key of a layer path: the config's layer order, part by part."""
-    rank = {name: i for i, name in enumerate(layer_infos(config))} if config is not None else {}
+    infos = layer_infos(config) if config is not None else {}
+    rank = {name: i for i, name in enumerate(infos)}
+    # the infos hold every layer's config (tens of thousands of objects for thousands of
+    # layers), and layer_infos' recursive helper keeps the dict until a cyclic collection,
+    # which a process that paused the collector may run only at exit: emptied now, the
+    # configs are freed now
+    infos.clear()
     unknown = len(rank)
     known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
 
@@ -305,6 +314,31 @@ def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
         return found
 
     return key
+
+
+_KIND_ORDER = {"weight": 0, "optimizer": 1, "bookkeeping": 2}
+
+
+def _store_order(entries: list[Entry], rank: Callable[[str], tuple[int, ...]]) -> list[Entry]:
+    """The store's order: weights, then the optimizer's state, then bookkeeping; within a
+    kind, layers in the config's order (``rank``), then in the order first met; within a
+    layer, by weight index (set by :func:`keras_order`)."""
+    groups: dict[tuple[str, str], list[Entry]] = {}  # (kind, layer) -> its entries, first met first
+    for e in entries:
+        group = groups.get((e.kind, e.layer))
+        if group is None:
+            groups[(e.kind, e.layer)] = [e]
+        else:
+            group.append(e)
+    ordered: list[Entry] = []
+    for _, members in sorted(groups.items(), key=lambda g: (_KIND_ORDER[g[0][0]], rank(g[0][1]))):
+        if len(members) > 1:
+            members.sort(key=_INDEX)  # stable: equal indices keep the stored order
+        ordered += members
+    return ordered
+
+
+_INDEX = attrgetter("index")
 
 
 def open(path: Path) -> Store:  # noqa: A001
@@ -332,13 +366,17 @@ def open(path: Path) -> Store:  # noqa: A001
     config = _model_config(step_dir)
 
     entries: list[Entry] = []
+    sizes: dict[str, int] = {}  # by param: what read-ahead holds
     where = os.fspath(tree)
-    described: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}  # by the metadata object: shared
+    loader = arrays.loader
+    # dtype, shape and size by the metadata object: arrays of one shape and dtype share it
+    described: dict[int, tuple[np.dtype, tuple[int, ...], int]] = {}
     for (parts, _), param, key, zmeta in zip(leaves, params, keys, zarr_meta):
         found = described.get(id(zmeta))
         if found is None:
-            found = described[id(zmeta)] = zarr_dtype_shape(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
-        dtype, shape = found
+            dtype, shape = zarr_dtype_shape(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
+            found = described[id(zmeta)] = (dtype, shape, math.prod(shape) * dtype.itemsize)
+        dtype, shape, sizes[param] = found
         kind, name = _kind(parts, dtype, shape)
         entries.append(
             Entry(
@@ -347,19 +385,14 @@ def open(path: Path) -> Store:  # noqa: A001
                 shape=shape,
                 dtype=dtype,
                 path=where,
-                loader=arrays.loader(param, name=key, dtype=dtype, shape=shape),
+                loader=loader(param, name=key, dtype=dtype, shape=shape),
                 kind=kind,
                 tree_path=key,
             )
         )
     keras_order(entries)
-    rank = _layer_rank(config)
-    kinds = {"weight": 0, "optimizer": 1, "bookkeeping": 2}
-    first_seen: dict[tuple[str, str], int] = {}
-    for i, e in enumerate(entries):
-        first_seen.setdefault((e.kind, e.layer), i)
-    entries.sort(key=lambda e: (kinds[e.kind], rank(e.layer), first_seen[(e.kind, e.layer)], e.index))
-    arrays.read_in_order([e.key for e in entries], [e.nbytes for e in entries])
+    entries = _store_order(entries, _layer_rank(config))
+    arrays.read_in_order([e.key for e in entries], sizes)
 
     metadata = {"checkpointable": tree.name}
     if step is not None:

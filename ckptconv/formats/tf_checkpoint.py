@@ -31,7 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import ml_dtypes
 import numpy as np
 
 from ..dtypes import dtype_name
@@ -80,7 +79,9 @@ _STATE_FILE = "checkpoint"
 _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _STRING = 7
 
-# TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian)
+# TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian); the
+# dtypes ml_dtypes provides are added on first need (_tf_dtype): importing it costs more than
+# opening a small checkpoint, and a checkpoint of float32 tensors never needs it
 _DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
@@ -91,17 +92,19 @@ _DTYPES: dict[int, np.dtype] = {
     8: np.dtype("<c8"),
     9: np.dtype("<i8"),
     10: np.dtype(np.bool_),
-    14: np.dtype(ml_dtypes.bfloat16),
     17: np.dtype("<u2"),
     18: np.dtype("<c16"),
     19: np.dtype("<f2"),
     22: np.dtype("<u4"),
     23: np.dtype("<u8"),
-    24: np.dtype(ml_dtypes.float8_e5m2),
-    25: np.dtype(ml_dtypes.float8_e4m3fn),
-    26: np.dtype(ml_dtypes.float8_e4m3fnuz),
-    27: np.dtype(ml_dtypes.float8_e4m3b11fnuz),
-    28: np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+_ML_DTYPES = {
+    14: "bfloat16",
+    24: "float8_e5m2",
+    25: "float8_e4m3fn",
+    26: "float8_e4m3fnuz",
+    27: "float8_e4m3b11fnuz",
+    28: "float8_e5m2fnuz",
 }
 _UNREADABLE = {
     11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource",
@@ -568,13 +571,24 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         )
 
 
+def _tf_dtype(code: int) -> np.dtype | None:
+    """The numpy dtype of a numeric TensorFlow dtype code, None for other codes."""
+    if code in _ML_DTYPES and code not in _DTYPES:
+        import ml_dtypes
+
+        for known, name in _ML_DTYPES.items():
+            _DTYPES[known] = np.dtype(getattr(ml_dtypes, name))
+    return _DTYPES.get(code)
+
+
 def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     """The entry's numpy dtype: ``object`` for strings, None for dtypes numpy cannot hold."""
     code = planned.entry.dtype
     if code == _STRING:
         return np.dtype(object)
-    if code in _DTYPES:
-        return _DTYPES[code]
+    dtype = _tf_dtype(code)
+    if dtype is not None:
+        return dtype
     if code in _UNREADABLE:
         return None
     raise CorruptFileError(
@@ -582,35 +596,67 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     )
 
 
+def _make_entries(
+    planned: list[_Planned], index: _Index, files: list[str], *, check_crc: bool, object_based: bool
+) -> list[Entry]:
+    """The store entries of the planned tensors, in order; ``object_based``: their keys hold
+    object paths (the tree paths ``load_into`` matches by).
+
+    Plain little-endian tensors (nearly all) are made here, in one loop: Entry reads their
+    bytes and checks the CRC (as it does for every format), writers may copy them file to file
+    and compare it; ``check_crc=False`` means "read it anyway", so then no CRC is offered to
+    compare either. :func:`_make_entry` makes the others and refuses what is damaged.
+    """
+    made: list[Entry] = []
+    append = made.append
+    dtypes = _DTYPES
+    prod = math.prod
+    new_entry = Entry.__new__
+    init = Entry.__init__
+    for planned_tensor in planned:
+        key, name, kind, entry = planned_tensor
+        code, shape, unknown_rank, shard_id, offset, size, masked_crc32c, slices = entry
+        dtype = dtypes.get(code)
+        if (
+            dtype is None or slices or unknown_rank or (shape and min(shape) < 0)
+            or size != prod(shape) * dtype.itemsize
+        ):
+            append(_make_entry(planned_tensor, index, files, check_crc=check_crc, object_based=object_based))
+            continue
+        path = files[shard_id]
+        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
+        # much as Entry's own checks: its __init__ is called on a new instance instead
+        tensor = new_entry(Entry)
+        init(  # type: ignore[misc]
+            tensor, name, key=key, shape=shape, dtype=dtype, path=path,
+            byte_range=ByteRange(path, offset, size), kind=kind,
+            crc32c=tb.unmask_crc(masked_crc32c) if check_crc else None,
+            tree_path=object_path(key) if object_based else None,
+        )
+        append(tensor)
+    return made
+
+
 def _make_entry(
     planned: _Planned, index: _Index, files: list[str], *, check_crc: bool, object_based: bool
 ) -> Entry:
-    """The store entry of one planned tensor; ``object_based``: its key holds an object path
-    (the tree path ``load_into`` matches by)."""
+    """The store entry of one planned tensor that :func:`_make_entries` does not make: a
+    partitioned variable, a string tensor, a dtype numpy cannot hold, or a damaged entry
+    (refused here)."""
     key, name, kind, entry = planned
-    code, shape, unknown_rank, shard_id, offset, size, masked_crc32c, slices = entry
     tree_path = object_path(key) if object_based else None
-    if unknown_rank or (shape and min(shape) < 0):
+    if entry.unknown_rank or (entry.shape and min(entry.shape) < 0):
         raise CorruptFileError(
-            f"index records an incomplete shape {list(shape)}", path=index.index_path, tensor=name
+            f"index records an incomplete shape {list(entry.shape)}", path=index.index_path, tensor=name
         )
-    dtype = _DTYPES.get(code)
-    if dtype is not None and not slices:
-        # Plain little-endian bytes (nearly every tensor): Entry reads them and checks the CRC
-        # (as it does for every format), writers may copy them file to file and compare it.
-        # check_crc=False means "read it anyway", so then no CRC is offered to compare either.
-        path = files[shard_id]
-        if size != math.prod(shape) * dtype.itemsize:
-            _check_size(entry, dtype, path, name)
-        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
-        # much as Entry's own checks: its __init__ is called on a new instance instead
-        made = Entry.__new__(Entry)
-        made.__init__(  # type: ignore[misc]
-            name, key=key, shape=shape, dtype=dtype, path=path,
-            byte_range=ByteRange(path, offset, size), kind=kind,
-            crc32c=tb.unmask_crc(masked_crc32c) if check_crc else None, tree_path=tree_path,
-        )
-        return made
+    shape = entry.shape
+    dtype = _tf_dtype(entry.dtype)
+    if dtype is not None and not entry.slices:  # a size that does not fit the shape: refused
+        path = files[entry.shard_id]
+        _check_size(entry, dtype, path, name)
+        return Entry(name, key=key, shape=shape, dtype=dtype, path=path,
+                     byte_range=ByteRange(path, entry.offset, entry.size), kind=kind,
+                     crc32c=tb.unmask_crc(entry.masked_crc32c) if check_crc else None, tree_path=tree_path)
     dtype = _numpy_dtype(planned, index)
     if dtype is None:  # listed, so nothing is silently lost; read() says why it cannot
         loader = partial(_unreadable, entry.dtype, index.index_path, name)
@@ -672,10 +718,7 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
     files = _check_data_files(index, located.prefix)
     nodes = _load_object_graph(index, files)
     object_based = nodes is not None
-    entries = [
-        _make_entry(p, index, files, check_crc=check_crc, object_based=object_based)
-        for p in _plan(index, nodes)
-    ]
+    entries = _make_entries(_plan(index, nodes), index, files, check_crc=check_crc, object_based=object_based)
     keras_order(entries)
     if located.saved_model:
         checkpoint_kind = "saved-model"

@@ -32,6 +32,7 @@ from ..errors import CkptconvError, PlanError, UsageError
 from ..formats import open_source
 from ..gcpause import paused_gc
 from ..options import keyword_options, option_value
+from ..crc import crc32c
 from ..store import Entry, Output, Store, read_buffer
 from .aliases import AliasTable
 from .diff_report import DiffReport, Status, TensorDiff, TensorInfo
@@ -500,8 +501,6 @@ def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None =
     assert br is not None and br.length == count * entry.dtype.itemsize  # see _stored
     raw = read_buffer(min(per_block, count) * entry.dtype.itemsize, br.offset)
     check = entry.crc32c is not None
-    if check:
-        import crc32c
     crc = 0
     done = 0
     fd = os.open(br.path, os.O_RDONLY) if files is None else files.fd(br.path)
@@ -511,7 +510,7 @@ def _raw_blocks(entry: Entry, count: int, per_block: int, files: _Files | None =
             block = raw[:size]
             done += size
             if check:
-                crc = crc32c.crc32c(block, crc)
+                crc = crc32c(block, crc)
                 if done == br.length:
                     entry.compare_crc(crc)
             yield block.view(entry.dtype)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError
+from ..crc import crc32c
 from ..store import Entry, read_buffer
 from .cast import Cast
 from .ops import ExecutionProblem, Op, Split, Transpose
@@ -173,8 +174,6 @@ def cast_blocks(
         per = max(1, max_bytes // widest)
         buffer = read_buffer(min(per, count) * entry.dtype.itemsize, byte_range.offset).view(entry.dtype)
         crc = 0
-        if entry.crc32c is not None:
-            import crc32c  # here: importing it reads package metadata (tens of ms)
         fd = os.open(byte_range.path, os.O_RDONLY)
         try:
             for start in range(0, count, per):
@@ -182,7 +181,7 @@ def cast_blocks(
                 raw = chunk.view(np.uint8)
                 byte_range.read_into(raw, start=start * entry.dtype.itemsize, fd=fd, tensor=entry.name)
                 if entry.crc32c is not None:
-                    crc = crc32c.crc32c(raw, crc)
+                    crc = crc32c(raw, crc)
                 try:
                     for step in steps:
                         chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)

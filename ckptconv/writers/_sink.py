@@ -28,16 +28,16 @@ Set the environment variable ``CKPTCONV_DIRECT_IO=0`` to always write through th
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import crc32c as _crc32c
 import numpy as np
 
+from ..crc import crc32c
 from ..dtypes import by_name, dtype_name
 from ..errors import OutputError
 from ..mapping.ops import copy_c_order
@@ -147,13 +147,13 @@ class Pipeline:
         """Add ``data`` to ``name``'s checksum: now (a small tensor, returns None), or on the
         checksum thread (returns its future; ``data`` must stay unchanged until it is done)."""
         if name in self._inline:
-            self._crcs[name] = _crc32c.crc32c(data, self._crcs[name])
+            self._crcs[name] = crc32c(data, self._crcs[name])
             return None
         assert self._checker is not None
         return self._checker.submit(self._crc_update, name, data)
 
     def _crc_update(self, name: str, data: memoryview) -> None:
-        self._crcs[name] = _crc32c.crc32c(data, self._crcs[name])
+        self._crcs[name] = crc32c(data, self._crcs[name])
 
     def crc_results(self, names: list[str]) -> list[int]:
         """The CRC-32Cs of everything committed under ``names``, once the checksum thread is done."""
@@ -345,26 +345,30 @@ def _c_order_blocks(array: np.ndarray, dtype: np.dtype, chunk: int) -> Iterator[
         yield np.ascontiguousarray(array[start : start + rows], dtype=dtype)
 
 
-def _load_sync_file_range():  # type: ignore[no-untyped-def]
+@functools.cache
+def _sync_file_range():  # type: ignore[no-untyped-def]
+    """libc's ``sync_file_range``, or None; looked up on first use. The process's own symbols hold libc's on Linux
+    (``ctypes.util.find_library`` would import subprocess and run ``ldconfig``: tens of ms)."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
+    for name in (None, "libc.so.6"):
+        try:
+            func = ctypes.CDLL(name, use_errno=True).sync_file_range
+        except (OSError, AttributeError):
+            continue
+        func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        func.restype = ctypes.c_int
+        return func
+    return None
 
 
-_SYNC_FILE_RANGE = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # best effort
+    func = _sync_file_range()
+    if func is not None:
+        func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # best effort
 
 
 def write_all(fd: int, data: memoryview, *, path: str) -> None:
