@@ -1,9 +1,9 @@
 """The small rules the Keras readers apply once per layer or per tensor, each against the
-general form it stands for: the creation-order sort key, the missing-variable check, the
-float-layer answer of the quantized naming, the zip member window libhdf5 reads through and
-the map the metadata pass reads it by, the legacy reader's HDF5 path joining, and the
-``config.json`` layer walk (against the walk as first written, on every ``.keras`` fixture
-and on generated configs)."""
+general form it stands for: the creation-order sort key, the missing-variable and
+variable-key checks, the float-layer answer of the quantized naming, the zip member window
+libhdf5 reads through and the map the metadata pass reads it by, the legacy reader's HDF5 path
+joining, and the ``config.json`` layer walk (against the walk as first written, on every
+``.keras`` fixture and on generated configs)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def test_a_missing_variable_is_named(keras_dir: Path, tmp_path: Path, drop: str,
     with pytest.raises(CorruptFileError, match=re.escape(
         f"variables {missing} of /layers/batch_normalization/vars are missing"
     )):
+        ckptconv.open(path)
+
+
+@pytest.mark.parametrize("key", ["kernel", "\u00b2", "\u0663"])  # a name; "²" (a digit to isdigit, no number to int)
+def test_a_variable_key_that_is_no_index_is_refused(keras_dir: Path, tmp_path: Path, key: str) -> None:
+    """A vars group's keys are the variables' indices: any other key is refused, naming it;
+    a decimal digit of another script is read as int() reads it ("٣" is index 3: 1 is missing)."""
+    path = tmp_path / "key.weights.h5"
+    shutil.copy(keras_dir / "k3_zoo.weights.h5", path)
+    with h5py.File(path, "a") as f:
+        f.move("layers/batch_normalization/vars/1", f"layers/batch_normalization/vars/{key}")
+    expected = (
+        "variables [1] of /layers/batch_normalization/vars are missing" if key == "\u0663"
+        else f"unexpected variable key {key!r} in /layers/batch_normalization/vars"
+    )
+    with pytest.raises(CorruptFileError, match=re.escape(expected)):
         ckptconv.open(path)
 
 
@@ -307,3 +323,57 @@ CONFIGS = st.recursive(st.booleans().flatmap(lambda b: _layer(LEAVES) if b else 
 def test_config_walk_is_the_first_walk_on_generated_configs(config: Any) -> None:
     """Nested models, layers, names repeated at every depth, keys in any order."""
     assert_same_walk(json.loads(json.dumps(config)))
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_config_walk_leaves_no_reference_cycle(deep: bool) -> None:
+    """The layers found (and their configs) are freed by reference counting once the caller
+    drops them, also when the walk refuses the config: nothing waits for a cyclic collection,
+    which the readers pause while they open a file."""
+    import gc
+    import weakref
+
+    class Marker:  # held by the layer's config only
+        pass
+
+    marker = Marker()
+    config: Any = {"layers": [{"class_name": "Dense", "config": {"name": "d", "held": marker}}]}
+    if deep:
+        depth = keras_weights.MAX_CONFIG_DEPTH + 5
+        config["layers"].append(json.loads("[" * depth + "]" * depth))
+    alive = weakref.ref(marker)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if deep:
+            with pytest.raises(UnsafeInputError):
+                keras_weights.layer_infos(config)
+        else:
+            assert list(keras_weights.layer_infos(config)) == ["d"]
+        del config, marker
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@pytest.mark.parametrize("filename", ["k3_zoo.keras", "k3_zoo.weights.h5", "sharded/k3_zoo.weights.json", "tk_zoo.h5"])
+def test_opening_leaves_no_reference_cycle(keras_dir: Path, filename: str) -> None:
+    """What a Keras reader builds while opening (the vars walk's groups, the config's layers)
+    is freed by reference counting once the store is gone: no cyclic garbage is left for the
+    collector, which ``open`` pauses and a large file would make walk every object."""
+    import gc
+
+    with ckptconv.open(keras_dir / filename):  # first open: imports, memos
+        pass
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with ckptconv.open(keras_dir / filename) as store:
+            assert list(store)
+        del store
+        assert gc.collect() == 0
+    finally:
+        if was_enabled:
+            gc.enable()

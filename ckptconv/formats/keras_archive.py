@@ -188,7 +188,10 @@ def key_names(config: Any) -> dict[str, str]:
                 names[path] = name
             visit(layer, path, depth + 1)
 
-    visit(config, "", 0)
+    try:
+        visit(config, "", 0)
+    finally:
+        del visit  # it refers to itself (see keras_weights.layer_infos)
     return names
 
 

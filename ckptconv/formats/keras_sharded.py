@@ -110,7 +110,7 @@ def open(path: Path) -> Store:  # noqa: A001
             source = _Source(os.fspath(shard), os.fspath(shard), 0, os.path.getsize(shard))
             root = collect_vars(f, source, groups, order, key_names=names) or root
         # list layers as a single .weights.h5 of the same model would, not in shard order
-        order.sort(key=lambda p: [_natural_key(part) for part in p.split("/")])
+        order.sort(key=lambda p: tuple(map(_natural_key, p.split("/"))))
         entries = build_entries(groups, order, root_name=root)
     except BaseException:
         for f in files:

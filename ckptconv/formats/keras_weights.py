@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
@@ -40,7 +40,7 @@ from ._hdf5_file import (
     root_view,
 )
 from ._hdf5_headers import Header
-from ._hdf5_links import DATASET, EXTERNAL, GROUP, HARD, SOFT
+from ._hdf5_links import DATASET, EXTERNAL, GROUP, HARD, SOFT, Links
 from ._keras_quantized import QUANTIZED_VARIABLES, float_by_config, quantized_names
 
 if TYPE_CHECKING:
@@ -192,19 +192,26 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 if child:
                     visit(child, depth + 1)
 
-    visit((config,), 0)
+    try:
+        visit((config,), 0)
+    finally:
+        # the helper refers to itself: deleted, the function, and with it ``found`` and every
+        # layer's config, are freed by reference counting once the caller is done, not left
+        # to a cyclic collection (which a process that paused the collector runs at exit)
+        del visit
     return found
 
 
-@dataclass
+@dataclass(slots=True)
 class _VarsGroup:
-    """One object's ``vars`` group: the layer path, a class hint and its datasets by index."""
+    """One object's ``vars`` group: the layer path, a class hint and its datasets by index
+    (the shards of a sharded set may each hold some of them)."""
 
     file_path: str  # HDF5 path of the vars group, e.g. /layers/dense/vars
     chain: list[str]
     class_hint: str | None
     parent_class: str | None
-    datasets: dict[int, tuple["_DatasetRef", "_Source"]] = field(default_factory=dict)
+    datasets: dict[int, _DatasetRef] = field(default_factory=dict)
     state: str = "layers"  # layers | optimizer | other
 
 
@@ -230,6 +237,7 @@ _CREATION_ORDER = {
 }
 
 
+@lru_cache(maxsize=1 << 16)  # a sharded set sorts its groups' paths, which repeat their parts
 def _natural_key(name: str) -> tuple[Any, ...]:
     """Sort ``dense``, ``dense_1``, ``dense_2``, ..., ``dense_10`` in creation order."""
     stem, underscore, number = name.rpartition("_")
@@ -252,17 +260,25 @@ def collect_vars(
     ``key_names`` maps object group paths to layer names for files whose ``vars`` groups carry
     no ``name`` attribute (tf-keras, Keras < 3.6); failing both, the group key is the name.
 
-    The walk uses libhdf5's low-level calls: one link iteration per group, groups opened
-    relative to their parent, datasets not opened at all (their parsed object headers, from
-    :func:`~._hdf5_file.catalog_of`, describe them; see :class:`_DatasetRef`).
+    The walk reads the catalog :func:`~._hdf5_file.open_h5` made (links by group path, object
+    headers and ``name`` attributes by address); libhdf5 is asked only about what the catalog
+    leaves out, and datasets are not opened at all (their parsed object headers describe
+    them; see :class:`_DatasetRef`).
     """
     key_names = key_names or {}
     catalog = catalog_of(f)
     headers = catalog.headers
+    children = catalog.children
+    texts = catalog.texts
     root_name: str | None = None
-    group_links = partial(links_of, f)
 
-    def refuse(gname: str, key: str, link_type: int) -> None:
+    # the catalog's answers inline (a few dictionary look-ups per group), the helpers below
+    # for what it leaves to libhdf5: same answers, without two calls per object
+    def links_at(gname: str) -> Links:
+        links = children.get(gname)
+        return links if links is not None else links_of(f, gname)
+
+    def refuse(gname: str, key: str, link_type: int) -> NoReturn:
         where = f"{gname}/{key}"
         import h5py
 
@@ -274,7 +290,24 @@ def collect_vars(
             raise UnsafeInputError(f"refusing the soft link {where} -> {target}", path=source.path, tensor=where)
         raise UnsafeInputError(f"refusing the link {where}", path=source.path, tensor=where)
 
-    def walk(gname: str, links: dict[str, tuple[int, int]], chain: list[str],
+    def read_vars(vars_name: str, record: _VarsGroup) -> None:
+        """The variables of one ``vars`` group, by index, into ``record``."""
+        datasets = record.datasets
+        prefix = vars_name + "/"
+        for key, (link_type, address) in links_at(vars_name).items():
+            if link_type != _HARD:
+                raise UnsafeInputError(f"refusing a link inside {vars_name}", path=source.path, tensor=key)
+            if not key.isdecimal():  # what int() reads (isdigit() also takes "²")
+                raise CorruptFileError(f"unexpected variable key {key!r} in {vars_name}", path=source.path)
+            dataset_name = prefix + key
+            header = headers.get(address)
+            if (header is None or header.kind != "dataset") and _object_type(
+                f, dataset_name, header
+            ) != _DATASET:
+                raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
+            datasets[int(key)] = _DatasetRef(f, dataset_name, header, source)
+
+    def walk(gname: str, links: Links, chain: list[str],
              class_hint: str | None, parent_class: str | None, state: str, depth: int) -> None:
         nonlocal root_name
         if depth > MAX_DEPTH:
@@ -293,9 +326,13 @@ def collect_vars(
         if vars_link is not None:
             vars_name = f"{prefix}/vars"
             vars_address = vars_link[1]
-            if _object_type(f, vars_name, headers.get(vars_address)) != _GROUP:
+            header = headers.get(vars_address)
+            if (header is None or header.kind != "group") and _object_type(f, vars_name, header) != _GROUP:
                 raise CorruptFileError(f"{vars_name} is not a group", path=source.path)
-            recorded = _layer_name(f, vars_name, vars_address, catalog)
+            attributes = texts.get(vars_address)
+            recorded = None if attributes is None else attributes.get("name")
+            if type(recorded) is not str:
+                recorded = _layer_name(f, vars_name, vars_address, catalog)
             name = recorded or key_names.get(gname) or gname.rsplit("/", 1)[-1]
             if depth == 0:
                 root_name = str(name)
@@ -306,33 +343,21 @@ def collect_vars(
             if record is not None and recorded is not None and depth > 0:
                 record.chain = own_chain  # an earlier shard held this group without its name
             if record is None:
-                record = _VarsGroup(vars_name, own_chain, class_hint, parent_class, state=state)
+                record = _VarsGroup(vars_name, own_chain, class_hint, parent_class, {}, state)
                 groups[vars_name] = record
                 order.append(vars_name)
-            datasets = record.datasets
-            for key, (link_type, address) in group_links(vars_name).items():
-                if link_type != _HARD:
-                    raise UnsafeInputError(
-                        f"refusing a link inside {vars_name}", path=source.path, tensor=key
-                    )
-                if not key.isdigit():
-                    raise CorruptFileError(
-                        f"unexpected variable key {key!r} in {vars_name}", path=source.path
-                    )
-                dataset_name = f"{vars_name}/{key}"
-                header = headers.get(address)
-                if (header is None or header.kind != "dataset") and _object_type(
-                    f, dataset_name, header
-                ) != _DATASET:
-                    raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
-                datasets[int(key)] = (_DatasetRef(f, dataset_name, header), source)
+            read_vars(vars_name, record)
             if len(links) == 1:
                 return  # a layer without sub-layers: nothing else to walk
         for key in sorted((k for k in links if k != "vars"), key=_natural_key):
             child_name = f"{prefix}/{key}"
-            if _object_type(f, child_name, headers.get(links[key][1])) != _GROUP:
+            header = headers.get(links[key][1])
+            if header is None or header.kind == "other":
+                if _object_type(f, child_name, header) != _GROUP:
+                    continue
+            elif header.kind != "group":
                 continue
-            child_links = group_links(child_name)
+            child_links = links_at(child_name)
             child_state = state
             if depth == 0 and key == "optimizer":
                 child_state = "optimizer"
@@ -351,12 +376,19 @@ def collect_vars(
                 if link_type != _HARD:
                     refuse(child_name, sub, link_type)
                 node_name = f"{child_name}/{sub}"
-                if _object_type(f, node_name, headers.get(address)) != _GROUP:
+                header = headers.get(address)
+                if header is None or header.kind == "other":
+                    if _object_type(f, node_name, header) != _GROUP:
+                        continue
+                elif header.kind != "group":
                     continue
-                walk(node_name, group_links(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
+                walk(node_name, links_at(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
                      own_class, child_state, depth + 2)
 
-    walk("/", group_links("/"), [], None, None, "layers", 0)
+    try:
+        walk("/", links_at("/"), [], None, None, "layers", 0)
+    finally:
+        del walk  # it refers to itself: the groups it holds are then freed with the caller's
     return root_name
 
 
@@ -392,24 +424,25 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> 
 @dataclass(slots=True)
 class _DatasetRef:
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
-    (None, or not ``plain``: libhdf5 describes it)."""
+    (None, or not ``plain``: libhdf5 describes it), and the image it lies in."""
 
     file: HDF5File
     name: str
     header: Header | None
+    source: _Source
 
     def open(self) -> h5py.Dataset:
         import h5py
 
         return h5py.Dataset(h5py.h5o.open(self.file.h5.id, _b(self.name)))
 
-    def dtype_shape(self, source: _Source) -> tuple[Any, tuple[int, ...]]:
+    def dtype_shape(self) -> tuple[Any, tuple[int, ...]]:
         """The tensor's dtype (as :func:`~._hdf5.dataset_dtype` gives it) and shape."""
         header = self.header
         if header is not None and header.plain:
             return header.dtype, header.shape  # type: ignore[return-value]
         dataset = self.open()
-        return dataset_dtype(dataset, path=source.path, key=dataset.name), tuple(dataset.shape or ())
+        return dataset_dtype(dataset, path=self.source.path, key=dataset.name), tuple(dataset.shape or ())
 
     def is_counter(self) -> bool:
         """A scalar integer (an optimizer's iteration count)."""
@@ -419,16 +452,10 @@ class _DatasetRef:
         dataset = self.open()
         return dataset.shape == () and dataset.dtype.kind in "iu"
 
-    def entry(self, source: _Source, *, name: str, kind: Kind, index: int, layer: str) -> Entry:
-        """The Entry :func:`~._hdf5.dataset_entry` gives, from the header when it suffices."""
-        if self.header is not None:
-            entry = header_entry(
-                self.header, name=name, key=self.name, path=source.path,
-                data_path=source.data_path, base_offset=source.base_offset,
-                file_size=source.size, kind=kind, index=index, layer=layer,
-            )
-            if entry is not None:
-                return entry
+    def opened_entry(self, *, name: str, kind: Kind, index: int, layer: str) -> Entry:
+        """The Entry :func:`~._hdf5.dataset_entry` gives, the dataset opened through libhdf5:
+        for a dataset whose header :func:`~._hdf5.header_entry` cannot build it from."""
+        source = self.source
         return dataset_entry(
             self.open(), name=name, key=self.name, path=source.path, data_path=source.data_path,
             base_offset=source.base_offset, file_size=source.size, kind=kind, index=index,
@@ -444,25 +471,39 @@ def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
     """
     names: dict[str, str] = {}
     catalog = catalog_of(f)
+    headers, children, texts = catalog.headers, catalog.children, catalog.texts
 
     def visit(gname: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise UnsafeInputError("groups nested too deeply", path=path, tensor=gname)
         prefix = "" if gname == "/" else gname
-        for key, (link_type, address) in links_of(f, gname).items():
-            child = f"{prefix}/{key}"
+        links = children.get(gname)
+        if links is None:
+            links = links_of(f, gname)
+        for key, (link_type, address) in links.items():
             if link_type != HARD:
                 continue  # collect_vars refuses it with a proper message
-            if _object_type(f, child, catalog.headers.get(address)) != GROUP:
+            child = f"{prefix}/{key}"
+            header = headers.get(address)
+            if header is None or header.kind == "other":
+                if _object_type(f, child, header) != GROUP:
+                    continue
+            elif header.kind != "group":
                 continue
             if key == "vars":
-                name = _layer_name(f, child, address, catalog)
+                attributes = texts.get(address)
+                name = None if attributes is None else attributes.get("name")
+                if type(name) is not str:
+                    name = _layer_name(f, child, address, catalog)
                 if name:
                     names[gname] = name
             else:
                 visit(child, depth + 1)
 
-    visit("/", 0)
+    try:
+        visit("/", 0)
+    finally:
+        del visit  # it refers to itself (see layer_infos)
     return names
 
 
@@ -493,7 +534,7 @@ def builtin_class(info: LayerInfo) -> str:
     return cls
 
 
-def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> list[str]:
+def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]) -> Sequence[str]:
     """Variable names of one layer (its variables are ``record.datasets[0:count]``), or the
     indices where they cannot be known."""
     info = infos.get(record.chain[-1] if record.chain else "") if infos else None
@@ -501,21 +542,46 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
     if cls == "cell" or (info is None and record.class_hint == "cell"):
         parent = record.parent_class or ""
         cls = _RNN_CELLS.get(_INDEX_SUFFIX.sub("", parent), "lstm_cell")
+    stored: list[tuple[Any, tuple[int, ...]]] | None = None
     if (cls in QUANTIZED_VARIABLES or cls not in WEIGHT_NAMES) and not (
         info is not None and float_by_config(cls, info.config)
     ):
-        stored = [ref.dtype_shape(source) for ref, source in (record.datasets[i] for i in range(count))]
-        quantized = quantized_names(cls, stored, info.config if info else None)
+        datasets = record.datasets
+        stored = [datasets[i].dtype_shape() for i in range(count)]
+    if info is not None:
+        return _names_of(cls, count, stored, info.config)
+    # without a config the answer depends on the class and what is stored, nothing else: a
+    # file of thousands of layers repeats a handful of those
+    key = (cls, count, None if stored is None else tuple(stored))
+    names = _NAMES_WITHOUT_CONFIG.get(key)
+    if names is None:
+        names = tuple(_names_of(cls, count, stored, None))
+        if len(_NAMES_WITHOUT_CONFIG) < 4096:
+            _NAMES_WITHOUT_CONFIG[key] = names
+    return names
+
+
+# (class, count, stored dtypes and shapes if they matter) -> names, for layers without config
+_NAMES_WITHOUT_CONFIG: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _names_of(
+    cls: str | None, count: int, stored: list[tuple[Any, tuple[int, ...]]] | None,
+    config: Mapping[str, Any] | None,
+) -> list[str]:
+    """:func:`_weight_names` worked out: ``stored`` are the dtypes and shapes when the layer
+    may be quantized, ``config`` its ``config.json`` entry when there is one."""
+    if stored is not None:
+        quantized = quantized_names(cls, stored, config)
         if quantized is not None:
             return quantized
     candidates = list(WEIGHT_NAMES.get(cls or "", ()))
-    if info is not None and candidates:
-        cfg = info.config
-        if cfg.get("use_bias") is False or (cls == "einsum_dense" and cfg.get("bias_axes") is None):
+    if config is not None and candidates:
+        if config.get("use_bias") is False or (cls == "einsum_dense" and config.get("bias_axes") is None):
             candidates = [c for c in candidates if c != "bias"]
-        if cfg.get("center") is False:
+        if config.get("center") is False:
             candidates = [c for c in candidates if c != "beta"]
-        if cfg.get("scale") is False:
+        if config.get("scale") is False:
             candidates = [c for c in candidates if c != "gamma"]
     if len(candidates) == count:
         return candidates
@@ -564,29 +630,41 @@ def build_entries(
             missing = sorted(set(range(indices[-1] + 1)) - set(indices))
             raise CorruptFileError(
                 f"variables {missing} of {group_path} are missing (a shard may be missing)",
-                path=next(iter(datasets.values()))[1].path,
+                path=next(iter(datasets.values())).source.path,
             )
-        if record.state == "layers":
+        state = record.state
+        if state == "layers":
             layer = "/".join(record.chain)
             names = _weight_names(record, count, infos)
             kinds: list[Kind] = ["weight"] * count
         else:
-            layer = "optimizer" if record.state == "optimizer" else "/".join(["state", *record.chain])
+            layer = "optimizer" if state == "optimizer" else "/".join(["state", *record.chain])
             names = [str(i) for i in range(count)]
             kinds = []
             for i in range(count):
-                counter = record.state == "optimizer" and i == 0 and datasets[i][0].is_counter()
-                kinds.append("bookkeeping" if counter or record.state != "optimizer" else "optimizer")
+                counter = state == "optimizer" and i == 0 and datasets[i].is_counter()
+                kinds.append("bookkeeping" if counter or state != "optimizer" else "optimizer")
         name_prefix = f"{layer}/" if layer else ""
         tree_prefix = _saving_tree_prefix(group_path)
         block: list[Entry] = []
-        for i, weight_name, kind in zip(range(count), names, kinds):
-            ref, source = datasets[i]
-            entry = ref.entry(source, name=name_prefix + weight_name, kind=kind, index=i, layer=layer)
+        source = None
+        for i in range(count):
+            ref = datasets[i]
+            if ref.source is not source:  # one per group, except across the shards of a set
+                source = ref.source
+                path, data_path, base_offset, size = source.path, source.data_path, source.base_offset, source.size
+            name = name_prefix + names[i]
+            header = ref.header
+            entry = None if header is None else header_entry(
+                header, name=name, key=ref.name, path=path, data_path=data_path,
+                base_offset=base_offset, file_size=size, kind=kinds[i], index=i, layer=layer,
+            )
+            if entry is None:
+                entry = ref.opened_entry(name=name, kind=kinds[i], index=i, layer=layer)
             entry.tree_path = f"{tree_prefix}{i}"
             block.append(entry)
         # every entry of a group has its layer, and its kind is a weight's or not for all
-        blocks.append(((record.state != "layers", rank.get(layer.partition("/")[0], unranked)), block))
+        blocks.append(((state != "layers", rank.get(layer.partition("/")[0], unranked)), block))
     if infos:
         blocks.sort(key=lambda b: b[0])  # stable: layers keep their file order within a rank
     return [entry for _, block in blocks for entry in block]
