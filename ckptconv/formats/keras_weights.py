@@ -352,10 +352,7 @@ def collect_vars(
         for key in sorted((k for k in links if k != "vars"), key=_natural_key):
             child_name = f"{prefix}/{key}"
             header = headers.get(links[key][1])
-            if header is None or header.kind == "other":
-                if _object_type(f, child_name, header) != _GROUP:
-                    continue
-            elif header.kind != "group":
+            if not _is_group(f, child_name, header):
                 continue
             child_links = links_at(child_name)
             child_state = state
@@ -377,10 +374,7 @@ def collect_vars(
                     refuse(child_name, sub, link_type)
                 node_name = f"{child_name}/{sub}"
                 header = headers.get(address)
-                if header is None or header.kind == "other":
-                    if _object_type(f, node_name, header) != _GROUP:
-                        continue
-                elif header.kind != "group":
+                if not _is_group(f, node_name, header):
                     continue
                 walk(node_name, links_at(node_name), own_chain, _INDEX_SUFFIX.sub("", sub),
                      own_class, child_state, depth + 2)
@@ -394,6 +388,13 @@ def collect_vars(
 
 def _b(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
+
+
+def _is_group(f: HDF5File, name: str, header: Header | None) -> bool:
+    """Whether the object a hard link ``name`` leads to is a group (see :func:`_object_type`)."""
+    if header is not None and header.kind != "other":
+        return header.kind == "group"
+    return _object_type(f, name, header) == _GROUP
 
 
 def _object_type(f: HDF5File, name: str, header: Header | None) -> int:
@@ -485,10 +486,7 @@ def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
                 continue  # collect_vars refuses it with a proper message
             child = f"{prefix}/{key}"
             header = headers.get(address)
-            if header is None or header.kind == "other":
-                if _object_type(f, child, header) != GROUP:
-                    continue
-            elif header.kind != "group":
+            if not _is_group(f, child, header):
                 continue
             if key == "vars":
                 attributes = texts.get(address)
