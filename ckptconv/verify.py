@@ -172,8 +172,9 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors.index.json"))
         if len(found) != 1:
-            if not found and _another_format(path):  # a TF checkpoint or Orbax directory
-                raise _not_safetensors(path)
+            fmt = None if found else _format_of(path)  # a TF checkpoint or Orbax directory
+            if fmt:
+                raise _not_safetensors(path, fmt)
             raise CorruptFileError(
                 "expected exactly one *.safetensors.index.json in the directory", path=path
             )
@@ -182,9 +183,10 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
         index_file = path.with_name(path.name + ".index.json")
         if path.name.endswith(".safetensors") and index_file.is_file():
             path = index_file  # a sharded set written under this name
-        elif _another_format(path):  # a TF checkpoint's prefix
-            raise _not_safetensors(path)
         else:
+            fmt = _format_of(path)  # a TF checkpoint's prefix
+            if fmt:
+                raise _not_safetensors(path, fmt)
             raise NoSuchFileError(path=path)
     regular_file(path)
     with path.open("rb") as f:
@@ -215,25 +217,20 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
     return path, [path], None
 
 
-def _another_format(path: Path) -> bool:
-    """Whether a path that is no file of a safetensors set is a checkpoint of another format."""
+def _format_of(path: Path) -> str | None:
+    """The format ckptconv reads ``path`` as (``detect``), or None when none claims it."""
     from .formats import detect
 
     try:
-        detect(path)
+        return str(detect(path).FORMAT)
     except CkptconvError:
-        return False
-    return True
+        return None
 
 
-def _not_safetensors(path: Path) -> FormatError:
-    """Say what the file is instead, as far as ckptconv can tell."""
-    from .formats import detect
-
-    try:
-        what = f"a {detect(path).FORMAT} checkpoint"
-    except CkptconvError:
-        what = "not a checkpoint ckptconv reads"
+def _not_safetensors(path: Path, fmt: str | None = None) -> FormatError:
+    """Say what the file is instead (``fmt``, else as detected), as far as ckptconv can tell."""
+    fmt = fmt or _format_of(path)
+    what = f"a {fmt} checkpoint" if fmt else "not a checkpoint ckptconv reads"
     return FormatError(
         f"not a safetensors file ({what}): verify re-checks the safetensors files ckptconv "
         "writes against the checksums recorded in them",
