@@ -259,6 +259,46 @@ def test_the_central_directory_reads_as_zipfile_reads_it(tmp_path: Path, monkeyp
                 assert f.read(m.file_size) == z.read(m.filename), (path.name, m.filename)
 
 
+def _data_offsets_outcome(path: Path, members: list[_zip.Member]) -> tuple[object, ...]:
+    try:
+        with path.open("rb") as f:
+            return ("read", _zip.data_offsets(path, members, file=f))
+    except CkptconvError as e:
+        return (type(e).__name__, str(e))
+
+
+def test_local_headers_read_through_the_map_as_through_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_offsets reads local headers through a map of the file, or (a file system that
+    cannot map files) by windows of pread: the same offsets on every archive, and the same
+    refusal when a local header is damaged, cut off, or lies past the end of the file."""
+    cases = []
+    for path in _archives(tmp_path, monkeypatch):
+        members = [m for m in _zip.central_directory(path, kind="file") if m.compress_type == 0]
+        cases.append((path, members))
+    source = FIXTURES / "cnn.pt"
+    members = [m for m in _zip.central_directory(source, kind="file") if m.compress_type == 0]
+    data = source.read_bytes()
+    last = max(m.header_offset for m in members)
+    for i, at in enumerate([members[1].header_offset, members[1].header_offset + 26, members[1].header_offset + 31,
+                            last + 3]):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x41
+        (tmp_path / f"damaged{i}.pt").write_bytes(bytes(damaged))
+        cases.append((tmp_path / f"damaged{i}.pt", members))
+    (tmp_path / "cut.pt").write_bytes(data[: last + 20])  # the last local header cut short
+    cases.append((tmp_path / "cut.pt", members))
+    with monkeypatch.context() as patch:  # every one of these files is mapped
+        patch.setattr(_zip, "_data_offsets_by_windows", None)
+        outcomes = [_data_offsets_outcome(path, members) for path, members in cases]
+    assert sum(o[0] == "read" for o in outcomes) >= 8 and sum(o[0] != "read" for o in outcomes) >= 4, outcomes
+
+    def unmappable(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(_zip.mmap, "mmap", unmappable)
+    assert [_data_offsets_outcome(path, members) for path, members in cases] == outcomes
+
+
 def _zip_mutants(data: bytes, rng: random.Random) -> list[bytes]:
     """Truncations (most near the end, where the directory is) and byte changes in the
     directory and end records."""

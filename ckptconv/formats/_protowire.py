@@ -13,7 +13,6 @@ into a :class:`~ckptconv.CorruptFileError` naming the file and tensor.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
@@ -156,9 +155,12 @@ def _str(buf: bytes, field: _Field, what: str) -> str:
 # --- tensorflow.BundleHeaderProto / BundleEntryProto -------------------------------------
 
 
-@dataclass(frozen=True)
-class BundleHeader:
-    """``BundleHeaderProto``: how many data shards, which byte order, which format version."""
+class BundleHeader(NamedTuple):
+    """``BundleHeaderProto``: how many data shards, which byte order, which format version.
+
+    (Named tuples rather than frozen dataclasses here and below: as immutable, and a module
+    imported by every command that may open a checkpoint defines them in a fraction of the
+    time.)"""
 
     num_shards: int = 0
     big_endian: bool = False
@@ -167,8 +169,7 @@ class BundleHeader:
     bad_consumers: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class SliceExtent:
+class SliceExtent(NamedTuple):
     """One dimension of a ``TensorSliceProto``: ``length`` is None for the whole dimension."""
 
     start: int

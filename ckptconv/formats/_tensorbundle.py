@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,8 +87,7 @@ def has_table_magic(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class _Handle:
+class _Handle(NamedTuple):
     offset: int
     size: int
 

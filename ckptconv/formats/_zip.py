@@ -14,6 +14,7 @@ and accepts nothing ``zipfile`` refuses. Compressed members are still decompress
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -269,20 +270,33 @@ def _take8(block: bytes, field: str) -> tuple[int, bytes]:
 def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo], *,
                  file: BinaryIO) -> list[int]:
     """Absolute offsets of the members' data: after each local header, name and extra field
-    (the local extra field may differ from the central directory's, so every header is read;
-    headers less than 16 KiB apart, as a state dict's small storages are, share one read).
+    (the local extra field may differ from the central directory's, so every header is read).
     ``file``: the archive, open (binary).
+
+    The headers are read through a read-only map of the file: a state dict's storages are a
+    few KiB apart, so reading their headers by windows copied every byte of the file, while
+    the map touches only the pages that hold headers (a file system that cannot map files
+    gets the windows).
 
     Raises:
         CorruptFileError: a local header is missing, has no local-header signature, or names
             another member than the central directory (naming the member).
     """
     fd = file.fileno()
+    try:
+        view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # an empty file, or one that cannot be mapped
+        return _data_offsets_by_windows(path, members, fd)
+    with view:
+        return [_offset_in(path, fd, view, m.header_offset, m.header_offset, m) for m in members]
+
+
+def _data_offsets_by_windows(path: str | os.PathLike[str], members: Sequence[Member | zipfile.ZipInfo],
+                             fd: int) -> list[int]:
+    """:func:`data_offsets` with ``pread``: headers less than 16 KiB apart share one read."""
     offsets = [m.header_offset for m in members]
     order = sorted(range(len(members)), key=offsets.__getitem__)
     out = [0] * len(members)
-    fields = _LOCAL_FIELDS.unpack_from
-    fixed = _LOCAL_HEADER.size
     i = 0
     while i < len(order):
         start = previous = offsets[order[i]]
@@ -293,26 +307,31 @@ def data_offsets(path: str | os.PathLike[str], members: Sequence[Member | zipfil
                 break
             previous = at
             j += 1
-        window = os.pread(fd, previous - start + fixed + 256, start)
+        window = os.pread(fd, previous - start + _LOCAL_HEADER.size + 256, start)
         for k in order[i:j]:
-            # the common case in few steps: a whole header in the window, naming the member as
-            # the central directory does; anything else goes through _data_offset, which says
-            # what is wrong
-            at = offsets[k] - start
-            try:
-                signature, flags, name_length, extra_length = fields(window, at)
-                if signature == b"PK\x03\x04" and window[at + fixed : at + fixed + name_length].decode(
-                        "utf-8" if flags & _UTF8_NAME else "cp437") == members[k].filename:
-                    out[k] = offsets[k] + fixed + name_length + extra_length
-                    continue
-            except (struct.error, UnicodeDecodeError):
-                pass
-            out[k] = _data_offset(path, fd, window, at, offsets[k], members[k])
+            out[k] = _offset_in(path, fd, window, offsets[k] - start, offsets[k], members[k])
         i = j
     return out
 
 
-def _data_offset(path: str | os.PathLike[str], fd: int, window: bytes, at: int, header: int,
+def _offset_in(path: str | os.PathLike[str], fd: int, window: bytes | mmap.mmap, at: int, header: int,
+               info: Member | zipfile.ZipInfo) -> int:
+    """The data offset of the member whose local header starts ``at`` in ``window`` (at
+    ``header`` in the file). The common case in few steps: a whole header in the window,
+    naming the member as the central directory does; anything else goes through
+    :func:`_data_offset`, which says what is wrong."""
+    try:
+        signature, flags, name_length, extra_length = _LOCAL_FIELDS.unpack_from(window, at)
+        fixed = _LOCAL_HEADER.size
+        if signature == b"PK\x03\x04" and window[at + fixed : at + fixed + name_length].decode(
+                "utf-8" if flags & _UTF8_NAME else "cp437") == info.filename:
+            return header + fixed + name_length + extra_length
+    except (struct.error, UnicodeDecodeError):
+        pass
+    return _data_offset(path, fd, window, at, header, info)
+
+
+def _data_offset(path: str | os.PathLike[str], fd: int, window: bytes | mmap.mmap, at: int, header: int,
                  info: Member | zipfile.ZipInfo) -> int:
     """:func:`data_offsets` for one member whose local header starts ``at`` in ``window`` (at
     ``header`` in the file), refusing it as damaged if it is."""

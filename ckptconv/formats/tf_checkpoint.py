@@ -26,7 +26,6 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -116,8 +115,7 @@ _UNREADABLE = {
 # --- finding the checkpoint -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Located:
+class _Located(NamedTuple):
     prefix: str
     saved_model: bool
 
@@ -222,8 +220,7 @@ def sniff(path: Path, head: bytes) -> bool:
 # --- the index ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Index:
+class _Index(NamedTuple):
     index_path: str
     num_shards: int
     producer: int
