@@ -24,7 +24,7 @@ import pytest
 
 import ckptconv
 from ckptconv import CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
-from ckptconv.formats import _torch_pickle, _zip
+from ckptconv.formats import _torch_pickle, _zip, pytorch
 from tests.test_pytorch_hostile import _pickles
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pytorch"
@@ -543,3 +543,24 @@ def test_a_state_dicts_keys_are_not_searched_one_by_one_only_when_none_can_match
             pytorch._may_name_kinds = real
     assert all(a == b for a, b in kinds.values())
     assert any(kind != "weight" for a, _ in kinds.values() for _, kind in a)
+
+
+def test_the_kinds_of_a_state_dicts_tensors_in_few_steps_are_the_general_rule() -> None:
+    """The walk gives a container's tensors its kind without calling ``_child_kind`` where
+    that can only keep it (a dotted key, no kind word among the keys): every key, in every
+    container kind, with and without a kind word beside it, gets what ``_child_kind`` gives,
+    and a step counter at the top of a plain state dict is bookkeeping."""
+    storage = _torch_pickle.StorageRef("0", "float32", 4)
+    ref = _torch_pickle.TensorRef(storage, 0, (4,), (1,), "float32")
+    keys = ["features.0.weight", "step", "Epoch", "global_step", "num_updates.x", "weight", "fc.iter", "iterations"]
+    for kind in ("weight", "optimizer", "bookkeeping"):
+        for extra in ([], ["optim_state"], ["lr_sched.x"]):
+            tree = dict.fromkeys([*keys, *extra], ref)
+            walk = pytorch._Walk(Path("x.pt"))
+            walk.visit(tree, (), kind, 0)
+            words = kind == "weight" and pytorch._may_name_kinds(list(tree))
+            assert [k for _, k, _ in walk.found] == [pytorch._child_kind(kind, key, ref, words) for key in tree]
+    walk = pytorch._Walk(Path("x.pt"))
+    walk.visit(dict.fromkeys(keys, ref), (), "weight", 0)
+    assert [k for _, k, _ in walk.found] == ["weight", "bookkeeping", "bookkeeping", "bookkeeping", "weight", "weight",
+                                             "weight", "bookkeeping"]

@@ -494,17 +494,21 @@ def parse_object_graph(buf: bytes | memoryview) -> list[TrackableObject]:
         if data[pos] != 0x0A:  # anything but a node field: the general decoder decides
             return general_object_graph(data)
         pos += 1
-        length = 0
-        shift = 0
-        while True:
-            if pos >= end or shift > 63:
-                return general_object_graph(data)
-            byte = data[pos]
+        length = data[pos] if pos < end else 0x80
+        if length < 0x80:  # a variable's node: under 128 bytes
             pos += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
+        else:
+            length = 0
+            shift = 0
+            while True:
+                if pos >= end or shift > 63:
+                    return general_object_graph(data)
+                byte = data[pos]
+                pos += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
         stop = pos + length
         if stop > end:
             return general_object_graph(data)

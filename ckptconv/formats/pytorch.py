@@ -329,7 +329,11 @@ class _Walk:
             words = kind == "weight" and _may_name_kinds(keys)
             for part, value in zip(keys, obj.values()):
                 if leaf and type(value) is TensorRef:  # a state dict's items: no call each
-                    found.append(((*parts, part), _child_kind(kind, part, value, words), value))
+                    # (nor of _child_kind where it can only keep the kind: a dotted key, no word)
+                    if kind != "weight" or (not words and "." in part):
+                        found.append(((*parts, part), kind, value))
+                    else:
+                        found.append(((*parts, part), _child_kind(kind, part, value, words), value))
                 else:
                     self.visit(value, (*parts, part), _child_kind(kind, part, value, words), depth + 1)
         elif isinstance(obj, (list, tuple)) and not any(isinstance(v, (dict, list, tuple, TensorRef, Unrepresentable)) for v in obj):
