@@ -377,7 +377,7 @@ class _Walk:
         geometry: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, int, bool]] = {}  # shapes repeat
         entries = []
         append = entries.append
-        new_entry = Entry.__new__
+        new_entry = Entry.of
         for parts, kind, ref in self.found:
             # the common case in few steps: a non-empty C-contiguous view, of its storage's
             # dtype, of a storage stored in place little-endian (the zip layout's); everything
@@ -395,12 +395,8 @@ class _Walk:
                 if contiguous and numel and start + nbytes <= storage.numel * itemsize:
                     name = "/".join(parts) if parts else self.default_name
                     layer = parts[0].rpartition(".")[0] if len(parts) == 1 else _layer(parts)
-                    # Entry.__init__ on a new instance: calling the class with keywords
-                    # builds a dict per call
-                    entry = new_entry(Entry)
-                    entry.__init__(name, key=name, shape=ref.shape, dtype=dtype, path=path, kind=kind,
-                                   layer=layer, byte_range=ByteRange(stored.path, stored.offset + start, nbytes))
-                    append(entry)
+                    append(new_entry(name, layer, 0, name, ref.shape, dtype, kind, path,
+                                     ByteRange(stored.path, stored.offset + start, nbytes), None, None, None))
                     continue
             append(self._entry(parts, kind, ref, parsed, dtypes, path))
         return entries

@@ -47,6 +47,7 @@ from ..store import (
     Store,
     check_crc32c,
     keras_order,
+    layer_of,
     read_byte_range,
 )
 from . import _tensorbundle as tb
@@ -608,8 +609,7 @@ def _make_entries(
     append = made.append
     dtypes = _DTYPES
     prod = math.prod
-    new_entry = Entry.__new__
-    init = Entry.__init__
+    new_entry = Entry.of
     for planned_tensor in planned:
         key, name, kind, entry = planned_tensor
         code, shape, unknown_rank, shard_id, offset, size, masked_crc32c, slices = entry
@@ -621,16 +621,10 @@ def _make_entries(
             append(_make_entry(planned_tensor, index, files, check_crc=check_crc, object_based=object_based))
             continue
         path = files[shard_id]
-        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
-        # much as Entry's own checks: its __init__ is called on a new instance instead
-        tensor = new_entry(Entry)
-        init(  # type: ignore[misc]
-            tensor, name, key=key, shape=shape, dtype=dtype, path=path,
-            byte_range=ByteRange(path, offset, size), kind=kind,
-            crc32c=tb.unmask_crc(masked_crc32c) if check_crc else None,
-            tree_path=object_path(key) if object_based else None,
-        )
-        append(tensor)
+        append(new_entry(
+            name, layer_of(name), 0, key, shape, dtype, kind, path, ByteRange(path, offset, size),
+            tb.unmask_crc(masked_crc32c) if check_crc else None, object_path(key) if object_based else None, None,
+        ))
     return made
 
 
