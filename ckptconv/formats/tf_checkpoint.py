@@ -312,19 +312,19 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
                 path=name,
             ) from None
     slices = ((_slice_label(k), e) for k, e in index.slices.items())
-    for key, entry in [*index.entries.items(), *slices]:
-        if entry.slices:
+    num_shards = index.num_shards
+    for key, (_, _, _, shard_id, offset, size, _, parts) in [*index.entries.items(), *slices]:
+        if parts:
             continue
-        if not 0 <= entry.shard_id < index.num_shards:
+        if not 0 <= shard_id < num_shards:
             raise CorruptFileError(
-                f"index names data shard {entry.shard_id} of {index.num_shards}",
-                path=index.index_path, tensor=key,
+                f"index names data shard {shard_id} of {num_shards}", path=index.index_path, tensor=key
             )
-        if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
+        if offset < 0 or size < 0 or offset + size > sizes[shard_id]:
             raise CorruptFileError(
-                f"tensor data at bytes {entry.offset}..{entry.offset + entry.size} lies beyond the "
-                f"end of the file ({sizes[entry.shard_id]} bytes): the file is truncated; {FETCH_AGAIN}",
-                path=files[entry.shard_id], tensor=key,
+                f"tensor data at bytes {offset}..{offset + size} lies beyond the end of the file "
+                f"({sizes[shard_id]} bytes): the file is truncated; {FETCH_AGAIN}",
+                path=files[shard_id], tensor=key,
             )
     return files
 
