@@ -76,12 +76,24 @@ def _modules(path: Path, head: bytes) -> Iterator[ModuleType]:
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # _hdf5.HDF5_MAGIC, without importing h5py
 
 
+# What a directory must hold (a name, a name's ending) for each format that reads
+# directories other than by config.json or a .weights.json index to claim it (see each
+# module's sniff): Hugging Face safetensors weights or their index; a TF checkpoint's state
+# file, index or SavedModel variables; PyTorch weights or their index.
+_DIRECTORY_NAMES = {
+    "safetensors": ({"model.safetensors"}, (".safetensors.index.json",)),
+    "tf_checkpoint": ({"checkpoint", "variables"}, (".index",)),
+    "pytorch": ({"pytorch_model.bin"}, (".bin.index.json",)),
+}
+
+
 def _may_claim(name: str, path: Path, head: bytes) -> bool:
     """False when the format module ``name`` certainly does not claim ``path``: the first
-    test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``)
-    fails. Keeping these few byte tests here spares importing the Keras readers (and h5py)
-    for every other format; tests/test_formats_detect.py checks that each is implied by the
-    module's own ``sniff``."""
+    test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``,
+    a shard index, or the names of :data:`_DIRECTORY_NAMES`; a directory at all, for Orbax)
+    fails. Keeping these few tests here spares importing readers (the Keras ones and h5py,
+    the TF and torch ones for a directory) that cannot claim a path; tests/test_formats_detect.py
+    checks that each is implied by the module's own ``sniff``."""
     if name == "keras_archive":  # a zip, or a directory with config.json and the weights
         if path.is_dir():
             return (path / "config.json").is_file()
@@ -90,6 +102,15 @@ def _may_claim(name: str, path: Path, head: bytes) -> bool:
         return head.lstrip().startswith(b"{") or (path.is_dir() and any(path.glob("*.weights.json")))
     if name in ("keras_weights", "keras_legacy"):  # an HDF5 file
         return head.startswith(_HDF5_MAGIC)
+    if name == "keras_orbax":  # a directory of steps, a step, or a pytree directory
+        return path.is_dir()
+    if name in _DIRECTORY_NAMES and path.is_dir():
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return True  # its sniff decides (and says why it cannot read the directory)
+        exact, endings = _DIRECTORY_NAMES[name]
+        return any(n in exact or n.endswith(endings) for n in names)
     return True
 
 
