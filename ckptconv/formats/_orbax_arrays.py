@@ -351,10 +351,12 @@ class Arrays:
                 if node.get("height", 0) > 0:
                     refuse_manifest_out(entries, path=self.tree)
                     level.extend((prefix + e["subtree_common_prefix"], e["location"]) for e in entries)
-                else:  # a leaf: arrays' metadata keys (kept) and their chunks' keys
+                elif prefix:  # a leaf: arrays' metadata keys (kept) and their chunks' keys
                     found.update(
                         {key: e.get("inline_value") for e in entries if (key := prefix + e["key"]).endswith(suffix)}
                     )
+                else:  # a leaf that is the root: its keys are whole
+                    found.update({key: e.get("inline_value") for e in entries if (key := e["key"]).endswith(suffix)})
                 if type(entries) is list:
                     # tensorstore (0.1.86) never releases one reference to the list ocdbt.dump
                     # returns, nor to the bytes in it: emptied, the list at least frees the

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
-from ..store import Entry, Kind, Store, keras_order
+from ..store import Entry, Kind, Store, keras_order, layer_of
 from ._orbax_arrays import (
     Arrays,
     import_tensorstore,
@@ -385,6 +385,7 @@ def open(path: Path) -> Store:  # noqa: A001
     sizes: dict[str, int] = {}  # by param: what read-ahead holds
     where = os.fspath(tree)
     load = arrays.load
+    of = Entry.of
     # dtype, shape and size by the metadata object: arrays of one shape and dtype share it
     described: dict[int, tuple[np.dtype, tuple[int, ...], int]] = {}
     for parts, param, key, zmeta in zip(leaves, params, keys, zarr_meta):
@@ -394,18 +395,8 @@ def open(path: Path) -> Store:  # noqa: A001
             found = described[id(zmeta)] = (dtype, shape, math.prod(shape) * dtype.itemsize)
         dtype, shape, sizes[param] = found
         kind, name = _kind(parts, key, dtype, shape)
-        entries.append(
-            Entry(
-                name,
-                key=param,
-                shape=shape,
-                dtype=dtype,
-                path=where,
-                loader=partial(load, param, key, dtype, shape),
-                kind=kind,
-                tree_path=key,
-            )
-        )
+        loader = partial(load, param, key, dtype, shape)
+        entries.append(of(name, layer_of(name), 0, param, shape, dtype, kind, where, None, None, key, loader))
     keras_order(entries)
     entries = _store_order(entries, _layer_rank(config))
     arrays.read_in_order([e.key for e in entries], sizes)
