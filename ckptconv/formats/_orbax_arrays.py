@@ -10,7 +10,9 @@ by :func:`import_tensorstore`, only when an Orbax checkpoint is opened.
 Opening costs one tensorstore call per B-tree node, not one per array: Orbax writes OCDBT
 databases that keep values up to 1 KiB inline in the B-tree's leaves, and every array's zarr
 metadata is such a value, so dumping the nodes (``tensorstore.ocdbt.dump``) yields them all
-(a value stored out of line is read by key). Reading an array still opens it as a zarr array
+(a value stored out of line is read by key); the root node's read is started first
+(:func:`prefetch`), so that tensorstore reads and decodes it in its own threads while the
+caller parses ``_METADATA``. Reading an array still opens it as a zarr array
 in tensorstore, as Orbax's own restore does; that takes a few hundred microseconds of
 tensorstore's work, so arrays are opened and read a batch at a time, ahead of the entry that
 asks (see :class:`Arrays`).
@@ -22,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
