@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import json
 import os
 import stat
 import struct
@@ -150,6 +149,8 @@ def load_index(path: str | os.PathLike[str]) -> dict:
             parser allows), or has no ``weight_map`` object.
         OSError: the file cannot be read.
     """
+    import json  # here: an HDF5 file or a TF checkpoint is read without it
+
     if os.path.getsize(path) > MAX_INDEX_BYTES:
         raise CorruptFileError("the shard index is implausibly large", path=path)
     try:
@@ -250,6 +251,8 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
             path=p,
         )
     if head.lstrip()[:1] in (b"{", b"["):
+        import json
+
         try:
             if os.path.getsize(p) > MAX_INDEX_BYTES:
                 return
