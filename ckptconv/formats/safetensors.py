@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 
 from ..dtypes import from_safetensors
 from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError, truncated
-from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
+from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order, layer_of
 from . import load_index
 
 TYPE_CHECKING = False  # pathlib is imported where a set or a directory needs it, not for a file
@@ -681,18 +681,9 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
         dtype = dtypes.get(code)
         if dtype is None:
             dtype = dtypes[code] = from_safetensors(code)
-        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
-        # much as Entry's own checks: its __init__ is called on a new instance instead
-        entry = Entry.__new__(Entry)
-        entry.__init__(  # type: ignore[misc]
-            name,
-            key=name,
-            shape=shape,
-            dtype=dtype,
-            path=path,
-            byte_range=ByteRange(path, data_start + begin, end - begin),
-            crc32c=checksums.get(name),
-            kind=kinds.get(name, "weight"),
+        entry = Entry.of(
+            name, layer_of(name), 0, name, shape, dtype, kinds.get(name, "weight"), path,
+            ByteRange(path, data_start + begin, end - begin), checksums.get(name), None, None,
         )
         entries.append(entry)
     return entries
