@@ -139,7 +139,7 @@ def _modules_of(argv: list[str]) -> tuple[int, set[str], str]:
     import ast
 
     done = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *argv], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     printed, _, last = done.stdout.strip().rpartition("\n")
     status, modules = ast.literal_eval(last)  # (the probe imports nothing to print it: not json)
     return status, set(modules), printed
@@ -189,7 +189,7 @@ def test_a_command_is_parsed_by_its_own_parser_alone(monkeypatch, capsys) -> Non
     command line prints and returns is then byte for byte what the full parser (the one
     docs/cli.md is generated from) gives: ``--help``, every usage error, with and without
     ``--json`` and ``--debug``, and the top-level cases, which the full parser answers."""
-    import ckptconv.cli as cli
+    from ckptconv import cli
 
     monkeypatch.setenv("COLUMNS", "100")
     cases: list[list[str]] = [[], ["--help"], ["-h", "inspect"], ["--version"], ["--version", "inspect"],
@@ -239,7 +239,11 @@ def test_signal_rules_do_nothing_outside_the_main_thread() -> None:
     import signal
     import threading
 
-    from ckptconv.interrupts import deferred_interrupts, interrupts_noted, sigterm_raises
+    from ckptconv.interrupts import (
+        deferred_interrupts,
+        interrupts_noted,
+        sigterm_raises,
+    )
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     results: list[object] = []

@@ -11,6 +11,7 @@ bytecode is just a string here); it names the layers, their classes and dtype po
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
@@ -35,7 +36,6 @@ from ._zip import (
     Member,
     central_directory,
     check_stored_crcs,
-    damaged_zip,
     data_offsets,
     first_member_kind,
     read_member,
@@ -222,7 +222,7 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     zip archive, or the directory ``model.save(..., zipped=False)`` writes."""
     if os.path.isdir(path):
         return _open_directory(path)
-    with io.open(path, "rb") as f:
+    with builtins.open(path, "rb") as f:
         # the central directory, read as zipfile reads it and refused where zipfile refuses it
         members = {m.filename: m for m in central_directory(path, kind=".keras file", file=f)}
         info = members.get(WEIGHTS_MEMBER)

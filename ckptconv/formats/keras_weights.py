@@ -208,7 +208,7 @@ class _VarsGroup:
     """One object's ``vars`` group: the layer path, a class hint and its datasets by index
     (the shards of a sharded set may each hold some of them)."""
 
-    __slots__ = ("file_path", "chain", "class_hint", "parent_class", "datasets", "state")
+    __slots__ = ("chain", "class_hint", "datasets", "file_path", "parent_class", "state")
 
     def __init__(
         self,
@@ -230,7 +230,7 @@ class _VarsGroup:
 class _Source:
     """Where an HDF5 image lives: its own file, or a stored member inside a zip."""
 
-    __slots__ = ("path", "data_path", "base_offset", "size")
+    __slots__ = ("base_offset", "data_path", "path", "size")
 
     def __init__(self, path: str, data_path: str | None, base_offset: int, size: int) -> None:
         self.path = path  # what errors name
@@ -437,7 +437,7 @@ class _DatasetRef:
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
     (None, or not ``plain``: libhdf5 describes it), and the image it lies in."""
 
-    __slots__ = ("file", "name", "header", "source")
+    __slots__ = ("file", "header", "name", "source")
 
     def __init__(self, file: HDF5File, name: str, header: Header | None, source: _Source) -> None:
         self.file = file
