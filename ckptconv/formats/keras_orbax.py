@@ -105,10 +105,11 @@ def steps(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A directory holding an Orbax pytree, a step of one, or numbered steps of one (a few
     ``stat`` calls; nothing is read)."""
     del head
+    path = Path(path)
     if not path.is_dir():
         return False
     if tree_directory(path) is not None or (path / STEP_METADATA).is_file():
@@ -349,7 +350,7 @@ def _store_order(entries: list[Entry], rank: Callable[[str], tuple[int, ...]]) -
 _INDEX = attrgetter("index")
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open an Orbax checkpoint written by Keras (or any Orbax PyTree checkpoint) as a lazy
     store: the latest complete step of a checkpoint directory, or the step (or pytree
     directory) given. Reads metadata only; each array is read when its entry is.
@@ -359,6 +360,7 @@ def open(path: Path) -> Store:  # noqa: A001
         UnsafeInputError: the checkpoint refers to anything outside itself.
         CorruptFileError: metadata missing, unreadable or inconsistent.
     """
+    path = Path(path)
     step_dir, tree, step = _resolve(path)
     refuse_links_out(tree, root=step_dir)
     # tensorstore first: it reads and decodes the B-tree's root in its own threads while
