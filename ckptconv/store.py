@@ -786,10 +786,14 @@ def keras_order(entries: Iterable[Entry]) -> None:
                 entry.name[cut:]
                 if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
                 else leaf_of(entry.name),
-                100,
+                _UNKNOWN_RANK,
             )
             for entry in members
         ])
+        if min(ranks) == _UNKNOWN_RANK:  # no known weight name (an optimizer's slots): stored order
+            for index, entry in enumerate(members):
+                entry.index = index
+            continue
         # layers share a few rank sequences ((0, 2): kernel, bias): each one sorted once
         order = _ORDERS.get(ranks)
         if order is None:
@@ -799,6 +803,8 @@ def keras_order(entries: Iterable[Entry]) -> None:
         for index, position in enumerate(order):
             members[position].index = index
 
+
+_UNKNOWN_RANK = 100  # after every known weight name
 
 # rank sequence -> positions in Keras' order (see keras_order)
 _ORDERS: dict[tuple[int, ...], list[int]] = {}
