@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 
-from .crc import crc32c as crc32c_of
 from .dtypes import dtype_name
 from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
 
@@ -214,6 +213,9 @@ class ByteRange:
         tensor's size; ``progress`` gets each piece's size."""
         if buffer is None:
             buffer = ReadBuffer(max(1, min(self.length, 8 << 20)))
+        from .crc import crc32c_function  # here: listing a file computes no checksum
+
+        crc32c_of = crc32c_function()
         crc = 0
         for piece in self.pieces(memoryview(buffer.at(self.offset)), fd=fd, tensor=tensor):
             crc = crc32c_of(piece, crc)
@@ -492,7 +494,9 @@ class Entry:
         assert self.byte_range is not None
         array = read_byte_range(self.byte_range, self.dtype, self.shape, tensor=self.name, out=out)
         if check_crc and self.crc32c is not None:
-            self.compare_crc(crc32c_of(array.reshape(-1).view(np.uint8)))
+            from .crc import crc32c
+
+            self.compare_crc(crc32c(array.reshape(-1).view(np.uint8)))
         return array
 
     def verify_crc(self) -> None:
@@ -782,10 +786,14 @@ def keras_order(entries: Iterable[Entry]) -> None:
                 entry.name[cut:]
                 if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
                 else leaf_of(entry.name),
-                100,
+                _UNKNOWN_RANK,
             )
             for entry in members
         ])
+        if min(ranks) == _UNKNOWN_RANK:  # no known weight name (an optimizer's slots): stored order
+            for index, entry in enumerate(members):
+                entry.index = index
+            continue
         # layers share a few rank sequences ((0, 2): kernel, bias): each one sorted once
         order = _ORDERS.get(ranks)
         if order is None:
@@ -795,6 +803,8 @@ def keras_order(entries: Iterable[Entry]) -> None:
         for index, position in enumerate(order):
             members[position].index = index
 
+
+_UNKNOWN_RANK = 100  # after every known weight name
 
 # rank sequence -> positions in Keras' order (see keras_order)
 _ORDERS: dict[tuple[int, ...], list[int]] = {}
