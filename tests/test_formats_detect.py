@@ -115,6 +115,17 @@ def test_orbax_directories_import_no_other_reader(where, kind, readers, generate
     assert result == {"format": kind, "imported": [f"ckptconv.formats.{r}" for r in readers]}, done.stderr
 
 
+def test_a_torch_file_imports_no_tf_reader() -> None:
+    """A torch.save file is offered to the TF checkpoint reader only by a TF checkpoint's file
+    name (``checkpoint``, ``*.index``, ``*.data-*``): detecting it imports the safetensors
+    reader (which its head rules out) and the torch reader, not the TF modules."""
+    path = ROOT / "tests" / "fixtures" / "pytorch" / "cnn.pt"
+    done = subprocess.run([sys.executable, "-c", _DETECT_PROBE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"format": "pytorch", "imported": ["ckptconv.formats.pytorch", "ckptconv.formats.safetensors"]}
+
+
 @pytest.mark.parametrize("kind", ["safetensors", "tf-checkpoint", "pytorch"])
 def test_safetensors_tf_and_torch_files_import_no_keras_reader(kind, generated, tmp_path: Path) -> None:
     """(Nor ml_dtypes for a file of float32 tensors: it loads when a bfloat16 or float8 name

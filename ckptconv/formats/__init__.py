@@ -92,8 +92,8 @@ _DIRECTORY_NAMES = {
 def _may_claim(name: str, path: str | os.PathLike[str], head: bytes) -> bool:
     """False when the format module ``name`` certainly does not claim ``path``: the first
     test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``,
-    a shard index, or the names of :data:`_DIRECTORY_NAMES`; a directory at all, for Orbax)
-    fails. Keeping these few tests here spares importing readers (the Keras ones and h5py,
+    a shard index, or the names of :data:`_DIRECTORY_NAMES`; a directory at all, for Orbax;
+    a TF checkpoint's file names, for a file) fails. Keeping these few tests here spares importing readers (the Keras ones and h5py,
     the TF and torch ones for a directory) that cannot claim a path; tests/test_formats_detect.py
     checks that each is implied by the module's own ``sniff``."""
     if name == "keras_archive":  # a zip, or a directory with config.json and the weights
@@ -106,6 +106,9 @@ def _may_claim(name: str, path: str | os.PathLike[str], head: bytes) -> bool:
         return head.startswith(_HDF5_MAGIC)
     if name == "keras_orbax":  # a directory of steps, a step, or a pytree directory
         return os.path.isdir(path)
+    if name == "tf_checkpoint" and os.path.isfile(path):  # a state file, an index, a data file
+        base = os.path.basename(path)
+        return base == "checkpoint" or base.endswith(".index") or ".data-" in base
     if name in _DIRECTORY_NAMES and os.path.isdir(path):
         try:
             names = os.listdir(path)
