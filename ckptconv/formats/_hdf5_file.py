@@ -263,16 +263,20 @@ def check_global_heaps(
             if objects is not None:
                 collections[offset] = objects
         texts: dict[int, dict[str, str | list[str]]] = {}
+        declared: list[int] = []  # plain datasets whose dtype attribute is to be applied
         for address, header in headers.items():
-            for name, values, what in header.vlen:
-                text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
-                if text is not None:  # strings: layer names, weight names
-                    texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+            vlen = header.vlen
+            if vlen:
+                for name, values, what in vlen:
+                    text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
+                    if text is not None:  # strings: layer names, weight names
+                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+                if header.declared:
+                    declared.append(address)
     finally:
         reader.close()
-    for address, header in headers.items():
-        if header.declared:
-            headers[address] = _declared_dtype(header, texts.get(address, {}).get("dtype"))
+    for address in declared:
+        headers[address] = _declared_dtype(headers[address], texts.get(address, {}).get("dtype"))
     return Catalog(headers, texts, children, root)
 
 
