@@ -16,7 +16,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-import threading
+from _thread import allocate_lock
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +24,7 @@ __all__ = ["crc32c", "crc32c_function"]
 
 _EXTENSION = "crc32c._crc32c"
 _function: Callable[..., int] | None = None
-_lock = threading.Lock()
+_lock = allocate_lock()  # (_thread: threading is not imported for one lock)
 
 
 def crc32c_function() -> Callable[..., int]:

@@ -55,8 +55,9 @@ def truncated(detail: str, *, or_damaged: bool = False) -> str:
     what = "truncated or damaged" if or_damaged else "truncated"
     return f"the file is {what}: {detail}; {FETCH_AGAIN}"
 
-# {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr)
-_OPTION = re.compile(r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}")
+# {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr). Compiled
+# (by re's cache) when a message is first rendered, not when every command starts.
+_OPTION = r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}"
 
 
 def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:
@@ -79,7 +80,7 @@ def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:
                 return f"{spelling[name]} {value.strip(chr(39) + chr(34))}"
         return f"{name}={value or ''}"
 
-    return _OPTION.sub(one, text)
+    return re.sub(_OPTION, one, text) if "{opt:" in text else text
 
 
 def nearest(word: str, candidates: Iterable[str], *, count: int = 3) -> list[str]:

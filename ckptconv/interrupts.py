@@ -70,28 +70,28 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+def _install(signum: int, handler: Any) -> bool:
+    """Install ``handler`` for ``signum``; False, and nothing installed, outside the main
+    thread of the main interpreter (where Python delivers signals, and where alone it lets a
+    handler be installed). Telling the thread this way spares importing ``threading``."""
+    try:
+        signal.signal(signum, handler)
+    except ValueError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`Terminated` (main thread, default handler
     only: a handler installed by the application, or an enclosing ``sigterm_raises``, stays)."""
-    if not _main_thread():
-        yield
-        return
     try:
         previous = signal.getsignal(signal.SIGTERM)
     except (ValueError, OSError):
+        previous = None
+    if previous is not signal.SIG_DFL or not _install(signal.SIGTERM, _raise_terminated):
         yield
         return
-    if previous is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
@@ -111,23 +111,18 @@ def interrupts_noted() -> Iterator[Noted]:
     C extension, raises ImportError instead) is still known to be the Ctrl-C (main thread, and
     Python's own SIGINT handler only: another one installed stays)."""
     noted = Noted()
-    if not _main_thread():
-        yield noted
-        return
     try:
         previous = signal.getsignal(signal.SIGINT)
     except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-        yield noted
-        return
-    if previous is not signal.default_int_handler:
-        yield noted
-        return
+        previous = None
 
     def note(signum: int, frame: Any) -> None:
         noted.seen = True
         signal.default_int_handler(signum, frame)
 
-    signal.signal(signal.SIGINT, note)
+    if previous is not signal.default_int_handler or not _install(signal.SIGINT, note):
+        yield noted
+        return
     try:
         yield noted
     finally:
@@ -141,9 +136,6 @@ _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 def deferred_interrupts() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, then deliver them (once each, in the order
     they came) to the handlers that were in place: the block is never interrupted half-way."""
-    if not _main_thread():
-        yield
-        return
     received: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
@@ -154,7 +146,7 @@ def deferred_interrupts() -> Iterator[None]:
     try:
         for sig in _DEFERRED:
             previous[sig] = signal.signal(sig, hold)
-    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+    except (ValueError, OSError):  # another thread, or not the main interpreter
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         yield

@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 
-from .crc import crc32c as crc32c_of
 from .dtypes import dtype_name
 from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
 
@@ -214,6 +213,9 @@ class ByteRange:
         tensor's size; ``progress`` gets each piece's size."""
         if buffer is None:
             buffer = ReadBuffer(max(1, min(self.length, 8 << 20)))
+        from .crc import crc32c_function  # here: listing a file computes no checksum
+
+        crc32c_of = crc32c_function()
         crc = 0
         for piece in self.pieces(memoryview(buffer.at(self.offset)), fd=fd, tensor=tensor):
             crc = crc32c_of(piece, crc)
@@ -313,6 +315,53 @@ def _checked_shape(shape: Iterable[int], itemsize: int, *, path: str, tensor: st
     return shape
 
 
+_new_object = object.__new__
+
+
+def _fill(
+    entry: Entry,
+    name: str,
+    layer: str,
+    index: int,
+    key: str,
+    shape: Iterable[int],
+    dtype: np.dtype,
+    kind: Kind,
+    path: str,
+    byte_range: ByteRange | None,
+    crc32c: int | None,
+    tree_path: str | None,
+    loader: Callable[[], np.ndarray] | None,
+) -> None:
+    """Set every field of ``entry``: ``dtype`` made a numpy dtype, ``shape`` a checked tuple of
+    ints (see :func:`_checked_shape`); the one rule both of :class:`Entry`'s constructors use."""
+    if type(dtype) not in _DTYPE_CLASSES:
+        if isinstance(dtype, np.dtype):
+            _DTYPE_CLASSES.add(type(dtype))
+        else:
+            dtype = np.dtype(dtype)
+    try:
+        known = _SHAPES.get(shape)  # type: ignore[call-overload]
+    except TypeError:  # a list, or dimensions that cannot be hashed
+        known = None
+    if known is not None and known[1] * (dtype.itemsize or 1) < 2**63:
+        shape = known[0]
+    else:
+        shape = _checked_shape(shape, dtype.itemsize, path=path, tensor=name)
+    entry.name = name
+    entry.layer = layer
+    entry.index = index
+    entry.key = key
+    entry.shape = shape  # type: ignore[assignment]
+    entry.dtype = dtype
+    entry.kind = kind
+    entry.path = path
+    entry.byte_range = byte_range
+    entry.crc32c = crc32c
+    entry.tree_path = tree_path
+    entry._loader = loader
+
+
 class Entry:
     """One tensor of a checkpoint, described by metadata and read on demand.
 
@@ -370,31 +419,42 @@ class Entry:
     ) -> None:
         if loader is None and byte_range is None:
             raise ValueError("an Entry needs a loader or a byte_range")
-        self.name = name
-        self.key = key
-        if type(dtype) not in _DTYPE_CLASSES:
-            if isinstance(dtype, np.dtype):
-                _DTYPE_CLASSES.add(type(dtype))
-            else:
-                dtype = np.dtype(dtype)
-        self.dtype = dtype
-        self.path = path if type(path) is str else os.fspath(path)
-        try:
-            known = _SHAPES.get(shape)  # type: ignore[call-overload]
-        except TypeError:  # a list, or dimensions that cannot be hashed
-            known = None
-        if known is not None and known[1] * (dtype.itemsize or 1) < 2**63:
-            shape = known[0]
-        else:
-            shape = _checked_shape(shape, dtype.itemsize, path=self.path, tensor=name)
-        self.shape = shape
-        self.kind: Kind = kind
-        self.layer = layer_of(name) if layer is None else layer
-        self.index = index
-        self.byte_range = byte_range
-        self.crc32c = crc32c
-        self.tree_path = tree_path
-        self._loader = loader
+        _fill(
+            self, name, layer_of(name) if layer is None else layer, index, key, shape, dtype, kind,
+            path if type(path) is str else os.fspath(path), byte_range, crc32c, tree_path, loader,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        layer: str,
+        index: int,
+        key: str,
+        shape: Iterable[int],
+        dtype: np.dtype,
+        kind: Kind,
+        path: str,
+        byte_range: ByteRange | None,
+        crc32c: int | None,
+        tree_path: str | None,
+        loader: Callable[[], np.ndarray] | None,
+        /,
+    ) -> Entry:
+        """The same entry as ``Entry(name, key=key, ...)``, every field given by position: for
+        readers that build thousands (a keyword call costs about three times as much).
+        ``layer`` is given (not derived from ``name``) and ``path`` is a ``str``; the shape and
+        dtype are checked as the constructor checks them.
+
+        Raises:
+            ValueError: neither ``loader`` nor ``byte_range`` given.
+            CorruptFileError: no numpy array has this shape.
+        """
+        if loader is None and byte_range is None:
+            raise ValueError("an Entry needs a loader or a byte_range")
+        entry = _new_object(cls)
+        _fill(entry, name, layer, index, key, shape, dtype, kind, path, byte_range, crc32c, tree_path, loader)
+        return entry
 
     @property
     def nbytes(self) -> int:
@@ -434,7 +494,9 @@ class Entry:
         assert self.byte_range is not None
         array = read_byte_range(self.byte_range, self.dtype, self.shape, tensor=self.name, out=out)
         if check_crc and self.crc32c is not None:
-            self.compare_crc(crc32c_of(array.reshape(-1).view(np.uint8)))
+            from .crc import crc32c
+
+            self.compare_crc(crc32c(array.reshape(-1).view(np.uint8)))
         return array
 
     def verify_crc(self) -> None:
@@ -724,10 +786,14 @@ def keras_order(entries: Iterable[Entry]) -> None:
                 entry.name[cut:]
                 if layer and entry.name.startswith(layer) and entry.name[cut - 1 : cut] in ("/", ".")
                 else leaf_of(entry.name),
-                100,
+                _UNKNOWN_RANK,
             )
             for entry in members
         ])
+        if min(ranks) == _UNKNOWN_RANK:  # no known weight name (an optimizer's slots): stored order
+            for index, entry in enumerate(members):
+                entry.index = index
+            continue
         # layers share a few rank sequences ((0, 2): kernel, bias): each one sorted once
         order = _ORDERS.get(ranks)
         if order is None:
@@ -737,6 +803,8 @@ def keras_order(entries: Iterable[Entry]) -> None:
         for index, position in enumerate(order):
             members[position].index = index
 
+
+_UNKNOWN_RANK = 100  # after every known weight name
 
 # rank sequence -> positions in Keras' order (see keras_order)
 _ORDERS: dict[tuple[int, ...], list[int]] = {}

@@ -3,6 +3,14 @@
 
     .venv/bin/python scripts/bench_orbax.py                      # 400 Dense layers of 512x512, Adam
     .venv/bin/python scripts/bench_orbax.py --layers 1666 --units 32 --rounds 5  # 10,000 arrays
+    .venv/bin/python scripts/bench_orbax.py --checkpoint DIR --phases --against ../main  # A/B, where
+
+``--checkpoint`` times a checkpoint already written (nothing is written or deleted);
+``--against CHECKOUT`` runs each command with that checkout's ckptconv too, in turn with this
+one, and prints both and the median of their ratios run by run (pairing keeps the ratio fair
+on a machine whose speed drifts); ``--phases`` prints, for ``inspect``, the CPU seconds of each
+phase in a fresh process (imports, format detection, importing tensorstore, ``open``), the
+median of ``--rounds``.
 
 Writes, with Keras on JAX in a subprocess, ``keras.callbacks.OrbaxCheckpoint`` of a model of
 ``--layers`` Dense layers (``--units`` square kernels) trained one step with Adam: the pytree
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -59,6 +68,33 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss * 1024
 
 
+PHASES = """
+import json, sys, time
+clock = time.process_time
+t0 = clock()
+import numpy
+import ckptconv.cli, ckptconv.formats
+t1 = clock()
+module = ckptconv.formats.detect(sys.argv[1])
+t2 = clock()
+import tensorstore
+t3 = clock()
+store = ckptconv.formats.open(sys.argv[1])
+t4 = clock()
+print(json.dumps({"imports": t1 - t0, "detect": t2 - t1, "import tensorstore": t3 - t2, "open": t4 - t3}))
+"""
+
+
+def phases(checkpoint: str, env: dict[str, str], rounds: int) -> dict[str, float]:
+    """Median CPU seconds of each phase of ``inspect``, each round in a fresh process."""
+    runs = []
+    for _ in range(rounds):
+        out = subprocess.run([sys.executable, "-c", PHASES, checkpoint], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=400)
@@ -66,22 +102,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tmp", default=None, help="where to write (default: a temporary directory)")
     parser.add_argument("--workdir", help="keep the checkpoint in this directory and reuse it next time")
+    parser.add_argument("--checkpoint", help="time this checkpoint (already written) instead of writing one")
+    parser.add_argument("--against", metavar="CHECKOUT", help="another ckptconv checkout to run in turn with this one")
+    parser.add_argument("--phases", action="store_true", help="also print the CPU seconds of each phase of inspect")
     args = parser.parse_args()
 
     work = args.workdir or tempfile.mkdtemp(prefix="ckptconv-bench-orbax-", dir=args.tmp)
     try:
-        checkpoint = os.path.join(work, f"checkpoints-{args.layers}x{args.units}")
-        env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # time ckptconv as installed, byte-code cached
+        checkpoint = args.checkpoint or os.path.join(work, f"checkpoints-{args.layers}x{args.units}")
+        checkouts = {"this": ROOT}
+        if args.against:
+            checkouts["against"] = os.path.abspath(args.against)
+        envs = {}
+        for label, root in checkouts.items():
+            envs[label] = env = dict(
+                os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            )
+            env.pop("PYTHONDONTWRITEBYTECODE", None)  # time ckptconv as installed, byte-code cached
+            subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(root, "ckptconv")], check=True)
         if not os.path.isdir(checkpoint):
             print(f"writing the checkpoint ({args.layers} x Dense({args.units}), Adam) ...", flush=True)
             subprocess.run([sys.executable, "-c", WRITER, str(args.layers), str(args.units), checkpoint],
-                           env=env, check=True, stderr=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "ckptconv")], check=True)
+                           env=envs["this"], check=True, stderr=subprocess.DEVNULL)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(checkpoint) for f in fs)
-        arrays = 3 * 2 * args.layers + 2  # kernel, bias, two Adam slots each; iteration, learning rate
-        print(f"checkpoint: {size / 2**20:.1f} MiB on disk, {arrays} arrays")
+        print(f"checkpoint: {checkpoint}, {size / 2**20:.1f} MiB on disk")
         out = os.path.join(work, "out.safetensors")
         cases = {
             "ckptconv inspect": [sys.executable, "-m", "ckptconv", "inspect", checkpoint],
@@ -89,13 +134,24 @@ def main() -> None:
                                        "--all", "--force", "--quiet"],
         }
         for label, argv in cases.items():
-            times, peaks = [], []
+            times: dict[str, list[float]] = {c: [] for c in checkouts}
+            peaks: dict[str, list[int]] = {c: [] for c in checkouts}
             for _ in range(args.rounds):
-                seconds, rss = run(argv, env)
-                times.append(seconds)
-                peaks.append(rss)
-            print(f"{label:24s} median {statistics.median(times):6.2f} s   peak RSS {max(peaks) / 2**20:6.0f} MiB")
-    finally:
+                for c in checkouts:  # in turn: a drift of the machine's speed touches both
+                    seconds, rss = run(argv, envs[c])
+                    times[c].append(seconds)
+                    peaks[c].append(rss)
+            for c in checkouts:
+                print(f"{label:24s} {c:8s} median {statistics.median(times[c]):6.2f} s   "
+                      f"peak RSS {max(peaks[c]) / 2**20:6.0f} MiB")
+            if args.against:
+                ratio = statistics.median(a / b for a, b in zip(times["this"], times["against"]))
+                print(f"{label:24s} this/against, median of the runs' ratios: {ratio:.2f}")
+        if args.phases:
+            for c in checkouts:
+                cpu = phases(checkpoint, envs[c], args.rounds)
+                print(f"inspect phases, CPU s ({c}): " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
+    finally:  # (a --checkpoint given is never in the temporary directory)
         if args.workdir:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(work, "out.safetensors"))

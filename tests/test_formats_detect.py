@@ -1,6 +1,8 @@
 """Format detection imports only the readers that may claim a path (issue 18): the Keras
-readers (and h5py) are skipped when a path's head shows they cannot claim it, and that skip
-never changes which format claims a path."""
+readers (and h5py) are skipped when a path's head shows they cannot claim it, the
+safetensors, TF and torch readers when a directory holds none of the names they look for,
+the Orbax reader for anything but a directory; and that skip never changes which format
+claims a path."""
 
 from __future__ import annotations
 
@@ -17,7 +19,16 @@ from safetensors.numpy import save_file
 from ckptconv import formats
 
 ROOT = Path(__file__).parent.parent
-GATED = ("keras_archive", "keras_sharded", "keras_weights", "keras_legacy")
+GATED = (
+    "keras_archive",
+    "keras_sharded",
+    "keras_weights",
+    "keras_legacy",
+    "safetensors",
+    "tf_checkpoint",
+    "pytorch",
+    "keras_orbax",
+)
 
 
 def _corpus(generated, tmp_path: Path) -> list[Path]:
@@ -33,6 +44,16 @@ def _corpus(generated, tmp_path: Path) -> list[Path]:
         z.writestr("config.json", "{}")
     (odd / "config_only").mkdir()
     (odd / "config_only" / "config.json").write_text("{}")
+    # directories claimed by a name the Hugging Face loaders look for, other than the usual
+    (odd / "st_index").mkdir()
+    save_file({"w": np.ones(2, np.float32)}, str(odd / "st_index" / "part-1.safetensors"))
+    (odd / "st_index" / "custom.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "part-1.safetensors"}})
+    )
+    (odd / "bin_index").mkdir()
+    (odd / "bin_index" / "custom.bin.index.json").write_text(json.dumps({"weight_map": {"w": "a.bin"}}))
+    # an Orbax checkpoint whose only step is still being written
+    (odd / "unfinished" / "3.orbax-checkpoint-tmp-17").mkdir(parents=True)
     roots = [generated("keras"), generated("keras315"), generated("tf"), ROOT / "examples", ROOT / "tests" / "fixtures", odd]
     paths = []
     for root in roots:
@@ -65,6 +86,33 @@ store = formats.open(sys.argv[1])
 print(json.dumps({"format": store.format, "imported": [m for m in sys.modules if m in ("h5py", "ml_dtypes")
       or m.startswith("ckptconv.formats.keras_")]}))
 """
+
+
+_DETECT_PROBE = """
+import json, sys
+from ckptconv import formats
+print(json.dumps({"format": formats.detect(sys.argv[1]).FORMAT,
+                  "imported": sorted(m for m in sys.modules if m.startswith("ckptconv.formats.")
+                                     and not m.startswith("ckptconv.formats._"))}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "kind", "readers"),
+    [
+        ("orbax_zoo", "keras-orbax", ["keras_orbax", "keras_weights"]),
+        ("orbax_zoo/1", "keras-orbax", ["keras_orbax", "keras_weights"]),
+        ("orbax_zoo/1/pytree", "keras-orbax", ["keras_orbax", "keras_weights"]),
+    ],
+)
+def test_orbax_directories_import_no_other_reader(where, kind, readers, generated) -> None:
+    """Detecting an Orbax checkpoint imports the Orbax reader (and keras_weights, whose
+    config walk orders its layers) and no safetensors, TF or torch reader."""
+    path = generated("keras315") / where
+    done = subprocess.run([sys.executable, "-c", _DETECT_PROBE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"format": kind, "imported": [f"ckptconv.formats.{r}" for r in readers]}, done.stderr
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "tf-checkpoint", "pytorch"])

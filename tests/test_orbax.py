@@ -107,6 +107,31 @@ def test_open_reads_metadata_only(k315: Path, monkeypatch: pytest.MonkeyPatch) -
             store["conv/kernel"].read()
 
 
+@pytest.mark.parametrize("where", ["orbax_zoo", "deep"])
+def test_opening_reads_each_btree_node_once(k315: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The B-tree's root is read while _METADATA is parsed, and that read is the one used:
+    opening dumps the manifest once and each node once (a B-tree several levels deep too)."""
+    import tensorstore.ocdbt
+
+    path = k315 / "orbax_zoo"
+    if where == "deep":
+        path = tmp_path / "ckpt"
+        shutil.copytree(k315 / "orbax_zoo" / "1", path / "1")
+        _rewrite_database(path / "1" / "pytree", {"max_decoded_node_bytes": 1024})
+    real = tensorstore.ocdbt.dump
+    nodes: list[str | None] = []
+
+    def counting(base, node=None, **kwargs):
+        nodes.append(node)
+        return real(base, node, **kwargs)
+
+    monkeypatch.setattr(tensorstore.ocdbt, "dump", counting)
+    with ckptconv.open(path) as store:
+        assert len(store.entries(include_all=True)) == len(load_expected(k315, "orbax_zoo.step1"))
+    assert nodes.count(None) == 1  # the manifest
+    assert len(nodes) - 1 == len(set(nodes) - {None}) >= (3 if where == "deep" else 1), nodes
+
+
 def test_opening_holds_nothing_after_the_store_is_gone(k315: Path) -> None:
     """What opening builds besides the store (the model config, its layers) is freed with it,
     not held in a reference cycle until the cyclic collector runs: ckptconv's open pauses the

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ckptconv.cli import COMMANDS
 
 HEAVY = ("numpy", "h5py", "yaml", "ml_dtypes", "safetensors", "tensorflow", "keras", "torch", "jax")
@@ -114,3 +116,213 @@ def test_checksums_fall_back_on_importing_the_crc32c_package(monkeypatch) -> Non
     import crc32c as package
 
     assert crc.crc32c_function() is package.crc32c
+
+
+# --- what reading a file costs before and around it -------------------------------------------
+
+_MODULES_PROBE = """
+import runpy, sys
+sys.argv = ["ckptconv", *sys.argv[1:]]
+try:
+    runpy.run_module("ckptconv", run_name="__main__")
+except SystemExit as e:
+    status = e.code
+else:
+    status = 0
+print(repr((status, sorted(sys.modules))))
+"""
+
+
+def _modules_of(argv: list[str]) -> tuple[int, set[str], str]:
+    """The exit status of ``ckptconv ARGV`` in a fresh process, the modules it imported, and
+    what it printed."""
+    import ast
+
+    done = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *argv], capture_output=True, text=True,
+                          timeout=120, check=False)
+    printed, _, last = done.stdout.strip().rpartition("\n")
+    status, modules = ast.literal_eval(last)  # (the probe imports nothing to print it: not json)
+    return status, set(modules), printed
+
+
+def _safetensors_file(tmp_path: Path) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"dense/kernel": np.ones((2, 3), np.float32), "dense/bias": np.zeros(3, np.float32)}, str(path))
+    return path
+
+
+# modules the common formats are read without (pathlib: ~9 ms with urllib.parse and ipaddress;
+# zipfile: ~6 ms with shutil, bz2 and lzma; json: ~3 ms, which an HDF5 file does not need;
+# the CRC-32C code with threading: ~3 ms, and listing a file checks no tensor's checksum)
+_NOT_FOR = {
+    "keras-archive": {"pathlib", "zipfile", "shutil", "ckptconv.crc", "threading"},
+    "keras-weights-h5": {"pathlib", "zipfile", "json", "ckptconv.crc", "threading"},
+    "keras-h5": {"pathlib", "zipfile", "json", "ckptconv.crc", "threading"},
+    "safetensors": {"pathlib", "zipfile", "h5py", "ckptconv.crc", "threading"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_NOT_FOR))
+def test_inspect_imports_only_what_its_format_needs(kind: str, generated, tmp_path: Path) -> None:
+    """``inspect`` of a .keras, .weights.h5, legacy .h5 or safetensors file builds only the
+    ``inspect`` parser (no other command's module is imported) and imports neither pathlib
+    nor zipfile (nor json for an HDF5 file): each costs start-up time a small file's whole
+    read does not."""
+    root = Path(__file__).resolve().parent.parent
+    path = {
+        "keras-archive": root / "examples" / "sample.keras",
+        "keras-weights-h5": generated("keras") / "k3_zoo.weights.h5",
+        "keras-h5": root / "examples" / "sample_tf_keras.h5",
+        "safetensors": _safetensors_file(tmp_path),
+    }[kind]
+    status, modules, listing = _modules_of(["inspect", str(path)])
+    assert status == 0 and listing.startswith(f"{path} ({kind})\n"), listing
+    commands = {m for m in modules if m.startswith("ckptconv.cli.") and m.endswith("_cmd")}
+    assert commands == {"ckptconv.cli.inspect_cmd"}
+    assert modules & _NOT_FOR[kind] == set()
+
+
+def test_a_command_is_parsed_by_its_own_parser_alone(monkeypatch, capsys) -> None:
+    """``main`` builds the parser of the command asked for only (``command_of``); what the
+    command line prints and returns is then byte for byte what the full parser (the one
+    docs/cli.md is generated from) gives: ``--help``, every usage error, with and without
+    ``--json`` and ``--debug``, and the top-level cases, which the full parser answers."""
+    from ckptconv import cli
+
+    monkeypatch.setenv("COLUMNS", "100")
+    cases: list[list[str]] = [[], ["--help"], ["-h", "inspect"], ["--version"], ["--version", "inspect"],
+                              ["inspekt", "x"], ["--debug"], ["--no-such-option", "inspect", "x"],
+                              ["--", "inspect"], ["--debug=1", "inspect"]]
+    for command in cli.COMMANDS:
+        cases += [[command, "--help"], ["--debug", command, "-h"], [command], [command, "--no-such-option"],
+                  [command, "--json", "--no-such-option"], [command, "a", "b", "c", "d", "e"]]
+    cases += [["diff", "a", "b", "--atol", "x"], ["convert", "a", "b.safetensors", "--dtype", "bfloat17"],
+              ["batch", "--jobs", "0", "x"]]
+
+    command_of = cli.command_of
+
+    def outcome(argv: list[str], full: bool) -> tuple[object, str, str]:
+        monkeypatch.setattr(cli, "command_of", (lambda argv: None) if full else command_of)
+        try:
+            status: object = cli.main(argv)
+        except SystemExit as e:  # --help, --version
+            status = ("exit", e.code)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    told = 0
+    for argv in cases:
+        alone = outcome(argv, full=False)
+        assert alone == outcome(argv, full=True), argv
+        assert alone[0] in (0, 1, 2, ("exit", 0)), (argv, alone)
+        told += command_of(argv) is not None
+    assert told >= 5 * len(cli.COMMANDS)  # the single-command parser answered most cases
+
+
+def test_command_of_names_the_command_only_when_nothing_else_can_answer() -> None:
+    from ckptconv.cli import command_of
+
+    assert command_of(["inspect", "x"]) == "inspect"
+    assert command_of(["--debug", "diff", "a", "b"]) == "diff"
+    assert command_of(["convert", "--help"]) == "convert"
+    for argv in ([], ["--help"], ["-h", "inspect"], ["--version", "inspect"], ["inspekt"], ["--debug"],
+                 ["--", "inspect"], ["--deb", "inspect"], ["x", "inspect"]):
+        assert command_of(argv) is None, argv
+
+
+def test_signal_rules_do_nothing_outside_the_main_thread() -> None:
+    """The three signal rules run in a worker thread (a batch job's, a pool's) as plain
+    blocks: no handler installed (Python refuses it there), nothing raised, the block's own
+    exception passes through, and the main thread's handlers stay as they were."""
+    import signal
+    import threading
+
+    from ckptconv.interrupts import (
+        deferred_interrupts,
+        interrupts_noted,
+        sigterm_raises,
+    )
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    results: list[object] = []
+
+    def work() -> None:
+        try:
+            with sigterm_raises():
+                results.append(signal.getsignal(signal.SIGTERM))
+            with interrupts_noted() as noted:
+                results.append(noted.seen)
+            with deferred_interrupts():
+                results.append("deferred")
+            try:
+                with deferred_interrupts(), sigterm_raises():
+                    raise LookupError("the block's own")
+            except LookupError as e:
+                results.append(str(e))
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            results.append(e)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert results == [before[1], False, "deferred", "the block's own"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("filename", ["k3_zoo.weights.h5", "k3_zoo.keras", "tk_zoo.h5"])
+def test_small_levels_of_the_hdf5_walk_are_parsed_one_by_one_with_the_same_result(
+    filename: str, generated, monkeypatch
+) -> None:
+    """The walk parses a level of fewer than ``BATCH_MIN`` objects one by one (a numpy batch
+    has a fixed cost of about 1.5 ms, a small file's whole read without it); every level
+    batched, none batched and the default give the same headers, links and ranges."""
+    import numpy as np
+
+    from ckptconv.formats import _hdf5_links
+
+    path = generated("keras") / filename
+    if filename.endswith(".keras"):
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            data = z.read("model.weights.h5")
+    else:
+        data = path.read_bytes()
+    image = np.frombuffer(data, np.uint8)
+
+    def walk(batch_min: int) -> tuple[object, dict[str, int]]:
+        monkeypatch.setattr(_hdf5_links, "BATCH_MIN", batch_min)
+        calls = {"headers": 0, "links": 0}
+        headers_of, links_of = _hdf5_links.object_headers, _hdf5_links.SymbolTables.many_links
+
+        def headers(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["headers"] += 1
+            return headers_of(*args, **kwargs)
+
+        def links(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["links"] += 1
+            return links_of(*args, **kwargs)
+
+        monkeypatch.setattr(_hdf5_links, "object_headers", headers)
+        monkeypatch.setattr(_hdf5_links.SymbolTables, "many_links", links)
+        try:
+            found = _hdf5_links.walk(
+                lambda: None, lambda offset, n: data[offset : offset + n], len(data), path=filename,
+                skip_min=1 << 62, image=image, root=_hdf5_links.superblock_root(data[:96], len(data)),
+            )
+        finally:
+            monkeypatch.setattr(_hdf5_links, "object_headers", headers_of)
+            monkeypatch.setattr(_hdf5_links.SymbolTables, "many_links", links_of)
+        headers_found, groups, ranges = found
+        return (list(headers_found.items()), list(groups.items()), ranges), calls
+
+    batched, calls_batched = walk(1)
+    alone, calls_alone = walk(1 << 30)
+    default, _ = walk(_hdf5_links.BATCH_MIN)
+    assert calls_batched["headers"] > 0 and calls_batched["links"] > 0
+    assert calls_alone == {"headers": 0, "links": 0}
+    assert batched == alone == default
+    assert len(batched[0]) > 20  # the walk described the file (not an empty result thrice)

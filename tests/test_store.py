@@ -196,3 +196,32 @@ def test_a_large_tensor_is_read_into_a_placed_array(tmp_path):
         if offset in (0, 8, 1000, PAGE):
             expected = np.frombuffer(path.read_bytes()[offset : offset + values.nbytes], np.float32)
             np.testing.assert_array_equal(array.reshape(-1), expected)
+
+
+_FIELDS = ("name", "layer", "index", "key", "shape", "dtype", "kind", "path", "byte_range", "crc32c",
+           "tree_path", "_loader")
+
+
+@pytest.mark.parametrize("shape", [(3, 4), [3, 4], (np.int64(2), 5), ()])
+@pytest.mark.parametrize("dtype", ["float16", np.dtype("<i8")])
+def test_the_positional_constructor_makes_the_keyword_one_s_entry(shape, dtype) -> None:
+    byte_range = ByteRange("/x", 64, 8)
+    fields = dict(layer="block/dense", index=1, key="layers/dense/vars/1", kind="optimizer",
+                  byte_range=byte_range, crc32c=7, tree_path="layers/dense/vars/1")
+    keyword = Entry("block/dense/bias", shape=shape, dtype=dtype, path="/x", **fields)
+    positional = Entry.of("block/dense/bias", "block/dense", 1, "layers/dense/vars/1", shape, dtype,
+                          "optimizer", "/x", byte_range, 7, "layers/dense/vars/1", None)
+    for field in _FIELDS:
+        assert getattr(positional, field) == getattr(keyword, field), field
+    assert type(positional.shape) is tuple and [type(d) for d in positional.shape] == [int] * len(shape)
+    assert isinstance(positional.dtype, np.dtype)
+
+
+def test_the_positional_constructor_checks_as_the_keyword_one(shapes) -> None:
+    with pytest.raises(CorruptFileError, match="not a tensor ckptconv can hold"):
+        Entry.of("t", "", 0, "t", (-1, 3), "float32", "weight", "/x", ByteRange("/x", 0, 0), None, None, None)
+    with pytest.raises(ValueError, match="a loader or a byte_range"):
+        Entry.of("t", "", 0, "t", (3,), "float32", "weight", "/x", None, None, None, None)
+    loaded = Entry.of("t", "", 0, "t", (3,), "float32", "weight", "/x", None, None, None,
+                      lambda: np.arange(3, dtype=np.float32))
+    assert loaded.read().tolist() == [0.0, 1.0, 2.0]

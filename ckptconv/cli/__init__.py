@@ -37,8 +37,12 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (the CLI reference in docs/ is generated from it)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (the CLI reference in docs/ is generated from the full one).
+
+    ``command``: build the subparser of that command only (see :func:`command_of`): each
+    command's module, and the gettext lookups of its options, cost start-up time. The
+    parser's output for that command (``--help``, usage errors) is the full parser's."""
     parser = Parser(
         prog="ckptconv",
         description=(
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback when a command fails"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for module_name in COMMANDS.values():
+    for name, module_name in COMMANDS.items():
+        if command is not None and name != command:
+            continue
         try:
             module = importlib.import_module(f"{__name__}.{module_name}")
         except ModuleNotFoundError as e:
@@ -62,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs, when the top-level parser can only hand it on to that
+    command's parser: it is a known command, and only ``--debug`` (the one top-level option
+    that neither prints nor exits) comes before it. Otherwise None, and the full parser
+    answers (``--help``, ``--version``, an unknown or missing command, anything else)."""
+    for arg in argv:
+        if arg == "--debug":
+            continue
+        return arg if arg in COMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str], ctrl_c: Noted) -> int:
     try:
-        parser = build_parser()  # imports every command's module
+        parser = build_parser(command_of(argv))  # imports that command's module (all for --help)
         args = parser.parse_args(argv)
     except UsageExit as e:
         return _usage_exit(e, "--json" in argv)

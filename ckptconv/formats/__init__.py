@@ -3,29 +3,31 @@
 Each format module defines:
 
 * ``FORMAT``: the short name stores report (``keras-h5``, ``tf-checkpoint``, ...);
-* ``sniff(path: Path, head: bytes) -> bool``: does this path hold this format? Decided from
+* ``sniff(path: str, head: bytes) -> bool``: does this path hold this format? Decided from
   the content (magic bytes, zip members, directory layout), never from the extension;
-* ``open(path: Path, *, <options>) -> Store``: read the metadata and return a lazy store.
+* ``open(path: str, *, <options>) -> Store``: read the metadata and return a lazy store.
   Its options are keyword-only and explicit (never ``**options``): the subset of
   :func:`open`'s options the format uses, under the same names and defaults (today
   ``check_crc``, for formats that record checksums). :func:`open` passes each format only the
   options it declares, and rejects a name it does not know itself.
+
+Both take the path as a ``str`` (:func:`open` passes ``os.fspath(path)``; either also takes an
+``os.PathLike``): a reader that wants :mod:`pathlib` makes its ``Path`` itself, so that reading
+the common formats does not import it.
 
 :func:`open` asks each in order whether it claims the path and opens it with the first.
 """
 
 from __future__ import annotations
 
-import glob
+import builtins
 import importlib
-import json
 import os
 import stat
 import struct
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -59,7 +61,7 @@ FORMAT_MODULES = (
 HEAD_BYTES = 4096
 
 
-def _modules(path: Path, head: bytes) -> Iterator[ModuleType]:
+def _modules(path: str, head: bytes) -> Iterator[ModuleType]:
     """The format modules in order, each imported only when its turn comes and only if it
     may claim ``path`` (see :func:`_may_claim`): inspecting a safetensors file or a TF
     checkpoint then never imports h5py or the Keras readers."""
@@ -76,21 +78,50 @@ def _modules(path: Path, head: bytes) -> Iterator[ModuleType]:
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # _hdf5.HDF5_MAGIC, without importing h5py
 
 
-def _may_claim(name: str, path: Path, head: bytes) -> bool:
+# What a directory must hold (a name, a name's ending) for each format that reads
+# directories other than by config.json or a .weights.json index to claim it (see each
+# module's sniff): Hugging Face safetensors weights or their index; a TF checkpoint's state
+# file, index or SavedModel variables; PyTorch weights or their index.
+_DIRECTORY_NAMES = {
+    "safetensors": ({"model.safetensors"}, (".safetensors.index.json",)),
+    "tf_checkpoint": ({"checkpoint", "variables"}, (".index",)),
+    "pytorch": ({"pytorch_model.bin"}, (".bin.index.json",)),
+}
+
+
+def _may_claim(name: str, path: str | os.PathLike[str], head: bytes) -> bool:
     """False when the format module ``name`` certainly does not claim ``path``: the first
-    test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``)
-    fails. Keeping these few byte tests here spares importing the Keras readers (and h5py)
-    for every other format; tests/test_formats_detect.py checks that each is implied by the
-    module's own ``sniff``."""
+    test its ``sniff`` makes (a zip, JSON or HDF5 head; a directory holding ``config.json``,
+    a shard index, or the names of :data:`_DIRECTORY_NAMES`; a directory at all, for Orbax)
+    fails. Keeping these few tests here spares importing readers (the Keras ones and h5py,
+    the TF and torch ones for a directory) that cannot claim a path; tests/test_formats_detect.py
+    checks that each is implied by the module's own ``sniff``."""
     if name == "keras_archive":  # a zip, or a directory with config.json and the weights
-        if path.is_dir():
-            return (path / "config.json").is_file()
+        if os.path.isdir(path):
+            return os.path.isfile(os.path.join(path, "config.json"))
         return head.startswith(b"PK\x03\x04") and first_member_kind(head) != "torch.save file"
     if name == "keras_sharded":  # a JSON index, or a directory holding one
-        return head.lstrip().startswith(b"{") or (path.is_dir() and any(path.glob("*.weights.json")))
+        return head.lstrip().startswith(b"{") or (os.path.isdir(path) and _holds(path, ".weights.json"))
     if name in ("keras_weights", "keras_legacy"):  # an HDF5 file
         return head.startswith(_HDF5_MAGIC)
+    if name == "keras_orbax":  # a directory of steps, a step, or a pytree directory
+        return os.path.isdir(path)
+    if name in _DIRECTORY_NAMES and os.path.isdir(path):
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return True  # its sniff decides (and says why it cannot read the directory)
+        exact, endings = _DIRECTORY_NAMES[name]
+        return any(n in exact or n.endswith(endings) for n in names)
     return True
+
+
+def _holds(directory: str | os.PathLike[str], suffix: str) -> bool:
+    """Whether ``directory`` holds an entry whose name ends in ``suffix`` (unreadable: no)."""
+    try:
+        return any(name.endswith(suffix) for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 _SPECIAL = {
@@ -139,11 +170,13 @@ def load_index(path: str | os.PathLike[str]) -> dict:
             parser allows), or has no ``weight_map`` object.
         OSError: the file cannot be read.
     """
-    path = Path(path)
-    if path.stat().st_size > MAX_INDEX_BYTES:
+    import json  # here: an HDF5 file or a TF checkpoint is read without it
+
+    if os.path.getsize(path) > MAX_INDEX_BYTES:
         raise CorruptFileError("the shard index is implausibly large", path=path)
     try:
-        index = json.loads(path.read_bytes().decode("utf-8"))
+        with builtins.open(path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
@@ -151,11 +184,11 @@ def load_index(path: str | os.PathLike[str]) -> dict:
     return index
 
 
-def _head(path: Path) -> bytes:
-    if not path.is_file():
+def _head(path: str | os.PathLike[str]) -> bytes:
+    if not os.path.isfile(path):
         return b""
     try:
-        with path.open("rb") as f:
+        with builtins.open(path, "rb") as f:
             return f.read(HEAD_BYTES)
     except OSError as e:
         raise FormatError(f"cannot read: {e.strerror}", path=path) from e
@@ -168,7 +201,7 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
         NoSuchFileError: the path does not exist.
         FormatError: no format recognises the content.
     """
-    p = Path(path)
+    p = os.fspath(path)
     if os.path.lexists(p):
         regular_file(p, directory_ok=True)  # a FIFO or a device would hang the sniffers
     head = _head(p)
@@ -181,11 +214,11 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
             sniff_error = sniff_error or e
         if claimed:
             return module
-    if not p.exists() and not any(p.parent.glob(glob.escape(p.name) + ".*")):
+    if not os.path.exists(p) and not _named_beside(p):
         raise NoSuchFileError(path=p)
-    if p.is_file() and p.stat().st_size == 0:
+    if os.path.isfile(p) and os.path.getsize(p) == 0:
         raise FormatError("the file is empty: not a checkpoint", path=p)
-    if p.is_file():
+    if os.path.isfile(p):
         _explain_unclaimed(p, head, sniff_error)
     raise FormatError(
         "not a checkpoint ckptconv can read (expected Keras .h5/.weights.h5/.keras (or its "
@@ -195,7 +228,14 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
     )
 
 
-def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = None) -> None:
+def _named_beside(path: str) -> bool:
+    """Whether files named ``path.*`` exist (a TensorFlow checkpoint prefix's ``.index``)."""
+    import glob
+
+    return any(glob.iglob(glob.escape(path) + ".*"))
+
+
+def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None) -> None:
     """Raise the most useful error for a file of a known container type that no format
     claims: damaged (it does not even open, or a format's check failed on it) or well-formed
     but of another kind."""
@@ -232,10 +272,13 @@ def _explain_unclaimed(p: Path, head: bytes, sniff_error: Exception | None = Non
             path=p,
         )
     if head.lstrip()[:1] in (b"{", b"["):
+        import json
+
         try:
-            if p.stat().st_size > MAX_INDEX_BYTES:
+            if os.path.getsize(p) > MAX_INDEX_BYTES:
                 return
-            json.loads(p.read_bytes())
+            with builtins.open(p, "rb") as f:
+                json.loads(f.read())
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise CorruptFileError(
                 f"a JSON file that does not parse ({_one_line(e)}): a damaged or incomplete "
@@ -271,7 +314,7 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
     wanted = option_names(module.open)
     try:
         with paused_gc():  # hundreds of thousands of small objects, no cycles
-            return module.open(Path(path), **{k: v for k, v in given.items() if k in wanted})
+            return module.open(os.fspath(path), **{k: v for k, v in given.items() if k in wanted})
     except CkptconvError:
         raise
     except Exception as e:

@@ -107,6 +107,12 @@ def superblock_root(superblock: bytes, size: int) -> int | None:
     return root
 
 
+BATCH_MIN = 64
+"""The fewest headers (or small groups) of a level the walk parses together with numpy: a
+batch costs about a millisecond and a half whatever its size, one header or group alone
+some 10-20 microseconds, so fewer are parsed one by one (a small file's levels all are)."""
+
+
 def walk(
     libhdf5: Callable[[], h5py.File],
     read: Callable[[int, int], bytes],
@@ -167,8 +173,9 @@ def walk(
         return None
 
     # level by level (the objects one link below the last level's groups), so that the
-    # headers of a level are parsed together: most in one numpy pass (object_headers), the
-    # rest one by one; objects are named by the first path found to them
+    # headers of a level are parsed together: most in one numpy pass (object_headers) when
+    # the level has BATCH_MIN or more, the rest one by one; objects are named by the first
+    # path found to them
     if root is None:
         import h5py
 
@@ -181,13 +188,14 @@ def walk(
     try:
         while level:
             addresses = [address for address, _ in level]
-            batch = object_headers(read, addresses, size, image=image) if parse else [None] * len(level)
+            together = parse and len(level) >= BATCH_MIN
+            batch = object_headers(read, addresses, size, image=image) if together else [None] * len(level)
             if parse:
                 batch = [object_header(read, a, size) if h is None else h for a, h in zip(addresses, batch)]
             known: list[Links | None] = [None] * len(level)  # the links of the level's small old-style groups
             if tables is not None:
                 small = [(i, h.symbols) for i, h in enumerate(batch) if h is not None and h.symbols is not None]
-                if small:
+                if len(small) >= BATCH_MIN:
                     tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
                     for (i, _), links in zip(small, tried):
                         known[i] = links

@@ -10,7 +10,9 @@ by :func:`import_tensorstore`, only when an Orbax checkpoint is opened.
 Opening costs one tensorstore call per B-tree node, not one per array: Orbax writes OCDBT
 databases that keep values up to 1 KiB inline in the B-tree's leaves, and every array's zarr
 metadata is such a value, so dumping the nodes (``tensorstore.ocdbt.dump``) yields them all
-(a value stored out of line is read by key). Reading an array still opens it as a zarr array
+(a value stored out of line is read by key); the root node's read is started first
+(:func:`prefetch`), so that tensorstore reads and decodes it in its own threads while the
+caller parses ``_METADATA``. Reading an array still opens it as a zarr array
 in tensorstore, as Orbax's own restore does; that takes a few hundred microseconds of
 tensorstore's work, so arrays are opened and read a batch at a time, ahead of the entry that
 asks (see :class:`Arrays`).
@@ -22,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -156,6 +158,64 @@ def zarr_dtype_shape(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[n
     return dtype, tuple(shape)
 
 
+def _context(ts: Any) -> Any:
+    return ts.Context({"cache_pool": {"total_bytes_limit": _NODE_CACHE_BYTES}, _ARRAY_CACHE: {"total_bytes_limit": 0}})
+
+
+def _file_spec(tree: Path) -> dict[str, str]:
+    return {"driver": "file", "path": os.fspath(tree.resolve()) + "/"}
+
+
+def _root_location(manifest: Any) -> str | None:
+    """Where the B-tree root of the database's latest version is, or None (no version, or
+    an empty database)."""
+    versions = manifest.get("versions") if isinstance(manifest, dict) else None
+    versions = [v for v in versions or [] if isinstance(v, dict)]
+    if not versions:
+        return None
+    root = max(versions, key=lambda v: v.get("generation_number", 0)).get("root")
+    location = root.get("location") if isinstance(root, dict) else None
+    return location if isinstance(location, str) else None
+
+
+class Prefetch:
+    """A pytree directory's OCDBT manifest, read and checked, and the read of its B-tree's
+    root node (at ``location``), under way in tensorstore's threads (``root``: its future).
+    A plain class: a dataclass costs its module's import a few ``exec`` compilations."""
+
+    __slots__ = ("context", "files", "manifest", "location", "root")
+
+    def __init__(self, context: Any, files: Any, manifest: Any, location: str, root: Any) -> None:
+        self.context = context
+        self.files = files
+        self.manifest = manifest
+        self.location = location
+        self.root = root
+
+
+def prefetch(ts: Any, tree: Path) -> Prefetch | None:
+    """Start reading the B-tree root of the OCDBT database in ``tree``, if it has one, so
+    that tensorstore reads and decodes it (tens of milliseconds for 10,000 arrays) while the
+    caller parses ``_METADATA``. Never raises: whatever is wrong (no manifest, a damaged or
+    hostile one) leaves nothing started, and :class:`Arrays` finds and reports it.
+    """
+    if not (tree / "manifest.ocdbt").is_file():
+        return None
+    try:
+        import tensorstore.ocdbt
+
+        context = _context(ts)
+        files = ts.KvStore.open(_file_spec(tree), context=context).result()
+        manifest = tensorstore.ocdbt.dump(files).result()
+        refuse_manifest_out(manifest, path=tree)
+        location = _root_location(manifest)
+        if location is None:
+            return None
+        return Prefetch(context, files, manifest, location, tensorstore.ocdbt.dump(files, location))
+    except Exception:  # noqa: BLE001 - reported by Arrays, in its turn
+        return None
+
+
 class Arrays:
     """The arrays of one pytree directory: metadata for all at once, data read ahead.
 
@@ -169,22 +229,22 @@ class Arrays:
     ahead are raised when it is asked for, naming it.
     """
 
-    def __init__(self, ts: Any, tree: Path, *, ocdbt: bool, zarr3: bool) -> None:
+    def __init__(self, ts: Any, tree: Path, *, ocdbt: bool, zarr3: bool, started: Prefetch | None = None) -> None:
+        """``started``: what :func:`prefetch` started for ``tree`` (used when ``ocdbt``)."""
         self.ts = ts
         self.tree = tree
         self.ocdbt = ocdbt
         self.zarr3 = zarr3
-        self.context = ts.Context(
-            {"cache_pool": {"total_bytes_limit": _NODE_CACHE_BYTES}, _ARRAY_CACHE: {"total_bytes_limit": 0}}
-        )
+        self.started = started if ocdbt else None
+        self.context = self.started.context if self.started is not None else _context(ts)
         self.meta_name = "zarr.json" if zarr3 else ".zarray"
         self.array_spec = {"driver": "zarr3" if zarr3 else "zarr", "cache_pool": _ARRAY_CACHE}
-        base = {"driver": "file", "path": os.fspath(tree.resolve()) + "/"}
+        base = _file_spec(tree)
         self.kvstore: Any = None
         self.files: Any = None  # the pytree directory as a file kvstore (the B-tree's nodes)
         self.manifest: Any = None
         try:
-            self.files = ts.KvStore.open(base, context=self.context).result()
+            self.files = self.started.files if self.started is not None else ts.KvStore.open(base, context=self.context).result()
             if not ocdbt:
                 self.kvstore = self.files
         except Exception as e:  # noqa: BLE001 - tensorstore reports every failure as ValueError
@@ -192,11 +252,14 @@ class Arrays:
         if ocdbt:
             import tensorstore.ocdbt
 
-            try:
-                self.manifest = tensorstore.ocdbt.dump(self.files).result()
-            except Exception as e:  # noqa: BLE001
-                raise ts_error(e, path=tree, what="the OCDBT manifest cannot be read") from e
-            refuse_manifest_out(self.manifest, path=tree)
+            if self.started is not None:
+                self.manifest = self.started.manifest  # read and checked
+            else:
+                try:
+                    self.manifest = tensorstore.ocdbt.dump(self.files).result()
+                except Exception as e:  # noqa: BLE001
+                    raise ts_error(e, path=tree, what="the OCDBT manifest cannot be read") from e
+                refuse_manifest_out(self.manifest, path=tree)
             try:
                 self.kvstore = ts.KvStore.open({"driver": "ocdbt", "base": base}, context=self.context).result()
             except Exception as e:  # noqa: BLE001
@@ -264,22 +327,22 @@ class Arrays:
         """
         import tensorstore.ocdbt
 
-        versions = self.manifest.get("versions") if isinstance(self.manifest, dict) else None
-        versions = [v for v in versions or [] if isinstance(v, dict)]
-        if not versions:
-            return {}
-        latest = max(versions, key=lambda v: v.get("generation_number", 0))
-        root = latest.get("root")
-        location = root.get("location") if isinstance(root, dict) else None
+        location = _root_location(self.manifest)
         if location is None:
-            return {}  # an empty database
+            return {}  # no version, or an empty database
         suffix = b"/" + self.meta_name.encode()
         found: dict[bytes, bytes | None] = {}
         level = [(b"", location)]
+        started = self.started
+        self.started = None
         for _ in range(_MAX_TREE_HEIGHT + 1):
             if not level:
                 return found
-            pending = [(prefix, tensorstore.ocdbt.dump(self.files, where)) for prefix, where in level]
+            pending = [
+                (prefix, started.root if started is not None and where == started.location else tensorstore.ocdbt.dump(self.files, where))
+                for prefix, where in level
+            ]
+            started = None
             level = []
             for prefix, future in pending:
                 try:
@@ -290,10 +353,12 @@ class Arrays:
                 if node.get("height", 0) > 0:
                     refuse_manifest_out(entries, path=self.tree)
                     level.extend((prefix + e["subtree_common_prefix"], e["location"]) for e in entries)
-                else:  # a leaf: arrays' metadata keys (kept) and their chunks' keys
+                elif prefix:  # a leaf: arrays' metadata keys (kept) and their chunks' keys
                     found.update(
                         {key: e.get("inline_value") for e in entries if (key := prefix + e["key"]).endswith(suffix)}
                     )
+                else:  # a leaf that is the root: its keys are whole
+                    found.update({key: e.get("inline_value") for e in entries if (key := e["key"]).endswith(suffix)})
                 if type(entries) is list:
                     # tensorstore (0.1.86) never releases one reference to the list ocdbt.dump
                     # returns, nor to the bytes in it: emptied, the list at least frees the
@@ -309,26 +374,28 @@ class Arrays:
         self._position = {p: i for i, p in enumerate(params)}
         self._sizes = sizes
 
-    def loader(self, param: str, *, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
-        """A function that reads the array ``param`` (an entry's loader)."""
+    def load(self, param: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """The array ``param`` (``name``: what errors call it), of ``dtype`` and ``shape`` as
+        its metadata says: an entry's loader, bound to its arguments.
 
-        def load() -> np.ndarray:
-            try:
-                data = np.asarray(self._take(param).result())
-            except CkptconvError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise ts_error(e, path=self.tree, key=name, what="the array cannot be read") from e
-            if data.shape != shape:
-                raise CorruptFileError(
-                    f"stored array has shape {list(data.shape)}, its metadata says {list(shape)}",
-                    path=self.tree,
-                    tensor=name,
-                )
-            data = np.asarray(data, dtype=dtype)
-            return data if data.flags.c_contiguous else data.copy(order="C")
-
-        return load
+        Raises:
+            CorruptFileError: its data cannot be read, or has another shape.
+            UnsafeInputError: its data lies outside the checkpoint.
+        """
+        try:
+            data = np.asarray(self._take(param).result())
+        except CkptconvError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ts_error(e, path=self.tree, key=name, what="the array cannot be read") from e
+        if data.shape != shape:
+            raise CorruptFileError(
+                f"stored array has shape {list(data.shape)}, its metadata says {list(shape)}",
+                path=self.tree,
+                tensor=name,
+            )
+        data = np.asarray(data, dtype=dtype)
+        return data if data.flags.c_contiguous else data.copy(order="C")
 
     def _open(self, param: str) -> Any:
         return self.ts.open(

@@ -18,7 +18,6 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from ..errors import (
@@ -31,6 +30,7 @@ from ..errors import (
 
 if TYPE_CHECKING:
     import zipfile
+    from pathlib import Path
 
 __all__ = ["MAX_EXPANSION", "Member", "central_directory", "data_offsets", "read_member", "first_member_kind",
            "member_data_offset", "check_stored_crcs", "refuse_zip_bomb", "damaged_zip"]

@@ -11,18 +11,17 @@ bytecode is just a string here); it names the layers, their classes and dtype po
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
-import zipfile
-import zlib
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     FETCH_AGAIN,
+    CkptconvError,
     CorruptFileError,
     IntegrityError,
     OutputError,
@@ -34,10 +33,12 @@ from ._hdf5_file import open_h5
 from ._keras_optimizer import name_optimizer_variables
 from ._zip import (
     MAX_EXPANSION,
+    Member,
+    central_directory,
     check_stored_crcs,
-    damaged_zip,
+    data_offsets,
     first_member_kind,
-    member_data_offset,
+    read_member,
     refuse_zip_bomb,
 )
 from .keras_weights import (
@@ -51,6 +52,9 @@ from .keras_weights import (
     snake_case,
 )
 
+if TYPE_CHECKING:  # an archive is opened without pathlib (a directory imports it)
+    from pathlib import Path
+
 FORMAT = "keras-archive"
 WEIGHTS_MEMBER = "model.weights.h5"
 NPZ_MEMBER = "model.weights.npz"
@@ -60,19 +64,21 @@ MAX_CONFIG_BYTES = 256 * 2**20
 _PREADV = hasattr(os, "preadv")
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A zip whose members include ``model.weights.h5`` or ``config.json``, or a directory
     holding ``config.json`` and the weights (``model.weights.h5``, or the ``.npz`` Keras'
     ``weights_format="npz"`` writes, which :func:`open` refuses with a clear message)."""
-    if path.is_dir():
-        return (path / CONFIG_MEMBER).is_file() and (
-            (path / WEIGHTS_MEMBER).is_file() or (path / NPZ_MEMBER).is_file()
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, CONFIG_MEMBER)) and (
+            os.path.isfile(os.path.join(path, WEIGHTS_MEMBER)) or os.path.isfile(os.path.join(path, NPZ_MEMBER))
         )
-    if not head.startswith(b"PK\x03\x04") or not path.is_file():
+    if not head.startswith(b"PK\x03\x04") or not os.path.isfile(path):
         return False
     kind = first_member_kind(head)  # the first member says, without reading the central directory
     if kind != "file":
         return kind == ".keras file"
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
@@ -140,19 +146,14 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def _read_config(z: zipfile.ZipFile, path: Path) -> Any:
-    try:
-        info = z.getinfo("config.json")
-    except KeyError:
+def _read_config(members: dict[str, Member], f: Any, path: str | os.PathLike[str]) -> Any:
+    info = members.get(CONFIG_MEMBER)
+    if info is None:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
         raise UnsafeInputError("config.json is implausibly large", path=path, tensor="config.json")
     refuse_zip_bomb(info, path)
-    try:
-        with z.open(info) as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-        raise CorruptFileError(f"config.json cannot be read from the archive ({e})", path=path) from e
+    raw = read_member(path, info, file=f, what="archive")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -195,7 +196,7 @@ def key_names(config: Any) -> dict[str, str]:
     return names
 
 
-def _npz_refused(path: Path) -> UnsupportedError:
+def _npz_refused(path: str | os.PathLike[str]) -> UnsupportedError:
     return UnsupportedError(
         "the weights were saved with weights_format='npz', which ckptconv does not read "
         "(Keras 3.15 cannot reload them either); save the model again with the default "
@@ -216,35 +217,30 @@ def _parse_metadata(raw: bytes) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items() if isinstance(v, (str, int, float))}
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open a ``.keras`` model's weights in place (metadata only; nothing is extracted): a
     zip archive, or the directory ``model.save(..., zipped=False)`` writes."""
-    if path.is_dir():
+    if os.path.isdir(path):
         return _open_directory(path)
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as e:  # NotImplementedError:
-        # a zip version or compression method zipfile does not know (a damaged header)
-        raise damaged_zip(path, e, ".keras file") from e
-    with z:
-        try:
-            info = z.getinfo(WEIGHTS_MEMBER)
-        except KeyError:
-            if NPZ_MEMBER in z.namelist():
-                raise _npz_refused(path) from None
-            raise CorruptFileError(
-                f"the archive holds no {WEIGHTS_MEMBER} (saved without weights?)", path=path
-            ) from None
-        config = _read_config(z, path)
+    with builtins.open(path, "rb") as f:
+        # the central directory, read as zipfile reads it and refused where zipfile refuses it
+        members = {m.filename: m for m in central_directory(path, kind=".keras file", file=f)}
+        info = members.get(WEIGHTS_MEMBER)
+        if info is None:
+            if NPZ_MEMBER in members:
+                raise _npz_refused(path)
+            raise CorruptFileError(f"the archive holds no {WEIGHTS_MEMBER} (saved without weights?)", path=path)
+        config = _read_config(members, f, path)
         metadata_json: dict[str, str] = {}
-        if METADATA_MEMBER in z.namelist() and z.getinfo(METADATA_MEMBER).file_size < 2**20:
+        meta = members.get(METADATA_MEMBER)
+        if meta is not None and meta.file_size < 2**20:
             try:
-                metadata_json = _parse_metadata(z.read(METADATA_MEMBER))
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
+                metadata_json = _parse_metadata(read_member(path, meta, file=f, what="archive"))
+            except CkptconvError:
                 pass  # metadata.json only adds the Keras version; the weights do not need it
         integrity = None
-        if info.compress_type == zipfile.ZIP_STORED:
-            start = member_data_offset(path, info)
+        if info.compress_type == 0:  # stored, as Keras writes it
+            start = data_offsets(path, [info], file=f)[0]
             if start + info.file_size > os.path.getsize(path):
                 raise CorruptFileError(
                     f"{WEIGHTS_MEMBER} extends beyond the end of the archive: truncated", path=path
@@ -261,7 +257,7 @@ def open(path: Path) -> Store:  # noqa: A001
                 )
             # a re-zipped archive: decompressed once, front to back (its CRC-32 checked at the
             # end), into a temporary file HDF5 can seek in; nothing lands under a real name
-            fileobj = _decompressed(z, info, path)
+            fileobj = _decompressed(info, path)
             source = _Source(os.fspath(path), None, 0, info.file_size)
     return _read_weights(path, fileobj, source, config, metadata_json, files=[path], integrity=integrity)
 
@@ -277,8 +273,11 @@ def _member_file(directory: Path, name: str) -> Path:
     return member
 
 
-def _open_directory(path: Path) -> Store:
+def _open_directory(path: str | os.PathLike[str]) -> Store:
     """The directory form: the same three files, ``model.weights.h5`` read in place."""
+    from pathlib import Path
+
+    path = Path(path)
     weights = _member_file(path, WEIGHTS_MEMBER)
     if not weights.is_file():
         if (path / NPZ_MEMBER).is_file():
@@ -308,13 +307,13 @@ def _open_directory(path: Path) -> Store:
 
 
 def _read_weights(
-    path: Path,
+    path: str | os.PathLike[str],
     fileobj: Any,
     source: _Source,
     config: Any,
     metadata_json: dict[str, str],
     *,
-    files: list[Path],
+    files: list[str | os.PathLike[str]],
     integrity: Callable[[], None] | None = None,
 ) -> Store:
     """The store of a ``model.weights.h5`` image (a file, or a window of the zip), its layers
@@ -357,17 +356,19 @@ _SPOOL_IN_MEMORY = 64 * 2**20  # a decompressed member up to this size stays in 
 _CRC_CHUNK = 8 * 2**20
 
 
-def _decompressed(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Any:
+def _decompressed(info: Member, path: str | os.PathLike[str]) -> Any:
     """A compressed member, decompressed once and sequentially into a seekable temporary file
     (in memory up to 64 MiB, then in the system's temporary directory, already unlinked).
     Reading it through zipfile directly restarts the decompression at every backward seek,
     which made a deflated archive tens of times slower than a stored one."""
-    import shutil  # here: an archive of stored members (Keras' own) needs neither
+    import shutil  # here: an archive of stored members (Keras' own) needs none of these
     import tempfile
+    import zipfile
+    import zlib
 
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
     try:
-        with z.open(info) as member:
+        with zipfile.ZipFile(path) as z, z.open(info.filename) as member:
             shutil.copyfileobj(member, spool, _CRC_CHUNK)  # zipfile checks the CRC-32 at the end
         spool.seek(0)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:

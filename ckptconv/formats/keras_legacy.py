@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptFileError, FormatError
@@ -48,7 +47,7 @@ FORMAT = "keras-h5"
 TOP_LEVEL = "top_level_model_weights"
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """An HDF5 file whose root (or ``model_weights``) carries ``layer_names``."""
     if not is_hdf5(head):
         return False
@@ -100,7 +99,7 @@ def _weights_root_path(f: HDF5File) -> str | None:
     return None if root is None else root.name
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open a legacy Keras HDF5 file as a lazy store (metadata only)."""
     f = open_h5(path, path=path)
     try:

@@ -33,17 +33,19 @@ import math
 import os
 import re
 from collections.abc import Callable
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, UnsafeInputError
-from ..store import Entry, Kind, Store, keras_order
+from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
+from ..store import Entry, Kind, Store, keras_order, layer_of
 from ._orbax_arrays import (
     Arrays,
     import_tensorstore,
+    prefetch,
     read_json,
     unsafe_path,
     zarr_dtype_shape,
@@ -103,10 +105,11 @@ def steps(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A directory holding an Orbax pytree, a step of one, or numbered steps of one (a few
     ``stat`` calls; nothing is read)."""
     del head
+    path = Path(path)
     if not path.is_dir():
         return False
     if tree_directory(path) is not None or (path / STEP_METADATA).is_file():
@@ -203,13 +206,7 @@ def refuse_specs_out(node: Any, *, path: Path, where: str = TREE_METADATA, depth
             if key == "custom_metadata" and depth == 0:
                 continue
             if key == "tree_metadata" and depth == 0 and isinstance(value, dict):
-                # one entry per leaf: keys are checked by _leaves; only unusual value
-                # metadata (anything beyond Orbax's three fields) needs looking at
-                for item in value.values():
-                    extra = item.get("value_metadata") if isinstance(item, dict) else item
-                    if not (isinstance(extra, dict) and extra.keys() <= _VALUE_FIELDS):
-                        refuse_specs_out(extra, path=path, where=where, depth=depth + 2)
-                continue
+                continue  # one entry per leaf: checked by _leaves, which reads each anyway
             if key in _SPEC_KEYS and isinstance(value, str) and unsafe_path(value):
                 raise UnsafeInputError(
                     f"{where} records {key}={value!r}, which points outside the checkpoint",
@@ -233,19 +230,32 @@ def _check_key_part(part: str, *, path: Path) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
-    """Every array leaf of ``_METADATA``: (key path, value type), in the file's order."""
+_KEY = itemgetter("key")
+
+
+def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
+    """The key path of every array leaf of ``_METADATA``, in the file's order. Refuses key
+    parts that are path parts and, in a leaf's value metadata, anything beyond Orbax's own
+    fields that records a path outside the checkpoint (see :func:`refuse_specs_out`)."""
     tree = meta.get("tree_metadata") if isinstance(meta, dict) else None
     if not isinstance(tree, dict):
         raise CorruptFileError(f"{TREE_METADATA} has no tree_metadata object", path=path)
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
+    arrays = _ARRAY_TYPES
     for label, item in tree.items():
-        try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
-            keys = item["key_metadata"]
-            parts = tuple([str(k["key"]) for k in keys]) if isinstance(keys, list) else ()
-        except (TypeError, KeyError):
-            parts = ()
+        if type(item) is dict:
+            value = item.get("value_metadata")
+            keys = item.get("key_metadata")
+            try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
+                parts = tuple(map(str, map(_KEY, keys))) if type(keys) is list else ()
+            except (TypeError, KeyError):
+                parts = ()
+        else:
+            value, parts = item, ()
+        if type(value) is not dict or not value.keys() <= _VALUE_FIELDS:
+            # only unusual value metadata (or a leaf that is not an object) needs looking at
+            refuse_specs_out(value, path=path, depth=2)
         if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
         if not checked.issuperset(parts):
@@ -253,12 +263,11 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[tuple[str, ...], str]]:
                 if part not in checked:
                     _check_key_part(part, path=path)
                     checked.add(part)
-        value = item.get("value_metadata")
-        value = value if isinstance(value, dict) else {}
-        value_type = str(value.get("value_type", "jax.Array"))
-        if value.get("skip_deserialize") or value_type not in _ARRAY_TYPES:
+        if type(value) is not dict:
+            value = {}
+        if value.get("skip_deserialize") or str(value.get("value_type", "jax.Array")) not in arrays:
             continue  # strings, empty nodes, leaves the writer marked as not restorable
-        leaves.append((parts, value_type))
+        leaves.append(parts)
     return leaves
 
 
@@ -280,14 +289,14 @@ def _model_config(step_dir: Path) -> Any:
         return None  # the config only orders the layers; the weights do not need it
 
 
-def _kind(parts: tuple[str, ...], dtype: np.dtype, shape: tuple[int, ...]) -> tuple[Kind, str]:
-    """Kind and name of one leaf: Keras' top-level keys give the kind and are left out of
-    the name; the optimizer's iteration counter and seed generators' states are bookkeeping,
-    as in every Keras file."""
+def _kind(parts: tuple[str, ...], key: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[Kind, str]:
+    """Kind and name of one leaf (``key``: its parts joined by ``/``): Keras' top-level keys
+    give the kind and are left out of the name; the optimizer's iteration counter and seed
+    generators' states are bookkeeping, as in every Keras file."""
     kind = TREE_KINDS.get(parts[0])
     if kind is None:
-        return "weight", "/".join(parts)
-    name = "/".join(parts[1:]) or parts[0]
+        return "weight", key
+    name = key[len(parts[0]) + 1 :] if len(parts) > 1 else key
     if kind == "optimizer" and shape == () and dtype.kind in "iu":
         kind = "bookkeeping"
     if parts[-1] == "seed_generator_state":  # a dropout's random state, not a weight
@@ -341,7 +350,7 @@ def _store_order(entries: list[Entry], rank: Callable[[str], tuple[int, ...]]) -
 _INDEX = attrgetter("index")
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open an Orbax checkpoint written by Keras (or any Orbax PyTree checkpoint) as a lazy
     store: the latest complete step of a checkpoint directory, or the step (or pytree
     directory) given. Reads metadata only; each array is read when its entry is.
@@ -351,45 +360,45 @@ def open(path: Path) -> Store:  # noqa: A001
         UnsafeInputError: the checkpoint refers to anything outside itself.
         CorruptFileError: metadata missing, unreadable or inconsistent.
     """
+    path = Path(path)
     step_dir, tree, step = _resolve(path)
     refuse_links_out(tree, root=step_dir)
+    # tensorstore first: it reads and decodes the B-tree's root in its own threads while
+    # _METADATA is parsed here (a missing tensorstore is reported after _METADATA's errors)
+    try:
+        ts: Any = import_tensorstore(path)
+    except UnsupportedError as e:
+        ts, missing = None, e
+    started = prefetch(ts, tree) if ts is not None else None
     meta = read_json(tree / TREE_METADATA, what=TREE_METADATA)
     refuse_specs_out(meta, path=tree / TREE_METADATA)
     leaves = _leaves(meta, path=tree / TREE_METADATA)
-    ts = import_tensorstore(path)
+    if ts is None:
+        raise missing
     use_ocdbt = bool(meta.get("use_ocdbt", (tree / "manifest.ocdbt").is_file()))
-    arrays = Arrays(ts, tree, ocdbt=use_ocdbt, zarr3=bool(meta.get("use_zarr3", False)))
+    arrays = Arrays(ts, tree, ocdbt=use_ocdbt, zarr3=bool(meta.get("use_zarr3", False)), started=started)
     del meta  # tens of MB of JSON objects for 10,000 leaves: gone before the B-tree is read
-    params = [".".join(parts) for parts, _ in leaves]
-    keys = ["/".join(parts) for parts, _ in leaves]
+    params = [".".join(parts) for parts in leaves]
+    keys = ["/".join(parts) for parts in leaves]
     zarr_meta = arrays.metadata(params, keys)
     config = _model_config(step_dir)
 
     entries: list[Entry] = []
     sizes: dict[str, int] = {}  # by param: what read-ahead holds
     where = os.fspath(tree)
-    loader = arrays.loader
+    load = arrays.load
+    of = Entry.of
     # dtype, shape and size by the metadata object: arrays of one shape and dtype share it
     described: dict[int, tuple[np.dtype, tuple[int, ...], int]] = {}
-    for (parts, _), param, key, zmeta in zip(leaves, params, keys, zarr_meta):
+    for parts, param, key, zmeta in zip(leaves, params, keys, zarr_meta):
         found = described.get(id(zmeta))
         if found is None:
             dtype, shape = zarr_dtype_shape(zmeta, zarr3=arrays.zarr3, path=tree, key=key)
             found = described[id(zmeta)] = (dtype, shape, math.prod(shape) * dtype.itemsize)
         dtype, shape, sizes[param] = found
-        kind, name = _kind(parts, dtype, shape)
-        entries.append(
-            Entry(
-                name,
-                key=param,
-                shape=shape,
-                dtype=dtype,
-                path=where,
-                loader=loader(param, name=key, dtype=dtype, shape=shape),
-                kind=kind,
-                tree_path=key,
-            )
-        )
+        kind, name = _kind(parts, key, dtype, shape)
+        loader = partial(load, param, key, dtype, shape)
+        entries.append(of(name, layer_of(name), 0, param, shape, dtype, kind, where, None, None, key, loader))
     keras_order(entries)
     entries = _store_order(entries, _layer_rank(config))
     arrays.read_in_order([e.key for e in entries], sizes)

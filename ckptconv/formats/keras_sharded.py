@@ -37,9 +37,10 @@ def index_in_directory(path: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A JSON index whose ``weight_map`` points at ``.weights.h5`` shards, or a directory holding
     exactly one such index."""
+    path = Path(path)
     if path.is_dir():
         index = index_in_directory(path)
         if index is None:
@@ -84,9 +85,10 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
     return list(seen.values())
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open a sharded Keras 3 weights set through its ``.weights.json`` (metadata only), or
     through the directory holding it."""
+    path = Path(path)
     if path.is_dir():
         found = index_in_directory(path)
         if found is None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..errors import CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
@@ -102,7 +100,7 @@ def snake_case(class_name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """An HDF5 file with Keras 3's ``layers``/``vars`` tree (and no legacy ``layer_names``)."""
     if not is_hdf5(head):
         return False
@@ -142,8 +140,7 @@ def _v3_root(view: RootView, *, shard: bool = False) -> bool:
     return any(view.links.get(k, (None,))[0] == HARD for k in roots)
 
 
-@dataclass
-class LayerInfo:
+class LayerInfo(NamedTuple):
     """What ``config.json`` says about a layer: its class and options."""
 
     class_name: str
@@ -202,32 +199,46 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
     return found
 
 
-@dataclass(slots=True)
+# The three records below are plain classes, not dataclasses: ``@dataclass`` generates and
+# compiles their methods when this module is imported, a millisecond each, which every
+# command that reads a Keras file paid at start-up.
+
+
 class _VarsGroup:
     """One object's ``vars`` group: the layer path, a class hint and its datasets by index
     (the shards of a sharded set may each hold some of them)."""
 
-    file_path: str  # HDF5 path of the vars group, e.g. /layers/dense/vars
-    chain: list[str]
-    class_hint: str | None
-    parent_class: str | None
-    datasets: dict[int, _DatasetRef] = field(default_factory=dict)
-    state: str = "layers"  # layers | optimizer | other
+    __slots__ = ("chain", "class_hint", "datasets", "file_path", "parent_class", "state")
+
+    def __init__(
+        self,
+        file_path: str,  # HDF5 path of the vars group, e.g. /layers/dense/vars
+        chain: list[str],
+        class_hint: str | None,
+        parent_class: str | None,
+        datasets: dict[int, _DatasetRef] | None = None,
+        state: str = "layers",  # layers | optimizer | other
+    ) -> None:
+        self.file_path = file_path
+        self.chain = chain
+        self.class_hint = class_hint
+        self.parent_class = parent_class
+        self.datasets = {} if datasets is None else datasets
+        self.state = state
 
 
-@dataclass
 class _Source:
     """Where an HDF5 image lives: its own file, or a stored member inside a zip."""
 
-    path: str  # what errors name
-    data_path: str | None  # the file byte ranges point into (None: bytes are not raw in any file)
-    base_offset: int
-    size: int
+    __slots__ = ("base_offset", "data_path", "path", "size")
 
-    def __post_init__(self) -> None:
-        # byte ranges hold absolute paths: made so once here, not once per tensor
-        if self.data_path is not None:
-            self.data_path = os.path.abspath(self.data_path)
+    def __init__(self, path: str, data_path: str | None, base_offset: int, size: int) -> None:
+        self.path = path  # what errors name
+        # the file byte ranges point into (None: bytes are not raw in any file), absolute:
+        # byte ranges hold absolute paths, made so once here, not once per tensor
+        self.data_path = None if data_path is None else os.path.abspath(data_path)
+        self.base_offset = base_offset
+        self.size = size
 
 
 # Sub-layers that Keras creates in a fixed order, which the alphabetical HDF5 keys lose.
@@ -422,15 +433,17 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> 
     return str(decode(group.attrs["name"])) if "name" in group.attrs else None
 
 
-@dataclass(slots=True)
 class _DatasetRef:
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
     (None, or not ``plain``: libhdf5 describes it), and the image it lies in."""
 
-    file: HDF5File
-    name: str
-    header: Header | None
-    source: _Source
+    __slots__ = ("file", "header", "name", "source")
+
+    def __init__(self, file: HDF5File, name: str, header: Header | None, source: _Source) -> None:
+        self.file = file
+        self.name = name
+        self.header = header
+        self.source = source
 
     def open(self) -> h5py.Dataset:
         import h5py
@@ -678,7 +691,7 @@ def read_image(f: HDF5File, source: _Source, infos: Mapping[str, LayerInfo] | No
     return build_entries(groups, order, infos=infos, root_name=root), root
 
 
-def open(path: Path) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     """Open a Keras 3 ``.weights.h5`` file as a lazy store (metadata only)."""
     f = open_h5(path, path=path)
     try:

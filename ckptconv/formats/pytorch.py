@@ -98,10 +98,11 @@ HF_INDEX = "pytorch_model.bin.index.json"
 # --- detection --------------------------------------------------------------------------------
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A ``torch.save`` zip (a ``<archive>/data.pkl`` member) or legacy pickle stream, an index
     JSON naming such files, or a directory holding ``pytorch_model.bin`` or its index and no
     safetensors weights."""
+    path = Path(path)
     if path.is_dir():
         return _directory_weights(path) is not None
     if not path.is_file():

@@ -34,12 +34,15 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from ..dtypes import from_safetensors
 from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError, truncated
-from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order
+from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order, layer_of
 from . import load_index
+
+TYPE_CHECKING = False  # pathlib is imported where a set or a directory needs it, not for a file
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "FORMAT",
@@ -171,12 +174,12 @@ class Header:
         self.checksums = checksums
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A file starting with a plausible safetensors header, or an index JSON whose
     ``weight_map`` maps names to ``.safetensors`` files (or a directory holding one)."""
-    if path.is_dir():
+    if os.path.isdir(path):
         return weights_in_directory(path) is not None
-    if not path.is_file():
+    if not os.path.isfile(path):
         return False
     if looks_like_safetensors(head) or named_but_damaged(path, head):
         return True
@@ -236,24 +239,27 @@ def _truncated(detail: str) -> str:
     return truncated(detail)
 
 
-def _names_safetensors(path: Path, index: dict) -> bool:
+def _names_safetensors(path: str | os.PathLike[str], index: dict) -> bool:
     values = list(index["weight_map"].values())
     if not values or not all(isinstance(v, str) for v in values):
         return False
     if any(v.endswith(".safetensors") for v in values):
         return True
-    first = path.parent / values[0]
+    first = os.path.join(os.path.dirname(path), values[0])
     try:
-        with first.open("rb") as f:
+        with builtins.open(first, "rb") as f:
             return looks_like_safetensors(f.read(16))
     except OSError:
         return False
 
 
-def weights_in_directory(path: Path) -> Path | None:
+def weights_in_directory(path: str | os.PathLike[str]) -> Path | None:
     """The safetensors weights of a directory, as Hugging Face ``transformers`` picks them:
     ``model.safetensors``, else ``model.safetensors.index.json``, else the directory's only
     ``*.safetensors.index.json``; None when there is none (or several indexes)."""
+    from pathlib import Path
+
+    path = Path(path)
     for name in ("model.safetensors", "model.safetensors.index.json"):
         if (path / name).is_file():
             return path / name
@@ -264,7 +270,7 @@ def weights_in_directory(path: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a safetensors file or sharded set as a lazy store. Reads headers only.
 
     Args:
@@ -280,8 +286,7 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
         UnsafeInputError: the index names a shard outside its directory.
         UnsupportedError: a dtype ckptconv does not know.
     """
-    path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):
         found = weights_in_directory(path)
         if found is None:
             raise CorruptFileError(
@@ -291,14 +296,14 @@ def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
         if found.name.endswith(".index.json"):
             return _open_sharded(found, check_crc=check_crc)
         return _open_single(found, check_crc=check_crc)
-    with path.open("rb") as f:
+    with builtins.open(path, "rb") as f:
         head = f.read(16)
     if looks_like_safetensors(head) or not head.lstrip().startswith(b"{"):
         return _open_single(path, check_crc=check_crc)
     return _open_sharded(path, check_crc=check_crc)
 
 
-def _open_single(path: Path, *, check_crc: bool) -> Store:
+def _open_single(path: str | os.PathLike[str], *, check_crc: bool) -> Store:
     header = read_header(path)
     entries = _entries(header, check_crc=check_crc)
     keras_order(entries)
@@ -311,7 +316,10 @@ def _open_single(path: Path, *, check_crc: bool) -> Store:
     )
 
 
-def _open_sharded(index_file: Path, *, check_crc: bool) -> Store:
+def _open_sharded(index_file: str | os.PathLike[str], *, check_crc: bool) -> Store:
+    from pathlib import Path
+
+    index_file = Path(index_file)
     index = load_index(index_file)
     weight_map: dict[str, str] = index["weight_map"]
     shards = shard_files(index_file, index)
@@ -378,10 +386,12 @@ def index_total_size(index: Mapping[str, object]) -> dict[str, str]:
     return {}
 
 
-def shard_files(index_file: Path, index: dict) -> list[Path]:
+def shard_files(index_file: str | os.PathLike[str], index: dict) -> list[Path]:
     """The shards an index names, sorted by file name, each checked to lie in the index's
     directory and to be a regular file there. Each is the index's directory as given joined
     with the shard's name, so messages and reports name shards as the user gave the index."""
+    from pathlib import Path
+
     index_file = Path(index_file)
     base = index_file.parent.resolve()
     names: list[str] = []
@@ -671,18 +681,9 @@ def _entries(header: Header, *, check_crc: bool) -> list[Entry]:
         dtype = dtypes.get(code)
         if dtype is None:
             dtype = dtypes[code] = from_safetensors(code)
-        # Entry(...) with keywords makes CPython build a dict of them per call, which costs as
-        # much as Entry's own checks: its __init__ is called on a new instance instead
-        entry = Entry.__new__(Entry)
-        entry.__init__(  # type: ignore[misc]
-            name,
-            key=name,
-            shape=shape,
-            dtype=dtype,
-            path=path,
-            byte_range=ByteRange(path, data_start + begin, end - begin),
-            crc32c=checksums.get(name),
-            kind=kinds.get(name, "weight"),
+        entry = Entry.of(
+            name, layer_of(name), 0, name, shape, dtype, kinds.get(name, "weight"), path,
+            ByteRange(path, data_start + begin, end - begin), checksums.get(name), None, None,
         )
         entries.append(entry)
     return entries

@@ -207,11 +207,12 @@ def _is_index(prefix: str) -> bool:
     return not os.path.isdir(index) and bool(glob.glob(data))
 
 
-def sniff(path: Path, head: bytes) -> bool:
+def sniff(path: str | os.PathLike[str], head: bytes) -> bool:
     """A TensorFlow checkpoint: a prefix whose ``.index`` ends in the table magic, that
     ``.index`` file or one of its data files, a directory with a ``checkpoint`` state file or
     such an index, or a SavedModel directory. Reads at most a few bytes per candidate file."""
     del head  # the table magic is at the end of the file, not in its head
+    path = Path(path)
     if path.is_file() and path.name == _STATE_FILE:
         return _read_state_file(path) is not None
     if path.is_dir() and (path / _STATE_FILE).is_file():
@@ -673,7 +674,7 @@ def _make_entry(
                  tree_path=tree_path)
 
 
-def open(path: Path, *, check_crc: bool = True) -> Store:  # noqa: A001
+def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # noqa: A001
     """Open a TensorFlow checkpoint as a lazy :class:`~ckptconv.Store`.
 
     Reads the ``.index`` file (checking every block's CRC-32C) and the object graph entry, and

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..store import shape_text
-from .report import table_lines
+from .tables import table_lines
 
 __all__ = ["DiffReport", "TensorDiff", "TensorInfo", "Status"]
 

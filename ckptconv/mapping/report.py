@@ -13,6 +13,7 @@ from typing import Literal
 
 from ..errors import Problem
 from ..store import shape_text
+from .tables import table_lines
 
 __all__ = ["OutputRecord", "SourceRecord", "TargetMismatch", "PlanReport", "Status"]
 
@@ -245,18 +246,6 @@ class PlanReport:
 
     def __str__(self) -> str:
         return self.format_table()
-
-
-def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """Rows under a header as aligned text lines, two spaces between columns (the tables of
-    ``plan`` and ``diff``)."""
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    # the last column is left ragged: no trailing padding
-    def fmt(row: tuple[str, ...]) -> str:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        return "  ".join([*cells, row[-1]]).rstrip()
-
-    return [fmt(header), *(fmt(r) for r in rows)]
 
 
 def _problem_dict(problem: str) -> dict[str, str | None]:
