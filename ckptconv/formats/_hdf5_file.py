@@ -258,22 +258,25 @@ def check_global_heaps(
         finally:
             del image  # the mapping closes only once no array holds it
         collections: dict[int, dict[int, tuple[int, int]]] = {}
-        for start, stop in _gaps(skip, size):
-            for offset in _find_all(reader, start, stop):
-                objects = _check_collection(reader, offset, size, path=path)
-                if objects is not None:
-                    collections[offset] = objects
+        for offset in _find_all(reader, _gaps(skip, size)):
+            objects = _check_collection(reader, offset, size, path=path)
+            if objects is not None:
+                collections[offset] = objects
         texts: dict[int, dict[str, str | list[str]]] = {}
+        declared: list[int] = []  # plain datasets whose dtype attribute is to be applied
         for address, header in headers.items():
-            for name, values, what in header.vlen:
-                text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
-                if text is not None:  # strings: layer names, weight names
-                    texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+            vlen = header.vlen
+            if vlen:
+                for name, values, what in vlen:
+                    text = _check_vlen_values(name, values, collections, reader if what else None, path=path)
+                    if text is not None:  # strings: layer names, weight names
+                        texts.setdefault(address, {})[name] = text[0] if what == "str" else text
+                if header.declared:
+                    declared.append(address)
     finally:
         reader.close()
-    for address, header in headers.items():
-        if header.declared:
-            headers[address] = _declared_dtype(header, texts.get(address, {}).get("dtype"))
+    for address in declared:
+        headers[address] = _declared_dtype(headers[address], texts.get(address, {}).get("dtype"))
     return Catalog(headers, texts, children, root)
 
 
@@ -400,28 +403,32 @@ def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     return gaps
 
 
-def _find_all(reader: _ImageReader, start: int, stop: int) -> list[int]:
-    """Offsets of every ``GCOL`` signature lying wholly within bytes ``start:stop``."""
+def _find_all(reader: _ImageReader, gaps: list[tuple[int, int]]) -> list[int]:
+    """Offsets of every ``GCOL`` signature lying wholly within one of the byte ranges
+    ``gaps`` (``(start, stop)`` pairs, in order), in order. A file of many small tensors has
+    as many gaps between their bytes: they are searched in one loop here."""
     image = reader.mapped
+    found: list[int] = []
     if image is not None:  # searched in place: no copy, and only the pages searched are read
         base = reader.base
-        found = []
-        i = image.find(_GCOL, base + start, base + stop)
-        while i >= 0:
-            found.append(i - base)
-            i = image.find(_GCOL, i + 1, base + stop)
+        find = image.find
+        for start, stop in gaps:
+            i = find(_GCOL, base + start, base + stop)
+            while i >= 0:
+                found.append(i - base)
+                i = find(_GCOL, i + 1, base + stop)
         return found
-    found = []
-    position = start
-    while position < stop:
-        block = reader.read(position, min(_SCAN_CHUNK + len(_GCOL) - 1, stop - position))
-        if not block:
-            break
-        i = block.find(_GCOL)
-        while i >= 0:
-            found.append(position + i)
-            i = block.find(_GCOL, i + 1)
-        position += _SCAN_CHUNK
+    for start, stop in gaps:
+        position = start
+        while position < stop:
+            block = reader.read(position, min(_SCAN_CHUNK + len(_GCOL) - 1, stop - position))
+            if not block:
+                break
+            i = block.find(_GCOL)
+            while i >= 0:
+                found.append(position + i)
+                i = block.find(_GCOL, i + 1)
+            position += _SCAN_CHUNK
     return found
 
 

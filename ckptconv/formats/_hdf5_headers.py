@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -364,6 +365,11 @@ _BATCH_TYPES = frozenset(
     {0x00, _DATASPACE, _DATATYPE, 0x04, 0x05, _LAYOUT, 0x0E, 0x12, _ATTRIBUTE, _CONTINUATION, _SYMBOL_TABLE}
 )
 _BATCH_MESSAGES = 16  # more messages than this in one header: object_header reads it
+_RECORDED = (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE, _CONTINUATION)  # where _batch keeps these
+_COLUMN = np.full(1 << 16, len(_RECORDED), np.intp)  # message type -> its column in _batch's table
+_COLUMN[list(_RECORDED)] = np.arange(len(_RECORDED))
+_ALLOWED = np.zeros(1 << 16, bool)  # the message types of _BATCH_TYPES
+_ALLOWED[list(_BATCH_TYPES)] = True
 _BATCH_ROWS = 8192  # headers gathered per numpy pass (8192 x 512 bytes)
 _MIX = 0x100000001B3  # the multiplier of the messages' 64-bit hash (the FNV prime)
 
@@ -430,14 +436,17 @@ def _batch(
         ok = np.ones(n, bool)
     every = np.arange(n)
     position = np.full(n, 16, np.int64)
-    found = {kind: np.zeros(n, np.int64) for kind in (_DATASPACE, _DATATYPE, _LAYOUT, _SYMBOL_TABLE, _CONTINUATION)}
-    counts = {kind: np.zeros(n, np.int64) for kind in found}
-    sizes = {kind: np.zeros(n, np.int64) for kind in found}
-    allowed = np.zeros(1 << 16, bool)
-    allowed[list(_BATCH_TYPES)] = True
+    # where each row's last message of each kind recorded here starts, how many it has of
+    # each and the last one's size: one column per kind (the last for every other kind)
+    table = np.zeros((3, n, len(_RECORDED) + 1), np.int64)
+    found_at, counted, sized = table
+    found = {kind: found_at[:, j] for j, kind in enumerate(_RECORDED)}
+    counts = {kind: counted[:, j] for j, kind in enumerate(_RECORDED)}
+    sizes = {kind: sized[:, j] for j, kind in enumerate(_RECORDED)}
     attribute_at = np.zeros((n, _BATCH_MESSAGES), np.int64)  # where each attribute message is
     attribute_end = np.zeros((n, _BATCH_MESSAGES), np.int64)  # and where it ends (0: none)
     jumped = np.zeros(n, bool)
+    words = _Words(heads)
     for j in range(_BATCH_MESSAGES):
         live = ok & (position + 8 <= end)
         if second is not None:  # past the first block: on to the second
@@ -450,23 +459,24 @@ def _batch(
         if not live.any():
             break
         here = np.where(live, position, 0)
-        kind = heads[every, here].astype(np.int64) | heads[every, here + 1].astype(np.int64) << 8
-        length = heads[every, here + 2].astype(np.int64) | heads[every, here + 3].astype(np.int64) << 8
-        shared = (heads[every, here + 4] & _SHARED) != 0
+        # a message's head: type (2 bytes), size (2), flags (1), 3 reserved bytes
+        head = words(here, 1)[:, 0]
+        kind = (head & np.uint64(0xFFFF)).astype(np.int64)
+        length = (head >> np.uint64(16) & np.uint64(0xFFFF)).astype(np.int64)
+        shared = (head & np.uint64(_SHARED << 32)) != 0
         after = here + 8 + length
-        ok &= ~live | (allowed[kind] & (after <= end) & ~(shared & (kind != 0)))
-        for k in found:
-            hit = live & (kind == k)
-            found[k][hit] = here[hit] + 8
-            counts[k] += hit
-            sizes[k][hit] = length[hit]
+        ok &= ~live | (_ALLOWED[kind] & (after <= end) & ~(shared & (kind != 0)))
+        hit = np.flatnonzero(live)
+        column = _COLUMN[kind[hit]]
+        found_at[hit, column] = here[hit] + 8
+        counted[hit, column] += 1
+        sized[hit, column] = length[hit]
         hit = live & (kind == _ATTRIBUTE)
         if hit.any():
             attribute_at[hit, j] = here[hit] + 8
             attribute_end[hit, j] = after[hit]
         position = np.where(live, after, position)
     ok &= position + 8 > end  # every message read within the batch's limit
-    words = _Words(heads)
     if second is None:
         # one continuation (16 bytes: the block's address and size): the caller appends the
         # block if it lies within the image and differs from the first block
@@ -504,17 +514,21 @@ def _batch(
     row_of, column = np.nonzero(attribute_end * ok[:, None])
     flat = heads.tobytes() if len(row_of) else b""
     row_start = row_of * heads.shape[1]
-    messages = iter([
+    messages = [
         flat[start:stop] for start, stop in zip(
             (row_start + attribute_at[row_of, column]).tolist(), (row_start + attribute_end[row_of, column]).tolist()
         )
-    ])
-    attribute_count = np.bincount(row_of, minlength=n).tolist()
-    make = Header._make
+    ]
+    counted_attributes = np.bincount(row_of, minlength=n)
+    attribute_count = counted_attributes.tolist()
+    attribute_first = (np.cumsum(counted_attributes) - counted_attributes).tolist()  # each row's first message
+    # Header._make without its Python frame: the tuple of the fields, typed Header
+    make = partial(tuple.__new__, Header)
     sizes_of: dict[tuple[int, int], int] = {}  # bytes of each (shape, dtype) met, by identity
     for i in np.flatnonzero(ok).tolist():
         if attribute_count[i]:
-            names, vlen, declared, spoiled = _attributes([next(messages) for _ in range(attribute_count[i])])
+            first = attribute_first[i]
+            names, vlen, declared, spoiled = _attributes(messages[first : first + attribute_count[i]])
         else:
             names, vlen, declared, spoiled = (), [], False, False
         if is_group[i]:

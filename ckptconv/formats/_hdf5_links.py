@@ -153,17 +153,14 @@ def walk(
     ranges: list[tuple[int, int]] = []
     other = Header("other", False, None, None, None, 0, [])
 
-    def describe(address: int, name: str, header: Header | None, links: Links | None) -> Links | None:
-        """Record one object's parsed header; a group's links (None for another object),
-        ``links`` if read already."""
+    def describe(address: int, name: str, header: Header | None) -> Links | None:
+        """Record one object's parsed header; a group's links (None for another object)."""
         if header is None:
             headers[address] = other
             return _libhdf5_object(libhdf5(), name, size, skip_min, ranges, path=path)
         headers[address] = header
         kind = header.kind
         if kind == "group":
-            if links is not None:
-                return links
             if header.symbols is not None and tables is not None:
                 return tables.links(name, *header.symbols)
             return _libhdf5_links(libhdf5(), name, path=path)
@@ -195,25 +192,29 @@ def walk(
             batch = object_headers(read, addresses, size, image=image) if together else [None] * len(level)
             if parse:
                 batch = [object_header(read, a, size) if h is None else h for a, h in zip(addresses, batch)]
-            known: dict[int, Links] = {}  # the links of the level's small old-style groups
+            known: list[Links | None] = [None] * len(level)  # the links of the level's small old-style groups
             if tables is not None:
                 small = [(i, h.symbols) for i, h in enumerate(batch) if h is not None and h.symbols is not None]
                 if len(small) >= BATCH_MIN:
                     tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
-                    known = {i: links for (i, _), links in zip(small, tried) if links is not None}
+                    for (i, _), links in zip(small, tried):
+                        known[i] = links
             below: list[tuple[int, str]] = []
-            for i, ((address, name), header) in enumerate(zip(level, batch)):
+            for (address, name), header, links in zip(level, batch, known):
                 if header is not None and header.plain:  # a plain dataset: its bytes are raw
                     headers[address] = header
                     at, length = header.offset, header.length
                     if 0 < length <= size - at:  # type: ignore[operator]
                         ranges.append((at, at + length))  # type: ignore[operator]
                     continue
-                links = describe(address, name or "/", header, known.get(i))
                 if links is None:
-                    if address == root:  # libhdf5 opens the file, so its root is a group
-                        raise CorruptFileError("the root group's object header is damaged", path=path)
-                    continue
+                    links = describe(address, name or "/", header)
+                    if links is None:
+                        if address == root:  # libhdf5 opens the file, so its root is a group
+                            raise CorruptFileError("the root group's object header is damaged", path=path)
+                        continue
+                else:  # a small old-style group, its links read with the level's
+                    headers[address] = header
                 groups[address] = links
                 names[address] = name or "/"
                 found: list[int] = []
