@@ -21,7 +21,7 @@ import numpy as np
 
 from ..dtypes import by_name, dtype_name
 from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError
-from ..store import ByteRange, Entry, Kind
+from ..store import ByteRange, Entry, Kind, layer_of
 from ._hdf5_file import Catalog, HDF5File
 from ._hdf5_headers import Header
 from ._hdf5_links import HARD, Links
@@ -255,13 +255,10 @@ def header_entry(
     byte_range = _byte_range(  # a damaged range names the tensor as the store will
         header.offset, header.length, data_path, base_offset, file_size, path=path, key=name  # type: ignore[arg-type]
     )
-    # Entry.__init__ on a new instance: calling the class with keywords builds a dict per call
-    entry = Entry.__new__(Entry)
-    entry.__init__(  # type: ignore[misc]
-        name, key=key, shape=header.shape, dtype=header.dtype, path=path,
-        byte_range=byte_range, kind=kind, layer=layer, index=index,
+    return Entry.of(
+        name, layer_of(name) if layer is None else layer, index, key, header.shape, header.dtype, kind, path,
+        byte_range, None, None, None,
     )
-    return entry
 
 
 def _byte_range(
