@@ -20,6 +20,7 @@ import pytest
 
 import ckptconv
 from ckptconv.cli import main as cli_main
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "sample.keras"
@@ -488,3 +489,19 @@ def test_inspect_table_is_the_row_by_row_table() -> None:
     totals = tally(entries)
     assert list(totals["by_dtype"]) == ["float32", "float16", "bfloat16", "int64"]
     assert totals["by_dtype"]["float32"] == {"tensors": 7, "values": 2097152 + 45, "nbytes": 4 * (2097152 + 45)}
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["examples/sample.keras", "examples/sample_tf_keras.h5", "tests/fixtures/pytorch/cnn.pt"],
+)
+def test_inspect_names_the_file_as_it_was_given(source: str, tmp_path: Path) -> None:
+    """``./name`` stays ``./name`` in the listing and in ``--json`` (for every format: the
+    torch reader once showed ``name``)."""
+    root = Path(__file__).resolve().parent.parent
+    name = Path(source).name
+    shutil.copy(root / source, tmp_path / name)
+    table = run_cli("inspect", f"./{name}", cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout.startswith(f"./{name} ("), table.stdout + table.stderr
+    listed = run_cli("inspect", f"./{name}", "--json", cwd=tmp_path)
+    assert json.loads(listed.stdout)["path"] == f"./{name}", listed.stdout

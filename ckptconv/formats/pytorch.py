@@ -189,6 +189,7 @@ def open(path: Path) -> Store:  # noqa: A001
         UnsupportedError: TorchScript archives, the pre-0.4 tar layout, and tensors ckptconv
             cannot hold as a dense array (quantized, sparse, complex32, ...).
     """
+    given = os.fspath(path)  # what the store and its listing name: the path as the user gave it
     path = Path(path)
     target = path
     if path.is_dir():
@@ -209,7 +210,7 @@ def open(path: Path) -> Store:  # noqa: A001
     return Store(
         entries,
         format=FORMAT,
-        path=path,
+        path=given,
         files=[target],
         metadata=parsed.metadata,
         tied=walk.tied(),
