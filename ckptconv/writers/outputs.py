@@ -493,9 +493,7 @@ def plan_output_set(
             p for p in _orphan_shards(dst)
             if p not in named and not any(same_file(p, source) for source in inputs)
         ]
-    if (replaced or old) and not force:
-        first = (replaced + old)[0]
-        raise OutputError("the output already exists; pass {opt:force=True} to replace it", path=first)
+    # a file ckptconv may not replace is named first: --force would not help with it
     for path in replaced:
         if path not in own and not is_ckptconv_shard(path, dst):
             raise OutputError(
@@ -504,6 +502,9 @@ def plan_output_set(
                 "does not replace it",
                 path=path,
             )
+    if (replaced or old) and not force:
+        first = (replaced + old)[0]
+        raise OutputError("the output already exists; pass {opt:force=True} to replace it", path=first)
     stale = old + [p for p in named if p not in replaced and p not in old]
     return OutputSet(dst, list(finals), replaced, stale)
 
