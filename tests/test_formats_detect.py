@@ -19,16 +19,7 @@ from safetensors.numpy import save_file
 from ckptconv import formats
 
 ROOT = Path(__file__).parent.parent
-GATED = (
-    "keras_archive",
-    "keras_sharded",
-    "keras_weights",
-    "keras_legacy",
-    "safetensors",
-    "tf_checkpoint",
-    "pytorch",
-    "keras_orbax",
-)
+GATED = formats.FORMAT_MODULES  # every reader is offered a path only through _may_claim
 
 
 def _corpus(generated, tmp_path: Path) -> list[Path]:
