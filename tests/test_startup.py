@@ -4,7 +4,6 @@ either: the package's exports load on first use."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,25 +14,35 @@ from ckptconv.cli import COMMANDS
 
 HEAVY = ("numpy", "h5py", "yaml", "ml_dtypes", "safetensors", "tensorflow", "keras", "torch", "jax")
 
-_PROBE = """
-import json, runpy, sys
-argv = json.loads(sys.argv[1])
-sys.argv = ["ckptconv", *argv]
+_MODULES_PROBE = """
+import runpy, sys
+sys.argv = ["ckptconv", *sys.argv[1:]]
 try:
     runpy.run_module("ckptconv", run_name="__main__")
 except SystemExit as e:
     status = e.code
 else:
     status = 0
-print(json.dumps({"status": status, "heavy": [m for m in %r if m in sys.modules]}))
+print(repr((status, sorted(sys.modules))))
 """
 
 
+def _modules_of(argv: list[str]) -> tuple[int, set[str], str]:
+    """The exit status of ``ckptconv ARGV`` in a fresh process, the modules it imported, and
+    what it printed."""
+    import ast
+
+    done = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *argv], capture_output=True, text=True,
+                          timeout=120, check=False)
+    printed, _, last = done.stdout.strip().rpartition("\n")
+    status, modules = ast.literal_eval(last)  # (the probe imports nothing to print it: not json)
+    return status, set(modules), printed
+
+
 def _run(argv: list[str]) -> dict:
-    probe = _PROBE % (list(HEAVY),)
-    done = subprocess.run([sys.executable, "-c", probe, json.dumps(argv)], capture_output=True, text=True,
-                          timeout=120)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """``ckptconv ARGV``'s exit status and the heavy modules it imported."""
+    status, modules, _ = _modules_of(argv)
+    return {"status": status, "heavy": [m for m in HEAVY if m in modules]}
 
 
 def test_import_ckptconv_imports_nothing_heavy() -> None:
@@ -119,31 +128,6 @@ def test_checksums_fall_back_on_importing_the_crc32c_package(monkeypatch) -> Non
 
 
 # --- what reading a file costs before and around it -------------------------------------------
-
-_MODULES_PROBE = """
-import runpy, sys
-sys.argv = ["ckptconv", *sys.argv[1:]]
-try:
-    runpy.run_module("ckptconv", run_name="__main__")
-except SystemExit as e:
-    status = e.code
-else:
-    status = 0
-print(repr((status, sorted(sys.modules))))
-"""
-
-
-def _modules_of(argv: list[str]) -> tuple[int, set[str], str]:
-    """The exit status of ``ckptconv ARGV`` in a fresh process, the modules it imported, and
-    what it printed."""
-    import ast
-
-    done = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *argv], capture_output=True, text=True,
-                          timeout=120, check=False)
-    printed, _, last = done.stdout.strip().rpartition("\n")
-    status, modules = ast.literal_eval(last)  # (the probe imports nothing to print it: not json)
-    return status, set(modules), printed
-
 
 def _safetensors_file(tmp_path: Path) -> Path:
     import numpy as np
