@@ -492,16 +492,27 @@ def test_inspect_table_is_the_row_by_row_table() -> None:
 
 
 @pytest.mark.parametrize(
-    "source",
-    ["examples/sample.keras", "examples/sample_tf_keras.h5", "tests/fixtures/pytorch/cnn.pt"],
+    ("source", "given", "shown"),
+    [
+        ("examples/sample.keras", "sample.keras", "sample.keras"),
+        ("examples/sample_tf_keras.h5", "sample_tf_keras.h5", "sample_tf_keras.h5"),
+        ("tests/fixtures/pytorch/cnn.pt", "cnn.pt", "cnn.pt"),
+        # a torch sharded set, by its directory and by its index
+        ("tests/fixtures/pytorch/hf_sharded", "hf_sharded", "hf_sharded/pytorch_model.bin.index.json"),
+        ("tests/fixtures/pytorch/hf_sharded", "hf_sharded/pytorch_model.bin.index.json",
+         "hf_sharded/pytorch_model.bin.index.json"),
+    ],
 )
-def test_inspect_names_the_file_as_it_was_given(source: str, tmp_path: Path) -> None:
+def test_inspect_names_the_file_as_it_was_given(source: str, given: str, shown: str, tmp_path: Path) -> None:
     """``./name`` stays ``./name`` in the listing and in ``--json`` (for every format: the
     torch reader once showed ``name``)."""
     root = Path(__file__).resolve().parent.parent
-    name = Path(source).name
-    shutil.copy(root / source, tmp_path / name)
-    table = run_cli("inspect", f"./{name}", cwd=tmp_path)
-    assert table.returncode == 0 and table.stdout.startswith(f"./{name} ("), table.stdout + table.stderr
-    listed = run_cli("inspect", f"./{name}", "--json", cwd=tmp_path)
-    assert json.loads(listed.stdout)["path"] == f"./{name}", listed.stdout
+    copy = tmp_path / Path(source).name
+    if (root / source).is_dir():
+        shutil.copytree(root / source, copy)
+    else:
+        shutil.copy(root / source, copy)
+    table = run_cli("inspect", f"./{given}", cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout.startswith(f"./{shown} ("), table.stdout + table.stderr
+    listed = run_cli("inspect", f"./{given}", "--json", cwd=tmp_path)
+    assert json.loads(listed.stdout)["path"] == f"./{shown}", listed.stdout

@@ -201,7 +201,7 @@ def open(path: Path) -> Store:  # noqa: A001
         head = f.read(4096)
     layout = _kind_of(target, head)
     if layout is None and head.lstrip().startswith(b"{"):
-        return _open_sharded(target)
+        return _open_sharded(target, shown=given if target is path else os.path.join(given, target.name))
     parsed = parse(target, layout)
     walk = _Walk(target)
     walk.visit(parsed.root, (), "weight", 0)
@@ -243,7 +243,8 @@ def _integrity(files: list[tuple[Path, list[tuple[int, Member]]]], entries: list
     return check_all
 
 
-def _open_sharded(index_file: Path) -> Store:
+def _open_sharded(index_file: Path, *, shown: str) -> Store:
+    """The set an index names; ``shown``: the index as the user named it (the store's path)."""
     index = load_index(index_file)
     weight_map: dict[str, str] = index["weight_map"]
     entries: list[Entry] = []
@@ -271,7 +272,7 @@ def _open_sharded(index_file: Path) -> Store:
     return Store(
         entries,
         format=SHARDED_FORMAT,
-        path=index_file,
+        path=shown,
         files=[index_file, *shards],
         metadata=metadata,
         tied=tied,
