@@ -380,7 +380,7 @@ def test_an_encrypted_member_and_a_local_name_that_disagrees_are_refused(tmp_pat
     at = info.header_offset + 30 + len(info.filename) - 1  # the local header's copy of the name
     renamed[at : at + 1] = b"9"
     (tmp_path / "renamed.pt").write_bytes(bytes(renamed))
-    with pytest.raises(CorruptFileError, match="the local header names .*data/9.*the central directory"):
+    with pytest.raises(CorruptFileError, match=r"zip member 'cnn/data/0': its local header \(at byte \d+\) names 'cnn/data/9': the zip is damaged"):
         ckptconv.open(tmp_path / "renamed.pt")
 
 
@@ -515,7 +515,7 @@ def test_a_state_dicts_keys_are_not_searched_one_by_one_only_when_none_can_match
     def matches(keys: list[str]) -> bool:
         return any(pytorch._EITHER.search(k) for k in keys)
 
-    readable = [p for p in _torch_files() if p.name != "expanded.pt"]  # (an overlapping view: refused)
+    readable = [p for p in _torch_files() if not p.name.startswith("expanded")]  # (broadcast views: refused)
     key_sets = []
     for path in readable:
         with ckptconv.open(path) as store:
