@@ -340,8 +340,10 @@ def test_a_damaged_header_length_is_reported_as_damaged(tmp_path: Path) -> None:
         proc = run_cli(command, path)
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.count("\n") == 1 and "its 8-byte length is damaged; copy or download it again" in proc.stderr, proc.stderr
-    other = tmp_path / "notes.bin"  # the name is what tells: any other name is not a checkpoint
+    other = tmp_path / "notes.bin"  # whatever the name: the tensor table at byte 8 tells
     other.write_bytes(bytes(data))
+    assert "its 8-byte length is damaged" in run_cli("inspect", other).stderr
+    other.write_bytes(bytes(data[:8]) + b'{"note": "not a tensor table"}')  # any other JSON is not
     assert "not a checkpoint" in run_cli("inspect", other).stderr
 
 
