@@ -64,13 +64,24 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
         parsed, extras = super().parse_known_args(args, namespace)
-        if extras and self.prog != "ckptconv":  # a subcommand: say it with its usage
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        if self.prog != "ckptconv":  # a subcommand: say it with its usage
+            if extras:
+                self.error(f"unrecognized arguments: {' '.join(extras)}")
+            parsed.command_parser = self  # for the usage errors found once parsed
         return parsed, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         raise UsageExit(f"{self.prog}: error: {message}", message)
+
+
+def usage_exit(args: argparse.Namespace, message: str) -> UsageExit:
+    """A usage error found once the command line is parsed (a value the API refuses, batch's
+    inputs): its line has argparse's prefix, the command's (``ckptconv convert: error:
+    MESSAGE``), so every usage error reads the same; the value is named in the message, so
+    no usage line comes before it (argparse prints one for a command line it cannot parse)."""
+    prog = getattr(getattr(args, "command_parser", None), "prog", "ckptconv")
+    return UsageExit(f"{prog}: error: {message}", message)
 
 
 def _terminal_columns() -> int:
