@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import CkptconvError, UsageError
 from ..interrupts import Noted, Terminated, interrupts_noted, report_early_interrupt, report_interrupt, sigterm_raises
-from .common import SPELLING, Parser, UsageExit, emit_json, error_json, print_error, usage_exit
+from .common import (
+    SPELLING, Parser, UsageExit, emit_json, error_json, print_error, spelled_for_debug, usage_exit,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -112,10 +114,12 @@ def _main(argv: list[str], ctrl_c: Noted) -> int:
         return _usage_exit(e, getattr(args, "json", False))
     except UsageError as e:  # a value the API refuses: said as argparse says its own
         if args.debug:
+            spelled_for_debug(e)
             raise
         return _usage_exit(usage_exit(args, _one_line(e.render(SPELLING))), getattr(args, "json", False), e)
     except CkptconvError as e:
         if args.debug:
+            spelled_for_debug(e)
             raise
         return _fail(args, e, e.render(SPELLING), 1)
     except (KeyboardInterrupt, Terminated) as e:

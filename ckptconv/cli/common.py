@@ -152,6 +152,21 @@ def emit_json(args: argparse.Namespace | None, doc: dict[str, Any]) -> None:
         args.json_emitted = True
 
 
+def spelled_for_debug(error: BaseException) -> None:
+    """Before ``--debug`` lets an error through to Python's traceback: each ckptconv error
+    in its chain names options as this command line spells them (``--no-check-crc``, not
+    ``check_crc=False``), as the one-line message would have."""
+    from ..errors import CkptconvError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CkptconvError):
+            current.spelling = SPELLING
+        current = current.__cause__ or current.__context__
+
+
 def print_error(message: str, *, write: Callable[[str], Any] | None = None) -> None:
     """One ``ckptconv: error: MESSAGE`` line on stderr, the message made one line whatever a
     library put in it (scripts and batch jobs parse stderr). ``write`` prints the line
