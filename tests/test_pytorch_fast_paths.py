@@ -473,7 +473,7 @@ def _uncommon_views(d: Path) -> list[Path]:
     legacy.write_bytes(header + b"\x80\x02}(" + plain + body + b"u." + pickle.dumps(["k", "0"], protocol=2) + storage)
     with ckptconv.open(legacy) as store:
         assert store["w"].read().tolist() == [8.0, 9.0, 10.0, 11.0]
-    with pytest.raises(UnsafeInputError, match="ends at byte 32 of storage 1, which holds 16 bytes"):
+    with pytest.raises(UnsafeInputError, match="ends at byte 32 of its storage, which holds 16 bytes"):
         ckptconv.open(untyped)
     return [untyped, legacy]
 

@@ -543,7 +543,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
     if numel == 0:
         if first > limit:
             raise UnsafeInputError(
-                f"storage offset {ref.offset} lies beyond storage {storage.key} ({limit} bytes)",
+                f"storage offset {ref.offset} lies beyond its storage ({limit} bytes)",
                 path=path,
                 tensor=name,
             )
@@ -552,7 +552,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
     if end > limit:
         raise UnsafeInputError(
             f"the view (offset {ref.offset}, shape {list(ref.shape)}, stride {list(ref.stride)}) "
-            f"ends at byte {end} of storage {storage.key}, which holds {limit} bytes; refusing to "
+            f"ends at byte {end} of its storage, which holds {limit} bytes; refusing to "
             "read outside it",
             path=path,
             tensor=name,
