@@ -9,6 +9,7 @@ fit a checkpoint is the plan's business (:func:`ckptconv.mapping.build_plan`).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import sys
@@ -444,16 +445,15 @@ class Rule:
         Raises:
             SpecError: unknown keys or invalid values.
         """
-        label = _label(number, data)
         if not isinstance(data, Mapping):
-            raise SpecError(f"{label}: expected a mapping of keys (from, to, ops, ...), received {data!r}")
+            raise SpecError(f"{_label(number, data)}: expected a mapping of keys (from, to, ops, ...), received {data!r}")
         for key in data:
             if key not in RULE_KEYS:
                 if key in OP_NAMES:
                     hint = f"; put ops in a list: ops: [{key}]" if key != "fn" else ""
                 else:
                     hint = _suggest(str(key), RULE_KEYS)
-                raise SpecError(f"{label}: unknown key {key!r}{hint}")
+                raise SpecError(f"{_label(number, data)}: unknown key {key!r}{hint}")
         kwargs = {("from_" if k == "from" else k): v for k, v in data.items()}
         if "drop" in kwargs and kwargs["drop"] is None:
             kwargs["drop"] = False
@@ -461,9 +461,10 @@ class Rule:
 
     # -- introspection used by the plan --------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        """``rule #3 (from 're:...')``: how messages name this rule."""
+        """``rule #3 (from 're:...')``: how messages name this rule (worked out once: the
+        plan names the rule in every output's messages)."""
         return _label(self.number, self)
 
     @property
