@@ -211,5 +211,5 @@ def _scheduler(text: str) -> str:
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     """A command-line value found wrong once the arguments are parsed: the same as
-    argparse's own usage errors (usage line, one error line, exit status 2)."""
+    argparse's own usage errors (one line with the command's prefix, exit status 2)."""
     raise usage_exit(args, message)
