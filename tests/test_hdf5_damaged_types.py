@@ -48,13 +48,6 @@ FILES = {
     "legacy-h5": ("k3legacy.h5", "model_weights/bidi/bidi/backward_lstm/lstm_cell/bias"),
 }
 
-# The legacy reader opens a dataset through safe_get (``group[name]``), outside the functions
-# that name a dataset libhdf5 cannot open: the flips libhdf5 refuses at open still give
-# libhdf5's text there (see the report; the fix is a two-line hunk in safe_get).
-LEGACY_OPEN_REFUSED = {"class", "version", "normalization", "sign-position", "size", "exponent-location",
-                       "mantissa-size"}
-
-
 def datatype_message(image: bytes, h5: Path, dataset: str) -> tuple[int, int]:
     """(offset in ``image``, size) of ``dataset``'s datatype message (in a version 1 object
     header, as h5py writes; continuation blocks followed)."""
@@ -108,10 +101,7 @@ def cases() -> list[object]:
     out = []
     for label in FILES:
         for flip, (at, mask) in {**FLIPS, **READ_FLIPS}.items():
-            marks = []
-            if label == "legacy-h5" and flip in LEGACY_OPEN_REFUSED:
-                marks.append(pytest.mark.xfail(strict=True, reason="opened by safe_get: see LEGACY_OPEN_REFUSED"))
-            out.append(pytest.param(label, flip, at, mask, flip in READ_FLIPS, id=f"{label}-{flip}", marks=marks))
+            out.append(pytest.param(label, flip, at, mask, flip in READ_FLIPS, id=f"{label}-{flip}"))
     return out
 
 

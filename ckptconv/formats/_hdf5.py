@@ -111,7 +111,10 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
             )
         if depth > MAX_DEPTH:
             raise UnsafeInputError("groups nested too deeply", path=path, tensor=name)
-        node = node[part]
+        try:
+            node = node[part]
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:  # libhdf5 cannot open it
+            raise unreadable_dataset(e, path=path, key=f"{node.name.rstrip('/')}/{part}") from e
     if kind is not None and not isinstance(node, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
         raise CorruptFileError(f"{name!r} is not a {what}", path=path, tensor=name)
