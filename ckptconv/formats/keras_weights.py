@@ -216,6 +216,8 @@ def layer_infos(config: Any) -> dict[str, LayerInfo]:
                 elif child:
                     visit(child.values(), depth + 1)
             elif kind is list:
+                if child is skip:
+                    continue
                 if depth > MAX_CONFIG_DEPTH:
                     raise UnsafeInputError("config.json is nested too deeply")
                 if child:
