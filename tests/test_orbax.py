@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 import ckptconv
+from ckptconv.errors import UnsafeInputError
+from ckptconv.formats import keras_orbax
 from tests.generators.gen_keras315 import build_orbax_seq, build_orbax_zoo, quantize
 from tests.helpers import assert_bit_exact, blocking_env, load_expected, run_cli, run_cli_many
 
@@ -644,3 +646,25 @@ def test_damaged_arrays_read_ahead_fail_alone(k315: Path, tmp_path: Path) -> Non
                 assert info.value.tensor == entry.tree_path
             else:
                 assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)
+
+
+@pytest.mark.parametrize("part,refused", [
+    ("", True), (".", True), ("..", True), ("a/b", True), ("a\\b", True), ("a\0b", True), ("/", True),
+    ("dense_0", False), ("a.b", False), ("..a", False), ("x..y", False), ("0", False),
+])
+def test_pytree_key_parts_that_are_path_parts_are_refused(tmp_path: Path, part: str, refused: bool) -> None:
+    """A key part that is empty, ``.`` or ``..``, or holds a path separator or NUL, is refused
+    wherever it is in a leaf's key path; any other part (dots inside included) is read."""
+    meta = {"tree_metadata": {
+        "first": {"key_metadata": [{"key": "trainable_variables"}, {"key": "d"}, {"key": "kernel"}],
+                  "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False}},
+        "odd": {"key_metadata": [{"key": "trainable_variables"}, {"key": part}, {"key": 3}],
+                "value_metadata": {"value_type": "jax.Array"}},
+        "skipped": {"key_metadata": [{"key": "metrics_variables"}], "value_metadata": {"skip_deserialize": True}},
+    }}
+    if refused:
+        with pytest.raises(UnsafeInputError, match="could lead outside the checkpoint"):
+            keras_orbax._leaves(meta, path=tmp_path)
+    else:
+        leaves = keras_orbax._leaves(meta, path=tmp_path)
+        assert leaves == [("trainable_variables", "d", "kernel"), ("trainable_variables", part, "3")]

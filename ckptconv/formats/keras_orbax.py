@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Callable
 from functools import partial
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,7 @@ def refuse_specs_out(node: Any, *, path: Path, where: str = TREE_METADATA, depth
 
 
 def _check_key_part(part: str, *, path: Path) -> None:
-    if not part or part in (".", "..") or any(c in part for c in "/\\\0"):
+    if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
         raise UnsafeInputError(
             f"{TREE_METADATA} names a pytree key {part!r}, which could lead outside the "
             "checkpoint",
@@ -228,9 +228,6 @@ def _check_key_part(part: str, *, path: Path) -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------
-
-
-_KEY = itemgetter("key")
 
 
 def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
@@ -243,18 +240,22 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     arrays = _ARRAY_TYPES
+    fields = _VALUE_FIELDS
     for label, item in tree.items():
         if type(item) is dict:
             value = item.get("value_metadata")
             keys = item.get("key_metadata")
             try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
-                parts = tuple(map(str, map(_KEY, keys))) if type(keys) is list else ()
+                parts = tuple([str(k["key"]) for k in keys]) if type(keys) is list else ()
             except (TypeError, KeyError):
                 parts = ()
         else:
             value, parts = item, ()
-        if type(value) is not dict or not value.keys() <= _VALUE_FIELDS:
-            # only unusual value metadata (or a leaf that is not an object) needs looking at
+        # only unusual value metadata (or a leaf that is not an object) needs looking at
+        if type(value) is not dict:
+            refuse_specs_out(value, path=path, depth=2)
+            value = {}
+        elif not fields.issuperset(value):
             refuse_specs_out(value, path=path, depth=2)
         if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
@@ -263,8 +264,6 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
                 if part not in checked:
                     _check_key_part(part, path=path)
                     checked.add(part)
-        if type(value) is not dict:
-            value = {}
         if value.get("skip_deserialize") or str(value.get("value_type", "jax.Array")) not in arrays:
             continue  # strings, empty nodes, leaves the writer marked as not restorable
         leaves.append(parts)
