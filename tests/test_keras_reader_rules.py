@@ -489,3 +489,79 @@ def test_opening_leaves_no_reference_cycle(keras_dir: Path, filename: str) -> No
     finally:
         if was_enabled:
             gc.enable()
+
+
+def first_key_names(config: Any) -> dict[str, str]:
+    """The group keys as first written: one call per layer, ``isinstance`` checks (and a
+    layer whose config is no object given no name, where it raised AttributeError)."""
+    names: dict[str, str] = {}
+
+    def visit(model: Any, prefix: str, depth: int) -> None:
+        if depth > 100 or not isinstance(model, dict):
+            return
+        cfg = model.get("config")
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        if not isinstance(layers, list):
+            return
+        sequential = model.get("class_name") == "Sequential"
+        counters: dict[str, int] = {}
+        for layer in layers:
+            if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
+                continue
+            if sequential and layer["class_name"] == "InputLayer":
+                continue
+            snake = keras_weights.snake_case(layer["class_name"])
+            count = counters.get(snake, 0)
+            counters[snake] = count + 1
+            path = f"{prefix}/layers/{snake if count == 0 else f'{snake}_{count}'}"
+            layer_config = layer.get("config")
+            name = layer_config.get("name") if isinstance(layer_config, dict) else None
+            if isinstance(name, str):
+                names[path] = name
+            visit(layer, path, depth + 1)
+
+    visit(config, "", 0)
+    return names
+
+
+def test_key_names_are_the_first_keys_on_every_keras_fixture(generated) -> None:
+    for generator in ("keras", "keras315", "structure", "config_names"):
+        for name, raw in keras_configs(generated(generator)):
+            config = json.loads(raw)
+            assert keras_archive.key_names(config) == first_key_names(config), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(CONFIGS)
+def test_key_names_are_the_first_keys_on_generated_configs(config: Any) -> None:
+    config = json.loads(json.dumps(config))
+    assert keras_archive.key_names(config) == first_key_names(config)
+    assert list(keras_archive.key_names(config)) == list(first_key_names(config))
+
+
+@pytest.mark.parametrize("depth", [99, 100, 101, 102])
+def test_key_names_stop_at_the_first_depth(depth: int) -> None:
+    """Models nested ``depth`` deep: the first keys, the deepest models beyond 100 left out."""
+    model: Any = {"class_name": "Dense", "config": {"name": "leaf"}}
+    for level in range(depth):
+        model = {"class_name": "Functional", "config": {"name": f"m{level}", "layers": [model]}}
+    assert keras_archive.key_names(model) == first_key_names(model)
+
+
+@pytest.mark.parametrize("odd", ["a string", ["a", "list"], None, 3])
+def test_a_layer_config_that_is_no_object_is_read_past(generated, tmp_path: Path, odd: Any) -> None:
+    """A ``.keras`` whose config.json gives a layer a config that is no JSON object: opened
+    (the weights file records the names), not an internal error."""
+    source = generated("config_names") / "policy_sequential.keras"
+    target = tmp_path / "odd.keras"
+    with zipfile.ZipFile(source) as z, zipfile.ZipFile(target, "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"][1]["config"] = odd
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    with ckptconv.open(target) as store:
+        names = [e.name for e in store.entries()]
+    assert sorted(names) == sorted(x.name for x in load_expected(source.parent, "policy_sequential"))
