@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -668,3 +669,34 @@ def test_pytree_key_parts_that_are_path_parts_are_refused(tmp_path: Path, part: 
     else:
         leaves = keras_orbax._leaves(meta, path=tmp_path)
         assert leaves == [("trainable_variables", "d", "kernel"), ("trainable_variables", part, "3")]
+
+
+def test_layer_rank_follows_the_layers_then_what_compile_config_names(tmp_path: Path) -> None:
+    """Layers in the config's order (a layer named like the dtype policy at its own place),
+    then the optimizer's and named metrics' state (``adam/iteration``) in the order
+    ``compile_config`` lists them; anything else after, in the order first met."""
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}}
+    config = json.loads(json.dumps({
+        "class_name": "Sequential",
+        "config": {"name": "seq", "dtype": policy, "layers": [
+            {"class_name": "Dense", "config": {"name": "a", "dtype": policy}},
+            {"class_name": "Dense", "config": {"name": "float32", "dtype": policy}},
+        ]},
+        "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam"}},
+                           "metrics": [{"class_name": "MeanMetricWrapper", "config": {"name": "acc"}}]},
+    }))
+    rank = keras_orbax._layer_rank(config, path=tmp_path / "model_config")
+    layers = ["loss", "acc", "adam", "seq/float32", "seq/a", "seq"]
+    assert sorted(layers, key=rank) == ["seq", "seq/a", "seq/float32", "adam", "acc", "loss"]
+    assert rank("float32") == rank("seq/float32")[1:]
+
+
+def test_a_model_config_nested_too_deeply_is_refused_naming_it(tmp_path: Path) -> None:
+    deep: Any = {}
+    for _ in range(300):
+        deep = {"x": deep}
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": []},
+              "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam", "x": deep}}}}
+    with pytest.raises(UnsafeInputError, match="the model config is nested too deeply") as info:
+        keras_orbax._layer_rank(config, path=tmp_path / "model_config" / "_strings.json")
+    assert "_strings.json" in str(info.value)

@@ -303,15 +303,27 @@ def _kind(parts: tuple[str, ...], key: str, dtype: np.dtype, shape: tuple[int, .
     return kind, name
 
 
-def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
-    """Sort key of a layer path: the config's layer order, part by part."""
-    infos = layer_infos(config) if config is not None else {}
+def _layer_rank(config: Any, *, path: Path) -> Callable[[str], tuple[int, ...]]:
+    """Sort key of a layer path, part by part: the config's layer order, then the names of
+    what its ``compile_config`` serializes (the optimizer's, ``adam`` in ``adam/iteration``,
+    and any named loss or metric), in the config's order. ``path``: the config's file.
+
+    Raises:
+        UnsafeInputError: the config is nested too deeply (see :func:`layer_infos`).
+    """
+    try:
+        infos = layer_infos(config) if config is not None else {}
+        compiled = config.get("compile_config") if type(config) is dict else None
+        named = layer_infos(compiled) if type(compiled) is dict else {}
+    except UnsafeInputError as e:  # raised without the file: name it
+        raise UnsafeInputError(e.reason.replace("config.json", "the model config"), path=path) from e
     rank = {name: i for i, name in enumerate(infos)}
+    for name in named:
+        rank.setdefault(name, len(rank))
     # the infos hold every layer's config (tens of thousands of objects for thousands of
-    # layers), and layer_infos' recursive helper keeps the dict until a cyclic collection,
-    # which a process that paused the collector may run only at exit: emptied now, the
-    # configs are freed now
+    # layers): emptied now, the configs are freed with the config, not with the store
     infos.clear()
+    named.clear()
     unknown = len(rank)
     known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
 
@@ -399,7 +411,7 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
         loader = partial(load, param, key, dtype, shape)
         entries.append(of(name, layer_of(name), 0, param, shape, dtype, kind, where, None, None, key, loader))
     keras_order(entries)
-    entries = _store_order(entries, _layer_rank(config))
+    entries = _store_order(entries, _layer_rank(config, path=step_dir / MODEL_CONFIG / "_strings.json"))
     arrays.read_in_order([e.key for e in entries], sizes)
 
     metadata = {"checkpointable": tree.name}
