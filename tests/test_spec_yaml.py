@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptconv.mapping._yaml import YamlAlias, read_yaml
+import ckptconv
+from ckptconv.mapping._yaml import DuplicateKey, YamlAlias, read_json, read_yaml
 
 pytestmark = pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML without libyaml")
 
@@ -38,7 +39,7 @@ EDGE_CASES = [
     "- 1\n- 2.5\n- true\n- null\n- ~\n- 2024-01-02\n- 0x1F\n- 1_000\n- .inf\n- -.5\n- 1e3\n- 0o17\n"
     "- yes\n- Off\n- '3'\n- \"4\"\n- !!str 5\n- !!int '6'\n- !!float 7\n- !!binary aGVsbG8=\n- 2001-12-14t21:59:43.10-05:00\n",
     "- =\n",  # the value tag: PyYAML has no constructor for it
-    "'': 1\n~: [a, ~]\nnull: x\n3: y\ntrue: z\n",  # empty, null, int and bool keys
+    "'': 1\n~: [a, ~]\n'null': x\n3: y\ntrue: z\n",  # empty, null, int and bool keys
     "a: &x 1\nb: 2",  # an anchor without an alias
     "a: !!set {x, y}",
     "!!omap [a: 1, b: 2]",
@@ -47,7 +48,6 @@ EDGE_CASES = [
     "? [1, 2]\n: 3",  # a sequence as a key
     "? {a: 1}\n: 3",
     "<<: {a: 1}\nb: 2",  # a merge key
-    "a: 1\na: 2",  # a duplicate key: the last wins
     "a: 1\n---\nb: 2\n",  # two documents
     "a: !foo 1",
     "a: !!python/name:os.system ''",
@@ -97,3 +97,29 @@ def test_a_date_key_and_value_are_dates() -> None:
     assert read_yaml("2024-01-02: 2024-01-03T04:05:06Z") == {
         datetime.date(2024, 1, 2): datetime.datetime(2024, 1, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("version: 1\nrules:\n  - drop: x\nrules:\n  - {from: a, to: b}\n", "rules", 4),  # PyYAML keeps the last
+        ("rules:\n  - {from: conv_2/kernel, from: conv_2/bias, to: x}\n", "from", 2),
+        ("a:\n  b: 1\n  c: 2\n  b: 3\n", "b", 4),
+        ("1: x\n0x1: y\n", 1, 2),  # equal once resolved
+    ],
+)
+def test_a_key_given_twice_in_one_mapping_is_refused(text: str, key: object, line: int) -> None:
+    with pytest.raises(DuplicateKey, match=rf"key {key!r} appears twice in one mapping \(line {line}\)"):
+        read_yaml(text)
+
+
+def test_a_json_key_given_twice_is_refused_and_a_spec_says_so(tmp_path) -> None:
+    with pytest.raises(DuplicateKey, match="key 'from' appears twice"):
+        read_json('{"rules": [{"from": "a", "from": "b"}]}')
+    assert read_json('{"a": {"b": 1}, "b": [1, {"a": 2}]}') == {"a": {"b": 1}, "b": [1, {"a": 2}]}
+    for name, text in (("s.json", '{"version": 1, "version": 1}'), ("s.yaml", "version: 1\nversion: 1\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ckptconv.SpecError, match="key 'version' appears twice") as caught:
+            ckptconv.load_spec(path)
+        assert str(path) in str(caught.value)

@@ -8,10 +8,12 @@ With libyaml (PyYAML's ``CSafeLoader``), the document is built here from the par
 with PyYAML's own resolver (which scalar is an int, a bool, a date, ...) and its SafeLoader's
 scalar constructors, so the result is what ``yaml.safe_load`` gives. libyaml's composer calls
 back into Python for every node, with marks, and a 10,000-rule spec took it 0.75 s; from the
-events it takes a third of that. A document with anything else (tags on mappings or
-sequences such as ``!!set`` or ``!!omap``, merge keys ``<<``, unknown tags, mappings or
-sequences as keys, more than one document) is loaded by PyYAML itself, which builds it or
-says what is wrong; its events are still checked for aliases first.
+events it takes a third of that. A key given twice in one mapping is refused
+(PyYAML keeps the last value without a word: a second ``rules:`` would drop the first's
+rules). A document with anything else (tags on mappings or sequences such as ``!!set`` or
+``!!omap``, merge keys ``<<``, unknown tags, mappings or sequences as keys, more than one
+document) is loaded by PyYAML itself, which builds it or says what is wrong; its events are
+still checked for aliases first.
 """
 
 from __future__ import annotations
@@ -19,11 +21,41 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["YamlAlias", "read_yaml"]
+__all__ = ["DuplicateKey", "YamlAlias", "read_json", "read_yaml"]
 
 
 class YamlAlias(Exception):
     """A spec uses a YAML alias (``*name``)."""
+
+
+class DuplicateKey(Exception):
+    """A mapping of a spec gives one key twice: YAML and JSON parsers keep the last value
+    without a word, which would drop a rule (``rules:`` twice) or a selector."""
+
+
+def _duplicate(key: Any, where: str = "") -> DuplicateKey:
+    return DuplicateKey(
+        f"key {key!r} appears twice in one mapping{where}: the second would silently replace "
+        "the first; remove one or merge them"
+    )
+
+
+def read_json(text: str) -> Any:
+    """The JSON document ``text`` as ``json.loads`` gives it, refusing a key given twice in
+    one object (:class:`DuplicateKey`)."""
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    raise _duplicate(key)
+                seen.add(key)
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def _alias_refused(event: Any) -> YamlAlias:
@@ -47,6 +79,7 @@ def read_yaml(text: str) -> Any:
 
     Raises:
         YamlAlias: the document uses an alias.
+        DuplicateKey: a mapping gives one key twice (in a document read from the events).
         yaml.YAMLError: the text is not valid YAML (PyYAML's own error, with its marks).
     """
     import yaml
@@ -126,6 +159,8 @@ def _assemble(events: Iterable[Any], yaml: Any) -> Any:
             if type(value) is dict or type(value) is list:
                 unusual = True  # PyYAML says "found unhashable key"
                 continue
+            if value in container:
+                raise _duplicate(value, f" (line {event.start_mark.line + 1})")
             top[1] = value
         else:
             container[key] = value
