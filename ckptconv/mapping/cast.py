@@ -171,7 +171,8 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
                 return (
                     f"{made - had} finite value(s) overflow to {to} in {dtype_name(dtype)} "
                     f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
-                    "weights or set allow_overflow: true on the rule"
+                    "weights, or set allow_overflow: true on the spec rule that maps them "
+                    "(a rule {from: '**', allow_overflow: true} for every tensor)"
                 )
         return None
 
