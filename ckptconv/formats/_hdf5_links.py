@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from ..errors import CorruptFileError
-from ._hdf5_headers import Header, lengths_are_8, object_header, object_headers, rows
+from ._hdf5_headers import Header, Plain, lengths_are_8, object_header, object_headers, rows
 
 if TYPE_CHECKING:
     import h5py
@@ -189,18 +189,32 @@ def walk(
         while level:
             addresses = [address for address, _ in level]
             together = parse and len(level) >= BATCH_MIN
-            batch = object_headers(read, addresses, size, image=image) if together else [None] * len(level)
+            plain: list[Plain] = []  # a batch's plain datasets without attributes: recorded together
+            batch = object_headers(read, addresses, size, image=image, plain=plain) if together else [None] * len(level)
+            rest: Iterable[int] = range(len(level))  # the rows looked at one by one
+            if plain:
+                left = np.ones(len(level), bool)
+                for part in plain:  # plain datasets: their bytes are raw
+                    headers.update(zip(part.addresses, part.headers))
+                    at, length = part.offsets, part.lengths
+                    inside = (length > 0) & (at <= np.uint64(size)) & (length <= np.uint64(size) - at)
+                    ranges.extend(zip(at[inside].tolist(), (at + length)[inside].tolist()))
+                    left[part.rows] = False
+                rest = np.flatnonzero(left).tolist()
             if parse:
-                batch = [object_header(read, a, size) if h is None else h for a, h in zip(addresses, batch)]
+                for i in rest:
+                    if batch[i] is None:
+                        batch[i] = object_header(read, addresses[i], size)
             known: list[Links | None] = [None] * len(level)  # the links of the level's small old-style groups
             if tables is not None:
-                small = [(i, h.symbols) for i, h in enumerate(batch) if h is not None and h.symbols is not None]
+                small = [(i, batch[i].symbols) for i in rest if batch[i] is not None and batch[i].symbols is not None]  # type: ignore[union-attr]
                 if len(small) >= BATCH_MIN:
                     tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
                     for (i, _), links in zip(small, tried):
                         known[i] = links
             below: list[tuple[int, str]] = []
-            for (address, name), header, links in zip(level, batch, known):
+            for i in rest:
+                (address, name), header, links = level[i], batch[i], known[i]
                 if header is not None and header.plain:  # a plain dataset: its bytes are raw
                     headers[address] = header
                     at, length = header.offset, header.length
@@ -239,17 +253,23 @@ def walk(
         # visit order is each group, then what each of its links leads to, depth first
         order: list[int] = []
         stack = [iter((root,))]
+        is_group = groups.keys()
         while stack:
             for address in stack[-1]:
                 order.append(address)
                 below_it = owned.get(address)
                 if below_it is not None:
+                    if is_group.isdisjoint(below_it):  # nothing under them: all in a row
+                        order.extend(below_it)
+                        continue
                     stack.append(iter(below_it))
                     break
             else:
                 stack.pop()
-        children = {names[address]: groups[address] for address in order if address in groups}
-        return {address: headers[address] for address in order}, children, sorted(ranges)
+        # (each built by iterators over the order: no Python step per object)
+        in_order = list(filter(groups.__contains__, order))
+        children = dict(zip(map(names.__getitem__, in_order), map(groups.__getitem__, in_order)))
+        return dict(zip(order, map(headers.__getitem__, order))), children, sorted(ranges)
     # each group's links under its path, and the headers, in libhdf5's visit order (depth
     # first, by name): a group reached by a second hard link is not listed again
     children: dict[str, Links] = {"/": groups[root]}
