@@ -666,13 +666,13 @@ def build_entries(
                 path, data_path, base_offset, size = source.path, source.data_path, source.base_offset, source.size
             name = name_prefix + names[i]
             header = ref.header
+            tree_path = f"{tree_prefix}{i}"
             entry = None if header is None else header_entry(
-                header, name=name, key=ref.name, path=path, data_path=data_path,
-                base_offset=base_offset, file_size=size, kind=kinds[i], index=i, layer=layer,
+                header, name, ref.name, path, data_path, base_offset, size, kinds[i], i, layer, tree_path
             )
             if entry is None:
                 entry = ref.opened_entry(name=name, kind=kinds[i], index=i, layer=layer)
-            entry.tree_path = f"{tree_prefix}{i}"
+                entry.tree_path = tree_path
             block.append(entry)
         # every entry of a group has its layer, and its kind is a weight's or not for all
         blocks.append(((state != "layers", rank.get(layer.partition("/")[0], unranked)), block))
