@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable
+from itertools import accumulate
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -493,6 +495,8 @@ class SymbolTables:
                 counts, lengths, flat, width, names_of, links_of,
             )
             if tables is not None:
+                if len(tables) == len(groups):  # every group taken, in order
+                    return tables  # type: ignore[return-value]
                 for row, table in zip(taken, tables):
                     found[chosen[row]] = table
                 return found
@@ -543,30 +547,33 @@ class SymbolTables:
         nothing in them repeats: no node or heap read before or twice, no name impossible,
         within the limits. Then all are recorded as :meth:`many_links`' row by row loop
         records them; else nothing is recorded and None is returned (the loop decides)."""
-        trees = [groups[chosen[row]][1] for row in taken]
-        heaps = [groups[chosen[row]][2] for row in taken]
-        read = trees + [node for node in below if node is not None]
-        heap_bytes = sum(lengths[row] for row in taken)
+        # (every step below an iterator or a set operation: no Python step per group)
+        picked = list(map(groups.__getitem__, map(chosen.__getitem__, taken)))
+        trees, heaps = list(map(_SECOND, picked)), list(map(_THIRD, picked))
+        nodes_below = [node for node in below if node is not None]
+        read = trees + nodes_below
+        used = list(map(counts.__getitem__, taken))
+        heap_lengths = list(map(lengths.__getitem__, taken))
+        heap_bytes = sum(heap_lengths)
         # links() counts a B-tree node and its children, and each symbol table node's entries
-        cost = len(taken) + sum(1 + counts[row] for row, node in zip(taken, below) if node is not None)
+        cost = len(taken) + len(nodes_below) + sum(used)
         nodes, known = self._nodes, self._heaps
         if (
             len(set(read)) != len(read) or len(set(heaps)) != len(heaps)
-            or any(node in nodes for node in read) or any(heap in known for heap in heaps)
+            or not nodes.isdisjoint(read) or not known.keys().isdisjoint(heaps)
             or self._heap_bytes + heap_bytes > self._size or self._left - cost < 0
+            or "" in names_of or "." in names_of
         ):
             return None
-        tables = []
-        first = 0
-        for row in taken:
-            count = counts[row]
-            table = dict(zip(names_of[first : first + count], links_of[first : first + count]))
-            if len(table) != count or "" in table or "." in table:
-                return None
-            tables.append(table)
-            first += count
+        # each row's entries follow the last row's
+        ends = list(accumulate(used))
+        cuts = list(map(slice, [0, *ends[:-1]], ends))
+        tables = list(map(dict, map(zip, map(names_of.__getitem__, cuts), map(links_of.__getitem__, cuts))))
+        if list(map(len, tables)) != used:  # a name twice in a group
+            return None
         nodes.update(read)
-        known.update(zip(heaps, [flat[row * width : row * width + lengths[row]] for row in taken]))
+        starts = [row * width for row in taken]
+        known.update(zip(heaps, map(flat.__getitem__, map(slice, starts, map(add, starts, heap_lengths)))))
         self._heap_bytes += heap_bytes
         self._left -= cost
         return tables
@@ -599,6 +606,9 @@ class SymbolTables:
             "writer gives such names (the file is damaged)",
             path=self._path,
         )
+
+
+_SECOND, _THIRD = itemgetter(1), itemgetter(2)
 
 
 def _little(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
