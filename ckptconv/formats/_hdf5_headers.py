@@ -566,37 +566,37 @@ def _batch(
     )))
     ok &= ~bulk
     out: list[Header | None] = [None] * n
-    shapes, dtypes, is_plain = shapes.tolist(), dtypes.tolist(), plain.tolist()
-    data_at, data_size = data_at.tolist(), data_size.tolist()
-    btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
-    is_group = group.tolist()
-    # every attribute message of the rows taken, in order, cut from one copy of the rows
-    row_of, column = np.nonzero(attribute_end * ok[:, None])
+    # the rest row by row: each column made a list for those rows only
+    loop = np.flatnonzero(ok)
+    # every attribute message of those rows, in order, cut from one copy of the rows
+    row_of, column = np.nonzero(attribute_end[loop] != 0)
     flat = heads.tobytes() if len(row_of) else b""
-    row_start = row_of * heads.shape[1]
+    row_start = loop[row_of] * heads.shape[1]
     messages = [
         flat[start:stop] for start, stop in zip(
-            (row_start + attribute_at[row_of, column]).tolist(), (row_start + attribute_end[row_of, column]).tolist()
+            (row_start + attribute_at[loop[row_of], column]).tolist(),
+            (row_start + attribute_end[loop[row_of], column]).tolist(),
         )
     ]
-    counted_attributes = np.bincount(row_of, minlength=n)
-    attribute_count = counted_attributes.tolist()
-    attribute_first = (np.cumsum(counted_attributes) - counted_attributes).tolist()  # each row's first message
+    counted_attributes = np.bincount(row_of, minlength=len(loop))
+    firsts = (np.cumsum(counted_attributes) - counted_attributes).tolist()  # each row's first message
     make = _HEADER
-    for i in np.flatnonzero(ok).tolist():
-        if attribute_count[i]:
-            first = attribute_first[i]
-            names, vlen, declared, spoiled = _attributes(messages[first : first + attribute_count[i]])
+    for i, count, first, is_group, btree, heap, offset, length, is_plain, shape, dtype in zip(
+        loop.tolist(), counted_attributes.tolist(), firsts, group[loop].tolist(), symbols[loop, 0].tolist(),
+        symbols[loop, 1].tolist(), data_at[loop].tolist(), data_size[loop].tolist(), plain[loop].tolist(),
+        shapes[loop].tolist(), dtypes[loop].tolist(),
+    ):
+        if count:
+            names, vlen, declared, spoiled = _attributes(messages[first : first + count])
         else:
             names, vlen, declared, spoiled = (), [], False, False
-        if is_group[i]:
-            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree[i], heap[i]), False))
+        if is_group:
+            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree, heap), False))
             continue
-        offset, length = data_at[i], data_size[i]
         if offset == _UNDEFINED:
             out[i] = make(("dataset", False, None, None, None, length, vlen, names, None, False))
-        elif is_plain[i] and not spoiled:
-            out[i] = make(("dataset", True, shapes[i], dtypes[i], offset, length, vlen, names, None, declared))
+        elif is_plain and not spoiled:
+            out[i] = make(("dataset", True, shape, dtype, offset, length, vlen, names, None, declared))
         else:
             out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
     return out, continued, (taken, described, offsets, lengths)

@@ -444,7 +444,7 @@ class SymbolTables:
         ok &= one | ((trees[:, 6] == 0) & (trees[:, 7] == 0))
         child = np.ascontiguousarray(trees[:, 32:40]).view("<u8")[:, 0]
         ok &= ~one | (child <= size - width)
-        snods = rows(read, image, np.where(ok & one, child, 0).tolist(), 8)
+        snods = rows(read, image, np.where(ok & one, child, 0), 8)
         symbols = snods[:, 6].astype(np.int64) | snods[:, 7].astype(np.int64) << 8
         snod = (snods[:, :4] == _SNOD_SIGNATURE).all(axis=1) & (snods[:, 4] == 1)
         ok &= ~one | (snod & (symbols <= min(self._max_symbols, (width - 8) // _ENTRY_SIZE)))
@@ -461,9 +461,9 @@ class SymbolTables:
         ok &= start <= np.uint64(size - span)
         # each row's names (its local heap's data), and the entries of all rows' symbol
         # table nodes together
-        text = rows(read, image, np.where(ok, start, 0).tolist(), span)
+        text = rows(read, image, np.where(ok, start, 0), span)
         used = np.where(ok & one, symbols, 0)
-        entries = rows(read, image, np.where(used > 0, child + np.uint64(8), 0).tolist(), _ENTRY_SIZE * max(int(used.max()), 1))
+        entries = rows(read, image, np.where(used > 0, child + np.uint64(8), 0), _ENTRY_SIZE * max(int(used.max()), 1))
         width = span
         entry_row = np.repeat(np.arange(len(chosen)), used)
         first_entry = np.cumsum(used) - used  # where each row's entries start
