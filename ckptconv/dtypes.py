@@ -30,10 +30,15 @@ _BY_NAME: dict[str, np.dtype | None] = {
     "bfloat16": None,
     "float8_e4m3fn": None,
     "float8_e5m2": None,
+    "float8_e4m3fnuz": None,
+    "float8_e5m2fnuz": None,
+    "float8_e4m3b11fnuz": None,
     "complex64": np.dtype("<c8"),
     "complex128": np.dtype("<c16"),
 }
-_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")  # ml_dtypes' names for them
+# ml_dtypes' names for them: its floats (the ``fn`` float8 types have no infinity; ``fnuz``
+# ones no negative zero either, and one NaN, 0x80, as TensorFlow and PyTorch define them too)
+_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3b11fnuz")
 
 
 def _load_ml_dtypes() -> None:
@@ -134,10 +139,10 @@ def to_safetensors(dtype: np.dtype) -> str | None:
 
 
 def is_floating(dtype: np.dtype) -> bool:
-    """True for real floating-point dtypes, bfloat16 and float8 included."""
+    """True for real floating-point dtypes, bfloat16 and every float8 type included."""
     if not isinstance(dtype, np.dtype):
         _load_ml_dtypes()  # before np.dtype(): "bfloat16" is a dtype name once it is imported
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return True
-    return dtype_name(dtype) in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+    return dtype_name(dtype) in _ML_DTYPES

@@ -131,6 +131,24 @@ def test_a_small_tensor_s_recorded_crc_is_checked_too(tmp_path):
             diff(x, y)
 
 
+def test_a_damaged_recorded_crc_of_equal_small_tensors_is_found(tmp_path):
+    """Equal bytes on both sides (compared at once, with one read each) still have their
+    recorded CRC-32C checked: a checksum table damaged in the header is an error, not
+    "equal"."""
+    a = write(tmp_path / "a.safetensors", weights())
+    c = tmp_path / "c.safetensors"
+    ckptconv.convert(a, c)
+    with ckptconv.open(c) as store:
+        crc = store["a/bias"].crc32c
+    raw = c.read_bytes()
+    recorded = f'\\"a/bias\\":\\"{crc:08x}\\"'.encode()
+    assert raw.count(recorded) == 1
+    c.write_bytes(raw.replace(recorded, f'\\"a/bias\\":\\"{crc ^ 1:08x}\\"'.encode()))
+    for x, y in ((a, c), (c, a)):
+        with pytest.raises(ckptconv.IntegrityError, match=r"'a/bias'.*CRC-32C"):
+            diff(x, y)
+
+
 def test_each_file_is_opened_once_for_the_comparison_and_closed_after_it(tmp_path, monkeypatch):
     """Many small tensors and a few big ones: each file gets one descriptor for the whole
     comparison (not one per tensor), and none is left open afterwards, also after a failure."""

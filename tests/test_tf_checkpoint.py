@@ -27,7 +27,7 @@ from ckptconv.formats._protowire import SliceExtent, parse_bundle_entry
 from tests.helpers import run_cli
 from tests.helpers import Expected, assert_bit_exact, load_expected
 
-CASES = ["tf1", "tf1_keras", "dtypes", "sharded", "tfkeras", "keras3", "keras3_model", "sm_module", "sm_tfkeras"]
+CASES = ["tf1", "tf1_keras", "dtypes", "fnuz", "sharded", "tfkeras", "keras3", "keras3_model", "sm_module", "sm_tfkeras"]
 
 
 @pytest.fixture(scope="module")

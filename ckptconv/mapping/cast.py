@@ -62,7 +62,8 @@ def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
 class Cast(Op):
     """Convert to another dtype, rounding to nearest even.
 
-    A cast that would turn finite values into infinities (float -> narrower float), or put
+    A cast that would turn finite values into infinities (float -> narrower float; into NaN
+    for the float8 types without infinities), or put
     values outside an integer type's range (or NaN) into it, fails at execution unless
     ``allow_overflow`` is set. A cast that loses information whatever the values (floats to
     integers or booleans, integers to booleans: :func:`lossy_cast`) is refused when the plan
@@ -162,11 +163,13 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
             else:
                 np.copyto(part, chunk, casting="unsafe")
         if check_inf and _may_overflow(chunk, dtype):
-            made = int(np.count_nonzero(np.isinf(part)))
-            had = int(np.count_nonzero(np.isinf(chunk))) if is_floating(chunk.dtype) else 0
+            # finite values made infinite, or NaN in a float8 type without infinities
+            made = int(np.count_nonzero(~np.isfinite(part)))
+            had = int(np.count_nonzero(~np.isfinite(chunk))) if is_floating(chunk.dtype) else 0
             if made > had:
+                to = "inf" if _has_inf(dtype) else "NaN"
                 return (
-                    f"{made - had} finite value(s) overflow to inf in {dtype_name(dtype)} "
+                    f"{made - had} finite value(s) overflow to {to} in {dtype_name(dtype)} "
                     f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
                     "weights or set allow_overflow: true on the rule"
                 )
@@ -203,6 +206,13 @@ def _finfo_max(dtype: np.dtype) -> float:
     return float(ml_dtypes.finfo(dtype).max)
 
 
+def _has_inf(dtype: np.dtype) -> bool:
+    """Does the floating type have infinities? (The ``fn``/``fnuz`` float8 types do not:
+    what overflows them becomes NaN.)"""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isinf(np.array(np.inf, np.float32).astype(dtype)))
+
+
 def _can_overflow_float(src: np.dtype, dst: np.dtype) -> bool:
     """Can casting ``src`` to the floating type ``dst`` make infinities out of finite values?"""
     if not is_floating(dst) or src.kind == "b":
@@ -223,13 +233,10 @@ def _may_overflow(chunk: np.ndarray, dtype: np.dtype) -> bool:
     return not np.isfinite(reach) or reach > _finfo_max(dtype)
 
 
-_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
-
-
 def _needs_round_to_odd(src: np.dtype, dst: np.dtype) -> bool:
     """ml_dtypes converts float64 (and wide ints) through float32: two roundings, unless the
     first one rounds to odd."""
-    if dtype_name(dst) not in _ML_FLOATS:
+    if dst.kind == "f" or not is_floating(dst):  # numpy's own floats round once
         return False
     return src == np.dtype(np.float64) or (src.kind in "iu" and src.itemsize >= 4)
 

@@ -9,6 +9,7 @@ fit a checkpoint is the plan's business (:func:`ckptconv.mapping.build_plan`).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating, known_names
 from ..errors import NoSuchFileError, SpecError
+from ._yaml import YamlAlias, read_yaml
 from .cast import Cast
 from .ops import (
     Concat,
@@ -443,16 +445,15 @@ class Rule:
         Raises:
             SpecError: unknown keys or invalid values.
         """
-        label = _label(number, data)
         if not isinstance(data, Mapping):
-            raise SpecError(f"{label}: expected a mapping of keys (from, to, ops, ...), received {data!r}")
+            raise SpecError(f"{_label(number, data)}: expected a mapping of keys (from, to, ops, ...), received {data!r}")
         for key in data:
             if key not in RULE_KEYS:
                 if key in OP_NAMES:
                     hint = f"; put ops in a list: ops: [{key}]" if key != "fn" else ""
                 else:
                     hint = _suggest(str(key), RULE_KEYS)
-                raise SpecError(f"{label}: unknown key {key!r}{hint}")
+                raise SpecError(f"{_label(number, data)}: unknown key {key!r}{hint}")
         kwargs = {("from_" if k == "from" else k): v for k, v in data.items()}
         if "drop" in kwargs and kwargs["drop"] is None:
             kwargs["drop"] = False
@@ -460,9 +461,10 @@ class Rule:
 
     # -- introspection used by the plan --------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        """``rule #3 (from 're:...')``: how messages name this rule."""
+        """``rule #3 (from 're:...')``: how messages name this rule (worked out once: the
+        plan names the rule in every output's messages)."""
         return _label(self.number, self)
 
     @property
@@ -610,42 +612,9 @@ def _read_toml(text: str) -> Any:
     return tomllib.loads(text)
 
 
-class _YamlAlias(Exception):
-    """A spec uses a YAML alias (``*name``)."""
-
-
-def _alias_refused(event: Any) -> _YamlAlias:
-    return _YamlAlias(
-        f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
-        f"{event.start_mark.line + 1}): they can expand without bound; write the value out"
-    )
-
-
-def _read_yaml(text: str) -> Any:
-    """Safe YAML without aliases: ``*name`` copies what ``&name`` marks, and a few hundred
-    bytes of nested aliases expand to gigabytes (a "billion laughs"), so a spec may not use
-    them. Anchors alone are harmless and allowed."""
-    import yaml
-
-    fast = getattr(yaml, "CSafeLoader", None)  # libyaml's parser: a 10,000-rule spec in a second, not ten
-    if fast is not None:
-        for event in yaml.parse(text, Loader=fast):
-            if isinstance(event, yaml.AliasEvent):
-                raise _alias_refused(event)
-        return yaml.load(text, Loader=fast)  # noqa: S506 - libyaml's SafeLoader
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                raise _alias_refused(self.peek_event())
-            return super().compose_node(parent, index)
-
-    return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
-
-
 def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
     """Parse spec text as ``kind`` (json/yaml/toml), or guess from the content."""
-    readers: dict[str, Callable[[str], Any]] = {"json": json.loads, "yaml": _read_yaml, "toml": _read_toml}
+    readers: dict[str, Callable[[str], Any]] = {"json": json.loads, "yaml": read_yaml, "toml": _read_toml}
     if kind is None:
         stripped = text.lstrip()
         if stripped.startswith("{"):
@@ -656,7 +625,7 @@ def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
             kind = "yaml"
     try:
         return readers[kind](text)
-    except _YamlAlias as e:
+    except YamlAlias as e:
         raise SpecError(str(e), path=source) from None
     except Exception as e:  # each parser has its own exception type; all mean "bad syntax"
         raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e)}", path=source) from e

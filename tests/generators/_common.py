@@ -22,7 +22,7 @@ def dtype_name(dtype) -> str:
     import ml_dtypes
 
     dtype = np.dtype(dtype)
-    for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+    for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3b11fnuz"):
         if dtype == np.dtype(getattr(ml_dtypes, name)):
             return name
     return dtype.name

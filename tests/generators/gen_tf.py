@@ -180,6 +180,24 @@ def case_dtypes() -> None:
     record("dtypes", prefix, user_path=prefix, checkpoint_kind="object-based", kinds=kinds, object_based=True)
 
 
+def case_fnuz() -> None:
+    """The float8 types without infinities or negative zero that TensorFlow has and
+    safetensors has no code for (``float8_e4m3fnuz``, ``float8_e5m2fnuz``,
+    ``float8_e4m3b11fnuz``), each up to its largest finite value. TensorFlow 2.21 on CPU can
+    neither cast to them nor assign them to a variable, so they are saved as constants by
+    the SaveV2 op (what ``tf.compat.v1.train.Saver`` runs): a name-based bundle."""
+    import ml_dtypes
+
+    names, tensors = [], []
+    for name, top in (("float8_e4m3fnuz", 240.0), ("float8_e5m2fnuz", 57344.0), ("float8_e4m3b11fnuz", 30.0)):
+        value = np.array([[1.5, -2.25, top], [0.0, 0.5, 0.015625]], np.float32).astype(getattr(ml_dtypes, name))
+        names.append(f"v_{name}")
+        tensors.append(tf.constant(value))
+    prefix = str(OUT / "fnuz" / "ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    record("fnuz", prefix, user_path=prefix, checkpoint_kind="tf1", kinds={}, object_based=False)
+
+
 def case_sharded() -> None:
     """A TF2 checkpoint split over several data files by MaxShardSizePolicy (which also cuts
     variables into slices that straddle shards)."""
@@ -306,6 +324,7 @@ def case_tf1_keras() -> None:
 
 def main() -> None:
     case_dtypes()
+    case_fnuz()
     case_sharded()
     case_sm_module()
     case_tfkeras()
