@@ -168,6 +168,11 @@ class CkptconvError(Exception):
             arguments.
     """
 
+    spelling: Mapping[str, str] | None = None
+    """How ``str()`` spells the options a message names: None, as Python arguments (the API);
+    the command line sets its table on an error it lets through under ``--debug``, so the
+    traceback's last line names its options (``--no-check-crc``) as its one-line message does."""
+
     def __init__(
         self,
         reason: str,
@@ -199,7 +204,7 @@ class CkptconvError(Exception):
         return f"{where}{render_options(self.template, spelling)}"
 
     def __str__(self) -> str:
-        return self.render()
+        return self.render(self.spelling)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         # keyword-only constructors do not survive Exception's default pickling (a worker

@@ -22,7 +22,7 @@ from .errors import (
     NoSuchFileError,
     UnsupportedError,
 )
-from .formats import regular_file
+from .formats import HEAD_BYTES, regular_file
 from .formats.safetensors import (
     CRC_KEY,
     SET_KEY,
@@ -190,7 +190,7 @@ def _resolve(path: Path) -> tuple[Path, list[Path], dict | None]:
             raise NoSuchFileError(path=path)
     regular_file(path)
     with path.open("rb") as f:
-        head = f.read(16)
+        head = f.read(HEAD_BYTES)  # enough to tell a safetensors header after a damaged length
     if not looks_like_safetensors(head) and not named_but_damaged(path, head):
         if head.lstrip().startswith(b"{"):
             index = load_index(path)

@@ -516,3 +516,28 @@ def test_inspect_names_the_file_as_it_was_given(source: str, given: str, shown: 
     assert table.returncode == 0 and table.stdout.startswith(f"./{shown} ("), table.stdout + table.stderr
     listed = run_cli("inspect", f"./{given}", "--json", cwd=tmp_path)
     assert json.loads(listed.stdout)["path"] == f"./{shown}", listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "usage_line"),
+    [
+        (["convert", "{small}", "{tmp}/o.safetensors", "--dtype", "bfloa16"], True),  # argparse's type check
+        (["convert", "{small}", "{tmp}/o.txt"], False),  # the API's UsageError (output name)
+        (["transplant", "{small}", "{small}", "{tmp}/o.txt"], False),
+        (["plan", "{small}", "--only", "dense*"], False),  # --only without --target
+        (["batch", "-o", "{tmp}/o"], False),  # batch's own check: no inputs
+        (["inspect", "{small}", "--jsn"], True),
+    ],
+)
+def test_every_usage_error_has_its_commands_prefix(capsys, small: Path, tmp_path: Path, args: list[str],
+                                                   usage_line: bool) -> None:
+    """Whoever finds it (argparse, a value check of the API, batch), a usage error is one
+    ``ckptconv COMMAND: error: ...`` line, after the command's usage line when argparse could not
+    parse the command line; exit status 2."""
+    code, out, err = run(capsys, *(a.format(small=small, tmp=tmp_path) for a in args))
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[-1].startswith(f"ckptconv {args[0]}: error: "), err
+    assert lines[0].startswith(f"usage: ckptconv {args[0]} ") == usage_line, err
+    if not usage_line:
+        assert len(lines) == 1, err

@@ -95,6 +95,7 @@ PAGES: dict[str, dict[str, tuple[str, str]]] = {
         "training.pt": ("fixtures", "pytorch/training.pt"),
         "tied.pt": ("fixtures", "pytorch/zoo.pt"),
         "module.pt": ("fixtures", "pytorch/module.pt"),
+        "expanded.pt": ("fixtures", "pytorch/expanded.pt"),
         "hf_sharded": ("fixtures", "pytorch/hf_sharded"),
     },
     "docs/spec.md": {},

@@ -380,7 +380,7 @@ def test_an_encrypted_member_and_a_local_name_that_disagrees_are_refused(tmp_pat
     at = info.header_offset + 30 + len(info.filename) - 1  # the local header's copy of the name
     renamed[at : at + 1] = b"9"
     (tmp_path / "renamed.pt").write_bytes(bytes(renamed))
-    with pytest.raises(CorruptFileError, match="the local header names .*data/9.*the central directory"):
+    with pytest.raises(CorruptFileError, match=r"zip member 'cnn/data/0': its local header \(at byte \d+\) names 'cnn/data/9': the zip is damaged"):
         ckptconv.open(tmp_path / "renamed.pt")
 
 
@@ -473,7 +473,7 @@ def _uncommon_views(d: Path) -> list[Path]:
     legacy.write_bytes(header + b"\x80\x02}(" + plain + body + b"u." + pickle.dumps(["k", "0"], protocol=2) + storage)
     with ckptconv.open(legacy) as store:
         assert store["w"].read().tolist() == [8.0, 9.0, 10.0, 11.0]
-    with pytest.raises(UnsafeInputError, match="ends at byte 32 of storage 1, which holds 16 bytes"):
+    with pytest.raises(UnsafeInputError, match="ends at byte 32 of its storage, which holds 16 bytes"):
         ckptconv.open(untyped)
     return [untyped, legacy]
 
@@ -515,7 +515,7 @@ def test_a_state_dicts_keys_are_not_searched_one_by_one_only_when_none_can_match
     def matches(keys: list[str]) -> bool:
         return any(pytorch._EITHER.search(k) for k in keys)
 
-    readable = [p for p in _torch_files() if p.name != "expanded.pt"]  # (an overlapping view: refused)
+    readable = [p for p in _torch_files() if not p.name.startswith("expanded")]  # (broadcast views: refused)
     key_sets = []
     for path in readable:
         with ckptconv.open(path) as store:

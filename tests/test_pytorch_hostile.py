@@ -13,6 +13,7 @@ here (no torch needed), in the shapes ``torch.save`` writes.
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import struct
 import zipfile
@@ -218,6 +219,14 @@ def _expanded(d: Path) -> Case:
     path = d / "expanded.pt"
     shutil.copy(FIXTURES / "expanded.pt", path)
     return Case(path, path, UnsafeInputError, key="expanded")
+
+
+@hostile("expanded-view-legacy")
+def _expanded_legacy(d: Path) -> Case:
+    """The same in the legacy layout, whose storage keys are memory addresses."""
+    path = d / "expanded_legacy.pt"
+    shutil.copy(FIXTURES / "expanded_legacy.pt", path)
+    return Case(path, path, UnsafeInputError, key="layer.scale")
 
 
 @hostile("missing-data-member")
@@ -615,3 +624,78 @@ def test_a_storage_that_fails_its_zip_crc_is_an_error_for_diff(tmp_path: Path) -
     assert done.stderr.startswith(f"ckptconv: error: flip.pt: tensor {changed[0]!r}: {member} fails")
     assert run_cli("diff", damaged, damaged, "--no-check-crc").returncode == 0
     assert ckptconv.diff(FIXTURES / "cnn.pt", FIXTURES / "cnn.pt").equal
+
+
+@pytest.mark.parametrize("fixture", ["expanded.pt", "expanded_legacy.pt"])
+def test_a_broadcast_view_is_refused_naming_the_tensor_and_why(fixture: str) -> None:
+    """``torch.save(t.expand(...))``: the message names the state-dict key, says it is a
+    broadcast view and what to save instead, and shows no storage key (a legacy file's is the
+    memory address the storage had)."""
+    with pytest.raises(UnsafeInputError) as info:
+        ckptconv.open(FIXTURES / fixture)
+    error = info.value
+    assert error.tensor == ("expanded" if fixture == "expanded.pt" else "layer.scale")
+    assert error.reason.startswith("a broadcast view (tensor.expand(): stride 0 in dimension 0) of shape [")
+    assert "save tensor.contiguous(), or the tensor before expand(), instead" in error.reason
+    assert "storage 0" not in error.reason and not re.search(r"\d{6,}", error.reason), error.reason
+
+
+# (byte flipped, XOR mask) -> what the message says: one of the three header pickles of a legacy
+# torch.save file (magic number at byte 0, protocol version at 15, system info at 21)
+LEGACY_HEADER_FLIPS = {
+    (1, 0x5A): "the legacy header's magic-number pickle (from byte 0) is damaged (unsupported pickle protocol: 88)",
+    (16, 0x5A): "the legacy header's protocol-version pickle (from byte 15) is damaged (unsupported pickle protocol: 88)",
+    (22, 0x5A): "the legacy header's system-info pickle (from byte 21) is damaged (unsupported pickle protocol: 88)",
+    (26, 0x01): "the legacy header's system-info pickle (from byte 21) is damaged (could not find MARK)",
+    (28, 0x80): "legacy header, system-info pickle (from byte 21): the pickle is damaged (BINUNICODE at byte 6 is not UTF-8)",
+}
+
+
+@pytest.mark.parametrize(("at", "mask"), sorted(LEGACY_HEADER_FLIPS))
+def test_a_damaged_legacy_header_says_which_pickle_and_what_is_wrong(
+    at: int, mask: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = bytearray((FIXTURES / "zoo_legacy.pt").read_bytes())
+    raw[at] ^= mask
+    path = tmp_path / "in" / "zoo_legacy.pt"
+    path.parent.mkdir()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError) as info:
+        ckptconv.open(path)
+    assert info.value.reason.startswith(LEGACY_HEADER_FLIPS[at, mask]), info.value.reason
+    assert info.value.tensor is None
+    (tmp_path / "out").mkdir()
+    check_cli(Case(path, path, CorruptFileError), capsys, path.parent, tmp_path / "out")
+
+
+def _local_header(archive: Path, member: str) -> int:
+    with zipfile.ZipFile(archive) as z:
+        return z.getinfo(member).header_offset
+
+
+@pytest.mark.parametrize(("member", "at", "mask", "says"), [
+    ("cnn/version", 0, 0x5A, "zip member 'cnn/version': no local header at byte {header}, where the central "
+                             "directory puts it: the zip is damaged"),
+    ("cnn/byteorder", 34, 0x01, "zip member 'cnn/byteorder': its local header (at byte {header}) names "
+                                "'cnn/cyteorder': the zip is damaged"),
+    ("cnn/.format_version", 26, 0x5A, "zip member 'cnn/.format_version': its local header (at byte {header}) "
+                                      "records a name of 73 bytes where the central directory's has 19"),
+    ("cnn/data/0", 0, 0x01, "zip member 'cnn/data/0': no local header at byte {header}"),
+])
+def test_a_damaged_zip_member_is_named_as_a_member_not_a_tensor(
+    member: str, at: int, mask: int, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The records of a torch.save archive (``version``, ``byteorder``, ``data.pkl``, ...) are
+    zip members, not tensors: a damaged local header names the member."""
+    header = _local_header(FIXTURES / "cnn.pt", member)
+    raw = bytearray((FIXTURES / "cnn.pt").read_bytes())
+    raw[header + at] ^= mask
+    path = tmp_path / "in" / "cnn.pt"
+    path.parent.mkdir()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError) as info:
+        ckptconv.open(path)
+    assert info.value.tensor is None and "tensor" not in str(info.value)
+    assert info.value.reason.startswith(says.format(header=header)), info.value.reason
+    (tmp_path / "out").mkdir()
+    check_cli(Case(path, path, CorruptFileError), capsys, path.parent, tmp_path / "out")

@@ -17,6 +17,7 @@ from ckptconv import CorruptFileError, IntegrityError, UnsafeInputError, Unsuppo
 from ckptconv.convert import convert
 from tests.helpers import run_cli
 from tests.helpers import assert_bit_exact, load_expected
+from tests.test_robustness_corpus import cli
 
 rng = np.random.default_rng(7)
 
@@ -339,6 +340,33 @@ def test_a_damaged_header_length_is_reported_as_damaged(tmp_path: Path) -> None:
         proc = run_cli(command, path)
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.count("\n") == 1 and "its 8-byte length is damaged; copy or download it again" in proc.stderr, proc.stderr
-    other = tmp_path / "notes.bin"  # the name is what tells: any other name is not a checkpoint
+    other = tmp_path / "notes.bin"  # whatever the name: the tensor table at byte 8 tells
     other.write_bytes(bytes(data))
+    assert "its 8-byte length is damaged" in run_cli("inspect", other).stderr
+    other.write_bytes(bytes(data[:8]) + b'{"note": "not a tensor table"}')  # any other JSON is not
     assert "not a checkpoint" in run_cli("inspect", other).stderr
+
+
+@pytest.mark.parametrize("mask", [0x01, 0x08, 0x10, 0x40, 0x70, 0x80])
+@pytest.mark.parametrize("name", ["model.safetensors", "weights.bin"])
+def test_a_damaged_first_byte_of_the_header_length_says_so(
+    mask: int, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flipped bit in the low byte of the header length (0x70 makes it 0): the JSON header
+    still starts at byte 8 but ends elsewhere than the length says. Whatever the file's name,
+    inspect and verify say the length is damaged, not "not valid JSON", "truncated" or "not a
+    checkpoint"."""
+    path = tmp_path / name
+    save_file({"w": np.arange(6, dtype=np.float32), "b": np.ones(3, dtype=np.float16)}, str(path))
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    data[0] ^= mask
+    path.write_bytes(bytes(data))
+    said = int.from_bytes(data[:8], "little")
+    expected = (f"ckptconv: error: {path}: the header length (the file's first 8 bytes) is damaged: it says "
+                f"{said} bytes, but the JSON header at byte 8 takes {n}; copy or download it again\n")
+    for command in ("inspect", "verify"):
+        status, _, stderr = cli(capsys, command, path)
+        assert (status, stderr) == (1, expected), command
+    with pytest.raises(CorruptFileError, match="the header length .* is damaged"):
+        ckptconv.open(path)

@@ -315,9 +315,9 @@ def test_truncated_data_file_is_corrupt_at_open(tf_dir: Path, tmp_path: Path) ->
     prefix = copy_case(tf_dir, "sm_module", tmp_path)
     data = Path(prefix + ".data-00000-of-00001")
     data.write_bytes(data.read_bytes()[:-10])
-    with pytest.raises(ckptconv.CorruptFileError, match=r"lies beyond the end of the file \(\d+ bytes\): the file is truncated") as raised:
+    with pytest.raises(ckptconv.CorruptFileError, match=r"the file is truncated: it has \d+ bytes, but the index places data up to byte \d+: .* cut") as raised:
         ckptconv.open(prefix)
-    assert raised.value.tensor  # the tensor whose bytes the file lacks
+    assert raised.value.path == str(data)
 
 
 # A test-only table writer: rebuilds a real index with one entry changed, to reach the
@@ -546,3 +546,36 @@ def test_batch_salvages_damaged_data_only_when_asked(tf_dir: Path, tmp_path: Pat
     salvaged = run_cli("batch", prefix + ".index", "-o", out, "--no-check-crc", "--quiet")
     assert salvaged.returncode == 0, salvaged.stdout + salvaged.stderr
     assert len(list(out.glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize(("keep", "says", "first_cut"), [
+    (-1, "the object graph that names the variables is cut", False),  # TensorFlow writes it last
+    (0.25, "this tensor, {n} after it and the object graph that names the variables are cut", True),
+])
+def test_a_truncated_data_file_is_named_as_truncated_not_by_its_object_graph(
+    generated, keep: float, says: str, first_cut: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data file cut short: the message says the data file is truncated and what is cut,
+    naming the first tensor cut (by its checkpoint key) when there is one, never the internal
+    ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry as a tensor."""
+    from ckptconv.cli import main as cli_main
+
+    base = generated("load")
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copyfile(base / f"k3ckpt{suffix}", tmp_path / f"k3ckpt{suffix}")
+    data = tmp_path / "k3ckpt.data-00000-of-00001"
+    raw = data.read_bytes()
+    size = len(raw) - 1 if keep == -1 else int(len(raw) * keep)
+    data.write_bytes(raw[:size])
+    with pytest.raises(ckptconv.CorruptFileError) as raised:
+        ckptconv.open(tmp_path / "k3ckpt")
+    error = raised.value
+    assert error.path == str(data) and "_CHECKPOINTABLE_OBJECT_GRAPH" not in str(error)
+    assert error.reason.startswith(f"the file is truncated: it has {size} bytes, but the index places data up to byte {len(raw)}: ")
+    cut = int(error.reason.split("this tensor, ")[1].split(" ")[0]) if first_cut else 0
+    assert error.reason.endswith(says.format(n=cut) + "; copy or download it again"), error.reason
+    assert (error.tensor is not None) == first_cut
+    if first_cut:
+        assert error.tensor.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+    assert cli_main(["inspect", str(tmp_path / "k3ckpt")]) == 1
+    assert capsys.readouterr().err == f"ckptconv: error: {error}\n"

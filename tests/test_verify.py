@@ -211,3 +211,30 @@ def test_a_damaged_name_in_the_checksum_table_is_refused_by_every_command(tmp_pa
         assert sorted(store) == ["a.weight", "b.weight"]
         assert all(store[k].crc32c is not None for k in store)
     assert main(["verify", str(kept)]) == 0
+
+
+def test_debug_shows_the_traceback_of_a_mismatch_and_the_clis_option_names(tmp_path: Path) -> None:
+    """``--debug`` shows the traceback of every failure, a verify mismatch too (stopping at
+    that file); the traceback's last line names options as the command line does."""
+    good = tmp_path / "m.safetensors"
+    with ckptconv.Store.from_arrays({"w": np.arange(64, dtype=np.float32)}) as store:
+        ckptconv.write_safetensors([ckptconv.Output.of(store["w"])], good)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(good.read_bytes())
+    flip_byte(bad, "w", at=5)
+
+    proc = run_cli("verify", bad, good, "--debug")
+    assert proc.returncode == 1 and proc.stdout == ""  # stopped at the first failing file
+    assert proc.stderr.startswith("Traceback (most recent call last):"), proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith(f"ckptconv.errors.IntegrityError: {bad}: tensor 'w': 1 of 1 tensors do not match"), last
+
+    proc = run_cli("convert", bad, tmp_path / "out.safetensors", "--debug")
+    assert proc.returncode == 1 and "Traceback (most recent call last):" in proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith(f"ckptconv.errors.IntegrityError: {bad}: tensor 'w': stored bytes fail"), last
+    assert last.endswith("or pass --no-check-crc to read it anyway") and "check_crc=False" not in proc.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(ckptconv.IntegrityError, match="pass check_crc=False to read it anyway"):  # the API's words
+        with ckptconv.open(bad) as store:
+            store["w"].read()

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import CkptconvError, UsageError
 from ..interrupts import Noted, Terminated, interrupts_noted, report_early_interrupt, report_interrupt, sigterm_raises
-from .common import SPELLING, Parser, UsageExit, emit_json, error_json, print_error
+from .common import (
+    SPELLING, Parser, UsageExit, emit_json, error_json, print_error, spelled_for_debug, usage_exit,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -110,12 +112,14 @@ def _main(argv: list[str], ctrl_c: Noted) -> int:
             raise
     except UsageExit as e:  # a value found wrong once parsed (batch's inputs, output directory)
         return _usage_exit(e, getattr(args, "json", False))
-    except UsageError as e:
+    except UsageError as e:  # a value the API refuses: said as argparse says its own
         if args.debug:
+            spelled_for_debug(e)
             raise
-        return _fail(args, e, e.render(SPELLING), 2)
+        return _usage_exit(usage_exit(args, _one_line(e.render(SPELLING))), getattr(args, "json", False), e)
     except CkptconvError as e:
         if args.debug:
+            spelled_for_debug(e)
             raise
         return _fail(args, e, e.render(SPELLING), 1)
     except (KeyboardInterrupt, Terminated) as e:
@@ -150,10 +154,13 @@ def _main(argv: list[str], ctrl_c: Noted) -> int:
         return 1
 
 
-def _usage_exit(error: UsageExit, json_requested: bool) -> int:
+def _usage_exit(error: UsageExit, json_requested: bool, cause: UsageError | None = None) -> int:
     print(error.line, file=sys.stderr)
     if json_requested:
-        emit_json(None, {"ok": False, "error": {"type": "UsageError", "message": error.message, "exit": 2}})
+        if cause is not None:
+            emit_json(None, error_json(cause, error.message, 2))
+        else:
+            emit_json(None, {"ok": False, "error": {"type": "UsageError", "message": error.message, "exit": 2}})
     return 2
 
 

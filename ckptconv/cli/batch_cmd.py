@@ -11,7 +11,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 
 from .common import (
     SPELLING,
-    UsageExit,
     add_convert_options,
     add_debug,
     add_json,
@@ -21,6 +20,7 @@ from .common import (
     exit_status,
     human_bytes,
     print_error,
+    usage_exit,
     want_progress,
 )
 
@@ -211,5 +211,5 @@ def _scheduler(text: str) -> str:
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     """A command-line value found wrong once the arguments are parsed: the same as
-    argparse's own usage errors (usage line, one error line, exit status 2)."""
-    raise UsageExit(f"ckptconv batch: error: {message}", message)
+    argparse's own usage errors (one line with the command's prefix, exit status 2)."""
+    raise usage_exit(args, message)

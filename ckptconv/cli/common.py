@@ -64,13 +64,24 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
         parsed, extras = super().parse_known_args(args, namespace)
-        if extras and self.prog != "ckptconv":  # a subcommand: say it with its usage
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        if self.prog != "ckptconv":  # a subcommand: say it with its usage
+            if extras:
+                self.error(f"unrecognized arguments: {' '.join(extras)}")
+            parsed.command_parser = self  # for the usage errors found once parsed
         return parsed, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         raise UsageExit(f"{self.prog}: error: {message}", message)
+
+
+def usage_exit(args: argparse.Namespace, message: str) -> UsageExit:
+    """A usage error found once the command line is parsed (a value the API refuses, batch's
+    inputs): its line has argparse's prefix, the command's (``ckptconv convert: error:
+    MESSAGE``), so every usage error reads the same; the value is named in the message, so
+    no usage line comes before it (argparse prints one for a command line it cannot parse)."""
+    prog = getattr(getattr(args, "command_parser", None), "prog", "ckptconv")
+    return UsageExit(f"{prog}: error: {message}", message)
 
 
 def _terminal_columns() -> int:
@@ -139,6 +150,21 @@ def emit_json(args: argparse.Namespace | None, doc: dict[str, Any]) -> None:
     sys.stdout.flush()
     if args is not None:
         args.json_emitted = True
+
+
+def spelled_for_debug(error: BaseException) -> None:
+    """Before ``--debug`` lets an error through to Python's traceback: each ckptconv error
+    in its chain names options as this command line spells them (``--no-check-crc``, not
+    ``check_crc=False``), as the one-line message would have."""
+    from ..errors import CkptconvError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CkptconvError):
+            current.spelling = SPELLING
+        current = current.__cause__ or current.__context__
 
 
 def print_error(message: str, *, write: Callable[[str], Any] | None = None) -> None:

@@ -14,6 +14,7 @@ from .common import (
     exit_status,
     human_bytes,
     print_error,
+    spelled_for_debug,
     want_progress,
 )
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             result = _verify(verify_file, path, show_bar)
         except CkptconvError as e:
             if getattr(args, "debug", False):
+                spelled_for_debug(e)
                 raise
             failed += 1
             reports.append({"path": path, "ok": False, "error": e.render(SPELLING)})
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             result.check()
         except CkptconvError as e:  # the IntegrityError naming the file and the failed tensors
+            if getattr(args, "debug", False):  # as every failure under --debug: its traceback
+                spelled_for_debug(e)
+                raise
             print_error(e.render(SPELLING))
     if args.json:
         doc: dict[str, object] = {"ok": failed == 0, "files": reports}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
-from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, truncated
 from ..store import ByteRange, Entry, Kind, layer_of
 from ._hdf5_file import Catalog, HDF5File
 from ._hdf5_headers import Header
@@ -111,19 +111,69 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
             )
         if depth > MAX_DEPTH:
             raise UnsafeInputError("groups nested too deeply", path=path, tensor=name)
-        node = node[part]
+        try:
+            node = node[part]
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:  # libhdf5 cannot open it
+            raise unreadable_dataset(e, path=path, key=f"{node.name.rstrip('/')}/{part}") from e
     if kind is not None and not isinstance(node, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
         raise CorruptFileError(f"{name!r} is not a {what}", path=path, tensor=name)
     return node
 
 
+# what libhdf5's complaint about a dataset names -> the part of its object header at fault
+_DAMAGED_PART = (
+    (("datatype", "mantissa", "exponent", "sign ", "floating", "precision", "normaliz", "conver"),
+     "datatype message"),
+    (("dataspace", "dimension", "rank"), "dataspace message"),
+    (("layout", "chunk"), "data layout message"),
+    (("filter", "pipeline", "inflate", "deflate", "decompress"), "compressed data"),
+)
+
+
+def unreadable_dataset(error: BaseException, *, path: str, key: str, reading: bool = False) -> CorruptFileError:
+    """The error for a dataset libhdf5 (or h5py) cannot open, describe or read (``reading``),
+    in ckptconv's words: which part of the dataset is damaged, as far as the complaint
+    (``error``, which the caller chains as the cause: ``--debug`` shows it) tells."""
+    text = str(error).lower()
+    if "truncated" in text or "addr overflow" in text or "eof" in text:
+        return CorruptFileError(
+            truncated("the dataset's metadata or data lies beyond the end of the file", or_damaged=True),
+            path=path,
+            tensor=key,
+        )
+    part = next((part for words, part in _DAMAGED_PART if any(w in text for w in words)), "object header")
+    if part == "datatype message" and not reading and "nsufficient precision" in text:
+        detail = "it describes floating-point numbers of a layout no numpy type has"
+    else:
+        detail = f"HDF5 cannot {'read' if reading else 'open'} the dataset"
+    return CorruptFileError(f"the dataset's {part} is damaged ({detail}); {FETCH_AGAIN}", path=path, tensor=key)
+
+
 def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
     """The tensor dtype of a Keras dataset: opaque 2-byte data is bfloat16 (Keras' encoding),
     other opaque data names its dtype in a ``dtype`` attribute. A ``dtype`` attribute must
     agree with what is stored: it may name the type of opaque bytes of its width (bfloat16,
-    float8), or repeat a numeric type, never reinterpret one (float32 bytes read as float16)."""
-    dtype = dataset.dtype
+    float8), or repeat a numeric type, never reinterpret one (float32 bytes read as float16).
+
+    Raises:
+        CorruptFileError: the datatype is damaged (h5py has no numpy type for it, or one wider
+            than what is stored: a damaged exponent bias makes 4-byte floats read as float64),
+            or is not a numeric tensor's; a ``dtype`` attribute that disagrees.
+    """
+    try:
+        dtype = dataset.dtype
+        numeric = dtype.kind in "biufc"
+        stored_size = dataset.id.get_type().get_size() if numeric else dtype.itemsize
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise unreadable_dataset(e, path=path, key=key) from e
+    if stored_size != dtype.itemsize:
+        raise CorruptFileError(
+            f"the dataset's datatype message is damaged (it describes {stored_size}-byte numbers of a "
+            f"layout no framework writes, which would read as {dtype_name(dtype)}); {FETCH_AGAIN}",
+            path=path,
+            tensor=key,
+        )
     declared = dataset.attrs.get("dtype")
     if declared is not None:
         name = decode(declared)
@@ -181,12 +231,15 @@ def dataset_entry(
         base_offset: Where the HDF5 file starts inside ``data_path`` (a stored zip member).
         file_size: Size of the HDF5 image: extents beyond it are refused before any read.
     """
-    if dataset.is_virtual:
+    try:
+        virtual, external, shape = dataset.is_virtual, dataset.external, dataset.shape
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise unreadable_dataset(e, path=path, key=key) from e
+    if virtual:
         raise UnsafeInputError("refusing a virtual dataset", path=path, tensor=key)
-    if dataset.external:
+    if external:
         raise UnsafeInputError("refusing a dataset stored in external files", path=path, tensor=key)
     dtype = dataset_dtype(dataset, path=path, key=key)
-    shape = dataset.shape
     if shape is None:  # null dataspace
         raise CorruptFileError("dataset has no shape", path=path, tensor=key)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -334,8 +387,8 @@ def _h5py_loader(dataset: h5py.Dataset, dtype: np.dtype, *, path: str, key: str)
     def load() -> np.ndarray:
         try:
             raw = dataset[()]
-        except (OSError, RuntimeError, ValueError) as e:
-            raise CorruptFileError(f"cannot read tensor data ({e})", path=path, tensor=key) from e
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise unreadable_dataset(e, path=path, key=key, reading=True) from e
         array = np.asarray(raw)
         if array.dtype != dtype:
             if array.dtype.kind == "V":

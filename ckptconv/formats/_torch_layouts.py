@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import (
+    FETCH_AGAIN,
     CorruptFileError,
     FormatError,
     UnsafeInputError,
@@ -243,19 +244,34 @@ def _ends_in_pickle(path: Path, what: str) -> CorruptFileError:
     )
 
 
+def _header_pickle(f: io.BufferedIOBase, what: str, path: Path) -> Any:
+    """The next of a legacy file's three header pickles (magic number, protocol version,
+    system info); a damaged one is named, with where it starts and what is wrong with it."""
+    start = f.tell()
+    try:
+        return load_plain(f)
+    except TruncatedPickle:
+        raise _ends_in_pickle(path, "header pickles") from None
+    except (UnsafeInputError, CorruptFileError) as e:
+        raise type(e)(f"legacy header, {what} pickle (from byte {start}): {e.template}", path=path) from e
+    except _PICKLE_ERRORS as e:
+        raise CorruptFileError(
+            f"the legacy header's {what} pickle (from byte {start}) is damaged ({_one_line(e)}); {FETCH_AGAIN}",
+            path=path,
+        ) from e
+
+
+def _one_line(error: BaseException) -> str:
+    """An unpickler's complaint, in one line (its type when it says nothing)."""
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
 def _parse_legacy(path: Path) -> Parsed:
     size = os.path.getsize(path)
     with builtins.open(path, "rb") as f:
-        try:
-            magic = load_plain(f)
-            protocol = load_plain(f)
-            sys_info = load_plain(f)
-        except TruncatedPickle:
-            raise _ends_in_pickle(path, "header pickles") from None
-        except (UnsafeInputError, CorruptFileError) as e:
-            raise type(e)(e.template, path=path, tensor=e.tensor) from e
-        except _PICKLE_ERRORS as e:
-            raise CorruptFileError(f"the legacy header pickles are damaged ({type(e).__name__})", path=path) from e
+        magic = _header_pickle(f, "magic-number", path)
+        protocol = _header_pickle(f, "protocol-version", path)
+        sys_info = _header_pickle(f, "system-info", path)
         if magic != MAGIC_NUMBER:
             raise FormatError("not a torch.save file: wrong magic number", path=path)
         if protocol != LEGACY_PROTOCOL:
@@ -279,7 +295,11 @@ def _parse_legacy(path: Path) -> Parsed:
         except (UnsafeInputError, CorruptFileError) as e:
             raise type(e)(e.template, path=path, tensor=e.tensor) from e
         except _PICKLE_ERRORS as e:
-            raise CorruptFileError(f"the storage key list is damaged ({type(e).__name__})", path=path) from e
+            raise CorruptFileError(
+                f"the storage key list pickle (from byte {start + length}) is damaged ({_one_line(e)}); "
+                f"{FETCH_AGAIN}",
+                path=path,
+            ) from e
         if keys is None:  # every storage is cut (the key list's order does not matter then)
             keys = list(unpickler.storages)
             f.seek(size)

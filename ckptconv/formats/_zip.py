@@ -27,6 +27,7 @@ from ..errors import (
     IntegrityError,
     UnsafeInputError,
     UnsupportedError,
+    truncated,
 )
 
 if TYPE_CHECKING:
@@ -335,11 +336,19 @@ def _data_offset(path: str | os.PathLike[str], fd: int, window: bytes | mmap.mma
                  info: Member | zipfile.ZipInfo) -> int:
     """:func:`data_offsets` for one member whose local header starts ``at`` in ``window`` (at
     ``header`` in the file), refusing it as damaged if it is."""
+    # a member is named as such, not as a tensor: it may be a record (``version``, ``data.pkl``)
+    member = f"zip member {info.filename!r}"
     if at + _LOCAL_HEADER.size > len(window):
-        raise CorruptFileError("the zip is truncated (local header)", path=path, tensor=info.filename)
+        raise CorruptFileError(
+            truncated(f"the local header of {member} (at byte {header}) lies past its end"), path=path
+        )
     signature, _, flags, _, _, _, _, _, _, name_length, extra_length = _LOCAL_HEADER.unpack_from(window, at)
     if signature != b"PK\x03\x04":
-        raise CorruptFileError("bad zip local header", path=path, tensor=info.filename)
+        raise CorruptFileError(
+            f"{member}: no local header at byte {header}, where the central directory puts it: "
+            f"the zip is damaged; {FETCH_AGAIN}",
+            path=path,
+        )
     at += _LOCAL_HEADER.size
     raw = window[at : at + name_length]
     if len(raw) < name_length:  # a long name past the window
@@ -349,10 +358,14 @@ def _data_offset(path: str | os.PathLike[str], fd: int, window: bytes | mmap.mma
     except UnicodeDecodeError:
         name = None
     if name != info.filename:
+        expected = len(info.filename.encode("utf-8" if flags & _UTF8_NAME else "cp437", "replace"))
+        if name_length != expected:
+            differs = f"records a name of {name_length} bytes where the central directory's has {expected}"
+        else:
+            differs = f"names {raw.decode('utf-8', 'replace')[:80]!r}"
         raise CorruptFileError(
-            f"the local header names {raw[:80]!r}, the central directory {info.filename!r}: the zip is damaged",
+            f"{member}: its local header (at byte {header}) {differs}: the zip is damaged; {FETCH_AGAIN}",
             path=path,
-            tensor=info.filename,
         )
     return header + _LOCAL_HEADER.size + name_length + extra_length
 
@@ -385,7 +398,9 @@ def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, w
         start = data_offsets(path, [info], file=file)[0]
         data = os.pread(file.fileno(), info.file_size, start)
         if len(data) < info.file_size:
-            raise CorruptFileError(f"{info.filename} extends beyond the end of the {what}: truncated", path=path)
+            raise CorruptFileError(
+                truncated(f"zip member {info.filename!r} extends beyond the end of the {what}"), path=path
+            )
         crc = zlib.crc32(data)
         if crc != info.CRC:
             raise _crc_error(path, info, crc, what)
@@ -396,7 +411,9 @@ def read_member(path: str | os.PathLike[str], info: Member, *, file: BinaryIO, w
         with zipfile.ZipFile(path) as z:
             return z.read(info.filename)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError) as e:
-        raise CorruptFileError(f"{info.filename} cannot be read from the {what} ({e})", path=path) from e
+        raise CorruptFileError(
+            f"zip member {info.filename!r} cannot be read from the {what} ({e}); {FETCH_AGAIN}", path=path
+        ) from e
 
 
 def _crc_error(
@@ -460,7 +477,9 @@ def check_stored_crcs(path: str | os.PathLike[str], members: Sequence[tuple[int,
             while done < info.file_size:
                 chunk = os.pread(fd, min(_CRC_CHUNK, info.file_size - done), start + done)
                 if not chunk:
-                    raise CorruptFileError(f"{info.filename} extends beyond the end of the {what}: truncated", path=path)
+                    raise CorruptFileError(
+                        truncated(f"zip member {info.filename!r} extends beyond the end of the {what}"), path=path
+                    )
                 crc = zlib.crc32(chunk, crc)
                 done += len(chunk)
             if crc != info.CRC:

@@ -27,6 +27,7 @@ from ._hdf5 import (
     is_hdf5,
     link_target,
     links_of,
+    unreadable_dataset,
 )
 from ._hdf5_file import (
     Catalog,
@@ -444,9 +445,20 @@ class _DatasetRef(NamedTuple):
     source: _Source
 
     def open(self) -> h5py.Dataset:
+        """The dataset, opened through libhdf5, its datatype known to h5py.
+
+        Raises:
+            CorruptFileError: libhdf5 cannot open it, or h5py has no numpy type for its
+                datatype (its object header is damaged): names the file and the dataset.
+        """
         import h5py
 
-        return h5py.Dataset(h5py.h5o.open(self.file.h5.id, _b(self.name)))
+        try:
+            dataset = h5py.Dataset(h5py.h5o.open(self.file.h5.id, _b(self.name)))
+            dataset.dtype  # noqa: B018 -- h5py keeps it; a damaged datatype fails here, named
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise unreadable_dataset(e, path=self.source.path, key=self.name) from e
+        return dataset
 
     def dtype_shape(self) -> tuple[Any, tuple[int, ...]]:
         """The tensor's dtype (as :func:`~._hdf5.dataset_dtype` gives it) and shape."""
@@ -454,7 +466,7 @@ class _DatasetRef(NamedTuple):
         if header is not None and header.plain:
             return header.dtype, header.shape  # type: ignore[return-value]
         dataset = self.open()
-        return dataset_dtype(dataset, path=self.source.path, key=dataset.name), tuple(dataset.shape or ())
+        return dataset_dtype(dataset, path=self.source.path, key=self.name), tuple(dataset.shape or ())
 
     def is_counter(self) -> bool:
         """A scalar integer (an optimizer's iteration count)."""

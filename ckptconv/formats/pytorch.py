@@ -543,7 +543,7 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
     if numel == 0:
         if first > limit:
             raise UnsafeInputError(
-                f"storage offset {ref.offset} lies beyond storage {storage.key} ({limit} bytes)",
+                f"storage offset {ref.offset} lies beyond its storage ({limit} bytes)",
                 path=path,
                 tensor=name,
             )
@@ -552,20 +552,35 @@ def _check_view(ref: TensorRef, itemsize: int, path: Path, name: str) -> tuple[i
     if end > limit:
         raise UnsafeInputError(
             f"the view (offset {ref.offset}, shape {list(ref.shape)}, stride {list(ref.stride)}) "
-            f"ends at byte {end} of storage {storage.key}, which holds {limit} bytes; refusing to "
+            f"ends at byte {end} of its storage, which holds {limit} bytes; refusing to "
             "read outside it",
             path=path,
             tensor=name,
         )
     if numel * itemsize > limit:
-        raise UnsafeInputError(
-            f"shape {list(ref.shape)} needs {numel * itemsize} bytes but storage {storage.key} "
-            f"holds {limit} (an expanded, overlapping view): refusing to make more bytes than "
-            "the file stores; save tensor.contiguous() instead",
-            path=path,
-            tensor=name,
-        )
+        raise _inflated_view(ref, numel * itemsize, limit, path, name)
     return base + first, end - first, numel, contiguous
+
+
+def _inflated_view(ref: TensorRef, needed: int, limit: int, path: Path, name: str) -> UnsafeInputError:
+    """A view whose values take more bytes than its whole storage: a broadcast view
+    (``tensor.expand()``, stride 0) or another overlapping one. (The storage is not named: a
+    legacy file keys its storages by the memory address they had.)"""
+    broadcast = [d for d, (size, stride) in enumerate(zip(ref.shape, ref.stride)) if stride == 0 and size > 1]
+    if broadcast:
+        dims = ", ".join(map(str, broadcast))
+        what = (f"a broadcast view (tensor.expand(): stride 0 in dimension{'s' if len(broadcast) > 1 else ''} "
+                f"{dims}) of shape {list(ref.shape)}")
+        instead = "save tensor.contiguous(), or the tensor before expand(), instead"
+    else:
+        what = f"an overlapping view (shape {list(ref.shape)}, stride {list(ref.stride)}) whose values share bytes"
+        instead = "save tensor.contiguous() instead"
+    return UnsafeInputError(
+        f"{what}: its values need {needed} bytes, its storage holds {limit}; ckptconv never makes "
+        f"more bytes than a file stores: {instead}",
+        path=path,
+        tensor=name,
+    )
 
 
 def _geometry(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int, bool]:

@@ -43,6 +43,7 @@ from . import load_index
 TYPE_CHECKING = False  # pathlib is imported where a set or a directory needs it, not for a file
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import BinaryIO
 
 __all__ = [
     "FORMAT",
@@ -219,19 +220,27 @@ def cut_in_length(path: str | os.PathLike[str], head: bytes) -> bool:
 
 
 def named_but_damaged(path: str | os.PathLike[str], head: bytes) -> bool:
-    """Whether a ``.safetensors`` file whose first bytes start no plausible header is one whose
-    header length was cut (:func:`cut_in_length`) or damaged: 10 bytes or more, the JSON
-    header's ``{`` in place, but a length beyond the format's limit (a flipped byte). Such a
-    file is opened, and refused as damaged, instead of called "not a checkpoint"; as for
-    :func:`cut_in_length`, the name counts here only."""
+    """Whether a file whose first bytes start no plausible header is safetensors whose header
+    length was cut (:func:`cut_in_length`) or damaged: 10 bytes or more, the JSON header's
+    ``{`` in place, but a length beyond the format's limit (a flipped byte) in a
+    ``.safetensors`` file, or a length below 2 or beyond the limit before what is plainly a
+    safetensors header (``{"__metadata__":`` or ``{"NAME": {"dtype":`` at byte 8), whatever
+    the name. Such a file is opened, and refused as damaged, instead of called "not a
+    checkpoint"."""
     if cut_in_length(path, head):
         return True
-    return (
-        len(head) >= 10
-        and head[8:9] == b"{"
-        and int.from_bytes(head[:8], "little") > MAX_HEADER_BYTES
-        and os.fspath(path).endswith(".safetensors")
-    )
+    if len(head) < 10 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_BYTES and os.fspath(path).endswith(".safetensors"):
+        return True
+    # whatever its name: the JSON header of a tensor table at byte 8, after a length that cannot
+    # be its (read_header then says the length is damaged)
+    return (n < 2 or n > MAX_HEADER_BYTES) and _TABLE_HEAD.match(head, 8) is not None
+
+
+# the start of a safetensors header: ``{"__metadata__":`` or ``{"NAME":{"dtype":``
+_TABLE_HEAD = re.compile(rb'\{\s*"(?:__metadata__"\s*:|(?:[^"\\]|\\.)*"\s*:\s*\{\s*"dtype"\s*:)')
 
 
 def _truncated(detail: str) -> str:
@@ -478,19 +487,21 @@ def read_header(path: str | os.PathLike[str]) -> Header:
                 path=path,
             )
         if 8 + n > size:
-            raise CorruptFileError(
+            raise _damaged_length(f, n, size, path) or CorruptFileError(
                 _truncated(f"the header claims {n} bytes, the file has {size - 8} after the length"),
                 path=path,
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"the header is not valid JSON ({e})", path=path) from e
-    except _RepeatedKey as e:
-        raise CorruptFileError(
-            "the header names this tensor twice", path=path, tensor=e.args[0]
-        ) from None
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise _damaged_length(f, n, size, path) or CorruptFileError(
+                f"the header is not valid JSON ({e})", path=path
+            ) from e
+        except _RepeatedKey as e:
+            raise CorruptFileError(
+                "the header names this tensor twice", path=path, tensor=e.args[0]
+            ) from None
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
     metadata = _metadata(header.pop("__metadata__", None), path)
@@ -499,6 +510,34 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     tensors = _tensors(header, path)
     _check_layout(tensors, path, size - data_start)
     return Header(path, data_start, tensors, metadata, _checksums(metadata, tensors, path))
+
+
+def _damaged_length(f: BinaryIO, n: int, size: int, path: str) -> CorruptFileError | None:
+    """When the header length (the first 8 bytes) says ``n`` but a JSON header of a tensor
+    table starts at byte 8 and ends elsewhere, the error saying the length is damaged (a
+    flipped byte); None when no such header is there (then it is the JSON that is damaged, or
+    the file that is cut). Runs only once the header has failed."""
+    f.seek(8)
+    data = f.read(min(size - 8, MAX_HEADER_BYTES))
+    text = data.decode("utf-8", "surrogateescape")  # tensor bytes after the header: any bytes
+    try:
+        header, end = json.JSONDecoder().raw_decode(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(header, dict) or not header or not all(
+        key == "__metadata__" or (isinstance(value, dict) and "dtype" in value) for key, value in header.items()
+    ):
+        return None
+    length = len(text[:end].encode("utf-8", "surrogateescape"))
+    padding = data[length : length + 8]
+    length += len(padding) - len(padding.lstrip(b" "))  # writers pad it to 8 bytes with spaces
+    if length == n:
+        return None
+    return CorruptFileError(
+        f"the header length (the file's first 8 bytes) is damaged: it says {n} bytes, but the JSON "
+        f"header at byte 8 takes {length}; {FETCH_AGAIN}",
+        path=path,
+    )
 
 
 class _RepeatedKey(Exception):

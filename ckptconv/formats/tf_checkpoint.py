@@ -39,6 +39,7 @@ from ..errors import (
     FormatError,
     NoSuchFileError,
     UnsupportedError,
+    truncated,
 )
 from ..store import (
     ByteRange,
@@ -321,12 +322,14 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
             raise CorruptFileError(
                 f"index names data shard {shard_id} of {num_shards}", path=index.index_path, tensor=key
             )
-        if offset < 0 or size < 0 or offset + size > sizes[shard_id]:
+        if offset < 0 or size < 0:
             raise CorruptFileError(
-                f"tensor data at bytes {offset}..{offset + size} lies beyond the end of the file "
-                f"({sizes[shard_id]} bytes): the file is truncated; {FETCH_AGAIN}",
-                path=files[shard_id], tensor=key,
+                f"the index places tensor data at bytes {offset}..{offset + size}: the index is damaged; "
+                f"{FETCH_AGAIN}",
+                path=index.index_path, tensor=key,
             )
+        if offset + size > sizes[shard_id]:
+            raise _cut_data_file(index, shard_id, files[shard_id], sizes[shard_id])
     return files
 
 
@@ -425,6 +428,32 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
         return parse_object_graph(value)
     except WireError as e:
         raise CorruptFileError(f"damaged object graph: {e}", path=path, tensor=OBJECT_GRAPH_KEY) from e
+
+
+def _cut_data_file(index: _Index, shard: int, path: str, size: int) -> CorruptFileError:
+    """A data file that ends before bytes the index places in it: said of the file, with the
+    tensors cut (the first one, by checkpoint key, as the error's tensor). The object graph, an
+    entry TensorFlow writes last, is not named as a tensor: it names the variables."""
+    cut: list[tuple[int, str]] = []
+    graph = False
+    for key, e in [*index.entries.items(), *((_slice_label(k), e) for k, e in index.slices.items())]:
+        if e.shard_id == shard and not e.slices and e.offset + e.size > size:
+            if key == OBJECT_GRAPH_KEY:
+                graph = True
+            else:
+                cut.append((e.offset, key))
+    cut.sort()
+    last = max((e.offset + e.size for e in index.entries.values() if e.shard_id == shard and not e.slices), default=0)
+    parts = (["this tensor"] if cut else []) + ([f"{len(cut) - 1} after it"] if len(cut) > 1 else [])
+    if graph:
+        parts.append("the object graph that names the variables")
+    said = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    verb = "is" if len(parts) == 1 else "are"
+    return CorruptFileError(
+        truncated(f"it has {size} bytes, but the index places data up to byte {last}: {said} {verb} cut"),
+        path=path,
+        tensor=cut[0][1] if cut else None,
+    )
 
 
 def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:

@@ -32,6 +32,7 @@ Cases (label: file):
     (refusals) module.pt             torch.save(model): a pickled nn.Module
                module_legacy.pt      the same in the legacy layout
                expanded.pt           an expanded (stride-0) view larger than its storage
+               expanded_legacy.pt    the same in the legacy layout, beside a plain tensor
 
 ``cnn_module()`` and ``torch_layout_module()`` build the modules (seeded) for other tests.
 """
@@ -394,7 +395,15 @@ def refusals(out: Path) -> None:
     torch.manual_seed(SEED)
     torch.save(SmallNet(), out / "module.pt")
     torch.save(SmallNet(), out / "module_legacy.pt", _use_new_zipfile_serialization=False)
+    expanded_views(out)
+
+
+def expanded_views(out: Path) -> None:
+    """Broadcast (stride-0) views larger than their storages, in both layouts."""
     torch.save({"expanded": torch.zeros(4).expand(1000, 4)}, out / "expanded.pt")
+    # the legacy layout keys its storages by memory address: messages must not show one
+    state = {"bias": torch.zeros(3), "layer.scale": torch.ones(1).expand(16)}
+    torch.save(state, out / "expanded_legacy.pt", _use_new_zipfile_serialization=False)
 
 
 def main(outdir: str) -> None:
