@@ -15,11 +15,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import ckptconv
+from ckptconv.errors import UnsafeInputError
+from ckptconv.formats import keras_orbax
 from tests.generators.gen_keras315 import build_orbax_seq, build_orbax_zoo, quantize
 from tests.helpers import assert_bit_exact, blocking_env, load_expected, run_cli, run_cli_many
 
@@ -644,3 +647,56 @@ def test_damaged_arrays_read_ahead_fail_alone(k315: Path, tmp_path: Path) -> Non
                 assert info.value.tensor == entry.tree_path
             else:
                 assert_bit_exact(entry.read(), expected[entry.tree_path], entry.name)
+
+
+@pytest.mark.parametrize("part,refused", [
+    ("", True), (".", True), ("..", True), ("a/b", True), ("a\\b", True), ("a\0b", True), ("/", True),
+    ("dense_0", False), ("a.b", False), ("..a", False), ("x..y", False), ("0", False),
+])
+def test_pytree_key_parts_that_are_path_parts_are_refused(tmp_path: Path, part: str, refused: bool) -> None:
+    """A key part that is empty, ``.`` or ``..``, or holds a path separator or NUL, is refused
+    wherever it is in a leaf's key path; any other part (dots inside included) is read."""
+    meta = {"tree_metadata": {
+        "first": {"key_metadata": [{"key": "trainable_variables"}, {"key": "d"}, {"key": "kernel"}],
+                  "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False}},
+        "odd": {"key_metadata": [{"key": "trainable_variables"}, {"key": part}, {"key": 3}],
+                "value_metadata": {"value_type": "jax.Array"}},
+        "skipped": {"key_metadata": [{"key": "metrics_variables"}], "value_metadata": {"skip_deserialize": True}},
+    }}
+    if refused:
+        with pytest.raises(UnsafeInputError, match="could lead outside the checkpoint"):
+            keras_orbax._leaves(meta, path=tmp_path)
+    else:
+        leaves = keras_orbax._leaves(meta, path=tmp_path)
+        assert leaves == [("trainable_variables", "d", "kernel"), ("trainable_variables", part, "3")]
+
+
+def test_layer_rank_follows_the_layers_then_what_compile_config_names(tmp_path: Path) -> None:
+    """Layers in the config's order (a layer named like the dtype policy at its own place),
+    then the optimizer's and named metrics' state (``adam/iteration``) in the order
+    ``compile_config`` lists them; anything else after, in the order first met."""
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}}
+    config = json.loads(json.dumps({
+        "class_name": "Sequential",
+        "config": {"name": "seq", "dtype": policy, "layers": [
+            {"class_name": "Dense", "config": {"name": "a", "dtype": policy}},
+            {"class_name": "Dense", "config": {"name": "float32", "dtype": policy}},
+        ]},
+        "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam"}},
+                           "metrics": [{"class_name": "MeanMetricWrapper", "config": {"name": "acc"}}]},
+    }))
+    rank = keras_orbax._layer_rank(config, path=tmp_path / "model_config")
+    layers = ["loss", "acc", "adam", "seq/float32", "seq/a", "seq"]
+    assert sorted(layers, key=rank) == ["seq", "seq/a", "seq/float32", "adam", "acc", "loss"]
+    assert rank("float32") == rank("seq/float32")[1:]
+
+
+def test_a_model_config_nested_too_deeply_is_refused_naming_it(tmp_path: Path) -> None:
+    deep: Any = {}
+    for _ in range(300):
+        deep = {"x": deep}
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": []},
+              "compile_config": {"optimizer": {"class_name": "Adam", "config": {"name": "adam", "x": deep}}}}
+    with pytest.raises(UnsafeInputError, match="the model config is nested too deeply") as info:
+        keras_orbax._layer_rank(config, path=tmp_path / "model_config" / "_strings.json")
+    assert "_strings.json" in str(info.value)

@@ -349,3 +349,25 @@ def test_complex128_is_read_and_refused_by_name_for_safetensors(tmp_path: Path) 
     with pytest.raises(ckptconv.CkptconvError, match="complex128"):
         ckptconv.convert(path, tmp_path / "z.safetensors")
     assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_fnuz_float8_is_read_and_converts_with_a_cast(tmp_path: Path) -> None:
+    """torch's float8_e4m3fnuz and float8_e5m2fnuz (written by torch 2.13, gen_pytorch.fnuz_dtypes)
+    are read as ml_dtypes' types of the same layout; safetensors has no code for them, so
+    convert asks for a cast, and --dtype float32 gives their exact values."""
+    expected = load_expected(FIXTURES, "fnuz")
+    with ckptconv.open(FIXTURES / "fnuz.pt") as store:
+        assert [e.name for e in store.entries()] == [x.name for x in expected]
+        for want in expected:
+            assert store[want.name].dtype_name == want.array.dtype.name  # float8_e4m3fnuz, float8_e5m2fnuz
+            assert_bit_exact(store[want.name].read(), want.array, want.name)
+    refused = run_cli("convert", FIXTURES / "fnuz.pt", tmp_path / "x.safetensors")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "tensor 'e4m3fnuz': safetensors has no float8_e4m3fnuz dtype" in refused.stderr and "cast it" in refused.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    done = run_cli("convert", FIXTURES / "fnuz.pt", tmp_path / "x.safetensors", "--dtype", "float32")
+    assert done.returncode == 0, done.stderr
+    with ckptconv.open(tmp_path / "x.safetensors") as written:
+        for want in expected:
+            with np.errstate(invalid="ignore"):
+                assert_bit_exact(written[want.name].read(), want.array.astype(np.float32), want.name)

@@ -56,7 +56,7 @@ TORCH_DTYPES: dict[str, str | None] = {
     "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2",
     "complex64": "complex64", "cfloat": "complex64",
     "complex128": "complex128", "cdouble": "complex128",
-    "float8_e4m3fnuz": None, "float8_e5m2fnuz": None, "float8_e8m0fnu": None,
+    "float8_e4m3fnuz": "float8_e4m3fnuz", "float8_e5m2fnuz": "float8_e5m2fnuz", "float8_e8m0fnu": None,
     "float4_e2m1fn_x2": None, "complex32": None, "chalf": None,
     "qint8": None, "quint8": None, "qint32": None, "quint4x2": None, "quint2x4": None,
     "bits8": None, "bits16": None, "bits1x8": None, "bits2x4": None, "bits4x2": None,
@@ -78,7 +78,8 @@ STORAGE_DTYPES: dict[str, str] = {
 ITEMSIZE: dict[str, int] = {
     "float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int8": 1, "int16": 2, "int32": 4,
     "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "complex64": 8, "complex128": 16,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+    "complex64": 8, "complex128": 16,
     "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
 }
 

@@ -162,37 +162,42 @@ def _read_config(members: dict[str, Member], f: Any, path: str | os.PathLike[str
 
 def key_names(config: Any) -> dict[str, str]:
     """HDF5 group paths -> layer names, following Keras' own keying (snake_case class name,
-    ``_1``, ``_2``, ... in layer order) for files that do not record names (tf-keras, Keras < 3.6)."""
+    ``_1``, ``_2``, ... in layer order) for files that do not record names (tf-keras, Keras < 3.6).
+
+    The config is JSON data; a layer whose ``config`` is not an object has no name here."""
     names: dict[str, str] = {}
 
-    def visit(model: Any, prefix: str, depth: int) -> None:
-        if depth > 100 or not isinstance(model, dict):
-            return
-        cfg = model.get("config")
-        layers = cfg.get("layers") if isinstance(cfg, dict) else None
-        if not isinstance(layers, list):
-            return
-        sequential = model.get("class_name") == "Sequential"
+    def visit(layers: list[Any], sequential: bool, prefix: str, depth: int) -> None:
+        # one call per model (its ``layers`` list), not per layer: a layer is looked into
+        # only when its config holds layers of its own
         counters: dict[str, int] = {}
         for layer in layers:
-            if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
+            if type(layer) is not dict:
                 continue
-            if sequential and layer["class_name"] == "InputLayer":
+            class_name = layer.get("class_name")
+            if type(class_name) is not str or (sequential and class_name == "InputLayer"):
                 continue
-            snake = snake_case(layer["class_name"])
+            snake = snake_case(class_name)
             count = counters.get(snake, 0)
             counters[snake] = count + 1
-            key = snake if count == 0 else f"{snake}_{count}"
-            path = f"{prefix}/layers/{key}"
-            name = (layer.get("config") or {}).get("name")
-            if isinstance(name, str):
+            path = f"{prefix}/layers/{snake}" if count == 0 else f"{prefix}/layers/{snake}_{count}"
+            cfg = layer.get("config")
+            if type(cfg) is not dict:
+                continue
+            name = cfg.get("name")
+            if type(name) is str:
                 names[path] = name
-            visit(layer, path, depth + 1)
+            inner = cfg.get("layers")
+            if type(inner) is list and depth < 100:
+                visit(inner, class_name == "Sequential", path, depth + 1)
 
-    try:
-        visit(config, "", 0)
-    finally:
-        del visit  # it refers to itself (see keras_weights.layer_infos)
+    cfg = config.get("config") if type(config) is dict else None
+    layers = cfg.get("layers") if type(cfg) is dict else None
+    if type(layers) is list:
+        try:
+            visit(layers, config.get("class_name") == "Sequential", "", 0)
+        finally:
+            del visit  # it refers to itself (see keras_weights.layer_infos)
     return names
 
 

@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Callable
 from functools import partial
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,7 @@ def refuse_specs_out(node: Any, *, path: Path, where: str = TREE_METADATA, depth
 
 
 def _check_key_part(part: str, *, path: Path) -> None:
-    if not part or part in (".", "..") or any(c in part for c in "/\\\0"):
+    if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
         raise UnsafeInputError(
             f"{TREE_METADATA} names a pytree key {part!r}, which could lead outside the "
             "checkpoint",
@@ -228,9 +228,6 @@ def _check_key_part(part: str, *, path: Path) -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------
-
-
-_KEY = itemgetter("key")
 
 
 def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
@@ -243,18 +240,22 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     arrays = _ARRAY_TYPES
+    fields = _VALUE_FIELDS
     for label, item in tree.items():
         if type(item) is dict:
             value = item.get("value_metadata")
             keys = item.get("key_metadata")
             try:  # a list of {"key": ...} objects, or anything else is not a leaf Orbax wrote
-                parts = tuple(map(str, map(_KEY, keys))) if type(keys) is list else ()
+                parts = tuple([str(k["key"]) for k in keys]) if type(keys) is list else ()
             except (TypeError, KeyError):
                 parts = ()
         else:
             value, parts = item, ()
-        if type(value) is not dict or not value.keys() <= _VALUE_FIELDS:
-            # only unusual value metadata (or a leaf that is not an object) needs looking at
+        # only unusual value metadata (or a leaf that is not an object) needs looking at
+        if type(value) is not dict:
+            refuse_specs_out(value, path=path, depth=2)
+            value = {}
+        elif not fields.issuperset(value):
             refuse_specs_out(value, path=path, depth=2)
         if not parts:
             raise CorruptFileError(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", path=path)
@@ -263,8 +264,6 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
                 if part not in checked:
                     _check_key_part(part, path=path)
                     checked.add(part)
-        if type(value) is not dict:
-            value = {}
         if value.get("skip_deserialize") or str(value.get("value_type", "jax.Array")) not in arrays:
             continue  # strings, empty nodes, leaves the writer marked as not restorable
         leaves.append(parts)
@@ -304,15 +303,27 @@ def _kind(parts: tuple[str, ...], key: str, dtype: np.dtype, shape: tuple[int, .
     return kind, name
 
 
-def _layer_rank(config: Any) -> Callable[[str], tuple[int, ...]]:
-    """Sort key of a layer path: the config's layer order, part by part."""
-    infos = layer_infos(config) if config is not None else {}
+def _layer_rank(config: Any, *, path: Path) -> Callable[[str], tuple[int, ...]]:
+    """Sort key of a layer path, part by part: the config's layer order, then the names of
+    what its ``compile_config`` serializes (the optimizer's, ``adam`` in ``adam/iteration``,
+    and any named loss or metric), in the config's order. ``path``: the config's file.
+
+    Raises:
+        UnsafeInputError: the config is nested too deeply (see :func:`layer_infos`).
+    """
+    try:
+        infos = layer_infos(config) if config is not None else {}
+        compiled = config.get("compile_config") if type(config) is dict else None
+        named = layer_infos(compiled) if type(compiled) is dict else {}
+    except UnsafeInputError as e:  # raised without the file: name it
+        raise UnsafeInputError(e.reason.replace("config.json", "the model config"), path=path) from e
     rank = {name: i for i, name in enumerate(infos)}
+    for name in named:
+        rank.setdefault(name, len(rank))
     # the infos hold every layer's config (tens of thousands of objects for thousands of
-    # layers), and layer_infos' recursive helper keeps the dict until a cyclic collection,
-    # which a process that paused the collector may run only at exit: emptied now, the
-    # configs are freed now
+    # layers): emptied now, the configs are freed with the config, not with the store
     infos.clear()
+    named.clear()
     unknown = len(rank)
     known: dict[str, tuple[int, ...]] = {}  # a layer's weights and slots share its key
 
@@ -400,7 +411,7 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
         loader = partial(load, param, key, dtype, shape)
         entries.append(of(name, layer_of(name), 0, param, shape, dtype, kind, where, None, None, key, loader))
     keras_order(entries)
-    entries = _store_order(entries, _layer_rank(config))
+    entries = _store_order(entries, _layer_rank(config, path=step_dir / MODEL_CONFIG / "_strings.json"))
     arrays.read_in_order([e.key for e in entries], sizes)
 
     metadata = {"checkpointable": tree.name}

@@ -151,40 +151,74 @@ class LayerInfo(NamedTuple):
 # A config.json container nested deeper than this (the outermost at depth 0) is refused.
 MAX_CONFIG_DEPTH = 200
 
+# Objects Keras' deserializer turns into plain values (a functional model's input tensors,
+# tensors, arrays, bytes, slices, lambdas, type specs, functions), never into an object built
+# by ``from_config``: nothing in them is a layer.
+_VALUE_CLASSES = frozenset({
+    "__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__",
+    "__lambda__", "__typespec__", "function",
+})
+
 
 def layer_infos(config: Any) -> dict[str, LayerInfo]:
-    """Every layer in a ``.keras`` ``config.json`` by name (first wins), found recursively.
+    """Every layer in a ``.keras`` ``config.json`` by name (first wins), found where Keras'
+    deserializer builds objects from.
 
     The config is only read as JSON data (as ``json.loads`` gives it: dict, list, str, int,
-    float, bool, None): nothing in it is imported or executed. A layer is an object with a
-    string ``class_name`` and an object ``config`` holding a string ``name``; layers are found
-    in document order (depth first), the order :func:`build_entries` ranks them by.
+    float, bool, None): nothing in it is imported or executed. A serialized object is a JSON
+    object with a string ``class_name`` and an object ``config``; it is a layer when that
+    config holds a string ``name``. Layers are found in document order (depth first), the
+    order :func:`build_entries` ranks them by.
+
+    Keras (``serialization_lib.deserialize_keras_object``, tf-keras' alike) builds an object
+    from its ``config`` alone, so only that is searched for the layers it holds (a model's
+    ``layers``, a wrapper's ``layer`` and ``backward_layer``, an RNN's ``cell``, a keras-hub
+    task's ``backbone``, a custom layer's own options); beside it lie its ``build_config``
+    (input shapes), ``compile_config`` (optimizer, losses, metrics) and, for a functional
+    model's layers, ``inbound_nodes`` (the tensors each call took). Inside a config,
+    ``dtype`` is the layer's dtype policy (``DTypePolicy``, whose ``name`` is ``float32``,
+    not a layer's). Objects deserialized into values (:data:`_VALUE_CLASSES`) hold no layer.
+    A JSON object that is not a serialized object is searched whole, as Keras deserializes
+    each of its values.
 
     Raises:
-        UnsafeInputError: a container nested deeper than :data:`MAX_CONFIG_DEPTH`.
+        UnsafeInputError: a container the search enters nested deeper than
+            :data:`MAX_CONFIG_DEPTH`.
     """
     found: dict[str, LayerInfo] = {}
 
-    # One recursive pass over every container (a config of thousands of layers has over a
-    # hundred thousand): each call runs over one container's children, already known to sit
-    # at ``depth``, and looks at each child once. Exact type checks: ``type(x) is dict`` costs
-    # a third of ``isinstance`` per child, and JSON data holds no subclasses. The recursion
-    # is bounded by the depth check, far below Python's own limit.
-    def visit(children: Iterable[Any], depth: int) -> None:
+    # One recursive call per container searched (two per layer of a plain model, against
+    # twenty when every container was): each runs over one container's children, already
+    # known to sit at ``depth``, and looks at each child once; ``skip`` is the dtype policy of
+    # the config whose values these are (JSON data shares no object, so identity is position).
+    # Exact type checks: ``type(x) is dict`` costs a third of ``isinstance`` per child, and
+    # JSON data holds no subclasses. The recursion is bounded by the depth check, far below
+    # Python's own limit.
+    def visit(children: Iterable[Any], depth: int, skip: Any = None) -> None:
         for child in children:
             kind = type(child)
             if kind is dict:
+                if child is skip:
+                    continue
                 if depth > MAX_CONFIG_DEPTH:
                     raise UnsafeInputError("config.json is nested too deeply")
-                if "class_name" in child:
-                    class_name, cfg = child["class_name"], child.get("config")
-                    if type(cfg) is dict and type(class_name) is str:
-                        name = cfg.get("name")
-                        if type(name) is str and name not in found:
-                            found[name] = LayerInfo(class_name, cfg)
-                if child:
+                cfg = child.get("config")
+                class_name = child.get("class_name")
+                if type(cfg) is dict and type(class_name) is str:
+                    if class_name in _VALUE_CLASSES:
+                        continue
+                    if depth == MAX_CONFIG_DEPTH:  # its config is one deeper
+                        raise UnsafeInputError("config.json is nested too deeply")
+                    name = cfg.get("name")
+                    if type(name) is str and name not in found:
+                        found[name] = LayerInfo(class_name, cfg)
+                    if cfg:
+                        visit(cfg.values(), depth + 2, cfg.get("dtype"))
+                elif child:
                     visit(child.values(), depth + 1)
             elif kind is list:
+                if child is skip:
+                    continue
                 if depth > MAX_CONFIG_DEPTH:
                     raise UnsafeInputError("config.json is nested too deeply")
                 if child:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..dtypes import dtype_name
+from ..dtypes import by_name, dtype_name
 from ..errors import (
     FETCH_AGAIN,
     CorruptFileError,
@@ -81,8 +81,9 @@ _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _STRING = 7
 
 # TensorFlow DataType code -> numpy dtype (little-endian; data files are little-endian); the
-# dtypes ml_dtypes provides are added on first need (_tf_dtype): importing it costs more than
-# opening a small checkpoint, and a checkpoint of float32 tensors never needs it
+# dtypes ml_dtypes provides are added on first need (_tf_dtype, by ckptconv.dtypes' names):
+# importing it costs more than opening a small checkpoint, and a checkpoint of float32
+# tensors never needs it
 _DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
@@ -602,10 +603,8 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
 def _tf_dtype(code: int) -> np.dtype | None:
     """The numpy dtype of a numeric TensorFlow dtype code, None for other codes."""
     if code in _ML_DTYPES and code not in _DTYPES:
-        import ml_dtypes
-
         for known, name in _ML_DTYPES.items():
-            _DTYPES[known] = np.dtype(getattr(ml_dtypes, name))
+            _DTYPES[known] = by_name(name)
     return _DTYPES.get(code)
 
 
