@@ -289,20 +289,22 @@ def dataset_entry(
 
 def header_entry(
     header: Header,
-    *,
     name: str,
     key: str,
     path: str,
     data_path: str | None,
-    base_offset: int = 0,
+    base_offset: int,
     file_size: int,
-    kind: Kind = "weight",
-    index: int = 0,
-    layer: str | None = None,
+    kind: Kind,
+    index: int,
+    layer: str | None,
+    tree_path: str | None,
+    /,
 ) -> Entry | None:
-    """The Entry :func:`dataset_entry` gives, built from the dataset's parsed object header
-    (no libhdf5 call); None when the header leaves anything to libhdf5 (see
-    :class:`~._hdf5_headers.Header`) or the bytes are not raw in any file."""
+    """The Entry :func:`dataset_entry` gives (with ``tree_path``), built from the dataset's
+    parsed object header (no libhdf5 call); None when the header leaves anything to libhdf5
+    (see :class:`~._hdf5_headers.Header`) or the bytes are not raw in any file. Arguments
+    by position, as :meth:`~ckptconv.store.Entry.of` takes them: readers build thousands."""
     if not header.plain or data_path is None:
         return None
     byte_range = _byte_range(  # a damaged range names the tensor as the store will
@@ -310,7 +312,7 @@ def header_entry(
     )
     return Entry.of(
         name, layer_of(name) if layer is None else layer, index, key, header.shape, header.dtype, kind, path,
-        byte_range, None, None, None,
+        byte_range, None, tree_path, None,
     )
 
 

@@ -19,6 +19,8 @@ import os
 import re
 import struct
 from collections.abc import Callable
+from itertools import compress
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -210,6 +212,7 @@ def describe_open_error(error: BaseException) -> str:
     return f"a damaged HDF5 file that libhdf5 cannot open ({inner})"
 
 
+_VLEN = attrgetter("vlen")
 _GCOL = b"GCOL"
 _GCOL_HEADER = 16  # signature, version, 3 reserved bytes, collection size (8)
 _SCAN_CHUNK = 8 << 20
@@ -264,7 +267,8 @@ def check_global_heaps(
                 collections[offset] = objects
         texts: dict[int, dict[str, str | list[str]]] = {}
         declared: list[int] = []  # plain datasets whose dtype attribute is to be applied
-        for address, header in headers.items():
+        # (the headers with variable-length attributes picked out without a Python step per object)
+        for address, header in compress(headers.items(), map(_VLEN, headers.values())):
             vlen = header.vlen
             if vlen:
                 for name, values, what in vlen:

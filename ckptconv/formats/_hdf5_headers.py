@@ -22,11 +22,12 @@ import math
 import struct
 from collections.abc import Callable
 from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Header", "lengths_are_8", "object_header", "object_headers", "rows"]
+__all__ = ["Header", "Plain", "lengths_are_8", "object_header", "object_headers", "rows"]
 
 _MAX_HEADER_BLOCKS = 4096
 _FIRST_READ = 512  # a Keras dataset's header is 272 bytes, a group's 40: one read each
@@ -374,30 +375,53 @@ _BATCH_ROWS = 8192  # headers gathered per numpy pass (8192 x 512 bytes)
 _MIX = 0x100000001B3  # the multiplier of the messages' 64-bit hash (the FNV prime)
 
 
+class Plain(NamedTuple):
+    """The plain datasets without attributes of an :func:`object_headers` batch (nearly
+    every dataset of a Keras file), described together: no Python work per dataset beyond
+    building its :class:`Header`.
+
+    Attributes:
+        rows: Their indices in the addresses given.
+        addresses: Their object header addresses.
+        headers: What :func:`object_header` gives for each.
+        offsets: Where each one's contiguous bytes start (uint64).
+        lengths: How many bytes each stores there (uint64).
+    """
+
+    rows: list[int]
+    addresses: list[int]
+    headers: list[Header]
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+
 def object_headers(
-    read: Callable[[int, int], bytes], addresses: list[int], size: int, *, image: np.ndarray | None = None
+    read: Callable[[int, int], bytes], addresses: list[int], size: int, *, image: np.ndarray | None = None,
+    plain: list[Plain] | None = None,
 ) -> list[Header | None]:
     """What :func:`object_header` gives for each of ``addresses``, for the headers of the two
     shapes h5py writes for nearly every object, parsed together with numpy: a dataset's
     (dataspace, datatype, fill value, contiguous layout, maybe a modification time) and a
     group's (its symbol table), each maybe with attributes (Keras' ``name``,
-    ``weight_names``), all in a first block of at most 496 bytes. None for any other header: the caller asks :func:`object_header`, which reads
-    every header there is (continuation blocks, attributes, shared messages, other layouts).
+    ``weight_names``), all in a first block of at most 496 bytes. None for any other
+    header: the caller asks :func:`object_header`, which reads every header there is
+    (continuation blocks, attributes, shared messages, other layouts).
 
     ``read(offset, n)`` reads the HDF5 image; ``size`` is its length; ``image``, if given, is
     the same bytes as a uint8 array (the headers are then copied out of it in one step).
     Distinct dataspace and datatype messages are decoded once, by the functions
-    :func:`object_header` uses.
+    :func:`object_header` uses. With ``plain`` (a list), the plain datasets without
+    attributes are given there instead (see :class:`Plain`; None in the result).
     """
     found: list[Header | None] = [None] * len(addresses)
-    inside = [i for i, a in enumerate(addresses) if a <= size - _FIRST_READ]
+    every = np.array(addresses, np.int64)
+    inside = np.flatnonzero(every <= size - _FIRST_READ)
     for start in range(0, len(inside), _BATCH_ROWS):
         chosen = inside[start : start + _BATCH_ROWS]
-        at = np.array([addresses[i] for i in chosen], np.int64)
+        at = every[chosen]
         heads = rows(read, image, at, _FIRST_READ)
-        headers, continued = _batch(heads, at, size, None)
-        for i, header in zip(chosen, headers):
-            found[i] = header
+        headers, continued, bulk = _batch(heads, at, size, None)
+        parts = [(chosen, headers, bulk)]
         # headers whose first block holds a continuation message (h5py moves a group's
         # messages there once it has attributes): parsed again, the block appended to the row
         which, block_at, block_size, first_size = continued
@@ -406,26 +430,39 @@ def object_headers(
             first = int(first_size.max())
             blocks = rows(read, image, block_at, int(block_size.max()))
             joined = np.concatenate([heads[which, :first], blocks], axis=1)
-            headers, _ = _batch(joined, at[which], size, block_size)
-            for row, header in zip(which.tolist(), headers):
-                found[chosen[row]] = header
+            headers, _, bulk = _batch(joined, at[which], size, block_size)
+            parts.append((chosen[which], headers, bulk))
+        for where, headers, bulk in parts:
+            taken, described, offsets, lengths = bulk
+            if plain is None:
+                headers = list(headers)
+                for row, header in zip(taken.tolist(), described):
+                    headers[row] = header
+            elif len(taken):
+                plain.append(Plain(where[taken].tolist(), every[where[taken]].tolist(), described, offsets, lengths))
+            for i, header in zip(where.tolist(), headers):
+                if header is not None:
+                    found[i] = header
     return found
 
 
 _Continued = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_Bulk = tuple[np.ndarray, list[Header], np.ndarray, np.ndarray]
 
 
 def _batch(
     heads: np.ndarray, at: np.ndarray, size: int, second: np.ndarray | None
-) -> tuple[list[Header | None], _Continued]:
+) -> tuple[list[Header | None], _Continued, _Bulk]:
     """:func:`object_headers` for the headers whose first bytes are the rows of ``heads``
     (512 of them), at addresses ``at`` (each at least 512 bytes before the end). With
     ``second``, the rows are each header's first block, which holds a continuation message,
     then (from the column just past the longest first block) the block it names, of
-    ``second`` bytes. Returns the headers (None: :func:`object_header` decides) and, without
-    ``second``, the rows left out because their first block holds one continuation: the
-    rows, the blocks' addresses and sizes (each within the image, at least 512 bytes before
-    its end, at most 512 bytes long) and how long each first block is."""
+    ``second`` bytes. Returns the headers (None: :func:`object_header` decides, or the row
+    is in the bulk); without ``second``, the rows left out because their first block holds
+    one continuation: the rows, the blocks' addresses and sizes (each within the image, at
+    least 512 bytes before its end, at most 512 bytes long) and how long each first block
+    is; and the bulk: the rows of plain datasets without attributes, their headers, data
+    offsets and lengths (see :class:`Plain`)."""
     n = len(at)
     end = 16 + (heads[:, 8:12].astype(np.int64) @ np.array([1, 1 << 8, 1 << 16, 1 << 24], np.int64))
     if second is None:
@@ -504,55 +541,69 @@ def _batch(
     ok &= group | dataset
     symbols = words(found[_SYMBOL_TABLE], 2)
     chosen = dataset & ok
-    shapes = _distinct(heads, words, found[_DATASPACE], sizes[_DATASPACE], chosen, _dataspaces, _dataspace)
-    dtypes = _distinct(heads, words, found[_DATATYPE], sizes[_DATATYPE], chosen, _datatypes, _datatype)
+    shapes, elements = _distinct(heads, words, found[_DATASPACE], sizes[_DATASPACE], chosen, _dataspaces, _dataspace, _elements)
+    dtypes, itemsizes = _distinct(heads, words, found[_DATATYPE], sizes[_DATATYPE], chosen, _datatypes, _datatype, _itemsize)
+    ok &= ~chosen | ((elements != _UNCOUNTED) & (elements != _NOT_DECODED) & (itemsizes != _NOT_DECODED))
+    # a dataset is plain when its layout is written and its dataspace and datatype decode
+    # to a shape and dtype whose bytes are what the layout stores (unless an attribute
+    # spoils it: below)
+    data_at, data_size = layout[:, 0], layout[:, 1]
+    itemsize = np.maximum(itemsizes, 1).astype(np.uint64)
+    plain = (
+        chosen & (data_at != np.uint64(_UNDEFINED)) & (elements >= 0) & (itemsizes > 0)
+        & (data_size % itemsize == 0) & (data_size // itemsize == np.maximum(elements, 0).astype(np.uint64))
+    )
+    # the bulk: plain datasets without attributes, their headers built without a Python
+    # step per row
+    bulk = plain & ~(attribute_end != 0).any(axis=1)
+    taken = np.flatnonzero(bulk)
+    offsets, lengths = data_at[taken], data_size[taken]
+    count = len(taken)
+    described = list(map(_HEADER, zip(
+        repeat("dataset", count), repeat(True, count), shapes[taken].tolist(), dtypes[taken].tolist(),
+        offsets.tolist(), lengths.tolist(), map(list, repeat((), count)), repeat((), count),
+        repeat(None, count), repeat(False, count),
+    )))
+    ok &= ~bulk
     out: list[Header | None] = [None] * n
-    data_at, data_size = layout[:, 0].tolist(), layout[:, 1].tolist()
-    btree, heap = symbols[:, 0].tolist(), symbols[:, 1].tolist()
-    is_group = group.tolist()
-    # every attribute message of the rows taken, in order, cut from one copy of the rows
-    row_of, column = np.nonzero(attribute_end * ok[:, None])
+    # the rest row by row: each column made a list for those rows only
+    loop = np.flatnonzero(ok)
+    # every attribute message of those rows, in order, cut from one copy of the rows
+    row_of, column = np.nonzero(attribute_end[loop] != 0)
     flat = heads.tobytes() if len(row_of) else b""
-    row_start = row_of * heads.shape[1]
+    row_start = loop[row_of] * heads.shape[1]
     messages = [
         flat[start:stop] for start, stop in zip(
-            (row_start + attribute_at[row_of, column]).tolist(), (row_start + attribute_end[row_of, column]).tolist()
+            (row_start + attribute_at[loop[row_of], column]).tolist(),
+            (row_start + attribute_end[loop[row_of], column]).tolist(),
         )
     ]
-    counted_attributes = np.bincount(row_of, minlength=n)
-    attribute_count = counted_attributes.tolist()
-    attribute_first = (np.cumsum(counted_attributes) - counted_attributes).tolist()  # each row's first message
-    # Header._make without its Python frame: the tuple of the fields, typed Header
-    make = partial(tuple.__new__, Header)
-    sizes_of: dict[tuple[int, int], int] = {}  # bytes of each (shape, dtype) met, by identity
-    for i in np.flatnonzero(ok).tolist():
-        if attribute_count[i]:
-            first = attribute_first[i]
-            names, vlen, declared, spoiled = _attributes(messages[first : first + attribute_count[i]])
+    counted_attributes = np.bincount(row_of, minlength=len(loop))
+    firsts = (np.cumsum(counted_attributes) - counted_attributes).tolist()  # each row's first message
+    make = _HEADER
+    for i, count, first, is_group, btree, heap, offset, length, is_plain, shape, dtype in zip(
+        loop.tolist(), counted_attributes.tolist(), firsts, group[loop].tolist(), symbols[loop, 0].tolist(),
+        symbols[loop, 1].tolist(), data_at[loop].tolist(), data_size[loop].tolist(), plain[loop].tolist(),
+        shapes[loop].tolist(), dtypes[loop].tolist(),
+    ):
+        if count:
+            names, vlen, declared, spoiled = _attributes(messages[first : first + count])
         else:
             names, vlen, declared, spoiled = (), [], False, False
-        if is_group[i]:
-            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree[i], heap[i]), False))
+        if is_group:
+            out[i] = make(("group", False, None, None, None, 0, vlen, names, (btree, heap), False))
             continue
-        offset, length = data_at[i], data_size[i]
         if offset == _UNDEFINED:
             out[i] = make(("dataset", False, None, None, None, length, vlen, names, None, False))
-            continue
-        shape, dtype = shapes[i], dtypes[i]
-        if shape is _UNSEEN or dtype is _UNSEEN:  # a hash collision: object_header decides
-            continue
-        if shape is None or dtype is None or spoiled:  # not a plain shape or dtype
-            out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
-            continue
-        key = (id(shape), id(dtype))  # both live in shapes and dtypes: identities are unique
-        stored = sizes_of.get(key)
-        if stored is None:
-            stored = sizes_of[key] = math.prod(shape) * dtype.itemsize
-        if stored == length:
+        elif is_plain and not spoiled:
             out[i] = make(("dataset", True, shape, dtype, offset, length, vlen, names, None, declared))
         else:
             out[i] = make(("dataset", False, None, None, offset, length, vlen, names, None, False))
-    return out, continued
+    return out, continued, (taken, described, offsets, lengths)
+
+
+# Header._make without its Python frame: the tuple of the fields, typed Header
+_HEADER = partial(tuple.__new__, Header)
 
 
 def rows(
@@ -587,18 +638,22 @@ class _Words:
 
 def _distinct(
     heads: np.ndarray, words: _Words, at: np.ndarray, sizes: np.ndarray, rows: np.ndarray,
-    memo: dict[bytes, Any], parse: Callable[[bytes], Any],
-) -> list[Any]:
+    memo: dict[bytes, Any], parse: Callable[[bytes], Any], measure: Callable[[Any], int],
+) -> tuple[np.ndarray, np.ndarray]:
     """Each of ``rows``' message (``sizes[i]`` bytes at column ``at[i]``) decoded by
-    ``parse``, each distinct message once (through ``memo``), by row index (``_UNSEEN`` for
-    rows not decoded). Rows are grouped by a 64-bit hash of the message, each group's
-    messages then compared word for word with its first: a row that differs (a hash
-    collision) is left out, for object_header."""
+    ``parse``, each distinct message once (through ``memo``), by row index (an object array,
+    ``_UNSEEN`` for rows not decoded), and ``measure`` of each row's value (of ``_UNSEEN``
+    for rows not decoded), worked out once per distinct value. Rows are grouped by a 64-bit
+    hash of the message, each group's messages then compared word for word with its first:
+    a row that differs (a hash collision) is left out, for object_header."""
     decoded = np.full(len(sizes), _UNSEEN, object)
+    measured = np.full(len(sizes), _NOT_DECODED, np.int64)
     for length in sorted(set(sizes[rows].tolist())):  # (np.unique would import numpy.ma)
         chosen = np.flatnonzero(rows & (sizes == length))
         if not length:
-            decoded[chosen] = [parse(b"")] * len(chosen)
+            empty = parse(b"")
+            decoded[chosen] = [empty] * len(chosen)
+            measured[chosen] = measure(empty)
             continue
         count = -(-length // 8)
         chosen = chosen[at[chosen] + 8 * count <= words.width]  # the rest: object_header
@@ -612,10 +667,33 @@ def _distinct(
         which = which.ravel()
         same = (cells == cells[first[which]]).all(axis=1)
         values = np.empty(len(first), object)
+        sized = np.empty(len(first), np.int64)
         starts = at[chosen].tolist()
         for w, row in enumerate(first.tolist()):
             data = heads[chosen[row], starts[row] : starts[row] + length].tobytes()
             value = memo.get(data, _UNSEEN)
-            values[w] = _remember(memo, data, parse(data)) if value is _UNSEEN else value
+            values[w] = value = _remember(memo, data, parse(data)) if value is _UNSEEN else value
+            sized[w] = measure(value)
         decoded[chosen[same]] = values[which[same]]
-    return decoded.tolist()
+        measured[chosen[same]] = sized[which[same]]
+    return decoded, measured
+
+
+_NOT_DECODED, _NONE, _UNCOUNTED = -1, -2, -3  # what _elements and _itemsize give besides a count or size
+
+
+def _elements(shape: Any) -> int:
+    """How many elements a dataspace's ``shape`` holds: ``_NONE`` for a null dataspace,
+    ``_UNCOUNTED`` past 2**62 (:func:`object_header` decides), ``_NOT_DECODED`` for a
+    message not decoded (a hash collision)."""
+    if shape is None:
+        return _NONE
+    if shape is _UNSEEN:
+        return _NOT_DECODED
+    count = math.prod(shape)
+    return count if count < 1 << 62 else _UNCOUNTED
+
+
+def _itemsize(dtype: Any) -> int:
+    """A datatype's size: ``_NONE`` for one not read here, ``_NOT_DECODED`` as above."""
+    return _NONE if dtype is None else _NOT_DECODED if dtype is _UNSEEN else dtype.itemsize

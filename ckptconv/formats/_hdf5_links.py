@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import accumulate
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from ..errors import CorruptFileError
-from ._hdf5_headers import Header, lengths_are_8, object_header, object_headers, rows
+from ._hdf5_headers import Header, Plain, lengths_are_8, object_header, object_headers, rows
 
 if TYPE_CHECKING:
     import h5py
@@ -189,18 +191,32 @@ def walk(
         while level:
             addresses = [address for address, _ in level]
             together = parse and len(level) >= BATCH_MIN
-            batch = object_headers(read, addresses, size, image=image) if together else [None] * len(level)
+            plain: list[Plain] = []  # a batch's plain datasets without attributes: recorded together
+            batch = object_headers(read, addresses, size, image=image, plain=plain) if together else [None] * len(level)
+            rest: Iterable[int] = range(len(level))  # the rows looked at one by one
+            if plain:
+                left = np.ones(len(level), bool)
+                for part in plain:  # plain datasets: their bytes are raw
+                    headers.update(zip(part.addresses, part.headers))
+                    at, length = part.offsets, part.lengths
+                    inside = (length > 0) & (at <= np.uint64(size)) & (length <= np.uint64(size) - at)
+                    ranges.extend(zip(at[inside].tolist(), (at + length)[inside].tolist()))
+                    left[part.rows] = False
+                rest = np.flatnonzero(left).tolist()
             if parse:
-                batch = [object_header(read, a, size) if h is None else h for a, h in zip(addresses, batch)]
+                for i in rest:
+                    if batch[i] is None:
+                        batch[i] = object_header(read, addresses[i], size)
             known: list[Links | None] = [None] * len(level)  # the links of the level's small old-style groups
             if tables is not None:
-                small = [(i, h.symbols) for i, h in enumerate(batch) if h is not None and h.symbols is not None]
+                small = [(i, batch[i].symbols) for i in rest if batch[i] is not None and batch[i].symbols is not None]  # type: ignore[union-attr]
                 if len(small) >= BATCH_MIN:
                     tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
                     for (i, _), links in zip(small, tried):
                         known[i] = links
             below: list[tuple[int, str]] = []
-            for (address, name), header, links in zip(level, batch, known):
+            for i in rest:
+                (address, name), header, links = level[i], batch[i], known[i]
                 if header is not None and header.plain:  # a plain dataset: its bytes are raw
                     headers[address] = header
                     at, length = header.offset, header.length
@@ -239,17 +255,23 @@ def walk(
         # visit order is each group, then what each of its links leads to, depth first
         order: list[int] = []
         stack = [iter((root,))]
+        is_group = groups.keys()
         while stack:
             for address in stack[-1]:
                 order.append(address)
                 below_it = owned.get(address)
                 if below_it is not None:
+                    if is_group.isdisjoint(below_it):  # nothing under them: all in a row
+                        order.extend(below_it)
+                        continue
                     stack.append(iter(below_it))
                     break
             else:
                 stack.pop()
-        children = {names[address]: groups[address] for address in order if address in groups}
-        return {address: headers[address] for address in order}, children, sorted(ranges)
+        # (each built by iterators over the order: no Python step per object)
+        in_order = list(filter(groups.__contains__, order))
+        children = dict(zip(map(names.__getitem__, in_order), map(groups.__getitem__, in_order)))
+        return dict(zip(order, map(headers.__getitem__, order))), children, sorted(ranges)
     # each group's links under its path, and the headers, in libhdf5's visit order (depth
     # first, by name): a group reached by a second hard link is not listed again
     children: dict[str, Links] = {"/": groups[root]}
@@ -422,7 +444,7 @@ class SymbolTables:
         ok &= one | ((trees[:, 6] == 0) & (trees[:, 7] == 0))
         child = np.ascontiguousarray(trees[:, 32:40]).view("<u8")[:, 0]
         ok &= ~one | (child <= size - width)
-        snods = rows(read, image, np.where(ok & one, child, 0).tolist(), 8)
+        snods = rows(read, image, np.where(ok & one, child, 0), 8)
         symbols = snods[:, 6].astype(np.int64) | snods[:, 7].astype(np.int64) << 8
         snod = (snods[:, :4] == _SNOD_SIGNATURE).all(axis=1) & (snods[:, 4] == 1)
         ok &= ~one | (snod & (symbols <= min(self._max_symbols, (width - 8) // _ENTRY_SIZE)))
@@ -439,9 +461,9 @@ class SymbolTables:
         ok &= start <= np.uint64(size - span)
         # each row's names (its local heap's data), and the entries of all rows' symbol
         # table nodes together
-        text = rows(read, image, np.where(ok, start, 0).tolist(), span)
+        text = rows(read, image, np.where(ok, start, 0), span)
         used = np.where(ok & one, symbols, 0)
-        entries = rows(read, image, np.where(used > 0, child + np.uint64(8), 0).tolist(), _ENTRY_SIZE * max(int(used.max()), 1))
+        entries = rows(read, image, np.where(used > 0, child + np.uint64(8), 0), _ENTRY_SIZE * max(int(used.max()), 1))
         width = span
         entry_row = np.repeat(np.arange(len(chosen)), used)
         first_entry = np.cumsum(used) - used  # where each row's entries start
@@ -473,6 +495,8 @@ class SymbolTables:
                 counts, lengths, flat, width, names_of, links_of,
             )
             if tables is not None:
+                if len(tables) == len(groups):  # every group taken, in order
+                    return tables  # type: ignore[return-value]
                 for row, table in zip(taken, tables):
                     found[chosen[row]] = table
                 return found
@@ -523,30 +547,33 @@ class SymbolTables:
         nothing in them repeats: no node or heap read before or twice, no name impossible,
         within the limits. Then all are recorded as :meth:`many_links`' row by row loop
         records them; else nothing is recorded and None is returned (the loop decides)."""
-        trees = [groups[chosen[row]][1] for row in taken]
-        heaps = [groups[chosen[row]][2] for row in taken]
-        read = trees + [node for node in below if node is not None]
-        heap_bytes = sum(lengths[row] for row in taken)
+        # (every step below an iterator or a set operation: no Python step per group)
+        picked = list(map(groups.__getitem__, map(chosen.__getitem__, taken)))
+        trees, heaps = list(map(_SECOND, picked)), list(map(_THIRD, picked))
+        nodes_below = [node for node in below if node is not None]
+        read = trees + nodes_below
+        used = list(map(counts.__getitem__, taken))
+        heap_lengths = list(map(lengths.__getitem__, taken))
+        heap_bytes = sum(heap_lengths)
         # links() counts a B-tree node and its children, and each symbol table node's entries
-        cost = len(taken) + sum(1 + counts[row] for row, node in zip(taken, below) if node is not None)
+        cost = len(taken) + len(nodes_below) + sum(used)
         nodes, known = self._nodes, self._heaps
         if (
             len(set(read)) != len(read) or len(set(heaps)) != len(heaps)
-            or any(node in nodes for node in read) or any(heap in known for heap in heaps)
+            or not nodes.isdisjoint(read) or not known.keys().isdisjoint(heaps)
             or self._heap_bytes + heap_bytes > self._size or self._left - cost < 0
+            or "" in names_of or "." in names_of
         ):
             return None
-        tables = []
-        first = 0
-        for row in taken:
-            count = counts[row]
-            table = dict(zip(names_of[first : first + count], links_of[first : first + count]))
-            if len(table) != count or "" in table or "." in table:
-                return None
-            tables.append(table)
-            first += count
+        # each row's entries follow the last row's
+        ends = list(accumulate(used))
+        cuts = list(map(slice, [0, *ends[:-1]], ends))
+        tables = list(map(dict, map(zip, map(names_of.__getitem__, cuts), map(links_of.__getitem__, cuts))))
+        if list(map(len, tables)) != used:  # a name twice in a group
+            return None
         nodes.update(read)
-        known.update(zip(heaps, [flat[row * width : row * width + lengths[row]] for row in taken]))
+        starts = [row * width for row in taken]
+        known.update(zip(heaps, map(flat.__getitem__, map(slice, starts, map(add, starts, heap_lengths)))))
         self._heap_bytes += heap_bytes
         self._left -= cost
         return tables
@@ -579,6 +606,9 @@ class SymbolTables:
             "writer gives such names (the file is damaged)",
             path=self._path,
         )
+
+
+_SECOND, _THIRD = itemgetter(1), itemgetter(2)
 
 
 def _little(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:

@@ -191,6 +191,7 @@ def read_entries(f: HDF5File, *, path: str, file_size: int) -> list[Entry]:
     layer_names = layer_names or []
     _refuse_repeats(layer_names, "layer_names", path=path)
     entries: list[Entry] = []
+    data_path = os.path.abspath(path)  # what byte ranges name: made absolute once, not per weight
 
     def weights_of(
         parent: Callable[[], h5py.Group], parent_path: str, name: str
@@ -216,8 +217,7 @@ def read_entries(f: HDF5File, *, path: str, file_size: int) -> list[Entry]:
         address = resolve(catalog, key)
         header = None if address is None else catalog.headers.get(address)
         entry = None if header is None else header_entry(
-            header, name=name, key=key, path=path, data_path=path, file_size=file_size,
-            kind=kind,  # type: ignore[arg-type]
+            header, name, key, path, data_path, 0, file_size, kind, 0, None, tree_path  # type: ignore[arg-type]
         )
         if entry is None:
             import h5py
@@ -232,7 +232,7 @@ def read_entries(f: HDF5File, *, path: str, file_size: int) -> list[Entry]:
                     file_size=file_size,
                     kind=kind,  # type: ignore[arg-type]
                 )
-        entry.tree_path = tree_path
+            entry.tree_path = tree_path
         entries.append(entry)
 
     for layer in layer_names:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..errors import CorruptFileError, UnsafeInputError
@@ -351,7 +351,7 @@ def collect_vars(
                 f, dataset_name, header
             ) != _DATASET:
                 raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
-            datasets[int(key)] = _DatasetRef(f, dataset_name, header, source)
+            datasets[int(key)] = _dataset_ref((f, dataset_name, header, source))
 
     def walk(gname: str, links: Links, chain: list[str],
              class_hint: str | None, parent_class: str | None, state: str, depth: int) -> None:
@@ -468,17 +468,15 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> 
     return str(decode(group.attrs["name"])) if "name" in group.attrs else None
 
 
-class _DatasetRef:
+class _DatasetRef(NamedTuple):
     """One variable's dataset, not opened: its file, HDF5 path and parsed object header
-    (None, or not ``plain``: libhdf5 describes it), and the image it lies in."""
+    (None, or not ``plain``: libhdf5 describes it), and the image it lies in. (A tuple: a
+    reader makes one per variable, see :data:`_dataset_ref`.)"""
 
-    __slots__ = ("file", "header", "name", "source")
-
-    def __init__(self, file: HDF5File, name: str, header: Header | None, source: _Source) -> None:
-        self.file = file
-        self.name = name
-        self.header = header
-        self.source = source
+    file: HDF5File
+    name: str
+    header: Header | None
+    source: _Source
 
     def open(self) -> h5py.Dataset:
         """The dataset, opened through libhdf5, its datatype known to h5py.
@@ -521,6 +519,10 @@ class _DatasetRef:
             base_offset=source.base_offset, file_size=source.size, kind=kind, index=index,
             layer=layer,
         )
+
+
+# _DatasetRef((file, name, header, source)) without a Python frame (its __new__ has one)
+_dataset_ref = partial(tuple.__new__, _DatasetRef)
 
 
 def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
@@ -712,13 +714,13 @@ def build_entries(
                 path, data_path, base_offset, size = source.path, source.data_path, source.base_offset, source.size
             name = name_prefix + names[i]
             header = ref.header
+            tree_path = f"{tree_prefix}{i}"
             entry = None if header is None else header_entry(
-                header, name=name, key=ref.name, path=path, data_path=data_path,
-                base_offset=base_offset, file_size=size, kind=kinds[i], index=i, layer=layer,
+                header, name, ref.name, path, data_path, base_offset, size, kinds[i], i, layer, tree_path
             )
             if entry is None:
                 entry = ref.opened_entry(name=name, kind=kinds[i], index=i, layer=layer)
-            entry.tree_path = f"{tree_prefix}{i}"
+                entry.tree_path = tree_path
             block.append(entry)
         # every entry of a group has its layer, and its kind is a weight's or not for all
         blocks.append(((state != "layers", rank.get(layer.partition("/")[0], unranked)), block))
