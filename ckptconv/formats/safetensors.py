@@ -35,6 +35,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from .. import strictjson
 from ..dtypes import from_safetensors
 from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError, truncated
 from ..store import KINDS, ByteRange, Entry, Kind, Store, keras_order, layer_of
@@ -493,15 +494,13 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             )
         raw = f.read(n)
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
+            header = strictjson.loads(raw.decode("utf-8"))
+        except strictjson.RepeatedKey as e:
+            raise CorruptFileError("the header names this tensor twice", path=path, tensor=e.key) from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise _damaged_length(f, n, size, path) or CorruptFileError(
                 f"the header is not valid JSON ({e})", path=path
             ) from e
-        except _RepeatedKey as e:
-            raise CorruptFileError(
-                "the header names this tensor twice", path=path, tensor=e.args[0]
-            ) from None
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
     metadata = _metadata(header.pop("__metadata__", None), path)
@@ -538,22 +537,6 @@ def _damaged_length(f: BinaryIO, n: int, size: int, path: str) -> CorruptFileErr
         f"header at byte 8 takes {length}; {FETCH_AGAIN}",
         path=path,
     )
-
-
-class _RepeatedKey(Exception):
-    pass
-
-
-def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object that refuses repeated keys (json.loads would keep the last silently)."""
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return result
 
 
 def _metadata(value: object, path: str) -> dict[str, str]:

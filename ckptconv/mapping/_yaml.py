@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DuplicateKey", "YamlAlias", "read_json", "read_yaml"]
+__all__ = ["DuplicateKey", "YamlAlias", "duplicate_key", "read_yaml"]
 
 
 class YamlAlias(Exception):
@@ -33,29 +33,12 @@ class DuplicateKey(Exception):
     without a word, which would drop a rule (``rules:`` twice) or a selector."""
 
 
-def _duplicate(key: Any, where: str = "") -> DuplicateKey:
+def duplicate_key(key: Any, where: str = "") -> DuplicateKey:
+    """The error for ``key`` given twice in one mapping (``where``: the line, if known)."""
     return DuplicateKey(
         f"key {key!r} appears twice in one mapping{where}: the second would silently replace "
         "the first; remove one or merge them"
     )
-
-
-def read_json(text: str) -> Any:
-    """The JSON document ``text`` as ``json.loads`` gives it, refusing a key given twice in
-    one object (:class:`DuplicateKey`)."""
-    import json
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(items)
-        if len(out) != len(items):
-            seen: set[str] = set()
-            for key, _ in items:
-                if key in seen:
-                    raise _duplicate(key)
-                seen.add(key)
-        return out
-
-    return json.loads(text, object_pairs_hook=pairs)
 
 
 def _alias_refused(event: Any) -> YamlAlias:
@@ -160,7 +143,7 @@ def _assemble(events: Iterable[Any], yaml: Any) -> Any:
                 unusual = True  # PyYAML says "found unhashable key"
                 continue
             if value in container:
-                raise _duplicate(value, f" (line {event.start_mark.line + 1})")
+                raise duplicate_key(value, f" (line {event.start_mark.line + 1})")
             top[1] = value
         else:
             container[key] = value

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating, known_names
 from ..errors import NoSuchFileError, SpecError
-from ._yaml import DuplicateKey, YamlAlias, read_json, read_yaml
+from .. import strictjson
+from ._yaml import DuplicateKey, YamlAlias, duplicate_key, read_yaml
 from .cast import Cast
 from .ops import (
     Concat,
@@ -614,7 +615,7 @@ def _read_toml(text: str) -> Any:
 
 def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
     """Parse spec text as ``kind`` (json/yaml/toml), or guess from the content."""
-    readers: dict[str, Callable[[str], Any]] = {"json": read_json, "yaml": read_yaml, "toml": _read_toml}
+    readers: dict[str, Callable[[str], Any]] = {"json": strictjson.loads, "yaml": read_yaml, "toml": _read_toml}
     if kind is None:
         stripped = text.lstrip()
         if stripped.startswith("{"):
@@ -627,6 +628,8 @@ def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
         return readers[kind](text)
     except (YamlAlias, DuplicateKey) as e:
         raise SpecError(str(e), path=source) from None
+    except strictjson.RepeatedKey as e:
+        raise SpecError(str(duplicate_key(e.key)), path=source) from None
     except Exception as e:  # each parser has its own exception type; all mean "bad syntax"
         raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e)}", path=source) from e
 
