@@ -68,6 +68,11 @@ SPECS: dict[str, tuple[str, str, type[CkptconvError], str, bool]] = {
         "nm.yaml", 'version: 1\nrules:\n  - from: "encoder/*"\n    to: "e/{1}"\n', PlanError,
         "rule #1 (from 'encoder/*'): matches no entry", False,
     ),
+    "yaml-tab-indent": (
+        "tab.yaml", "version: 1\nrules:\n\t- {from: emb/embeddings, to: e}\n", SpecError,
+        "not valid YAML at line 3, column 1: found character that cannot start any token (a tab: YAML indents with spaces only)",
+        True,
+    ),
     # a 300-byte "billion laughs": each line repeats the previous one nine times
     "yaml-alias-bomb": (
         "bomb.yaml",

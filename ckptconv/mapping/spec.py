@@ -631,15 +631,19 @@ def _parse_text(text: str, *, kind: str | None, source: str | None) -> Any:
     except strictjson.RepeatedKey as e:
         raise SpecError(str(duplicate_key(e.key)), path=source) from None
     except Exception as e:  # each parser has its own exception type; all mean "bad syntax"
-        raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e)}", path=source) from e
+        raise SpecError(f"not valid {kind.upper()}{_syntax_error_text(e, text)}", path=source) from e
 
 
-def _syntax_error_text(error: Exception) -> str:
+def _syntax_error_text(error: Exception, text: str | None = None) -> str:
     """Where and what, from whichever parser raised: ``at line 3, column 11: found
-    unexpected end of stream (while scanning a quoted scalar)``; lines and columns from 1."""
+    unexpected end of stream (while scanning a quoted scalar)``; lines and columns from 1.
+    A YAML error at a tab (``text``: the document) says so: YAML indents with spaces only."""
     mark = getattr(error, "problem_mark", None)  # PyYAML's MarkedYAMLError
     if mark is not None:
         what = getattr(error, "problem", None) or "a syntax error"
+        lines = text.splitlines() if text is not None else []
+        if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+            what += " (a tab: YAML indents with spaces only)"
         context = getattr(error, "context", None)
         start = getattr(error, "context_mark", None)
         if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
