@@ -42,7 +42,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..options import keyword_options, option_names
 from ..store import Store
-from ._zip import damaged_zip, first_member_kind
+from ._zip import damaged_start, damaged_zip, first_member_kind
 
 __all__ = ["open", "open_source", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
 
@@ -274,6 +274,11 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
             "a torch.save file (<archive>/data.pkl)",
             path=p,
         )
+    if len(head) >= 22 and not head.startswith(b"PK\x03\x04"):
+        # a zip archive whose first bytes were damaged: its end still says what it is
+        damaged = damaged_start(p)
+        if damaged is not None:
+            raise damaged
     if head.lstrip()[:1] in (b"{", b"["):
         import json
 

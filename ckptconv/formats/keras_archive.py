@@ -231,6 +231,10 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
         # the central directory, read as zipfile reads it and refused where zipfile refuses it
         members = {m.filename: m for m in central_directory(path, kind=".keras file", file=f)}
         info = members.get(WEIGHTS_MEMBER)
+        if info is None or CONFIG_MEMBER not in members:
+            # a member Keras always writes is missing: a damaged byte in its name in the
+            # central directory shows as its local header naming it otherwise
+            data_offsets(path, list(members.values()), file=f)
         if info is None:
             if NPZ_MEMBER in members:
                 raise _npz_refused(path)

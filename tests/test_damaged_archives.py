@@ -1,0 +1,124 @@
+"""One damaged byte in a zip archive's structure (``.keras``, ``torch.save``) reads as damage.
+
+A fresh-user trial flipped single bytes of ``examples/sample.keras`` (a real Keras 3 archive):
+one in the central directory's name of ``model.weights.h5`` read as "saved without weights?",
+one among the first four bytes as "not a checkpoint". Each must say the archive is damaged,
+name the file and what is damaged, and tell the user to copy it again (exit status 1), while
+an undamaged zip of another kind, or a ``.keras`` saved without weights, keeps its message.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ckptconv.cli import main as cli_main
+
+SAMPLE = Path(__file__).parent.parent / "examples" / "sample.keras"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    status = cli_main([str(a) for a in args])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) <= 1 and "Traceback" not in err, err
+    # the message after the path (a test's directory name must not match a word)
+    return status, err.strip().replace(f"{args[-1]}: ", "PATH: ", 1)
+
+
+def flipped(tmp_path: Path, offset: int, source: Path = SAMPLE) -> Path:
+    data = bytearray(source.read_bytes())
+    data[offset] ^= 0xFF
+    out = tmp_path / f"flipped-{offset}{source.suffix}"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def directory_span(data: bytes) -> tuple[int, int]:
+    """Where the central directory starts, and where the end record starts."""
+    end = data.rfind(b"PK\x05\x06")
+    size, offset = struct.unpack_from("<LL", data, end + 12)
+    return offset, end
+
+
+def assert_damaged(status: int, line: str, path: Path) -> None:
+    assert status == 1, line
+    assert line.startswith("ckptconv: error: PATH: "), line
+    assert "damaged" in line and "copy or download" in line and "again" in line, line
+    assert "saved without weights" not in line and "not a checkpoint" not in line, line
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_a_damaged_first_header_is_damage_not_another_format(offset: int, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = flipped(tmp_path, offset)
+    status, line = cli(capsys, "inspect", path)
+    assert_damaged(status, line, path)
+    assert "no local header at byte 0" in line, line
+
+
+def test_a_damaged_torch_save_start_is_damage(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    source = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, source)
+    path = flipped(tmp_path, 3, source)
+    assert_damaged(*cli(capsys, "inspect", path), path)
+
+
+def test_every_byte_of_the_weights_name_in_the_directory(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Each byte of the central directory's ``model.weights.h5`` name: the member's local
+    header still names it, so the directory is damaged (the archive has its weights)."""
+    data = SAMPLE.read_bytes()
+    start, end = directory_span(data)
+    name = data.rfind(b"model.weights.h5", start, end)
+    assert name > start
+    for offset in range(name, name + len("model.weights.h5")):
+        path = flipped(tmp_path, offset)
+        status, line = cli(capsys, "inspect", path)
+        assert_damaged(status, line, path)
+        assert "its local header" in line and "'model.weights.h5'" in line, line
+
+
+def test_a_damaged_config_name_is_not_read_as_a_missing_config(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = SAMPLE.read_bytes()
+    start, end = directory_span(data)
+    path = flipped(tmp_path, data.rfind(b"config.json", start, end) + 2)
+    assert_damaged(*cli(capsys, "inspect", path), path)
+
+
+@pytest.mark.parametrize("byte", [2, 3])
+def test_a_damaged_directory_offset_is_damage(byte: int, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The end record's directory offset, its high bytes flipped (the directory is found at
+    its real place, and every member's header would lie before the file's start)."""
+    data = SAMPLE.read_bytes()
+    _, end = directory_span(data)
+    path = flipped(tmp_path, end + 16 + byte)
+    status, line = cli(capsys, "inspect", path)
+    assert_damaged(status, line, path)
+    assert "a damaged zip archive" in line and "out of range" not in line, line
+
+
+def test_undamaged_archives_keep_their_messages(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The controls: a zip of another kind, a .keras without its weights, a zip after a stub."""
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as z:
+        z.writestr("a.txt", "hello")
+    status, line = cli(capsys, "inspect", plain)
+    assert status == 1 and "neither a .keras model" in line and "damaged" not in line, line
+
+    bare = tmp_path / "bare.keras"
+    with zipfile.ZipFile(SAMPLE) as source, zipfile.ZipFile(bare, "w") as z:
+        for name in ("metadata.json", "config.json"):
+            z.writestr(name, source.read(name))
+    status, line = cli(capsys, "inspect", bare)
+    assert status == 1 and "holds no model.weights.h5 (saved without weights?)" in line, line
+
+    stub = tmp_path / "stub.zip"
+    stub.write_bytes(b"#!/bin/sh\nexit 0\n" + plain.read_bytes())
+    status, line = cli(capsys, "inspect", stub)
+    assert status == 1 and "not a checkpoint" in line and "damaged" not in line, line
+
+    status, line = cli(capsys, "inspect", SAMPLE)
+    assert status == 0, line
