@@ -115,7 +115,8 @@ def convert(
             ``.safetensors.index.json`` path names the set by its index.
         mapping: A spec file path, a dict, a :class:`~ckptconv.mapping.Spec`, or None (every
             weight under its own name).
-        dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...).
+        dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...;
+            ``keep``/None keeps each tensor's).
         include_all: Also write optimizer and bookkeeping entries.
         force: Replace an existing output.
         fsync: Flush the output to disk before returning.
@@ -140,17 +141,20 @@ def convert(
         A :class:`ConvertResult`.
 
     Raises:
-        UsageError: an option's value is wrong (``dtype``, ``max_shard_size``, ``metadata``,
-            an output name that is not ``.safetensors``), before anything is read.
+        UsageError: an option's value is wrong (``dtype``, ``target`` or complex among them,
+            ``max_shard_size``, ``metadata``, an output name that is not ``.safetensors``),
+            before anything is read.
         CkptconvError: the source cannot be read, the plan has problems (``PlanError``), or
             the output cannot be written.
     """
     from . import __version__
     from .mapping import build_plan
+    from .mapping.spec import parse_output_dtype
     from .writers.safetensors import parse_size, write_safetensors
 
     started = time.perf_counter()
     dst = output_name(dst, any_suffix=any_suffix)
+    option_value("dtype", dtype, parse_output_dtype)  # "target": a conversion has no target
     extra = option_value("metadata", metadata, check_metadata)
     if max_shard_size is not None:
         max_shard_size = option_value("max_shard_size", max_shard_size, parse_size)

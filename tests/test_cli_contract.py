@@ -264,6 +264,18 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["diff", "{small}", "{small}", "--dtype", "floot32"], "argument --dtype: unknown dtype 'floot32'"),
         (["suggest", "{small}", "--target", "{small}", "--forc"], "unrecognized arguments: --forc"),
         (["suggest", "{small}"], "the following arguments are required: --target"),
+        # options that mean something only with a target model, given without one
+        (["convert", "{small}", "{out}", "--dtype", "target"],
+         "argument --dtype: 'target' takes each weight's dtype from a target model, and a conversion has none"),
+        (["batch", "{small}", "-o", "{tmp}/o", "--dtype", "target"], "a conversion has none"),
+        (["plan", "{small}", "--dtype", "target"],
+         "ckptconv plan: error: --dtype target means each target tensor's dtype, and there is no target"),
+        (["plan", "{small}", "--lenient"], "ckptconv plan: error: --lenient only applies with --target MODEL.keras"),
+        (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe only applies with --target MODEL.keras"),
+        # a complex default dtype could only make real weights complex
+        (["convert", "{small}", "{out}", "--dtype", "complex64"],
+         "argument --dtype: 'complex64' is complex: the default dtype casts real floating-point weights"),
+        (["plan", "{small}", "--dtype", "complex128"], "a floating-point dtype (float16, float32, float64, bfloat16"),
     ],
 )
 def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, args: list[str], says: str) -> None:

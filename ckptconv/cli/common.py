@@ -224,7 +224,7 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     Every value is checked by the API's own check as its argparse type, so a bad one is a
     usage error (exit status 2) before anything is read."""
     check_metadata = lazy("ckptconv.formats.safetensors", "check_metadata")
-    parse_dtype_option = lazy("ckptconv.mapping.spec", "parse_dtype_option")
+    parse_output_dtype = lazy("ckptconv.mapping.spec", "parse_output_dtype")
     parse_size = lazy("ckptconv.writers.safetensors", "parse_size")
 
     outputs = "outputs" if many else "the output"
@@ -233,8 +233,9 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help="mapping spec file (YAML, JSON or TOML)" + (", applied to every input" if many else ""),
     )
     parser.add_argument(
-        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
-        help="output dtype for floating-point weights (float32, float16, bfloat16, ...)",
+        "--dtype", metavar="DT", type=cli_type(parse_output_dtype, keep_text=True),
+        help="output dtype for floating-point weights (float32, float16, bfloat16, ...; keep: "
+        "each weight's own)",
     )
     parser.add_argument(
         "--allow-lossy", action="store_true",

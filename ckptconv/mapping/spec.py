@@ -40,7 +40,7 @@ from .ops import (
 from .dequantize import Dequantize
 from .patterns import Pattern, Template
 
-__all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "OP_NAMES"]
+__all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "parse_output_dtype", "OP_NAMES"]
 
 OP_NAMES = ("transpose", "reshape", "slice", "cast", "squeeze", "expand_dims", "fn")
 RULE_KEYS = (
@@ -90,11 +90,42 @@ def parse_dtype_option(value: object) -> str | None:
     if text == "target":
         return "target"
     try:
-        return dtype_name(by_name(text))
+        name = dtype_name(by_name(text))
     except KeyError:
         raise ValueError(
             f"unknown dtype {value!r}{_suggest(text, [*known_names(), 'keep', 'target'])}"
         ) from None
+    if by_name(name).kind == "c":
+        # the default dtype casts real floating-point weights (complex ones keep theirs): a
+        # complex default could only make real weights complex
+        raise ValueError(
+            f"{value!r} is complex: the default dtype casts real floating-point weights (complex "
+            f"ones keep their dtype), so it takes {_default_dtypes()}; a cast op in a spec "
+            "changes a complex tensor's dtype"
+        )
+    return name
+
+
+def _default_dtypes() -> str:
+    """What a default dtype may be, for a message."""
+    floats = [n for n in known_names() if is_floating(by_name(n))]
+    return f"keep, a floating-point dtype ({', '.join(floats)}) or, as a lossy cast, an integer or bool dtype"
+
+
+def parse_output_dtype(value: object) -> str | None:
+    """:func:`parse_dtype_option` for a conversion, which has no target model: ``target`` is
+    refused.
+
+    Raises:
+        ValueError: not a dtype ckptconv knows, or ``target``.
+    """
+    name = parse_dtype_option(value)
+    if name == "target":
+        raise ValueError(
+            "'target' takes each weight's dtype from a target model, and a conversion has none "
+            "(plan with a target model, and load_into, have one); give a dtype name or keep"
+        )
+    return name
 
 
 def _as_tuple(value: object) -> tuple[Any, ...]:
