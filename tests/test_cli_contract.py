@@ -287,6 +287,41 @@ def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, arg
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.safetensors").exists()
 
 
+@pytest.mark.parametrize("command", [["inspect", "a"], ["convert", "a", "b"], ["plan", "a"], ["verify", "a"],
+                                     ["batch", "a", "-o", "d"], ["transplant", "a", "b", "c"],
+                                     ["suggest", "a", "--target", "b"], ["diff", "a", "b"]])
+def test_every_command_suggests_the_nearest_option(capsys, command: list[str]) -> None:
+    """One rule for every subcommand: a misspelt option (``--debgu``), or one cut short
+    (``--deb``: ckptconv takes no abbreviations), names the option it is near."""
+    for typed in ("--debgu", "--deb"):
+        code, out, err = run(capsys, *command, typed)
+        assert code == 2 and out == "", err
+        assert err.splitlines()[-1].endswith(f"unrecognized arguments: {typed}; did you mean --debug?"), err
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["inspect", SAMPLE, "--js"], "ckptconv inspect: error: unrecognized arguments: --js; did you mean --json?"),
+        (["plan", SAMPLE, "--mapp", "x.yaml"], "unrecognized arguments: --mapp x.yaml; did you mean --map?"),
+        (["inspct", SAMPLE], "invalid choice: 'inspct' (choose from 'inspect', "),
+        (["inspct", SAMPLE], "'diff'); did you mean 'inspect'?"),
+        (["convert", SAMPLE, "o.safetensors", "--dtype", "float8"],
+         "unknown dtype 'float8'; did you mean 'float8_e4m3fn', 'float8_e5m2' or 'float8_e4m3fnuz'?"),
+        (["convert", SAMPLE, "o.safetensors", "--dtype", "bf"], "unknown dtype 'bf'; did you mean 'bfloat16'?"),
+    ],
+)
+def test_suggestions_offer_what_the_user_was_near(capsys, args: list[object], says: str) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "", err
+    assert says in err, err
+
+
+def test_no_suggestion_for_what_is_near_nothing(capsys) -> None:
+    code, _, err = run(capsys, "inspect", SAMPLE, "-x")
+    assert code == 2 and err.splitlines()[-1].endswith("unrecognized arguments: -x"), err
+
+
 def test_an_unknown_option_shows_the_subcommands_usage(capsys) -> None:
     code, _, err = run(capsys, "inspect", SAMPLE, "--jsn")
     assert code == 2

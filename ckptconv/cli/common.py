@@ -50,8 +50,10 @@ class UsageExit(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """ckptconv's parsers: no abbreviated options (``--onl`` is not ``--only``), and a
-    subcommand reports its own unknown arguments with its own usage line."""
+    """ckptconv's parsers: no abbreviated options (``--onl`` is not ``--only``), a
+    subcommand reports its own unknown arguments with its own usage line, and an unknown
+    option or choice gets the nearest known one (``did you mean --json?``, by
+    :func:`ckptconv.errors.did_you_mean`, the rule of every suggestion ckptconv makes)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -66,13 +68,47 @@ class Parser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(args, namespace)
         if self.prog != "ckptconv":  # a subcommand: say it with its usage
             if extras:
-                self.error(f"unrecognized arguments: {' '.join(extras)}")
+                self.unrecognized(extras)
             parsed.command_parser = self  # for the usage errors found once parsed
         return parsed, extras
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # the top-level parser's (a subcommand's own are reported above)
+            self.unrecognized(extras)
+        return parsed
+
+    def unrecognized(self, extras: list[str]) -> None:
+        """argparse's "unrecognized arguments" error, with the option nearest the first
+        unknown one."""
+        from ..errors import did_you_mean
+
+        guess = ""
+        option = next((e.partition("=")[0] for e in extras if e.startswith("-") and e != "-"), None)
+        if option is not None:
+            known = [o for o in self._option_string_actions if o.startswith("--") == option.startswith("--")]
+            guess = did_you_mean(option, known, quote=False, cutoff=0.6)
+        self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {guess}" if guess else ""))
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        if "invalid choice: " in message and "did you mean" not in message:
+            message += _choice_guess(message)
         self.print_usage(sys.stderr)
         raise UsageExit(f"{self.prog}: error: {message}", message)
+
+
+def _choice_guess(message: str) -> str:
+    """``; did you mean 'inspect'?`` for argparse's ``invalid choice: 'inspct' (choose from
+    'inspect', ...)``, or ""."""
+    import re
+
+    from ..errors import did_you_mean
+
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if found is None:
+        return ""
+    guess = did_you_mean(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
+    return f"; {guess}" if guess else ""
 
 
 def usage_exit(args: argparse.Namespace, message: str) -> UsageExit:

@@ -8,7 +8,6 @@ fit a checkpoint is the plan's business (:func:`ckptconv.mapping.build_plan`).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating, known_names
-from ..errors import NoSuchFileError, SpecError
+from ..errors import NoSuchFileError, SpecError, did_you_mean
 from .. import strictjson
 from ._yaml import DuplicateKey, YamlAlias, duplicate_key, read_yaml
 from .cast import Cast
@@ -68,8 +67,8 @@ _QUOTE_HINT = " (in YAML, quote names such as \"no\", \"on\", \"null\" or \"1\")
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(choices)})"
+    guess = did_you_mean(word, choices, cutoff=0.6)
+    return f"; {guess}" if guess else f" (known: {', '.join(choices)})"
 
 
 def parse_dtype_option(value: object) -> str | None:
