@@ -37,7 +37,7 @@ from .ops import (
     Transpose,
 )
 from .dequantize import Dequantize
-from .patterns import Pattern, Template
+from .patterns import Pattern, Template, quoted
 
 __all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "parse_output_dtype", "OP_NAMES"]
 
@@ -543,9 +543,16 @@ def _selector_text(rule: Any) -> str:
         if key == "drop" and value is True:
             continue
         if isinstance(value, (list, tuple)):
-            value = list(value)
-        parts.append(f"{key} {value!r}")
+            shown = f"[{', '.join(_shown(v) for v in value)}]"
+        else:
+            shown = _shown(value)
+        parts.append(f"{key} {shown}")
     return ", ".join(parts) or "no selector"
+
+
+def _shown(value: object) -> str:
+    """A selector's value as the user wrote it (a pattern's backslashes single)."""
+    return quoted(value) if isinstance(value, str) else repr(value)
 
 
 def _label(number: int, rule: Any) -> str:
