@@ -122,3 +122,44 @@ def test_undamaged_archives_keep_their_messages(tmp_path: Path, capsys) -> None:
 
     status, line = cli(capsys, "inspect", SAMPLE)
     assert status == 0, line
+
+
+def test_every_damaged_byte_of_the_directory_is_one_line_with_advice(tmp_path: Path) -> None:
+    """Each byte of the central directory and end record flipped in turn: the archive opens
+    (a field no reader uses), or the error names the file in one line, and damage
+    (``CorruptFileError``) says to copy the file again, as every damaged input's message does."""
+    import ckptconv
+    from ckptconv.errors import FETCH_AGAIN, CorruptFileError
+
+    data = SAMPLE.read_bytes()
+    start, _ = directory_span(data)
+    lacking = []
+    for offset in range(start, len(data)):
+        path = flipped(tmp_path, offset)
+        try:
+            ckptconv.open(path).close()
+        except CorruptFileError as e:
+            assert e.path == str(path) and "\n" not in str(e)
+            if FETCH_AGAIN not in str(e) and "copy or download the .keras file again" not in str(e):
+                lacking.append(f"byte {offset - start} of the directory: {e.reason}")
+        except ckptconv.CkptconvError as e:  # refused for another reason (an encrypted flag, a size)
+            assert e.path == str(path) and "\n" not in str(e)
+        path.unlink()
+    assert not lacking, "\n".join(lacking)
+
+
+def test_damaged_json_inside_and_beside_an_archive_says_to_copy_it_again(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ckptconv.errors import FETCH_AGAIN
+
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(SAMPLE) as source, zipfile.ZipFile(broken, "w") as z:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            z.writestr(info, data[: len(data) // 2] if info.filename == "config.json" else data)
+    status, line = cli(capsys, "inspect", broken)
+    assert status == 1 and "config.json is not valid JSON" in line and line.endswith(FETCH_AGAIN), line
+
+    index = tmp_path / "model.weights.json"
+    index.write_text('{"weight_map": {"a": ')
+    status, line = cli(capsys, "inspect", index)
+    assert status == 1 and "a JSON file that does not parse" in line and line.endswith(FETCH_AGAIN), line

@@ -181,7 +181,7 @@ def load_index(path: str | os.PathLike[str]) -> dict:
         with builtins.open(path, "rb") as f:
             index = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
+        raise CorruptFileError(f"the shard index is not valid JSON ({e}); {FETCH_AGAIN}", path=path) from e
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CorruptFileError("the shard index has no weight_map object", path=path)
     return index
@@ -254,7 +254,7 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
         if sniff_error is not None:
             raise CorruptFileError(
                 f"a damaged HDF5 file: its structure cannot be read "
-                f"({type(sniff_error).__name__}: {_one_line(sniff_error)})",
+                f"({type(sniff_error).__name__}: {_one_line(sniff_error)}); {FETCH_AGAIN}",
                 path=p,
             ) from sniff_error
         raise FormatError(
@@ -289,8 +289,8 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
                 json.loads(f.read())
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise CorruptFileError(
-                f"a JSON file that does not parse ({_one_line(e)}): a damaged or incomplete "
-                "shard index?",
+                f"a JSON file that does not parse ({_one_line(e)}), as a damaged or incomplete "
+                f"shard index does; {FETCH_AGAIN}",
                 path=p,
             ) from e
         raise FormatError(
