@@ -322,6 +322,38 @@ def test_no_suggestion_for_what_is_near_nothing(capsys) -> None:
     assert code == 2 and err.splitlines()[-1].endswith("unrecognized arguments: -x"), err
 
 
+@pytest.mark.parametrize("command", ["convert", "batch"])
+def test_no_check_crc_warns_and_records_that_the_source_was_not_checked(capsys, small: Path, tmp_path: Path,
+                                                                          command: str) -> None:
+    """A damaged tensor read with --no-check-crc is written as read, with checksums of its own
+    that verify clean: the command says so on stderr and the output's __metadata__ records it."""
+    from ckptconv.convert import SOURCE_CHECKSUMS_KEY
+
+    data = bytearray(small.read_bytes())
+    data[-1] ^= 0x01  # the last tensor's last byte: its recorded CRC-32C no longer matches
+    small.write_bytes(bytes(data))
+    out = tmp_path / "out" / "small.safetensors"
+    out.parent.mkdir()
+    args = ["convert", small, out] if command == "convert" else ["batch", small, "-o", out.parent]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "fail their recorded CRC-32C" in err and not out.exists(), err
+    code, _, err = run(capsys, *args, "--no-check-crc")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("ckptconv: warning: ")]
+    assert len(warning) == 1 and "checksums were not checked (--no-check-crc)" in warning[0], err
+    with ckptconv.open(out) as store:
+        assert store.metadata[SOURCE_CHECKSUMS_KEY] == "not checked"
+    assert ckptconv.verify_file(out).ok  # why the record matters: the damage now verifies clean
+    code, _, err = run(capsys, *args, "--no-check-crc", "--quiet", "--force")
+    assert code == 0 and "warning" not in err
+    # a source that was checked: no warning, no record
+    clean = tmp_path / "clean.safetensors"
+    code, _, err = run(capsys, "convert", out, clean)
+    assert code == 0 and "warning" not in err
+    with ckptconv.open(clean) as store:
+        assert SOURCE_CHECKSUMS_KEY not in store.metadata
+
+
 def test_an_unknown_option_shows_the_subcommands_usage(capsys) -> None:
     code, _, err = run(capsys, "inspect", SAMPLE, "--jsn")
     assert code == 2

@@ -296,7 +296,8 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     parser.add_argument(
         "--no-check-crc", action="store_true",
         help="skip the sources' own checksums (TF checkpoints' per-tensor CRC-32C, the zip CRC-32 of a .keras "
-        "weights member and of a torch.save file's storages)",
+        "weights member and of a torch.save file's storages): damaged data is written as read, and "
+        'the output records ckptconv.source_checksums: "not checked"',
     )
     parser.add_argument(
         "--verify", action="store_true",
@@ -317,6 +318,19 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help="add or replace a __metadata__ entry, e.g. format=pt for Hugging Face "
         "transformers (repeatable)",
     )
+
+
+def warn_unchecked(args) -> None:  # type: ignore[no-untyped-def]
+    """After ``convert``/``batch`` wrote with ``--no-check-crc``: one warning line on stderr
+    (not with ``--quiet``), since damaged source data is then written with checksums of its
+    own, which verify clean."""
+    if args.no_check_crc and not args.quiet:
+        print(
+            "ckptconv: warning: the source's checksums were not checked (--no-check-crc): damaged "
+            "tensor data would be written as read, with checksums of its own that verify clean; "
+            'the output\'s __metadata__ records ckptconv.source_checksums: "not checked"',
+            file=sys.stderr, flush=True,
+        )
 
 
 def convert_options(args) -> dict:  # type: ignore[no-untyped-def]
