@@ -1,4 +1,4 @@
-"""One damaged byte in a zip archive's structure (``.keras``, ``torch.save``) reads as damage.
+"""Damage reads as damage, in one line naming the file and what is damaged, with the advice to copy it again.
 
 A fresh-user trial flipped single bytes of ``examples/sample.keras`` (a real Keras 3 archive):
 one in the central directory's name of ``model.weights.h5`` read as "saved without weights?",
@@ -163,3 +163,24 @@ def test_damaged_json_inside_and_beside_an_archive_says_to_copy_it_again(tmp_pat
     index.write_text('{"weight_map": {"a": ')
     status, line = cli(capsys, "inspect", index)
     assert status == 1 and "a JSON file that does not parse" in line and line.endswith(FETCH_AGAIN), line
+
+
+def test_a_damaged_group_header_is_not_called_a_datasets(generated, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """libhdf5 failing to open a group on the way to a dataset (a legacy .h5's layer group
+    whose object header has a damaged byte): the message says the HDF5 object's header is
+    damaged, not "the dataset's", and names it."""
+    import h5py
+
+    path = tmp_path / "legacy.h5"
+    path.write_bytes((generated("load") / "k3legacy.h5").read_bytes())
+    with h5py.File(path, "r") as f:
+        group = f["model_weights/bn/bn"]
+        assert isinstance(group, h5py.Group)
+        address = h5py.h5o.get_info(group.id).addr
+    data = bytearray(path.read_bytes())
+    data[address + 16] ^= 0x5A  # the type of the header's first message (version 1 header)
+    path.write_bytes(bytes(data))
+    status, line = cli(capsys, "inspect", path)
+    assert status == 1, line
+    assert "tensor '/model_weights/bn/bn': the HDF5 object's header is damaged" in line, line
+    assert "dataset's" not in line and "copy or download it again" in line, line
