@@ -270,8 +270,8 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["batch", "{small}", "-o", "{tmp}/o", "--dtype", "target"], "a conversion has none"),
         (["plan", "{small}", "--dtype", "target"],
          "ckptconv plan: error: --dtype target means each target tensor's dtype, and there is no target"),
-        (["plan", "{small}", "--lenient"], "ckptconv plan: error: --lenient only applies with --target MODEL.keras"),
-        (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe only applies with --target MODEL.keras"),
+        (["plan", "{small}", "--lenient"], "ckptconv plan: error: --lenient reports what --target MODEL.keras lacks"),
+        (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe lets Keras build --target MODEL.keras"),
         # a complex default dtype could only make real weights complex
         (["convert", "{small}", "{out}", "--dtype", "complex64"],
          "argument --dtype: 'complex64' is complex: the default dtype casts real floating-point weights"),

@@ -75,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.target:
         # options that say how to check against a target model mean nothing without one
-        given = [option for option, value in (("--only", args.only), ("--lenient", args.lenient),
-                                               ("--unsafe", args.unsafe)) if value]
-        if given:
-            raise usage_exit(
-                args, f"{given[0]} only applies with --target MODEL.keras (see --help); give --target, "
-                f"or drop {given[0]}",
-            )
+        for value, what in (
+            (args.only, "--only chooses a part of --target MODEL.keras; give --target"),
+            (args.lenient, "--lenient reports what --target MODEL.keras lacks or leaves unused without counting "
+             "it as problems; give --target, or drop --lenient"),
+            (args.unsafe, "--unsafe lets Keras build --target MODEL.keras with Lambda bytecode; give --target, "
+             "or drop --unsafe"),
+        ):
+            if value:
+                raise usage_exit(args, what)
     # the spec and the source are checked before the target's Keras (and TensorFlow) loads
     spec = load_spec(args.map) if args.map else None
     with formats.open(args.src) as store:
