@@ -19,7 +19,7 @@ from .formats import open as open_store
 from .formats.safetensors import KINDS_KEY, check_metadata
 from .options import keyword_options, option_value
 
-__all__ = ["convert", "ConvertResult", "output_name"]
+__all__ = ["convert", "ConvertResult", "output_name", "SOURCE_CHECKSUMS_KEY"]
 
 _SUFFIX = ".safetensors"
 _INDEX_SUFFIX = ".safetensors.index.json"
@@ -54,6 +54,11 @@ def output_name(dst: str | os.PathLike[str], *, any_suffix: bool = False) -> str
     )
 
 PYTORCH_FORMATS = ("pytorch", "pytorch-sharded")
+
+SOURCE_CHECKSUMS_KEY = "ckptconv.source_checksums"
+"""The ``__metadata__`` key recording that the source's own checksums (a TF checkpoint's
+CRC-32C, a zip's CRC-32, ckptconv's recorded CRC-32C) were not checked (``check_crc=False``):
+the output's checksums are then of the bytes as read, damaged or not, and verify clean."""
 
 
 @dataclass
@@ -115,7 +120,8 @@ def convert(
             ``.safetensors.index.json`` path names the set by its index.
         mapping: A spec file path, a dict, a :class:`~ckptconv.mapping.Spec`, or None (every
             weight under its own name).
-        dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...).
+        dtype: Default output dtype for floating-point tensors (``bfloat16``, ``float16``, ...;
+            ``keep``/None keeps each tensor's).
         include_all: Also write optimizer and bookkeeping entries.
         force: Replace an existing output.
         fsync: Flush the output to disk before returning.
@@ -125,7 +131,11 @@ def convert(
             the CRC-32C computed while writing (with or without ``checksum``): a failed
             verification leaves no output.
         progress: Show a progress bar on stderr.
-        check_crc: Verify checksums the source records (TensorFlow checkpoints).
+        check_crc: Verify checksums the source records (TensorFlow checkpoints' CRC-32C, a
+            ``.keras`` weights member's or a ``torch.save`` file's zip CRC-32, the CRC-32C of a
+            safetensors file ckptconv wrote). False reads damaged data as it is and writes it
+            with checksums of its own, which then verify clean: the output's ``__metadata__``
+            records ``ckptconv.source_checksums: "not checked"``.
         metadata: Entries added to the output's ``__metadata__``, over ckptconv's own: for
             example ``{"format": "pt"}`` for Hugging Face ``transformers``, which loads only
             files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
@@ -140,17 +150,20 @@ def convert(
         A :class:`ConvertResult`.
 
     Raises:
-        UsageError: an option's value is wrong (``dtype``, ``max_shard_size``, ``metadata``,
-            an output name that is not ``.safetensors``), before anything is read.
+        UsageError: an option's value is wrong (``dtype``, ``target`` or complex among them,
+            ``max_shard_size``, ``metadata``, an output name that is not ``.safetensors``),
+            before anything is read.
         CkptconvError: the source cannot be read, the plan has problems (``PlanError``), or
             the output cannot be written.
     """
     from . import __version__
     from .mapping import build_plan
+    from .mapping.spec import parse_output_dtype
     from .writers.safetensors import parse_size, write_safetensors
 
     started = time.perf_counter()
     dst = output_name(dst, any_suffix=any_suffix)
+    option_value("dtype", dtype, parse_output_dtype)  # "target": a conversion has no target
     extra = option_value("metadata", metadata, check_metadata)
     if max_shard_size is not None:
         max_shard_size = option_value("max_shard_size", max_shard_size, parse_size)
@@ -172,6 +185,8 @@ def convert(
             "ckptconv.source": Path(store.path).name,
             **extra,
         }
+        if not check_crc:
+            metadata[SOURCE_CHECKSUMS_KEY] = "not checked"
         kinds = _training_state(plan, store, {o.name for o in outputs})
         if kinds:  # the reader gives them back, so the training state stays apart
             metadata[KINDS_KEY] = json.dumps(kinds, separators=(",", ":"), ensure_ascii=False)

@@ -41,6 +41,7 @@ __all__ = [
     "ClusterError",
     "render_options",
     "nearest",
+    "did_you_mean",
 ]
 
 FETCH_AGAIN = "copy or download it again"
@@ -83,12 +84,30 @@ def render_options(text: str, spelling: Mapping[str, str] | None = None) -> str:
     return re.sub(_OPTION, one, text) if "{opt:" in text else text
 
 
-def nearest(word: str, candidates: Iterable[str], *, count: int = 3) -> list[str]:
-    """The ``count`` candidates closest to ``word`` (difflib ratio), best first."""
+def nearest(word: str, candidates: Iterable[str], *, count: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The ``count`` candidates closest to ``word``, best first: those that begin with it (a
+    name cut short, ``float8`` for ``float8_e4m3fn``, ``--js`` for ``--json``), in the
+    candidates' order, then the closest by difflib ratio (at least ``cutoff``)."""
     import difflib
 
     pool = list(dict.fromkeys(candidates))
-    return difflib.get_close_matches(word, pool, n=count, cutoff=0.5)
+    longer = [c for c in pool if c != word and c.startswith(word)] if len(word.lstrip("-")) >= 2 else []
+    close = difflib.get_close_matches(word, pool, n=count, cutoff=cutoff)
+    return list(dict.fromkeys([*longer, *close]))[:count]
+
+
+def did_you_mean(word: str, candidates: Iterable[str], *, quote: bool = True, cutoff: float = 0.5) -> str:
+    """``"did you mean 'X'?"`` for the :func:`nearest` candidate, or ``"did you mean 'X', 'Y'
+    or 'Z'?"`` when several begin with ``word`` (a family of names: ``float8``); ``""`` when
+    none is near. ``quote``: show the candidates as ``repr`` (names), else as they are
+    (options: ``--json``). The one wording of a suggestion, for names, values and options."""
+    near = nearest(word, candidates, cutoff=cutoff)
+    if not near:
+        return ""
+    longer = [c for c in near if c.startswith(word)] if len(word.lstrip("-")) >= 2 else []
+    shown = [repr(c) if quote else c for c in (longer if len(longer) > 1 else near[:1])]
+    listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+    return f"did you mean {listed}?"
 
 
 class Problem(str):

@@ -264,6 +264,18 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["diff", "{small}", "{small}", "--dtype", "floot32"], "argument --dtype: unknown dtype 'floot32'"),
         (["suggest", "{small}", "--target", "{small}", "--forc"], "unrecognized arguments: --forc"),
         (["suggest", "{small}"], "the following arguments are required: --target"),
+        # options that mean something only with a target model, given without one
+        (["convert", "{small}", "{out}", "--dtype", "target"],
+         "argument --dtype: 'target' takes each weight's dtype from a target model, and a conversion has none"),
+        (["batch", "{small}", "-o", "{tmp}/o", "--dtype", "target"], "a conversion has none"),
+        (["plan", "{small}", "--dtype", "target"],
+         "ckptconv plan: error: --dtype target means each target tensor's dtype, and there is no target"),
+        (["plan", "{small}", "--lenient"], "ckptconv plan: error: --lenient reports what --target MODEL.keras lacks"),
+        (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe lets Keras build --target MODEL.keras"),
+        # a complex default dtype could only make real weights complex
+        (["convert", "{small}", "{out}", "--dtype", "complex64"],
+         "argument --dtype: 'complex64' is complex: the default dtype casts real floating-point weights"),
+        (["plan", "{small}", "--dtype", "complex128"], "a floating-point dtype (float16, float32, float64, bfloat16"),
     ],
 )
 def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, args: list[str], says: str) -> None:
@@ -273,6 +285,73 @@ def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, arg
     assert says.format(**fill) in err
     assert out == "" and "Traceback" not in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", [["inspect", "a"], ["convert", "a", "b"], ["plan", "a"], ["verify", "a"],
+                                     ["batch", "a", "-o", "d"], ["transplant", "a", "b", "c"],
+                                     ["suggest", "a", "--target", "b"], ["diff", "a", "b"]])
+def test_every_command_suggests_the_nearest_option(capsys, command: list[str]) -> None:
+    """One rule for every subcommand: a misspelt option (``--debgu``), or one cut short
+    (``--deb``: ckptconv takes no abbreviations), names the option it is near."""
+    for typed in ("--debgu", "--deb"):
+        code, out, err = run(capsys, *command, typed)
+        assert code == 2 and out == "", err
+        assert err.splitlines()[-1].endswith(f"unrecognized arguments: {typed}; did you mean --debug?"), err
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["inspect", SAMPLE, "--js"], "ckptconv inspect: error: unrecognized arguments: --js; did you mean --json?"),
+        (["plan", SAMPLE, "--mapp", "x.yaml"], "unrecognized arguments: --mapp x.yaml; did you mean --map?"),
+        (["inspct", SAMPLE], "invalid choice: 'inspct' (choose from 'inspect', "),
+        (["inspct", SAMPLE], "'diff'); did you mean 'inspect'?"),
+        (["convert", SAMPLE, "o.safetensors", "--dtype", "float8"],
+         "unknown dtype 'float8'; did you mean 'float8_e4m3fn', 'float8_e5m2' or 'float8_e4m3fnuz'?"),
+        (["convert", SAMPLE, "o.safetensors", "--dtype", "bf"], "unknown dtype 'bf'; did you mean 'bfloat16'?"),
+    ],
+)
+def test_suggestions_offer_what_the_user_was_near(capsys, args: list[object], says: str) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "", err
+    assert says in err, err
+
+
+def test_no_suggestion_for_what_is_near_nothing(capsys) -> None:
+    code, _, err = run(capsys, "inspect", SAMPLE, "-x")
+    assert code == 2 and err.splitlines()[-1].endswith("unrecognized arguments: -x"), err
+
+
+@pytest.mark.parametrize("command", ["convert", "batch"])
+def test_no_check_crc_warns_and_records_that_the_source_was_not_checked(capsys, small: Path, tmp_path: Path,
+                                                                          command: str) -> None:
+    """A damaged tensor read with --no-check-crc is written as read, with checksums of its own
+    that verify clean: the command says so on stderr and the output's __metadata__ records it."""
+    from ckptconv.convert import SOURCE_CHECKSUMS_KEY
+
+    data = bytearray(small.read_bytes())
+    data[-1] ^= 0x01  # the last tensor's last byte: its recorded CRC-32C no longer matches
+    small.write_bytes(bytes(data))
+    out = tmp_path / "out" / "small.safetensors"
+    out.parent.mkdir()
+    args = ["convert", small, out] if command == "convert" else ["batch", small, "-o", out.parent]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "fail their recorded CRC-32C" in err and not out.exists(), err
+    code, _, err = run(capsys, *args, "--no-check-crc")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("ckptconv: warning: ")]
+    assert len(warning) == 1 and "checksums were not checked (--no-check-crc)" in warning[0], err
+    with ckptconv.open(out) as store:
+        assert store.metadata[SOURCE_CHECKSUMS_KEY] == "not checked"
+    assert ckptconv.verify_file(out).ok  # why the record matters: the damage now verifies clean
+    code, _, err = run(capsys, *args, "--no-check-crc", "--quiet", "--force")
+    assert code == 0 and "warning" not in err
+    # a source that was checked: no warning, no record
+    clean = tmp_path / "clean.safetensors"
+    code, _, err = run(capsys, "convert", out, clean)
+    assert code == 0 and "warning" not in err
+    with ckptconv.open(clean) as store:
+        assert SOURCE_CHECKSUMS_KEY not in store.metadata
 
 
 def test_an_unknown_option_shows_the_subcommands_usage(capsys) -> None:

@@ -18,11 +18,17 @@ PAGES = ("spec.md", "cookbook-mapping.md")
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 
+WRITTEN = re.compile(r"<!--\s*file\s*:?.*?-->\s*\n$")
+
+
 def blocks(kind: str) -> list[tuple[str, str]]:
+    """The pages' blocks of ``kind``, but for those a ``<!-- file: NAME -->`` marker writes to
+    a file: tests/test_docs.py runs those with the commands after them (a spec shown with
+    the error it gets, such as a YAML merge key's)."""
     found = []
     for page in PAGES:
         for m in FENCE.finditer((DOCS / page).read_text()):
-            if m.group(1) == kind:
+            if m.group(1) == kind and not WRITTEN.search(m.string[: m.start()]):
                 found.append((f"{page}:{m.string[: m.start()].count(chr(10)) + 1}", m.group(2)))
     return found
 

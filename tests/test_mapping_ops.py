@@ -318,6 +318,33 @@ def test_overflow_into_a_float8_type_without_infinities_is_named_nan():
     assert np.isnan(out[:2].astype(np.float32)).all() and float(out[2]) == 2.0
 
 
+def test_integer_overflow_is_counted_and_hinted_as_float_overflow_is(monkeypatch, tmp_path):
+    """Out of an integer type's range (int64 -> int8, float -> int8), or NaN into one: the
+    message counts the values over the whole tensor (every chunk) and, from a spec's cast,
+    says how to allow it, as a float overflow's does."""
+    import ckptconv.mapping.cast as cast
+
+    monkeypatch.setattr(cast, "_CAST_CHUNK", 4)  # the values out of range lie in several chunks
+    ids = np.array([300, -300, 5, 2**40, 1, 2, 3, 4, 1000], np.int64)
+    with pytest.raises(ExecutionProblem, match=r"^4 value\(s\) out of int8's range \[-128, 127\] "
+                       r"\(the values span \[-300, 1099511627776\]\)$"):
+        cast_array(ids, np.dtype(np.int8))
+    with pytest.raises(ExecutionProblem, match=r"^2 value\(s\) out of int8's range .*\[-1000000.0, 300.0\]"):
+        cast_array(np.array([1.5, 300.0, -1e6, 2.0, 7.0], np.float32), np.dtype(np.int8))
+    with pytest.raises(ExecutionProblem, match=r"^2 NaN value\(s\) cannot be cast to uint8"):
+        cast_array(np.array([np.nan, 1.0, 2.0, 3.0, np.nan], np.float32), np.dtype(np.uint8))
+    # from a spec's cast op, the hint a float overflow gives
+    with pytest.raises(ExecutionProblem) as info:
+        Cast(np.dtype(np.int8)).apply(ids, ids.shape, np.dtype(np.int8))
+    assert str(info.value).endswith("; " + cast.ALLOW_OVERFLOW_HINT) and "allow_overflow: true" in str(info.value)
+    with pytest.raises(ExecutionProblem) as info:
+        Cast(np.dtype(np.float16)).apply(np.array([7e4], np.float32), (1,), np.dtype(np.float16))
+    assert str(info.value) == ("1 finite value(s) overflow to inf in float16 (largest float16 is 65504.0); "
+                               + cast.ALLOW_OVERFLOW_HINT)
+    # allowed: numpy's cast, an integer wrapping around
+    assert Cast(np.dtype(np.int8), allow_overflow=True).apply(ids, ids.shape, np.dtype(np.int8))[0] == 44
+
+
 def test_cast_in_chunks_is_exact_across_chunk_boundaries(monkeypatch):
     import ckptconv.mapping.cast as cast
 

@@ -7,7 +7,7 @@ import pytest
 from ml_dtypes import bfloat16
 
 import ckptconv
-from ckptconv import PlanError, SpecError, Store
+from ckptconv import PlanError, SpecError, Store, UsageError
 from ckptconv.mapping import Rule, Spec, TargetTensor, build_plan, load_spec
 from ckptconv.store import Entry
 from tests.helpers import assert_bit_exact
@@ -372,8 +372,20 @@ def test_rule_shape_is_checked_and_feeds_reshape_target():
 
 
 def test_dtype_target_without_a_target_is_refused():
-    with pytest.raises(SpecError, match="dtype: target .* there is no target"):
+    # as the dtype= option: a usage error (exit status 2 on the command line)
+    with pytest.raises(UsageError, match="dtype='target' means each target tensor's dtype, and there is no target"):
         build_plan(Store.from_arrays(_arrays()), dtype="target")
+    # as the spec's dtype: key, an error of the spec
+    with pytest.raises(SpecError, match="dtype: target .* there is no target"):
+        build_plan(Store.from_arrays(_arrays()), {"dtype": "target"})
+
+
+def test_a_complex_default_dtype_is_refused():
+    """The default dtype casts real floating-point weights: complex could only make them complex."""
+    with pytest.raises(UsageError, match="'complex64' is complex: .* so it takes keep, a floating-point dtype"):
+        build_plan(Store.from_arrays(_arrays()), dtype="complex64")
+    with pytest.raises(UsageError, match="a conversion has none"):
+        ckptconv.convert("/nonexistent/x.safetensors", "/nonexistent/y.safetensors", dtype="target")
 
 
 def test_split_parts_computed_on_threads_read_the_source_once():

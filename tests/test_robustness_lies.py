@@ -244,7 +244,11 @@ def test_a_zip_crc_failure_says_how_to_read_it_anyway(base: Path, tmp_path: Path
         assert err.endswith(tail.format(what, "--no-check-crc") + "\n"), (argv, err)
         # skipping the check reads the bytes as they are (diff: they differ from the clean copy)
         assert main([str(a) for a in argv] + ["--no-check-crc"]) == (1 if argv[0] == "diff" else 0), argv
-        assert capsys.readouterr().err == ""
+        err = capsys.readouterr().err
+        if argv[0] == "diff":
+            assert err == ""
+        else:  # what was written carries bytes no checksum vouches for: said once
+            assert err.startswith("ckptconv: warning: the source's checksums were not checked") and err.count("\n") == 1
     assert sorted(os.listdir(out)) == sorted(["m.safetensors", f"{path.stem}.safetensors"])
     for call in (lambda: ckptconv.convert(path, out / "api.safetensors"), lambda: ckptconv.diff(path, clean)):
         with pytest.raises(IntegrityError) as info:

@@ -86,6 +86,12 @@ SPECS: dict[str, tuple[str, str, type[CkptconvError], str, bool]] = {
         "rule #1 (from 're:(e+)+mb/embeddings'): regular expression '(e+)+mb/embeddings' can take "
         "exponential time to match (catastrophic backtracking", True,
     ),
+    # the pattern as written: its backslashes single, not doubled as a Python repr shows them
+    "regex-catastrophic-with-backslashes": (
+        "re.yaml", "version: 1\nrules:\n  - from: 're:(\\w+\\.)*embeddings'\n    to: e\n", SpecError,
+        r"rule #1 (from 're:(\w+\.)*embeddings'): regular expression '(\w+\.)*embeddings' can take "
+        "exponential time to match", True,
+    ),
     "regex-overlapping-alternatives": (
         "re.yaml", 'version: 1\nrules:\n  - from: "re:(?:e|em)*b/embeddings"\n    to: e\n', SpecError,
         "catastrophic backtracking: a repeated part holds alternatives that can match the same text", True,

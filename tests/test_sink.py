@@ -213,12 +213,12 @@ def test_copy_c_order_of_transposed_views(shape: tuple[int, int], dtype: str) ->
 
 def test_parallel_cast_reports_the_first_problem_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """The chunks of a big cast run on two threads; an overflow is reported as the sequential
-    cast would report it: the first chunk's, with its own count."""
+    cast would report it: the first chunk's kind, counted over every chunk."""
     monkeypatch.setattr(cast, "_CAST_CHUNK", 4)
     values = np.zeros(40, dtype=np.float32)
     values[5] = 1e6  # chunk 1: one overflow in float16
     values[29:32] = -1e6  # chunk 7: three more
-    with pytest.raises(ExecutionProblem, match=r"^1 finite value\(s\) overflow to inf in float16"):
+    with pytest.raises(ExecutionProblem, match=r"^4 finite value\(s\) overflow to inf in float16"):
         cast_array(values, np.float16)
     values[5] = 0
     with pytest.raises(ExecutionProblem, match=r"^3 finite value"):

@@ -94,6 +94,25 @@ def test_aliases_are_refused_wherever_they_are(text: str) -> None:
         read_yaml(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x {f: 1}\nb:\n  <<: *x\n  g: 2\n",
+        "a: &x {f: 1}\nc: &y {h: 1}\nb: {<<: [*x, *y], g: 2}\n",
+    ],
+)
+def test_merge_keys_are_refused_as_aliases_saying_so(text: str) -> None:
+    """``<<: *x`` copies through an alias: refused, and the message names the merge key."""
+    with pytest.raises(YamlAlias, match=r"^YAML merge keys copy through an alias, and aliases are not allowed "
+                       r"in a spec \(<<: \*x at line 3\)"):
+        read_yaml(text)
+
+
+def test_a_merge_of_a_mapping_written_in_place_reads_as_pyyaml_reads_it() -> None:
+    text = "a:\n  <<: {f: 1, g: 1}\n  g: 2\n"
+    assert read_yaml(text) == {"a": {"f": 1, "g": 2}} and _pyyaml(text) == ("value", read_yaml(text))
+
+
 def test_a_date_key_and_value_are_dates() -> None:
     assert read_yaml("2024-01-02: 2024-01-03T04:05:06Z") == {
         datetime.date(2024, 1, 2): datetime.datetime(2024, 1, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)

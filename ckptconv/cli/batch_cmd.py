@@ -22,6 +22,7 @@ from .common import (
     print_error,
     usage_exit,
     want_progress,
+    warn_unchecked,
 )
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as e:  # an address Dask cannot parse
                 return _usage(args, f"--scheduler {args.scheduler}: {e}")
         report = _run(args, jobs, unmatched, where, options)
+    if report.succeeded:
+        warn_unchecked(args)
     if args.json:
         doc = report.to_json()
         if not report.ok:

@@ -50,8 +50,10 @@ class UsageExit(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """ckptconv's parsers: no abbreviated options (``--onl`` is not ``--only``), and a
-    subcommand reports its own unknown arguments with its own usage line."""
+    """ckptconv's parsers: no abbreviated options (``--onl`` is not ``--only``), a
+    subcommand reports its own unknown arguments with its own usage line, and an unknown
+    option or choice gets the nearest known one (``did you mean --json?``, by
+    :func:`ckptconv.errors.did_you_mean`, the rule of every suggestion ckptconv makes)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -66,13 +68,47 @@ class Parser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(args, namespace)
         if self.prog != "ckptconv":  # a subcommand: say it with its usage
             if extras:
-                self.error(f"unrecognized arguments: {' '.join(extras)}")
+                self.unrecognized(extras)
             parsed.command_parser = self  # for the usage errors found once parsed
         return parsed, extras
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # the top-level parser's (a subcommand's own are reported above)
+            self.unrecognized(extras)
+        return parsed
+
+    def unrecognized(self, extras: list[str]) -> None:
+        """argparse's "unrecognized arguments" error, with the option nearest the first
+        unknown one."""
+        from ..errors import did_you_mean
+
+        guess = ""
+        option = next((e.partition("=")[0] for e in extras if e.startswith("-") and e != "-"), None)
+        if option is not None:
+            known = [o for o in self._option_string_actions if o.startswith("--") == option.startswith("--")]
+            guess = did_you_mean(option, known, quote=False, cutoff=0.6)
+        self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {guess}" if guess else ""))
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        if "invalid choice: " in message and "did you mean" not in message:
+            message += _choice_guess(message)
         self.print_usage(sys.stderr)
         raise UsageExit(f"{self.prog}: error: {message}", message)
+
+
+def _choice_guess(message: str) -> str:
+    """``; did you mean 'inspect'?`` for argparse's ``invalid choice: 'inspct' (choose from
+    'inspect', ...)``, or ""."""
+    import re
+
+    from ..errors import did_you_mean
+
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if found is None:
+        return ""
+    guess = did_you_mean(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
+    return f"; {guess}" if guess else ""
 
 
 def usage_exit(args: argparse.Namespace, message: str) -> UsageExit:
@@ -224,7 +260,7 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     Every value is checked by the API's own check as its argparse type, so a bad one is a
     usage error (exit status 2) before anything is read."""
     check_metadata = lazy("ckptconv.formats.safetensors", "check_metadata")
-    parse_dtype_option = lazy("ckptconv.mapping.spec", "parse_dtype_option")
+    parse_output_dtype = lazy("ckptconv.mapping.spec", "parse_output_dtype")
     parse_size = lazy("ckptconv.writers.safetensors", "parse_size")
 
     outputs = "outputs" if many else "the output"
@@ -233,8 +269,9 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help="mapping spec file (YAML, JSON or TOML)" + (", applied to every input" if many else ""),
     )
     parser.add_argument(
-        "--dtype", metavar="DT", type=cli_type(parse_dtype_option, keep_text=True),
-        help="output dtype for floating-point weights (float32, float16, bfloat16, ...)",
+        "--dtype", metavar="DT", type=cli_type(parse_output_dtype, keep_text=True),
+        help="output dtype for floating-point weights (float32, float16, bfloat16, ...; keep: "
+        "each weight's own)",
     )
     parser.add_argument(
         "--allow-lossy", action="store_true",
@@ -259,7 +296,8 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
     parser.add_argument(
         "--no-check-crc", action="store_true",
         help="skip the sources' own checksums (TF checkpoints' per-tensor CRC-32C, the zip CRC-32 of a .keras "
-        "weights member and of a torch.save file's storages)",
+        "weights member and of a torch.save file's storages): damaged data is written as read, and "
+        'the output records ckptconv.source_checksums: "not checked"',
     )
     parser.add_argument(
         "--verify", action="store_true",
@@ -280,6 +318,19 @@ def add_convert_options(parser, *, many: bool = False) -> None:  # type: ignore[
         help="add or replace a __metadata__ entry, e.g. format=pt for Hugging Face "
         "transformers (repeatable)",
     )
+
+
+def warn_unchecked(args) -> None:  # type: ignore[no-untyped-def]
+    """After ``convert``/``batch`` wrote with ``--no-check-crc``: one warning line on stderr
+    (not with ``--quiet``), since damaged source data is then written with checksums of its
+    own, which verify clean."""
+    if args.no_check_crc and not args.quiet:
+        print(
+            "ckptconv: warning: the source's checksums were not checked (--no-check-crc): damaged "
+            "tensor data would be written as read, with checksums of its own that verify clean; "
+            'the output\'s __metadata__ records ckptconv.source_checksums: "not checked"',
+            file=sys.stderr, flush=True,
+        )
 
 
 def convert_options(args) -> dict:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from .common import (
     exit_status,
     human_bytes,
     want_progress,
+    warn_unchecked,
 )
 
 EXIT_STATUS = {
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         args.src, args.dst, progress=want_progress(args.quiet or args.json, args.progress),
         **convert_options(args),
     )
+    warn_unchecked(args)
     if args.json:
         emit_json(args, {"ok": True, **result.to_json()})
     elif not args.quiet:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status, lazy
+from .common import SPELLING, add_debug, add_json, cli_type, emit_json, exit_status, lazy, usage_exit
 
 EXIT_STATUS = {
     0: "the plan has no problems",
     1: "the plan has problems (each on stderr), or the source, spec or target cannot be read",
-    2: "a usage error (unknown option, a bad --dtype)",
+    2: "a usage error (unknown option, a bad --dtype; --only, --lenient, --unsafe or --dtype target "
+    "without --target)",
 }
 
 
@@ -72,10 +73,17 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import render_options
     from ..mapping import build_plan, load_spec
 
-    if args.only and not args.target:
-        from ..errors import UsageError
-
-        raise UsageError("--only chooses a part of --target MODEL.keras; give --target", option="only")
+    if not args.target:
+        # options that say how to check against a target model mean nothing without one
+        for value, what in (
+            (args.only, "--only chooses a part of --target MODEL.keras; give --target"),
+            (args.lenient, "--lenient reports what --target MODEL.keras lacks or leaves unused without counting "
+             "it as problems; give --target, or drop --lenient"),
+            (args.unsafe, "--unsafe lets Keras build --target MODEL.keras with Lambda bytecode; give --target, "
+             "or drop --unsafe"),
+        ):
+            if value:
+                raise usage_exit(args, what)
     # the spec and the source are checked before the target's Keras (and TensorFlow) loads
     spec = load_spec(args.map) if args.map else None
     with formats.open(args.src) as store:

@@ -42,7 +42,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..options import keyword_options, option_names
 from ..store import Store
-from ._zip import damaged_zip, first_member_kind
+from ._zip import damaged_start, damaged_zip, first_member_kind
 
 __all__ = ["open", "open_source", "detect", "FORMAT_MODULES", "regular_file", "load_index", "MAX_INDEX_BYTES"]
 
@@ -181,7 +181,7 @@ def load_index(path: str | os.PathLike[str]) -> dict:
         with builtins.open(path, "rb") as f:
             index = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"the shard index is not valid JSON ({e})", path=path) from e
+        raise CorruptFileError(f"the shard index is not valid JSON ({e}); {FETCH_AGAIN}", path=path) from e
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CorruptFileError("the shard index has no weight_map object", path=path)
     return index
@@ -254,7 +254,7 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
         if sniff_error is not None:
             raise CorruptFileError(
                 f"a damaged HDF5 file: its structure cannot be read "
-                f"({type(sniff_error).__name__}: {_one_line(sniff_error)})",
+                f"({type(sniff_error).__name__}: {_one_line(sniff_error)}); {FETCH_AGAIN}",
                 path=p,
             ) from sniff_error
         raise FormatError(
@@ -274,6 +274,11 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
             "a torch.save file (<archive>/data.pkl)",
             path=p,
         )
+    if len(head) >= 22 and not head.startswith(b"PK\x03\x04"):
+        # a zip archive whose first bytes were damaged: its end still says what it is
+        damaged = damaged_start(p)
+        if damaged is not None:
+            raise damaged
     if head.lstrip()[:1] in (b"{", b"["):
         import json
 
@@ -284,8 +289,8 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
                 json.loads(f.read())
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise CorruptFileError(
-                f"a JSON file that does not parse ({_one_line(e)}): a damaged or incomplete "
-                "shard index?",
+                f"a JSON file that does not parse ({_one_line(e)}), as a damaged or incomplete "
+                f"shard index does; {FETCH_AGAIN}",
                 path=p,
             ) from e
         raise FormatError(

@@ -147,6 +147,9 @@ def unreadable_dataset(error: BaseException, *, path: str, key: str, reading: bo
         detail = "it describes floating-point numbers of a layout no numpy type has"
     else:
         detail = f"HDF5 cannot {'read' if reading else 'open'} the dataset"
+    if part == "object header":  # a group's as well as a dataset's (safe_get opens both)
+        return CorruptFileError(f"the HDF5 object's header is damaged (HDF5 cannot {'read' if reading else 'open'} "
+                                f"this group or dataset); {FETCH_AGAIN}", path=path, tensor=key)
     return CorruptFileError(f"the dataset's {part} is damaged ({detail}); {FETCH_AGAIN}", path=path, tensor=key)
 
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["MAX_EXPANSION", "Member", "central_directory", "data_offsets", "read_member", "first_member_kind",
-           "member_data_offset", "check_stored_crcs", "refuse_zip_bomb", "damaged_zip"]
+           "member_kind", "member_data_offset", "check_stored_crcs", "refuse_zip_bomb", "damaged_zip",
+           "damaged_start"]
 
 MAX_EXPANSION = 200  # a compressed member expanding more than this is treated as a zip bomb
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature ... name length, extra length
@@ -82,7 +83,11 @@ def first_member_kind(head: bytes) -> str:
     if len(head) < 30:
         return "file"
     size = int.from_bytes(head[26:28], "little")
-    first = head[30 : 30 + size].decode("utf-8", "replace")
+    return member_kind(head[30 : 30 + size].decode("utf-8", "replace"))
+
+
+def member_kind(first: str) -> str:
+    """What a zip archive is from its first member's name (see :func:`first_member_kind`)."""
     if first.endswith(("/data.pkl", "/byteorder", "/version", "/.format_version")):
         return "torch.save file"
     if first in ("metadata.json", "config.json", "model.weights.h5", "assets/"):
@@ -102,6 +107,23 @@ def damaged_zip(path: str | os.PathLike[str], error: BaseException, kind: str) -
         )
     detail = " ".join(str(error).split())[:300]
     return CorruptFileError(f"a damaged zip archive ({detail}); copy or download the {kind} again", path=path)
+
+
+def damaged_start(path: str | os.PathLike[str]) -> CorruptFileError | None:
+    """The error for a file that does not begin with a zip local header yet ends as a zip
+    archive (an end-of-central-directory record whose central directory parses) whose first
+    member's local header is damaged, as a damaged byte among its first four makes it; None
+    when the file is no such archive (or its first header is whole: data before the archive)."""
+    try:
+        with open(path, "rb") as f:
+            members = _read_directory(f.fileno())
+            if members:
+                data_offsets(path, [min(members, key=lambda m: m.header_offset)], file=f)
+    except CorruptFileError as e:
+        return e
+    except (_Damaged, OSError, UnicodeDecodeError, struct.error):
+        pass
+    return None
 
 
 def _has_end_record(path: str | os.PathLike[str]) -> bool:
@@ -210,7 +232,12 @@ def _read_directory(fd: int) -> list[Member]:
     data = os.pread(fd, cd_size, start)
     if len(data) != cd_size:
         raise _Damaged("Truncated central directory")
-    return _parse_entries(data, shift)
+    members = _parse_entries(data, shift)
+    if shift < 0 and any(m.header_offset < 0 for m in members):
+        # the recorded directory offset is past where the directory lies (a damaged byte in
+        # it) and moves members' headers before the file's start
+        raise _Damaged("Bad offset for central directory")
+    return members
 
 
 def _parse_entries(data: bytes, shift: int) -> list[Member]:

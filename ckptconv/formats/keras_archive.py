@@ -27,6 +27,7 @@ from ..errors import (
     OutputError,
     UnsafeInputError,
     UnsupportedError,
+    truncated,
 )
 from ..store import Store
 from ._hdf5_file import open_h5
@@ -157,7 +158,7 @@ def _read_config(members: dict[str, Member], f: Any, path: str | os.PathLike[str
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"config.json is not valid JSON ({e})", path=path) from e
+        raise CorruptFileError(f"config.json is not valid JSON ({e}); {FETCH_AGAIN}", path=path) from e
 
 
 def key_names(config: Any) -> dict[str, str]:
@@ -231,6 +232,10 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
         # the central directory, read as zipfile reads it and refused where zipfile refuses it
         members = {m.filename: m for m in central_directory(path, kind=".keras file", file=f)}
         info = members.get(WEIGHTS_MEMBER)
+        if info is None or CONFIG_MEMBER not in members:
+            # a member Keras always writes is missing: a damaged byte in its name in the
+            # central directory shows as its local header naming it otherwise
+            data_offsets(path, list(members.values()), file=f)
         if info is None:
             if NPZ_MEMBER in members:
                 raise _npz_refused(path)
@@ -248,7 +253,7 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
             start = data_offsets(path, [info], file=f)[0]
             if start + info.file_size > os.path.getsize(path):
                 raise CorruptFileError(
-                    f"{WEIGHTS_MEMBER} extends beyond the end of the archive: truncated", path=path
+                    truncated(f"{WEIGHTS_MEMBER} extends beyond the end of the archive", or_damaged=True), path=path
                 )
             fileobj: Any = _Window(os.fspath(path), start, info.file_size)
             source = _Source(os.fspath(path), os.fspath(path), start, info.file_size)
@@ -299,7 +304,7 @@ def _open_directory(path: str | os.PathLike[str]) -> Store:
     try:
         config = json.loads(config_path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"{CONFIG_MEMBER} is not valid JSON ({e})", path=config_path) from e
+        raise CorruptFileError(f"{CONFIG_MEMBER} is not valid JSON ({e}); {FETCH_AGAIN}", path=config_path) from e
     files = [weights, config_path]
     metadata_json: dict[str, str] = {}
     metadata_path = _member_file(path, METADATA_MEMBER)

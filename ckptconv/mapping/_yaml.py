@@ -41,11 +41,24 @@ def duplicate_key(key: Any, where: str = "") -> DuplicateKey:
     )
 
 
-def _alias_refused(event: Any) -> YamlAlias:
+def _alias_refused(event: Any, *, merged: bool = False) -> YamlAlias:
+    """``merged``: the alias is a merge key's value (``<<: *name``), which copies through it."""
+    where = f"line {event.start_mark.line + 1}"
+    if merged:
+        return YamlAlias(
+            f"YAML merge keys copy through an alias, and aliases are not allowed in a spec "
+            f"(<<: *{event.anchor} at {where}): they can expand without bound; write the keys "
+            "out in each mapping"
+        )
     return YamlAlias(
-        f"YAML aliases are not allowed in a spec (*{event.anchor} at line "
-        f"{event.start_mark.line + 1}): they can expand without bound; write the value out"
+        f"YAML aliases are not allowed in a spec (*{event.anchor} at {where}): they can "
+        "expand without bound; write the value out"
     )
+
+
+def _merge_key(event: Any, yaml: Any) -> bool:
+    """Whether ``event`` is a plain ``<<`` scalar: a merge key, where it is a mapping's key."""
+    return type(event) is yaml.ScalarEvent and event.value == "<<" and event.implicit[0]
 
 
 _UNUSUAL = object()  # what _assemble gives for a document PyYAML itself must build
@@ -77,7 +90,8 @@ def read_yaml(text: str) -> Any:
     class NoAliases(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
-                raise _alias_refused(self.peek_event())
+                merged = isinstance(index, yaml.ScalarNode) and index.tag == "tag:yaml.org,2002:merge"
+                raise _alias_refused(self.peek_event(), merged=merged)
             return super().compose_node(parent, index)
 
     return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
@@ -99,10 +113,14 @@ def _assemble(events: Iterable[Any], yaml: Any) -> Any:
     root: Any = None
     documents = 0
     unusual = False
+    # the last events, for an alias in a merge key (``<<: *a``, ``<<: [*a, *b]``)
+    before = after = None
     for event in events:
         kind = type(event)
         if kind is alias:
-            raise _alias_refused(event)
+            merged = _merge_key(after, yaml) or (type(after) is sequence_start and _merge_key(before, yaml))
+            raise _alias_refused(event, merged=merged)
+        before, after = after, event
         if unusual:
             continue
         if kind is scalar:

@@ -90,7 +90,10 @@ class Cast(Op):
     def apply(self, array, out_shape, out_dtype):
         if array.dtype == self.dtype:
             return array
-        return cast_array(array, self.dtype, allow_overflow=self.allow_overflow)
+        try:
+            return cast_array(array, self.dtype, allow_overflow=self.allow_overflow)
+        except ExecutionProblem as e:  # what to do about it, in a spec's terms
+            raise ExecutionProblem(f"{e}; {ALLOW_OVERFLOW_HINT}") from None
 
     def describe(self):
         text = f"cast {dtype_name(self.dtype)}"
@@ -109,25 +112,63 @@ class Cast(Op):
         return {"cast": dtype_name(self.dtype)}
 
 
-def _check_int_range(chunk: np.ndarray, dtype: np.dtype) -> str | None:
-    if chunk.size == 0:
+ALLOW_OVERFLOW_HINT = (
+    "scale the weights, or set allow_overflow: true on the spec rule that maps them (a rule "
+    "{from: '**', allow_overflow: true} for every tensor)"
+)
+"""What a cast overflow's message tells a spec's user to do (a cast op or the default dtype)."""
+
+
+@dataclass(frozen=True)
+class _Overflow:
+    """What one chunk of a cast found: ``kind`` ``nan`` (NaN into an integer type), ``range``
+    (values outside an integer type's range, reaching ``lo``/``hi``) or ``inf`` (finite
+    values made infinite, or NaN in a float8 type without infinities); ``count`` values."""
+
+    kind: str
+    count: int
+    lo: float = 0
+    hi: float = 0
+
+
+def _check_int_range(chunk: np.ndarray, dtype: np.dtype) -> _Overflow | None:
+    if chunk.size == 0 or chunk.dtype.kind == "b":
         return None
     info = np.iinfo(dtype)
     if chunk.dtype.kind == "f" or is_floating(chunk.dtype):
         wide = chunk.astype(np.float64)
-        if np.isnan(wide).any():
-            return f"NaN cannot be cast to {dtype_name(dtype)}"
+        nan = np.isnan(wide)
+        if nan.any():
+            return _Overflow("nan", int(np.count_nonzero(nan)))
         # float -> int truncates toward zero, so anything in (min - 1, max + 1) fits
         lo, hi = float(wide.min()), float(wide.max())
         if lo <= info.min - 1 or hi >= info.max + 1:
-            return f"values in [{lo}, {hi}] do not fit {dtype_name(dtype)} [{info.min}, {info.max}]"
-        return None
-    if chunk.dtype.kind == "b":
+            out = int(np.count_nonzero((wide <= info.min - 1) | (wide >= info.max + 1)))
+            return _Overflow("range", out, lo, hi)
         return None
     lo, hi = int(chunk.min()), int(chunk.max())
     if lo < info.min or hi > info.max:
-        return f"values in [{lo}, {hi}] do not fit {dtype_name(dtype)} [{info.min}, {info.max}]"
+        out = int(np.count_nonzero(chunk < info.min)) + int(np.count_nonzero(chunk > info.max))
+        return _Overflow("range", out, lo, hi)
     return None
+
+
+def _overflow_message(found: list[_Overflow], dtype: np.dtype) -> str:
+    """One line for what the chunks found: the first kind found (in chunk order), counted
+    over the whole tensor."""
+    kind = found[0].kind
+    same = [f for f in found if f.kind == kind]
+    count = sum(f.count for f in same)
+    name = dtype_name(dtype)
+    if kind == "nan":
+        return f"{count} NaN value(s) cannot be cast to {name}, which has no NaN"
+    if kind == "range":
+        info = np.iinfo(dtype)
+        lo, hi = min(f.lo for f in same), max(f.hi for f in same)
+        return (f"{count} value(s) out of {name}'s range [{info.min}, {info.max}] (the values span "
+                f"[{lo}, {hi}])")
+    to = "inf" if _has_inf(dtype) else "NaN"
+    return f"{count} finite value(s) overflow to {to} in {name} (largest {name} is {_finfo_max(dtype)})"
 
 
 def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = False) -> np.ndarray:
@@ -139,8 +180,10 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     twice).
 
     Raises:
-        ExecutionProblem: finite values became infinite, or values do not fit an integer type,
-            and ``allow_overflow`` is False.
+        ExecutionProblem: finite values became infinite, or values do not fit an integer type
+            (or are NaN), and ``allow_overflow`` is False; the message counts them over the
+            whole tensor. With ``allow_overflow``, they are cast as numpy casts them (inf or
+            NaN; an integer wraps around, 300 -> 44 in int8).
     """
     dtype = np.dtype(dtype)
     out = np.empty(array.shape, dtype=dtype)
@@ -150,7 +193,7 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     check_int = not allow_overflow and dtype.kind in "iu"
     via_odd = _needs_round_to_odd(src.dtype, dtype)
 
-    def cast_chunk(start: int) -> str | None:
+    def cast_chunk(start: int) -> _Overflow | None:
         chunk = src[start : start + _CAST_CHUNK]
         if check_int:
             problem = _check_int_range(chunk, dtype)
@@ -167,21 +210,15 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
             made = int(np.count_nonzero(~np.isfinite(part)))
             had = int(np.count_nonzero(~np.isfinite(chunk))) if is_floating(chunk.dtype) else 0
             if made > had:
-                to = "inf" if _has_inf(dtype) else "NaN"
-                return (
-                    f"{made - had} finite value(s) overflow to {to} in {dtype_name(dtype)} "
-                    f"(largest {dtype_name(dtype)} is {_finfo_max(dtype)}); scale the "
-                    "weights, or set allow_overflow: true on the spec rule that maps them "
-                    "(a rule {from: '**', allow_overflow: true} for every tensor)"
-                )
+                return _Overflow("inf", made - had)
         return None
 
     starts = range(0, src.size, _CAST_CHUNK)
     # numpy releases the GIL in casts and reductions: big tensors use the second core too
     problems = _cast_pool().map(cast_chunk, starts) if len(starts) > 1 else map(cast_chunk, starts)
-    for problem in problems:  # in chunk order: the first problem is the one reported
-        if problem:
-            raise ExecutionProblem(problem)
+    found = [p for p in problems if p is not None]  # in chunk order: the first kind is reported
+    if found:
+        raise ExecutionProblem(_overflow_message(found, dtype))
     return out
 
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Pattern", "Template", "Match", "natural_key", "backtracking_hazard"]
+__all__ = ["Pattern", "Template", "Match", "natural_key", "backtracking_hazard", "quoted"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,11 @@ class Pattern:
             try:
                 self.regex = re.compile(body)
             except re.error as e:
-                raise ValueError(f"invalid regular expression {body!r}: {e}") from e
+                raise ValueError(f"invalid regular expression {quoted(body)}: {e}") from e
             hazard = backtracking_hazard(body)
             if hazard is not None:
                 raise ValueError(
-                    f"regular expression {body!r} can take exponential time to match "
+                    f"regular expression {quoted(body)} can take exponential time to match "
                     f"(catastrophic backtracking: {hazard}) and Python's regex engine has no "
                     "timeout, so it is refused; quantify once, let alternatives start "
                     "differently, or use an atomic group (?>...) or a possessive quantifier (*+)"
@@ -125,6 +125,19 @@ class Pattern:
 
     def __repr__(self) -> str:
         return f"Pattern({self.text!r})"
+
+
+def quoted(text: str) -> str:
+    """``text`` in quotes as the user wrote it, for messages: a pattern's backslashes stay
+    single, where ``repr`` doubles them. In double quotes when it holds a single quote; its
+    ``repr`` when it holds quotes of both kinds or a character a message line cannot show (a
+    newline, a control character)."""
+    if text.isprintable():
+        if "'" not in text:
+            return f"'{text}'"
+        if '"' not in text:
+            return f'"{text}"'
+    return repr(text)
 
 
 def backtracking_hazard(body: str) -> str | None:
@@ -227,14 +240,14 @@ class Template:
                 continue
             name = m.group(1)
             if not (name.isdigit() or name.isidentifier()):
-                raise ValueError(f"template {text!r}: field {{{name}}} is not a capture number or name")
+                raise ValueError(f"template {quoted(text)}: field {{{name}}} is not a capture number or name")
             fields.append(name)
         self._check_literal(text[pos:])
         self.fields = tuple(fields)
 
     def _check_literal(self, chunk: str) -> None:
         if "{" in chunk or "}" in chunk:
-            raise ValueError(f"template {self.text!r}: unbalanced brace (write {{{{ or }}}} for a literal one)")
+            raise ValueError(f"template {quoted(self.text)}: unbalanced brace (write {{{{ or }}}} for a literal one)")
 
     def render(self, values: dict[str, str]) -> str:
         """Substitute the captures. Raises KeyError for a field the match does not have."""

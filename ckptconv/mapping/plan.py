@@ -660,13 +660,19 @@ def build_plan(
         The plan; ``plan.problems`` lists every problem (``plan.raise_if_problems()``).
 
     Raises:
-        UsageError: ``dtype`` is not a dtype name, or ``only`` has no target or matches none
-            of its weights.
+        UsageError: ``dtype`` is not a dtype name (or is ``target`` without a target), or
+            ``only`` has no target or matches none of its weights.
         SpecError: the spec itself is invalid (a plan is not built from a broken spec), or it
             asks for ``dtype: target`` without a target.
     """
     resolved = Spec() if spec is None else load_spec(spec)
     default = option_value("dtype", dtype, parse_dtype_option) if dtype is not None else resolved.dtype
+    if default == "target" and target is None and dtype is not None:
+        raise UsageError(
+            "{opt:dtype='target'} means each target tensor's dtype, and there is no target (a live "
+            "model, or {opt:target}); give a dtype name or keep",
+            option="dtype",
+        )
     if default == "target" and target is None:
         raise SpecError(
             "dtype: target means each target tensor's dtype, and there is no target (a live "

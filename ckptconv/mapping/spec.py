@@ -8,7 +8,6 @@ fit a checkpoint is the plan's business (:func:`ckptconv.mapping.build_plan`).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name, is_floating, known_names
-from ..errors import NoSuchFileError, SpecError
+from ..errors import NoSuchFileError, SpecError, did_you_mean
 from .. import strictjson
 from ._yaml import DuplicateKey, YamlAlias, duplicate_key, read_yaml
 from .cast import Cast
@@ -38,9 +37,9 @@ from .ops import (
     Transpose,
 )
 from .dequantize import Dequantize
-from .patterns import Pattern, Template
+from .patterns import Pattern, Template, quoted
 
-__all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "OP_NAMES"]
+__all__ = ["Spec", "Rule", "load_spec", "parse_dtype_option", "parse_output_dtype", "OP_NAMES"]
 
 OP_NAMES = ("transpose", "reshape", "slice", "cast", "squeeze", "expand_dims", "fn")
 RULE_KEYS = (
@@ -68,8 +67,8 @@ _QUOTE_HINT = " (in YAML, quote names such as \"no\", \"on\", \"null\" or \"1\")
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(choices)})"
+    guess = did_you_mean(word, choices, cutoff=0.6)
+    return f"; {guess}" if guess else f" (known: {', '.join(choices)})"
 
 
 def parse_dtype_option(value: object) -> str | None:
@@ -90,11 +89,42 @@ def parse_dtype_option(value: object) -> str | None:
     if text == "target":
         return "target"
     try:
-        return dtype_name(by_name(text))
+        name = dtype_name(by_name(text))
     except KeyError:
         raise ValueError(
             f"unknown dtype {value!r}{_suggest(text, [*known_names(), 'keep', 'target'])}"
         ) from None
+    if by_name(name).kind == "c":
+        # the default dtype casts real floating-point weights (complex ones keep theirs): a
+        # complex default could only make real weights complex
+        raise ValueError(
+            f"{value!r} is complex: the default dtype casts real floating-point weights (complex "
+            f"ones keep their dtype), so it takes {_default_dtypes()}; a cast op in a spec "
+            "changes a complex tensor's dtype"
+        )
+    return name
+
+
+def _default_dtypes() -> str:
+    """What a default dtype may be, for a message."""
+    floats = [n for n in known_names() if is_floating(by_name(n))]
+    return f"keep, a floating-point dtype ({', '.join(floats)}) or, as a lossy cast, an integer or bool dtype"
+
+
+def parse_output_dtype(value: object) -> str | None:
+    """:func:`parse_dtype_option` for a conversion, which has no target model: ``target`` is
+    refused.
+
+    Raises:
+        ValueError: not a dtype ckptconv knows, or ``target``.
+    """
+    name = parse_dtype_option(value)
+    if name == "target":
+        raise ValueError(
+            "'target' takes each weight's dtype from a target model, and a conversion has none "
+            "(plan with a target model, and load_into, have one); give a dtype name or keep"
+        )
+    return name
 
 
 def _as_tuple(value: object) -> tuple[Any, ...]:
@@ -513,9 +543,16 @@ def _selector_text(rule: Any) -> str:
         if key == "drop" and value is True:
             continue
         if isinstance(value, (list, tuple)):
-            value = list(value)
-        parts.append(f"{key} {value!r}")
+            shown = f"[{', '.join(_shown(v) for v in value)}]"
+        else:
+            shown = _shown(value)
+        parts.append(f"{key} {shown}")
     return ", ".join(parts) or "no selector"
+
+
+def _shown(value: object) -> str:
+    """A selector's value as the user wrote it (a pattern's backslashes single)."""
+    return quoted(value) if isinstance(value, str) else repr(value)
 
 
 def _label(number: int, rule: Any) -> str:

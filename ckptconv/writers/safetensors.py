@@ -345,9 +345,10 @@ def _check_outputs(outputs: list[Output], dst: str) -> dict[str, str]:
         more = f" (and {len(unsupported) - 1} more: {', '.join(unsupported[1:4])}...)" if len(
             unsupported
         ) > 1 else ""
+        # the default dtype casts real floating-point tensors only: a complex one needs a cast op
+        how = "a cast op, e.g. to complex64" if first.dtype.kind == "c" else "{opt:dtype} or a cast op"
         raise UnsupportedError(
-            f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it "
-            "({opt:dtype} or a cast op) or drop it with a rule",
+            f"safetensors has no {dtype_name(first.dtype)} dtype{more}; cast it ({how}) or drop it with a rule",
             path=dst,
             tensor=first.name,
         )
