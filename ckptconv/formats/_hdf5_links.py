@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable
-from itertools import accumulate
+from itertools import accumulate, chain, compress
 from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -182,14 +182,14 @@ def walk(
         import h5py
 
         root = h5py.h5o.get_info(libhdf5().id).addr
-    level = [(root, "")]
+    level, level_names = [root], [""]  # the level's objects, and the path found to each
     seen = {root}
     names: dict[int, str] = {}  # every group's path (the first found to it), by address
     owned: dict[int, list[int]] = {}  # the objects first found through each group, in link order
     tree = True  # no object reached twice (nor the walk stopped)
     try:
         while level:
-            addresses = [address for address, _ in level]
+            addresses = level
             together = parse and len(level) >= BATCH_MIN
             plain: list[Plain] = []  # a batch's plain datasets without attributes: recorded together
             batch = object_headers(read, addresses, size, image=image, plain=plain) if together else [None] * len(level)
@@ -211,43 +211,54 @@ def walk(
             if tables is not None:
                 small = [(i, batch[i].symbols) for i in rest if batch[i] is not None and batch[i].symbols is not None]  # type: ignore[union-attr]
                 if len(small) >= BATCH_MIN:
-                    tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
+                    tried = tables.many_links([(level_names[i] or "/", *at) for i, at in small], image)  # type: ignore[misc]
                     for (i, _), links in zip(small, tried):
                         known[i] = links
-            below: list[tuple[int, str]] = []
-            for i in rest:
-                (address, name), header, links = level[i], batch[i], known[i]
-                if header is not None and header.plain:  # a plain dataset: its bytes are raw
-                    headers[address] = header
-                    at, length = header.offset, header.length
-                    if 0 < length <= size - at:  # type: ignore[operator]
-                        ranges.append((at, at + length))  # type: ignore[operator]
-                    continue
-                if links is None:
-                    links = describe(address, name or "/", header)
+            below: list[int] = []
+            below_names: list[str] = []
+            # each group's links are followed once the level's groups are read (all together:
+            # see _follow_all), or one by one as they come once the walk may stop at
+            # MAX_OBJECTS (as far as it got then, as if followed as they came)
+            at_of: list[int] = []
+            names_of: list[str] = []
+            tables_of = list(map(known.__getitem__, rest))
+            pending = sum(map(len, tables_of)) if tables_of and None not in tables_of else MAX_OBJECTS
+            if len(seen) + pending < MAX_OBJECTS:  # every row a small old-style group, read with the level's
+                at_of = list(map(addresses.__getitem__, rest))
+                names_of = list(map(level_names.__getitem__, rest))
+                headers.update(zip(at_of, map(batch.__getitem__, rest)))  # type: ignore[misc]
+                groups.update(zip(at_of, tables_of))  # type: ignore[arg-type]
+                names.update(zip(at_of, [name or "/" for name in names_of]))
+            else:
+                tables_of, pending = [], 0  # the links of the groups not followed yet
+                for i in rest:
+                    address, name, header, links = addresses[i], level_names[i], batch[i], known[i]
+                    if header is not None and header.plain:  # a plain dataset: its bytes are raw
+                        headers[address] = header
+                        at, length = header.offset, header.length
+                        if 0 < length <= size - at:  # type: ignore[operator]
+                            ranges.append((at, at + length))  # type: ignore[operator]
+                        continue
                     if links is None:
-                        if address == root:  # libhdf5 opens the file, so its root is a group
-                            raise CorruptFileError("the root group's object header is damaged", path=path)
-                        continue
-                else:  # a small old-style group, its links read with the level's
-                    headers[address] = header
-                groups[address] = links
-                names[address] = name or "/"
-                found: list[int] = []
-                for key, (link_type, child) in links.items():
-                    if link_type:  # not a hard link
-                        continue
-                    if child in seen:  # found already: the links form no tree
-                        tree = False
-                        continue
-                    if len(seen) >= MAX_OBJECTS:
-                        raise TooManyLinks
-                    seen.add(child)
-                    found.append(child)
-                    below.append((child, f"{name}/{key}"))
-                if found:
-                    owned[address] = found
-            level = below
+                        links = describe(address, name or "/", header)
+                        if links is None:
+                            if address == root:  # libhdf5 opens the file, so its root is a group
+                                raise CorruptFileError("the root group's object header is damaged", path=path)
+                            continue
+                    else:  # a small old-style group, its links read with the level's
+                        headers[address] = header
+                    groups[address] = links
+                    names[address] = name or "/"
+                    at_of.append(address)
+                    names_of.append(name)
+                    tables_of.append(links)
+                    pending += len(links)
+                    if len(seen) + pending >= MAX_OBJECTS:  # the walk may stop in these links
+                        tree &= _follow_all(at_of, names_of, tables_of, seen, owned, below, below_names, one_by_one=True)
+                        at_of, names_of, tables_of, pending = [], [], [], 0
+            if tables_of:
+                tree &= _follow_all(at_of, names_of, tables_of, seen, owned, below, below_names)  # type: ignore[arg-type]
+            level, level_names = below, below_names
     except TooManyLinks:
         tree = False
     if tree:
@@ -293,6 +304,63 @@ def walk(
             stack.pop()
     placed.update(headers)  # none left unless the walk stopped at the object limit
     return placed, children, sorted(ranges)
+
+
+def _follow(
+    address: int, name: str, links: Links, seen: set[int], owned: dict[int, list[int]],
+    below: list[int], below_names: list[str],
+) -> bool:
+    """Follow the hard links of the group at ``address`` (path ``name``, ``""`` for the
+    root): each object not ``seen`` before is added to it, to ``owned[address]`` and, with its
+    path, to ``below`` and ``below_names``. Whether every hard link led to an object not seen
+    before (else the links form no tree).
+
+    Raises:
+        TooManyLinks: :data:`MAX_OBJECTS` objects are seen already.
+    """
+    found: list[int] = []
+    fresh = True
+    for key, (link_type, child) in links.items():
+        if link_type:  # not a hard link
+            continue
+        if child in seen:  # found already: the links form no tree
+            fresh = False
+            continue
+        if len(seen) >= MAX_OBJECTS:
+            raise TooManyLinks
+        seen.add(child)
+        found.append(child)
+        below.append(child)
+        below_names.append(f"{name}/{key}")
+    if found:
+        owned[address] = found
+    return fresh
+
+
+def _follow_all(
+    at_of: list[int], names_of: list[str], tables_of: list[Links], seen: set[int],
+    owned: dict[int, list[int]], below: list[int], below_names: list[str], *, one_by_one: bool = False,
+) -> bool:
+    """:func:`_follow` for each group (addresses, paths and links): together, a few
+    comprehensions and set operations instead of Python statements per link, when each
+    object is found here first and ``one_by_one`` is false (the caller's word that the walk
+    cannot stop here, at :data:`MAX_OBJECTS`); else group by group, link by link."""
+    kids = [] if one_by_one else [[child for link_type, child in links.values() if not link_type] for links in tables_of]
+    found = list(chain.from_iterable(kids))
+    fresh = set(found)
+    if one_by_one or len(fresh) != len(found) or not seen.isdisjoint(fresh):
+        tree = True
+        for address, name, links in zip(at_of, names_of, tables_of):
+            tree &= _follow(address, name, links, seen, owned, below, below_names)
+        return tree
+    seen.update(fresh)
+    owned.update(compress(zip(at_of, kids), kids))
+    below.extend(found)
+    below_names.extend([
+        f"{name}/{key}" for name, links in zip(names_of, tables_of)
+        for key, (link_type, _) in links.items() if not link_type
+    ])
+    return True
 
 
 class SymbolTables:
