@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ._hdf5_headers import Header, Plain, lengths_are_8, object_header, object_headers, rows
+from ._hdf5_libhdf5 import TooManyLinks, contiguous, group_links, object_links
 
 if TYPE_CHECKING:
     import h5py
@@ -64,10 +65,6 @@ _SNOD_SIGNATURE = np.frombuffer(b"SNOD", np.uint8)
 _HEAP_SIGNATURE = np.frombuffer(b"HEAP", np.uint8)
 
 Links = dict[str, tuple[int, int]]  # name -> (link type, object address or soft-link value size)
-
-
-class TooManyLinks(Exception):
-    """The file holds more objects or links than one walk catalogues."""
 
 
 def group_node_sizes(superblock: bytes) -> tuple[int, int] | None:
@@ -159,18 +156,18 @@ def walk(
         """Record one object's parsed header; a group's links (None for another object)."""
         if header is None:
             headers[address] = other
-            return _libhdf5_object(libhdf5(), name, size, skip_min, ranges, path=path)
+            return object_links(libhdf5(), name, size, skip_min, ranges, limit=2 * MAX_OBJECTS, path=path)
         headers[address] = header
         kind = header.kind
         if kind == "group":
             if header.symbols is not None and tables is not None:
                 return tables.links(name, *header.symbols)
-            return _libhdf5_links(libhdf5(), name, path=path)
+            return group_links(libhdf5(), name, limit=2 * MAX_OBJECTS, path=path)
         at, length = header.offset, header.length
         if kind == "dataset" and at is not None and 0 < length <= size - at:
             # a plain dataset's bytes are raw wherever they lie; any other's only when
             # libhdf5 says so, asked for ranges worth skipping
-            if header.plain or (length >= skip_min and _contiguous(libhdf5(), name)):
+            if header.plain or (length >= skip_min and contiguous(libhdf5(), name)):
                 ranges.append((at, at + length))
         return None
 
@@ -217,8 +214,8 @@ def walk(
             below: list[int] = []
             below_names: list[str] = []
             # each group's links are followed once the level's groups are read (all together:
-            # see _follow_all), or one by one as they come once the walk may stop at
-            # MAX_OBJECTS (as far as it got then, as if followed as they came)
+            # see _follow), or as they come once the walk may stop at MAX_OBJECTS (stopping
+            # where it stopped when it followed every group's links as it came)
             at_of: list[int] = []
             names_of: list[str] = []
             tables_of = list(map(known.__getitem__, rest))
@@ -254,10 +251,10 @@ def walk(
                     tables_of.append(links)
                     pending += len(links)
                     if len(seen) + pending >= MAX_OBJECTS:  # the walk may stop in these links
-                        tree &= _follow_all(at_of, names_of, tables_of, seen, owned, below, below_names, one_by_one=True)
+                        tree &= _follow(at_of, names_of, tables_of, seen, owned, below, below_names, one_by_one=True)
                         at_of, names_of, tables_of, pending = [], [], [], 0
             if tables_of:
-                tree &= _follow_all(at_of, names_of, tables_of, seen, owned, below, below_names)  # type: ignore[arg-type]
+                tree &= _follow(at_of, names_of, tables_of, seen, owned, below, below_names)  # type: ignore[arg-type]
             level, level_names = below, below_names
     except TooManyLinks:
         tree = False
@@ -307,60 +304,52 @@ def walk(
 
 
 def _follow(
-    address: int, name: str, links: Links, seen: set[int], owned: dict[int, list[int]],
-    below: list[int], below_names: list[str],
+    at_of: list[int], names_of: list[str], tables_of: list[Links], seen: set[int],
+    owned: dict[int, list[int]], below: list[int], below_names: list[str], *, one_by_one: bool = False,
 ) -> bool:
-    """Follow the hard links of the group at ``address`` (path ``name``, ``""`` for the
-    root): each object not ``seen`` before is added to it, to ``owned[address]`` and, with its
-    path, to ``below`` and ``below_names``. Whether every hard link led to an object not seen
-    before (else the links form no tree).
+    """Follow the hard links of groups (addresses, paths -- ``""`` for the root -- and links):
+    each object not ``seen`` before is added to it, to its group's ``owned`` list and, with
+    its path, to ``below`` and ``below_names``. Whether every hard link led to an object not
+    seen before (else the links form no tree). Unless ``one_by_one`` (the walk may stop
+    here), all together -- comprehensions and set operations, no Python step per link --
+    when each object is found here first; else group by group, link by link.
 
     Raises:
         TooManyLinks: :data:`MAX_OBJECTS` objects are seen already.
     """
-    found: list[int] = []
-    fresh = True
-    for key, (link_type, child) in links.items():
-        if link_type:  # not a hard link
-            continue
-        if child in seen:  # found already: the links form no tree
-            fresh = False
-            continue
-        if len(seen) >= MAX_OBJECTS:
-            raise TooManyLinks
-        seen.add(child)
-        found.append(child)
-        below.append(child)
-        below_names.append(f"{name}/{key}")
-    if found:
-        owned[address] = found
-    return fresh
-
-
-def _follow_all(
-    at_of: list[int], names_of: list[str], tables_of: list[Links], seen: set[int],
-    owned: dict[int, list[int]], below: list[int], below_names: list[str], *, one_by_one: bool = False,
-) -> bool:
-    """:func:`_follow` for each group (addresses, paths and links): together, a few
-    comprehensions and set operations instead of Python statements per link, when each
-    object is found here first and ``one_by_one`` is false (the caller's word that the walk
-    cannot stop here, at :data:`MAX_OBJECTS`); else group by group, link by link."""
-    kids = [] if one_by_one else [[child for link_type, child in links.values() if not link_type] for links in tables_of]
-    found = list(chain.from_iterable(kids))
-    fresh = set(found)
-    if one_by_one or len(fresh) != len(found) or not seen.isdisjoint(fresh):
-        tree = True
-        for address, name, links in zip(at_of, names_of, tables_of):
-            tree &= _follow(address, name, links, seen, owned, below, below_names)
-        return tree
-    seen.update(fresh)
-    owned.update(compress(zip(at_of, kids), kids))
-    below.extend(found)
-    below_names.extend([
-        f"{name}/{key}" for name, links in zip(names_of, tables_of)
-        for key, (link_type, _) in links.items() if not link_type
-    ])
-    return True
+    if not one_by_one:
+        kids = [[child for link_type, child in links.values() if not link_type] for links in tables_of]
+        found = list(chain.from_iterable(kids))
+        before = len(seen)
+        if seen.isdisjoint(found):
+            seen.update(found)
+            if len(seen) - before == len(found):
+                owned.update(compress(zip(at_of, kids), kids))
+                below.extend(found)
+                below_names.extend([
+                    f"{name}/{key}" for name, links in zip(names_of, tables_of)
+                    for key, (link_type, _) in links.items() if not link_type
+                ])
+                return True
+            seen.difference_update(found)  # an object found twice here: undone
+    tree = True
+    for address, name, links in zip(at_of, names_of, tables_of):
+        first: list[int] = []
+        for key, (link_type, child) in links.items():
+            if link_type:  # not a hard link
+                continue
+            if child in seen:  # found already: the links form no tree
+                tree = False
+                continue
+            if len(seen) >= MAX_OBJECTS:
+                raise TooManyLinks
+            seen.add(child)
+            first.append(child)
+            below.append(child)
+            below_names.append(f"{name}/{key}")
+        if first:
+            owned[address] = first
+    return tree
 
 
 class SymbolTables:
@@ -686,64 +675,3 @@ def _little(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
     for i in range(width):
         value |= flat[at + i].astype(np.uint64) << np.uint64(8 * i)
     return value
-
-
-def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:
-    """One group's links as libhdf5 lists them (by name), refusing impossible names."""
-    table: Links = {}
-    count = 0
-
-    def add(name: bytes, info: Any) -> int | None:
-        nonlocal count
-        count += 1
-        if b"/" in name:
-            count = -1
-            return 1
-        table[name.decode("utf-8", "surrogateescape")] = (info.type, info.u)
-        return 1 if count > 2 * MAX_OBJECTS else None
-
-    import h5py
-
-    gid = h5py.h5g.open(f.id, _b(group))  # held: the link proxy does not keep it open
-    gid.links.iterate(add, info=True)
-    if count > 2 * MAX_OBJECTS:
-        raise TooManyLinks
-    if len(table) != count or "" in table or "." in table:
-        raise CorruptFileError(
-            f"group {group!r} holds a link named '', '.', with a '/' or twice (the file is damaged)",
-            path=path,
-        )
-    return table
-
-
-def _libhdf5_object(
-    f: h5py.File, name: str, size: int, skip_min: int, ranges: list[tuple[int, int]], *, path: Any
-) -> Links | None:
-    """libhdf5's word on an object whose header is not parsed here: a group's links, or a
-    dataset's contiguous range."""
-    import h5py
-
-    info = h5py.h5o.get_info(f.id, _b(name))
-    if info.type == h5py.h5o.TYPE_GROUP:
-        return _libhdf5_links(f, name, path=path)
-    if info.type == h5py.h5o.TYPE_DATASET:
-        dataset = h5py.h5d.open(f.id, _b(name))
-        if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
-            offset = dataset.get_offset()
-            length = dataset.get_storage_size()
-            if offset is not None and length >= skip_min and offset + length <= size:
-                ranges.append((offset, offset + length))
-    return None
-
-
-def _contiguous(f: h5py.File, name: str) -> bool:
-    """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
-    external storage may still come with a contiguous layout message)."""
-    import h5py
-
-    plist = h5py.h5d.open(f.id, _b(name)).get_create_plist()
-    return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
-
-
-def _b(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
