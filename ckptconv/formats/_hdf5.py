@@ -307,11 +307,9 @@ def header_entry(
     by position, as :meth:`~ckptconv.store.Entry.of` takes them: readers build thousands."""
     if not header.plain or data_path is None:
         return None
-    offset, nbytes = header.offset, header.length
-    if offset + nbytes <= file_size and data_path[:1] == os.sep:  # type: ignore[operator]
-        byte_range = ByteRange(data_path, base_offset + offset, nbytes)  # what _byte_range gives: no call per tensor
-    else:  # a damaged range names the tensor as the store will
-        byte_range = _byte_range(offset, nbytes, data_path, base_offset, file_size, path=path, key=name)  # type: ignore[arg-type]
+    byte_range = _byte_range(  # a damaged range names the tensor as the store will
+        header.offset, header.length, data_path, base_offset, file_size, path=path, key=name  # type: ignore[arg-type]
+    )
     return Entry.of(
         name, layer_of(name) if layer is None else layer, index, key, header.shape, header.dtype, kind, path,
         byte_range, None, tree_path, None,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable
-from itertools import accumulate, chain, compress
+from itertools import accumulate
 from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -40,7 +40,6 @@ import numpy as np
 
 from ..errors import CorruptFileError
 from ._hdf5_headers import Header, Plain, lengths_are_8, object_header, object_headers, rows
-from ._hdf5_libhdf5 import TooManyLinks, contiguous, group_links, object_links
 
 if TYPE_CHECKING:
     import h5py
@@ -65,6 +64,10 @@ _SNOD_SIGNATURE = np.frombuffer(b"SNOD", np.uint8)
 _HEAP_SIGNATURE = np.frombuffer(b"HEAP", np.uint8)
 
 Links = dict[str, tuple[int, int]]  # name -> (link type, object address or soft-link value size)
+
+
+class TooManyLinks(Exception):
+    """The file holds more objects or links than one walk catalogues."""
 
 
 def group_node_sizes(superblock: bytes) -> tuple[int, int] | None:
@@ -156,18 +159,18 @@ def walk(
         """Record one object's parsed header; a group's links (None for another object)."""
         if header is None:
             headers[address] = other
-            return object_links(libhdf5(), name, size, skip_min, ranges, limit=2 * MAX_OBJECTS, path=path)
+            return _libhdf5_object(libhdf5(), name, size, skip_min, ranges, path=path)
         headers[address] = header
         kind = header.kind
         if kind == "group":
             if header.symbols is not None and tables is not None:
                 return tables.links(name, *header.symbols)
-            return group_links(libhdf5(), name, limit=2 * MAX_OBJECTS, path=path)
+            return _libhdf5_links(libhdf5(), name, path=path)
         at, length = header.offset, header.length
         if kind == "dataset" and at is not None and 0 < length <= size - at:
             # a plain dataset's bytes are raw wherever they lie; any other's only when
             # libhdf5 says so, asked for ranges worth skipping
-            if header.plain or (length >= skip_min and contiguous(libhdf5(), name)):
+            if header.plain or (length >= skip_min and _contiguous(libhdf5(), name)):
                 ranges.append((at, at + length))
         return None
 
@@ -179,14 +182,14 @@ def walk(
         import h5py
 
         root = h5py.h5o.get_info(libhdf5().id).addr
-    level, level_names = [root], [""]  # the level's objects, and the path found to each
+    level = [(root, "")]
     seen = {root}
     names: dict[int, str] = {}  # every group's path (the first found to it), by address
     owned: dict[int, list[int]] = {}  # the objects first found through each group, in link order
     tree = True  # no object reached twice (nor the walk stopped)
     try:
         while level:
-            addresses = level
+            addresses = [address for address, _ in level]
             together = parse and len(level) >= BATCH_MIN
             plain: list[Plain] = []  # a batch's plain datasets without attributes: recorded together
             batch = object_headers(read, addresses, size, image=image, plain=plain) if together else [None] * len(level)
@@ -208,54 +211,43 @@ def walk(
             if tables is not None:
                 small = [(i, batch[i].symbols) for i in rest if batch[i] is not None and batch[i].symbols is not None]  # type: ignore[union-attr]
                 if len(small) >= BATCH_MIN:
-                    tried = tables.many_links([(level_names[i] or "/", *at) for i, at in small], image)  # type: ignore[misc]
+                    tried = tables.many_links([(level[i][1] or "/", *at) for i, at in small], image)  # type: ignore[misc]
                     for (i, _), links in zip(small, tried):
                         known[i] = links
-            below: list[int] = []
-            below_names: list[str] = []
-            # each group's links are followed once the level's groups are read (all together:
-            # see _follow), or as they come once the walk may stop at MAX_OBJECTS (stopping
-            # where it stopped when it followed every group's links as it came)
-            at_of: list[int] = []
-            names_of: list[str] = []
-            tables_of = list(map(known.__getitem__, rest))
-            pending = sum(map(len, tables_of)) if tables_of and None not in tables_of else MAX_OBJECTS
-            if len(seen) + pending < MAX_OBJECTS:  # every row a small old-style group, read with the level's
-                at_of = list(map(addresses.__getitem__, rest))
-                names_of = list(map(level_names.__getitem__, rest))
-                headers.update(zip(at_of, map(batch.__getitem__, rest)))  # type: ignore[misc]
-                groups.update(zip(at_of, tables_of))  # type: ignore[arg-type]
-                names.update(zip(at_of, [name or "/" for name in names_of]))
-            else:
-                tables_of, pending = [], 0  # the links of the groups not followed yet
-                for i in rest:
-                    address, name, header, links = addresses[i], level_names[i], batch[i], known[i]
-                    if header is not None and header.plain:  # a plain dataset: its bytes are raw
-                        headers[address] = header
-                        at, length = header.offset, header.length
-                        if 0 < length <= size - at:  # type: ignore[operator]
-                            ranges.append((at, at + length))  # type: ignore[operator]
-                        continue
+            below: list[tuple[int, str]] = []
+            for i in rest:
+                (address, name), header, links = level[i], batch[i], known[i]
+                if header is not None and header.plain:  # a plain dataset: its bytes are raw
+                    headers[address] = header
+                    at, length = header.offset, header.length
+                    if 0 < length <= size - at:  # type: ignore[operator]
+                        ranges.append((at, at + length))  # type: ignore[operator]
+                    continue
+                if links is None:
+                    links = describe(address, name or "/", header)
                     if links is None:
-                        links = describe(address, name or "/", header)
-                        if links is None:
-                            if address == root:  # libhdf5 opens the file, so its root is a group
-                                raise CorruptFileError("the root group's object header is damaged", path=path)
-                            continue
-                    else:  # a small old-style group, its links read with the level's
-                        headers[address] = header
-                    groups[address] = links
-                    names[address] = name or "/"
-                    at_of.append(address)
-                    names_of.append(name)
-                    tables_of.append(links)
-                    pending += len(links)
-                    if len(seen) + pending >= MAX_OBJECTS:  # the walk may stop in these links
-                        tree &= _follow(at_of, names_of, tables_of, seen, owned, below, below_names, one_by_one=True)
-                        at_of, names_of, tables_of, pending = [], [], [], 0
-            if tables_of:
-                tree &= _follow(at_of, names_of, tables_of, seen, owned, below, below_names)  # type: ignore[arg-type]
-            level, level_names = below, below_names
+                        if address == root:  # libhdf5 opens the file, so its root is a group
+                            raise CorruptFileError("the root group's object header is damaged", path=path)
+                        continue
+                else:  # a small old-style group, its links read with the level's
+                    headers[address] = header
+                groups[address] = links
+                names[address] = name or "/"
+                found: list[int] = []
+                for key, (link_type, child) in links.items():
+                    if link_type:  # not a hard link
+                        continue
+                    if child in seen:  # found already: the links form no tree
+                        tree = False
+                        continue
+                    if len(seen) >= MAX_OBJECTS:
+                        raise TooManyLinks
+                    seen.add(child)
+                    found.append(child)
+                    below.append((child, f"{name}/{key}"))
+                if found:
+                    owned[address] = found
+            level = below
     except TooManyLinks:
         tree = False
     if tree:
@@ -301,55 +293,6 @@ def walk(
             stack.pop()
     placed.update(headers)  # none left unless the walk stopped at the object limit
     return placed, children, sorted(ranges)
-
-
-def _follow(
-    at_of: list[int], names_of: list[str], tables_of: list[Links], seen: set[int],
-    owned: dict[int, list[int]], below: list[int], below_names: list[str], *, one_by_one: bool = False,
-) -> bool:
-    """Follow the hard links of groups (addresses, paths -- ``""`` for the root -- and links):
-    each object not ``seen`` before is added to it, to its group's ``owned`` list and, with
-    its path, to ``below`` and ``below_names``. Whether every hard link led to an object not
-    seen before (else the links form no tree). Unless ``one_by_one`` (the walk may stop
-    here), all together -- comprehensions and set operations, no Python step per link --
-    when each object is found here first; else group by group, link by link.
-
-    Raises:
-        TooManyLinks: :data:`MAX_OBJECTS` objects are seen already.
-    """
-    if not one_by_one:
-        kids = [[child for link_type, child in links.values() if not link_type] for links in tables_of]
-        found = list(chain.from_iterable(kids))
-        before = len(seen)
-        if seen.isdisjoint(found):
-            seen.update(found)
-            if len(seen) - before == len(found):
-                owned.update(compress(zip(at_of, kids), kids))
-                below.extend(found)
-                below_names.extend([
-                    f"{name}/{key}" for name, links in zip(names_of, tables_of)
-                    for key, (link_type, _) in links.items() if not link_type
-                ])
-                return True
-            seen.difference_update(found)  # an object found twice here: undone
-    tree = True
-    for address, name, links in zip(at_of, names_of, tables_of):
-        first: list[int] = []
-        for key, (link_type, child) in links.items():
-            if link_type:  # not a hard link
-                continue
-            if child in seen:  # found already: the links form no tree
-                tree = False
-                continue
-            if len(seen) >= MAX_OBJECTS:
-                raise TooManyLinks
-            seen.add(child)
-            first.append(child)
-            below.append(child)
-            below_names.append(f"{name}/{key}")
-        if first:
-            owned[address] = first
-    return tree
 
 
 class SymbolTables:
@@ -675,3 +618,64 @@ def _little(flat: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
     for i in range(width):
         value |= flat[at + i].astype(np.uint64) << np.uint64(8 * i)
     return value
+
+
+def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:
+    """One group's links as libhdf5 lists them (by name), refusing impossible names."""
+    table: Links = {}
+    count = 0
+
+    def add(name: bytes, info: Any) -> int | None:
+        nonlocal count
+        count += 1
+        if b"/" in name:
+            count = -1
+            return 1
+        table[name.decode("utf-8", "surrogateescape")] = (info.type, info.u)
+        return 1 if count > 2 * MAX_OBJECTS else None
+
+    import h5py
+
+    gid = h5py.h5g.open(f.id, _b(group))  # held: the link proxy does not keep it open
+    gid.links.iterate(add, info=True)
+    if count > 2 * MAX_OBJECTS:
+        raise TooManyLinks
+    if len(table) != count or "" in table or "." in table:
+        raise CorruptFileError(
+            f"group {group!r} holds a link named '', '.', with a '/' or twice (the file is damaged)",
+            path=path,
+        )
+    return table
+
+
+def _libhdf5_object(
+    f: h5py.File, name: str, size: int, skip_min: int, ranges: list[tuple[int, int]], *, path: Any
+) -> Links | None:
+    """libhdf5's word on an object whose header is not parsed here: a group's links, or a
+    dataset's contiguous range."""
+    import h5py
+
+    info = h5py.h5o.get_info(f.id, _b(name))
+    if info.type == h5py.h5o.TYPE_GROUP:
+        return _libhdf5_links(f, name, path=path)
+    if info.type == h5py.h5o.TYPE_DATASET:
+        dataset = h5py.h5d.open(f.id, _b(name))
+        if dataset.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS:
+            offset = dataset.get_offset()
+            length = dataset.get_storage_size()
+            if offset is not None and length >= skip_min and offset + length <= size:
+                ranges.append((offset, offset + length))
+    return None
+
+
+def _contiguous(f: h5py.File, name: str) -> bool:
+    """libhdf5's word on a dataset the header parse left undescribed (a filter pipeline or
+    external storage may still come with a contiguous layout message)."""
+    import h5py
+
+    plist = h5py.h5d.open(f.id, _b(name)).get_create_plist()
+    return plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0
+
+
+def _b(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")

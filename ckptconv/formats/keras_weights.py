@@ -606,11 +606,7 @@ def _weight_names(record: _VarsGroup, count: int, infos: Mapping[str, LayerInfo]
         info is not None and float_by_config(cls, info.config)
     ):
         datasets = record.datasets
-        # (a parsed header's answer inline: dtype_shape gives the same without a call per tensor)
-        stored = [
-            (header.dtype, header.shape) if (header := ref.header) is not None and header.plain else ref.dtype_shape()
-            for ref in map(datasets.__getitem__, range(count))
-        ]
+        stored = [datasets[i].dtype_shape() for i in range(count)]
     if info is not None:
         return _names_of(cls, count, stored, info.config)
     # without a config the answer depends on the class and what is stored, nothing else: a
