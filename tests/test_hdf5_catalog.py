@@ -226,3 +226,47 @@ def test_a_group_reached_by_two_hard_links_is_walked_under_both(generated, tmp_p
         names = [e.name for e in store.entries()]
         assert set(e.name for e in original.entries()) <= set(names)
         assert len(names) > len(list(original.entries()))
+
+
+class _Member:
+    """A stored zip member as the image reader takes one: ``(path, offset, length)``."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        self.region = (path, offset, length)
+
+    def image_region(self) -> tuple[Path, int, int]:
+        return self.region
+
+
+@pytest.mark.parametrize("lead", [0, 5, 4096])
+def test_the_heap_scan_finds_each_signature_wholly_inside_a_gap(tmp_path: Path, lead: int) -> None:
+    """The global heap scan gives the offsets of the ``GCOL`` signatures lying wholly inside
+    the gaps between tensor data, in order, as a plain search of each gap does: none that
+    straddles a gap's edge, and none in a gap shorter than the signature (a search there must
+    not count from the end of the memory map), for a file and for a member at an offset."""
+    import random
+
+    rnd = random.Random(18)
+    for trial in range(200):
+        data = bytearray(rnd.choice(b"GCOLx") for _ in range(rnd.randint(1, 200)))
+        for _ in range(rnd.randint(0, 6)):
+            at = rnd.randint(0, len(data))
+            data[at : at + 4] = b"GCOL"
+        data = bytes(data)
+        path = tmp_path / f"image{trial}"
+        path.write_bytes(b"GCOL" * (lead // 4) + b"G" * (lead % 4) + data + b"COLGCOL")
+        reader = _hdf5_file._ImageReader(_Member(path, lead, len(data)) if lead else path)
+        try:
+            size = reader.size
+            cuts = sorted(rnd.sample(range(size + 1), min(size + 1, 2 * rnd.randint(0, 5))))
+            gaps = _hdf5_file._gaps(list(zip(cuts[::2], cuts[1::2])), size)
+            image = path.read_bytes()[lead : lead + size]
+            want = []
+            for start, stop in gaps:
+                i = image.find(b"GCOL", start, stop)
+                while i >= 0:
+                    want.append(i)
+                    i = image.find(b"GCOL", i + 1, stop)
+            assert _hdf5_file._find_all(reader, gaps) == want, (image, gaps)
+        finally:
+            reader.close()
