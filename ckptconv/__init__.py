@@ -15,14 +15,15 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-import sys
-import types
+from ._lazy import lazy_package
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 # Everything is imported on first use (PEP 562), so that ``ckptconv --help``, a usage error
 # and ``import ckptconv`` itself cost no numpy or h5py import, and each command imports only
-# the modules it uses; ``import ckptconv`` runs no module of its own (the command line catches
-# a Ctrl-C from its first line on: see __main__.py). name -> the module that defines it.
+# the modules it uses; ``import ckptconv`` runs no module of its own but the one that
+# makes names lazy, ``_lazy`` (the command line catches a Ctrl-C from its first line on: see
+# __main__.py). name -> the module that defines it.
 _ERRORS = (
     "CkptconvError", "ClusterError", "CorruptFileError", "FormatError", "IntegrityError", "LoadError",
     "NoSuchFileError", "NoSuchTensorError", "OptionError", "OutputError", "PlanError", "Problem",
@@ -109,32 +110,8 @@ if TYPE_CHECKING:
     from .writers.safetensors import WriteResult, parse_size, write_safetensors
 
 
-class _Package(types.ModuleType):
-    """``ckptconv.convert`` is the function: importing the module of the same name
-    (``import ckptconv.convert``, which sets the package's attribute) must not hide it."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "convert" and isinstance(value, types.ModuleType):
-            value = value.convert
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ckptconv' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next access is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_package(__name__, _LAZY, functions=("convert",))
+del lazy_package
 
 
 __all__ = [

@@ -25,6 +25,25 @@ def test_star_import_leaves_the_builtin_open_alone() -> None:
     assert ckptconv.open is formats.open  # called qualified, like gzip.open
 
 
+def test_functions_named_like_their_modules_stay_functions_when_the_modules_are_imported() -> None:
+    # `import ckptconv.convert` sets the package's attribute `convert` to the module; the
+    # package keeps the function (and ckptconv.mapping its diff and suggest), in a fresh
+    # interpreter where nothing was imported before
+    import subprocess
+    import sys
+
+    code = (
+        "import types, ckptconv.convert, ckptconv.mapping.diff, ckptconv.mapping.suggest\n"
+        "import ckptconv, ckptconv.mapping as m\n"
+        "for f in (ckptconv.convert, m.diff, m.suggest): assert callable(f) and not isinstance(f, types.ModuleType), f\n"
+        "assert {'convert', 'Store', 'load_into'} <= set(dir(ckptconv)) and 'diff' in dir(m)\n"
+        "try:\n    ckptconv.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "module 'ckptconv' has no attribute 'no_such_name'\n"
+
+
 def test_api_reference_lists_exactly_the_exports_plus_ckptconv_open() -> None:
     documented = re.findall(r"^### `(\w+)`$", (ROOT / "docs" / "api.md").read_text(), re.M)
     exported = [n for n in ckptconv.__all__ if not n.startswith("__")]

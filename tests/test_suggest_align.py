@@ -160,6 +160,24 @@ def test_names_win_over_position_and_a_head_of_another_shape_is_left():
     assert "#   head/kernel  [8, 3] float32" in text
 
 
+def test_the_nearest_target_of_a_layer_left_out_is_a_layer_of_its_kind():
+    """A PyTorch Conv2d and BatchNorm2d of 8 channels against Keras layers of 16: nothing fits,
+    and the rule offered for each names the layer of its kind (the target's sorted names put
+    the BatchNorm first, so position alone would offer the convolution for the BatchNorm)."""
+    src = arrays({"0.weight": (8, 3, 3, 3), "0.bias": (8,), "1.weight": (8,), "1.bias": (8,),
+                  "1.running_mean": (8,), "1.running_var": (8,)})
+    src["1.num_batches_tracked"] = np.zeros((), np.int64)
+    tgt = target({"batch_normalization/gamma": (16,), "batch_normalization/beta": (16,),
+                  "batch_normalization/moving_mean": (16,), "batch_normalization/moving_variance": (16,),
+                  "conv2d/kernel": (3, 3, 3, 16), "conv2d/bias": (16,)})
+    suggestion = align(src, tgt)
+    assert rules_of(suggestion.spec) == [{"drop": "1.num_batches_tracked"}]
+    offered = {x.layer: x.suggestion for x in suggestion.unplaced if x.suggestion}
+    assert offered == {"0": {"layer": "0", "to_layer": "conv2d"},
+                       "1": {"layer": "1", "to_layer": "batch_normalization"}}
+    assert "nearest: batch_normalization (gamma [16]" in suggestion.to_yaml()
+
+
 def test_a_bias_that_fits_does_not_pair_layers_whose_kernels_differ():
     """Dense [64, 10] and Dense [32, 10] share a bias shape: loading the bias alone would be
     nonsense, so the layers are not paired."""

@@ -18,8 +18,7 @@ only by ``suggest``.
 
 from __future__ import annotations
 
-import sys
-import types
+from .._lazy import lazy_package
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
@@ -56,36 +55,8 @@ _LAZY = {
     "diff": "diff",
 }
 
-# functions named as their modules: the package's attribute is the function
-_FUNCTION_MODULES = ("diff", "suggest")
-
-
-class _Package(types.ModuleType):
-    """``ckptconv.mapping.diff`` and ``.suggest`` are the functions: importing the modules of
-    the same names (which sets the package's attribute) must not hide them."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _FUNCTION_MODULES and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next access is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_package(__name__, _LAZY, functions=("diff", "suggest"))
+del lazy_package
 
 
 __all__ = [

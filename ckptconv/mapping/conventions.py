@@ -30,6 +30,7 @@ __all__ = [
     "WeightPair",
     "weight_pair",
     "related",
+    "related_leaves",
     "regroups",
     "fit_ops",
     "assign",
@@ -216,7 +217,13 @@ def _label(s: Weight, t: Weight, convention: Convention) -> str:
 
 
 def related(s: Weight, t: Weight) -> bool:
-    return s.leaf == t.leaf or (s.leaf, t.leaf) in CONVENTIONS
+    """Whether ``s`` may fill ``t`` by name: the same leaf name, or a convention's pair."""
+    return related_leaves(s.leaf, t.leaf)
+
+
+def related_leaves(source: str, target: str) -> bool:
+    """:func:`related` of two leaf names (``running_mean``, ``moving_mean``)."""
+    return source == target or (source, target) in CONVENTIONS
 
 
 def assign(sources: list[Weight], targets: list[Weight]) -> list[WeightPair]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..dtypes import dtype_name
 from ..store import shape_text
-from .conventions import DROPPED, conventions_text
+from .conventions import DROPPED, conventions_text, related_leaves
 from .spec import Rule, Spec
 
 __all__ = ["Suggestion", "LayerMatch", "Leftover", "SpecWriter", "yaml_value"]
@@ -160,6 +160,7 @@ class SpecWriter:
 
     def __init__(self, aligner: Any) -> None:
         self.a = aligner
+        self._kin: dict[tuple[object, object], int] = {}  # see _kinship
 
     def suggestion(self, source_name: str, target_name: str) -> Suggestion:
         order = {id(t): i for i, t in enumerate(self.a.targets)}  # rules follow the target's order
@@ -302,22 +303,53 @@ class SpecWriter:
         return out
 
     def _nearest_target(self, layer: Any) -> Any:
-        """The target layer a reader would try: the most similar name (if any is similar),
-        else the free one at the closest relative position."""
+        """The target layer a reader would try: among the free layers of its kind (those
+        whose weights take most of its weights by name, as the conventions relate them, and
+        rank: a BatchNorm's four vectors, not a convolution's kernel), or all free layers if
+        none is, the most similar name (if any is similar), else the one at the closest
+        relative position."""
         pool = self.a.free_t or self.a.targets
         if not pool:
             return None
+        mine = _kind_key(layer)
+        kin = [self._kinship(mine, _kind_key(t)) for t in pool]
+        most = max(kin)
+        if most:
+            pool = [t for t, k in zip(pool, kin) if k == most]
         similar = max(pool, key=lambda t: self.a.similarity(layer, t))
         if self.a.similarity(layer, similar) >= 0.2:
             return similar
         if not self.a.free_t:
             return None
         rel = layer.position / max(len(self.a.sources) - 1, 1)
-        return min(self.a.free_t, key=lambda t: abs(rel - t.position / max(len(self.a.targets) - 1, 1)))
+        return min(pool, key=lambda t: abs(rel - t.position / max(len(self.a.targets) - 1, 1)))
+
+    def _kinship(self, mine: tuple[tuple[int, str], ...], theirs: tuple[tuple[int, str], ...]) -> int:
+        """How many of the weights ``mine`` (rank, leaf name) a weight of ``theirs`` of the
+        same rank and a related name takes, each taken once (a model has a few kinds of layer:
+        counted once per pair of kinds)."""
+        found = self._kin.get((mine, theirs))
+        if found is None:
+            left = list(theirs)
+            found = 0
+            for rank, leaf in mine:
+                for y in left:
+                    if y[0] == rank and related_leaves(leaf, y[1]):
+                        left.remove(y)
+                        found += 1
+                        break
+            self._kin[(mine, theirs)] = found
+        return found
 
     def _leftover_source(self, x: Any, note: str) -> Leftover:
         return Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer, note,
                         {"from": _literal(x.name), "to": "TARGET_VARIABLE"})
+
+
+def _kind_key(layer: Any) -> tuple[tuple[int, str], ...]:
+    """A layer's weights as (rank, leaf name), those dropped on purpose left out: what tells
+    its kind (a convolution, a BatchNorm, a Dense)."""
+    return tuple(sorted((len(x.shape), x.leaf) for x in layer.tensors if x.leaf not in DROPPED))
 
 
 # -- YAML ---------------------------------------------------------------------------------------
