@@ -476,11 +476,10 @@ def _plan(index: _Index, nodes: list[TrackableObject] | None) -> list[_Planned]:
             kind = "bookkeeping"
         planned.append(_new(_Planned, (key, full_name or key, kind, entry)))
     # saved by a registered saver or outside the graph: no full name; after the graph's, in
-    # natural order (none when the graph names every entry but itself, the usual case)
-    if len(planned) + (OBJECT_GRAPH_KEY in entries) < len(entries):
-        for key in sorted((k for k in entries if k not in roles and k != OBJECT_GRAPH_KEY), key=natural_key):
-            entry = entries[key]
-            planned.append(_Planned(key, key, "bookkeeping" if entry.dtype == _STRING else "weight", entry))
+    # natural order
+    for key in sorted((k for k in entries if k not in roles and k != OBJECT_GRAPH_KEY), key=natural_key):
+        entry = entries[key]
+        planned.append(_Planned(key, key, "bookkeeping" if entry.dtype == _STRING else "weight", entry))
     # weights whose full names collide (Keras 3 records a subclassed model's sublayer variables
     # as ``net/kernel``, several times) are named from their object path instead; those that
     # still collide (or equal another tensor's key) fall back to the key
