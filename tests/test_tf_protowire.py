@@ -439,6 +439,43 @@ def test_object_graphs_and_their_damage_decode_the_same_both_ways(nodes: list[Tr
         _both_ways(data.draw(st.sampled_from(_mutations(encoded)), label="damaged"))
 
 
+# has_checkpoint_values (field 5) as TensorFlow writes it after a node's other fields, and
+# ways it never does (a varint, a longer payload, an unknown field, a second copy, a saved
+# tensor after it)
+_NODE_TAILS = [b"", b"\x2a\x00", b"\x2a\x02\x08\x01", b"\x2a\x02\x08\x00", b"\x28\x01",
+               b"\x2a\x03\x08\x01\x00", b"\x32\x00", b"\x2a\x00\x2a\x00", b"\x2a\x00\x12\x00"]
+_LATE_ATTRIBUTE = b"\x12\x00"
+
+
+@settings(max_examples=200, deadline=None)
+@given(OBJECT_GRAPHS, st.data())
+def test_nodes_ending_in_has_checkpoint_values_decode_the_same_both_ways(nodes: list[TrackableObject], data) -> None:
+    """The field TensorFlow writes after a layer's children (or alone, for an object with
+    nothing saved), which the common reader takes without its field loop: each node of a graph
+    given one of the tails, read both ways, whole and damaged."""
+    tails = data.draw(st.lists(st.sampled_from(_NODE_TAILS), min_size=len(nodes), max_size=len(nodes)), label="tails")
+    encoded = b"".join(_field(1, _node_body(node) + tail) for node, tail in zip(nodes, tails))
+    # fields 5 and up are not read: the nodes are what was encoded, with a saved tensor more
+    # where one follows the tail
+    expected = [node._replace(attributes=(*node.attributes, SerializedTensor("", "", "")))
+                if tail.endswith(_LATE_ATTRIBUTE) else node for node, tail in zip(nodes, tails)]
+    assert _typed(parse_object_graph(encoded)) == _typed(expected) == _typed(general_object_graph(encoded))
+    for node, tail in zip(nodes, tails):
+        body = _node_body(node) + tail
+        common = _common_node(body, 0, len(body))
+        if common is not None:
+            assert _outcome(general_object_graph, _field(1, body)) == ("value", _typed([common]))
+    if encoded:
+        _both_ways(data.draw(st.sampled_from(_mutations(encoded)), label="damaged"))
+
+
+def _node_body(node: TrackableObject) -> bytes:
+    """One node's fields, as :func:`_encode_graph` writes them (without the node's framing)."""
+    encoded = _encode_graph([node])
+    _, start = read_varint(encoded, 1)
+    return encoded[start:]
+
+
 @pytest.mark.parametrize("label", ["tfkeras", "keras3", "dtypes"])
 def test_damaged_nodes_alone_are_read_as_the_general_decoder_reads_them_or_left_to_it(tf_dir: Path, label: str) -> None:
     """Each real node on its own, damaged (so that fields run past the end of the buffer):

@@ -570,6 +570,10 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
                 break
             children.append(_new(ObjectReference, (node_id, buf[at + 2 : stop].decode("utf-8"))))
             pos = stop
+        if pos == end or buf[pos:end] in _VARIABLE_TAILS:
+            # a layer (its children, then has_checkpoint_values) or an object with nothing
+            # saved: done without the field loop below
+            return _new(TrackableObject, (tuple(children), (), ())) if children else _EMPTY_NODE
         while pos < end:
             tag = buf[pos]
             length = buf[pos + 1]
@@ -646,7 +650,7 @@ def _common_node(buf: bytes, pos: int, end: int) -> TrackableObject | None:
 _EMPTY_NODE = TrackableObject()
 # a saved tensor's name field (``VARIABLE_VALUE``), then the tag of its full_name
 _VARIABLE_HEAD = b"\x0a\x0eVARIABLE_VALUE\x12"
-# what TensorFlow writes after a variable's saved tensor: has_checkpoint_values, true or false
+# what TensorFlow writes after a node's other fields: has_checkpoint_values, true or false
 _VARIABLE_TAILS = frozenset({b"\x2a\x02\x08\x01", b"\x2a\x00"})
 
 

@@ -91,17 +91,20 @@ def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
 
     optimizers = set()
     counter_nodes = set()
+    slots: list[int] = []
     count = len(nodes)
+    counter_edges = _COUNTER_EDGES
     for i, (children, _, slot_variables) in enumerate(nodes):
-        for child, edge in children:
-            if edge in _COUNTER_EDGES and 0 <= child < count:
-                counter_nodes.add(child)
-                if edge != "save_counter" and is_variable(child):
-                    optimizers.add(i)
+        if children:  # a variable has none
+            for child, edge in children:
+                if edge in counter_edges and 0 <= child < count:
+                    counter_nodes.add(child)
+                    if edge != "save_counter" and is_variable(child):
+                        optimizers.add(i)
         if slot_variables:
             optimizers.add(i)
+            slots += [s.slot_variable_node_id for s in slot_variables]
     optimizers.update(c.node_id for c in nodes[0].children if c.local_name == "optimizer")
-    slots = [s.slot_variable_node_id for n in nodes for s in n.slot_variables]
     slot_set = set(slots)
 
     seen: set[int] = set()
@@ -118,7 +121,7 @@ def object_roles(nodes: list[TrackableObject]) -> dict[str, Role]:
     roles: dict[str, Role] = {}
     for members, kind in phases:
         for i in members:
-            for name, full_name, key in nodes[i].attributes:
+            for name, full_name, key in nodes[i][1]:  # its attributes
                 if key not in roles:
                     roles[key] = _new(Role, (
                         full_name, kind if name == "VARIABLE_VALUE" else "bookkeeping",
