@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .dtypes import dtype_name
-from .errors import CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
+from .errors import FETCH_AGAIN, CorruptFileError, IntegrityError, NoSuchTensorError, nearest, truncated
 
 __all__ = [
     "ByteRange",
@@ -237,7 +237,7 @@ def check_crc32c(
     if recorded is not None and actual != recorded:
         raise IntegrityError(
             f"stored bytes fail their recorded CRC-32C (recorded {recorded:08x}, computed "
-            f"{actual:08x}): the file is damaged; restore it from a good copy, or pass "
+            f"{actual:08x}): the file is damaged; {FETCH_AGAIN}, or pass "
             "{opt:check_crc=False} to read it anyway",
             path=path,
             tensor=tensor,
