@@ -336,11 +336,17 @@ def test_integer_overflow_is_counted_and_hinted_as_float_overflow_is(monkeypatch
     # from a spec's cast op, the hint a float overflow gives
     with pytest.raises(ExecutionProblem) as info:
         Cast(np.dtype(np.int8)).apply(ids, ids.shape, np.dtype(np.int8))
-    assert str(info.value).endswith("; " + cast.ALLOW_OVERFLOW_HINT) and "allow_overflow: true" in str(info.value)
+    assert str(info.value).endswith(
+        "; scale the weights, or set allow_overflow: true on this cast op ({cast: {dtype: int8, allow_overflow: true}})")
     with pytest.raises(ExecutionProblem) as info:
         Cast(np.dtype(np.float16)).apply(np.array([7e4], np.float32), (1,), np.dtype(np.float16))
-    assert str(info.value) == ("1 finite value(s) overflow to inf in float16 (largest float16 is 65504.0); "
-                               + cast.ALLOW_OVERFLOW_HINT)
+    assert str(info.value) == ("1 finite value(s) overflow to inf in float16 (largest float16 is 65504.0); scale "
+                               "the weights, or set allow_overflow: true on this cast op ({cast: {dtype: float16, "
+                               "allow_overflow: true}})")
+    # the default (or target) dtype's cast: the rule's flag, or a spec of one rule
+    with pytest.raises(ExecutionProblem) as info:
+        Cast(np.dtype(np.float16), note="default dtype").apply(np.array([7e4], np.float32), (1,), np.dtype(np.float16))
+    assert str(info.value).endswith("; " + cast.ALLOW_OVERFLOW_HINT) and "{from: '**', allow_overflow: true}" in str(info.value)
     # allowed: numpy's cast, an integer wrapping around
     assert Cast(np.dtype(np.int8), allow_overflow=True).apply(ids, ids.shape, np.dtype(np.int8))[0] == 44
 

@@ -12,7 +12,7 @@ of another dtype all go through these.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -93,7 +93,11 @@ class Cast(Op):
         try:
             return cast_array(array, self.dtype, allow_overflow=self.allow_overflow)
         except ExecutionProblem as e:  # what to do about it, in a spec's terms
-            raise ExecutionProblem(f"{e}; {ALLOW_OVERFLOW_HINT}") from None
+            if self.note:  # the default or target dtype's cast: the rule's flag
+                raise ExecutionProblem(f"{e}; {ALLOW_OVERFLOW_HINT}") from None
+            allowed = replace(self, allow_overflow=True).to_spec()["cast"]
+            spec = "{cast: {" + ", ".join(f"{k}: {str(v).lower() if v is True else v}" for k, v in allowed.items()) + "}}"
+            raise ExecutionProblem(f"{e}; {CAST_OP_OVERFLOW_HINT.format(spec=spec)}") from None
 
     def describe(self):
         text = f"cast {dtype_name(self.dtype)}"
@@ -113,10 +117,14 @@ class Cast(Op):
 
 
 ALLOW_OVERFLOW_HINT = (
-    "scale the weights, or set allow_overflow: true on the spec rule that maps them (a rule "
-    "{from: '**', allow_overflow: true} for every tensor)"
+    "scale the weights, or set allow_overflow: true on the spec rule that maps them (with no "
+    "spec of your own, a spec of one rule {from: '**', allow_overflow: true} for every tensor)"
 )
-"""What a cast overflow's message tells a spec's user to do (a cast op or the default dtype)."""
+"""What a cast overflow's message tells a spec's user to do when the cast is the default (or
+target) dtype's: the rule's ``allow_overflow`` flag."""
+
+CAST_OP_OVERFLOW_HINT = "scale the weights, or set allow_overflow: true on this cast op ({spec})"
+"""The same for a cast op of a rule: its own flag (``{spec}``: the op as it would be written)."""
 
 
 @dataclass(frozen=True)
