@@ -334,6 +334,7 @@ def test_a_damaged_symbol_table_is_refused_in_one_line(kind: str, tmp_path: Path
     message = str(caught.value)
     assert "\n" not in message and str(path) in message, message
     assert "'/many'" in message and says in message, message
+    assert message.endswith("; copy or download it again"), message  # what to do, as every damage says
 
 
 def test_a_damaged_keras_file_is_refused_by_the_cli(generated, tmp_path: Path) -> None:

@@ -370,3 +370,16 @@ def test_a_damaged_first_byte_of_the_header_length_says_so(
         assert (status, stderr) == (1, expected), command
     with pytest.raises(CorruptFileError, match="the header length .* is damaged"):
         ckptconv.open(path)
+
+
+def test_a_header_that_is_not_json_says_the_file_is_damaged_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.safetensors"
+    save_file({"w": np.arange(6, dtype=np.float32)}, str(path))
+    data = bytearray(path.read_bytes())
+    data[9] = 0xA0  # a byte of the header that is not UTF-8 (its length is intact)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError) as caught:
+        ckptconv.open(path)
+    message = str(caught.value)
+    assert "the header is not valid JSON" in message and message.endswith(
+        "the file is damaged; copy or download it again"), message

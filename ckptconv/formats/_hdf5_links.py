@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from ..errors import CorruptFileError
+from ..errors import FETCH_AGAIN, CorruptFileError
 from ._hdf5_headers import Header, Plain, lengths_are_8, object_header, object_headers, rows
 
 if TYPE_CHECKING:
@@ -598,12 +598,12 @@ class SymbolTables:
         return names
 
     def _damaged(self, group: str, detail: str) -> NoReturn:
-        raise CorruptFileError(f"the links of group {group!r} are damaged: {detail}", path=self._path)
+        raise CorruptFileError(f"the links of group {group!r} are damaged: {detail}; {FETCH_AGAIN}", path=self._path)
 
     def _impossible(self, group: str) -> NoReturn:
         raise CorruptFileError(
             f"group {group!r} holds a link named '', '.', with a '/' or twice: no HDF5 "
-            "writer gives such names (the file is damaged)",
+            f"writer gives such names (the file is damaged; {FETCH_AGAIN})",
             path=self._path,
         )
 

@@ -499,7 +499,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             raise CorruptFileError("the header names this tensor twice", path=path, tensor=e.key) from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise _damaged_length(f, n, size, path) or CorruptFileError(
-                f"the header is not valid JSON ({e})", path=path
+                f"the header is not valid JSON ({e}): the file is damaged; {FETCH_AGAIN}", path=path
             ) from e
     if not isinstance(header, dict):
         raise CorruptFileError("the header is not a JSON object", path=path)
