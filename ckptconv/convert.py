@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import OutputError, UsageError
 from .formats import open as open_store
-from .formats.safetensors import KINDS_KEY, check_metadata
+from .formats.safetensors import KINDS_KEY, SOURCE_CHECKSUMS_KEY, check_metadata
 from .options import keyword_options, option_value
 
 __all__ = ["convert", "ConvertResult", "output_name", "SOURCE_CHECKSUMS_KEY"]
@@ -55,10 +55,6 @@ def output_name(dst: str | os.PathLike[str], *, any_suffix: bool = False) -> str
 
 PYTORCH_FORMATS = ("pytorch", "pytorch-sharded")
 
-SOURCE_CHECKSUMS_KEY = "ckptconv.source_checksums"
-"""The ``__metadata__`` key recording that the source's own checksums (a TF checkpoint's
-CRC-32C, a zip's CRC-32, ckptconv's recorded CRC-32C) were not checked (``check_crc=False``):
-the output's checksums are then of the bytes as read, damaged or not, and verify clean."""
 
 
 @dataclass
@@ -185,7 +181,8 @@ def convert(
             "ckptconv.source": Path(store.path).name,
             **extra,
         }
-        if not check_crc:
+        if not check_crc or store.metadata.get(SOURCE_CHECKSUMS_KEY) == "not checked":
+            # (carried on: a file written from unchecked data holds it, whatever checks it passes now)
             metadata[SOURCE_CHECKSUMS_KEY] = "not checked"
         kinds = _training_state(plan, store, {o.name for o in outputs})
         if kinds:  # the reader gives them back, so the training state stays apart

@@ -26,6 +26,7 @@ from .formats import HEAD_BYTES, regular_file
 from .formats.safetensors import (
     CRC_KEY,
     SET_KEY,
+    SOURCE_CHECKSUMS_KEY,
     Header,
     check_set,
     index_path,
@@ -76,6 +77,9 @@ class VerifyResult:
         tensors: Number of tensors checked.
         nbytes: Tensor bytes read.
         mismatches: The tensors that failed, in file order.
+        sources_unchecked: The files whose ``__metadata__`` records that their source's
+            checksums were not checked when they were written (``check_crc=False``): their
+            recorded CRC-32Cs are of the bytes as read, damaged or not.
     """
 
     path: str
@@ -83,6 +87,7 @@ class VerifyResult:
     tensors: int = 0
     nbytes: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
+    sources_unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +117,7 @@ class VerifyResult:
             "files": self.files,
             "tensors": self.tensors,
             "nbytes": self.nbytes,
+            "sources_unchecked": self.sources_unchecked,
             "mismatches": [
                 {
                     "name": m.name,
@@ -163,6 +169,8 @@ def verify_file(
                 "another tool), so there is nothing to verify against",
                 path=file,
             )
+        if header.metadata.get(SOURCE_CHECKSUMS_KEY) == "not checked":
+            result.sources_unchecked.append(str(file))
         _verify_one(header, result, progress)
     return result
 

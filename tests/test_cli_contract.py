@@ -343,15 +343,28 @@ def test_no_check_crc_warns_and_records_that_the_source_was_not_checked(capsys, 
     assert len(warning) == 1 and "checksums were not checked (--no-check-crc)" in warning[0], err
     with ckptconv.open(out) as store:
         assert store.metadata[SOURCE_CHECKSUMS_KEY] == "not checked"
-    assert ckptconv.verify_file(out).ok  # why the record matters: the damage now verifies clean
+    verified = ckptconv.verify_file(out)  # why the record matters: the damage now verifies clean
+    assert verified.ok and verified.sources_unchecked == [str(out)]
+    code, printed, _ = run(capsys, "verify", out)  # and verify says so
+    assert code == 0 and printed.strip().endswith("; its source's checksums were not checked when it was written)")
     code, _, err = run(capsys, *args, "--no-check-crc", "--quiet", "--force")
     assert code == 0 and "warning" not in err
-    # a source that was checked: no warning, no record
+    # converted on, checked: no warning, and the record is carried on (the data is still the
+    # unchecked data)
+    again = tmp_path / "again.safetensors"
+    code, _, err = run(capsys, "convert", out, again)
+    assert code == 0 and "warning" not in err
+    with ckptconv.open(again) as store:
+        assert store.metadata[SOURCE_CHECKSUMS_KEY] == "not checked"
+    # a source that was checked throughout: no record, and verify says nothing of it
     clean = tmp_path / "clean.safetensors"
-    code, _, err = run(capsys, "convert", out, clean)
+    code, _, err = run(capsys, "convert", SAMPLE, clean)
     assert code == 0 and "warning" not in err
     with ckptconv.open(clean) as store:
         assert SOURCE_CHECKSUMS_KEY not in store.metadata
+    assert ckptconv.verify_file(clean).sources_unchecked == []
+    code, printed, _ = run(capsys, "verify", clean)
+    assert code == 0 and "not checked" not in printed
 
 
 def test_an_unknown_option_shows_the_subcommands_usage(capsys) -> None:

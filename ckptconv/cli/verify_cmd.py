@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         reports.append(result.to_json())
         if result.ok:
             if not args.json and not args.quiet:
-                print(f"ok {result.path} ({result.tensors} tensors, {human_bytes(result.nbytes)})")
+                unchecked = "; its source's checksums were not checked when it was written" if result.sources_unchecked else ""
+                print(f"ok {result.path} ({result.tensors} tensors, {human_bytes(result.nbytes)}{unchecked})")
             continue
         failed += 1
         try:

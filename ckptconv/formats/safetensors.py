@@ -75,6 +75,11 @@ FORMAT = "safetensors"
 SHARDED_FORMAT = "safetensors-sharded"
 CRC_KEY = "ckptconv.crc32c"
 """The ``__metadata__`` key holding the per-tensor CRC-32Cs (a JSON object as a string)."""
+SOURCE_CHECKSUMS_KEY = "ckptconv.source_checksums"
+"""The ``__metadata__`` key recording that the source's own checksums (a TF checkpoint's
+CRC-32C, a zip's CRC-32, ckptconv's recorded CRC-32C) were not checked (``check_crc=False``):
+the output's checksums are then of the bytes as read, damaged or not, and verify clean
+(``verify`` says so)."""
 SET_KEY = "ckptconv.set"
 """The key of a sharded set's identity, in every shard's ``__metadata__`` and in the index's
 ``metadata``: 32 hex digits, the same throughout one write of the set."""
