@@ -172,10 +172,23 @@ def test_the_nearest_target_of_a_layer_left_out_is_a_layer_of_its_kind():
                   "conv2d/kernel": (3, 3, 3, 16), "conv2d/bias": (16,)})
     suggestion = align(src, tgt)
     assert rules_of(suggestion.spec) == [{"drop": "1.num_batches_tracked"}]
-    offered = {x.layer: x.suggestion for x in suggestion.unplaced if x.suggestion}
-    assert offered == {"0": {"layer": "0", "to_layer": "conv2d"},
-                       "1": {"layer": "1", "to_layer": "batch_normalization"}}
-    assert "nearest: batch_normalization (gamma [16]" in suggestion.to_yaml()
+    offered = {x.name: x.suggestion for x in suggestion.unplaced}
+    # a rule per weight, with the conventions' renames and transposes (a layer rename would
+    # name no target variable: conv2d/weight, batch_normalization/running_var)
+    assert offered == {
+        "0.weight": {"from": "0.weight", "to": "conv2d/kernel", "ops": [{"transpose": [2, 3, 1, 0]}]},
+        "0.bias": {"from": "0.bias", "to": "conv2d/bias"},
+        "1.weight": {"from": "1.weight", "to": "batch_normalization/gamma"},
+        "1.bias": {"from": "1.bias", "to": "batch_normalization/beta"},
+        "1.running_mean": {"from": "1.running_mean", "to": "batch_normalization/moving_mean"},
+        "1.running_var": {"from": "1.running_var", "to": "batch_normalization/moving_variance"},
+    }
+    text = suggestion.to_yaml()
+    assert "nearest: batch_normalization (gamma [16]" in text and "the shapes differ" in text
+    # uncommented, they name target variables: only the shapes are left to fix
+    uncommented = text.replace("  # - {", "  - {")
+    plan = build_plan(Store.from_arrays(src), load_spec(uncommented), target=tgt)
+    assert plan.problems and all("not a weight of the target" not in p for p in plan.problems), plan.problems
 
 
 def test_a_bias_that_fits_does_not_pair_layers_whose_kernels_differ():

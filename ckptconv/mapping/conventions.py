@@ -31,6 +31,7 @@ __all__ = [
     "weight_pair",
     "related",
     "related_leaves",
+    "permutation_for",
     "regroups",
     "fit_ops",
     "assign",
@@ -119,7 +120,9 @@ class WeightPair:
 
 
 
-def _permutation(ndim: int, layout: str) -> tuple[int, ...] | None:
+def permutation_for(ndim: int, layout: str) -> tuple[int, ...] | None:
+    """The transpose taking a weight of ``ndim`` axes from one framework's layout to the
+    other's (``layout`` of a :class:`Convention`), or None when the axes stay."""
     if ndim < 2 or layout == "same":
         return None
     if ndim == 2:
@@ -164,7 +167,7 @@ def fit_ops(s: Weight, t: Weight, layout: str, *, reshape: bool) -> tuple[Any, .
     a cast between floats or between integers; None when no such ops exist."""
     ops: list[Any] = []
     shape = s.shape
-    perm = _permutation(len(shape), layout)
+    perm = permutation_for(len(shape), layout)
     if perm is not None:
         ops.append("transpose" if len(shape) == 2 else {"transpose": list(perm)})
         shape = tuple(shape[p] for p in perm)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..dtypes import dtype_name
 from ..store import shape_text
-from .conventions import DROPPED, conventions_text, related_leaves
+from .conventions import CONVENTIONS, DROPPED, conventions_text, permutation_for, related_leaves
 from .spec import Rule, Spec
 
 __all__ = ["Suggestion", "LayerMatch", "Leftover", "SpecWriter", "yaml_value"]
@@ -297,6 +297,12 @@ class SpecWriter:
                 theirs = ", ".join(f"{x.leaf} {shape_text(x.shape)}" for x in nearest.tensors)
                 note = f"no target layer left fits; nearest: {nearest.name} ({theirs})"
                 suggestion = {"layer": _literal(layer.name), "to_layer": _template(nearest.name)}
+                per_weight = _weight_rules(tensors, nearest)
+                if per_weight is not None:  # other names or layouts: a rule per weight
+                    note += "; the shapes differ: a slice (or other op) is needed as well"
+                    for x in tensors:
+                        out.append(Leftover(x.name, x.shape, dtype_name(x.dtype), layer.name, note, per_weight[id(x)]))
+                    continue
             for i, x in enumerate(tensors):
                 out.append(Leftover(x.name, x.shape, dtype_name(x.dtype), layer.name, note,
                                     suggestion if i == 0 else None))
@@ -344,6 +350,29 @@ class SpecWriter:
     def _leftover_source(self, x: Any, note: str) -> Leftover:
         return Leftover(x.name, x.shape, dtype_name(x.dtype), x.layer, note,
                         {"from": _literal(x.name), "to": "TARGET_VARIABLE"})
+
+
+def _weight_rules(tensors: list[Any], target: Any) -> dict[int, dict[str, Any]] | None:
+    """Rules placing each of a layer's ``tensors`` on the weight of ``target`` of its rank and
+    a related name (the conventions' renames, and their transposes), by ``id`` of the tensor;
+    None when a layer rename says it all (the same weight names, no transpose), or when a
+    tensor has no such weight (then the layer rename is the best offer)."""
+    left = list(target.tensors)
+    rules: dict[int, dict[str, Any]] = {}
+    renamed = False
+    for x in tensors:
+        y = next((y for y in left if len(y.shape) == len(x.shape) and related_leaves(x.leaf, y.leaf)), None)
+        if y is None:
+            return None
+        left.remove(y)
+        rule: dict[str, Any] = {"from": _literal(x.name), "to": _template(y.name)}
+        convention = CONVENTIONS.get((x.leaf, y.leaf))
+        permutation = None if convention is None else permutation_for(len(x.shape), convention.layout)
+        if permutation is not None:
+            rule["ops"] = [{"transpose": list(permutation)}]
+        renamed = renamed or x.leaf != y.leaf or permutation is not None
+        rules[id(x)] = rule
+    return rules if renamed else None
 
 
 def _kind_key(layer: Any) -> tuple[tuple[int, str], ...]:
@@ -428,7 +457,8 @@ def _render_yaml(s: Suggestion, spec_name: str = "SPEC") -> str:
         body.append("")
         body += _comment(
             f"Not placed ({len(s.unplaced)} source entries): no target variable left takes them. They "
-            "are dropped; to place one, uncomment its rule and name the target.", "  "
+            "are dropped; to place one, uncomment its rules, name the target where they say TARGET_..., "
+            "and add the ops its shapes need.", "  "
         )
         body += _unplaced(s.unplaced)
     lines.append("rules:" if rules_written else "rules: []")
