@@ -497,6 +497,10 @@ def test_architecture_homes_exist():
                 continue
             tree = ast.parse(file.read_text())
             defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {  # and module constants (SOURCE_CHECKSUMS_KEY)
+                target.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for target in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(target, ast.Name)
+            }
             for name in filter(None, (n.strip() for n in names.split(","))):
                 if name.split(".")[0] not in defined:
                     missing.append(f"{path}: {name}")
