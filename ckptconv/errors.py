@@ -91,9 +91,13 @@ def nearest(word: str, candidates: Iterable[str], *, count: int = 3, cutoff: flo
     import difflib
 
     pool = list(dict.fromkeys(candidates))
-    longer = [c for c in pool if c != word and c.startswith(word)] if len(word.lstrip("-")) >= 2 else []
     close = difflib.get_close_matches(word, pool, n=count, cutoff=cutoff)
-    return list(dict.fromkeys([*longer, *close]))[:count]
+    return list(dict.fromkeys([*_cut_short(word, pool), *close]))[:count]
+
+
+def _cut_short(word: str, candidates: list[str]) -> list[str]:
+    """The candidates that ``word`` begins (two characters at least, dashes aside), in order."""
+    return [c for c in candidates if c != word and c.startswith(word)] if len(word.lstrip("-")) >= 2 else []
 
 
 def did_you_mean(word: str, candidates: Iterable[str], *, quote: bool = True, cutoff: float = 0.5) -> str:
@@ -104,7 +108,7 @@ def did_you_mean(word: str, candidates: Iterable[str], *, quote: bool = True, cu
     near = nearest(word, candidates, cutoff=cutoff)
     if not near:
         return ""
-    longer = [c for c in near if c.startswith(word)] if len(word.lstrip("-")) >= 2 else []
+    longer = _cut_short(word, near)
     shown = [repr(c) if quote else c for c in (longer if len(longer) > 1 else near[:1])]
     listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
     return f"did you mean {listed}?"

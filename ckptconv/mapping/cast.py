@@ -95,8 +95,9 @@ class Cast(Op):
         except ExecutionProblem as e:  # what to do about it, in a spec's terms
             if self.note:  # the default or target dtype's cast: the rule's flag
                 raise ExecutionProblem(f"{e}; {ALLOW_OVERFLOW_HINT}") from None
-            allowed = replace(self, allow_overflow=True).to_spec()["cast"]
-            spec = "{cast: {" + ", ".join(f"{k}: {str(v).lower() if v is True else v}" for k, v in allowed.items()) + "}}"
+            from .suggestion import yaml_value  # (the one writer of a rule's YAML flow text)
+
+            spec = yaml_value(replace(self, allow_overflow=True).to_spec())
             raise ExecutionProblem(f"{e}; {CAST_OP_OVERFLOW_HINT.format(spec=spec)}") from None
 
     def describe(self):

@@ -667,13 +667,13 @@ def build_plan(
     """
     resolved = Spec() if spec is None else load_spec(spec)
     default = option_value("dtype", dtype, parse_dtype_option) if dtype is not None else resolved.dtype
-    if default == "target" and target is None and dtype is not None:
-        raise UsageError(
-            "{opt:dtype='target'} means each target tensor's dtype, and there is no target (a live "
-            "model, or {opt:target}); give a dtype name or keep",
-            option="dtype",
-        )
     if default == "target" and target is None:
+        if dtype is not None:  # the option's, not the spec's
+            raise UsageError(
+                "{opt:dtype='target'} means each target tensor's dtype, and there is no target (a "
+                "live model, or {opt:target}); give a dtype name or keep",
+                option="dtype",
+            )
         raise SpecError(
             "dtype: target means each target tensor's dtype, and there is no target (a live "
             "model, or {opt:target}); give a dtype name or keep",
