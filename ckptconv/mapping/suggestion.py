@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -336,15 +337,7 @@ class SpecWriter:
         counted once per pair of kinds)."""
         found = self._kin.get((mine, theirs))
         if found is None:
-            left = list(theirs)
-            found = 0
-            for rank, leaf in mine:
-                for y in left:
-                    if y[0] == rank and related_leaves(leaf, y[1]):
-                        left.remove(y)
-                        found += 1
-                        break
-            self._kin[(mine, theirs)] = found
+            found = self._kin[(mine, theirs)] = sum(p is not None for p in _partners(mine, theirs))
         return found
 
     def _leftover_source(self, x: Any, note: str) -> Leftover:
@@ -352,19 +345,31 @@ class SpecWriter:
                         {"from": _literal(x.name), "to": "TARGET_VARIABLE"})
 
 
+def _partners(mine: Sequence[tuple[int, str]], theirs: Sequence[tuple[int, str]]) -> list[int | None]:
+    """For each weight of ``mine`` (rank, leaf name), in order, the index in ``theirs`` of the
+    first weight not taken yet of the same rank and a related name (the conventions'), or None."""
+    free = list(range(len(theirs)))
+    out: list[int | None] = []
+    for rank, leaf in mine:
+        j = next((j for j in free if theirs[j][0] == rank and related_leaves(leaf, theirs[j][1])), None)
+        if j is not None:
+            free.remove(j)
+        out.append(j)
+    return out
+
+
 def _weight_rules(tensors: list[Any], target: Any) -> dict[int, dict[str, Any]] | None:
     """Rules placing each of a layer's ``tensors`` on the weight of ``target`` of its rank and
     a related name (the conventions' renames, and their transposes), by ``id`` of the tensor;
     None when a layer rename says it all (the same weight names, no transpose), or when a
     tensor has no such weight (then the layer rename is the best offer)."""
-    left = list(target.tensors)
+    partners = _partners([(len(x.shape), x.leaf) for x in tensors], [(len(y.shape), y.leaf) for y in target.tensors])
+    if None in partners:
+        return None
     rules: dict[int, dict[str, Any]] = {}
     renamed = False
-    for x in tensors:
-        y = next((y for y in left if len(y.shape) == len(x.shape) and related_leaves(x.leaf, y.leaf)), None)
-        if y is None:
-            return None
-        left.remove(y)
+    for x, j in zip(tensors, partners):
+        y = target.tensors[j]
         rule: dict[str, Any] = {"from": _literal(x.name), "to": _template(y.name)}
         convention = CONVENTIONS.get((x.leaf, y.leaf))
         permutation = None if convention is None else permutation_for(len(x.shape), convention.layout)
