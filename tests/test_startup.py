@@ -310,3 +310,40 @@ def test_small_levels_of_the_hdf5_walk_are_parsed_one_by_one_with_the_same_resul
     assert calls_alone == {"headers": 0, "links": 0}
     assert batched == alone == default
     assert len(batched[0]) > 20  # the walk described the file (not an empty result thrice)
+
+
+_THREADS_PROBE = """
+import os, sys
+{before}
+print(len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+_BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def _threads_after(before: str, **env: str) -> tuple[int, str | None]:
+    """The threads of a fresh process once ``before`` ran, and its OPENBLAS_NUM_THREADS."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in _BLAS_VARIABLES} | env
+    done = subprocess.run([sys.executable, "-c", _THREADS_PROBE.format(before=before)], env=clean,
+                          capture_output=True, text=True, timeout=120, check=True)
+    threads, value = done.stdout.split()[-2:]
+    return int(threads), None if value == "None" else value
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_commands_load_numpy_without_openblas_threads() -> None:
+    """OpenBLAS starts a thread per further core as numpy loads; no command does linear
+    algebra, so the command line asks for one thread, unless the user set a count."""
+    sample = Path(__file__).resolve().parent.parent / "examples" / "sample.keras"
+    plain, _ = _threads_after("import numpy")
+    if plain <= 1:
+        pytest.skip("OpenBLAS starts no thread of its own on this machine (one core?)")
+    command = f"from ckptconv.cli import main; assert main(['inspect', {str(sample)!r}]) == 0"
+    threads, value = _threads_after(command)
+    assert (threads, value) == (1, "1")
+    # a count the user set is theirs: nothing is added
+    assert _threads_after(command, OMP_NUM_THREADS="2")[1] is None
+    assert _threads_after(command, OPENBLAS_NUM_THREADS="2") == (plain, "2")
+    # a program importing ckptconv is left alone
+    assert _threads_after("import ckptconv, numpy; ckptconv.open") == (plain, None)

@@ -94,12 +94,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_early_interrupt(e, argv)
 
 
+# what OpenBLAS reads for its thread count, in its order of precedence
+_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
 def _import_numpy() -> None:
     """Import numpy, which every command uses (``--help`` and usage errors, answered before,
     do not), with the cyclic garbage collector paused: the import makes some 100,000
     long-lived objects and no garbage, and each burst of them would have the collector walk
     them all (about 10 ms, 6% of numpy's import, on the project machine). They are then
-    handed to the collector's oldest generation (see :mod:`ckptconv.gcpause`)."""
+    handed to the collector's oldest generation (see :mod:`ckptconv.gcpause`).
+
+    OpenBLAS, which numpy's wheels carry, starts a thread per further core as it loads and
+    sets up a buffer for each: 55 of numpy's 130 ms of CPU on a 2-core machine. No command
+    does linear algebra (bytes are copied, cast, transposed and compared), so the command line
+    asks for one thread (``OPENBLAS_NUM_THREADS=1``, inherited by ``batch``'s workers) unless
+    the user set a count. ``import ckptconv`` in a program changes nothing."""
+    import os
+
+    if not any(name in os.environ for name in _BLAS_THREAD_VARIABLES):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from ..gcpause import paused_gc
 
     with paused_gc():
