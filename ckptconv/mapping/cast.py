@@ -19,7 +19,7 @@ import numpy as np
 from ..dtypes import dtype_name, is_floating
 from .ops import ExecutionProblem, Op, OpError
 
-__all__ = ["Cast", "CastOverflow", "cast_array", "cast_problem", "lossy_cast"]
+__all__ = ["Cast", "CastOverflow", "cast_array", "cast_problem", "lossy_cast", "lossy_default"]
 
 _CAST_CHUNK = 1 << 20  # elements per chunk of a cast: bounds the temporaries of the checks
 
@@ -56,6 +56,18 @@ def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
     if src.kind in "iu" and dst.kind == "b":
         return f"{dtype_name(src)} -> bool keeps only zero or non-zero"
     return None
+
+
+def lossy_default(dtype: np.dtype) -> str | None:
+    """What a default dtype (``--dtype``), which casts floating-point weights only, loses on
+    every weight it casts whatever the values, or None: an integer or bool type drops every
+    fraction (:func:`lossy_cast` from any float). Known from the dtype alone, before any file
+    is read."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biu":
+        return None
+    kind = "booleans" if dtype.kind == "b" else "integers"
+    return f"truncates floating-point weights to {kind}, dropping every fraction"
 
 
 @dataclass(frozen=True, repr=False)
