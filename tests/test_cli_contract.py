@@ -296,8 +296,9 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe lets Keras build --target MODEL.keras"),
         # a complex default dtype could only make real weights complex
         (["convert", "{small}", "{out}", "--dtype", "complex64"],
-         "argument --dtype: 'complex64' is complex: the default dtype casts real floating-point weights"),
-        (["plan", "{small}", "--dtype", "complex128"], "a floating-point dtype (float16, float32, float64, bfloat16"),
+         "ckptconv convert: error: argument --dtype: 'complex64' is complex, and the default dtype casts real "
+         "weights only: give keep or a real dtype (float32, float16, bfloat16, ...)\n"),
+        (["plan", "{small}", "--dtype", "complex128"], "only: give keep or a real dtype (float32, float16, bfloat16, ...)\n"),
         # an integer or bool default dtype casts every floating-point weight lossily
         (["convert", "{small}", "{out}", "--dtype", "int8"], "ckptconv convert: error: --dtype int8 truncates"),
         (["batch", "{small}", "-o", "{tmp}/o", "--dtype", "uint16"], "pass --allow-lossy"),
