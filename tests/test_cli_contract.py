@@ -343,6 +343,20 @@ def test_suggestions_offer_what_the_user_was_near(capsys, args: list[object], sa
     assert says in err, err
 
 
+def test_a_command_is_guessed_whatever_argparse_words_its_error(capsys, monkeypatch) -> None:
+    """The nearest command is found from the value and the choices themselves, not from
+    argparse's message, whose words change with the locale (gettext) and Python's version."""
+    import argparse
+
+    german = {"invalid choice: %(value)r (choose from %(choices)s)":
+              "ungültige Auswahl: %(value)s (wählen Sie aus: %(choices)s)"}
+    monkeypatch.setattr(argparse, "_", lambda text: german.get(text, text))
+    code, out, err = run(capsys, "inspct", SAMPLE)
+    assert code == 2 and out == "", err
+    assert err.splitlines()[-1].startswith("ckptconv: error: argument COMMAND: ungültige Auswahl: inspct (wählen")
+    assert err.splitlines()[-1].endswith("; did you mean 'inspect'?"), err
+
+
 def test_no_suggestion_for_what_is_near_nothing(capsys) -> None:
     code, _, err = run(capsys, "inspect", SAMPLE, "-x")
     assert code == 2 and err.splitlines()[-1].endswith("unrecognized arguments: -x"), err
