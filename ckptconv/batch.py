@@ -408,11 +408,12 @@ def prepare_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises:
         SpecError: the spec file is missing, unreadable or invalid.
-        UsageError: ``dtype``, ``max_shard_size`` or ``metadata`` has a wrong value.
+        UsageError: ``dtype`` (lossy without ``allow_lossy`` among them), ``max_shard_size``
+            or ``metadata`` has a wrong value.
     """
     from .formats.safetensors import check_metadata
     from .mapping import load_spec
-    from .mapping.spec import parse_dtype_option
+    from .convert import check_output_dtype
     from .options import option_value
     from .writers.safetensors import parse_size
 
@@ -420,7 +421,7 @@ def prepare_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if prepared.get("mapping") is not None:
         prepared["mapping"] = load_spec(prepared["mapping"])
     if prepared.get("dtype") is not None:  # checked here; each job applies it
-        option_value("dtype", prepared["dtype"], parse_dtype_option)
+        check_output_dtype(prepared["dtype"], allow_lossy=bool(prepared.get("allow_lossy")))
     if prepared.get("metadata") is not None:
         option_value("metadata", prepared["metadata"], check_metadata)
     if prepared.get("max_shard_size") is not None:

@@ -137,8 +137,8 @@ def convert(
             files whose ``format`` is ``pt``, ``tf``, ``flax`` or ``mlx`` (ckptconv writes
             ``pt`` for a PyTorch source, ``np`` otherwise). Keys starting with ``ckptconv.``
             are ckptconv's own and refused.
-        allow_lossy: Let ``dtype`` be a cast that loses information (floats to integers or
-            booleans); refused otherwise, naming the first tensor.
+        allow_lossy: Let ``dtype`` be a cast that loses information (an integer or bool
+            dtype: floats to integers or booleans); refused otherwise, before anything is read.
         any_suffix: Write safetensors under a name that does not end in ``.safetensors``
             (refused otherwise: ``out.h5`` would be a safetensors file under an HDF5 name).
 
@@ -147,19 +147,18 @@ def convert(
 
     Raises:
         UsageError: an option's value is wrong (``dtype``, ``target`` or complex among them,
-            ``max_shard_size``, ``metadata``, an output name that is not ``.safetensors``),
-            before anything is read.
+            or lossy without ``allow_lossy``; ``max_shard_size``, ``metadata``, an output name
+            that is not ``.safetensors``), before anything is read.
         CkptconvError: the source cannot be read, the plan has problems (``PlanError``), or
             the output cannot be written.
     """
     from . import __version__
     from .mapping import build_plan
-    from .mapping.spec import parse_output_dtype
     from .writers.safetensors import parse_size, write_safetensors
 
     started = time.perf_counter()
     dst = output_name(dst, any_suffix=any_suffix)
-    option_value("dtype", dtype, parse_output_dtype)  # "target": a conversion has no target
+    check_output_dtype(dtype, allow_lossy=allow_lossy)
     extra = option_value("metadata", metadata, check_metadata)
     if max_shard_size is not None:
         max_shard_size = option_value("max_shard_size", max_shard_size, parse_size)
@@ -213,6 +212,30 @@ def convert(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
+
+
+def check_output_dtype(dtype: Any, *, allow_lossy: bool = False) -> str | None:
+    """A conversion's default ``dtype``, checked before any file is read: its canonical name
+    (None for keep). An integer or bool dtype casts every floating-point weight lossily
+    (:func:`~ckptconv.mapping.cast.lossy_default`), so without ``allow_lossy`` it could only
+    be refused (or, for a file without floating-point weights, change nothing).
+
+    Raises:
+        UsageError: not a dtype name, ``target``, complex, or lossy without ``allow_lossy``.
+    """
+    from .mapping.cast import lossy_default
+    from .mapping.spec import parse_output_dtype
+    from .dtypes import by_name
+
+    name = option_value("dtype", dtype, parse_output_dtype)  # "target": a conversion has no target
+    lost = None if name is None or allow_lossy else lossy_default(by_name(name))
+    if lost:
+        raise UsageError(
+            f"{{opt:dtype={name!r}}} {lost} (a lossy cast); pass {{opt:allow_lossy=True}} to cast "
+            "to it anyway, or give a floating-point dtype",
+            option="dtype",
+        )
+    return name
 
 
 def _training_state(plan: Any, store: Any, written: set[str]) -> dict[str, str]:

@@ -45,19 +45,41 @@ def small(tmp_path: Path) -> Path:
 # -- 1. lossy casts --------------------------------------------------------------------------
 
 
-def test_a_lossy_dtype_is_refused_naming_the_tensor_unless_allowed(capsys, small: Path, tmp_path: Path) -> None:
+def test_a_lossy_dtype_is_a_usage_error_unless_allowed(capsys, small: Path, tmp_path: Path) -> None:
+    """An integer or bool --dtype casts every floating-point weight lossily: without
+    --allow-lossy it is refused from the arguments alone (exit 2, one line, before the source
+    is opened: a missing source is not even noticed), by convert and batch, and by the API."""
     out = tmp_path / "int.safetensors"
-    code, _, err = run(capsys, "convert", small, out, "--dtype", "int8")
-    assert code == 1 and not out.exists()
-    assert "'dense/kernel'" in err and "lossy" in err and "pass --allow-lossy" in err
-    assert err.count("\n") == 1
+    for src in (small, tmp_path / "missing.safetensors"):
+        code, stdout, err = run(capsys, "convert", src, out, "--dtype", "int8")
+        assert code == 2 and stdout == "" and not out.exists(), err
+        assert err == ("ckptconv convert: error: --dtype int8 truncates floating-point weights to integers, "
+                       "dropping every fraction (a lossy cast); pass --allow-lossy to cast to it anyway, or give "
+                       "a floating-point dtype\n")
+    code, _, err = run(capsys, "batch", tmp_path / "missing.safetensors", "-o", tmp_path / "o", "--dtype", "bool")
+    assert code == 2 and err.startswith("ckptconv batch: error: --dtype bool truncates") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+    code, out_json, err = run(capsys, "convert", small, out, "--dtype", "uint8", "--json")
+    assert code == 2 and json.loads(out_json)["error"]["exit"] == 2
     code, _, err = run(capsys, "convert", small, out, "--dtype", "int8", "--allow-lossy")
     assert code == 0, err
     with ckptconv.open(out) as store:
         assert store["dense/bias"].read().tolist() == [0, -1, 2, 0]  # truncated, as asked
-    with pytest.raises(ckptconv.PlanError, match="pass allow_lossy=True") as info:
-        ckptconv.convert(small, tmp_path / "api.safetensors", dtype="bool")
-    assert "float32 -> bool" in str(info.value)
+    with pytest.raises(ckptconv.UsageError, match="pass allow_lossy=True") as info:
+        ckptconv.convert(tmp_path / "missing.safetensors", tmp_path / "api.safetensors", dtype="bool")
+    assert "dtype='bool' truncates floating-point weights to booleans" in str(info.value)
+    with pytest.raises(ckptconv.UsageError, match="pass allow_lossy=True"):
+        ckptconv.run_batch([], dtype="int16")
+
+
+def test_plan_lists_a_lossy_dtype_per_tensor(capsys, small: Path) -> None:
+    """``plan`` shows what a plan would do: a lossy --dtype is a problem of each tensor it
+    casts (exit 1), as the API's build_plan says it."""
+    code, _, err = run(capsys, "plan", small, "--dtype", "int8")
+    assert code == 1 and "'dense/kernel'" in err and "lossy" in err and "--allow-lossy" in err, err
+    with ckptconv.open(small) as store:
+        plan = ckptconv.build_plan(store, dtype="bool")
+    assert not plan.ok and "float32 -> bool" in plan.problems[0]
 
 
 def test_a_lossy_cast_op_needs_allow_lossy_on_the_op(small: Path) -> None:
@@ -274,8 +296,12 @@ def test_verify_finds_the_index_of_a_set_written_under_that_name(capsys, small: 
         (["plan", "{small}", "--unsafe"], "ckptconv plan: error: --unsafe lets Keras build --target MODEL.keras"),
         # a complex default dtype could only make real weights complex
         (["convert", "{small}", "{out}", "--dtype", "complex64"],
-         "argument --dtype: 'complex64' is complex: the default dtype casts real floating-point weights"),
-        (["plan", "{small}", "--dtype", "complex128"], "a floating-point dtype (float16, float32, float64, bfloat16"),
+         "ckptconv convert: error: argument --dtype: 'complex64' is complex, and the default dtype casts real "
+         "weights only: give keep or a real dtype (float32, float16, bfloat16, ...)\n"),
+        (["plan", "{small}", "--dtype", "complex128"], "only: give keep or a real dtype (float32, float16, bfloat16, ...)\n"),
+        # an integer or bool default dtype casts every floating-point weight lossily
+        (["convert", "{small}", "{out}", "--dtype", "int8"], "ckptconv convert: error: --dtype int8 truncates"),
+        (["batch", "{small}", "-o", "{tmp}/o", "--dtype", "uint16"], "pass --allow-lossy"),
     ],
 )
 def test_bad_command_line_values_exit_2(capsys, small: Path, tmp_path: Path, args: list[str], says: str) -> None:
@@ -315,6 +341,20 @@ def test_suggestions_offer_what_the_user_was_near(capsys, args: list[object], sa
     code, out, err = run(capsys, *args)
     assert code == 2 and out == "", err
     assert says in err, err
+
+
+def test_a_command_is_guessed_whatever_argparse_words_its_error(capsys, monkeypatch) -> None:
+    """The nearest command is found from the value and the choices themselves, not from
+    argparse's message, whose words change with the locale (gettext) and Python's version."""
+    import argparse
+
+    german = {"invalid choice: %(value)r (choose from %(choices)s)":
+              "ungültige Auswahl: %(value)s (wählen Sie aus: %(choices)s)"}
+    monkeypatch.setattr(argparse, "_", lambda text: german.get(text, text))
+    code, out, err = run(capsys, "inspct", SAMPLE)
+    assert code == 2 and out == "", err
+    assert err.splitlines()[-1].startswith("ckptconv: error: argument COMMAND: ungültige Auswahl: inspct (wählen")
+    assert err.splitlines()[-1].endswith("; did you mean 'inspect'?"), err
 
 
 def test_no_suggestion_for_what_is_near_nothing(capsys) -> None:

@@ -243,6 +243,21 @@ def test_cast_refuses_overflow_and_changes_nothing():
     assert_all_equal(model, before)
 
 
+def test_a_cast_overflow_names_the_file_and_the_tensor(tmp_path):
+    """Matched by order, the cast into a variable's dtype names the source file and tensor (and
+    the variable it was for) when values overflow, as convert's message does."""
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="d", dtype="float16")])
+    arrays = {"L0/w0": np.full((2, 2), 1e6, np.float32), "L0/w1": np.zeros(2, np.float32)}
+    path = tmp_path / "big.safetensors"
+    ckptconv.write_safetensors([ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()], path)
+    with pytest.raises(LoadError) as info:
+        load_into(model, path, cast=True, by_order=True)
+    assert info.value.path == str(path) and info.value.tensor == "L0/w0"
+    assert str(info.value).startswith(f"{path}: tensor 'L0/w0': casting float32 to float16 for variable 'd/kernel': "
+                                      "4 finite value(s) overflow to inf in float16"), str(info.value)
+
+
 @pytest.mark.parametrize("line", LINES)
 def test_match_by_order_ignores_names(expected, line):
     # Meaningless names, in the model's order: layer i, weight j.

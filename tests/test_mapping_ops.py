@@ -351,6 +351,28 @@ def test_integer_overflow_is_counted_and_hinted_as_float_overflow_is(monkeypatch
     assert Cast(np.dtype(np.int8), allow_overflow=True).apply(ids, ids.shape, np.dtype(np.int8))[0] == 44
 
 
+def test_nan_and_values_out_of_range_are_said_together():
+    """Into an integer type, NaN and values out of its range are both counted (over every chunk
+    of a tensor of several, cast on two threads), in one line; the span is of the other values."""
+    import ckptconv.mapping.cast as cast
+
+    n = 3 * cast._CAST_CHUNK + 5  # four chunks
+    x = np.zeros(n, np.float32)
+    x[[3, 10]] = np.nan  # chunk 0: NaN only
+    x[cast._CAST_CHUNK + 1] = np.nan  # chunk 1: NaN and a value out of range
+    x[cast._CAST_CHUNK + 2] = 200.0
+    x[[n - 2, n - 1]] = [-500.0, 1000.0]  # chunk 3: out of range only
+    with pytest.raises(ExecutionProblem, match=r"^3 NaN value\(s\) and 3 value\(s\) out of int8's range "
+                       r"\[-128, 127\] \(the values span \[-500.0, 1000.0\]\)$"):
+        cast_array(x, np.dtype(np.int8))
+    x[cast._CAST_CHUNK + 2] = x[n - 2] = x[n - 1] = 0  # NaN alone: said as before
+    with pytest.raises(ExecutionProblem, match=r"^3 NaN value\(s\) cannot be cast to int8, which has no NaN$"):
+        cast_array(x, np.dtype(np.int8))
+    x[:] = np.nan
+    with pytest.raises(ExecutionProblem, match=r"^3145733 NaN value\(s\) cannot be cast to int8"):
+        cast_array(x, np.dtype(np.int8))
+
+
 def test_cast_in_chunks_is_exact_across_chunk_boundaries(monkeypatch):
     import ckptconv.mapping.cast as cast
 

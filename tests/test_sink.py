@@ -344,6 +344,45 @@ def test_a_streamed_cast_refuses_overflow_in_a_later_block(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.bin"]
 
 
+def test_a_streamed_cast_counts_over_the_whole_tensor(tmp_path) -> None:
+    """A cast streamed block by block (the writer's _BLOCK_BYTES of the wider dtype, each cast
+    in _CAST_CHUNK chunks) stops writing at the first block with values int8 cannot hold, and
+    reads on to count them over the whole tensor: NaN and values out of range, in one line
+    naming the file and the tensor. A damaged tensor is said to be damaged instead."""
+    from ckptconv import IntegrityError, PlanError, Store, build_plan
+    from ckptconv.store import ByteRange, Entry
+    from ckptconv.writers import safetensors as writer
+
+    per_block = writer._BLOCK_BYTES // 4  # float32 elements per block
+    assert per_block > cast._CAST_CHUNK  # each block is cast in several chunks
+    n = 2 * per_block + 7  # three blocks
+    values = np.zeros(n, dtype=np.float32)
+    values[[1, 2]] = np.nan  # block 0: NaN only
+    values[per_block + 3] = 300.0  # block 1
+    values[[n - 2, n - 1]] = [np.nan, -1e4]  # block 2
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(values.tobytes())
+    from ckptconv.crc import crc32c
+
+    for recorded in (None, crc32c(values.tobytes())):
+        entry = Entry("w", key="w", shape=values.shape, dtype=np.float32, path=raw,
+                      byte_range=ByteRange(str(raw), 0, values.nbytes), crc32c=recorded)
+        plan = build_plan(Store([entry], format="memory", path=str(raw)), None, dtype="int8", allow_lossy=True)
+        assert plan.outputs[0].compute_blocks is not None
+        with pytest.raises(PlanError) as info:
+            write_safetensors(plan.outputs, tmp_path / "out.safetensors")
+        assert info.value.tensor == "w" and str(raw) in str(info.value)
+        assert ("output 'w' from 'w': 3 NaN value(s) and 2 value(s) out of int8's range [-128, 127] (the values "
+                "span [-10000.0, 300.0]); scale the weights") in str(info.value), str(info.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.bin"]
+    # damaged bytes that look like an overflow: the CRC-32C over the blocks read says so
+    entry = Entry("w", key="w", shape=values.shape, dtype=np.float32, path=raw,
+                  byte_range=ByteRange(str(raw), 0, values.nbytes), crc32c=crc32c(values.tobytes()) ^ 1)
+    plan = build_plan(Store([entry], format="memory", path=str(raw)), None, dtype="int8", allow_lossy=True)
+    with pytest.raises(IntegrityError):
+        write_safetensors(plan.outputs, tmp_path / "out.safetensors")
+
+
 def test_a_streamed_cast_of_a_damaged_tf_checkpoint_writes_nothing(generated, tmp_path) -> None:
     import shutil
 

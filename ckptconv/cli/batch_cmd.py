@@ -36,7 +36,8 @@ EXIT_STATUS = {
     "spec is broken, or the Dask cluster cannot be used (no scheduler at --scheduler, a worker "
     "without this ckptconv; before any file is read)",
     2: "a usage error, before any file is read: a bad option value (-j, --scheduler, --dtype, "
-    "--max-shard-size, --metadata), no inputs, -o naming a file, two inputs with one output",
+    "--max-shard-size, --metadata), a lossy --dtype (int8, bool, ...) without --allow-lossy, no "
+    "inputs, -o naming a file, two inputs with one output",
 }
 
 

@@ -58,6 +58,7 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.suggest_on_error = False  # (Python 3.14's own guesses: ckptconv makes its own)
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         # argparse asks shutil for the width, and importing shutil (with bz2 and lzma) is
@@ -90,25 +91,25 @@ class Parser(argparse.ArgumentParser):
             guess = did_you_mean(option, known, quote=False, cutoff=0.6)
         self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {guess}" if guess else ""))
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """argparse's check of a value against an argument's choices (the subcommand's name),
+        with the nearest choice added to its message: ``invalid choice: 'inspct' (choose
+        from ...); did you mean 'inspect'?``. The value and the choices are seen here as they
+        are, whatever words this Python's argparse puts around them."""
+        try:
+            super()._check_value(action, value)  # type: ignore[misc]
+        except argparse.ArgumentError as e:
+            from ..errors import did_you_mean
+
+            choices = action.choices if action.choices is not None else ()
+            guess = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+            if not guess or "did you mean" in e.message:
+                raise
+            raise argparse.ArgumentError(action, f"{e.message}; {guess}") from None
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        if "invalid choice: " in message and "did you mean" not in message:
-            message += _choice_guess(message)
         self.print_usage(sys.stderr)
         raise UsageExit(f"{self.prog}: error: {message}", message)
-
-
-def _choice_guess(message: str) -> str:
-    """``; did you mean 'inspect'?`` for argparse's ``invalid choice: 'inspct' (choose from
-    'inspect', ...)``, or ""."""
-    import re
-
-    from ..errors import did_you_mean
-
-    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-    if found is None:
-        return ""
-    guess = did_you_mean(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
-    return f"; {guess}" if guess else ""
 
 
 def usage_exit(args: argparse.Namespace, message: str) -> UsageExit:

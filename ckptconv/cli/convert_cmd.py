@@ -19,10 +19,10 @@ from .common import (
 
 EXIT_STATUS = {
     0: "written",
-    1: "nothing written: the source cannot be read, the plan has problems (a lossy --dtype "
-    "without --allow-lossy among them), the output exists without --force or cannot be "
-    "written, or --verify found a mismatch",
-    2: "a usage error: an unknown option, a bad value (--dtype, --max-shard-size, --metadata), "
+    1: "nothing written: the source cannot be read, the plan has problems, the output exists "
+    "without --force or cannot be written, or --verify found a mismatch",
+    2: "a usage error, before the source is read: an unknown option, a bad value (--dtype, "
+    "--max-shard-size, --metadata), a lossy --dtype (int8, bool, ...) without --allow-lossy, "
     "an output name not ending in .safetensors without --any-suffix",
 }
 

@@ -72,8 +72,10 @@ def _check_pair(
     cast_from: np.dtype | None = None,
     raw: Entry | None = None,
     matched_by: str = "name",
+    path: str | None = None,
 ) -> None:
-    """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch."""
+    """Accept ``source`` for ``target`` if shape and dtype fit; otherwise report a mismatch.
+    ``path``: the file ``source`` is read from (named by a cast's overflow)."""
     reason = None
     if shape != target.shape:
         reason = "shape differs"
@@ -104,7 +106,7 @@ def _check_pair(
         return
     if dtype != target.dtype:
         cast_from = dtype
-        compute = casting(compute, target.dtype, target.name)
+        compute = casting(compute, target.dtype, source, path=path, into=target.name)
         raw = None
     match.assignments.append(Assignment(target, source, compute, cast_from, raw))
     match.report.loaded.append(
@@ -119,18 +121,23 @@ def _check_pair(
     )
 
 
-def casting(compute: Callable[[], np.ndarray], dtype: np.dtype, name: str) -> Callable[[], np.ndarray]:
+def casting(
+    compute: Callable[[], np.ndarray], dtype: np.dtype, name: str, *, path: str | None = None, into: str | None = None
+) -> Callable[[], np.ndarray]:
     """Wrap ``compute`` to cast to ``dtype`` with the mapper's cast (:func:`~ckptconv.mapping.
     cast.cast_array`: round to nearest even once, from the source dtype; values that overflow
-    to inf, or out of an integer type's range, are an error)."""
+    to inf, or out of an integer type's range, are an error naming the source tensor ``name``,
+    its file ``path`` and the variable ``into``)."""
     def run() -> np.ndarray:
         array = np.asarray(compute())
         try:
             return cast_array(array, dtype)
         except ExecutionProblem as e:
+            variable = f" for variable {into!r}" if into is not None and into != name else ""
             raise LoadError(
-                f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)}: {e}; keep the "
+                f"casting {dtype_name(array.dtype)} to {dtype_name(dtype)}{variable}: {e}; keep the "
                 "variable's dtype wider or scale the weights",
+                path=path,
                 tensor=name,
             ) from None
 
@@ -173,7 +180,7 @@ def _with_default_dtype(
     """``dtype=`` casts floating-point sources before they meet the target."""
     if dtype is None or not is_floating(entry.dtype) or entry.dtype == dtype:
         return entry.read, entry.dtype
-    return casting(entry.read, dtype, entry.name), dtype
+    return casting(entry.read, dtype, entry.name, path=entry.path), dtype
 
 
 def match_by_structure(
@@ -200,7 +207,7 @@ def match_by_structure(
         compute, src_dtype = _with_default_dtype(entry, dtype)
         _check_pair(
             match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
-            raw=entry if compute == entry.read else None, matched_by="structure",
+            raw=entry if compute == entry.read else None, matched_by="structure", path=entry.path,
         )
         if entry.name not in (name, f"{live.name}/{name}"):  # the model's own name leads variable.path
             match.report.names_differ.append((name, entry.name))
@@ -251,7 +258,7 @@ def match_by_order(
             compute, src_dtype = _with_default_dtype(entry, dtype)
             _check_pair(
                 match, target, entry.name, entry.shape, src_dtype, compute, cast=cast,
-                raw=entry if compute == entry.read else None, matched_by="order",
+                raw=entry if compute == entry.read else None, matched_by="order", path=entry.path,
             )
             if entry.name != target.name:
                 match.report.names_differ.append((target.name, entry.name))
@@ -322,7 +329,7 @@ def match_by_plan(
         _check_pair(
             match, var, "+".join(names) or output.name, output.shape, output.dtype,
             output.compute, cast=cast, cast_from=cast_from, raw=output.source,
-            matched_by="spec" if by_rule else "name",
+            matched_by="spec" if by_rule else "name", path=store.path,
         )
         if not by_rule and len(names) == 1 and names[0] != var.name:
             match.report.names_differ.append((var.name, names[0]))

@@ -19,7 +19,7 @@ import numpy as np
 from ..dtypes import dtype_name, is_floating
 from .ops import ExecutionProblem, Op, OpError
 
-__all__ = ["Cast", "cast_array", "cast_problem", "lossy_cast"]
+__all__ = ["Cast", "CastOverflow", "cast_array", "cast_problem", "lossy_cast", "lossy_default"]
 
 _CAST_CHUNK = 1 << 20  # elements per chunk of a cast: bounds the temporaries of the checks
 
@@ -58,6 +58,18 @@ def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
     return None
 
 
+def lossy_default(dtype: np.dtype) -> str | None:
+    """What a default dtype (``--dtype``), which casts floating-point weights only, loses on
+    every weight it casts whatever the values, or None: an integer or bool type drops every
+    fraction (:func:`lossy_cast` from any float). Known from the dtype alone, before any file
+    is read."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biu":
+        return None
+    kind = "booleans" if dtype.kind == "b" else "integers"
+    return f"truncates floating-point weights to {kind}, dropping every fraction"
+
+
 @dataclass(frozen=True, repr=False)
 class Cast(Op):
     """Convert to another dtype, rounding to nearest even.
@@ -92,13 +104,13 @@ class Cast(Op):
             return array
         try:
             return cast_array(array, self.dtype, allow_overflow=self.allow_overflow)
-        except ExecutionProblem as e:  # what to do about it, in a spec's terms
+        except CastOverflow as e:  # what to do about it, in a spec's terms
             if self.note:  # the default or target dtype's cast: the rule's flag
-                raise ExecutionProblem(f"{e}; {ALLOW_OVERFLOW_HINT}") from None
+                raise CastOverflow(e.found, e.dtype, ALLOW_OVERFLOW_HINT) from None
             from .suggestion import yaml_value  # (the one writer of a rule's YAML flow text)
 
             spec = yaml_value(replace(self, allow_overflow=True).to_spec())
-            raise ExecutionProblem(f"{e}; {CAST_OP_OVERFLOW_HINT.format(spec=spec)}") from None
+            raise CastOverflow(e.found, e.dtype, CAST_OP_OVERFLOW_HINT.format(spec=spec)) from None
 
     def describe(self):
         text = f"cast {dtype_name(self.dtype)}"
@@ -130,12 +142,14 @@ CAST_OP_OVERFLOW_HINT = "scale the weights, or set allow_overflow: true on this 
 
 @dataclass(frozen=True)
 class _Overflow:
-    """What one chunk of a cast found: ``kind`` ``nan`` (NaN into an integer type), ``range``
-    (values outside an integer type's range, reaching ``lo``/``hi``) or ``inf`` (finite
-    values made infinite, or NaN in a float8 type without infinities); ``count`` values."""
+    """What one chunk of a cast found. ``kind`` ``int`` (into an integer type): ``nan`` NaN
+    values and ``count`` values outside its range, the chunk's other values spanning
+    ``lo``..``hi``; ``inf`` (into a float type): ``count`` finite values made infinite (or NaN
+    in a float8 type without infinities)."""
 
     kind: str
     count: int
+    nan: int = 0
     lo: float = 0
     hi: float = 0
 
@@ -146,38 +160,57 @@ def _check_int_range(chunk: np.ndarray, dtype: np.dtype) -> _Overflow | None:
     info = np.iinfo(dtype)
     if chunk.dtype.kind == "f" or is_floating(chunk.dtype):
         wide = chunk.astype(np.float64)
-        nan = np.isnan(wide)
-        if nan.any():
-            return _Overflow("nan", int(np.count_nonzero(nan)))
+        nan = int(np.count_nonzero(np.isnan(wide)))
+        if nan == wide.size:
+            return _Overflow("int", 0, nan, np.nan, np.nan)
+        if nan:  # the span of the other values: fmin/fmax skip NaN
+            lo, hi = float(np.fmin.reduce(wide)), float(np.fmax.reduce(wide))
+        else:
+            lo, hi = float(wide.min()), float(wide.max())
         # float -> int truncates toward zero, so anything in (min - 1, max + 1) fits
-        lo, hi = float(wide.min()), float(wide.max())
+        out = 0
         if lo <= info.min - 1 or hi >= info.max + 1:
             out = int(np.count_nonzero((wide <= info.min - 1) | (wide >= info.max + 1)))
-            return _Overflow("range", out, lo, hi)
-        return None
+        return _Overflow("int", out, nan, lo, hi) if nan or out else None
     lo, hi = int(chunk.min()), int(chunk.max())
     if lo < info.min or hi > info.max:
         out = int(np.count_nonzero(chunk < info.min)) + int(np.count_nonzero(chunk > info.max))
-        return _Overflow("range", out, lo, hi)
+        return _Overflow("int", out, 0, lo, hi)
     return None
 
 
 def _overflow_message(found: list[_Overflow], dtype: np.dtype) -> str:
-    """One line for what the chunks found: the first kind found (in chunk order), counted
-    over the whole tensor."""
-    kind = found[0].kind
-    same = [f for f in found if f.kind == kind]
-    count = sum(f.count for f in same)
+    """One line for what the chunks found, counted over all of them: into an integer type,
+    the NaN values and the values out of its range (both, when there are both)."""
     name = dtype_name(dtype)
-    if kind == "nan":
-        return f"{count} NaN value(s) cannot be cast to {name}, which has no NaN"
-    if kind == "range":
-        info = np.iinfo(dtype)
-        lo, hi = min(f.lo for f in same), max(f.hi for f in same)
-        return (f"{count} value(s) out of {name}'s range [{info.min}, {info.max}] (the values span "
-                f"[{lo}, {hi}])")
-    to = "inf" if _has_inf(dtype) else "NaN"
-    return f"{count} finite value(s) overflow to {to} in {name} (largest {name} is {_finfo_max(dtype)})"
+    count = sum(f.count for f in found)
+    if found[0].kind == "inf":
+        to = "inf" if _has_inf(dtype) else "NaN"
+        return f"{count} finite value(s) overflow to {to} in {name} (largest {name} is {_finfo_max(dtype)})"
+    nan = sum(f.nan for f in found)
+    if not count:
+        return f"{nan} NaN value(s) cannot be cast to {name}, which has no NaN"
+    info = np.iinfo(dtype)
+    spans = [f for f in found if f.count]  # (a chunk of NaN alone has no span)
+    lo, hi = min(f.lo for f in spans), max(f.hi for f in spans)
+    both = f"{nan} NaN value(s) and " if nan else ""
+    return (f"{both}{count} value(s) out of {name}'s range [{info.min}, {info.max}] (the values span "
+            f"[{lo}, {hi}])")
+
+
+class CastOverflow(ExecutionProblem):
+    """A cast met values its dtype cannot hold (see :func:`cast_array`); the message counts
+    them. ``found`` (per chunk) and ``dtype`` let a cast made piece by piece count over the
+    whole tensor (:meth:`merged`); ``hint`` says what to do about it."""
+
+    def __init__(self, found: list[_Overflow], dtype: np.dtype, hint: str = "") -> None:
+        self.found, self.dtype, self.hint = found, dtype, hint
+        text = _overflow_message(found, dtype)
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+    def merged(self, more: CastOverflow) -> CastOverflow:
+        """This overflow and ``more`` (found in a later piece of the same tensor) as one."""
+        return CastOverflow([*self.found, *more.found], self.dtype, self.hint)
 
 
 def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = False) -> np.ndarray:
@@ -189,9 +222,9 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     twice).
 
     Raises:
-        ExecutionProblem: finite values became infinite, or values do not fit an integer type
+        CastOverflow: finite values became infinite, or values do not fit an integer type
             (or are NaN), and ``allow_overflow`` is False; the message counts them over the
-            whole tensor. With ``allow_overflow``, they are cast as numpy casts them (inf or
+            whole tensor (NaN and values out of range both, when there are both). With ``allow_overflow``, they are cast as numpy casts them (inf or
             NaN; an integer wraps around, 300 -> 44 in int8).
     """
     dtype = np.dtype(dtype)
@@ -225,9 +258,9 @@ def cast_array(array: np.ndarray, dtype: np.dtype, *, allow_overflow: bool = Fal
     starts = range(0, src.size, _CAST_CHUNK)
     # numpy releases the GIL in casts and reductions: big tensors use the second core too
     problems = _cast_pool().map(cast_chunk, starts) if len(starts) > 1 else map(cast_chunk, starts)
-    found = [p for p in problems if p is not None]  # in chunk order: the first kind is reported
+    found = [p for p in problems if p is not None]  # in chunk order
     if found:
-        raise ExecutionProblem(_overflow_message(found, dtype))
+        raise CastOverflow(found, dtype)
     return out
 
 

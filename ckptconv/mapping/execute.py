@@ -23,7 +23,7 @@ from ..dtypes import dtype_name as _dtype_name_uncached
 from ..errors import PlanError
 from ..crc import crc32c
 from ..store import Entry, read_buffer
-from .cast import Cast
+from .cast import Cast, CastOverflow
 from .ops import ExecutionProblem, Op, Split, Transpose
 
 __all__ = [
@@ -163,8 +163,10 @@ def cast_blocks(
 ) -> Callable[[int], Iterator[np.ndarray]]:
     """The output piece by piece: the stored bytes read a block at a time into one buffer
     and cast, so memory stays at a block whatever the tensor's size. The source's recorded
-    CRC-32C is checked over the blocks read, once the last one is (or first thing when an
-    op fails: damaged bytes can look like values that overflow)."""
+    CRC-32C is checked over the blocks read, once the last one is. When a cast overflows, the
+    rest of the tensor is read too (nothing more is yielded): the message counts the values
+    over the whole tensor, as a cast of the whole array does, and the CRC-32C is checked
+    before it is given (damaged bytes can look like values that overflow)."""
     byte_range = entry.byte_range
     assert byte_range is not None
 
@@ -174,6 +176,8 @@ def cast_blocks(
         per = max(1, max_bytes // widest)
         buffer = read_buffer(min(per, count) * entry.dtype.itemsize, byte_range.offset).view(entry.dtype)
         crc = 0
+        problem: ExecutionProblem | None = None
+        failed = 0  # the step that failed
         fd = os.open(byte_range.path, os.O_RDONLY)
         try:
             for start in range(0, count, per):
@@ -182,22 +186,41 @@ def cast_blocks(
                 byte_range.read_into(raw, start=start * entry.dtype.itemsize, fd=fd, tensor=entry.name)
                 if entry.crc32c is not None:
                     crc = crc32c(raw, crc)
+                if problem is not None:  # count what the failed cast meets in this block too
+                    problem = _count_on(problem, failed, chunk, steps)
+                    continue
                 try:
-                    for step in steps:
+                    for failed, step in enumerate(steps):
                         chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
                 except ExecutionProblem as e:
-                    # damaged bytes can look like values that overflow: say which it is
-                    entry.verify_crc()
-                    raise PlanError(
-                        [f"{label}: output {name!r} from {entry.name!r}: {e}"], path=path, tensor=name
-                    ) from None
+                    problem = e
+                    continue
                 yield chunk
         finally:
             os.close(fd)
             cache.release(entry)  # this output is done with its source, as compute() is
-        entry.compare_crc(crc)
+        entry.compare_crc(crc)  # damaged bytes are said as such, not as values that overflow
+        if problem is not None:
+            raise PlanError([f"{label}: output {name!r} from {entry.name!r}: {problem}"], path=path, tensor=name)
 
     return blocks
+
+
+def _count_on(problem: ExecutionProblem, failed: int, chunk: np.ndarray, steps: list[Step]) -> ExecutionProblem:
+    """``problem`` (step ``failed``'s cast overflow) with what that step meets in ``chunk``, a
+    later block of the same tensor, added: so that the message counts the whole tensor."""
+    if not isinstance(problem, CastOverflow):
+        return problem
+    try:
+        for step in steps[:failed]:
+            chunk = step.op.apply(chunk, chunk.shape, step.out_dtype)
+    except ExecutionProblem:  # an earlier cast fails here: the first problem is the one said
+        return problem
+    try:
+        steps[failed].op.apply(chunk, chunk.shape, steps[failed].out_dtype)
+    except CastOverflow as more:
+        return problem.merged(more)
+    return problem
 
 
 def join_compute(cache: SourceCache, path: str, join, entries, steps, shape, dtype, name, label) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]

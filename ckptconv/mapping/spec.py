@@ -96,19 +96,12 @@ def parse_dtype_option(value: object) -> str | None:
         ) from None
     if by_name(name).kind == "c":
         # the default dtype casts real floating-point weights (complex ones keep theirs): a
-        # complex default could only make real weights complex
+        # complex default could only make real weights complex (a spec's cast op casts those)
         raise ValueError(
-            f"{value!r} is complex: the default dtype casts real floating-point weights (complex "
-            f"ones keep their dtype), so it takes {_default_dtypes()}; a cast op in a spec "
-            "changes a complex tensor's dtype"
+            f"{value!r} is complex, and the default dtype casts real weights only: give keep or a "
+            "real dtype (float32, float16, bfloat16, ...)"
         )
     return name
-
-
-def _default_dtypes() -> str:
-    """What a default dtype may be, for a message."""
-    floats = [n for n in known_names() if is_floating(by_name(n))]
-    return f"keep, a floating-point dtype ({', '.join(floats)}) or, as a lossy cast, an integer or bool dtype"
 
 
 def parse_output_dtype(value: object) -> str | None:
