@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from ..errors import CorruptFileError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
 from ._hdf5 import (
     MAX_DEPTH,
@@ -344,13 +344,16 @@ def collect_vars(
             if link_type != _HARD:
                 raise UnsafeInputError(f"refusing a link inside {vars_name}", path=source.path, tensor=key)
             if not key.isdecimal():  # what int() reads (isdigit() also takes "²")
-                raise CorruptFileError(f"unexpected variable key {key!r} in {vars_name}", path=source.path)
+                raise CorruptFileError(
+                    f"unexpected variable key {key!r} in {vars_name} (the file is damaged); {FETCH_AGAIN}",
+                    path=source.path,
+                )
             dataset_name = prefix + key
             header = headers.get(address)
             if (header is None or header.kind != "dataset") and _object_type(
                 f, dataset_name, header
             ) != _DATASET:
-                raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
+                raise CorruptFileError(f"{dataset_name} is not a dataset (the file is damaged); {FETCH_AGAIN}", path=source.path)
             datasets[int(key)] = _dataset_ref((f, dataset_name, header, source))
 
     def walk(gname: str, links: Links, chain: list[str],
@@ -374,7 +377,7 @@ def collect_vars(
             vars_address = vars_link[1]
             header = headers.get(vars_address)
             if (header is None or header.kind != "group") and _object_type(f, vars_name, header) != _GROUP:
-                raise CorruptFileError(f"{vars_name} is not a group", path=source.path)
+                raise CorruptFileError(f"{vars_name} is not a group (the file is damaged); {FETCH_AGAIN}", path=source.path)
             attributes = texts.get(vars_address)
             recorded = None if attributes is None else attributes.get("name")
             if type(recorded) is not str:
@@ -688,7 +691,8 @@ def build_entries(
             indices = sorted(datasets)
             missing = sorted(set(range(indices[-1] + 1)) - set(indices))
             raise CorruptFileError(
-                f"variables {missing} of {group_path} are missing (a shard may be missing)",
+                f"variables {missing} of {group_path} are missing (the file is damaged, or is one "
+                f"shard of a set: open the set's .weights.json); {FETCH_AGAIN}",
                 path=next(iter(datasets.values())).source.path,
             )
         state = record.state
