@@ -192,3 +192,28 @@ def test_keras_orbax(mode: str, generated, tmp_path: Path) -> None:  # type: ign
         size = (d / victim).stat().st_size
         bad += lacking_advice(d, ".", victim, mode, offsets(size, 0 if mode == "flip" else 1, 40))
     assert not bad, "\n".join(bad[:20])
+
+
+def test_a_layer_name_that_is_not_text_is_damage_not_a_crash(generated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A damaged bit field makes a ``vars`` group's ``name`` attribute (a variable-length
+    string) a variable-length sequence: libhdf5 reading it crashed the process (a flip sweep
+    of ``k3_zoo.weights.h5`` found it). It is refused as damage before libhdf5 reads it; run
+    in a subprocess, so that a crash fails this test only."""
+    import h5py
+
+    from tests.helpers import run_cli
+
+    source = generated("keras") / "k3_zoo.weights.h5"
+    with h5py.File(source, "r") as f:
+        address = h5py.h5o.get_info(f["/layers/concatenate/vars"].id).addr
+    data = bytearray(source.read_bytes())
+    message = data.find(b"name\x00", address)  # the attribute message: its name, padded to 8
+    assert data[message + 8] == 0x19, data[message + 8]  # a datatype: version 1, variable-length
+    data[message + 9] ^= 0xFF  # its type: a string no more
+    path = tmp_path / "damaged.weights.h5"
+    path.write_bytes(bytes(data))
+    proc = run_cli("inspect", path)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    line = proc.stderr.strip()
+    assert "\n" not in line and "the name attribute of /layers/concatenate/vars is not text" in line, line
+    assert line.endswith(FETCH_AGAIN), line

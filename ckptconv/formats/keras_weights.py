@@ -381,7 +381,7 @@ def collect_vars(
             attributes = texts.get(vars_address)
             recorded = None if attributes is None else attributes.get("name")
             if type(recorded) is not str:
-                recorded = _layer_name(f, vars_name, vars_address, catalog)
+                recorded = _layer_name(f, vars_name, vars_address, catalog, source.path)
             name = recorded or key_names.get(gname) or gname.rsplit("/", 1)[-1]
             if depth == 0:
                 root_name = str(name)
@@ -456,7 +456,7 @@ def _object_type(f: HDF5File, name: str, header: Header | None) -> int:
     return h5py.h5o.get_info(f.h5.id, _b(name)).type
 
 
-def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> str | None:
+def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog, path: str) -> str | None:
     """A ``vars`` group's ``name`` attribute (Keras >= 3.6), None when it has none: decoded
     by the heap check where it could, else read through h5py."""
     text = catalog.texts.get(address, {}).get("name")
@@ -465,6 +465,12 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> 
     header = catalog.headers.get(address)
     if header is not None and header.kind == "group" and not {"name", ""} & set(header.attributes):
         return None
+    if header is not None and any(name == "name" and not what for name, _, what in header.vlen):
+        # a variable-length value that is not text (a damaged datatype): Keras writes a string,
+        # and libhdf5 reading this one crashes the process
+        raise CorruptFileError(
+            f"the name attribute of {vars_name} is not text (the file is damaged); {FETCH_AGAIN}", path=path
+        )
     import h5py
 
     group = h5py.Group(h5py.h5g.open(f.h5.id, _b(vars_name)))
@@ -556,7 +562,7 @@ def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
                 attributes = texts.get(address)
                 name = None if attributes is None else attributes.get("name")
                 if type(name) is not str:
-                    name = _layer_name(f, child, address, catalog)
+                    name = _layer_name(f, child, address, catalog, path)
                 if name:
                     names[gname] = name
             else:
