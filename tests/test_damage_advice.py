@@ -80,6 +80,8 @@ def lacking_advice(
                 assert "\n" not in message and e.path, message
                 if RAW.search(e.reason) or not (ADVICE.search(e.reason) or any(m in e.reason for m in NOT_DAMAGE)):
                     bad.append(f"{victim} {mode} at {offset}: {message}")
+                elif "libhdf5 cannot read" in e.reason and not e.path.endswith(victim):  # the damaged file
+                    bad.append(f"{victim} {mode} at {offset}, said of another file: {message}")
             except ckptconv.CkptconvError:  # refused as unsafe, unsupported, not a checkpoint
                 pass
     finally:
