@@ -267,7 +267,7 @@ def read_byte_range(
     if nbytes != byte_range.length:
         raise CorruptFileError(
             f"stored size {byte_range.length} bytes does not match shape {list(shape)} "
-            f"of {dtype_name(dtype)} ({nbytes} bytes)",
+            f"of {dtype_name(dtype)} ({nbytes} bytes): the file is damaged; {FETCH_AGAIN}",
             path=byte_range.path,
             tensor=tensor,
         )
@@ -308,7 +308,8 @@ def _checked_shape(shape: Iterable[int], itemsize: int, *, path: str, tensor: st
     problem = shape_problem(shape, itemsize)
     if problem is not None:
         raise CorruptFileError(
-            f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold",
+            f"shape {list(shape)} has {problem}: not a tensor ckptconv can hold (the file is "
+            f"damaged); {FETCH_AGAIN}",
             path=path,
             tensor=tensor,
         )
@@ -471,7 +472,8 @@ class Entry:
         array = self._loader() if self._loader is not None else self._read_stored(None, check_crc=True)
         if array.shape != self.shape:
             raise CorruptFileError(
-                f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}",
+                f"stored data has shape {list(array.shape)}, metadata says {list(self.shape)}: the file "
+                f"is damaged; {FETCH_AGAIN}",
                 path=self.path,
                 tensor=self.name,
             )
@@ -712,7 +714,8 @@ def _unique_names(entries: list[Entry]) -> dict[str, Entry]:
             entry = entry.renamed(entry.key)
         if entry.name in result:
             raise CorruptFileError(
-                "two tensors share this name and key", path=entry.path, tensor=entry.name
+                f"two tensors share this name and key: the file is damaged; {FETCH_AGAIN}",
+                path=entry.path, tensor=entry.name,
             )
         result[entry.name] = entry
     return result

@@ -245,12 +245,14 @@ def _explain_unclaimed(p: str, head: bytes, sniff_error: Exception | None = None
     if head.startswith(_HDF5_MAGIC):
         import h5py
 
-        from ._hdf5_file import describe_open_error
+        from ._hdf5_file import describe_h5py_error, describe_open_error, from_h5py
 
         try:
             h5py.File(p, "r").close()
         except Exception as e:  # noqa: BLE001 - libhdf5 reports damage as anything
             raise CorruptFileError(describe_open_error(e), path=p) from e
+        if sniff_error is not None and from_h5py(sniff_error):  # libhdf5's words, made one line
+            raise CorruptFileError(describe_h5py_error(sniff_error), path=p) from sniff_error
         if sniff_error is not None:
             raise CorruptFileError(
                 f"a damaged HDF5 file: its structure cannot be read "
@@ -328,6 +330,12 @@ def open(path: str | os.PathLike[str], *, check_crc: bool = True) -> Store:  # n
     except Exception as e:
         if not isinstance(e, _low_level_errors()):
             raise
+        if "h5py" in sys.modules:
+            from ._hdf5_file import describe_h5py_error, from_h5py
+
+            if from_h5py(e):  # libhdf5's words, made one line that says the file is damaged
+                what = "a damaged model.weights.h5 in the archive" if module.FORMAT == "keras-archive" else "a damaged HDF5 file"
+                raise CorruptFileError(describe_h5py_error(e, what), path=path) from e
         raise CorruptFileError(
             f"damaged {module.FORMAT} file: {type(e).__name__}: {_one_line(e)}; {FETCH_AGAIN}", path=path
         ) from e

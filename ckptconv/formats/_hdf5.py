@@ -87,12 +87,12 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
     parts = [p for p in name.split("/") if p]
     for depth, part in enumerate(parts):
         if not isinstance(node, h5py.Group):
-            raise CorruptFileError(f"{node.name!r} is not a group", path=path, tensor=name)
+            raise CorruptFileError(f"{node.name!r} is not a group (the file is damaged); {FETCH_AGAIN}", path=path, tensor=name)
         link = node.get(part, getlink=True)
         if link is None:
             raise CorruptFileError(
                 f"the file names {name!r} but holds no such object (the file is damaged or "
-                "was not completely written)",
+                f"was not completely written); {FETCH_AGAIN}",
                 path=path,
                 tensor=name,
             )
@@ -117,7 +117,7 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
             raise unreadable_dataset(e, path=path, key=f"{node.name.rstrip('/')}/{part}") from e
     if kind is not None and not isinstance(node, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
-        raise CorruptFileError(f"{name!r} is not a {what}", path=path, tensor=name)
+        raise CorruptFileError(f"{name!r} is not a {what} (the file is damaged); {FETCH_AGAIN}", path=path, tensor=name)
     return node
 
 
@@ -183,7 +183,9 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
         try:
             wanted = by_name(str(name))
         except (KeyError, AttributeError):
-            raise CorruptFileError(f"unknown dtype attribute {name!r}", path=path, tensor=key) from None
+            raise CorruptFileError(
+                f"unknown dtype attribute {name!r} (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key
+            ) from None
         opaque = dtype.kind == "V" and dtype.fields is None
         if (opaque and dtype.itemsize == wanted.itemsize) or (
             not opaque and dtype.kind in "biufc" and dtype_name(dtype) == dtype_name(wanted)
@@ -192,7 +194,7 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
         stored = f"{dtype.itemsize}-byte opaque data" if opaque else str(dtype_name(dtype) if dtype.kind in "biufc" else dtype)
         raise CorruptFileError(
             f"the dataset's dtype attribute says {name} but it stores {stored}: refusing to "
-            "reinterpret the bytes (the file is damaged or was not written by Keras)",
+            f"reinterpret the bytes (the file is damaged or was not written by Keras); {FETCH_AGAIN}",
             path=path,
             tensor=key,
         )
@@ -200,10 +202,13 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
         if dtype.itemsize == 2:
             return by_name("bfloat16")
         raise CorruptFileError(
-            f"opaque {dtype.itemsize}-byte data without a dtype attribute", path=path, tensor=key
+            f"opaque {dtype.itemsize}-byte data without a dtype attribute (the file is damaged); {FETCH_AGAIN}",
+            path=path, tensor=key,
         )
     if dtype.kind not in "biufc":
-        raise CorruptFileError(f"dataset of type {dtype} is not a numeric tensor", path=path, tensor=key)
+        raise CorruptFileError(
+            f"dataset of type {dtype} is not a numeric tensor (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key
+        )
     return dtype
 
 
@@ -244,7 +249,7 @@ def dataset_entry(
         raise UnsafeInputError("refusing a dataset stored in external files", path=path, tensor=key)
     dtype = dataset_dtype(dataset, path=path, key=key)
     if shape is None:  # null dataspace
-        raise CorruptFileError("dataset has no shape", path=path, tensor=key)
+        raise CorruptFileError(f"dataset has no shape (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     byte_range = None
     offset = dataset.id.get_offset()
@@ -260,7 +265,9 @@ def dataset_entry(
     else:
         if dataset.chunks is not None and dataset.id.get_storage_size() == 0 and nbytes > 0:
             # never written: h5py would hand back fill values; that is a damaged file
-            raise CorruptFileError("tensor data was never written", path=path, tensor=key)
+            raise CorruptFileError(
+                f"tensor data was never written (the file is damaged or incomplete); {FETCH_AGAIN}", path=path, tensor=key
+            )
         if nbytes > 8 * max(file_size, 1) and not dataset.compression:
             raise UnsafeInputError(
                 f"declared size {nbytes} bytes is far beyond the file's {file_size} bytes",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
-from ..errors import CorruptFileError, truncated
+from ..errors import FETCH_AGAIN, CorruptFileError, truncated
 from ._hdf5_headers import Header, object_header
 from ._hdf5_links import (
     HARD,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Catalog", "HDF5File", "RootView", "catalog_of", "catalog_strings", "check_global_heaps",
-    "describe_open_error", "open_h5", "peek_root", "root_view",
+    "describe_h5py_error", "describe_open_error", "from_h5py", "open_h5", "peek_root", "root_view",
 ]
 
 
@@ -207,9 +207,37 @@ def describe_open_error(error: BaseException) -> str:
     if cut:
         return truncated(f"it has {cut.group(1)} bytes, its HDF5 superblock says {cut.group(2)}")
     if "file signature not found" in text:
-        return "not an HDF5 file (no HDF5 signature)"
+        # the readers open only files (and members) that claim to be HDF5: one whose
+        # signature is gone was damaged
+        return f"not an HDF5 file (no HDF5 signature): the file is damaged; {FETCH_AGAIN}"
     inner = re.sub(r"^Unable to (synchronously )?open file \((.*)\)$", r"\2", text)
-    return f"a damaged HDF5 file that libhdf5 cannot open ({inner})"
+    return f"a damaged HDF5 file that libhdf5 cannot open ({inner}); {FETCH_AGAIN}"
+
+
+def from_h5py(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside h5py (libhdf5's complaint, or h5py's own about a
+    name it cannot encode), as opposed to ckptconv's code."""
+    tb = error.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and f"h5py{os.sep}" in last
+
+
+def describe_h5py_error(error: BaseException, what: str = "a damaged HDF5 file") -> str:
+    """What an error h5py raised while ckptconv read an open file's objects (a group's
+    header, an attribute: :func:`from_h5py`) means, in one line with what to do: the file is
+    damaged (``what``: how to call it), with libhdf5's own reason in brackets (``bad object
+    header version number``)."""
+    if isinstance(error, UnicodeError):
+        return f"{what}: a link or attribute name in it is not UTF-8 text; {FETCH_AGAIN}"
+    text = " ".join(str(error).split()).strip("'\"")  # a KeyError's text is quoted
+    found = re.search(r"\(([^()]*)\)$", text)
+    reason = (found.group(1) if found else text)[:200]
+    if "addr overflow" in reason or "eof" in reason or "truncated" in reason:
+        return truncated(f"libhdf5 reads an object beyond its end ({reason})", or_damaged=True)
+    return f"{what}: libhdf5 cannot read an object's header or attributes ({reason}); {FETCH_AGAIN}"
 
 
 _VLEN = attrgetter("vlen")
@@ -465,7 +493,7 @@ def _check_collection(
             if need == 0:
                 raise CorruptFileError(
                     f"the global heap at byte {offset} has a free-space record of size 0 "
-                    "(the file is damaged)",
+                    f"(the file is damaged); {FETCH_AGAIN}",
                     path=path,
                 )
         else:
@@ -473,7 +501,7 @@ def _check_collection(
             if need > length - position:
                 raise CorruptFileError(
                     f"object {index} of the global heap at byte {offset} runs past its "
-                    "collection (the file is damaged)",
+                    f"collection (the file is damaged); {FETCH_AGAIN}",
                     path=path,
                 )
             objects[index] = (object_size, position + _GCOL_HEADER)
@@ -500,7 +528,7 @@ def _check_vlen_values(
             what = "no heap object" if stored is None else f"a heap object of {stored[0]} bytes"
             raise CorruptFileError(
                 f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
-                f"{what} (the file is damaged)",
+                f"{what} (the file is damaged); {FETCH_AGAIN}",
                 path=path,
             )
         if texts is not None:

@@ -414,6 +414,8 @@ def object_headers(
     attributes are given there instead (see :class:`Plain`; None in the result).
     """
     found: list[Header | None] = [None] * len(addresses)
+    if addresses and max(addresses) >= 2**63:  # a damaged address, far beyond the file: left out
+        addresses = [min(address, size) for address in addresses]
     every = np.array(addresses, np.int64)
     inside = np.flatnonzero(every <= size - _FIRST_READ)
     for start in range(0, len(inside), _BATCH_ROWS):

@@ -227,7 +227,7 @@ def walk(
                     links = describe(address, name or "/", header)
                     if links is None:
                         if address == root:  # libhdf5 opens the file, so its root is a group
-                            raise CorruptFileError("the root group's object header is damaged", path=path)
+                            raise CorruptFileError(f"the root group's object header is damaged; {FETCH_AGAIN}", path=path)
                         continue
                 else:  # a small old-style group, its links read with the level's
                     headers[address] = header
@@ -602,8 +602,8 @@ class SymbolTables:
 
     def _impossible(self, group: str) -> NoReturn:
         raise CorruptFileError(
-            f"group {group!r} holds a link named '', '.', with a '/' or twice: no HDF5 "
-            f"writer gives such names (the file is damaged; {FETCH_AGAIN})",
+            f"group {group!r} holds a link named '', '.', with a '/' or twice, which no HDF5 "
+            f"writer gives: the file is damaged; {FETCH_AGAIN}",
             path=self._path,
         )
 
@@ -642,7 +642,8 @@ def _libhdf5_links(f: h5py.File, group: str, *, path: Any) -> Links:
         raise TooManyLinks
     if len(table) != count or "" in table or "." in table:
         raise CorruptFileError(
-            f"group {group!r} holds a link named '', '.', with a '/' or twice (the file is damaged)",
+            f"group {group!r} holds a link named '', '.', with a '/' or twice, which no HDF5 "
+            f"writer gives: the file is damaged; {FETCH_AGAIN}",
             path=path,
         )
     return table

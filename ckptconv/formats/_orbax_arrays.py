@@ -32,7 +32,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
 
 EXTRA = "ckptconv[orbax]"
 MAX_JSON_BYTES = 256 * 2**20
@@ -82,7 +82,7 @@ def read_json(file: Path, *, what: str) -> Any:
     try:
         return json.loads(file.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CorruptFileError(f"{what} is not valid JSON ({e})", path=file) from e
+        raise CorruptFileError(f"{what} is not valid JSON ({e}); {FETCH_AGAIN}", path=file) from e
 
 
 def unsafe_path(text: str) -> bool:
@@ -121,13 +121,14 @@ def refuse_manifest_out(manifest: Any, *, path: Path) -> None:
 def ts_error(e: Exception, *, path: Path, key: str | None = None, what: str) -> CkptconvError:
     """The error to raise for a tensorstore failure (it reports every failure as ValueError)."""
     text = " ".join(str(e).split())[:300]
-    if "Invalid key" in text:
+    # a key naming a path outside the database; "Invalid key order" is a damaged B-tree node
+    if "Invalid key" in text.replace("Invalid key order", ""):
         return UnsafeInputError(
             f"{what}: the OCDBT database refers to a file outside the checkpoint ({text})",
             path=path,
             tensor=key,
         )
-    return CorruptFileError(f"{what}: {text}", path=path, tensor=key)
+    return CorruptFileError(f"{what} ({text}): the checkpoint is damaged; {FETCH_AGAIN}", path=path, tensor=key)
 
 
 def zarr_dtype_shape(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[np.dtype, tuple[int, ...]]:
@@ -138,10 +139,14 @@ def zarr_dtype_shape(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[n
         UnsupportedError: its data type is not a numeric one ckptconv reads.
     """
     if not isinstance(meta, dict):
-        raise CorruptFileError("the array's zarr metadata is not an object", path=path, tensor=key)
+        raise CorruptFileError(
+            f"the array's zarr metadata is not an object (it is damaged); {FETCH_AGAIN}", path=path, tensor=key
+        )
     shape = meta.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape):
-        raise CorruptFileError(f"the array's zarr metadata has a bad shape {shape!r}", path=path, tensor=key)
+        raise CorruptFileError(
+            f"the array's zarr metadata has a bad shape {shape!r} (it is damaged); {FETCH_AGAIN}", path=path, tensor=key
+        )
     name = meta.get("data_type") if zarr3 else meta.get("dtype")
     if not isinstance(name, str):
         raise UnsupportedError(f"zarr data type {name!r} is not one ckptconv reads", path=path, tensor=key)
@@ -299,7 +304,7 @@ class Arrays:
             if raw is _MISSING:
                 raise CorruptFileError(
                     f"_METADATA lists this array but the OCDBT database has no "
-                    f"{key.decode()!r}: an incomplete checkpoint",
+                    f"{key.decode()!r}: the checkpoint is incomplete or damaged; {FETCH_AGAIN}",
                     path=self.tree,
                     tensor=name,
                 )
@@ -313,7 +318,9 @@ class Arrays:
                 value = parsed[raw] = json.loads(raw)
                 out.append(value)
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise CorruptFileError(f"its zarr metadata is not valid JSON ({e})", path=self.tree, tensor=name) from e
+                raise CorruptFileError(
+                    f"its zarr metadata is not valid JSON ({e}); {FETCH_AGAIN}", path=self.tree, tensor=name
+                ) from e
             except Exception as e:  # noqa: BLE001
                 raise ts_error(e, path=self.tree, key=name, what="its zarr metadata cannot be read") from e
         return out
@@ -364,7 +371,9 @@ class Arrays:
                     # returns, nor to the bytes in it: emptied, the list at least frees the
                     # entries' dicts (a quarter of the ~14 MB a leaf of 10,000 arrays leaks)
                     entries.clear()
-        raise CorruptFileError(f"the OCDBT B-tree is more than {_MAX_TREE_HEIGHT} levels deep", path=self.tree)
+        raise CorruptFileError(
+            f"the OCDBT B-tree is more than {_MAX_TREE_HEIGHT} levels deep (it is damaged); {FETCH_AGAIN}", path=self.tree
+        )
 
     # --- data --------------------------------------------------------------------------------
 
@@ -390,7 +399,8 @@ class Arrays:
             raise ts_error(e, path=self.tree, key=name, what="the array cannot be read") from e
         if data.shape != shape:
             raise CorruptFileError(
-                f"stored array has shape {list(data.shape)}, its metadata says {list(shape)}",
+                f"stored array has shape {list(data.shape)}, its metadata says {list(shape)} (the "
+                f"checkpoint is damaged); {FETCH_AGAIN}",
                 path=self.tree,
                 tensor=name,
             )

@@ -132,7 +132,9 @@ def _unpickle(data: io.BufferedIOBase, path: Path, *, legacy: bool, raw: bytes,
     except (UnsafeInputError, CorruptFileError, UnsupportedError) as e:
         raise type(e)(e.template, path=path, tensor=e.tensor) from e
     except _PICKLE_ERRORS as e:
-        raise CorruptFileError(f"the pickle is damaged ({type(e).__name__}: {e})"[:300], path=path) from e
+        raise CorruptFileError(
+            f"the pickle is damaged ({type(e).__name__}: {_one_line(e)}); {FETCH_AGAIN}", path=path
+        ) from e
     return root, unpickler
 
 
@@ -149,7 +151,7 @@ def _parse_zip(path: Path) -> Parsed:
         if prefix is None:
             raise CorruptFileError(
                 "a zip archive that starts as a torch.save file but has no <archive>/data.pkl member "
-                "(the file is damaged or was not written by torch.save)",
+                f"(the file is damaged or was not written by torch.save); {FETCH_AGAIN}",
                 path=path,
             )
         _check_inside(names, prefix, path)
@@ -167,7 +169,9 @@ def _parse_zip(path: Path) -> Parsed:
                 metadata[key] = text.decode("ascii", "replace").strip()
         byteorder = metadata.setdefault("byteorder", "little")
         if byteorder not in ("little", "big"):
-            raise CorruptFileError(f"unknown byteorder record {byteorder!r}", path=path)
+            raise CorruptFileError(
+                f"unknown byteorder record {byteorder!r} (the file is damaged); {FETCH_AGAIN}", path=path
+            )
         info = members[f"{prefix}/data.pkl"]
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafeInputError(f"data.pkl is implausibly large ({info.file_size} bytes)", path=path)
@@ -187,7 +191,8 @@ def _parse_zip(path: Path) -> Parsed:
             info = member_of(data + key)  # type: ignore[assignment]
             if info is None:
                 raise CorruptFileError(
-                    f"data.pkl refers to storage data/{key}, which the archive does not hold",
+                    f"data.pkl refers to storage data/{key}, which the archive does not hold (the file "
+                    f"is damaged); {FETCH_AGAIN}",
                     path=path,
                 )
             if ref.numel * itemsize[ref.dtype] > info.file_size:
@@ -304,11 +309,15 @@ def _parse_legacy(path: Path) -> Parsed:
             keys = list(unpickler.storages)
             f.seek(size)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise CorruptFileError("the storage key list is not a list of names", path=path)
+            raise CorruptFileError(
+                f"the storage key list is not a list of names (the file is damaged); {FETCH_AGAIN}", path=path
+            )
         missing = sorted(set(unpickler.storages) - set(keys))
         if missing:
             raise CorruptFileError(
-                f"the pickle refers to storage {missing[0]}, which the file does not hold", path=path
+                f"the pickle refers to storage {missing[0]}, which the file does not hold (the file is "
+                f"damaged); {FETCH_AGAIN}",
+                path=path,
             )
         storages: dict[str, Stored] = {}
         cut: dict[str, int] = {}
@@ -319,7 +328,10 @@ def _parse_legacy(path: Path) -> Parsed:
         for i, key in enumerate(keys):
             ref = unpickler.storages.get(key)
             if ref is None:
-                raise CorruptFileError(f"the file holds storage {key}, which no tensor refers to", path=path)
+                raise CorruptFileError(
+                    f"the file holds storage {key}, which no tensor refers to (the file is damaged); {FETCH_AGAIN}",
+                    path=path,
+                )
             at = offset - window_start
             if at + 8 > len(window):
                 window, window_start, at = os.pread(fd, _COUNT_WINDOW, offset), offset, 0
@@ -329,7 +341,10 @@ def _parse_legacy(path: Path) -> Parsed:
                 break
             numel = int.from_bytes(count, "little", signed=True)
             if numel < 0:
-                raise CorruptFileError(f"storage {key} records a negative element count ({numel})", path=path)
+                raise CorruptFileError(
+                    f"storage {key} records a negative element count ({numel}): the file is damaged; {FETCH_AGAIN}",
+                    path=path,
+                )
             nbytes = numel * ITEMSIZE[ref.dtype]
             _check_declared(ref, nbytes, path)
             if offset + 8 + nbytes > size:
@@ -339,6 +354,8 @@ def _parse_legacy(path: Path) -> Parsed:
             storages[key] = Stored(fspath, offset + 8, None, nbytes)
             offset += 8 + nbytes
     if not isinstance(sys_info, dict):
-        raise CorruptFileError("the legacy system-info pickle is not a dict", path=path)
+        raise CorruptFileError(
+            f"the legacy system-info pickle is not a dict (the file is damaged); {FETCH_AGAIN}", path=path
+        )
     # torch writes legacy storages little-endian on every machine (the sys info notwithstanding)
     return Parsed(path, root, storages, {"layout": "legacy", "byteorder": "little"}, cut=cut)

@@ -26,7 +26,7 @@ import struct
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError
 
 __all__ = [
     "StorageRef",
@@ -190,31 +190,31 @@ class StateDict(OrderedDict):  # type: ignore[type-arg]
 
 def _int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CorruptFileError(f"{what} is {type(value).__name__} {value!r}, not an integer")
+        raise CorruptFileError(f"{what} is {type(value).__name__} {value!r}, not an integer (the pickle is damaged); {FETCH_AGAIN}")
     return value
 
 
 def _ints(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
-        raise CorruptFileError(f"{what} is {type(value).__name__}, not a sequence of at most {MAX_DIMS} integers")
+        raise CorruptFileError(f"{what} is {type(value).__name__}, not a sequence of at most {MAX_DIMS} integers (the pickle is damaged); {FETCH_AGAIN}")
     if all(type(v) is int and v >= 0 for v in value):  # what torch writes: no further checks
         return tuple(value)
     out = tuple(_int(v, what) for v in value)
     if any(v < 0 for v in out):
-        raise CorruptFileError(f"{what} {list(out)} has a negative entry")
+        raise CorruptFileError(f"{what} {list(out)} has a negative entry (the pickle is damaged); {FETCH_AGAIN}")
     return out
 
 
 def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
-        raise CorruptFileError("a tensor's storage is not a storage reference of the file")
+        raise CorruptFileError(f"a tensor's storage is not a storage reference of the file (the pickle is damaged); {FETCH_AGAIN}")
     offset = _int(offset, "storage offset")
     if offset < 0:
-        raise CorruptFileError(f"negative storage offset {offset}")
+        raise CorruptFileError(f"negative storage offset {offset} (the pickle is damaged); {FETCH_AGAIN}")
     shape = _ints(size, "size")
     strides = _ints(stride, "stride")
     if len(shape) != len(strides):
-        raise CorruptFileError(f"size {list(shape)} and stride {list(strides)} differ in length")
+        raise CorruptFileError(f"size {list(shape)} and stride {list(strides)} differ in length (the pickle is damaged); {FETCH_AGAIN}")
     return TensorRef(storage, offset, shape, strides, dtype or storage.dtype)
 
 
@@ -263,14 +263,14 @@ def _rebuild_tensor_v3(storage: object, offset: object, size: object, stride: ob
                        metadata: object = None) -> TensorRef:
     _check_metadata(metadata)
     if not isinstance(dtype, _Marker) or dtype.kind != "dtype":
-        raise CorruptFileError("_rebuild_tensor_v3 without a torch dtype")
+        raise CorruptFileError(f"_rebuild_tensor_v3 without a torch dtype (the pickle is damaged); {FETCH_AGAIN}")
     return _tensor(storage, offset, size, stride, dtype.name)
 
 
 def _rebuild_parameter(data: object, requires_grad: object = True, backward_hooks: object = None,
                        state: object = None) -> object:
     if not isinstance(data, (TensorRef, Unrepresentable)):
-        raise CorruptFileError("a Parameter whose data is not a tensor")
+        raise CorruptFileError(f"a Parameter whose data is not a tensor (the pickle is damaged); {FETCH_AGAIN}")
     return data
 
 
@@ -417,7 +417,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _storage(self, pid: Any) -> Any:
         """:meth:`persistent_load` without its shortcut: every check, saying what is wrong."""
         if not isinstance(pid, tuple) or not pid:
-            raise CorruptFileError(f"malformed persistent id {pid!r:.80}")
+            raise CorruptFileError(f"malformed persistent id {pid!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
         kind = pid[0]
         if type(kind) is bytes:
             kind = kind.decode("ascii", "replace")
@@ -425,10 +425,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             klass = pid[1] if len(pid) > 1 else None
             raise UnsafeInputError(module_message(getattr(klass, "name", "an nn.Module")))
         if kind != "storage" or len(pid) != (6 if self.legacy else 5):
-            raise CorruptFileError(f"unknown persistent id {pid!r:.80}")
+            raise CorruptFileError(f"unknown persistent id {pid!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
         storage_type, key, _location, numel = pid[1:5]
         if type(storage_type) is not _Marker or storage_type.kind != "storage":
-            raise CorruptFileError(f"persistent id with storage type {storage_type!r:.60}")
+            raise CorruptFileError(f"persistent id with storage type {storage_type!r:.60} (the pickle is damaged); {FETCH_AGAIN}")
         if type(key) is bytes:
             key = key.decode("ascii", "replace")
         root = self.storages.get(key) if isinstance(key, str) else None
@@ -438,13 +438,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         if type(numel) is not int or numel < 0:  # torch's own: a plain count (else say what it is)
             numel = _int(numel, "storage size")
             if numel < 0:
-                raise CorruptFileError(f"storage {key} has negative size {numel}")
+                raise CorruptFileError(f"storage {key} has negative size {numel} (the pickle is damaged); {FETCH_AGAIN}")
         dtype = STORAGE_DTYPES[storage_type.name]
         if root is None:
             root = self.storages[key] = StorageRef(key, dtype, numel)
         elif root.dtype != dtype or root.numel != numel:
             raise CorruptFileError(
-                f"storage {key} is declared twice, as {root.numel} {root.dtype} and as {numel} {dtype}"
+                f"storage {key} is declared twice, as {root.numel} {root.dtype} and as {numel} {dtype} "
+                f"(the pickle is damaged); {FETCH_AGAIN}"
             )
         if self.legacy and pid[5] is not None:
             return self._legacy_view(root, pid[5])
@@ -452,7 +453,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def _legacy_view(self, root: StorageRef, view: object) -> StorageRef:
         if not isinstance(view, tuple) or len(view) != 3:
-            raise CorruptFileError(f"malformed storage view {view!r:.80}")
+            raise CorruptFileError(f"malformed storage view {view!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
         offset, size = _int(view[1], "storage view offset"), _int(view[2], "storage view size")
         if offset < 0 or size < 0 or offset + size > root.numel:
             raise UnsafeInputError(
@@ -600,7 +601,7 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
             continue
         spec = table[data[pos]]
         if spec is None:
-            raise CorruptFileError(f"the pickle is damaged (unknown opcode {data[pos:pos + 1]!r} at byte {pos})")
+            raise CorruptFileError(f"the pickle is damaged (unknown opcode {data[pos:pos + 1]!r} at byte {pos}); {FETCH_AGAIN}")
         name, layout, size, role = spec
         count += 1
         at = pos + 1
@@ -611,22 +612,22 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
             for _ in range(size):
                 newline = data.find(b"\n", stop)
                 if newline < 0:
-                    raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} has no newline)")
+                    raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} has no newline); {FETCH_AGAIN}")
                 stop = newline + 1
         else:
             width = 1 if layout == _LEN1 else 8 if layout == _LEN8U else 4
             length = int.from_bytes(data[at : at + width], "little", signed=layout == _LEN4)
             if length < 0:
-                raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has a negative length)")
+                raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has a negative length); {FETCH_AGAIN}")
             stop = at + width + length
         if stop > end:
-            raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} runs past its end: truncated)")
+            raise TruncatedPickle(f"the pickle is damaged ({name} at byte {pos} runs past its end: truncated); {FETCH_AGAIN}")
         if role != _PLAIN:
             if role == _TEXT:  # keys and global names: damaged when not UTF-8
                 try:
                     data[stop - length : stop].decode("utf-8")
                 except UnicodeDecodeError:
-                    raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} is not UTF-8)") from None
+                    raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} is not UTF-8); {FETCH_AGAIN}") from None
             elif role == _STOP:
                 return pos + 1
             elif role == _FORBIDDEN:
@@ -637,8 +638,8 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
                     raise _memo_slot_ahead(index, count)
         pos = stop
     if pos > end:
-        raise TruncatedPickle("the pickle is damaged (its last opcode runs past its end: truncated)")
-    raise TruncatedPickle("the pickle has no end (STOP)")
+        raise TruncatedPickle(f"the pickle is damaged (its last opcode runs past its end: truncated); {FETCH_AGAIN}")
+    raise TruncatedPickle(f"the pickle has no end (STOP) (the pickle is damaged); {FETCH_AGAIN}")
 
 
 class TruncatedPickle(CorruptFileError):
@@ -661,7 +662,7 @@ def _memo_index(arg: bytes, name: str, pos: int) -> int:
     try:
         return int(arg)
     except ValueError:
-        raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has no decimal index)") from None
+        raise CorruptFileError(f"the pickle is damaged ({name} at byte {pos} has no decimal index); {FETCH_AGAIN}") from None
 
 
 MAX_PLAIN_BYTES = 64 * 2**20
@@ -672,7 +673,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise UnsafeInputError(f"the pickle asks for {module}.{name} where torch writes plain data")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CorruptFileError("a persistent id where torch writes plain data")
+        raise CorruptFileError(f"a persistent id where torch writes plain data (the pickle is damaged); {FETCH_AGAIN}")
 
 
 def read_pickle(file: io.BufferedIOBase, limit: int, *, first: int) -> tuple[bytes, int]:

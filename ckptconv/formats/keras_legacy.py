@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import CorruptFileError, FormatError
+from ..errors import FETCH_AGAIN, CorruptFileError, FormatError
 from ..store import Entry, Store, index_in_order
 from ._hdf5 import (
     chunked_attribute,
@@ -164,7 +164,7 @@ def _refuse_repeats(names: list[str], what: str, *, path: str) -> None:
             count = names.count(name)
             raise CorruptFileError(
                 f"{what} lists {name!r} {count} times; Keras writes each once (the file is "
-                "damaged or was not written by Keras)",
+                f"damaged or was not written by Keras); {FETCH_AGAIN}",
                 path=path,
             )
         seen.add(name)

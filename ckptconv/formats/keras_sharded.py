@@ -8,12 +8,14 @@ spread over several of them, so the groups of all shards are merged before namin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import CorruptFileError, FormatError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, UnsafeInputError
 from ..store import Store
 from . import load_index
-from ._hdf5_file import open_h5
+from ._hdf5_file import describe_h5py_error, from_h5py, open_h5
 from .keras_weights import (
     _natural_key,
     _Source,
@@ -68,7 +70,9 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
     for group, files in index["weight_map"].items():
         for name in [files] if isinstance(files, str) else files:
             if not isinstance(name, str):
-                raise CorruptFileError(f"bad shard entry for {group!r}", path=path)
+                raise CorruptFileError(
+                    f"bad shard entry {name!r} for {group!r}: the index is damaged; {FETCH_AGAIN}", path=path
+                )
             if name in seen:
                 continue
             candidate = (base / name).resolve()
@@ -78,11 +82,25 @@ def shard_paths(path: Path, index: dict) -> list[Path]:
                 )
             if not candidate.is_file():
                 what = "is not a regular file" if candidate.exists() else "is missing"
-                raise CorruptFileError(f"shard {name!r} named by the index {what}", path=path)
+                raise CorruptFileError(
+                    f"shard {name!r} named by the index {what}: copy every shard along with the index",
+                    path=path,
+                )
             seen[name] = candidate
     if not seen:
-        raise CorruptFileError("the shard index names no shards", path=path)
+        raise CorruptFileError(f"the shard index names no shards: it is damaged or incomplete; {FETCH_AGAIN}", path=path)
     return list(seen.values())
+
+
+@contextmanager
+def _named(shard: Path) -> Iterator[None]:
+    """libhdf5's refusal of a damaged shard's object, said of that shard (not the index)."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, UnicodeError) as e:
+        if isinstance(e, CorruptFileError) or not from_h5py(e):
+            raise
+        raise CorruptFileError(describe_h5py_error(e), path=shard) from e
 
 
 def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
@@ -103,14 +121,16 @@ def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001
     try:
         names: dict[str, str] = {}
         for shard in shards:
-            f = open_h5(shard, path=shard)
-            files.append(f)
-            if not looks_like_v3(f, shard=True):
-                raise FormatError("shard is not a Keras 3 weights file", path=shard)
-            names.update(recorded_names(f, path=os.fspath(shard)))
+            with _named(shard):
+                f = open_h5(shard, path=shard)
+                files.append(f)
+                if not looks_like_v3(f, shard=True):
+                    raise FormatError("shard is not a Keras 3 weights file", path=shard)
+                names.update(recorded_names(f, path=os.fspath(shard)))
         for shard, f in zip(shards, files):
             source = _Source(os.fspath(shard), os.fspath(shard), 0, os.path.getsize(shard))
-            root = collect_vars(f, source, groups, order, key_names=names) or root
+            with _named(shard):
+                root = collect_vars(f, source, groups, order, key_names=names) or root
         # list layers as a single .weights.h5 of the same model would, not in shard order
         order.sort(key=lambda p: tuple(map(_natural_key, p.split("/"))))
         entries = build_entries(groups, order, root_name=root)

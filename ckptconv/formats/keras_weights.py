@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from ..errors import CorruptFileError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError
 from ..store import Entry, Kind, Store
 from ._hdf5 import (
     MAX_DEPTH,
@@ -344,13 +344,16 @@ def collect_vars(
             if link_type != _HARD:
                 raise UnsafeInputError(f"refusing a link inside {vars_name}", path=source.path, tensor=key)
             if not key.isdecimal():  # what int() reads (isdigit() also takes "²")
-                raise CorruptFileError(f"unexpected variable key {key!r} in {vars_name}", path=source.path)
+                raise CorruptFileError(
+                    f"unexpected variable key {key!r} in {vars_name} (the file is damaged); {FETCH_AGAIN}",
+                    path=source.path,
+                )
             dataset_name = prefix + key
             header = headers.get(address)
             if (header is None or header.kind != "dataset") and _object_type(
                 f, dataset_name, header
             ) != _DATASET:
-                raise CorruptFileError(f"{dataset_name} is not a dataset", path=source.path)
+                raise CorruptFileError(f"{dataset_name} is not a dataset (the file is damaged); {FETCH_AGAIN}", path=source.path)
             datasets[int(key)] = _dataset_ref((f, dataset_name, header, source))
 
     def walk(gname: str, links: Links, chain: list[str],
@@ -374,11 +377,11 @@ def collect_vars(
             vars_address = vars_link[1]
             header = headers.get(vars_address)
             if (header is None or header.kind != "group") and _object_type(f, vars_name, header) != _GROUP:
-                raise CorruptFileError(f"{vars_name} is not a group", path=source.path)
+                raise CorruptFileError(f"{vars_name} is not a group (the file is damaged); {FETCH_AGAIN}", path=source.path)
             attributes = texts.get(vars_address)
             recorded = None if attributes is None else attributes.get("name")
             if type(recorded) is not str:
-                recorded = _layer_name(f, vars_name, vars_address, catalog)
+                recorded = _layer_name(f, vars_name, vars_address, catalog, source.path)
             name = recorded or key_names.get(gname) or gname.rsplit("/", 1)[-1]
             if depth == 0:
                 root_name = str(name)
@@ -453,7 +456,7 @@ def _object_type(f: HDF5File, name: str, header: Header | None) -> int:
     return h5py.h5o.get_info(f.h5.id, _b(name)).type
 
 
-def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> str | None:
+def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog, path: str) -> str | None:
     """A ``vars`` group's ``name`` attribute (Keras >= 3.6), None when it has none: decoded
     by the heap check where it could, else read through h5py."""
     text = catalog.texts.get(address, {}).get("name")
@@ -462,6 +465,12 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog) -> 
     header = catalog.headers.get(address)
     if header is not None and header.kind == "group" and not {"name", ""} & set(header.attributes):
         return None
+    if header is not None and any(name == "name" and not what for name, _, what in header.vlen):
+        # a variable-length value that is not text (a damaged datatype): Keras writes a string,
+        # and libhdf5 reading this one crashes the process
+        raise CorruptFileError(
+            f"the name attribute of {vars_name} is not text (the file is damaged); {FETCH_AGAIN}", path=path
+        )
     import h5py
 
     group = h5py.Group(h5py.h5g.open(f.h5.id, _b(vars_name)))
@@ -553,7 +562,7 @@ def recorded_names(f: HDF5File, *, path: str) -> dict[str, str]:
                 attributes = texts.get(address)
                 name = None if attributes is None else attributes.get("name")
                 if type(name) is not str:
-                    name = _layer_name(f, child, address, catalog)
+                    name = _layer_name(f, child, address, catalog, path)
                 if name:
                     names[gname] = name
             else:
@@ -688,7 +697,8 @@ def build_entries(
             indices = sorted(datasets)
             missing = sorted(set(range(indices[-1] + 1)) - set(indices))
             raise CorruptFileError(
-                f"variables {missing} of {group_path} are missing (a shard may be missing)",
+                f"variables {missing} of {group_path} are missing (the file is damaged, or is one "
+                f"shard of a set: open the set's .weights.json); {FETCH_AGAIN}",
                 path=next(iter(datasets.values())).source.path,
             )
         state = record.state

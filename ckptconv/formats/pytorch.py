@@ -53,6 +53,7 @@ import numpy as np
 
 from ..dtypes import by_name
 from ..errors import (
+    FETCH_AGAIN,
     CorruptFileError,
     FormatError,
     UnsafeInputError,
@@ -627,9 +628,14 @@ def _read_span(stored: Stored, start: int, length: int, name: str) -> np.ndarray
                     break
                 done += n
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CorruptFileError(f"compressed member {stored.member} cannot be read ({e})", path=stored.path, tensor=name) from e
+        raise CorruptFileError(
+            f"compressed member {stored.member} cannot be read ({e}): the file is damaged; {FETCH_AGAIN}",
+            path=stored.path, tensor=name,
+        ) from e
     if skip or done < length:
-        raise CorruptFileError(f"compressed member {stored.member} ends early", path=stored.path, tensor=name)
+        raise CorruptFileError(
+            f"compressed member {stored.member} ends early: the file is damaged; {FETCH_AGAIN}", path=stored.path, tensor=name
+        )
     return buffer
 
 

@@ -374,7 +374,7 @@ def check_shard_holds(index_file: Path, weight_map: Mapping[str, str], shard: Pa
         if mapped is None or (index_file.parent / mapped).resolve() != resolved:
             raise CorruptFileError(
                 f"the shard holds this tensor but the index {index_file.name} maps it to "
-                f"{mapped!r}; the set is inconsistent",
+                f"{mapped!r}: the set is inconsistent or damaged; {FETCH_AGAIN}",
                 path=shard,
                 tensor=name,
             )
@@ -389,7 +389,9 @@ def check_every_mapped_held(index_file: Path, weight_map: Mapping[str, str], see
     for name, file in weight_map.items():
         if name not in seen:
             raise CorruptFileError(
-                f"the index maps this tensor to {file!r}, which does not hold it", path=index_file, tensor=name
+                f"the index maps this tensor to {file!r}, which does not hold it: the set is inconsistent "
+                f"or damaged; {FETCH_AGAIN}",
+                path=index_file, tensor=name,
             )
 
 
@@ -412,11 +414,13 @@ def shard_files(index_file: str | os.PathLike[str], index: dict) -> list[Path]:
     names: list[str] = []
     for name, file in index["weight_map"].items():
         if not isinstance(file, str) or not file:
-            raise CorruptFileError(f"bad shard file {file!r} in the index", path=index_file, tensor=name)
+            raise CorruptFileError(
+                f"bad shard file {file!r} in the index: it is damaged; {FETCH_AGAIN}", path=index_file, tensor=name
+            )
         if file not in names:
             names.append(file)
     if not names:
-        raise CorruptFileError("the index names no shards", path=index_file)
+        raise CorruptFileError(f"the index names no shards: it is damaged or incomplete; {FETCH_AGAIN}", path=index_file)
     shards = []
     for file in sorted(names):
         candidate = (base / file).resolve()
@@ -462,8 +466,9 @@ def check_set(index_file: str | os.PathLike[str], index: dict, headers: list[Hea
         if found != expected:
             raise CorruptFileError(
                 f"the set is incomplete: this shard comes from another write than {source} "
-                f"({SET_KEY} {found or 'missing'}, expected {expected}), so the set mixes two "
-                "conversions (an interrupted or concurrent replace); write the set again",
+                f"({SET_KEY} {found or 'missing'}, expected {expected}): the set mixes two "
+                f"conversions (an interrupted or concurrent replace) or is damaged; write the set "
+                f"again, or {FETCH_AGAIN}",
                 path=header.path,
             )
 
@@ -501,13 +506,15 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         try:
             header = strictjson.loads(raw.decode("utf-8"))
         except strictjson.RepeatedKey as e:
-            raise CorruptFileError("the header names this tensor twice", path=path, tensor=e.key) from None
+            raise CorruptFileError(
+                f"the header names this tensor twice: the file is damaged; {FETCH_AGAIN}", path=path, tensor=e.key
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise _damaged_length(f, n, size, path) or CorruptFileError(
                 f"the header is not valid JSON ({e}): the file is damaged; {FETCH_AGAIN}", path=path
             ) from e
     if not isinstance(header, dict):
-        raise CorruptFileError("the header is not a JSON object", path=path)
+        raise CorruptFileError(f"the header is not a JSON object: the file is damaged; {FETCH_AGAIN}", path=path)
     metadata = _metadata(header.pop("__metadata__", None), path)
     _check_text(header, metadata, path)
     data_start = 8 + n
@@ -550,7 +557,9 @@ def _metadata(value: object, path: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise CorruptFileError("__metadata__ must map strings to strings", path=path)
+        raise CorruptFileError(
+            f"__metadata__ must map strings to strings: the header is damaged; {FETCH_AGAIN}", path=path
+        )
     return value
 
 
@@ -563,7 +572,7 @@ def _check_text(header: dict, metadata: dict[str, str], path: str) -> None:
         except UnicodeEncodeError:
             raise CorruptFileError(
                 f"the header holds {text!r}, which is not valid Unicode text (a lone surrogate "
-                "escape): the file is damaged or was not written by a safetensors writer",
+                f"escape), which no safetensors writer gives: the file is damaged; {FETCH_AGAIN}",
                 path=path,
             ) from None
 
@@ -574,12 +583,16 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
     in_order, last = True, (0, 0)
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise CorruptFileError("the header entry is not an object", path=path, tensor=name)
+            raise CorruptFileError(
+                f"the header entry is not an object: the header is damaged; {FETCH_AGAIN}", path=path, tensor=name
+            )
         code = info.get("dtype")
         shape = info.get("shape")
         offsets = info.get("data_offsets")
         if not isinstance(code, str):
-            raise CorruptFileError("the header entry has no dtype", path=path, tensor=name)
+            raise CorruptFileError(
+                f"the header entry has no dtype: the header is damaged; {FETCH_AGAIN}", path=path, tensor=name
+            )
         # json gives exact ints (``type(x) is int`` leaves bools out); plain loops: this runs
         # once per tensor
         count = 1
@@ -592,7 +605,9 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
                     break
                 count *= d
         if count < 0:
-            raise CorruptFileError(f"bad shape {shape!r} in the header", path=path, tensor=name)
+            raise CorruptFileError(
+                f"bad shape {shape!r} in the header: it is damaged; {FETCH_AGAIN}", path=path, tensor=name
+            )
         if (
             type(offsets) is not list
             or len(offsets) != 2
@@ -600,7 +615,9 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
             or type(offsets[1]) is not int
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise CorruptFileError(f"bad data_offsets {offsets!r} in the header", path=path, tensor=name)
+            raise CorruptFileError(
+                f"bad data_offsets {offsets!r} in the header: it is damaged; {FETCH_AGAIN}", path=path, tensor=name
+            )
         dtype = dtypes.get(code)
         if dtype is None:
             try:
@@ -615,7 +632,7 @@ def _tensors(header: dict, path: str) -> dict[str, tuple[str, tuple[int, ...], i
         if count * dtype.itemsize != offsets[1] - offsets[0]:
             raise CorruptFileError(
                 f"data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} of {code} "
-                f"needs {count * dtype.itemsize}",
+                f"needs {count * dtype.itemsize}: the header is damaged; {FETCH_AGAIN}",
                 path=path,
                 tensor=name,
             )
@@ -638,7 +655,8 @@ def _check_layout(
         if begin != end:
             what = "overlaps the previous tensor" if begin < end else "leaves a hole before it"
             raise CorruptFileError(
-                f"data_offsets [{begin}, {stop}] {what} (expected to start at {end})",
+                f"data_offsets [{begin}, {stop}] {what} (expected to start at {end}): the header is "
+                f"damaged; {FETCH_AGAIN}",
                 path=path,
                 tensor=name,
             )
@@ -664,7 +682,9 @@ def _checksums(
         table = json.loads(text)
         checksums = {name: int(value, 16) for name, value in table.items() if name in tensors}
     except (ValueError, TypeError, AttributeError, RecursionError) as e:
-        raise CorruptFileError(f"__metadata__[{CRC_KEY!r}] is malformed ({e})", path=path) from e
+        raise CorruptFileError(
+            f"__metadata__[{CRC_KEY!r}] is malformed ({e}): the header is damaged; {FETCH_AGAIN}", path=path
+        ) from e
     if len(checksums) < len(table) and len(checksums) < len(tensors):
         # names the file lacks while some of its tensors go unlisted: a name in the table was
         # damaged (a file another tool dropped tensors from lists every tensor it kept)

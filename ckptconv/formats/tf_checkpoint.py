@@ -262,7 +262,7 @@ def _read_index(index_path: str) -> _Index:
     try:
         header = parse_bundle_header(table[0][1])
     except WireError as e:
-        raise CorruptFileError(f"damaged checkpoint header: {e}", path=index_path) from e
+        raise CorruptFileError(f"damaged checkpoint header: {e}; {FETCH_AGAIN}", path=index_path) from e
     if header.big_endian:
         raise UnsupportedError(
             "big-endian TensorFlow checkpoint: ckptconv reads little-endian bundles only; "
@@ -277,7 +277,7 @@ def _read_index(index_path: str) -> _Index:
         )
     if header.num_shards < 0 or (header.num_shards == 0 and len(table) > 1):
         raise CorruptFileError(
-            f"the header declares {header.num_shards} data shards", path=index_path
+            f"the header declares {header.num_shards} data shards: the index is damaged; {FETCH_AGAIN}", path=index_path
         )
     entries: dict[str, BundleEntry] = {}
     slices: dict[bytes, BundleEntry] = {}
@@ -289,7 +289,7 @@ def _read_index(index_path: str) -> _Index:
         try:
             entry = parse_bundle_entry(value)
         except WireError as e:
-            raise CorruptFileError(f"damaged index entry: {e}", path=index_path, tensor=key) from e
+            raise CorruptFileError(f"damaged index entry: {e}; {FETCH_AGAIN}", path=index_path, tensor=key) from e
         if raw_key.startswith(b"\x00"):
             slices[raw_key] = entry
         else:
@@ -321,7 +321,8 @@ def _check_data_files(index: _Index, prefix: str) -> list[str]:
             continue
         if not 0 <= shard_id < num_shards:
             raise CorruptFileError(
-                f"index names data shard {shard_id} of {num_shards}", path=index.index_path, tensor=key
+                f"index names data shard {shard_id} of {num_shards}: the index is damaged; {FETCH_AGAIN}",
+                path=index.index_path, tensor=key,
             )
         if offset < 0 or size < 0:
             raise CorruptFileError(
@@ -366,7 +367,7 @@ def _read_strings(path: str, entry: BundleEntry, *, check_crc: bool, tensor: str
     try:
         elements, actual = tb.decode_string_tensor(bytes(raw), count, check=check_crc)
     except tb.TableError as e:
-        raise CorruptFileError(f"damaged string tensor: {e}", path=path, tensor=tensor) from e
+        raise CorruptFileError(f"damaged string tensor: {e}; {FETCH_AGAIN}", path=path, tensor=tensor) from e
     if check_crc:
         check_crc32c(actual, tb.unmask_crc(entry.masked_crc32c), path=path, tensor=tensor)
     out = np.empty(count, dtype=object)
@@ -422,13 +423,14 @@ def _load_object_graph(index: _Index, files: list[str]) -> list[TrackableObject]
     path = files[entry.shard_id]
     if entry.dtype != _STRING or entry.shape not in ((), (1,)):
         raise CorruptFileError(
-            "the object graph entry is not a string scalar", path=path, tensor=OBJECT_GRAPH_KEY
+            f"the object graph entry is not a string scalar: the index is damaged; {FETCH_AGAIN}",
+            path=path, tensor=OBJECT_GRAPH_KEY,
         )
     value = _read_strings(path, entry, check_crc=True, tensor=OBJECT_GRAPH_KEY).reshape(-1)[0]
     try:
         return parse_object_graph(value)
     except WireError as e:
-        raise CorruptFileError(f"damaged object graph: {e}", path=path, tensor=OBJECT_GRAPH_KEY) from e
+        raise CorruptFileError(f"damaged object graph: {e}; {FETCH_AGAIN}", path=path, tensor=OBJECT_GRAPH_KEY) from e
 
 
 def _cut_data_file(index: _Index, shard: int, path: str, size: int) -> CorruptFileError:
@@ -509,7 +511,8 @@ def _partitioned_loader(
     for extents in entry.slices:
         if len(extents) != len(entry.shape):
             raise CorruptFileError(
-                f"a slice has {len(extents)} dimensions, the variable {len(entry.shape)}",
+                f"a slice has {len(extents)} dimensions, the variable {len(entry.shape)}: the index is "
+                f"damaged; {FETCH_AGAIN}",
                 path=index.index_path, tensor=name,
             )
         where = []
@@ -517,7 +520,8 @@ def _partitioned_loader(
             length = dim - extent.start if extent.length is None else extent.length
             if extent.start < 0 or length < 0 or extent.start + length > dim:
                 raise CorruptFileError(
-                    f"slice {extent.start}:{extent.start + length} lies outside dimension {dim}",
+                    f"slice {extent.start}:{extent.start + length} lies outside dimension {dim}: the "
+                    f"index is damaged; {FETCH_AGAIN}",
                     path=index.index_path, tensor=name,
                 )
             where.append(slice(extent.start, extent.start + length))
@@ -528,12 +532,13 @@ def _partitioned_loader(
         if part is None:
             raise CorruptFileError(
                 f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
-                "variable is missing from the index",
+                f"variable is missing from the index (it is damaged); {FETCH_AGAIN}",
                 path=index.index_path, tensor=name,
             )
         if part.shape != shape or part.dtype != entry.dtype:
             raise CorruptFileError(
-                f"a slice is stored with shape {list(part.shape)}, its extent says {list(shape)}",
+                f"a slice is stored with shape {list(part.shape)}, its extent says {list(shape)}: the "
+                f"index is damaged; {FETCH_AGAIN}",
                 path=index.index_path, tensor=name,
             )
         _check_size(part, dtype, files[part.shard_id], name)
@@ -562,14 +567,14 @@ def _check_tiling(boxes: list[tuple[slice, ...]], shape: tuple[int, ...], *, pat
             if all(a.start < b.stop and b.start < a.stop for a, b in zip(box, other)):
                 raise CorruptFileError(
                     f"the slices {text(box)} and {text(other)} of this partitioned variable "
-                    "overlap: the checkpoint is damaged",
+                    f"overlap: the checkpoint is damaged; {FETCH_AGAIN}",
                     path=path, tensor=key,
                 )
     covered = sum(math.prod(s.stop - s.start for s in box) for box in boxes)
     if covered != math.prod(shape):
         raise CorruptFileError(
             f"the slices cover {covered} of the variable's {math.prod(shape)} elements, leaving "
-            "a gap: the checkpoint is damaged or a slice is missing",
+            f"a gap: the checkpoint is damaged or a slice is missing; {FETCH_AGAIN}",
             path=path, tensor=key,
         )
 
@@ -587,7 +592,8 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
         # every element takes at least its one-byte length
         if math.prod(entry.shape) > entry.size:
             raise CorruptFileError(
-                f"index records {entry.size} bytes for {math.prod(entry.shape)} strings",
+                f"index records {entry.size} bytes for {math.prod(entry.shape)} strings: the index is "
+                f"damaged; {FETCH_AGAIN}",
                 path=path, tensor=name,
             )
         return
@@ -595,7 +601,7 @@ def _check_size(entry: BundleEntry, dtype: np.dtype, path: str, name: str) -> No
     if entry.size != expected:
         raise CorruptFileError(
             f"index records {entry.size} bytes for shape {list(entry.shape)} of "
-            f"{dtype_name(dtype)}, which needs {expected}",
+            f"{dtype_name(dtype)}, which needs {expected}: the index is damaged; {FETCH_AGAIN}",
             path=path, tensor=name,
         )
 
@@ -619,7 +625,8 @@ def _numpy_dtype(planned: _Planned, index: _Index) -> np.dtype | None:
     if code in _UNREADABLE:
         return None
     raise CorruptFileError(
-        f"unknown TensorFlow dtype code {code}", path=index.index_path, tensor=planned.name
+        f"unknown TensorFlow dtype code {code}: the index is damaged; {FETCH_AGAIN}",
+        path=index.index_path, tensor=planned.name,
     )
 
 
@@ -667,7 +674,8 @@ def _make_entry(
     tree_path = object_path(key) if object_based else None
     if entry.unknown_rank or (entry.shape and min(entry.shape) < 0):
         raise CorruptFileError(
-            f"index records an incomplete shape {list(entry.shape)}", path=index.index_path, tensor=name
+            f"index records an incomplete shape {list(entry.shape)}: the index is damaged; {FETCH_AGAIN}",
+            path=index.index_path, tensor=name,
         )
     shape = entry.shape
     dtype = _tf_dtype(entry.dtype)
