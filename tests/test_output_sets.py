@@ -518,3 +518,39 @@ def test_batch_refuses_a_name_pattern_that_escapes_outdir(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "not a path inside OUTDIR" in one_line(proc.stderr)
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_directory_that_takes_no_new_files_is_refused_at_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Creating a file in /proc (and other such directories) fails with "no such file"
+    although the directory exists: one line naming it, not a retry loop that spins forever
+    (the lock's retry is for a lock file its holder removed between two opens)."""
+    import errno
+
+    from ckptconv.writers import outputs
+
+    real_open = os.open
+    creates = []
+
+    def no_new_files(path, flags, *args):  # type: ignore[no-untyped-def]
+        if flags & os.O_CREAT and str(path).startswith(str(tmp_path / "out")):
+            creates.append(path)
+            if len(creates) > 100:
+                raise AssertionError("the create was retried")
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(outputs.os, "open", no_new_files)
+    src = source(tmp_path / "src.safetensors", 1.0)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ckptconv.OutputError, match="cannot create a file here: No such file") as e:
+        ckptconv.convert(src, tmp_path / "out" / "m.safetensors")
+    assert e.value.path == str(tmp_path / "out") and len(creates) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_in_proc_is_one_line(tmp_path: Path) -> None:
+    src = source(tmp_path / "src.safetensors", 1.0)
+    done = subprocess.run([sys.executable, "-m", "ckptconv", "convert", str(src), "/proc/x.safetensors"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "ckptconv: error: /proc: cannot create a file here: No such file or directory")

@@ -261,10 +261,13 @@ class OutputLock:
                     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o666)
                 except FileExistsError:
                     created = False
-                    fd = os.open(self.path, os.O_RDWR | cloexec)
-            except FileNotFoundError:
-                continue  # its holder removed it between our two opens: create it then
+                    try:
+                        fd = os.open(self.path, os.O_RDWR | cloexec)
+                    except FileNotFoundError:
+                        continue  # its holder removed it between our two opens: create it then
             except OSError as e:
+                # (ENOENT from a create in a directory that takes no new files, as /proc: not a
+                # race to retry, which would spin forever)
                 raise OutputError(
                     f"cannot create a file here: {e.strerror}", path=os.path.dirname(self.path)
                 ) from e
