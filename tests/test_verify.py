@@ -238,3 +238,40 @@ def test_debug_shows_the_traceback_of_a_mismatch_and_the_clis_option_names(tmp_p
     with pytest.raises(ckptconv.IntegrityError, match="pass check_crc=False to read it anyway"):  # the API's words
         with ckptconv.open(bad) as store:
             store["w"].read()
+
+
+def test_a_set_given_by_all_its_files_is_checked_once(capsys, tmp_path: Path, monkeypatch) -> None:
+    """``verify out/*`` names a set's index and every shard: one ok line for the set (it
+    printed one per file, each re-reading the whole set); a file of no set is still checked."""
+    from ckptconv.cli import main
+
+    arrays = {f"layer{i}.weight": np.full(100, i, np.float32) for i in range(4)}
+    ckptconv.write_safetensors(
+        [ckptconv.Output(k, a.shape, a.dtype, lambda a=a: a) for k, a in arrays.items()],
+        tmp_path / "model.safetensors",
+        max_shard_size=800,
+    )
+    ckptconv.write_safetensors([ckptconv.Output("x", (2,), np.dtype("float32"), lambda: np.ones(2, np.float32))],
+                               tmp_path / "single.safetensors")
+    monkeypatch.chdir(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 4
+    assert main(["verify", *files]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ok model.safetensors.index.json (4 tensors, 1.6 KiB)", "ok single.safetensors (1 tensors, 8 B)"]
+    assert main(["verify", "--json", *files]) == 0
+    assert [f["path"] for f in json.loads(capsys.readouterr().out)["files"]] == [
+        "model.safetensors.index.json", "single.safetensors"]
+
+
+def test_the_name_of_a_sharded_set_points_at_its_index(tmp_path: Path) -> None:
+    """``convert --max-shard-size`` to ``sh.safetensors`` writes ``sh.safetensors.index.json``;
+    opening the name given says where the set is (it said "not a checkpoint")."""
+    ckptconv.write_safetensors([ckptconv.Output(f"t{i}", (100,), np.dtype("float32"), lambda: np.zeros(100, np.float32))
+                                for i in range(2)], tmp_path / "sh.safetensors", max_shard_size=400)
+    proc = run_cli("inspect", tmp_path / "sh.safetensors")
+    assert proc.returncode == 1 and proc.stderr == (
+        f"ckptconv: error: {tmp_path / 'sh.safetensors'}: no such file; the sharded set written under "
+        "this name is read through its index: sh.safetensors.index.json\n")
+    with pytest.raises(FileNotFoundError):
+        ckptconv.open(tmp_path / "sh.safetensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import CkptconvError
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Re-read every tensor of safetensors files written by `ckptconv convert` and compare "
             "it with the CRC-32C recorded in the file's __metadata__. A sharded set can be given "
-            "by its index, its directory or any shard. Prints `ok FILE` on stdout for each file "
+            "by its index, its directory or any shard, and is checked once however many of its "
+            "files are given (`verify out/*`). Prints `ok FILE` on stdout for each file "
             "that matches; each file that fails is one `ckptconv: error:` line on stderr naming "
             "it and the tensors that no longer match; exit status 1 if any file fails or "
             "records no checksums."
@@ -53,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     reports: list[dict[str, object]] = []
     show_bar = want_progress(args.quiet or args.json, args.progress)
+    covered: set[str] = set()  # the files of the sets verified so far: `verify sh*` checks each set once
     for path in args.files:
+        if os.path.realpath(path) in covered:
+            continue
         try:
             result = _verify(verify_file, path, show_bar)
         except CkptconvError as e:
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             reports.append({"path": path, "ok": False, "error": e.strerror or str(e)})
             print_error(f"{path}: {e.strerror or e}")
             continue
+        covered.update(os.path.realpath(f) for f in [path, result.path, *result.files])
         reports.append(result.to_json())
         if result.ok:
             if not args.json and not args.quiet:

@@ -217,6 +217,13 @@ def detect(path: str | os.PathLike[str]) -> ModuleType:
             sniff_error = sniff_error or e
         if claimed:
             return module
+    if not os.path.exists(p) and os.path.isfile(p + ".index.json"):
+        # a sharded set written to this name (`convert --max-shard-size`) is its index
+        raise NoSuchFileError(
+            f"no such file; the sharded set written under this name is read through its index: "
+            f"{os.path.basename(p)}.index.json",
+            path=p,
+        )
     if not os.path.exists(p) and not _named_beside(p):
         raise NoSuchFileError(path=p)
     if os.path.isfile(p) and os.path.getsize(p) == 0:
