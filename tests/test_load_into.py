@@ -258,6 +258,21 @@ def test_a_cast_overflow_names_the_file_and_the_tensor(tmp_path):
                                       "4 finite value(s) overflow to inf in float16"), str(info.value)
 
 
+def test_a_source_of_other_names_points_at_suggest():
+    """A PyTorch state dict into a Keras model: nothing can match by structure or name, and
+    the error says a spec is needed and that suggest proposes one; when some weights matched,
+    the usual advice stays."""
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="fc")])
+    torch_names = {"fc.weight": np.ones((2, 2), np.float32), "fc.bias": np.zeros(2, np.float32)}
+    with pytest.raises(LoadError, match=r"; no weight matched by structure or name: give a mapping spec "
+                                        r"\(`suggest` proposes one\), choose a part"):
+        load_into(model, torch_names)
+    partly = {"fc/kernel": np.ones((2, 2), np.float32), "fc.bias": np.zeros(2, np.float32)}
+    with pytest.raises(LoadError, match="; fix the source or the mapping, choose a part"):
+        load_into(model, partly)
+
+
 @pytest.mark.parametrize("line", LINES)
 def test_match_by_order_ignores_names(expected, line):
     # Meaningless names, in the model's order: layer i, weight j.

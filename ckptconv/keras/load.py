@@ -129,7 +129,7 @@ def load_into(
             _unused_is_no_problem(report)
         report.strict = strict
         if strict and report.problems:
-            raise _load_error(live, store, report)
+            raise _load_error(live, store, report, matched_as_keras=mapping is None and not by_order)
         assign(live, match.assignments, check_first=check_first)
         report.applied = bool(match.assignments)
         if freeze:
@@ -206,16 +206,19 @@ def _match_by_spec(
     return match
 
 
-def _load_error(live: LiveModel, store: Store, report: LoadReport) -> LoadError:
+def _load_error(live: LiveModel, store: Store, report: LoadReport, *, matched_as_keras: bool = False) -> LoadError:
     count = len(report.problems)
     head = report.problems[0]
     noun = "problem" if count == 1 else "problems"
     more = "" if count == 1 else f" (and {count - 1} more: see .problems or the report)"
     casts = any(m.expected_dtype != m.got_dtype for m in report.mismatched)
     cast = "pass {opt:cast=True} to cast to the variables' dtypes, " if casts else ""
+    # nothing matched as Keras matches (a PyTorch state dict into a Keras model): a spec is needed
+    fix = ("no weight matched by structure or name: give a mapping spec (`suggest` proposes one)"
+           if matched_as_keras and not report.loaded and len(store) else "fix the source or the mapping")
     error = LoadError(
         f"{count} {noun} loading into model {live.name!r}, nothing was changed: {head}{more}; "
-        f"fix the source or the mapping, {cast}choose a part with {{opt:only}}, or pass "
+        f"{fix}, {cast}choose a part with {{opt:only}}, or pass "
         "{opt:strict=False} to load what fits",
         problems=report.problems,
         path=None if store.format == "memory" else store.path,
