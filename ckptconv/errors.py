@@ -264,7 +264,13 @@ class UnsupportedError(CkptconvError):
 
 
 class SpecError(CkptconvError):
-    """A mapping spec is malformed: bad syntax, unknown keys or ops, invalid patterns."""
+    """A mapping spec is malformed: bad syntax, unknown keys or ops, invalid patterns.
+
+    When several rules are wrong, the message numbers them all on one line and ``problems``
+    lists each one's message (``rule #2 (from 'a'): unknown key 'too'; ...``); else it is
+    empty."""
+
+    problems: Sequence[str] = ()
 
 
 class PlanError(CkptconvError):

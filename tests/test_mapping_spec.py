@@ -269,3 +269,22 @@ def test_multiple_from_patterns_each_must_match_unless_optional():
     plan = build_plan(Store.from_arrays(arrays), {"rules": [{"from": ["a", "bb"]}]})
     assert plan.problems == ["rule #1 (from ['a', 'bb']): pattern 'bb' matches no entry; no similar names in the source"]
     assert build_plan(Store.from_arrays(arrays), {"rules": [{"from": ["a", "bb"], "optional": True}]}).ok
+
+
+def test_every_wrong_rule_is_said_at_once(tmp_path: Path) -> None:
+    """A spec with several wrong rules names each (it named the first only, so a user fixed
+    one per run); one wrong rule is said as before."""
+    path = tmp_path / "bad.yaml"
+    path.write_text('rules:\n  - {from: "a/*", to: "b/{1}", ops: [transpse]}\n  - {frm: c, to: d}\n'
+                    '  - {from: e, to: f}\n  - {from: g, to: h, dtype: flaot16}\n')
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(
+        f"{path}: 3 rules are wrong: (1) rule #1 (from 'a/*'): unknown op 'transpse'; did you mean "
+        "'transpose'?; (2) rule #2 (no selector): unknown key 'frm'; did you mean 'from'?; (3) rule #4"), str(info.value)
+    assert len(info.value.problems) == 3 and info.value.problems[2].startswith("rule #4 (from 'g'): ")
+    many = {"rules": [{"from": f"x{i}", "to": "y", "opps": []} for i in range(8)]}
+    with pytest.raises(SpecError, match=r"^8 rules are wrong: \(1\) .*\(5\) rule #5 .*; and 3 more$"):
+        Spec.from_dict(many)
+    with pytest.raises(SpecError, match=r"^rule #2 \(from 'c'\): unknown key 'opps'"):
+        Spec.from_dict({"rules": [{"from": "a", "to": "b"}, {"from": "c", "to": "d", "opps": []}]})

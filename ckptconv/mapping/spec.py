@@ -594,15 +594,25 @@ class Spec:
             if isinstance(raw, (Mapping, Rule)) or not isinstance(raw, Sequence):
                 raise SpecError(f"rules: expected a list of rules, received {type(raw).__name__}")
             rules = []
+            wrong: list[SpecError] = []  # every rule's problem, said together (a fix per run is slow)
             for number, item in enumerate(raw, start=1):
                 if isinstance(item, Rule):
                     rules.append(item if item.number == number else replace(item, number=number))
-                else:
+                    continue
+                try:
                     rules.append(Rule.from_dict(item, number=number))
+                except SpecError as e:
+                    wrong.append(e)
+            if len(wrong) == 1:
+                raise wrong[0]
+            if wrong:
+                raise _rules_error(wrong)
             object.__setattr__(self, "rules", tuple(rules))
         except SpecError as e:
             if self.source is not None and e.path is None:
-                raise SpecError(e.reason, path=self.source) from None
+                named = SpecError(e.reason, path=self.source)
+                named.problems = e.problems
+                raise named from None
             raise
 
     @classmethod
@@ -686,6 +696,19 @@ def _syntax_error_text(error: Exception, text: str | None = None) -> str:
 
 
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
+
+
+_LISTED = 5  # the rules' problems a message lists before "and N more"
+
+
+def _rules_error(wrong: list[SpecError]) -> SpecError:
+    """One error for several rules' problems (each ``rule #N (...): reason``), numbered on
+    one line; ``.problems`` lists each one's message."""
+    listed = "; ".join(f"({i}) {e.template}" for i, e in enumerate(wrong[:_LISTED], start=1))
+    more = f"; and {len(wrong) - _LISTED} more" if len(wrong) > _LISTED else ""
+    error = SpecError(f"{len(wrong)} rules are wrong: {listed}{more}")
+    error.problems = [e.reason for e in wrong]
+    return error
 
 
 def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
