@@ -56,6 +56,13 @@ def truncated(detail: str, *, or_damaged: bool = False) -> str:
     what = "truncated or damaged" if or_damaged else "truncated"
     return f"the file is {what}: {detail}; {FETCH_AGAIN}"
 
+
+def damaged(detail: str, what: str = "the file") -> str:
+    """The message for an input whose bytes say something no writer writes: ``DETAIL (the
+    file is damaged); copy or download it again`` (``what``: ``the pickle``, ``it``, ...)."""
+    return f"{detail} ({what} is damaged); {FETCH_AGAIN}"
+
+
 # {opt:NAME} or {opt:NAME=VALUE}; VALUE may hold one level of braces (a dict's repr). Compiled
 # (by re's cache) when a message is first rendered, not when every command starts.
 _OPTION = r"\{opt:([A-Za-z_][A-Za-z0-9_]*)(?:=((?:[^{}]|\{[^{}]*\})*))?\}"

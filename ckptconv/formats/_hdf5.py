@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
-from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, truncated
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, damaged, truncated
 from ..store import ByteRange, Entry, Kind, layer_of
 from ._hdf5_file import Catalog, HDF5File
 from ._hdf5_headers import Header
@@ -87,7 +87,7 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
     parts = [p for p in name.split("/") if p]
     for depth, part in enumerate(parts):
         if not isinstance(node, h5py.Group):
-            raise CorruptFileError(f"{node.name!r} is not a group (the file is damaged); {FETCH_AGAIN}", path=path, tensor=name)
+            raise CorruptFileError(damaged(f"{node.name!r} is not a group"), path=path, tensor=name)
         link = node.get(part, getlink=True)
         if link is None:
             raise CorruptFileError(
@@ -117,7 +117,7 @@ def safe_get(group: h5py.Group, name: str, *, path: str, kind: type | None = Non
             raise unreadable_dataset(e, path=path, key=f"{node.name.rstrip('/')}/{part}") from e
     if kind is not None and not isinstance(node, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
-        raise CorruptFileError(f"{name!r} is not a {what} (the file is damaged); {FETCH_AGAIN}", path=path, tensor=name)
+        raise CorruptFileError(damaged(f"{name!r} is not a {what}"), path=path, tensor=name)
     return node
 
 
@@ -184,7 +184,7 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
             wanted = by_name(str(name))
         except (KeyError, AttributeError):
             raise CorruptFileError(
-                f"unknown dtype attribute {name!r} (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key
+                damaged(f"unknown dtype attribute {name!r}"), path=path, tensor=key
             ) from None
         opaque = dtype.kind == "V" and dtype.fields is None
         if (opaque and dtype.itemsize == wanted.itemsize) or (
@@ -202,12 +202,12 @@ def dataset_dtype(dataset: h5py.Dataset, *, path: str, key: str) -> np.dtype:
         if dtype.itemsize == 2:
             return by_name("bfloat16")
         raise CorruptFileError(
-            f"opaque {dtype.itemsize}-byte data without a dtype attribute (the file is damaged); {FETCH_AGAIN}",
+            damaged(f"opaque {dtype.itemsize}-byte data without a dtype attribute"),
             path=path, tensor=key,
         )
     if dtype.kind not in "biufc":
         raise CorruptFileError(
-            f"dataset of type {dtype} is not a numeric tensor (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key
+            damaged(f"dataset of type {dtype} is not a numeric tensor"), path=path, tensor=key
         )
     return dtype
 
@@ -249,7 +249,7 @@ def dataset_entry(
         raise UnsafeInputError("refusing a dataset stored in external files", path=path, tensor=key)
     dtype = dataset_dtype(dataset, path=path, key=key)
     if shape is None:  # null dataspace
-        raise CorruptFileError(f"dataset has no shape (the file is damaged); {FETCH_AGAIN}", path=path, tensor=key)
+        raise CorruptFileError(damaged("dataset has no shape"), path=path, tensor=key)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     byte_range = None
     offset = dataset.id.get_offset()

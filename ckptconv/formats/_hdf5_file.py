@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..dtypes import by_name, dtype_name
-from ..errors import FETCH_AGAIN, CorruptFileError, truncated
+from ..errors import FETCH_AGAIN, CorruptFileError, damaged, truncated
 from ._hdf5_headers import Header, object_header
 from ._hdf5_links import (
     HARD,
@@ -500,8 +500,8 @@ def _check_collection(
             need = _GCOL_HEADER + (object_size + 7) // 8 * 8
             if need > length - position:
                 raise CorruptFileError(
-                    f"object {index} of the global heap at byte {offset} runs past its "
-                    f"collection (the file is damaged); {FETCH_AGAIN}",
+                    damaged(f"object {index} of the global heap at byte {offset} runs past its "
+                            "collection"),
                     path=path,
                 )
             objects[index] = (object_size, position + _GCOL_HEADER)
@@ -527,8 +527,8 @@ def _check_vlen_values(
         if stored is None or stored[0] != length * base_size:
             what = "no heap object" if stored is None else f"a heap object of {stored[0]} bytes"
             raise CorruptFileError(
-                f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
-                f"{what} (the file is damaged); {FETCH_AGAIN}",
+                damaged(f"attribute {name!r}: a value claims {length * base_size} bytes but points at "
+                        f"{what}"),
                 path=path,
             )
         if texts is not None:

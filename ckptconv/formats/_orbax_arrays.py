@@ -32,7 +32,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from ..dtypes import by_name
-from ..errors import FETCH_AGAIN, CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CkptconvError, CorruptFileError, UnsafeInputError, UnsupportedError, damaged
 
 EXTRA = "ckptconv[orbax]"
 MAX_JSON_BYTES = 256 * 2**20
@@ -140,12 +140,12 @@ def zarr_dtype_shape(meta: Any, *, zarr3: bool, path: Path, key: str) -> tuple[n
     """
     if not isinstance(meta, dict):
         raise CorruptFileError(
-            f"the array's zarr metadata is not an object (it is damaged); {FETCH_AGAIN}", path=path, tensor=key
+            damaged("the array's zarr metadata is not an object", "it"), path=path, tensor=key
         )
     shape = meta.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**62 for d in shape):
         raise CorruptFileError(
-            f"the array's zarr metadata has a bad shape {shape!r} (it is damaged); {FETCH_AGAIN}", path=path, tensor=key
+            damaged(f"the array's zarr metadata has a bad shape {shape!r}", "it"), path=path, tensor=key
         )
     name = meta.get("data_type") if zarr3 else meta.get("dtype")
     if not isinstance(name, str):
@@ -372,7 +372,7 @@ class Arrays:
                     # entries' dicts (a quarter of the ~14 MB a leaf of 10,000 arrays leaks)
                     entries.clear()
         raise CorruptFileError(
-            f"the OCDBT B-tree is more than {_MAX_TREE_HEIGHT} levels deep (it is damaged); {FETCH_AGAIN}", path=self.tree
+            damaged(f"the OCDBT B-tree is more than {_MAX_TREE_HEIGHT} levels deep", "it"), path=self.tree
         )
 
     # --- data --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..errors import (
     FormatError,
     UnsafeInputError,
     UnsupportedError,
+    damaged,
     truncated,
 )
 from ._torch_pickle import (
@@ -170,7 +171,7 @@ def _parse_zip(path: Path) -> Parsed:
         byteorder = metadata.setdefault("byteorder", "little")
         if byteorder not in ("little", "big"):
             raise CorruptFileError(
-                f"unknown byteorder record {byteorder!r} (the file is damaged); {FETCH_AGAIN}", path=path
+                damaged(f"unknown byteorder record {byteorder!r}"), path=path
             )
         info = members[f"{prefix}/data.pkl"]
         if info.file_size > MAX_PICKLE_BYTES:
@@ -310,7 +311,7 @@ def _parse_legacy(path: Path) -> Parsed:
             f.seek(size)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CorruptFileError(
-                f"the storage key list is not a list of names (the file is damaged); {FETCH_AGAIN}", path=path
+                damaged("the storage key list is not a list of names"), path=path
             )
         missing = sorted(set(unpickler.storages) - set(keys))
         if missing:
@@ -329,7 +330,7 @@ def _parse_legacy(path: Path) -> Parsed:
             ref = unpickler.storages.get(key)
             if ref is None:
                 raise CorruptFileError(
-                    f"the file holds storage {key}, which no tensor refers to (the file is damaged); {FETCH_AGAIN}",
+                    damaged(f"the file holds storage {key}, which no tensor refers to"),
                     path=path,
                 )
             at = offset - window_start
@@ -355,7 +356,7 @@ def _parse_legacy(path: Path) -> Parsed:
             offset += 8 + nbytes
     if not isinstance(sys_info, dict):
         raise CorruptFileError(
-            f"the legacy system-info pickle is not a dict (the file is damaged); {FETCH_AGAIN}", path=path
+            damaged("the legacy system-info pickle is not a dict"), path=path
         )
     # torch writes legacy storages little-endian on every machine (the sys info notwithstanding)
     return Parsed(path, root, storages, {"layout": "legacy", "byteorder": "little"}, cut=cut)

@@ -26,7 +26,7 @@ import struct
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError, damaged
 
 __all__ = [
     "StorageRef",
@@ -190,31 +190,31 @@ class StateDict(OrderedDict):  # type: ignore[type-arg]
 
 def _int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CorruptFileError(f"{what} is {type(value).__name__} {value!r}, not an integer (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged(f"{what} is {type(value).__name__} {value!r}, not an integer", "the pickle"))
     return value
 
 
 def _ints(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
-        raise CorruptFileError(f"{what} is {type(value).__name__}, not a sequence of at most {MAX_DIMS} integers (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged(f"{what} is {type(value).__name__}, not a sequence of at most {MAX_DIMS} integers", "the pickle"))
     if all(type(v) is int and v >= 0 for v in value):  # what torch writes: no further checks
         return tuple(value)
     out = tuple(_int(v, what) for v in value)
     if any(v < 0 for v in out):
-        raise CorruptFileError(f"{what} {list(out)} has a negative entry (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged(f"{what} {list(out)} has a negative entry", "the pickle"))
     return out
 
 
 def _tensor(storage: object, offset: object, size: object, stride: object, dtype: str | None = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
-        raise CorruptFileError(f"a tensor's storage is not a storage reference of the file (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged("a tensor's storage is not a storage reference of the file", "the pickle"))
     offset = _int(offset, "storage offset")
     if offset < 0:
-        raise CorruptFileError(f"negative storage offset {offset} (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged(f"negative storage offset {offset}", "the pickle"))
     shape = _ints(size, "size")
     strides = _ints(stride, "stride")
     if len(shape) != len(strides):
-        raise CorruptFileError(f"size {list(shape)} and stride {list(strides)} differ in length (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged(f"size {list(shape)} and stride {list(strides)} differ in length", "the pickle"))
     return TensorRef(storage, offset, shape, strides, dtype or storage.dtype)
 
 
@@ -263,14 +263,14 @@ def _rebuild_tensor_v3(storage: object, offset: object, size: object, stride: ob
                        metadata: object = None) -> TensorRef:
     _check_metadata(metadata)
     if not isinstance(dtype, _Marker) or dtype.kind != "dtype":
-        raise CorruptFileError(f"_rebuild_tensor_v3 without a torch dtype (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged("_rebuild_tensor_v3 without a torch dtype", "the pickle"))
     return _tensor(storage, offset, size, stride, dtype.name)
 
 
 def _rebuild_parameter(data: object, requires_grad: object = True, backward_hooks: object = None,
                        state: object = None) -> object:
     if not isinstance(data, (TensorRef, Unrepresentable)):
-        raise CorruptFileError(f"a Parameter whose data is not a tensor (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged("a Parameter whose data is not a tensor", "the pickle"))
     return data
 
 
@@ -417,7 +417,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _storage(self, pid: Any) -> Any:
         """:meth:`persistent_load` without its shortcut: every check, saying what is wrong."""
         if not isinstance(pid, tuple) or not pid:
-            raise CorruptFileError(f"malformed persistent id {pid!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
+            raise CorruptFileError(damaged(f"malformed persistent id {pid!r:.80}", "the pickle"))
         kind = pid[0]
         if type(kind) is bytes:
             kind = kind.decode("ascii", "replace")
@@ -425,10 +425,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             klass = pid[1] if len(pid) > 1 else None
             raise UnsafeInputError(module_message(getattr(klass, "name", "an nn.Module")))
         if kind != "storage" or len(pid) != (6 if self.legacy else 5):
-            raise CorruptFileError(f"unknown persistent id {pid!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
+            raise CorruptFileError(damaged(f"unknown persistent id {pid!r:.80}", "the pickle"))
         storage_type, key, _location, numel = pid[1:5]
         if type(storage_type) is not _Marker or storage_type.kind != "storage":
-            raise CorruptFileError(f"persistent id with storage type {storage_type!r:.60} (the pickle is damaged); {FETCH_AGAIN}")
+            raise CorruptFileError(damaged(f"persistent id with storage type {storage_type!r:.60}", "the pickle"))
         if type(key) is bytes:
             key = key.decode("ascii", "replace")
         root = self.storages.get(key) if isinstance(key, str) else None
@@ -438,7 +438,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if type(numel) is not int or numel < 0:  # torch's own: a plain count (else say what it is)
             numel = _int(numel, "storage size")
             if numel < 0:
-                raise CorruptFileError(f"storage {key} has negative size {numel} (the pickle is damaged); {FETCH_AGAIN}")
+                raise CorruptFileError(damaged(f"storage {key} has negative size {numel}", "the pickle"))
         dtype = STORAGE_DTYPES[storage_type.name]
         if root is None:
             root = self.storages[key] = StorageRef(key, dtype, numel)
@@ -453,7 +453,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def _legacy_view(self, root: StorageRef, view: object) -> StorageRef:
         if not isinstance(view, tuple) or len(view) != 3:
-            raise CorruptFileError(f"malformed storage view {view!r:.80} (the pickle is damaged); {FETCH_AGAIN}")
+            raise CorruptFileError(damaged(f"malformed storage view {view!r:.80}", "the pickle"))
         offset, size = _int(view[1], "storage view offset"), _int(view[2], "storage view size")
         if offset < 0 or size < 0 or offset + size > root.numel:
             raise UnsafeInputError(
@@ -639,7 +639,7 @@ def _walk(data: bytes, fast: list[int], late: list[int]) -> int:
         pos = stop
     if pos > end:
         raise TruncatedPickle(f"the pickle is damaged (its last opcode runs past its end: truncated); {FETCH_AGAIN}")
-    raise TruncatedPickle(f"the pickle has no end (STOP) (the pickle is damaged); {FETCH_AGAIN}")
+    raise TruncatedPickle(damaged("the pickle has no end (STOP)", "the pickle"))
 
 
 class TruncatedPickle(CorruptFileError):
@@ -673,7 +673,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise UnsafeInputError(f"the pickle asks for {module}.{name} where torch writes plain data")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CorruptFileError(f"a persistent id where torch writes plain data (the pickle is damaged); {FETCH_AGAIN}")
+        raise CorruptFileError(damaged("a persistent id where torch writes plain data", "the pickle"))
 
 
 def read_pickle(file: io.BufferedIOBase, limit: int, *, first: int) -> tuple[bytes, int]:

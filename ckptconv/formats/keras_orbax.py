@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, UnsupportedError
+from ..errors import CorruptFileError, UnsafeInputError, UnsupportedError, damaged
 from ..store import Entry, Kind, Store, keras_order, layer_of
 from ._orbax_arrays import (
     Arrays,
@@ -236,7 +236,7 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
     fields that records a path outside the checkpoint (see :func:`refuse_specs_out`)."""
     tree = meta.get("tree_metadata") if isinstance(meta, dict) else None
     if not isinstance(tree, dict):
-        raise CorruptFileError(f"{TREE_METADATA} has no tree_metadata object (it is damaged); {FETCH_AGAIN}", path=path)
+        raise CorruptFileError(damaged(f"{TREE_METADATA} has no tree_metadata object", "it"), path=path)
     leaves = []
     checked: set[str] = set()  # key parts repeat (layer names, slot names): check each once
     arrays = _ARRAY_TYPES
@@ -259,7 +259,7 @@ def _leaves(meta: Any, *, path: Path) -> list[tuple[str, ...]]:
             refuse_specs_out(value, path=path, depth=2)
         if not parts:
             raise CorruptFileError(
-                f"{TREE_METADATA}: leaf {label!r} has no key_metadata (it is damaged); {FETCH_AGAIN}", path=path
+                damaged(f"{TREE_METADATA}: leaf {label!r} has no key_metadata", "it"), path=path
             )
         if not checked.issuperset(parts):
             for part in parts:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError
+from ..errors import FETCH_AGAIN, CorruptFileError, UnsafeInputError, damaged
 from ..store import Entry, Kind, Store
 from ._hdf5 import (
     MAX_DEPTH,
@@ -345,7 +345,7 @@ def collect_vars(
                 raise UnsafeInputError(f"refusing a link inside {vars_name}", path=source.path, tensor=key)
             if not key.isdecimal():  # what int() reads (isdigit() also takes "²")
                 raise CorruptFileError(
-                    f"unexpected variable key {key!r} in {vars_name} (the file is damaged); {FETCH_AGAIN}",
+                    damaged(f"unexpected variable key {key!r} in {vars_name}"),
                     path=source.path,
                 )
             dataset_name = prefix + key
@@ -353,7 +353,7 @@ def collect_vars(
             if (header is None or header.kind != "dataset") and _object_type(
                 f, dataset_name, header
             ) != _DATASET:
-                raise CorruptFileError(f"{dataset_name} is not a dataset (the file is damaged); {FETCH_AGAIN}", path=source.path)
+                raise CorruptFileError(damaged(f"{dataset_name} is not a dataset"), path=source.path)
             datasets[int(key)] = _dataset_ref((f, dataset_name, header, source))
 
     def walk(gname: str, links: Links, chain: list[str],
@@ -377,7 +377,7 @@ def collect_vars(
             vars_address = vars_link[1]
             header = headers.get(vars_address)
             if (header is None or header.kind != "group") and _object_type(f, vars_name, header) != _GROUP:
-                raise CorruptFileError(f"{vars_name} is not a group (the file is damaged); {FETCH_AGAIN}", path=source.path)
+                raise CorruptFileError(damaged(f"{vars_name} is not a group"), path=source.path)
             attributes = texts.get(vars_address)
             recorded = None if attributes is None else attributes.get("name")
             if type(recorded) is not str:
@@ -469,7 +469,7 @@ def _layer_name(f: HDF5File, vars_name: str, address: int, catalog: Catalog, pat
         # a variable-length value that is not text (a damaged datatype): Keras writes a string,
         # and libhdf5 reading this one crashes the process
         raise CorruptFileError(
-            f"the name attribute of {vars_name} is not text (the file is damaged); {FETCH_AGAIN}", path=path
+            damaged(f"the name attribute of {vars_name} is not text"), path=path
         )
     import h5py
 

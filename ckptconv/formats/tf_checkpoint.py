@@ -39,6 +39,7 @@ from ..errors import (
     FormatError,
     NoSuchFileError,
     UnsupportedError,
+    damaged,
     truncated,
 )
 from ..store import (
@@ -531,8 +532,8 @@ def _partitioned_loader(
         shape = tuple(s.stop - s.start for s in where)
         if part is None:
             raise CorruptFileError(
-                f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
-                f"variable is missing from the index (it is damaged); {FETCH_AGAIN}",
+                damaged(f"slice [{', '.join(f'{s.start}:{s.stop}' for s in where)}] of this partitioned "
+                        "variable is missing from the index", "it"),
                 path=index.index_path, tensor=name,
             )
         if part.shape != shape or part.dtype != entry.dtype:
