@@ -51,8 +51,7 @@ def lossy_cast(src: np.dtype, dst: np.dtype) -> str | None:
     counted here: the first is what a cast is for, the second is checked on the data.)"""
     src, dst = np.dtype(src), np.dtype(dst)
     if is_floating(src) and dst.kind in "biu":
-        kind = "booleans" if dst.kind == "b" else "integers"
-        return f"{dtype_name(src)} -> {dtype_name(dst)} truncates floats to {kind}, dropping every fraction"
+        return f"{dtype_name(src)} -> {dtype_name(dst)} {_truncation('floats', dst)}"
     if src.kind in "iu" and dst.kind == "b":
         return f"{dtype_name(src)} -> bool keeps only zero or non-zero"
     return None
@@ -64,10 +63,13 @@ def lossy_default(dtype: np.dtype) -> str | None:
     fraction (:func:`lossy_cast` from any float). Known from the dtype alone, before any file
     is read."""
     dtype = np.dtype(dtype)
-    if dtype.kind not in "biu":
-        return None
-    kind = "booleans" if dtype.kind == "b" else "integers"
-    return f"truncates floating-point weights to {kind}, dropping every fraction"
+    return _truncation("floating-point weights", dtype) if dtype.kind in "biu" else None
+
+
+def _truncation(what: str, dst: np.dtype) -> str:
+    """How a cast of floats (``what``) to the integer or bool type ``dst`` loses information."""
+    kind = "booleans" if dst.kind == "b" else "integers"
+    return f"truncates {what} to {kind}, dropping every fraction"
 
 
 @dataclass(frozen=True, repr=False)
