@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import FETCH_AGAIN, CorruptFileError, FormatError, UnsafeInputError
 from ..store import Store
-from . import load_index
+from . import _low_level_errors, load_index
 from ._hdf5_file import describe_h5py_error, from_h5py, open_h5
 from .keras_weights import (
     _natural_key,
@@ -97,7 +97,7 @@ def _named(shard: Path) -> Iterator[None]:
     """libhdf5's refusal of a damaged shard's object, said of that shard (not the index)."""
     try:
         yield
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError, UnicodeError) as e:
+    except _low_level_errors() as e:  # (what formats.open turns into one line for the index)
         if isinstance(e, CorruptFileError) or not from_h5py(e):
             raise
         raise CorruptFileError(describe_h5py_error(e), path=shard) from e
